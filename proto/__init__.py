@@ -1,0 +1,1 @@
+"""Protobuf sources and generated modules for trio-sfu's own node-to-node messages."""

@@ -1,0 +1,1 @@
+"""Sans-IO SDP: a typed model, parser/serializer and the SFU's offer/answer negotiator."""
