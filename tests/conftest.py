@@ -1,3 +1,21 @@
+import os
 import pathlib
 
+from hypothesis import HealthCheck, settings
+
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
+
+# Shared machines are slow and noisy: no per-example deadline, and CI runs a
+# bounded but meaningful number of examples per property.
+settings.register_profile(
+    "default",
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "thorough",
+    deadline=None,
+    max_examples=5000,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
