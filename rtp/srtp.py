@@ -1,0 +1,172 @@
+"""SRTP/SRTCP contexts keyed from DTLS-SRTP (RFC 3711, RFC 7714, RFC 5764 §4.2).
+
+The transform is libsrtp through :mod:`pylibsrtp`; this module chooses the
+policies a forwarding server needs and turns libsrtp's error strings into
+typed exceptions.
+
+* Outbound: one session for every SSRC we send (``ssrc_any_outbound``), with
+  ``allow_repeat_tx`` so a NACK answer re-protected with its original sequence
+  number is not refused as a replay by our own sender.
+* Inbound: one session for every SSRC the peer sends (``ssrc_any_inbound``),
+  with a replay window wide enough for late retransmissions.
+"""
+
+from __future__ import annotations
+
+import pylibsrtp
+
+from rtp.errors import ParseError, RtpStackError
+from rtp.srtp_profiles import SrtpProfile
+
+__all__ = [
+    "SrtpError",
+    "SrtpAuthenticationError",
+    "SrtpReplayError",
+    "SrtpPacketError",
+    "SrtpContext",
+    "split_keying_material",
+    "DEFAULT_REPLAY_WINDOW",
+]
+
+#: Packets; libsrtp accepts 64..32767. Video retransmissions can arrive a few
+#: hundred packets late on a high-bitrate stream, so 64 (the libsrtp default) is too tight.
+DEFAULT_REPLAY_WINDOW = 1024
+
+_LIBSRTP_PROFILE = {
+    SrtpProfile.AES128_CM_HMAC_SHA1_80: pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80,
+    SrtpProfile.AEAD_AES_128_GCM: pylibsrtp.Policy.SRTP_PROFILE_AEAD_AES_128_GCM,
+}
+
+
+class SrtpError(RtpStackError):
+    """An SRTP/SRTCP transform failed."""
+
+
+class SrtpAuthenticationError(SrtpError):
+    """The authentication tag did not verify: wrong keys, tampering, or not SRTP at all."""
+
+
+class SrtpReplayError(SrtpError):
+    """The packet index was seen before or is older than the replay window."""
+
+
+class SrtpPacketError(SrtpError, ParseError):
+    """Not a packet libsrtp can process (too short for a header, or too long for the buffer)."""
+
+
+def _map_error(exc: Exception) -> SrtpError:
+    text = str(exc)
+    if isinstance(exc, pylibsrtp.Error):
+        if text == "authentication failure":
+            return SrtpAuthenticationError(text)
+        if text.startswith("replay check failed") or text == "packet index is too old to consider":
+            return SrtpReplayError(text)
+        if text in ("error parsing data", "can't process as much data as requested"):
+            return SrtpPacketError(text)
+        return SrtpError(text)
+    return SrtpPacketError(text)
+
+
+def split_keying_material(
+    profile: SrtpProfile, material: bytes, is_client: bool
+) -> tuple[bytes, bytes]:
+    """(local master key||salt, remote master key||salt) from the DTLS exporter output.
+
+    RFC 5764 §4.2 lays it out as client_write_key | server_write_key |
+    client_write_salt | server_write_salt. The DTLS client protects with the
+    client half, so ``is_client`` picks which half is ours.
+    """
+    key_len, salt_len = profile.key_length, profile.salt_length
+    if len(material) != profile.keying_material_length:
+        raise ValueError(
+            f"{profile.name} needs {profile.keying_material_length} bytes of keying material, got {len(material)}"
+        )
+    client_key = material[:key_len]
+    server_key = material[key_len : 2 * key_len]
+    client_salt = material[2 * key_len : 2 * key_len + salt_len]
+    server_salt = material[2 * key_len + salt_len :]
+    client, server = client_key + client_salt, server_key + server_salt
+    return (client, server) if is_client else (server, client)
+
+
+class SrtpContext:
+    """Both directions of SRTP and SRTCP for one DTLS-SRTP association."""
+
+    __slots__ = ("profile", "_outbound", "_inbound")
+
+    def __init__(
+        self,
+        profile: SrtpProfile,
+        local_master: bytes,
+        remote_master: bytes,
+        replay_window: int = DEFAULT_REPLAY_WINDOW,
+    ) -> None:
+        """``local_master``/``remote_master`` are master key followed by master salt."""
+        self.profile = profile
+        libsrtp_profile = _LIBSRTP_PROFILE[profile]
+        expected = profile.key_length + profile.salt_length
+        for name, master in (("local", local_master), ("remote", remote_master)):
+            if len(master) != expected:
+                raise ValueError(f"{name} master key+salt must be {expected} bytes for {profile.name}")
+
+        outbound = pylibsrtp.Policy(
+            key=bytes(local_master),
+            ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND,
+            srtp_profile=libsrtp_profile,
+        )
+        outbound.allow_repeat_tx = True
+        # libsrtp checks the window on protect too when allow_repeat_tx is off;
+        # keep both directions alike so behaviour does not depend on which side we are.
+        outbound.window_size = replay_window
+
+        inbound = pylibsrtp.Policy(
+            key=bytes(remote_master),
+            ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND,
+            srtp_profile=libsrtp_profile,
+        )
+        inbound.window_size = replay_window
+
+        try:
+            self._outbound = pylibsrtp.Session(outbound)
+            self._inbound = pylibsrtp.Session(inbound)
+        except pylibsrtp.Error as exc:
+            raise SrtpError(f"libsrtp refused the policy: {exc}") from None
+
+    @classmethod
+    def from_keying_material(
+        cls,
+        profile: SrtpProfile,
+        material: bytes,
+        is_client: bool,
+        replay_window: int = DEFAULT_REPLAY_WINDOW,
+    ) -> "SrtpContext":
+        """Build from ``export_keying_material("EXTRACTOR-dtls_srtp", profile.keying_material_length)``."""
+        local, remote = split_keying_material(profile, material, is_client)
+        return cls(profile, local, remote, replay_window)
+
+    # The four transforms are the per-packet hot path: a plain call, no
+    # allocation besides libsrtp's result bytes, exceptions only on failure.
+
+    def protect_rtp(self, packet: bytes) -> bytes:
+        try:
+            return self._outbound.protect(packet)
+        except (pylibsrtp.Error, ValueError, TypeError) as exc:
+            raise _map_error(exc) from None
+
+    def unprotect_rtp(self, packet: bytes) -> bytes:
+        try:
+            return self._inbound.unprotect(packet)
+        except (pylibsrtp.Error, ValueError, TypeError) as exc:
+            raise _map_error(exc) from None
+
+    def protect_rtcp(self, packet: bytes) -> bytes:
+        try:
+            return self._outbound.protect_rtcp(packet)
+        except (pylibsrtp.Error, ValueError, TypeError) as exc:
+            raise _map_error(exc) from None
+
+    def unprotect_rtcp(self, packet: bytes) -> bytes:
+        try:
+            return self._inbound.unprotect_rtcp(packet)
+        except (pylibsrtp.Error, ValueError, TypeError) as exc:
+            raise _map_error(exc) from None
