@@ -33,9 +33,11 @@ import trio
 from livekit.protocol import models
 from livekit.protocol import rtc as lk_rtc
 from wsproto.connection import Connection as WsConnection
+from wsproto.connection import ConnectionState as WsState
 from wsproto.connection import ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 from wsproto.frame_protocol import CloseReason
+from wsproto.utilities import LocalProtocolError
 
 from aiortc_peers import AiortcPeers
 
@@ -213,7 +215,9 @@ class SignalSession:
                 elif isinstance(event, Ping):
                     await self._stream.send_all(self._ws.send(event.response()))
                 elif isinstance(event, CloseConnection):
-                    await self._stream.send_all(self._ws.send(event.response()))
+                    # After our own close (on `leave`) the peer's close needs no reply.
+                    if self._ws.state is WsState.REMOTE_CLOSING:
+                        await self._stream.send_all(self._ws.send(event.response()))
                     self._closed = True
 
     async def _handle(self, request: lk_rtc.SignalRequest) -> None:
@@ -278,7 +282,9 @@ class FakeLiveKitServer:
     async def handle_connection(self, stream: trio.SocketStream) -> None:
         try:
             await self._serve_http(stream)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.RemoteProtocolError) as exc:
+        except (
+            trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError, LocalProtocolError,
+        ) as exc:
             log.info("connection ended: %r", exc)
         finally:
             await trio.aclose_forcefully(stream)
