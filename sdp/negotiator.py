@@ -1,0 +1,478 @@
+"""Offer/answer for an SFU (RFC 3264, JSEP RFC 8829, BUNDLE RFC 8843).
+
+Two roles, matching LiveKit's two peer connections:
+
+* publisher PC — the client offers, :func:`answer_offer` answers: ICE-lite,
+  one BUNDLE transport, receive-only media, codecs and header extensions
+  narrowed to what the SFU forwards, simulcast rids accepted, data channels
+  accepted.
+* subscriber PC — the server offers from its :class:`TransceiverTable`
+  (:class:`SubscriberOffer`), the client answers, :meth:`SubscriberOffer.apply_answer`
+  checks the answer really answers that offer.
+
+:func:`negotiated_media` turns an offer/answer pair into per-mid facts the
+media stack needs (payload types, extension ids, rids, SSRCs).
+"""
+
+from __future__ import annotations
+
+import enum
+
+import attrs
+
+from sdp.codecs import (
+    PUBLISHER_EXTENSIONS, SUBSCRIBER_EXTENSIONS, MediaKind, filter_feedback, is_red,
+    is_supported_media_codec, red_references,
+)
+from sdp.errors import NegotiationError
+from sdp.model import (
+    Candidate, Codec, Connection, Direction, Extmap, Fingerprint, Fmtp, Group,
+    IcePwd, IceUfrag, MaxMessageSize, MediaSection, Mid, Msid, MsidSemantic, Origin, Rid,
+    RtcpFb, Rtpmap, SctpPort, SessionDescription, Setup, SetupRole, Simulcast, Ssrc, SsrcGroup,
+    flag,
+)
+from sdp.transceivers import TransceiverState, TransceiverTable, live_track_ids
+
+RTP_PROTO = "UDP/TLS/RTP/SAVPF"
+SCTP_PROTO = "UDP/DTLS/SCTP"
+DATACHANNEL_FORMAT = "webrtc-datachannel"
+_SCTP_PROTOS = frozenset({"UDP/DTLS/SCTP", "TCP/DTLS/SCTP", "DTLS/SCTP"})
+_DISCARD_PORT = 9  # RFC 8840: placeholder port when candidates carry the real one
+
+
+class DtlsRole(enum.Enum):
+    CLIENT = "client"  # we send ClientHello (a=setup:active)
+    SERVER = "server"  # we wait for it (a=setup:passive)
+
+
+@attrs.frozen
+class LocalParams:
+    """Our side of the transport, the same for every m-line (one BUNDLE transport)."""
+
+    ice_ufrag: str
+    ice_pwd: str
+    fingerprints: tuple[Fingerprint, ...]
+    candidates: tuple[str, ...] = ()
+    session_id: int = 1
+    sctp_port: int = 5000
+    max_message_size: int = 262144
+
+
+@attrs.frozen
+class NegotiatedMedia:
+    """What one m-line ended up as, for the media stack."""
+
+    mid: str
+    kind: str
+    accepted: bool
+    direction: Direction  # as seen from the server
+    codecs: tuple[Codec, ...] = ()
+    extensions: dict[int, str] = attrs.field(factory=dict)  # id → URI
+    rids: tuple[str, ...] = ()
+    ssrcs: tuple[int, ...] = ()
+    ssrc_groups: tuple[SsrcGroup, ...] = ()
+    msid: Msid | None = None
+    sctp_port: int | None = None
+    max_message_size: int | None = None  # the peer's limit
+
+    def payload_type(self, name: str) -> int | None:
+        for c in self.codecs:
+            if c.name.lower() == name.lower():
+                return c.payload_type
+        return None
+
+
+def _transport_attributes(local: LocalParams, setup: SetupRole) -> list:
+    return [IceUfrag(local.ice_ufrag), IcePwd(local.ice_pwd), *local.fingerprints, Setup(setup)]
+
+
+def _codec_attributes(codecs: tuple[Codec, ...] | list[Codec]) -> list:
+    out: list = []
+    for c in codecs:
+        out.append(Rtpmap(c.payload_type, c.name, c.clock_rate, c.channels))
+        out += [RtcpFb(c.payload_type, t, p) for t, p in c.feedback]
+        if c.parameters is not None:
+            out.append(Fmtp(c.payload_type, c.parameters))
+    return out
+
+
+def _candidate_attributes(local: LocalParams) -> list:
+    return [Candidate(c) for c in local.candidates] + [flag("end-of-candidates")]
+
+
+def _rejected_section(m_kind: str, proto: str, formats: list[str], mid: str | None) -> MediaSection:
+    section = MediaSection(m_kind, 0, proto, list(formats[:1]) or ["0"],
+                           connections=[Connection()])
+    if mid is not None:
+        section.attributes.append(Mid(mid))
+    return section
+
+
+def _kind_of(section: MediaSection) -> MediaKind | None:
+    try:
+        return MediaKind(section.kind)
+    except ValueError:
+        return None
+
+
+# --- answering a publisher offer ------------------------------------------------
+
+
+def _answer_setup(offered: SetupRole | None) -> SetupRole:
+    # RFC 8842 §5.3: answer actpass with active or passive; we pick passive so
+    # the browser is the DTLS client, as LiveKit does. An absent a=setup means
+    # active (RFC 4145 §4).
+    if offered in (None, SetupRole.ACTPASS, SetupRole.ACTIVE):
+        return SetupRole.PASSIVE
+    if offered is SetupRole.PASSIVE:
+        return SetupRole.ACTIVE
+    raise NegotiationError("offer has a=setup:holdconn; cannot start DTLS")
+
+
+def _accepted_codecs(kind: MediaKind, offered: list[Codec]) -> list[Codec]:
+    primary = {c.payload_type for c in offered if is_supported_media_codec(kind, c)}
+    accepted = set(primary)
+    for c in offered:
+        if is_red(kind, c):
+            refs = red_references(c)
+            if refs and all(r in primary for r in refs):
+                accepted.add(c.payload_type)
+    for c in offered:
+        if c.is_rtx and c.apt in primary:
+            accepted.add(c.payload_type)
+    return [attrs.evolve(c, feedback=filter_feedback(c)) for c in offered
+            if c.payload_type in accepted]
+
+
+def _answer_media(offer: SessionDescription, m: MediaSection, local: LocalParams,
+                  setup: SetupRole) -> MediaSection | None:
+    """The accepted answer section for ``m``, or None to reject it."""
+    kind = _kind_of(m)
+    mid = m.mid
+    if kind is None or m.rejected or mid is None:
+        return None
+    section = MediaSection(m.kind, _DISCARD_PORT, m.proto, [], connections=[Connection()])
+    attributes = section.attributes
+    attributes += _transport_attributes(local, setup)
+    attributes.append(Mid(mid))
+
+    if kind is MediaKind.APPLICATION:
+        if m.proto not in _SCTP_PROTOS or DATACHANNEL_FORMAT not in m.formats:
+            return None
+        section.formats = [DATACHANNEL_FORMAT]
+        attributes += [SctpPort(local.sctp_port), MaxMessageSize(local.max_message_size)]
+        return section
+
+    if not m.proto.endswith("SAVPF") or not m.rtcp_mux:
+        return None  # need DTLS-SRTP with feedback, and RTCP multiplexed (RFC 8829 §5.3.1)
+    codecs = _accepted_codecs(kind, m.codecs())
+    if not any(not c.is_rtx for c in codecs):
+        return None
+    section.formats = [str(c.payload_type) for c in codecs]
+    supported_ext = PUBLISHER_EXTENSIONS[kind]
+    for e in m.extmaps:
+        if e.uri in supported_ext:
+            reverse = e.direction.reversed() if e.direction is not None else None
+            attributes.append(Extmap(e.id, e.uri, reverse))
+    if m.has_flag("extmap-allow-mixed"):
+        attributes.append(flag("extmap-allow-mixed"))
+    # The publisher PC only carries media towards the server.
+    attributes.append(flag(Direction.from_flags(sends=False, receives=m.direction.sends).value))
+    attributes.append(flag("rtcp-mux"))
+    if m.has_flag("rtcp-rsize"):
+        attributes.append(flag("rtcp-rsize"))
+    attributes += _codec_attributes(codecs)
+
+    simulcast = m.simulcast
+    if simulcast is not None and simulcast.send:
+        send_rids = set(simulcast.send_rids())
+        rids = [r for r in m.rids if r.direction == "send" and r.rid in send_rids]
+        known = {r.rid for r in rids}
+        streams = tuple(alts for alts in (tuple(s for s in a if s.rid in known)
+                                          for a in simulcast.send) if alts)
+        if streams:
+            attributes += [Rid(r.rid, "recv") for r in rids]
+            attributes.append(Simulcast(recv=streams))
+    return section
+
+
+def answer_offer(offer: SessionDescription, local: LocalParams, *,
+                 session_version: int = 1) -> SessionDescription:
+    """Answer a client's publisher offer as an ICE-lite, receive-only, BUNDLE-only SFU."""
+    if not offer.media:
+        raise NegotiationError("offer has no media sections")
+    bundles = offer.bundle_groups()
+    # One transport: with BUNDLE only the first group's sections; without it,
+    # only one section can get the transport.
+    bundle_mids = set(bundles[0]) if bundles else None
+
+    first = next((m for m in offer.media if not m.rejected
+                  and (bundle_mids is None or m.mid in bundle_mids)), None)
+    if first is None:
+        raise NegotiationError("offer has no usable media section")
+    if not offer.effective_ufrag(first) or not offer.effective_pwd(first):
+        raise NegotiationError("offer lacks ICE credentials")
+    if not offer.effective_fingerprints(first):
+        raise NegotiationError("offer lacks a DTLS fingerprint")
+    setup = _answer_setup(offer.effective_setup(first))
+
+    answer = SessionDescription(origin=Origin("-", local.session_id, session_version))
+    accepted_mids: list[str] = []
+    seen_mids: set[str] = set()
+    for m in offer.media:
+        if m.mid is not None and m.mid in seen_mids:
+            raise NegotiationError(f"offer repeats mid {m.mid}")
+        if m.mid is not None:
+            seen_mids.add(m.mid)
+        usable = (bundle_mids is None and not accepted_mids) or (
+            bundle_mids is not None and m.mid in bundle_mids)
+        section = _answer_media(offer, m, local, setup) if usable else None
+        if section is None:
+            answer.media.append(_rejected_section(m.kind, m.proto, m.formats, m.mid))
+            continue
+        if not accepted_mids:
+            section.attributes += _candidate_attributes(local)
+        accepted_mids.append(section.mid)
+        answer.media.append(section)
+
+    if bundles and accepted_mids:
+        answer.attributes.append(Group("BUNDLE", tuple(accepted_mids)))
+    if offer.extmap_allow_mixed:
+        answer.attributes.append(flag("extmap-allow-mixed"))
+    answer.attributes.append(MsidSemantic("WMS"))
+    answer.attributes.append(flag("ice-lite"))
+    return answer
+
+
+def negotiated_media(offer: SessionDescription, answer: SessionDescription,
+                     local_is_offerer: bool = False) -> dict[str, NegotiatedMedia]:
+    """Per mid: what an offer/answer pair agreed on, from the server's point of view."""
+    if len(offer.media) != len(answer.media):
+        raise NegotiationError("answer and offer have different numbers of m-lines")
+    result: dict[str, NegotiatedMedia] = {}
+    for o, a in zip(offer.media, answer.media):
+        mid = o.mid
+        if mid is None:
+            continue
+        if a.rejected or o.rejected:
+            result[mid] = NegotiatedMedia(mid, o.kind, False, Direction.INACTIVE)
+            continue
+        if local_is_offerer:
+            direction = Direction.from_flags(sends=o.direction.sends and a.direction.receives,
+                                             receives=o.direction.receives and a.direction.sends)
+        else:
+            direction = a.direction
+        # The sender's SSRCs and msid are in the sender's own section.
+        sender = o if o.direction.sends or not a.direction.sends else a
+        rids = a.rids if a.rids else o.rids
+        result[mid] = NegotiatedMedia(
+            mid, o.kind, True, direction, tuple(a.codecs()),
+            {e.id: e.uri for e in a.extmaps}, tuple(r.rid for r in rids),
+            tuple(sender.ssrcs), tuple(sender.ssrc_groups), sender.msid or o.msid,
+            a.sctp_port, (o if not local_is_offerer else a).max_message_size,
+        )
+    return result
+
+
+def local_dtls_role(answer: SessionDescription, local_is_offerer: bool) -> DtlsRole:
+    """Who runs the DTLS client, from the answer's a=setup (RFC 8842 §5)."""
+    first = next((m for m in answer.media if not m.rejected), None)
+    role = answer.effective_setup(first) if first is not None else answer.setup
+    if role not in (SetupRole.ACTIVE, SetupRole.PASSIVE):
+        raise NegotiationError(f"answer must say a=setup:active or passive, not {role}")
+    answerer_is_client = role is SetupRole.ACTIVE
+    we_are_client = answerer_is_client != local_is_offerer
+    return DtlsRole.CLIENT if we_are_client else DtlsRole.SERVER
+
+
+# --- offering to a subscriber ------------------------------------------------------
+
+
+class SignalingState(enum.Enum):
+    STABLE = "stable"
+    HAVE_LOCAL_OFFER = "have-local-offer"
+
+
+@attrs.frozen
+class _OfferedLine:
+    mid: str
+    kind: str
+    live: bool
+    stopped: bool  # a STOPPING transceiver offered with port 0
+    codecs: tuple[Codec, ...]
+    extension_ids: dict[int, str]
+
+
+class SubscriberOffer:
+    """The server's offers on a subscriber PC, built from a transceiver table."""
+
+    def __init__(self, local: LocalParams, table: TransceiverTable | None = None,
+                 cname: str = "trio-sfu", data_channel: bool = True) -> None:
+        self.local = local
+        self.table = table if table is not None else TransceiverTable()
+        self.cname = cname
+        self.state = SignalingState.STABLE
+        self.dtls_role: DtlsRole | None = None
+        self.remote_ice_ufrag: str | None = None
+        self.remote_ice_pwd: str | None = None
+        self.remote_fingerprints: tuple[Fingerprint, ...] = ()
+        self.rejected_track_ids: list[str] = []
+        self._version = 0
+        self._pending: tuple[_OfferedLine, ...] = ()
+        self._pending_offer: SessionDescription | None = None
+        if data_channel:
+            self.table.add_data_channel()
+
+    def create_offer(self) -> SessionDescription:
+        """An offer for every m-line in table order; replaces any pending offer."""
+        self.table.check_invariant()
+        if not self.table.transceivers:
+            raise NegotiationError("nothing to offer: no m-lines")
+        self._version += 1
+        offer = SessionDescription(origin=Origin("-", self.local.session_id, self._version))
+        lines: list[_OfferedLine] = []
+        live_mids: list[str] = []
+        for t in self.table.transceivers:
+            live = t.state.live
+            kind = t.kind.value
+            if not live:
+                formats = [str(t.codecs[0].payload_type)] if t.codecs else (
+                    [DATACHANNEL_FORMAT] if t.kind is MediaKind.APPLICATION else ["0"])
+                proto = SCTP_PROTO if t.kind is MediaKind.APPLICATION else RTP_PROTO
+                section = _rejected_section(kind, proto, formats, t.mid)
+                section.attributes.append(flag(Direction.INACTIVE.value))
+                offer.media.append(section)
+                lines.append(_OfferedLine(t.mid, kind, False,
+                                          t.state is TransceiverState.STOPPING, (), {}))
+                continue
+            section = self._live_section(t, first=not live_mids)
+            live_mids.append(t.mid)
+            offer.media.append(section)
+            lines.append(_OfferedLine(t.mid, kind, True, False, t.codecs,
+                                      {e.id: e.uri for e in section.extmaps}))
+        if live_mids:
+            offer.attributes.append(Group("BUNDLE", tuple(live_mids)))
+        offer.attributes.append(MsidSemantic("WMS", ("*",)))
+        offer.attributes.append(flag("ice-lite"))
+
+        ids = live_track_ids(self.table.transceivers)
+        if len(ids) != len(set(ids)):
+            raise NegotiationError("internal: duplicate track in offer")  # unreachable: checked above
+        self.table.mark_offered()
+        self._pending = tuple(lines)
+        self._pending_offer = offer
+        self.state = SignalingState.HAVE_LOCAL_OFFER
+        return offer
+
+    def _live_section(self, t, first: bool) -> MediaSection:
+        if t.kind is MediaKind.APPLICATION:
+            section = MediaSection("application", _DISCARD_PORT, SCTP_PROTO, [DATACHANNEL_FORMAT],
+                                   connections=[Connection()])
+            section.attributes += _transport_attributes(self.local, SetupRole.ACTPASS)
+            section.attributes.append(Mid(t.mid))
+            section.attributes += [SctpPort(self.local.sctp_port),
+                                   MaxMessageSize(self.local.max_message_size)]
+        else:
+            section = MediaSection(t.kind.value, _DISCARD_PORT, RTP_PROTO,
+                                   [str(c.payload_type) for c in t.codecs],
+                                   connections=[Connection()])
+            a = section.attributes
+            a += _transport_attributes(self.local, SetupRole.ACTPASS)
+            a.append(Mid(t.mid))
+            a += [Extmap(i, uri) for i, uri in SUBSCRIBER_EXTENSIONS[t.kind]]
+            a.append(flag(t.direction.value))
+            if t.state is TransceiverState.ACTIVE:
+                a.append(Msid(t.stream_id, t.track_id))
+            a += [flag("rtcp-mux"), flag("rtcp-rsize")]
+            a += _codec_attributes(t.codecs)
+            if t.state is TransceiverState.ACTIVE and t.ssrc is not None:
+                ssrcs = [t.ssrc] + ([t.rtx_ssrc] if t.rtx_ssrc is not None else [])
+                if len(ssrcs) == 2:
+                    a.append(SsrcGroup("FID", tuple(ssrcs)))
+                for s in ssrcs:
+                    a.append(Ssrc(s, "cname", self.cname))
+                    a.append(Ssrc(s, "msid", f"{t.stream_id} {t.track_id}"))
+        if first:
+            section.attributes += _candidate_attributes(self.local)
+        return section
+
+    def apply_answer(self, answer: SessionDescription) -> dict[str, NegotiatedMedia]:
+        """Check ``answer`` answers the pending offer, then update the table."""
+        if self.state is not SignalingState.HAVE_LOCAL_OFFER or self._pending_offer is None:
+            raise NegotiationError("no offer is pending")
+        offered = self._pending
+        if len(answer.media) != len(offered):
+            raise NegotiationError(
+                f"answer has {len(answer.media)} m-lines, offer had {len(offered)}")
+        first_live = None
+        for line, a in zip(offered, answer.media):
+            if a.kind != line.kind:
+                raise NegotiationError(f"m-line {line.mid}: kind {a.kind} != offered {line.kind}")
+            if a.mid is not None and a.mid != line.mid:
+                raise NegotiationError(f"m-line order changed: {a.mid} where {line.mid} was")
+            if a.mid is None and not a.rejected:
+                raise NegotiationError(f"accepted m-line {line.mid} lacks a=mid")
+            if a.rejected:
+                continue
+            if not line.live:
+                raise NegotiationError(f"answer accepts m-line {line.mid} offered with port 0")
+            first_live = first_live or a
+            self._check_answer_media(line, a)
+        if first_live is not None:
+            self._check_transport(answer, first_live)
+
+        offer = self._pending_offer
+        result = negotiated_media(offer, answer, local_is_offerer=True)
+        self.rejected_track_ids = []
+        for line, a in zip(offered, answer.media):
+            t = self.table.get(line.mid)
+            if a.rejected:
+                lost = self.table.mark_rejected(line.mid, offered_stopped=line.stopped)
+                if lost is not None:
+                    self.rejected_track_ids.append(lost)
+            elif t is not None and t.kind.value == line.kind and t.state.live:
+                t.negotiated_codecs = result[line.mid].codecs
+                t.extensions = dict(result[line.mid].extensions)
+        self.state = SignalingState.STABLE
+        self._pending = ()
+        self._pending_offer = None
+        return result
+
+    def _check_answer_media(self, line: _OfferedLine, a: MediaSection) -> None:
+        if line.kind == MediaKind.APPLICATION.value:
+            if DATACHANNEL_FORMAT not in a.formats:
+                raise NegotiationError(f"m-line {line.mid}: data channel format missing")
+            return
+        offered = {c.payload_type: c for c in line.codecs}
+        chosen = a.codecs()
+        if not chosen:
+            raise NegotiationError(f"m-line {line.mid}: answer accepts no codec")
+        for c in chosen:
+            o = offered.get(c.payload_type)
+            if o is None or o.name.lower() != c.name.lower() or o.clock_rate != c.clock_rate:
+                raise NegotiationError(
+                    f"m-line {line.mid}: codec {c.name}/{c.payload_type} was not offered")
+        for e in a.extmaps:
+            if line.extension_ids.get(e.id) != e.uri:
+                raise NegotiationError(f"m-line {line.mid}: extension {e.id} {e.uri} not offered")
+        if a.direction.sends:
+            # We offered sendonly or inactive: the answerer may only receive.
+            raise NegotiationError(f"m-line {line.mid}: answer direction {a.direction.value}")
+
+    def _check_transport(self, answer: SessionDescription, first: MediaSection) -> None:
+        ufrag, pwd = answer.effective_ufrag(first), answer.effective_pwd(first)
+        fingerprints = answer.effective_fingerprints(first)
+        if not ufrag or not pwd:
+            raise NegotiationError("answer lacks ICE credentials")
+        if not fingerprints:
+            raise NegotiationError("answer lacks a DTLS fingerprint")
+        role = local_dtls_role(answer, local_is_offerer=True)
+        self.remote_ice_ufrag, self.remote_ice_pwd = ufrag, pwd
+        self.remote_fingerprints = tuple(fingerprints)
+        self.dtls_role = role
+
+
+__all__ = [
+    "DtlsRole", "LocalParams", "NegotiatedMedia", "SignalingState", "SubscriberOffer",
+    "answer_offer", "local_dtls_role", "negotiated_media",
+]
