@@ -1,0 +1,113 @@
+"""`trio-sfu` command line: flags and config file → ServerConfig, then run until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from typing import Sequence
+
+import trio
+
+from . import __version__
+from .config import DEV_API_KEY, DEV_API_SECRET, ConfigError, ServerConfig, load_config_file, parse_keys
+from .log import configure, get_logger
+from .server import Server
+
+_log = get_logger("trio_sfu.cli")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trio-sfu", description="A LiveKit-compatible WebRTC SFU on Trio")
+    parser.add_argument("--dev", action="store_true", help=f"development mode: API key {DEV_API_KEY!r}, secret {DEV_API_SECRET!r}, bind 127.0.0.1")
+    parser.add_argument("--config", metavar="FILE", help="YAML config file in LiveKit's shape")
+    parser.add_argument("--bind", action="append", metavar="ADDR", help="address to listen on (repeatable)")
+    parser.add_argument("--port", type=int, help="HTTP/WebSocket port (default 7880; 0 = ephemeral)")
+    parser.add_argument("--udp-port", type=int, help="UDP media port (default 7882)")
+    parser.add_argument("--node-ip", help="IP address to advertise in ICE candidates")
+    parser.add_argument("--keys", help="API keys as 'key: secret' pairs (env LIVEKIT_KEYS)")
+    parser.add_argument("--version", action="version", version=f"trio-sfu {__version__}")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace, environ: dict[str, str]) -> tuple[ServerConfig, list[str]]:
+    """Precedence (as LiveKit): flags over environment over the config file over defaults."""
+    if args.config:
+        config, warnings = load_config_file(args.config)
+    else:
+        config, warnings = ServerConfig(), []
+    if args.dev:
+        config.development = True
+    keys_text = args.keys if args.keys is not None else environ.get("LIVEKIT_KEYS")
+    if keys_text is not None:
+        config.keys = parse_keys(keys_text, "--keys" if args.keys is not None else "LIVEKIT_KEYS")
+    if config.development and not config.keys:
+        config.keys = {DEV_API_KEY: DEV_API_SECRET}
+    if args.bind:
+        config.bind_addresses = list(args.bind)
+    elif config.development and not (args.config and _config_sets_bind(args.config)):
+        config.bind_addresses = ["127.0.0.1"]
+    if args.port is not None:
+        config.port = args.port
+    if args.udp_port is not None:
+        config.rtc.udp_port = args.udp_port
+    if args.node_ip is not None:
+        config.rtc.node_ip = args.node_ip
+    for name, value in (("--port", config.port), ("--udp-port", config.rtc.udp_port)):
+        if not 0 <= value <= 65535:
+            raise ConfigError(f"{name} must be a port number 0-65535, got {value}")
+    if not config.keys:
+        raise ConfigError("no API keys configured: use --keys, LIVEKIT_KEYS, 'keys' in --config, or --dev")
+    return config, warnings
+
+
+def _config_sets_bind(path: str) -> bool:
+    import yaml
+
+    with open(path, encoding="utf-8") as fh:
+        data = yaml.safe_load(fh)
+    return isinstance(data, dict) and data.get("bind_addresses") is not None
+
+
+async def serve(config: ServerConfig) -> None:
+    server = Server(config)
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.run)
+            print(f"trio-sfu {__version__} listening on {server.url}", flush=True)
+            if config.development:
+                for key, secret in config.keys.items():
+                    print(f"dev API key: {key}  secret: {secret}", flush=True)
+            print(f"trio-sfu ready url={server.url}", flush=True)
+
+            async def wait_for_signal() -> None:
+                async for signum in signals:
+                    _log.info("signal received, shutting down", kv={"signal": signal.Signals(signum).name})
+                    server.request_shutdown()
+                    return
+
+            nursery.start_soon(wait_for_signal)
+    print("trio-sfu stopped", flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config, warnings = config_from_args(args, dict(os.environ))
+    except ConfigError as exc:
+        print(f"trio-sfu: error: {exc}", file=sys.stderr)
+        return 2
+    configure(config.logging.level)
+    for warning in warnings:
+        _log.warning(warning)
+    try:
+        trio.run(serve, config)
+    except OSError as exc:
+        print(f"trio-sfu: error: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

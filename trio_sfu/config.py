@@ -1,0 +1,230 @@
+"""Server configuration in LiveKit's YAML shape, plus the `LIVEKIT_KEYS` key-list format.
+
+Loading is strict about types (a wrong type is an error naming the key, because a silently
+ignored `port: "abc"` is worse than a refusal) and lenient about unknown keys (a warning naming
+the key, because LiveKit configs carry many options we do not implement yet).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import attrs
+import yaml
+
+DEFAULT_PORT = 7880
+DEFAULT_TCP_PORT = 7881
+DEFAULT_UDP_PORT = 7882
+# LiveKit's defaults: an unused room lives 5 min, a room everyone left lives 20 s.
+DEFAULT_EMPTY_TIMEOUT = 300
+DEFAULT_DEPARTURE_TIMEOUT = 20
+DEV_API_KEY = "devkey"
+DEV_API_SECRET = "secret"
+LOG_LEVELS = ("debug", "info", "warn", "warning", "error")
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message names the offending key."""
+
+
+@attrs.define
+class RtcConfig:
+    udp_port: int = DEFAULT_UDP_PORT
+    tcp_port: int = DEFAULT_TCP_PORT
+    node_ip: str | None = None
+    use_external_ip: bool = False
+
+
+@attrs.define
+class RoomConfig:
+    empty_timeout: int = DEFAULT_EMPTY_TIMEOUT
+    departure_timeout: int = DEFAULT_DEPARTURE_TIMEOUT
+    auto_create: bool = True
+    max_participants: int = 0
+
+
+@attrs.define
+class LoggingConfig:
+    level: str = "info"
+
+
+@attrs.define
+class ServerConfig:
+    port: int = DEFAULT_PORT
+    bind_addresses: list[str] = attrs.field(factory=lambda: ["0.0.0.0"])
+    rtc: RtcConfig = attrs.field(factory=RtcConfig)
+    keys: dict[str, str] = attrs.field(factory=dict)
+    room: RoomConfig = attrs.field(factory=RoomConfig)
+    logging: LoggingConfig = attrs.field(factory=LoggingConfig)
+    # Accepted and kept for the webhook / multi-node teammates; not interpreted here.
+    webhook: dict[str, Any] | None = None
+    redis: dict[str, Any] | None = None
+    development: bool = False
+
+
+# Each known key: (expected python types, human type name). Sections are nested dicts.
+_INT = ((int,), "an integer")
+_STR = ((str,), "a string")
+_BOOL = ((bool,), "a boolean")
+_MAP = ((dict,), "a mapping")
+_LIST = ((list,), "a list")
+_ANY = ((object,), "anything")
+
+_SCHEMA: dict[str, Any] = {
+    "port": _INT,
+    "bind_addresses": _LIST,
+    "development": _BOOL,
+    "keys": _MAP,
+    "key_file": _STR,
+    "region": _STR,
+    "webhook": _MAP,
+    "redis": _MAP,
+    "rtc": {
+        "udp_port": _INT,
+        "tcp_port": _INT,
+        "node_ip": _STR,
+        "use_external_ip": _BOOL,
+        # Accepted without effect until the media layer reads them.
+        "port_range_start": _INT,
+        "port_range_end": _INT,
+        "use_ice_lite": _BOOL,
+        "stun_servers": _LIST,
+        "turn_servers": _LIST,
+        "enable_loopback_candidate": _BOOL,
+    },
+    "room": {
+        "empty_timeout": _INT,
+        "departure_timeout": _INT,
+        "auto_create": _BOOL,
+        "max_participants": _INT,
+        "enabled_codecs": _LIST,
+        "max_metadata_size": _INT,
+    },
+    "logging": {
+        "level": _STR,
+        "json": _BOOL,
+        "pion_level": _STR,
+        "sample": _BOOL,
+    },
+}
+
+
+def _check(value: Any, spec: tuple[tuple[type, ...], str], key: str) -> None:
+    types, name = spec
+    # bool is an int subclass; `port: true` must not pass as an integer.
+    if isinstance(value, bool) and bool not in types and object not in types:
+        raise ConfigError(f"config key '{key}' must be {name}, got bool")
+    if not isinstance(value, types):
+        raise ConfigError(f"config key '{key}' must be {name}, got {type(value).__name__}")
+
+
+def _walk(data: Mapping[Any, Any], schema: Mapping[str, Any], prefix: str, warnings: list[str]) -> None:
+    for raw_key, value in data.items():
+        key = f"{prefix}{raw_key}"
+        spec = schema.get(raw_key) if isinstance(raw_key, str) else None
+        if spec is None:
+            warnings.append(f"unknown config key '{key}' ignored")
+            continue
+        if isinstance(spec, dict):
+            if value is None:
+                continue
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key '{key}' must be a mapping, got {type(value).__name__}")
+            _walk(value, spec, key + ".", warnings)
+        elif value is not None:
+            _check(value, spec, key)
+
+
+def _port(value: int, key: str) -> int:
+    if not 0 <= value <= 65535:
+        raise ConfigError(f"config key '{key}' must be a port number 0-65535, got {value}")
+    return value
+
+
+def parse_keys(text: str, source: str = "keys") -> dict[str, str]:
+    """Parse LiveKit's key list: YAML `key: secret` pairs, one per line."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not 'key: secret' pairs ({exc.__class__.__name__})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected 'key: secret' pairs")
+    return _keys_from_mapping(data, source)
+
+
+def _keys_from_mapping(data: Mapping[Any, Any], source: str) -> dict[str, str]:
+    keys: dict[str, str] = {}
+    for key, secret in data.items():
+        if not isinstance(key, str) or not isinstance(secret, str) or not key or not secret:
+            raise ConfigError(f"{source}: every API key and secret must be a non-empty string")
+        keys[key] = secret
+    return keys
+
+
+def config_from_mapping(data: Any) -> tuple[ServerConfig, list[str]]:
+    """Build a ServerConfig from parsed YAML; return it with warnings about unknown keys."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError("config file must be a mapping at the top level")
+    warnings: list[str] = []
+    _walk(data, _SCHEMA, "", warnings)
+
+    config = ServerConfig()
+    if data.get("port") is not None:
+        config.port = _port(data["port"], "port")
+    if data.get("bind_addresses") is not None:
+        addresses = data["bind_addresses"]
+        if not all(isinstance(a, str) for a in addresses):
+            raise ConfigError("config key 'bind_addresses' must be a list of strings")
+        # LiveKit writes "" for "all interfaces".
+        config.bind_addresses = [a or "0.0.0.0" for a in addresses] or ["0.0.0.0"]
+    if data.get("development") is not None:
+        config.development = data["development"]
+    if data.get("keys") is not None:
+        config.keys = _keys_from_mapping(data["keys"], "config key 'keys'")
+    if data.get("webhook") is not None:
+        config.webhook = dict(data["webhook"])
+    if data.get("redis") is not None:
+        config.redis = dict(data["redis"])
+
+    rtc = data.get("rtc") or {}
+    if rtc.get("udp_port") is not None:
+        config.rtc.udp_port = _port(rtc["udp_port"], "rtc.udp_port")
+    if rtc.get("tcp_port") is not None:
+        config.rtc.tcp_port = _port(rtc["tcp_port"], "rtc.tcp_port")
+    if rtc.get("node_ip") is not None:
+        config.rtc.node_ip = rtc["node_ip"]
+    if rtc.get("use_external_ip") is not None:
+        config.rtc.use_external_ip = rtc["use_external_ip"]
+
+    room = data.get("room") or {}
+    for name in ("empty_timeout", "departure_timeout", "max_participants"):
+        if room.get(name) is not None:
+            if room[name] < 0:
+                raise ConfigError(f"config key 'room.{name}' must not be negative")
+            setattr(config.room, name, room[name])
+    if room.get("auto_create") is not None:
+        config.room.auto_create = room["auto_create"]
+
+    log = data.get("logging") or {}
+    if log.get("level") is not None:
+        if log["level"].lower() not in LOG_LEVELS:
+            raise ConfigError(f"config key 'logging.level' must be one of {', '.join(LOG_LEVELS)}")
+        config.logging.level = log["level"].lower()
+    return config, warnings
+
+
+def load_config_file(path: str) -> tuple[ServerConfig, list[str]]:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    return config_from_mapping(data)

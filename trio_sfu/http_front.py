@@ -1,0 +1,392 @@
+"""The one-port front door: plain HTTP with h11, WebSocket upgrades handed to trio-websocket.
+
+`trio_websocket.serve_websocket` cannot answer plain HTTP (wsproto rejects a non-upgrade
+request with an empty 400 before any handler runs), so we read the request head ourselves with
+h11, route it, and for a `/rtc` upgrade that passed auth and joined its room we hand the socket
+to trio-websocket wrapped in `ReplayStream`, which replays the bytes h11 already consumed so
+wsproto sees the handshake from its first byte. Like LiveKit, the room join happens *before* the
+upgrade, so auth and room errors are HTTP statuses with a plain-text reason.
+
+Every response closes the connection (no keep-alive): the endpoints here are one-shot, and it
+keeps the state machine trivial. Head size is bounded by h11's `max_incomplete_event_size`,
+head and body reads by timeouts, and an unexpected error becomes a bare 500 -- never a trace.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Iterable
+from urllib.parse import parse_qs, urlsplit
+
+import attrs
+import h11
+import trio
+import trio_websocket
+from livekit.protocol import models, rtc
+
+from . import metrics as m
+from .auth import AuthError, ClaimGrants, TokenVerifier, token_from_request
+from .config import ServerConfig
+from .log import get_logger
+from .participant import JoinOptions
+from .rooms import RoomClosedError, RoomRegistry
+
+MAX_HEAD = 16 * 1024
+MAX_BODY = 1024 * 1024
+HEAD_TIMEOUT = 10.0
+BODY_TIMEOUT = 10.0
+MAX_NAME_LENGTH = 256
+CORS_HEADERS = [("access-control-allow-origin", "*")]
+_SDK_NAMES = {
+    "js": models.ClientInfo.SDK.JS,
+    "swift": models.ClientInfo.SDK.SWIFT,
+    "ios": models.ClientInfo.SDK.SWIFT,
+    "android": models.ClientInfo.SDK.ANDROID,
+    "flutter": models.ClientInfo.SDK.FLUTTER,
+    "go": models.ClientInfo.SDK.GO,
+    "unity": models.ClientInfo.SDK.UNITY,
+    "reactnative": models.ClientInfo.SDK.REACT_NATIVE,
+    "rust": models.ClientInfo.SDK.RUST,
+    "python": models.ClientInfo.SDK.PYTHON,
+    "cpp": models.ClientInfo.SDK.CPP,
+    "unityweb": models.ClientInfo.SDK.UNITY_WEB,
+    "node": models.ClientInfo.SDK.NODE,
+}
+
+_log = get_logger("trio_sfu.http")
+
+
+class ReplayStream(trio.abc.Stream):
+    """A stream that first yields bytes already read from `inner`, then reads `inner`."""
+
+    def __init__(self, inner: trio.abc.Stream, already_read: bytes) -> None:
+        self._inner = inner
+        self._pending = memoryview(bytes(already_read))
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._pending:
+            size = len(self._pending) if max_bytes is None else min(max_bytes, len(self._pending))
+            chunk = bytes(self._pending[:size])
+            self._pending = self._pending[size:]
+            await trio.lowlevel.checkpoint()
+            return chunk
+        return await self._inner.receive_some(max_bytes)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._inner.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+@attrs.frozen
+class Request:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+
+    def param(self, name: str) -> str | None:
+        values = self.query.get(name)
+        return values[0] if values else None
+
+    @property
+    def is_websocket_upgrade(self) -> bool:
+        connection = self.headers.get("connection", "").lower()
+        return self.headers.get("upgrade", "").lower() == "websocket" and "upgrade" in connection
+
+
+class _HttpExchange:
+    """One request/response on one connection, over h11."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+        self.raw = bytearray()
+        self.responded = False
+        self.method = "GET"
+
+    async def _next_event(self) -> object:
+        while True:
+            event = self.conn.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            data = await self.stream.receive_some(8192)
+            # Keep the raw bytes only while they may still be needed for a WebSocket replay.
+            if len(self.raw) <= MAX_HEAD:
+                self.raw += data
+            self.conn.receive_data(data)
+
+    async def read_head(self) -> h11.Request | None:
+        event = await self._next_event()
+        if isinstance(event, h11.Request):
+            self.method = event.method.decode("ascii", "replace").upper()
+            return event
+        return None
+
+    async def drain_body(self, limit: int) -> bool:
+        """Read and discard the body; False if it exceeds `limit`."""
+        size = 0
+        while True:
+            event = await self._next_event()
+            if isinstance(event, h11.Data):
+                size += len(event.data)
+                if size > limit:
+                    return False
+            elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)) or event is h11.PAUSED:
+                return True
+
+    async def respond(
+        self,
+        status: int,
+        body: bytes = b"",
+        content_type: str = "text/plain; charset=utf-8",
+        headers: Iterable[tuple[str, str]] = (),
+    ) -> None:
+        if self.responded:
+            return
+        self.responded = True
+        all_headers = [
+            ("server", "trio-sfu"),
+            ("connection", "close"),
+            ("content-type", content_type),
+            ("content-length", str(len(body))),
+            *headers,
+        ]
+        data = self.conn.send(h11.Response(status_code=status, headers=all_headers))
+        if body and self.method != "HEAD":
+            data += self.conn.send(h11.Data(data=body))
+        data += self.conn.send(h11.EndOfMessage())
+        await self.stream.send_all(data)
+
+
+def _parse_request(event: h11.Request) -> Request:
+    target = event.target.decode("utf-8", "replace")
+    parts = urlsplit(target)
+    path = parts.path or "/"
+    # Both SDKs append to the user's URL path; LiveKit collapses a doubled leading slash.
+    while path.startswith("//"):
+        path = path[1:]
+    if len(path) > 1:
+        path = path.rstrip("/") or "/"
+    headers: dict[str, str] = {}
+    for name, value in event.headers:
+        headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+    query = parse_qs(parts.query, keep_blank_values=True, max_num_fields=100)
+    return Request(event.method.decode("ascii", "replace").upper(), path, query, headers)
+
+
+def _bool_param(value: str | None, default: bool) -> bool:
+    if value is None or value == "":
+        return default
+    return value.lower() in ("1", "true")
+
+
+def _int_param(value: str | None) -> int:
+    try:
+        return int(value or 0)
+    except ValueError:
+        return 0
+
+
+def join_options_from_query(request: Request) -> JoinOptions:
+    info = models.ClientInfo(
+        sdk=_SDK_NAMES.get((request.param("sdk") or "").lower(), models.ClientInfo.SDK.UNKNOWN),
+        version=(request.param("version") or "")[:64],
+        protocol=_int_param(request.param("protocol")),
+        os=(request.param("os") or "")[:64],
+        os_version=(request.param("os_version") or "")[:64],
+        device_model=(request.param("device_model") or "")[:64],
+        browser=(request.param("browser") or "")[:64],
+        browser_version=(request.param("browser_version") or "")[:64],
+        network=(request.param("network") or "")[:64],
+        client_protocol=_int_param(request.param("client_protocol")),
+    )
+    return JoinOptions(
+        auto_subscribe=_bool_param(request.param("auto_subscribe"), True),
+        adaptive_stream=_bool_param(request.param("adaptive_stream"), False),
+        protocol=info.protocol,
+        client_info=info,
+    )
+
+
+class HttpFront:
+    """Routes HTTP requests and WebSocket upgrades for one server."""
+
+    def __init__(self, config: ServerConfig, verifier: TokenVerifier, registry: RoomRegistry, metrics: m.Metrics) -> None:
+        self.config = config
+        self.verifier = verifier
+        self.registry = registry
+        self.metrics = metrics
+
+    async def handle_connection(self, stream: trio.abc.Stream) -> None:
+        """The `serve_listeners` handler: one request per connection."""
+        exchange = _HttpExchange(stream)
+        try:
+            await self._handle(exchange)
+        except h11.RemoteProtocolError as exc:
+            self.metrics.inc(m.HTTP_BAD_REQUEST)
+            status = exc.error_status_hint if 400 <= exc.error_status_hint < 600 else 400
+            await self._try_respond(exchange, status, b"bad request\n")
+        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.LocalProtocolError):
+            pass
+        except Exception:
+            self.metrics.inc(m.HTTP_INTERNAL_ERROR)
+            _log.exception("unexpected error serving a request")
+            await self._try_respond(exchange, 500, b"internal server error\n")
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                await stream.aclose()
+
+    async def _try_respond(self, exchange: _HttpExchange, status: int, body: bytes) -> None:
+        try:
+            with trio.move_on_after(2):
+                await exchange.respond(status, body)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.LocalProtocolError):
+            pass
+
+    async def _handle(self, exchange: _HttpExchange) -> None:
+        with trio.move_on_after(HEAD_TIMEOUT) as head_timeout:
+            event = await exchange.read_head()
+        if head_timeout.cancelled_caught:
+            self.metrics.inc(m.HTTP_TIMEOUT)
+            await self._try_respond(exchange, 408, b"request timeout\n")
+            return
+        if event is None:
+            return
+        self.metrics.inc(m.HTTP_REQUESTS)
+        request = _parse_request(event)
+        path = request.path
+
+        if request.method == "OPTIONS":
+            await self._preflight(exchange, request)
+            return
+        if path == "/":
+            if request.method not in ("GET", "HEAD"):
+                await exchange.respond(405, b"method not allowed\n", headers=[("allow", "GET, HEAD")])
+            else:
+                await exchange.respond(200, b"OK")
+            return
+        if path == "/rtc/validate":
+            await self._validate(exchange, request)
+            return
+        if path in ("/rtc/v1", "/rtc/v1/validate"):
+            # Single-PC signalling is not implemented: a clean HTTP/1.1 404 makes livekit-client
+            # (>= 2.17) and the Python SDK (>= 1.2) fall back to /rtc. The body must not contain
+            # "requested room does not exist", which JS reads as a permission error.
+            await exchange.respond(404, b"v1 signalling is not supported by this server; use /rtc\n", headers=CORS_HEADERS)
+            return
+        if path == "/rtc":
+            if not request.is_websocket_upgrade:
+                await exchange.respond(404, b"")
+                return
+            await self._signal(exchange, request)
+            return
+        if path.startswith("/twirp/"):
+            with trio.move_on_after(BODY_TIMEOUT):
+                if not await exchange.drain_body(MAX_BODY):
+                    await exchange.respond(413, b"request body too large\n")
+                    return
+            body = json.dumps({"code": "bad_route", "msg": f"no handler for path {path[:200]}"}).encode()
+            await exchange.respond(404, body, content_type="application/json")
+            return
+        await exchange.respond(404, b"not found\n")
+
+    async def _preflight(self, exchange: _HttpExchange, request: Request) -> None:
+        requested = request.headers.get("access-control-request-headers", "authorization")
+        await exchange.respond(
+            204,
+            b"",
+            headers=[
+                *CORS_HEADERS,
+                ("access-control-allow-methods", "GET, POST, OPTIONS"),
+                ("access-control-allow-headers", requested[:1024]),
+                ("access-control-max-age", "600"),
+            ],
+        )
+
+    def authorize_join(self, request: Request) -> tuple[str, ClaimGrants]:
+        """LiveKit's join validation: returns (room name, grants) or raises AuthError(status, reason)."""
+        token = token_from_request(request.headers.get("authorization"), request.param("access_token"))
+        if token is None:
+            raise AuthError(401, "permissions denied")
+        grants = self.verifier.verify(token)
+        video = grants.video
+        if video is None or not video.room_join:
+            raise AuthError(401, "permissions denied")
+        if not grants.identity:
+            raise AuthError(400, "participant identity cannot be empty")
+        if len(grants.identity) > MAX_NAME_LENGTH:
+            raise AuthError(400, f"participant identity exceeds limits: max length {MAX_NAME_LENGTH}")
+        # LiveKit: the token's room wins over the `room` query parameter.
+        room = video.room or (request.param("room") or "")
+        if not room:
+            raise AuthError(400, "room name cannot be empty")
+        if len(room) > MAX_NAME_LENGTH:
+            raise AuthError(400, f"room name exceeds limits: max length {MAX_NAME_LENGTH}")
+        if not self.config.room.auto_create and room not in self.registry.rooms:
+            raise AuthError(404, "requested room does not exist")
+        if request.param("attributes") and not video.may_update_own_metadata:
+            raise AuthError(401, "permissions denied")
+        return room, grants
+
+    async def _validate(self, exchange: _HttpExchange, request: Request) -> None:
+        if request.method not in ("GET", "HEAD"):
+            await exchange.respond(405, b"method not allowed\n", headers=[*CORS_HEADERS, ("allow", "GET, OPTIONS")])
+            return
+        try:
+            self.authorize_join(request)
+        except AuthError as exc:
+            self.metrics.inc(m.AUTH_FAILED)
+            _log.info("validate refused", kv={"status": exc.status, "reason": exc.reason})
+            await exchange.respond(exc.status, exc.reason.encode() + b"\n", headers=CORS_HEADERS)
+            return
+        await exchange.respond(200, b"success", headers=CORS_HEADERS)
+
+    async def _signal(self, exchange: _HttpExchange, request: Request) -> None:
+        if not request.headers.get("sec-websocket-key") or request.headers.get("sec-websocket-version") != "13":
+            self.metrics.inc(m.SIGNAL_HANDSHAKE_FAILED)
+            await exchange.respond(400, b"bad websocket handshake\n")
+            return
+        try:
+            room_name, grants = self.authorize_join(request)
+        except AuthError as exc:
+            self.metrics.inc(m.AUTH_FAILED)
+            _log.info("join refused", kv={"status": exc.status, "reason": exc.reason})
+            await exchange.respond(exc.status, exc.reason.encode() + b"\n")
+            return
+        stream = ReplayStream(exchange.stream, bytes(exchange.raw))
+        if _bool_param(request.param("reconnect"), False):
+            await self._refuse_resume(stream, room_name, grants, request.param("sid") or "")
+            return
+        options = join_options_from_query(request)
+        try:
+            participant = await self.registry.join(room_name, grants, options, stream)
+        except RoomClosedError:
+            await exchange.respond(503, b"room is closing, retry\n")
+            return
+        await participant.finished.wait()
+
+    async def _refuse_resume(self, stream: trio.abc.Stream, room: str, grants: ClaimGrants, sid: str) -> None:
+        """Resume needs live media transports to restart ICE on; until then ask for a full rejoin."""
+        self.metrics.inc(m.SIGNAL_RESUME_REFUSED)
+        _log.info("resume refused, asking for full reconnect", kv={"room": room, "identity": grants.identity, "sid": sid[:40]})
+        leave = rtc.SignalResponse(
+            leave=rtc.LeaveRequest(
+                reason=models.DisconnectReason.STATE_MISMATCH, action=rtc.LeaveRequest.Action.RECONNECT
+            )
+        )
+        async with trio.open_nursery() as nursery:
+            with trio.move_on_after(5):
+                try:
+                    ws_request = await trio_websocket.wrap_server_stream(nursery, stream, max_message_size=64 * 1024)
+                    ws = await ws_request.accept()
+                    await ws.send_message(leave.SerializeToString())
+                    await ws.aclose(1000, "STATE_MISMATCH")
+                except (trio_websocket.ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+            nursery.cancel_scope.cancel()
+

@@ -1,0 +1,49 @@
+"""Named counters for everything the server drops, refuses or survives.
+
+A counter is cheap (a dict slot), so every error path bumps one; tests and a future
+Prometheus endpoint read them through `snapshot()`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Mapping
+
+
+class Metrics:
+    """A registry of monotonically increasing named counters."""
+
+    def __init__(self) -> None:
+        self._counters: Counter[str] = Counter()
+
+    def inc(self, name: str, amount: int = 1) -> None:
+        if amount < 0:
+            raise ValueError("counters only go up")
+        self._counters[name] += amount
+
+    def get(self, name: str) -> int:
+        return self._counters.get(name, 0)
+
+    def snapshot(self) -> Mapping[str, int]:
+        return dict(self._counters)
+
+
+# Counter names in one place so a typo is an AttributeError, not a silent new counter.
+HTTP_REQUESTS = "http_requests_total"
+HTTP_BAD_REQUEST = "http_bad_request_total"
+HTTP_TIMEOUT = "http_read_timeout_total"
+HTTP_INTERNAL_ERROR = "http_internal_error_total"
+AUTH_FAILED = "auth_failed_total"
+SIGNAL_JOINS = "signal_joins_total"
+SIGNAL_MALFORMED = "signal_malformed_total"
+SIGNAL_TEXT_FRAME = "signal_text_frame_total"
+SIGNAL_UNKNOWN_MESSAGE = "signal_unknown_message_total"
+SIGNAL_OVERSIZE = "signal_oversize_total"
+SIGNAL_SEND_OVERFLOW = "signal_send_overflow_total"
+SIGNAL_PING_TIMEOUT = "signal_ping_timeout_total"
+SIGNAL_REQUEST_DENIED = "signal_request_denied_total"
+SIGNAL_RESUME_REFUSED = "signal_resume_refused_total"
+SIGNAL_DUPLICATE_IDENTITY = "signal_duplicate_identity_total"
+SIGNAL_HANDSHAKE_FAILED = "signal_handshake_failed_total"
+ROOMS_CREATED = "rooms_created_total"
+ROOMS_CLOSED = "rooms_closed_total"

@@ -1,0 +1,470 @@
+"""One participant's signal session: its state, its tracks, and the tasks that serve its WebSocket.
+
+Lifetime: `Participant.run` is started in its room's nursery and opens the participant's own
+nursery holding the WebSocket reader (trio-websocket's), our writer, and the ping-timeout timer.
+Whatever ends the session -- the client's `leave`, a dropped socket, a ping timeout, server-side
+removal or a slow consumer -- goes through `close()`, which unlinks the participant from its room
+and cancels that nursery, so everything it owns ends with it.
+
+Outgoing messages go through a bounded memory channel to a single writer task. Producers (other
+participants' broadcasts) never block: a full queue means the client is not reading, and since a
+signal stream with holes is useless, such a client is disconnected and counted.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+import trio_websocket
+from livekit.protocol import models, rtc
+
+from . import metrics as m
+from .auth import ClaimGrants
+from .log import get_logger
+from .media import MediaContext, MediaSession, MediaSessionFactory
+from .signal_codec import SignalDecodeError, decode_request, encode_response, request_kind
+
+if TYPE_CHECKING:
+    from .rooms import Room
+
+MAX_WS_MESSAGE = 1024 * 1024
+OUTBOX_SIZE = 256
+PING_INTERVAL = 5
+PING_TIMEOUT = 15
+# How long a closing session may take to flush its last messages before it is cut.
+CLOSE_GRACE = 2.0
+MAX_TRACKS_PER_PARTICIPANT = 64
+
+_log = get_logger("trio_sfu.participant")
+
+
+class ParticipantState(enum.Enum):
+    JOINING = models.ParticipantInfo.State.JOINING
+    JOINED = models.ParticipantInfo.State.JOINED
+    ACTIVE = models.ParticipantInfo.State.ACTIVE
+    DISCONNECTED = models.ParticipantInfo.State.DISCONNECTED
+
+
+@attrs.frozen
+class _CloseSocket:
+    """Outbox marker: flush everything before me, then close the WebSocket."""
+
+    code: int
+    reason: str
+
+
+@attrs.define
+class JoinOptions:
+    """Per-connection options from the `/rtc` query string."""
+
+    auto_subscribe: bool = True
+    adaptive_stream: bool = False
+    protocol: int = 0
+    client_info: models.ClientInfo = attrs.field(factory=models.ClientInfo)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Participant:
+    def __init__(
+        self,
+        room: "Room",
+        sid: str,
+        grants: ClaimGrants,
+        options: JoinOptions,
+        metrics: m.Metrics,
+        media_factory: MediaSessionFactory,
+    ) -> None:
+        self.room = room
+        self.sid = sid
+        self.identity = grants.identity
+        self.grants = grants
+        self.options = options
+        self.metrics = metrics
+        self.state = ParticipantState.JOINING
+        self.name = grants.name
+        self.metadata = grants.metadata
+        self.attributes: dict[str, str] = dict(grants.attributes)
+        self.joined_at = time.time()
+        self.version = 0
+        self.announced = False
+        self.disconnect_reason = models.DisconnectReason.UNKNOWN_REASON
+        self.tracks: dict[str, models.TrackInfo] = {}
+        self.track_by_cid: dict[str, str] = {}
+        # Recorded for the media layer: track sid -> wanted, and the latest settings per track.
+        self.subscriptions: dict[str, bool] = {}
+        self.track_settings: dict[str, rtc.UpdateTrackSettings] = {}
+        self.log = _log.bind(room=room.name, participant=sid, identity=self.identity)
+        self._outbox_send, self._outbox_recv = trio.open_memory_channel[Any](OUTBOX_SIZE)
+        self._scope: trio.CancelScope | None = None
+        self._cancel_requested = False
+        self._last_seen = 0.0
+        self._media: MediaSession | None = None
+        self._media_factory = media_factory
+        self.finished = trio.Event()
+
+    # ---- state exposed to the room ------------------------------------------------------
+
+    @property
+    def hidden(self) -> bool:
+        return bool(self.grants.video and self.grants.video.hidden)
+
+    @property
+    def is_closed(self) -> bool:
+        return self.state is ParticipantState.DISCONNECTED
+
+    def bump_version(self) -> None:
+        self.version += 1
+
+    def to_info(self) -> models.ParticipantInfo:
+        permission = self.grants.video.to_permission() if self.grants.video else models.ParticipantPermission()
+        return models.ParticipantInfo(
+            sid=self.sid,
+            identity=self.identity,
+            state=self.state.value,
+            tracks=list(self.tracks.values()),
+            metadata=self.metadata,
+            joined_at=int(self.joined_at),
+            joined_at_ms=int(self.joined_at * 1000),
+            name=self.name,
+            version=self.version,
+            permission=permission,
+            is_publisher=bool(self.tracks),
+            kind=self.grants.participant_kind,
+            attributes=self.attributes,
+            disconnect_reason=self.disconnect_reason,
+            client_protocol=self.options.client_info.client_protocol,
+        )
+
+    # ---- outgoing -----------------------------------------------------------------------
+
+    def send(self, response: rtc.SignalResponse) -> None:
+        """Queue a response without blocking; a client too slow to drain its queue is dropped."""
+        if self.is_closed and response.WhichOneof("message") != "leave":
+            return
+        try:
+            self._outbox_send.send_nowait(encode_response(response))
+        except trio.WouldBlock:
+            self.metrics.inc(m.SIGNAL_SEND_OVERFLOW)
+            self.log.warning("signal queue full, disconnecting slow client")
+            self.close(models.DisconnectReason.SIGNAL_CLOSE, send_leave=False)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass
+
+    def close(
+        self,
+        reason: int = models.DisconnectReason.UNKNOWN_REASON,
+        *,
+        send_leave: bool = True,
+        action: int = rtc.LeaveRequest.Action.DISCONNECT,
+        ws_code: int = 1000,
+        ws_reason: str = "",
+    ) -> None:
+        """End the session (idempotent): leave the room, optionally tell the client why, cancel."""
+        if self.is_closed:
+            return
+        self.state = ParticipantState.DISCONNECTED
+        self.disconnect_reason = reason
+        self.bump_version()
+        self.room.on_participant_closed(self)
+        if send_leave:
+            self._enqueue_raw(
+                encode_response(rtc.SignalResponse(leave=rtc.LeaveRequest(reason=reason, action=action)))
+            )
+        self._enqueue_raw(_CloseSocket(ws_code, ws_reason or models.DisconnectReason.Name(reason)))
+        self._outbox_send.close()
+        self._request_cancel(grace=CLOSE_GRACE)
+
+    def _enqueue_raw(self, item: Any) -> None:
+        try:
+            self._outbox_send.send_nowait(item)
+        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            # No room to say goodbye politely; the cancel below still ends the session.
+            self._request_cancel(grace=0.0)
+
+    def _request_cancel(self, grace: float) -> None:
+        self._cancel_requested = True
+        if self._scope is None:
+            return
+        if grace <= 0:
+            self._scope.cancel()
+        else:
+            self._scope.deadline = min(self._scope.deadline, trio.current_time() + grace)
+
+    # ---- the session --------------------------------------------------------------------
+
+    async def run(self, stream: trio.abc.Stream, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve this participant's WebSocket until the session ends for any reason."""
+        try:
+            with trio.CancelScope() as scope:
+                self._scope = scope
+                if self._cancel_requested:
+                    scope.deadline = trio.current_time() + CLOSE_GRACE
+                async with trio.open_nursery() as nursery:
+                    task_status.started()
+                    if not await self._serve(nursery, stream):
+                        nursery.cancel_scope.cancel()
+                    # Otherwise the writer flushes the goodbye and cancels the scope itself.
+        finally:
+            # Whatever ended the session, the room must forget us (no-op if close() ran).
+            self.close(models.DisconnectReason.SIGNAL_CLOSE, send_leave=False)
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(1):
+                    await stream.aclose()
+            self.finished.set()
+            self.log.info("session ended", kv={"reason": models.DisconnectReason.Name(self.disconnect_reason)})
+
+    async def _serve(self, nursery: trio.Nursery, stream: trio.abc.Stream) -> bool:
+        """Run the session; False if the WebSocket never came up."""
+        try:
+            request = await trio_websocket.wrap_server_stream(
+                nursery, stream, message_queue_size=4, max_message_size=MAX_WS_MESSAGE
+            )
+            ws = await request.accept()
+        except (trio_websocket.ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self.metrics.inc(m.SIGNAL_HANDSHAKE_FAILED)
+            self.log.warning("websocket handshake failed", kv={"error": exc.__class__.__name__})
+            return False
+        self._media = self._media_factory(
+            MediaContext(
+                room_name=self.room.name,
+                participant_sid=self.sid,
+                identity=self.identity,
+                send=self.send,
+                nursery=nursery,
+                auto_subscribe=self.options.auto_subscribe,
+            )
+        )
+        self._last_seen = trio.current_time()
+        nursery.start_soon(self._writer, ws)
+        nursery.start_soon(self._ping_timer)
+        if not self.is_closed:
+            self.state = ParticipantState.JOINED
+            self.bump_version()
+            self.room.announce(self)
+        await self._reader(ws)
+        return True
+
+    async def _writer(self, ws: trio_websocket.WebSocketConnection) -> None:
+        async with self._outbox_recv:
+            async for item in self._outbox_recv:
+                if isinstance(item, _CloseSocket):
+                    with trio.move_on_after(CLOSE_GRACE / 2):
+                        await ws.aclose(item.code, item.reason[:120])
+                    break
+                try:
+                    await ws.send_message(item)
+                except trio_websocket.ConnectionClosed:
+                    break
+        if self._scope is not None:
+            self._scope.cancel()
+
+    async def _ping_timer(self) -> None:
+        while True:
+            deadline = self._last_seen + PING_TIMEOUT
+            if trio.current_time() >= deadline:
+                self.metrics.inc(m.SIGNAL_PING_TIMEOUT)
+                self.log.info("ping timeout")
+                self.close(models.DisconnectReason.CONNECTION_TIMEOUT, send_leave=True, ws_code=1001)
+                return
+            await trio.sleep_until(deadline)
+
+    async def _reader(self, ws: trio_websocket.WebSocketConnection) -> None:
+        while not self.is_closed:
+            try:
+                message = await ws.get_message()
+            except trio_websocket.ConnectionClosed as exc:
+                if exc.reason is not None and exc.reason.code == 1009:
+                    self.metrics.inc(m.SIGNAL_OVERSIZE)
+                    self.log.warning("signal message too large, closed", kv={"limit": MAX_WS_MESSAGE})
+                    self.close(models.DisconnectReason.SIGNAL_CLOSE, send_leave=False)
+                else:
+                    self.close(models.DisconnectReason.CLIENT_INITIATED, send_leave=False)
+                return
+            self._last_seen = trio.current_time()
+            if isinstance(message, str):
+                # LiveKit's Go server would switch to protobuf-JSON; current SDKs never send text.
+                self.metrics.inc(m.SIGNAL_TEXT_FRAME)
+                self.log.warning("text frame refused")
+                self.close(
+                    models.DisconnectReason.SIGNAL_CLOSE,
+                    send_leave=False,
+                    ws_code=1003,
+                    ws_reason="text frames not supported: send binary protobuf SignalRequest",
+                )
+                return
+            try:
+                request = decode_request(message)
+            except SignalDecodeError as exc:
+                self.metrics.inc(m.SIGNAL_MALFORMED)
+                self.log.warning("malformed signal message, closing", kv={"error": str(exc), "size": len(message)})
+                self.close(
+                    models.DisconnectReason.SIGNAL_CLOSE, send_leave=False, ws_code=1007, ws_reason=str(exc)
+                )
+                return
+            await self.handle_request(request)
+
+    # ---- request handling ---------------------------------------------------------------
+
+    async def handle_request(self, request: rtc.SignalRequest) -> None:
+        kind = request_kind(request)
+        if kind is None:
+            # Unknown oneof (a newer client) or an empty message: ignore, as LiveKit does.
+            self.metrics.inc(m.SIGNAL_UNKNOWN_MESSAGE)
+            self.log.info("ignored signal request without a known message", kv={"size": request.ByteSize()})
+            return
+        handler = getattr(self, f"_on_{kind}", None)
+        if handler is None:
+            self.log.debug("signal request accepted without action", kv={"kind": kind})
+            return
+        await handler(getattr(request, kind))
+
+    async def _on_ping(self, _timestamp: int) -> None:
+        self.send(rtc.SignalResponse(pong=now_ms()))
+
+    async def _on_ping_req(self, ping: rtc.Ping) -> None:
+        self.send(rtc.SignalResponse(pong_resp=rtc.Pong(last_ping_timestamp=ping.timestamp, timestamp=now_ms())))
+
+    async def _on_leave(self, leave: rtc.LeaveRequest) -> None:
+        self.log.info("client leave", kv={"reason": models.DisconnectReason.Name(leave.reason) if leave.reason in models.DisconnectReason.values() else leave.reason})
+        self.close(models.DisconnectReason.CLIENT_INITIATED, send_leave=False)
+
+    def _deny(self, reason: int, message: str, **echo: Any) -> None:
+        self.metrics.inc(m.SIGNAL_REQUEST_DENIED)
+        self.log.info("signal request denied", kv={"why": message})
+        self.send(rtc.SignalResponse(request_response=rtc.RequestResponse(reason=reason, message=message, **echo)))
+
+    async def _on_add_track(self, req: rtc.AddTrackRequest) -> None:
+        video = self.grants.video
+        if video is None or not video.may_publish_source(req.source):
+            self._deny(rtc.RequestResponse.Reason.NOT_ALLOWED, "not allowed to publish this source", add_track=req)
+            return
+        if req.type not in (models.TrackType.AUDIO, models.TrackType.VIDEO):
+            self._deny(rtc.RequestResponse.Reason.UNSUPPORTED_TYPE, "only audio and video tracks", add_track=req)
+            return
+        existing = self.track_by_cid.get(req.cid)
+        if existing is not None:
+            # A retried add_track: answer with what was already allocated.
+            self.send(rtc.SignalResponse(track_published=rtc.TrackPublishedResponse(cid=req.cid, track=self.tracks[existing])))
+            return
+        if len(self.tracks) >= MAX_TRACKS_PER_PARTICIPANT:
+            self._deny(rtc.RequestResponse.Reason.LIMIT_EXCEEDED, "too many tracks", add_track=req)
+            return
+        track = track_info_from_request(req, self.room.registry.new_sid("TR_A" if req.type == models.TrackType.AUDIO else "TR_V"))
+        self.tracks[track.sid] = track
+        self.track_by_cid[req.cid] = track.sid
+        self.send(rtc.SignalResponse(track_published=rtc.TrackPublishedResponse(cid=req.cid, track=track)))
+        # Without media yet, a track is listed as soon as it is published; the media layer
+        # may later defer this until the first packet, as LiveKit does.
+        self.bump_version()
+        self.room.broadcast_participant(self)
+
+    async def _on_mute(self, req: rtc.MuteTrackRequest) -> None:
+        track = self.tracks.get(req.sid)
+        if track is None:
+            self._deny(rtc.RequestResponse.Reason.NOT_FOUND, "track not found", mute=req)
+            return
+        if track.muted == req.muted:
+            return
+        track.muted = req.muted
+        self.bump_version()
+        self.room.broadcast_participant(self)
+
+    async def _on_update_metadata(self, req: rtc.UpdateParticipantMetadata) -> None:
+        video = self.grants.video
+        if video is None or not video.may_update_own_metadata:
+            self._deny(
+                rtc.RequestResponse.Reason.NOT_ALLOWED,
+                "not allowed to update own metadata",
+                request_id=req.request_id,
+                update_metadata=req,
+            )
+            return
+        if req.metadata:
+            self.metadata = req.metadata
+        if req.name:
+            self.name = req.name
+        for key, value in req.attributes.items():
+            # LiveKit semantics: an empty value deletes the attribute.
+            if value:
+                self.attributes[key] = value
+            else:
+                self.attributes.pop(key, None)
+        self.bump_version()
+        self.room.broadcast_participant(self, include_self=True)
+        if req.request_id:
+            self.send(rtc.SignalResponse(request_response=rtc.RequestResponse(request_id=req.request_id, reason=rtc.RequestResponse.Reason.OK)))
+
+    async def _on_subscription(self, req: rtc.UpdateSubscription) -> None:
+        sids = list(req.track_sids)
+        for pt in req.participant_tracks:
+            sids.extend(pt.track_sids)
+        for sid in sids:
+            self.subscriptions[sid] = req.subscribe
+
+    async def _on_track_setting(self, req: rtc.UpdateTrackSettings) -> None:
+        for sid in req.track_sids:
+            settings = rtc.UpdateTrackSettings()
+            settings.CopyFrom(req)
+            del settings.track_sids[:]
+            self.track_settings[sid] = settings
+
+    async def _on_offer(self, offer: rtc.SessionDescription) -> None:
+        assert self._media is not None
+        await self._media.handle_publisher_offer(offer)
+
+    async def _on_answer(self, answer: rtc.SessionDescription) -> None:
+        assert self._media is not None
+        await self._media.handle_subscriber_answer(answer)
+
+    async def _on_trickle(self, trickle: rtc.TrickleRequest) -> None:
+        assert self._media is not None
+        await self._media.handle_trickle(trickle.candidateInit, trickle.target, trickle.final)
+
+
+def track_info_from_request(req: rtc.AddTrackRequest, sid: str) -> models.TrackInfo:
+    """The TrackInfo LiveKit announces for an add_track: the request's description under a new sid."""
+    codecs = [
+        models.SimulcastCodecInfo(
+            mime_type=_mime_for(req.type, c.codec), cid=c.cid, layers=list(c.layers), video_layer_mode=c.video_layer_mode
+        )
+        for c in req.simulcast_codecs
+    ]
+    return models.TrackInfo(
+        sid=sid,
+        type=req.type,
+        name=req.name,
+        muted=req.muted,
+        width=req.width,
+        height=req.height,
+        simulcast=len(req.layers) > 1,
+        disable_dtx=req.disable_dtx,
+        source=req.source,
+        layers=list(req.layers),
+        mime_type=codecs[0].mime_type if codecs else "",
+        codecs=codecs,
+        stereo=req.stereo,
+        disable_red=req.disable_red,
+        encryption=req.encryption,
+        stream=req.stream,
+        audio_features=list(req.audio_features),
+        backup_codec_policy=req.backup_codec_policy,
+        packet_trailer_features=list(req.packet_trailer_features),
+    )
+
+
+def _mime_for(track_type: int, codec: str) -> str:
+    if not codec:
+        return ""
+    if "/" in codec:
+        return codec
+    return ("audio/" if track_type == models.TrackType.AUDIO else "video/") + codec
+
+
+__all__ = ["Participant", "ParticipantState", "JoinOptions", "track_info_from_request", "PING_INTERVAL", "PING_TIMEOUT"]

@@ -1,0 +1,253 @@
+"""Rooms and the registry that owns them.
+
+Nursery tree: the registry's nursery holds one task per room (`Room.run`), each room's nursery
+holds one task per participant (`Participant.run`). A room is created on first join and closes
+itself when it has been empty for `departure_timeout` (someone was here) or `empty_timeout`
+(nobody ever joined), LiveKit's rules. Room bookkeeping is synchronous (no awaits between
+checking and changing membership), so joins and departures cannot interleave badly.
+"""
+
+from __future__ import annotations
+
+import secrets
+import string
+import time
+
+import trio
+from livekit.protocol import models, rtc
+
+from . import metrics as m
+from .auth import ClaimGrants
+from .config import RoomConfig
+from .log import get_logger
+from .media import MediaSessionFactory, UnavailableMediaSession
+from .participant import PING_INTERVAL, PING_TIMEOUT, JoinOptions, Participant
+from .server_info import server_info
+
+_ALPHABET = string.ascii_letters + string.digits
+_log = get_logger("trio_sfu.rooms")
+
+
+class RoomClosedError(Exception):
+    """The room closed while a join was in progress; the caller retries with a new room."""
+
+
+class Room:
+    def __init__(self, registry: "RoomRegistry", name: str, sid: str, config: RoomConfig) -> None:
+        self.registry = registry
+        self.name = name
+        self.sid = sid
+        self.config = config
+        self.created_at = time.time()
+        self.metadata = ""
+        self.participants: dict[str, Participant] = {}
+        self.closed = False
+        self.ever_joined = False
+        self._last_departure = trio.current_time()
+        self._created_clock = trio.current_time()
+        self._changed = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self.log = _log.bind(room=name, room_sid=sid)
+
+    # ---- lifetime -----------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                await self._watch_emptiness()
+                # Participants were told to go in close(); the nursery waits for their tasks.
+        finally:
+            self.closed = True
+            self.registry._forget(self)
+            self.log.info("room closed")
+
+    async def _watch_emptiness(self) -> None:
+        while not self.closed:
+            self._changed = trio.Event()
+            if self.participants:
+                await self._changed.wait()
+                continue
+            if self.ever_joined:
+                deadline = self._last_departure + self.config.departure_timeout
+            else:
+                deadline = self._created_clock + self.config.empty_timeout
+            with trio.move_on_at(deadline):
+                await self._changed.wait()
+            if not self.participants and not self.closed and trio.current_time() >= deadline:
+                self.log.info("room empty, closing", kv={"ever_joined": self.ever_joined})
+                self.close(models.DisconnectReason.ROOM_CLOSED)
+
+    def close(self, reason: int) -> None:
+        """Ask every participant to leave with `reason` and stop the room (idempotent)."""
+        if self.closed:
+            return
+        self.closed = True
+        self.registry._forget(self)
+        for participant in list(self.participants.values()):
+            participant.close(reason, send_leave=True)
+        self._changed.set()
+
+    # ---- membership ---------------------------------------------------------------------
+
+    async def join(self, grants: ClaimGrants, options: JoinOptions, stream: trio.abc.Stream) -> Participant:
+        """Admit a participant whose WebSocket upgrade is waiting in `stream`; start its session."""
+        if self.closed or self._nursery is None:
+            raise RoomClosedError(self.name)
+        previous = self.participants.get(grants.identity)
+        if previous is not None:
+            # LiveKit: the newest session for an identity wins; the old one is told why it lost.
+            self.registry.metrics.inc(m.SIGNAL_DUPLICATE_IDENTITY)
+            self.log.info("duplicate identity, replacing", kv={"identity": grants.identity, "old": previous.sid})
+            previous.close(models.DisconnectReason.DUPLICATE_IDENTITY, send_leave=True)
+        participant = Participant(
+            self,
+            self.registry.new_sid("PA_"),
+            grants,
+            options,
+            self.registry.metrics,
+            self.registry.media_factory,
+        )
+        # The join response is queued before anything else can be, so it is the first message.
+        participant.bump_version()
+        participant.send(rtc.SignalResponse(join=self.join_response(participant)))
+        self.participants[participant.identity] = participant
+        self.ever_joined = True
+        self._changed.set()
+        self.registry.metrics.inc(m.SIGNAL_JOINS)
+        participant.log.info("participant joined")
+        await self._nursery.start(participant.run, stream)
+        return participant
+
+    def on_participant_closed(self, participant: Participant) -> None:
+        """Called by Participant.close: unlink and tell the others (once)."""
+        if self.participants.get(participant.identity) is participant:
+            del self.participants[participant.identity]
+            self._last_departure = trio.current_time()
+            self._changed.set()
+        if participant.announced:
+            self.broadcast_participant(participant)
+
+    def announce(self, participant: Participant) -> None:
+        participant.announced = True
+        self.broadcast_participant(participant)
+
+    def broadcast_participant(self, participant: Participant, *, include_self: bool = False) -> None:
+        """Send a ParticipantUpdate with `participant`'s current info to the room."""
+        if participant.hidden and not include_self:
+            return
+        update = rtc.SignalResponse(update=rtc.ParticipantUpdate(participants=[participant.to_info()]))
+        for other in list(self.participants.values()):
+            if other is participant and not include_self:
+                continue
+            other.send(update)
+
+    # ---- snapshots ----------------------------------------------------------------------
+
+    def to_proto(self) -> models.Room:
+        return models.Room(
+            sid=self.sid,
+            name=self.name,
+            empty_timeout=self.config.empty_timeout,
+            departure_timeout=self.config.departure_timeout,
+            max_participants=self.config.max_participants,
+            creation_time=int(self.created_at),
+            creation_time_ms=int(self.created_at * 1000),
+            metadata=self.metadata,
+            num_participants=len(self.participants),
+            num_publishers=sum(1 for p in self.participants.values() if p.tracks),
+        )
+
+    def join_response(self, participant: Participant) -> rtc.JoinResponse:
+        others = [p.to_info() for p in self.participants.values() if p is not participant and not p.hidden]
+        can_subscribe = participant.grants.video.may_subscribe if participant.grants.video else True
+        return rtc.JoinResponse(
+            room=self.to_proto(),
+            participant=participant.to_info(),
+            other_participants=others,
+            server_version=server_info().version,
+            ice_servers=[],
+            # Dual-PC mode: the subscriber PC is primary whenever the client may subscribe.
+            subscriber_primary=can_subscribe,
+            ping_timeout=PING_TIMEOUT,
+            ping_interval=PING_INTERVAL,
+            server_info=server_info(),
+            # No media session survives a dropped socket yet, so clients must rejoin, not resume.
+            client_configuration=models.ClientConfiguration(
+                resume_connection=models.ClientConfigSetting.DISABLED
+            ),
+            fast_publish=False,
+        )
+
+
+class RoomRegistry:
+    """All rooms of this node, keyed by name; owns the nursery the rooms run in."""
+
+    def __init__(
+        self,
+        config: RoomConfig,
+        metrics: m.Metrics,
+        media_factory: MediaSessionFactory = UnavailableMediaSession,
+    ) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.media_factory = media_factory
+        self.rooms: dict[str, Room] = {}
+        self._nursery: trio.Nursery | None = None
+        self._all_closed = trio.Event()
+        self._all_closed.set()
+
+    def new_sid(self, prefix: str) -> str:
+        return prefix + "".join(secrets.choice(_ALPHABET) for _ in range(12))
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    async def get_or_create(self, name: str) -> Room:
+        room = self.rooms.get(name)
+        if room is not None and not room.closed:
+            return room
+        if self._nursery is None:
+            raise RoomClosedError(name)
+        room = Room(self, name, self.new_sid("RM_"), self.config)
+        self.rooms[name] = room
+        self._all_closed = trio.Event()
+        self.metrics.inc(m.ROOMS_CREATED)
+        room.log.info("room created")
+        await self._nursery.start(room.run)
+        return room
+
+    async def join(self, room_name: str, grants: ClaimGrants, options: JoinOptions, stream: trio.abc.Stream) -> Participant:
+        for _ in range(3):
+            room = await self.get_or_create(room_name)
+            try:
+                return await room.join(grants, options, stream)
+            except RoomClosedError:
+                continue
+        raise RoomClosedError(room_name)
+
+    def _forget(self, room: Room) -> None:
+        if self.rooms.get(room.name) is room:
+            del self.rooms[room.name]
+            self.metrics.inc(m.ROOMS_CLOSED)
+        if not self.rooms:
+            self._all_closed.set()
+
+    def participant_count(self) -> int:
+        return sum(len(r.participants) for r in self.rooms.values())
+
+    async def close_all(self, reason: int, timeout: float = 3.0) -> bool:
+        """Close every room with `reason`; wait (bounded) until their tasks are gone."""
+        for room in list(self.rooms.values()):
+            room.close(reason)
+        with trio.move_on_after(timeout):
+            await self._all_closed.wait()
+            if self._nursery is not None:
+                while self._nursery.child_tasks:
+                    await trio.sleep(0.01)
+            return True
+        return False

@@ -1,0 +1,104 @@
+"""The server process core: one nursery owning the room registry and the HTTP/WebSocket listeners.
+
+`Server.run` is meant for `nursery.start`: it reports readiness (with the real bound port, so
+port 0 works) once it is accepting connections. `request_shutdown()` closes every room --
+participants get `leave` with SERVER_SHUTDOWN -- waits a bounded time for their tasks, and then
+cancels the rest.
+"""
+
+from __future__ import annotations
+
+import errno
+
+import trio
+from livekit.protocol import models
+
+from . import metrics as m
+from .auth import TokenVerifier
+from .config import ServerConfig
+from .http_front import HttpFront
+from .log import get_logger
+from .media import MediaSessionFactory, UnavailableMediaSession
+from .rooms import RoomRegistry
+
+SHUTDOWN_GRACE = 3.0
+_log = get_logger("trio_sfu.server")
+
+
+class Server:
+    def __init__(self, config: ServerConfig, media_factory: MediaSessionFactory = UnavailableMediaSession) -> None:
+        self.config = config
+        self.metrics = m.Metrics()
+        self.verifier = TokenVerifier(config.keys)
+        self.registry = RoomRegistry(config.room, self.metrics, media_factory)
+        self.front = HttpFront(config, self.verifier, self.registry, self.metrics)
+        self.listeners: list[trio.SocketListener] = []
+        self.port = 0
+        self._shutdown = trio.Event()
+        self.shutdown_clean: bool | None = None
+
+    @property
+    def url(self) -> str:
+        host = self.config.bind_addresses[0]
+        if host in ("0.0.0.0", "", "::"):
+            host = "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"ws://{host}:{self.port}"
+
+    def request_shutdown(self) -> None:
+        self._shutdown.set()
+
+    async def run(self, *, task_status: trio.TaskStatus["Server"] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.registry.run)
+            port = self.config.port
+            for host in self.config.bind_addresses:
+                listeners = await trio.open_tcp_listeners(port, host=host)
+                if port == 0 and listeners:
+                    # Same ephemeral port on every further address, so one URL fits all.
+                    port = listeners[0].socket.getsockname()[1]
+                self.listeners.extend(listeners)
+            self.port = self.listeners[0].socket.getsockname()[1]
+            accepting = trio.CancelScope()
+            nursery.start_soon(self._accept_all, accepting, nursery)
+            _log.info("listening", kv={"url": self.url})
+            task_status.started(self)
+            await self._shutdown.wait()
+            _log.info("shutting down", kv={"rooms": len(self.registry.rooms)})
+            # Stop accepting, but let live connections hear their goodbye.
+            accepting.cancel()
+            self.shutdown_clean = await self.registry.close_all(models.DisconnectReason.SERVER_SHUTDOWN, SHUTDOWN_GRACE)
+            if not self.shutdown_clean:
+                _log.warning("rooms did not close in time; cancelling")
+            nursery.cancel_scope.cancel()
+
+    async def _accept_all(self, scope: trio.CancelScope, handler_nursery: trio.Nursery) -> None:
+        # Our own accept loop instead of trio.serve_listeners: shutdown must stop accepting
+        # without cancelling the connection handlers, which live on in `handler_nursery`.
+        with scope:
+            try:
+                async with trio.open_nursery() as nursery:
+                    for listener in self.listeners:
+                        nursery.start_soon(self._accept_one, listener, handler_nursery)
+            finally:
+                with trio.CancelScope(shield=True):
+                    for listener in self.listeners:
+                        await listener.aclose()
+
+    async def _accept_one(self, listener: trio.SocketListener, handler_nursery: trio.Nursery) -> None:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno in _RESOURCE_ERRNOS:
+                    # Out of descriptors/memory: back off instead of spinning, as serve_listeners does.
+                    self.metrics.inc("http_accept_resource_error_total")
+                    _log.error("accept failed, backing off", kv={"errno": errno.errorcode.get(exc.errno, exc.errno)})
+                    await trio.sleep(0.1)
+                    continue
+                raise
+            handler_nursery.start_soon(self.front.handle_connection, stream)
+
+
+_RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
