@@ -112,6 +112,12 @@ class AiortcPeers:
             for pc in list(self._pcs.values()):
                 await pc.close()
             self._pcs.clear()
+            # aiortc leaves connect tasks behind on close; cancel them so that
+            # stopping the loop does not report destroyed pending tasks.
+            leftovers = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in leftovers:
+                task.cancel()
+            await asyncio.gather(*leftovers, return_exceptions=True)
 
         try:
             self._call(close_all())

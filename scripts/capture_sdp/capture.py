@@ -54,7 +54,9 @@ def write_sdp(out: Path, name: str, sdp: str | None) -> bool:
     return True
 
 
-async def run_driver(argv: list[str], capture: ClientCapture, timeout_s: float, transcript: Path) -> bool:
+async def run_driver(
+    argv: list[str], capture: ClientCapture, timeout_s: float, transcript: Path, linger_s: float,
+) -> bool:
     """Run one client driver until its capture completes or the timeout passes."""
     log.info("starting %s", " ".join(argv))
     with open(transcript, "wb") as out:
@@ -63,6 +65,9 @@ async def run_driver(argv: list[str], capture: ClientCapture, timeout_s: float, 
             with trio.move_on_after(timeout_s):
                 await capture.done.wait()
             completed = capture.done.is_set()
+            if completed and linger_s > 0:
+                # Debug aid: watch the client (room state, ICE) after the capture.
+                await trio.sleep(linger_s)
             # Closing stdin tells the driver to leave and close its browser/room.
             assert proc.stdin is not None
             await proc.stdin.aclose()
@@ -76,7 +81,9 @@ async def run_driver(argv: list[str], capture: ClientCapture, timeout_s: float, 
     return completed
 
 
-async def capture_all(out: Path, logs: Path, clients: list[str], timeout_s: float) -> dict[str, bool]:
+async def capture_all(
+    out: Path, logs: Path, clients: list[str], timeout_s: float, linger_s: float,
+) -> dict[str, bool]:
     peers = AiortcPeers()
     captures = CaptureLog()
     server = FakeLiveKitServer(captures, peers, static_root=BROWSER_DIR)
@@ -92,7 +99,7 @@ async def capture_all(out: Path, logs: Path, clients: list[str], timeout_s: floa
                 ok = await run_driver(
                     ["node", str(HERE / "drive_chromium.mjs"), f"http://{base}/livekit_page.html",
                      f"ws://{base}", str(int(timeout_s * 1000))],
-                    js, timeout_s, logs / "chromium_driver.log",
+                    js, timeout_s, logs / "chromium_driver.log", linger_s,
                 )
                 results["chromium"] = ok
                 write_sdp(out, "chromium_publisher_offer_simulcast.sdp", js.publisher_offer)
@@ -106,7 +113,7 @@ async def capture_all(out: Path, logs: Path, clients: list[str], timeout_s: floa
                 py = captures.for_sdk("python")
                 ok = await run_driver(
                     [sys.executable, str(HERE / "drive_python_sdk.py"), f"ws://{base}", str(timeout_s)],
-                    py, timeout_s, logs / "python_sdk_driver.log",
+                    py, timeout_s, logs / "python_sdk_driver.log", linger_s,
                 )
                 results["python"] = ok
                 write_sdp(out, "python_sdk_publisher_offer.sdp", py.publisher_offer)
@@ -149,6 +156,8 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=45.0, help="seconds per client")
     parser.add_argument("--logs", type=Path, default=Path(tempfile.gettempdir()) / "trio-sfu-capture",
                         help="directory for the drivers' transcripts")
+    parser.add_argument("--linger", type=float, default=0.0,
+                        help="seconds to keep each client running after its capture (debugging)")
     parser.add_argument("--no-netns", action="store_true", help="do not use a network namespace")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -162,7 +171,9 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     args.logs.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    results = trio.run(capture_all, args.out, args.logs, args.client or ["chromium", "python"], args.timeout)
+    results = trio.run(capture_all, args.out, args.logs, args.client or ["chromium", "python"], args.timeout,
+        args.linger,
+    )
     log.info("results %s in %.1f s", results, time.monotonic() - started)
     return 0 if results and all(results.values()) else 1
 

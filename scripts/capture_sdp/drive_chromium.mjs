@@ -18,6 +18,12 @@ export const CHROMIUM_ARGS = [
   '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream',
 ];
 
+// CHROMIUM_WEBRTC_LOG=1 adds libwebrtc's own INFO lines (ICE, DTLS, SRTP) on
+// Chromium's stderr; run with DEBUG=pw:browser to have Playwright relay them.
+if (process.env.CHROMIUM_WEBRTC_LOG === '1') {
+  CHROMIUM_ARGS.push('--enable-logging=stderr', '--vmodule=*/webrtc/*=1');
+}
+
 const [pageUrl, wsUrl, timeoutArg] = process.argv.slice(2);
 const timeoutMs = Number(timeoutArg || 30000);
 const executablePath = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
