@@ -133,16 +133,16 @@ class Group:
 
 @attrs.frozen
 class MsidSemantic:
-    """``a=msid-semantic:`` — libwebrtc writes ``a=msid-semantic: WMS`` with a space."""
+    """``a=msid-semantic: WMS [<stream id>...]`` (libwebrtc still writes it)."""
 
     semantic: str = "WMS"
     identifiers: tuple[str, ...] = ()
-    space_after_colon: bool = True
+    # libwebrtc writes one space, sometimes two; aiortc none. Kept for round trips.
+    leading_spaces: int = 1
     name = "msid-semantic"
 
     def to_value(self) -> str:
-        body = " ".join((self.semantic, *self.identifiers))
-        return " " + body if self.space_after_colon else body
+        return " " * self.leading_spaces + " ".join((self.semantic, *self.identifiers))
 
 
 @attrs.frozen

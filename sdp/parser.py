@@ -63,10 +63,13 @@ def _group(v: str) -> Group:
 
 
 def _msid_semantic(v: str) -> MsidSemantic:
-    space = v.startswith(" ")
-    parts = (v[1:] if space else v).split(" ")
+    body = v.lstrip(" ")
+    leading = len(v) - len(body)
+    if leading > 8:
+        raise SdpParseError("msid-semantic: too much leading space")
+    parts = body.split(" ")
     return MsidSemantic(_token(parts[0], "msid-semantic"),
-                        tuple(_token(p, "msid-semantic id") for p in parts[1:]), space)
+                        tuple(_token(p, "msid-semantic id") for p in parts[1:]), leading)
 
 
 def _fingerprint(v: str) -> Fingerprint:
