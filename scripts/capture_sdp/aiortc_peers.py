@@ -40,10 +40,21 @@ def restrict_ice_addresses(addresses: list[str]) -> None:
     aioice.ice.get_host_addresses = host_addresses
 
 
-class AiortcPeers:
-    """A registry of aiortc PeerConnections, each keyed by a caller-chosen name."""
+def without_candidates(sdp: str) -> str:
+    return "".join(line for line in sdp.splitlines(keepends=True) if not line.startswith("a=candidate:"))
 
-    def __init__(self) -> None:
+
+class AiortcPeers:
+    """A registry of aiortc PeerConnections, each keyed by a caller-chosen name.
+
+    With `connect=False` no ICE can start: candidates are stripped from the SDP
+    this side produces and the client's trickle is dropped.  That is the mode for
+    runs outside a private network namespace, where the client's candidates are
+    the machine's real interfaces, which test traffic must never target.
+    """
+
+    def __init__(self, connect: bool = True) -> None:
+        self._connect = connect
         self._loop = asyncio.new_event_loop()
         self._pcs: dict[str, RTCPeerConnection] = {}
         self._thread = threading.Thread(target=self._loop.run_forever, name="aiortc", daemon=True)
@@ -67,7 +78,10 @@ class AiortcPeers:
         pc.createDataChannel("_reliable", ordered=True)
         pc.createDataChannel("_lossy", ordered=False, maxRetransmits=0)
         await pc.setLocalDescription(await pc.createOffer())
-        return pc.localDescription.sdp
+        return self._outgoing(pc.localDescription.sdp)
+
+    def _outgoing(self, sdp: str) -> str:
+        return sdp if self._connect else without_candidates(sdp)
 
     def accept_answer(self, key: str, sdp: str) -> None:
         self._call(self._set_remote(key, sdp, "answer"))
@@ -88,7 +102,7 @@ class AiortcPeers:
             self._pcs[key] = pc
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         await pc.setLocalDescription(await pc.createAnswer())
-        return pc.localDescription.sdp
+        return self._outgoing(pc.localDescription.sdp)
 
     # -- both ----------------------------------------------------------------------
 
@@ -100,7 +114,7 @@ class AiortcPeers:
         pc = self._pcs.get(key)
         init = json.loads(candidate_init_json)
         line = init.get("candidate") or ""
-        if pc is None or not line:
+        if pc is None or not line or not self._connect:
             return
         candidate = candidate_from_sdp(line.split(":", 1)[1] if line.startswith("candidate:") else line)
         candidate.sdpMid = init.get("sdpMid")

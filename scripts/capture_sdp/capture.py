@@ -12,8 +12,10 @@ PeerConnection has connected.  As root, the script therefore re-runs itself in a
 private network namespace that holds only `lo` and one interface with the test
 address 198.18.0.1 (RFC 2544 benchmarking range, no routes), so ICE and DTLS with
 the aiortc peer stay inside the namespace.  The namespace is deleted afterwards.
-Without root (or with --no-netns) everything runs on 127.0.0.1 only: Chromium
-still publishes (it waits for the signal connection only), the Python SDK will not.
+Without root (or with --no-netns) no ICE is attempted at all (no candidates are
+offered, trickle is dropped) and signalling runs on 127.0.0.1: Chromium still
+publishes (livekit-client waits only for the signal connection before it
+publishes), the Python SDK does not (it waits for its subscriber PC).
 """
 
 from __future__ import annotations
@@ -82,9 +84,9 @@ async def run_driver(
 
 
 async def capture_all(
-    out: Path, logs: Path, clients: list[str], timeout_s: float, linger_s: float,
+    out: Path, logs: Path, clients: list[str], timeout_s: float, linger_s: float, in_netns: bool,
 ) -> dict[str, bool]:
-    peers = AiortcPeers()
+    peers = AiortcPeers(connect=in_netns)
     captures = CaptureLog()
     server = FakeLiveKitServer(captures, peers, static_root=BROWSER_DIR)
     results: dict[str, bool] = {}
@@ -167,12 +169,13 @@ def main() -> int:
             return rerun_in_netns([str(Path(__file__).resolve()), *sys.argv[1:]])
         log.warning("not root: running on 127.0.0.1 only; the Python SDK will not publish")
 
-    restrict_ice_addresses([NETNS_ADDRESS] if NETNS_ENV in os.environ else ["127.0.0.1"])
+    in_netns = NETNS_ENV in os.environ
+    restrict_ice_addresses([NETNS_ADDRESS] if in_netns else ["127.0.0.1"])
     args.out.mkdir(parents=True, exist_ok=True)
     args.logs.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     results = trio.run(capture_all, args.out, args.logs, args.client or ["chromium", "python"], args.timeout,
-        args.linger,
+        args.linger, in_netns,
     )
     log.info("results %s in %.1f s", results, time.monotonic() - started)
     return 0 if results and all(results.values()) else 1
