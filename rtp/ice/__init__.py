@@ -1,0 +1,33 @@
+"""Sans-IO ICE: the server's ICE-lite responder and a small controlling full agent.
+
+* :class:`IceLiteAgent` (``lite.py``) answers connectivity checks on the SFU
+  side (RFC 8445 §2.5, RFC 7675 consent freshness).
+* :class:`IceControllingAgent` (``controlling.py``) runs checks against a peer
+  for our own clients (tests, load tester, node links).
+* :func:`ufrag_of` routes a new peer's first datagram to its agent.
+"""
+
+from rtp.ice.controlling import IceControllingAgent, IceControllingCounters, IceControllingState
+from rtp.ice.events import (
+    IceConnected,
+    IceConsentExpired,
+    IceEvent,
+    IceFailed,
+    IceSelectedPairChanged,
+)
+from rtp.ice.lite import IceLiteAgent, IceLiteCounters, IceLiteState, ufrag_of
+
+__all__ = [
+    "IceConnected",
+    "IceConsentExpired",
+    "IceControllingAgent",
+    "IceControllingCounters",
+    "IceControllingState",
+    "IceEvent",
+    "IceFailed",
+    "IceLiteAgent",
+    "IceLiteCounters",
+    "IceLiteState",
+    "IceSelectedPairChanged",
+    "ufrag_of",
+]
