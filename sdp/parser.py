@@ -175,7 +175,9 @@ def _simulcast(v: str) -> Simulcast:
         if direction not in ("send", "recv") or direction in lists:
             raise SdpParseError(f"simulcast: bad direction {direction[:20]!r}")
         lists[direction] = _simulcast_list(parts[i + 1])
-    return Simulcast(lists.get("send", ()), lists.get("recv", ()), recv_first=parts[0] == "recv")
+    # recv_first only records the order when both lists are present.
+    return Simulcast(lists.get("send", ()), lists.get("recv", ()),
+                     recv_first=len(parts) == 4 and parts[0] == "recv")
 
 
 _VALUE_PARSERS: dict[str, Callable[[str], AnyAttribute]] = {
