@@ -1,0 +1,133 @@
+"""Shared helpers for the server tests: an in-process server on an ephemeral port, tokens minted
+by livekit-api (an independent producer), a signal client over trio-websocket, and a task-tree
+census that proves nothing the server started outlives its shutdown.
+
+Imported as `from server_fixtures import ...` (pytest puts tests/ on sys.path because tests/ has
+no __init__.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import AsyncIterator
+
+import trio
+import trio_websocket
+from livekit import api
+from livekit.protocol import rtc
+
+from trio_sfu.config import RoomConfig, ServerConfig
+from trio_sfu.server import Server
+
+API_KEY = "testkey"
+# >= 32 bytes so PyJWT does not warn about short HMAC keys.
+API_SECRET = "test-secret-0123456789abcdefghijklmnopqrstuv"
+
+
+def make_config(**room: int) -> ServerConfig:
+    return ServerConfig(
+        port=0,
+        bind_addresses=["127.0.0.1"],
+        keys={API_KEY: API_SECRET},
+        room=RoomConfig(**room),
+    )
+
+
+def mint_token(
+    identity: str,
+    room: str = "room1",
+    *,
+    key: str = API_KEY,
+    secret: str = API_SECRET,
+    name: str = "",
+    metadata: str = "",
+    attributes: dict[str, str] | None = None,
+    **grants: object,
+) -> str:
+    video = api.VideoGrants(room_join=True, room=room, **grants)  # type: ignore[arg-type]
+    token = api.AccessToken(key, secret).with_identity(identity).with_grants(video)
+    if name:
+        token = token.with_name(name)
+    if metadata:
+        token = token.with_metadata(metadata)
+    if attributes:
+        token = token.with_attributes(attributes)
+    return token.to_jwt()
+
+
+def all_tasks() -> set[trio.lowlevel.Task]:
+    """Every task in this Trio run, found by walking the nursery tree from the root task."""
+    found: set[trio.lowlevel.Task] = set()
+    stack = [trio.lowlevel.current_root_task()]
+    while stack:
+        task = stack.pop()
+        if task is None or task in found:
+            continue
+        found.add(task)
+        for nursery in task.child_nurseries:
+            stack.extend(nursery.child_tasks)
+    return found
+
+
+@contextlib.asynccontextmanager
+async def running_server(config: ServerConfig | None = None) -> AsyncIterator[Server]:
+    """Run a Server in-process; on exit shut it down and assert none of its tasks survive."""
+    before = all_tasks()
+    server = Server(config or make_config())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.run)
+        try:
+            yield server
+        finally:
+            server.request_shutdown()
+    leaked = {t for t in all_tasks() - before if t is not trio.lowlevel.current_task()}
+    assert not leaked, f"tasks survived server shutdown: {[t.name for t in leaked]}"
+    assert not server.registry.rooms, "rooms survived shutdown"
+
+
+def http_base(server: Server) -> str:
+    return f"http://127.0.0.1:{server.port}"
+
+
+@contextlib.asynccontextmanager
+async def signal_client(
+    server: Server, token: str, *, query: str = "", use_header: bool = True
+) -> AsyncIterator[trio_websocket.WebSocketConnection]:
+    url = f"ws://127.0.0.1:{server.port}/rtc?protocol=17&sdk=python&version=1.2.1"
+    headers = []
+    if use_header:
+        headers.append((b"authorization", f"Bearer {token}".encode()))
+    else:
+        url += f"&access_token={token}"
+    if query:
+        url += "&" + query
+    async with trio_websocket.open_websocket_url(url, extra_headers=headers, connect_timeout=5, disconnect_timeout=2) as ws:
+        yield ws
+
+
+async def recv(ws: trio_websocket.WebSocketConnection, timeout: float = 5.0) -> rtc.SignalResponse:
+    with trio.fail_after(timeout):
+        data = await ws.get_message()
+    assert isinstance(data, bytes), "server must send binary frames"
+    response = rtc.SignalResponse()
+    response.ParseFromString(data)
+    return response
+
+
+async def recv_kind(ws: trio_websocket.WebSocketConnection, kind: str, timeout: float = 5.0) -> rtc.SignalResponse:
+    """Receive until a response of `kind` arrives (others are skipped)."""
+    with trio.fail_after(timeout):
+        while True:
+            response = await recv(ws, timeout)
+            if response.WhichOneof("message") == kind:
+                return response
+
+
+async def send(ws: trio_websocket.WebSocketConnection, request: rtc.SignalRequest) -> None:
+    await ws.send_message(request.SerializeToString())
+
+
+async def join(ws: trio_websocket.WebSocketConnection) -> rtc.JoinResponse:
+    first = await recv(ws)
+    assert first.WhichOneof("message") == "join", first
+    return first.join
