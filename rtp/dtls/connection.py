@@ -596,7 +596,9 @@ class DtlsConnection:
 
     def _build_client_hello(self, cookie: bytes) -> ClientHello:
         extensions = [
-            (ExtensionType.SUPPORTED_GROUPS, encode_u16_list_extension(self._groups)),
+            # RFC 8422 §5.1: this list also names the curves we accept for the peer's ECDSA
+            # certificate, so P-256 stays in even when key exchange is restricted to x25519.
+            (ExtensionType.SUPPORTED_GROUPS, encode_u16_list_extension(self._offered_groups())),
             (ExtensionType.EC_POINT_FORMATS, encode_ec_point_formats(bytes((EC_POINT_FORMAT_UNCOMPRESSED,)))),
             (ExtensionType.SIGNATURE_ALGORITHMS, encode_u16_list_extension(VERIFY_SCHEMES)),
             (ExtensionType.EXTENDED_MASTER_SECRET, b""),
@@ -607,6 +609,11 @@ class DtlsConnection:
         return ClientHello(
             DTLS_1_2, self._client_random, b"", cookie, tuple(self._cipher_suites), b"\x00", tuple(extensions)
         )
+
+    def _offered_groups(self) -> tuple[NamedGroup, ...]:
+        if NamedGroup.SECP256R1 in self._groups:
+            return self._groups
+        return self._groups + (NamedGroup.SECP256R1,)
 
     def _client_on_hello_verify_request(self, seq: int, body: bytes, now: float) -> None:
         request = HelloVerifyRequest.parse(body)
@@ -659,7 +666,7 @@ class DtlsConnection:
 
     def _client_on_server_key_exchange(self, seq: int, body: bytes, now: float) -> None:
         exchange = ServerKeyExchange.parse(body)
-        if exchange.named_group not in self._groups:
+        if exchange.named_group not in self._offered_groups():
             raise DtlsError("server picked a group we did not offer", AlertDescription.ILLEGAL_PARAMETER)
         if exchange.signature_scheme not in VERIFY_SCHEMES:
             raise DtlsError("server signed with a scheme we did not offer", AlertDescription.ILLEGAL_PARAMETER)
