@@ -44,7 +44,8 @@ def mint_token(
     attributes: dict[str, str] | None = None,
     **grants: object,
 ) -> str:
-    video = api.VideoGrants(room_join=True, room=room, **grants)  # type: ignore[arg-type]
+    grants.setdefault("room_join", True)
+    video = api.VideoGrants(room=room, **grants)  # type: ignore[arg-type]
     token = api.AccessToken(key, secret).with_identity(identity).with_grants(video)
     if name:
         token = token.with_name(name)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from typing import Iterable
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote
 
 import attrs
 import h11
@@ -36,6 +36,8 @@ MAX_BODY = 1024 * 1024
 HEAD_TIMEOUT = 10.0
 BODY_TIMEOUT = 10.0
 MAX_NAME_LENGTH = 256
+LINGER_TIMEOUT = 0.5
+LINGER_MAX_BYTES = 256 * 1024
 CORS_HEADERS = [("access-control-allow-origin", "*")]
 _SDK_NAMES = {
     "js": models.ClientInfo.SDK.JS,
@@ -163,10 +165,28 @@ class _HttpExchange:
         await self.stream.send_all(data)
 
 
+async def _linger(stream: trio.abc.Stream) -> None:
+    """Half-close and drain briefly, so unread request bytes do not turn our close into a
+    TCP reset that destroys the response before the client reads it."""
+    with trio.move_on_after(LINGER_TIMEOUT):
+        try:
+            if isinstance(stream, trio.abc.HalfCloseableStream):
+                await stream.send_eof()
+            drained = 0
+            while drained < LINGER_MAX_BYTES:
+                chunk = await stream.receive_some(65536)
+                if not chunk:
+                    break
+                drained += len(chunk)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+
 def _parse_request(event: h11.Request) -> Request:
     target = event.target.decode("utf-8", "replace")
-    parts = urlsplit(target)
-    path = parts.path or "/"
+    # Split by hand: urlsplit would read "//rtc/v1" as a network location.
+    raw_path, _, raw_query = target.partition("?")
+    path = unquote(raw_path.partition("#")[0]) or "/"
     # Both SDKs append to the user's URL path; LiveKit collapses a doubled leading slash.
     while path.startswith("//"):
         path = path[1:]
@@ -175,7 +195,7 @@ def _parse_request(event: h11.Request) -> Request:
     headers: dict[str, str] = {}
     for name, value in event.headers:
         headers[name.decode("latin-1").lower()] = value.decode("latin-1")
-    query = parse_qs(parts.query, keep_blank_values=True, max_num_fields=100)
+    query = parse_qs(raw_query, keep_blank_values=True, max_num_fields=100)
     return Request(event.method.decode("ascii", "replace").upper(), path, query, headers)
 
 
@@ -239,6 +259,8 @@ class HttpFront:
             await self._try_respond(exchange, 500, b"internal server error\n")
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(1):
+                if exchange.responded:
+                    await _linger(stream)
                 await stream.aclose()
 
     async def _try_respond(self, exchange: _HttpExchange, status: int, body: bytes) -> None:
