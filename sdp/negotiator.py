@@ -100,11 +100,18 @@ def _candidate_attributes(local: LocalParams) -> list:
     return [Candidate(c) for c in local.candidates] + [flag("end-of-candidates")]
 
 
-def _rejected_section(m_kind: str, proto: str, formats: list[str], mid: str | None) -> MediaSection:
-    section = MediaSection(m_kind, 0, proto, list(formats[:1]) or ["0"],
-                           connections=[Connection()])
+def _rejected_section(m_kind: str, proto: str, formats: list[str], codecs: list[Codec],
+                      mid: str | None, local: LocalParams, setup: SetupRole) -> MediaSection:
+    """A port-0 section. Transport lines, rtcp-mux and codecs are not needed (RFC 8843
+    §7.3.3) but aiortc refuses a section without them, and they cost nothing."""
+    section = MediaSection(m_kind, 0, proto, list(formats) or ["0"], connections=[Connection()])
+    section.attributes += _transport_attributes(local, setup)
     if mid is not None:
         section.attributes.append(Mid(mid))
+    section.attributes.append(flag(Direction.INACTIVE.value))
+    if section.is_rtp:
+        section.attributes.append(flag("rtcp-mux"))
+        section.attributes += _codec_attributes(codecs)
     return section
 
 
@@ -228,7 +235,10 @@ def answer_offer(offer: SessionDescription, local: LocalParams, *,
             bundle_mids is not None and m.mid in bundle_mids)
         section = _answer_media(offer, m, local, setup) if usable else None
         if section is None:
-            answer.media.append(_rejected_section(m.kind, m.proto, m.formats, m.mid))
+            codecs = m.codecs() if m.is_rtp else []
+            answer.media.append(_rejected_section(
+                m.kind, m.proto, [str(c.payload_type) for c in codecs] or m.formats[:1], codecs,
+                m.mid, local, setup))
             continue
         if not accepted_mids:
             section.attributes += _candidate_attributes(local)
@@ -336,11 +346,11 @@ class SubscriberOffer:
             live = t.state.live
             kind = t.kind.value
             if not live:
-                formats = [str(t.codecs[0].payload_type)] if t.codecs else (
+                formats = [str(c.payload_type) for c in t.codecs] or (
                     [DATACHANNEL_FORMAT] if t.kind is MediaKind.APPLICATION else ["0"])
                 proto = SCTP_PROTO if t.kind is MediaKind.APPLICATION else RTP_PROTO
-                section = _rejected_section(kind, proto, formats, t.mid)
-                section.attributes.append(flag(Direction.INACTIVE.value))
+                section = _rejected_section(kind, proto, formats, list(t.codecs), t.mid,
+                                            self.local, SetupRole.ACTPASS)
                 offer.media.append(section)
                 lines.append(_OfferedLine(t.mid, kind, False,
                                           t.state is TransceiverState.STOPPING, (), {}))
@@ -412,10 +422,10 @@ class SubscriberOffer:
                 raise NegotiationError(f"m-line order changed: {a.mid} where {line.mid} was")
             if a.mid is None and not a.rejected:
                 raise NegotiationError(f"accepted m-line {line.mid} lacks a=mid")
-            if a.rejected:
+            if a.rejected or not line.live:
+                # RFC 3264 §6 wants port 0 back for a port-0 offer; aiortc answers such
+                # lines with a live port. What we stopped stays stopped either way.
                 continue
-            if not line.live:
-                raise NegotiationError(f"answer accepts m-line {line.mid} offered with port 0")
             first_live = first_live or a
             self._check_answer_media(line, a)
         if first_live is not None:
@@ -426,7 +436,7 @@ class SubscriberOffer:
         self.rejected_track_ids = []
         for line, a in zip(offered, answer.media):
             t = self.table.get(line.mid)
-            if a.rejected:
+            if a.rejected or not line.live:
                 lost = self.table.mark_rejected(line.mid, offered_stopped=line.stopped)
                 if lost is not None:
                     self.rejected_track_ids.append(lost)
