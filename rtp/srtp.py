@@ -32,6 +32,12 @@ __all__ = [
 #: hundred packets late on a high-bitrate stream, so 64 (the libsrtp default) is too tight.
 DEFAULT_REPLAY_WINDOW = 1024
 
+_RTP_HEADER = 12
+_RTCP_HEADER = 8
+_SRTCP_INDEX = 4
+#: Authentication tag bytes per profile (RFC 5764 §4.1.2, RFC 7714 §14.2).
+_TAG_LENGTH = {SrtpProfile.AES128_CM_HMAC_SHA1_80: 10, SrtpProfile.AEAD_AES_128_GCM: 16}
+
 _LIBSRTP_PROFILE = {
     SrtpProfile.AES128_CM_HMAC_SHA1_80: pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80,
     SrtpProfile.AEAD_AES_128_GCM: pylibsrtp.Policy.SRTP_PROFILE_AEAD_AES_128_GCM,
@@ -57,11 +63,13 @@ class SrtpPacketError(SrtpError, ParseError):
 def _map_error(exc: Exception) -> SrtpError:
     text = str(exc)
     if isinstance(exc, pylibsrtp.Error):
-        if text == "authentication failure":
+        if text in ("authentication failure", "unable to perform desired validation"):
+            # The latter is libsrtp's cant_check: no way to verify, so not authentic.
             return SrtpAuthenticationError(text)
         if text.startswith("replay check failed") or text == "packet index is too old to consider":
             return SrtpReplayError(text)
-        if text in ("error parsing data", "can't process as much data as requested"):
+        if text in ("error parsing data", "unsupported parameter", "can't process as much data as requested"):
+            # libsrtp's parse_err and bad_param: the bytes are not a packet it can read.
             return SrtpPacketError(text)
         return SrtpError(text)
     return SrtpPacketError(text)
@@ -92,7 +100,7 @@ def split_keying_material(
 class SrtpContext:
     """Both directions of SRTP and SRTCP for one DTLS-SRTP association."""
 
-    __slots__ = ("profile", "_outbound", "_inbound")
+    __slots__ = ("profile", "_outbound", "_inbound", "_min_srtp", "_min_srtcp")
 
     def __init__(
         self,
@@ -103,6 +111,10 @@ class SrtpContext:
     ) -> None:
         """``local_master``/``remote_master`` are master key followed by master salt."""
         self.profile = profile
+        # Shortest packets worth handing to libsrtp; shorter ones get a clear
+        # SrtpPacketError here instead of one of several libsrtp codes.
+        self._min_srtp = _RTP_HEADER + _TAG_LENGTH[profile]
+        self._min_srtcp = _RTCP_HEADER + _SRTCP_INDEX + _TAG_LENGTH[profile]
         libsrtp_profile = _LIBSRTP_PROFILE[profile]
         expected = profile.key_length + profile.salt_length
         for name, master in (("local", local_master), ("remote", remote_master)):
@@ -144,29 +156,39 @@ class SrtpContext:
         local, remote = split_keying_material(profile, material, is_client)
         return cls(profile, local, remote, replay_window)
 
-    # The four transforms are the per-packet hot path: a plain call, no
-    # allocation besides libsrtp's result bytes, exceptions only on failure.
+    # The four transforms are the per-packet hot path: a length check and a
+    # plain call, no allocation besides libsrtp's result bytes, exceptions only
+    # on failure. They take ``bytes`` (pylibsrtp's requirement); passing
+    # anything else is a caller bug and raises TypeError.
 
     def protect_rtp(self, packet: bytes) -> bytes:
+        if len(packet) < _RTP_HEADER:
+            raise SrtpPacketError("shorter than an RTP header")
         try:
             return self._outbound.protect(packet)
-        except (pylibsrtp.Error, ValueError, TypeError) as exc:
+        except (pylibsrtp.Error, ValueError) as exc:
             raise _map_error(exc) from None
 
     def unprotect_rtp(self, packet: bytes) -> bytes:
+        if len(packet) < self._min_srtp:
+            raise SrtpPacketError("shorter than an SRTP header and tag")
         try:
             return self._inbound.unprotect(packet)
-        except (pylibsrtp.Error, ValueError, TypeError) as exc:
+        except (pylibsrtp.Error, ValueError) as exc:
             raise _map_error(exc) from None
 
     def protect_rtcp(self, packet: bytes) -> bytes:
+        if len(packet) < _RTCP_HEADER:
+            raise SrtpPacketError("shorter than an RTCP header")
         try:
             return self._outbound.protect_rtcp(packet)
-        except (pylibsrtp.Error, ValueError, TypeError) as exc:
+        except (pylibsrtp.Error, ValueError) as exc:
             raise _map_error(exc) from None
 
     def unprotect_rtcp(self, packet: bytes) -> bytes:
+        if len(packet) < self._min_srtcp:
+            raise SrtpPacketError("shorter than an SRTCP header, index and tag")
         try:
             return self._inbound.unprotect_rtcp(packet)
-        except (pylibsrtp.Error, ValueError, TypeError) as exc:
+        except (pylibsrtp.Error, ValueError) as exc:
             raise _map_error(exc) from None

@@ -6,12 +6,15 @@ real loopback UDP is in ``test_ice_aioice_interop`` at the bottom.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import json
+import math
 import os
 import random
 import string
+import subprocess
 import sys
 
 import pytest
@@ -141,6 +144,15 @@ def test_lite_rejects_unauthenticated_checks_without_state(request_bytes, code, 
     assert len(data) <= len(request_bytes)  # no amplification
     assert getattr(lite.counters, counter) == 1 and lite.counters.accepted == 0
     assert lite.valid_addresses == () and lite.get_timer() is None and drain_events(lite) == []
+
+
+def test_lite_never_answers_a_stranger_with_more_bytes_than_it_sent():
+    lite = make_lite()
+    tiny = Message(Method.BINDING, Class.REQUEST)
+    tiny.attributes["USERNAME"] = "a:b"
+    data = serialize(tiny)  # 20 + 8 + 8 bytes: a 400 would be 48
+    lite.receive_stun(data, CLIENT_ADDR, now=0.0)
+    assert lite.counters.bad_request == 1 and lite.datagrams_to_send() == []
 
 
 def test_lite_drops_checks_without_valid_fingerprint_silently():
@@ -562,12 +574,12 @@ async def test_lite_agent_against_aioice_controlling_over_loopback(remote_is_lit
     args = [
         sys.executable,
         AIOICE_PEER,
+        "controlling-lite" if remote_is_lite else "controlling-full",
         str(port),
         "liteUfrag",
         "litePassword0123456789abc",
         "aioU",
         "aioicePassword0123456789abc",
-        "lite" if remote_is_lite else "full",
     ]
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
@@ -585,3 +597,84 @@ async def test_lite_agent_against_aioice_controlling_over_loopback(remote_is_lit
     assert media == [(b"hello from aioice", peer_addr)]
     assert lite.counters.accepted >= 1
     assert lite.counters.bad_integrity == lite.counters.unknown_username == 0
+
+
+async def test_controlling_agent_against_aioice_controlled_over_loopback():
+    """Our controlling agent nominates a pair with aioice (full ICE, controlled) on 127.0.0.1.
+
+    aioice also checks us, so this exercises our answers to a full peer's checks,
+    and it only accepts the nomination once its own check of the pair succeeded.
+    """
+    sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+    await sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    agent = IceControllingAgent(
+        "ctlU", "ctlPassword0123456789abcd", "aioU", "aioicePassword0123456789abc", tie_breaker=2**63
+    )
+    events, media = [], []
+    args = [
+        sys.executable,
+        AIOICE_PEER,
+        "controlled",
+        str(port),
+        "ctlU",
+        "ctlPassword0123456789abcd",
+        "aioU",
+        "aioicePassword0123456789abc",
+    ]
+
+    async def drive():
+        while True:
+            deadline = agent.get_timer()
+            with trio.move_on_at(deadline if deadline is not None else math.inf):
+                data, addr = await sock.recvfrom(2048)
+                addr = addr[:2]
+                if data and data[0] < 4:
+                    agent.receive_stun(data, addr, trio.current_time())
+                elif addr == agent.selected_address:
+                    media.append(data)
+                    await sock.sendto(b"echo:" + data, addr)
+            now = trio.current_time()
+            timer = agent.get_timer()
+            if timer is not None and timer <= now:
+                agent.handle_timer(now)
+            for out, dst in agent.datagrams_to_send():
+                await sock.sendto(out, dst)
+            while (ev := agent.next_event()) is not None:
+                events.append(ev)
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            proc = await nursery.start(
+                functools.partial(trio.run_process, args, stdout=subprocess.PIPE, check=False)
+            )
+            reader = _LineReader(proc.stdout)
+            peer = ("127.0.0.1", json.loads(await reader.readline())["local_port"])
+            agent.add_remote_candidate(host_candidate(peer))
+            agent.add_remote_candidate(None)
+            agent.start(trio.current_time())
+            nursery.start_soon(drive)
+            report = json.loads(await reader.readline())
+            await proc.wait()
+            nursery.cancel_scope.cancel()
+    sock.close()
+    assert proc.returncode == 0
+    assert report["connected"] is True and report["echo"] == "echo:hello from aioice"
+    assert events[0] == IceConnected(peer)
+    assert media == [b"hello from aioice"]
+    assert agent.counters.requests_answered >= 1  # aioice's own checks of the pair
+    assert agent.counters.unauthenticated_responses == 0
+
+
+class _LineReader:
+    def __init__(self, stream):
+        self.stream, self.buf = stream, b""
+
+    async def readline(self) -> str:
+        while b"\n" not in self.buf:
+            chunk = await self.stream.receive_some(4096)
+            if not chunk:
+                raise EOFError(self.buf)
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        return line.decode()

@@ -324,6 +324,23 @@ def test_arbitrary_bytes_only_raise_srtp_errors(profile, data):
             pass
 
 
+@pytest.mark.parametrize("profile", [CM, GCM], ids=lambda p: p.name)
+def test_short_packets_are_parse_errors_and_long_garbage_fails_authentication(profile):
+    ctx = SrtpContext(profile, master_for(profile), master_for(profile))
+    for fn, shortest_ok in (
+        (ctx.protect_rtp, 12),
+        (ctx.protect_rtcp, 8),
+        (ctx.unprotect_rtp, 12 + (10 if profile is CM else 16)),
+        (ctx.unprotect_rtcp, 8 + 4 + (10 if profile is CM else 16)),
+    ):
+        for n in range(shortest_ok):
+            with pytest.raises(ParseError):
+                fn(b"\x80" + bytes(max(0, n - 1)) if n else b"")
+    for fn in (ctx.unprotect_rtp, ctx.unprotect_rtcp):
+        with pytest.raises(SrtpAuthenticationError):
+            fn(b"\x80\xc8" + bytes(60))
+
+
 def test_oversized_packet_is_a_parse_error():
     client, _ = pair(CM)
     with pytest.raises(ParseError):

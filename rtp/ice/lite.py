@@ -179,7 +179,7 @@ class IceLiteAgent:
         username = message.attributes.get("USERNAME")
         if username is None or "MESSAGE-INTEGRITY" not in message.attributes:
             self.counters.bad_request += 1
-            self._outbox.append((binding_error(tid, 400, "Bad Request"), addr))
+            self._reject(tid, 400, "Bad Request", len(data), addr)
             return
         local, sep, remote = username.partition(":")
         if (
@@ -188,11 +188,11 @@ class IceLiteAgent:
             or (self._remote_ufrag is not None and remote != self._remote_ufrag)
         ):
             self.counters.unknown_username += 1
-            self._outbox.append((binding_error(tid, 401, "Unauthorized"), addr))
+            self._reject(tid, 401, "Unauthorized", len(data), addr)
             return
         if not verify_message_integrity(data, self._local_key):
             self.counters.bad_integrity += 1
-            self._outbox.append((binding_error(tid, 401, "Unauthorized"), addr))
+            self._reject(tid, 401, "Unauthorized", len(data), addr)
             return
 
         # Authenticated from here on.
@@ -213,6 +213,13 @@ class IceLiteAgent:
         self._outbox.append((binding_success(tid, addr, self._local_key), addr))
         if "USE-CANDIDATE" in message.attributes:
             self._nominate(addr)
+
+    def _reject(self, tid: bytes, code: int, reason: str, request_length: int, addr: Address) -> None:
+        # The source address of an unauthenticated request may be spoofed: answer
+        # only when the answer is no bigger than the request, so we never amplify.
+        response = binding_error(tid, code, reason)
+        if len(response) <= request_length:
+            self._outbox.append((response, addr))
 
     def _remember(self, addr: Address, now: float) -> None:
         if addr in self._valid:
