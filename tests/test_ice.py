@@ -20,7 +20,7 @@ import sys
 import pytest
 import trio
 from aioice.candidate import Candidate
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from rtp.ice import (
@@ -529,6 +529,48 @@ def test_controlling_ignores_unusable_candidates():
     ctrl.add_remote_candidate(host_candidate(LITE_ADDR))
     ctrl.add_remote_candidate(host_candidate(LITE_ADDR))
     assert len(ctrl.pairs) == 1 and ctrl.counters.candidates_ignored == 4
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    loss=st.floats(0.0, 0.6),
+    duplicate=st.floats(0.0, 0.3),
+    jitter=st.floats(0.0, 0.2),
+)
+def test_lossy_network_either_connects_consistently_or_fails_cleanly(seed, loss, duplicate, jitter):
+    """netem-style: random loss, duplication and reordering (jittered latency), deterministic per seed."""
+    rng = random.Random(seed)
+    ctrl, lite = make_ctrl(), make_lite()
+    ctrl.add_remote_candidate(host_candidate(BLACKHOLE))
+    ctrl.add_remote_candidate(host_candidate(LITE_ADDR, priority=100))
+    ctrl.add_remote_candidate(None)
+    ctrl.start(0.0)
+
+    class LossyNet(Net):
+        def _push(self, data, src, dst):
+            self.sent.append((self.now, src, dst, data))
+            copies = 1 + (rng.random() < duplicate)
+            for _ in range(copies):
+                if rng.random() >= loss:
+                    arrival = self.now + self.latency + rng.random() * jitter
+                    heapq.heappush(self.queue, (arrival, next(self.seq), data, src, dst))
+
+    net = LossyNet(ctrl, lite)
+    net.run_until(45.0)
+    ctrl_connected = net.first("ctrl", IceConnected)
+    ctrl_failed = net.first("ctrl", IceFailed)
+    assert (ctrl_connected is None) != (ctrl_failed is None)  # exactly one outcome
+    event("connected" if ctrl_connected else "failed")
+    if ctrl_connected is not None:
+        assert ctrl_connected[1] == IceConnected(LITE_ADDR)
+        # Our nomination reached the lite side, or the success could not have come back.
+        assert net.first("lite", IceConnected)[1] == IceConnected(CLIENT_ADDR)
+        assert ctrl_connected[0] < 30.0
+    else:
+        assert ctrl.state is IceControllingState.FAILED and ctrl.get_timer() is None
+    assert set(lite.valid_addresses) <= {CLIENT_ADDR}
+    assert lite.counters.bad_integrity == lite.counters.unknown_username == lite.counters.malformed == 0
 
 
 @settings(max_examples=200, deadline=None)

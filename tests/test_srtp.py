@@ -223,6 +223,26 @@ def test_libsrtp_accepts_reference_packets_at_arbitrary_index(profile):
     assert ctx.unprotect_rtcp(ref_protect_rtcp(profile, enc, auth, salt, plain, 0x5D4)) == plain
 
 
+@pytest.mark.parametrize("profile", [CM, GCM], ids=lambda p: p.name)
+@settings(max_examples=200, deadline=None)
+@given(
+    master=st.binary(min_size=30, max_size=30),
+    seq=st.integers(0, 0xFFFF),
+    ssrc=st.integers(0, 2**32 - 1),
+    csrcs=st.integers(0, 3),
+    payload=st.binary(max_size=300),
+)
+def test_round_trip_and_reference_agree_for_any_packet(profile, master, seq, ssrc, csrcs, payload):
+    master = master[: 16 + profile.salt_length]
+    sender, receiver = SrtpContext(profile, master, master), SrtpContext(profile, master, master)
+    plain = rtp_packet(seq, ssrc=ssrc, payload=payload, csrcs=csrcs)
+    protected = sender.protect_rtp(plain)
+    assert protected == ref_protect_rtp(profile, *session_keys(profile, master, rtcp=False), plain)
+    assert receiver.unprotect_rtp(protected) == plain
+    rtcp = rtcp_packet(ssrc) + payload[: len(payload) // 4 * 4]
+    assert receiver.unprotect_rtcp(sender.protect_rtcp(rtcp)) == rtcp
+
+
 # --------------------------------------------------------------------------- keying and behaviour
 
 
