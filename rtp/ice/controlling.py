@@ -227,15 +227,15 @@ class IceControllingAgent:
     def _answer_request(self, message: Message, data: bytes, addr: Address) -> None:
         # A full peer checks us too. We answer so its checks succeed, but we do
         # not learn pairs from it (no triggered checks, no peer-reflexive remotes).
+        if not verify_fingerprint(data):
+            self.counters.requests_rejected += 1
+            return
         username = message.attributes.get("USERNAME", "")
-        if (
-            not verify_fingerprint(data)
-            or username != f"{self._local_ufrag}:{self._remote_ufrag}"
-            or not verify_message_integrity(data, self._local_key)
+        if username != f"{self._local_ufrag}:{self._remote_ufrag}" or not verify_message_integrity(
+            data, self._local_key
         ):
             self.counters.requests_rejected += 1
-            if verify_fingerprint(data):
-                self._outbox.append((binding_error(message.transaction_id, 401, "Unauthorized"), addr))
+            self._outbox.append((binding_error(message.transaction_id, 401, "Unauthorized"), addr))
             return
         theirs = message.attributes.get("ICE-CONTROLLING")
         if theirs is not None:
