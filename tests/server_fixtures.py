@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 from typing import AsyncIterator
 
+import h11
 import trio
 import trio_websocket
 from livekit import api
@@ -132,3 +133,35 @@ async def join(ws: trio_websocket.WebSocketConnection) -> rtc.JoinResponse:
     first = await recv(ws)
     assert first.WhichOneof("message") == "join", first
     return first.join
+
+
+async def http(port: int, method: str, target: str, headers: list[tuple[str, str]] | None = None, body: bytes = b""):
+    """One request; returns (status, lower-cased headers, body, HTTP version)."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    conn = h11.Connection(h11.CLIENT)
+    all_headers = [("host", "localhost"), *(headers or [])]
+    if body:
+        all_headers.append(("content-length", str(len(body))))
+    data = conn.send(h11.Request(method=method, target=target, headers=all_headers))
+    if body:
+        data += conn.send(h11.Data(data=body))
+    data += conn.send(h11.EndOfMessage())
+    await stream.send_all(data)
+    response = None
+    chunks = []
+    with trio.fail_after(5):
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(await stream.receive_some(65536))
+                continue
+            if isinstance(event, h11.Response):
+                response = event
+            elif isinstance(event, h11.Data):
+                chunks.append(event.data)
+            elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
+                break
+    await stream.aclose()
+    assert response is not None
+    hdrs = {k.decode().lower(): v.decode() for k, v in response.headers}
+    return response.status_code, hdrs, b"".join(chunks), response.http_version
