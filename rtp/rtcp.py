@@ -446,10 +446,21 @@ class TwccStatus(NamedTuple):
     delta_us: Optional[int]
 
 
+class TwccArrival(NamedTuple):
+    """A packet the feedback reports as received, with its receive delta in µs."""
+
+    seq: int
+    delta_us: int
+
+
 @attrs.define
 class TransportCc:
-    """Transport-wide CC feedback. ``packets`` cover consecutive seqs from ``base_sequence``.
+    """Transport-wide CC feedback covering ``status_count`` consecutive seqs from ``base_sequence``.
 
+    Only the received packets are stored (``arrivals``, in seq order); the lost
+    ones are the gaps. That keeps parsing proportional to the bytes on the wire:
+    one run-length chunk can report 8191 losses in two bytes, and a status count
+    of 65535 must not cost 65535 objects. :meth:`statuses` expands on demand.
     ``reference_time`` is in units of 64 ms (24 bits, wrapping).
     """
 
@@ -458,7 +469,8 @@ class TransportCc:
     base_sequence: int
     reference_time: int
     feedback_count: int
-    packets: list[TwccStatus] = attrs.field(factory=list)
+    status_count: int
+    arrivals: list[TwccArrival] = attrs.field(factory=list)
 
     @classmethod
     def build(
@@ -469,11 +481,13 @@ class TransportCc:
         feedback_count: int,
         packets: Sequence[tuple[int, bool, Optional[int]]],
     ) -> "TransportCc":
-        """Feedback from (seq, received, delta_us) tuples; deltas are rounded to 250 µs."""
+        """Feedback from consecutive (seq, received, delta_us) tuples; deltas are rounded to 250 µs."""
         if not packets:
             raise ValueError("transport-cc feedback needs at least one packet")
+        if len(packets) > 0xFFFF:
+            raise ValueError("transport-cc feedback covers at most 65535 packets")
         base = packets[0][0] & 0xFFFF
-        statuses = []
+        arrivals = []
         for i, (seq, received, delta_us) in enumerate(packets):
             if (seq - base - i) & 0xFFFF:
                 raise ValueError("transport-cc packets must have consecutive sequence numbers")
@@ -481,38 +495,54 @@ class TransportCc:
                 if delta_us is None:
                     raise ValueError(f"received packet {seq} needs a delta")
                 ticks = (delta_us + TWCC_DELTA_UNIT_US // 2) // TWCC_DELTA_UNIT_US
-                statuses.append(TwccStatus(seq & 0xFFFF, True, ticks * TWCC_DELTA_UNIT_US))
-            else:
-                statuses.append(TwccStatus(seq & 0xFFFF, False, None))
-        return cls(sender_ssrc, media_ssrc, base, reference_time, feedback_count, statuses)
+                arrivals.append(TwccArrival(seq & 0xFFFF, ticks * TWCC_DELTA_UNIT_US))
+        return cls(sender_ssrc, media_ssrc, base, reference_time, feedback_count, len(packets), arrivals)
+
+    def statuses(self) -> list[TwccStatus]:
+        """Every covered packet in seq order, lost ones with ``received=False``."""
+        out = []
+        offsets = {(a.seq - self.base_sequence) & 0xFFFF: a.delta_us for a in self.arrivals}
+        for i in range(self.status_count):
+            delta = offsets.get(i)
+            out.append(TwccStatus((self.base_sequence + i) & 0xFFFF, delta is not None, delta))
+        return out
+
+    def arrival_times_us(self) -> list[tuple[int, int]]:
+        """(seq, receive time in µs on the feedback sender's clock) for each received packet."""
+        t = self.reference_time * TWCC_REFERENCE_UNIT_US
+        out = []
+        for seq, delta in self.arrivals:
+            t += delta
+            out.append((seq, t))
+        return out
 
     def serialize(self) -> bytes:
-        symbols = []
+        if not 0 <= self.status_count <= 0xFFFF:
+            raise ValueError("transport-cc feedback covers at most 65535 packets")
+        symbols = [_SYMBOL_NOT_RECEIVED] * self.status_count
         deltas = []
-        for i, status in enumerate(self.packets):
-            if (status.seq - self.base_sequence - i) & 0xFFFF:
-                raise ValueError("transport-cc packets must have consecutive sequence numbers")
-            if not status.received:
-                symbols.append(_SYMBOL_NOT_RECEIVED)
-                continue
-            ticks, rest = divmod(status.delta_us, TWCC_DELTA_UNIT_US)
+        previous = -1
+        for seq, delta_us in self.arrivals:
+            offset = (seq - self.base_sequence) & 0xFFFF
+            if offset >= self.status_count or offset <= previous:
+                raise ValueError("transport-cc arrivals must be in seq order inside the covered range")
+            previous = offset
+            ticks, rest = divmod(delta_us, TWCC_DELTA_UNIT_US)
             if rest:
                 raise ValueError("transport-cc deltas must be multiples of 250 µs; use build()")
             if 0 <= ticks <= 0xFF:
-                symbols.append(_SYMBOL_SMALL_DELTA)
+                symbols[offset] = _SYMBOL_SMALL_DELTA
                 deltas.append(bytes((ticks,)))
             elif -0x8000 <= ticks <= 0x7FFF:
-                symbols.append(_SYMBOL_LARGE_DELTA)
+                symbols[offset] = _SYMBOL_LARGE_DELTA
                 deltas.append(struct.pack("!h", ticks))
             else:
-                raise ValueError(f"delta {status.delta_us} µs does not fit 16 bits of 250 µs")
-        if len(symbols) > 0xFFFF:
-            raise ValueError("transport-cc feedback covers at most 65535 packets")
+                raise ValueError(f"delta {delta_us} µs does not fit 16 bits of 250 µs")
         body = _TWO_U32.pack(self.sender_ssrc, self.media_ssrc)
         body += struct.pack(
             "!HHI",
             self.base_sequence,
-            len(symbols),
+            self.status_count,
             ((self.reference_time & 0xFFFFFF) << 8) | (self.feedback_count & 0xFF),
         )
         body += b"".join(struct.pack("!H", chunk) for chunk in _encode_chunks(symbols))
@@ -557,42 +587,55 @@ def _parse_transport_cc(body: Buffer) -> TransportCc:
         raise RtcpParseError("transport-cc feedback is shorter than its fixed part")
     sender, media = _TWO_U32.unpack_from(body, 0)
     base, status_count, ref_fb = struct.unpack_from("!HHI", body, 8)
-    symbols: list[int] = []
+    # First pass: the chunks. Runs of received packets are kept as (start, length,
+    # symbol) and runs of losses are skipped arithmetically, so work and memory
+    # stay proportional to the bytes actually present, whatever status_count says.
+    runs: list[tuple[int, int, int]] = []
+    covered = 0
     pos = 16
-    # Each chunk is read from the packet before it is expanded, so the symbol
-    # list is bounded both by status_count (<= 65535) and by the bytes present.
-    while len(symbols) < status_count:
+    while covered < status_count:
         if pos + 2 > size:
             raise RtcpParseError("transport-cc packet status chunks run past the packet")
         chunk = (body[pos] << 8) | body[pos + 1]
         pos += 2
-        remaining = status_count - len(symbols)
+        remaining = status_count - covered
         if not chunk & 0x8000:
             symbol = (chunk >> 13) & 0x3
-            symbols.extend([symbol] * min(chunk & _RUN_LENGTH_MAX, remaining))
+            length = min(chunk & _RUN_LENGTH_MAX, remaining)
+            if symbol == 3 and length:
+                raise RtcpParseError("transport-cc status symbol 3 is reserved")
+            if symbol and length:
+                runs.append((covered, length, symbol))
+            covered += length
         elif not chunk & 0x4000:
-            symbols.extend((chunk >> (13 - bit)) & 1 for bit in range(min(14, remaining)))
+            for bit in range(min(14, remaining)):
+                if (chunk >> (13 - bit)) & 1:
+                    runs.append((covered + bit, 1, _SYMBOL_SMALL_DELTA))
+            covered += min(14, remaining)
         else:
-            symbols.extend((chunk >> (12 - 2 * slot)) & 3 for slot in range(min(7, remaining)))
-    packets = []
-    for i, symbol in enumerate(symbols):
-        seq = (base + i) & 0xFFFF
-        if symbol == _SYMBOL_NOT_RECEIVED:
-            packets.append(TwccStatus(seq, False, None))
-        elif symbol == _SYMBOL_SMALL_DELTA:
-            if pos + 1 > size:
-                raise RtcpParseError("transport-cc receive deltas run past the packet")
-            packets.append(TwccStatus(seq, True, body[pos] * TWCC_DELTA_UNIT_US))
-            pos += 1
-        elif symbol == _SYMBOL_LARGE_DELTA:
-            if pos + 2 > size:
-                raise RtcpParseError("transport-cc receive deltas run past the packet")
-            ticks = struct.unpack_from("!h", body, pos)[0]
-            packets.append(TwccStatus(seq, True, ticks * TWCC_DELTA_UNIT_US))
-            pos += 2
-        else:
-            raise RtcpParseError("transport-cc status symbol 3 is reserved")
-    return TransportCc(sender, media, base, ref_fb >> 8, ref_fb & 0xFF, packets)
+            for slot in range(min(7, remaining)):
+                symbol = (chunk >> (12 - 2 * slot)) & 3
+                if symbol == 3:
+                    raise RtcpParseError("transport-cc status symbol 3 is reserved")
+                if symbol:
+                    runs.append((covered + slot, 1, symbol))
+            covered += min(7, remaining)
+    # Second pass: one receive delta per received packet, each read before it is stored.
+    arrivals = []
+    for start, length, symbol in runs:
+        for offset in range(start, start + length):
+            if symbol == _SYMBOL_SMALL_DELTA:
+                if pos + 1 > size:
+                    raise RtcpParseError("transport-cc receive deltas run past the packet")
+                ticks = body[pos]
+                pos += 1
+            else:
+                if pos + 2 > size:
+                    raise RtcpParseError("transport-cc receive deltas run past the packet")
+                ticks = struct.unpack_from("!h", body, pos)[0]
+                pos += 2
+            arrivals.append(TwccArrival((base + offset) & 0xFFFF, ticks * TWCC_DELTA_UNIT_US))
+    return TransportCc(sender, media, base, ref_fb >> 8, ref_fb & 0xFF, status_count, arrivals)
 
 
 # --- anything else ------------------------------------------------------------------------

@@ -127,7 +127,8 @@ def test_twcc_single_packet():
     assert isinstance(fb, TransportCc)
     assert (fb.sender_ssrc, fb.media_ssrc) == (4195875351, 1124282272)
     assert (fb.base_sequence, fb.reference_time, fb.feedback_count) == (153, 4057090, 23)
-    assert fb.packets == [TwccStatus(153, True, 37000)]
+    assert fb.statuses() == [TwccStatus(153, True, 37000)]
+    assert fb.arrival_times_us() == [(153, 4057090 * 64000 + 37000)]
     assert fb.serialize() == TWCC_ONE
 
 
@@ -135,14 +136,14 @@ def test_twcc_run_of_small_deltas():
     (fb,) = parse_rtcp(TWCC_SEVEN)
     assert (fb.base_sequence, fb.reference_time, fb.feedback_count) == (4, 1074030, 1)
     deltas = [19000, 9000, 9000, 4000, 3000, 3000, 4000]
-    assert fb.packets == [(4 + i, True, d) for i, d in enumerate(deltas)]
+    assert fb.statuses() == [(4 + i, True, d) for i, d in enumerate(deltas)]
     assert fb.serialize() == TWCC_SEVEN
 
 
 def test_twcc_two_bit_vector_and_run_length_beyond_count():
     (fb,) = parse_rtcp(TWCC_MIXED)
     assert (fb.base_sequence, fb.reference_time, fb.feedback_count) == (34108, 6551830, 179)
-    assert fb.packets == [
+    assert fb.statuses() == [
         (34108, True, 38750),
         (34109, True, 42500),
         (34110, True, 26500),
@@ -335,8 +336,8 @@ def test_twcc_build_parse_round_trip(base, ref, fb_count, entries, run_bias):
     fb = TransportCc.build(7, 9, ref, fb_count, packets)
     (back,) = parse_rtcp(fb.serialize())
     assert back == fb
-    assert len(back.packets) == len(packets)
-    for (seq, received, delta), got in zip(packets, back.packets):
+    assert back.status_count == len(packets)
+    for (seq, received, delta), got in zip(packets, back.statuses(), strict=True):
         assert got.seq == seq and got.received == received
         if received:
             assert abs(got.delta_us - delta) <= 125  # quantised to 250 µs
@@ -347,7 +348,19 @@ def test_twcc_long_run_uses_run_length_chunks():
     data = TransportCc.build(1, 2, 0, 0, packets).serialize()
     # 10000 losses need two run-length chunks (8191 + 1809) plus one for the last packet.
     assert len(data) == 4 + 16 + 3 * 2 + 1 + 1
-    assert parse_rtcp(data)[0].packets[-1] == (10000, True, 1000)
+    assert parse_rtcp(data)[0].statuses()[-1] == (10000, True, 1000)
+
+
+def test_twcc_huge_status_count_costs_only_what_is_on_the_wire():
+    # 65535 packets "not received" in eight run-length chunks: 16 bytes of chunks.
+    chunks = bytes.fromhex("1fff") * 8 + bytes.fromhex("0007")
+    body = bytes.fromhex("00000001" "00000002" "0000ffff" "00000000") + chunks + b"\x00\x02"
+    (fb,) = parse_rtcp(bytes.fromhex("afcd") + (len(body) // 4).to_bytes(2, "big") + body)
+    assert fb.status_count == 65535 and fb.arrivals == []
+    # A run claiming 8191 received packets with no delta bytes fails fast.
+    body = bytes.fromhex("00000001" "00000002" "00001fff" "00000000" "3fff" "0000")
+    with pytest.raises(RtcpParseError):
+        parse_rtcp(bytes.fromhex("8fcd0005") + body)
 
 
 def test_twcc_build_rejects_gaps():

@@ -348,6 +348,9 @@ def _only_our_error(fn, data):
 def test_arbitrary_bytes_raise_only_rtp_parse_error(data):
     _only_our_error(parse, data)
     _only_our_error(payload_offset, data)
+    for reader in (read_ssrc, read_sequence_number, read_timestamp, read_marker, read_payload_type):
+        _only_our_error(reader, data)
+    _only_our_error(lambda d: rewrite_header(bytearray(d), 1, 2, 3, 4), data)
     for ext_id in (1, 9, 15, 200):
         _only_our_error(lambda d: find_extension(d, ext_id), data)
 
