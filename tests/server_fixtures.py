@@ -82,6 +82,7 @@ async def running_server(config: ServerConfig | None = None) -> AsyncIterator[Se
             yield server
         finally:
             server.request_shutdown()
+    assert server.shutdown_clean, "rooms and participants did not end by themselves within the grace period"
     leaked = {t for t in all_tasks() - before if t is not trio.lowlevel.current_task()}
     assert not leaked, f"tasks survived server shutdown: {[t.name for t in leaked]}"
     assert not server.registry.rooms, "rooms survived shutdown"

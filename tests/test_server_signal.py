@@ -267,3 +267,37 @@ async def test_ping_timeout_disconnects_silent_client(autojump_clock: trio.testi
                 info = await next_update_for(watcher, "silent")
             assert "watcher" in server.registry.rooms["room1"].participants
         assert server.metrics.get(m.SIGNAL_PING_TIMEOUT) == 1
+
+
+async def test_unused_room_closes_after_empty_timeout(autojump_clock: trio.testing.MockClock) -> None:
+    # A room nobody joined (as Twirp CreateRoom will make) uses empty_timeout, not departure_timeout.
+    async with running_server(make_config(empty_timeout=300, departure_timeout=20)) as server:
+        room = await server.registry.get_or_create("made-by-api")
+        await trio.sleep(299)
+        assert server.registry.rooms.get("made-by-api") is room
+        await trio.sleep(2)
+        assert "made-by-api" not in server.registry.rooms and room.closed
+
+
+async def test_client_that_stops_reading_is_dropped_and_others_are_not_blocked() -> None:
+    async with running_server() as server:
+        async with signal_client(server, mint_token("stuck")) as stuck:
+            await join(stuck)
+            # `stuck` never reads again: trio-websocket's 1-message queue fills, then TCP backs up.
+            async with signal_client(server, mint_token("actor", can_update_own_metadata=True)) as actor, signal_client(
+                server, mint_token("reader")
+            ) as reader:
+                await join(actor)
+                await join(reader)
+                blob = "x" * 60_000
+                with trio.fail_after(30):
+                    for i in range(600):
+                        await send(actor, rtc.SignalRequest(update_metadata=rtc.UpdateParticipantMetadata(metadata=f"{i}{blob}")))
+                        await recv_kind(reader, "update")
+                        await recv_kind(actor, "update")  # LiveKit echoes metadata changes to the sender
+                        if "stuck" not in server.registry.rooms["room1"].participants:
+                            break
+                assert "stuck" not in server.registry.rooms["room1"].participants
+                assert server.metrics.get(m.SIGNAL_SEND_OVERFLOW) >= 1
+                await send(actor, rtc.SignalRequest(ping_req=rtc.Ping(timestamp=9)))
+                assert (await recv_kind(actor, "pong_resp")).pong_resp.last_ping_timestamp == 9
