@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rtp.rtcp import ReportBlock, compact_ntp, parse_rtcp, ReceiverReport
+from rtp.rtcp import ReceiverReport, compact_ntp, parse_rtcp
 from rtp.receive_stats import LastSenderReport, ReceiveStatistics
 
 VIDEO = 90000
