@@ -466,7 +466,10 @@ class Codec:
     def apt(self) -> int | None:
         """For RTX (RFC 4588): the payload type this one retransmits."""
         value = self.fmtp.get("apt")
-        return int(value) if value is not None and value.isdigit() else None
+        # Payload types have at most 3 digits; never int() an attacker's digit string.
+        if value is None or not (value.isascii() and value.isdigit() and len(value) <= 3):
+            return None
+        return int(value)
 
 
 # --- sections ---------------------------------------------------------------------

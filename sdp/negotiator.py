@@ -97,6 +97,9 @@ def _codec_attributes(codecs: tuple[Codec, ...] | list[Codec]) -> list:
 
 
 def _candidate_attributes(local: LocalParams) -> list:
+    if not local.candidates:
+        return []  # candidates will be trickled; claiming the end now would stall ICE
+    # An ICE-lite server knows all its candidates up front (RFC 8840 §4.5).
     return [Candidate(c) for c in local.candidates] + [flag("end-of-candidates")]
 
 

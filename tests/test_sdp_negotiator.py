@@ -253,3 +253,65 @@ def test_aiortc_parses_our_answers_to_browser_offers():
                 assert [c.payloadType for c in their.rtp.codecs] == ours.payload_types
                 assert their.dtls.role == "server"
                 assert their.ice.usernameFragment == "SfuU"
+
+
+# --- property tests: the negotiator only ever raises NegotiationError ---------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from sdp.errors import SdpParseError  # noqa: E402
+
+OFFER_FIXTURES = ["chromium_publisher_offer_simulcast.sdp", "python_sdk_publisher_offer.sdp",
+                  "chromium_v1_join_offer.sdp", "python_sdk_v1_join_offer.sdp"]
+OFFER_LINES = {name: (SDP_DIR / name).read_text().replace("\r\n", "\n").split("\n")[:-1]
+               for name in OFFER_FIXTURES}
+ALL_LINES = sorted({l for lines in OFFER_LINES.values() for l in lines})
+
+edits = st.lists(st.tuples(
+    st.sampled_from(["delete", "duplicate", "replace", "corrupt"]),
+    st.integers(0, 10_000), st.sampled_from(ALL_LINES), st.integers(0, 80), st.characters()),
+    max_size=6)
+
+
+def mutate(lines: list[str], script) -> str:
+    lines = list(lines)
+    for op, index, other, position, char in script:
+        if not lines:
+            break
+        i = index % len(lines)
+        if op == "delete":
+            del lines[i]
+        elif op == "duplicate":
+            lines.insert(i, lines[i])
+        elif op == "replace":
+            lines[i] = other
+        else:
+            lines[i] = lines[i][:position] + char + lines[i][position + 1:]
+    return "\r\n".join(lines) + "\r\n"
+
+
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(OFFER_FIXTURES), edits)
+def test_answer_offer_on_mutated_offers_raises_only_negotiation_error(name, script):
+    try:
+        offer = parse(mutate(OFFER_LINES[name], script))
+    except SdpParseError:
+        return
+    try:
+        answer = answer_offer(offer, local_params())
+    except NegotiationError:
+        return
+    assert parse(serialize(answer)) == answer
+    assert len(answer.media) == len(offer.media)
+    accepted = [a.mid for a in answer.media if not a.rejected]
+    assert answer.bundle_groups() in ([tuple(accepted)] if accepted else [], [])
+    for o, a in zip(offer.media, answer.media):
+        assert a.mid == o.mid
+        if a.rejected or not a.is_rtp:
+            continue
+        offered = {c.payload_type: c for c in o.codecs()}
+        for c in a.codecs():
+            assert offered[c.payload_type].name == c.name  # offerer's PT numbers kept
+            assert not c.is_rtx or c.apt in {x.payload_type for x in a.codecs()}
+        assert not a.direction.sends

@@ -182,10 +182,11 @@ def test_slot_is_not_recycled_before_the_answer():
     assert t.mid == "2" and [x.mid for x in sub.table.transceivers] == ["0", "1", "2"]
 
 
-def test_chromium_subscriber_answer_fixture():
-    """Chromium's answer to a captured server offer: DTLS role, codecs, rtx and extensions."""
-    offer = parse((SDP_DIR / "chromium_subscriber_offer_sent.sdp").read_text())
-    answer = parse((SDP_DIR / "chromium_subscriber_answer.sdp").read_text())
+@pytest.mark.parametrize("client", ["chromium", "python_sdk"])
+def test_captured_subscriber_answers(client):
+    """Chromium's / libwebrtc's answer to a captured server offer: DTLS role, codecs, rtx, extensions."""
+    offer = parse((SDP_DIR / f"{client}_subscriber_offer_sent.sdp").read_text())
+    answer = parse((SDP_DIR / f"{client}_subscriber_answer.sdp").read_text())
     result = negotiated_media(offer, answer, local_is_offerer=True)
     assert local_dtls_role(answer, local_is_offerer=True) is DtlsRole.SERVER
     assert result["0"].direction is Direction.SENDONLY
@@ -271,3 +272,59 @@ def test_offer_refuses_two_live_lines_for_one_track():
     other.track_id = "TR_v"
     with pytest.raises(TransceiverInvariantError):
         sub.create_offer()
+
+
+# --- property test: apply_answer on corrupted answers ----------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from sdp.errors import SdpParseError  # noqa: E402
+
+
+def _bound_sub():
+    sub = SubscriberOffer(local_params())
+    sub.table.bind("TR_a", MediaKind.AUDIO, "s")
+    sub.table.bind("TR_v", MediaKind.VIDEO, "s")
+    return sub
+
+
+_ANSWER_LINES = serialize(_offer_and_answer(_bound_sub())[1]).split("\r\n")[:-1]
+
+
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.sampled_from(["delete", "duplicate", "replace", "corrupt"]),
+                          st.integers(0, 10_000), st.sampled_from(_ANSWER_LINES),
+                          st.integers(0, 60), st.characters()), max_size=5))
+def test_apply_answer_on_corrupted_answers_raises_only_negotiation_error(script):
+    sub = _bound_sub()
+    offer = sub.create_offer()
+    lines = list(_ANSWER_LINES)
+    for op, index, other, position, char in script:
+        if not lines:
+            break
+        i = index % len(lines)
+        if op == "delete":
+            del lines[i]
+        elif op == "duplicate":
+            lines.insert(i, lines[i])
+        elif op == "replace":
+            lines[i] = other
+        else:
+            lines[i] = lines[i][:position] + char + lines[i][position + 1:]
+    try:
+        answer = parse("\r\n".join(lines) + "\r\n")
+    except SdpParseError:
+        return
+    try:
+        result = sub.apply_answer(answer)
+    except NegotiationError:
+        assert sub.state is SignalingState.HAVE_LOCAL_OFFER
+        return
+    assert sub.state is SignalingState.STABLE
+    for o in offer.media:
+        r = result[o.mid]
+        if r.accepted and o.is_rtp:
+            offered = {c.payload_type: c.name for c in o.codecs()}
+            assert all(offered[c.payload_type] == c.name for c in r.codecs)
+    sub.table.check_invariant()
