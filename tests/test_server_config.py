@@ -110,9 +110,11 @@ def test_cli_precedence(tmp_path: pathlib.Path) -> None:
 def test_cli_dev_defaults() -> None:
     config, _ = config_from_args(build_parser().parse_args(["--dev"]), {})
     assert config.keys == {"devkey": "secret"}
-    assert config.bind_addresses == ["127.0.0.1"] and config.port == 7880 and config.rtc.udp_port == 7882
+    assert config.effective_bind_addresses() == ["127.0.0.1"] and config.port == 7880 and config.rtc.udp_port == 7882
     config, _ = config_from_args(build_parser().parse_args(["--dev", "--bind", "0.0.0.0"]), {})
-    assert config.bind_addresses == ["0.0.0.0"]
+    assert config.effective_bind_addresses() == ["0.0.0.0"]
+    config, _ = config_from_args(build_parser().parse_args(["--keys", "k: s"]), {})
+    assert config.effective_bind_addresses() == ["0.0.0.0"]  # LiveKit binds everywhere outside dev
 
 
 def test_cli_without_keys_is_an_error() -> None:

@@ -181,3 +181,18 @@ async def test_bad_websocket_handshake_is_400_and_joins_nothing() -> None:
         )
         assert status == 400
         assert not server.registry.rooms
+
+
+async def test_attributes_param_needs_permission_and_valid_encoding() -> None:
+    import base64 as b64
+
+    encoded = b64.urlsafe_b64encode(json.dumps({"role": "host"}).encode()).decode()
+    async with running_server() as server:
+        allowed = mint_token("a", can_update_own_metadata=True)
+        status, _, body, _ = await http(server.port, "GET", f"/rtc/validate?attributes={encoded}", [("authorization", f"Bearer {allowed}")])
+        assert (status, body) == (200, b"success")
+        status, _, _, _ = await http(server.port, "GET", "/rtc/validate?attributes=%%%not-base64", [("authorization", f"Bearer {allowed}")])
+        assert status == 400
+        plain = mint_token("b")
+        status, _, _, _ = await http(server.port, "GET", f"/rtc/validate?attributes={encoded}", [("authorization", f"Bearer {plain}")])
+        assert status == 401

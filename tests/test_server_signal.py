@@ -301,3 +301,15 @@ async def test_client_that_stops_reading_is_dropped_and_others_are_not_blocked()
                 assert server.metrics.get(m.SIGNAL_SEND_OVERFLOW) >= 1
                 await send(actor, rtc.SignalRequest(ping_req=rtc.Ping(timestamp=9)))
                 assert (await recv_kind(actor, "pong_resp")).pong_resp.last_ping_timestamp == 9
+
+
+async def test_attributes_query_param_merges_into_token_attributes() -> None:
+    import base64
+    import json
+
+    encoded = base64.urlsafe_b64encode(json.dumps({"role": "host", "k": ""}).encode()).decode()
+    async with running_server() as server:
+        token = mint_token("a", attributes={"k": "from-token"}, can_update_own_metadata=True)
+        async with signal_client(server, token, query=f"attributes={encoded}") as ws:
+            j = await join(ws)
+        assert dict(j.participant.attributes) == {"k": "from-token", "role": "host"}

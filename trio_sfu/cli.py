@@ -46,8 +46,6 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str]) -> tuple
         config.keys = {DEV_API_KEY: DEV_API_SECRET}
     if args.bind:
         config.bind_addresses = list(args.bind)
-    elif config.development and not (args.config and _config_sets_bind(args.config)):
-        config.bind_addresses = ["127.0.0.1"]
     if args.port is not None:
         config.port = args.port
     if args.udp_port is not None:
@@ -60,14 +58,6 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str]) -> tuple
     if not config.keys:
         raise ConfigError("no API keys configured: use --keys, LIVEKIT_KEYS, 'keys' in --config, or --dev")
     return config, warnings
-
-
-def _config_sets_bind(path: str) -> bool:
-    import yaml
-
-    with open(path, encoding="utf-8") as fh:
-        data = yaml.safe_load(fh)
-    return isinstance(data, dict) and data.get("bind_addresses") is not None
 
 
 async def serve(config: ServerConfig) -> None:

@@ -51,7 +51,8 @@ class LoggingConfig:
 @attrs.define
 class ServerConfig:
     port: int = DEFAULT_PORT
-    bind_addresses: list[str] = attrs.field(factory=lambda: ["0.0.0.0"])
+    # Empty = the mode's default: loopback in development (as LiveKit's --dev), else all interfaces.
+    bind_addresses: list[str] = attrs.field(factory=list)
     rtc: RtcConfig = attrs.field(factory=RtcConfig)
     keys: dict[str, str] = attrs.field(factory=dict)
     room: RoomConfig = attrs.field(factory=RoomConfig)
@@ -60,6 +61,11 @@ class ServerConfig:
     webhook: dict[str, Any] | None = None
     redis: dict[str, Any] | None = None
     development: bool = False
+
+    def effective_bind_addresses(self) -> list[str]:
+        if self.bind_addresses:
+            return list(self.bind_addresses)
+        return ["127.0.0.1"] if self.development else ["0.0.0.0"]
 
 
 # Each known key: (expected python types, human type name). Sections are nested dicts.
@@ -180,7 +186,7 @@ def config_from_mapping(data: Any) -> tuple[ServerConfig, list[str]]:
         if not all(isinstance(a, str) for a in addresses):
             raise ConfigError("config key 'bind_addresses' must be a list of strings")
         # LiveKit writes "" for "all interfaces".
-        config.bind_addresses = [a or "0.0.0.0" for a in addresses] or ["0.0.0.0"]
+        config.bind_addresses = [a or "0.0.0.0" for a in addresses]
     if data.get("development") is not None:
         config.development = data["development"]
     if data.get("keys") is not None:

@@ -14,6 +14,8 @@ head and body reads by timeouts, and an unexpected error becomes a bare 500 -- n
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from typing import Iterable
 from urllib.parse import parse_qs, unquote
@@ -330,7 +332,7 @@ class HttpFront:
             ],
         )
 
-    def authorize_join(self, request: Request) -> tuple[str, ClaimGrants]:
+    def authorize_join(self, request: Request, *, strict: bool = False) -> tuple[str, ClaimGrants]:
         """LiveKit's join validation: returns (room name, grants) or raises AuthError(status, reason)."""
         token = token_from_request(request.headers.get("authorization"), request.param("access_token"))
         if token is None:
@@ -351,8 +353,20 @@ class HttpFront:
             raise AuthError(400, f"room name exceeds limits: max length {MAX_NAME_LENGTH}")
         if not self.config.room.auto_create and room not in self.registry.rooms:
             raise AuthError(404, "requested room does not exist")
-        if request.param("attributes") and not video.may_update_own_metadata:
-            raise AuthError(401, "permissions denied")
+        attributes_param = request.param("attributes")
+        if attributes_param:
+            if not video.may_update_own_metadata:
+                raise AuthError(401, "permissions denied")
+            try:
+                extra = decode_attributes_param(attributes_param)
+            except ValueError:
+                if strict:
+                    raise AuthError(400, "cannot decode attributes") from None
+                extra = {}  # LiveKit: tolerated on the WebSocket path, refused on validate
+            # An empty value may not delete an attribute the token set.
+            merged = dict(grants.attributes)
+            merged.update({k: v for k, v in extra.items() if v})
+            grants = attrs.evolve(grants, attributes=merged)
         return room, grants
 
     async def _validate(self, exchange: _HttpExchange, request: Request) -> None:
@@ -360,7 +374,7 @@ class HttpFront:
             await exchange.respond(405, b"method not allowed\n", headers=[*CORS_HEADERS, ("allow", "GET, OPTIONS")])
             return
         try:
-            self.authorize_join(request)
+            self.authorize_join(request, strict=True)
         except AuthError as exc:
             self.metrics.inc(m.AUTH_FAILED)
             _log.info("validate refused", kv={"status": exc.status, "reason": exc.reason})
@@ -412,3 +426,16 @@ class HttpFront:
                     pass
             nursery.cancel_scope.cancel()
 
+
+
+def decode_attributes_param(value: str) -> dict[str, str]:
+    """The `attributes` query parameter: base64url of a JSON string map."""
+    if len(value) > MAX_HEAD:
+        raise ValueError("attributes too long")
+    try:
+        data = json.loads(base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)))
+    except (binascii.Error, UnicodeDecodeError, json.JSONDecodeError):
+        raise ValueError("attributes are not base64url JSON") from None
+    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
+        raise ValueError("attributes must be a JSON object of strings")
+    return data

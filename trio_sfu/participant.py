@@ -332,7 +332,7 @@ class Participant:
         self.send(rtc.SignalResponse(pong_resp=rtc.Pong(last_ping_timestamp=ping.timestamp, timestamp=now_ms())))
 
     async def _on_leave(self, leave: rtc.LeaveRequest) -> None:
-        self.log.info("client leave", kv={"reason": models.DisconnectReason.Name(leave.reason) if leave.reason in models.DisconnectReason.values() else leave.reason})
+        self.log.info("client leave", kv={"reason": leave.reason})
         self.close(models.DisconnectReason.CLIENT_INITIATED, send_leave=False)
 
     def _deny(self, reason: int, message: str, **echo: Any) -> None:

@@ -47,6 +47,7 @@ class Room:
         self._created_clock = trio.current_time()
         self._changed = trio.Event()
         self._nursery: trio.Nursery | None = None
+        self.finished = trio.Event()
         self.log = _log.bind(room=name, room_sid=sid)
 
     # ---- lifetime -----------------------------------------------------------------------
@@ -61,6 +62,7 @@ class Room:
         finally:
             self.closed = True
             self.registry._forget(self)
+            self.finished.set()
             self.log.info("room closed")
 
     async def _watch_emptiness(self) -> None:
@@ -195,8 +197,6 @@ class RoomRegistry:
         self.media_factory = media_factory
         self.rooms: dict[str, Room] = {}
         self._nursery: trio.Nursery | None = None
-        self._all_closed = trio.Event()
-        self._all_closed.set()
 
     def new_sid(self, prefix: str) -> str:
         return prefix + "".join(secrets.choice(_ALPHABET) for _ in range(12))
@@ -215,7 +215,6 @@ class RoomRegistry:
             raise RoomClosedError(name)
         room = Room(self, name, self.new_sid("RM_"), self.config)
         self.rooms[name] = room
-        self._all_closed = trio.Event()
         self.metrics.inc(m.ROOMS_CREATED)
         room.log.info("room created")
         await self._nursery.start(room.run)
@@ -234,20 +233,17 @@ class RoomRegistry:
         if self.rooms.get(room.name) is room:
             del self.rooms[room.name]
             self.metrics.inc(m.ROOMS_CLOSED)
-        if not self.rooms:
-            self._all_closed.set()
 
     def participant_count(self) -> int:
         return sum(len(r.participants) for r in self.rooms.values())
 
     async def close_all(self, reason: int, timeout: float = 3.0) -> bool:
-        """Close every room with `reason`; wait (bounded) until their tasks are gone."""
-        for room in list(self.rooms.values()):
+        """Close every room with `reason`; True if all their tasks ended within `timeout`."""
+        rooms = list(self.rooms.values())
+        for room in rooms:
             room.close(reason)
         with trio.move_on_after(timeout):
-            await self._all_closed.wait()
-            if self._nursery is not None:
-                while self._nursery.child_tasks:
-                    await trio.sleep(0.01)
+            for room in rooms:
+                await room.finished.wait()
             return True
         return False

@@ -39,7 +39,7 @@ class Server:
 
     @property
     def url(self) -> str:
-        host = self.config.bind_addresses[0]
+        host = self.config.effective_bind_addresses()[0]
         if host in ("0.0.0.0", "", "::"):
             host = "127.0.0.1"
         if ":" in host:
@@ -53,7 +53,7 @@ class Server:
         async with trio.open_nursery() as nursery:
             await nursery.start(self.registry.run)
             port = self.config.port
-            for host in self.config.bind_addresses:
+            for host in self.config.effective_bind_addresses():
                 listeners = await trio.open_tcp_listeners(port, host=host)
                 if port == 0 and listeners:
                     # Same ephemeral port on every further address, so one URL fits all.
@@ -93,7 +93,7 @@ class Server:
             except OSError as exc:
                 if exc.errno in _RESOURCE_ERRNOS:
                     # Out of descriptors/memory: back off instead of spinning, as serve_listeners does.
-                    self.metrics.inc("http_accept_resource_error_total")
+                    self.metrics.inc(m.HTTP_ACCEPT_RESOURCE_ERROR)
                     _log.error("accept failed, backing off", kv={"errno": errno.errorcode.get(exc.errno, exc.errno)})
                     await trio.sleep(0.1)
                     continue
