@@ -49,6 +49,14 @@ class ParticipantState(enum.Enum):
     DISCONNECTED = models.ParticipantInfo.State.DISCONNECTED
 
 
+_TRANSITIONS = {
+    ParticipantState.JOINING: {ParticipantState.JOINED, ParticipantState.DISCONNECTED},
+    ParticipantState.JOINED: {ParticipantState.ACTIVE, ParticipantState.DISCONNECTED},
+    ParticipantState.ACTIVE: {ParticipantState.DISCONNECTED},
+    ParticipantState.DISCONNECTED: set(),
+}
+
+
 @attrs.frozen
 class _CloseSocket:
     """Outbox marker: flush everything before me, then close the WebSocket."""
@@ -122,6 +130,11 @@ class Participant:
     def bump_version(self) -> None:
         self.version += 1
 
+    def _transition(self, new: ParticipantState) -> None:
+        allowed = _TRANSITIONS[self.state]
+        assert new in allowed, f"participant {self.sid}: {self.state.name} -> {new.name} is not a transition"
+        self.state = new
+
     def to_info(self) -> models.ParticipantInfo:
         permission = self.grants.video.to_permission() if self.grants.video else models.ParticipantPermission()
         return models.ParticipantInfo(
@@ -146,10 +159,14 @@ class Participant:
 
     def send(self, response: rtc.SignalResponse) -> None:
         """Queue a response without blocking; a client too slow to drain its queue is dropped."""
-        if self.is_closed and response.WhichOneof("message") != "leave":
+        self.send_encoded(encode_response(response))
+
+    def send_encoded(self, frame: bytes) -> None:
+        """Queue an already serialized SignalResponse (broadcasts encode once for everyone)."""
+        if self.is_closed:
             return
         try:
-            self._outbox_send.send_nowait(encode_response(response))
+            self._outbox_send.send_nowait(frame)
         except trio.WouldBlock:
             self.metrics.inc(m.SIGNAL_SEND_OVERFLOW)
             self.log.warning("signal queue full, disconnecting slow client")
@@ -169,7 +186,7 @@ class Participant:
         """End the session (idempotent): leave the room, optionally tell the client why, cancel."""
         if self.is_closed:
             return
-        self.state = ParticipantState.DISCONNECTED
+        self._transition(ParticipantState.DISCONNECTED)
         self.disconnect_reason = reason
         self.bump_version()
         self.room.on_participant_closed(self)
@@ -191,6 +208,7 @@ class Participant:
     def _request_cancel(self, grace: float) -> None:
         self._cancel_requested = True
         if self._scope is None:
+            # Not running yet; run() applies the grace period when it starts.
             return
         if grace <= 0:
             self._scope.cancel()
@@ -245,7 +263,7 @@ class Participant:
         nursery.start_soon(self._writer, ws)
         nursery.start_soon(self._ping_timer)
         if not self.is_closed:
-            self.state = ParticipantState.JOINED
+            self._transition(ParticipantState.JOINED)
             self.bump_version()
             self.room.announce(self)
         await self._reader(ws)

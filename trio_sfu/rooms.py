@@ -23,6 +23,7 @@ from .log import get_logger
 from .media import MediaSessionFactory, UnavailableMediaSession
 from .participant import PING_INTERVAL, PING_TIMEOUT, JoinOptions, Participant
 from .server_info import server_info
+from .signal_codec import encode_response
 
 _ALPHABET = string.ascii_letters + string.digits
 _log = get_logger("trio_sfu.rooms")
@@ -139,11 +140,11 @@ class Room:
         """Send a ParticipantUpdate with `participant`'s current info to the room."""
         if participant.hidden and not include_self:
             return
-        update = rtc.SignalResponse(update=rtc.ParticipantUpdate(participants=[participant.to_info()]))
+        frame = encode_response(rtc.SignalResponse(update=rtc.ParticipantUpdate(participants=[participant.to_info()])))
         for other in list(self.participants.values()):
             if other is participant and not include_self:
                 continue
-            other.send(update)
+            other.send_encoded(frame)
 
     # ---- snapshots ----------------------------------------------------------------------
 
