@@ -24,14 +24,14 @@ from sdp.codecs import (
     PUBLISHER_EXTENSIONS, SUBSCRIBER_EXTENSIONS, MediaKind, filter_feedback, is_red,
     is_supported_media_codec, red_references,
 )
-from sdp.errors import NegotiationError
+from sdp.errors import NegotiationError, TransceiverInvariantError
 from sdp.model import (
     Candidate, Codec, Connection, Direction, Extmap, Fingerprint, Fmtp, Group,
     IcePwd, IceUfrag, MaxMessageSize, MediaSection, Mid, Msid, MsidSemantic, Origin, Rid,
     RtcpFb, Rtpmap, SctpPort, SessionDescription, Setup, SetupRole, Simulcast, Ssrc, SsrcGroup,
     flag,
 )
-from sdp.transceivers import TransceiverState, TransceiverTable, live_track_ids
+from sdp.transceivers import Transceiver, TransceiverState, TransceiverTable
 
 RTP_PROTO = "UDP/TLS/RTP/SAVPF"
 SCTP_PROTO = "UDP/DTLS/SCTP"
@@ -154,8 +154,7 @@ def _accepted_codecs(kind: MediaKind, offered: list[Codec]) -> list[Codec]:
             if c.payload_type in accepted]
 
 
-def _answer_media(offer: SessionDescription, m: MediaSection, local: LocalParams,
-                  setup: SetupRole) -> MediaSection | None:
+def _answer_media(m: MediaSection, local: LocalParams, setup: SetupRole) -> MediaSection | None:
     """The accepted answer section for ``m``, or None to reject it."""
     kind = _kind_of(m)
     mid = m.mid
@@ -236,7 +235,7 @@ def answer_offer(offer: SessionDescription, local: LocalParams, *,
             seen_mids.add(m.mid)
         usable = (bundle_mids is None and not accepted_mids) or (
             bundle_mids is not None and m.mid in bundle_mids)
-        section = _answer_media(offer, m, local, setup) if usable else None
+        section = _answer_media(m, local, setup) if usable else None
         if section is None:
             codecs = m.codecs() if m.is_rtp else []
             answer.media.append(_rejected_section(
@@ -277,10 +276,9 @@ def negotiated_media(offer: SessionDescription, answer: SessionDescription,
             direction = a.direction
         # The sender's SSRCs and msid are in the sender's own section.
         sender = o if o.direction.sends or not a.direction.sends else a
-        rids = a.rids if a.rids else o.rids
         result[mid] = NegotiatedMedia(
             mid, o.kind, True, direction, tuple(a.codecs()),
-            {e.id: e.uri for e in a.extmaps}, tuple(r.rid for r in rids),
+            {e.id: e.uri for e in a.extmaps}, tuple(r.rid for r in a.rids),
             tuple(sender.ssrcs), tuple(sender.ssrc_groups), sender.msid or o.msid,
             a.sctp_port, (o if not local_is_offerer else a).max_message_size,
         )
@@ -368,16 +366,17 @@ class SubscriberOffer:
         offer.attributes.append(MsidSemantic("WMS", ("*",)))
         offer.attributes.append(flag("ice-lite"))
 
-        ids = live_track_ids(self.table.transceivers)
-        if len(ids) != len(set(ids)):
-            raise NegotiationError("internal: duplicate track in offer")  # unreachable: checked above
+        # The invariant again, on what is actually going out rather than on the table.
+        offered_tracks = [m.msid.track_id for m in offer.media if not m.rejected and m.msid]
+        if len(offered_tracks) != len(set(offered_tracks)):
+            raise TransceiverInvariantError(f"offer carries a track twice: {offered_tracks}")
         self.table.mark_offered()
         self._pending = tuple(lines)
         self._pending_offer = offer
         self.state = SignalingState.HAVE_LOCAL_OFFER
         return offer
 
-    def _live_section(self, t, first: bool) -> MediaSection:
+    def _live_section(self, t: Transceiver, first: bool) -> MediaSection:
         if t.kind is MediaKind.APPLICATION:
             section = MediaSection("application", _DISCARD_PORT, SCTP_PROTO, [DATACHANNEL_FORMAT],
                                    connections=[Connection()])

@@ -18,7 +18,7 @@ from __future__ import annotations
 import enum
 import secrets
 from collections import OrderedDict
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 import attrs
 
@@ -303,6 +303,3 @@ def _offers_all(offered: Sequence[Codec], wanted: Sequence[Codec]) -> bool:
     names = {c.name.lower() for c in offered}
     return all(c.name.lower() in names for c in wanted)
 
-
-def live_track_ids(transceivers: Iterable[Transceiver]) -> list[str]:
-    return [t.track_id for t in transceivers if t.state.live and t.track_id is not None]
