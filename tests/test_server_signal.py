@@ -5,6 +5,7 @@ shutdown."""
 
 from __future__ import annotations
 
+import pytest
 import trio
 import trio_websocket
 from livekit.protocol import models, rtc
@@ -313,3 +314,27 @@ async def test_attributes_query_param_merges_into_token_attributes() -> None:
         async with signal_client(server, token, query=f"attributes={encoded}") as ws:
             j = await join(ws)
         assert dict(j.participant.attributes) == {"k": "from-token", "role": "host"}
+
+
+async def test_max_participants_refuses_with_429_but_allows_replacing_yourself() -> None:
+    async with running_server(make_config(max_participants=1)) as server:
+        async with signal_client(server, mint_token("first")) as first:
+            await join(first)
+            with pytest.raises(trio_websocket.ConnectionRejected) as info:
+                async with signal_client(server, mint_token("second")):
+                    pass
+            assert info.value.status_code == 429
+            async with signal_client(server, mint_token("first")) as again:
+                await join(again)
+        assert server.metrics.get(m.SIGNAL_ROOM_FULL) == 1
+
+
+async def test_hidden_participant_is_invisible_to_others() -> None:
+    async with running_server() as server:
+        async with signal_client(server, mint_token("ghost", hidden=True)) as ghost:
+            await join(ghost)
+            async with signal_client(server, mint_token("visible")) as visible:
+                j = await join(visible)
+                assert [p.identity for p in j.other_participants] == []
+                # The ghost still sees the visible participant arrive.
+                assert (await next_update_for(ghost, "visible")).state == State.JOINED

@@ -31,7 +31,7 @@ from .auth import AuthError, ClaimGrants, TokenVerifier, token_from_request
 from .config import ServerConfig
 from .log import get_logger
 from .participant import JoinOptions
-from .rooms import RoomClosedError, RoomRegistry
+from .rooms import RoomClosedError, RoomFullError, RoomRegistry
 
 MAX_HEAD = 16 * 1024
 MAX_BODY = 1024 * 1024
@@ -403,6 +403,11 @@ class HttpFront:
             participant = await self.registry.join(room_name, grants, options, stream)
         except RoomClosedError:
             await exchange.respond(503, b"room is closing, retry\n")
+            return
+        except RoomFullError:
+            # LiveKit answers ResourceExhausted, which its RPC layer maps to HTTP 429.
+            self.metrics.inc(m.SIGNAL_ROOM_FULL)
+            await exchange.respond(429, b"room has exceeded its max participants\n")
             return
         await participant.finished.wait()
 

@@ -33,6 +33,10 @@ class RoomClosedError(Exception):
     """The room closed while a join was in progress; the caller retries with a new room."""
 
 
+class RoomFullError(Exception):
+    """The room already has `max_participants` participants."""
+
+
 class Room:
     def __init__(self, registry: "RoomRegistry", name: str, sid: str, config: RoomConfig) -> None:
         self.registry = registry
@@ -99,6 +103,9 @@ class Room:
         if self.closed or self._nursery is None:
             raise RoomClosedError(self.name)
         previous = self.participants.get(grants.identity)
+        limit = self.config.max_participants
+        if limit and previous is None and len(self.participants) >= limit:
+            raise RoomFullError(self.name)
         if previous is not None:
             # LiveKit: the newest session for an identity wins; the old one is told why it lost.
             self.registry.metrics.inc(m.SIGNAL_DUPLICATE_IDENTITY)
