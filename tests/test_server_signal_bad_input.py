@@ -103,3 +103,23 @@ async def test_abrupt_socket_drop_removes_participant() -> None:
                 await dropper._stream.aclose()
             await assert_bystander_fine(good, "dropper", culprit_gone=True)
             assert list(server.registry.rooms["room1"].participants) == ["good"]
+
+
+async def test_a_crashing_handler_ends_only_that_session(monkeypatch: pytest.MonkeyPatch) -> None:
+    from trio_sfu.participant import Participant
+
+    async def explode(self: Participant, _req: rtc.MuteTrackRequest) -> None:
+        raise RuntimeError("simulated bug")
+
+    monkeypatch.setattr(Participant, "_on_mute", explode)
+    async with running_server() as server:
+        async with signal_client(server, mint_token("good")) as good:
+            await join(good)
+            async with signal_client(server, mint_token("bad")) as bad:
+                await join(bad)
+                await send(bad, rtc.SignalRequest(mute=rtc.MuteTrackRequest(sid="TR_x", muted=True)))
+                with pytest.raises(trio_websocket.ConnectionClosed):
+                    while True:
+                        await recv(bad)
+            await assert_bystander_fine(good, "bad", culprit_gone=True)
+        assert server.metrics.get(m.SIGNAL_SESSION_CRASHED) == 1

@@ -11,7 +11,6 @@ Unlike LiveKit we never echo the token back in an error body.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any, Mapping
 
@@ -284,8 +283,3 @@ def token_from_request(authorization: str | None, access_token: str | None) -> s
         return authorization[len(BEARER_PREFIX):].strip()
     return access_token or None
 
-
-def describe(grants: ClaimGrants) -> str:
-    """A short, log-safe description of who a token is for (never the token itself)."""
-    room = grants.video.room if grants.video else ""
-    return json.dumps({"iss": grants.api_key, "sub": grants.identity, "room": room})

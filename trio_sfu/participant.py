@@ -229,6 +229,10 @@ class Participant:
                     if not await self._serve(nursery, stream):
                         nursery.cancel_scope.cancel()
                     # Otherwise the writer flushes the goodbye and cancels the scope itself.
+        except Exception:
+            # A bug in one session must not take the room (and the server) down with it.
+            self.metrics.inc(m.SIGNAL_SESSION_CRASHED)
+            self.log.exception("signal session crashed")
         finally:
             # Whatever ended the session, the room must forget us (no-op if close() ran).
             self.close(models.DisconnectReason.SIGNAL_CLOSE, send_leave=False)
