@@ -8,11 +8,14 @@ client sees a clear error instead of silence.
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
 import attrs
 import trio
 from livekit.protocol import rtc
+
+if TYPE_CHECKING:
+    from .participant import Participant
 
 
 @attrs.frozen
@@ -26,6 +29,8 @@ class MediaContext:
     send: Callable[[rtc.SignalResponse], None]
     # The participant's nursery: transports and timers started here end with the participant.
     nursery: trio.Nursery
+    # The signal-side participant: its room (other publishers), tracks, subscriptions, settings.
+    participant: "Participant"
     # Whether the client asked to be subscribed to everything (`auto_subscribe`, default true).
     auto_subscribe: bool = True
 

@@ -260,6 +260,7 @@ class Participant:
                 identity=self.identity,
                 send=self.send,
                 nursery=nursery,
+                participant=self,
                 auto_subscribe=self.options.auto_subscribe,
             )
         )
