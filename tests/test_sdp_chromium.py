@@ -234,3 +234,36 @@ def test_chromium_subscriber_answers_our_offers(chromium):
     assert [m.mid for m in answer.media] == ["0", "1", "2", "4"]
     assert not answer.media[3].rejected
     assert ["4", "audio", "TR_b", ["PA_z|camera"]] in chromium_state()["tracks"]
+
+
+def test_chromium_accepts_rejected_sections_outside_bundle(chromium):
+    """Audio offered as PCMU only and video as H.264 packetization-mode=0 only: both refused."""
+    offer_text = chromium.eval("""(async () => {
+        const pc = new RTCPeerConnection();
+        window.rej = pc;
+        const audio = pc.addTransceiver('audio', {direction: 'sendonly'});
+        audio.setCodecPreferences(RTCRtpReceiver.getCapabilities('audio').codecs
+            .filter(c => c.mimeType === 'audio/PCMU'));
+        const video = pc.addTransceiver('video', {direction: 'sendonly'});
+        video.setCodecPreferences(RTCRtpReceiver.getCapabilities('video').codecs
+            .filter(c => c.mimeType === 'video/H264' && /packetization-mode=0/.test(c.sdpFmtpLine || '')));
+        pc.createDataChannel('_reliable');
+        await pc.setLocalDescription();
+        return pc.localDescription.sdp;
+    })()""")
+    offer = parse(offer_text)
+    assert [c.name for c in offer.media[0].codecs()] == ["PCMU"]
+    assert {c.name for c in offer.media[1].codecs()} <= {"H264", "rtx"}
+    answer = answer_offer(offer, local_params())
+    assert [m.rejected for m in answer.media] == [True, True, False]
+    assert answer.bundle_groups() == [("2",)]
+    state = chromium.eval(f"""(async () => {{
+        const pc = window.rej;
+        await pc.setRemoteDescription({{type: 'answer', sdp: {js_string(serialize(answer))}}});
+        return {{signaling: pc.signalingState,
+                 transceivers: pc.getTransceivers().map(t => t.mid),
+                 sctp: pc.sctp !== null}};
+    }})()""")
+    # A rejected m-line stops its transceiver, and Chromium then drops stopped ones
+    # from getTransceivers(), as webrtc-pc specifies for stopped transceivers.
+    assert state == {"signaling": "stable", "transceivers": [], "sctp": True}
