@@ -338,3 +338,38 @@ async def test_hidden_participant_is_invisible_to_others() -> None:
                 assert [p.identity for p in j.other_participants] == []
                 # The ghost still sees the visible participant arrive.
                 assert (await next_update_for(ghost, "visible")).state == State.JOINED
+
+
+async def test_media_session_plugs_in_through_the_factory() -> None:
+    from trio_sfu.media import MediaContext
+
+    calls: list[tuple] = []
+
+    class EchoMedia:
+        def __init__(self, context: MediaContext) -> None:
+            self.context = context
+            calls.append(("created", context.identity, context.participant.sid == context.participant_sid))
+
+        async def handle_publisher_offer(self, offer: rtc.SessionDescription) -> None:
+            calls.append(("offer", offer.id))
+            self.context.send(rtc.SignalResponse(answer=rtc.SessionDescription(type="answer", sdp="v=0\r\n", id=offer.id)))
+
+        async def handle_subscriber_answer(self, answer: rtc.SessionDescription) -> None:
+            calls.append(("answer", answer.id))
+
+        async def handle_trickle(self, candidate_init_json: str, target: int, final: bool) -> None:
+            calls.append(("trickle", candidate_init_json, target, final))
+
+    server_config = make_config()
+    async with running_server(server_config) as server:
+        server.registry.media_factory = EchoMedia
+        async with signal_client(server, mint_token("a")) as ws:
+            await join(ws)
+            await send(ws, rtc.SignalRequest(offer=rtc.SessionDescription(type="offer", sdp="v=0\r\n", id=3)))
+            answer = (await recv_kind(ws, "answer")).answer
+            assert (answer.type, answer.id) == ("answer", 3)
+            await send(ws, rtc.SignalRequest(answer=rtc.SessionDescription(type="answer", sdp="v=0\r\n", id=9)))
+            await send(ws, rtc.SignalRequest(trickle=rtc.TrickleRequest(candidateInit="{}", target=rtc.SignalTarget.PUBLISHER, final=True)))
+            await send(ws, rtc.SignalRequest(ping_req=rtc.Ping(timestamp=1)))
+            await recv_kind(ws, "pong_resp")
+    assert calls == [("created", "a", True), ("offer", 3), ("answer", 9), ("trickle", "{}", rtc.SignalTarget.PUBLISHER, True)]
