@@ -24,6 +24,10 @@ from server_fixtures import (
 )
 
 State = models.ParticipantInfo.State
+# These tests mix virtual time with real loopback sockets. With a zero threshold the clock could
+# jump while a reply is in flight in the kernel (a task waiting on I/O counts as blocked), so
+# virtual time only jumps after this much real idleness.
+AUTOJUMP_WITH_REAL_IO = 0.25
 
 
 async def next_update_for(ws: trio_websocket.WebSocketConnection, identity: str) -> models.ParticipantInfo:
@@ -235,8 +239,8 @@ async def test_resume_is_refused_with_reconnect_action() -> None:
         assert server.metrics.get(m.SIGNAL_RESUME_REFUSED) == 1
 
 
-async def test_room_closes_after_departure_timeout(autojump_clock: trio.testing.MockClock) -> None:
-    # Real sockets under a MockClock: autojump only fires when every task is blocked.
+async def test_room_closes_after_departure_timeout(mock_clock: trio.testing.MockClock) -> None:
+    mock_clock.autojump_threshold = AUTOJUMP_WITH_REAL_IO
     async with running_server(make_config(departure_timeout=20)) as server:
         async with signal_client(server, mint_token("a")) as ws:
             j = await join(ws)
@@ -250,7 +254,8 @@ async def test_room_closes_after_departure_timeout(autojump_clock: trio.testing.
         assert server.metrics.get(m.ROOMS_CLOSED) >= 1
 
 
-async def test_ping_timeout_disconnects_silent_client(autojump_clock: trio.testing.MockClock) -> None:
+async def test_ping_timeout_disconnects_silent_client(mock_clock: trio.testing.MockClock) -> None:
+    mock_clock.autojump_threshold = AUTOJUMP_WITH_REAL_IO
     async with running_server() as server:
         async with signal_client(server, mint_token("watcher")) as watcher, signal_client(server, mint_token("silent")) as silent:
             await join(watcher)
@@ -270,7 +275,8 @@ async def test_ping_timeout_disconnects_silent_client(autojump_clock: trio.testi
         assert server.metrics.get(m.SIGNAL_PING_TIMEOUT) == 1
 
 
-async def test_unused_room_closes_after_empty_timeout(autojump_clock: trio.testing.MockClock) -> None:
+async def test_unused_room_closes_after_empty_timeout(mock_clock: trio.testing.MockClock) -> None:
+    mock_clock.autojump_threshold = AUTOJUMP_WITH_REAL_IO
     # A room nobody joined (as Twirp CreateRoom will make) uses empty_timeout, not departure_timeout.
     async with running_server(make_config(empty_timeout=300, departure_timeout=20)) as server:
         room = await server.registry.get_or_create("made-by-api")
