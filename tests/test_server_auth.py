@@ -190,3 +190,8 @@ def test_arbitrary_signed_claims_never_crash(claims: dict) -> None:
         VERIFIER.verify(jwt.encode(payload, API_SECRET, "HS256"))
     except AuthError as exc:
         assert exc.status == 401
+
+
+def test_identity_falls_back_to_jti_like_livekit() -> None:
+    token = jwt.encode({"iss": API_KEY, "jti": "legacy-id", "exp": time.time() + 60}, API_SECRET, "HS256")
+    assert VERIFIER.verify(token).identity == "legacy-id"

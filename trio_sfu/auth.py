@@ -3,8 +3,10 @@
 Verification follows LiveKit's server: the `Authorization: Bearer` header wins over the
 `access_token` query parameter; `iss` selects the secret; the signature must be HS256 with that
 secret (any other `alg`, including `none`, is refused before a key is even looked up); `exp` is
-required; `exp` and `nbf` are checked with 60 s of leeway for clock skew (LiveKit's verifier
-allows the same). We check the times ourselves with an explicit `now` instead of PyJWT's clock so
+required (go-jose, under LiveKit's verifier, would accept a token without one; every LiveKit
+SDK sets it, and a token that never expires is not something we want to honour); `exp` and
+`nbf` are checked with 60 s of leeway for clock skew, go-jose's default leeway that LiveKit
+inherits. We check the times ourselves with an explicit `now` instead of PyJWT's clock so
 the checks are deterministic under test, and error texts say how far off the clock is.
 Unlike LiveKit we never echo the token back in an error body.
 """
@@ -204,7 +206,8 @@ def _claims_from_json(api_key: str, payload: Mapping[str, Any]) -> ClaimGrants:
     video = payload.get("video")
     return ClaimGrants(
         api_key=api_key,
-        identity=_optional_str(payload, "sub"),
+        # LiveKit's verifier falls back to `jti` for tokens minted without `sub`.
+        identity=_optional_str(payload, "sub") or _optional_str(payload, "jti"),
         name=_optional_str(payload, "name"),
         metadata=_optional_str(payload, "metadata"),
         attributes=dict(attributes),
