@@ -18,9 +18,15 @@ requires mutual authentication by fingerprint):
     CertificateVerify, [CCS], Finished -->                    flight 5
                                 <--  [CCS], Finished          flight 6
 
-A flight is retransmitted whole when its timer fires (1 s, doubling, capped), or when the
-peer retransmits the flight before it (the peer did not get ours). The last flight
-(server's flight 6) has no timer; it is resent only when the client repeats flight 5.
+A flight is retransmitted whole when its timer fires, or when the peer retransmits the
+flight before it (the peer did not get ours). The last flight (server's flight 6) has no
+timer; it is resent only when the client repeats flight 5.
+
+Timing (defaults): first retransmission 1 s after a flight (RFC 6347 §4.2.4.1), doubling
+up to ``retransmit_max`` = 60 s, so a silent peer sees the flight at 0, 1, 3, 7, 15, 31 s;
+``handshake_timeout`` = 60 s after ``start`` (client) or after the first acceptable
+ClientHello (server) the connection fails with ``ConnectionFailed(DtlsHandshakeTimeout)``
+without sending an alert.
 """
 
 from __future__ import annotations
@@ -97,6 +103,7 @@ from rtp.dtls.handshake_messages import (
     split_handshake_fragments,
 )
 from rtp.dtls.record import RECORD_HEADER_LENGTH, ReplayWindow, encode_record_header, split_records
+from rtp.dtls.record import RECORD_HEADER as _RECORD_HEADER
 from rtp.srtp_profiles import PREFERRED_SRTP_PROFILES, SrtpProfile
 
 DEFAULT_CIPHER_SUITES: tuple[CipherSuite, ...] = (
@@ -275,7 +282,11 @@ class DtlsConnection:
     def receive_datagram(self, data: bytes, now: float) -> None:
         """Feed one UDP datagram. Malformed, replayed or forged records are dropped and
         counted; fatal handshake problems end in a ConnectionFailed event, never an exception."""
-        if self.state in (DtlsState.CLOSED, DtlsState.FAILED):
+        state = self.state
+        if state is DtlsState.CONNECTED and len(data) > RECORD_HEADER_LENGTH and data[0] == ContentType.APPLICATION_DATA:
+            if self._receive_application_record(data):
+                return
+        elif state is DtlsState.CLOSED or state is DtlsState.FAILED:
             return
         if self._awaiting_cookie:
             verdict, reply = check_client_hello(self._cookie_secret, data, self._cookie_context)  # type: ignore[arg-type]
@@ -305,6 +316,33 @@ class DtlsConnection:
         except DtlsParseError as exc:
             # A whole, authenticated handshake message that does not parse: decode_error.
             self._fail(DtlsError(str(exc), AlertDescription.DECODE_ERROR), send_alert=True)
+
+    def _receive_application_record(self, data: bytes) -> bool:
+        """Per-packet fast path: a datagram that is exactly one epoch-1 application-data record.
+
+        Returns False (nothing consumed) for anything else, which then takes the general path.
+        """
+        _type, version, epoch, seq_hi, seq_lo, length = _RECORD_HEADER.unpack_from(data)
+        if epoch != 1 or version != DTLS_1_2 or length + RECORD_HEADER_LENGTH != len(data):
+            return False
+        seq = (seq_hi << 32) | seq_lo
+        window = self._replay1
+        if not window.is_fresh(seq):
+            self.counters.replayed += 1
+            return True
+        try:
+            plaintext = self._read_cipher.open(ContentType.APPLICATION_DATA, version, 1, seq, data[RECORD_HEADER_LENGTH:])  # type: ignore[union-attr]
+        except BadRecordMac:
+            self.counters.bad_mac += 1
+            return True
+        window.mark(seq)
+        self._events.append(ApplicationDataReceived(plaintext))
+        return True
+
+    def set_remote_fingerprints(self, remote_fingerprints: Iterable[tuple[str, str]]) -> None:
+        """Replace the expected peer fingerprints (e.g. the SDP answer arrived late); they are
+        checked when the peer's Certificate message arrives."""
+        self._remote_fingerprints = tuple(remote_fingerprints)
 
     def datagrams_to_send(self, now: float) -> list[bytes]:
         out = self._outgoing

@@ -11,7 +11,9 @@ RECORD_HEADER_LENGTH = 13
 MAX_RECORD_PAYLOAD = 2**14 + 2048
 MAX_SEQUENCE = 2**48 - 1
 
-_HEADER = struct.Struct(">BHHHIH")
+#: type, version, epoch, sequence high 16 bits, sequence low 32 bits, length.
+RECORD_HEADER = struct.Struct(">BHHHIH")
+_HEADER = RECORD_HEADER
 
 
 def encode_record_header(content_type: int, version: int, epoch: int, sequence: int, length: int) -> bytes:
