@@ -196,3 +196,18 @@ async def test_attributes_param_needs_permission_and_valid_encoding() -> None:
         plain = mint_token("b")
         status, _, _, _ = await http(server.port, "GET", f"/rtc/validate?attributes={encoded}", [("authorization", f"Bearer {plain}")])
         assert status == 401
+
+
+async def test_validate_reports_missing_room_when_auto_create_is_off() -> None:
+    from server_fixtures import make_config
+
+    config = make_config()
+    config.room.auto_create = False
+    async with running_server(config) as server:
+        token = mint_token("a", room="not-there")
+        status, headers, body, _ = await http(server.port, "GET", "/rtc/validate", [("authorization", f"Bearer {token}")])
+        assert (status, body.strip()) == (404, b"requested room does not exist")
+        assert headers["access-control-allow-origin"] == "*"
+        await server.registry.get_or_create("not-there")
+        status, _, body, _ = await http(server.port, "GET", "/rtc/validate", [("authorization", f"Bearer {token}")])
+        assert (status, body) == (200, b"success")
