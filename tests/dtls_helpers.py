@@ -40,7 +40,7 @@ class OpenSslPeer:
         ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, lambda *args: True)
         ctx.set_tlsext_use_srtp(srtp)
         ctx.set_cipher_list(ciphers)
-        ctx.set_options(SSL.OP_NO_QUERY_MTU | SSL.OP_NO_TICKET)
+        ctx.set_options(SSL.OP_NO_QUERY_MTU)  # session tickets stay on: OpenSSL offers them, we decline
         if curve is not None:
             ctx.set_tmp_ecdh(curve)
         if cookie is not None:
