@@ -163,8 +163,9 @@ class DtlsCounters:
     retransmissions: int = 0
 
 
-# A flight entry: (msg_type, message_seq, body, epoch), or None for ChangeCipherSpec.
-_FlightEntry = "tuple[int, int, bytes, int] | None"
+#: A flight entry is (msg_type, message_seq, body, epoch), or None for ChangeCipherSpec. Bodies
+#: are kept, not records, so each retransmission gets fresh record sequence numbers.
+_FlightEntry = tuple[int, int, bytes, int] | None
 
 
 class DtlsConnection:
@@ -237,7 +238,7 @@ class DtlsConnection:
         self._master_secret = b""
 
         # Flight and timers.
-        self._flight: list = []
+        self._flight: list[_FlightEntry] = []
         self._retransmit_at: float | None = None
         self._retransmit_timeout = retransmit_initial
         self._deadline: float | None = None
@@ -568,7 +569,7 @@ class DtlsConnection:
         if datagram:
             self._outgoing.append(datagram)
 
-    def _send_flight(self, flight: list, now: float, expect_reply: bool = True) -> None:
+    def _send_flight(self, flight: list[_FlightEntry], now: float, expect_reply: bool = True) -> None:
         self._flight = flight
         self._retransmit_timeout = self._retransmit_initial
         self._retransmit_at = now + self._retransmit_timeout if expect_reply else None
@@ -623,7 +624,6 @@ class DtlsConnection:
             raise DtlsError("Finished must be the only handshake message under epoch 1", AlertDescription.UNEXPECTED_MESSAGE)
         handler = _HANDLERS.get((expect, msg_type))
         if handler is None:
-            # The optional messages: CertificateRequest may be skipped by the server.
             raise DtlsError(
                 f"unexpected {_type_name(msg_type)} while expecting {expect.name.lower()}",
                 AlertDescription.UNEXPECTED_MESSAGE,
@@ -727,7 +727,7 @@ class DtlsConnection:
     def _client_on_server_hello_done(self, seq: int, body: bytes, now: float) -> None:
         ServerHelloDone.parse(body)
         self._add_to_transcript(HandshakeType.SERVER_HELLO_DONE, seq, body)
-        flight = []
+        flight: list[_FlightEntry] = []
         if self._certificate_requested:
             flight.append(self._handshake_entry(HandshakeType.CERTIFICATE, Certificate((self._certificate.der,)).serialize()))
         share = KeyShare(self._group)  # type: ignore[arg-type]
