@@ -135,3 +135,36 @@ def test_fingerprints_can_arrive_late():
     client.set_remote_fingerprints([("sha-256", server_cert.fingerprint())])
     pump_pair(client, server)
     assert client.state is DtlsState.CONNECTED
+
+
+def test_finished_overtaking_key_exchange_is_held_not_dropped():
+    """With a small MTU flight 5 spans several datagrams; delivered in reverse, the epoch-1
+    Finished arrives before the keys exist and is held until ClientKeyExchange arrives."""
+    client, server = pair(mtu=256)
+    client.start(0.0)
+    for datagram in client.datagrams_to_send(0.0):
+        server.receive_datagram(datagram, 0.0)
+    for datagram in server.datagrams_to_send(0.0):
+        client.receive_datagram(datagram, 0.0)
+    flight5 = client.datagrams_to_send(0.0)
+    assert len(flight5) >= 3
+    for datagram in reversed(flight5):
+        server.receive_datagram(datagram, 0.0)
+    assert server.state is DtlsState.CONNECTED
+    assert server.counters.unexpected == 0 and server.counters.retransmissions == 0
+
+
+def test_application_data_before_finished_is_delivered_after_completion():
+    client, server = pair()
+    client.start(0.0)
+    pump_pair(client, server, rounds=1)  # up to the server's Finished, not yet delivered
+    for datagram in client.datagrams_to_send(0.0):
+        server.receive_datagram(datagram, 0.0)
+    assert server.state is DtlsState.CONNECTED
+    flight6 = server.datagrams_to_send(0.0)
+    server.send_application_data(b"early")
+    for datagram in server.datagrams_to_send(0.0) + flight6:
+        client.receive_datagram(datagram, 0.0)
+    events = drain_events(client)
+    assert [type(e) for e in events] == [HandshakeCompleted, ApplicationDataReceived]
+    assert events[1].data == b"early"

@@ -115,6 +115,7 @@ DEFAULT_CIPHER_SUITES: tuple[CipherSuite, ...] = (
 MAX_PLAINTEXT = 2**14
 MIN_MTU = 256
 _MAX_HELLO_VERIFY_REQUESTS = 4
+_MAX_EARLY_RECORDS = 4
 _CCS_BODY = b"\x01"
 
 
@@ -254,6 +255,10 @@ class DtlsConnection:
         self._replay1 = ReplayWindow()
         self._epoch1_authenticated = False
         self._close_notify_sent = False
+        #: Epoch-1 records that arrived before we had the keys to open them.
+        self._early_records: list[tuple[int, int, int, int, bytes]] = []
+        #: Authenticated application data that arrived before the peer's Finished.
+        self._early_application_data: list[bytes] = []
 
     # ------------------------------------------------------------------ public API
 
@@ -309,6 +314,12 @@ class DtlsConnection:
                 self._handle_record(*record, now)
                 if self.state in (DtlsState.CLOSED, DtlsState.FAILED):
                     return
+                if self._early_records and self._read_cipher is not None:
+                    early, self._early_records = self._early_records, []
+                    for held in early:
+                        self._handle_record(*held, now)
+                        if self.state in (DtlsState.CLOSED, DtlsState.FAILED):
+                            return
             if self._retransmit_requested and self._flight and self._may_resend_on_peer_retransmit():
                 self.counters.retransmissions += 1
                 self._transmit_flight()
@@ -439,7 +450,12 @@ class DtlsConnection:
         elif epoch == 1:
             cipher = self._read_cipher
             if cipher is None:
-                self.counters.unexpected += 1
+                # The peer's Finished can overtake its ClientKeyExchange when flight 5 spans
+                # datagrams; hold a few such records instead of waiting for a retransmission.
+                if self.state is DtlsState.HANDSHAKING and len(self._early_records) < _MAX_EARLY_RECORDS:
+                    self._early_records.append((content_type, version, epoch, seq, payload))
+                else:
+                    self.counters.unexpected += 1
                 return
             if version != DTLS_1_2:
                 self.counters.malformed += 1
@@ -457,6 +473,10 @@ class DtlsConnection:
             if content_type == ContentType.APPLICATION_DATA:
                 if self.state is DtlsState.CONNECTED:
                     self._events.append(ApplicationDataReceived(plaintext))
+                elif self.state is DtlsState.HANDSHAKING and len(self._early_application_data) < _MAX_EARLY_RECORDS:
+                    # The server may send data right after its Finished, which can be lost
+                    # or overtaken; keep it for after HandshakeCompleted (it authenticated).
+                    self._early_application_data.append(plaintext)
                 else:
                     self.counters.unexpected += 1
                 return
@@ -906,6 +926,10 @@ class DtlsConnection:
                 extended_master_secret=self._extended_master_secret,
             )
         )
+        for data in self._early_application_data:
+            self._events.append(ApplicationDataReceived(data))
+        self._early_application_data = []
+        self._early_records = []
 
 
 def _type_name(msg_type: int) -> str:
