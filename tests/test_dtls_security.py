@@ -383,3 +383,32 @@ def test_renegotiation_is_refused_with_a_warning():
         (AlertLevel.WARNING, AlertDescription.NO_RENEGOTIATION)
     )
     assert server.state is DtlsState.CONNECTED
+
+
+def test_server_requires_a_client_certificate():
+    client, server = pair()
+    client.start(0.0)
+    empty_chain = lambda d: mutate_message(d, HandshakeType.CERTIFICATE, lambda body: b"\x00\x00\x00")  # noqa: E731
+    for datagram in client.datagrams_to_send(0.0):
+        server.receive_datagram(datagram, 0.0)
+    for datagram in server.datagrams_to_send(0.0):
+        client.receive_datagram(datagram, 0.0)
+    for datagram in client.datagrams_to_send(0.0):
+        server.receive_datagram(empty_chain(datagram), 0.0)
+    error = failed_with(server)
+    assert error.alert is AlertDescription.HANDSHAKE_FAILURE and "no certificate" in str(error)
+    assert alert_of(server.datagrams_to_send(0.0)) == (AlertLevel.FATAL, AlertDescription.HANDSHAKE_FAILURE)
+
+
+def test_unprotected_finished_is_unexpected_message():
+    """Finished must come under the new keys; a plaintext one (epoch 0) is refused."""
+    client, server = pair()
+    client.start(0.0)
+    for datagram in client.datagrams_to_send(0.0):
+        server.receive_datagram(datagram, 0.0)
+    for datagram in server.datagrams_to_send(0.0):
+        client.receive_datagram(datagram, 0.0)
+    seq = server._reassembler.next_seq
+    finished = encode_handshake_header(HandshakeType.FINISHED, 12, seq, 0, 12) + bytes(12)
+    server.receive_datagram(encode_record_header(ContentType.HANDSHAKE, DTLS_1_2, 0, 50, len(finished)) + finished, 0.0)
+    assert failed_with(server).alert is AlertDescription.UNEXPECTED_MESSAGE
