@@ -12,7 +12,9 @@ JSON lines on stdout/stdin:
 4. each ``{"type": "report"}`` read is answered with ``{"type": "report", ...}``:
    the sender's stats (``remote-inbound-rtp`` exists only once an RTCP RR from the
    peer was decrypted and parsed), and what the peer's RTCP feedback made the sender
-   do (PLI → keyframe requests, NACK → retransmitted sequence numbers);
+   do (PLI → keyframe requests, NACK → retransmitted sequence numbers), and the
+   (SSRC, sequence number, length) of each RTP packet from the peer that aiortc's
+   SRTP session decrypted;
 5. ``{"type": "quit"}`` closes the peer connection and exits.
 """
 
@@ -91,6 +93,16 @@ async def main() -> None:
     RTCRtpSender._send_keyframe = send_keyframe
     RTCRtpSender._retransmit = retransmit
 
+    # aiortc calls this only with RTP its libsrtp session unprotected: record what got through.
+    rtp_decrypted: list[list[int]] = []
+    original_handle_rtp = dtls_module.RTCDtlsTransport._handle_rtp_data
+
+    async def handle_rtp(self, data: bytes, arrival_time_ms: int) -> None:
+        rtp_decrypted.append([int.from_bytes(data[8:12], "big"), int.from_bytes(data[2:4], "big"), len(data)])
+        await original_handle_rtp(self, data, arrival_time_ms)
+
+    dtls_module.RTCDtlsTransport._handle_rtp_data = handle_rtp
+
     pc = RTCPeerConnection()
     connected = asyncio.Event()
 
@@ -152,6 +164,7 @@ async def main() -> None:
                     "outbound": outbound,
                     "keyframe_requests": len(keyframe_requests),
                     "retransmitted": retransmitted,
+                    "rtp_decrypted": rtp_decrypted,
                     "dtls_state": dtls.state,
                 }
             )

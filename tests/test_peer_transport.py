@@ -60,11 +60,12 @@ def make_pair(
     server_profiles=(SrtpProfile.AEAD_AES_128_GCM, SrtpProfile.AES128_CM_HMAC_SHA1_80),
     client_profiles=(SrtpProfile.AEAD_AES_128_GCM, SrtpProfile.AES128_CM_HMAC_SHA1_80),
     seed: int = 0,
+    client_dtls_role: DtlsRole = DtlsRole.CLIENT,
 ) -> tuple[PeerTransport, PeerTransport]:
     """(client, server) as built from a negotiated offer/answer: fingerprints cross over."""
     server = PeerTransport(
         IceMode.LITE,
-        DtlsRole.SERVER,
+        DtlsRole.SERVER if client_dtls_role is DtlsRole.CLIENT else DtlsRole.CLIENT,
         local_ufrag=S_UFRAG,
         local_pwd=S_PWD,
         certificate=SERVER_CERT,
@@ -75,7 +76,7 @@ def make_pair(
     )
     client = PeerTransport(
         IceMode.CONTROLLING,
-        DtlsRole.CLIENT,
+        client_dtls_role,
         local_ufrag=C_UFRAG,
         local_pwd=C_PWD,
         certificate=CLIENT_CERT,
@@ -228,6 +229,16 @@ def test_connects_and_media_flows_both_ways(profiles, expected):
     assert rtcp.parse_rtcp(down_rtcp.packet)[0].reports[0].highest_sequence == 109
     assert server.counters.rtp_received == 10 and server.counters.rtcp_received == 1
     assert client.counters.rtp_sent == 10 and client.counters.rtcp_sent == 1
+
+
+def test_dtls_roles_follow_sdp_setup_not_ice_roles():
+    """a=setup:active on the lite side: the lite server runs the DTLS client once ICE nominates."""
+    wire = connected_wire(client_dtls_role=DtlsRole.SERVER)
+    assert wire.server.dtls_role is DtlsRole.CLIENT and wire.client.dtls_role is DtlsRole.SERVER
+    assert wire.client.send_rtp(rtp_bytes(1)) and wire.server.send_rtp(rtp_bytes(2, ssrc=9))
+    wire.flush()
+    assert wire.of(SERVER_ADDR, RtpReceived) == [RtpReceived(rtp_bytes(1))]
+    assert wire.of(CLIENT_ADDR, RtpReceived) == [RtpReceived(rtp_bytes(2, ssrc=9))]
 
 
 def test_data_channel_bytes_ride_dtls_application_data():

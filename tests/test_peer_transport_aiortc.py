@@ -29,7 +29,7 @@ import trio
 from dtls_helpers import make_certificate
 from rtp import rtcp
 from rtp.dtls import DtlsRole
-from rtp.packet import parse as parse_rtp
+from rtp.packet import RtpPacket, parse as parse_rtp
 from rtp.peer_transport import IceMode, PeerTransport, TransportState
 from rtp.peer_transport_events import (
     RtcpReceived,
@@ -45,6 +45,7 @@ from sdp.parser import parse, serialize
 
 AIORTC_PEER = os.path.join(os.path.dirname(__file__), "aiortc_peer.py")
 OUR_RTCP_SSRC = 0x5EEDF00D
+OUR_MEDIA_SSRC = 0x0BADCAFE
 #: Distinctive numbers in our RR, so aiortc's stats can only have come from it.
 REPORTED_LOST, REPORTED_FRACTION, REPORTED_JITTER = 3, 7, 42
 GCM, CM = SrtpProfile.AEAD_AES_128_GCM, SrtpProfile.AES128_CM_HMAC_SHA1_80
@@ -275,15 +276,24 @@ async def _exchange(nursery, peer, sock, port, certificate, we_accept, expected)
             ]
         )
     )
+    # RTP the other way: aiortc has no receiver for it (the publisher answer is recvonly),
+    # but its SRTP session must still decrypt it before routing drops it.
+    ours_rtp = [
+        RtpPacket(
+            payload_type=opus_pt, sequence_number=4000 + i, timestamp=960 * i, ssrc=OUR_MEDIA_SSRC, payload=b"\xfc" * (40 + i)
+        ).serialize()
+        for i in range(5)
+    ]
+    assert all(transport.send_rtp(p) for p in ours_rtp)
     await driver.flush()
 
     report = None
     for _ in range(100):
         await peer.write({"type": "report"})
         report = await peer.read()
-        if report["keyframe_requests"] and report["retransmitted"] and report["remote_inbound"]:
-            if transport.counters.srtp_replayed > replayed_before:
-                break
+        seen_by_aiortc = report["keyframe_requests"] and report["retransmitted"] and report["remote_inbound"]
+        if seen_by_aiortc and len(report["rtp_decrypted"]) == 5 and transport.counters.srtp_replayed > replayed_before:
+            break
         await trio.sleep(0.1)
     assert report is not None
     (remote_inbound,) = report["remote_inbound"]
@@ -297,6 +307,7 @@ async def _exchange(nursery, peer, sock, port, certificate, we_accept, expected)
     assert report["keyframe_requests"] >= 1
     assert nacked in report["retransmitted"]
     assert transport.counters.srtp_replayed > replayed_before
+    assert report["rtp_decrypted"] == [[OUR_MEDIA_SSRC, 4000 + i, len(p)] for i, p in enumerate(ours_rtp)]
     assert transport.counters.srtp_auth_failed == 0 and transport.counters.unauthenticated_source == 0
     assert not driver.of(TransportFailed)
 
