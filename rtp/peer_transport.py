@@ -272,7 +272,11 @@ class PeerTransport:
             self._ice.add_remote_candidate(candidate)
 
     def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
-        """Handle one UDP datagram from ``addr``. Never raises for any bytes."""
+        """Handle one UDP datagram from ``addr``. Never raises for any bytes.
+
+        A datagram arriving before :meth:`start` starts the transport (a mux may
+        hand over a new peer's first check before its owner got to start it).
+        """
         state = self.state
         if state is TransportState.CONNECTED:
             first = data[0] if data else 0xFF

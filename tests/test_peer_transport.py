@@ -241,6 +241,36 @@ def test_dtls_roles_follow_sdp_setup_not_ice_roles():
     assert wire.of(CLIENT_ADDR, RtpReceived) == [RtpReceived(rtp_bytes(2, ssrc=9))]
 
 
+def check(use_candidate: bool) -> bytes:
+    """A Binding request as the client's ICE agent would send it (RFC 8445 §7.1.2)."""
+    msg = Message(Method.BINDING, Class.REQUEST)
+    msg.attributes["USERNAME"] = f"{S_UFRAG}:{C_UFRAG}"
+    msg.attributes["PRIORITY"] = 1862270975
+    msg.attributes["ICE-CONTROLLING"] = 0x1234
+    if use_candidate:
+        msg.attributes["USE-CANDIDATE"] = None
+    return serialize(msg, S_PWD.encode())
+
+
+def test_renomination_moves_media_to_the_new_address():
+    """A client whose network changed nominates a new address: media follows it, DTLS stays up."""
+    wire = connected_wire()
+    server = wire.server
+    moved = ("10.0.0.99", 50001)
+    server.receive_datagram(check(use_candidate=False), moved, wire.now)
+    wire.collect()
+    # Validated but not nominated: media from it is accepted, media to the peer still goes to the old one.
+    assert server.accepts(rtp_bytes(1), moved)
+    server.send_rtp(rtp_bytes(1))
+    assert [dst for _, dst in server.datagrams_to_send(wire.now)] == [moved, CLIENT_ADDR]  # STUN answer, media
+    server.receive_datagram(check(use_candidate=True), moved, wire.now)
+    wire.collect()
+    assert wire.of(SERVER_ADDR, SelectedAddressChanged)[-1] == SelectedAddressChanged(moved)
+    server.send_rtp(rtp_bytes(2))
+    assert [dst for _, dst in server.datagrams_to_send(wire.now)] == [moved, moved]
+    assert server.state is TransportState.CONNECTED and len(wire.of(SERVER_ADDR, TransportConnected)) == 1
+
+
 def test_data_channel_bytes_ride_dtls_application_data():
     wire = connected_wire()
     assert wire.client.send_data(b"sctp packet up")
