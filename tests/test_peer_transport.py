@@ -365,6 +365,9 @@ def test_every_kind_of_bad_datagram_is_dropped_and_counted():
     wire.inject(SERVER_ADDR, b"\x00\x01\x00\x00garbage-stun", CLIENT_ADDR)
     assert server.ice_counters.malformed == 1
     wire.inject(SERVER_ADDR, b"\x17\xfe\xfd" + bytes(30), CLIENT_ADDR)  # a forged DTLS record
+    # A spoofed plaintext fatal alert (epoch 0, handshake_failure) cannot end a keyed session.
+    alert = bytes([21, 0xFE, 0xFD, 0, 0]) + (99).to_bytes(6, "big") + (2).to_bytes(2, "big") + bytes([2, 40])
+    wire.inject(SERVER_ADDR, alert, CLIENT_ADDR)
     assert server.state is TransportState.CONNECTED
 
     # None of it produced an event, and genuine media still flows afterwards.
