@@ -13,9 +13,10 @@ signal stream with holes is useless, such a client is disconnected and counted.
 
 from __future__ import annotations
 
+import collections
 import enum
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import attrs
 import trio
@@ -38,6 +39,8 @@ PING_TIMEOUT = 15
 # How long a closing session may take to flush its last messages before it is cut.
 CLOSE_GRACE = 2.0
 MAX_TRACKS_PER_PARTICIPANT = 64
+# Server-sent data kept for the data-channel layer until it installs `data_sink`.
+MAX_UNDELIVERED_DATA = 64
 
 _log = get_logger("trio_sfu.participant")
 
@@ -108,6 +111,16 @@ class Participant:
         # Recorded for the media layer: track sid -> wanted, and the latest settings per track.
         self.subscriptions: dict[str, bool] = {}
         self.track_settings: dict[str, rtc.UpdateTrackSettings] = {}
+        # Moderation hooks for the media layer: called with the TrackInfo after its `muted`
+        # changed (by the client or the Server API), or after the server unpublished it.
+        self.track_mute_hooks: list[Callable[[models.TrackInfo], None]] = []
+        self.track_unpublish_hooks: list[Callable[[models.TrackInfo], None]] = []
+        # Where server-originated DataPackets go (the data-channel layer installs it); until
+        # then `deliver_data` keeps the newest ones in `undelivered_data`.
+        self.data_sink: Callable[[models.DataPacket, int], None] | None = None
+        self.undelivered_data: collections.deque[tuple[models.DataPacket, int]] = collections.deque(
+            maxlen=MAX_UNDELIVERED_DATA
+        )
         self.log = _log.bind(room=room.name, participant=sid, identity=self.identity)
         self._outbox_send, self._outbox_recv = trio.open_memory_channel[Any](OUTBOX_SIZE)
         self._scope: trio.CancelScope | None = None
@@ -383,21 +396,60 @@ class Participant:
         self.tracks[track.sid] = track
         self.track_by_cid[req.cid] = track.sid
         self.send(rtc.SignalResponse(track_published=rtc.TrackPublishedResponse(cid=req.cid, track=track)))
+        self.room.registry.emit("track_published", self.room, self, track)
         # Without media yet, a track is listed as soon as it is published; the media layer
         # may later defer this until the first packet, as LiveKit does.
         self.bump_version()
         self.room.broadcast_participant(self)
 
     async def _on_mute(self, req: rtc.MuteTrackRequest) -> None:
-        track = self.tracks.get(req.sid)
-        if track is None:
+        if self.set_track_muted(req.sid, req.muted, from_admin=False) is None:
             self._deny(rtc.RequestResponse.Reason.NOT_FOUND, "track not found", mute=req)
-            return
-        if track.muted == req.muted:
-            return
-        track.muted = req.muted
+
+    # ---- server-side changes (the Server API acts through these) ------------------------
+
+    def set_track_muted(self, track_sid: str, muted: bool, *, from_admin: bool) -> models.TrackInfo | None:
+        """Mute/unmute a published track; None if there is no such track.
+
+        An admin's change is also told to the publisher (`mute`), whose SDK then mutes locally.
+        """
+        track = self.tracks.get(track_sid)
+        if track is None:
+            return None
+        if from_admin:
+            self.send(rtc.SignalResponse(mute=rtc.MuteTrackRequest(sid=track_sid, muted=muted)))
+        if track.muted != muted:
+            track.muted = muted
+            self.bump_version()
+            for hook in list(self.track_mute_hooks):
+                hook(track)
+            self.room.broadcast_participant(self)
+        return track
+
+    def unpublish_track(self, track_sid: str) -> models.TrackInfo | None:
+        """Server-side unpublish: the publisher gets `track_unpublished`, the others an update without it."""
+        track = self.tracks.pop(track_sid, None)
+        if track is None:
+            return None
+        for cid, sid in list(self.track_by_cid.items()):
+            if sid == track_sid:
+                del self.track_by_cid[cid]
+        self.send(rtc.SignalResponse(track_unpublished=rtc.TrackUnpublishedResponse(track_sid=track_sid)))
         self.bump_version()
+        for hook in list(self.track_unpublish_hooks):
+            hook(track)
+        self.room.registry.emit("track_unpublished", self.room, self, track)
         self.room.broadcast_participant(self)
+        return track
+
+    def deliver_data(self, packet: models.DataPacket, kind: int) -> None:
+        """Send a server-originated DataPacket on the `kind` (RELIABLE/LOSSY) channel."""
+        if self.is_closed:
+            return
+        if self.data_sink is not None:
+            self.data_sink(packet, kind)
+        else:
+            self.undelivered_data.append((packet, kind))
 
     async def _on_update_metadata(self, req: rtc.UpdateParticipantMetadata) -> None:
         video = self.grants.video

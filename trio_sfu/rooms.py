@@ -13,6 +13,8 @@ import secrets
 import string
 import time
 
+from typing import Protocol
+
 import trio
 from livekit.protocol import models, rtc
 
@@ -35,6 +37,16 @@ class RoomClosedError(Exception):
 
 class RoomFullError(Exception):
     """The room already has `max_participants` participants."""
+
+
+class RoomObserver(Protocol):
+    """Told about room lifecycle events, named as LiveKit's webhooks (`room_started`,
+    `room_finished`, `participant_joined`, `participant_left`, `track_published`,
+    `track_unpublished`). Called synchronously: it must not block or raise."""
+
+    def room_event(
+        self, event: str, room: "Room", participant: Participant | None = None, track: models.TrackInfo | None = None
+    ) -> None: ...
 
 
 class Room:
@@ -69,6 +81,7 @@ class Room:
             self.registry._forget(self)
             self.finished.set()
             self.log.info("room closed")
+            self.registry.emit("room_finished", self)
 
     async def _watch_emptiness(self) -> None:
         while not self.closed:
@@ -138,10 +151,14 @@ class Room:
             self._changed.set()
         if participant.announced:
             self.broadcast_participant(participant)
+            for track in participant.tracks.values():
+                self.registry.emit("track_unpublished", self, participant, track)
+            self.registry.emit("participant_left", self, participant)
 
     def announce(self, participant: Participant) -> None:
         participant.announced = True
         self.broadcast_participant(participant)
+        self.registry.emit("participant_joined", self, participant)
 
     def broadcast_participant(self, participant: Participant, *, include_self: bool = False) -> None:
         """Send a ParticipantUpdate with `participant`'s current info to the room."""
@@ -205,6 +222,17 @@ class RoomRegistry:
         self.media_factory = media_factory
         self.rooms: dict[str, Room] = {}
         self._nursery: trio.Nursery | None = None
+        self.observers: list[RoomObserver] = []
+
+    def emit(
+        self, event: str, room: Room, participant: Participant | None = None, track: models.TrackInfo | None = None
+    ) -> None:
+        for observer in list(self.observers):
+            try:
+                observer.room_event(event, room, participant, track)
+            except Exception:
+                # An observer's bug must not break the room that reported the event.
+                _log.exception("room observer failed", kv={"event": event})
 
     def new_sid(self, prefix: str) -> str:
         return prefix + "".join(secrets.choice(_ALPHABET) for _ in range(12))
@@ -215,17 +243,20 @@ class RoomRegistry:
             task_status.started()
             await trio.sleep_forever()
 
-    async def get_or_create(self, name: str) -> Room:
+    async def get_or_create(self, name: str, config: RoomConfig | None = None, metadata: str = "") -> Room:
+        """The live room `name`, or a new one with `config` (default: the server's) and `metadata`."""
         room = self.rooms.get(name)
         if room is not None and not room.closed:
             return room
         if self._nursery is None:
             raise RoomClosedError(name)
-        room = Room(self, name, self.new_sid("RM_"), self.config)
+        room = Room(self, name, self.new_sid("RM_"), config or self.config)
+        room.metadata = metadata
         self.rooms[name] = room
         self.metrics.inc(m.ROOMS_CREATED)
         room.log.info("room created")
         await self._nursery.start(room.run)
+        self.emit("room_started", room)
         return room
 
     async def join(self, room_name: str, grants: ClaimGrants, options: JoinOptions, stream: trio.abc.Stream) -> Participant:
