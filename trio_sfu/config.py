@@ -41,6 +41,8 @@ class RoomConfig:
     departure_timeout: int = DEFAULT_DEPARTURE_TIMEOUT
     auto_create: bool = True
     max_participants: int = 0
+    # LiveKit's `room.enable_remote_unmute`: may the Server API unmute a participant's track?
+    enable_remote_unmute: bool = False
 
 
 @attrs.define
@@ -105,6 +107,7 @@ _SCHEMA: dict[str, Any] = {
         "max_participants": _INT,
         "enabled_codecs": _LIST,
         "max_metadata_size": _INT,
+        "enable_remote_unmute": _BOOL,
     },
     "logging": {
         "level": _STR,
@@ -214,6 +217,8 @@ def config_from_mapping(data: Any) -> tuple[ServerConfig, list[str]]:
             setattr(config.room, name, room[name])
     if room.get("auto_create") is not None:
         config.room.auto_create = room["auto_create"]
+    if room.get("enable_remote_unmute") is not None:
+        config.room.enable_remote_unmute = room["enable_remote_unmute"]
 
     log = data.get("logging") or {}
     if log.get("level") is not None:
