@@ -1,0 +1,147 @@
+"""Keyframe detection against payloads from real encoders (aiortc's libvpx VP8 and
+libx264 H.264 packetisers), plus RFC-built VP9/AV1 descriptors, and totality on garbage."""
+
+import fractions
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from rtp.packet import RtpPacket
+from trio_sfu.forwarding.codec_keyframes import (
+    is_av1_keyframe,
+    is_h264_keyframe,
+    is_vp8_keyframe,
+    is_vp9_keyframe,
+    keyframe_detector,
+    parse_vp8_descriptor,
+    payload_bounds,
+    write_vp8_picture_id,
+)
+
+aiortc_codecs = pytest.importorskip("aiortc.codecs", reason="aiortc encoders needed for real payloads")
+av = pytest.importorskip("av", reason="PyAV needed to build frames for aiortc encoders")
+
+
+def _encode(mime: str, frames: int, force_at: int = -1):
+    from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+
+    enc = aiortc_codecs.get_encoder(RTCRtpCodecParameters(mimeType=mime, clockRate=90000, payloadType=96))
+    out = []
+    for i in range(frames):
+        frame = av.VideoFrame(width=320, height=240)
+        frame.pts = i * 3000
+        frame.time_base = fractions.Fraction(1, 90000)
+        payloads, _ = enc.encode(frame, force_keyframe=(i == force_at))
+        out.append(payloads)
+    return out
+
+
+def test_vp8_real_encoder_keyframes_and_descriptor():
+    from aiortc.codecs.vpx import VpxPayloadDescriptor
+
+    frames = _encode("video/VP8", 4, force_at=3)
+    for index, payloads in enumerate(frames):
+        keyframe = index in (0, 3)
+        assert is_vp8_keyframe(payloads[0]) is keyframe
+        # Only the first packet of a frame carries the payload header.
+        assert not any(is_vp8_keyframe(p) for p in payloads[1:])
+        for p in payloads:
+            ours = parse_vp8_descriptor(p)
+            theirs, rest = VpxPayloadDescriptor.parse(p)
+            assert ours is not None
+            assert ours.picture_id == theirs.picture_id
+            assert ours.start_of_partition == bool(theirs.partition_start)
+            assert ours.partition_id == theirs.partition_id
+            assert ours.header_size == len(p) - len(rest)
+
+
+def test_vp8_picture_id_rewrite_in_place_is_read_back_by_aiortc():
+    from aiortc.codecs.vpx import VpxPayloadDescriptor
+
+    payload = _encode("video/VP8", 1)[0][0]
+    pkt = RtpPacket(payload_type=96, sequence_number=1, timestamp=2, ssrc=3, payload=payload,
+                    extensions={1: b"q"}).serialize()
+    start, end = payload_bounds(pkt)
+    desc = parse_vp8_descriptor(pkt, start, end)
+    buf = bytearray(pkt)
+    write_vp8_picture_id(buf, desc.picture_id_offset, desc.picture_id_bits, 0x1234)
+    theirs, _ = VpxPayloadDescriptor.parse(bytes(buf[start:end]))
+    assert theirs.picture_id == 0x1234
+    assert is_vp8_keyframe(buf, start, end)
+
+
+def test_vp8_7bit_picture_id_and_tl0picidx():
+    # X=1,S=1,PID=0 | I=1,L=1,T=1 | 7-bit picture id 0x25 | TL0PICIDX 9 | TID=2 | payload header P=0
+    payload = bytes([0x90, 0xE0, 0x25, 0x09, 0x80, 0x10, 0x02, 0x00])
+    desc = parse_vp8_descriptor(payload)
+    assert (desc.picture_id, desc.picture_id_bits, desc.tl0picidx, desc.temporal_id) == (0x25, 7, 9, 2)
+    assert desc.tl0picidx_offset == 3 and desc.is_keyframe
+    assert not is_vp8_keyframe(bytes([0x90, 0xE0, 0x25, 0x09, 0x80, 0x11]))  # P set: interframe
+    assert not is_vp8_keyframe(bytes([0x90, 0xE0, 0x25, 0x09, 0x80]))  # no payload header
+
+
+def test_h264_real_encoder_stap_a_and_fu_a():
+    frames = _encode("video/H264", 3, force_at=2)
+    first = frames[0][0]
+    assert first[0] & 0x1F == 24  # aiortc aggregates SPS/PPS into a STAP-A
+    assert is_h264_keyframe(first)
+    fu_starts = [p for p in frames[0] if p[0] & 0x1F == 28 and p[1] & 0x80]
+    assert fu_starts and all(is_h264_keyframe(p) for p in fu_starts)
+    # middle FU-A fragments of the IDR are not keyframe starts
+    assert not any(is_h264_keyframe(p) for p in frames[0] if p[0] & 0x1F == 28 and not p[1] & 0x80)
+    assert not any(is_h264_keyframe(p) for p in frames[1])
+    assert is_h264_keyframe(frames[2][0])
+
+
+def test_h264_single_nal_types():
+    assert is_h264_keyframe(bytes([0x65, 0x88]))  # IDR
+    assert is_h264_keyframe(bytes([0x67, 0x42]))  # SPS
+    assert not is_h264_keyframe(bytes([0x41, 0x9A]))  # non-IDR slice
+    assert not is_h264_keyframe(bytes([0x78, 0x00, 0x05, 0x67]))  # STAP-A NAL size past the end
+
+
+def test_vp9_descriptor_rules():
+    # I=0,P=0,L=1,F=0,B=1 ; layer byte TID=0,U=0,SID=0,D=0 ; TL0PICIDX
+    assert is_vp9_keyframe(bytes([0x28, 0x00, 0x05, 0xAA]))
+    assert not is_vp9_keyframe(bytes([0x68, 0x00, 0x05]))  # P set
+    assert not is_vp9_keyframe(bytes([0x20, 0x00, 0x05]))  # B clear: not first packet
+    assert not is_vp9_keyframe(bytes([0x28, 0x02, 0x05]))  # SID 1
+    # I=1 with 15-bit picture id, then L
+    assert is_vp9_keyframe(bytes([0xA8, 0x81, 0x23, 0x00, 0x01]))
+    assert not is_vp9_keyframe(bytes([0xA8, 0x81]))  # truncated: total, False
+
+
+def test_av1_aggregation_header_and_sequence_header():
+    assert is_av1_keyframe(bytes([0x18, 0x0A, 0x00]))  # N=1
+    # W=1: one OBU, no length; OBU header type 1 (sequence header) = 0x0A
+    assert is_av1_keyframe(bytes([0x10, 0x0A, 0x00, 0x00]))
+    # W=0: leb128-sized elements; temporal delimiter (type 2), then sequence header
+    assert is_av1_keyframe(bytes([0x00, 0x01, 0x12, 0x02, 0x0A, 0x00]))
+    # W=1, frame OBU (type 6) only
+    assert not is_av1_keyframe(bytes([0x10, 0x32, 0x00]))
+    # Z=1: the first element is a continuation fragment; its bytes are not an OBU header
+    assert not is_av1_keyframe(bytes([0x90, 0x0A, 0x00]))
+
+
+def test_detector_by_mime():
+    assert keyframe_detector("video/VP8") is is_vp8_keyframe
+    assert keyframe_detector("H264") is is_h264_keyframe
+    assert keyframe_detector("audio/opus")(b"", 0, None)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=64), st.integers(-2, 70), st.one_of(st.none(), st.integers(-2, 70)))
+def test_garbage_never_raises(data, start, end):
+    for fn in (is_vp8_keyframe, is_h264_keyframe, is_vp9_keyframe, is_av1_keyframe):
+        assert fn(data, start, end) in (True, False)
+    parse_vp8_descriptor(data, start, end)
+    payload_bounds(data)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=40), st.binary(min_size=0, max_size=8))
+def test_payload_bounds_match_the_parser(payload, ext):
+    pkt = RtpPacket(payload_type=96, payload=payload, extensions={1: ext} if ext else {},
+                    padding_size=3 if payload else 0).serialize()
+    start, end = payload_bounds(pkt)
+    assert pkt[start:end] == RtpPacket.parse(pkt).payload
