@@ -83,12 +83,12 @@ def test_vp8_7bit_picture_id_and_tl0picidx():
 def test_h264_real_encoder_stap_a_and_fu_a():
     frames = _encode("video/H264", 3, force_at=2)
     first = frames[0][0]
-    assert first[0] & 0x1F == 24  # aiortc aggregates SPS/PPS into a STAP-A
+    assert (first[0] & 0x1F) == 24  # aiortc aggregates SPS/PPS into a STAP-A
     assert is_h264_keyframe(first)
-    fu_starts = [p for p in frames[0] if p[0] & 0x1F == 28 and p[1] & 0x80]
+    fu_starts = [p for p in frames[0] if (p[0] & 0x1F) == 28 and p[1] & 0x80]
     assert fu_starts and all(is_h264_keyframe(p) for p in fu_starts)
     # middle FU-A fragments of the IDR are not keyframe starts
-    assert not any(is_h264_keyframe(p) for p in frames[0] if p[0] & 0x1F == 28 and not p[1] & 0x80)
+    assert not any(is_h264_keyframe(p) for p in frames[0] if (p[0] & 0x1F) == 28 and not p[1] & 0x80)
     assert not any(is_h264_keyframe(p) for p in frames[1])
     assert is_h264_keyframe(frames[2][0])
 
@@ -145,3 +145,17 @@ def test_payload_bounds_match_the_parser(payload, ext):
                     padding_size=3 if payload else 0).serialize()
     start, end = payload_bounds(pkt)
     assert pkt[start:end] == RtpPacket.parse(pkt).payload
+
+
+def test_h264_stap_a_with_idr_not_first_and_fu_b():
+    # STAP-A: [SEI (type 6), IDR (type 5)]
+    assert is_h264_keyframe(bytes([0x78, 0x00, 0x02, 0x06, 0x00, 0x00, 0x02, 0x65, 0x88]))
+    assert not is_h264_keyframe(bytes([0x78, 0x00, 0x02, 0x06, 0x00, 0x00, 0x02, 0x41, 0x88]))
+    assert is_h264_keyframe(bytes([0x7C, 0x85, 0x00]))  # FU-A start of IDR
+    assert not is_h264_keyframe(bytes([0x7C, 0x81, 0x00]))  # FU-A start of non-IDR
+
+
+def test_vp9_layer_sid_bits_only():
+    # SID occupies bits 3..1 of the layer byte: SID=1 (0x02), SID=2 (0x04), D bit alone (0x01) is layer 0
+    assert not is_vp9_keyframe(bytes([0x28, 0x04, 0x05]))
+    assert is_vp9_keyframe(bytes([0x28, 0x01, 0x05]))

@@ -148,7 +148,7 @@ def is_h264_keyframe(data: Buffer, start: int = 0, end: Optional[int] = None) ->
             pos += 2
             if size == 0 or pos + size > end:
                 return False
-            if data[pos] & 0x1F in (_H264_IDR, _H264_SPS):
+            if (data[pos] & 0x1F) in (_H264_IDR, _H264_SPS):
                 return True
             pos += size
         return False
@@ -156,7 +156,7 @@ def is_h264_keyframe(data: Buffer, start: int = 0, end: Optional[int] = None) ->
         if start + 1 >= end:
             return False
         fu_header = data[start + 1]
-        return bool(fu_header & 0x80) and fu_header & 0x1F in (_H264_IDR, _H264_SPS)
+        return bool(fu_header & 0x80) and (fu_header & 0x1F) in (_H264_IDR, _H264_SPS)
     return False
 
 
@@ -180,7 +180,7 @@ def is_vp9_keyframe(data: Buffer, start: int = 0, end: Optional[int] = None) -> 
     if b0 & 0x20:  # L: layer indices; SID is bits 3..1
         if pos >= end:
             return False
-        if (data[pos] >> 1) & 0x07 != 0:
+        if ((data[pos] >> 1) & 0x07) != 0:
             return False
     return True
 
@@ -224,7 +224,7 @@ def is_av1_keyframe(data: Buffer, start: int = 0, end: Optional[int] = None) -> 
         if size <= 0 or pos + size > end:
             return False
         if not (index == 1 and continuation):
-            if (data[pos] >> 3) & 0x0F == _AV1_OBU_SEQUENCE_HEADER:
+            if ((data[pos] >> 3) & 0x0F) == _AV1_OBU_SEQUENCE_HEADER:
                 return True
         pos += size
         if last:
