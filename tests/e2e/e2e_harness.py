@@ -1,0 +1,140 @@
+"""Helpers for the end-to-end tests: client processes that speak JSON lines on stdout, run inside
+the test's network namespace (fixtures are in conftest.py), and what they need to start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import IO
+
+import attrs
+
+ROOT = Path(__file__).resolve().parents[2]
+E2E_DIR = Path(__file__).resolve().parent
+BROWSER_DIR = ROOT / "scripts" / "browser"
+CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
+
+
+def tail(path: Path, lines: int = 60) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError as exc:
+        return f"<no log: {exc}>"
+
+
+@attrs.define
+class SfuProcess:
+    proc: subprocess.Popen[bytes]
+    log: Path
+    host: str
+    port: int
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{self.host}:{self.port}"
+
+    def log_tail(self, lines: int = 60) -> str:
+        return f"--- server log (last {lines} lines) ---\n{tail(self.log, lines)}"
+
+
+def stop_process(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+class Client:
+    """A client process in the namespace whose stdout is JSON lines; stdin closing tells it to leave."""
+
+    def __init__(self, name: str, argv: list[str], log: Path, env: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.log = log
+        self.lines: list[dict] = []
+        self._cond = threading.Condition()
+        self._log_file: IO[str] = open(log, "w")
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self._log_file, cwd=ROOT, env=env, text=True)
+        self._reader = threading.Thread(target=self._read, name=f"e2e-{name}", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            self._log_file.write("[stdout] " + raw)
+            self._log_file.flush()
+            try:
+                item = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(item, dict):
+                with self._cond:
+                    self.lines.append(item)
+                    self._cond.notify_all()
+        with self._cond:
+            self._cond.notify_all()
+
+    def wait_for(self, key: str, timeout_s: float) -> dict | None:
+        """The first stdout JSON object that has `key`, or None after the timeout or process exit."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while True:
+                for item in self.lines:
+                    if key in item:
+                        return item
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.proc.poll() is not None and not self._reader.is_alive()):
+                    return None
+                self._cond.wait(min(left, 0.5))
+
+    def close_stdin(self) -> None:
+        try:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+        except (OSError, ValueError):
+            pass
+
+    def finish(self, timeout_s: float = 15.0) -> int:
+        """Ask the client to leave (stdin EOF), kill it if it does not; idempotent."""
+        if self._log_file.closed:
+            return self.proc.returncode
+        self.close_stdin()
+        try:
+            self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        self._reader.join(5)
+        self._log_file.close()
+        return self.proc.returncode
+
+    def log_tail(self, lines: int = 80) -> str:
+        if not self._log_file.closed:
+            self._log_file.flush()
+        return f"--- {self.name} log (last {lines} lines) ---\n{tail(self.log, lines)}"
+
+
+def browser_missing() -> str | None:
+    if shutil.which("node") is None:
+        return "node is not installed (scripts/test-deps.sh installs nodejs)"
+    if not os.path.exists(CHROMIUM):
+        return f"no Chromium at {CHROMIUM} (scripts/test-deps.sh installs Debian's chromium)"
+    for package in ("playwright-core", "livekit-client"):
+        if not (BROWSER_DIR / "node_modules" / package).is_dir():
+            return f"scripts/browser/node_modules/{package} is missing (scripts/test-deps.sh runs npm ci)"
+    return None
+
+
+def failure_report(*parts: object) -> str:
+    return "\n".join(str(p) for p in parts)
