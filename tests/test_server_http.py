@@ -124,10 +124,10 @@ async def test_rtc_upgrade_with_bad_token_is_an_http_401() -> None:
         assert not server.registry.rooms
 
 
-async def test_twirp_is_reserved_with_json_bad_route() -> None:
+async def test_twirp_unknown_method_is_json_bad_route() -> None:
     async with running_server() as server:
         status, headers, body, _ = await http(
-            server.port, "POST", "/twirp/livekit.RoomService/ListRooms",
+            server.port, "POST", "/twirp/livekit.RoomService/NoSuchMethod",
             [("content-type", "application/json")], body=b"{}",
         )
         assert status == 404 and headers["content-type"] == "application/json"

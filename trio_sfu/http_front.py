@@ -32,6 +32,7 @@ from .config import ServerConfig
 from .log import get_logger
 from .participant import JoinOptions
 from .rooms import RoomClosedError, RoomFullError, RoomRegistry
+from .twirp import TwirpError, TwirpReply, TwirpServer
 
 MAX_HEAD = 16 * 1024
 MAX_BODY = 1024 * 1024
@@ -130,6 +131,18 @@ class _HttpExchange:
             self.method = event.method.decode("ascii", "replace").upper()
             return event
         return None
+
+    async def read_body(self, limit: int) -> bytes | None:
+        """The request body; None if it exceeds `limit`."""
+        body = bytearray()
+        while True:
+            event = await self._next_event()
+            if isinstance(event, h11.Data):
+                body += event.data
+                if len(body) > limit:
+                    return None
+            elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)) or event is h11.PAUSED:
+                return bytes(body)
 
     async def drain_body(self, limit: int) -> bool:
         """Read and discard the body; False if it exceeds `limit`."""
@@ -238,11 +251,19 @@ def join_options_from_query(request: Request) -> JoinOptions:
 class HttpFront:
     """Routes HTTP requests and WebSocket upgrades for one server."""
 
-    def __init__(self, config: ServerConfig, verifier: TokenVerifier, registry: RoomRegistry, metrics: m.Metrics) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        verifier: TokenVerifier,
+        registry: RoomRegistry,
+        metrics: m.Metrics,
+        twirp: TwirpServer | None = None,
+    ) -> None:
         self.config = config
         self.verifier = verifier
         self.registry = registry
         self.metrics = metrics
+        self.twirp = twirp
 
     async def handle_connection(self, stream: trio.abc.Stream) -> None:
         """The `serve_listeners` handler: one request per connection."""
@@ -310,14 +331,24 @@ class HttpFront:
             await self._signal(exchange, request)
             return
         if path.startswith("/twirp/"):
-            with trio.move_on_after(BODY_TIMEOUT):
-                if not await exchange.drain_body(MAX_BODY):
-                    await exchange.respond(413, b"request body too large\n")
-                    return
-            body = json.dumps({"code": "bad_route", "msg": f"no handler for path {path[:200]}"}).encode()
-            await exchange.respond(404, body, content_type="application/json")
+            await self._twirp(exchange, request)
             return
         await exchange.respond(404, b"not found\n")
+
+    async def _twirp(self, exchange: _HttpExchange, request: Request) -> None:
+        body: bytes | None = b""
+        with trio.move_on_after(BODY_TIMEOUT) as body_timeout:
+            body = await exchange.read_body(MAX_BODY)
+        if body_timeout.cancelled_caught:
+            self.metrics.inc(m.HTTP_TIMEOUT)
+            reply = TwirpReply.error(TwirpError("deadline_exceeded", "timed out reading the request body"))
+        elif body is None:
+            reply = TwirpReply.error(TwirpError("malformed", f"request body exceeds {MAX_BODY} bytes"))
+        elif self.twirp is None:
+            reply = TwirpReply.error(TwirpError("bad_route", f"no handler for path {request.path[:200]!r}"))
+        else:
+            reply = await self.twirp.handle(request.method, request.path, request.headers, body)
+        await exchange.respond(reply.status, reply.body, content_type=reply.content_type)
 
     async def _preflight(self, exchange: _HttpExchange, request: Request) -> None:
         requested = request.headers.get("access-control-request-headers", "authorization")

@@ -59,6 +59,8 @@ class Room:
         self.metadata = ""
         self.participants: dict[str, Participant] = {}
         self.closed = False
+        # The DisconnectReason the room closed with (webhooks report it as the end reason).
+        self.close_reason: int = models.DisconnectReason.UNKNOWN_REASON
         self.ever_joined = False
         self._last_departure = trio.current_time()
         self._created_clock = trio.current_time()
@@ -104,6 +106,7 @@ class Room:
         if self.closed:
             return
         self.closed = True
+        self.close_reason = reason
         self.registry._forget(self)
         for participant in list(self.participants.values()):
             participant.close(reason, send_leave=True)

@@ -19,19 +19,41 @@ from .config import ServerConfig
 from .http_front import HttpFront
 from .log import get_logger
 from .media import MediaSessionFactory, UnavailableMediaSession
+from .media_session import MediaService
+from .room_service import SERVICE_NAME, RoomService
 from .rooms import RoomRegistry
+from .twirp import TwirpServer
+from .webhooks import WebhookNotifier
 
 SHUTDOWN_GRACE = 3.0
 _log = get_logger("trio_sfu.server")
 
 
 class Server:
-    def __init__(self, config: ServerConfig, media_factory: MediaSessionFactory = UnavailableMediaSession) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        media_factory: MediaSessionFactory = UnavailableMediaSession,
+        *,
+        enable_media: bool = False,
+    ) -> None:
+        """`enable_media` runs the real media stack (UDP mux on `config.rtc.udp_port`) and
+        overrides `media_factory`; off by default so signal-only tests bind no UDP port."""
         self.config = config
         self.metrics = m.Metrics()
         self.verifier = TokenVerifier(config.keys)
+        self.media: MediaService | None = MediaService(config, self.metrics) if enable_media else None
+        if self.media is not None:
+            media_factory = self.media
         self.registry = RoomRegistry(config.room, self.metrics, media_factory)
-        self.front = HttpFront(config, self.verifier, self.registry, self.metrics)
+        # Raises ConfigError for a webhook section that cannot work (unknown key, bad URL).
+        self.webhooks = WebhookNotifier.from_server_config(config, self.metrics)
+        if self.webhooks is not None:
+            self.registry.observers.append(self.webhooks)
+        self.room_service = RoomService(self.registry)
+        self.twirp = TwirpServer(self.verifier)
+        self.twirp.register(SERVICE_NAME, self.room_service.methods())
+        self.front = HttpFront(config, self.verifier, self.registry, self.metrics, self.twirp)
         self.listeners: list[trio.SocketListener] = []
         self.port = 0
         self._shutdown = trio.Event()
@@ -51,6 +73,8 @@ class Server:
 
     async def run(self, *, task_status: trio.TaskStatus["Server"] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
+            if self.webhooks is not None:
+                await nursery.start(self.webhooks.run)
             await nursery.start(self.registry.run)
             port = self.config.port
             for host in self.config.effective_bind_addresses():
@@ -71,6 +95,8 @@ class Server:
             self.shutdown_clean = await self.registry.close_all(models.DisconnectReason.SERVER_SHUTDOWN, SHUTDOWN_GRACE)
             if not self.shutdown_clean:
                 _log.warning("rooms did not close in time; cancelling")
+            if self.webhooks is not None and not await self.webhooks.drain():
+                _log.warning("webhooks still queued at shutdown were abandoned")
             nursery.cancel_scope.cancel()
 
     async def _accept_all(self, scope: trio.CancelScope, handler_nursery: trio.Nursery) -> None:
