@@ -1,0 +1,670 @@
+"""A LiveKit client on Trio and our own sans-IO stack: signalling, publishing, subscribing.
+
+Dual-PC ("v0", ``/rtc``) as livekit-client falls back to it: the server offers
+on the subscriber PC, we offer on the publisher PC; both PCs run ICE
+controlling against the ICE-lite SFU. Every task (the signal reader, the
+ping_req loop, the publisher negotiation loop, one loop per PC socket) lives in
+the client's own nursery, opened by :meth:`LiveKitClient.connect` and closed
+when its ``async with`` ends::
+
+    async with LiveKitClient.connect(url, token, bind_host="127.0.0.1") as client:
+        audio = await client.publish_audio()
+        await audio.wait_ready()
+        audio.send_rtp(payload, timestamp=960)
+        async for track in client.tracks():   # RemoteTrack, as subscribed
+            ...
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import secrets
+import time
+import urllib.parse
+import uuid
+from typing import AsyncIterator
+
+import attrs
+import trio
+import trio_websocket
+from livekit.protocol import models, rtc
+
+from rtp import rtcp
+from rtp.dtls import DtlsCertificate, DtlsRole
+from rtp.errors import ParseError, RtpStackError
+from rtp.packet import payload_offset, read_sequence_number, read_ssrc
+from sdp.codecs import EXT_MID, EXT_RID
+
+from sdp.model import SessionDescription, Ssrc
+from sdp.negotiator import local_dtls_role
+from sdp.parser import parse as parse_sdp
+from sdp.parser import serialize as serialize_sdp
+
+from .. import __version__
+from .peer_connection import ClientPeerConnection
+from .sdp_builder import (
+    OPUS,
+    VP8,
+    OfferedTrack,
+    answer_subscriber_offer,
+    build_publisher_offer,
+    remote_transport,
+)
+from .stats import TrackReceiveStats
+from .synthetic import RtpStreamWriter, VideoLayerSpec, read_send_stamp, simulcast_layers
+
+PROTOCOL_VERSION = 17
+JOIN_TIMEOUT = 10.0
+#: livekit-client gives up on add_track after 10 s.
+PUBLISH_TIMEOUT = 10.0
+ANSWER_TIMEOUT = 10.0
+PUBLISHER = rtc.SignalTarget.PUBLISHER
+SUBSCRIBER = rtc.SignalTarget.SUBSCRIBER
+_QUALITY_OF_RID = {"q": models.VideoQuality.LOW, "h": models.VideoQuality.MEDIUM, "f": models.VideoQuality.HIGH}
+
+
+class ClientError(Exception):
+    """The client could not do what was asked (join refused, publish denied or timed out)."""
+
+
+class JoinError(ClientError):
+    """The server refused or never completed the join."""
+
+    def __init__(self, message: str, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+def signal_url(url: str, *, access_token: str | None = None, auto_subscribe: bool = True) -> str:
+    """``/rtc`` under whatever path ``url`` has (as the SDKs do), ws(s) scheme, v0 query parameters."""
+    parts = urllib.parse.urlsplit(url)
+    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
+    if scheme not in ("ws", "wss"):
+        raise ValueError(f"signal URL must be ws://, wss://, http:// or https://, not {url!r}")
+    path = (parts.path.rstrip("/") + "/rtc").replace("//", "/")
+    query = {
+        "auto_subscribe": "1" if auto_subscribe else "0",
+        "sdk": "python",
+        "version": __version__,
+        "protocol": str(PROTOCOL_VERSION),
+        "adaptive_stream": "0",
+    }
+    if access_token is not None:
+        query["access_token"] = access_token
+    return urllib.parse.urlunsplit((scheme, parts.netloc, path, urllib.parse.urlencode(query), ""))
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@attrs.define(eq=False)
+class RemoteTrack:
+    """A track the server sends us on the subscriber PC, with what we measured on it."""
+
+    sid: str
+    participant_sid: str
+    kind: str  # "audio" | "video"
+    mid: str
+    ssrcs: set[int] = attrs.field(factory=set)
+    stats: TrackReceiveStats = attrs.field(factory=TrackReceiveStats)
+    first_packet: trio.Event = attrs.field(factory=trio.Event)
+
+
+class LocalPublication:
+    """A track we publish: its signalling state and the RTP streams (one per simulcast layer)."""
+
+    def __init__(self, client: "LiveKitClient", kind: str, name: str, mid: str,
+                 layers: list[VideoLayerSpec]) -> None:
+        self._client = client
+        self.kind = kind
+        self.name = name
+        self.cid = str(uuid.uuid4())
+        self.mid = mid
+        self.sid: str | None = None  # TR_… once track_published arrives
+        self.layers = layers  # video only; [] for audio
+        self.rids: tuple[str, ...] = tuple(layer.rid for layer in layers if layer.rid)
+        count = max(len(self.rids), 1)
+        self.ssrcs: dict[str, int] = dict(zip(self.rids or ("",), (secrets.randbits(32) or 1 for _ in range(count))))
+        self.codec = OPUS if kind == "audio" else VP8
+        self.clock_rate = self.codec.clock_rate
+        self.published = trio.Event()
+        self.negotiated = trio.Event()
+        self.packets_sent = 0
+        self.packets_dropped = 0  # send_rtp before the transport was ready
+        self.keyframe_requests = 0
+        self._keyframe_pending: set[str] = set()
+        self._writers: dict[str, RtpStreamWriter] = {}
+        self.error: str | None = None
+
+    def offered(self, stream_id: str, cname: str) -> OfferedTrack:
+        return OfferedTrack(self.mid, self.kind, stream_id, self.cid, cname,
+                            tuple(self.ssrcs.values()), self.rids)
+
+    def _on_answer(self, extensions: dict[int, str]) -> None:
+        """Bind the RTP writers to the extension ids the answer agreed to (mid always, rid for simulcast)."""
+        ids = {uri: ext_id for ext_id, uri in extensions.items()}
+        for rid, ssrc in self.ssrcs.items():
+            elements: dict[int, bytes] = {}
+            if EXT_MID in ids:
+                elements[ids[EXT_MID]] = self.mid.encode()
+            if rid and EXT_RID in ids:
+                elements[ids[EXT_RID]] = rid.encode()
+            old = self._writers.get(rid)
+            first_seq = old.sequence_number if old is not None else secrets.randbits(16)
+            self._writers[rid] = RtpStreamWriter(ssrc, self.codec.payload_type, elements, first_seq)
+        self.negotiated.set()
+
+    def header_size(self, rid: str = "") -> int:
+        writer = self._writers.get(rid)
+        return writer.header_size if writer is not None else 12 + 12
+
+    @property
+    def ready(self) -> bool:
+        pc = self._client._publisher_pc
+        return self.negotiated.is_set() and pc is not None and pc.connected.is_set()
+
+    async def wait_ready(self, timeout: float = 15.0) -> None:
+        """Until the track is published, its m-line answered and the publisher PC connected."""
+        with trio.fail_after(timeout):
+            await self.published.wait()
+            await self.negotiated.wait()
+            pc = self._client._publisher_pc
+            assert pc is not None
+            await pc.connected.wait()
+
+    def send_rtp(self, payload: bytes, *, timestamp: int, marker: bool = False, rid: str = "") -> bool:
+        """Packetize ``payload`` into one RTP packet of this track (layer ``rid``) and send it.
+
+        False (and counted) when the PC is not ready yet or the transport dropped it.
+        """
+        writer = self._writers.get(rid)
+        pc = self._client._publisher_pc
+        if writer is None or pc is None:
+            self.packets_dropped += 1
+            return False
+        if pc.send_rtp(writer.packet(payload, timestamp, marker)):
+            self.packets_sent += 1
+            return True
+        self.packets_dropped += 1
+        return False
+
+    def take_keyframe_request(self, rid: str = "") -> bool:
+        """Whether the SFU asked (PLI/FIR) for a key frame on layer ``rid`` since the last call."""
+        if rid in self._keyframe_pending:
+            self._keyframe_pending.discard(rid)
+            return True
+        return False
+
+    def _on_keyframe_request(self, ssrc: int) -> None:
+        for rid, own in self.ssrcs.items():
+            if own == ssrc:
+                self.keyframe_requests += 1
+                self._keyframe_pending.add(rid)
+
+
+class LiveKitClient:
+    """One participant. Build it with :meth:`connect`; see the module docstring."""
+
+    def __init__(self, ws: trio_websocket.WebSocketConnection, join: rtc.JoinResponse,
+                 bind_host: str, certificate: DtlsCertificate) -> None:
+        self._ws = ws
+        self.join = join
+        self.participant_sid = join.participant.sid
+        self.identity = join.participant.identity
+        self.room_name = join.room.name
+        self.bind_host = bind_host
+        self._certificate = certificate
+        self._nursery: trio.Nursery | None = None
+        self.remote_participants: dict[str, models.ParticipantInfo] = {
+            p.sid: p for p in join.other_participants
+        }
+        self.publications: list[LocalPublication] = []
+        self.subscriptions: dict[str, RemoteTrack] = {}
+        self.errors: list[str] = []
+        self.rtt_ms: float | None = None
+        self.pongs = 0
+        self._ping_interval: float = join.ping_interval or 5
+        self.left = trio.Event()  # we left, or the server told us to / dropped the connection
+        self.leave_reason: str | None = None
+        self.unknown_ssrc_packets = 0
+        self._publisher_pc: ClientPeerConnection | None = None
+        self._subscriber_pc: ClientPeerConnection | None = None
+        self._track_by_ssrc: dict[int, RemoteTrack] = {}
+        self._tracks_send, self._tracks_recv = trio.open_memory_channel[RemoteTrack](1000)
+        self._stream_id = str(uuid.uuid4())
+        self._cname = secrets.token_urlsafe(12)
+        self._negotiate_needed = trio.Event()
+        self._offer_id = 0
+        self._pending_answer: tuple[int, SessionDescription, trio.Event] | None = None
+        self._subscriber_answers = 0
+        self._sent_trickle: set[int] = set()
+        self._leave_sent = False
+
+    # ------------------------------------------------------------------ lifetime
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def connect(
+        cls,
+        url: str,
+        token: str,
+        *,
+        bind_host: str = "127.0.0.1",
+        auto_subscribe: bool = True,
+        token_in_query: bool = False,
+        join_timeout: float = JOIN_TIMEOUT,
+        ping_interval: float | None = None,
+    ) -> AsyncIterator["LiveKitClient"]:
+        """Join the room; the client lives until the ``async with`` block ends (then it leaves).
+
+        The token goes in an ``Authorization: Bearer`` header as the Python SDK
+        sends it, or as the ``access_token`` query parameter as livekit-client does.
+        ``ping_interval`` overrides the join response's (tests).
+        """
+        headers = [] if token_in_query else [(b"authorization", f"Bearer {token}".encode())]
+        ws_url = signal_url(url, access_token=token if token_in_query else None, auto_subscribe=auto_subscribe)
+        certificate = DtlsCertificate.generate(datetime.datetime.now(datetime.timezone.utc))
+        opened = False
+        try:
+            async with trio_websocket.open_websocket_url(
+                ws_url, extra_headers=headers, connect_timeout=join_timeout, disconnect_timeout=2,
+                max_message_size=4 * 1024 * 1024,
+            ) as ws:
+                opened = True
+                join = await cls._receive_join(ws, join_timeout)
+                client = cls(ws, join, bind_host, certificate)
+                client._ping_interval = ping_interval or join.ping_interval or 5
+                async with trio.open_nursery() as nursery:
+                    client._nursery = nursery
+                    nursery.start_soon(client._reader)
+                    nursery.start_soon(client._ping_loop)
+                    nursery.start_soon(client._negotiation_loop)
+                    try:
+                        yield client
+                    finally:
+                        with trio.CancelScope(shield=True):
+                            await client.leave()
+                        nursery.cancel_scope.cancel()
+        except trio_websocket.ConnectionRejected as exc:
+            body = (exc.body or b"").decode("utf-8", "replace").strip()
+            raise JoinError(f"join refused: HTTP {exc.status_code} {body}", exc.status_code) from exc
+        except (trio_websocket.HandshakeError, OSError) as exc:
+            if opened:
+                raise
+            raise JoinError(f"cannot open the signal connection to {url}: {exc!r}") from exc
+
+    @staticmethod
+    async def _receive_join(ws: trio_websocket.WebSocketConnection, timeout: float) -> rtc.JoinResponse:
+        try:
+            with trio.fail_after(timeout):
+                message = await ws.get_message()
+        except trio.TooSlowError as exc:
+            raise JoinError(f"no join response within {timeout:g} s") from exc
+        except trio_websocket.ConnectionClosed as exc:
+            raise JoinError(f"signal connection closed before join: {exc.reason}") from exc
+        response = rtc.SignalResponse()
+        if isinstance(message, str):
+            raise JoinError("server sent a text frame; LiveKit signalling is binary protobuf")
+        response.ParseFromString(message)
+        kind = response.WhichOneof("message")
+        if kind == "leave":
+            raise JoinError(f"server refused the join: {models.DisconnectReason.Name(response.leave.reason)}")
+        if kind != "join":
+            raise JoinError(f"first signal message was {kind!r}, not join")
+        if not response.join.participant.sid.startswith("PA_"):
+            raise JoinError(f"join response has no valid participant sid: {response.join.participant.sid!r}")
+        return response.join
+
+    async def leave(self) -> None:
+        """Send ``leave`` (client initiated) and close the signal connection; idempotent."""
+        if not self._leave_sent and not self._ws.closed:
+            self._leave_sent = True
+            request = rtc.SignalRequest(leave=rtc.LeaveRequest(
+                reason=models.DisconnectReason.CLIENT_INITIATED, action=rtc.LeaveRequest.Action.DISCONNECT))
+            with contextlib.suppress(trio_websocket.ConnectionClosed, trio.BrokenResourceError):
+                with trio.move_on_after(2):
+                    await self._ws.send_message(request.SerializeToString())
+        if self.leave_reason is None:
+            self.leave_reason = "client initiated"
+        self.left.set()
+        with trio.move_on_after(2):
+            await self._ws.aclose()
+
+    # ------------------------------------------------------------------ publishing
+
+    async def publish_audio(self, name: str = "audio", *, timeout: float = PUBLISH_TIMEOUT) -> LocalPublication:
+        """Announce a microphone track (Opus) and wait for ``track_published``; negotiation follows."""
+        publication = LocalPublication(self, "audio", name, str(len(self.publications)), [])
+        request = rtc.AddTrackRequest(cid=publication.cid, name=name, type=models.TrackType.AUDIO,
+                                      source=models.TrackSource.MICROPHONE)
+        return await self._publish(publication, request, timeout)
+
+    async def publish_video(self, name: str = "video", *, width: int = 1280, height: int = 720,
+                            bitrate: int = 1_700_000, simulcast: bool = True,
+                            timeout: float = PUBLISH_TIMEOUT) -> LocalPublication:
+        """Announce a camera track (VP8; simulcast q/h/f when asked) and wait for ``track_published``."""
+        layers = simulcast_layers(width, height, bitrate, simulcast)
+        publication = LocalPublication(self, "video", name, str(len(self.publications)), layers)
+        video_layers = [
+            models.VideoLayer(quality=_QUALITY_OF_RID.get(layer.rid, models.VideoQuality.HIGH),
+                              width=layer.width, height=layer.height, bitrate=layer.bitrate,
+                              rid=layer.rid, spatial_layer=index)
+            for index, layer in enumerate(layers)
+        ]
+        request = rtc.AddTrackRequest(
+            cid=publication.cid, name=name, type=models.TrackType.VIDEO, source=models.TrackSource.CAMERA,
+            width=width, height=height, layers=video_layers,
+            simulcast_codecs=[rtc.SimulcastCodec(codec="vp8", cid=publication.cid)],
+        )
+        return await self._publish(publication, request, timeout)
+
+    async def _publish(self, publication: LocalPublication, request: rtc.AddTrackRequest,
+                       timeout: float) -> LocalPublication:
+        self.publications.append(publication)
+        await self._send(rtc.SignalRequest(add_track=request))
+        with trio.move_on_after(timeout):
+            await publication.published.wait()
+        if publication.error is not None:
+            raise ClientError(f"publishing {publication.name!r} refused: {publication.error}")
+        if not publication.published.is_set():
+            raise ClientError(f"no track_published for {publication.name!r} within {timeout:g} s")
+        self._ensure_publisher_pc()
+        self._negotiate_needed.set()
+        return publication
+
+    def _ensure_publisher_pc(self) -> ClientPeerConnection:
+        if self._publisher_pc is None:
+            self._publisher_pc = ClientPeerConnection(
+                "publisher", self.bind_host, self._certificate, self._on_publisher_rtp, self._on_publisher_rtcp)
+            assert self._nursery is not None
+            self._nursery.start_soon(self._publisher_pc.run)
+        return self._publisher_pc
+
+    async def _negotiation_loop(self) -> None:
+        """One publisher offer at a time; publishing during a negotiation re-offers after it."""
+        while True:
+            await self._negotiate_needed.wait()
+            self._negotiate_needed = trio.Event()
+            pc = self._ensure_publisher_pc()
+            tracks = [p.offered(self._stream_id, self._cname) for p in self.publications if p.published.is_set()]
+            self._offer_id += 1
+            offer = build_publisher_offer(pc.local, tracks, self._offer_id)
+            answered = trio.Event()
+            self._pending_answer = (self._offer_id, offer, answered)
+            await self._send(rtc.SignalRequest(offer=rtc.SessionDescription(
+                type="offer", sdp=serialize_sdp(offer), id=self._offer_id)))
+            await self._trickle_local(pc, PUBLISHER)
+            with trio.move_on_after(ANSWER_TIMEOUT):
+                await answered.wait()
+            if not answered.is_set():
+                self._error(f"no answer to publisher offer {self._offer_id} within {ANSWER_TIMEOUT:g} s")
+                self._pending_answer = None
+
+    async def _trickle_local(self, pc: ClientPeerConnection, target: int) -> None:
+        # Once per PC, after its first description, as a browser trickles its host candidate.
+        if target in self._sent_trickle:
+            return
+        self._sent_trickle.add(target)
+        init = {"candidate": pc.candidate_line(), "sdpMid": "0", "sdpMLineIndex": 0,
+                "usernameFragment": pc.local.ice_ufrag}
+        await self._send(rtc.SignalRequest(trickle=rtc.TrickleRequest(candidateInit=json.dumps(init), target=target)))
+
+    def _on_publisher_rtp(self, packet: bytes, now: float) -> None:
+        pass  # the SFU sends no media on the publisher PC
+
+    def _on_publisher_rtcp(self, packet: bytes, now: float) -> None:
+        try:
+            packets = rtcp.parse_rtcp(packet)
+        except ParseError:
+            return
+        for item in packets:
+            if isinstance(item, (rtcp.Pli, rtcp.Fir)):
+                ssrcs = [item.media_ssrc] if isinstance(item, rtcp.Pli) else [e.ssrc for e in item.entries]
+                for publication in self.publications:
+                    for ssrc in ssrcs:
+                        publication._on_keyframe_request(ssrc)
+
+    # ------------------------------------------------------------------ subscribing
+
+    async def tracks(self) -> AsyncIterator[RemoteTrack]:
+        """Each subscribed track once, as the server's offers add them (one consumer)."""
+        async for track in self._tracks_recv:
+            yield track
+
+    async def wait_for_tracks(self, count: int, timeout: float = 15.0) -> list[RemoteTrack]:
+        with trio.fail_after(timeout):
+            while len(self.subscriptions) < count:
+                await trio.sleep(0.02)
+        return list(self.subscriptions.values())
+
+    def _on_subscriber_rtp(self, packet: bytes, now: float) -> None:
+        try:
+            ssrc = read_ssrc(packet)
+            seq = read_sequence_number(packet)
+            offset = payload_offset(packet)
+        except ParseError:
+            self.unknown_ssrc_packets += 1
+            return
+        track = self._track_by_ssrc.get(ssrc)
+        if track is None:
+            self.unknown_ssrc_packets += 1
+            return
+        stamp = read_send_stamp(packet[offset:offset + 32])
+        latency = (time.time() * 1e6 - stamp) / 1000 if stamp is not None else None
+        track.stats.on_packet(ssrc, seq, len(packet), now, latency)
+        if track.stats.packets == 1:
+            track.first_packet.set()
+
+    def _on_subscriber_rtcp(self, packet: bytes, now: float) -> None:
+        pass  # SRs could give clock sync; the load test measures latency from the payload stamps
+
+    def _handle_subscriber_offer(self, description: rtc.SessionDescription) -> rtc.SessionDescription:
+        offer = parse_sdp(description.sdp)
+        if self._subscriber_pc is None:
+            self._subscriber_pc = ClientPeerConnection(
+                "subscriber", self.bind_host, self._certificate, self._on_subscriber_rtp, self._on_subscriber_rtcp)
+            assert self._nursery is not None
+            self._nursery.start_soon(self._subscriber_pc.run)
+        pc = self._subscriber_pc
+        self._subscriber_answers += 1
+        answer = answer_subscriber_offer(offer, pc.local, self._subscriber_answers)
+        # We answered a=setup:active: we are the DTLS client.
+        pc.set_remote(remote_transport(offer), DtlsRole(local_dtls_role(answer, local_is_offerer=False).value))
+        self._learn_tracks(offer, answer)
+        return rtc.SessionDescription(type="answer", sdp=serialize_sdp(answer), id=description.id)
+
+    def _learn_tracks(self, offer: SessionDescription, answer: SessionDescription) -> None:
+        for m, a in zip(offer.media, answer.media):
+            if m.kind not in ("audio", "video") or m.rejected or a.rejected or not m.direction.sends:
+                continue
+            ssrc_tracks: dict[int, str] = {}
+            for line in m.all(Ssrc):
+                if line.attribute == "msid" and line.value and " " in line.value:
+                    ssrc_tracks[line.ssrc] = line.value.split(" ", 1)[1]
+            msid = m.msid
+            track_sid = msid.track_id if msid is not None and msid.track_id else None
+            if track_sid is None and ssrc_tracks:
+                track_sid = next(iter(ssrc_tracks.values()))
+            if track_sid is None:
+                continue
+            stream = msid.stream_id if msid is not None else ""
+            participant_sid = stream.split("|", 1)[0] if stream.startswith("PA_") else self._owner_of(track_sid)
+            track = self.subscriptions.get(track_sid)
+            if track is None:
+                track = RemoteTrack(track_sid, participant_sid, m.kind, m.mid or "")
+                self.subscriptions[track_sid] = track
+                with contextlib.suppress(trio.WouldBlock):
+                    self._tracks_send.send_nowait(track)
+            track.mid = m.mid or track.mid
+            for ssrc in set(m.ssrcs):
+                track.ssrcs.add(ssrc)
+                self._track_by_ssrc[ssrc] = track
+
+    def _owner_of(self, track_sid: str) -> str:
+        for participant in self.remote_participants.values():
+            if any(t.sid == track_sid for t in participant.tracks):
+                return participant.sid
+        return ""
+
+    # ------------------------------------------------------------------ signalling
+
+    def _error(self, message: str) -> None:
+        self.errors.append(message)
+
+    async def _send(self, request: rtc.SignalRequest) -> None:
+        try:
+            await self._ws.send_message(request.SerializeToString())
+        except (trio_websocket.ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
+            if not self.left.is_set():
+                self._error(f"signal connection closed while sending {request.WhichOneof('message')}")
+                self.leave_reason = self.leave_reason or "signal connection closed"
+                self.left.set()
+
+    async def _ping_loop(self) -> None:
+        interval = self._ping_interval
+        while True:
+            await trio.sleep(interval)
+            ping = rtc.Ping(timestamp=_now_ms(), rtt=int(self.rtt_ms or 0))
+            await self._send(rtc.SignalRequest(ping_req=ping))
+
+    async def _reader(self) -> None:
+        while True:
+            try:
+                message = await self._ws.get_message()
+            except trio_websocket.ConnectionClosed as exc:
+                if not self.left.is_set():
+                    if not self._leave_sent:
+                        self._error(f"signal connection closed by the server: {exc.reason}")
+                    self.leave_reason = self.leave_reason or "signal connection closed"
+                    self.left.set()
+                return
+            if isinstance(message, str):
+                self._error("text frame from the server ignored")
+                continue
+            response = rtc.SignalResponse()
+            try:
+                response.ParseFromString(message)
+            except Exception as exc:  # protobuf's DecodeError has no stable import path
+                self._error(f"undecodable signal message: {exc}")
+                continue
+            try:
+                await self._dispatch(response)
+            except (RtpStackError, ValueError, KeyError) as exc:
+                self._error(f"{response.WhichOneof('message')}: {type(exc).__name__}: {exc}")
+
+    async def _dispatch(self, response: rtc.SignalResponse) -> None:
+        kind = response.WhichOneof("message")
+        if kind == "offer":
+            answer = self._handle_subscriber_offer(response.offer)
+            await self._send(rtc.SignalRequest(answer=answer))
+            assert self._subscriber_pc is not None
+            await self._trickle_local(self._subscriber_pc, SUBSCRIBER)
+        elif kind == "answer":
+            self._handle_publisher_answer(response.answer)
+        elif kind == "trickle":
+            self._handle_trickle(response.trickle)
+        elif kind == "track_published":
+            for publication in self.publications:
+                if publication.cid == response.track_published.cid:
+                    publication.sid = response.track_published.track.sid
+                    publication.published.set()
+        elif kind == "update":
+            for info in response.update.participants:
+                if info.sid == self.participant_sid:
+                    continue
+                if info.state == models.ParticipantInfo.State.DISCONNECTED:
+                    self.remote_participants.pop(info.sid, None)
+                else:
+                    known = self.remote_participants.get(info.sid)
+                    if known is None or info.version >= known.version:
+                        self.remote_participants[info.sid] = info
+        elif kind == "leave":
+            self.leave_reason = models.DisconnectReason.Name(response.leave.reason)
+            if response.leave.reason != models.DisconnectReason.CLIENT_INITIATED:
+                self._error(f"server asked us to leave: {self.leave_reason}")
+            self.left.set()
+        elif kind == "pong_resp":
+            self.pongs += 1
+            self.rtt_ms = max(_now_ms() - response.pong_resp.last_ping_timestamp, 0)
+        elif kind == "request_response":
+            self._handle_request_response(response.request_response)
+
+    def _handle_publisher_answer(self, description: rtc.SessionDescription) -> None:
+        pending = self._pending_answer
+        if pending is None or (description.id and description.id != pending[0]):
+            self._error(f"publisher answer {description.id} matches no pending offer")
+            return
+        offer_id, offer, answered = pending
+        answer = parse_sdp(description.sdp)
+        if len(answer.media) != len(offer.media):
+            raise ValueError(f"answer has {len(answer.media)} m-lines, offer {offer_id} had {len(offer.media)}")
+        pc = self._ensure_publisher_pc()
+        pc.set_remote(remote_transport(answer), DtlsRole(local_dtls_role(answer, local_is_offerer=True).value))
+        by_mid = {p.mid: p for p in self.publications}
+        for section in answer.media:
+            publication = by_mid.get(section.mid or "")
+            if publication is None:
+                continue
+            if section.rejected:
+                publication.error = "m-line rejected by the server"
+                self._error(f"server rejected publication {publication.name!r} (mid {publication.mid})")
+                continue
+            publication._on_answer({e.id: e.uri for e in section.extmaps})
+        self._pending_answer = None
+        answered.set()
+
+    def _handle_trickle(self, trickle: rtc.TrickleRequest) -> None:
+        pc = self._publisher_pc if trickle.target == PUBLISHER else self._subscriber_pc
+        if pc is None:
+            self._error(f"trickle for a PC we do not have (target {trickle.target})")
+            return
+        candidate = None
+        if trickle.candidateInit:
+            init = json.loads(trickle.candidateInit)
+            if not isinstance(init, dict):
+                raise ValueError("candidateInit is not a JSON object")
+            candidate = init.get("candidate") or None
+        if candidate is None and not trickle.final:
+            return  # an empty candidate without final: nothing to add
+        pc.add_remote_candidate(candidate)
+
+    def _handle_request_response(self, response: rtc.RequestResponse) -> None:
+        reason = rtc.RequestResponse.Reason.Name(response.reason)
+        if response.reason == rtc.RequestResponse.Reason.OK:
+            return
+        what = response.WhichOneof("request") or "request"
+        self._error(f"{what} refused ({reason}): {response.message}")
+        if what == "add_track":
+            for publication in self.publications:
+                if publication.cid == response.add_track.cid:
+                    publication.error = f"{reason}: {response.message}"
+                    publication.published.set()  # wakes _publish, which raises
+        pending = self._pending_answer
+        if pending is not None and response.request_id == pending[0]:
+            # The server refused our offer outright: give up on it instead of waiting out the timeout.
+            self._pending_answer = None
+            pending[2].set()
+
+    # ------------------------------------------------------------------ queries
+
+    @property
+    def publisher_pc(self) -> ClientPeerConnection | None:
+        return self._publisher_pc
+
+    @property
+    def subscriber_pc(self) -> ClientPeerConnection | None:
+        return self._subscriber_pc
+
+
+__all__ = [
+    "ClientError",
+    "JoinError",
+    "LiveKitClient",
+    "LocalPublication",
+    "PROTOCOL_VERSION",
+    "RemoteTrack",
+    "signal_url",
+]
