@@ -337,6 +337,11 @@ class SctpAssociation:
         return None if ch is None else ch.state
 
     @property
+    def unacked_chunks(self) -> int:
+        """DATA chunks sent and not yet covered by the peer's cumulative ack (abandoned ones included)."""
+        return len(self._sent)
+
+    @property
     def buffered_amount(self) -> int:
         return sum(len(ch.data) for ch in self._outbound)
 
@@ -735,6 +740,7 @@ class SctpAssociation:
                 chunk = self._sent.get(tsn_add(cum, off))
                 if chunk is not None and not chunk.acked:
                     chunk.acked = True
+                    chunk.retransmit = False
                     acked_bytes += len(chunk.data)
                     if chunk.in_flight:
                         chunk.in_flight = False
@@ -1131,7 +1137,7 @@ class SctpAssociation:
         # Retransmissions first, oldest TSN first; a fast retransmit may exceed cwnd by one packet.
         budget_extra = MAX_PACKET_SIZE
         for chunk in self._sent.values():
-            if not chunk.retransmit:
+            if not chunk.retransmit or chunk.acked:
                 continue
             if self._flight_size + len(chunk.data) > cwnd:
                 if not (chunk.fast_retransmitted and budget_extra > 0):
