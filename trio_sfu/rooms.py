@@ -169,9 +169,12 @@ class Room:
             return
         frame = encode_response(rtc.SignalResponse(update=rtc.ParticipantUpdate(participants=[participant.to_info()])))
         for other in list(self.participants.values()):
-            if other is participant and not include_self:
-                continue
-            other.send_encoded(frame)
+            if other is participant:
+                if include_self:
+                    other.send_encoded(frame)
+            elif not participant.hidden:
+                # A hidden participant's own updates (include_self) must not reveal it.
+                other.send_encoded(frame)
 
     # ---- snapshots ----------------------------------------------------------------------
 
