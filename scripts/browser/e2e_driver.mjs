@@ -1,0 +1,150 @@
+// End-to-end driver: livekit-client in Debian's Chromium (headless, fake camera and microphone),
+// one tab per participant, all joining one LiveKit URL.
+//
+// usage: node e2e_driver.mjs '<json config>'
+//   { "wsUrl": "ws://127.0.0.1:7880",
+//     "participants": [{"identity": "tab-a", "token": "..."}],
+//     "expect": {"tab-a": ["tab-b"]},      // remote identities each tab must receive
+//     "minFrames": 15, "minAudioPackets": 50, "risingMs": 1000, "timeoutMs": 45000, "holdMs": 60000 }
+//
+// The page is served by this process from 127.0.0.1 (a secure context, so getUserMedia works).
+// A check passes when a tab has decoded >= minFrames of the remote's video and received
+// >= minAudioPackets of its audio, and risingMs later both counters (and totalSamplesReceived)
+// have grown: media is flowing, not stuck.  Prints JSON lines; {"result": ...} once all checks
+// pass or the timeout passes; then stays in the room until stdin closes (or holdMs), so a peer in
+// another process can finish its own checks, and closes the browser.
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+import fs from 'node:fs';
+import http from 'node:http';
+import os from 'node:os';
+import path from 'node:path';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const require = createRequire(path.join(here, 'package.json'));
+const { chromium } = require('playwright-core');
+
+const CHROMIUM_ARGS = [
+  '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+  '--disable-background-networking', '--disable-component-update', '--disable-sync',
+  '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream',
+  '--disable-dev-shm-usage', '--autoplay-policy=no-user-gesture-required',
+  // Background tabs are throttled; every tab here is a participant that must keep decoding.
+  '--disable-background-timer-throttling', '--disable-renderer-backgrounding',
+  '--disable-backgrounding-occluded-windows',
+];
+if (process.env.CHROMIUM_WEBRTC_LOG === '1') {
+  CHROMIUM_ARGS.push('--enable-logging=stderr', '--vmodule=*/webrtc/*=1');
+}
+
+const config = JSON.parse(process.argv[2]);
+const minFrames = config.minFrames ?? 15;
+const minAudioPackets = config.minAudioPackets ?? 50;
+const risingMs = config.risingMs ?? 1000;
+const timeoutMs = config.timeoutMs ?? 45000;
+const holdMs = config.holdMs ?? 60000;
+const say = (obj) => console.log(JSON.stringify(obj));
+
+// Static files from this directory only: the page and livekit-client's UMD build.
+const TYPES = { '.html': 'text/html', '.js': 'text/javascript', '.map': 'application/json' };
+const server = http.createServer((req, res) => {
+  const rel = decodeURIComponent(new URL(req.url, 'http://x').pathname).replace(/^\/+/, '');
+  const file = path.resolve(here, rel);
+  if (!file.startsWith(here + path.sep) || !fs.existsSync(file) || !fs.statSync(file).isFile()) {
+    res.writeHead(404); res.end(); return;
+  }
+  res.writeHead(200, { 'content-type': TYPES[path.extname(file)] || 'application/octet-stream' });
+  fs.createReadStream(file).pipe(res);
+});
+await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+const pageUrl = `http://127.0.0.1:${server.address().port}/e2e_page.html`;
+
+const userDataHome = fs.mkdtempSync(path.join(os.tmpdir(), 'trio-sfu-e2e-chromium-'));
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM_PATH || '/usr/bin/chromium',
+  headless: true, args: CHROMIUM_ARGS, env: { ...process.env, HOME: userDataHome },
+});
+say({ chromium: browser.version() });
+
+const pages = [];
+let finished = false;
+async function finish(why, code = 0) {
+  if (finished) return;
+  finished = true;
+  say({ exit: why });
+  await Promise.race([
+    Promise.all(pages.map(({ page }) => page.evaluate(() => window.e2eLeave()).catch(() => {}))),
+    new Promise((r) => setTimeout(r, 3000)),
+  ]);
+  await browser.close().catch(() => {});
+  server.close();
+  fs.rmSync(userDataHome, { recursive: true, force: true });
+  process.exit(code);
+}
+process.stdin.on('end', () => finish('stdin closed'));
+process.stdin.resume();
+process.on('SIGTERM', () => finish('SIGTERM'));
+
+const context = await browser.newContext();
+for (const { identity } of config.participants) {
+  const page = await context.newPage();
+  page.on('console', (m) => say({ tab: identity, console: m.type(), text: m.text().slice(0, 300) }));
+  page.on('pageerror', (e) => say({ tab: identity, pageerror: String(e) }));
+  await page.goto(pageUrl);
+  pages.push({ identity, page });
+}
+say({ livekitClient: await pages[0].page.evaluate(() => LivekitClient.version) });
+// All tabs join at once; each e2eJoin resolves when its signal connection is up.
+await Promise.all(config.participants.map(({ identity, token }, i) =>
+  pages[i].page.evaluate(([url, tok]) => window.e2eJoin(url, tok), [config.wsUrl, token])
+    .then((log) => say({ tab: identity, joined: log.slice(-5) }))
+    .catch((e) => say({ tab: identity, joinError: String(e) }))));
+
+// checks[tab][remote] = {first: snapshot when thresholds met, later: snapshot once risen, ok}
+const checks = {};
+for (const { identity } of config.participants) {
+  checks[identity] = {};
+  for (const remote of config.expect[identity] || []) checks[identity][remote] = { ok: false };
+}
+
+function snapshot(stats) {
+  const v = stats.video || {}; const a = stats.audio || {};
+  return { at: Date.now(), framesDecoded: v.framesDecoded || 0, videoPackets: v.packetsReceived || 0,
+    frameWidth: v.frameWidth || 0, frameHeight: v.frameHeight || 0,
+    audioPackets: a.packetsReceived || 0, totalSamplesReceived: a.totalSamplesReceived || 0,
+    totalAudioEnergy: a.totalAudioEnergy || 0 };
+}
+
+const started = Date.now();
+const statuses = {};
+let lastProgress = 0;
+while (Date.now() - started < timeoutMs) {
+  for (const { identity, page } of pages) {
+    const status = await page.evaluate(() => window.e2eStatus()).catch((e) => ({ error: String(e) }));
+    statuses[identity] = status;
+    for (const [remote, check] of Object.entries(checks[identity])) {
+      if (check.ok) continue;
+      const now = snapshot((status.stats || {})[remote] || {});
+      if (!check.first) {
+        if (now.framesDecoded >= minFrames && now.audioPackets >= minAudioPackets) check.first = now;
+      } else if (now.at - check.first.at >= risingMs) {
+        check.later = now;
+        check.ok = now.framesDecoded > check.first.framesDecoded && now.audioPackets > check.first.audioPackets
+          && now.totalSamplesReceived > check.first.totalSamplesReceived;
+        if (!check.ok) check.first = now;  // not rising yet: measure again from here
+      }
+    }
+  }
+  if (Date.now() - lastProgress > 2000) {
+    lastProgress = Date.now();
+    say({ progress: Object.fromEntries(Object.entries(statuses).map(([id, s]) =>
+      [id, { state: s.connectionState, remotes: s.remotes, stats: s.stats, errors: s.errors }])) });
+  }
+  if (Object.values(checks).every((byRemote) => Object.values(byRemote).every((c) => c.ok))) break;
+  // A tab whose connect() failed never recovers by itself: report now instead of at the timeout.
+  if (Object.values(statuses).some((s) => s.connectionState === 'disconnected' && (s.errors || []).length)) break;
+  await new Promise((r) => setTimeout(r, 200));
+}
+const ok = Object.values(checks).every((byRemote) => Object.values(byRemote).every((c) => c.ok));
+say({ result: { ok, elapsedMs: Date.now() - started, checks, statuses } });
+setTimeout(() => finish('hold timeout'), holdMs);

@@ -1,0 +1,132 @@
+"""livekit-client 2.23 in Debian's headless Chromium (fake camera and microphone) on our server.
+
+Two tabs in one room must each decode the other's video (inbound-rtp `framesDecoded` rising)
+and receive its audio (`packetsReceived` and `totalSamplesReceived` rising); a tab and a
+`livekit` Python SDK participant in one room must receive each other's media.  The time from
+join to the first decoded frame is measured in the page, recorded to
+<pytest basetemp>/e2e_metrics.json and printed to the terminal.
+Driver: scripts/browser/e2e_driver.mjs and e2e_page.html, run inside the test's network namespace.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+from e2e_harness import BROWSER_DIR, E2E_DIR, Client, browser_missing
+from livekit import api
+
+from trio_sfu.config import DEV_API_KEY, DEV_API_SECRET
+
+pytestmark = pytest.mark.slow
+
+DRIVER = BROWSER_DIR / "e2e_driver.mjs"
+MIN_FRAMES = 15
+
+
+@pytest.fixture(autouse=True)
+def _need_browser():
+    reason = browser_missing()
+    if reason is not None:
+        pytest.skip(f"browser e2e: {reason}")
+
+
+def token(identity: str, room: str) -> str:
+    grants = api.VideoGrants(room_join=True, room=room)
+    return api.AccessToken(DEV_API_KEY, DEV_API_SECRET).with_identity(identity).with_grants(grants).to_jwt()
+
+
+def start_browser(netns, sfu, clients, tmp_path, room: str, expect: dict[str, list[str]],
+                  timeout_ms: int = 45000) -> Client:
+    config = {
+        "wsUrl": sfu.ws_url,
+        "participants": [{"identity": who, "token": token(who, room)} for who in expect],
+        "expect": expect, "minFrames": MIN_FRAMES, "minAudioPackets": 50, "risingMs": 1000,
+        "timeoutMs": timeout_ms, "holdMs": 60000,
+    }
+    env = dict(os.environ, HOME=str(tmp_path))
+    client = Client("chromium", netns.wrap(["node", str(DRIVER), json.dumps(config)]),
+                    tmp_path / "chromium.log", env=env)
+    clients.append(client)
+    return client
+
+
+def assert_received(result: dict, tab: str, remote: str, context: str) -> None:
+    check = result["checks"][tab][remote]
+    status = result["statuses"].get(tab, {})
+    assert check["ok"], (
+        f"{tab} did not decode video and receive audio from {remote}: check {json.dumps(check)}, "
+        f"tab stats {json.dumps(status.get('stats'))}, errors {status.get('errors')}, "
+        f"page log {status.get('log')}\n{context}")
+    first, later = check["first"], check["later"]
+    assert later["framesDecoded"] > first["framesDecoded"] >= MIN_FRAMES
+    assert later["frameWidth"] > 0 and later["frameHeight"] > 0
+    assert later["audioPackets"] > first["audioPackets"] >= 50
+    assert later["totalSamplesReceived"] > first["totalSamplesReceived"]
+
+
+def record_metric(tmp_path_factory, pytestconfig, name: str, value: object) -> None:
+    path = tmp_path_factory.getbasetemp() / "e2e_metrics.json"
+    metrics = json.loads(path.read_text()) if path.exists() else {}
+    metrics[name] = value
+    path.write_text(json.dumps(metrics, indent=1, sort_keys=True))
+    # Straight to the terminal, past output capture, so the CI log always shows it.
+    reporter = pytestconfig.pluginmanager.get_plugin("terminalreporter")
+    line = f"E2E METRIC {name} = {json.dumps(value)} (recorded in {path})"
+    if reporter is not None:
+        reporter.write_line(line)
+    else:
+        print(line, file=sys.__stderr__)
+
+
+def test_two_chromium_tabs(netns, sfu, clients, tmp_path, tmp_path_factory, pytestconfig):
+    browser = start_browser(netns, sfu, clients, tmp_path, "e2e-tabs",
+                            {"tab-a": ["tab-b"], "tab-b": ["tab-a"]})
+    done = browser.wait_for("result", timeout_s=90)
+    browser.finish()
+    context = f"{browser.log_tail()}\n{sfu.log_tail()}"
+    assert done is not None, f"the browser driver produced no result\n{context}"
+    result = done["result"]
+    (tmp_path / "browser_result.json").write_text(json.dumps(result, indent=1))
+    assert_received(result, "tab-a", "tab-b", context)
+    assert_received(result, "tab-b", "tab-a", context)
+    first_frame_ms = {tab: result["statuses"][tab]["firstFrameMs"] for tab in ("tab-a", "tab-b")}
+    record_metric(tmp_path_factory, pytestconfig, "chromium_join_to_first_decoded_frame_ms", {
+        "tab-a<-tab-b": first_frame_ms["tab-a"].get("tab-b"),
+        "tab-b<-tab-a": first_frame_ms["tab-b"].get("tab-a"),
+        "connected_ms": {tab: result["statuses"][tab]["connectedMs"] for tab in ("tab-a", "tab-b")},
+    })
+
+
+def test_chromium_and_python_sdk(netns, sfu, clients, tmp_path):
+    room = "e2e-mixed"
+    browser = start_browser(netns, sfu, clients, tmp_path, room, {"web": ["py"]})
+    sdk = Client("sdk", netns.wrap([sys.executable, str(E2E_DIR / "sdk_scenario.py"), "--url", sfu.ws_url,
+                                    "--room", room, "-p", "py", "--remote", "web", "--wait-stdin"]),
+                 tmp_path / "sdk.log")
+    clients.append(sdk)
+    # Both stay in the room until both have finished their checks.
+    browser_done = browser.wait_for("result", timeout_s=90)
+    sdk_ready = sdk.wait_for("media_ready", timeout_s=60)
+    sdk.close_stdin()
+    sdk_done = sdk.wait_for("summary", timeout_s=20)
+    browser.finish()
+    sdk.finish()
+    context = f"{browser.log_tail()}\n{sdk.log_tail()}\n{sfu.log_tail()}"
+    assert browser_done is not None, f"the browser driver produced no result\n{context}"
+    assert_received(browser_done["result"], "web", "py", context)
+
+    assert sdk_done is not None, f"the SDK participant produced no summary\n{context}"
+    summary = sdk_done["summary"]
+    assert sdk_ready is not None and summary["phases"].get("media", {}).get("ok"), (
+        f"the SDK participant did not decode the browser's media: phases {summary['phases']}, "
+        f"media {json.dumps(summary.get('media'))}\n{context}")
+    got = summary["media"]["py"]["web"]
+    assert got["video_frames"] >= 15 and got["video_size"][0] > 0
+    # Chromium's fake microphone beeps: decoded audio must carry sound, not only concealment.
+    assert got["loud_audio_frames"] >= 3, got
+    inbound = summary["inbound_rtp"]["py"]
+    assert any(s.get("kind") == "audio" and s["packets_received"] > 0 for s in inbound), inbound
+    assert any(s.get("kind") == "video" and s["frames_decoded"] > 0 for s in inbound), inbound
