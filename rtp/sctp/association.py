@@ -204,6 +204,9 @@ class SctpAssociation:
         self._peer_rwnd = 0
         self._fast_recovery_exit: Optional[int] = None
         self._forward_tsn_pending = False
+        # Conservative hint that some chunk in _sent may be marked for retransmission,
+        # so an idle packets_to_send does not walk the whole sent queue.
+        self._maybe_retransmits = False
 
         # timers
         self._rto = RTO_INITIAL
@@ -763,6 +766,7 @@ class SctpAssociation:
                     if self._abandon_if_due(chunk, now):
                         continue
                     chunk.retransmit = True
+                    self._maybe_retransmits = True
                     newly_marked = True
                     if chunk.in_flight:
                         chunk.in_flight = False
@@ -1052,6 +1056,7 @@ class SctpAssociation:
             if self._abandon_if_due(chunk, now):
                 continue
             chunk.retransmit = True
+            self._maybe_retransmits = True
             if chunk.in_flight:
                 chunk.in_flight = False
                 self._flight_size -= len(chunk.data)
@@ -1136,11 +1141,13 @@ class SctpAssociation:
         cwnd = self._cwnd
         # Retransmissions first, oldest TSN first; a fast retransmit may exceed cwnd by one packet.
         budget_extra = MAX_PACKET_SIZE
-        for chunk in self._sent.values():
+        blocked = False
+        for chunk in self._sent.values() if self._maybe_retransmits else ():
             if not chunk.retransmit or chunk.acked:
                 continue
             if self._flight_size + len(chunk.data) > cwnd:
                 if not (chunk.fast_retransmitted and budget_extra > 0):
+                    blocked = True
                     break
                 budget_extra -= len(chunk.data) + c.DATA_CHUNK_HEADER_LENGTH
             if self._abandon_if_due(chunk, now):
@@ -1152,6 +1159,10 @@ class SctpAssociation:
             self._flight_size += len(chunk.data)
             self.counters.chunks_retransmitted += 1
             out.append(self._serialize_data(chunk))
+        if blocked:
+            # Outstanding retransmissions go before any new data (RFC 9260 §6.3.3 E3).
+            return out
+        self._maybe_retransmits = False
         if self._forward_tsn_pending:
             self._update_advanced_peer_ack()
         # New data, within cwnd and the peer's window (one chunk may probe a zero window).
