@@ -1,0 +1,501 @@
+"""DownTrack: one published track as one subscriber receives it.
+
+The subscriber must see a single, continuous RTP stream whatever happens
+upstream: simulcast layer switches, a publisher that restarts with a new SSRC,
+packets we choose not to forward (padding, unknown payload types). So every
+forwarded packet gets the negotiated SSRC and payload type and a sequence
+number / timestamp from per-source offsets:
+
+* sequence numbers: ``out = in_extended - offset``; a packet dropped *in
+  order* bumps the offset so it leaves no gap, while real losses keep theirs
+  (the subscriber NACKs them and we answer from the receiver's buffer);
+* timestamps: ``out = in + ts_offset``; at a switch the new source continues
+  from the last sent timestamp plus the wall time elapsed since, in clock ticks;
+* VP8 picture id / TL0PICIDX are shifted the same way (VP8 munging), so the
+  decoder does not see a jump in picture ids at a layer switch.
+
+A ring of per-output-sequence history (parallel int lists, no per-packet
+objects) maps NACKed subscriber sequence numbers back to (layer, source seq).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable, Mapping, Optional, Protocol, Sequence
+
+import attrs
+
+from rtp.packet import rewrite_header
+from rtp.rtcp import Fir, Nack, Pli, ReceiverReport, Remb, RtcpPacket, SenderReport, compact_ntp
+from rtp.seqnum import SequenceUnwrapper, timestamp_diff
+from trio_sfu.forwarding.codec_keyframes import (
+    keyframe_detector,
+    parse_vp8_descriptor,
+    payload_bounds,
+    write_vp8_picture_id,
+)
+from trio_sfu.forwarding.receiver import PublisherSenderReport
+from trio_sfu.forwarding.rtcp_feedback import build_sender_report, ntp_from_unix
+
+SendPacket = Callable[[bytes], bool]
+_NTP_UNIT = 1 << 32
+
+
+class PacketSource(Protocol):
+    """What a DownTrack needs from its TrackReceiver."""
+
+    def get_packet(self, layer: int, seq: int) -> Optional[bytes]: ...
+
+    def sender_report(self, layer: int) -> Optional[PublisherSenderReport]: ...
+
+    def request_keyframe(self, layer: int, now: float) -> bool: ...
+
+
+def map_payload_types(
+    publisher: Iterable[tuple[int, str]], subscriber: Iterable[tuple[int, str]]
+) -> dict[int, int]:
+    """Publisher PT → subscriber PT by codec name (case-insensitive); first match wins."""
+    by_name: dict[str, int] = {}
+    for pt, name in subscriber:
+        by_name.setdefault(name.lower(), pt)
+    return {pt: by_name[name.lower()] for pt, name in publisher if name.lower() in by_name}
+
+
+@attrs.frozen
+class DownTrackSnapshot:
+    """Rewrite state to cache with the transceiver, so a later subscription on the same
+    SSRC continues the numbering (the subscriber's jitter buffer would otherwise see
+    the stream jump backwards)."""
+
+    last_sequence: int  # extended
+    last_timestamp: int
+    last_timestamp_at: float
+    vp8_picture_id: int = -1
+    vp8_tl0picidx: int = -1
+    rtx_sequence: int = 0
+    packets_sent: int = 0
+    octets_sent: int = 0
+
+
+@attrs.define
+class DownTrackCounters:
+    packets_sent: int = 0
+    octets_sent: int = 0  # payload octets, as the SR counts them
+    dropped_disabled: int = 0
+    dropped_other_layer: int = 0
+    dropped_waiting_keyframe: int = 0
+    dropped_padding: int = 0
+    dropped_unknown_payload_type: int = 0
+    dropped_too_old: int = 0
+    dropped_malformed: int = 0
+    dropped_send_failed: int = 0
+    layer_switches: int = 0
+    source_switches: int = 0
+    nack_requests: int = 0
+    nack_resent: int = 0
+    nack_missing: int = 0
+    nack_throttled: int = 0
+    keyframe_requests_received: int = 0
+    keyframe_requests_forwarded: int = 0
+    srs_sent: int = 0
+
+
+_MAX_OFFSET_CHANGES = 64
+
+
+class DownTrack:
+    """See the module docstring. ``target_layer`` None means paused."""
+
+    def __init__(
+        self,
+        source: PacketSource,
+        *,
+        ssrc: int,
+        payload_types: Mapping[int, int],
+        clock_rate: int,
+        mime_type: str,
+        send_rtp: SendPacket,
+        send_rtcp: SendPacket,
+        cname: str = "trio-sfu",
+        target_layer: Optional[int] = 0,
+        rtx_ssrc: Optional[int] = None,
+        rtx_payload_type: Optional[int] = None,
+        history_size: int = 1024,
+        rtcp_interval: float = 1.0,
+        wallclock_offset: float = 0.0,
+        snapshot: Optional[DownTrackSnapshot] = None,
+    ) -> None:
+        self._source = source
+        self.ssrc = ssrc
+        self._pt_map = dict(payload_types)
+        self.clock_rate = clock_rate
+        self.mime_type = mime_type
+        self._send_rtp = send_rtp
+        self._send_rtcp = send_rtcp
+        self.cname = cname
+        self.rtx_ssrc = rtx_ssrc
+        self.rtx_payload_type = rtx_payload_type
+        self.rtcp_interval = rtcp_interval
+        self.wallclock_offset = wallclock_offset
+        self._is_keyframe = keyframe_detector(mime_type)
+        self._vp8 = mime_type.lower().rsplit("/", 1)[-1] == "vp8"
+        self.target_layer = target_layer
+        self.disabled = False
+        self.current_layer: Optional[int] = None
+        self.rtt: Optional[float] = None
+        self.fraction_lost = 0
+        self.remb: Optional[int] = None
+        self.counters = DownTrackCounters()
+
+        size = 1
+        while size < history_size:
+            size <<= 1
+        self._mask = size - 1
+        self._h_ext = [-1] * size
+        self._h_layer = [0] * size
+        self._h_src_ssrc = [0] * size
+        self._h_in_seq = [0] * size
+        self._h_ts = [0] * size
+        self._h_pid = [-1] * size
+        self._h_tl0 = [-1] * size
+        self._h_resent = [float("-inf")] * size
+
+        # Per-source state, (re)set by _switch_source.
+        self._source_ssrc: Optional[int] = None
+        self._unwrap = SequenceUnwrapper()
+        self._source_start = 0
+        self._highest_in = 0
+        self._offset = 0
+        # (first extended input seq, offset) — the offsets that late packets need.
+        self._offset_changes: list[tuple[int, int]] = []
+        self._ts_offset = 0
+        self._pid_offset = 0
+        self._tl0_offset = 0
+
+        # Output state: what the subscriber has seen.
+        self._last_seq: Optional[int] = None
+        self._last_ts: Optional[int] = None
+        self._last_ts_at = 0.0
+        self._last_pid = -1
+        self._last_tl0 = -1
+        self._rtx_seq = 0
+
+        self._next_sr: Optional[float] = None
+        self._last_sr: Optional[tuple[int, int, float]] = None  # (ntp, rtp, now) of the last SR sent
+        self._sr_sent_at: dict[int, float] = {}  # compact NTP -> now, for RTT from LSR/DLSR
+        if snapshot is not None:
+            self.restore(snapshot)
+
+    # --- settings ---
+
+    def set_target_layer(self, layer: Optional[int], now: float) -> None:
+        """From UpdateTrackSettings (via simulcast.select_target_layer); None pauses."""
+        was_disabled = self.disabled
+        self.target_layer = layer
+        self.disabled = layer is None
+        if layer is not None and was_disabled:
+            # Packets skipped while paused were never numbered: restart from a keyframe
+            # as a new source so the subscriber sees neither a gap nor an undecodable delta.
+            self.current_layer = None
+        if layer is not None and layer != self.current_layer:
+            self._source.request_keyframe(layer, now)
+
+    def set_disabled(self, disabled: bool, now: float) -> None:
+        was_disabled = self.disabled
+        self.disabled = disabled
+        if was_disabled and not disabled and self.target_layer is not None:
+            # The stream resumes mid-GOP: the subscriber needs a keyframe to decode.
+            self.current_layer = None
+            self._source.request_keyframe(self.target_layer, now)
+
+    def switch_source(self) -> None:
+        """Force the next packet of the target layer (a keyframe, for video) to start a new
+        source with continuous numbering — for a publisher resume or migration."""
+        self.current_layer = None
+
+    # --- snapshot ---
+
+    def snapshot(self) -> Optional[DownTrackSnapshot]:
+        if self._last_seq is None or self._last_ts is None:
+            return None
+        return DownTrackSnapshot(
+            self._last_seq, self._last_ts, self._last_ts_at, self._last_pid, self._last_tl0,
+            self._rtx_seq, self.counters.packets_sent, self.counters.octets_sent,
+        )
+
+    def restore(self, snapshot: DownTrackSnapshot) -> None:
+        self._last_seq = snapshot.last_sequence
+        self._last_ts = snapshot.last_timestamp & 0xFFFFFFFF
+        self._last_ts_at = snapshot.last_timestamp_at
+        self._last_pid = snapshot.vp8_picture_id
+        self._last_tl0 = snapshot.vp8_tl0picidx
+        self._rtx_seq = snapshot.rtx_sequence
+        self.counters.packets_sent = snapshot.packets_sent
+        self.counters.octets_sent = snapshot.octets_sent
+        self.current_layer = None
+
+    # --- RTP ---
+
+    def write_rtp(self, layer: int, packet: bytes, now: float) -> bool:
+        """One packet of ``layer`` from the receiver; True when it went to the subscriber."""
+        counters = self.counters
+        if self.disabled:
+            counters.dropped_disabled += 1
+            return False
+        ssrc = (packet[8] << 24) | (packet[9] << 16) | (packet[10] << 8) | packet[11]
+        if layer != self.current_layer or ssrc != self._source_ssrc:
+            if layer != self.target_layer:
+                counters.dropped_other_layer += 1
+                return False
+            bounds = payload_bounds(packet)
+            if bounds is None or bounds[0] == bounds[1] or not self._is_keyframe(packet, *bounds):
+                counters.dropped_waiting_keyframe += 1
+                self._source.request_keyframe(layer, now)
+                return False
+            self._switch_source(layer, ssrc, packet, bounds, now)
+
+        seq = (packet[2] << 8) | packet[3]
+        in_ext = self._unwrap.unwrap(seq)
+        if in_ext < self._source_start:
+            counters.dropped_too_old += 1
+            return False
+        pt_out = self._pt_map.get(packet[1] & 0x7F)
+        bounds = payload_bounds(packet)
+        if bounds is None:
+            counters.dropped_malformed += 1
+            return False
+        if pt_out is None or bounds[0] == bounds[1]:
+            if pt_out is None:
+                counters.dropped_unknown_payload_type += 1
+            else:
+                counters.dropped_padding += 1
+            if in_ext == self._highest_in + 1:
+                # In order: close the gap so the subscriber does not NACK what never comes.
+                self._highest_in = in_ext
+                self._offset += 1
+                self._offset_changes.append((in_ext + 1, self._offset))
+                if len(self._offset_changes) > _MAX_OFFSET_CHANGES:
+                    del self._offset_changes[0]
+            return False
+
+        if in_ext > self._highest_in:
+            self._highest_in = in_ext
+            offset = self._offset
+        else:
+            offset = self._offset_for(in_ext)
+            if offset is None:
+                counters.dropped_too_old += 1
+                return False
+        out_ext = in_ext - offset
+        timestamp = (packet[4] << 24) | (packet[5] << 16) | (packet[6] << 8) | packet[7]
+        out_ts = (timestamp + self._ts_offset) & 0xFFFFFFFF
+
+        out = bytearray(packet)
+        rewrite_header(out, self.ssrc, out_ext, out_ts, pt_out)
+        pid_out = tl0_out = -1
+        if self._vp8:
+            desc = parse_vp8_descriptor(out, bounds[0], bounds[1])
+            if desc is not None:
+                if desc.picture_id is not None:
+                    pid_out = (desc.picture_id + self._pid_offset) & 0x7FFF
+                    write_vp8_picture_id(out, desc.picture_id_offset, desc.picture_id_bits, pid_out)
+                if desc.tl0picidx is not None:
+                    tl0_out = (desc.tl0picidx + self._tl0_offset) & 0xFF
+                    out[desc.tl0picidx_offset] = tl0_out
+
+        slot = out_ext & self._mask
+        self._h_ext[slot] = out_ext
+        self._h_layer[slot] = layer
+        self._h_src_ssrc[slot] = ssrc
+        self._h_in_seq[slot] = seq
+        self._h_ts[slot] = out_ts
+        self._h_pid[slot] = pid_out
+        self._h_tl0[slot] = tl0_out
+        self._h_resent[slot] = float("-inf")
+
+        last_seq = self._last_seq
+        if last_seq is None or out_ext > last_seq:
+            self._last_seq = out_ext
+            if pid_out >= 0:
+                self._last_pid = pid_out
+            if tl0_out >= 0:
+                self._last_tl0 = tl0_out
+        if self._last_ts is None or timestamp_diff(out_ts, self._last_ts) > 0:
+            self._last_ts = out_ts
+            self._last_ts_at = now
+
+        if not self._send_rtp(bytes(out)):
+            counters.dropped_send_failed += 1
+            return False
+        counters.packets_sent += 1
+        counters.octets_sent += bounds[1] - bounds[0]
+        if self._next_sr is None:
+            self._next_sr = now + self.rtcp_interval
+        return True
+
+    def _offset_for(self, in_ext: int) -> Optional[int]:
+        for first, offset in reversed(self._offset_changes):
+            if in_ext >= first:
+                return offset
+        return None
+
+    def _switch_source(self, layer: int, ssrc: int, packet: bytes, bounds: tuple[int, int], now: float) -> None:
+        counters = self.counters
+        if layer != self.current_layer and self.current_layer is not None:
+            counters.layer_switches += 1
+        else:
+            counters.source_switches += 1
+        self.current_layer = layer
+        self._source_ssrc = ssrc
+        self._unwrap = SequenceUnwrapper()
+        in_ext = self._unwrap.unwrap((packet[2] << 8) | packet[3])
+        self._source_start = in_ext
+        self._highest_in = in_ext - 1
+        self._offset = 0 if self._last_seq is None else in_ext - (self._last_seq + 1)
+        self._offset_changes = [(in_ext, self._offset)]
+        timestamp = (packet[4] << 24) | (packet[5] << 16) | (packet[6] << 8) | packet[7]
+        if self._last_ts is None:
+            self._ts_offset = 0
+        else:
+            elapsed = max(0.0, now - self._last_ts_at)
+            target = self._last_ts + max(1, int(round(elapsed * self.clock_rate)))
+            self._ts_offset = (target - timestamp) & 0xFFFFFFFF
+        self._pid_offset = self._tl0_offset = 0
+        if self._vp8:
+            desc = parse_vp8_descriptor(packet, bounds[0], bounds[1])
+            if desc is not None:
+                if desc.picture_id is not None and self._last_pid >= 0:
+                    self._pid_offset = (self._last_pid + 1 - desc.picture_id) & 0x7FFF
+                if desc.tl0picidx is not None and self._last_tl0 >= 0:
+                    self._tl0_offset = (self._last_tl0 + 1 - desc.tl0picidx) & 0xFF
+
+    # --- RTCP from the subscriber ---
+
+    def handle_rtcp(self, packets: Sequence[RtcpPacket], now: float) -> None:
+        for packet in packets:
+            if isinstance(packet, Nack):
+                if packet.media_ssrc == self.ssrc:
+                    self._answer_nack(packet.lost_sequence_numbers(), now)
+            elif isinstance(packet, (Pli, Fir)):
+                if isinstance(packet, Pli) and packet.media_ssrc != self.ssrc:
+                    continue
+                if isinstance(packet, Fir) and not any(e.ssrc == self.ssrc for e in packet.entries):
+                    continue
+                self.counters.keyframe_requests_received += 1
+                layer = self.current_layer if self.current_layer is not None else self.target_layer
+                if layer is not None and self._source.request_keyframe(layer, now):
+                    self.counters.keyframe_requests_forwarded += 1
+            elif isinstance(packet, (ReceiverReport, SenderReport)):
+                for block in packet.reports:
+                    if block.ssrc != self.ssrc:
+                        continue
+                    self.fraction_lost = block.fraction_lost
+                    sent_at = self._sr_sent_at.get(block.lsr)
+                    if block.lsr and sent_at is not None:
+                        self.rtt = max(0.0, now - sent_at - block.dlsr / 65536)
+            elif isinstance(packet, Remb):
+                if self.ssrc in packet.ssrcs:
+                    self.remb = packet.bitrate
+
+    def _answer_nack(self, seqs: Iterable[int], now: float) -> None:
+        counters = self.counters
+        last = self._last_seq
+        if last is None:
+            return
+        min_gap = max(0.01, (self.rtt or 0.1) * 0.8)
+        for seq in seqs:
+            counters.nack_requests += 1
+            d = (seq - last) & 0xFFFF
+            ext = last + (d - 0x10000 if d >= 0x8000 else d)
+            slot = ext & self._mask
+            if self._h_ext[slot] != ext:
+                counters.nack_missing += 1
+                continue
+            if now - self._h_resent[slot] < min_gap:
+                counters.nack_throttled += 1
+                continue
+            src = self._source.get_packet(self._h_layer[slot], self._h_in_seq[slot])
+            if src is None or int.from_bytes(src[8:12], "big") != self._h_src_ssrc[slot]:
+                counters.nack_missing += 1
+                continue
+            pt_out = self._pt_map.get(src[1] & 0x7F)
+            bounds = payload_bounds(src)
+            if pt_out is None or bounds is None:
+                counters.nack_missing += 1
+                continue
+            out = bytearray(src)
+            rewrite_header(out, self.ssrc, ext, self._h_ts[slot], pt_out)
+            if self._vp8 and (self._h_pid[slot] >= 0 or self._h_tl0[slot] >= 0):
+                desc = parse_vp8_descriptor(out, bounds[0], bounds[1])
+                if desc is not None:
+                    if desc.picture_id is not None and self._h_pid[slot] >= 0:
+                        write_vp8_picture_id(out, desc.picture_id_offset, desc.picture_id_bits, self._h_pid[slot])
+                    if desc.tl0picidx is not None and self._h_tl0[slot] >= 0:
+                        out[desc.tl0picidx_offset] = self._h_tl0[slot]
+            if self.rtx_ssrc is not None and self.rtx_payload_type is not None:
+                out = self._wrap_rtx(out, bounds, ext)
+            self._h_resent[slot] = now
+            if self._send_rtp(bytes(out)):
+                counters.nack_resent += 1
+            else:
+                counters.dropped_send_failed += 1
+
+    def _wrap_rtx(self, out: bytearray, bounds: tuple[int, int], seq: int) -> bytearray:
+        """RFC 4588 §4: same header on the RTX SSRC/PT, payload prefixed by the original seq."""
+        start, end = bounds
+        rtx = bytearray(out[:start])
+        rtx[0] &= 0xDF  # original padding is not carried
+        rtx += bytes(((seq >> 8) & 0xFF, seq & 0xFF))
+        rtx += out[start:end]
+        rewrite_header(rtx, self.rtx_ssrc, self._rtx_seq, (out[4] << 24) | (out[5] << 16) | (out[6] << 8) | out[7],
+                       self.rtx_payload_type)
+        self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
+        return rtx
+
+    # --- SR ---
+
+    def get_timer(self) -> Optional[float]:
+        return self._next_sr
+
+    def sender_report_timestamps(self, now: float) -> Optional[tuple[int, int]]:
+        """(NTP, RTP) describing ``now`` on the subscriber's timeline.
+
+        With a publisher SR for the current source we reuse the publisher's clock
+        mapping shifted by our timestamp offset, so audio and video of one
+        publisher keep the relation their SRs gave (lip sync). Otherwise we
+        extrapolate from our last SR, or from the last sent packet and the
+        wall clock (``now + wallclock_offset`` = Unix time).
+        """
+        if self._last_ts is None:
+            return None
+        layer = self.current_layer
+        pub = self._source.sender_report(layer) if layer is not None else None
+        if pub is not None and pub.ssrc == self._source_ssrc:
+            elapsed = now - pub.arrival
+            ntp = pub.ntp_timestamp + int(elapsed * _NTP_UNIT)
+            rtp = pub.rtp_timestamp + int(round(elapsed * self.clock_rate)) + self._ts_offset
+        elif self._last_sr is not None:
+            ntp0, rtp0, t0 = self._last_sr
+            elapsed = now - t0
+            ntp = ntp0 + int(elapsed * _NTP_UNIT)
+            rtp = rtp0 + int(round(elapsed * self.clock_rate))
+        else:
+            ntp = ntp_from_unix(now + self.wallclock_offset)
+            rtp = self._last_ts + int(round((now - self._last_ts_at) * self.clock_rate))
+        return ntp & 0xFFFFFFFFFFFFFFFF, rtp & 0xFFFFFFFF
+
+    def poll_rtcp(self, now: float) -> None:
+        if self._next_sr is None or now < self._next_sr:
+            return
+        self._next_sr = now + self.rtcp_interval
+        stamps = self.sender_report_timestamps(now)
+        if stamps is None:
+            return
+        ntp, rtp = stamps
+        self._last_sr = (ntp, rtp, now)
+        self._sr_sent_at[compact_ntp(ntp)] = now
+        if len(self._sr_sent_at) > 8:
+            del self._sr_sent_at[next(iter(self._sr_sent_at))]
+        self.counters.srs_sent += 1
+        self._send_rtcp(
+            build_sender_report(self.ssrc, ntp, rtp, self.counters.packets_sent, self.counters.octets_sent, self.cname)
+        )

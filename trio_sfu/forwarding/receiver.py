@@ -1,0 +1,487 @@
+"""TrackReceiver: one published track's uplink side, sync and deterministic.
+
+It takes decrypted RTP from the publisher transport with the arrival time,
+sorts packets into layers (simulcast rid → q=0/h=1/f=2, or one layer), keeps a
+retransmission buffer and reception statistics per layer SSRC, NACKs uplink
+gaps, unwraps RTX, tracks keyframes, sends RRs and keyframe requests to the
+publisher through the injected ``send_rtcp``, remembers the publisher's SRs,
+and hands every packet to the down tracks with plain calls.
+
+No trio here: ``now`` (seconds, any monotonic origin) comes in with every call,
+and the owner drives :meth:`poll_rtcp` at :meth:`get_timer`.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import TYPE_CHECKING, Callable, Mapping, Optional, Sequence
+
+import attrs
+
+from rtp.errors import ParseError
+from rtp.header_extensions import decode_rid
+from rtp.packet import find_extension, rewrite_header
+from rtp.receive_stats import ReceiveStatistics
+from rtp.rtcp import RtcpPacket, SenderReport
+from rtp.rtx_buffer import RetransmissionBuffer
+from rtp.seqnum import SequenceUnwrapper
+from trio_sfu.forwarding.codec_keyframes import keyframe_detector, payload_bounds
+from trio_sfu.forwarding.rtcp_feedback import build_nack, build_pli, build_receiver_report
+from trio_sfu.forwarding.simulcast import layer_for_rid
+
+if TYPE_CHECKING:
+    from trio_sfu.forwarding.downtrack import DownTrack
+
+SendRtcp = Callable[[bytes], bool]
+
+
+class ForwardingStateError(RuntimeError):
+    """A lifecycle transition called from a state it does not leave."""
+
+
+class ReceiverState(enum.Enum):
+    OPEN = "open"
+    CLOSING = "closing"  # publisher gone or unpublishing; may come back (resume/migration)
+    CLOSED = "closed"
+
+
+@attrs.frozen
+class PublisherSenderReport:
+    """The newest SR of a layer's SSRC with our arrival time, for mapping RTP time to NTP."""
+
+    ssrc: int
+    ntp_timestamp: int
+    rtp_timestamp: int
+    packet_count: int
+    octet_count: int
+    arrival: float
+
+
+@attrs.define
+class ReceiverCounters:
+    packets: int = 0
+    bytes: int = 0
+    padding_only: int = 0
+    dropped_not_open: int = 0
+    dropped_malformed: int = 0
+    dropped_unknown_stream: int = 0
+    rtx_recovered: int = 0
+    rtx_dropped: int = 0
+    ssrc_changes: int = 0
+    nacks_sent: int = 0  # NACK packets
+    nack_seqs_requested: int = 0
+    nack_seqs_given_up: int = 0
+    nack_gaps_too_large: int = 0
+    keyframes: int = 0
+    keyframe_requests_sent: int = 0
+    keyframe_requests_limited: int = 0
+    rrs_sent: int = 0
+
+
+class NackTracker:
+    """Missing sequence numbers of one SSRC and when each was last asked for.
+
+    A gap wider than ``max_gap`` is not NACKed (a keyframe is the cheaper
+    repair); an entry is dropped after ``max_tries`` requests or once it falls
+    more than ``max_age`` packets behind the newest.
+    """
+
+    __slots__ = ("max_tries", "max_gap", "max_age", "_unwrap", "_highest", "_missing", "given_up")
+
+    def __init__(self, max_tries: int = 5, max_gap: int = 250, max_age: int = 1000) -> None:
+        self.max_tries = max_tries
+        self.max_gap = max_gap
+        self.max_age = max_age
+        self._unwrap = SequenceUnwrapper()
+        self._highest: Optional[int] = None
+        # extended seq -> [tries, last request time]; only lost packets allocate
+        self._missing: dict[int, list] = {}
+        self.given_up = 0
+
+    def on_packet(self, seq: int) -> bool:
+        """Account an arrival; False when it opened a gap too wide to NACK."""
+        ext = self._unwrap.unwrap(seq)
+        highest = self._highest
+        if highest is None:
+            self._highest = ext
+            return True
+        if ext > highest:
+            self._highest = ext
+            gap = ext - highest - 1
+            if gap > self.max_gap:
+                self.given_up += len(self._missing)
+                self._missing.clear()
+                return False
+            for missing in range(highest + 1, ext):
+                self._missing[missing] = [0, float("-inf")]
+            return True
+        self._missing.pop(ext, None)
+        return True
+
+    @property
+    def missing(self) -> list[int]:
+        return [e & 0xFFFF for e in sorted(self._missing)]
+
+    def due(self, now: float, interval: float) -> list[int]:
+        """Sequence numbers to NACK now; bumps their try count."""
+        if not self._missing:
+            return []
+        out = []
+        highest = self._highest or 0
+        for ext in sorted(self._missing):
+            entry = self._missing[ext]
+            if highest - ext > self.max_age or entry[0] >= self.max_tries:
+                del self._missing[ext]
+                self.given_up += 1
+                continue
+            if now - entry[1] >= interval:
+                entry[0] += 1
+                entry[1] = now
+                out.append(ext & 0xFFFF)
+        return out
+
+    def next_deadline(self, interval: float) -> Optional[float]:
+        if not self._missing:
+            return None
+        return min(e[1] for e in self._missing.values()) + interval
+
+    def reset(self) -> None:
+        self._unwrap = SequenceUnwrapper()
+        self._highest = None
+        self._missing.clear()
+
+
+class _Layer:
+    __slots__ = (
+        "index", "ssrc", "stats", "buffer", "nack", "keyframes", "last_keyframe_at",
+        "sender_report", "last_keyframe_request",
+    )
+
+    def __init__(self, index: int, clock_rate: int, capacity: int, nack: NackTracker) -> None:
+        self.index = index
+        self.ssrc: Optional[int] = None
+        self.stats = ReceiveStatistics(0, clock_rate)
+        self.buffer = RetransmissionBuffer(capacity)
+        self.nack = nack
+        self.keyframes = 0
+        self.last_keyframe_at: Optional[float] = None
+        self.sender_report: Optional[PublisherSenderReport] = None
+        self.last_keyframe_request = float("-inf")
+
+    def bind(self, ssrc: int, clock_rate: int) -> None:
+        """(Re)start the layer on a new SSRC: a publisher restart shares nothing with before."""
+        self.ssrc = ssrc
+        self.stats = ReceiveStatistics(ssrc, clock_rate)
+        self.buffer.clear()
+        self.nack.reset()
+        self.sender_report = None
+
+
+class TrackReceiver:
+    """One published track. See the module docstring."""
+
+    def __init__(
+        self,
+        track_id: str,
+        mime_type: str,
+        clock_rate: int,
+        *,
+        send_rtcp: SendRtcp,
+        local_ssrc: int,
+        cname: str = "trio-sfu",
+        rids: Sequence[str] = (),
+        rid_extension_id: Optional[int] = None,
+        repaired_rid_extension_id: Optional[int] = None,
+        rtx_payload_types: Optional[Mapping[int, int]] = None,
+        ssrc_layers: Optional[Mapping[int, int]] = None,
+        rtx_ssrc_layers: Optional[Mapping[int, int]] = None,
+        nack_enabled: bool = True,
+        buffer_capacity: int = 1024,
+        nack_max_tries: int = 5,
+        rr_interval: float = 1.0,
+        keyframe_request_interval: float = 0.5,
+        now: float = 0.0,
+    ) -> None:
+        self.track_id = track_id
+        self.mime_type = mime_type
+        self.clock_rate = clock_rate
+        self.local_ssrc = local_ssrc
+        self.cname = cname
+        self.rids = tuple(rids)
+        self.simulcast = bool(rids)
+        self._send_rtcp = send_rtcp
+        self._rid_ext = rid_extension_id
+        self._rrid_ext = repaired_rid_extension_id
+        self._rtx_pts = dict(rtx_payload_types or {})
+        self._nack_enabled = nack_enabled
+        self._is_keyframe = keyframe_detector(mime_type)
+        self.rr_interval = rr_interval
+        self.keyframe_request_interval = keyframe_request_interval
+        self.rtt = 0.1  # seconds; the owner may update it from transport-wide feedback
+        self._next_rr = now + rr_interval
+        indices = sorted({layer_for_rid(r, self.rids) for r in self.rids} - {None}) or [0]
+        self._layers: dict[int, _Layer] = {
+            i: _Layer(i, clock_rate, buffer_capacity, NackTracker(nack_max_tries)) for i in indices
+        }
+        self._by_ssrc: dict[int, _Layer] = {}
+        self._rtx_by_ssrc: dict[int, _Layer] = {}
+        for ssrc, index in (ssrc_layers or {}).items():
+            layer = self._layers.get(index)
+            if layer is not None:
+                layer.bind(ssrc, clock_rate)
+                self._by_ssrc[ssrc] = layer
+        for ssrc, index in (rtx_ssrc_layers or {}).items():
+            if index in self._layers:
+                self._rtx_by_ssrc[ssrc] = self._layers[index]
+        self._down_tracks: list["DownTrack"] = []
+        self.state = ReceiverState.OPEN
+        self.expected_to_resume = False
+        self.counters = ReceiverCounters()
+
+    # --- lifecycle ---
+
+    def begin_closing(self, expected_to_resume: bool) -> None:
+        if self.state is not ReceiverState.OPEN:
+            raise ForwardingStateError(f"begin_closing from {self.state.value}, expected open")
+        self.state = ReceiverState.CLOSING
+        self.expected_to_resume = expected_to_resume
+
+    def reopen(self) -> None:
+        """The publisher came back (resume/migration) while closing."""
+        if self.state is not ReceiverState.CLOSING:
+            raise ForwardingStateError(f"reopen from {self.state.value}, expected closing")
+        self.state = ReceiverState.OPEN
+        self.expected_to_resume = False
+
+    def close(self) -> None:
+        if self.state is not ReceiverState.CLOSING:
+            raise ForwardingStateError(f"close from {self.state.value}, expected closing")
+        self.state = ReceiverState.CLOSED
+        self._down_tracks.clear()
+        for layer in self._layers.values():
+            layer.buffer.clear()
+            layer.nack.reset()
+
+    # --- fan-out ---
+
+    def add_down_track(self, down_track: "DownTrack") -> None:
+        if down_track not in self._down_tracks:
+            self._down_tracks.append(down_track)
+
+    def remove_down_track(self, down_track: "DownTrack") -> None:
+        if down_track in self._down_tracks:
+            self._down_tracks.remove(down_track)
+
+    @property
+    def down_tracks(self) -> tuple["DownTrack", ...]:
+        return tuple(self._down_tracks)
+
+    # --- queries for down tracks ---
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        return tuple(self._layers)
+
+    def layer_ssrc(self, layer: int) -> Optional[int]:
+        entry = self._layers.get(layer)
+        return entry.ssrc if entry is not None else None
+
+    def get_packet(self, layer: int, seq: int) -> Optional[bytes]:
+        entry = self._layers.get(layer)
+        return entry.buffer.get(seq) if entry is not None else None
+
+    def sender_report(self, layer: int) -> Optional[PublisherSenderReport]:
+        entry = self._layers.get(layer)
+        return entry.sender_report if entry is not None else None
+
+    def keyframe_count(self, layer: int) -> int:
+        entry = self._layers.get(layer)
+        return entry.keyframes if entry is not None else 0
+
+    def last_keyframe_at(self, layer: int) -> Optional[float]:
+        entry = self._layers.get(layer)
+        return entry.last_keyframe_at if entry is not None else None
+
+    def missing(self, layer: int) -> list[int]:
+        """Sequence numbers currently awaiting retransmission on ``layer``."""
+        entry = self._layers.get(layer)
+        return entry.nack.missing if entry is not None else []
+
+    def receive_statistics(self, layer: int) -> Optional[ReceiveStatistics]:
+        entry = self._layers.get(layer)
+        return entry.stats if entry is not None and entry.ssrc is not None else None
+
+    # --- keyframe requests ---
+
+    def request_keyframe(self, layer: int, now: float) -> bool:
+        """Send a PLI for ``layer`` unless one went out less than the interval ago."""
+        entry = self._layers.get(layer)
+        if entry is None or entry.ssrc is None or self.state is not ReceiverState.OPEN:
+            return False
+        if now - entry.last_keyframe_request < self.keyframe_request_interval:
+            self.counters.keyframe_requests_limited += 1
+            return False
+        entry.last_keyframe_request = now
+        self.counters.keyframe_requests_sent += 1
+        self._send_rtcp(build_pli(self.local_ssrc, entry.ssrc))
+        return True
+
+    # --- RTP in ---
+
+    def receive_rtp(self, packet: bytes, now: float) -> bool:
+        """One decrypted RTP packet from the publisher; False when dropped."""
+        counters = self.counters
+        if self.state is not ReceiverState.OPEN:
+            counters.dropped_not_open += 1
+            return False
+        bounds = payload_bounds(packet)
+        if bounds is None:
+            counters.dropped_malformed += 1
+            return False
+        ssrc = (packet[8] << 24) | (packet[9] << 16) | (packet[10] << 8) | packet[11]
+        layer = self._by_ssrc.get(ssrc)
+        if layer is None:
+            rtx_layer = self._rtx_by_ssrc.get(ssrc)
+            if rtx_layer is not None:
+                return self._receive_rtx(rtx_layer, packet, bounds, now)
+            try:
+                learned = self._learn(ssrc, packet)
+            except ParseError:
+                counters.dropped_malformed += 1
+                return False
+            if learned is None:
+                counters.dropped_unknown_stream += 1
+                return False
+            layer, is_rtx = learned
+            if is_rtx:
+                return self._receive_rtx(layer, packet, bounds, now)
+        return self._receive_media(layer, packet, bounds, now)
+
+    def _learn(self, ssrc: int, packet: bytes) -> Optional[tuple[_Layer, bool]]:
+        """Place a new SSRC: RTX by payload type, layer by (repaired) rid or the only layer."""
+        is_rtx = (packet[1] & 0x7F) in self._rtx_pts
+        ext_id = self._rrid_ext if is_rtx else self._rid_ext
+        index: Optional[int] = None
+        if ext_id is not None:
+            value = find_extension(packet, ext_id)
+            if value is not None:
+                index = layer_for_rid(decode_rid(value), self.rids)
+        if index is None:
+            if self.simulcast:
+                return None  # a simulcast stream we cannot place yet; its rid will come
+            index = 0
+        layer = self._layers.get(index)
+        if layer is None:
+            return None
+        if is_rtx:
+            self._rtx_by_ssrc[ssrc] = layer
+            return layer, True
+        if layer.ssrc is not None:
+            # Same layer, new SSRC: the publisher restarted (resume, migration).
+            self._by_ssrc.pop(layer.ssrc, None)
+            self.counters.ssrc_changes += 1
+        layer.bind(ssrc, self.clock_rate)
+        self._by_ssrc[ssrc] = layer
+        return layer, False
+
+    def _receive_media(self, layer: _Layer, packet: bytes, bounds: tuple[int, int], now: float) -> bool:
+        counters = self.counters
+        seq = (packet[2] << 8) | packet[3]
+        timestamp = (packet[4] << 24) | (packet[5] << 16) | (packet[6] << 8) | packet[7]
+        layer.stats.on_packet(seq, timestamp, now, len(packet))
+        if self._nack_enabled and not layer.nack.on_packet(seq):
+            counters.nack_gaps_too_large += 1
+            self.request_keyframe(layer.index, now)
+        counters.packets += 1
+        counters.bytes += len(packet)
+        start, end = bounds
+        if start == end:
+            counters.padding_only += 1  # still fanned out: down tracks close the seq gap
+        else:
+            if type(packet) is not bytes:
+                packet = bytes(packet)
+            layer.buffer.put(seq, packet)
+            if self._is_keyframe(packet, start, end):
+                layer.keyframes += 1
+                layer.last_keyframe_at = now
+                counters.keyframes += 1
+        index = layer.index
+        for down_track in self._down_tracks:
+            down_track.write_rtp(index, packet, now)
+        return True
+
+    def _receive_rtx(self, layer: _Layer, packet: bytes, bounds: tuple[int, int], now: float) -> bool:
+        """RFC 4588: payload = original seq (2 bytes) + original payload; rebuild and deliver."""
+        start, end = bounds
+        apt = self._rtx_pts.get(packet[1] & 0x7F)
+        if end - start < 2 or apt is None or layer.ssrc is None:
+            # Padding-only RTX is bandwidth probing; nothing to recover.
+            self.counters.rtx_dropped += 1
+            return False
+        original_seq = (packet[start] << 8) | packet[start + 1]
+        timestamp = (packet[4] << 24) | (packet[5] << 16) | (packet[6] << 8) | packet[7]
+        rebuilt = bytearray(packet[:start])
+        rebuilt += packet[start + 2 : end]
+        rebuilt[0] &= 0xDF  # padding was left out
+        rewrite_header(rebuilt, layer.ssrc, original_seq, timestamp, apt)
+        self.counters.rtx_recovered += 1
+        return self._receive_media(layer, bytes(rebuilt), (start, end - 2), now)
+
+    # --- RTCP ---
+
+    def handle_rtcp(self, packets: Sequence[RtcpPacket], now: float) -> None:
+        """Parsed RTCP from the publisher; SRs are kept per layer for the SR mapping."""
+        for packet in packets:
+            if isinstance(packet, SenderReport):
+                layer = self._by_ssrc.get(packet.ssrc)
+                if layer is None:
+                    continue
+                layer.stats.on_sender_report(packet.ntp_timestamp, now)
+                layer.sender_report = PublisherSenderReport(
+                    packet.ssrc, packet.ntp_timestamp, packet.rtp_timestamp,
+                    packet.packet_count, packet.octet_count, now,
+                )
+
+    def _nack_interval(self) -> float:
+        return max(0.02, self.rtt * 1.2)
+
+    def get_timer(self) -> Optional[float]:
+        if self.state is not ReceiverState.OPEN:
+            return None
+        deadline = self._next_rr
+        if self._nack_enabled:
+            interval = self._nack_interval()
+            for layer in self._layers.values():
+                d = layer.nack.next_deadline(interval)
+                if d is not None and d < deadline:
+                    deadline = d
+        return deadline
+
+    def poll_rtcp(self, now: float) -> None:
+        """Send whatever RTCP is due: batched NACKs per layer, then the periodic RR."""
+        if self.state is not ReceiverState.OPEN:
+            return
+        counters = self.counters
+        if self._nack_enabled:
+            interval = self._nack_interval()
+            for layer in self._layers.values():
+                if layer.ssrc is None:
+                    continue
+                before = layer.nack.given_up
+                due = layer.nack.due(now, interval)
+                counters.nack_seqs_given_up += layer.nack.given_up - before
+                if due:
+                    counters.nacks_sent += 1
+                    counters.nack_seqs_requested += len(due)
+                    self._send_rtcp(build_nack(self.local_ssrc, layer.ssrc, due))
+        if now >= self._next_rr:
+            self._next_rr = now + self.rr_interval
+            blocks = []
+            for layer in self._layers.values():
+                if layer.ssrc is not None:
+                    block = layer.stats.report_block(now)
+                    if block is not None:
+                        blocks.append(block)
+            if blocks:
+                counters.rrs_sent += 1
+                self._send_rtcp(build_receiver_report(self.local_ssrc, blocks, self.cname))
