@@ -1,0 +1,256 @@
+"""State-machine behaviour of SctpAssociation, our side against our side, on a hand-driven clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from rtp.sctp import chunks as c
+from rtp.sctp.association import RTO_INITIAL, AssociationState, ChannelState, SctpAssociation
+from rtp.sctp.errors import SctpProtocolError
+from rtp.sctp.events import (
+    AssociationClosed,
+    AssociationEstablished,
+    ChannelClosed,
+    ChannelOpened,
+    MessageReceived,
+    Reliability,
+)
+
+
+def drain(assoc):
+    out = []
+    while (event := assoc.next_event()) is not None:
+        out.append(event)
+    return out
+
+
+def pump(a, b, now, drop=lambda packet: False):
+    for _ in range(500):
+        moved = False
+        for x, y in ((a, b), (b, a)):
+            for packet in x.packets_to_send(now):
+                moved = True
+                if not drop(packet):
+                    y.receive_packet(packet, now)
+        if not moved:
+            return
+    raise AssertionError("endpoints never went quiet")
+
+
+def chunk_types(packet):
+    return [type(ch).__name__ for ch in c.parse_packet(packet).chunks]
+
+
+def connect():
+    a, b = SctpAssociation(True), SctpAssociation(False)
+    a.start(0.0)
+    pump(a, b, 0.0)
+    assert drain(a) == [AssociationEstablished()] and drain(b) == [AssociationEstablished()]
+    return a, b
+
+
+def test_handshake_is_init_initack_cookieecho_cookieack():
+    a, b = SctpAssociation(True), SctpAssociation(False)
+    b.start(0.0)  # the DTLS server waits for the peer's INIT
+    assert b.packets_to_send(0.0) == []
+    a.start(0.0)
+    seen = []
+    for x, y in ((a, b), (b, a), (a, b), (b, a)):
+        (packet,) = x.packets_to_send(0.0)
+        seen += chunk_types(packet)
+        y.receive_packet(packet, 0.0)
+    assert seen == ["InitChunk", "InitAckChunk", "CookieEchoChunk", "CookieAckChunk"]
+    assert a.state is b.state is AssociationState.ESTABLISHED
+
+
+def test_lost_init_is_retransmitted_on_t1_with_backoff():
+    a, b = SctpAssociation(True), SctpAssociation(False)
+    a.start(0.0)
+    assert a.get_timer() == pytest.approx(RTO_INITIAL)
+    a.packets_to_send(0.0)  # lost
+    a.handle_timer(RTO_INITIAL)
+    assert a.get_timer() == pytest.approx(RTO_INITIAL + 2 * RTO_INITIAL)
+    pump(a, b, RTO_INITIAL)
+    assert a.state is AssociationState.ESTABLISHED
+
+
+def test_init_gives_up_after_max_retransmits():
+    a = SctpAssociation(True)
+    a.start(0.0)
+    for _ in range(20):
+        timer = a.get_timer()
+        if timer is None:
+            break
+        a.handle_timer(timer)
+        a.packets_to_send(timer)
+    assert a.state is AssociationState.CLOSED
+    assert drain(a) == [AssociationClosed("association setup timed out")]
+
+
+def test_tampered_or_stale_cookie_is_refused():
+    a, b = SctpAssociation(True), SctpAssociation(False)
+    a.start(0.0)
+    b.receive_packet(a.packets_to_send(0.0)[0], 0.0)
+    a.receive_packet(b.packets_to_send(0.0)[0], 0.0)
+    (echo_packet,) = a.packets_to_send(0.0)
+    packet = c.parse_packet(echo_packet)
+    cookie = bytearray(packet.chunks[0].cookie)
+    cookie[5] ^= 1
+    forged = c.serialize_packet(c.Packet(5000, 5000, packet.verification_tag, [c.CookieEchoChunk(bytes(cookie))]))
+    b.receive_packet(forged, 0.0)
+    assert b.state is AssociationState.CLOSED and b.packets_to_send(0.0) == []
+    b.receive_packet(echo_packet, 61.0)  # past the 60 s cookie lifetime
+    assert b.state is AssociationState.CLOSED
+    b.receive_packet(echo_packet, 1.0)
+    assert b.state is AssociationState.ESTABLISHED
+
+
+def test_heartbeat_is_answered_with_the_same_info():
+    a, b = connect()
+    info = [(c.ParamType.HEARTBEAT_INFO, b"opaque-sender-state")]
+    b.receive_packet(c.serialize_packet(c.Packet(5000, 5000, b._local_tag, [c.HeartbeatChunk(info)])), 1.0)
+    (reply,) = b.packets_to_send(1.0)
+    parsed = c.parse_packet(reply)
+    assert parsed.verification_tag == a._local_tag
+    assert parsed.chunks == [c.HeartbeatAckChunk(info)]
+
+
+def test_channels_from_both_sides_use_their_parity_and_carry_parameters():
+    a, b = connect()
+    a_sid = a.open_channel("a-timed", protocol="p", ordered=False, max_packet_lifetime=500, priority=512)
+    b_sid = b.open_channel("b-rexmit", max_retransmits=2)
+    assert a_sid % 2 == 0 and b_sid % 2 == 1
+    pump(a, b, 0.0)
+    assert drain(b) == [
+        ChannelOpened(a_sid, "a-timed", "p", False, Reliability(max_packet_lifetime=500)),
+        ChannelOpened(b_sid, "b-rexmit", "", True, Reliability(max_retransmits=2), locally_initiated=True),
+    ]
+    assert drain(a) == [
+        ChannelOpened(b_sid, "b-rexmit", "", True, Reliability(max_retransmits=2)),
+        ChannelOpened(a_sid, "a-timed", "p", False, Reliability(max_packet_lifetime=500), locally_initiated=True),
+    ]
+
+
+def test_delayed_sack_fires_after_200ms_for_a_lone_packet():
+    a, b = connect()
+    sid = a.open_channel("x")
+    pump(a, b, 0.0)
+    drain(b)
+    a.send(sid, "one")
+    (packet,) = a.packets_to_send(1.0)
+    b.receive_packet(packet, 1.0)
+    assert b.packets_to_send(1.0) == []  # no SACK yet for one in-order packet
+    assert b.get_timer() == pytest.approx(1.2)
+    b.handle_timer(1.2)
+    (sack,) = b.packets_to_send(1.2)
+    assert chunk_types(sack) == ["SackChunk"]
+
+
+def test_stream_reset_closes_both_directions_and_restarts_ssn():
+    a, b = connect()
+    sid = a.open_channel("x")
+    pump(a, b, 0.0)
+    for i in range(3):
+        a.send(sid, f"before {i}")
+    a.close_channel(sid)
+    with pytest.raises(SctpProtocolError):
+        a.send(sid, "after close")
+    # The request waits for the queued messages: they still arrive, then both sides report closed.
+    pump(a, b, 0.0)
+    b_events = drain(b)
+    assert [e.data for e in b_events if isinstance(e, MessageReceived)] == [f"before {i}" for i in range(3)]
+    assert ChannelClosed(sid) in b_events and ChannelClosed(sid) in drain(a)
+    assert a.channels == {} and b.channels == {}
+    # Both directions of the stream start again from SSN 0 (RFC 6525 §5.2.2 E4).
+    assert sid not in a._stream_ssn and b._reassembler.next_ssn(sid) is None
+    other = a.open_channel("y")
+    pump(a, b, 0.0)
+    a.send(other, "fresh")
+    pump(a, b, 0.0)
+    assert MessageReceived(other, "fresh", 51) in drain(b)
+
+
+def test_peer_close_is_followed_by_our_reset():
+    a, b = connect()
+    sid = a.open_channel("x")
+    pump(a, b, 0.0)
+    drain(a), drain(b)
+    b.close_channel(sid)
+    assert b.channel_state(sid) is ChannelState.CLOSING
+    pump(a, b, 0.0)
+    assert drain(a) == [ChannelClosed(sid)] and drain(b) == [ChannelClosed(sid)]
+
+
+def test_reset_request_waits_for_missing_data_with_in_progress():
+    a, b = connect()
+    sid = a.open_channel("x")
+    pump(a, b, 0.0)
+    drain(b)
+    a.send(sid, "in flight")
+    a.close_channel(sid)
+    lost = a.packets_to_send(1.0)  # the DATA is lost
+    ((*_, last),) = [chunk_types(p) for p in lost]
+    assert last == "DataChunk" and "ReconfigChunk" not in chunk_types(lost[0])
+    request = a.packets_to_send(1.0)
+    for packet in request:
+        b.receive_packet(packet, 1.0)
+    # The request only leaves once the DATA has its TSN, so it arrives alone here:
+    # the peer must not reset before that data is in.
+    replies = [ch for p in b.packets_to_send(1.0) for ch in c.parse_packet(p).chunks if isinstance(ch, c.ReconfigChunk)]
+    ((ptype, value),) = replies[0].params
+    assert c.ReconfigResponse.parse(value).result == c.ReconfigResult.IN_PROGRESS
+    assert drain(b) == []
+    # Retransmissions complete the data and then the reset.
+    for t in (3.0, 6.0, 12.0):
+        a.handle_timer(t)
+        b.handle_timer(t)
+        pump(a, b, t)
+    events = drain(b)
+    assert MessageReceived(sid, "in flight", 51) in events and ChannelClosed(sid) in events
+    assert events.index(MessageReceived(sid, "in flight", 51)) < events.index(ChannelClosed(sid))
+
+
+def test_timed_channel_drops_expired_messages_without_retransmitting():
+    a, b = connect()
+    sid = a.open_channel("t", ordered=False, max_packet_lifetime=100)
+    pump(a, b, 0.0)
+    drain(b)
+    before = a.counters.chunks_retransmitted
+    a.send(sid, "expires", now=1.0)
+    a.packets_to_send(1.0)  # lost
+    a.send(sid, "arrives", now=1.0)
+    pump(a, b, 1.0)
+    for t in (2.0, 4.0, 8.0):
+        a.handle_timer(t)
+        b.handle_timer(t)
+        pump(a, b, t)
+    assert [e.data for e in drain(b) if isinstance(e, MessageReceived)] == ["arrives"]
+    assert a.counters.chunks_retransmitted == before
+    assert a.counters.forward_tsn_sent >= 1 and a.unacked_chunks == 0
+
+
+def test_graceful_shutdown_between_our_endpoints_delivers_queued_data_first():
+    a, b = connect()
+    sid = a.open_channel("x")
+    a.send(sid, b"z" * 20000)
+    a.shutdown()
+    pump(a, b, 0.0)
+    b.handle_timer(0.2)
+    pump(a, b, 0.2)
+    b_events = drain(b)
+    assert MessageReceived(sid, b"z" * 20000, 53) in b_events
+    assert b_events[-1] == AssociationClosed("shutdown")
+    assert drain(a)[-1] == AssociationClosed("shutdown")
+    assert a.state is b.state is AssociationState.CLOSED
+
+
+def test_abort_is_sent_and_handled():
+    a, b = connect()
+    sid = a.open_channel("x")
+    pump(a, b, 0.0)
+    drain(a), drain(b)
+    a.abort("going away")
+    assert drain(a) == [ChannelClosed(sid), AssociationClosed("going away")]
+    pump(a, b, 0.0)
+    assert drain(b) == [ChannelClosed(sid), AssociationClosed("aborted by peer")]
+    assert b.get_timer() is None
