@@ -1,0 +1,253 @@
+"""Webhooks end to end: the server posts to a receiver started by the test, and livekit-api's
+own `WebhookReceiver` (JWT check + body SHA-256 + protobuf-JSON parse) validates every post.
+Also: retries with back-off, a dead receiver never blocks a room, a full queue drops and counts,
+and the config checks."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from typing import AsyncIterator
+
+import attrs
+import h11
+import pytest
+import trio
+from livekit import api
+from livekit.protocol import models, rtc, webhook
+
+from server_fixtures import API_KEY, API_SECRET, join, make_config, mint_token, recv_kind, running_server, send, signal_client
+from trio_sfu import webhooks as wh
+from trio_sfu.config import ConfigError, ServerConfig
+from trio_sfu.metrics import Metrics
+from trio_sfu.server import Server
+
+WEBHOOK_KEY = "hookkey"
+WEBHOOK_SECRET = "hook-secret-0123456789abcdefghijklmnopqrstu"
+
+
+@attrs.define
+class Received:
+    headers: dict[str, str]
+    body: bytes
+
+
+@attrs.define
+class Receiver:
+    port: int = 0
+    received: list[Received] = attrs.field(factory=list)
+    # Status to answer for each successive request; 200 once exhausted.
+    statuses: list[int] = attrs.field(factory=list)
+    hang: bool = False
+    arrived: trio.Event = attrs.field(factory=trio.Event)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    async def handle(self, stream: trio.SocketStream) -> None:
+        conn = h11.Connection(h11.SERVER)
+        headers: dict[str, str] = {}
+        body = bytearray()
+        with trio.move_on_after(10):
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    data = await stream.receive_some(65536)
+                    if not data:
+                        return
+                    conn.receive_data(data)
+                elif isinstance(event, h11.Request):
+                    headers = {k.decode().lower(): v.decode() for k, v in event.headers}
+                elif isinstance(event, h11.Data):
+                    body += event.data
+                elif isinstance(event, h11.EndOfMessage):
+                    break
+            if self.hang:
+                await trio.sleep_forever()
+            status = self.statuses.pop(0) if self.statuses else 200
+            self.received.append(Received(headers, bytes(body)))
+            self.arrived.set()
+            self.arrived = trio.Event()
+            out = conn.send(h11.Response(status_code=status, headers=[("content-length", "0"), ("connection", "close")]))
+            out += conn.send(h11.EndOfMessage())
+            await stream.send_all(out)
+        await stream.aclose()
+
+    async def wait_for(self, count: int, timeout: float = 10) -> None:
+        with trio.fail_after(timeout):
+            while len([r for r in self.received]) < count:
+                await self.arrived.wait()
+
+
+@contextlib.asynccontextmanager
+async def receiver(**kwargs: object) -> AsyncIterator[Receiver]:
+    rec = Receiver(**kwargs)  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(functools.partial(trio.serve_tcp, rec.handle, 0, host="127.0.0.1"))
+        rec.port = listeners[0].socket.getsockname()[1]
+        yield rec
+        nursery.cancel_scope.cancel()
+
+
+def webhook_config(*urls: str) -> ServerConfig:
+    config = make_config()
+    config.keys[WEBHOOK_KEY] = WEBHOOK_SECRET
+    config.webhook = {"api_key": WEBHOOK_KEY, "urls": list(urls)}
+    return config
+
+
+def validate(received: Received) -> webhook.WebhookEvent:
+    """What a LiveKit app does with a webhook: livekit-api's WebhookReceiver."""
+    assert received.headers["content-type"] == "application/webhook+json"
+    assert not received.headers["authorization"].startswith("Bearer")
+    checker = api.WebhookReceiver(api.TokenVerifier(WEBHOOK_KEY, WEBHOOK_SECRET))
+    return checker.receive(received.body.decode(), received.headers["authorization"])
+
+
+async def test_lifecycle_events_are_signed_and_validate_with_livekit_api() -> None:
+    async with receiver() as rec:
+        async with running_server(webhook_config(rec.url)) as server:
+            async with signal_client(server, mint_token("alice")) as alice:
+                ja = await join(alice)
+                await send(alice, rtc.SignalRequest(add_track=rtc.AddTrackRequest(cid="m", name="mic", type=models.TrackType.AUDIO)))
+                mic = (await recv_kind(alice, "track_published")).track_published.track
+                await send(alice, rtc.SignalRequest(leave=rtc.LeaveRequest(reason=models.DisconnectReason.CLIENT_INITIATED)))
+                await rec.wait_for(5)
+            server.registry.rooms["room1"].close(models.DisconnectReason.ROOM_DELETED)
+            await rec.wait_for(6)
+        events = [validate(r) for r in rec.received]
+    assert [e.event for e in events] == [
+        "room_started",
+        "participant_joined",
+        "track_published",
+        "track_unpublished",
+        "participant_left",
+        "room_finished",
+    ]
+    assert len({e.id for e in events}) == 6 and all(e.id.startswith("EV_") for e in events)
+    assert all(e.room.name == "room1" and e.room.sid == ja.room.sid and e.created_at > 0 for e in events)
+    joined, published, unpublished, left = events[1], events[2], events[3], events[4]
+    assert joined.participant.sid == ja.participant.sid and joined.participant.identity == "alice"
+    assert published.track.sid == unpublished.track.sid == mic.sid and published.participant.identity == "alice"
+    assert left.participant.state == models.ParticipantInfo.State.DISCONNECTED
+    assert events[5].room_end_reason == models.RoomEndReason.ROOM_END_API_DELETE
+    # LiveKit's wire form: camelCase protobuf-JSON without defaults.
+    assert b'"createdAt"' in rec.received[0].body and b"created_at" not in rec.received[0].body
+    assert b'"numParticipants": 0' not in rec.received[0].body
+
+
+async def test_a_tampered_body_fails_validation() -> None:
+    async with receiver() as rec:
+        async with running_server(webhook_config(rec.url)) as server:
+            await server.registry.get_or_create("solo")
+            await rec.wait_for(1)
+    good = rec.received[0]
+    assert validate(good).event == "room_started"
+    forged = Received(good.headers, good.body.replace(b"solo", b"sol0"))
+    with pytest.raises(Exception, match="hash mismatch"):
+        validate(forged)
+
+
+async def test_every_url_gets_every_event_in_order() -> None:
+    async with receiver() as first, receiver() as second:
+        async with running_server(webhook_config(first.url, second.url)) as server:
+            for name in ("a", "b", "c"):
+                await server.registry.get_or_create(name)
+            await first.wait_for(3)
+            await second.wait_for(3)
+        for rec in (first, second):
+            assert [validate(r).room.name for r in rec.received[:3]] == ["a", "b", "c"]
+
+
+async def test_failed_posts_are_retried_with_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(wh, "BACKOFF_BASE", 0.05)
+    async with receiver(statuses=[503, 500]) as rec:
+        async with running_server(webhook_config(rec.url)) as server:
+            await server.registry.get_or_create("r")
+            await rec.wait_for(3)
+            with trio.fail_after(5):
+                while not server.metrics.get(wh.WEBHOOK_SENT):
+                    await trio.sleep(0.01)
+            assert server.metrics.get(wh.WEBHOOK_RETRIED) == 2 and server.metrics.get(wh.WEBHOOK_FAILED) == 0
+    # Each attempt is re-signed over the same body, and the last one is what the app accepts.
+    assert len({r.body for r in rec.received[:3]}) == 1
+    assert validate(rec.received[2]).event == "room_started"
+
+
+async def test_a_refusing_receiver_is_not_retried() -> None:
+    async with receiver(statuses=[401]) as rec:
+        async with running_server(webhook_config(rec.url)) as server:
+            await server.registry.get_or_create("r")
+            await rec.wait_for(1)
+            with trio.fail_after(5):
+                while not server.metrics.get(wh.WEBHOOK_FAILED):
+                    await trio.sleep(0.01)
+            assert server.metrics.get(wh.WEBHOOK_RETRIED) == 0
+
+
+async def test_a_hanging_receiver_never_blocks_rooms(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(wh, "REQUEST_TIMEOUT", 30.0)
+    async with receiver(hang=True) as rec:
+        # Not `running_server`: the receiver's hanging handler tasks would count as leaked.
+        server = Server(webhook_config(rec.url))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.run)
+            with trio.fail_after(5):
+                for i in range(5):
+                    async with signal_client(server, mint_token(f"user{i}")) as ws:
+                        await join(ws)
+            # Shutdown is bounded too: undelivered webhooks are abandoned after the grace period.
+            started = trio.current_time()
+            server.request_shutdown()
+        assert trio.current_time() - started < wh.SHUTDOWN_GRACE + 4
+        assert not rec.received and server.shutdown_clean
+
+
+async def test_a_full_queue_drops_and_counts() -> None:
+    config = wh.WebhookConfig(WEBHOOK_KEY, WEBHOOK_SECRET, ("http://127.0.0.1:9/never",))
+    metrics = Metrics()
+    notifier = wh.WebhookNotifier(config, metrics, queue_size=2)
+    for i in range(5):
+        notifier.enqueue(webhook.WebhookEvent(event="room_started", id=f"EV_{i}"))
+    assert metrics.get(wh.WEBHOOK_DROPPED) == 3
+
+
+def test_signature_is_sha256_of_the_body() -> None:
+    body = wh.event_body(webhook.WebhookEvent(event="room_started", room=models.Room(name="r")))
+    token = wh.sign_body(body, WEBHOOK_KEY, WEBHOOK_SECRET, now=__import__("time").time())
+    claims = api.TokenVerifier(WEBHOOK_KEY, WEBHOOK_SECRET).verify(token)
+    import base64
+    import hashlib
+
+    assert base64.b64decode(claims.sha256) == hashlib.sha256(body).digest()
+
+
+def test_backoff_grows_and_is_capped() -> None:
+    delays = [wh.backoff_delay(n) for n in range(10)]
+    assert delays == sorted(delays) and delays[0] == wh.BACKOFF_BASE and delays[-1] == wh.BACKOFF_MAX
+
+
+@pytest.mark.parametrize(
+    "section,message",
+    [
+        ({"api_key": "unknown", "urls": ["http://x/"]}, "not one of the configured API keys"),
+        ({"urls": ["http://x/"]}, "webhook.api_key"),
+        ({"api_key": API_KEY, "urls": ["ftp://x/"]}, "not an http"),
+        ({"api_key": API_KEY, "urls": "http://x/"}, "list of URLs"),
+    ],
+)
+def test_unusable_webhook_config_is_refused(section: dict, message: str) -> None:
+    config = make_config()
+    config.webhook = section
+    with pytest.raises(ConfigError, match=message):
+        Server(config)
+
+
+def test_no_urls_means_no_webhooks() -> None:
+    config = make_config()
+    config.webhook = {"api_key": API_KEY}
+    assert Server(config).webhooks is None
+    assert wh.WebhookConfig.from_server_config(webhook_config("http://127.0.0.1:1/")) == wh.WebhookConfig(
+        WEBHOOK_KEY, WEBHOOK_SECRET, ("http://127.0.0.1:1/",)
+    )
