@@ -94,11 +94,11 @@ class NackTracker:
         self.max_age = max_age
         self._unwrap = SequenceUnwrapper()
         self._highest: Optional[int] = None
-        # extended seq -> [tries, last request time]; only lost packets allocate
+        # extended seq -> [tries, last request time or None, detected at]; only losses allocate
         self._missing: dict[int, list] = {}
         self.given_up = 0
 
-    def on_packet(self, seq: int) -> bool:
+    def on_packet(self, seq: int, now: float) -> bool:
         """Account an arrival; False when it opened a gap too wide to NACK."""
         ext = self._unwrap.unwrap(seq)
         highest = self._highest
@@ -113,7 +113,7 @@ class NackTracker:
                 self._missing.clear()
                 return False
             for missing in range(highest + 1, ext):
-                self._missing[missing] = [0, float("-inf")]
+                self._missing[missing] = [0, None, now]
             return True
         self._missing.pop(ext, None)
         return True
@@ -134,7 +134,7 @@ class NackTracker:
                 del self._missing[ext]
                 self.given_up += 1
                 continue
-            if now - entry[1] >= interval:
+            if entry[1] is None or now - entry[1] >= interval:
                 entry[0] += 1
                 entry[1] = now
                 out.append(ext & 0xFFFF)
@@ -143,7 +143,7 @@ class NackTracker:
     def next_deadline(self, interval: float) -> Optional[float]:
         if not self._missing:
             return None
-        return min(e[1] for e in self._missing.values()) + interval
+        return min(e[2] if e[1] is None else e[1] + interval for e in self._missing.values())
 
     def reset(self) -> None:
         self._unwrap = SequenceUnwrapper()
@@ -389,7 +389,7 @@ class TrackReceiver:
         seq = (packet[2] << 8) | packet[3]
         timestamp = (packet[4] << 24) | (packet[5] << 16) | (packet[6] << 8) | packet[7]
         layer.stats.on_packet(seq, timestamp, now, len(packet))
-        if self._nack_enabled and not layer.nack.on_packet(seq):
+        if self._nack_enabled and not layer.nack.on_packet(seq, now):
             counters.nack_gaps_too_large += 1
             self.request_keyframe(layer.index, now)
         counters.packets += 1

@@ -1,0 +1,224 @@
+"""TrackReceiver: layer learning from rid, uplink NACK generation with retry limits, RTX
+recovery, RRs parsed by aiortc, SR bookkeeping, lifecycle, and totality on garbage."""
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from forwarding_streams import RID_EXT, RRID_EXT, RTX_PT, VP8_PT, Layer, Wire, simulcast_pair, three_layers
+from rtp.header_extensions import encode_rid
+from rtp.packet import RtpPacket
+from rtp.rtcp import Nack, Pli, ReceiverReport, SenderReport, parse_rtcp
+from trio_sfu.forwarding.receiver import ForwardingStateError, ReceiverState, TrackReceiver
+
+
+def _rtcp(wire, kind):
+    return [x for c in wire.up_rtcp for x in parse_rtcp(c) if isinstance(x, kind)]
+
+
+class Recorder:
+    def __init__(self):
+        self.got = []
+
+    def write_rtp(self, layer, packet, now):
+        self.got.append((layer, packet))
+
+
+def test_layers_learned_from_rid_and_fanned_out():
+    wire = Wire()
+    receiver, _ = simulcast_pair(wire)
+    rec = Recorder()
+    receiver.add_down_track(rec)
+    layers = three_layers()
+    for layer in layers:
+        for p in layer.frame(True):
+            receiver.receive_rtp(p, 0.0)
+    assert [receiver.layer_ssrc(i) for i in range(3)] == [l.ssrc for l in layers]
+    assert [l for l, _ in rec.got] == [0, 0, 1, 1, 2, 2]
+    assert [receiver.keyframe_count(i) for i in range(3)] == [1, 1, 1]
+    # a simulcast packet with no rid cannot be placed
+    stray = RtpPacket(payload_type=VP8_PT, ssrc=0x4444, sequence_number=1).serialize()
+    assert not receiver.receive_rtp(stray, 0.0)
+    assert receiver.counters.dropped_unknown_stream == 1
+    receiver.remove_down_track(rec)
+    for p in layers[0].frame(False):
+        receiver.receive_rtp(p, 0.1)
+    assert len(rec.got) == 6
+
+
+def test_uplink_gap_is_nacked_in_batches_with_retry_limit():
+    wire = Wire()
+    receiver, _ = simulcast_pair(wire)
+    receiver.rtt = 0.05
+    q = three_layers()[0]
+    packets = [p for i in range(5) for p in q.frame(i == 0)]  # seqs 100..109
+    lost = {102, 103, 107}
+    for p in packets:
+        if RtpPacket.parse(p).sequence_number not in lost:
+            receiver.receive_rtp(p, 0.0)
+    assert receiver.missing(0) == [102, 103, 107]
+    assert receiver.get_timer() == 0.0  # NACK due as soon as the gap is seen
+    receiver.poll_rtcp(0.0)
+    nacks = _rtcp(wire, Nack)
+    assert len(nacks) == 1 and nacks[0].media_ssrc == q.ssrc and nacks[0].sender_ssrc == 0x5F0
+    assert nacks[0].lost_sequence_numbers() == [102, 103, 107]
+    receiver.poll_rtcp(0.03)  # before the RTT-based retry interval (1.2 x 50 ms)
+    assert len(_rtcp(wire, Nack)) == 1
+    assert receiver.get_timer() == pytest.approx(0.06)
+    receiver.receive_rtp(packets[3], 0.05)  # 103 arrives late
+    now = 0.06
+    for _ in range(10):
+        receiver.poll_rtcp(now)
+        now += 0.07
+    nacks = _rtcp(wire, Nack)
+    assert len(nacks) == 5  # max_tries = 5 requests per packet, then give up
+    assert all(n.lost_sequence_numbers() == [102, 107] for n in nacks[1:])
+    assert receiver.missing(0) == [] and receiver.counters.nack_seqs_given_up == 2
+
+
+def test_huge_gap_asks_for_a_keyframe_instead_of_nacks():
+    wire = Wire()
+    receiver, _ = simulcast_pair(wire)
+    q = three_layers()[0]
+    for p in q.frame(True):
+        receiver.receive_rtp(p, 0.0)
+    q.seq += 1000
+    for p in q.frame(False):
+        receiver.receive_rtp(p, 0.1)
+    receiver.poll_rtcp(0.1)
+    assert _rtcp(wire, Nack) == []
+    assert [p.media_ssrc for p in _rtcp(wire, Pli)] == [q.ssrc]
+
+
+def test_rtx_from_publisher_restores_the_lost_packet_exactly():
+    wire = Wire()
+    receiver, _ = simulcast_pair(wire)
+    rec = Recorder()
+    receiver.add_down_track(rec)
+    h = three_layers()[1]
+    frames = h.frame(True) + h.frame(False)
+    lost = frames[2]
+    for p in frames[:2] + frames[3:]:
+        receiver.receive_rtp(p, 0.0)
+    assert receiver.missing(1) == [RtpPacket.parse(lost).sequence_number]
+    orig = RtpPacket.parse(lost)
+    rtx = RtpPacket(payload_type=RTX_PT, sequence_number=9, timestamp=orig.timestamp, ssrc=0x2229,
+                    marker=orig.marker, extensions={RID_EXT: b"h", RRID_EXT: b"h"},
+                    payload=orig.sequence_number.to_bytes(2, "big") + orig.payload, padding_size=7)
+    # the repaired-rid carries the rid; our rebuilt packet keeps the RTX packet's extensions
+    expected = RtpPacket.parse(rtx.serialize())
+    expected.ssrc, expected.payload_type, expected.sequence_number = orig.ssrc, VP8_PT, orig.sequence_number
+    expected.payload, expected.padding_size = orig.payload, 0
+    assert receiver.receive_rtp(rtx.serialize(), 0.02)
+    assert receiver.counters.rtx_recovered == 1 and receiver.missing(1) == []
+    assert rec.got[-1] == (1, expected.serialize())
+    assert receiver.get_packet(1, orig.sequence_number) == expected.serialize()
+    # padding-only RTX (a bandwidth probe) recovers nothing
+    probe = RtpPacket(payload_type=RTX_PT, sequence_number=10, ssrc=0x2229, padding_size=100).serialize()
+    assert not receiver.receive_rtp(probe, 0.03) and receiver.counters.rtx_dropped == 1
+
+
+def test_receiver_reports_on_schedule_parsed_by_aiortc():
+    aiortc_rtp = pytest.importorskip("aiortc.rtp", reason="aiortc parses our RR independently")
+    wire = Wire()
+    receiver, _ = simulcast_pair(wire)
+    layers = three_layers()
+    for i in range(10):
+        for layer in layers[:2]:
+            for p in layer.frame(i == 0):
+                if not (layer.rid == "q" and i == 5):  # lose one q frame (2 packets)
+                    receiver.receive_rtp(p, i / 30)
+    ntp = 0x1234_5678_9ABC_DEF0
+    receiver.handle_rtcp([SenderReport(layers[0].ssrc, ntp, 1000, 1, 1)], 0.5)
+    assert receiver.sender_report(0).ntp_timestamp == ntp and receiver.sender_report(0).arrival == 0.5
+    assert receiver.get_timer() <= 1.0
+    receiver.poll_rtcp(0.9)
+    assert _rtcp(wire, ReceiverReport) == []
+    receiver.poll_rtcp(1.0)
+    parsed = aiortc_rtp.RtcpPacket.parse(wire.up_rtcp[-1])
+    rr = parsed[0]
+    assert isinstance(rr, aiortc_rtp.RtcpRrPacket) and rr.ssrc == 0x5F0
+    blocks = {b.ssrc: b for b in rr.reports}
+    assert set(blocks) == {layers[0].ssrc, layers[1].ssrc}
+    assert blocks[layers[0].ssrc].packets_lost == 2 and blocks[layers[1].ssrc].packets_lost == 0
+    assert blocks[layers[0].ssrc].lsr == (ntp >> 16) & 0xFFFFFFFF
+    assert blocks[layers[0].ssrc].dlsr == int(0.5 * 65536)
+    assert isinstance(parsed[1], aiortc_rtp.RtcpSdesPacket)
+    count = len(_rtcp(wire, ReceiverReport))
+    receiver.poll_rtcp(1.5)
+    assert len(_rtcp(wire, ReceiverReport)) == count
+    receiver.poll_rtcp(2.0)
+    assert len(_rtcp(wire, ReceiverReport)) == count + 1
+
+
+def test_non_simulcast_audio_single_layer_and_publisher_restart():
+    wire = Wire()
+    receiver = TrackReceiver("TR_a", "audio/opus", 48000, send_rtcp=wire.send_up_rtcp, local_ssrc=1, nack_enabled=False)
+    rec = Recorder()
+    receiver.add_down_track(rec)
+    for seq in range(5):
+        receiver.receive_rtp(RtpPacket(111, seq, seq * 960, 0xAAAA, payload=b"\xfc" * 40).serialize(), seq * 0.02)
+    assert receiver.layer_ssrc(0) == 0xAAAA and receiver.layers == (0,)
+    receiver.receive_rtp(RtpPacket(111, 900, 5, 0xBBBB, payload=b"\xfc" * 40).serialize(), 1.0)
+    assert receiver.layer_ssrc(0) == 0xBBBB and receiver.counters.ssrc_changes == 1
+    assert receiver.get_packet(0, 3) is None  # the old stream's buffer is gone
+    assert len(rec.got) == 6 and receiver.counters.keyframes == 6  # audio: every packet starts
+    receiver.poll_rtcp(10.0)
+    assert _rtcp(wire, Nack) == []
+
+
+def test_lifecycle_transitions_assert_the_state_they_leave():
+    wire = Wire()
+    receiver, _ = simulcast_pair(wire)
+    with pytest.raises(ForwardingStateError):
+        receiver.close()
+    with pytest.raises(ForwardingStateError):
+        receiver.reopen()
+    receiver.begin_closing(expected_to_resume=True)
+    assert receiver.state is ReceiverState.CLOSING and receiver.expected_to_resume
+    with pytest.raises(ForwardingStateError):
+        receiver.begin_closing(expected_to_resume=False)
+    q = three_layers()[0]
+    assert not receiver.receive_rtp(q.frame(True)[0], 0.0)
+    assert receiver.counters.dropped_not_open == 1
+    receiver.reopen()
+    assert receiver.state is ReceiverState.OPEN and not receiver.expected_to_resume
+    receiver.begin_closing(expected_to_resume=False)
+    receiver.close()
+    assert receiver.state is ReceiverState.CLOSED and receiver.down_tracks == ()
+    for bad in (receiver.close, receiver.reopen, lambda: receiver.begin_closing(True)):
+        with pytest.raises(ForwardingStateError):
+            bad()
+    assert receiver.get_timer() is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=80))
+def test_garbage_datagrams_never_raise(data):
+    wire = Wire()
+    receiver, down = simulcast_pair(wire)
+    receiver.receive_rtp(data, 0.0)
+    c = receiver.counters
+    # every datagram is accounted exactly once: taken, or dropped for one reason
+    assert c.packets + c.dropped_malformed + c.dropped_unknown_stream + c.rtx_dropped == 1
+    receiver.poll_rtcp(1.0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 127), st.integers(0, 0xFFFF), st.binary(max_size=40),
+       st.sampled_from([b"q", b"h", b"f", b"x", b"\xff"]), st.booleans(), st.integers(0, 30))
+def test_garbage_payloads_with_valid_headers_never_raise(pt, seq, payload, rid, rtx_ext, pad):
+    wire = Wire()
+    receiver, down = simulcast_pair(wire)
+    exts = {RID_EXT: rid}
+    if rtx_ext:
+        exts[RRID_EXT] = rid
+    for layer in three_layers():
+        for p in layer.frame(True):
+            receiver.receive_rtp(p, 0.0)
+    pkt = RtpPacket(pt, seq, 0, 0x1111 if pt != RTX_PT else 0x9999, extensions=exts, payload=payload,
+                    padding_size=pad if payload else 0).serialize()
+    receiver.receive_rtp(pkt, 0.1)
+    receiver.receive_rtp(pkt[:-1], 0.1)
+    down.handle_rtcp([Nack.from_lost(1, down.ssrc, [seq])], 0.2)
+    receiver.poll_rtcp(1.0)
+    down.poll_rtcp(1.0)
