@@ -15,6 +15,7 @@ import pytest
 from aiortc import RTCDataChannel, RTCDataChannelParameters
 from aiortc.rtcsctptransport import RTCSctpCapabilities, RTCSctpTransport
 
+from rtp.sctp import chunks as c
 from rtp.sctp.association import AssociationState, SctpAssociation
 from rtp.sctp.events import (
     AssociationClosed,
@@ -52,6 +53,9 @@ class Pair:
         self.theirs = RTCSctpTransport(self.dtls)
         self.ours = SctpAssociation(is_client=ours_is_dtls_client, remote_max_message_size=262144)
         self.events: list = []
+        # Loss injection: called with each packet, True drops it.
+        self.drop_to_ours: Callable[[bytes], bool] = lambda packet: False
+        self.drop_to_theirs: Callable[[bytes], bool] = lambda packet: False
 
     async def start(self) -> None:
         await self.theirs.start(RTCSctpCapabilities(maxMessageSize=262144), 5000)
@@ -61,12 +65,14 @@ class Pair:
         now = self.loop.time()
         inbound, self.dtls.to_ours = self.dtls.to_ours, []
         for packet in inbound:
-            self.ours.receive_packet(packet, now)
+            if not self.drop_to_ours(packet):
+                self.ours.receive_packet(packet, now)
         timer = self.ours.get_timer()
         if timer is not None and timer <= now:
             self.ours.handle_timer(now)
         for packet in self.ours.packets_to_send(now):
-            await self.theirs._handle_data(packet)
+            if not self.drop_to_theirs(packet):
+                await self.theirs._handle_data(packet)
         while (event := self.ours.next_event()) is not None:
             self.events.append(event)
         await asyncio.sleep(0.002)
@@ -187,5 +193,64 @@ def test_our_abort_closes_aiortc():
         pair.ours.abort()
         await pair.until(lambda: pair.theirs.state == "closed")
         assert pair.of(AssociationClosed) == [AssociationClosed("abort")]
+
+    asyncio.run(main())
+
+
+def _every_nth_data_packet(n: int) -> Callable[[bytes], bool]:
+    count = 0
+
+    def drop(packet: bytes) -> bool:
+        nonlocal count
+        if not any(isinstance(ch, c.DataChunk) for ch in c.parse_packet(packet).chunks):
+            return False
+        count += 1
+        return count % n == 0
+
+    return drop
+
+
+def test_partial_reliability_interop_both_ways_under_loss():
+    """Lossy channels each way: abandoned data is skipped with FORWARD-TSN, no association stalls."""
+
+    async def main():
+        pair = await _connected(True)
+        ours_lossy = pair.ours.open_channel("_lossy", ordered=False, max_retransmits=0)
+        announced: list[RTCDataChannel] = []
+        pair.theirs.on("datachannel", announced.append)
+        theirs_lossy = RTCDataChannel(
+            pair.theirs, RTCDataChannelParameters(label="their-lossy", ordered=False, maxRetransmits=0)
+        )
+        await pair.until(lambda: announced and theirs_lossy.readyState == "open"
+                         and sum(isinstance(e, ChannelOpened) for e in pair.events) == 2)
+        their_view = announced[0]
+        got_by_them: list = []
+        their_view.on("message", got_by_them.append)
+
+        pair.drop_to_theirs = _every_nth_data_packet(4)
+        pair.drop_to_ours = _every_nth_data_packet(4)
+        retransmitted_before = pair.ours.counters.chunks_retransmitted
+        for i in range(60):
+            pair.ours.send(ours_lossy, f"ours {i}")
+            theirs_lossy.send(f"theirs {i}")
+            for _ in range(3):
+                await pair.step()
+        # Settle: both senders abandon what was lost and move the peer on with FORWARD-TSN.
+        await pair.until(lambda: pair.ours.unacked_chunks == 0 and not pair.theirs._sent_queue, timeout=20)
+        pair.drop_to_theirs = pair.drop_to_ours = lambda packet: False
+
+        ours_received = [e.data for e in pair.of(MessageReceived) if e.stream_id == theirs_lossy.id]
+        assert 20 <= len(ours_received) < 60 and len(set(ours_received)) == len(ours_received)
+        assert 20 <= len(got_by_them) < 60 and len(set(got_by_them)) == len(got_by_them)
+        assert pair.ours.counters.chunks_retransmitted == retransmitted_before
+        assert pair.ours.counters.forward_tsn_sent > 0 and pair.ours.counters.forward_tsn_received > 0
+        # aiortc's cumulative TSN caught up with everything we sent, abandoned chunks included.
+        assert pair.theirs._last_received_tsn == (pair.ours._next_tsn - 1) & 0xFFFFFFFF
+
+        # Both associations still carry data afterwards.
+        pair.ours.send(ours_lossy, "after")
+        theirs_lossy.send("after")
+        await pair.until(lambda: "after" in got_by_them and pair.of(MessageReceived)[-1].data == "after")
+        await pair.theirs.stop()
 
     asyncio.run(main())
