@@ -1,0 +1,28 @@
+"""The SFU's forwarding primitives: sync, deterministic, no trio (time comes in as ``now``).
+
+``TrackReceiver`` (one published track) fans packets out to ``DownTrack``s (one per
+subscriber); ``simulcast`` picks layers, ``codec_keyframes`` reads payload descriptors,
+``rtcp_feedback`` builds the RTCP they send.
+"""
+
+from trio_sfu.forwarding.downtrack import DownTrack, DownTrackSnapshot, map_payload_types
+from trio_sfu.forwarding.receiver import (
+    ForwardingStateError,
+    PublisherSenderReport,
+    ReceiverState,
+    TrackReceiver,
+)
+from trio_sfu.forwarding.simulcast import PublishedLayer, VideoQuality, select_target_layer
+
+__all__ = [
+    "DownTrack",
+    "DownTrackSnapshot",
+    "ForwardingStateError",
+    "PublishedLayer",
+    "PublisherSenderReport",
+    "ReceiverState",
+    "TrackReceiver",
+    "VideoQuality",
+    "map_payload_types",
+    "select_target_layer",
+]
