@@ -149,3 +149,23 @@ async def test_join_refused_with_bad_token_and_publish_denied() -> None:
         async with LiveKitClient.connect(server.url, mint_token("viewer", can_publish=False)) as client:
             with pytest.raises(ClientError, match="refused"):
                 await client.publish_audio()
+
+
+async def test_concurrent_joins_into_a_new_room_all_succeed() -> None:
+    """A load test's burst: eight clients join a room that does not exist yet, at once.
+    (Regression: a join arriving while the first one was still starting the room got
+    HTTP 503 "room is closing".)"""
+    async with running_server() as server:
+        sids: list[str] = []
+
+        async def one(index: int) -> None:
+            async with LiveKitClient.connect(server.url, mint_token(f"p{index}", room="fresh")) as client:
+                sids.append(client.participant_sid)
+                with trio.fail_after(5):
+                    while len(sids) < 8:
+                        await trio.sleep(0.01)
+
+        async with trio.open_nursery() as nursery:
+            for index in range(8):
+                nursery.start_soon(one, index)
+        assert len(set(sids)) == 8 and all(s.startswith("PA_") for s in sids)

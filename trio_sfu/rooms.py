@@ -66,6 +66,9 @@ class Room:
         self._created_clock = trio.current_time()
         self._changed = trio.Event()
         self._nursery: trio.Nursery | None = None
+        # Set once run() has its nursery: a room is listed before that, and a second join arriving
+        # in between must wait for it rather than be told the room is closing.
+        self.started = trio.Event()
         self.finished = trio.Event()
         self.log = _log.bind(room=name, room_sid=sid)
 
@@ -75,6 +78,7 @@ class Room:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                self.started.set()
                 task_status.started()
                 await self._watch_emptiness()
                 # Participants were told to go in close(); the nursery waits for their tasks.
@@ -253,6 +257,7 @@ class RoomRegistry:
         """The live room `name`, or a new one with `config` (default: the server's) and `metadata`."""
         room = self.rooms.get(name)
         if room is not None and not room.closed:
+            await room.started.wait()
             return room
         if self._nursery is None:
             raise RoomClosedError(name)
