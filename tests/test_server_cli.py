@@ -41,7 +41,7 @@ async def test_dev_server_serves_and_exits_cleanly_on_signal(signum: int) -> Non
     env = dict(os.environ)
     env.pop("LIVEKIT_KEYS", None)
     proc = await trio.lowlevel.open_process(
-        cli_command("--dev", "--port", "0"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+        cli_command("--dev", "--port", "0", "--udp-port", "0"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
     )
     try:
         port, banner = await read_until_ready(proc)
@@ -59,7 +59,9 @@ async def test_dev_server_serves_and_exits_cleanly_on_signal(signum: int) -> Non
             proc.send_signal(signum)
             with trio.fail_after(10):
                 leave = rtc.SignalResponse()
-                leave.ParseFromString(await ws.get_message())
+                # The media layer's first subscriber offer (and its candidate) may come first.
+                while leave.WhichOneof("message") != "leave":
+                    leave.ParseFromString(await ws.get_message())
             assert leave.leave.reason == models.DisconnectReason.SERVER_SHUTDOWN
         with trio.fail_after(10):
             code = await proc.wait()

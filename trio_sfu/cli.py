@@ -61,7 +61,7 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str]) -> tuple
 
 
 async def serve(config: ServerConfig) -> None:
-    server = Server(config)
+    server = Server(config, enable_media=True)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(server.run)

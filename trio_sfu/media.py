@@ -47,6 +47,11 @@ class MediaSession(Protocol):
     async def handle_trickle(self, candidate_init_json: str, target: int, final: bool) -> None:
         """A trickled ICE candidate (RTCIceCandidateInit as JSON) for SignalTarget `target`."""
 
+    # Optional hooks, looked up with getattr by the signal session so minimal sessions may omit them:
+    #   on_subscriptions_changed() -- Participant.subscriptions changed (UpdateSubscription)
+    #   on_track_settings_changed(track_sids) -- Participant.track_settings changed
+    #   close() -- the session ended; release transports now (idempotent)
+
 
 MediaSessionFactory = Callable[[MediaContext], MediaSession]
 

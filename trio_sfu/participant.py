@@ -203,6 +203,10 @@ class Participant:
         self.disconnect_reason = reason
         self.bump_version()
         self.room.on_participant_closed(self)
+        # Media stops with the session, not after the signal goodbye's grace period.
+        close_media = getattr(self._media, "close", None)
+        if close_media is not None:
+            close_media()
         if send_leave:
             self._enqueue_raw(
                 encode_response(rtc.SignalResponse(leave=rtc.LeaveRequest(reason=reason, action=action)))
@@ -482,6 +486,9 @@ class Participant:
             sids.extend(pt.track_sids)
         for sid in sids:
             self.subscriptions[sid] = req.subscribe
+        notify = getattr(self._media, "on_subscriptions_changed", None)
+        if notify is not None:
+            notify()
 
     async def _on_track_setting(self, req: rtc.UpdateTrackSettings) -> None:
         for sid in req.track_sids:
@@ -489,6 +496,9 @@ class Participant:
             settings.CopyFrom(req)
             del settings.track_sids[:]
             self.track_settings[sid] = settings
+        notify = getattr(self._media, "on_track_settings_changed", None)
+        if notify is not None:
+            notify(list(req.track_sids))
 
     async def _on_offer(self, offer: rtc.SessionDescription) -> None:
         assert self._media is not None

@@ -19,6 +19,7 @@ from .config import ServerConfig
 from .http_front import HttpFront
 from .log import get_logger
 from .media import MediaSessionFactory, UnavailableMediaSession
+from .media_session import MediaService
 from .room_service import SERVICE_NAME, RoomService
 from .rooms import RoomRegistry
 from .twirp import TwirpServer
@@ -29,10 +30,21 @@ _log = get_logger("trio_sfu.server")
 
 
 class Server:
-    def __init__(self, config: ServerConfig, media_factory: MediaSessionFactory = UnavailableMediaSession) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        media_factory: MediaSessionFactory = UnavailableMediaSession,
+        *,
+        enable_media: bool = False,
+    ) -> None:
+        """`enable_media` runs the real media stack (UDP mux on `config.rtc.udp_port`) and
+        overrides `media_factory`; off by default so signal-only tests bind no UDP port."""
         self.config = config
         self.metrics = m.Metrics()
         self.verifier = TokenVerifier(config.keys)
+        self.media: MediaService | None = MediaService(config, self.metrics) if enable_media else None
+        if self.media is not None:
+            media_factory = self.media
         self.registry = RoomRegistry(config.room, self.metrics, media_factory)
         # Raises ConfigError for a webhook section that cannot work (unknown key, bad URL).
         self.webhooks = WebhookNotifier.from_server_config(config, self.metrics)
@@ -61,6 +73,8 @@ class Server:
 
     async def run(self, *, task_status: trio.TaskStatus["Server"] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
+            if self.media is not None:
+                await nursery.start(self.media.run)
             if self.webhooks is not None:
                 await nursery.start(self.webhooks.run)
             await nursery.start(self.registry.run)

@@ -1,0 +1,202 @@
+"""One UDP socket for every PeerTransport of the node, and the reader task that serves it.
+
+Routing is synchronous, on the reader task: a datagram from a remote address a transport has
+already validated goes straight to that transport; a STUN Binding request is routed by the local
+ufrag in its USERNAME to the transport registered under it (how a new peer is found); anything
+else is dropped and counted. Once a transport has authenticated an address (its ICE agent
+answered a valid check from it), the address is remembered, so media takes one dict lookup.
+
+The reader follows the fast path measured in feasibility-probes.md §6: a raw non-blocking socket,
+`recvfrom_into` a reused buffer until EAGAIN, then `wait_readable`, with a checkpoint every
+`CHECKPOINT_EVERY` datagrams so a flood cannot starve the rest of the server. Sends are
+non-blocking `sendto`; a full socket buffer drops the datagram (media is loss tolerant, and an
+awaited send per packet would cost 3x) and counts it.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from typing import Iterable, Protocol
+
+import trio
+
+from rtp.ice import ufrag_of
+from rtp.peer_transport import PeerTransport
+from rtp.peer_transport_events import Address
+
+from . import metrics as m
+from .log import get_logger
+
+CHECKPOINT_EVERY = 64
+MAX_DATAGRAM = 65536
+# Enough socket buffer for a burst of video keyframes from many publishers at once.
+SOCKET_BUFFER = 4 * 1024 * 1024
+
+UDP_RECEIVED = "udp_datagrams_received_total"
+UDP_SENT = "udp_datagrams_sent_total"
+UDP_DROPPED_UNROUTABLE = "udp_dropped_unroutable_total"
+UDP_DROPPED_SEND_FULL = "udp_dropped_send_buffer_full_total"
+UDP_SEND_ERROR = "udp_send_error_total"
+UDP_HANDLER_CRASHED = "udp_handler_crashed_total"
+
+_log = get_logger("trio_sfu.udp_mux")
+_WOULD_BLOCK = (BlockingIOError, InterruptedError)
+
+
+class MuxEndpoint(Protocol):
+    """What the mux hands datagrams to: a transport plus its owner's synchronous input hook."""
+
+    transport: PeerTransport
+
+    def on_datagram(self, data: bytes, addr: Address, now: float) -> None:
+        """Feed the datagram to the transport and handle what it produced, without blocking."""
+
+
+class UdpMux:
+    """The node's UDP socket, its routing tables and the non-blocking send path."""
+
+    def __init__(self, sock: socket.socket, metrics: m.Metrics) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self.metrics = metrics
+        self.by_ufrag: dict[str, MuxEndpoint] = {}
+        self.by_addr: dict[Address, MuxEndpoint] = {}
+        self._buffer = bytearray(MAX_DATAGRAM)
+
+    @classmethod
+    def bind(cls, host: str, port: int, metrics: m.Metrics) -> "UdpMux":
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
+                except OSError:
+                    pass  # capped by net.core.*mem_max; the default still works
+            sock.bind((host, port))
+        except BaseException:
+            sock.close()
+            raise
+        return cls(sock, metrics)
+
+    @property
+    def local_address(self) -> Address:
+        host, port = self.sock.getsockname()[:2]
+        return host, port
+
+    # ---- registry ------------------------------------------------------------------------
+
+    def register(self, endpoint: MuxEndpoint) -> None:
+        ufrag = endpoint.transport.local_ufrag
+        if ufrag in self.by_ufrag and self.by_ufrag[ufrag] is not endpoint:
+            raise ValueError(f"ufrag {ufrag!r} is already registered")
+        self.by_ufrag[ufrag] = endpoint
+
+    def unregister(self, endpoint: MuxEndpoint) -> None:
+        ufrag = endpoint.transport.local_ufrag
+        if self.by_ufrag.get(ufrag) is endpoint:
+            del self.by_ufrag[ufrag]
+        for addr in [a for a, e in self.by_addr.items() if e is endpoint]:
+            del self.by_addr[addr]
+
+    def is_empty(self) -> bool:
+        return not self.by_ufrag and not self.by_addr
+
+    # ---- input ---------------------------------------------------------------------------
+
+    def route(self, data: bytes, addr: Address, now: float) -> None:
+        """Hand one datagram to its transport, or drop and count it."""
+        endpoint = self.by_addr.get(addr)
+        if endpoint is None or (data and data[0] < 4 and ufrag_of(data) not in (None, endpoint.transport.local_ufrag)):
+            # Unknown address, or a known address now checking another ufrag (a restart or a
+            # new transport from the same port): look the ufrag up.
+            endpoint = self.by_ufrag.get(ufrag_of(data) or "") if data and data[0] < 4 else None
+            if endpoint is None:
+                self.metrics.inc(UDP_DROPPED_UNROUTABLE)
+                return
+        try:
+            endpoint.on_datagram(data, addr, now)
+        except Exception:
+            # One session's bug must not stop the node's only socket reader.
+            self.metrics.inc(UDP_HANDLER_CRASHED)
+            _log.exception("datagram handler crashed", kv={"ufrag": endpoint.transport.local_ufrag})
+            return
+        if addr not in self.by_addr and endpoint.transport.accepts(b"\x80", addr):
+            # ICE authenticated this address: route its DTLS and media by address from now on.
+            if self.by_ufrag.get(endpoint.transport.local_ufrag) is endpoint:
+                self.by_addr[addr] = endpoint
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The reader task: drain the socket synchronously, sleep only when it is empty."""
+        sock = self.sock
+        buffer = self._buffer
+        view = memoryview(buffer)
+        metrics = self.metrics
+        task_status.started()
+        try:
+            while True:
+                handled = 0
+                while True:
+                    try:
+                        size, addr = sock.recvfrom_into(buffer)
+                    except _WOULD_BLOCK:
+                        break
+                    except ConnectionResetError:
+                        # An ICMP port-unreachable for an earlier send; not about this read.
+                        continue
+                    metrics.inc(UDP_RECEIVED)
+                    self.route(bytes(view[:size]), (addr[0], addr[1]), trio.current_time())
+                    handled += 1
+                    if handled >= CHECKPOINT_EVERY:
+                        handled = 0
+                        await trio.lowlevel.checkpoint()
+                await trio.lowlevel.wait_readable(sock)
+        finally:
+            sock.close()
+
+    # ---- output --------------------------------------------------------------------------
+
+    def send(self, datagrams: Iterable[tuple[bytes, Address]]) -> None:
+        """Send without blocking; a full socket buffer drops (and counts) the datagram."""
+        sock = self.sock
+        for data, addr in datagrams:
+            try:
+                sock.sendto(data, addr)
+            except _WOULD_BLOCK:
+                self.metrics.inc(UDP_DROPPED_SEND_FULL)
+            except OSError as exc:
+                if exc.errno == errno.EBADF:
+                    return  # socket closed at shutdown
+                self.metrics.inc(UDP_SEND_ERROR)
+            else:
+                self.metrics.inc(UDP_SENT)
+
+
+def discover_node_ip() -> str:
+    """The address of the interface the default route uses (no packet is sent: UDP connect
+    only picks a route). Falls back to loopback when there is no route."""
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.connect(("192.0.2.1", 9))  # TEST-NET-1: never answered, only routed
+        return probe.getsockname()[0]
+    except OSError:
+        return "127.0.0.1"
+    finally:
+        probe.close()
+
+
+def advertised_ip(bound_host: str, node_ip: str | None) -> str:
+    """`--node-ip` if given; else the bound address when it is a specific one; else discover."""
+    if node_ip:
+        return node_ip
+    if bound_host not in ("0.0.0.0", "::", ""):
+        return bound_host
+    return discover_node_ip()
+
+
+def host_candidate(ip: str, port: int, foundation: str = "1") -> str:
+    """An SDP `a=candidate` value (without the prefix) for our one UDP host candidate."""
+    # Priority per RFC 8445 §5.1.2.1 for a host candidate, component 1.
+    priority = (126 << 24) | (65535 << 8) | 255
+    return f"{foundation} 1 udp {priority} {ip} {port} typ host"
