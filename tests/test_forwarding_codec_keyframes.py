@@ -2,6 +2,7 @@
 libx264 H.264 packetisers), plus RFC-built VP9/AV1 descriptors, and totality on garbage."""
 
 import fractions
+import random
 
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -29,6 +30,11 @@ def _encode(mime: str, frames: int, force_at: int = -1):
     out = []
     for i in range(frames):
         frame = av.VideoFrame(width=320, height=240)
+        # Noise (seeded): a fresh VideoFrame is uninitialised memory, and frame sizes -
+        # hence FU-A fragmentation - must not depend on what the allocator left there.
+        noise = random.Random(i)
+        for plane in frame.planes:
+            plane.update(noise.randbytes(plane.buffer_size))
         frame.pts = i * 3000
         frame.time_base = fractions.Fraction(1, 90000)
         payloads, _ = enc.encode(frame, force_keyframe=(i == force_at))

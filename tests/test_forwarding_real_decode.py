@@ -5,6 +5,7 @@ subscriber side sees one SSRC and decodes every frame, at the new size after the
 Also H.264 (libx264 via aiortc): the switch waits for the IDR."""
 
 import fractions
+import random
 
 import pytest
 
@@ -30,8 +31,10 @@ class Encoding:
 
     def frame(self, index, keyframe=False):
         frame = av.VideoFrame(width=self.width, height=self.height)
-        for plane in frame.planes:  # some texture so frames are not all-skip
-            plane.update(bytes((index * 7 + i) & 0xFF for i in range(plane.buffer_size)))
+        # Seeded noise: a fresh VideoFrame is uninitialised memory, so fill every plane.
+        noise = random.Random(index)
+        for plane in frame.planes:
+            plane.update(noise.randbytes(plane.buffer_size))
         frame.pts = index * 3000
         frame.time_base = fractions.Fraction(1, 90000)
         payloads, ts = self.encoder.encode(frame, force_keyframe=keyframe)
