@@ -153,6 +153,14 @@ class _Channel:
     reset_requested: bool = False
 
 
+@attrs.define(slots=True)
+class _Alone:
+    """A chunk that must travel in its own packet under a specific tag (INIT, INIT-ACK)."""
+
+    chunk: c.Chunk
+    tag: int
+
+
 class SctpAssociation:
     def __init__(
         self,
@@ -180,7 +188,7 @@ class SctpAssociation:
         self._remote_tag = 0
         self._peer_forward_tsn = False
         self._events: deque[Event] = deque()
-        self._control: list[c.Chunk] = []
+        self._control: list[Union[c.Chunk, _Alone]] = []
 
         # inbound
         self._tracker: Optional[TsnTracker] = None
@@ -352,6 +360,10 @@ class SctpAssociation:
 
     def receive_packet(self, data: bytes, now: float) -> None:
         self.counters.packets_received += 1
+        if self._close_reported:
+            # One association per object: after it ended, nothing restarts it.
+            self.counters.unexpected_chunks += 1
+            return
         try:
             packet = c.parse_packet(data)
         except SctpParseError:
@@ -427,6 +439,8 @@ class SctpAssociation:
             if state in (AssociationState.COOKIE_WAIT, AssociationState.COOKIE_ECHOED):
                 self._close("peer reported an error during setup")
         elif isinstance(chunk, c.AbortChunk):
+            # Nothing more goes to a peer that aborted, not even queued replies.
+            self._control.clear()
             self._close("aborted by peer")
         elif isinstance(chunk, c.ShutdownChunk):
             if state in _DATA_STATES:
@@ -945,7 +959,9 @@ class SctpAssociation:
             self._events.append(ChannelClosed(channel.stream_id))
 
     def _maybe_send_reset_request(self, now: float) -> None:
-        if self._reconfig_request is not None or not self._reset_queue or self.state is not AssociationState.ESTABLISHED:
+        if self._reconfig_request is not None or not self._reset_queue:
+            return
+        if self.state is not AssociationState.ESTABLISHED:
             return
         queued = {ch.message.stream_id for ch in self._outbound}
         ready = [sid for sid in self._reset_queue if sid not in queued]
@@ -1070,7 +1086,7 @@ class SctpAssociation:
     # ------------------------------------------------------------ sending
 
     def _send_alone(self, chunk: c.Chunk, tag: int) -> None:
-        self._control.append(_Alone(chunk, tag))  # type: ignore[arg-type]
+        self._control.append(_Alone(chunk, tag))
 
     def packets_to_send(self, now: float) -> list[bytes]:
         packets: list[bytes] = []
@@ -1200,11 +1216,3 @@ class SctpAssociation:
         return c.serialize_chunk(
             c.DataChunk(chunk.flags, chunk.tsn, message.stream_id, message.ssn, chunk.ppid, chunk.data)
         )
-
-
-@attrs.define(slots=True)
-class _Alone:
-    """A chunk that must travel in its own packet under a specific tag (INIT, INIT-ACK)."""
-
-    chunk: c.Chunk
-    tag: int

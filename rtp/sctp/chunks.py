@@ -262,15 +262,16 @@ class ShutdownChunk:
 
 @attrs.define(slots=True)
 class _EmptyChunk:
+    type: ClassVar[int]
     flags: int = 0
 
     def body(self) -> bytes:
         return b""
 
     @classmethod
-    def parse_body(cls, flags: int, body: bytes):  # type: ignore[no-untyped-def]
+    def parse_body(cls, flags: int, body: bytes) -> _EmptyChunk:
         if body:
-            raise SctpParseError(f"chunk type {cls.type} carries no body")  # type: ignore[attr-defined]
+            raise SctpParseError(f"chunk type {cls.type} carries no body")
         return cls(flags)
 
 
