@@ -12,6 +12,8 @@ import trio
 
 from . import __version__
 from .config import DEV_API_KEY, DEV_API_SECRET, ConfigError, ServerConfig, load_config_file, parse_keys
+from .loadtest import add_arguments as add_load_test_arguments
+from .loadtest import run_command as run_load_test
 from .log import configure, get_logger
 from .server import Server
 
@@ -28,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--node-ip", help="IP address to advertise in ICE candidates")
     parser.add_argument("--keys", help="API keys as 'key: secret' pairs (env LIVEKIT_KEYS)")
     parser.add_argument("--version", action="version", version=f"trio-sfu {__version__}")
+    # `trio-sfu load-test ...`; without a subcommand `trio-sfu` runs the server as before.
+    commands = parser.add_subparsers(dest="command", metavar="{load-test}")
+    add_load_test_arguments(commands.add_parser("load-test", help="LiveKit-style load test against a server"))
     return parser
 
 
@@ -83,6 +88,8 @@ async def serve(config: ServerConfig) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "load-test":
+        return run_load_test(args)
     try:
         config, warnings = config_from_args(args, dict(os.environ))
     except ConfigError as exc:
