@@ -380,3 +380,43 @@ def test_map_payload_types_by_codec_name():
     pub = [(96, "VP8"), (97, "rtx"), (111, "opus"), (63, "red"), (102, "H264")]
     sub = [(100, "vp8"), (101, "rtx"), (109, "opus"), (110, "RED")]
     assert map_payload_types(pub, sub) == {96: 100, 97: 101, 111: 109, 63: 110}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.integers(1, 14), st.binary(min_size=1, max_size=16), max_size=6),
+       st.dictionaries(st.integers(1, 14), st.integers(1, 14), max_size=6), st.booleans())
+def test_extension_ids_are_renumbered_or_blanked(exts, id_map, two_byte):
+    from trio_sfu.forwarding.downtrack import rewrite_extension_ids
+
+    pkt = RtpPacket(96, 1, 2, 3, extensions=dict(exts), payload=b"xyz")
+    if two_byte and exts:
+        pkt.extensions[200] = b"long"  # forces the two-byte form
+    buf = bytearray(pkt.serialize())
+    rewrite_extension_ids(buf, id_map)
+    got = RtpPacket.parse(bytes(buf))
+    assert got.payload == b"xyz" and len(buf) == len(pkt.serialize())
+    expected = {}
+    for ext_id, value in pkt.extensions.items():
+        new_id = id_map.get(ext_id)
+        if new_id is not None and new_id not in expected:
+            expected[new_id] = value
+    assert got.extensions == expected
+
+
+def test_down_track_rewrites_extension_ids_and_forwards_audio_red():
+    from trio_sfu.forwarding.receiver import TrackReceiver
+
+    wire = Wire()
+    receiver = TrackReceiver("TR_a", "audio/opus", 48000, send_rtcp=wire.send_up_rtcp, local_ssrc=1)
+    down = DownTrack(receiver, ssrc=0xA0, payload_types=map_payload_types([(111, "opus"), (63, "red")],
+                                                                          [(109, "opus"), (110, "red")]),
+                     clock_rate=48000, mime_type="audio/opus", send_rtp=wire.send_rtp, send_rtcp=wire.send_rtcp,
+                     extension_ids={1: 3})  # publisher audio-level id 1 -> subscriber id 3; mid (4) dropped
+    receiver.add_down_track(down)
+    for seq, pt in enumerate([111, 63, 111]):
+        receiver.receive_rtp(RtpPacket(pt, seq, seq * 960, 0x77, extensions={1: b"\x90", 4: b"0"},
+                                       payload=b"\xfc\x01").serialize(), seq * 0.02)
+    sent = _sent(wire)
+    assert [p.payload_type for p in sent] == [109, 110, 109]
+    assert all(p.extensions == {3: b"\x90"} for p in sent)
+    _assert_continuous(sent)

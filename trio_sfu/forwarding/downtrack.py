@@ -60,6 +60,60 @@ def map_payload_types(
     return {pt: by_name[name.lower()] for pt, name in publisher if name.lower() in by_name}
 
 
+def rewrite_extension_ids(buf: bytearray, id_map: Mapping[int, int]) -> None:
+    """Renumber RFC 8285 header extension elements in place from the publisher's ids to the
+    subscriber's; elements the subscriber did not negotiate are zeroed, which both forms read
+    as padding octets, so the packet length never changes. Raises nothing: a malformed
+    block is left as it is (the receiver only passes packets whose block bounds are sane).
+    """
+    size = len(buf)
+    if size < 12 or not buf[0] & 0x10:
+        return
+    pos = 12 + 4 * (buf[0] & 0x0F)
+    if size < pos + 4:
+        return
+    profile = (buf[pos] << 8) | buf[pos + 1]
+    end = pos + 4 + 4 * ((buf[pos + 2] << 8) | buf[pos + 3])
+    if end > size:
+        return
+    pos += 4
+    if profile == 0xBEDE:
+        while pos < end:
+            b = buf[pos]
+            if b == 0:
+                pos += 1
+                continue
+            ext_id = b >> 4
+            if ext_id == 15:
+                return
+            length = (b & 0x0F) + 1
+            if pos + 1 + length > end:
+                return
+            new_id = id_map.get(ext_id)
+            if new_id is not None and 1 <= new_id <= 14:
+                buf[pos] = (new_id << 4) | (b & 0x0F)
+            else:
+                buf[pos : pos + 1 + length] = bytes(1 + length)
+            pos += 1 + length
+    elif profile & 0xFFF0 == 0x1000:
+        while pos < end:
+            ext_id = buf[pos]
+            if ext_id == 0:
+                pos += 1
+                continue
+            if pos + 1 >= end:
+                return
+            length = buf[pos + 1]
+            if pos + 2 + length > end:
+                return
+            new_id = id_map.get(ext_id)
+            if new_id is not None and 1 <= new_id <= 255:
+                buf[pos] = new_id
+            else:
+                buf[pos : pos + 2 + length] = bytes(2 + length)
+            pos += 2 + length
+
+
 @attrs.frozen
 class DownTrackSnapshot:
     """Rewrite state to cache with the transceiver, so a later subscription on the same
@@ -122,6 +176,7 @@ class DownTrack:
         history_size: int = 1024,
         rtcp_interval: float = 1.0,
         wallclock_offset: float = 0.0,
+        extension_ids: Optional[Mapping[int, int]] = None,
         snapshot: Optional[DownTrackSnapshot] = None,
     ) -> None:
         self._source = source
@@ -136,6 +191,8 @@ class DownTrack:
         self.rtx_payload_type = rtx_payload_type
         self.rtcp_interval = rtcp_interval
         self.wallclock_offset = wallclock_offset
+        # publisher extension id -> subscriber id; None forwards the block untouched
+        self.extension_ids = dict(extension_ids) if extension_ids is not None else None
         self._is_keyframe = keyframe_detector(mime_type)
         self._vp8 = mime_type.lower().rsplit("/", 1)[-1] == "vp8"
         self.target_layer = target_layer
@@ -291,6 +348,8 @@ class DownTrack:
 
         out = bytearray(packet)
         rewrite_header(out, self.ssrc, out_ext, out_ts, pt_out)
+        if self.extension_ids is not None:
+            rewrite_extension_ids(out, self.extension_ids)
         pid_out = tl0_out = -1
         if self._vp8:
             desc = parse_vp8_descriptor(out, bounds[0], bounds[1])
@@ -424,6 +483,8 @@ class DownTrack:
                 continue
             out = bytearray(src)
             rewrite_header(out, self.ssrc, ext, self._h_ts[slot], pt_out)
+            if self.extension_ids is not None:
+                rewrite_extension_ids(out, self.extension_ids)
             if self._vp8 and (self._h_pid[slot] >= 0 or self._h_tl0[slot] >= 0):
                 desc = parse_vp8_descriptor(out, bounds[0], bounds[1])
                 if desc is not None:
