@@ -165,3 +165,25 @@ def test_vp9_layer_sid_bits_only():
     # SID occupies bits 3..1 of the layer byte: SID=1 (0x02), SID=2 (0x04), D bit alone (0x01) is layer 0
     assert not is_vp9_keyframe(bytes([0x28, 0x04, 0x05]))
     assert is_vp9_keyframe(bytes([0x28, 0x01, 0x05]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=12), st.integers(0, 0x7FFF), st.integers(0, 255))
+def test_munge_vp8_agrees_with_the_descriptor_parser(payload, pid_offset, tl0_offset):
+    from trio_sfu.forwarding.codec_keyframes import munge_vp8
+
+    before = parse_vp8_descriptor(payload)
+    buf = bytearray(payload)
+    pid_out, tl0_out = munge_vp8(buf, 0, len(buf), pid_offset, tl0_offset)
+    if before is None:
+        return
+    after = parse_vp8_descriptor(buf)
+    mod = 1 << before.picture_id_bits if before.picture_id is not None else 0
+    if before.picture_id is not None:
+        assert pid_out == (before.picture_id + pid_offset) & 0x7FFF
+        assert after.picture_id == pid_out % mod
+    else:
+        assert pid_out == -1
+    if before.tl0picidx is not None:
+        assert after.tl0picidx == tl0_out == (before.tl0picidx + tl0_offset) & 0xFF
+    assert after.header_size == before.header_size and after.is_keyframe == before.is_keyframe

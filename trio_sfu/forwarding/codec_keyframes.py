@@ -129,6 +129,38 @@ def write_vp8_picture_id(buf: bytearray, offset: int, bits: int, picture_id: int
         buf[offset] = picture_id & 0x7F
 
 
+def munge_vp8(buf: bytearray, start: int, end: int, picture_id_offset: int, tl0_offset: int) -> tuple[int, int]:
+    """Shift the picture id (mod 2^15, written in the sender's 7/15-bit width) and TL0PICIDX
+    (mod 2^8) in place; returns the written (picture id, tl0picidx), -1 for each absent one.
+
+    The per-packet form of :func:`parse_vp8_descriptor` + :func:`write_vp8_picture_id`:
+    it builds no descriptor object.
+    """
+    pid_out = tl0_out = -1
+    if start < 0 or end > len(buf) or start + 1 >= end or not buf[start] & 0x80:
+        return pid_out, tl0_out
+    ext = buf[start + 1]
+    pos = start + 2
+    if ext & 0x80:
+        if pos >= end:
+            return pid_out, tl0_out
+        if buf[pos] & 0x80:
+            if pos + 1 >= end:
+                return pid_out, tl0_out
+            pid_out = ((((buf[pos] & 0x7F) << 8) | buf[pos + 1]) + picture_id_offset) & 0x7FFF
+            buf[pos] = 0x80 | (pid_out >> 8)
+            buf[pos + 1] = pid_out & 0xFF
+            pos += 2
+        else:
+            pid_out = ((buf[pos] & 0x7F) + picture_id_offset) & 0x7FFF
+            buf[pos] = pid_out & 0x7F
+            pos += 1
+    if ext & 0x40 and pos < end:
+        tl0_out = (buf[pos] + tl0_offset) & 0xFF
+        buf[pos] = tl0_out
+    return pid_out, tl0_out
+
+
 # --- H.264 (RFC 6184 §5) ---------------------------------------------------------------------
 
 

@@ -29,6 +29,7 @@ from rtp.rtcp import Fir, Nack, Pli, ReceiverReport, Remb, RtcpPacket, SenderRep
 from rtp.seqnum import SequenceUnwrapper, timestamp_diff
 from trio_sfu.forwarding.codec_keyframes import (
     keyframe_detector,
+    munge_vp8,
     parse_vp8_descriptor,
     payload_bounds,
     write_vp8_picture_id,
@@ -350,16 +351,10 @@ class DownTrack:
         rewrite_header(out, self.ssrc, out_ext, out_ts, pt_out)
         if self.extension_ids is not None:
             rewrite_extension_ids(out, self.extension_ids)
-        pid_out = tl0_out = -1
         if self._vp8:
-            desc = parse_vp8_descriptor(out, bounds[0], bounds[1])
-            if desc is not None:
-                if desc.picture_id is not None:
-                    pid_out = (desc.picture_id + self._pid_offset) & 0x7FFF
-                    write_vp8_picture_id(out, desc.picture_id_offset, desc.picture_id_bits, pid_out)
-                if desc.tl0picidx is not None:
-                    tl0_out = (desc.tl0picidx + self._tl0_offset) & 0xFF
-                    out[desc.tl0picidx_offset] = tl0_out
+            pid_out, tl0_out = munge_vp8(out, bounds[0], bounds[1], self._pid_offset, self._tl0_offset)
+        else:
+            pid_out = tl0_out = -1
 
         slot = out_ext & self._mask
         self._h_ext[slot] = out_ext
