@@ -224,3 +224,20 @@ def test_dcep_open_round_trip(label, protocol, ordered, rexmit, lifetime, priori
 def test_dcep_rejects_malformed(bad):
     with pytest.raises(SctpParseError):
         parse_dcep(bad)
+
+
+@settings(max_examples=100)
+@given(st.lists(chunk_strategy, min_size=1, max_size=4))
+def test_packets_are_identical_with_our_pure_crc(monkeypatch_free_chunks):
+    # packet_crc32c may be the C accelerator; our own table-driven CRC must produce the same wire bytes.
+    from rtp.sctp import crc32c as crc_module
+
+    packet = c.Packet(5000, 5000, 7, monkeypatch_free_chunks)
+    fast = c.serialize_packet(packet)
+    saved = crc_module.packet_crc32c
+    crc_module.packet_crc32c = crc_module.crc32c
+    try:
+        assert c.serialize_packet(packet) == fast
+        assert c.parse_packet(fast) == packet
+    finally:
+        crc_module.packet_crc32c = saved

@@ -15,7 +15,7 @@ from typing import ClassVar, Union
 
 import attrs
 
-from rtp.sctp.crc32c import crc32c
+from rtp.sctp import crc32c as _crc
 from rtp.sctp.errors import SctpParseError
 
 COMMON_HEADER_LENGTH = 12
@@ -472,7 +472,7 @@ def parse_packet(data: bytes, verify_checksum: bool = True) -> Packet:
     if verify_checksum:
         # The checksum field is zero while computing; the CRC goes on the wire little-endian
         # (RFC 9260 appendix A reflects the bits; every implementation stores it this way).
-        computed = crc32c(bytes(data[:8]) + b"\x00\x00\x00\x00" + bytes(data[12:]))
+        computed = _crc.packet_crc32c(bytes(data[:8]) + b"\x00\x00\x00\x00" + bytes(data[12:]))
         if computed != int.from_bytes(data[8:12], "little"):
             raise SctpParseError("bad CRC32c")
     return Packet(src, dst, tag, parse_chunks(data))
@@ -498,5 +498,5 @@ def serialize_packet(packet: Packet) -> bytes:
 def serialize_packet_from_chunks(src: int, dst: int, tag: int, chunk_bytes: bytes) -> bytes:
     """Common header + already serialized chunks, with the CRC32c filled in."""
     header = _COMMON.pack(src, dst, tag, 0)
-    crc = crc32c(header + chunk_bytes)
+    crc = _crc.packet_crc32c(header + chunk_bytes)
     return header[:8] + crc.to_bytes(4, "little") + chunk_bytes
