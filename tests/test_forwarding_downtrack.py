@@ -159,13 +159,14 @@ def test_late_packet_before_a_closed_gap_uses_the_old_offset():
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["tick", "switch", "pad", "pause"]), st.integers(0, 2), st.booleans()),
-                min_size=1, max_size=60))
+@given(st.lists(st.tuples(st.sampled_from(["tick", "switch", "pad", "pause", "restart"]), st.integers(0, 2),
+                          st.booleans()), min_size=1, max_size=60))
 def test_continuity_under_random_interleavings(ops):
     wire = Wire()
     receiver, down = simulcast_pair(wire, target_layer=0)
     layers = three_layers()
     now = 0.0
+    restarts = 0
     forwarded_from = []
     for op, arg, flag in ops:
         now += 0.02
@@ -178,6 +179,11 @@ def test_continuity_under_random_interleavings(ops):
                 down.set_target_layer(None, now)
         elif op == "pad":
             receiver.receive_rtp(layers[arg].padding(), now)
+        elif op == "restart":  # the publisher comes back on this rid with fresh SSRC/seq/ts/picture id
+            old = layers[arg]
+            restarts += 1
+            layers[arg] = Layer(old.rid, 0x9000 + restarts, (old.seq * 7919) & 0xFFFF,
+                                (old.ts * 31) & 0xFFFFFFFF, (old.picture_id * 13) & 0x7FFF)
         else:
             order = [arg] + [i for i in range(3) if i != arg]
             for i in order:
@@ -185,7 +191,7 @@ def test_continuity_under_random_interleavings(ops):
                     before = len(wire.rtp)
                     receiver.receive_rtp(p, now)
                     if len(wire.rtp) > before:
-                        forwarded_from.append(i)
+                        forwarded_from.append(layers[i].ssrc)
     sent = _sent(wire)
     for a, b in zip(sent, sent[1:]):
         assert (b.sequence_number - a.sequence_number) & 0xFFFF == 1
@@ -195,7 +201,7 @@ def test_continuity_under_random_interleavings(ops):
     pids = [_desc(p).picture_id for p in sent if _desc(p).start_of_partition]
     for a, b in zip(pids, pids[1:]):
         assert (b - a) & 0x7FFF == 1
-    # each switch only ever lands on a keyframe
+    # each switch of layer or source only ever lands on a keyframe
     for i, p in enumerate(sent):
         if i == 0 or forwarded_from[i] != forwarded_from[i - 1]:
             assert _desc(p).is_keyframe
