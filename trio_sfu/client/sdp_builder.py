@@ -187,6 +187,9 @@ def answer_subscriber_offer(offer: SessionDescription, transport: Transport, ver
     """
     if not offer.media:
         raise NegotiationError("subscriber offer has no m-lines")
+    mids = [m.mid for m in offer.media if m.mid is not None]
+    if len(mids) != len(set(mids)):
+        raise NegotiationError(f"subscriber offer repeats a mid: {mids}")
     bundles = offer.bundle_groups()
     bundle = set(bundles[0]) if bundles else None
     answer = SessionDescription(origin=Origin("-", transport.session_id, version))
