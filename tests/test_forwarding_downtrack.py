@@ -426,3 +426,31 @@ def test_down_track_rewrites_extension_ids_and_forwards_audio_red():
     assert [p.payload_type for p in sent] == [109, 110, 109]
     assert all(p.extensions == {3: b"\x90"} for p in sent)
     _assert_continuous(sent)
+
+
+def test_falls_back_to_an_arriving_layer_while_the_target_is_absent():
+    wire = Wire()
+    receiver, down = simulcast_pair(wire, target_layer=2)
+    q, h, f = three_layers()
+    now = 0.0
+
+    def tick(sending, keyframes=()):
+        nonlocal now
+        for layer in sending:
+            for p in layer.frame(keyframe=layer.rid in keyframes):
+                receiver.receive_rtp(p, now)
+        now += 1 / 30
+
+    tick([q, h], "qh")  # f never started: the best arriving layer below the target, h
+    tick([q, h])
+    assert down.effective_target_layer == 1 and down.current_layer == 1
+    for i in range(6):
+        tick([q, h, f], "f" if i == 3 else "")  # f starts; we move up on its keyframe
+    assert down.current_layer == 2
+    for i in range(40):  # f stops (publisher congestion); after 1 s we fall back to h
+        tick([q, h], "h" if i == 35 else "")
+    # q's keyframe came first in tick 0 (q, then h a moment later): q -> h -> f -> h
+    assert down.current_layer == 1 and down.counters.layer_switches == 3
+    _assert_continuous(_sent(wire))
+    plis = {p.media_ssrc for c in wire.up_rtcp for p in parse_rtcp(c) if isinstance(p, Pli)}
+    assert {h.ssrc, f.ssrc} <= plis  # each fallback/upgrade asked that layer for a keyframe

@@ -50,6 +50,11 @@ class PacketSource(Protocol):
 
     def request_keyframe(self, layer: int, now: float) -> bool: ...
 
+    def layer_active(self, layer: int, now: float) -> bool: ...
+
+    @property
+    def layers(self) -> tuple[int, ...]: ...
+
 
 def map_payload_types(
     publisher: Iterable[tuple[int, str]], subscriber: Iterable[tuple[int, str]]
@@ -155,6 +160,8 @@ class DownTrackCounters:
 
 
 _MAX_OFFSET_CHANGES = 64
+#: How often the layer actually forwarded is re-derived from the target and what is arriving.
+_EFFECTIVE_TARGET_PERIOD = 0.1
 
 
 class DownTrack:
@@ -197,6 +204,8 @@ class DownTrack:
         self._is_keyframe = keyframe_detector(mime_type)
         self._vp8 = mime_type.lower().rsplit("/", 1)[-1] == "vp8"
         self.target_layer = target_layer
+        self._effective_target = target_layer
+        self._effective_checked_at = float("-inf")
         self.disabled = False
         self.current_layer: Optional[int] = None
         self.rtt: Optional[float] = None
@@ -249,6 +258,8 @@ class DownTrack:
         """From UpdateTrackSettings (via simulcast.select_target_layer); None pauses."""
         was_disabled = self.disabled
         self.target_layer = layer
+        self._effective_target = layer
+        self._effective_checked_at = float("-inf")
         self.disabled = layer is None
         if layer is not None and was_disabled:
             # Packets skipped while paused were never numbered: restart from a keyframe
@@ -301,7 +312,15 @@ class DownTrack:
             return False
         ssrc = (packet[8] << 24) | (packet[9] << 16) | (packet[10] << 8) | packet[11]
         if layer != self.current_layer or ssrc != self._source_ssrc:
-            if layer != self.target_layer:
+            effective = self._effective_target
+            if layer != effective and effective is not None and (
+                now - self._effective_checked_at >= _EFFECTIVE_TARGET_PERIOD
+                # a layer nearer the target than the fallback just arrived: look now
+                or effective < layer <= self.target_layer  # type: ignore[operator]
+                or self.target_layer <= layer < effective  # type: ignore[operator]
+            ):
+                self._update_effective_target(now)
+            if layer != self._effective_target:
                 counters.dropped_other_layer += 1
                 return False
             bounds = payload_bounds(packet)
@@ -385,6 +404,31 @@ class DownTrack:
         if self._next_sr is None:
             self._next_sr = now + self.rtcp_interval
         return True
+
+    def _update_effective_target(self, now: float) -> None:
+        """The target if it is arriving; else the best arriving layer below it, else the
+        lowest arriving above it; the target itself when nothing arrives at all."""
+        self._effective_checked_at = now
+        target = self.target_layer
+        if target is None:
+            return
+        source = self._source
+        if source.layer_active(target, now):
+            effective = target
+        else:
+            layers = source.layers
+            below = [l for l in layers if l < target and source.layer_active(l, now)]
+            above = [l for l in layers if l > target and source.layer_active(l, now)]
+            effective = max(below) if below else min(above) if above else target
+        if effective != self._effective_target:
+            self._effective_target = effective
+            if effective != self.current_layer:
+                source.request_keyframe(effective, now)
+
+    @property
+    def effective_target_layer(self) -> Optional[int]:
+        """The layer being forwarded or switched to (target, or a fallback while it is absent)."""
+        return self._effective_target
 
     def _offset_for(self, in_ext: int) -> Optional[int]:
         for first, offset in reversed(self._offset_changes):

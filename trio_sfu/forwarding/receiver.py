@@ -154,7 +154,7 @@ class NackTracker:
 class _Layer:
     __slots__ = (
         "index", "ssrc", "stats", "buffer", "nack", "keyframes", "last_keyframe_at",
-        "sender_report", "last_keyframe_request",
+        "sender_report", "last_keyframe_request", "last_arrival",
     )
 
     def __init__(self, index: int, clock_rate: int, capacity: int, nack: NackTracker) -> None:
@@ -167,6 +167,7 @@ class _Layer:
         self.last_keyframe_at: Optional[float] = None
         self.sender_report: Optional[PublisherSenderReport] = None
         self.last_keyframe_request = float("-inf")
+        self.last_arrival: Optional[float] = None
 
     def bind(self, ssrc: int, clock_rate: int) -> None:
         """(Re)start the layer on a new SSRC: a publisher restart shares nothing with before."""
@@ -218,6 +219,7 @@ class TrackReceiver:
         self.rr_interval = rr_interval
         self.keyframe_request_interval = keyframe_request_interval
         self.rtt = 0.1  # seconds; the owner may update it from transport-wide feedback
+        self.layer_timeout = 1.0
         self._next_rr = now + rr_interval
         indices = sorted({layer_for_rid(r, self.rids) for r in self.rids} - {None}) or [0]
         self._layers: dict[int, _Layer] = {
@@ -285,6 +287,16 @@ class TrackReceiver:
     def layer_ssrc(self, layer: int) -> Optional[int]:
         entry = self._layers.get(layer)
         return entry.ssrc if entry is not None else None
+
+    def layer_active(self, layer: int, now: float) -> bool:
+        """Whether media arrived on ``layer`` within :attr:`layer_timeout` seconds: a
+        publisher drops simulcast layers under congestion and starts the top one late."""
+        entry = self._layers.get(layer)
+        return (
+            entry is not None
+            and entry.last_arrival is not None
+            and now - entry.last_arrival < self.layer_timeout
+        )
 
     def get_packet(self, layer: int, seq: int) -> Optional[bytes]:
         entry = self._layers.get(layer)
@@ -395,6 +407,7 @@ class TrackReceiver:
         counters.packets += 1
         counters.bytes += len(packet)
         start, end = bounds
+        layer.last_arrival = now
         if start == end:
             counters.padding_only += 1  # still fanned out: down tracks close the seq gap
         else:
