@@ -254,3 +254,35 @@ def test_abort_is_sent_and_handled():
     pump(a, b, 0.0)
     assert drain(b) == [ChannelClosed(sid), AssociationClosed("aborted by peer")]
     assert b.get_timer() is None
+
+
+def test_negotiated_stream_counts_bound_channel_ids_and_inbound_streams():
+    # A hand-driven peer announcing 2 outbound and 3 inbound streams (RFC 9260 §5.1.1).
+    b = SctpAssociation(False)
+    peer_tag, peer_tsn = 0xABCDEF01, 1000
+    init = c.InitChunk(peer_tag, 65536, 2, 3, peer_tsn, [(c.ParamType.FORWARD_TSN_SUPPORTED, b"")])
+    b.receive_packet(c.serialize_packet(c.Packet(5000, 5000, 0, [init])), 0.0)
+    (reply,) = b.packets_to_send(0.0)
+    init_ack = c.parse_packet(reply)
+    assert init_ack.verification_tag == peer_tag
+    (ack_chunk,) = init_ack.chunks
+    cookie = dict(ack_chunk.params)[c.ParamType.STATE_COOKIE]
+    b.receive_packet(
+        c.serialize_packet(c.Packet(5000, 5000, ack_chunk.initiate_tag, [c.CookieEchoChunk(cookie)])), 0.0
+    )
+    (cookie_ack,) = b.packets_to_send(0.0)
+    assert c.parse_packet(cookie_ack).chunks == [c.CookieAckChunk()]
+    assert drain(b) == [AssociationEstablished()]
+
+    assert b.open_channel("ok") == 1
+    with pytest.raises(SctpProtocolError):
+        b.open_channel("beyond the peer's 3 inbound streams")
+
+    # DATA on stream 2 is outside the peer's 2 outbound streams: dropped, counted, still acknowledged.
+    bad = c.DataChunk(c.FLAG_BEGIN | c.FLAG_END, peer_tsn, 2, 0, 53, b"nope")
+    b.receive_packet(c.serialize_packet(c.Packet(5000, 5000, ack_chunk.initiate_tag, [bad])), 0.1)
+    b.handle_timer(0.3)
+    sacks = [ch for p in b.packets_to_send(0.3) for ch in c.parse_packet(p).chunks if isinstance(ch, c.SackChunk)]
+    assert sacks and sacks[-1].cumulative_tsn == peer_tsn
+    assert b.counters.invalid_stream == 1
+    assert not [e for e in drain(b) if isinstance(e, MessageReceived)]

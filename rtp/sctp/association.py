@@ -111,6 +111,7 @@ class SctpCounters:
     messages_sent: int = 0
     messages_received: int = 0
     malformed_messages: int = 0
+    invalid_stream: int = 0
 
 
 @attrs.define(slots=True, eq=False)
@@ -240,12 +241,19 @@ class SctpAssociation:
 
         # data channels
         self._channels: dict[int, _Channel] = {}
-        self._next_channel_id = 0 if is_client else 1
+        # RFC 8832 §6: the DTLS client takes even stream ids, the server odd ones.
+        self._channel_id_base = 0 if is_client else 1
+        # Negotiated stream counts (RFC 9260 §5.1.1); MAX_STREAMS until the peer says.
+        self._outbound_streams = MAX_STREAMS
+        self._inbound_streams = MAX_STREAMS
+        # Latest time seen through any entry point, for send() without an explicit now.
+        self._now = 0.0
 
     # ------------------------------------------------------------------ API
 
     def start(self, now: float) -> None:
         """The DTLS client initiates (RFC 8261 §5 lets either; one INIT is enough)."""
+        self._now = max(self._now, now)
         if self.is_client and self.state is AssociationState.CLOSED and self._t1_at is None:
             init = c.InitChunk(
                 self._local_tag, self._our_rwnd(), MAX_STREAMS, MAX_STREAMS, self._initial_tsn, self._init_params()
@@ -280,12 +288,12 @@ class SctpAssociation:
             raise SctpProtocolError("association is shutting down")
         if max_retransmits is not None and max_packet_lifetime is not None:
             raise SctpProtocolError("a channel has max_retransmits or max_packet_lifetime, not both")
-        stream_id = self._next_channel_id
+        # The lowest free id: ids of fully closed channels are reused, as browsers do.
+        stream_id = self._channel_id_base
         while stream_id in self._channels:
             stream_id += 2
-        if stream_id >= MAX_STREAMS:
-            raise SctpProtocolError("no free stream id")
-        self._next_channel_id = stream_id + 2
+        if stream_id >= self._outbound_streams:
+            raise SctpProtocolError("no free stream id within the negotiated stream count")
         open_msg = DataChannelOpen.for_channel(label, protocol, ordered, max_retransmits, max_packet_lifetime,
                                                priority)
         self._channels[stream_id] = _Channel(
@@ -294,8 +302,14 @@ class SctpAssociation:
         self._queue_message(stream_id, Ppid.DCEP, open_msg.serialize(), True, None, None, 0.0)
         return stream_id
 
-    def send(self, stream_id: int, data: Union[bytes, str], now: float = 0.0) -> None:
-        """Queue one message on an open (or opening) channel; ``now`` starts a lifetime clock."""
+    def send(self, stream_id: int, data: Union[bytes, str], now: Optional[float] = None) -> None:
+        """Queue one message on an open (or opening) channel.
+
+        ``now`` starts the lifetime clock of a timed channel; by default the latest
+        time the association was given.
+        """
+        if now is None:
+            now = self._now
         channel = self._channels.get(stream_id)
         if channel is None or channel.state is ChannelState.CLOSING:
             raise SctpProtocolError(f"no open channel on stream {stream_id}")
@@ -360,6 +374,7 @@ class SctpAssociation:
 
     def receive_packet(self, data: bytes, now: float) -> None:
         self.counters.packets_received += 1
+        self._now = max(self._now, now)
         if self._close_reported:
             # One association per object: after it ended, nothing restarts it.
             self.counters.unexpected_chunks += 1
@@ -516,7 +531,7 @@ class SctpAssociation:
             self.counters.unexpected_chunks += 1
             return
         if self.state in (AssociationState.CLOSED, AssociationState.COOKIE_WAIT, AssociationState.COOKIE_ECHOED):
-            self._adopt_peer(peer_tag, peer_tsn, peer_rwnd, bool(fwd))
+            self._adopt_peer(peer_tag, peer_tsn, peer_rwnd, bool(fwd), _out, _in)
             self._t1_at = None
             self._control.append(c.CookieAckChunk())
             self._established()
@@ -531,13 +546,27 @@ class SctpAssociation:
         if cookie is None or ack.initiate_tag == 0:
             self.counters.unexpected_chunks += 1
             return
-        self._adopt_peer(ack.initiate_tag, ack.initial_tsn, ack.a_rwnd, self._peer_supports_forward_tsn(ack.params))
+        if ack.outbound_streams == 0 or ack.inbound_streams == 0:
+            self.counters.unexpected_chunks += 1
+            return
+        self._adopt_peer(
+            ack.initiate_tag,
+            ack.initial_tsn,
+            ack.a_rwnd,
+            self._peer_supports_forward_tsn(ack.params),
+            ack.outbound_streams,
+            ack.inbound_streams,
+        )
         echo = c.CookieEchoChunk(cookie)
         self._control.append(echo)
         self._start_t1(echo, self._remote_tag, now)
         self.state = AssociationState.COOKIE_ECHOED
 
-    def _adopt_peer(self, tag: int, initial_tsn: int, rwnd: int, forward_tsn: bool) -> None:
+    def _adopt_peer(
+        self, tag: int, initial_tsn: int, rwnd: int, forward_tsn: bool, peer_outbound: int, peer_inbound: int
+    ) -> None:
+        self._outbound_streams = min(MAX_STREAMS, peer_inbound)
+        self._inbound_streams = min(MAX_STREAMS, peer_outbound)
         self._remote_tag = tag
         self._peer_rwnd = rwnd
         self._peer_forward_tsn = forward_tsn
@@ -568,6 +597,13 @@ class SctpAssociation:
             return
         self.counters.data_chunks_received += 1
         self._sack_pending = True
+        if chunk.stream_id >= self._inbound_streams:
+            # RFC 9260 §6.5 says report it; dropping is enough to stay safe. It is
+            # still acknowledged, as the sender would otherwise retransmit it forever.
+            self.counters.invalid_stream += 1
+            if not tracker.is_duplicate(chunk.tsn) and tracker.distance(chunk.tsn) <= MAX_TSN_AHEAD:
+                tracker.add(chunk.tsn)
+            return
         tsn = chunk.tsn
         if tracker.is_duplicate(tsn):
             self.counters.duplicate_tsns += 1
@@ -1018,6 +1054,7 @@ class SctpAssociation:
     # ------------------------------------------------------------ timers
 
     def handle_timer(self, now: float) -> None:
+        self._now = max(self._now, now)
         if self._t1_at is not None and now >= self._t1_at:
             self._t1_count += 1
             if self._t1_count > MAX_INIT_RETRANSMITS:
@@ -1089,6 +1126,7 @@ class SctpAssociation:
         self._control.append(_Alone(chunk, tag))
 
     def packets_to_send(self, now: float) -> list[bytes]:
+        self._now = max(self._now, now)
         packets: list[bytes] = []
         pieces: list[bytes] = []
         size = c.COMMON_HEADER_LENGTH
