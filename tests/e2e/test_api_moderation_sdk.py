@@ -1,0 +1,35 @@
+"""The Server API's moderation as real SDK clients see it: MutePublishedTrack mutes a `livekit`
+Python SDK participant's track as seen by another SDK participant (and by the publisher's own
+SDK), and RemoveParticipant disconnects it with PARTICIPANT_REMOVED. The scenario
+(tests/e2e/api_moderation_scenario.py) runs inside the test's network namespace, next to the
+server, and drives livekit-api's LiveKitAPI from there.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+from e2e_harness import E2E_DIR, Client
+
+pytestmark = pytest.mark.slow
+
+
+def test_mute_and_remove_through_the_server_api(netns, sfu, clients, tmp_path):
+    argv = netns.wrap([sys.executable, str(E2E_DIR / "api_moderation_scenario.py"), "--url", sfu.ws_url, "--room", "e2e-api"])
+    client = Client("api", argv, tmp_path / "api.log")
+    clients.append(client)
+    done = client.wait_for("summary", timeout_s=90)
+    client.finish()
+    context = f"{client.log_tail()}\n{sfu.log_tail()}"
+    assert done is not None, f"the scenario produced no summary\n{context}"
+    summary = done["summary"]
+    phases = summary["phases"]
+    detail = f"{json.dumps(summary)}\n{context}"
+    assert phases.get("join", {}).get("ok"), f"alice could not publish to bob\n{detail}"
+    mute = phases.get("mute", {})
+    assert mute.get("ok"), f"MutePublishedTrack did not take effect in the SDKs\n{detail}"
+    remove = phases.get("remove", {})
+    assert remove.get("ok"), f"RemoveParticipant did not disconnect alice with PARTICIPANT_REMOVED\n{detail}"
+    assert remove["listed_after"] == ["bob"]
