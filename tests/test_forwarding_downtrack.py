@@ -454,3 +454,16 @@ def test_falls_back_to_an_arriving_layer_while_the_target_is_absent():
     _assert_continuous(_sent(wire))
     plis = {p.media_ssrc for c in wire.up_rtcp for p in parse_rtcp(c) if isinstance(p, Pli)}
     assert {h.ssrc, f.ssrc} <= plis  # each fallback/upgrade asked that layer for a keyframe
+
+
+def test_constructed_paused_forwards_nothing_until_a_layer_is_chosen():
+    wire = Wire()
+    receiver, down = simulcast_pair(wire, target_layer=None)
+    q = three_layers()[0]
+    for p in q.frame(True):
+        receiver.receive_rtp(p, 0.0)
+    assert wire.rtp == [] and down.disabled and down.counters.dropped_disabled == 2
+    down.set_target_layer(0, 0.1)
+    for p in q.frame(True):
+        receiver.receive_rtp(p, 0.2)
+    assert len(wire.rtp) == 2

@@ -206,7 +206,7 @@ class DownTrack:
         self.target_layer = target_layer
         self._effective_target = target_layer
         self._effective_checked_at = float("-inf")
-        self.disabled = False
+        self.disabled = target_layer is None
         self.current_layer: Optional[int] = None
         self.rtt: Optional[float] = None
         self.fraction_lost = 0
