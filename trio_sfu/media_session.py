@@ -100,9 +100,16 @@ class MediaService:
         self.rooms: dict[int, RoomMedia] = {}
 
     def _bind_host(self) -> str:
+        """The UDP bind address: the signalling bind address, unless media must reach an
+        advertised `node_ip` that a loopback-only socket would never receive on."""
         hosts = self.config.effective_bind_addresses()
         host = hosts[0] if hosts else "0.0.0.0"
-        return "0.0.0.0" if host in ("", "::") else host
+        if host in ("", "::"):
+            return "0.0.0.0"
+        node_ip = self.config.rtc.node_ip
+        if host.startswith("127.") and node_ip and not node_ip.startswith("127."):
+            return "0.0.0.0"
+        return host
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         host = self._bind_host()
