@@ -77,3 +77,31 @@ async def test_one_publishes_audio_and_simulcast_video_the_other_receives() -> N
             assert audio.packets_sent >= 50 and video.packets_sent >= 30
             assert not [e for e in subscriber.errors + publisher.errors if "refused" in e], (
                 subscriber.errors, publisher.errors)
+
+
+async def test_wrong_fingerprint_in_answer_fails_the_publisher_pc() -> None:
+    """A publisher answer whose fingerprint is not the server's certificate's: our DTLS client
+    must refuse the server, the PC fails, the client reports it and the track never gets ready."""
+    import re
+
+    async with media_server() as server:
+        async with LiveKitClient.connect(server.url, mint_token("pub")) as client:
+            dispatch = client._dispatch
+
+            async def tampering_dispatch(response):
+                if response.WhichOneof("message") == "answer":
+                    response.answer.sdp = re.sub(
+                        r"a=fingerprint:sha-256 [0-9A-Fa-f:]+", "a=fingerprint:sha-256 " + ":".join(["00"] * 32),
+                        response.answer.sdp)
+                await dispatch(response)
+
+            client._dispatch = tampering_dispatch
+            audio = await client.publish_audio()
+            with trio.fail_after(10):
+                while not any("publisher PC failed" in e for e in client.errors):
+                    await trio.sleep(0.02)
+            assert not client.publisher_pc.connected.is_set()
+            assert "DTLS" in client.publisher_pc.failure
+            with pytest.raises(trio.TooSlowError):
+                await audio.wait_ready(timeout=0.2)
+            assert not audio.send_rtp(b"\xf8" + bytes(40), timestamp=0)

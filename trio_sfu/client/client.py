@@ -378,7 +378,8 @@ class LiveKitClient:
     def _ensure_publisher_pc(self) -> ClientPeerConnection:
         if self._publisher_pc is None:
             self._publisher_pc = ClientPeerConnection(
-                "publisher", self.bind_host, self._certificate, self._on_publisher_rtp, self._on_publisher_rtcp)
+                "publisher", self.bind_host, self._certificate, self._on_publisher_rtp, self._on_publisher_rtcp,
+                lambda reason: self._error(f"publisher PC failed: {reason}"))
             assert self._nursery is not None
             self._nursery.start_soon(self._publisher_pc.run)
         return self._publisher_pc
@@ -465,7 +466,8 @@ class LiveKitClient:
         offer = parse_sdp(description.sdp)
         if self._subscriber_pc is None:
             self._subscriber_pc = ClientPeerConnection(
-                "subscriber", self.bind_host, self._certificate, self._on_subscriber_rtp, self._on_subscriber_rtcp)
+                "subscriber", self.bind_host, self._certificate, self._on_subscriber_rtp, self._on_subscriber_rtcp,
+                lambda reason: self._error(f"subscriber PC failed: {reason}"))
             assert self._nursery is not None
             self._nursery.start_soon(self._subscriber_pc.run)
         pc = self._subscriber_pc

@@ -56,6 +56,7 @@ class ClientPeerConnection:
         certificate: DtlsCertificate,
         on_rtp: Callable[[bytes, float], None],
         on_rtcp: Callable[[bytes, float], None],
+        on_failure: Callable[[str], None] | None = None,
     ) -> None:
         self.name = name
         self.certificate = certificate
@@ -77,6 +78,7 @@ class ClientPeerConnection:
         self.failure: str | None = None
         self._on_rtp = on_rtp
         self._on_rtcp = on_rtcp
+        self._on_failure = on_failure
         self._early_candidates: list[object] = []  # aioice Candidates (or None = end) before the transport
         self._wait_scope: trio.CancelScope | None = None
 
@@ -239,6 +241,8 @@ class ClientPeerConnection:
             elif kind is TransportFailed:
                 self.failure = event.reason  # type: ignore[union-attr]
                 self.ended.set()
+                if self._on_failure is not None:
+                    self._on_failure(self.failure)
             elif kind is TransportClosed:
                 self.ended.set()
 
