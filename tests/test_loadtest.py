@@ -115,3 +115,33 @@ async def test_cli_load_test_subprocess_writes_json(tmp_path) -> None:
     summary = json.loads(json_path.read_text())
     check_loopback_summary(summary, subscribers=1, kinds=["audio"])
     assert "api_secret" not in summary["params"]
+
+
+async def test_cli_load_test_without_duration_stops_on_sigint_with_a_summary() -> None:
+    import signal
+
+    async with media_server() as server:
+        command = [
+            sys.executable, "-m", "trio_sfu.cli", "load-test", "--url", server.url, "--api-key", API_KEY,
+            "--api-secret", API_SECRET, "--room", "forever", "--audio-publishers", "1", "--subscribers", "1",
+            "--duration", "0", "--num-per-second", "20",
+        ]
+        proc = await trio.lowlevel.open_process(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            seen = b""
+            with trio.fail_after(30):
+                while b"tracks 1/1" not in seen or b" 0 pps" in seen.splitlines()[-1]:
+                    chunk = await proc.stderr.receive_some(4096)
+                    assert chunk, seen
+                    seen += chunk
+                proc.send_signal(signal.SIGINT)
+                stdout = b""
+                while chunk := await proc.stdout.receive_some(65536):
+                    stdout += chunk
+                await proc.wait()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    assert proc.returncode == 0, (stdout, seen)
+    assert b"sub_0            1/1" in stdout and b"errors 0" in stdout
