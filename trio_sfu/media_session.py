@@ -386,6 +386,7 @@ class ParticipantMedia:
                 parsed.effective_ufrag(first) or "", parsed.effective_pwd(first) or "",
                 tuple(parsed.effective_fingerprints(first)),
             )
+        self._withdraw_stopped_tracks(media)
         self._learn_publisher_media(media)
         self.context.send(rtc.SignalResponse(answer=rtc.SessionDescription(type="answer", sdp=serialize_sdp(answer), id=offer.id)))
         if first.mid is not None:
@@ -532,6 +533,25 @@ class ParticipantMedia:
         return pc is not None and pc.send_rtp(packet)
 
     # ---- publishing ----------------------------------------------------------------------------
+
+    def _withdraw_stopped_tracks(self, media: dict[str, NegotiatedMedia]) -> None:
+        """A re-offer whose m-line no longer sends (the client removed the sender) unpublishes
+        the track on it, as LiveKit does when the receiver ends."""
+        stopped = []
+        for mid, track in list(self.tracks_by_mid.items()):
+            nm = media.get(mid)
+            if nm is None or not nm.accepted or not nm.direction.receives:
+                del self.tracks_by_mid[mid]
+                stopped.append(track)
+        if not stopped:
+            return
+        for ssrc in [s for s, route in self._ssrc_routes.items() if route[0] in stopped]:
+            del self._ssrc_routes[ssrc]
+        for track in stopped:
+            self.log.info("track unpublished", kv={"track": track.sid})
+            # The room hears it (ParticipantUpdate) before subscribers get the offer without it.
+            self.participant.unpublish_track(track.sid)
+        self.room_media.unpublish(stopped)
 
     def _learn_publisher_media(self, media: dict[str, NegotiatedMedia]) -> None:
         self._pub_media = media

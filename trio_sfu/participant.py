@@ -406,6 +406,17 @@ class Participant:
         self.bump_version()
         self.room.broadcast_participant(self)
 
+    def unpublish_track(self, sid: str) -> None:
+        """The media layer saw the client stop sending `sid` (its m-line no longer sends):
+        forget it, tell the publisher (`track_unpublished`) and the room (ParticipantUpdate)."""
+        if self.tracks.pop(sid, None) is None:
+            return
+        for cid in [c for c, s in self.track_by_cid.items() if s == sid]:
+            del self.track_by_cid[cid]
+        self.send(rtc.SignalResponse(track_unpublished=rtc.TrackUnpublishedResponse(track_sid=sid)))
+        self.bump_version()
+        self.room.broadcast_participant(self)
+
     async def _on_mute(self, req: rtc.MuteTrackRequest) -> None:
         if self.set_track_muted(req.sid, req.muted, from_admin=False) is None:
             self._deny(rtc.RequestResponse.Reason.NOT_FOUND, "track not found", mute=req)

@@ -1,0 +1,162 @@
+"""Two `livekit` Python SDK participants (real libwebrtc) publish a sine and a solid colour through
+trio-sfu and count what they decode from each other; then one unpublishes its video.
+
+Prints JSON lines on stdout; the last one is {"summary": ...}. Run inside the test's network
+namespace by tests/e2e/test_media_sdk_pair.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import array
+import asyncio
+import json
+import math
+import sys
+import time
+
+from livekit import api, rtc
+
+SAMPLE_RATE = 48000
+FRAME_SAMPLES = SAMPLE_RATE // 100
+WIDTH, HEIGHT, FPS = 320, 240, 15
+LOUD = 2000
+
+
+def say(**item: object) -> None:
+    print(json.dumps(item), flush=True)
+
+
+class Side:
+    def __init__(self, identity: str, tone_hz: int, colour: tuple[int, int, int]) -> None:
+        self.identity = identity
+        self.tone_hz = tone_hz
+        self.colour = colour
+        self.room = rtc.Room()
+        self.video_frames = 0
+        self.audio_frames = 0
+        self.loud_audio_frames = 0
+        self.centre_rgb: list[int] | None = None
+        self.unpublished: list[str] = []
+        self.tasks: list[asyncio.Future] = []
+        self.video_publication: rtc.LocalTrackPublication | None = None
+
+
+async def count_video(side: Side, track: rtc.Track) -> None:
+    stream = rtc.VideoStream(track)
+    async for event in stream:
+        side.video_frames += 1
+        if side.video_frames % 5 == 1:
+            rgba = event.frame.convert(rtc.VideoBufferType.RGBA)
+            data = memoryview(rgba.data).cast("B")
+            at = ((rgba.height // 2) * rgba.width + rgba.width // 2) * 4
+            side.centre_rgb = [data[at], data[at + 1], data[at + 2]]
+
+
+async def count_audio(side: Side, track: rtc.Track) -> None:
+    stream = rtc.AudioStream(track, sample_rate=SAMPLE_RATE, num_channels=1)
+    async for event in stream:
+        samples = event.frame.data
+        side.audio_frames += 1
+        if len(samples) and max(max(samples), -min(samples)) >= LOUD:
+            side.loud_audio_frames += 1
+
+
+async def feed_audio(source: rtc.AudioSource, tone_hz: int) -> None:
+    frame = rtc.AudioFrame.create(SAMPLE_RATE, 1, FRAME_SAMPLES)
+    n = 0
+    while True:
+        pcm = array.array("h", (int(12000 * math.sin(2 * math.pi * tone_hz * (n + i) / SAMPLE_RATE))
+                                for i in range(FRAME_SAMPLES)))
+        n += FRAME_SAMPLES
+        frame.data.cast("B")[:] = pcm.tobytes()  # memoryview slices take bytes, not tuples
+        await source.capture_frame(frame)
+
+
+async def feed_video(source: rtc.VideoSource, colour: tuple[int, int, int]) -> None:
+    frame = rtc.VideoFrame(WIDTH, HEIGHT, rtc.VideoBufferType.RGBA, bytes((*colour, 255)) * (WIDTH * HEIGHT))
+    start = time.monotonic()
+    n = 0
+    while True:
+        source.capture_frame(frame, timestamp_us=int((time.monotonic() - start) * 1e6))
+        n += 1
+        await asyncio.sleep(max(0.0, start + n / FPS - time.monotonic()))
+
+
+async def join(args: argparse.Namespace, side: Side) -> None:
+    def on_subscribed(track: rtc.Track, publication: rtc.RemoteTrackPublication, participant: rtc.RemoteParticipant) -> None:
+        say(event="track_subscribed", at=side.identity, of=participant.identity, kind=int(track.kind))
+        counter = count_video if track.kind == rtc.TrackKind.KIND_VIDEO else count_audio
+        side.tasks.append(asyncio.ensure_future(counter(side, track)))
+
+    def on_unpublished(publication: rtc.RemoteTrackPublication, participant: rtc.RemoteParticipant) -> None:
+        say(event="track_unpublished", at=side.identity, of=participant.identity, sid=publication.sid)
+        side.unpublished.append(publication.sid)
+
+    side.room.on("track_subscribed", on_subscribed)
+    side.room.on("track_unpublished", on_unpublished)
+    grants = api.VideoGrants(room_join=True, room=args.room)
+    token = api.AccessToken(args.api_key, args.api_secret).with_identity(side.identity).with_grants(grants).to_jwt()
+    await side.room.connect(args.url, token, rtc.RoomOptions(auto_subscribe=True))
+    audio = rtc.AudioSource(SAMPLE_RATE, 1)
+    video = rtc.VideoSource(WIDTH, HEIGHT)
+    side.tasks.append(asyncio.ensure_future(feed_audio(audio, side.tone_hz)))
+    side.tasks.append(asyncio.ensure_future(feed_video(video, side.colour)))
+    mic = rtc.LocalAudioTrack.create_audio_track("mic", audio)
+    cam = rtc.LocalVideoTrack.create_video_track("camera", video)
+    await side.room.local_participant.publish_track(mic, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE))
+    side.video_publication = await side.room.local_participant.publish_track(
+        cam, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_CAMERA))
+
+
+async def until(predicate, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.1)
+    return True
+
+
+async def run(args: argparse.Namespace) -> dict[str, object]:
+    a = Side("alice", 440, (210, 40, 40))
+    b = Side("bob", 660, (40, 40, 210))
+    summary: dict[str, object] = {}
+    try:
+        await asyncio.wait_for(asyncio.gather(join(args, a), join(args, b)), 20)
+        summary["media"] = await until(
+            lambda: all(s.video_frames >= 15 and s.loud_audio_frames >= 25 for s in (a, b)), 25)
+        assert a.video_publication is not None
+        unpublished_sid = a.video_publication.sid
+        await a.room.local_participant.unpublish_track(unpublished_sid)
+        summary["unpublish"] = await until(lambda: unpublished_sid in b.unpublished, 10)
+        summary["unpublished_sid"] = unpublished_sid
+    except Exception as exc:  # reported in the summary; the test says what failed
+        summary["error"] = repr(exc)
+    for side in (a, b):
+        summary[side.identity] = {
+            "video_frames": side.video_frames, "audio_frames": side.audio_frames,
+            "loud_audio_frames": side.loud_audio_frames, "centre_rgb": side.centre_rgb,
+            "unpublished": list(side.unpublished), "sent_colour": list(side.colour),
+        }
+    for side in (a, b):
+        for task in side.tasks:
+            task.cancel()
+        await side.room.disconnect()
+    return summary
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--room", default="media-pair")
+    parser.add_argument("--api-key", default="devkey")
+    parser.add_argument("--api-secret", default="secret")
+    args = parser.parse_args()
+    summary = asyncio.run(run(args))
+    say(summary=summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
