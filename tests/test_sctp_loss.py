@@ -129,7 +129,8 @@ def test_reliable_channel_delivers_1mb_and_10000_messages_in_order_through_10pct
         assert counters.fast_retransmits > 0
         assert b.assoc.counters.duplicate_tsns >= 0
         assert b.assoc.counters.malformed_packets == 0
-        assert elapsed < 600, f"took {elapsed} simulated seconds"
+        # Measured 37-75 simulated seconds over link seeds; a stall or RTO blow-up shows here.
+        assert elapsed < 300, f"took {elapsed} simulated seconds"
 
     _run(main)
 

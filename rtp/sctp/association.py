@@ -11,9 +11,11 @@ lifetime of the object, so when both ends send INIT at once (WebRTC peers such a
 aiortc always do, RFC 8841 §9.3) both INIT-ACKs carry the same values and the
 collision resolves itself (RFC 9260 §5.2.1).
 
-Timer choices: RTO.Initial 1 s and RTO.Max 60 s as RFC 9260 §16; RTO.Min 0.4 s
-rather than 1 s, as libwebrtc's dcsctp does, because a WebRTC path is a single
-ICE pair whose RTT is measured continuously.
+Timer choices: RTO.Initial 1 s as RFC 9260 §16; RTO.Min 0.4 s rather than 1 s,
+and RTO.Max 10 s rather than 60 s. A WebRTC path is a single ICE pair whose RTT
+is measured continuously and which ICE consent freshness declares dead after
+30 s anyway, so a minute-long exponential backoff only stalls a channel that a
+few lost packets in a row left with a one-packet window.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from rtp.sctp.serial import tsn_add, tsn_diff, tsn_ge, tsn_gt
 
 RTO_INITIAL = 1.0
 RTO_MIN = 0.4
-RTO_MAX = 60.0
+RTO_MAX = 10.0
 RTO_ALPHA = 1 / 8
 RTO_BETA = 1 / 4
 MAX_INIT_RETRANSMITS = 8
@@ -216,6 +218,8 @@ class SctpAssociation:
         # Conservative hint that some chunk in _sent may be marked for retransmission,
         # so an idle packets_to_send does not walk the whole sent queue.
         self._maybe_retransmits = False
+        # The chunk whose acknowledgement gives the next RTT sample.
+        self._rtt_probe: Optional[_OutChunk] = None
 
         # timers
         self._rto = RTO_INITIAL
@@ -744,12 +748,11 @@ class SctpAssociation:
             self._outbound.append(_OutChunk(message, flags, ppid, payload[pos : pos + MAX_DATA_PAYLOAD]))
         self.counters.messages_sent += 1
 
-    def _receive_cum_ack(self, cum: int) -> tuple[int, Optional[_OutChunk]]:
-        """Release everything up to ``cum``; return (bytes newly acked, a chunk sent once for RTT)."""
+    def _receive_cum_ack(self, cum: int) -> int:
+        """Release everything up to ``cum``; return the bytes newly acknowledged."""
         acked_bytes = 0
-        rtt_chunk = None
         if not tsn_gt(cum, self._last_cum_ack) or not tsn_gt(self._next_tsn, cum):
-            return 0, None
+            return 0
         sent = self._sent
         tsn = tsn_add(self._last_cum_ack, 1)
         count = tsn_diff(cum, self._last_cum_ack)
@@ -760,15 +763,14 @@ class SctpAssociation:
                 continue
             if not chunk.acked:
                 acked_bytes += len(chunk.data)
-                if chunk.sent_count == 1 and not chunk.message.abandoned:
-                    rtt_chunk = chunk
+                chunk.acked = True
             if chunk.in_flight:
                 chunk.in_flight = False
                 self._flight_size -= len(chunk.data)
         self._last_cum_ack = cum
         if tsn_gt(cum, self._advanced_peer_ack):
             self._advanced_peer_ack = cum
-        return acked_bytes, rtt_chunk
+        return acked_bytes
 
     def _receive_sack(self, sack: c.SackChunk, now: float) -> None:
         self.counters.sacks_received += 1
@@ -777,9 +779,7 @@ class SctpAssociation:
             return  # stale or acknowledges what we never sent
         flight_before = self._flight_size
         advanced = cum != self._last_cum_ack
-        acked_bytes, rtt_chunk = self._receive_cum_ack(cum)
-        if rtt_chunk is not None:
-            self._update_rto(now - rtt_chunk.sent_time)
+        acked_bytes = self._receive_cum_ack(cum)
 
         # Gap blocks: must be increasing and disjoint, within what we have sent.
         highest_newly_acked = None
@@ -801,6 +801,13 @@ class SctpAssociation:
                     highest_newly_acked = chunk.tsn
             if end >= outstanding:
                 break
+
+        # One timed chunk per round trip (RFC 9260 §6.3.1 C4); never one sent twice (C5, Karn).
+        probe = self._rtt_probe
+        if probe is not None and probe.acked:
+            self._rtt_probe = None
+            if probe.sent_count == 1 and not probe.message.abandoned:
+                self._update_rto(now - probe.sent_time)
 
         # Fast retransmit: three reports of a hole (RFC 9260 §7.2.4).
         newly_marked = False
@@ -1099,6 +1106,8 @@ class SctpAssociation:
             self._abort_with_cause("too many retransmissions")
             return
         self._rto = min(RTO_MAX, self._rto * 2)
+        # Anything in flight now may be acknowledged only after a retransmission: no sample from it.
+        self._rtt_probe = None
         self._ssthresh = max(self._cwnd // 2, 4 * MAX_PACKET_SIZE)
         self._cwnd = MAX_PACKET_SIZE
         self._partial_bytes_acked = 0
@@ -1244,6 +1253,8 @@ class SctpAssociation:
             self._flight_size += length
             self._peer_rwnd = max(0, self._peer_rwnd - length)
             self._sent[chunk.tsn] = chunk
+            if self._rtt_probe is None:
+                self._rtt_probe = chunk
             self.counters.data_chunks_sent += 1
             out.append(self._serialize_data(chunk))
         return out
