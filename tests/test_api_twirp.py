@@ -146,6 +146,7 @@ BAD_REQUESTS = [
     ("admin without room", "ListParticipants", b'{"room":"b"}', _token({"video": {"roomAdmin": True}}), "application/json", PATH, 401, "unauthenticated"),
     ("no video grant", "ListRooms", b"{}", _token({}), "application/json", PATH, 401, "unauthenticated"),
     ("empty room name", "CreateRoom", b'{"name":""}', _token({"video": {"roomCreate": True}}), "application/json", PATH, 400, "invalid_argument"),
+    ("known but unimplemented", "PerformRpc", b'{"room":"x"}', _token({"video": {"roomAdmin": True, "room": "x"}}), "application/json", PATH, 501, "unimplemented"),
     ("unknown room", "UpdateRoomMetadata", b'{"room":"x"}', _token({"video": {"roomAdmin": True, "room": "x"}}), "application/json", PATH, 404, "not_found"),
 ]
 

@@ -12,6 +12,7 @@ participant had sent it; SendData goes to each recipient's `deliver_data`.
 from __future__ import annotations
 
 import attrs
+from google.protobuf.message import Message
 from livekit.protocol import models, room as room_pb, rtc
 
 from .auth import ClaimGrants, VideoGrant
@@ -99,7 +100,15 @@ class RoomService:
             "UpdateSubscriptions": TwirpMethod(room_pb.UpdateSubscriptionsRequest, self.update_subscriptions),
             "SendData": TwirpMethod(room_pb.SendDataRequest, self.send_data),
             "UpdateRoomMetadata": TwirpMethod(room_pb.UpdateRoomMetadataRequest, self.update_room_metadata),
+            # Known RoomService methods this server does not offer (multi-room/agent features):
+            # `unimplemented` tells a caller so, where `bad_route` would suggest a typo.
+            "ForwardParticipant": TwirpMethod(room_pb.ForwardParticipantRequest, self._unimplemented),
+            "MoveParticipant": TwirpMethod(room_pb.MoveParticipantRequest, self._unimplemented),
+            "PerformRpc": TwirpMethod(room_pb.PerformRpcRequest, self._unimplemented),
         }
+
+    async def _unimplemented(self, grants: ClaimGrants, req: Message) -> Message:
+        raise TwirpError("unimplemented", f"{type(req).__name__[:-len('Request')]} is not supported by this server")
 
     # ---- lookups -----------------------------------------------------------------------
 
