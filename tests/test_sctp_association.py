@@ -286,3 +286,55 @@ def test_negotiated_stream_counts_bound_channel_ids_and_inbound_streams():
     assert sacks and sacks[-1].cumulative_tsn == peer_tsn
     assert b.counters.invalid_stream == 1
     assert not [e for e in drain(b) if isinstance(e, MessageReceived)]
+
+
+def _open(a, b):
+    sid = a.open_channel("x")
+    pump(a, b, 0.0)
+    drain(a), drain(b)
+    return sid
+
+
+def test_rto_follows_rfc_9260_formulas_and_t3_backs_off():
+    a, b = connect()
+    assert a.rto == RTO_INITIAL
+    # First measurement R = 0.4 s on the DCEP OPEN, whose ACK carries the SACK
+    # (RFC 9260 §6.3.1 C2): SRTT = R, RTTVAR = R/2, RTO = SRTT + 4 RTTVAR = 3R.
+    sid = a.open_channel("x")
+    for packet in a.packets_to_send(10.0):
+        b.receive_packet(packet, 10.2)
+    for packet in b.packets_to_send(10.2):
+        a.receive_packet(packet, 10.4)
+    assert a.rto == pytest.approx(3 * 0.4)
+    pump(a, b, 10.4)
+    # T3 (§6.3.3): oldest outstanding chunk again, RTO doubled, cwnd down to one MTU.
+    a.send(sid, b"y" * 3000)
+    sent = a.packets_to_send(11.0)
+    first_tsn = next(ch.tsn for p in sent for ch in c.parse_packet(p).chunks if isinstance(ch, c.DataChunk))
+    rto_before = a.rto
+    a.handle_timer(a.get_timer())
+    assert a.rto == pytest.approx(min(10.0, 2 * rto_before))
+    assert a.cwnd == 1200 and a.counters.t3_expirations == 1
+    (again,) = a.packets_to_send(13.0)
+    assert [ch.tsn for ch in c.parse_packet(again).chunks if isinstance(ch, c.DataChunk)] == [first_tsn]
+
+
+def test_three_miss_reports_trigger_fast_retransmit_before_t3():
+    a, b = connect()
+    sid = _open(a, b)
+    for i in range(8):
+        a.send(sid, bytes([i]) * 1000)
+    cwnd_before = a.cwnd
+    packets = a.packets_to_send(1.0)
+    data_packets = [p for p in packets if "DataChunk" in chunk_types(p)]
+    assert len(data_packets) == 4  # the initial cwnd of 4 MTU
+    lost_tsn = [ch.tsn for ch in c.parse_packet(data_packets[0]).chunks if isinstance(ch, c.DataChunk)][0]
+    for packet in data_packets[1:]:  # the first is lost; each later arrival reports the hole
+        b.receive_packet(packet, 1.01)
+        for sack in b.packets_to_send(1.01):
+            a.receive_packet(sack, 1.02)
+    assert a.counters.fast_retransmits == 1 and a.counters.t3_expirations == 0
+    resent = [ch.tsn for p in a.packets_to_send(1.02) for ch in c.parse_packet(p).chunks if isinstance(ch, c.DataChunk)]
+    assert resent[0] == lost_tsn
+    # §7.2.3: ssthresh = max(cwnd / 2, 4 MTU) and cwnd = ssthresh.
+    assert a.cwnd == max(cwnd_before // 2, 4 * 1200)

@@ -366,6 +366,18 @@ class SctpAssociation:
         return None if ch is None else ch.state
 
     @property
+    def rto(self) -> float:
+        return self._rto
+
+    @property
+    def cwnd(self) -> int:
+        return self._cwnd
+
+    @property
+    def flight_size(self) -> int:
+        return self._flight_size
+
+    @property
     def unacked_chunks(self) -> int:
         """DATA chunks sent and not yet covered by the peer's cumulative ack (abandoned ones included)."""
         return len(self._sent)
