@@ -233,7 +233,8 @@ def test_nack_round_trip_resends_the_same_bytes():
 
 def test_nack_answered_across_a_layer_switch_with_rtx():
     wire = Wire()
-    receiver, down = simulcast_pair(wire, target_layer=0, rtx_ssrc=0xD1D1, rtx_payload_type=SUB_RTX_PT)
+    receiver, down = simulcast_pair(wire, target_layer=0, rtx_ssrc=0xD1D1,
+                                    rtx_payload_types={SUB_VP8_PT: SUB_RTX_PT})
     layers = three_layers()
     for i in range(6):
         if i == 3:

@@ -180,7 +180,7 @@ class DownTrack:
         cname: str = "trio-sfu",
         target_layer: Optional[int] = 0,
         rtx_ssrc: Optional[int] = None,
-        rtx_payload_type: Optional[int] = None,
+        rtx_payload_types: Optional[Mapping[int, int]] = None,
         history_size: int = 1024,
         rtcp_interval: float = 1.0,
         wallclock_offset: float = 0.0,
@@ -196,7 +196,8 @@ class DownTrack:
         self._send_rtcp = send_rtcp
         self.cname = cname
         self.rtx_ssrc = rtx_ssrc
-        self.rtx_payload_type = rtx_payload_type
+        # subscriber media PT -> its RTX PT (a=fmtp:<rtx> apt=<media>); resends use RTX when set
+        self.rtx_payload_types = dict(rtx_payload_types or {})
         self.rtcp_interval = rtcp_interval
         self.wallclock_offset = wallclock_offset
         # publisher extension id -> subscriber id; None forwards the block untouched
@@ -531,15 +532,16 @@ class DownTrack:
                         write_vp8_picture_id(out, desc.picture_id_offset, desc.picture_id_bits, self._h_pid[slot])
                     if desc.tl0picidx is not None and self._h_tl0[slot] >= 0:
                         out[desc.tl0picidx_offset] = self._h_tl0[slot]
-            if self.rtx_ssrc is not None and self.rtx_payload_type is not None:
-                out = self._wrap_rtx(out, bounds, ext)
+            rtx_pt = self.rtx_payload_types.get(pt_out) if self.rtx_ssrc is not None else None
+            if rtx_pt is not None:
+                out = self._wrap_rtx(out, bounds, ext, rtx_pt)
             self._h_resent[slot] = now
             if self._send_rtp(bytes(out)):
                 counters.nack_resent += 1
             else:
                 counters.dropped_send_failed += 1
 
-    def _wrap_rtx(self, out: bytearray, bounds: tuple[int, int], seq: int) -> bytearray:
+    def _wrap_rtx(self, out: bytearray, bounds: tuple[int, int], seq: int, rtx_pt: int) -> bytearray:
         """RFC 4588 §4: same header on the RTX SSRC/PT, payload prefixed by the original seq."""
         start, end = bounds
         rtx = bytearray(out[:start])
@@ -547,7 +549,7 @@ class DownTrack:
         rtx += bytes(((seq >> 8) & 0xFF, seq & 0xFF))
         rtx += out[start:end]
         rewrite_header(rtx, self.rtx_ssrc, self._rtx_seq, (out[4] << 24) | (out[5] << 16) | (out[6] << 8) | out[7],
-                       self.rtx_payload_type)
+                       rtx_pt)
         self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
         return rtx
 
