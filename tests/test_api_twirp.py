@@ -5,6 +5,7 @@ and protobuf/JSON round-trip."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
@@ -13,6 +14,7 @@ from typing import Any
 import httpx
 import jwt
 import pytest
+import trio
 from hypothesis import given, settings, strategies as st
 from livekit import api
 from livekit.protocol import models, room as room_pb, rtc
@@ -191,10 +193,6 @@ async def test_handler_crash_is_internal_without_trace() -> None:
 
 async def test_livekit_api_client_sees_error_codes() -> None:
     # The SDK's error parsing on our JSON errors: code, message and status reach the caller.
-    import asyncio
-
-    import trio
-
     async with running_server() as server:
 
         def run() -> api.TwirpError:

@@ -5,8 +5,11 @@ and the config checks."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import functools
+import hashlib
+import time
 from typing import AsyncIterator
 
 import attrs
@@ -16,7 +19,7 @@ import trio
 from livekit import api
 from livekit.protocol import models, rtc, webhook
 
-from server_fixtures import API_KEY, API_SECRET, join, make_config, mint_token, recv_kind, running_server, send, signal_client
+from server_fixtures import API_KEY, join, make_config, mint_token, recv_kind, running_server, send, signal_client
 from trio_sfu import webhooks as wh
 from trio_sfu.config import ConfigError, ServerConfig
 from trio_sfu.metrics import Metrics
@@ -76,7 +79,7 @@ class Receiver:
 
     async def wait_for(self, count: int, timeout: float = 10) -> None:
         with trio.fail_after(timeout):
-            while len([r for r in self.received]) < count:
+            while len(self.received) < count:
                 await self.arrived.wait()
 
 
@@ -215,11 +218,8 @@ async def test_a_full_queue_drops_and_counts() -> None:
 
 def test_signature_is_sha256_of_the_body() -> None:
     body = wh.event_body(webhook.WebhookEvent(event="room_started", room=models.Room(name="r")))
-    token = wh.sign_body(body, WEBHOOK_KEY, WEBHOOK_SECRET, now=__import__("time").time())
+    token = wh.sign_body(body, WEBHOOK_KEY, WEBHOOK_SECRET, now=time.time())
     claims = api.TokenVerifier(WEBHOOK_KEY, WEBHOOK_SECRET).verify(token)
-    import base64
-    import hashlib
-
     assert base64.b64decode(claims.sha256) == hashlib.sha256(body).digest()
 
 

@@ -140,7 +140,8 @@ def decode_request(encoding: Encoding, body: bytes, message_type: type[Message])
         try:
             message.ParseFromString(body)
         except Exception:
-            # protobuf raises DecodeError, but also RuntimeWarning-ish ValueErrors on bad UTF-8.
+            # The protobuf runtimes (upb, C++, pure Python) differ in what they raise on hostile
+            # input; any failure to parse means a malformed body.
             raise TwirpError("malformed", "the request body could not be decoded as protobuf") from None
         return message
     try:
