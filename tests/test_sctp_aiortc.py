@@ -254,3 +254,42 @@ def test_partial_reliability_interop_both_ways_under_loss():
         await pair.theirs.stop()
 
     asyncio.run(main())
+
+
+def _some_data_packets(every: int, first: int) -> Callable[[bytes], bool]:
+    """Drop every n-th DATA-carrying packet among the first few, so recovery is by SACK gaps."""
+    count = 0
+
+    def drop(packet: bytes) -> bool:
+        nonlocal count
+        if not any(isinstance(ch, c.DataChunk) for ch in c.parse_packet(packet).chunks):
+            return False
+        count += 1
+        return count <= first and count % every == 0
+
+    return drop
+
+
+def test_reliable_channel_recovers_from_loss_both_ways_with_aiortc():
+    async def main():
+        pair = await _connected(False)
+        channel = RTCDataChannel(pair.theirs, RTCDataChannelParameters(label="_reliable"))
+        got_by_them: list = []
+        channel.on("message", got_by_them.append)
+        await pair.until(lambda: channel.readyState == "open" and pair.of(ChannelOpened))
+        sid = channel.id
+        pair.drop_to_ours = _some_data_packets(every=7, first=60)
+        pair.drop_to_theirs = _some_data_packets(every=7, first=60)
+        ours_msgs = [bytes([i]) * 3000 for i in range(60)]
+        theirs_msgs = [bytes([255 - i]) * 2500 for i in range(60)]
+        for i in range(60):
+            pair.ours.send(sid, ours_msgs[i])
+            channel.send(theirs_msgs[i])
+        await pair.until(lambda: len(got_by_them) == 60 and len(pair.of(MessageReceived)) == 60, timeout=30)
+        assert got_by_them == ours_msgs
+        assert [e.data for e in pair.of(MessageReceived)] == theirs_msgs
+        assert pair.ours.counters.chunks_retransmitted > 0
+        assert pair.ours.counters.malformed_packets == 0
+        await pair.theirs.stop()
+
+    asyncio.run(main())

@@ -127,7 +127,6 @@ def test_reliable_channel_delivers_1mb_and_10000_messages_in_order_through_10pct
         counters = a.assoc.counters
         assert counters.chunks_retransmitted > 50
         assert counters.fast_retransmits > 0
-        assert b.assoc.counters.duplicate_tsns >= 0
         assert b.assoc.counters.malformed_packets == 0
         # Measured 37-75 simulated seconds over link seeds; a stall or RTO blow-up shows here.
         assert elapsed < 300, f"took {elapsed} simulated seconds"
