@@ -251,3 +251,25 @@ def test_no_urls_means_no_webhooks() -> None:
     assert wh.WebhookConfig.from_server_config(webhook_config("http://127.0.0.1:1/")) == wh.WebhookConfig(
         WEBHOOK_KEY, WEBHOOK_SECRET, ("http://127.0.0.1:1/",)
     )
+
+
+def test_livekit_style_yaml_config_enables_webhooks() -> None:
+    from trio_sfu.config import config_from_mapping
+    import yaml
+
+    text = f"""
+keys:
+  {WEBHOOK_KEY}: {WEBHOOK_SECRET}
+webhook:
+  api_key: {WEBHOOK_KEY}
+  urls:
+    - http://127.0.0.1:8080/hooks
+    - https://example.invalid/lk
+room:
+  enable_remote_unmute: true
+"""
+    config, warnings = config_from_mapping(yaml.safe_load(text))
+    assert warnings == [] and config.room.enable_remote_unmute
+    server = Server(config)
+    assert server.webhooks is not None and server.webhooks in server.registry.observers
+    assert server.webhooks.config.urls == ("http://127.0.0.1:8080/hooks", "https://example.invalid/lk")
