@@ -16,12 +16,13 @@ import attrs
 import h11
 import pytest
 import trio
+import yaml
 from livekit import api
 from livekit.protocol import models, rtc, webhook
 
 from server_fixtures import API_KEY, join, make_config, mint_token, recv_kind, running_server, send, signal_client
 from trio_sfu import webhooks as wh
-from trio_sfu.config import ConfigError, ServerConfig
+from trio_sfu.config import ConfigError, ServerConfig, config_from_mapping
 from trio_sfu.metrics import Metrics
 from trio_sfu.server import Server
 
@@ -254,9 +255,6 @@ def test_no_urls_means_no_webhooks() -> None:
 
 
 def test_livekit_style_yaml_config_enables_webhooks() -> None:
-    from trio_sfu.config import config_from_mapping
-    import yaml
-
     text = f"""
 keys:
   {WEBHOOK_KEY}: {WEBHOOK_SECRET}
