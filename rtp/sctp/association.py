@@ -62,6 +62,7 @@ MAX_TSN_AHEAD = 1 << 16
 MAX_BUFFERED_CHUNKS = 1 << 15
 
 _COOKIE = struct.Struct("!dLLLHHBL")
+_DATA_CHUNK_HEADER = struct.Struct("!BBHLHHL")
 _COOKIE_MAC_LENGTH = 16
 
 
@@ -1273,7 +1274,10 @@ class SctpAssociation:
 
     @staticmethod
     def _serialize_data(chunk: _OutChunk) -> bytes:
+        # Per-packet path: packed straight from the queue entry, no DataChunk built.
         message = chunk.message
-        return c.serialize_chunk(
-            c.DataChunk(chunk.flags, chunk.tsn, message.stream_id, message.ssn, chunk.ppid, chunk.data)
+        length = c.DATA_CHUNK_HEADER_LENGTH + len(chunk.data)
+        header = _DATA_CHUNK_HEADER.pack(
+            c.ChunkType.DATA, chunk.flags, length, chunk.tsn, message.stream_id, message.ssn, chunk.ppid
         )
+        return header + chunk.data + b"\x00" * (-length & 3)
