@@ -293,3 +293,22 @@ def test_reliable_channel_recovers_from_loss_both_ways_with_aiortc():
         await pair.theirs.stop()
 
     asyncio.run(main())
+
+
+def test_thousands_of_small_messages_each_way_with_aiortc():
+    async def main():
+        pair = await _connected(True)
+        channel = RTCDataChannel(pair.theirs, RTCDataChannelParameters(label="volume"))
+        got_by_them: list = []
+        channel.on("message", got_by_them.append)
+        await pair.until(lambda: channel.readyState == "open" and pair.of(ChannelOpened))
+        count = 3000
+        for i in range(count):
+            channel.send(f"theirs {i}")
+            pair.ours.send(channel.id, f"ours {i}")
+        await pair.until(lambda: len(got_by_them) == count and len(pair.of(MessageReceived)) == count, timeout=60)
+        assert got_by_them == [f"ours {i}" for i in range(count)]
+        assert [e.data for e in pair.of(MessageReceived)] == [f"theirs {i}" for i in range(count)]
+        await pair.theirs.stop()
+
+    asyncio.run(main())
