@@ -76,6 +76,8 @@ async def test_join_publish_leave_seen_by_another_participant(token_in_query: bo
                     if states.get(client.participant_sid) == models.ParticipantInfo.State.DISCONNECTED:
                         break
             assert client.leave_reason == "client initiated"
+            with trio.fail_after(1):
+                assert [t async for t in client.tracks()] == []  # the iterator ends once we left
             assert "ours" not in server.registry.rooms["room1"].participants
     leaked = {t for t in all_tasks() - before if t is not trio.lowlevel.current_task()}
     assert not leaked, [t.name for t in leaked]

@@ -330,6 +330,7 @@ class LiveKitClient:
         if self.leave_reason is None:
             self.leave_reason = "client initiated"
         self.left.set()
+        self._tracks_send.close()  # ends every `async for` over tracks()
         with trio.move_on_after(2):
             await self._ws.aclose()
 
@@ -431,9 +432,12 @@ class LiveKitClient:
     # ------------------------------------------------------------------ subscribing
 
     async def tracks(self) -> AsyncIterator[RemoteTrack]:
-        """Each subscribed track once, as the server's offers add them (one consumer)."""
-        async for track in self._tracks_recv:
-            yield track
+        """Each subscribed track once, as the server's offers add them (one consumer); ends on leave."""
+        try:
+            async for track in self._tracks_recv:
+                yield track
+        except trio.ClosedResourceError:
+            return
 
     async def wait_for_tracks(self, count: int, timeout: float = 15.0) -> list[RemoteTrack]:
         with trio.fail_after(timeout):
@@ -498,7 +502,7 @@ class LiveKitClient:
             if track is None:
                 track = RemoteTrack(track_sid, participant_sid, m.kind, m.mid or "")
                 self.subscriptions[track_sid] = track
-                with contextlib.suppress(trio.WouldBlock):
+                with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError):
                     self._tracks_send.send_nowait(track)
             track.mid = m.mid or track.mid
             for ssrc in set(m.ssrcs):
