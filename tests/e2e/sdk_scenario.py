@@ -22,10 +22,10 @@ peer in another process can finish its own checks.  Every wait is bounded.
 from __future__ import annotations
 
 import argparse
+import array
 import asyncio
 import json
 import math
-import struct
 import sys
 import time
 from dataclasses import dataclass, field
@@ -89,6 +89,7 @@ class Participant:
     disconnected: list[str] = field(default_factory=list)
     video_sid: str = ""
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    task_errors: list[str] = field(default_factory=list)
     joined_at: float = 0.0
 
     @property
@@ -151,13 +152,26 @@ async def count_audio(p: Participant, who: str, track: rtc.Track) -> None:
         await stream.aclose()
 
 
+def spawn(p: Participant, coro) -> None:
+    """Run a background task whose failure is reported (an unretrieved exception would be silent)."""
+    task = asyncio.ensure_future(coro)
+
+    def report(t: asyncio.Task[None]) -> None:
+        if not t.cancelled() and t.exception() is not None:
+            say(task_error=repr(t.exception()), at=p.identity)
+            p.task_errors.append(repr(t.exception()))
+
+    task.add_done_callback(report)
+    p.tasks.append(task)
+
+
 def attach_handlers(p: Participant) -> None:
     def on_track_subscribed(track: rtc.Track, publication: rtc.RemoteTrackPublication,
                             participant: rtc.RemoteParticipant) -> None:
         who = participant.identity
         say(event="track_subscribed", at=p.identity, of=who, kind=int(track.kind), sid=publication.sid)
         counter = count_video if track.kind == rtc.TrackKind.KIND_VIDEO else count_audio
-        p.tasks.append(asyncio.ensure_future(counter(p, who, track)))
+        spawn(p, counter(p, who, track))
 
     def on_track_unpublished(publication: rtc.RemoteTrackPublication, participant: rtc.RemoteParticipant) -> None:
         say(event="track_unpublished", at=p.identity, of=participant.identity, sid=publication.sid)
@@ -176,7 +190,7 @@ def attach_handlers(p: Participant) -> None:
 async def feed_audio(source: rtc.AudioSource, tone_hz: int) -> None:
     frame = rtc.AudioFrame.create(SAMPLE_RATE, 1, FRAME_SAMPLES)
     pcm = [int(12000 * math.sin(2 * math.pi * tone_hz * i / SAMPLE_RATE)) for i in range(FRAME_SAMPLES)]
-    frame.data[:] = struct.unpack(f"{FRAME_SAMPLES}h", struct.pack(f"{FRAME_SAMPLES}h", *pcm))
+    frame.data[:] = array.array("h", pcm)
     while True:
         # capture_frame waits while the source's queue is full, which paces this loop in real time.
         await source.capture_frame(frame)
@@ -203,8 +217,8 @@ async def join(args: argparse.Namespace, p: Participant) -> None:
     await p.room.connect(args.url, token(args, p.identity), rtc.RoomOptions(auto_subscribe=True))
     audio = rtc.AudioSource(SAMPLE_RATE, 1)
     video = rtc.VideoSource(WIDTH, HEIGHT)
-    p.tasks.append(asyncio.ensure_future(feed_audio(audio, p.tone_hz)))
-    p.tasks.append(asyncio.ensure_future(feed_video(video, p.colour)))
+    spawn(p, feed_audio(audio, p.tone_hz))
+    spawn(p, feed_video(video, p.colour))
     mic = rtc.LocalAudioTrack.create_audio_track("mic", audio)
     cam = rtc.LocalVideoTrack.create_video_track("camera", video)
     await p.room.local_participant.publish_track(mic, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE))
@@ -325,7 +339,9 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     finally:
         for p in people:
             summary["participants"][p.identity] = {  # type: ignore[index]
-                "unpublished": p.unpublished, "disconnected": p.disconnected, "video_sid": p.video_sid,
+                # Copies: the final disconnects below still append events to the live lists.
+                "unpublished": list(p.unpublished), "disconnected": list(p.disconnected),
+                "video_sid": p.video_sid, "task_errors": list(p.task_errors),
                 "remotes": {w: m.as_json() for w, m in p.remotes.items()},
             }
             for t in p.tasks:
