@@ -78,6 +78,11 @@ async def test_one_publishes_audio_and_simulcast_video_the_other_receives() -> N
                 assert len(track.stats.latencies_ms) == track.stats.packets
                 assert 0 <= track.stats.latency_percentile(0.5) < 1000
             assert subscriber.unknown_ssrc_packets == 0
+            # RTCP both ways: our SRs (one per stream per second) reached the SFU, whose RRs came back
+            # with our SR's LSR echoed, giving a loopback round trip; our RRs went out too.
+            assert publisher.sender_reports_sent >= 4 and subscriber.receiver_reports_sent >= 1
+            assert audio.receiver_reports >= 1 and video.receiver_reports >= 1
+            assert audio.rtt_ms is not None and 0 <= audio.rtt_ms < 100
             assert audio.packets_sent >= 50 and video.packets_sent >= 30
             assert not [e for e in subscriber.errors + publisher.errors if "refused" in e], (
                 subscriber.errors, publisher.errors)

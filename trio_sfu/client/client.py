@@ -34,7 +34,8 @@ from livekit.protocol import models, rtc
 from rtp import rtcp
 from rtp.dtls import DtlsCertificate, DtlsRole
 from rtp.errors import ParseError, RtpStackError
-from rtp.packet import payload_offset, read_sequence_number, read_ssrc
+from rtp.packet import payload_offset, read_sequence_number, read_ssrc, read_timestamp
+from rtp.receive_stats import ReceiveStatistics
 from sdp.codecs import EXT_MID, EXT_RID
 
 from sdp.model import SessionDescription, Ssrc
@@ -60,6 +61,17 @@ JOIN_TIMEOUT = 10.0
 #: livekit-client gives up on add_track after 10 s.
 PUBLISH_TIMEOUT = 10.0
 ANSWER_TIMEOUT = 10.0
+#: How often each PC sends its RTCP reports (SRs on the publisher PC, RRs on the subscriber PC).
+RTCP_INTERVAL = 1.0
+#: RFC 3550 §6.4: the RC field holds at most 31 report blocks.
+MAX_REPORT_BLOCKS = 31
+_NTP_EPOCH_OFFSET = 2208988800  # 1900-01-01 to 1970-01-01, seconds
+
+
+def ntp_now() -> int:
+    """The wall clock as a 64-bit NTP timestamp (RFC 3550 §4)."""
+    seconds = time.time() + _NTP_EPOCH_OFFSET
+    return (int(seconds) << 32) | int((seconds % 1) * (1 << 32))
 PUBLISHER = rtc.SignalTarget.PUBLISHER
 SUBSCRIBER = rtc.SignalTarget.SUBSCRIBER
 _QUALITY_OF_RID = {"q": models.VideoQuality.LOW, "h": models.VideoQuality.MEDIUM, "f": models.VideoQuality.HIGH}
@@ -135,7 +147,11 @@ class LocalPublication:
         self.packets_sent = 0
         self.packets_dropped = 0  # send_rtp before the transport was ready
         self.keyframe_requests = 0
+        #: Receiver reports the SFU sent about this track, and the round trip they gave (LSR/DLSR).
+        self.receiver_reports = 0
+        self.rtt_ms: float | None = None
         self._keyframe_pending: set[str] = set()
+        self._last_send_clock: dict[str, float] = {}
         self._writers: dict[str, RtpStreamWriter] = {}
         self.error: str | None = None
 
@@ -187,6 +203,7 @@ class LocalPublication:
             return False
         if pc.send_rtp(writer.packet(payload, timestamp, marker)):
             self.packets_sent += 1
+            self._last_send_clock[rid] = trio.current_time()
             return True
         self.packets_dropped += 1
         return False
@@ -197,6 +214,26 @@ class LocalPublication:
             self._keyframe_pending.discard(rid)
             return True
         return False
+
+    def sender_reports(self, now: float, ntp: int) -> list[rtcp.SenderReport]:
+        """One SR per stream that has sent anything; the RTP timestamp is extrapolated to ``now``."""
+        reports = []
+        for rid, writer in self._writers.items():
+            if not writer.packets or writer.last_timestamp is None:
+                continue
+            elapsed = max(now - self._last_send_clock.get(rid, now), 0.0)
+            rtp_timestamp = (writer.last_timestamp + int(elapsed * self.clock_rate)) & 0xFFFFFFFF
+            reports.append(rtcp.SenderReport(writer.ssrc, ntp, rtp_timestamp, writer.packets & 0xFFFFFFFF,
+                                             writer.octets & 0xFFFFFFFF))
+        return reports
+
+    def _on_report_block(self, block: rtcp.ReportBlock, ntp: int) -> None:
+        self.receiver_reports += 1
+        if block.lsr:
+            # RFC 3550 §6.4.1: RTT = arrival - LSR - DLSR, all in 1/65536 s of compact NTP.
+            rtt = (rtcp.compact_ntp(ntp) - block.lsr - block.dlsr) & 0xFFFFFFFF
+            if rtt < 0x80000000:
+                self.rtt_ms = rtt * 1000 / 65536
 
     def _on_keyframe_request(self, ssrc: int) -> None:
         for rid, own in self.ssrcs.items():
@@ -233,6 +270,11 @@ class LiveKitClient:
         self._publisher_pc: ClientPeerConnection | None = None
         self._subscriber_pc: ClientPeerConnection | None = None
         self._track_by_ssrc: dict[int, RemoteTrack] = {}
+        #: RFC 3550 reception statistics per received SSRC, for our receiver reports.
+        self._reception: dict[int, ReceiveStatistics] = {}
+        self.receiver_reports_sent = 0
+        self.sender_reports_sent = 0
+        self._rtcp_ssrc = secrets.randbits(32) or 1
         self._tracks_send, self._tracks_recv = trio.open_memory_channel[RemoteTrack](1000)
         self._stream_id = str(uuid.uuid4())
         self._cname = secrets.token_urlsafe(12)
@@ -282,6 +324,7 @@ class LiveKitClient:
                     nursery.start_soon(client._reader)
                     nursery.start_soon(client._ping_loop)
                     nursery.start_soon(client._negotiation_loop)
+                    nursery.start_soon(client._rtcp_loop)
                     try:
                         yield client
                     finally:
@@ -422,8 +465,14 @@ class LiveKitClient:
             packets = rtcp.parse_rtcp(packet)
         except ParseError:
             return
+        ntp = ntp_now()
         for item in packets:
-            if isinstance(item, (rtcp.Pli, rtcp.Fir)):
+            if isinstance(item, (rtcp.ReceiverReport, rtcp.SenderReport)):
+                for block in item.reports:
+                    for publication in self.publications:
+                        if block.ssrc in publication.ssrcs.values():
+                            publication._on_report_block(block, ntp)
+            elif isinstance(item, (rtcp.Pli, rtcp.Fir)):
                 ssrcs = [item.media_ssrc] if isinstance(item, rtcp.Pli) else [e.ssrc for e in item.entries]
                 for publication in self.publications:
                     for ssrc in ssrcs:
@@ -457,6 +506,12 @@ class LiveKitClient:
         if track is None:
             self.unknown_ssrc_packets += 1
             return
+        reception = self._reception.get(ssrc)
+        if reception is None:
+            # Announced in the offer's a=ssrc lines: no probation needed.
+            reception = self._reception[ssrc] = ReceiveStatistics(
+                ssrc, 48000 if track.kind == "audio" else 90000, probation=0)
+        reception.on_packet(seq, read_timestamp(packet), now, len(packet))
         stamp = read_send_stamp(packet[offset:offset + 32])
         latency = (time.time() * 1e6 - stamp) / 1000 if stamp is not None else None
         track.stats.on_packet(ssrc, seq, len(packet), now, latency)
@@ -464,7 +519,34 @@ class LiveKitClient:
             track.first_packet.set()
 
     def _on_subscriber_rtcp(self, packet: bytes, now: float) -> None:
-        pass  # SRs could give clock sync; the load test measures latency from the payload stamps
+        try:
+            packets = rtcp.parse_rtcp(packet)
+        except ParseError:
+            return
+        for item in packets:
+            if isinstance(item, rtcp.SenderReport):
+                reception = self._reception.get(item.ssrc)
+                if reception is not None:
+                    reception.on_sender_report(item.ntp_timestamp, now)  # for LSR/DLSR in our RRs
+
+    async def _rtcp_loop(self) -> None:
+        """SRs for what we publish, RRs for what we receive, once per RTCP_INTERVAL."""
+        while True:
+            await trio.sleep(RTCP_INTERVAL)
+            now, ntp = trio.current_time(), ntp_now()
+            publisher = self._publisher_pc
+            if publisher is not None and publisher.connected.is_set():
+                for publication in self.publications:
+                    for report in publication.sender_reports(now, ntp):
+                        if publisher.send_rtcp(report.serialize()):
+                            self.sender_reports_sent += 1
+            subscriber = self._subscriber_pc
+            if subscriber is not None and subscriber.connected.is_set() and self._reception:
+                blocks = [b for r in self._reception.values() if (b := r.report_block(now)) is not None]
+                for start in range(0, len(blocks), MAX_REPORT_BLOCKS):
+                    report = rtcp.ReceiverReport(self._rtcp_ssrc, blocks[start:start + MAX_REPORT_BLOCKS])
+                    if subscriber.send_rtcp(report.serialize()):
+                        self.receiver_reports_sent += 1
 
     def _handle_subscriber_offer(self, description: rtc.SessionDescription) -> rtc.SessionDescription:
         offer = parse_sdp(description.sdp)

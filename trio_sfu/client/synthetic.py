@@ -102,12 +102,17 @@ def is_vp8_keyframe(payload: bytes) -> bool:
 class RtpStreamWriter:
     """Builds the RTP packets of one SSRC: fixed header fields and header extensions, running sequence."""
 
-    __slots__ = ("ssrc", "payload_type", "sequence_number", "_extension_block", "_first_octet")
+    __slots__ = ("ssrc", "payload_type", "sequence_number", "packets", "octets", "last_timestamp",
+                 "_extension_block", "_first_octet")
 
     def __init__(self, ssrc: int, payload_type: int, extensions: dict[int, bytes], first_sequence: int) -> None:
         self.ssrc = ssrc
         self.payload_type = payload_type
         self.sequence_number = first_sequence & 0xFFFF
+        # RFC 3550 §6.4.1 sender info: packets and payload octets sent, the newest RTP timestamp.
+        self.packets = 0
+        self.octets = 0
+        self.last_timestamp: int | None = None
         # mid and rid never change for a stream, so the extension block is built once.
         self._extension_block = encode_extension_block(extensions) if extensions else b""
         self._first_octet = 0x90 if extensions else 0x80
@@ -125,6 +130,9 @@ class RtpStreamWriter:
             self.ssrc,
         )
         self.sequence_number = (self.sequence_number + 1) & 0xFFFF
+        self.packets += 1
+        self.octets += len(payload)
+        self.last_timestamp = timestamp & 0xFFFFFFFF
         return header + self._extension_block + payload
 
 
