@@ -10,6 +10,7 @@ Driver: scripts/browser/e2e_driver.mjs and e2e_page.html, run inside the test's 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -65,6 +66,8 @@ def assert_received(result: dict, tab: str, remote: str, context: str) -> None:
     assert later["frameWidth"] > 0 and later["frameHeight"] > 0
     assert later["audioPackets"] > first["audioPackets"] >= 50
     assert later["totalSamplesReceived"] > first["totalSamplesReceived"]
+    # Energy grows only with sound: decoded audio, not concealment of missing packets.
+    assert later["totalAudioEnergy"] > first["totalAudioEnergy"]
 
 
 def record_metric(tmp_path_factory, pytestconfig, name: str, value: object) -> None:
@@ -73,12 +76,15 @@ def record_metric(tmp_path_factory, pytestconfig, name: str, value: object) -> N
     metrics[name] = value
     path.write_text(json.dumps(metrics, indent=1, sort_keys=True))
     # Straight to the terminal, past output capture, so the CI log always shows it.
-    reporter = pytestconfig.pluginmanager.get_plugin("terminalreporter")
     line = f"E2E METRIC {name} = {json.dumps(value)} (recorded in {path})"
-    if reporter is not None:
-        reporter.write_line(line)
-    else:
-        print(line, file=sys.__stderr__)
+    capture = pytestconfig.pluginmanager.get_plugin("capturemanager")
+    reporter = pytestconfig.pluginmanager.get_plugin("terminalreporter")
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        if reporter is not None:
+            reporter.write_line("")
+            reporter.write_line(line)
+        else:
+            print(line, file=sys.__stderr__, flush=True)
 
 
 def test_two_chromium_tabs(netns, sfu, clients, tmp_path, tmp_path_factory, pytestconfig):
@@ -120,6 +126,8 @@ def test_chromium_and_python_sdk(netns, sfu, clients, tmp_path):
 
     assert sdk_done is not None, f"the SDK participant produced no summary\n{context}"
     summary = sdk_done["summary"]
+    (tmp_path / "sdk_summary.json").write_text(json.dumps(summary, indent=1))
+    (tmp_path / "browser_result.json").write_text(json.dumps(browser_done["result"], indent=1))
     assert sdk_ready is not None and summary["phases"].get("media", {}).get("ok"), (
         f"the SDK participant did not decode the browser's media: phases {summary['phases']}, "
         f"media {json.dumps(summary.get('media'))}\n{context}")
