@@ -173,3 +173,19 @@ def test_latency_samples_stay_bounded() -> None:
         stats.on_packet(1, i & 0xFFFF, 10, now=float(i), latency_ms=float(i % 100))
     assert len(stats.latencies_ms) < MAX_LATENCY_SAMPLES
     assert 40 <= stats.latency_percentile(0.5) <= 60
+
+
+def test_ntp_now_agrees_with_aiortc() -> None:
+    from aiortc.clock import current_ntp_time
+
+    from trio_sfu.client.client import ntp_now
+
+    ours, theirs = ntp_now(), current_ntp_time()
+    assert abs(ours - theirs) < (1 << 32) // 20  # within 50 ms, in 2^-32 s units
+
+
+def test_writer_counts_sender_info() -> None:
+    w = writer()
+    for i in range(5):
+        w.packet(bytes(100 + i), timestamp=1000 * i, marker=False)
+    assert (w.packets, w.octets, w.last_timestamp) == (5, 510, 4000)
