@@ -82,6 +82,7 @@ async def test_load_test_reports_zero_loss_on_loopback() -> None:
     check_loopback_summary(summary, subscribers=2, kinds=["audio", "video"])
     video = next(p for p in summary["publishers"][0]["tracks"] if p["kind"] == "video")
     assert video["layers"] == ["q", "h", "f"]
+    assert video["rtt_ms"] is not None and 0 <= video["rtt_ms"] < 100
     lines = progress.getvalue().splitlines()
     assert len(lines) >= 2 and all("joined" in line and "loss" in line for line in lines)
     text = format_summary(summary)

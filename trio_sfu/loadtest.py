@@ -228,6 +228,7 @@ class LoadTest:
                 "identity": p.identity, "joined": p.joined,
                 "tracks": [{"sid": pub.sid, "kind": pub.kind, "packets_sent": pub.packets_sent,
                             "packets_dropped": pub.packets_dropped, "keyframe_requests": pub.keyframe_requests,
+                            "rtt_ms": pub.rtt_ms,  # from the SFU's receiver reports (LSR/DLSR)
                             "layers": [layer.rid for layer in pub.layers if layer.rid]}
                            for pub in p.publications],
                 "errors": self._errors_of(p),
