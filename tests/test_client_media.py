@@ -114,3 +114,36 @@ async def test_wrong_fingerprint_in_answer_fails_the_publisher_pc() -> None:
             with pytest.raises(trio.TooSlowError):
                 await audio.wait_ready(timeout=0.2)
             assert not audio.send_rtp(b"\xf8" + bytes(40), timestamp=0)
+
+
+async def test_subscriber_counts_packets_the_publisher_never_sent_as_lost() -> None:
+    """Every 10th audio packet is built (taking its sequence number) but not sent: the SFU
+    forwards the gaps, and the subscriber's loss count must equal the packets missing."""
+    async with media_server() as server:
+        async with LiveKitClient.connect(server.url, mint_token("sub")) as subscriber, \
+                LiveKitClient.connect(server.url, mint_token("pub")) as publisher:
+            audio = await publisher.publish_audio()
+            await audio.wait_ready()
+            pc = publisher.publisher_pc
+            send = pc.send_rtp
+            dropped: list[int] = []
+
+            def lossy_send(packet: bytes) -> bool:
+                seq = int.from_bytes(packet[2:4], "big")
+                if seq % 10 == 0:
+                    dropped.append(seq)
+                    return True
+                return send(packet)
+
+            pc.send_rtp = lossy_send
+            async with trio.open_nursery() as senders:
+                senders.start_soon(send_synthetic_audio, audio, 2.0)
+                (track,) = await subscriber.wait_for_tracks(1)
+                with trio.fail_after(10):
+                    await track.first_packet.wait()
+            await trio.sleep(0.2)
+            stats = track.stats
+            assert stats.packets >= 40 and dropped
+            # Gaps inside what the subscriber saw: the dropped packets after its first arrival.
+            assert stats.lost == stats.expected - stats.packets > 0
+            assert abs(stats.lost - stats.packets / 9) <= 2, (stats.lost, stats.packets, len(dropped))
