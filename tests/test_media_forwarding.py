@@ -297,8 +297,15 @@ async def test_publish_subscribe_nack_pli_and_teardown():
             # NACK from Bob: the server resends from its buffer, same seq and payload.
             before = len(bob_sub.rtp)
             await bob_sub.send_rtcp([rtcp.ReceiverReport(0xB0B), rtcp.Nack.from_lost(0xB0B, bob_video_ssrc, [lost_seq])])
-            resent = await bob_sub.wait_for(lambda: [p for p in bob_sub.rtp[before:] if p.sequence_number == lost_seq and p.ssrc == bob_video_ssrc])
-            assert resent[0].payload == payloads[5] and resent[0].timestamp == (video[4].timestamp + 3000) & 0xFFFFFFFF
+            # Bob's answer accepted RTX (97, apt=96): RFC 4588 on the RTX SSRC of the FID group,
+            # the original sequence number first in the payload.
+            (fid,) = [g for g in video_m.ssrc_groups if g.semantics == "FID"]
+            assert fid.ssrcs[0] == bob_video_ssrc
+            bob_rtx_pt = next(c.payload_type for c in video_m.codecs() if c.is_rtx and c.apt == bob_vp8_pt)
+            resent = await bob_sub.wait_for(lambda: [p for p in bob_sub.rtp[before:] if p.ssrc == fid.ssrcs[1]])
+            assert resent[0].payload_type == bob_rtx_pt
+            assert resent[0].payload == lost_seq.to_bytes(2, "big") + payloads[5]
+            assert resent[0].timestamp == (video[4].timestamp + 3000) & 0xFFFFFFFF
 
             # PLI from Bob goes upstream to Alice's video SSRC.
             plis_before = len([p for p in alice_pub.rtcp if isinstance(p, rtcp.Pli) and p.media_ssrc == VIDEO_SSRC])

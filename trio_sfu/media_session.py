@@ -10,8 +10,8 @@ scope ends, its `finally` unpublishes its tracks, drops its down tracks, closes 
 both transports.
 
 The media hot path has no task switch: the mux's reader calls the publisher PC synchronously, the
-decrypted packet goes to its `PublishedTrack`, which calls each `DownTrack`, which protects with
-the subscriber's SRTP and sends non-blocking.
+decrypted packet goes to its track's `TrackReceiver` (trio_sfu.forwarding), which calls each
+subscriber's `DownTrack`, which protects with the subscriber's SRTP and sends non-blocking.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from livekit.protocol import models, rtc
 from rtp import rtcp
 from rtp.dtls import DtlsCertificate, DtlsRole
 from rtp.errors import ParseError
-from rtp.header_extensions import HeaderExtensionParseError, decode_mid, decode_rid
-from rtp.packet import RtpParseError, find_extension, payload_offset
+from rtp.header_extensions import HeaderExtensionParseError, decode_mid
+from rtp.packet import RtpParseError, find_extension
 from rtp.peer_transport import IceMode, PeerTransport
 from rtp.peer_transport_events import (
     Address,
@@ -42,7 +42,7 @@ from rtp.peer_transport_events import (
 )
 from sdp.codecs import EXT_MID, EXT_REPAIRED_RID, EXT_RID, MediaKind, subscriber_codecs
 from sdp.errors import NegotiationError, SdpParseError
-from sdp.model import Fingerprint, SessionDescription
+from sdp.model import Codec, Fingerprint
 from sdp.negotiator import (
     LocalParams,
     NegotiatedMedia,
@@ -59,7 +59,7 @@ from sdp.transceivers import TransceiverTable
 from . import metrics as m
 from .log import get_logger
 from .media import MediaContext
-from .track_router import DownTrack, Layer, PublishedTrack, rank_of
+from .forwarding import DownTrack, PublishedLayer, TrackReceiver, map_payload_types, select_target_layer
 from .udp_mux import UdpMux, advertised_ip, host_candidate
 
 if TYPE_CHECKING:
@@ -70,6 +70,7 @@ REPORT_INTERVAL = 1.0
 
 MEDIA_SDP_REJECTED = "media_sdp_rejected_total"
 MEDIA_RTP_UNMATCHED = "media_rtp_unmatched_total"
+MEDIA_RTP_DROPPED = "media_rtp_dropped_by_receiver_total"
 MEDIA_RTCP_MALFORMED = "media_rtcp_malformed_total"
 MEDIA_TRANSPORT_CONNECTED = "media_transport_connected_total"
 MEDIA_TRANSPORT_FAILED = "media_transport_failed_total"
@@ -137,6 +138,51 @@ class MediaService:
     __call__ = create_session
 
 
+class PublishedTrack:
+    """One published track as the room sees it: its receiver and what subscribers need to know."""
+
+    def __init__(self, sid: str, kind: MediaKind, publisher_sid: str, stream_id: str,
+                 codecs: tuple[Codec, ...], extensions: dict[int, str], receiver: TrackReceiver) -> None:
+        self.sid = sid
+        self.kind = kind
+        self.publisher_sid = publisher_sid
+        self.stream_id = stream_id
+        self.codecs = codecs  # as negotiated on the publisher PC (publisher payload types)
+        self.extensions = extensions  # publisher extension id -> URI
+        self.receiver = receiver
+        self.published = False
+
+    @property
+    def primary(self) -> Codec:
+        return next(c for c in self.codecs if not c.is_rtx)
+
+    @property
+    def mime_types(self) -> tuple[str, ...]:
+        names = dict.fromkeys(c.name.lower() for c in self.codecs if not c.is_rtx)
+        return tuple(f"{self.kind.value}/{name}" for name in names)
+
+    def close(self) -> None:
+        receiver = self.receiver
+        if receiver.state.value == "open":
+            receiver.begin_closing(expected_to_resume=False)
+        if receiver.state.value == "closing":
+            receiver.close()
+
+
+class Subscription:
+    """A subscribed track on this participant's subscriber PC; the DownTrack exists once the
+    answer fixed the payload types."""
+
+    def __init__(self, track: PublishedTrack) -> None:
+        self.track = track
+        self.down: Optional[DownTrack] = None
+
+    def detach(self) -> None:
+        if self.down is not None:
+            self.track.receiver.remove_down_track(self.down)
+            self.down = None
+
+
 class RoomMedia:
     """The tracks published in one room and the participants' media sessions there."""
 
@@ -158,7 +204,7 @@ class RoomMedia:
         for track in tracks:
             if self.tracks.get(track.sid) is track:
                 del self.tracks[track.sid]
-            track.detach()
+            track.close()
         for session in list(self.sessions.values()):
             session.refresh_subscriptions()
 
@@ -233,7 +279,7 @@ def _new_ice_credentials() -> tuple[str, str]:
 
 
 class ParticipantMedia:
-    """One participant's two PeerConnections, its published tracks and its down tracks."""
+    """One participant's two PeerConnections, its published tracks and its subscriptions."""
 
     def __init__(self, service: MediaService, context: MediaContext) -> None:
         self.service = service
@@ -244,6 +290,8 @@ class ParticipantMedia:
         self.log = _log.bind(room=context.room_name, participant=context.participant_sid)
         self.room_media = service.room_media(context.participant.room)
         self.closed = False
+        # trio's clock + this = Unix time, for the down tracks' SR wall clock.
+        self._wallclock_offset = time.time() - trio.current_time()
 
         pub_ufrag, pub_pwd = _new_ice_credentials()
         sub_ufrag, sub_pwd = _new_ice_credentials()
@@ -252,23 +300,21 @@ class ParticipantMedia:
         self.publisher: Optional[PeerConnection] = None
         self.subscriber: Optional[PeerConnection] = None
 
-        # Publishing: what the client's offers negotiated, and what its SSRCs turned out to be.
+        # Publishing: what the client's offers negotiated, and which track each SSRC feeds.
         self._pub_answers = 0
         self._pub_media: dict[str, NegotiatedMedia] = {}
         self._ext_mid: Optional[int] = None
         self._ext_rid: Optional[int] = None
         self._ext_rrid: Optional[int] = None
         self._rtx_apt: dict[int, int] = {}
-        self._ssrc_routes: dict[int, tuple[PublishedTrack, Layer, bool]] = {}
+        self._ssrc_tracks: dict[int, PublishedTrack] = {}
         self.tracks_by_mid: dict[str, PublishedTrack] = {}
 
-        # Subscribing: the server's offers and one DownTrack per subscribed track.
+        # Subscribing: the server's offers and one Subscription per subscribed track.
         self.sub_offer = SubscriberOffer(self.sub_local, TransceiverTable(), cname=self.sid)
-        self.down_tracks: dict[str, DownTrack] = {}
-        self._down_by_ssrc: dict[int, DownTrack] = {}
+        self.subscriptions: dict[str, Subscription] = {}
         self._offer_id = 0
         self._renegotiate_pending = False
-        self.rtcp_ssrc = secrets.randbits(32) or 1
 
         self._wake = trio.Event()
         self._armed = math.inf
@@ -277,20 +323,31 @@ class ParticipantMedia:
 
     # ---- lifetime ------------------------------------------------------------------------
 
+    def _deadline(self, now: float) -> float:
+        deadline = now + REPORT_INTERVAL
+        for pc in (self.publisher, self.subscriber):
+            if pc is not None:
+                t = pc.transport.get_timer()
+                if t is not None and t < deadline:
+                    deadline = t
+        for track in self.tracks_by_mid.values():
+            t = track.receiver.get_timer()
+            if t is not None and t < deadline:
+                deadline = t
+        for sub in self.subscriptions.values():
+            if sub.down is not None:
+                t = sub.down.get_timer()
+                if t is not None and t < deadline:
+                    deadline = t
+        return deadline
+
     async def run(self) -> None:
         try:
             self.refresh_subscriptions(force_offer=True)
-            next_report = trio.current_time() + REPORT_INTERVAL
             while True:
                 self._wake = trio.Event()
-                deadline = next_report
-                for pc in (self.publisher, self.subscriber):
-                    if pc is not None:
-                        t = pc.transport.get_timer()
-                        if t is not None and t < deadline:
-                            deadline = t
-                self._armed = deadline
-                with trio.move_on_at(deadline):
+                self._armed = self._deadline(trio.current_time())
+                with trio.move_on_at(self._armed):
                     await self._wake.wait()
                 now = trio.current_time()
                 for pc in (self.publisher, self.subscriber):
@@ -299,9 +356,12 @@ class ParticipantMedia:
                         if t is not None and t <= now:
                             pc.transport.handle_timer(now)
                             pc.pump(now)
-                if now >= next_report:
-                    self._send_reports(now)
-                    next_report = now + REPORT_INTERVAL
+                # RTCP the forwarding objects owe: uplink NACKs and RRs, downlink SRs.
+                for track in list(self.tracks_by_mid.values()):
+                    track.receiver.poll_rtcp(now)
+                for sub in list(self.subscriptions.values()):
+                    if sub.down is not None:
+                        sub.down.poll_rtcp(now)
         finally:
             self.close()
 
@@ -314,11 +374,10 @@ class ParticipantMedia:
         room.leave(self)
         room.unpublish(list(self.tracks_by_mid.values()))
         self.tracks_by_mid.clear()
-        self._ssrc_routes.clear()
-        for down in self.down_tracks.values():
-            down.close()
-        self.down_tracks.clear()
-        self._down_by_ssrc.clear()
+        self._ssrc_tracks.clear()
+        for sub in self.subscriptions.values():
+            sub.detach()
+        self.subscriptions.clear()
         now = trio.current_time()
         mux = self.service.mux
         for pc in (self.publisher, self.subscriber):
@@ -355,12 +414,13 @@ class ParticipantMedia:
         return pc
 
     def _send_candidates(self, target: int, mid: str) -> None:
+        local = self.pub_local if target == rtc.SignalTarget.PUBLISHER else self.sub_local
         for candidate in self.service.candidates:
             init = {"candidate": f"candidate:{candidate}", "sdpMid": mid, "sdpMLineIndex": 0,
-                    "usernameFragment": (self.pub_local if target == rtc.SignalTarget.PUBLISHER else self.sub_local).ice_ufrag}
+                    "usernameFragment": local.ice_ufrag}
             self.context.send(rtc.SignalResponse(trickle=rtc.TrickleRequest(candidateInit=json.dumps(init), target=target)))
 
-    def _reject_sdp(self, what: str, exc: Exception, request_id: int = 0) -> None:
+    def _reject_sdp(self, what: str, exc: Exception) -> None:
         self.metrics.inc(MEDIA_SDP_REJECTED)
         self.log.warning("SDP refused", kv={"what": what, "error": str(exc)})
 
@@ -376,7 +436,7 @@ class ParticipantMedia:
             media = negotiated_media(parsed, answer)
             role = local_dtls_role(answer, local_is_offerer=False)
         except (SdpParseError, NegotiationError) as exc:
-            self._reject_sdp("publisher offer", exc, offer.id)
+            self._reject_sdp("publisher offer", exc)
             return
         first = next((s for s in parsed.media if not s.rejected), None)
         assert first is not None  # answer_offer refuses offers without a usable section
@@ -399,7 +459,7 @@ class ParticipantMedia:
             parsed = parse_sdp(answer.sdp)
             self.sub_offer.apply_answer(parsed)
         except (SdpParseError, NegotiationError) as exc:
-            self._reject_sdp("subscriber answer", exc, answer.id)
+            self._reject_sdp("subscriber answer", exc)
             return
         now = trio.current_time()
         if self.subscriber is None and self.sub_offer.dtls_role is not None:
@@ -408,16 +468,15 @@ class ParticipantMedia:
                 self.sub_offer.remote_ice_ufrag or "", self.sub_offer.remote_ice_pwd or "",
                 self.sub_offer.remote_fingerprints,
             )
-        for sid, down in list(self.down_tracks.items()):
+        for sid, sub in list(self.subscriptions.items()):
             t = self.sub_offer.table.find_by_track(sid)
             if t is None:
                 # The client refused the m-line: the track is not forwarded to it.
-                down.close()
-                del self.down_tracks[sid]
+                sub.detach()
+                del self.subscriptions[sid]
                 continue
-            down.set_payload_types({c.name.lower(): c.payload_type for c in t.negotiated_codecs if not c.is_rtx})
-            down.track.request_keyframe(None, now)
-        self._index_down_tracks()
+            if sub.down is None:
+                self._start_down_track(sub, t, now)
         if self._renegotiate_pending:
             self._renegotiate_pending = False
             self.refresh_subscriptions()
@@ -437,27 +496,27 @@ class ParticipantMedia:
         self.refresh_subscriptions()
 
     def on_track_settings_changed(self, track_sids: list[str]) -> None:
+        now = trio.current_time()
         for sid in track_sids:
-            down = self.down_tracks.get(sid)
-            settings = self.participant.track_settings.get(sid)
-            if down is None or settings is None:
-                continue
-            was_disabled = down.disabled
-            down.disabled = settings.disabled or settings.quality == models.VideoQuality.OFF
-            down.max_rank = self._rank_for_settings(down.track, settings)
-            if was_disabled and not down.disabled:
-                down.current = None  # resume at a keyframe
-                down.track.request_keyframe(None, trio.current_time())
+            sub = self.subscriptions.get(sid)
+            if sub is not None and sub.down is not None:
+                sub.down.set_target_layer(self._target_layer(sub.track), now)
 
-    def _rank_for_settings(self, track: PublishedTrack, settings: rtc.UpdateTrackSettings) -> int:
-        if settings.width or settings.height:
-            info = self._track_info(track)
-            layers = sorted(info.layers, key=lambda lay: lay.width * lay.height) if info else []
-            for lay in layers:
-                if lay.width >= settings.width and lay.height >= settings.height:
-                    return lay.quality
-            return models.VideoQuality.HIGH
-        return min(settings.quality, models.VideoQuality.HIGH)
+    def _target_layer(self, track: PublishedTrack) -> Optional[int]:
+        """The layer this subscriber should get (None = paused), from its UpdateTrackSettings."""
+        settings = self.participant.track_settings.get(track.sid)
+        layers = track.receiver.layers
+        if settings is None:
+            return max(layers)
+        if settings.disabled or settings.quality == models.VideoQuality.OFF:
+            return None
+        if not track.receiver.simulcast:
+            return 0
+        info = self._track_info(track)
+        published = [PublishedLayer(lay.quality, lay.width, lay.height) for lay in (info.layers if info else [])]
+        target = select_target_layer(published, width=settings.width, height=settings.height,
+                                     quality=settings.quality)
+        return target if target is None or target in layers else max(layers)
 
     def _track_info(self, track: PublishedTrack) -> Optional[models.TrackInfo]:
         for p in self.participant.room.participants.values():
@@ -489,31 +548,22 @@ class ParticipantMedia:
         wanted = {sid: t for sid, t in self.room_media.tracks.items() if self._wants(t)}
         changed = False
         table = self.sub_offer.table
-        for sid, down in list(self.down_tracks.items()):
-            if wanted.get(sid) is not down.track:
-                down.close()
-                del self.down_tracks[sid]
+        for sid, sub in list(self.subscriptions.items()):
+            if wanted.get(sid) is not sub.track:
+                sub.detach()
+                del self.subscriptions[sid]
                 if table.find_by_track(sid) is not None:
-                    table.unbind(sid, cache=True)
+                    table.unbind(sid)
                 changed = True
-        now = trio.current_time()
         for sid, track in wanted.items():
-            if sid in self.down_tracks:
+            if sid in self.subscriptions:
                 continue
             codecs = subscriber_codecs(track.kind, track.mime_types)
             if not codecs:
                 continue
-            t = table.bind(sid, track.kind, track.stream_id, codecs=codecs)
-            assert t.ssrc is not None
-            down = DownTrack(track, t.ssrc, self._send_down, now)
-            settings = self.participant.track_settings.get(sid)
-            if settings is not None:
-                down.disabled = settings.disabled
-                down.max_rank = self._rank_for_settings(track, settings)
-            track.down_tracks.append(down)
-            self.down_tracks[sid] = down
+            table.bind(sid, track.kind, track.stream_id, codecs=codecs)
+            self.subscriptions[sid] = Subscription(track)
             changed = True
-        self._index_down_tracks()
         if changed or force_offer:
             self._send_offer()
 
@@ -525,12 +575,52 @@ class ParticipantMedia:
         if first is not None and first.mid is not None and self._offer_id == 1:
             self._send_candidates(rtc.SignalTarget.SUBSCRIBER, first.mid)
 
-    def _index_down_tracks(self) -> None:
-        self._down_by_ssrc = {d.ssrc: d for d in self.down_tracks.values()}
+    def _start_down_track(self, sub: Subscription, t, now: float) -> None:
+        """The answer fixed this m-line's payload types and extension ids: start forwarding."""
+        track = sub.track
+        negotiated = t.negotiated_codecs
+        pt_map = map_payload_types(
+            [(c.payload_type, c.name) for c in track.codecs if not c.is_rtx],
+            [(c.payload_type, c.name) for c in negotiated if not c.is_rtx],
+        )
+        if not pt_map:
+            self.log.warning("no common codec with the subscriber", kv={"track": track.sid})
+            return
+        rtx_pts = {c.apt: c.payload_type for c in negotiated if c.is_rtx and c.apt is not None}
+        sub_ids = {uri: ext_id for ext_id, uri in t.extensions.items()}
+        extension_ids = {pub_id: sub_ids[uri] for pub_id, uri in track.extensions.items() if uri in sub_ids}
+        receiver = track.receiver
+        down = DownTrack(
+            receiver,
+            ssrc=t.ssrc,
+            payload_types=pt_map,
+            clock_rate=track.primary.clock_rate,
+            mime_type=f"{track.kind.value}/{track.primary.name}",
+            send_rtp=self._send_down,
+            send_rtcp=self._send_sub_rtcp,
+            cname=self.sid,
+            target_layer=self._target_layer(track),
+            rtx_ssrc=t.rtx_ssrc if rtx_pts else None,
+            rtx_payload_types=rtx_pts,
+            wallclock_offset=self._wallclock_offset,
+            extension_ids=extension_ids,
+        )
+        sub.down = down
+        receiver.add_down_track(down)
+        if down.target_layer is not None:
+            receiver.request_keyframe(down.target_layer, now)
 
     def _send_down(self, packet: bytes) -> bool:
         pc = self.subscriber
         return pc is not None and pc.send_rtp(packet)
+
+    def _send_sub_rtcp(self, packet: bytes) -> bool:
+        pc = self.subscriber
+        return pc is not None and pc.send_rtcp(packet)
+
+    def _send_pub_rtcp(self, packet: bytes) -> bool:
+        pc = self.publisher
+        return pc is not None and pc.send_rtcp(packet)
 
     # ---- publishing ----------------------------------------------------------------------------
 
@@ -545,8 +635,8 @@ class ParticipantMedia:
                 stopped.append(track)
         if not stopped:
             return
-        for ssrc in [s for s, route in self._ssrc_routes.items() if route[0] in stopped]:
-            del self._ssrc_routes[ssrc]
+        for ssrc in [s for s, track in self._ssrc_tracks.items() if track in stopped]:
+            del self._ssrc_tracks[ssrc]
         for track in stopped:
             self.log.info("track unpublished", kv={"track": track.sid})
             # The room hears it (ParticipantUpdate) before subscribers get the offer without it.
@@ -569,76 +659,63 @@ class ParticipantMedia:
                 if c.is_rtx and c.apt is not None:
                     self._rtx_apt[c.payload_type] = c.apt
 
-    def _read_ext(self, packet: bytes, ext_id: Optional[int], rid: bool) -> Optional[str]:
-        if ext_id is None:
-            return None
-        try:
-            value = find_extension(packet, ext_id)
-            if value is None:
+    def _mid_of(self, packet: bytes, ssrc: int) -> Optional[str]:
+        """The m-line a new SSRC belongs to: the mid header extension, else the a=ssrc lines
+        (Chromium's simulcast has no a=ssrc; the Python SDK's audio has them)."""
+        if self._ext_mid is not None:
+            try:
+                value = find_extension(packet, self._ext_mid)
+                if value is not None:
+                    return decode_mid(value)
+            except (RtpParseError, HeaderExtensionParseError):
                 return None
-            return decode_rid(value) if rid else decode_mid(value)
-        except (RtpParseError, HeaderExtensionParseError):
-            return None
-
-    def _route_new_ssrc(self, packet: bytes, ssrc: int) -> Optional[tuple[PublishedTrack, Layer, bool]]:
-        """Which track and layer a new SSRC belongs to: mid/rid header extensions first, then the
-        a=ssrc lines (Chromium's simulcast has none; the Python SDK's audio has them)."""
-        mid = self._read_ext(packet, self._ext_mid, rid=False)
-        rid = self._read_ext(packet, self._ext_rid, rid=True)
-        repaired = self._read_ext(packet, self._ext_rrid, rid=True)
-        fid_primary: Optional[int] = None
-        if mid is None:
-            for nm in self._pub_media.values():
-                if ssrc in nm.ssrcs:
-                    mid = nm.mid
-                    for group in nm.ssrc_groups:
-                        if group.semantics == "FID" and len(group.ssrcs) == 2 and group.ssrcs[1] == ssrc:
-                            fid_primary = group.ssrcs[0]
-                    break
-        if mid is None:
-            return None
-        track = self._track_for_mid(mid)
-        if track is None:
-            return None
-        nm = self._pub_media[mid]
-        is_rtx = (packet[1] & 0x7F) in self._rtx_apt
-        if is_rtx:
-            rid = repaired or rid
-            layer = next((lay for lay in track.layers.values()
-                          if (rid is not None and lay.rid == rid) or lay.ssrc == fid_primary), None)
-            if layer is None:
-                return None
-            layer.rtx_ssrc = ssrc
-            return track, layer, True
-        rid = rid or ""
-        for old in [lay for lay in track.layers.values() if lay.rid == rid]:
-            del track.layers[old.ssrc]  # the encoder restarted with a new SSRC
-        layer = track.add_layer(rid, ssrc, rank_of(rid, nm.rids))
-        return track, layer, False
+        for nm in self._pub_media.values():
+            if ssrc in nm.ssrcs:
+                return nm.mid
+        return None
 
     def _track_for_mid(self, mid: str) -> Optional[PublishedTrack]:
         track = self.tracks_by_mid.get(mid)
         if track is not None:
             return track
         nm = self._pub_media.get(mid)
-        if nm is None or not nm.accepted or nm.kind not in ("audio", "video"):
+        if nm is None or not nm.accepted or nm.kind not in ("audio", "video") or not nm.direction.receives:
             return None
         kind = MediaKind(nm.kind)
         info = self._match_track_info(nm, kind)
-        if info is None:
-            return None
-        pt_codecs = {c.payload_type: c.name.lower() for c in nm.codecs if not c.is_rtx}
         primary = next((c for c in nm.codecs if not c.is_rtx), None)
-        if primary is None:
+        if info is None or primary is None:
             return None
-        stream = info.stream or _STREAM_NAMES.get(info.source, "camera" if kind is MediaKind.VIDEO else "microphone")
-        publisher = self.publisher
-        track = PublishedTrack(
-            info.sid, kind, self.sid, f"{self.sid}|{stream}", pt_codecs, primary.clock_rate,
-            send_feedback=(publisher.send_rtcp if publisher is not None else (lambda _b: None)),
+        # a=ssrc lines (no simulcast): the first SSRC is the media, FID pairs name the RTX.
+        ssrc_layers: dict[int, int] = {}
+        rtx_layers: dict[int, int] = {}
+        if not nm.rids and nm.ssrcs:
+            rtx_ssrcs = {g.ssrcs[1] for g in nm.ssrc_groups if g.semantics == "FID" and len(g.ssrcs) == 2}
+            for ssrc in nm.ssrcs:
+                (rtx_layers if ssrc in rtx_ssrcs else ssrc_layers)[ssrc] = 0
+        rtx_pts = {c.payload_type: c.apt for c in nm.codecs if c.is_rtx and c.apt is not None}
+        receiver = TrackReceiver(
+            info.sid,
+            f"{kind.value}/{primary.name}",
+            primary.clock_rate,
+            send_rtcp=self._send_pub_rtcp,
+            local_ssrc=secrets.randbits(32) or 1,
+            cname=self.sid,
+            rids=nm.rids,
+            rid_extension_id=self._ext_rid,
+            repaired_rid_extension_id=self._ext_rrid,
+            rtx_payload_types=rtx_pts,
+            ssrc_layers=ssrc_layers,
+            rtx_ssrc_layers=rtx_layers,
+            buffer_capacity=1024 if kind is MediaKind.VIDEO else 128,
+            now=trio.current_time(),
         )
+        stream = info.stream or _STREAM_NAMES.get(info.source, "camera" if kind is MediaKind.VIDEO else "microphone")
+        track = PublishedTrack(info.sid, kind, self.sid, f"{self.sid}|{stream}", nm.codecs,
+                               dict(nm.extensions), receiver)
         self.tracks_by_mid[mid] = track
-        self.log.info("track matched to media", kv={"track": info.sid, "mid": mid, "codecs": ",".join(track.mime_types)})
+        self.log.info("track matched to media", kv={"track": info.sid, "mid": mid, "codecs": ",".join(track.mime_types),
+                                                    "rids": ",".join(nm.rids)})
         return track
 
     def _match_track_info(self, nm: NegotiatedMedia, kind: MediaKind) -> Optional[models.TrackInfo]:
@@ -664,43 +741,22 @@ class ParticipantMedia:
         if len(packet) < 12:
             return
         ssrc = int.from_bytes(packet[8:12], "big")
-        route = self._ssrc_routes.get(ssrc)
-        if route is None:
-            route = self._route_new_ssrc(packet, ssrc)
-            if route is None:
+        track = self._ssrc_tracks.get(ssrc)
+        if track is None:
+            mid = self._mid_of(packet, ssrc)
+            track = self._track_for_mid(mid) if mid is not None else None
+            if track is None:
                 self.metrics.inc(MEDIA_RTP_UNMATCHED)
                 return
-            self._ssrc_routes[ssrc] = route
-        track, layer, is_rtx = route
-        if is_rtx:
-            unwrapped = self._unwrap_rtx(packet, layer)
-            if unwrapped is None:
-                return
-            packet = unwrapped
-        track.on_rtp(packet, layer, now)
+            self._ssrc_tracks[ssrc] = track
+        receiver = track.receiver
+        if not receiver.receive_rtp(packet, now):
+            self.metrics.inc(MEDIA_RTP_DROPPED)
+            return
         if not track.published and not self.closed:
             self.room_media.publish(track)
-
-    def _unwrap_rtx(self, packet: bytes, layer: Layer) -> Optional[bytes]:
-        """RFC 4588: the original sequence number leads the payload; the rest is the packet."""
-        try:
-            start = payload_offset(packet)
-        except RtpParseError:
-            return None
-        end = len(packet)
-        if packet[0] & 0x20:  # padding: the last octet counts it
-            end -= packet[-1]
-        if end - start < 2:
-            return None  # padding-only probe
-        apt = self._rtx_apt.get(packet[1] & 0x7F)
-        if apt is None:
-            return None
-        header = bytearray(packet[:12])
-        header[0] &= 0xCF  # no extension, no padding in the rebuilt packet
-        header[1] = (packet[1] & 0x80) | apt
-        header[2:4] = packet[start:start + 2]
-        header[8:12] = layer.ssrc.to_bytes(4, "big")
-        return bytes(header) + packet[start + 2:end]
+        # A loss just noticed schedules a NACK sooner than the loop would wake.
+        self.timer_may_have_moved(receiver.get_timer())
 
     # ---- RTCP ----------------------------------------------------------------------------------
 
@@ -711,45 +767,18 @@ class ParticipantMedia:
             self.metrics.inc(MEDIA_RTCP_MALFORMED)
             return
         if pc is self.publisher:
-            for p in packets:
-                if isinstance(p, rtcp.SenderReport):
-                    route = self._ssrc_routes.get(p.ssrc)
-                    if route is not None:
-                        route[0].on_sender_report(p, now)
+            for track in self.tracks_by_mid.values():
+                track.receiver.handle_rtcp(packets, now)
             return
-        for p in packets:
-            if isinstance(p, rtcp.Nack):
-                down = self._down_by_ssrc.get(p.media_ssrc)
-                if down is not None:
-                    down.on_nack(p.lost_sequence_numbers(), now)
-            elif isinstance(p, rtcp.Pli):
-                down = self._down_by_ssrc.get(p.media_ssrc)
-                if down is not None:
-                    down.on_keyframe_request(now)
-            elif isinstance(p, rtcp.Fir):
-                for entry in p.entries:
-                    down = self._down_by_ssrc.get(entry.ssrc)
-                    if down is not None:
-                        down.on_keyframe_request(now)
+        for sub in self.subscriptions.values():
+            if sub.down is not None:
+                sub.down.handle_rtcp(packets, now)
 
     def on_connected(self, pc: PeerConnection, now: float) -> None:
         if pc is self.subscriber:
-            for down in self.down_tracks.values():
-                down.track.request_keyframe(None, now)
-
-    def _send_reports(self, now: float) -> None:
-        publisher = self.publisher
-        if publisher is not None and publisher.connected:
-            for track in self.tracks_by_mid.values():
-                report = track.receiver_report(now)
-                if report is not None:
-                    publisher.send_rtcp(report)
-        subscriber = self.subscriber
-        if subscriber is not None and subscriber.connected and self.down_tracks:
-            wall = time.time()
-            reports = [r for r in (d.sender_report(now, wall) for d in self.down_tracks.values()) if r is not None]
-            if reports:
-                subscriber.send_rtcp(rtcp.serialize_rtcp(reports))
+            for sub in self.subscriptions.values():
+                if sub.down is not None and sub.down.target_layer is not None:
+                    sub.track.receiver.request_keyframe(sub.down.target_layer, now)
 
 
-__all__ = ["MediaService", "ParticipantMedia", "RoomMedia", "PeerConnection"]
+__all__ = ["MediaService", "ParticipantMedia", "PublishedTrack", "RoomMedia", "PeerConnection", "Subscription"]
