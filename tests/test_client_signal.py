@@ -151,6 +151,7 @@ async def test_join_refused_with_bad_token_and_publish_denied() -> None:
         async with LiveKitClient.connect(server.url, mint_token("viewer", can_publish=False)) as client:
             with pytest.raises(ClientError, match="refused"):
                 await client.publish_audio()
+            assert client.publications == [] and client.publisher_pc is None
 
 
 async def test_concurrent_joins_into_a_new_room_all_succeed() -> None:

@@ -145,7 +145,7 @@ class LocalPublication:
         self.published = trio.Event()
         self.negotiated = trio.Event()
         self.packets_sent = 0
-        self.packets_dropped = 0  # send_rtp before the transport was ready
+        self.packets_dropped = 0  # send_rtp calls that sent nothing: not negotiated/connected yet
         self.keyframe_requests = 0
         #: Receiver reports the SFU sent about this track, and the round trip they gave (LSR/DLSR).
         self.receiver_reports = 0
@@ -411,9 +411,11 @@ class LiveKitClient:
         await self._send(rtc.SignalRequest(add_track=request))
         with trio.move_on_after(timeout):
             await publication.published.wait()
-        if publication.error is not None:
-            raise ClientError(f"publishing {publication.name!r} refused: {publication.error}")
-        if not publication.published.is_set():
+        if publication.error is not None or not publication.published.is_set():
+            # Never offered: a later offer must not carry an m-line for it.
+            self.publications.remove(publication)
+            if publication.error is not None:
+                raise ClientError(f"publishing {publication.name!r} refused: {publication.error}")
             raise ClientError(f"no track_published for {publication.name!r} within {timeout:g} s")
         self._ensure_publisher_pc()
         self._negotiate_needed.set()
