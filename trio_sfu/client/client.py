@@ -280,6 +280,7 @@ class LiveKitClient:
         self._cname = secrets.token_urlsafe(12)
         self._negotiate_needed = trio.Event()
         self._offer_id = 0
+        self._mids_used = 0
         self._pending_answer: tuple[int, SessionDescription, trio.Event] | None = None
         self._subscriber_answers = 0
         self._sent_trickle: set[int] = set()
@@ -381,7 +382,7 @@ class LiveKitClient:
 
     async def publish_audio(self, name: str = "audio", *, timeout: float = PUBLISH_TIMEOUT) -> LocalPublication:
         """Announce a microphone track (Opus) and wait for ``track_published``; negotiation follows."""
-        publication = LocalPublication(self, "audio", name, str(len(self.publications)), [])
+        publication = LocalPublication(self, "audio", name, self._new_mid(), [])
         request = rtc.AddTrackRequest(cid=publication.cid, name=name, type=models.TrackType.AUDIO,
                                       source=models.TrackSource.MICROPHONE)
         return await self._publish(publication, request, timeout)
@@ -391,7 +392,7 @@ class LiveKitClient:
                             timeout: float = PUBLISH_TIMEOUT) -> LocalPublication:
         """Announce a camera track (VP8; simulcast q/h/f when asked) and wait for ``track_published``."""
         layers = simulcast_layers(width, height, bitrate, simulcast)
-        publication = LocalPublication(self, "video", name, str(len(self.publications)), layers)
+        publication = LocalPublication(self, "video", name, self._new_mid(), layers)
         video_layers = [
             models.VideoLayer(quality=_QUALITY_OF_RID.get(layer.rid, models.VideoQuality.HIGH),
                               width=layer.width, height=layer.height, bitrate=layer.bitrate,
@@ -404,6 +405,12 @@ class LiveKitClient:
             simulcast_codecs=[rtc.SimulcastCodec(codec="vp8", cid=publication.cid)],
         )
         return await self._publish(publication, request, timeout)
+
+    def _new_mid(self) -> str:
+        # Never reused, even for a refused publication: one mid names one m-line for the PC's life.
+        mid = str(self._mids_used)
+        self._mids_used += 1
+        return mid
 
     async def _publish(self, publication: LocalPublication, request: rtc.AddTrackRequest,
                        timeout: float) -> LocalPublication:
