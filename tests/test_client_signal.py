@@ -11,8 +11,11 @@ the publisher offer reaching the server, and a clean leave with no task left.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import trio
+from aioice.candidate import Candidate as IceCandidate
 from livekit.protocol import models, rtc
 
 from server_fixtures import all_tasks, join, mint_token, recv_kind, running_server, signal_client
@@ -87,6 +90,7 @@ async def test_publisher_offer_reaches_the_server_and_parses() -> None:
     """The offer our client builds goes out with the ids it promised; with a media-less server
     (the placeholder refuses) the client records the refusal instead of hanging."""
     offers: list[rtc.SessionDescription] = []
+    trickles: list[tuple[str, int, bool]] = []
 
     class RecordingMedia:
         def __init__(self, context) -> None:
@@ -101,7 +105,7 @@ async def test_publisher_offer_reaches_the_server_and_parses() -> None:
             pass
 
         async def handle_trickle(self, candidate_init_json: str, target: int, final: bool) -> None:
-            pass
+            trickles.append((candidate_init_json, target, final))
 
     from server_fixtures import make_config
     from trio_sfu.server import Server
@@ -127,6 +131,19 @@ async def test_publisher_offer_reaches_the_server_and_parses() -> None:
             assert sdp.effective_setup(section).value == "actpass"
             assert sdp.effective_fingerprints(section)[0].value == client.publisher_pc.certificate.fingerprint()
             assert not video.ready and not video.send_rtp(b"x", timestamp=0)
+            # Our host candidate was trickled for the publisher PC, as a browser does, in the JSON shape
+            # of an RTCIceCandidateInit that aioice can read.
+            with trio.fail_after(5):
+                while not trickles:
+                    await trio.sleep(0.01)
+            ((init_json, target, final),) = trickles
+            init = json.loads(init_json)
+            assert target == rtc.SignalTarget.PUBLISHER and not final
+            assert init["sdpMid"] == video.mid and init["sdpMLineIndex"] == 0
+            assert init["usernameFragment"] == client.publisher_pc.local.ice_ufrag
+            candidate = IceCandidate.from_sdp(init["candidate"].removeprefix("candidate:"))
+            assert (candidate.host, candidate.port) == (client.publisher_pc.host, client.publisher_pc.port)
+            assert candidate.type == "host" and candidate.transport == "udp"
         server.request_shutdown()
     leaked = {t for t in all_tasks() - before if t is not trio.lowlevel.current_task()}
     assert not leaked, [t.name for t in leaked]

@@ -450,19 +450,20 @@ class LiveKitClient:
             self._pending_answer = (self._offer_id, offer, answered)
             await self._send(rtc.SignalRequest(offer=rtc.SessionDescription(
                 type="offer", sdp=serialize_sdp(offer), id=self._offer_id)))
-            await self._trickle_local(pc, PUBLISHER)
+            await self._trickle_local(pc, PUBLISHER, offer.media[0].mid or "0")
             with trio.move_on_after(ANSWER_TIMEOUT):
                 await answered.wait()
             if not answered.is_set():
                 self._error(f"no answer to publisher offer {self._offer_id} within {ANSWER_TIMEOUT:g} s")
                 self._pending_answer = None
 
-    async def _trickle_local(self, pc: ClientPeerConnection, target: int) -> None:
-        # Once per PC, after its first description, as a browser trickles its host candidate.
+    async def _trickle_local(self, pc: ClientPeerConnection, target: int, first_mid: str) -> None:
+        # Once per PC, after its first description, as a browser trickles its host candidate
+        # (on the first m-line: with BUNDLE it is the transport of them all).
         if target in self._sent_trickle:
             return
         self._sent_trickle.add(target)
-        init = {"candidate": pc.candidate_line(), "sdpMid": "0", "sdpMLineIndex": 0,
+        init = {"candidate": pc.candidate_line(), "sdpMid": first_mid, "sdpMLineIndex": 0,
                 "usernameFragment": pc.local.ice_ufrag}
         await self._send(rtc.SignalRequest(trickle=rtc.TrickleRequest(candidateInit=json.dumps(init), target=target)))
 
@@ -557,7 +558,8 @@ class LiveKitClient:
                     if subscriber.send_rtcp(report.serialize()):
                         self.receiver_reports_sent += 1
 
-    def _handle_subscriber_offer(self, description: rtc.SessionDescription) -> rtc.SessionDescription:
+    def _handle_subscriber_offer(self, description: rtc.SessionDescription) -> tuple[rtc.SessionDescription, str]:
+        """Our answer to a subscriber offer, and the mid of its first m-line."""
         offer = parse_sdp(description.sdp)
         if self._subscriber_pc is None:
             self._subscriber_pc = ClientPeerConnection(
@@ -571,7 +573,8 @@ class LiveKitClient:
         # We answered a=setup:active: we are the DTLS client.
         pc.set_remote(remote_transport(offer), DtlsRole(local_dtls_role(answer, local_is_offerer=False).value))
         self._learn_tracks(offer, answer)
-        return rtc.SessionDescription(type="answer", sdp=serialize_sdp(answer), id=description.id)
+        reply = rtc.SessionDescription(type="answer", sdp=serialize_sdp(answer), id=description.id)
+        return reply, answer.media[0].mid or "0"
 
     def _learn_tracks(self, offer: SessionDescription, answer: SessionDescription) -> None:
         for m, a in zip(offer.media, answer.media):
@@ -655,10 +658,10 @@ class LiveKitClient:
     async def _dispatch(self, response: rtc.SignalResponse) -> None:
         kind = response.WhichOneof("message")
         if kind == "offer":
-            answer = self._handle_subscriber_offer(response.offer)
+            answer, first_mid = self._handle_subscriber_offer(response.offer)
             await self._send(rtc.SignalRequest(answer=answer))
             assert self._subscriber_pc is not None
-            await self._trickle_local(self._subscriber_pc, SUBSCRIBER)
+            await self._trickle_local(self._subscriber_pc, SUBSCRIBER, first_mid)
         elif kind == "answer":
             self._handle_publisher_answer(response.answer)
         elif kind == "trickle":
