@@ -100,6 +100,30 @@ def test_cli_keeps_server_flags_and_adds_load_test() -> None:
     assert args.json == "out.json"
 
 
+def test_load_test_arguments_from_environment_and_refusals() -> None:
+    import argparse
+
+    from trio_sfu.loadtest import add_arguments, params_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, {"LIVEKIT_URL": "wss://x.example", "LIVEKIT_API_KEY": "k", "LIVEKIT_API_SECRET": "s"})
+    params = params_from_args(parser.parse_args(["--video-resolution", "640x360"]))
+    assert (params.url, params.api_key, params.api_secret, params.width, params.height) == (
+        "wss://x.example", "k", "s", 640, 360)
+    # lk's default when nothing is asked for: one video publisher, one subscriber.
+    assert (params.video_publishers, params.subscribers, params.simulcast) == (1, 1, True)
+    with pytest.raises(ValueError, match="resolution"):
+        params_from_args(parser.parse_args(["--video-resolution", "big"]))
+    with pytest.raises(ValueError, match="negative"):
+        params_from_args(parser.parse_args(["--subscribers", "-1"]))
+    with pytest.raises(ValueError, match="LiveKit Cloud"):
+        params_from_args(parser.parse_args(["--url", "wss://p.livekit.cloud", "--subscribers", "51"]))
+    strict = argparse.ArgumentParser()
+    add_arguments(strict, {})
+    with pytest.raises(SystemExit):
+        strict.parse_args([])  # no URL/key/secret anywhere
+
+
 async def test_cli_load_test_subprocess_writes_json(tmp_path) -> None:
     json_path = tmp_path / "summary.json"
     async with media_server() as server:

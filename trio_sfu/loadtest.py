@@ -16,9 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import signal
 import sys
-from typing import Any, Sequence, TextIO
+import urllib.parse
+from typing import Any, Mapping, Sequence, TextIO
 
 import attrs
 import trio
@@ -31,6 +33,8 @@ from .client.stats import percentile
 DEFAULT_JOIN_RATE = 5.0
 #: How long participants get to leave once the run ends.
 LEAVE_GRACE = 10.0
+LIVEKIT_CLOUD_SUFFIX = ".livekit.cloud"
+LIVEKIT_CLOUD_MAX_PARTICIPANTS = 50
 
 
 @attrs.define
@@ -354,10 +358,13 @@ def format_summary(summary: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------- command line
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", required=True, help="server URL, e.g. ws://127.0.0.1:7880")
-    parser.add_argument("--api-key", required=True)
-    parser.add_argument("--api-secret", required=True)
+def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str] = os.environ) -> None:
+    # As `lk`: LIVEKIT_URL / LIVEKIT_API_KEY / LIVEKIT_API_SECRET stand in for the flags.
+    for flag, variable, text in (("--url", "LIVEKIT_URL", "server URL, e.g. ws://127.0.0.1:7880"),
+                                 ("--api-key", "LIVEKIT_API_KEY", "API key"),
+                                 ("--api-secret", "LIVEKIT_API_SECRET", "API secret")):
+        default = environ.get(variable)
+        parser.add_argument(flag, default=default, required=default is None, help=f"{text} (env {variable})")
     parser.add_argument("--room", default="load-test")
     parser.add_argument("--video-publishers", type=int, default=0, metavar="N")
     parser.add_argument("--audio-publishers", type=int, default=0, metavar="N")
@@ -385,6 +392,11 @@ def params_from_args(args: argparse.Namespace) -> LoadTestParams:
     for name in ("video_publishers", "audio_publishers", "subscribers"):
         if getattr(args, name) < 0:
             raise ValueError(f"--{name.replace('_', '-')} must not be negative")
+    host = urllib.parse.urlsplit(args.url).hostname or ""
+    total = max(args.video_publishers, args.audio_publishers) + args.subscribers
+    if host.endswith(LIVEKIT_CLOUD_SUFFIX) and total > LIVEKIT_CLOUD_MAX_PARTICIPANTS:
+        # lk load-test refuses this too: LiveKit Cloud's acceptable-use policy.
+        raise ValueError(f"refusing more than {LIVEKIT_CLOUD_MAX_PARTICIPANTS} participants against LiveKit Cloud")
     return LoadTestParams(
         url=args.url, api_key=args.api_key, api_secret=args.api_secret, room=args.room,
         video_publishers=args.video_publishers, audio_publishers=args.audio_publishers,
