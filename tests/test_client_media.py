@@ -19,6 +19,7 @@ import contextlib
 import pytest
 import trio
 
+from rtp.peer_transport import IceMode
 from server_fixtures import all_tasks, make_config, mint_token
 from trio_sfu.client import LiveKitClient
 from trio_sfu.client.senders import send_synthetic_audio, send_synthetic_video
@@ -78,6 +79,9 @@ async def test_one_publishes_audio_and_simulcast_video_the_other_receives() -> N
                 assert len(track.stats.latencies_ms) == track.stats.packets
                 assert 0 <= track.stats.latency_percentile(0.5) < 1000
             assert subscriber.unknown_ssrc_packets == 0
+            # Our server is ICE-lite: both of our PCs control ICE, and we answered without a=ice-lite.
+            assert subscriber.subscriber_pc.transport.ice_mode is IceMode.CONTROLLING
+            assert publisher.publisher_pc.transport.ice_mode is IceMode.CONTROLLING
             # RTCP both ways: our SRs (one per stream per second) reached the SFU, whose RRs came back
             # with our SR's LSR echoed, giving a loopback round trip; our RRs went out too.
             assert publisher.sender_reports_sent >= 4 and subscriber.receiver_reports_sent >= 1

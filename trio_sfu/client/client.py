@@ -35,6 +35,7 @@ from rtp import rtcp
 from rtp.dtls import DtlsCertificate, DtlsRole
 from rtp.errors import ParseError, RtpStackError
 from rtp.packet import payload_offset, read_sequence_number, read_ssrc, read_timestamp
+from rtp.peer_transport import IceMode
 from rtp.receive_stats import ReceiveStatistics
 from sdp.codecs import EXT_MID, EXT_RID
 
@@ -283,6 +284,7 @@ class LiveKitClient:
         self._mids_used = 0
         self._pending_answer: tuple[int, SessionDescription, trio.Event] | None = None
         self._subscriber_answers = 0
+        self._subscriber_ice_mode: IceMode | None = None
         self._sent_trickle: set[int] = set()
         self._leave_sent = False
 
@@ -569,9 +571,16 @@ class LiveKitClient:
             self._nursery.start_soon(self._subscriber_pc.run)
         pc = self._subscriber_pc
         self._subscriber_answers += 1
-        answer = answer_subscriber_offer(offer, pc.local, self._subscriber_answers)
+        if self._subscriber_ice_mode is None:
+            # An ICE-lite server (ours, LiveKit's default) leaves control to us; a full-ICE offerer
+            # is controlling itself (RFC 8445 §6.1.1), so we answer as a lite agent instead of
+            # fighting it for the role. Fixed for the PC's life: renegotiations keep the transport.
+            self._subscriber_ice_mode = IceMode.CONTROLLING if offer.ice_lite else IceMode.LITE
+        lite = self._subscriber_ice_mode is IceMode.LITE
+        answer = answer_subscriber_offer(offer, pc.local, self._subscriber_answers, ice_lite=lite)
         # We answered a=setup:active: we are the DTLS client.
-        pc.set_remote(remote_transport(offer), DtlsRole(local_dtls_role(answer, local_is_offerer=False).value))
+        pc.set_remote(remote_transport(offer), DtlsRole(local_dtls_role(answer, local_is_offerer=False).value),
+                      self._subscriber_ice_mode)
         self._learn_tracks(offer, answer)
         reply = rtc.SessionDescription(type="answer", sdp=serialize_sdp(answer), id=description.id)
         return reply, answer.media[0].mid or "0"

@@ -47,7 +47,7 @@ class PeerConnectionCounters:
 
 
 class ClientPeerConnection:
-    """A client PC (publisher or subscriber): always ICE controlling (the SFU is ICE-lite)."""
+    """A client PC (publisher or subscriber); ICE controlling unless set_remote says otherwise."""
 
     def __init__(
         self,
@@ -88,14 +88,19 @@ class ClientPeerConnection:
         """Our one host candidate, as the ``candidate:…`` string of an RTCIceCandidateInit."""
         return f"candidate:1 1 udp 2130706431 {self.host} {self.port} typ host generation 0"
 
-    def set_remote(self, remote: RemoteTransport, dtls_role: DtlsRole) -> None:
+    def set_remote(self, remote: RemoteTransport, dtls_role: DtlsRole,
+                   ice_mode: IceMode = IceMode.CONTROLLING) -> None:
         """The first remote description builds the transport; later ones only add candidates
-        (the same ICE credentials; an ICE restart is not supported)."""
+        (the same ICE credentials; an ICE restart is not supported).
+
+        ``ice_mode`` is CONTROLLING against an ICE-lite server (ours, LiveKit's default);
+        LITE when we answered a full-ICE offerer as a lite agent, so the peer controls.
+        """
         from aioice.candidate import Candidate
 
         if self.transport is None:
             self.transport = PeerTransport(
-                IceMode.CONTROLLING,
+                ice_mode,
                 dtls_role,
                 local_ufrag=self.local.ice_ufrag,
                 local_pwd=self.local.ice_pwd,

@@ -176,8 +176,13 @@ def _rejected(m: MediaSection, transport: Transport) -> MediaSection:
     return section
 
 
-def answer_subscriber_offer(offer: SessionDescription, transport: Transport, version: int) -> SessionDescription:
+def answer_subscriber_offer(offer: SessionDescription, transport: Transport, version: int,
+                            ice_lite: bool = False) -> SessionDescription:
     """Answer the server's subscriber offer as a receive-only client (DTLS client: ``a=setup:active``).
+
+    ``ice_lite`` declares us an ICE-lite agent (``a=ice-lite``): the answer to a
+    *full* ICE offerer, which then keeps the controlling role and runs the checks
+    (RFC 8445 §6.1.1) instead of both sides claiming control.
 
     Every live audio/video m-line is accepted with all the codecs and header
     extensions it offers (we only count and time packets, whatever the codec);
@@ -227,6 +232,8 @@ def answer_subscriber_offer(offer: SessionDescription, transport: Transport, ver
     if offer.extmap_allow_mixed:
         answer.attributes.append(flag("extmap-allow-mixed"))
     answer.attributes.append(MsidSemantic("WMS"))
+    if ice_lite:
+        answer.attributes.append(flag("ice-lite"))
     return answer
 
 
