@@ -327,4 +327,10 @@ async def test_publish_subscribe_nack_pli_and_teardown():
             with trio.fail_after(5):
                 while not mux.is_empty() or server.media.rooms:
                     await trio.sleep(0.02)
+            # What the finished forwarding objects counted is kept in the server's metrics.
+            counted = server.metrics.snapshot()
+            assert counted["media_downtrack_nack_resent_total"] == 1
+            assert counted["media_downtrack_packets_sent_total"] >= 21
+            assert counted["media_receiver_keyframe_requests_sent_total"] >= 2
+            assert counted["media_transport_rtp_received_total"] >= 62
             nursery.cancel_scope.cancel()

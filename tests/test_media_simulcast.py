@@ -84,6 +84,8 @@ async def test_simulcast_highest_layer_then_switch_down_at_keyframe():
             (bob_video,) = [m for m in offer_b.media if m.msid is not None]
             assert bob_video.msid.track_id == sid
             bob_ssrc = bob_video.ssrcs[0]
+            # The publisher hears that its track got its first subscriber.
+            assert (await recv_until(ws_a, "track_subscribed")).track_subscribed.track_sid == sid
 
             def forwarded() -> list[RtpPacket]:
                 return [p for p in bob_sub.rtp if p.ssrc == bob_ssrc]

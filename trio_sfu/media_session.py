@@ -23,6 +23,7 @@ import secrets
 import time
 from typing import TYPE_CHECKING, Optional
 
+import attrs
 import trio
 from livekit.protocol import models, rtc
 
@@ -85,6 +86,14 @@ _STREAM_NAMES = {
     models.TrackSource.SCREEN_SHARE: "screen",
     models.TrackSource.SCREEN_SHARE_AUDIO: "screen_audio",
 }
+
+
+def fold_counters(metrics: m.Metrics, prefix: str, counters: object) -> None:
+    """Add a finished object's counters (an attrs class of ints) to the server's metrics, so
+    drops counted per transport, receiver or down track outlive it as `<prefix>_<name>_total`."""
+    for name, value in attrs.asdict(counters).items():  # type: ignore[arg-type]
+        if isinstance(value, int) and value > 0:
+            metrics.inc(f"{prefix}_{name}_total", value)
 
 
 class MediaService:
@@ -161,8 +170,9 @@ class PublishedTrack:
         names = dict.fromkeys(c.name.lower() for c in self.codecs if not c.is_rtx)
         return tuple(f"{self.kind.value}/{name}" for name in names)
 
-    def close(self) -> None:
+    def close(self, metrics: m.Metrics) -> None:
         receiver = self.receiver
+        fold_counters(metrics, "media_receiver", receiver.counters)
         if receiver.state.value == "open":
             receiver.begin_closing(expected_to_resume=False)
         if receiver.state.value == "closing":
@@ -177,9 +187,10 @@ class Subscription:
         self.track = track
         self.down: Optional[DownTrack] = None
 
-    def detach(self) -> None:
+    def detach(self, metrics: m.Metrics) -> None:
         if self.down is not None:
             self.track.receiver.remove_down_track(self.down)
+            fold_counters(metrics, "media_downtrack", self.down.counters)
             self.down = None
 
 
@@ -204,7 +215,7 @@ class RoomMedia:
         for track in tracks:
             if self.tracks.get(track.sid) is track:
                 del self.tracks[track.sid]
-            track.close()
+            track.close(self.service.metrics)
         for session in list(self.sessions.values()):
             session.refresh_subscriptions()
 
@@ -376,7 +387,7 @@ class ParticipantMedia:
         self.tracks_by_mid.clear()
         self._ssrc_tracks.clear()
         for sub in self.subscriptions.values():
-            sub.detach()
+            sub.detach(self.metrics)
         self.subscriptions.clear()
         now = trio.current_time()
         mux = self.service.mux
@@ -387,6 +398,7 @@ class ParticipantMedia:
             pc.flush(now)
             if mux is not None:
                 mux.unregister(pc)
+            fold_counters(self.metrics, "media_transport", pc.transport.counters)
         room.leave(self)
 
     def timer_may_have_moved(self, deadline: Optional[float]) -> None:
@@ -472,7 +484,7 @@ class ParticipantMedia:
             t = self.sub_offer.table.find_by_track(sid)
             if t is None:
                 # The client refused the m-line: the track is not forwarded to it.
-                sub.detach()
+                sub.detach(self.metrics)
                 del self.subscriptions[sid]
                 continue
             if sub.down is None:
@@ -550,7 +562,7 @@ class ParticipantMedia:
         table = self.sub_offer.table
         for sid, sub in list(self.subscriptions.items()):
             if wanted.get(sid) is not sub.track:
-                sub.detach()
+                sub.detach(self.metrics)
                 del self.subscriptions[sid]
                 if table.find_by_track(sid) is not None:
                     table.unbind(sid)
@@ -606,7 +618,13 @@ class ParticipantMedia:
             extension_ids=extension_ids,
         )
         sub.down = down
+        first_subscriber = not receiver.down_tracks
         receiver.add_down_track(down)
+        if first_subscriber:
+            # LiveKit tells the publisher when its track gets its first subscriber.
+            publisher = self.room_media.sessions.get(track.publisher_sid)
+            if publisher is not None:
+                publisher.context.send(rtc.SignalResponse(track_subscribed=rtc.TrackSubscribed(track_sid=track.sid)))
         if down.target_layer is not None:
             receiver.request_keyframe(down.target_layer, now)
 
