@@ -5,7 +5,9 @@
 //   { "wsUrl": "ws://127.0.0.1:7880",
 //     "participants": [{"identity": "tab-a", "token": "..."}],
 //     "expect": {"tab-a": ["tab-b"]},      // remote identities each tab must receive
-//     "minFrames": 15, "minAudioPackets": 50, "risingMs": 1000, "timeoutMs": 45000, "holdMs": 60000 }
+//     "minFrames": 15, "minAudioPackets": 50, "risingMs": 1000, "timeoutMs": 45000, "holdMs": 60000,
+//     "fakeAudioFile": "/tmp/tone.wav",    // optional: microphone input instead of the beep
+//     "separateBrowsers": false }           // optional: one Chromium process per participant
 //
 // The page is served by this process from 127.0.0.1 (a secure context, so getUserMedia works).
 // A check passes when a tab has decoded >= minFrames of the remote's video and received
@@ -38,6 +40,9 @@ if (process.env.CHROMIUM_WEBRTC_LOG === '1') {
 }
 
 const config = JSON.parse(process.argv[2]);
+// Chromium's default fake microphone beeps from one shared source, so with two tabs only one
+// of them hears the beep; a WAV file is read by every capture on its own (and loops).
+if (config.fakeAudioFile) CHROMIUM_ARGS.push(`--use-file-for-fake-audio-capture=${config.fakeAudioFile}`);
 const minFrames = config.minFrames ?? 15;
 const minAudioPackets = config.minAudioPackets ?? 50;
 const risingMs = config.risingMs ?? 1000;
@@ -60,10 +65,14 @@ await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
 const pageUrl = `http://127.0.0.1:${server.address().port}/e2e_page.html`;
 
 const userDataHome = fs.mkdtempSync(path.join(os.tmpdir(), 'trio-sfu-e2e-chromium-'));
-const browser = await chromium.launch({
+// One browser for all tabs, or (separateBrowsers) one browser process per participant, so
+// nothing in Chromium's audio path (capture, playout, processing) is shared between them.
+const launch = () => chromium.launch({
   executablePath: process.env.CHROMIUM_PATH || '/usr/bin/chromium',
   headless: true, args: CHROMIUM_ARGS, env: { ...process.env, HOME: userDataHome },
 });
+const browsers = [await launch()];
+const browser = browsers[0];
 say({ chromium: browser.version() });
 
 const pages = [];
@@ -76,7 +85,7 @@ async function finish(why, code = 0) {
     Promise.all(pages.map(({ page }) => page.evaluate(() => window.e2eLeave()).catch(() => {}))),
     new Promise((r) => setTimeout(r, 3000)),
   ]);
-  await browser.close().catch(() => {});
+  await Promise.all(browsers.map((b) => b.close().catch(() => {})));
   server.close();
   fs.rmSync(userDataHome, { recursive: true, force: true });
   process.exit(code);
@@ -85,8 +94,14 @@ process.stdin.on('end', () => finish('stdin closed'));
 process.stdin.resume();
 process.on('SIGTERM', () => finish('SIGTERM'));
 
-const context = await browser.newContext();
+const sharedContext = await browser.newContext();
 for (const { identity } of config.participants) {
+  let context = sharedContext;
+  if (config.separateBrowsers && pages.length > 0) {
+    const own = await launch();
+    browsers.push(own);
+    context = await own.newContext();
+  }
   const page = await context.newPage();
   page.on('console', (m) => say({ tab: identity, console: m.type(), text: m.text().slice(0, 300) }));
   page.on('pageerror', (e) => say({ tab: identity, pageerror: String(e) }));
@@ -112,7 +127,8 @@ function snapshot(stats) {
   return { at: Date.now(), framesDecoded: v.framesDecoded || 0, videoPackets: v.packetsReceived || 0,
     frameWidth: v.frameWidth || 0, frameHeight: v.frameHeight || 0,
     audioPackets: a.packetsReceived || 0, totalSamplesReceived: a.totalSamplesReceived || 0,
-    totalAudioEnergy: a.totalAudioEnergy || 0 };
+    totalAudioEnergy: a.totalAudioEnergy || 0, concealedSamples: a.concealedSamples || 0,
+    audioCodecs: a.codecs || [], videoCodecs: v.codecs || [] };
 }
 
 const started = Date.now();
@@ -146,5 +162,10 @@ while (Date.now() - started < timeoutMs) {
   await new Promise((r) => setTimeout(r, 200));
 }
 const ok = Object.values(checks).every((byRemote) => Object.values(byRemote).every((c) => c.ok));
+const descriptions = {};
+for (const { identity, page } of pages) {
+  descriptions[identity] = await page.evaluate(() => window.e2eDescriptions()).catch((e) => String(e));
+}
+say({ descriptions });
 say({ result: { ok, elapsedMs: Date.now() - started, checks, statuses } });
 setTimeout(() => finish('hold timeout'), holdMs);

@@ -10,10 +10,13 @@ Driver: scripts/browser/e2e_driver.mjs and e2e_page.html, run inside the test's 
 
 from __future__ import annotations
 
+import array
 import contextlib
 import json
+import math
 import os
 import sys
+import wave
 
 import pytest
 from e2e_harness import BROWSER_DIR, E2E_DIR, Client, browser_missing
@@ -25,6 +28,8 @@ pytestmark = pytest.mark.slow
 
 DRIVER = BROWSER_DIR / "e2e_driver.mjs"
 MIN_FRAMES = 15
+# The tabs' microphone (a WAV file Chromium loops); 10 whole cycles per 10 ms frame.
+BROWSER_TONE_HZ = 1000
 
 
 @pytest.fixture(autouse=True)
@@ -39,9 +44,22 @@ def token(identity: str, room: str) -> str:
     return api.AccessToken(DEV_API_KEY, DEV_API_SECRET).with_identity(identity).with_grants(grants).to_jwt()
 
 
+def write_tone_wav(path, hz: int, seconds: float = 2.0, rate: int = 48000) -> None:
+    """A looping microphone input for Chromium: whole cycles only, so the loop has no click."""
+    samples = array.array("h", (int(12000 * math.sin(2 * math.pi * hz * i / rate)) for i in range(int(rate * seconds))))
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(samples.tobytes())
+
+
 def start_browser(netns, sfu, clients, tmp_path, room: str, expect: dict[str, list[str]],
-                  timeout_ms: int = 45000) -> Client:
+                  timeout_ms: int = 45000, separate_browsers: bool = False) -> Client:
+    wav = tmp_path / "microphone.wav"
+    write_tone_wav(wav, BROWSER_TONE_HZ)
     config = {
+        "fakeAudioFile": str(wav), "separateBrowsers": separate_browsers,
         "wsUrl": sfu.ws_url,
         "participants": [{"identity": who, "token": token(who, room)} for who in expect],
         "expect": expect, "minFrames": MIN_FRAMES, "minAudioPackets": 50, "risingMs": 1000,
@@ -54,7 +72,7 @@ def start_browser(netns, sfu, clients, tmp_path, room: str, expect: dict[str, li
     return client
 
 
-def assert_received(result: dict, tab: str, remote: str, context: str) -> None:
+def assert_received(result: dict, tab: str, remote: str, context: str, *, sound: bool) -> None:
     check = result["checks"][tab][remote]
     status = result["statuses"].get(tab, {})
     assert check["ok"], (
@@ -66,8 +84,11 @@ def assert_received(result: dict, tab: str, remote: str, context: str) -> None:
     assert later["frameWidth"] > 0 and later["frameHeight"] > 0
     assert later["audioPackets"] > first["audioPackets"] >= 50
     assert later["totalSamplesReceived"] > first["totalSamplesReceived"]
-    # Energy grows only with sound: decoded audio, not concealment of missing packets.
-    assert later["totalAudioEnergy"] > first["totalAudioEnergy"]
+    if sound:
+        # Energy grows only with sound: the decoded audio is the sender's tone, not silence.
+        assert later["totalAudioEnergy"] > first["totalAudioEnergy"], (
+            f"{tab} decodes silence from {remote}: {json.dumps(check)}\n"
+            f"{remote}'s own microphone: {json.dumps(result['statuses'].get(remote, {}).get('outbound'))}\n{context}")
 
 
 def record_metric(tmp_path_factory, pytestconfig, name: str, value: object) -> None:
@@ -87,17 +108,21 @@ def record_metric(tmp_path_factory, pytestconfig, name: str, value: object) -> N
             print(line, file=sys.__stderr__, flush=True)
 
 
-def test_two_chromium_tabs(netns, sfu, clients, tmp_path, tmp_path_factory, pytestconfig):
-    browser = start_browser(netns, sfu, clients, tmp_path, "e2e-tabs",
-                            {"tab-a": ["tab-b"], "tab-b": ["tab-a"]})
+def run_two_tabs(netns, sfu, clients, tmp_path) -> tuple[dict, str]:
+    browser = start_browser(netns, sfu, clients, tmp_path, "e2e-tabs", {"tab-a": ["tab-b"], "tab-b": ["tab-a"]})
     done = browser.wait_for("result", timeout_s=90)
     browser.finish()
     context = f"{browser.log_tail()}\n{sfu.log_tail()}"
     assert done is not None, f"the browser driver produced no result\n{context}"
     result = done["result"]
     (tmp_path / "browser_result.json").write_text(json.dumps(result, indent=1))
-    assert_received(result, "tab-a", "tab-b", context)
-    assert_received(result, "tab-b", "tab-a", context)
+    return result, context
+
+
+def test_two_chromium_tabs(netns, sfu, clients, tmp_path, tmp_path_factory, pytestconfig):
+    result, context = run_two_tabs(netns, sfu, clients, tmp_path)
+    assert_received(result, "tab-a", "tab-b", context, sound=False)
+    assert_received(result, "tab-b", "tab-a", context, sound=False)
     first_frame_ms = {tab: result["statuses"][tab]["firstFrameMs"] for tab in ("tab-a", "tab-b")}
     record_metric(tmp_path_factory, pytestconfig, "chromium_join_to_first_decoded_frame_ms", {
         "tab-a<-tab-b": first_frame_ms["tab-a"].get("tab-b"),
@@ -106,11 +131,20 @@ def test_two_chromium_tabs(netns, sfu, clients, tmp_path, tmp_path_factory, pyte
     })
 
 
+def test_two_chromium_tabs_hear_each_other(netns, sfu, clients, tmp_path):
+    """Beyond packets: each tab's decoded audio carries the other's microphone tone."""
+    result, context = run_two_tabs(netns, sfu, clients, tmp_path)
+    assert_received(result, "tab-a", "tab-b", context, sound=True)
+    assert_received(result, "tab-b", "tab-a", context, sound=True)
+
+
 def test_chromium_and_python_sdk(netns, sfu, clients, tmp_path):
     room = "e2e-mixed"
     browser = start_browser(netns, sfu, clients, tmp_path, room, {"web": ["py"]})
     sdk = Client("sdk", netns.wrap([sys.executable, str(E2E_DIR / "sdk_scenario.py"), "--url", sfu.ws_url,
-                                    "--room", room, "-p", "py", "--remote", "web", "--wait-stdin"]),
+                                    "--room", room, "-p", "py", "--remote", "web", "--wait-stdin",
+                                    # Enough sound from the tab to measure its tone.
+                                    "--remote-min-loud", "100"]),
                  tmp_path / "sdk.log")
     clients.append(sdk)
     # Both stay in the room until both have finished their checks.
@@ -122,7 +156,7 @@ def test_chromium_and_python_sdk(netns, sfu, clients, tmp_path):
     sdk.finish()
     context = f"{browser.log_tail()}\n{sdk.log_tail()}\n{sfu.log_tail()}"
     assert browser_done is not None, f"the browser driver produced no result\n{context}"
-    assert_received(browser_done["result"], "web", "py", context)
+    assert_received(browser_done["result"], "web", "py", context, sound=True)
 
     assert sdk_done is not None, f"the SDK participant produced no summary\n{context}"
     summary = sdk_done["summary"]
@@ -133,8 +167,9 @@ def test_chromium_and_python_sdk(netns, sfu, clients, tmp_path):
         f"media {json.dumps(summary.get('media'))}\n{context}")
     got = summary["media"]["py"]["web"]
     assert got["video_frames"] >= 15 and got["video_size"][0] > 0
-    # Chromium's fake microphone beeps: decoded audio must carry sound, not only concealment.
-    assert got["loud_audio_frames"] >= 3, got
+    # The tab's microphone plays BROWSER_TONE_HZ: the SDK must hear that tone, not only concealment.
+    assert got["tone_hz"] is not None, got
+    assert abs(got["tone_hz"] - BROWSER_TONE_HZ) < 0.1 * BROWSER_TONE_HZ, got
     inbound = summary["inbound_rtp"]["py"]
     assert any(s.get("kind") == "audio" and s["packets_received"] > 0 for s in inbound), inbound
     assert any(s.get("kind") == "video" and s["frames_decoded"] > 0 for s in inbound), inbound
