@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import IO, Iterator
 
@@ -56,15 +57,18 @@ class SfuProcess:
         return f"--- server log (last {lines} lines) ---\n{tail(self.log, lines)}"
 
 
-def stop_process(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+def stop_process(proc: subprocess.Popen, grace_s: float = 10.0) -> bool:
+    """SIGTERM, then SIGKILL after `grace_s`; True when the process exited by itself."""
     if proc.poll() is not None:
-        return
+        return True
     proc.send_signal(signal.SIGTERM)
     try:
         proc.wait(grace_s)
+        return True
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(5)
+        return False
 
 
 class Client:
@@ -194,7 +198,8 @@ def sfu(netns: NetworkNamespace, tmp_path: Path) -> Iterator[SfuProcess]:
                 time.sleep(0.05)
         yield SfuProcess(proc, log, match.group(1), int(match.group(2)))
     finally:
-        stop_process(proc)
+        if not stop_process(proc):
+            warnings.warn(f"trio-sfu did not exit within 10 s of SIGTERM and was killed; log {log}")
 
 
 @pytest.fixture
