@@ -90,6 +90,7 @@ async def test_simulcast_highest_layer_then_switch_down_at_keyframe():
             def forwarded() -> list[RtpPacket]:
                 return [p for p in bob_sub.rtp if p.ssrc == bob_ssrc]
 
+            await bob_sub.connected.wait()
             # Bob waits for a keyframe of the highest layer; the server asks for one.
             await alice_pub.wait_for(lambda: any(isinstance(p, rtcp.Pli) and p.media_ssrc == LAYER_SSRCS["f"] for p in alice_pub.rtcp))
             await send_round(set(LAYER_SSRCS))

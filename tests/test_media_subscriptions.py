@@ -8,6 +8,7 @@ from __future__ import annotations
 import trio
 from livekit.protocol import models, rtc
 
+from rtp import rtcp
 from rtp.packet import RtpPacket
 from sdp.parser import parse as parse_sdp
 from server_fixtures import mint_token, recv, send, signal_client
@@ -20,6 +21,12 @@ from test_media_forwarding import (
     recv_until,
     vp8_payload,
 )
+
+
+async def barrier(ws) -> None:
+    """The server handles a client's requests in order: its pong means everything before was applied."""
+    await send(ws, rtc.SignalRequest(ping_req=rtc.Ping(timestamp=1)))
+    await recv_until(ws, "pong_resp")
 
 
 async def test_explicit_subscription_disable_enable_and_unsubscribe():
@@ -59,8 +66,15 @@ async def test_explicit_subscription_disable_enable_and_unsubscribe():
                 response = await recv_until(ws_b, "offer")
                 raise AssertionError(f"unexpected offer to a client with auto_subscribe=0: {response}")
 
+            def plis() -> int:
+                return len([p for p in alice_pub.rtcp if isinstance(p, rtcp.Pli) and p.media_ssrc == VIDEO_SSRC])
+
+            plis_before = plis()
             await send(ws_b, rtc.SignalRequest(subscription=rtc.UpdateSubscription(track_sids=[sid], subscribe=True)))
             offer_b = parse_sdp(await answer_subscriber(ws_b, bob_sub, nursery))
+            await bob_sub.connected.wait()
+            # The server applied Bob's answer and started his down track: it asks Alice for a keyframe.
+            await alice_pub.wait_for(lambda: plis() > plis_before)
             (video_m,) = [m for m in offer_b.media if m.msid is not None and not m.rejected]
             assert video_m.msid.track_id == sid
             bob_ssrc = video_m.ssrcs[0]
@@ -73,7 +87,7 @@ async def test_explicit_subscription_disable_enable_and_unsubscribe():
 
             # Disabled: the server stops forwarding.
             await send(ws_b, rtc.SignalRequest(track_setting=rtc.UpdateTrackSettings(track_sids=[sid], disabled=True)))
-            await trio.sleep(0.1)
+            await barrier(ws_b)
             before = received()
             await send_video(10, keyframe_first=True)
             await trio.sleep(0.2)
@@ -81,7 +95,7 @@ async def test_explicit_subscription_disable_enable_and_unsubscribe():
 
             # Enabled again: forwarding resumes at the next keyframe, numbering continues.
             await send(ws_b, rtc.SignalRequest(track_setting=rtc.UpdateTrackSettings(track_sids=[sid], disabled=False, quality=models.VideoQuality.HIGH)))
-            await trio.sleep(0.1)
+            await barrier(ws_b)
             await send_video(3)  # deltas: not decodable on their own, not forwarded
             await trio.sleep(0.1)
             assert received() == before
