@@ -12,6 +12,7 @@ the loop's wait so it re-reads the deadline.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import secrets
 import socket
@@ -36,6 +37,7 @@ from .sdp_builder import RemoteTransport, Transport
 #: Datagrams handled between checkpoints, so a flood cannot starve the other tasks.
 CHECKPOINT_EVERY = 64
 MAX_DATAGRAM = 65536
+SOCKET_BUFFER = 4 * 1024 * 1024
 
 
 @attrs.define
@@ -63,6 +65,11 @@ class ClientPeerConnection:
         family = socket.AF_INET6 if ":" in bind_host else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_DGRAM)
         self.sock.setblocking(False)
+        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            # A load tester's own socket buffers must not be where packets get lost: ask for
+            # SOCKET_BUFFER bytes (the kernel caps it at net.core.[rw]mem_max).
+            with contextlib.suppress(OSError):
+                self.sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
         self.sock.bind((bind_host, 0))
         self.host, self.port = self.sock.getsockname()[:2]
         self.local = Transport(
