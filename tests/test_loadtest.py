@@ -170,3 +170,21 @@ async def test_cli_load_test_without_duration_stops_on_sigint_with_a_summary() -
                 await proc.wait()
     assert proc.returncode == 0, (stdout, seen)
     assert b"sub_0            1/1" in stdout and b"errors 0" in stdout
+
+
+async def test_summary_lists_a_track_nobody_received() -> None:
+    """Against a signal-only server (no media), publishing works but nothing flows: the summary
+    must say so (track listed with 0 subscribers, subscriber 0/1, errors counted), not hide it."""
+    from server_fixtures import running_server
+
+    async with running_server() as server:
+        params = LoadTestParams(url=server.url, api_key=API_KEY, api_secret=API_SECRET, room="nomedia",
+                                audio_publishers=1, subscribers=1, duration=0.5, num_per_second=50)
+        summary = await LoadTest(params, progress=None).run()
+    (track,) = summary["tracks"]
+    assert track["kind"] == "audio" and track["subscribers"] == 0 and track["packets"] == 0
+    assert track["latency_ms_p50"] is None
+    (sub,) = summary["subscribers"]
+    assert sub["tracks_received"] == 0 and sub["tracks_expected"] == 1
+    assert summary["totals"]["errors"] >= 1  # the server refused the publisher offer
+    assert "0/1" in format_summary(summary)

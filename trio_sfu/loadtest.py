@@ -277,6 +277,12 @@ class LoadTest:
                 entry["packets_lost"] += t.stats.lost
                 entry["expected"] += t.stats.expected
                 entry["_latencies"].extend(t.stats.latencies_ms)
+        for sid, (publisher, kind, sent) in owner.items():
+            # A published track no subscriber got at all still belongs in the table, with zeros.
+            per_track.setdefault(sid, {
+                "sid": sid, "kind": kind, "publisher": publisher, "packets_sent": sent, "subscribers": 0,
+                "packets": 0, "bytes": 0, "bitrate_bps": 0.0, "packets_lost": 0, "expected": 0, "_latencies": [],
+            })
         tracks_out = []
         for entry in per_track.values():
             latencies = entry.pop("_latencies")
