@@ -151,3 +151,21 @@ async def test_subscriber_counts_packets_the_publisher_never_sent_as_lost() -> N
             # Gaps inside what the subscriber saw: the dropped packets after its first arrival.
             assert stats.lost == stats.expected - stats.packets > 0
             assert abs(stats.lost - stats.packets / 9) <= 2, (stats.lost, stats.packets, len(dropped))
+
+
+async def test_track_goes_inactive_when_its_publisher_leaves() -> None:
+    async with media_server() as server:
+        async with LiveKitClient.connect(server.url, mint_token("sub")) as subscriber:
+            async with LiveKitClient.connect(server.url, mint_token("pub")) as publisher:
+                audio = await publisher.publish_audio()
+                async with trio.open_nursery() as senders:
+                    senders.start_soon(send_synthetic_audio, audio, 0.5)
+                    (track,) = await subscriber.wait_for_tracks(1)
+                    with trio.fail_after(10):
+                        await track.first_packet.wait()
+                assert track.active and track.sid == audio.sid
+            # The server renegotiates the subscriber PC without the departed publisher's track.
+            with trio.fail_after(10):
+                while track.active:
+                    await trio.sleep(0.02)
+            assert not subscriber.errors, subscriber.errors

@@ -124,6 +124,8 @@ class RemoteTrack:
     ssrcs: set[int] = attrs.field(factory=set)
     stats: TrackReceiveStats = attrs.field(factory=TrackReceiveStats)
     first_packet: trio.Event = attrs.field(factory=trio.Event)
+    #: False once a later subscriber offer no longer sends it on its m-line (unsubscribed/unpublished).
+    active: bool = True
 
 
 class LocalPublication:
@@ -271,6 +273,7 @@ class LiveKitClient:
         self._publisher_pc: ClientPeerConnection | None = None
         self._subscriber_pc: ClientPeerConnection | None = None
         self._track_by_ssrc: dict[int, RemoteTrack] = {}
+        self._track_by_mid: dict[str, RemoteTrack] = {}
         #: RFC 3550 reception statistics per received SSRC, for our receiver reports.
         self._reception: dict[int, ReceiveStatistics] = {}
         self.receiver_reports_sent = 0
@@ -587,7 +590,10 @@ class LiveKitClient:
 
     def _learn_tracks(self, offer: SessionDescription, answer: SessionDescription) -> None:
         for m, a in zip(offer.media, answer.media):
-            if m.kind not in ("audio", "video") or m.rejected or a.rejected or not m.direction.sends:
+            if m.kind not in ("audio", "video"):
+                continue
+            if m.rejected or a.rejected or not m.direction.sends:
+                self._retire_track_on(m.mid)
                 continue
             ssrc_tracks: dict[int, str] = {}
             for line in m.all(Ssrc):
@@ -601,6 +607,9 @@ class LiveKitClient:
                 continue
             stream = msid.stream_id if msid is not None else ""
             participant_sid = stream.split("|", 1)[0] if stream.startswith("PA_") else self._owner_of(track_sid)
+            current = self._track_by_mid.get(m.mid or "")
+            if current is not None and current.sid != track_sid:
+                self._retire_track_on(m.mid)  # the m-line was recycled for another track
             track = self.subscriptions.get(track_sid)
             if track is None:
                 track = RemoteTrack(track_sid, participant_sid, m.kind, m.mid or "")
@@ -608,9 +617,20 @@ class LiveKitClient:
                 with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError):
                     self._tracks_send.send_nowait(track)
             track.mid = m.mid or track.mid
+            track.active = True
+            self._track_by_mid[track.mid] = track
             for ssrc in set(m.ssrcs):
                 track.ssrcs.add(ssrc)
                 self._track_by_ssrc[ssrc] = track
+
+    def _retire_track_on(self, mid: str | None) -> None:
+        track = self._track_by_mid.pop(mid or "", None)
+        if track is None:
+            return
+        track.active = False
+        for ssrc in track.ssrcs:
+            if self._track_by_ssrc.get(ssrc) is track:
+                del self._track_by_ssrc[ssrc]
 
     def _owner_of(self, track_sid: str) -> str:
         for participant in self.remote_participants.values():
