@@ -109,6 +109,14 @@ def signal_url(url: str, *, access_token: str | None = None, auto_subscribe: boo
     return urllib.parse.urlunsplit((scheme, parts.netloc, path, urllib.parse.urlencode(query), ""))
 
 
+def _enum_name(enum_type, value: int) -> str:
+    """A protobuf enum value's name; a newer server's unknown value must not make us ignore the message."""
+    try:
+        return enum_type.Name(value)
+    except ValueError:
+        return str(value)
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -360,7 +368,7 @@ class LiveKitClient:
         response.ParseFromString(message)
         kind = response.WhichOneof("message")
         if kind == "leave":
-            raise JoinError(f"server refused the join: {models.DisconnectReason.Name(response.leave.reason)}")
+            raise JoinError(f"server refused the join: {_enum_name(models.DisconnectReason, response.leave.reason)}")
         if kind != "join":
             raise JoinError(f"first signal message was {kind!r}, not join")
         if not response.join.participant.sid.startswith("PA_"):
@@ -711,7 +719,7 @@ class LiveKitClient:
                     if known is None or info.version >= known.version:
                         self.remote_participants[info.sid] = info
         elif kind == "leave":
-            self.leave_reason = models.DisconnectReason.Name(response.leave.reason)
+            self.leave_reason = _enum_name(models.DisconnectReason, response.leave.reason)
             if response.leave.reason != models.DisconnectReason.CLIENT_INITIATED:
                 self._error(f"server asked us to leave: {self.leave_reason}")
             self.left.set()
@@ -756,12 +764,14 @@ class LiveKitClient:
             if not isinstance(init, dict):
                 raise ValueError("candidateInit is not a JSON object")
             candidate = init.get("candidate") or None
+            if candidate is not None and not isinstance(candidate, str):
+                raise ValueError(f"candidateInit.candidate is not a string: {candidate!r}")
         if candidate is None and not trickle.final:
             return  # an empty candidate without final: nothing to add
         pc.add_remote_candidate(candidate)
 
     def _handle_request_response(self, response: rtc.RequestResponse) -> None:
-        reason = rtc.RequestResponse.Reason.Name(response.reason)
+        reason = _enum_name(rtc.RequestResponse.Reason, response.reason)
         if response.reason == rtc.RequestResponse.Reason.OK:
             return
         what = response.WhichOneof("request") or "request"
