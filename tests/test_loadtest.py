@@ -107,7 +107,8 @@ def test_load_test_arguments_from_environment_and_refusals() -> None:
 
     parser = argparse.ArgumentParser()
     add_arguments(parser, {"LIVEKIT_URL": "wss://x.example", "LIVEKIT_API_KEY": "k", "LIVEKIT_API_SECRET": "s"})
-    params = params_from_args(parser.parse_args(["--video-resolution", "640x360"]))
+    params = params_from_args(parser.parse_args(["--video-resolution", "640x360", "--identity-prefix", "w2_"]))
+    assert [p.identity for p in LoadTest(params, progress=None).participants] == ["w2_pub_0", "w2_sub_0"]
     assert (params.url, params.api_key, params.api_secret, params.width, params.height) == (
         "wss://x.example", "k", "s", 640, 360)
     # lk's default when nothing is asked for: one video publisher, one subscriber.

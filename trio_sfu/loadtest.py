@@ -54,6 +54,8 @@ class LoadTestParams:
     num_per_second: float = DEFAULT_JOIN_RATE
     json_path: str | None = None
     bind_host: str = "127.0.0.1"
+    #: Prepended to every identity, so several load-test processes can share one room.
+    identity_prefix: str = ""
 
     def __attrs_post_init__(self) -> None:
         if self.video_publishers == self.audio_publishers == self.subscribers == 0:
@@ -99,9 +101,10 @@ class LoadTest:
         self.participants: list[Participant] = []
         for index in range(params.publishers):
             self.participants.append(Participant(
-                f"pub_{index}", publishes_video=index < params.video_publishers,
+                f"{params.identity_prefix}pub_{index}", publishes_video=index < params.video_publishers,
                 publishes_audio=index < params.audio_publishers))
-        self.participants += [Participant(f"sub_{index}", subscribes=True) for index in range(params.subscribers)]
+        self.participants += [Participant(f"{params.identity_prefix}sub_{index}", subscribes=True)
+                              for index in range(params.subscribers)]
         self.started_at: float | None = None
         self.media_started_at: float | None = None
         self.ended_at: float | None = None
@@ -385,6 +388,8 @@ def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str] = 
     parser.add_argument("--num-per-second", type=float, default=DEFAULT_JOIN_RATE, metavar="RATE",
                         help="participants joining per second")
     parser.add_argument("--json", metavar="FILE", help="write the summary as JSON")
+    parser.add_argument("--identity-prefix", default="", metavar="TEXT",
+                        help="prefix for participant identities (run several load testers in one room)")
     parser.add_argument("--bind-host", default="127.0.0.1",
                         help="local address for the clients' UDP sockets (must reach the server's media address)")
 
@@ -408,7 +413,7 @@ def params_from_args(args: argparse.Namespace) -> LoadTestParams:
         video_publishers=args.video_publishers, audio_publishers=args.audio_publishers,
         subscribers=args.subscribers, duration=args.duration, video_bitrate=args.video_bitrate,
         width=width, height=height, simulcast=args.simulcast, num_per_second=args.num_per_second,
-        json_path=args.json, bind_host=args.bind_host,
+        json_path=args.json, bind_host=args.bind_host, identity_prefix=args.identity_prefix,
     )
 
 
