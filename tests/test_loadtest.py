@@ -117,6 +117,8 @@ def test_load_test_arguments_from_environment_and_refusals() -> None:
         params_from_args(parser.parse_args(["--video-resolution", "big"]))
     with pytest.raises(ValueError, match="negative"):
         params_from_args(parser.parse_args(["--subscribers", "-1"]))
+    with pytest.raises(ValueError, match="ws://"):
+        params_from_args(parser.parse_args(["--url", "ftp://x"]))
     with pytest.raises(ValueError, match="LiveKit Cloud"):
         params_from_args(parser.parse_args(["--url", "wss://p.livekit.cloud", "--subscribers", "51"]))
     strict = argparse.ArgumentParser()
@@ -189,3 +191,27 @@ async def test_summary_lists_a_track_nobody_received() -> None:
     assert sub["tracks_received"] == 0 and sub["tracks_expected"] == 1
     assert summary["totals"]["errors"] >= 1  # the server refused the publisher offer
     assert "0/1" in format_summary(summary)
+
+
+async def test_run_ends_promptly_when_the_server_never_answers_the_join() -> None:
+    """A server that accepts TCP and then says nothing: the run still ends on time (not after
+    the 10 s join timeout), and the summary says nobody joined, with an error per participant."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    accepted: list[trio.SocketStream] = []
+
+    async def hold(stream: trio.SocketStream) -> None:
+        accepted.append(stream)
+        await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.serve_listeners, hold, listeners)
+        params = LoadTestParams(url=f"ws://127.0.0.1:{port}", api_key=API_KEY, api_secret=API_SECRET,
+                                audio_publishers=1, subscribers=1, duration=0.3, num_per_second=50)
+        start = trio.current_time()
+        summary = await LoadTest(params, progress=None).run()
+        assert trio.current_time() - start < 3
+        nursery.cancel_scope.cancel()
+    assert len(accepted) == 2
+    assert summary["joined"] == 0 and summary["totals"]["errors"] == 2
+    assert all("still joining" in e for p in summary["publishers"] + summary["subscribers"] for e in p["errors"])

@@ -25,7 +25,7 @@ from typing import Any, Mapping, Sequence, TextIO
 import attrs
 import trio
 
-from .client import ClientError, LiveKitClient, LocalPublication
+from .client import ClientError, LiveKitClient, LocalPublication, signal_url
 from .client.senders import send_synthetic_audio, send_synthetic_video
 from .client.stats import percentile
 
@@ -82,6 +82,7 @@ class Participant:
     client: LiveKitClient | None = None
     publications: list[LocalPublication] = attrs.field(factory=list)
     joined: bool = False
+    ready: bool = False  # joined and its tracks published
     errors: list[str] = attrs.field(factory=list)
 
 
@@ -142,6 +143,20 @@ class LoadTest:
         return self.summary()
 
     async def _participant(self, participant: Participant, stop: trio.Event) -> None:
+        async with trio.open_nursery() as nursery:
+            async def abandon_setup_on_stop() -> None:
+                # Ctrl-C (or the end) while still joining or publishing: give up now, not after
+                # LEAVE_GRACE; a participant already sending leaves by itself.
+                await stop.wait()
+                if not participant.ready:
+                    participant.errors.append("still joining or publishing when the run ended")
+                    nursery.cancel_scope.cancel()
+
+            nursery.start_soon(abandon_setup_on_stop)
+            await self._run_participant(participant, stop)
+            nursery.cancel_scope.cancel()
+
+    async def _run_participant(self, participant: Participant, stop: trio.Event) -> None:
         params = self.params
         publishes = participant.publishes_video or participant.publishes_audio
         token = make_token(params, participant.identity, publish=publishes, subscribe=participant.subscribes)
@@ -160,6 +175,7 @@ class LoadTest:
                         audio = await client.publish_audio()
                         participant.publications.append(audio)
                         senders.start_soon(self._guard, participant, send_synthetic_audio(audio))
+                    participant.ready = True
                     await stop.wait()
                     senders.cancel_scope.cancel()
         except ClientError as exc:
@@ -403,6 +419,7 @@ def params_from_args(args: argparse.Namespace) -> LoadTestParams:
     for name in ("video_publishers", "audio_publishers", "subscribers"):
         if getattr(args, name) < 0:
             raise ValueError(f"--{name.replace('_', '-')} must not be negative")
+    signal_url(args.url)  # raises ValueError for a URL no LiveKit client could use
     host = urllib.parse.urlsplit(args.url).hostname or ""
     total = max(args.video_publishers, args.audio_publishers) + args.subscribers
     if host.endswith(LIVEKIT_CLOUD_SUFFIX) and total > LIVEKIT_CLOUD_MAX_PARTICIPANTS:
