@@ -169,3 +169,22 @@ async def test_track_goes_inactive_when_its_publisher_leaves() -> None:
                 while track.active:
                     await trio.sleep(0.02)
             assert not subscriber.errors, subscriber.errors
+
+
+async def test_late_subscriber_gets_video_through_a_keyframe_request() -> None:
+    """Key frames only on request (the periodic interval is 1000 s): a subscriber joining after the
+    first key frame only sees video if the SFU's PLI reaches our publisher and it answers with one."""
+    async with media_server() as server:
+        async with LiveKitClient.connect(server.url, mint_token("pub")) as publisher:
+            video = await publisher.publish_video(width=320, height=180, bitrate=200_000, simulcast=False)
+            async with trio.open_nursery() as senders:
+                senders.start_soon(lambda: send_synthetic_video(video, 6.0, keyframe_interval=1000.0))
+                await video.wait_ready()
+                await trio.sleep(0.5)  # the first key frame is long gone
+                requests_before = video.keyframe_requests
+                async with LiveKitClient.connect(server.url, mint_token("late")) as late:
+                    (track,) = await late.wait_for_tracks(1)
+                    with trio.fail_after(5):
+                        await track.first_packet.wait()
+                    assert video.keyframe_requests > requests_before
+                senders.cancel_scope.cancel()
