@@ -50,6 +50,10 @@ async def test_one_publishes_audio_and_simulcast_video_the_other_receives() -> N
     async with media_server() as server:
         async with LiveKitClient.connect(server.url, mint_token("sub")) as subscriber, \
                 LiveKitClient.connect(server.url, mint_token("pub")) as publisher:
+            # Connected before anything is published: the server's first offer (data channel only)
+            # already gives the subscriber PC its transport.
+            await subscriber.wait_connected(timeout=10)
+            assert subscriber.subscriptions == {}
             audio = await publisher.publish_audio()
             video = await publisher.publish_video(width=640, height=360, bitrate=600_000, simulcast=True)
             async with trio.open_nursery() as senders:

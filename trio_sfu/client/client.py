@@ -511,6 +511,14 @@ class LiveKitClient:
         except trio.ClosedResourceError:
             return
 
+    async def wait_connected(self, timeout: float = 15.0) -> None:
+        """Until the subscriber PC (the primary one in dual-PC mode) has ICE and DTLS up, as
+        livekit-client waits before reporting a room connected."""
+        with trio.fail_after(timeout):
+            while self._subscriber_pc is None:
+                await trio.sleep(0.01)
+            await self._subscriber_pc.connected.wait()
+
     async def wait_for_tracks(self, count: int, timeout: float = 15.0) -> list[RemoteTrack]:
         with trio.fail_after(timeout):
             while len(self.subscriptions) < count:
