@@ -1,6 +1,26 @@
-"""Our own LiveKit client on Trio (signalling, publisher and subscriber PCs) for tests and load tests."""
+"""Our own LiveKit client on Trio and the project's sans-IO stack, for tests and load tests.
+
+* ``client.py`` — :class:`LiveKitClient` (signalling, publisher and subscriber PCs),
+  :class:`LocalPublication`, :class:`RemoteTrack`;
+* ``peer_connection.py`` — one PC: a UDP socket driving a ``PeerTransport``;
+* ``sdp_builder.py`` — the client's publisher offer and subscriber answer;
+* ``synthetic.py`` / ``senders.py`` — VP8-framed and Opus-sized payloads with send stamps,
+  and the tasks that pace them;
+* ``stats.py`` — what a subscriber measured per track.
+"""
 
 from .client import ClientError, JoinError, LiveKitClient, LocalPublication, RemoteTrack, signal_url
+from .senders import send_synthetic_audio, send_synthetic_video
 from .stats import TrackReceiveStats
 
-__all__ = ["ClientError", "JoinError", "LiveKitClient", "LocalPublication", "RemoteTrack", "TrackReceiveStats", "signal_url"]
+__all__ = [
+    "ClientError",
+    "JoinError",
+    "LiveKitClient",
+    "LocalPublication",
+    "RemoteTrack",
+    "TrackReceiveStats",
+    "send_synthetic_audio",
+    "send_synthetic_video",
+    "signal_url",
+]
