@@ -128,6 +128,7 @@ function snapshot(stats) {
     frameWidth: v.frameWidth || 0, frameHeight: v.frameHeight || 0,
     audioPackets: a.packetsReceived || 0, totalSamplesReceived: a.totalSamplesReceived || 0,
     totalAudioEnergy: a.totalAudioEnergy || 0, concealedSamples: a.concealedSamples || 0,
+    headerAudioLevel: a.headerAudioLevel ?? null,
     audioCodecs: a.codecs || [], videoCodecs: v.codecs || [] };
 }
 
