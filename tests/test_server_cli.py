@@ -102,3 +102,11 @@ async def test_no_keys_is_a_clear_error() -> None:
     env = {k: v for k, v in os.environ.items() if k != "LIVEKIT_KEYS"}
     result = await trio.run_process(cli_command("--port", "0"), capture_stdout=True, capture_stderr=True, check=False, env=env)
     assert result.returncode == 2 and b"no API keys" in result.stderr
+
+
+async def test_bad_webhook_section_is_a_one_line_error(tmp_path: pathlib.Path) -> None:
+    bad = tmp_path / "hook.yaml"
+    bad.write_text("port: 0\nkeys:\n  k: s-long-enough-secret-0123456789abcdef\nwebhook:\n  urls: http://not-a-list\n")
+    result = await trio.run_process(cli_command("--config", str(bad)), capture_stdout=True, capture_stderr=True, check=False)
+    assert result.returncode == 2
+    assert b"webhook.urls" in result.stderr and b"Traceback" not in result.stderr

@@ -16,6 +16,7 @@ from .loadtest import add_arguments as add_load_test_arguments
 from .loadtest import run_command as run_load_test
 from .log import configure, get_logger
 from .server import Server
+from .webhooks import WebhookConfig
 
 _log = get_logger("trio_sfu.cli")
 
@@ -62,6 +63,9 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str]) -> tuple
             raise ConfigError(f"{name} must be a port number 0-65535, got {value}")
     if not config.keys:
         raise ConfigError("no API keys configured: use --keys, LIVEKIT_KEYS, 'keys' in --config, or --dev")
+    # Checked here, not when the server starts, so a bad webhook section is a
+    # one-line error naming the key rather than a traceback out of trio.run.
+    WebhookConfig.from_server_config(config)
     return config, warnings
 
 
