@@ -35,6 +35,7 @@ from rtp.packet import RtpParseError, find_extension
 from rtp.peer_transport import IceMode, PeerTransport
 from rtp.peer_transport_events import (
     Address,
+    DataReceived,
     RtcpReceived,
     RtpReceived,
     TransportClosed,
@@ -58,6 +59,7 @@ from sdp.parser import serialize as serialize_sdp
 from sdp.transceivers import TransceiverTable
 
 from . import metrics as m
+from .data_channels import ParticipantData, remote_sctp_params
 from .log import get_logger
 from .media import MediaContext
 from .forwarding import DownTrack, PublishedLayer, TrackReceiver, map_payload_types, select_target_layer
@@ -234,6 +236,7 @@ class PeerConnection:
         self.name = name
         self.transport = transport
         self.connected = False
+        self.data = None  # its SCTP association (trio_sfu.data_channels), once negotiated
 
     # MuxEndpoint
     def on_datagram(self, data: bytes, addr: Address, now: float) -> None:
@@ -253,6 +256,9 @@ class PeerConnection:
                     session.on_publisher_rtp(event.packet, now)
             elif type(event) is RtcpReceived:
                 session.on_rtcp(self, event.packet, now)
+            elif type(event) is DataReceived:
+                if self.data is not None:
+                    self.data.receive(event.data, now)
             elif isinstance(event, TransportConnected):
                 self.connected = True
                 session.metrics.inc(MEDIA_TRANSPORT_CONNECTED)
@@ -329,6 +335,7 @@ class ParticipantMedia:
 
         self._wake = trio.Event()
         self._armed = math.inf
+        self.data = ParticipantData.for_session(self)
         self.room_media.sessions[self.sid] = self
         context.nursery.start_soon(self.run)
 
@@ -341,6 +348,9 @@ class ParticipantMedia:
                 t = pc.transport.get_timer()
                 if t is not None and t < deadline:
                     deadline = t
+        t = self.data.get_timer()
+        if t is not None and t < deadline:
+            deadline = t
         for track in self.tracks_by_mid.values():
             t = track.receiver.get_timer()
             if t is not None and t < deadline:
@@ -367,6 +377,7 @@ class ParticipantMedia:
                         if t is not None and t <= now:
                             pc.transport.handle_timer(now)
                             pc.pump(now)
+                self.data.handle_timer(now)
                 # RTCP the forwarding objects owe: uplink NACKs and RRs, downlink SRs.
                 for track in list(self.tracks_by_mid.values()):
                     track.receiver.poll_rtcp(now)
@@ -381,6 +392,7 @@ class ParticipantMedia:
         if self.closed:
             return
         self.closed = True
+        self.data.close()
         room = self.room_media
         room.leave(self)
         room.unpublish(list(self.tracks_by_mid.values()))
@@ -460,6 +472,7 @@ class ParticipantMedia:
             )
         self._withdraw_stopped_tracks(media)
         self._learn_publisher_media(media)
+        self.data.attach_pc(self.publisher, remote_sctp_params(parsed), role.value == "client")
         self.context.send(rtc.SignalResponse(answer=rtc.SessionDescription(type="answer", sdp=serialize_sdp(answer), id=offer.id)))
         if first.mid is not None:
             self._send_candidates(rtc.SignalTarget.PUBLISHER, first.mid)
@@ -480,6 +493,9 @@ class ParticipantMedia:
                 self.sub_offer.remote_ice_ufrag or "", self.sub_offer.remote_ice_pwd or "",
                 self.sub_offer.remote_fingerprints,
             )
+        if self.subscriber is not None and self.sub_offer.dtls_role is not None:
+            self.data.attach_pc(self.subscriber, remote_sctp_params(parsed),
+                                self.sub_offer.dtls_role.value == "client", downlink=True)
         for sid, sub in list(self.subscriptions.items()):
             t = self.sub_offer.table.find_by_track(sid)
             if t is None:
@@ -793,6 +809,8 @@ class ParticipantMedia:
                 sub.down.handle_rtcp(packets, now)
 
     def on_connected(self, pc: PeerConnection, now: float) -> None:
+        if pc.data is not None:
+            pc.data.start(now)
         if pc is self.subscriber:
             for sub in self.subscriptions.values():
                 if sub.down is not None and sub.down.target_layer is not None:

@@ -1,0 +1,445 @@
+"""Data channels through the server: an SCTP association per PeerConnection once DTLS is up,
+and LiveKit `DataPacket`s forwarded between participants (livekit-protocol.md §2.14).
+
+The client opens `_reliable` / `_lossy` (and `_data_track`) on its publisher PC; we open our own
+on its subscriber PC and the client adopts them by label. A packet a client sends arrives on one
+of its channels, is checked (`canPublishData`), stamped with the sender's sid and identity (a
+client cannot speak for someone else), re-serialized once and queued on each recipient's channel
+of the same kind. Server-originated packets (Twirp SendData) come in through
+`Participant.deliver_data` -> `data_sink` and take the same last step.
+
+A slow receiver must not stall the room: everything for one recipient waits in that recipient's
+own SCTP association, and what may wait there is bounded. Past the lossy bound a lossy packet is
+dropped and counted; past the reliable bound the recipient's `_reliable` channel is closed (a
+reliable stream with a hole in it would be worse than none), logged and counted. Nobody else
+notices: forwarding never blocks and never waits for a receiver.
+
+Everything here runs synchronously inside the media task's callbacks (the mux reader and the
+session's timer loop); `now` is trio's clock, as for the PeerTransports.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+from typing import TYPE_CHECKING, Callable, Iterable, Optional
+
+import trio
+from google.protobuf.message import DecodeError
+from livekit.protocol import models
+
+from rtp.sctp import (
+    AssociationClosed,
+    AssociationEstablished,
+    ChannelClosed,
+    ChannelOpened,
+    MessageReceived,
+    SctpAssociation,
+    SctpProtocolError,
+)
+
+from . import metrics as m
+from .log import get_logger
+
+if TYPE_CHECKING:
+    from sdp.model import SessionDescription
+
+    from .log import ContextLogger
+    from .media_session import ParticipantMedia, PeerConnection
+
+RELIABLE_LABEL = "_reliable"
+LOSSY_LABEL = "_lossy"
+DATA_TRACK_LABEL = "_data_track"
+
+DEFAULT_SCTP_PORT = 5000
+# RFC 8841 §6.1: without a=max-message-size the peer is assumed to take 64 KiB.
+DEFAULT_REMOTE_MAX_MESSAGE_SIZE = 65536
+
+# Bytes that may wait in one recipient's association before we give up on it.
+RELIABLE_BUFFER_LIMIT = 4 * 1024 * 1024
+LOSSY_BUFFER_LIMIT = 256 * 1024
+# Messages kept for a recipient whose subscriber PC is not negotiated yet.
+MAX_PENDING_MESSAGES = 256
+
+DATA_RECEIVED = "data_packets_received_total"
+DATA_FORWARDED = "data_packets_forwarded_total"
+DATA_DENIED = "data_packets_denied_total"
+DATA_MALFORMED = "data_packets_malformed_total"
+DATA_UNSUPPORTED = "data_packets_unsupported_total"
+DATA_LOSSY_DROPPED = "data_lossy_dropped_total"
+DATA_RELIABLE_DROPPED = "data_reliable_dropped_total"
+DATA_RELIABLE_CLOSED = "data_reliable_channel_closed_total"
+DATA_TOO_LARGE = "data_packets_too_large_total"
+DATA_PENDING_DROPPED = "data_pending_dropped_total"
+DATA_OTHER_CHANNEL = "data_messages_other_channel_total"
+DATA_ASSOCIATIONS = "data_sctp_established_total"
+DATA_ASSOCIATIONS_CLOSED = "data_sctp_closed_total"
+
+_log = get_logger("trio_sfu.data")
+
+
+class DataKind(enum.IntEnum):
+    """Which channel a packet travels on; the values are `DataPacket.Kind`'s."""
+
+    RELIABLE = models.DataPacket.Kind.RELIABLE
+    LOSSY = models.DataPacket.Kind.LOSSY
+
+
+_LABEL_KINDS = {RELIABLE_LABEL: DataKind.RELIABLE, LOSSY_LABEL: DataKind.LOSSY}
+
+# The DataPacket values a client may send to others. `speaker` is the server's (deprecated) and
+# a packet with no value carries nothing.
+_FORWARDED_VALUES = frozenset({
+    "user", "sip_dtmf", "transcription", "metrics", "chat_message", "rpc_request", "rpc_ack",
+    "rpc_response", "stream_header", "stream_chunk", "stream_trailer", "encrypted_packet",
+})
+
+
+def remote_sctp_params(description: "SessionDescription") -> tuple[bool, int, int]:
+    """From the peer's SDP: (has an accepted m=application, its sctp-port, its max-message-size)."""
+    for section in description.media:
+        if section.kind == "application" and not section.rejected:
+            size = section.max_message_size
+            return (True, section.sctp_port or DEFAULT_SCTP_PORT,
+                    DEFAULT_REMOTE_MAX_MESSAGE_SIZE if size is None else size)
+    return False, DEFAULT_SCTP_PORT, DEFAULT_REMOTE_MAX_MESSAGE_SIZE
+
+
+class DataTransport:
+    """One PeerConnection's SCTP association, fed by and feeding its DTLS transport."""
+
+    def __init__(
+        self,
+        owner: "ParticipantData",
+        name: str,
+        *,
+        send_data: Callable[[bytes], bool],
+        flush: Callable[[float], None],
+        is_client: bool,
+        remote_port: int = DEFAULT_SCTP_PORT,
+        remote_max_message_size: int = DEFAULT_REMOTE_MAX_MESSAGE_SIZE,
+        local_port: int = DEFAULT_SCTP_PORT,
+        max_message_size: int = 262144,
+    ) -> None:
+        self.owner = owner
+        self.name = name
+        self._send_data = send_data
+        self._flush = flush
+        self.association = SctpAssociation(
+            is_client, local_port=local_port, remote_port=remote_port, max_message_size=max_message_size,
+            remote_max_message_size=remote_max_message_size,
+        )
+        self.started = False
+        self.closed = False
+        # Our channels (subscriber PC): kind -> stream id; gone once closed.
+        self.out_channels: dict[DataKind, int] = {}
+        # Every open channel with a LiveKit label, ours or the client's: stream id -> kind.
+        self.in_kinds: dict[int, DataKind] = {}
+        # Never below what is really queued: raised per message, re-measured at a bound.
+        self._queued_estimate = 0
+
+    def open_server_channels(self) -> None:
+        """`_reliable`, `_lossy` and `_data_track` as LiveKit opens them on the subscriber PC."""
+        assoc = self.association
+        reliable = assoc.open_channel(RELIABLE_LABEL, ordered=True)
+        lossy = assoc.open_channel(LOSSY_LABEL, ordered=False, max_retransmits=0)
+        assoc.open_channel(DATA_TRACK_LABEL, ordered=False, max_retransmits=0)
+        self.out_channels = {DataKind.RELIABLE: reliable, DataKind.LOSSY: lossy}
+        self.in_kinds.update({reliable: DataKind.RELIABLE, lossy: DataKind.LOSSY})
+
+    # ---- driven by the PeerConnection ------------------------------------------------------
+
+    def start(self, now: float) -> None:
+        """DTLS is up: the DTLS client's side sends INIT (RFC 8261 §5)."""
+        if self.started or self.closed:
+            return
+        self.started = True
+        self.association.start(now)
+        self.pump(now)
+
+    def receive(self, data: bytes, now: float) -> None:
+        if self.closed:
+            return
+        if not self.started:
+            # Application data implies DTLS is up even if we have not been told yet.
+            self.started = True
+        self.association.receive_packet(data, now)
+        self.pump(now)
+
+    def get_timer(self) -> Optional[float]:
+        if not self.started or self.closed:
+            return None
+        return self.association.get_timer()
+
+    def handle_timer(self, now: float) -> None:
+        t = self.get_timer()
+        if t is not None and t <= now:
+            self.association.handle_timer(now)
+            self.pump(now)
+
+    def pump(self, now: float) -> None:
+        assoc = self.association
+        while (event := assoc.next_event()) is not None:
+            if type(event) is MessageReceived:
+                kind = self.in_kinds.get(event.stream_id)
+                data = event.data if isinstance(event.data, bytes) else event.data.encode("utf-8")
+                if kind is None:
+                    self.owner.metrics.inc(DATA_OTHER_CHANNEL)
+                else:
+                    self.owner.on_client_packet(kind, data, now)
+            elif isinstance(event, ChannelOpened):
+                kind = _LABEL_KINDS.get(event.label)
+                if kind is not None:
+                    self.in_kinds[event.stream_id] = kind
+                self.owner.log.debug("data channel open", kv={"pc": self.name, "label": event.label,
+                                                              "stream": event.stream_id})
+            elif isinstance(event, ChannelClosed):
+                self.in_kinds.pop(event.stream_id, None)
+                for kind, stream in list(self.out_channels.items()):
+                    if stream == event.stream_id:
+                        del self.out_channels[kind]
+            elif isinstance(event, AssociationEstablished):
+                self.owner.metrics.inc(DATA_ASSOCIATIONS)
+                self.owner.log.info("sctp established", kv={"pc": self.name})
+            elif isinstance(event, AssociationClosed):
+                self.closed = True
+                self.out_channels.clear()
+                self.owner.metrics.inc(DATA_ASSOCIATIONS_CLOSED)
+                self.owner.log.info("sctp closed", kv={"pc": self.name, "reason": event.reason})
+        self.flush(now)
+
+    def flush(self, now: float) -> None:
+        if not self.started:
+            return
+        packets = self.association.packets_to_send(now)
+        if packets:
+            send = self._send_data
+            for packet in packets:
+                send(packet)
+            self._flush(now)
+        self.owner.wake(self.association.get_timer())
+
+    def close(self) -> None:
+        self.closed = True
+        self.out_channels.clear()
+
+    # ---- forwarding ---------------------------------------------------------------------------
+
+    def send(self, kind: DataKind, payload: bytes, now: float) -> bool:
+        """Queue one DataPacket on our channel of `kind`, within the buffer bounds; never blocks."""
+        stream = self.out_channels.get(kind)
+        metrics = self.owner.metrics
+        if stream is None or self.closed:
+            metrics.inc(DATA_LOSSY_DROPPED if kind is DataKind.LOSSY else DATA_RELIABLE_DROPPED)
+            return False
+        limits = self.owner.limits
+        bound = limits[kind]
+        size = len(payload)
+        if self._queued_estimate + size > bound:
+            # Only here is the real backlog measured (it walks the queue).
+            self._queued_estimate = self.association.buffered_amount
+            if self._queued_estimate + size > bound:
+                if kind is DataKind.LOSSY:
+                    metrics.inc(DATA_LOSSY_DROPPED)
+                    return False
+                self._close_overflowing(stream)
+                return False
+        try:
+            self.association.send(stream, payload, now)
+        except SctpProtocolError:
+            # Larger than the receiver's max-message-size, or the channel is going away.
+            metrics.inc(DATA_TOO_LARGE if size > self.association.remote_max_message_size > 0
+                        else DATA_RELIABLE_DROPPED if kind is DataKind.RELIABLE else DATA_LOSSY_DROPPED)
+            return False
+        self._queued_estimate += size
+        return True
+
+    def _close_overflowing(self, stream: int) -> None:
+        reason = (f"reliable data backlog over {self.owner.limits[DataKind.RELIABLE]} bytes: "
+                  "receiver too slow")
+        self.out_channels.pop(DataKind.RELIABLE, None)
+        self.association.close_channel(stream)
+        self.owner.metrics.inc(DATA_RELIABLE_CLOSED)
+        self.owner.metrics.inc(DATA_RELIABLE_DROPPED)
+        self.owner.log.warning("closing data channel", kv={"pc": self.name, "label": RELIABLE_LABEL,
+                                                           "reason": reason})
+
+
+class ParticipantData:
+    """One participant's data path: the client's channels in, the server's channels out."""
+
+    def __init__(
+        self,
+        *,
+        sid: str,
+        identity: str,
+        may_publish_data: Callable[[], bool],
+        peers: Callable[[], Iterable["ParticipantData"]],
+        metrics: m.Metrics,
+        wake: Callable[[Optional[float]], None] = lambda deadline: None,
+        log: Optional["ContextLogger"] = None,
+        reliable_limit: int = RELIABLE_BUFFER_LIMIT,
+        lossy_limit: int = LOSSY_BUFFER_LIMIT,
+    ) -> None:
+        self.sid = sid
+        self.identity = identity
+        self.may_publish_data = may_publish_data
+        self.peers = peers
+        self.metrics = metrics
+        self.wake = wake
+        self.log = log if log is not None else _log.bind(participant=sid)
+        self.limits = {DataKind.RELIABLE: reliable_limit, DataKind.LOSSY: lossy_limit}
+        self.transports: dict[str, DataTransport] = {}
+        self.downlink: Optional[DataTransport] = None
+        # For the time before the subscriber PC exists.
+        self._pending: collections.deque[tuple[DataKind, bytes]] = collections.deque()
+        self.closed = False
+
+    # ---- wiring ------------------------------------------------------------------------------
+
+    @classmethod
+    def for_session(cls, session: "ParticipantMedia") -> "ParticipantData":
+        """The data path of a media session: its peers are the room's other sessions, its
+        timers wake the session's loop, and it becomes the participant's `data_sink`."""
+        participant = session.participant
+        room_media = session.room_media
+
+        def may_publish_data() -> bool:
+            video = participant.grants.video
+            return video is None or video.may_publish_data
+
+        def peers() -> Iterable[ParticipantData]:
+            return [s.data for s in list(room_media.sessions.values())]
+
+        data = cls(sid=session.sid, identity=participant.identity, may_publish_data=may_publish_data,
+                   peers=peers, metrics=session.metrics, wake=session.timer_may_have_moved,
+                   log=session.log)
+        participant.data_sink = lambda packet, kind: data.deliver(packet, kind, trio.current_time())
+        while participant.undelivered_data:
+            packet, kind = participant.undelivered_data.popleft()
+            data.deliver(packet, kind, trio.current_time())
+        return data
+
+    def attach_pc(self, pc: "PeerConnection", remote: tuple[bool, int, int], is_client: bool,
+                  downlink: bool = False) -> Optional[DataTransport]:
+        """Once a PeerConnection's SDP accepted m=application: its association."""
+        has_application, remote_port, remote_max_message_size = remote
+        if pc.data is not None or not has_application or self.closed:
+            return pc.data
+        pc.data = self.attach(pc.name, send_data=pc.transport.send_data, flush=pc.flush, is_client=is_client,
+                              remote_port=remote_port, remote_max_message_size=remote_max_message_size,
+                              downlink=downlink, now=trio.current_time(), connected=pc.connected)
+        return pc.data
+
+    def attach(self, name: str, *, send_data: Callable[[bytes], bool], flush: Callable[[float], None],
+               is_client: bool, remote_port: int = DEFAULT_SCTP_PORT,
+               remote_max_message_size: int = DEFAULT_REMOTE_MAX_MESSAGE_SIZE, downlink: bool = False,
+               now: float = 0.0, connected: bool = False) -> DataTransport:
+        """Give PeerConnection `name` an association (once); `downlink` opens the server's channels."""
+        existing = self.transports.get(name)
+        if existing is not None:
+            return existing
+        transport = DataTransport(self, name, send_data=send_data, flush=flush, is_client=is_client,
+                                  remote_port=remote_port, remote_max_message_size=remote_max_message_size)
+        self.transports[name] = transport
+        if downlink:
+            transport.open_server_channels()
+            self.downlink = transport
+            pending, self._pending = self._pending, collections.deque()
+            for kind, payload in pending:
+                transport.send(kind, payload, now)
+        if connected:
+            transport.start(now)
+        return transport
+
+    def get_timer(self) -> Optional[float]:
+        deadline = None
+        for transport in self.transports.values():
+            t = transport.get_timer()
+            if t is not None and (deadline is None or t < deadline):
+                deadline = t
+        return deadline
+
+    def handle_timer(self, now: float) -> None:
+        for transport in list(self.transports.values()):
+            transport.handle_timer(now)
+
+    def close(self) -> None:
+        self.closed = True
+        for transport in self.transports.values():
+            transport.close()
+        self._pending.clear()
+
+    # ---- in: a client's packet ---------------------------------------------------------------
+
+    def on_client_packet(self, kind: DataKind, data: bytes, now: float) -> None:
+        """LiveKit's rules: drop without canPublishData; the server sets who sent it; to the
+        destination identities or everyone else; on the same kind of channel; sequence kept."""
+        metrics = self.metrics
+        metrics.inc(DATA_RECEIVED)
+        if self.closed:
+            return
+        if not self.may_publish_data():
+            metrics.inc(DATA_DENIED)
+            return
+        try:
+            packet = models.DataPacket.FromString(data)
+        except (DecodeError, ValueError):
+            metrics.inc(DATA_MALFORMED)
+            return
+        value = packet.WhichOneof("value")
+        if value not in _FORWARDED_VALUES:
+            metrics.inc(DATA_UNSUPPORTED)
+            return
+        packet.participant_sid = self.sid
+        packet.participant_identity = self.identity
+        packet.kind = kind  # the channel is the truth, not the (deprecated) field
+        identities = set(packet.destination_identities)
+        sids: set[str] = set()
+        if value == "user":
+            user = packet.user
+            user.participant_sid = self.sid
+            user.participant_identity = self.identity
+            identities.update(user.destination_identities)
+            sids.update(user.destination_sids)
+        payload = packet.SerializeToString()
+        targeted = bool(identities or sids)
+        for peer in self.peers():
+            if peer is self or peer.closed:
+                continue
+            if targeted and peer.identity not in identities and peer.sid not in sids:
+                continue
+            if peer.send(kind, payload, now):
+                metrics.inc(DATA_FORWARDED)
+
+    # ---- out: to this participant ------------------------------------------------------------
+
+    def send(self, kind: DataKind, payload: bytes, now: float) -> bool:
+        """Queue a serialized DataPacket for this participant; False when it was dropped."""
+        if self.closed:
+            return False
+        downlink = self.downlink
+        if downlink is None:
+            if len(self._pending) >= MAX_PENDING_MESSAGES:
+                self.metrics.inc(DATA_PENDING_DROPPED)
+                return False
+            self._pending.append((kind, payload))
+            return True
+        if not downlink.send(kind, payload, now):
+            return False
+        downlink.flush(now)
+        return True
+
+    def deliver(self, packet: models.DataPacket, kind: int, now: float) -> bool:
+        """A server-originated packet (Twirp SendData); as `Participant.data_sink` wants it."""
+        try:
+            data_kind = DataKind(kind)
+        except ValueError:
+            data_kind = DataKind.RELIABLE
+        return self.send(data_kind, packet.SerializeToString(), now)
+
+
+__all__ = [
+    "DATA_TRACK_LABEL", "LOSSY_LABEL", "RELIABLE_LABEL", "DataKind", "DataTransport", "ParticipantData",
+    "remote_sctp_params",
+]
