@@ -1,0 +1,22 @@
+"""Tracks as the room sees them: sources (local or relayed), the per-room track manager that
+resolves a track id to exactly one source, and the per-participant subscription manager that
+reconciles what a participant wants with what resolves. See docs/seed-races.md for the two
+races this package makes impossible by construction."""
+
+from .source import (
+    AlreadySubscribedError,
+    RecordedAtClosing,
+    ReadAtRemoval,
+    ResumeFlagPolicy,
+    SourceNotOpenError,
+    SourceOrigin,
+    TrackSource,
+    TrackSubscriber,
+)
+from .track_manager import FifoHead, NewestWins, ResolutionPolicy, TrackManager
+
+__all__ = [
+    "AlreadySubscribedError", "FifoHead", "NewestWins", "ReadAtRemoval", "RecordedAtClosing",
+    "ResolutionPolicy", "ResumeFlagPolicy", "SourceNotOpenError", "SourceOrigin", "TrackManager",
+    "TrackSource", "TrackSubscriber",
+]

@@ -1,0 +1,220 @@
+"""SubscriberEndpoint: one participant's subscriber PC as the subscription manager drives it.
+
+It owns the m-line table (sdp.transceivers) and the down tracks, and is the `TrackSubscriber`
+that sources detach. The transceiver cache is keyed by track id and holds two halves that
+always move together: the table's `CachedTransceiver` (mid, SSRCs, payload types) and the
+down track's `DownTrackSnapshot` (rewrite state). A later subscription to the same track id —
+through whichever source — takes both, so the client sees the same m-line and SSRC and
+continuous sequence numbers and timestamps, with no new m-line to negotiate.
+
+Negotiation is injected (`Exchange`: offer in, answer out, awaited), so the same endpoint runs
+behind a real signal session or an in-memory test client.
+"""
+
+from __future__ import annotations
+
+from typing import Awaitable, Callable, Optional
+
+import attrs
+import trio
+
+from sdp.codecs import MediaKind, subscriber_codecs
+from sdp.errors import TransceiverInvariantError
+from sdp.model import SessionDescription
+from sdp.negotiator import LocalParams, SubscriberOffer
+from sdp.transceivers import CachedTransceiver, TransceiverState, TransceiverTable
+from trio_sfu.forwarding import DownTrack, map_payload_types
+from trio_sfu.forwarding.downtrack import DownTrackSnapshot
+
+from .source import TrackSource
+
+Exchange = Callable[[SessionDescription], Awaitable[SessionDescription]]
+Detached = Callable[[str, TrackSource, bool], None]
+
+
+class NoCommonCodecError(Exception):
+    """The subscriber's m-line negotiated no codec the source publishes (permanent)."""
+
+
+@attrs.define
+class Binding:
+    """A track id bound on an m-line through one source; `down` once forwarding started."""
+
+    source: TrackSource
+    mid: str
+    snapshot: Optional[DownTrackSnapshot]
+    reused: bool  # the m-line came from the cache
+    down: Optional[DownTrack] = None
+
+
+@attrs.frozen
+class MigratedTransceiver:
+    """A subscribed m-line carried to another node in a migration's sync state."""
+
+    track_id: str
+    mid: str
+    ssrc: Optional[int]
+    rtx_ssrc: Optional[int]
+    snapshot: Optional[DownTrackSnapshot]
+
+
+class SubscriberEndpoint:
+    def __init__(self, subscriber_id: str, local: LocalParams, exchange: Exchange,
+                 send_rtp: Callable[[bytes], bool], *,
+                 send_rtcp: Callable[[bytes], bool] = lambda packet: True,
+                 table: Optional[TransceiverTable] = None) -> None:
+        self._id = subscriber_id
+        self.offer = SubscriberOffer(local, table if table is not None else TransceiverTable(), cname=subscriber_id)
+        self._exchange = exchange
+        self._send_rtp = send_rtp
+        self._send_rtcp = send_rtcp
+        self.bindings: dict[str, Binding] = {}
+        self.snapshots: dict[str, DownTrackSnapshot] = {}
+        self.cached_track_ids: set[str] = set()  # keys this endpoint put in the table's cache
+        self.offers: list[SessionDescription] = []  # every offer made, for invariant checks
+        # mid -> (track id, ssrc) as the last answered offer had it; a binding equal to it needs
+        # no negotiation (the client's transceiver already carries that SSRC for that track).
+        self._negotiated: dict[str, tuple[Optional[str], Optional[int]]] = {}
+        self._negotiation = trio.Lock()
+        self.on_detached: Optional[Detached] = None
+        self.closed = False
+
+    @property
+    def subscriber_id(self) -> str:
+        return self._id
+
+    @property
+    def table(self) -> TransceiverTable:
+        return self.offer.table
+
+    # ---- binding ----------------------------------------------------------------------------
+
+    def bind(self, source: TrackSource) -> Binding:
+        """Put the source's track on an m-line: the cached one for its track id if any."""
+        track_id = source.track_id
+        if track_id in self.bindings:
+            raise TransceiverInvariantError(f"track {track_id} is already bound")
+        codecs = subscriber_codecs(source.kind, tuple(f"{source.kind.value}/{c.name}" for c in source.codecs if not c.is_rtx))
+        cached = self.table.cache.peek(track_id)
+        snapshot = self.snapshots.pop(track_id, None)
+        t = self.table.bind(track_id, source.kind, source.stream_id, codecs=codecs or None)
+        self.cached_track_ids.discard(track_id)
+        reused = cached is not None and cached.mid == t.mid and cached.ssrc == t.ssrc
+        binding = Binding(source, t.mid, snapshot if reused else None, reused)
+        self.bindings[track_id] = binding
+        return binding
+
+    def _line_states(self) -> dict[str, tuple[Optional[str], Optional[int]]]:
+        return {t.mid: (t.track_id, t.ssrc) if t.state is TransceiverState.ACTIVE else (None, None)
+                for t in self.table.transceivers if t.kind.value != "application"}
+
+    def needs_negotiation(self) -> bool:
+        """Whether the client's view (the last answered offer) differs from the table. An m-line
+        idle only because its track is cached for a resume does not count: the client keeps it."""
+        reserved = self.table.cache.mids()
+        for mid, state in self._line_states().items():
+            if state[0] is None and mid in reserved:
+                continue
+            if self._negotiated.get(mid, (None, None)) != state:
+                return True
+        return False
+
+    async def negotiate(self) -> None:
+        """One offer/answer round (serialized). Raises what the exchange raises."""
+        async with self._negotiation:
+            offer = self.offer.create_offer()
+            self.offers.append(offer)
+            offered = self._line_states()
+            answer = await self._exchange(offer)
+            self.offer.apply_answer(answer)
+            self._negotiated = offered
+
+    def start(self, track_id: str, now: float, wallclock_offset: float = 0.0) -> DownTrack:
+        """Forward the bound source to the client on the negotiated m-line."""
+        binding = self.bindings[track_id]
+        source = binding.source
+        t = self.table.find_by_track(track_id)
+        assert t is not None and t.ssrc is not None
+        negotiated = t.negotiated_codecs or t.codecs
+        pt_map = map_payload_types(
+            [(c.payload_type, c.name) for c in source.codecs if not c.is_rtx],
+            [(c.payload_type, c.name) for c in negotiated if not c.is_rtx],
+        )
+        if not pt_map:
+            raise NoCommonCodecError(track_id)
+        primary = next(c for c in source.codecs if not c.is_rtx)
+        down = DownTrack(
+            source.receiver, ssrc=t.ssrc, payload_types=pt_map, clock_rate=primary.clock_rate,
+            mime_type=f"{source.kind.value}/{primary.name}", send_rtp=self._send_rtp,
+            send_rtcp=self._send_rtcp, cname=self._id, wallclock_offset=wallclock_offset,
+            snapshot=binding.snapshot,
+        )
+        binding.down = down
+        source.receiver.add_down_track(down)
+        return down
+
+    # ---- TrackSubscriber ---------------------------------------------------------------------
+
+    def detach_source(self, source: TrackSource, expected_to_resume: bool) -> None:
+        binding = self.bindings.get(source.track_id)
+        if binding is None or binding.source is not source:
+            return
+        del self.bindings[source.track_id]
+        snapshot = binding.snapshot
+        if binding.down is not None:
+            snapshot = binding.down.snapshot() or snapshot
+            source.receiver.remove_down_track(binding.down)
+        if self.table.find_by_track(source.track_id) is not None:
+            # Cache first, then tell the manager: it must never see "unsubscribed" before the
+            # cache entry exists, or its retry could take a fresh m-line.
+            self.table.unbind(source.track_id, cache=expected_to_resume)
+            if expected_to_resume:
+                self.cached_track_ids.add(source.track_id)
+        if expected_to_resume and snapshot is not None:
+            self.snapshots[source.track_id] = snapshot
+        else:
+            self.snapshots.pop(source.track_id, None)
+        if self.on_detached is not None:
+            self.on_detached(source.track_id, source, expected_to_resume)
+
+    # ---- migration ---------------------------------------------------------------------------
+
+    def migrated_state(self) -> list[MigratedTransceiver]:
+        """What a node taking this participant over needs to keep its m-lines: the cached ones
+        (a migrating participant's subscriptions were all detached with resume first)."""
+        out = []
+        for track_id in sorted(self.cached_track_ids):
+            c = self.table.cache.peek(track_id)
+            if c is not None:
+                out.append(MigratedTransceiver(track_id, c.mid, c.ssrc, c.rtx_ssrc, self.snapshots.get(track_id)))
+        return out
+
+    def restore_migrated(self, entries: list[MigratedTransceiver], kinds: dict[str, MediaKind]) -> list[str]:
+        """Rebuild the m-lines a previous node had, in mid order, as cache entries; returns the
+        track ids whose mid could not be reproduced (they will get new m-lines)."""
+        failed = []
+        for entry in sorted(entries, key=lambda e: int(e.mid) if e.mid.isdigit() else 1 << 30):
+            kind = kinds.get(entry.track_id)
+            if kind is None:
+                failed.append(entry.track_id)
+                continue
+            t = self.table.bind(entry.track_id, kind, f"migrated|{entry.track_id}")
+            if t.mid != entry.mid:
+                self.table.unbind(entry.track_id)
+                failed.append(entry.track_id)
+                continue
+            t.ssrc, t.rtx_ssrc = entry.ssrc, entry.rtx_ssrc
+            self.table.unbind(entry.track_id, cache=True)
+            self.cached_track_ids.add(entry.track_id)
+            if entry.snapshot is not None:
+                self.snapshots[entry.track_id] = entry.snapshot
+        return failed
+
+    def close(self) -> None:
+        """Detach from every source without resume (the participant is gone)."""
+        self.closed = True
+        for binding in list(self.bindings.values()):
+            binding.source.remove_subscriber(self._id, expected_to_resume=False)
+            # A source that no longer lists us (it is closing) still must not keep our down track.
+            self.detach_source(binding.source, False)
+        self.snapshots.clear()
