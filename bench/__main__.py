@@ -1,0 +1,97 @@
+"""``python -m bench <scenario> [--json]``: a load scenario against the server, and the floor.
+
+Scenarios (see ``bench/scenarios.py``): ``audio-room``, ``meeting``, ``livestream``, ``smoke``;
+``floor`` runs only the minimal forwarder (``bench/floor.py``) on a scenario's traffic shape
+(``--shape``, default livestream); ``all`` runs the three load scenarios. Each load scenario
+is followed by the floor on the same shape and reported as a ratio to it, unless ``--no-floor``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from . import procstat
+from .floor import run_floor
+from .scenarios import SCENARIOS, BenchError, run_scenario
+
+MAIN_SCENARIOS = ("audio-room", "meeting", "livestream")
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def format_result(r: dict[str, Any]) -> str:
+    floor = r.get("floor") or {}
+    probe = r.get("join_to_first_media") or {}
+    return "\n".join([
+        f"{r['scenario']}: {r['description']} (subscribers {r['subscribers']})",
+        f"  forwarded {r['forwarded_pps']:.0f} pps, server {r['server_cpu_cores']:.2f} cores -> "
+        f"{_fmt(r['pps_per_core'], ',.0f')} pps/core, {_fmt(r['cpu_us_per_packet'], '.1f')} us/packet",
+        f"  floor {_fmt(floor.get('cpu_us_per_packet'), '.1f')} us/packet "
+        f"({_fmt(floor.get('pps_per_core'), ',.0f')} pps/core); server at {_fmt(r.get('ratio_to_floor'), '.0%')} of the floor",
+        f"  latency p50 {_fmt(r['latency_ms_p50'], '.1f')} ms p99 {_fmt(r['latency_ms_p99'], '.1f')} ms, "
+        f"loss {_fmt(r['loss_total'], '.3%')}, errors {r['errors_total']}",
+        f"  RSS {r['rss_idle_mb']:.0f} -> {r['rss_loaded_mb']:.0f} MB = {r['rss_per_participant_kb']:.0f} KB/participant; "
+        f"tester {r['tester_cpu_cores']:.2f} cores",
+        f"  join -> first media (probe): joined {_fmt(probe.get('joined_s'), '.2f')} s, first packet "
+        f"{_fmt(probe.get('first_packet_s'), '.2f')} s, all tracks {_fmt(probe.get('all_tracks_first_packet_s'), '.2f')} s",
+    ])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("scenario", choices=sorted(SCENARIOS) + ["floor", "all"])
+    parser.add_argument("--json", action="store_true", help="print machine-readable results on stdout")
+    parser.add_argument("--subscribers", type=int, help="scale the subscriber count (stated in the results)")
+    parser.add_argument("--warmup", type=float, default=3.0, metavar="SECONDS")
+    parser.add_argument("--window", type=float, default=10.0, metavar="SECONDS")
+    parser.add_argument("--no-floor", action="store_true", help="skip the floor run")
+    parser.add_argument("--no-probe", action="store_true", help="skip the join-to-first-media probe")
+    parser.add_argument("--shape", choices=sorted(SCENARIOS), default="livestream",
+                        help="traffic shape for the 'floor' scenario")
+    args = parser.parse_args(argv)
+
+    results: dict[str, Any] = {"machine": procstat.machine(), "results": []}
+    names = MAIN_SCENARIOS if args.scenario == "all" else (args.scenario,)
+    try:
+        for name in names:
+            if name == "floor":
+                shape = SCENARIOS[args.shape]
+                if args.subscribers is not None:
+                    shape = shape.scaled(args.subscribers)
+                floor = run_floor(shape.floor_shape(), args.warmup, args.window)
+                floor["scenario"] = "floor"
+                results["results"].append(floor)
+                if not args.json:
+                    print(f"floor ({args.shape} shape): {floor['forwarded_pps']:.0f} pps, {floor['cpu_cores']:.2f} cores "
+                          f"-> {_fmt(floor['pps_per_core'], ',.0f')} pps/core, {_fmt(floor['cpu_us_per_packet'], '.1f')} us/packet")
+                continue
+            scenario = SCENARIOS[name]
+            if args.subscribers is not None:
+                scenario = scenario.scaled(args.subscribers)
+            result = run_scenario(scenario, warmup=args.warmup, window=args.window, probe=not args.no_probe)
+            if not args.no_floor:
+                floor = run_floor(scenario.floor_shape(), min(args.warmup, 2.0), min(args.window, 6.0))
+                result["floor"] = floor
+                if floor["cpu_us_per_packet"] and result["cpu_us_per_packet"]:
+                    # The fraction of the floor's efficiency the server reaches (1.0 = as cheap as the floor).
+                    result["ratio_to_floor"] = floor["cpu_us_per_packet"] / result["cpu_us_per_packet"]
+            results["results"].append(result)
+            if not args.json:
+                print(format_result(result), flush=True)
+    except BenchError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        json.dump(results, sys.stdout, indent=2)
+        print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,288 @@
+"""The load scenarios: the server as its own process, driven by ``trio-sfu load-test`` in another.
+
+A run: start ``python -m trio_sfu.cli --dev --port 0 --udp-port 0 --node-ip 127.0.0.1`` and read
+its ready line; note its RSS; start the load tester (``--duration 0``, it runs until SIGINT) and
+read its once-a-second progress lines from stderr. When everyone has joined and every expected
+track is subscribed, wait ``warmup`` seconds, then sample the server's and the tester's CPU
+(/proc, see ``procstat``) at a progress line and again ``window`` seconds later; the packets
+the subscribers received between those two lines are the packets the server forwarded (on
+loopback with zero loss; the loss is reported too). Then a *probe* subscriber joins from this
+process to time join → first packet on every track; then SIGINT to the tester, whose JSON
+summary gives latency and loss; then SIGTERM to the server.
+
+Why progress lines and not a server counter: the server has no metrics endpoint yet, and the
+tester's received count is what actually arrived, which is what a forwarding rate should mean.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Any, Optional
+
+import attrs
+
+from . import procstat
+
+_PROGRESS = re.compile(
+    r"\[\s*([\d.]+)s\] joined (\d+)/(\d+)\s+tracks (\d+)/(\d+)\s+out (\d+) pps\s+in (\d+) pps\s+loss ([\d.]+)%\s+errors (\d+)"
+)
+
+
+@attrs.frozen
+class Scenario:
+    name: str
+    description: str
+    video_publishers: int = 0
+    audio_publishers: int = 0
+    subscribers: int = 0
+    video_bitrate: int = 1_700_000
+    simulcast: bool = True
+    join_rate: float = 20.0
+
+    @property
+    def publishers(self) -> int:
+        return max(self.video_publishers, self.audio_publishers)
+
+    @property
+    def participants(self) -> int:
+        return self.publishers + self.subscribers
+
+    @property
+    def tracks_per_subscriber(self) -> int:
+        return self.video_publishers + self.audio_publishers
+
+    def scaled(self, subscribers: int) -> "Scenario":
+        return attrs.evolve(self, subscribers=subscribers)
+
+    def floor_shape(self) -> dict[str, Any]:
+        return {"publishers": self.publishers, "audio": self.audio_publishers > 0,
+                "video": self.video_publishers > 0, "video_bitrate": self.video_bitrate,
+                "simulcast": self.simulcast, "subscribers": self.subscribers}
+
+
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s
+    for s in (
+        Scenario("audio-room", "10 audio publishers x 200 subscribers", audio_publishers=10, subscribers=200),
+        # The load tester's publishers do not subscribe, so a 12-person meeting is 12 publishers
+        # (audio + simulcast video) and 12 subscribe-only participants: each of those receives
+        # 12 publishers' tracks where a meeting member would receive 11.
+        Scenario("meeting", "12 publishers (audio+video) + 12 subscribers receiving all",
+                 video_publishers=12, audio_publishers=12, subscribers=12),
+        Scenario("livestream", "1 video publisher (simulcast 1.7 Mbps top layer) x 200 subscribers",
+                 video_publishers=1, subscribers=200),
+        Scenario("smoke", "1 audio+video publisher x 2 subscribers (for the smoke test)",
+                 video_publishers=1, audio_publishers=1, subscribers=2, video_bitrate=500_000),
+    )
+}
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+@attrs.define
+class _Progress:
+    at: float  # time.monotonic() when the line was read
+    joined: int
+    participants: int
+    tracks: int
+    tracks_expected: int
+    out_pps: int
+    in_pps: int
+    loss_percent: float
+    errors: int
+
+
+def _python() -> list[str]:
+    return [sys.executable]
+
+
+def start_server(env: Optional[dict[str, str]] = None) -> tuple[subprocess.Popen, str, str, str]:
+    """The server process, its URL, API key and secret (from the --dev banner)."""
+    proc = subprocess.Popen(
+        _python() + ["-m", "trio_sfu.cli", "--dev", "--port", "0", "--udp-port", "0", "--node-ip", "127.0.0.1"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+    )
+    key = secret = url = None
+    deadline = time.monotonic() + 30
+    assert proc.stdout is not None
+    while url is None:
+        line = proc.stdout.readline()
+        if not line or time.monotonic() > deadline:
+            proc.kill()
+            raise BenchError(f"server did not print its ready line (exit {proc.poll()})")
+        if line.startswith("dev API key:"):
+            match = re.match(r"dev API key: (\S+)\s+secret: (\S+)", line)
+            if match:
+                key, secret = match.groups()
+        elif line.startswith("trio-sfu ready url="):
+            url = line.strip().split("=", 1)[1]
+    if key is None or secret is None:
+        proc.kill()
+        raise BenchError("server printed no dev API key")
+    # Keep draining stdout so a chatty server never blocks on a full pipe.
+    threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()  # type: ignore[union-attr]
+    return proc, url, key, secret
+
+
+def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 20.0) -> None:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+async def _probe_join_to_first_media(url: str, key: str, secret: str, room: str, tracks: int,
+                                     timeout: float = 20.0) -> dict[str, Optional[float]]:
+    import trio
+
+    from trio_sfu.client import LiveKitClient
+    from trio_sfu.loadtest import LoadTestParams, make_token
+
+    params = LoadTestParams(url=url, api_key=key, api_secret=secret, room=room, subscribers=1)
+    token = make_token(params, "bench_probe", publish=False, subscribe=True)
+    started = trio.current_time()
+    result: dict[str, Optional[float]] = {"joined_s": None, "first_packet_s": None, "all_tracks_first_packet_s": None}
+    with trio.move_on_after(timeout):
+        async with LiveKitClient.connect(url, token) as client:
+            result["joined_s"] = trio.current_time() - started
+            remote = await client.wait_for_tracks(tracks, timeout=timeout)
+            firsts = []
+            for track in remote:
+                await track.first_packet.wait()
+                firsts.append(track.stats.first_arrival - started)
+            result["first_packet_s"] = min(firsts)
+            result["all_tracks_first_packet_s"] = max(firsts)
+    return result
+
+
+def run_scenario(scenario: Scenario, *, warmup: float = 3.0, window: float = 10.0,
+                 setup_timeout: float = 120.0, probe: bool = True,
+                 log=lambda text: print(text, file=sys.stderr, flush=True)) -> dict[str, Any]:
+    import trio
+
+    room = f"bench-{scenario.name}"
+    server, url, key, secret = start_server()
+    tester = None
+    json_path = tempfile.mktemp(prefix="bench-loadtest-", suffix=".json")
+    try:
+        time.sleep(0.5)
+        rss_idle = procstat.rss_bytes(server.pid)
+        cmd = _python() + [
+            "-m", "trio_sfu.cli", "load-test", "--url", url, "--api-key", key, "--api-secret", secret,
+            "--room", room, "--video-publishers", str(scenario.video_publishers),
+            "--audio-publishers", str(scenario.audio_publishers), "--subscribers", str(scenario.subscribers),
+            "--duration", "0", "--video-bitrate", str(scenario.video_bitrate),
+            "--simulcast" if scenario.simulcast else "--no-simulcast",
+            "--num-per-second", str(scenario.join_rate), "--json", json_path,
+        ]
+        tester = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        lines: "queue.Queue[Optional[_Progress]]" = queue.Queue()
+
+        def read_progress() -> None:
+            assert tester is not None and tester.stderr is not None
+            for text in tester.stderr:
+                match = _PROGRESS.search(text)
+                if match:
+                    g = match.groups()
+                    lines.put(_Progress(time.monotonic(), int(g[1]), int(g[2]), int(g[3]), int(g[4]), int(g[5]),
+                                        int(g[6]), float(g[7]), int(g[8])))
+            lines.put(None)
+
+        threading.Thread(target=read_progress, daemon=True).start()
+
+        def next_line(timeout: float = 15.0) -> _Progress:
+            try:
+                item = lines.get(timeout=timeout)
+            except queue.Empty:
+                raise BenchError("load tester stopped reporting progress") from None
+            if item is None:
+                raise BenchError(f"load tester exited early (status {tester.poll()})")
+            return item
+
+        setup_started = time.monotonic()
+        while True:
+            p = next_line()
+            if p.joined == p.participants and p.tracks >= p.tracks_expected:
+                break
+            if time.monotonic() - setup_started > setup_timeout:
+                raise BenchError(f"setup incomplete after {setup_timeout:.0f} s: joined {p.joined}/{p.participants}, "
+                                 f"tracks {p.tracks}/{p.tracks_expected}")
+        setup_s = time.monotonic() - setup_started
+        log(f"{scenario.name}: all joined and subscribed after {setup_s:.1f} s; warming up {warmup:g} s")
+        warm_end = time.monotonic() + warmup
+        while time.monotonic() < warm_end:
+            p = next_line()
+        first = (p, procstat.sample(server.pid), procstat.sample(tester.pid))
+        in_packets = out_packets = 0
+        errors_at_start = p.errors
+        while True:
+            p = next_line()
+            in_packets += p.in_pps
+            out_packets += p.out_pps
+            if p.at - first[0].at >= window:
+                break
+        last = (p, procstat.sample(server.pid), procstat.sample(tester.pid))
+        wall = last[1].wall - first[1].wall
+        server_cpu = last[1].cpu_seconds - first[1].cpu_seconds
+        log(f"{scenario.name}: window {wall:.1f} s, {in_packets / wall:.0f} pps forwarded, "
+            f"server {server_cpu / wall:.2f} cores, tester {procstat.cpu_share(first[2], last[2]):.2f} cores")
+
+        probe_result = None
+        if probe:
+            probe_result = trio.run(_probe_join_to_first_media, url, key, secret, room,
+                                    scenario.tracks_per_subscriber)
+            log(f"{scenario.name}: probe {probe_result}")
+
+        stop(tester, signal.SIGINT, timeout=60)
+        summary: dict[str, Any] = {}
+        if os.path.exists(json_path):
+            with open(json_path, encoding="utf-8") as handle:
+                summary = json.load(handle)
+        totals = summary.get("totals", {})
+        rss_loaded = last[1].rss_bytes
+        forwarded_pps = in_packets / wall
+        return {
+            "scenario": scenario.name,
+            "description": scenario.description,
+            "participants": scenario.participants,
+            "publishers": scenario.publishers,
+            "subscribers": scenario.subscribers,
+            "setup_s": setup_s,
+            "window_s": wall,
+            "published_pps": out_packets / wall,
+            "forwarded_pps": forwarded_pps,
+            "server_cpu_cores": server_cpu / wall,
+            "pps_per_core": in_packets / server_cpu if server_cpu > 0 else None,
+            "cpu_us_per_packet": server_cpu / in_packets * 1e6 if in_packets else None,
+            "tester_cpu_cores": procstat.cpu_share(first[2], last[2]),
+            "loss_percent_in_window": last[0].loss_percent,
+            "errors_in_window": last[0].errors - errors_at_start,
+            "latency_ms_p50": totals.get("latency_ms_p50"),
+            "latency_ms_p99": totals.get("latency_ms_p99"),
+            "loss_total": totals.get("loss"),
+            "errors_total": totals.get("errors"),
+            "rss_idle_mb": rss_idle / 2**20,
+            "rss_loaded_mb": rss_loaded / 2**20,
+            "rss_per_participant_kb": (rss_loaded - rss_idle) / scenario.participants / 1024,
+            "join_to_first_media": probe_result,
+        }
+    finally:
+        if tester is not None:
+            stop(tester, signal.SIGINT, timeout=30)
+        stop(server)
+        if os.path.exists(json_path):
+            os.unlink(json_path)
