@@ -278,8 +278,8 @@ class ParticipantData:
         metrics: m.Metrics,
         wake: Callable[[Optional[float]], None] = lambda deadline: None,
         log: Optional["ContextLogger"] = None,
-        reliable_limit: int = RELIABLE_BUFFER_LIMIT,
-        lossy_limit: int = LOSSY_BUFFER_LIMIT,
+        reliable_limit: Optional[int] = None,
+        lossy_limit: Optional[int] = None,
     ) -> None:
         self.sid = sid
         self.identity = identity
@@ -288,7 +288,10 @@ class ParticipantData:
         self.metrics = metrics
         self.wake = wake
         self.log = log if log is not None else _log.bind(participant=sid)
-        self.limits = {DataKind.RELIABLE: reliable_limit, DataKind.LOSSY: lossy_limit}
+        self.limits = {
+            DataKind.RELIABLE: RELIABLE_BUFFER_LIMIT if reliable_limit is None else reliable_limit,
+            DataKind.LOSSY: LOSSY_BUFFER_LIMIT if lossy_limit is None else lossy_limit,
+        }
         self.transports: dict[str, DataTransport] = {}
         self.downlink: Optional[DataTransport] = None
         # For the time before the subscriber PC exists.
