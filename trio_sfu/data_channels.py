@@ -146,6 +146,7 @@ class DataTransport:
         assoc.open_channel(DATA_TRACK_LABEL, ordered=False, max_retransmits=0)
         self.out_channels = {DataKind.RELIABLE: reliable, DataKind.LOSSY: lossy}
         self.in_kinds.update({reliable: DataKind.RELIABLE, lossy: DataKind.LOSSY})
+        self._queued_estimate = assoc.buffered_amount  # the OPEN messages wait in the same queue
 
     # ---- driven by the PeerConnection ------------------------------------------------------
 
