@@ -184,7 +184,9 @@ async def two_nodes(seam=None, *, resolution=FifoHead, resume_policy=RecordedAtC
         publisher = FakePublisher("pB", TRACK, a)
         nursery.start_soon(publisher.run)
         a.join(ROOM, "pA", clients["pA"], subscriptions=(TRACK,))
-        await trio.sleep(0.3)
+        with trio.fail_after(10):
+            while len(clients["pA"].received) < 5:
+                await trio.sleep(0.01)
         world = World(a, b, clients, publisher, nursery)
         try:
             yield world

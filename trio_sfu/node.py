@@ -394,6 +394,8 @@ class Node:
             state = pb.MigrateParticipant(room=room_name, participant_id=pid, subscriptions=desired,
                                           published=[spec.to_proto() for spec in p.published.values()])
             for entry in p.endpoint.migrated_state():
+                if entry.track_id not in desired:
+                    continue  # a cached m-line nobody wants any more stays behind
                 cached = p.endpoint.table.cache.peek(entry.track_id)
                 st = pb.SubscribedTransceiver(track_id=entry.track_id, mid=entry.mid, ssrc=entry.ssrc or 0,
                                               rtx_ssrc=entry.rtx_ssrc or 0,

@@ -116,22 +116,23 @@ class SubscriptionManager:
             task_status.started()
             next_tick = trio.current_time()
             while True:
-                targets: set[str] = set()
+                # A dict, not a set: reconcile in trigger order, the same in every process.
+                targets: dict[str, None] = {}
                 with trio.move_on_at(next_tick) as tick:
-                    targets.add(await self._receive.receive())
+                    targets[await self._receive.receive()] = None
                     while True:  # drain what is already queued into one pass
                         try:
-                            targets.add(self._receive.receive_nowait())
+                            targets[self._receive.receive_nowait()] = None
                         except trio.WouldBlock:
                             break
                 if tick.cancelled_caught:
                     next_tick = trio.current_time() + self.reconcile_interval
-                    targets.add(RECONCILE_ALL)
+                    targets[RECONCILE_ALL] = None
                 await self.reconcile(targets)
         finally:
             self.close()
 
-    async def reconcile(self, targets: set[str]) -> None:
+    async def reconcile(self, targets: dict[str, None] | set[str]) -> None:
         ids = list(self.subscriptions) if RECONCILE_ALL in targets else [t for t in targets if t in self.subscriptions]
         for track_id in ids:
             s = self.subscriptions.get(track_id)
