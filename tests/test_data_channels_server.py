@@ -282,6 +282,9 @@ async def test_server_channels_are_livekits_and_a_spoofed_sender_is_overwritten(
             assert (got.user.payload, got.user.topic, got.sequence) == (b"I am alice", "chat", 41)
             assert eve.received() == []  # never echoed to the sender
             assert server.metrics.get(dc.DATA_FORWARDED) == 1
+        # Once the participants are gone their associations' counters are in the server's metrics.
+        await wait_until(lambda: server.metrics.get("data_sctp_messages_received_total") >= 1)
+        assert server.metrics.get("data_sctp_malformed_packets_total") == 0
 
 
 async def test_destinations_kinds_and_stream_rpc_packets_pass_through() -> None:

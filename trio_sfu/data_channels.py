@@ -24,6 +24,7 @@ import collections
 import enum
 from typing import TYPE_CHECKING, Callable, Iterable, Optional
 
+import attrs
 import trio
 from google.protobuf.message import DecodeError
 from livekit.protocol import models
@@ -221,8 +222,16 @@ class DataTransport:
         self.owner.wake(self.association.get_timer())
 
     def close(self) -> None:
+        """The PeerConnection is going away; its SCTP counters (malformed packets, retransmits,
+        abandoned chunks...) outlive it as `data_sctp_<name>_total`."""
+        if self.closed and not self.started:
+            return
+        self.started = False
         self.closed = True
         self.out_channels.clear()
+        for name, value in attrs.asdict(self.association.counters).items():
+            if isinstance(value, int) and value > 0:
+                self.owner.metrics.inc(f"data_sctp_{name}_total", value)
 
     # ---- forwarding ---------------------------------------------------------------------------
 
