@@ -64,6 +64,7 @@ from .log import get_logger
 from .media import MediaContext
 from .forwarding import DownTrack, PublishedLayer, TrackReceiver, map_payload_types, select_target_layer
 from .udp_mux import UdpMux, advertised_ip, host_candidate
+from .tracks import SourceOrigin, TrackManager, TrackSource
 
 if TYPE_CHECKING:
     from .config import ServerConfig
@@ -197,17 +198,35 @@ class Subscription:
 
 
 class RoomMedia:
-    """The tracks published in one room and the participants' media sessions there."""
+    """The tracks published in one room and the participants' media sessions there.
+
+    Published tracks are local sources in the room's TrackManager (trio_sfu.tracks): a track id
+    resolves to the head of its FIFO only while that source is open, and a source leaves the
+    FIFO only once closed — `tracks` is that resolution, what subscribers may bind to now."""
 
     def __init__(self, service: MediaService, room: "Room") -> None:
         self.service = service
         self.room = room
-        self.tracks: dict[str, PublishedTrack] = {}
+        self.track_manager = TrackManager()
+        self._published: dict[TrackSource, PublishedTrack] = {}
         self.sessions: dict[str, ParticipantMedia] = {}
+
+    @property
+    def tracks(self) -> dict[str, PublishedTrack]:
+        resolved = {}
+        for sid in self.track_manager.track_ids():
+            source = self.track_manager.resolve(sid)
+            if source is not None and source in self._published:
+                resolved[sid] = self._published[source]
+        return resolved
 
     def publish(self, track: PublishedTrack) -> None:
         track.published = True
-        self.tracks[track.sid] = track
+        source = TrackSource(track.sid, SourceOrigin.LOCAL, "local", track.receiver, kind=track.kind,
+                             publisher_id=track.publisher_sid, stream_id=track.stream_id, codecs=track.codecs)
+        self._published[source] = track
+        source.on_closed(lambda closed: self._published.pop(closed, None))
+        self.track_manager.add(source)
         self.service.metrics.inc(MEDIA_TRACKS_PUBLISHED)
         for session in list(self.sessions.values()):
             session.refresh_subscriptions()
@@ -215,8 +234,9 @@ class RoomMedia:
     def unpublish(self, tracks: list[PublishedTrack]) -> None:
         """Withdraw tracks; every subscriber renegotiates once for all of them."""
         for track in tracks:
-            if self.tracks.get(track.sid) is track:
-                del self.tracks[track.sid]
+            for source, published in list(self._published.items()):
+                if published is track:
+                    source.close_now(expected_to_resume=False)
             track.close(self.service.metrics)
         for session in list(self.sessions.values()):
             session.refresh_subscriptions()
@@ -224,7 +244,7 @@ class RoomMedia:
     def leave(self, session: "ParticipantMedia") -> None:
         if self.sessions.get(session.sid) is session:
             del self.sessions[session.sid]
-        if not self.sessions and not self.tracks:
+        if not self.sessions and not self.track_manager.track_ids():
             self.service.rooms.pop(id(self.room), None)
 
 
