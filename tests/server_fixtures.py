@@ -9,8 +9,10 @@ no __init__.py).
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import AsyncIterator
 
+import attrs
 import h11
 import trio
 import trio_websocket
@@ -19,6 +21,7 @@ from livekit.protocol import rtc
 
 from trio_sfu.config import RoomConfig, ServerConfig
 from trio_sfu.server import Server
+from trio_sfu.tracks import live_sources
 
 API_KEY = "testkey"
 # >= 32 bytes so PyJWT does not warn about short HMAC keys.
@@ -71,11 +74,80 @@ def all_tasks() -> set[trio.lowlevel.Task]:
     return found
 
 
+def _socket_ports() -> dict[str, int]:
+    """`socket:[inode]` -> local port, for this network namespace's TCP and UDP sockets."""
+    ports = {}
+    for name in ("tcp", "tcp6", "udp", "udp6"):
+        try:
+            with open(f"/proc/net/{name}") as f:
+                lines = f.readlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 9:
+                ports[f"socket:[{fields[9]}]"] = int(fields[1].rsplit(":", 1)[1], 16)
+    return ports
+
+
+def server_sockets(server: Server, sockets: set[str]) -> set[str]:
+    """Of `sockets`, those bound to one of the server's ports (its listeners, the connections
+    it accepted, its media UDP socket); the test's own client sockets are not the server's."""
+    ports = {server.port}
+    if server.media is not None and server.media.mux is not None:
+        ports.add(server.media.mux.local_address[1])
+    by_inode = _socket_ports()
+    return {s for s in sockets if by_inode.get(s) in ports}
+
+
+def open_sockets() -> set[str]:
+    """This process's open sockets, as /proc names them (`socket:[inode]`); empty where there
+    is no /proc."""
+    found = set()
+    try:
+        fds = os.listdir("/proc/self/fd")
+    except OSError:
+        return found
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue  # closed while we listed
+        if target.startswith("socket:"):
+            found.add(target)
+    return found
+
+
+@attrs.frozen
+class LeakBaseline:
+    tasks: frozenset
+    sockets: frozenset
+
+
+def leak_baseline() -> LeakBaseline:
+    return LeakBaseline(frozenset(all_tasks()), frozenset(open_sockets()))
+
+
+def assert_no_leaks(server: Server, baseline: LeakBaseline) -> None:
+    """After shutdown: no task, socket, room, media room or track source (open, or with a
+    subscriber still registered) that the server created may survive."""
+    leaked = {t for t in all_tasks() - baseline.tasks if t is not trio.lowlevel.current_task()}
+    assert not leaked, f"tasks survived server shutdown: {[t.name for t in leaked]}"
+    sockets = server_sockets(server, open_sockets() - baseline.sockets)
+    assert not sockets, f"sockets survived server shutdown: {sorted(sockets)}"
+    assert not server.registry.rooms, "rooms survived shutdown"
+    if server.media is not None:
+        assert not server.media.rooms, "media rooms survived shutdown"
+    sources = [s for s in live_sources() if s.is_open or s.subscriber_ids or s.receiver.down_tracks]
+    assert not sources, f"track sources survived open or with subscribers: {sources}"
+
+
 @contextlib.asynccontextmanager
-async def running_server(config: ServerConfig | None = None) -> AsyncIterator[Server]:
-    """Run a Server in-process; on exit shut it down and assert none of its tasks survive."""
-    before = all_tasks()
-    server = Server(config or make_config())
+async def running_server(config: ServerConfig | None = None, **server_options: object) -> AsyncIterator[Server]:
+    """Run a Server in-process; on exit shut it down and assert nothing it made survives
+    (tasks, sockets, rooms, track sources and their subscribers)."""
+    baseline = leak_baseline()
+    server = Server(config or make_config(), **server_options)  # type: ignore[arg-type]
     async with trio.open_nursery() as nursery:
         await nursery.start(server.run)
         try:
@@ -83,9 +155,7 @@ async def running_server(config: ServerConfig | None = None) -> AsyncIterator[Se
         finally:
             server.request_shutdown()
     assert server.shutdown_clean, "rooms and participants did not end by themselves within the grace period"
-    leaked = {t for t in all_tasks() - before if t is not trio.lowlevel.current_task()}
-    assert not leaked, f"tasks survived server shutdown: {[t.name for t in leaked]}"
-    assert not server.registry.rooms, "rooms survived shutdown"
+    assert_no_leaks(server, baseline)
 
 
 def http_base(server: Server) -> str:

@@ -12,11 +12,12 @@ from .source import (
     SourceOrigin,
     TrackSource,
     TrackSubscriber,
+    live_sources,
 )
 from .track_manager import FifoHead, NewestWins, ResolutionPolicy, TrackManager
 
 __all__ = [
     "AlreadySubscribedError", "FifoHead", "NewestWins", "ReadAtRemoval", "RecordedAtClosing",
     "ResolutionPolicy", "ResumeFlagPolicy", "SourceNotOpenError", "SourceOrigin", "TrackManager",
-    "TrackSource", "TrackSubscriber",
+    "TrackSource", "TrackSubscriber", "live_sources",
 ]

@@ -16,6 +16,7 @@ pre-fix behaviour only so tests can show they catch it.
 from __future__ import annotations
 
 import enum
+import weakref
 from typing import Callable, Optional, Protocol
 
 from sdp.codecs import MediaKind
@@ -90,6 +91,14 @@ class ReadAtRemoval:
         return self._value
 
 
+#: Every TrackSource alive in the process, so leak checks can find one left open or subscribed.
+_LIVE_SOURCES: "weakref.WeakSet[TrackSource]" = weakref.WeakSet()
+
+
+def live_sources() -> list["TrackSource"]:
+    return list(_LIVE_SOURCES)
+
+
 class TrackSource:
     """A receiver plus who is subscribed through it. Synchronous; owners call it from one task."""
 
@@ -108,6 +117,7 @@ class TrackSource:
         self._resume = resume_policy if resume_policy is not None else RecordedAtClosing()
         self._subscribers: dict[str, TrackSubscriber] = {}
         self._on_closed: list[Callable[["TrackSource"], None]] = []
+        _LIVE_SOURCES.add(self)
 
     def __repr__(self) -> str:
         return f"<TrackSource {self.track_id} {self.origin.value}@{self.node_id} {self.state.value}>"
