@@ -381,3 +381,20 @@ async def test_twirp_send_data_arrives_over_the_data_channels() -> None:
             assert (label, packet.user.payload, packet.user.topic) == (dc.RELIABLE_LABEL, b"all", "news")
             assert sorted((label, p.user.payload) for label, p in bob.received()) == [
                 (dc.LOSSY_LABEL, b"bob only"), (dc.RELIABLE_LABEL, b"all")]
+
+
+async def test_garbage_on_an_established_association_is_dropped_and_counted() -> None:
+    async with running_server() as server:
+        async with data_client(server, "alice") as alice, data_client(server, "bob") as bob:
+            pub = alice.publisher
+            assert pub.transport is not None
+            # Not SCTP at all, an SCTP header with a wrong checksum, and a DataPacket that is not protobuf.
+            pub.transport.send_data(b"garbage")
+            pub.transport.send_data(bytes.fromhex("13881388") + bytes(8) + b"\x00" * 16)
+            pub.flush()
+            pub.send(dc.RELIABLE_LABEL, b"\xff\xff\xff")
+            await wait_until(lambda: server.metrics.get(dc.DATA_MALFORMED) == 1)
+            alice.publish(user_packet(b"still works"))
+            await wait_until(lambda: bob.received())
+            assert [p.user.payload for _, p in bob.received()] == [b"still works"]
+        await wait_until(lambda: server.metrics.get("data_sctp_malformed_packets_total") >= 2)
