@@ -99,12 +99,17 @@ def test_parse_keys_livekit_format() -> None:
 def test_cli_precedence(tmp_path: pathlib.Path) -> None:
     path = write(tmp_path, LIVEKIT_SAMPLE)
     args = build_parser().parse_args(["--config", path, "--port", "0", "--udp-port", "9999", "--node-ip", "198.51.100.1"])
-    config, _ = config_from_args(args, {"LIVEKIT_KEYS": "envkey: envsecret"})
+    # The sample's webhook signs with APIabc, so the keys that replace the file's must keep it.
+    config, _ = config_from_args(args, {"LIVEKIT_KEYS": "envkey: envsecret\nAPIabc: s"})
     assert (config.port, config.rtc.udp_port, config.rtc.node_ip) == (0, 9999, "198.51.100.1")
-    assert config.keys == {"envkey": "envsecret"}  # env beats file
+    assert config.keys == {"envkey": "envsecret", "APIabc": "s"}  # env beats file
+    args = build_parser().parse_args(["--config", path, "--keys", "flagkey: flagsecret\nAPIabc: s"])
+    config, _ = config_from_args(args, {"LIVEKIT_KEYS": "envkey: envsecret\nAPIabc: s"})
+    assert config.keys == {"flagkey": "flagsecret", "APIabc": "s"}  # flag beats env
+    # Keys that drop the webhook's key are refused up front, naming the key.
     args = build_parser().parse_args(["--config", path, "--keys", "flagkey: flagsecret"])
-    config, _ = config_from_args(args, {"LIVEKIT_KEYS": "envkey: envsecret"})
-    assert config.keys == {"flagkey": "flagsecret"}  # flag beats env
+    with pytest.raises(ConfigError, match="webhook.api_key"):
+        config_from_args(args, {})
 
 
 def test_cli_dev_defaults() -> None:
