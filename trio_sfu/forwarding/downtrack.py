@@ -26,7 +26,7 @@ import attrs
 
 from rtp.packet import rewrite_header
 from rtp.rtcp import Fir, Nack, Pli, ReceiverReport, Remb, RtcpPacket, SenderReport, compact_ntp
-from rtp.seqnum import SequenceUnwrapper, timestamp_diff
+from rtp.seqnum import SequenceUnwrapper
 from trio_sfu.forwarding.codec_keyframes import (
     keyframe_detector,
     munge_vp8,
@@ -72,16 +72,27 @@ def rewrite_extension_ids(buf: bytearray, id_map: Mapping[int, int]) -> None:
     as padding octets, so the packet length never changes. Raises nothing: a malformed
     block is left as it is (the receiver only passes packets whose block bounds are sane).
     """
+    block = _extension_block(buf)
+    if block is not None:
+        _rewrite_block(buf, block[0], block[1], id_map)
+
+
+def _extension_block(buf) -> Optional[tuple[int, int]]:
+    """(start, end) of the extension block including its 4-octet header, or None."""
     size = len(buf)
     if size < 12 or not buf[0] & 0x10:
-        return
+        return None
     pos = 12 + 4 * (buf[0] & 0x0F)
     if size < pos + 4:
-        return
-    profile = (buf[pos] << 8) | buf[pos + 1]
+        return None
     end = pos + 4 + 4 * ((buf[pos + 2] << 8) | buf[pos + 3])
     if end > size:
-        return
+        return None
+    return pos, end
+
+
+def _rewrite_block(buf: bytearray, pos: int, end: int, id_map: Mapping[int, int]) -> None:
+    profile = (buf[pos] << 8) | buf[pos + 1]
     pos += 4
     if profile == 0xBEDE:
         while pos < end:
@@ -118,6 +129,66 @@ def rewrite_extension_ids(buf: bytearray, id_map: Mapping[int, int]) -> None:
             else:
                 buf[pos : pos + 2 + length] = bytes(2 + length)
             pos += 2 + length
+
+
+class _ExtensionRewriter:
+    """:func:`rewrite_extension_ids` for one id map, memoised.
+
+    Every down track of a receiver is handed the same packet object in turn, and
+    subscribers negotiate the same ids (the SFU writes the offer), so one rewriter is
+    shared by all down tracks with equal maps: the first of a fan-out computes the new
+    block, the rest copy it in (an identity check, no parsing). Blocks that repeat
+    across packets (mid/rid only) also hit a small by-content cache.
+    """
+
+    __slots__ = ("id_map", "_last_packet", "_last_block", "_by_content")
+
+    _CONTENT_CACHE_SIZE = 256
+
+    def __init__(self, id_map: Mapping[int, int]) -> None:
+        self.id_map = dict(id_map)
+        self._last_packet: Optional[bytes] = None
+        # (start, end, rewritten block) for _last_packet; None when it has no sane block.
+        self._last_block: Optional[tuple[int, int, bytes]] = None
+        self._by_content: dict[bytes, bytes] = {}
+
+    def rewrite(self, out: bytearray, packet: bytes) -> None:
+        """Rewrite ``out`` (a copy of ``packet``, header fields aside) in place."""
+        if packet is not self._last_packet or type(packet) is not bytes:
+            # (A mutable buffer may change between calls; only immutable bytes are memoised by identity.)
+            self._last_packet = packet
+            bounds = _extension_block(packet)
+            if bounds is None:
+                self._last_block = None
+                return
+            start, end = bounds
+            original = bytes(packet[start:end])
+            rewritten = self._by_content.get(original)
+            if rewritten is None:
+                scratch = bytearray(original)
+                _rewrite_block(scratch, 0, end - start, self.id_map)
+                rewritten = bytes(scratch)
+                if len(self._by_content) >= self._CONTENT_CACHE_SIZE:
+                    self._by_content.clear()
+                self._by_content[original] = rewritten
+            self._last_block = (start, end, rewritten)
+        block = self._last_block
+        if block is not None:
+            out[block[0] : block[1]] = block[2]
+
+
+#: Shared rewriters by id map (see _ExtensionRewriter); few distinct maps exist per node.
+_REWRITERS: dict[frozenset, _ExtensionRewriter] = {}
+
+
+def _shared_rewriter(id_map: Mapping[int, int]) -> _ExtensionRewriter:
+    key = frozenset(id_map.items())
+    rewriter = _REWRITERS.get(key)
+    if rewriter is None:
+        if len(_REWRITERS) >= 1024:
+            _REWRITERS.clear()
+        rewriter = _REWRITERS[key] = _ExtensionRewriter(id_map)
+    return rewriter
 
 
 @attrs.frozen
@@ -160,6 +231,7 @@ class DownTrackCounters:
 
 
 _MAX_OFFSET_CHANGES = 64
+_NEG_INF = float("-inf")
 #: How often the layer actually forwarded is re-derived from the target and what is arriving.
 _EFFECTIVE_TARGET_PERIOD = 0.1
 
@@ -201,7 +273,7 @@ class DownTrack:
         self.rtcp_interval = rtcp_interval
         self.wallclock_offset = wallclock_offset
         # publisher extension id -> subscriber id; None forwards the block untouched
-        self.extension_ids = dict(extension_ids) if extension_ids is not None else None
+        self._rewriter = _shared_rewriter(extension_ids) if extension_ids is not None else None
         self._is_keyframe = keyframe_detector(mime_type)
         self._vp8 = mime_type.lower().rsplit("/", 1)[-1] == "vp8"
         self.target_layer = target_layer
@@ -252,6 +324,11 @@ class DownTrack:
         self._sr_sent_at: dict[int, float] = {}  # compact NTP -> now, for RTT from LSR/DLSR
         if snapshot is not None:
             self.restore(snapshot)
+
+    @property
+    def extension_ids(self) -> Optional[dict[int, int]]:
+        """Publisher extension id -> subscriber id; None forwards the block untouched."""
+        return dict(self._rewriter.id_map) if self._rewriter is not None else None
 
     # --- settings ---
 
@@ -369,8 +446,9 @@ class DownTrack:
 
         out = bytearray(packet)
         rewrite_header(out, self.ssrc, out_ext, out_ts, pt_out)
-        if self.extension_ids is not None:
-            rewrite_extension_ids(out, self.extension_ids)
+        rewriter = self._rewriter
+        if rewriter is not None:
+            rewriter.rewrite(out, packet)
         if self._vp8:
             pid_out, tl0_out = munge_vp8(out, bounds[0], bounds[1], self._pid_offset, self._tl0_offset)
         else:
@@ -384,7 +462,7 @@ class DownTrack:
         self._h_ts[slot] = out_ts
         self._h_pid[slot] = pid_out
         self._h_tl0[slot] = tl0_out
-        self._h_resent[slot] = float("-inf")
+        self._h_resent[slot] = _NEG_INF
 
         last_seq = self._last_seq
         if last_seq is None or out_ext > last_seq:
@@ -393,7 +471,9 @@ class DownTrack:
                 self._last_pid = pid_out
             if tl0_out >= 0:
                 self._last_tl0 = tl0_out
-        if self._last_ts is None or timestamp_diff(out_ts, self._last_ts) > 0:
+        last_ts = self._last_ts
+        # timestamp_diff(out_ts, last_ts) > 0, inlined: this runs once per packet per subscriber.
+        if last_ts is None or 0 < ((out_ts - last_ts) & 0xFFFFFFFF) < 0x80000000:
             self._last_ts = out_ts
             self._last_ts_at = now
 
@@ -523,8 +603,8 @@ class DownTrack:
                 continue
             out = bytearray(src)
             rewrite_header(out, self.ssrc, ext, self._h_ts[slot], pt_out)
-            if self.extension_ids is not None:
-                rewrite_extension_ids(out, self.extension_ids)
+            if self._rewriter is not None:
+                self._rewriter.rewrite(out, src)
             if self._vp8 and (self._h_pid[slot] >= 0 or self._h_tl0[slot] >= 0):
                 desc = parse_vp8_descriptor(out, bounds[0], bounds[1])
                 if desc is not None:
