@@ -111,20 +111,26 @@ class SubscriptionManager:
     # ---- the loop ---------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        if self.closed:  # closed before its task started: register nothing
+            task_status.started()
+            return
         self._watch = self.tracks.watch(self._track_changed)
         try:
             task_status.started()
             next_tick = trio.current_time()
-            while True:
+            while not self.closed:
                 # A dict, not a set: reconcile in trigger order, the same in every process.
                 targets: dict[str, None] = {}
-                with trio.move_on_at(next_tick) as tick:
-                    targets[await self._receive.receive()] = None
-                    while True:  # drain what is already queued into one pass
-                        try:
-                            targets[self._receive.receive_nowait()] = None
-                        except trio.WouldBlock:
-                            break
+                try:
+                    with trio.move_on_at(next_tick) as tick:
+                        targets[await self._receive.receive()] = None
+                        while True:  # drain what is already queued into one pass
+                            try:
+                                targets[self._receive.receive_nowait()] = None
+                            except trio.WouldBlock:
+                                break
+                except (trio.ClosedResourceError, trio.EndOfChannel):
+                    return  # closed from outside (the participant left or moved away)
                 if tick.cancelled_caught:
                     next_tick = trio.current_time() + self.reconcile_interval
                     targets[RECONCILE_ALL] = None
