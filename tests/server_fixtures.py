@@ -122,10 +122,11 @@ def open_sockets() -> set[str]:
 class LeakBaseline:
     tasks: frozenset
     sockets: frozenset
+    sources: frozenset  # track sources other tests left alive are not this server's
 
 
 def leak_baseline() -> LeakBaseline:
-    return LeakBaseline(frozenset(all_tasks()), frozenset(open_sockets()))
+    return LeakBaseline(frozenset(all_tasks()), frozenset(open_sockets()), frozenset(live_sources()))
 
 
 def assert_no_leaks(server: Server, baseline: LeakBaseline) -> None:
@@ -138,7 +139,8 @@ def assert_no_leaks(server: Server, baseline: LeakBaseline) -> None:
     assert not server.registry.rooms, "rooms survived shutdown"
     if server.media is not None:
         assert not server.media.rooms, "media rooms survived shutdown"
-    sources = [s for s in live_sources() if s.is_open or s.subscriber_ids or s.receiver.down_tracks]
+    sources = [s for s in live_sources() if s not in baseline.sources
+               and (s.is_open or s.subscriber_ids or s.receiver.down_tracks)]
     assert not sources, f"track sources survived open or with subscribers: {sources}"
 
 
