@@ -34,6 +34,61 @@ def _packets(count: int) -> list[bytes]:
     return out
 
 
+def _keyed_transport(index: int, dest, certificate):
+    """A lite PeerTransport put straight into CONNECTED with SRTP keyed, as after a handshake
+    (a measuring harness only: it sets the state a DTLS handshake would have set)."""
+    from rtp.peer_transport import IceMode, PeerTransport, TransportState
+    from rtp.dtls import DtlsRole
+
+    transport = PeerTransport(IceMode.LITE, DtlsRole.SERVER, local_ufrag=f"u{index:04d}", local_pwd="p" * 24,
+                              certificate=certificate, remote_ufrag="r", remote_pwd="q" * 24,
+                              remote_fingerprints=[("sha-256", certificate.fingerprint())])
+    transport._srtp = SrtpContext(PROFILE, _master(f"sub{index}"), _master("unused"))
+    transport._selected = dest
+    transport.state = TransportState.CONNECTED
+    return transport
+
+
+def run_transports(subscribers: int, packets: int, direct: bool) -> float:
+    """PeerTransport + UdpMux send path per subscriber, as the server's PeerConnection.send_rtp
+    drives it: queued (send_rtp, datagrams_to_send, UdpMux.send) or direct
+    (protect_rtp_datagram, UdpMux.send_one)."""
+    from rtp.dtls import DtlsCertificate
+    from trio_sfu.metrics import Metrics
+    from trio_sfu.udp_mux import UdpMux
+
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))
+    sink.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+    dest = sink.getsockname()
+    mux = UdpMux.bind("127.0.0.1", 0, Metrics())
+    import datetime
+
+    certificate = DtlsCertificate.generate(datetime.datetime.now(datetime.timezone.utc))
+    transports = [_keyed_transport(i, dest, certificate) for i in range(subscribers)]
+    wire = _packets(packets)
+    start = time.process_time()
+    if direct:
+        send_one = mux.send_one
+        for packet in wire:
+            for transport in transports:
+                datagram = transport.protect_rtp_datagram(packet)
+                if datagram is not None:
+                    send_one(datagram[0], datagram[1])
+    else:
+        send = mux.send
+        for packet in wire:
+            for transport in transports:
+                if transport.send_rtp(packet):
+                    out = transport.datagrams_to_send(0.0)
+                    if out:
+                        send(out)
+    elapsed = time.process_time() - start
+    mux.sock.close()
+    sink.close()
+    return elapsed / (len(wire) * subscribers) * 1e6
+
+
 def run(subscribers: int, packets: int, bare: bool) -> float:
     sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sink.bind(("127.0.0.1", 0))
@@ -83,7 +138,15 @@ def main() -> None:
     parser.add_argument("--packets", type=int, default=500)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--bare", action="store_true", help="protect + sendto only, no forwarding objects")
+    parser.add_argument("--transport-path", choices=("queued", "direct"),
+                        help="instead: the PeerTransport + UdpMux send path alone, queued or direct")
     args = parser.parse_args()
+    if args.transport_path:
+        best = min(run_transports(args.subscribers, args.packets, args.transport_path == "direct")
+                   for _ in range(args.repeat))
+        print(f"PeerTransport + UdpMux, {args.transport_path}: {best:.2f} us CPU per packet "
+              f"({args.subscribers} subscribers, best of {args.repeat})")
+        return
     best = min(run(args.subscribers, args.packets, args.bare) for _ in range(args.repeat))
     what = "protect+sendto only" if args.bare else "receiver -> DownTrack -> protect+sendto"
     print(f"{what}: {best:.2f} us CPU per forwarded packet ({args.subscribers} subscribers, best of {args.repeat})")

@@ -378,6 +378,26 @@ class PeerTransport:
         self._outbox.append((protected, addr))
         return True
 
+    def protect_rtp_datagram(self, packet: bytes) -> tuple[bytes, Address] | None:
+        """:meth:`send_rtp` for a fan-out: the protected datagram and its destination are
+        returned for the caller to send at once instead of being queued for
+        :meth:`datagrams_to_send` — per forwarded packet that saves the outbox, the list
+        :meth:`datagrams_to_send` builds, and its ICE and DTLS polls. None (counted as
+        :meth:`send_rtp` counts) when it cannot be sent.
+        """
+        srtp = self._srtp
+        addr = self._selected
+        if srtp is None or addr is None or self.state is not TransportState.CONNECTED or self._silenced:
+            self.counters.send_not_ready += 1
+            return None
+        try:
+            protected = srtp.protect_rtp(packet)
+        except SrtpError:
+            self.counters.send_invalid += 1
+            return None
+        self.counters.rtp_sent += 1
+        return protected, addr
+
     def send_rtcp(self, packet: bytes) -> bool:
         """Protect one plain RTCP compound packet and queue it; False when dropped."""
         srtp = self._srtp

@@ -172,6 +172,20 @@ class UdpMux:
             else:
                 self.metrics.inc(UDP_SENT)
 
+    def send_one(self, data: bytes, addr: Address) -> bool:
+        """:meth:`send` for one datagram (the media fan-out's path): no iterable to build."""
+        try:
+            self.sock.sendto(data, addr)
+        except _WOULD_BLOCK:
+            self.metrics.inc(UDP_DROPPED_SEND_FULL)
+            return False
+        except OSError as exc:
+            if exc.errno != errno.EBADF:  # EBADF: socket closed at shutdown
+                self.metrics.inc(UDP_SEND_ERROR)
+            return False
+        self.metrics.inc(UDP_SENT)
+        return True
+
 
 def discover_node_ip() -> str:
     """The address of the interface the default route uses (no packet is sent: UDP connect
