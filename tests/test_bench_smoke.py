@@ -1,0 +1,49 @@
+"""`python -m bench smoke --json` end to end: the server and the load tester as their own
+processes, /proc sampling, the probe and the floor, in a few seconds. Not a benchmark: it only
+checks that a run produces the documented JSON with real (positive, consistent) figures."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("trio_sfu.media_session", reason="the server's media layer (trio_sfu/media_session.py) is missing")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULT_KEYS = {
+    "scenario", "description", "participants", "publishers", "subscribers", "setup_s", "window_s",
+    "published_pps", "forwarded_pps", "server_cpu_cores", "pps_per_core", "cpu_us_per_packet",
+    "tester_cpu_cores", "loss_percent_in_window", "errors_in_window", "latency_ms_p50", "latency_ms_p99",
+    "loss_total", "errors_total", "rss_idle_mb", "rss_loaded_mb", "rss_per_participant_kb",
+    "join_to_first_media", "floor", "ratio_to_floor",
+}
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="needs Linux /proc for CPU and RSS")
+def test_smoke_scenario_json_shape() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "smoke", "--json", "--warmup", "0.5", "--window", "1.5"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout)
+    assert report["machine"]["nproc"] >= 1 and report["machine"]["python"]
+    (result,) = report["results"]
+    assert RESULT_KEYS <= set(result), RESULT_KEYS - set(result)
+    assert result["scenario"] == "smoke" and result["participants"] == 3
+    assert result["errors_total"] == 0 and result["loss_total"] == 0.0
+    assert result["forwarded_pps"] > 0 and result["published_pps"] > 0
+    assert result["server_cpu_cores"] > 0 and result["cpu_us_per_packet"] > 0
+    # The derived figures agree with each other.
+    assert result["pps_per_core"] == pytest.approx(1e6 / result["cpu_us_per_packet"], rel=1e-6)
+    assert 0 <= result["latency_ms_p50"] <= result["latency_ms_p99"] < 1000
+    assert result["rss_loaded_mb"] > 0
+    probe = result["join_to_first_media"]
+    assert 0 < probe["joined_s"] <= probe["first_packet_s"] <= probe["all_tracks_first_packet_s"] < 20
+    floor = result["floor"]
+    assert floor["forwarded_pps"] > 0 and floor["cpu_us_per_packet"] > 0
+    assert result["ratio_to_floor"] == pytest.approx(floor["cpu_us_per_packet"] / result["cpu_us_per_packet"])
