@@ -21,7 +21,7 @@ import json
 import math
 import secrets
 import time
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import attrs
 import trio
@@ -189,12 +189,29 @@ class Subscription:
     def __init__(self, track: PublishedTrack) -> None:
         self.track = track
         self.down: Optional[DownTrack] = None
+        # Set while registered on the track's source (RoomMedia.register_subscriber).
+        self.unregister: Optional[Callable[[], None]] = None
 
     def detach(self, metrics: m.Metrics) -> None:
+        unregister, self.unregister = self.unregister, None
+        if unregister is not None:
+            unregister()  # the source forgets us; its detach_source comes back here once
         if self.down is not None:
             self.track.receiver.remove_down_track(self.down)
             fold_counters(metrics, "media_downtrack", self.down.counters)
             self.down = None
+
+
+class _SourceSubscriber:
+    """A Subscription as its source's TrackSubscriber (trio_sfu.tracks)."""
+
+    def __init__(self, subscriber_id: str, sub: Subscription, metrics: m.Metrics) -> None:
+        self.subscriber_id = subscriber_id
+        self._sub = sub
+        self._metrics = metrics
+
+    def detach_source(self, source: TrackSource, expected_to_resume: bool) -> None:
+        self._sub.detach(self._metrics)
 
 
 class RoomMedia:
@@ -240,6 +257,15 @@ class RoomMedia:
             track.close(self.service.metrics)
         for session in list(self.sessions.values()):
             session.refresh_subscriptions()
+
+    def register_subscriber(self, subscriber_id: str, sub: Subscription, metrics: m.Metrics) -> None:
+        """List `sub` on its track's source, so a closing source detaches its down track and no
+        subscriber can stay registered on a closed source."""
+        source = next((src for src, track in self._published.items() if track is sub.track), None)
+        if source is None or not source.is_open or source.has_subscriber(subscriber_id):
+            return
+        source.add_subscriber(_SourceSubscriber(subscriber_id, sub, metrics))
+        sub.unregister = lambda: source.remove_subscriber(subscriber_id)
 
     def leave(self, session: "ParticipantMedia") -> None:
         if self.sessions.get(session.sid) is session:
@@ -611,6 +637,7 @@ class ParticipantMedia:
                 continue
             table.bind(sid, track.kind, track.stream_id, codecs=codecs)
             self.subscriptions[sid] = Subscription(track)
+            self.room_media.register_subscriber(self.sid, self.subscriptions[sid], self.metrics)
             changed = True
         if changed or force_offer:
             self._send_offer()
