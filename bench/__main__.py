@@ -28,7 +28,8 @@ def format_result(r: dict[str, Any]) -> str:
     floor = r.get("floor") or {}
     probe = r.get("join_to_first_media") or {}
     return "\n".join([
-        f"{r['scenario']}: {r['description']} (subscribers {r['subscribers']})",
+        f"{r['scenario']}: {r['description']} (subscribers {r['subscribers']}; joined {r['joined']}/{r['participants']}, "
+        f"tracks {r['tracks_subscribed']}/{r['tracks_expected']})",
         f"  forwarded {r['forwarded_pps']:.0f} pps, server {r['server_cpu_cores']:.2f} cores -> "
         f"{_fmt(r['pps_per_core'], ',.0f')} pps/core, {_fmt(r['cpu_us_per_packet'], '.1f')} us/packet",
         f"  floor {_fmt(floor.get('cpu_us_per_packet'), '.1f')} us/packet "
@@ -36,7 +37,7 @@ def format_result(r: dict[str, Any]) -> str:
         f"  latency p50 {_fmt(r['latency_ms_p50'], '.1f')} ms p99 {_fmt(r['latency_ms_p99'], '.1f')} ms, "
         f"loss {_fmt(r['loss_total'], '.3%')}, errors {r['errors_total']}",
         f"  RSS {r['rss_idle_mb']:.0f} -> {r['rss_loaded_mb']:.0f} MB = {r['rss_per_participant_kb']:.0f} KB/participant; "
-        f"tester {r['tester_cpu_cores']:.2f} cores",
+        f"tester {r['tester_cpu_cores']:.2f} cores, everything else {r['other_cpu_cores']:.2f} cores",
         f"  join -> first media (probe): joined {_fmt(probe.get('joined_s'), '.2f')} s, first packet "
         f"{_fmt(probe.get('first_packet_s'), '.2f')} s, all tracks {_fmt(probe.get('all_tracks_first_packet_s'), '.2f')} s",
     ])

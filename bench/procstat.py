@@ -39,6 +39,15 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores have spent busy since boot (``/proc/stat`` line ``cpu``: user, nice,
+    system, irq, softirq, steal), to see how much else ran during a window."""
+    with open("/proc/stat", "rb") as handle:
+        fields = handle.readline().split()
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[1:9])
+    return (user + nice + system + irq + softirq + steal) / _TICKS
+
+
 def sample(pid: int) -> ProcSample:
     return ProcSample(time.monotonic(), cpu_seconds(pid), rss_bytes(pid))
 

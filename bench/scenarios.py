@@ -170,7 +170,7 @@ async def _probe_join_to_first_media(url: str, key: str, secret: str, room: str,
 
 
 def run_scenario(scenario: Scenario, *, warmup: float = 3.0, window: float = 10.0,
-                 setup_timeout: float = 120.0, probe: bool = True,
+                 setup_timeout: float = 180.0, stall_timeout: float = 20.0, probe: bool = True,
                  log=lambda text: print(text, file=sys.stderr, flush=True)) -> dict[str, Any]:
     import trio
 
@@ -213,20 +213,31 @@ def run_scenario(scenario: Scenario, *, warmup: float = 3.0, window: float = 10.
                 raise BenchError(f"load tester exited early (status {tester.poll()})")
             return item
 
-        setup_started = time.monotonic()
+        setup_started = changed_at = time.monotonic()
+        seen = (0, 0)
         while True:
             p = next_line()
             if p.joined == p.participants and p.tracks >= p.tracks_expected:
+                break
+            if (p.joined, p.tracks) != seen:
+                seen, changed_at = (p.joined, p.tracks), time.monotonic()
+            elif time.monotonic() - changed_at > stall_timeout and p.tracks > 0:
+                # Some participants failed to join (the tester counts them as errors): measure
+                # the ones that did, and say so in the result rather than give up.
+                log(f"{scenario.name}: setup stalled at joined {p.joined}/{p.participants}, "
+                    f"tracks {p.tracks}/{p.tracks_expected}; measuring what joined")
                 break
             if time.monotonic() - setup_started > setup_timeout:
                 raise BenchError(f"setup incomplete after {setup_timeout:.0f} s: joined {p.joined}/{p.participants}, "
                                  f"tracks {p.tracks}/{p.tracks_expected}")
         setup_s = time.monotonic() - setup_started
-        log(f"{scenario.name}: all joined and subscribed after {setup_s:.1f} s; warming up {warmup:g} s")
+        joined, tracks_subscribed = p.joined, p.tracks
+        log(f"{scenario.name}: joined {joined}/{p.participants}, tracks {tracks_subscribed}/{p.tracks_expected} "
+            f"after {setup_s:.1f} s; warming up {warmup:g} s")
         warm_end = time.monotonic() + warmup
         while time.monotonic() < warm_end:
             p = next_line()
-        first = (p, procstat.sample(server.pid), procstat.sample(tester.pid))
+        first = (p, procstat.sample(server.pid), procstat.sample(tester.pid), procstat.machine_busy_seconds())
         in_packets = out_packets = 0
         errors_at_start = p.errors
         while True:
@@ -235,7 +246,7 @@ def run_scenario(scenario: Scenario, *, warmup: float = 3.0, window: float = 10.
             out_packets += p.out_pps
             if p.at - first[0].at >= window:
                 break
-        last = (p, procstat.sample(server.pid), procstat.sample(tester.pid))
+        last = (p, procstat.sample(server.pid), procstat.sample(tester.pid), procstat.machine_busy_seconds())
         wall = last[1].wall - first[1].wall
         server_cpu = last[1].cpu_seconds - first[1].cpu_seconds
         log(f"{scenario.name}: window {wall:.1f} s, {in_packets / wall:.0f} pps forwarded, "
@@ -262,6 +273,9 @@ def run_scenario(scenario: Scenario, *, warmup: float = 3.0, window: float = 10.
             "publishers": scenario.publishers,
             "subscribers": scenario.subscribers,
             "setup_s": setup_s,
+            "joined": joined,
+            "tracks_subscribed": tracks_subscribed,
+            "tracks_expected": scenario.subscribers * scenario.tracks_per_subscriber,
             "window_s": wall,
             "published_pps": out_packets / wall,
             "forwarded_pps": forwarded_pps,
@@ -269,6 +283,9 @@ def run_scenario(scenario: Scenario, *, warmup: float = 3.0, window: float = 10.
             "pps_per_core": in_packets / server_cpu if server_cpu > 0 else None,
             "cpu_us_per_packet": server_cpu / in_packets * 1e6 if in_packets else None,
             "tester_cpu_cores": procstat.cpu_share(first[2], last[2]),
+            # Everything else busy on the machine meanwhile (other users, this bench's reader):
+            # when it is large the server and tester were competing for the cores.
+            "other_cpu_cores": (last[3] - first[3]) / wall - server_cpu / wall - procstat.cpu_share(first[2], last[2]),
             "loss_percent_in_window": last[0].loss_percent,
             "errors_in_window": last[0].errors - errors_at_start,
             "latency_ms_p50": totals.get("latency_ms_p50"),
@@ -277,7 +294,7 @@ def run_scenario(scenario: Scenario, *, warmup: float = 3.0, window: float = 10.
             "errors_total": totals.get("errors"),
             "rss_idle_mb": rss_idle / 2**20,
             "rss_loaded_mb": rss_loaded / 2**20,
-            "rss_per_participant_kb": (rss_loaded - rss_idle) / scenario.participants / 1024,
+            "rss_per_participant_kb": (rss_loaded - rss_idle) / max(1, joined) / 1024,
             "join_to_first_media": probe_result,
         }
     finally:

@@ -15,9 +15,9 @@ pytest.importorskip("trio_sfu.media_session", reason="the server's media layer (
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULT_KEYS = {
-    "scenario", "description", "participants", "publishers", "subscribers", "setup_s", "window_s",
+    "scenario", "description", "participants", "publishers", "subscribers", "setup_s", "joined", "tracks_subscribed", "tracks_expected", "window_s",
     "published_pps", "forwarded_pps", "server_cpu_cores", "pps_per_core", "cpu_us_per_packet",
-    "tester_cpu_cores", "loss_percent_in_window", "errors_in_window", "latency_ms_p50", "latency_ms_p99",
+    "tester_cpu_cores", "other_cpu_cores", "loss_percent_in_window", "errors_in_window", "latency_ms_p50", "latency_ms_p99",
     "loss_total", "errors_total", "rss_idle_mb", "rss_loaded_mb", "rss_per_participant_kb",
     "join_to_first_media", "floor", "ratio_to_floor",
 }
@@ -34,7 +34,8 @@ def test_smoke_scenario_json_shape() -> None:
     assert report["machine"]["nproc"] >= 1 and report["machine"]["python"]
     (result,) = report["results"]
     assert RESULT_KEYS <= set(result), RESULT_KEYS - set(result)
-    assert result["scenario"] == "smoke" and result["participants"] == 3
+    assert result["scenario"] == "smoke" and result["participants"] == result["joined"] == 3
+    assert result["tracks_subscribed"] == result["tracks_expected"] == 4
     assert result["errors_total"] == 0 and result["loss_total"] == 0.0
     assert result["forwarded_pps"] > 0 and result["published_pps"] > 0
     assert result["server_cpu_cores"] > 0 and result["cpu_us_per_packet"] > 0
