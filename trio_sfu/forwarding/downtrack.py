@@ -14,12 +14,13 @@ number / timestamp from per-source offsets:
 * VP8 picture id / TL0PICIDX are shifted the same way (VP8 munging), so the
   decoder does not see a jump in picture ids at a layer switch.
 
-A ring of per-output-sequence history (parallel int lists, no per-packet
+A ring of per-output-sequence history (parallel typed arrays, no per-packet
 objects) maps NACKed subscriber sequence numbers back to (layer, source seq).
 """
 
 from __future__ import annotations
 
+from array import array
 from typing import Callable, Iterable, Mapping, Optional, Protocol, Sequence
 
 import attrs
@@ -290,14 +291,16 @@ class DownTrack:
         while size < history_size:
             size <<= 1
         self._mask = size - 1
-        self._h_ext = [-1] * size
-        self._h_layer = [0] * size
-        self._h_src_ssrc = [0] * size
-        self._h_in_seq = [0] * size
-        self._h_ts = [0] * size
-        self._h_pid = [-1] * size
-        self._h_tl0 = [-1] * size
-        self._h_resent = [float("-inf")] * size
+        # Typed arrays, not lists: a list slot points at a separate int object once written
+        # (~190 KB per down track when full, against 33 KB here) and a node holds thousands.
+        self._h_ext = array("q", [-1]) * size
+        self._h_layer = array("b", [0]) * size
+        self._h_src_ssrc = array("I", [0]) * size
+        self._h_in_seq = array("H", [0]) * size
+        self._h_ts = array("I", [0]) * size
+        self._h_pid = array("i", [-1]) * size
+        self._h_tl0 = array("h", [-1]) * size
+        self._h_resent = array("d", [_NEG_INF]) * size
 
         # Per-source state, (re)set by _switch_source.
         self._source_ssrc: Optional[int] = None
