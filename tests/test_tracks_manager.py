@@ -7,6 +7,7 @@ import hashlib
 
 import pytest
 import trio
+import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from livekit.protocol import models

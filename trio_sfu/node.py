@@ -32,15 +32,13 @@ from typing import Awaitable, Callable, Optional, Protocol
 
 import attrs
 import trio
-from livekit.protocol import models
 
 from proto import relay_pb2 as pb
 from rtp import rtcp
 from rtp.errors import ParseError
 from sdp.codecs import MediaKind
-from sdp.model import Codec, SessionDescription
+from sdp.model import Codec, Fingerprint, SessionDescription
 from sdp.negotiator import LocalParams
-from sdp.model import Fingerprint
 
 from .forwarding.downtrack import DownTrackSnapshot
 from .forwarding.receiver import TrackReceiver

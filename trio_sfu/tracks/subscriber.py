@@ -22,7 +22,7 @@ from sdp.codecs import MediaKind, subscriber_codecs
 from sdp.errors import TransceiverInvariantError
 from sdp.model import SessionDescription
 from sdp.negotiator import LocalParams, SubscriberOffer
-from sdp.transceivers import CachedTransceiver, TransceiverState, TransceiverTable
+from sdp.transceivers import TransceiverState, TransceiverTable
 from trio_sfu.forwarding import DownTrack, map_payload_types
 from trio_sfu.forwarding.downtrack import DownTrackSnapshot
 
