@@ -324,10 +324,11 @@ class PeerConnection:
             mux.send(out)
 
     def send_rtp(self, packet: bytes) -> bool:
-        if not self.transport.send_rtp(packet):
-            return False
-        self.flush(trio.current_time())
-        return True
+        """The down tracks' send: protected and sent at once (no outbox round trip). False when
+        the transport cannot send or the socket buffer is full, so the down track counts it."""
+        out = self.transport.protect_rtp_datagram(packet)
+        mux = self.session.service.mux
+        return out is not None and mux is not None and mux.send_one(out[0], out[1])
 
     def send_rtcp(self, packet: bytes) -> bool:
         if not self.transport.send_rtcp(packet):
@@ -382,6 +383,12 @@ class ParticipantMedia:
         self._wake = trio.Event()
         self._armed = math.inf
         self.data = ParticipantData.for_session(self)
+        # Moderation: the client's mute and the Server API act on our tracks through these.
+        self.participant.track_mute_hooks.append(self._on_track_muted)
+        self.participant.track_unpublish_hooks.append(self._on_track_unpublished)
+        # Mids whose track the server unpublished while the client still sends on them: their
+        # packets must not be matched to another track; cleared once the client stops the m-line.
+        self._revoked_mids: set[str] = set()
         self.room_media.sessions[self.sid] = self
         context.nursery.start_soon(self.run)
 
@@ -439,6 +446,10 @@ class ParticipantMedia:
             return
         self.closed = True
         self.data.close()
+        for hooks, hook in ((self.participant.track_mute_hooks, self._on_track_muted),
+                            (self.participant.track_unpublish_hooks, self._on_track_unpublished)):
+            if hook in hooks:
+                hooks.remove(hook)
         room = self.room_media
         room.leave(self)
         room.unpublish(list(self.tracks_by_mid.values()))
@@ -575,6 +586,8 @@ class ParticipantMedia:
             sub = self.subscriptions.get(sid)
             if sub is not None and sub.down is not None:
                 sub.down.set_target_layer(self._target_layer(sub.track), now)
+                if self._publisher_muted(sub.track):
+                    sub.down.set_disabled(True, now)  # a new layer choice does not unmute
 
     def _target_layer(self, track: PublishedTrack) -> Optional[int]:
         """The layer this subscriber should get (None = paused), from its UpdateTrackSettings."""
@@ -591,6 +604,10 @@ class ParticipantMedia:
         target = select_target_layer(published, width=settings.width, height=settings.height,
                                      quality=settings.quality)
         return target if target is None or target in layers else max(layers)
+
+    def _publisher_muted(self, track: PublishedTrack) -> bool:
+        info = self._track_info(track)
+        return info is not None and info.muted
 
     def _track_info(self, track: PublishedTrack) -> Optional[models.TrackInfo]:
         for p in self.participant.room.participants.values():
@@ -680,6 +697,8 @@ class ParticipantMedia:
             wallclock_offset=self._wallclock_offset,
             extension_ids=extension_ids,
         )
+        if self._publisher_muted(track):
+            down.set_disabled(True, now)  # the unmute resumes it (see _on_track_muted)
         sub.down = down
         first_subscriber = not receiver.down_tracks
         receiver.add_down_track(down)
@@ -688,7 +707,7 @@ class ParticipantMedia:
             publisher = self.room_media.sessions.get(track.publisher_sid)
             if publisher is not None:
                 publisher.context.send(rtc.SignalResponse(track_subscribed=rtc.TrackSubscribed(track_sid=track.sid)))
-        if down.target_layer is not None:
+        if not down.disabled:
             receiver.request_keyframe(down.target_layer, now)
 
     def _send_down(self, packet: bytes) -> bool:
@@ -708,6 +727,8 @@ class ParticipantMedia:
     def _withdraw_stopped_tracks(self, media: dict[str, NegotiatedMedia]) -> None:
         """A re-offer whose m-line no longer sends (the client removed the sender) unpublishes
         the track on it, as LiveKit does when the receiver ends."""
+        self._revoked_mids = {mid for mid in self._revoked_mids
+                              if (nm := media.get(mid)) is not None and nm.accepted and nm.direction.receives}
         stopped = []
         for mid, track in list(self.tracks_by_mid.items()):
             nm = media.get(mid)
@@ -759,6 +780,8 @@ class ParticipantMedia:
         track = self.tracks_by_mid.get(mid)
         if track is not None:
             return track
+        if mid in self._revoked_mids:
+            return None
         nm = self._pub_media.get(mid)
         if nm is None or not nm.accepted or nm.kind not in ("audio", "video") or not nm.direction.receives:
             return None
@@ -839,6 +862,41 @@ class ParticipantMedia:
         # A loss just noticed schedules a NACK sooner than the loop would wake.
         self.timer_may_have_moved(receiver.get_timer())
 
+    # ---- moderation (Participant hooks) --------------------------------------------------------
+
+    def _on_track_muted(self, info: models.TrackInfo) -> None:
+        """One of our tracks was muted or unmuted (the client's MuteTrackRequest or the Server
+        API): as LiveKit, subscribers' down tracks pause; on unmute they resume at a keyframe
+        (DownTrack.set_disabled sends the PLI upstream)."""
+        track = next((t for t in self.tracks_by_mid.values() if t.sid == info.sid), None)
+        if track is None:
+            return  # no media matched yet: down tracks read `muted` when they start
+        now = trio.current_time()
+        for session in list(self.room_media.sessions.values()):
+            sub = session.subscriptions.get(info.sid)
+            down = sub.down if sub is not None and sub.track is track else None
+            if down is None:
+                continue
+            if info.muted:
+                down.set_disabled(True, now)
+            elif down.target_layer is not None:  # else the subscriber itself paused it
+                down.set_disabled(False, now)
+
+    def _on_track_unpublished(self, info: models.TrackInfo) -> None:
+        """The server unpublished one of our tracks (a publish permission revoked): its receiver
+        closes and subscribers drop its m-line, as when the client stops the m-line itself."""
+        mids = [mid for mid, t in self.tracks_by_mid.items() if t.sid == info.sid]
+        if not mids:
+            return  # already withdrawn (_withdraw_stopped_tracks) or never matched to media
+        track = self.tracks_by_mid[mids[0]]
+        for mid in mids:
+            del self.tracks_by_mid[mid]
+            self._revoked_mids.add(mid)
+        for ssrc in [s for s, t in self._ssrc_tracks.items() if t is track]:
+            del self._ssrc_tracks[ssrc]
+        self.log.info("track unpublished by the server", kv={"track": track.sid})
+        self.room_media.unpublish([track])
+
     # ---- RTCP ----------------------------------------------------------------------------------
 
     def on_rtcp(self, pc: PeerConnection, packet: bytes, now: float) -> None:
@@ -860,7 +918,7 @@ class ParticipantMedia:
             pc.data.start(now)
         if pc is self.subscriber:
             for sub in self.subscriptions.values():
-                if sub.down is not None and sub.down.target_layer is not None:
+                if sub.down is not None and not sub.down.disabled:  # paused or muted: no PLI
                     sub.track.receiver.request_keyframe(sub.down.target_layer, now)
 
 

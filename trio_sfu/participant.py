@@ -406,17 +406,6 @@ class Participant:
         self.bump_version()
         self.room.broadcast_participant(self)
 
-    def unpublish_track(self, sid: str) -> None:
-        """The media layer saw the client stop sending `sid` (its m-line no longer sends):
-        forget it, tell the publisher (`track_unpublished`) and the room (ParticipantUpdate)."""
-        if self.tracks.pop(sid, None) is None:
-            return
-        for cid in [c for c, s in self.track_by_cid.items() if s == sid]:
-            del self.track_by_cid[cid]
-        self.send(rtc.SignalResponse(track_unpublished=rtc.TrackUnpublishedResponse(track_sid=sid)))
-        self.bump_version()
-        self.room.broadcast_participant(self)
-
     async def _on_mute(self, req: rtc.MuteTrackRequest) -> None:
         if self.set_track_muted(req.sid, req.muted, from_admin=False) is None:
             self._deny(rtc.RequestResponse.Reason.NOT_FOUND, "track not found", mute=req)
@@ -442,7 +431,10 @@ class Participant:
         return track
 
     def unpublish_track(self, track_sid: str) -> models.TrackInfo | None:
-        """Server-side unpublish: the publisher gets `track_unpublished`, the others an update without it."""
+        """Unpublish a track: by the server (the Server API revoked the permission) or because
+        the media layer saw the client stop sending it. The publisher gets `track_unpublished`,
+        the others an update without it; then the hooks (the media layer drops its forwarding,
+        so subscribers' offers without the track follow the update, as LiveKit orders them)."""
         track = self.tracks.pop(track_sid, None)
         if track is None:
             return None
@@ -451,10 +443,10 @@ class Participant:
                 del self.track_by_cid[cid]
         self.send(rtc.SignalResponse(track_unpublished=rtc.TrackUnpublishedResponse(track_sid=track_sid)))
         self.bump_version()
-        for hook in list(self.track_unpublish_hooks):
-            hook(track)
         self.room.registry.emit("track_unpublished", self.room, self, track)
         self.room.broadcast_participant(self)
+        for hook in list(self.track_unpublish_hooks):
+            hook(track)
         return track
 
     def deliver_data(self, packet: models.DataPacket, kind: int) -> None:
