@@ -258,3 +258,31 @@ async def test_revoking_can_publish_unpublishes_the_tracks_from_the_media_path()
         room_media = next(iter(scene.server.media.rooms.values()))
         assert room_media.tracks == {}
         assert all(not s.subscriptions for s in room_media.sessions.values())
+
+
+async def test_a_revoked_m_line_still_sending_never_feeds_a_track_published_later() -> None:
+    """After the revoke the client keeps sending on its old m-lines (nothing tells our client to
+    stop). Publishing is granted again and a new audio track announced: the old m-line's packets
+    must not be taken for it (it is the oldest unmatched audio track), only its own m-line's."""
+    async with publishing_scene() as scene:
+        revoke = models.ParticipantPermission(can_subscribe=True, can_publish=False, can_publish_data=True)
+        grant = models.ParticipantPermission(can_subscribe=True, can_publish=True, can_publish_data=True)
+        for permission in (revoke, grant):
+            request = api.UpdateParticipantRequest(room="room1", identity="pub", permission=permission)
+            await call_api(scene.server, lambda lk: lk.room.update_participant(request))
+        second = await scene.publisher.publish_audio("second")
+        await second.wait_ready()
+        await trio.sleep(QUIET_WINDOW)  # the old m-line's audio arrives all along
+        room_media = next(iter(scene.server.media.rooms.values()))
+        assert room_media.tracks == {}
+        assert not scene.subscriber.subscriptions.get(second.sid)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send_synthetic_audio, second, 5.0)
+            with trio.fail_after(10):
+                while (track := scene.subscriber.subscriptions.get(second.sid)) is None or not track.active:
+                    await trio.sleep(0.02)
+                await wait_flowing(track)
+            nursery.cancel_scope.cancel()
+        assert set(room_media.tracks) == {second.sid}
+        assert scene.received[scene.audio.sid].stats.packets > 0 and not scene.received[scene.audio.sid].active
