@@ -16,6 +16,7 @@ from typing import AsyncIterator, Callable, Optional
 import attrs
 import trio
 import trio.testing
+from livekit.protocol import rtc
 
 from sdp.codecs import MediaKind
 from sdp.model import Codec, Fingerprint, SessionDescription
@@ -77,8 +78,11 @@ class FakeClient:
         self.received.append(Received(trio.current_time(), ssrc, seq, ts))
         return True
 
-    def on_subscription_response(self, track_id: str, error: int) -> None:
-        self.responses.append((track_id, error))
+    def send_signal(self, response: rtc.SignalResponse) -> None:
+        # Over the wire and back, as the client would read it.
+        parsed = rtc.SignalResponse.FromString(response.SerializeToString())
+        if parsed.WhichOneof("message") == "subscription_response":
+            self.responses.append((parsed.subscription_response.track_sid, parsed.subscription_response.err))
 
     def duplicate_track_offers(self) -> list[str]:
         """Offers in which one track id is on two live m-lines (parsed from the SDP text)."""

@@ -32,6 +32,7 @@ from typing import Awaitable, Callable, Optional, Protocol
 
 import attrs
 import trio
+from livekit.protocol import rtc
 
 from proto import relay_pb2 as pb
 from rtp import rtcp
@@ -65,7 +66,8 @@ class ClientPeer(Protocol):
 
     def on_rtp(self, packet: bytes) -> bool: ...
 
-    def on_subscription_response(self, track_id: str, error: int) -> None: ...
+    def send_signal(self, response: rtc.SignalResponse) -> None:
+        """A signal message for the client (here: `subscription_response` for failed subscriptions)."""
 
 
 @attrs.frozen
@@ -243,7 +245,11 @@ class Node:
         async def hook(seam: str, track_id: str) -> None:
             await self.seam(f"sub.{seam}", {"node": self.node_id, "participant": pid, "track": track_id})
 
-        manager = SubscriptionManager(endpoint, room.tracks, report=client.on_subscription_response,
+        def report(track_id: str, error: int) -> None:
+            client.send_signal(rtc.SignalResponse(subscription_response=rtc.SubscriptionResponse(
+                track_sid=track_id, err=error)))  # type: ignore[arg-type]
+
+        manager = SubscriptionManager(endpoint, room.tracks, report=report,
                                       reconcile_interval=self.reconcile_interval,
                                       not_found_timeout=self.not_found_timeout, hook=hook,
                                       log=self.log.bind(room=room.name, participant=pid))
