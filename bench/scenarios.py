@@ -211,6 +211,8 @@ def run_scenario(scenario: Scenario, *, warmup: float = 3.0, window: float = 10.
                 raise BenchError("load tester stopped reporting progress") from None
             if item is None:
                 raise BenchError(f"load tester exited early (status {tester.poll()})")
+            if server.poll() is not None:
+                raise BenchError(f"the server exited during the run (status {server.returncode})")
             return item
 
         setup_started = changed_at = time.monotonic()
