@@ -90,12 +90,24 @@ def _socket_ports() -> dict[str, int]:
     return ports
 
 
-def server_sockets(server: Server, sockets: set[str]) -> set[str]:
-    """Of `sockets`, those bound to one of the server's ports (its listeners, the connections
-    it accepted, its media UDP socket); the test's own client sockets are not the server's."""
+def server_ports(server: Server) -> set[int]:
+    """The ports the server listens on: signalling, and the media UDP socket while it is open.
+    Ask while the server runs — after shutdown the media socket is closed and has no port, which
+    is why `running_server` records them at start and hands them to `assert_no_leaks`."""
     ports = {server.port}
     if server.media is not None and server.media.mux is not None:
-        ports.add(server.media.mux.local_address[1])
+        try:
+            ports.add(server.media.mux.local_address[1])
+        except OSError:
+            pass  # closed: the caller should have recorded the port while it was open
+    return ports
+
+
+def server_sockets(server: Server, sockets: set[str], ports: set[int] | None = None) -> set[str]:
+    """Of `sockets`, those bound to one of the server's ports (its listeners, the connections
+    it accepted, its media UDP socket); the test's own client sockets are not the server's."""
+    if ports is None:
+        ports = server_ports(server)
     by_inode = _socket_ports()
     return {s for s in sockets if by_inode.get(s) in ports}
 
@@ -129,12 +141,13 @@ def leak_baseline() -> LeakBaseline:
     return LeakBaseline(frozenset(all_tasks()), frozenset(open_sockets()), frozenset(live_sources()))
 
 
-def assert_no_leaks(server: Server, baseline: LeakBaseline) -> None:
+def assert_no_leaks(server: Server, baseline: LeakBaseline, ports: set[int] | None = None) -> None:
     """After shutdown: no task, socket, room, media room or track source (open, or with a
-    subscriber still registered) that the server created may survive."""
+    subscriber still registered) that the server created may survive. `ports` are the server's
+    ports as `server_ports` gave them while it ran (needed when media was enabled)."""
     leaked = {t for t in all_tasks() - baseline.tasks if t is not trio.lowlevel.current_task()}
     assert not leaked, f"tasks survived server shutdown: {[t.name for t in leaked]}"
-    sockets = server_sockets(server, open_sockets() - baseline.sockets)
+    sockets = server_sockets(server, open_sockets() - baseline.sockets, ports)
     assert not sockets, f"sockets survived server shutdown: {sorted(sockets)}"
     assert not server.registry.rooms, "rooms survived shutdown"
     if server.media is not None:
@@ -152,12 +165,28 @@ async def running_server(config: ServerConfig | None = None, **server_options: o
     server = Server(config or make_config(), **server_options)  # type: ignore[arg-type]
     async with trio.open_nursery() as nursery:
         await nursery.start(server.run)
+        ports = server_ports(server)
         try:
             yield server
         finally:
             server.request_shutdown()
     assert server.shutdown_clean, "rooms and participants did not end by themselves within the grace period"
-    assert_no_leaks(server, baseline)
+    assert_no_leaks(server, baseline, ports)
+
+
+def media_config(**room: int) -> ServerConfig:
+    """`make_config` with the media stack on an ephemeral loopback UDP port."""
+    config = make_config(**room)
+    config.rtc.udp_port = 0
+    config.rtc.node_ip = "127.0.0.1"
+    return config
+
+
+@contextlib.asynccontextmanager
+async def media_server(config: ServerConfig | None = None) -> AsyncIterator[Server]:
+    """`running_server` with media enabled (and its leak check)."""
+    async with running_server(config or media_config(), enable_media=True) as server:
+        yield server
 
 
 def http_base(server: Server) -> str:

@@ -14,36 +14,23 @@ task surviving the server.
 
 from __future__ import annotations
 
-import contextlib
 
 import pytest
 import trio
 
 from rtp.peer_transport import IceMode
-from server_fixtures import all_tasks, make_config, mint_token
+import server_fixtures
+from server_fixtures import mint_token
 from trio_sfu.client import LiveKitClient
 from trio_sfu.client.senders import send_synthetic_audio, send_synthetic_video
-from trio_sfu.server import Server
 
 pytest.importorskip("trio_sfu.media_session", reason="the server's media layer (trio_sfu/media_session.py) is missing")
 
 
-@contextlib.asynccontextmanager
-async def media_server():
-    config = make_config()
-    config.rtc.udp_port = 0
-    config.rtc.node_ip = "127.0.0.1"
-    before = all_tasks()
-    server = Server(config, enable_media=True)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(server.run)
-        try:
-            yield server
-        finally:
-            server.request_shutdown()
-    assert server.shutdown_clean
-    leaked = {t for t in all_tasks() - before if t is not trio.lowlevel.current_task()}
-    assert not leaked, [t.name for t in leaked]
+def media_server():
+    """The server with its media stack on loopback; server_fixtures' leak check runs at exit
+    (tasks, sockets, rooms, track sources and their subscribers)."""
+    return server_fixtures.media_server()
 
 
 async def test_one_publishes_audio_and_simulcast_video_the_other_receives() -> None:

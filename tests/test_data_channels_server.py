@@ -33,26 +33,14 @@ from rtp.sctp import ChannelClosed, ChannelOpened, MessageReceived, SctpAssociat
 from sdp.model import SessionDescription
 from sdp.negotiator import local_dtls_role
 from sdp.parser import parse as parse_sdp
-from server_fixtures import API_KEY, API_SECRET, all_tasks, http_base, make_config, mint_token, recv, send, signal_client
+import server_fixtures
+from server_fixtures import API_KEY, API_SECRET, http_base, mint_token, recv, send, signal_client
 from trio_sfu.server import Server
 
-@contextlib.asynccontextmanager
-async def running_server() -> AsyncIterator[Server]:
-    """The server with its media stack on loopback; no task may outlive it."""
-    config = make_config()
-    config.rtc.udp_port = 0
-    config.rtc.node_ip = "127.0.0.1"
-    before = all_tasks()
-    server = Server(config, enable_media=True)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(server.run)
-        try:
-            yield server
-        finally:
-            server.request_shutdown()
-    assert server.shutdown_clean
-    leaked = {t for t in all_tasks() - before if t is not trio.lowlevel.current_task()}
-    assert not leaked, [t.name for t in leaked]
+def running_server():
+    """The server with its media stack on loopback; server_fixtures' leak check runs at exit
+    (tasks, sockets, rooms, track sources and their subscribers)."""
+    return server_fixtures.media_server()
 
 
 _CERT = DtlsCertificate.generate(datetime.datetime.now(datetime.timezone.utc))

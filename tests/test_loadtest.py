@@ -11,7 +11,6 @@ process against a server in this test and reads its ``--json`` file.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
@@ -21,30 +20,18 @@ import sys
 import pytest
 import trio
 
-from server_fixtures import API_KEY, API_SECRET, all_tasks, make_config
+import server_fixtures
+from server_fixtures import API_KEY, API_SECRET
 from trio_sfu.cli import build_parser
 from trio_sfu.loadtest import LoadTest, LoadTestParams, format_summary
-from trio_sfu.server import Server
 
 pytest.importorskip("trio_sfu.media_session", reason="the server's media layer (trio_sfu/media_session.py) is missing")
 
 
-@contextlib.asynccontextmanager
-async def media_server():
-    config = make_config()
-    config.rtc.udp_port = 0
-    config.rtc.node_ip = "127.0.0.1"
-    before = all_tasks()
-    server = Server(config, enable_media=True)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(server.run)
-        try:
-            yield server
-        finally:
-            server.request_shutdown()
-    assert server.shutdown_clean
-    leaked = {t for t in all_tasks() - before if t is not trio.lowlevel.current_task()}
-    assert not leaked, [t.name for t in leaked]
+def media_server():
+    """The server with its media stack on loopback; server_fixtures' leak check runs at exit
+    (tasks, sockets, rooms, track sources and their subscribers)."""
+    return server_fixtures.media_server()
 
 
 def check_loopback_summary(summary: dict, subscribers: int, kinds: list[str]) -> None:

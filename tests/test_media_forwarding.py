@@ -12,7 +12,6 @@ empties the mux registry and the room's media, and no task survives the server.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import secrets
 
@@ -28,29 +27,17 @@ from rtp.packet import RtpPacket, parse as parse_rtp
 from rtp.peer_transport import IceMode, PeerTransport
 from rtp.peer_transport_events import RtcpReceived, RtpReceived, TransportConnected
 from sdp.parser import parse as parse_sdp
-from server_fixtures import all_tasks, make_config, mint_token, recv, send, signal_client
-from trio_sfu.server import Server
+import server_fixtures
+from server_fixtures import mint_token, recv, send, signal_client
 
 VIDEO_SSRC, VIDEO_RTX_SSRC = 0x1111, 0x2222
 MID_EXT_ID = 4
 
 
-@contextlib.asynccontextmanager
-async def media_server():
-    config = make_config()
-    config.rtc.udp_port = 0
-    config.rtc.node_ip = "127.0.0.1"
-    before = all_tasks()
-    server = Server(config, enable_media=True)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(server.run)
-        try:
-            yield server
-        finally:
-            server.request_shutdown()
-    assert server.shutdown_clean
-    leaked = {t for t in all_tasks() - before if t is not trio.lowlevel.current_task()}
-    assert not leaked, [t.name for t in leaked]
+def media_server():
+    """The server with its media stack on loopback; server_fixtures' leak check runs at exit
+    (tasks, sockets, rooms, track sources and their subscribers)."""
+    return server_fixtures.media_server()
 
 
 def publisher_offer(ufrag: str, pwd: str, fingerprint: str) -> str:

@@ -31,7 +31,8 @@ import trio
 from livekit import api
 from livekit.protocol import models, rtc
 
-from server_fixtures import API_KEY, API_SECRET, all_tasks, http_base, make_config, mint_token
+import server_fixtures
+from server_fixtures import API_KEY, API_SECRET, http_base, make_config, mint_token
 from trio_sfu.client import LiveKitClient
 from trio_sfu.client.client import LocalPublication, RemoteTrack
 from trio_sfu.client.senders import send_synthetic_audio, send_synthetic_video
@@ -83,21 +84,9 @@ def record_offers(client: LiveKitClient) -> list[str]:
     return offers
 
 
-@contextlib.asynccontextmanager
-async def media_server(config: Any) -> AsyncIterator[Server]:
-    # Not server_fixtures.running_server: its leak check asks the media socket, closed by
-    # then, for its port (OSError EBADF) whenever media is enabled.
-    before = all_tasks()
-    server = Server(config, enable_media=True)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(server.run)
-        try:
-            yield server
-        finally:
-            server.request_shutdown()
-    assert server.shutdown_clean
-    leaked = {t for t in all_tasks() - before if t is not trio.lowlevel.current_task()}
-    assert not leaked, [t.name for t in leaked]
+def media_server(config: Any):
+    """The server with media enabled; server_fixtures' leak check runs at exit."""
+    return server_fixtures.media_server(config)
 
 
 @contextlib.asynccontextmanager
