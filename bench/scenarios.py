@@ -155,11 +155,17 @@ async def _probe_join_to_first_media(url: str, key: str, secret: str, room: str,
     params = LoadTestParams(url=url, api_key=key, api_secret=secret, room=room, subscribers=1)
     token = make_token(params, "bench_probe", publish=False, subscribe=True)
     started = trio.current_time()
-    result: dict[str, Optional[float]] = {"joined_s": None, "first_packet_s": None, "all_tracks_first_packet_s": None}
+    result: dict[str, Optional[float]] = {"joined_s": None, "subscriber_pc_connected_s": None,
+                                          "tracks_offered_s": None, "first_packet_s": None,
+                                          "all_tracks_first_packet_s": None}
+    # Each stage's time is kept, so a run that times out says which stage never came.
     with trio.move_on_after(timeout):
         async with LiveKitClient.connect(url, token) as client:
             result["joined_s"] = trio.current_time() - started
+            await client.wait_connected(timeout=timeout)
+            result["subscriber_pc_connected_s"] = trio.current_time() - started
             remote = await client.wait_for_tracks(tracks, timeout=timeout)
+            result["tracks_offered_s"] = trio.current_time() - started
             firsts = []
             for track in remote:
                 await track.first_packet.wait()
