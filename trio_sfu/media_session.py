@@ -63,6 +63,7 @@ from .data_channels import ParticipantData, remote_sctp_params
 from .log import get_logger
 from .media import MediaContext
 from .forwarding import DownTrack, PublishedLayer, TrackReceiver, map_payload_types, select_target_layer
+from .forwarding.downtrack import DownTrackSnapshot
 from .udp_mux import UdpMux, advertised_ip, host_candidate
 from .tracks import SourceOrigin, TrackManager, TrackSource
 
@@ -186,9 +187,12 @@ class Subscription:
     """A subscribed track on this participant's subscriber PC; the DownTrack exists once the
     answer fixed the payload types."""
 
-    def __init__(self, track: PublishedTrack) -> None:
+    def __init__(self, track: PublishedTrack, snapshot: Optional[DownTrackSnapshot] = None) -> None:
         self.track = track
         self.down: Optional[DownTrack] = None
+        # Rewrite state cached when this track's previous source closed expected-to-resume and
+        # the same m-line/SSRC came back: the new DownTrack continues its numbering.
+        self.snapshot = snapshot
         # Set while registered on the track's source (RoomMedia.register_subscriber).
         self.unregister: Optional[Callable[[], None]] = None
 
@@ -205,13 +209,13 @@ class Subscription:
 class _SourceSubscriber:
     """A Subscription as its source's TrackSubscriber (trio_sfu.tracks)."""
 
-    def __init__(self, subscriber_id: str, sub: Subscription, metrics: m.Metrics) -> None:
-        self.subscriber_id = subscriber_id
+    def __init__(self, session: "ParticipantMedia", sub: Subscription) -> None:
+        self.subscriber_id = session.sid
+        self._session = session
         self._sub = sub
-        self._metrics = metrics
 
     def detach_source(self, source: TrackSource, expected_to_resume: bool) -> None:
-        self._sub.detach(self._metrics)
+        self._session.source_detached(self._sub, expected_to_resume)
 
 
 class RoomMedia:
@@ -248,23 +252,27 @@ class RoomMedia:
         for session in list(self.sessions.values()):
             session.refresh_subscriptions()
 
-    def unpublish(self, tracks: list[PublishedTrack]) -> None:
-        """Withdraw tracks; every subscriber renegotiates once for all of them."""
+    def unpublish(self, tracks: list[PublishedTrack], expected_to_resume: bool = False) -> None:
+        """Withdraw tracks; every subscriber renegotiates once for all of them. With
+        `expected_to_resume` (a migration hand-back, a publisher resume) subscribers cache the
+        track's transceiver and rewrite state instead, for the track id's next source."""
         for track in tracks:
             for source, published in list(self._published.items()):
                 if published is track:
-                    source.close_now(expected_to_resume=False)
+                    source.close_now(expected_to_resume=expected_to_resume)
             track.close(self.service.metrics)
         for session in list(self.sessions.values()):
             session.refresh_subscriptions()
 
-    def register_subscriber(self, subscriber_id: str, sub: Subscription, metrics: m.Metrics) -> None:
-        """List `sub` on its track's source, so a closing source detaches its down track and no
-        subscriber can stay registered on a closed source."""
+    def register_subscriber(self, session: "ParticipantMedia", sub: Subscription) -> None:
+        """List `sub` on its track's source, so a closing source detaches its down track (caching
+        its transceiver when a resume is expected) and no subscriber can stay registered on a
+        closed source."""
+        subscriber_id = session.sid
         source = next((src for src, track in self._published.items() if track is sub.track), None)
         if source is None or not source.is_open or source.has_subscriber(subscriber_id):
             return
-        source.add_subscriber(_SourceSubscriber(subscriber_id, sub, metrics))
+        source.add_subscriber(_SourceSubscriber(session, sub))
         sub.unregister = lambda: source.remove_subscriber(subscriber_id)
 
     def leave(self, session: "ParticipantMedia") -> None:
@@ -377,6 +385,9 @@ class ParticipantMedia:
         # Subscribing: the server's offers and one Subscription per subscribed track.
         self.sub_offer = SubscriberOffer(self.sub_local, TransceiverTable(), cname=self.sid)
         self.subscriptions: dict[str, Subscription] = {}
+        # Track id -> rewrite state of a down track whose source closed expected-to-resume; its
+        # transceiver waits in the table's cache under the same key (SubscriberEndpoint's pair).
+        self._resume_snapshots: dict[str, DownTrackSnapshot] = {}
         self._offer_id = 0
         self._renegotiate_pending = False
 
@@ -458,6 +469,7 @@ class ParticipantMedia:
         for sub in self.subscriptions.values():
             sub.detach(self.metrics)
         self.subscriptions.clear()
+        self._resume_snapshots.clear()
         now = trio.current_time()
         mux = self.service.mux
         for pc in (self.publisher, self.subscriber):
@@ -469,6 +481,39 @@ class ParticipantMedia:
                 mux.unregister(pc)
             fold_counters(self.metrics, "media_transport", pc.transport.counters)
         room.leave(self)
+
+    def source_detached(self, sub: Subscription, expected_to_resume: bool) -> None:
+        """A source let `sub` go (synchronously, from its close). Expected to resume: the
+        transceiver and the down track's rewrite state are cached by track id before this
+        returns, so the track id's next source reuses the mid and SSRC with continuous
+        numbering; otherwise the m-line is left for refresh_subscriptions to retire."""
+        sub.unregister = None  # the source already forgot us
+        sid = sub.track.sid
+        snapshot = sub.down.snapshot() if sub.down is not None else sub.snapshot
+        sub.detach(self.metrics)
+        if not expected_to_resume or self.closed or self.subscriptions.get(sid) is not sub:
+            return
+        del self.subscriptions[sid]
+        table = self.sub_offer.table
+        if table.find_by_track(sid) is not None:
+            table.unbind(sid, cache=True)
+            if snapshot is not None:
+                self._resume_snapshots[sid] = snapshot
+
+    def restart_published_track(self, track_sid: str) -> bool:
+        """Hand one of our tracks over to a new source, as a migration hand-back does: its
+        current source closes expected-to-resume (subscribers cache their transceivers), and
+        the next packet on its m-line publishes a fresh receiver under the same track id."""
+        mids = [mid for mid, t in self.tracks_by_mid.items() if t.sid == track_sid]
+        if not mids or self.closed:
+            return False
+        track = self.tracks_by_mid[mids[0]]
+        for mid in mids:
+            del self.tracks_by_mid[mid]
+        for ssrc in [s for s, t in self._ssrc_tracks.items() if t is track]:
+            del self._ssrc_tracks[ssrc]
+        self.room_media.unpublish([track], expected_to_resume=True)
+        return True
 
     def timer_may_have_moved(self, deadline: Optional[float]) -> None:
         if deadline is not None and deadline < self._armed:
@@ -652,9 +697,13 @@ class ParticipantMedia:
             codecs = subscriber_codecs(track.kind, track.mime_types)
             if not codecs:
                 continue
-            table.bind(sid, track.kind, track.stream_id, codecs=codecs)
-            self.subscriptions[sid] = Subscription(track)
-            self.room_media.register_subscriber(self.sid, self.subscriptions[sid], self.metrics)
+            cached = table.cache.peek(sid)
+            snapshot = self._resume_snapshots.pop(sid, None)
+            t = table.bind(sid, track.kind, track.stream_id, codecs=codecs)
+            # The cached m-line came back (same mid and SSRC): the client's receiver continues.
+            reused = cached is not None and cached.mid == t.mid and cached.ssrc == t.ssrc
+            self.subscriptions[sid] = Subscription(track, snapshot if reused else None)
+            self.room_media.register_subscriber(self, self.subscriptions[sid])
             changed = True
         if changed or force_offer:
             self._send_offer()
@@ -696,7 +745,9 @@ class ParticipantMedia:
             rtx_payload_types=rtx_pts,
             wallclock_offset=self._wallclock_offset,
             extension_ids=extension_ids,
+            snapshot=sub.snapshot,
         )
+        sub.snapshot = None
         if self._publisher_muted(track):
             down.set_disabled(True, now)  # the unmute resumes it (see _on_track_muted)
         sub.down = down
