@@ -108,12 +108,9 @@ async def test_publisher_offer_reaches_the_server_and_parses() -> None:
             trickles.append((candidate_init_json, target, final))
 
     from server_fixtures import make_config
-    from trio_sfu.server import Server
 
-    before = all_tasks()
-    server = Server(make_config(), media_factory=RecordingMedia)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(server.run)
+    # server_fixtures.running_server: shutdown, then its leak check (tasks, sockets, rooms, sources).
+    async with running_server(make_config(), media_factory=RecordingMedia) as server:
         async with LiveKitClient.connect(server.url, mint_token("pub")) as client:
             video = await client.publish_video(simulcast=True)
             with trio.fail_after(5):
@@ -144,9 +141,6 @@ async def test_publisher_offer_reaches_the_server_and_parses() -> None:
             candidate = IceCandidate.from_sdp(init["candidate"].removeprefix("candidate:"))
             assert (candidate.host, candidate.port) == (client.publisher_pc.host, client.publisher_pc.port)
             assert candidate.type == "host" and candidate.transport == "udp"
-        server.request_shutdown()
-    leaked = {t for t in all_tasks() - before if t is not trio.lowlevel.current_task()}
-    assert not leaked, [t.name for t in leaked]
 
 
 async def test_ping_loop_gets_pong_resp() -> None:

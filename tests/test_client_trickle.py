@@ -30,9 +30,8 @@ from sdp.model import Fingerprint
 from sdp.negotiator import LocalParams, answer_offer, local_dtls_role, negotiated_media
 from sdp.parser import parse as parse_sdp
 from sdp.parser import serialize
-from server_fixtures import all_tasks, make_config, mint_token
+from server_fixtures import make_config, mint_token, running_server
 from trio_sfu.client import LiveKitClient
-from trio_sfu.server import Server
 
 
 class TrickleOnlyMedia:
@@ -99,10 +98,8 @@ class TrickleOnlyMedia:
 
 async def test_publisher_pc_connects_through_a_trickled_candidate() -> None:
     TrickleOnlyMedia.instances.clear()
-    before = all_tasks()
-    server = Server(make_config(), media_factory=TrickleOnlyMedia)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(server.run)
+    # server_fixtures.running_server: shutdown, then its leak check (tasks, sockets, rooms, sources).
+    async with running_server(make_config(), media_factory=TrickleOnlyMedia) as server:
         async with LiveKitClient.connect(server.url, mint_token("pub")) as client:
             video = await client.publish_video(width=320, height=180, bitrate=200_000, simulcast=True)
             await video.wait_ready(timeout=10)
@@ -123,6 +120,3 @@ async def test_publisher_pc_connects_through_a_trickled_candidate() -> None:
             assert [p.ssrc for p in packets] == [video.ssrcs[r] for r in ("q", "h", "f")]
             assert all(p.timestamp == 1234 and p.marker and p.payload_type == 96 for p in packets)
             assert not client.errors, client.errors
-        server.request_shutdown()
-    leaked = {t for t in all_tasks() - before if t is not trio.lowlevel.current_task()}
-    assert not leaked, [t.name for t in leaked]
