@@ -25,7 +25,6 @@ from server_fixtures import API_KEY, API_SECRET
 from trio_sfu.cli import build_parser
 from trio_sfu.loadtest import LoadTest, LoadTestParams, format_summary
 
-pytest.importorskip("trio_sfu.media_session", reason="the server's media layer (trio_sfu/media_session.py) is missing")
 
 
 def media_server():

@@ -12,7 +12,6 @@ receiver (a new TrackSource) for the same track id.
 
 from __future__ import annotations
 
-import pytest
 import trio
 from livekit.protocol import rtc
 
@@ -24,7 +23,6 @@ from trio_sfu.client import LiveKitClient
 from trio_sfu.client.senders import send_synthetic_audio
 from trio_sfu.tracks import SourceOrigin
 
-pytest.importorskip("trio_sfu.media_session", reason="the server's media layer (trio_sfu/media_session.py) is missing")
 
 
 def audio_lines(sdp: str, track_sid: str) -> list[tuple[str, tuple[int, ...]]]:
