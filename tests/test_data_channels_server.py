@@ -19,7 +19,6 @@ import secrets
 import socket
 from typing import AsyncIterator, Callable, Optional
 
-import pytest
 import trio
 import trio_websocket
 from livekit import api

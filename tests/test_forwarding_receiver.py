@@ -4,8 +4,7 @@ recovery, RRs parsed by aiortc, SR bookkeeping, lifecycle, and totality on garba
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from forwarding_streams import RID_EXT, RRID_EXT, RTX_PT, VP8_PT, Layer, Wire, simulcast_pair, three_layers
-from rtp.header_extensions import encode_rid
+from forwarding_streams import RID_EXT, RRID_EXT, RTX_PT, VP8_PT, Wire, simulcast_pair, three_layers
 from rtp.packet import RtpPacket
 from rtp.rtcp import Nack, Pli, ReceiverReport, SenderReport, parse_rtcp
 from trio_sfu.forwarding.receiver import ForwardingStateError, ReceiverState, TrackReceiver

@@ -8,7 +8,7 @@ import pytest
 from conftest import FIXTURES
 from sdp.codecs import EXT_DEPENDENCY_DESCRIPTOR, EXT_MID, EXT_RID, EXT_TWCC
 from sdp.errors import NegotiationError
-from sdp.model import Direction, Fingerprint, Group, IceOptions, Rid, SetupRole, Simulcast, flag
+from sdp.model import Direction, Fingerprint, Group, Rid, SetupRole, flag
 from sdp.negotiator import (
     DtlsRole, LocalParams, answer_offer, local_dtls_role, negotiated_media,
 )

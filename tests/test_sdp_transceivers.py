@@ -10,7 +10,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from sdp.codecs import MediaKind, subscriber_codecs
 from sdp.errors import TransceiverInvariantError
 from sdp.model import (
-    Codec, Connection, Extmap, Fingerprint, IcePwd, IceUfrag, MediaSection, Mid, Origin,
+    Connection, Fingerprint, IcePwd, IceUfrag, MediaSection, Mid, Origin,
     SessionDescription, Setup, SetupRole, SctpPort, flag,
 )
 from sdp.negotiator import LocalParams, SubscriberOffer, _codec_attributes
