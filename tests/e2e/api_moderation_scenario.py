@@ -5,8 +5,11 @@ libwebrtc) and livekit-api's `LiveKitAPI`, all in this process, against a LiveKi
 
 alice publishes a microphone (a sine); bob subscribes. Then, through the Server API:
 MutePublishedTrack mutes alice's track (bob's SDK must report the remote publication muted,
-alice's SDK its local one), and RemoveParticipant removes alice (her SDK must report
-`disconnected` with PARTICIPANT_REMOVED, bob's `participant_disconnected`).
+alice's SDK its local one); UpdateParticipant revokes alice's can_publish (bob's SDK must report
+`track_unpublished` for her publication and list none left for her, alice's SDK must report
+`participant_permissions_changed` for herself with can_publish false, while she stays
+connected); RemoveParticipant then removes alice (her SDK must report `disconnected` with
+PARTICIPANT_REMOVED, bob's `participant_disconnected`).
 
 Output: JSON lines; the last one is {"summary": ...}. Every wait is bounded.
 """
@@ -62,6 +65,18 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     alice.on("disconnected", lambda reason: alice_reasons.append(int(reason)))
     bob.on("participant_disconnected", lambda p: bob_saw_gone.append(p.identity))
     bob.on("track_muted", lambda p, pub: bob_saw_muted.append(f"{p.identity}/{pub.sid}"))
+    bob_saw_unpublished: list[str] = []
+    bob.on("track_unpublished", lambda pub, p: bob_saw_unpublished.append(f"{p.identity}/{pub.sid}"))
+    # (identity, can_publish, can_subscribe, can_publish_data) per permission event alice's SDK reports
+    alice_saw_permissions: list[tuple[str, bool, bool, bool]] = []
+    alice.on(
+        "participant_permissions_changed",
+        lambda p, perm: alice_saw_permissions.append(
+            (p.identity, perm.can_publish, perm.can_subscribe, perm.can_publish_data)
+        ),
+    )
+    alice_saw_local_unpublished: list[str] = []
+    alice.on("local_track_unpublished", lambda pub: alice_saw_local_unpublished.append(pub.sid))
     feeder: asyncio.Task[None] | None = None
     lkapi = api.LiveKitAPI(args.url.replace("ws://", "http://"), args.api_key, args.api_secret)
     try:
@@ -100,6 +115,56 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             "alice_local_muted": local_muted,
         }
         say(phase="mute", **phases["mute"])  # type: ignore[arg-type]
+
+        revoked = await lkapi.room.update_participant(
+            api.UpdateParticipantRequest(
+                room=args.room,
+                identity="alice",
+                permission=api.ParticipantPermission(can_publish=False, can_subscribe=True, can_publish_data=True),
+            )
+        )
+
+        def bob_alice_publications() -> list[str] | None:
+            remote = bob.remote_participants.get("alice")
+            return sorted(remote.track_publications) if remote else None
+
+        # One budget for the three waits so a failing phase still leaves time for the summary.
+        revoke_deadline = time.monotonic() + args.timeout
+        left = lambda: max(0.0, revoke_deadline - time.monotonic())  # noqa: E731
+        bob_event = await until(lambda: f"alice/{sid}" in bob_saw_unpublished, left())
+        bob_none_left = await until(lambda: bob_alice_publications() == [], left())
+        alice_event = await until(lambda: any(e[0] == "alice" and not e[1] for e in alice_saw_permissions), left())
+        local_perm = alice.local_participant.permissions
+        phases["revoke"] = {
+            "ok": (
+                not revoked.permission.can_publish
+                and bob_event
+                and bob_none_left
+                and alice_event
+                and not local_perm.can_publish
+                and local_perm.can_subscribe
+                and local_perm.can_publish_data
+                and alice.connection_state == rtc.ConnectionState.CONN_CONNECTED
+                and not alice_reasons
+            ),
+            "api_says_can_publish": revoked.permission.can_publish,
+            "bob_track_unpublished_events": list(bob_saw_unpublished),
+            "bob_alice_publications_after": bob_alice_publications(),
+            "alice_permission_events": list(alice_saw_permissions),
+            "alice_local_permission": {
+                "can_publish": local_perm.can_publish,
+                "can_subscribe": local_perm.can_subscribe,
+                "can_publish_data": local_perm.can_publish_data,
+            },
+            # Observed, not required: whether alice's SDK drops her own publication too (copies,
+            # so the summary shows the state at this point, not after RemoveParticipant).
+            "alice_local_track_unpublished_events": list(alice_saw_local_unpublished),
+            "alice_local_publications_after": sorted(alice.local_participant.track_publications),
+            "alice_connected": alice.connection_state == rtc.ConnectionState.CONN_CONNECTED,
+        }
+        say(phase="revoke", **phases["revoke"])  # type: ignore[arg-type]
+        if not phases["revoke"]["ok"]:  # type: ignore[index]
+            return summary
 
         await lkapi.room.remove_participant(api.RoomParticipantIdentity(room=args.room, identity="alice"))
         alice_gone = await until(lambda: bool(alice_reasons), args.timeout)
