@@ -72,6 +72,9 @@ if TYPE_CHECKING:
     from .rooms import Room
 
 REPORT_INTERVAL = 1.0
+#: How long an UpdateSubscription may name a track that resolves to nothing before the client
+#: is told `SE_TRACK_NOTFOUND` (the SubscriptionManager's default, trio_sfu.tracks).
+NOT_FOUND_TIMEOUT = 60.0
 
 MEDIA_SDP_REJECTED = "media_sdp_rejected_total"
 MEDIA_RTP_UNMATCHED = "media_rtp_unmatched_total"
@@ -112,6 +115,7 @@ class MediaService:
         self.mux: Optional[UdpMux] = None
         self.candidates: tuple[str, ...] = ()
         self.rooms: dict[int, RoomMedia] = {}
+        self.not_found_timeout = NOT_FOUND_TIMEOUT
 
     def _bind_host(self) -> str:
         """The UDP bind address: the signalling bind address, unless media must reach an
@@ -390,6 +394,10 @@ class ParticipantMedia:
         self._resume_snapshots: dict[str, DownTrackSnapshot] = {}
         self._offer_id = 0
         self._renegotiate_pending = False
+        # Requested track sids that resolved to nothing when asked for -> when they were asked
+        # for; `_given_up` are those reported not found, no longer wanted until asked again.
+        self._not_found: dict[str, float] = {}
+        self._given_up: set[str] = set()
 
         self._wake = trio.Event()
         self._armed = math.inf
@@ -424,6 +432,10 @@ class ParticipantMedia:
                 t = sub.down.get_timer()
                 if t is not None and t < deadline:
                     deadline = t
+        if self._not_found:
+            t = min(self._not_found.values()) + self.service.not_found_timeout
+            if t < deadline:
+                deadline = t
         return deadline
 
     async def run(self) -> None:
@@ -442,6 +454,7 @@ class ParticipantMedia:
                             pc.transport.handle_timer(now)
                             pc.pump(now)
                 self.data.handle_timer(now)
+                self._expire_not_found(now)
                 # RTCP the forwarding objects owe: uplink NACKs and RRs, downlink SRs.
                 for track in list(self.tracks_by_mid.values()):
                     track.receiver.poll_rtcp(now)
@@ -470,6 +483,7 @@ class ParticipantMedia:
             sub.detach(self.metrics)
         self.subscriptions.clear()
         self._resume_snapshots.clear()
+        self._not_found.clear()
         now = trio.current_time()
         mux = self.service.mux
         for pc in (self.publisher, self.subscriber):
@@ -623,7 +637,34 @@ class ParticipantMedia:
             self.metrics.inc(MEDIA_TRICKLE_MALFORMED)
 
     def on_subscriptions_changed(self) -> None:
+        # A new request re-arms tracks given up on (the request does not say which sids it named).
+        self._given_up.clear()
+        now = trio.current_time()
+        resolved = self.room_media.tracks
+        for sid, wanted in self.participant.subscriptions.items():
+            if wanted and sid not in resolved and not self.room_media.track_manager.sources(sid):
+                self._not_found.setdefault(sid, now)
+            else:
+                self._not_found.pop(sid, None)
+        if self._not_found:
+            self.timer_may_have_moved(min(self._not_found.values()) + self.service.not_found_timeout)
         self.refresh_subscriptions()
+
+    def _expire_not_found(self, now: float) -> None:
+        """Requested tracks still resolving to nothing after the timeout are reported to the
+        client (`subscription_response`, as LiveKit) and no longer wanted. A track with a source
+        listed (open or closing) counts as found: its own lifecycle decides."""
+        timeout = self.service.not_found_timeout
+        resolved = self.room_media.tracks
+        for sid, since in list(self._not_found.items()):
+            if sid in resolved or self.room_media.track_manager.sources(sid) or not self.participant.subscriptions.get(sid):
+                del self._not_found[sid]
+            elif now >= since + timeout:
+                del self._not_found[sid]
+                self._given_up.add(sid)
+                self.log.info("subscription failed", kv={"track": sid, "reason": "track not found"})
+                self.context.send(rtc.SignalResponse(subscription_response=rtc.SubscriptionResponse(
+                    track_sid=sid, err=models.SubscriptionError.SE_TRACK_NOTFOUND)))
 
     def on_track_settings_changed(self, track_sids: list[str]) -> None:
         now = trio.current_time()
@@ -663,7 +704,7 @@ class ParticipantMedia:
     # ---- subscribing ---------------------------------------------------------------------------
 
     def _wants(self, track: PublishedTrack) -> bool:
-        if track.publisher_sid == self.sid:
+        if track.publisher_sid == self.sid or track.sid in self._given_up:
             return False
         grants = self.participant.grants.video
         if grants is not None and not grants.may_subscribe:
