@@ -364,18 +364,10 @@ class PeerTransport:
         Returns False (and counts) when it was dropped: not connected, no
         selected address, or not protectable.
         """
-        srtp = self._srtp
-        addr = self._selected
-        if srtp is None or addr is None or self.state is not TransportState.CONNECTED:
-            self.counters.send_not_ready += 1
+        datagram = self.protect_rtp_datagram(packet)
+        if datagram is None:
             return False
-        try:
-            protected = srtp.protect_rtp(packet)
-        except SrtpError:
-            self.counters.send_invalid += 1
-            return False
-        self.counters.rtp_sent += 1
-        self._outbox.append((protected, addr))
+        self._outbox.append(datagram)
         return True
 
     def protect_rtp_datagram(self, packet: bytes) -> tuple[bytes, Address] | None:
@@ -387,7 +379,8 @@ class PeerTransport:
         """
         srtp = self._srtp
         addr = self._selected
-        if srtp is None or addr is None or self.state is not TransportState.CONNECTED or self._silenced:
+        # A failed transport (including one silenced by consent loss) is never CONNECTED.
+        if srtp is None or addr is None or self.state is not TransportState.CONNECTED:
             self.counters.send_not_ready += 1
             return None
         try:
