@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import AsyncIterator
+from typing import AsyncIterator, Iterable
 
 import attrs
 import h11
@@ -20,6 +20,7 @@ from livekit import api
 from livekit.protocol import rtc
 
 from trio_sfu.config import RoomConfig, ServerConfig
+from trio_sfu.node import Node
 from trio_sfu.server import Server
 from trio_sfu.tracks import live_sources
 
@@ -155,6 +156,27 @@ def assert_no_leaks(server: Server, baseline: LeakBaseline, ports: set[int] | No
     sources = [s for s in live_sources() if s not in baseline.sources
                and (s.is_open or s.subscriber_ids or s.receiver.down_tracks)]
     assert not sources, f"track sources survived open or with subscribers: {sources}"
+
+
+def assert_nodes_clean(nodes: Iterable[Node], baseline: LeakBaseline) -> None:
+    """After two-node tests stop their nodes: no task they started, no subscriber still
+    registered on a room's sources, no room, no migration in progress, and no track source of
+    theirs left open or holding subscribers or down tracks may survive. The process-wide source
+    registry is asked too, because a source a node dropped from its rooms without closing it is
+    invisible to the node itself."""
+    nodes = list(nodes)
+    leaked = {t for t in all_tasks() - baseline.tasks if t is not trio.lowlevel.current_task()}
+    assert not leaked, f"tasks survived the nodes: {[t.name for t in leaked]}"
+    for node in nodes:
+        subscribers = node.registered_subscribers()
+        assert not subscribers, f"subscribers still registered on {node.node_id}: {subscribers}"
+        assert not node.rooms, f"rooms survived on {node.node_id} (its close() did not run): {list(node.rooms)}"
+        # Private, but it is exactly what a cancelled migration must not leave behind.
+        assert not node._migrations, f"migrations survived on {node.node_id}: {list(node._migrations)}"
+    ids = {node.node_id for node in nodes}
+    sources = [s for s in live_sources() if s not in baseline.sources and s.node_id in ids
+               and (s.is_open or s.subscriber_ids or s.receiver.down_tracks)]
+    assert not sources, f"track sources survived the nodes open or with subscribers: {sources}"
 
 
 @contextlib.asynccontextmanager

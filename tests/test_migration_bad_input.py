@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from proto import relay_pb2 as pb
 from sdp.codecs import MediaKind
+from server_fixtures import assert_nodes_clean, leak_baseline
 from test_migration_world import OPUS, ROOM, TRACK, FakeClient, subscribed_source, two_nodes
 from test_race_scenarios import until
 from trio_sfu.node import Node, TrackSpec
@@ -127,6 +128,7 @@ def test_arbitrary_relay_bytes_never_raise_out_of_the_handler(items):
     # Arbitrary bytes, and valid messages with random bytes flipped, in any order: the handler
     # either applies them or rejects them; it never raises.
     async def main() -> None:
+        baseline = leak_baseline()
         node = Node("B", clients={"pA": FakeClient("pA")}.get)
         link = _NullLink()
         node.links["A"] = link  # type: ignore[assignment]
@@ -148,6 +150,6 @@ def test_arbitrary_relay_bytes_never_raise_out_of_the_handler(items):
                 continue  # the link counts these as malformed
             node._handle(link, message)  # type: ignore[arg-type]
         node.close()
-        assert not node.registered_subscribers()
+        assert_nodes_clean([node], baseline)
 
     trio.run(main)

@@ -22,9 +22,10 @@ from sdp.codecs import MediaKind
 from sdp.model import Codec, Fingerprint, SessionDescription
 from sdp.negotiator import LocalParams, answer_offer
 from sdp.parser import parse, serialize
+from server_fixtures import assert_nodes_clean, leak_baseline
 from trio_sfu.node import Node, TrackSpec
 from trio_sfu.relay import in_memory_link_pair
-from trio_sfu.tracks import FifoHead, RecordedAtClosing, live_sources
+from trio_sfu.tracks import FifoHead, RecordedAtClosing
 
 ROOM = "room"
 TRACK = "TR_pB_mic"
@@ -173,11 +174,11 @@ async def two_nodes(seam=None, *, resolution=FifoHead, resume_policy=RecordedAtC
                   reconcile_interval=RECONCILE, not_found_timeout=10.0)
     if seam is not None:
         kwargs["seam"] = seam
+    baseline = leak_baseline()
     a, b = Node("A", **kwargs), Node("B", **kwargs)
     link_a, link_b = in_memory_link_pair("A", "B", delay_a=delay_a, delay_b=delay_b)
     a.add_link(link_a)
     b.add_link(link_b)
-    before = _all_tasks()
     async with trio.open_nursery() as nursery:
         await nursery.start(a.run)
         await nursery.start(b.run)
@@ -197,25 +198,7 @@ async def two_nodes(seam=None, *, resolution=FifoHead, resume_policy=RecordedAtC
         finally:
             publisher.running = False
             nursery.cancel_scope.cancel()
-    # The nodes forgot their rooms on close; the process-wide registry still sees every source.
-    survivors = [src for src in live_sources() if src.node_id in ("A", "B")
-                 and (src.state.value != "closed" or src.subscriber_ids or src.receiver.down_tracks)]
-    assert not survivors, f"sources survived the nodes open or subscribed: {survivors}"
-    leaked = {t for t in _all_tasks() - before if t is not trio.lowlevel.current_task()}
-    assert not leaked, f"tasks survived the nodes: {[t.name for t in leaked]}"
-
-
-def _all_tasks() -> set:
-    found: set = set()
-    stack = [trio.lowlevel.current_root_task()]
-    while stack:
-        task = stack.pop()
-        if task is None or task in found:
-            continue
-        found.add(task)
-        for nursery in task.child_nurseries:
-            stack.extend(nursery.child_tasks)
-    return found
+    assert_nodes_clean((a, b), baseline)
 
 
 def subscribed_source(world: World, node: str, pid: str, track_id: str = TRACK):
