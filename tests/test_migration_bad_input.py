@@ -11,12 +11,19 @@ import random
 import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from server_fixtures import assert_nodes_clean, leak_baseline
+from test_migration_world import (
+    OPUS,
+    ROOM,
+    TRACK,
+    FakeClient,
+    subscribed_source,
+    two_nodes,
+)
+from test_race_scenarios import until
 
 from proto import relay_pb2 as pb
 from sdp.codecs import MediaKind
-from server_fixtures import assert_nodes_clean, leak_baseline
-from test_migration_world import OPUS, ROOM, TRACK, FakeClient, subscribed_source, two_nodes
-from test_race_scenarios import until
 from trio_sfu.node import Node, TrackSpec
 
 

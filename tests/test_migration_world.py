@@ -17,12 +17,12 @@ import attrs
 import trio
 import trio.testing
 from livekit.protocol import rtc
+from server_fixtures import assert_nodes_clean, leak_baseline
 
 from sdp.codecs import MediaKind
 from sdp.model import Codec, Fingerprint, SessionDescription
 from sdp.negotiator import LocalParams, answer_offer
 from sdp.parser import parse, serialize
-from server_fixtures import assert_nodes_clean, leak_baseline
 from trio_sfu.node import Node, TrackSpec
 from trio_sfu.relay import in_memory_link_pair
 from trio_sfu.tracks import FifoHead, RecordedAtClosing
