@@ -2,12 +2,15 @@
 (we offer), both ICE-lite PeerTransports on the node's one UDP socket, plus the forwarding wiring.
 
 Lifetime: `MediaService` (one per server) owns the UDP mux, the DTLS certificate and each room's
-`RoomMedia` (the tracks published there). `ParticipantMedia` is created by the signal session and
-runs one task in the participant's nursery: it sends the first subscriber offer, drives both
-transports' timers (one deadline each, slept on with `move_on_at`; the mux wakes the task when a
-datagram moves a deadline earlier) and sends RTCP reports once a second. When the participant's
-scope ends, its `finally` unpublishes its tracks, drops its down tracks, closes and unregisters
-both transports.
+`RoomMedia` (the tracks published there, as sources in the room's FIFO TrackManager).
+`ParticipantMedia` is created by the signal session and runs two tasks in the participant's
+nursery. One drives both transports' timers (one deadline each, slept on with `move_on_at`; the
+mux wakes the task when a datagram moves a deadline earlier) and sends RTCP reports once a second.
+The other is the participant's SubscriptionManager (trio_sfu.tracks): it reconciles what the
+participant should receive with what the TrackManager resolves, binds m-lines through the
+transceiver cache (`ParticipantSubscriber`) and makes the subscriber offers, awaiting each answer.
+When the participant's scope ends, its `finally` unpublishes its tracks, detaches its down tracks
+from their sources, closes and unregisters both transports.
 
 The media hot path has no task switch: the mux's reader calls the publisher PC synchronously, the
 decrypted packet goes to its track's `TrackReceiver` (trio_sfu.forwarding), which calls each
@@ -21,7 +24,7 @@ import json
 import math
 import secrets
 import time
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import TYPE_CHECKING, Optional
 
 import attrs
 import trio
@@ -42,39 +45,40 @@ from rtp.peer_transport_events import (
     TransportConnected,
     TransportFailed,
 )
-from sdp.codecs import EXT_MID, EXT_REPAIRED_RID, EXT_RID, MediaKind, subscriber_codecs
+from sdp.codecs import EXT_MID, EXT_REPAIRED_RID, EXT_RID, MediaKind
 from sdp.errors import NegotiationError, SdpParseError
-from sdp.model import Codec, Fingerprint
+from sdp.model import Codec, Fingerprint, SessionDescription
 from sdp.negotiator import (
     LocalParams,
     NegotiatedMedia,
-    SignalingState,
-    SubscriberOffer,
     answer_offer,
     local_dtls_role,
     negotiated_media,
 )
 from sdp.parser import parse as parse_sdp
 from sdp.parser import serialize as serialize_sdp
-from sdp.transceivers import TransceiverTable
 
 from . import metrics as m
 from .data_channels import ParticipantData, remote_sctp_params
 from .log import get_logger
 from .media import MediaContext
-from .forwarding import DownTrack, PublishedLayer, TrackReceiver, map_payload_types, select_target_layer
-from .forwarding.downtrack import DownTrackSnapshot
+from .forwarding import DownTrack, PublishedLayer, TrackReceiver, select_target_layer
 from .udp_mux import UdpMux, advertised_ip, host_candidate
 from .tracks import SourceOrigin, TrackManager, TrackSource
+from .tracks.subscriber import Binding, SubscriberEndpoint
+from .tracks.subscription_manager import RECONCILE_ALL, SubscriptionManager
 
 if TYPE_CHECKING:
     from .config import ServerConfig
     from .rooms import Room
 
 REPORT_INTERVAL = 1.0
-#: How long an UpdateSubscription may name a track that resolves to nothing before the client
-#: is told `SE_TRACK_NOTFOUND` (the SubscriptionManager's default, trio_sfu.tracks).
+#: How long a wanted track may resolve to nothing before the client is told `SE_TRACK_NOTFOUND`.
 NOT_FOUND_TIMEOUT = 60.0
+#: The subscription manager's periodic reconcile (triggers make most passes sooner).
+RECONCILE_INTERVAL = 3.0
+#: How long a subscriber offer may wait for the client's answer; then it is offered again.
+ANSWER_TIMEOUT = 15.0
 
 MEDIA_SDP_REJECTED = "media_sdp_rejected_total"
 MEDIA_RTP_UNMATCHED = "media_rtp_unmatched_total"
@@ -83,6 +87,8 @@ MEDIA_RTCP_MALFORMED = "media_rtcp_malformed_total"
 MEDIA_TRANSPORT_CONNECTED = "media_transport_connected_total"
 MEDIA_TRANSPORT_FAILED = "media_transport_failed_total"
 MEDIA_TRICKLE_MALFORMED = "media_trickle_malformed_total"
+MEDIA_ANSWER_UNEXPECTED = "media_subscriber_answer_unexpected_total"
+MEDIA_SUBSCRIPTION_FAILED = "media_subscription_failed_total"
 MEDIA_TRACKS_PUBLISHED = "media_tracks_published_total"
 
 _log = get_logger("trio_sfu.media")
@@ -116,6 +122,8 @@ class MediaService:
         self.candidates: tuple[str, ...] = ()
         self.rooms: dict[int, RoomMedia] = {}
         self.not_found_timeout = NOT_FOUND_TIMEOUT
+        self.reconcile_interval = RECONCILE_INTERVAL
+        self.answer_timeout = ANSWER_TIMEOUT
 
     def _bind_host(self) -> str:
         """The UDP bind address: the signalling bind address, unless media must reach an
@@ -168,6 +176,7 @@ class PublishedTrack:
         self.extensions = extensions  # publisher extension id -> URI
         self.receiver = receiver
         self.published = False
+        self.source: Optional[TrackSource] = None  # its local source, once published
 
     @property
     def primary(self) -> Codec:
@@ -187,97 +196,57 @@ class PublishedTrack:
             receiver.close()
 
 
-class Subscription:
-    """A subscribed track on this participant's subscriber PC; the DownTrack exists once the
-    answer fixed the payload types."""
-
-    def __init__(self, track: PublishedTrack, snapshot: Optional[DownTrackSnapshot] = None) -> None:
-        self.track = track
-        self.down: Optional[DownTrack] = None
-        # Rewrite state cached when this track's previous source closed expected-to-resume and
-        # the same m-line/SSRC came back: the new DownTrack continues its numbering.
-        self.snapshot = snapshot
-        # Set while registered on the track's source (RoomMedia.register_subscriber).
-        self.unregister: Optional[Callable[[], None]] = None
-
-    def detach(self, metrics: m.Metrics) -> None:
-        unregister, self.unregister = self.unregister, None
-        if unregister is not None:
-            unregister()  # the source forgets us; its detach_source comes back here once
-        if self.down is not None:
-            self.track.receiver.remove_down_track(self.down)
-            fold_counters(metrics, "media_downtrack", self.down.counters)
-            self.down = None
-
-
-class _SourceSubscriber:
-    """A Subscription as its source's TrackSubscriber (trio_sfu.tracks)."""
-
-    def __init__(self, session: "ParticipantMedia", sub: Subscription) -> None:
-        self.subscriber_id = session.sid
-        self._session = session
-        self._sub = sub
-
-    def detach_source(self, source: TrackSource, expected_to_resume: bool) -> None:
-        self._session.source_detached(self._sub, expected_to_resume)
-
-
 class RoomMedia:
     """The tracks published in one room and the participants' media sessions there.
 
-    Published tracks are local sources in the room's TrackManager (trio_sfu.tracks): a track id
+    Published tracks are sources in the room's TrackManager (trio_sfu.tracks): a track id
     resolves to the head of its FIFO only while that source is open, and a source leaves the
-    FIFO only once closed — `tracks` is that resolution, what subscribers may bind to now."""
+    FIFO only once closed. Each participant's SubscriptionManager resolves through it."""
 
     def __init__(self, service: MediaService, room: "Room") -> None:
         self.service = service
         self.room = room
         self.track_manager = TrackManager()
-        self._published: dict[TrackSource, PublishedTrack] = {}
         self.sessions: dict[str, ParticipantMedia] = {}
+        # Track ids unpublished for good (no resume): nobody wants them any more. Track sids are
+        # never reused by a new publication, so this only grows with the room's publications.
+        self.withdrawn: set[str] = set()
 
     @property
-    def tracks(self) -> dict[str, PublishedTrack]:
+    def tracks(self) -> dict[str, TrackSource]:
+        """Track id -> the source subscribers bind to now (the open head of its FIFO)."""
         resolved = {}
         for sid in self.track_manager.track_ids():
             source = self.track_manager.resolve(sid)
-            if source is not None and source in self._published:
-                resolved[sid] = self._published[source]
+            if source is not None:
+                resolved[sid] = source
         return resolved
 
     def publish(self, track: PublishedTrack) -> None:
         track.published = True
         source = TrackSource(track.sid, SourceOrigin.LOCAL, "local", track.receiver, kind=track.kind,
-                             publisher_id=track.publisher_sid, stream_id=track.stream_id, codecs=track.codecs)
-        self._published[source] = track
-        source.on_closed(lambda closed: self._published.pop(closed, None))
+                             publisher_id=track.publisher_sid, stream_id=track.stream_id, codecs=track.codecs,
+                             extensions=dict(track.extensions))
+        track.source = source
         self.track_manager.add(source)
         self.service.metrics.inc(MEDIA_TRACKS_PUBLISHED)
-        for session in list(self.sessions.values()):
-            session.refresh_subscriptions()
+        self._update_desired()
 
     def unpublish(self, tracks: list[PublishedTrack], expected_to_resume: bool = False) -> None:
         """Withdraw tracks; every subscriber renegotiates once for all of them. With
         `expected_to_resume` (a migration hand-back, a publisher resume) subscribers cache the
         track's transceiver and rewrite state instead, for the track id's next source."""
         for track in tracks:
-            for source, published in list(self._published.items()):
-                if published is track:
-                    source.close_now(expected_to_resume=expected_to_resume)
+            if track.source is not None:
+                track.source.close_now(expected_to_resume=expected_to_resume)
+            if not expected_to_resume:
+                self.withdrawn.add(track.sid)
             track.close(self.service.metrics)
-        for session in list(self.sessions.values()):
-            session.refresh_subscriptions()
+        self._update_desired()
 
-    def register_subscriber(self, session: "ParticipantMedia", sub: Subscription) -> None:
-        """List `sub` on its track's source, so a closing source detaches its down track (caching
-        its transceiver when a resume is expected) and no subscriber can stay registered on a
-        closed source."""
-        subscriber_id = session.sid
-        source = next((src for src, track in self._published.items() if track is sub.track), None)
-        if source is None or not source.is_open or source.has_subscriber(subscriber_id):
-            return
-        source.add_subscriber(_SourceSubscriber(session, sub))
-        sub.unregister = lambda: source.remove_subscriber(subscriber_id)
+    def _update_desired(self) -> None:
+        for session in list(self.sessions.values()):
+            session.update_desired()
 
     def leave(self, session: "ParticipantMedia") -> None:
         if self.sessions.get(session.sid) is session:
@@ -386,17 +355,16 @@ class ParticipantMedia:
         self._ssrc_tracks: dict[int, PublishedTrack] = {}
         self.tracks_by_mid: dict[str, PublishedTrack] = {}
 
-        # Subscribing: the server's offers and one Subscription per subscribed track.
-        self.sub_offer = SubscriberOffer(self.sub_local, TransceiverTable(), cname=self.sid)
-        self.subscriptions: dict[str, Subscription] = {}
-        # Track id -> rewrite state of a down track whose source closed expected-to-resume; its
-        # transceiver waits in the table's cache under the same key (SubscriberEndpoint's pair).
-        self._resume_snapshots: dict[str, DownTrackSnapshot] = {}
+        # Subscribing: the subscriber PC's m-lines, down tracks and transceiver cache
+        # (`endpoint`), driven by this participant's SubscriptionManager on the room's tracks.
+        self.endpoint = ParticipantSubscriber(self)
+        self.manager = SubscriptionManager(
+            self.endpoint, self.room_media.track_manager, report=self._subscription_failed,
+            reconcile_interval=service.reconcile_interval, not_found_timeout=service.not_found_timeout,
+            wallclock_offset=self._wallclock_offset, log=self.log)
         self._offer_id = 0
-        self._renegotiate_pending = False
-        # Requested track sids that resolved to nothing when asked for -> when they were asked
-        # for; `_given_up` are those reported not found, no longer wanted until asked again.
-        self._not_found: dict[str, float] = {}
+        self._pending_answer: Optional[_PendingAnswer] = None
+        # Tracks reported not found: no longer wanted until the client asks again.
         self._given_up: set[str] = set()
 
         self._wake = trio.Event()
@@ -409,7 +377,21 @@ class ParticipantMedia:
         # packets must not be matched to another track; cleared once the client stops the m-line.
         self._revoked_mids: set[str] = set()
         self.room_media.sessions[self.sid] = self
+        self.update_desired()
         context.nursery.start_soon(self.run)
+        context.nursery.start_soon(self._run_subscriptions)
+
+    @property
+    def subscriptions(self) -> dict[str, Binding]:
+        """Track id -> its binding on the subscriber PC (`.down` once forwarding)."""
+        return self.endpoint.bindings
+
+    @property
+    def sub_offer(self):
+        return self.endpoint.offer
+
+    def _down_tracks(self) -> list[DownTrack]:
+        return [b.down for b in self.endpoint.bindings.values() if b.down is not None]
 
     # ---- lifetime ------------------------------------------------------------------------
 
@@ -427,20 +409,14 @@ class ParticipantMedia:
             t = track.receiver.get_timer()
             if t is not None and t < deadline:
                 deadline = t
-        for sub in self.subscriptions.values():
-            if sub.down is not None:
-                t = sub.down.get_timer()
-                if t is not None and t < deadline:
-                    deadline = t
-        if self._not_found:
-            t = min(self._not_found.values()) + self.service.not_found_timeout
-            if t < deadline:
+        for down in self._down_tracks():
+            t = down.get_timer()
+            if t is not None and t < deadline:
                 deadline = t
         return deadline
 
     async def run(self) -> None:
         try:
-            self.refresh_subscriptions(force_offer=True)
             while True:
                 self._wake = trio.Event()
                 self._armed = self._deadline(trio.current_time())
@@ -454,15 +430,27 @@ class ParticipantMedia:
                             pc.transport.handle_timer(now)
                             pc.pump(now)
                 self.data.handle_timer(now)
-                self._expire_not_found(now)
                 # RTCP the forwarding objects owe: uplink NACKs and RRs, downlink SRs.
                 for track in list(self.tracks_by_mid.values()):
                     track.receiver.poll_rtcp(now)
-                for sub in list(self.subscriptions.values()):
-                    if sub.down is not None:
-                        sub.down.poll_rtcp(now)
+                for down in self._down_tracks():
+                    down.poll_rtcp(now)
         finally:
             self.close()
+
+    async def _run_subscriptions(self) -> None:
+        """The first subscriber offer (with whatever is already published, and the data
+        channel m-line), then the subscription manager's loop, for the participant's life."""
+        try:
+            await self.manager.reconcile({RECONCILE_ALL})
+            if not self.endpoint.offers and not self.closed:
+                try:
+                    await self.endpoint.negotiate()
+                except NegotiationError as exc:
+                    self.log.warning("first subscriber offer failed", kv={"error": str(exc)})
+            await self.manager.run()
+        finally:
+            self.manager.close()
 
     def close(self) -> None:
         """Unpublish, unsubscribe, close and unregister both transports (idempotent)."""
@@ -479,11 +467,10 @@ class ParticipantMedia:
         room.unpublish(list(self.tracks_by_mid.values()))
         self.tracks_by_mid.clear()
         self._ssrc_tracks.clear()
-        for sub in self.subscriptions.values():
-            sub.detach(self.metrics)
-        self.subscriptions.clear()
-        self._resume_snapshots.clear()
-        self._not_found.clear()
+        self.manager.close()  # every down track leaves its source, no resume
+        pending, self._pending_answer = self._pending_answer, None
+        if pending is not None:
+            pending.arrived.set()
         now = trio.current_time()
         mux = self.service.mux
         for pc in (self.publisher, self.subscriber):
@@ -495,24 +482,6 @@ class ParticipantMedia:
                 mux.unregister(pc)
             fold_counters(self.metrics, "media_transport", pc.transport.counters)
         room.leave(self)
-
-    def source_detached(self, sub: Subscription, expected_to_resume: bool) -> None:
-        """A source let `sub` go (synchronously, from its close). Expected to resume: the
-        transceiver and the down track's rewrite state are cached by track id before this
-        returns, so the track id's next source reuses the mid and SSRC with continuous
-        numbering; otherwise the m-line is left for refresh_subscriptions to retire."""
-        sub.unregister = None  # the source already forgot us
-        sid = sub.track.sid
-        snapshot = sub.down.snapshot() if sub.down is not None else sub.snapshot
-        sub.detach(self.metrics)
-        if not expected_to_resume or self.closed or self.subscriptions.get(sid) is not sub:
-            return
-        del self.subscriptions[sid]
-        table = self.sub_offer.table
-        if table.find_by_track(sid) is not None:
-            table.unbind(sid, cache=True)
-            if snapshot is not None:
-                self._resume_snapshots[sid] = snapshot
 
     def restart_published_track(self, track_sid: str) -> bool:
         """Hand one of our tracks over to a new source, as a migration hand-back does: its
@@ -594,36 +563,55 @@ class ParticipantMedia:
             self._send_candidates(rtc.SignalTarget.PUBLISHER, first.mid)
 
     async def handle_subscriber_answer(self, answer: rtc.SessionDescription) -> None:
-        if self.closed:
+        """Hand the answer to the offer waiting for it (the subscription manager's negotiation
+        applies it); an answer nobody waits for, or to another offer, is counted and dropped."""
+        pending = self._pending_answer
+        if self.closed or pending is None or (answer.id and answer.id != pending.offer_id):
+            self.metrics.inc(MEDIA_ANSWER_UNEXPECTED)
+            self.log.warning("subscriber answer without a matching offer",
+                             kv={"answer_id": answer.id, "offer_id": pending.offer_id if pending else None})
             return
         try:
-            parsed = parse_sdp(answer.sdp)
-            self.sub_offer.apply_answer(parsed)
-        except (SdpParseError, NegotiationError) as exc:
+            pending.answer = parse_sdp(answer.sdp)
+        except SdpParseError as exc:
             self._reject_sdp("subscriber answer", exc)
+            pending.error = f"unparsable answer: {exc}"
+        pending.arrived.set()
+
+    async def _exchange(self, offer: SessionDescription) -> SessionDescription:
+        """One subscriber offer out, its answer back (SubscriberEndpoint's `Exchange`)."""
+        self._offer_id += 1
+        pending = self._pending_answer = _PendingAnswer(self._offer_id)
+        self.context.send(rtc.SignalResponse(offer=rtc.SessionDescription(
+            type="offer", sdp=serialize_sdp(offer), id=pending.offer_id)))
+        first = next((m for m in offer.media if not m.rejected), None)
+        if pending.offer_id == 1 and first is not None and first.mid is not None:
+            self._send_candidates(rtc.SignalTarget.SUBSCRIBER, first.mid)
+        timeout = self.service.answer_timeout
+        try:
+            with trio.move_on_after(timeout):
+                await pending.arrived.wait()
+        finally:
+            if self._pending_answer is pending:
+                self._pending_answer = None
+        if pending.answer is None:
+            if not pending.error:
+                self.metrics.inc(MEDIA_SDP_REJECTED)
+            raise NegotiationError(pending.error or f"no answer to subscriber offer {pending.offer_id} within {timeout} s")
+        return pending.answer
+
+    def _answered(self, answer: SessionDescription) -> None:
+        """The first applied answer fixes the subscriber PC's ICE and DTLS peer: start it."""
+        offer = self.endpoint.offer
+        if self.closed or offer.dtls_role is None:
             return
-        now = trio.current_time()
-        if self.subscriber is None and self.sub_offer.dtls_role is not None:
+        if self.subscriber is None:
             self.subscriber = self._new_transport(
-                "subscriber", self.sub_local, DtlsRole(self.sub_offer.dtls_role.value),
-                self.sub_offer.remote_ice_ufrag or "", self.sub_offer.remote_ice_pwd or "",
-                self.sub_offer.remote_fingerprints,
+                "subscriber", self.sub_local, DtlsRole(offer.dtls_role.value),
+                offer.remote_ice_ufrag or "", offer.remote_ice_pwd or "", offer.remote_fingerprints,
             )
-        if self.subscriber is not None and self.sub_offer.dtls_role is not None:
-            self.data.attach_pc(self.subscriber, remote_sctp_params(parsed),
-                                self.sub_offer.dtls_role.value == "client", downlink=True)
-        for sid, sub in list(self.subscriptions.items()):
-            t = self.sub_offer.table.find_by_track(sid)
-            if t is None:
-                # The client refused the m-line: the track is not forwarded to it.
-                sub.detach(self.metrics)
-                del self.subscriptions[sid]
-                continue
-            if sub.down is None:
-                self._start_down_track(sub, t, now)
-        if self._renegotiate_pending:
-            self._renegotiate_pending = False
-            self.refresh_subscriptions()
+        self.data.attach_pc(self.subscriber, remote_sctp_params(answer),
+                            offer.dtls_role.value == "client", downlink=True)
 
     async def handle_trickle(self, candidate_init_json: str, target: int, final: bool) -> None:
         # ICE-lite learns the peer's addresses from its checks; candidates are only validated.
@@ -639,45 +627,27 @@ class ParticipantMedia:
     def on_subscriptions_changed(self) -> None:
         # A new request re-arms tracks given up on (the request does not say which sids it named).
         self._given_up.clear()
-        now = trio.current_time()
-        resolved = self.room_media.tracks
-        for sid, wanted in self.participant.subscriptions.items():
-            if wanted and sid not in resolved and not self.room_media.track_manager.sources(sid):
-                self._not_found.setdefault(sid, now)
-            else:
-                self._not_found.pop(sid, None)
-        if self._not_found:
-            self.timer_may_have_moved(min(self._not_found.values()) + self.service.not_found_timeout)
-        self.refresh_subscriptions()
+        self.update_desired()
 
-    def _expire_not_found(self, now: float) -> None:
-        """Requested tracks still resolving to nothing after the timeout are reported to the
-        client (`subscription_response`, as LiveKit) and no longer wanted. A track with a source
-        listed (open or closing) counts as found: its own lifecycle decides."""
-        timeout = self.service.not_found_timeout
-        resolved = self.room_media.tracks
-        for sid, since in list(self._not_found.items()):
-            if sid in resolved or self.room_media.track_manager.sources(sid) or not self.participant.subscriptions.get(sid):
-                del self._not_found[sid]
-            elif now >= since + timeout:
-                del self._not_found[sid]
-                self._given_up.add(sid)
-                self.log.info("subscription failed", kv={"track": sid, "reason": "track not found"})
-                self.context.send(rtc.SignalResponse(subscription_response=rtc.SubscriptionResponse(
-                    track_sid=sid, err=models.SubscriptionError.SE_TRACK_NOTFOUND)))
+    def _subscription_failed(self, track_id: str, error: int) -> None:
+        """The manager gave a subscription up: tell the client, as LiveKit does."""
+        self.metrics.inc(MEDIA_SUBSCRIPTION_FAILED)
+        self._given_up.add(track_id)
+        self.context.send(rtc.SignalResponse(subscription_response=rtc.SubscriptionResponse(
+            track_sid=track_id, err=error)))  # type: ignore[arg-type]
 
     def on_track_settings_changed(self, track_sids: list[str]) -> None:
         now = trio.current_time()
         for sid in track_sids:
-            sub = self.subscriptions.get(sid)
-            if sub is not None and sub.down is not None:
-                sub.down.set_target_layer(self._target_layer(sub.track), now)
-                if self._publisher_muted(sub.track):
-                    sub.down.set_disabled(True, now)  # a new layer choice does not unmute
+            binding = self.endpoint.bindings.get(sid)
+            if binding is not None and binding.down is not None:
+                binding.down.set_target_layer(self._target_layer(binding.source), now)
+                if self._publisher_muted(binding.source):
+                    binding.down.set_disabled(True, now)  # a new layer choice does not unmute
 
-    def _target_layer(self, track: PublishedTrack) -> Optional[int]:
+    def _target_layer(self, track: TrackSource) -> Optional[int]:
         """The layer this subscriber should get (None = paused), from its UpdateTrackSettings."""
-        settings = self.participant.track_settings.get(track.sid)
+        settings = self.participant.track_settings.get(track.track_id)
         layers = track.receiver.layers
         if settings is None:
             return max(layers)
@@ -691,116 +661,47 @@ class ParticipantMedia:
                                      quality=settings.quality)
         return target if target is None or target in layers else max(layers)
 
-    def _publisher_muted(self, track: PublishedTrack) -> bool:
+    def _publisher_muted(self, track: TrackSource) -> bool:
         info = self._track_info(track)
         return info is not None and info.muted
 
-    def _track_info(self, track: PublishedTrack) -> Optional[models.TrackInfo]:
+    def _track_info(self, track: TrackSource) -> Optional[models.TrackInfo]:
         for p in self.participant.room.participants.values():
-            if p.sid == track.publisher_sid:
-                return p.tracks.get(track.sid)
+            if p.sid == track.publisher_id:
+                return p.tracks.get(track.track_id)
         return None
 
     # ---- subscribing ---------------------------------------------------------------------------
 
-    def _wants(self, track: PublishedTrack) -> bool:
-        if track.publisher_sid == self.sid or track.sid in self._given_up:
+    def _wants(self, track_id: str) -> bool:
+        if track_id in self._given_up or track_id in self.room_media.withdrawn or track_id in self.participant.tracks:
+            return False
+        sources = self.room_media.track_manager.sources(track_id)
+        if sources and sources[0].publisher_id == self.sid:
             return False
         grants = self.participant.grants.video
         if grants is not None and not grants.may_subscribe:
             return False
-        explicit = self.participant.subscriptions.get(track.sid)
+        explicit = self.participant.subscriptions.get(track_id)
         if explicit is not None:
             return explicit
-        return self.context.auto_subscribe
+        return self.context.auto_subscribe and bool(sources)
 
-    def refresh_subscriptions(self, force_offer: bool = False) -> None:
-        """Bind/unbind transceivers to match what this participant should receive; offer if changed."""
+    def update_desired(self) -> None:
+        """Tell the subscription manager what this participant should receive now: every track
+        in the room (auto-subscribe) or those it asked for, minus its own, the withdrawn and
+        the given up. The manager binds, negotiates and retries on its own task."""
         if self.closed:
             return
-        if self.sub_offer.state is SignalingState.HAVE_LOCAL_OFFER:
-            # One negotiation at a time: the answer handler comes back here.
-            self._renegotiate_pending = True
-            return
-        wanted = {sid: t for sid, t in self.room_media.tracks.items() if self._wants(t)}
-        changed = False
-        table = self.sub_offer.table
-        for sid, sub in list(self.subscriptions.items()):
-            if wanted.get(sid) is not sub.track:
-                sub.detach(self.metrics)
-                del self.subscriptions[sid]
-                if table.find_by_track(sid) is not None:
-                    table.unbind(sid)
-                changed = True
-        for sid, track in wanted.items():
-            if sid in self.subscriptions:
-                continue
-            codecs = subscriber_codecs(track.kind, track.mime_types)
-            if not codecs:
-                continue
-            cached = table.cache.peek(sid)
-            snapshot = self._resume_snapshots.pop(sid, None)
-            t = table.bind(sid, track.kind, track.stream_id, codecs=codecs)
-            # The cached m-line came back (same mid and SSRC): the client's receiver continues.
-            reused = cached is not None and cached.mid == t.mid and cached.ssrc == t.ssrc
-            self.subscriptions[sid] = Subscription(track, snapshot if reused else None)
-            self.room_media.register_subscriber(self, self.subscriptions[sid])
-            changed = True
-        if changed or force_offer:
-            self._send_offer()
-
-    def _send_offer(self) -> None:
-        offer = self.sub_offer.create_offer()
-        self._offer_id += 1
-        self.context.send(rtc.SignalResponse(offer=rtc.SessionDescription(type="offer", sdp=serialize_sdp(offer), id=self._offer_id)))
-        first = next((s for s in offer.media if not s.rejected), None)
-        if first is not None and first.mid is not None and self._offer_id == 1:
-            self._send_candidates(rtc.SignalTarget.SUBSCRIBER, first.mid)
-
-    def _start_down_track(self, sub: Subscription, t, now: float) -> None:
-        """The answer fixed this m-line's payload types and extension ids: start forwarding."""
-        track = sub.track
-        negotiated = t.negotiated_codecs
-        pt_map = map_payload_types(
-            [(c.payload_type, c.name) for c in track.codecs if not c.is_rtx],
-            [(c.payload_type, c.name) for c in negotiated if not c.is_rtx],
-        )
-        if not pt_map:
-            self.log.warning("no common codec with the subscriber", kv={"track": track.sid})
-            return
-        rtx_pts = {c.apt: c.payload_type for c in negotiated if c.is_rtx and c.apt is not None}
-        sub_ids = {uri: ext_id for ext_id, uri in t.extensions.items()}
-        extension_ids = {pub_id: sub_ids[uri] for pub_id, uri in track.extensions.items() if uri in sub_ids}
-        receiver = track.receiver
-        down = DownTrack(
-            receiver,
-            ssrc=t.ssrc,
-            payload_types=pt_map,
-            clock_rate=track.primary.clock_rate,
-            mime_type=f"{track.kind.value}/{track.primary.name}",
-            send_rtp=self._send_down,
-            send_rtcp=self._send_sub_rtcp,
-            cname=self.sid,
-            target_layer=self._target_layer(track),
-            rtx_ssrc=t.rtx_ssrc if rtx_pts else None,
-            rtx_payload_types=rtx_pts,
-            wallclock_offset=self._wallclock_offset,
-            extension_ids=extension_ids,
-            snapshot=sub.snapshot,
-        )
-        sub.snapshot = None
-        if self._publisher_muted(track):
-            down.set_disabled(True, now)  # the unmute resumes it (see _on_track_muted)
-        sub.down = down
-        first_subscriber = not receiver.down_tracks
-        receiver.add_down_track(down)
-        if first_subscriber:
-            # LiveKit tells the publisher when its track gets its first subscriber.
-            publisher = self.room_media.sessions.get(track.publisher_sid)
-            if publisher is not None:
-                publisher.context.send(rtc.SignalResponse(track_subscribed=rtc.TrackSubscribed(track_sid=track.sid)))
-        if not down.disabled:
-            receiver.request_keyframe(down.target_layer, now)
+        manager = self.manager
+        ids = dict.fromkeys(self.room_media.track_manager.track_ids())
+        ids.update(dict.fromkeys(self.participant.subscriptions))
+        ids.update(dict.fromkeys(manager.subscriptions))
+        for track_id in ids:
+            want = self._wants(track_id)
+            current = manager.subscriptions.get(track_id)
+            if want != (current is not None and current.desired):
+                manager.set_desired(track_id, want)
 
     def _send_down(self, packet: bytes) -> bool:
         pc = self.subscriber
@@ -965,8 +866,8 @@ class ParticipantMedia:
             return  # no media matched yet: down tracks read `muted` when they start
         now = trio.current_time()
         for session in list(self.room_media.sessions.values()):
-            sub = session.subscriptions.get(info.sid)
-            down = sub.down if sub is not None and sub.track is track else None
+            binding = session.endpoint.bindings.get(info.sid)
+            down = binding.down if binding is not None and binding.source.receiver is track.receiver else None
             if down is None:
                 continue
             if info.muted:
@@ -1001,17 +902,58 @@ class ParticipantMedia:
             for track in self.tracks_by_mid.values():
                 track.receiver.handle_rtcp(packets, now)
             return
-        for sub in self.subscriptions.values():
-            if sub.down is not None:
-                sub.down.handle_rtcp(packets, now)
+        for down in self._down_tracks():
+            down.handle_rtcp(packets, now)
 
     def on_connected(self, pc: PeerConnection, now: float) -> None:
         if pc.data is not None:
             pc.data.start(now)
         if pc is self.subscriber:
-            for sub in self.subscriptions.values():
-                if sub.down is not None and not sub.down.disabled:  # paused or muted: no PLI
-                    sub.track.receiver.request_keyframe(sub.down.target_layer, now)
+            for binding in self.endpoint.bindings.values():
+                down = binding.down
+                if down is not None and not down.disabled:  # paused or muted: no PLI
+                    binding.source.receiver.request_keyframe(down.target_layer, now)
 
 
-__all__ = ["MediaService", "ParticipantMedia", "PublishedTrack", "RoomMedia", "PeerConnection", "Subscription"]
+@attrs.define
+class _PendingAnswer:
+    """The subscriber offer waiting for its answer (one at a time: SubscriberEndpoint's lock)."""
+
+    offer_id: int
+    arrived: trio.Event = attrs.field(factory=trio.Event)
+    answer: Optional[SessionDescription] = None
+    error: str = ""
+
+
+class ParticipantSubscriber(SubscriberEndpoint):
+    """A participant's subscriber PC as its SubscriptionManager drives it: what the server adds
+    to a plain endpoint is LiveKit's behaviour around a down track's start and end."""
+
+    def __init__(self, session: ParticipantMedia) -> None:
+        super().__init__(session.sid, session.sub_local, session._exchange, session._send_down,
+                         send_rtcp=session._send_sub_rtcp, answered=session._answered)
+        self._session = session
+
+    def target_layer(self, source: TrackSource) -> Optional[int]:
+        return self._session._target_layer(source)
+
+    def down_track_starting(self, source: TrackSource, down: DownTrack, now: float) -> None:
+        if self._session._publisher_muted(source):
+            down.set_disabled(True, now)  # the unmute resumes it (ParticipantMedia._on_track_muted)
+
+    def down_track_started(self, source: TrackSource, down: DownTrack, first_subscriber: bool, now: float) -> None:
+        session = self._session
+        if first_subscriber:
+            # LiveKit tells the publisher when its track gets its first subscriber.
+            publisher = session.room_media.sessions.get(source.publisher_id)
+            if publisher is not None:
+                publisher.context.send(rtc.SignalResponse(track_subscribed=rtc.TrackSubscribed(track_sid=source.track_id)))
+        if not down.disabled:
+            source.receiver.request_keyframe(down.target_layer, now)
+        session.timer_may_have_moved(down.get_timer())
+
+    def down_track_stopped(self, down: DownTrack) -> None:
+        fold_counters(self._session.metrics, "media_downtrack", down.counters)
+
+
+__all__ = ["MediaService", "ParticipantMedia", "ParticipantSubscriber", "PublishedTrack", "RoomMedia", "PeerConnection"]

@@ -105,6 +105,7 @@ class TrackSource:
     def __init__(self, track_id: str, origin: SourceOrigin, node_id: str, receiver: TrackReceiver,
                  *, kind: MediaKind = MediaKind.AUDIO, publisher_id: str = "", stream_id: str = "",
                  codecs: tuple[Codec, ...] = (),
+                 extensions: Optional[dict[int, str]] = None,
                  resume_policy: Optional[ResumeFlagPolicy] = None) -> None:
         self.track_id = track_id
         self.origin = origin
@@ -114,6 +115,8 @@ class TrackSource:
         self.publisher_id = publisher_id
         self.stream_id = stream_id or f"{publisher_id}|{kind.value}"
         self.codecs = codecs  # publisher payload types, as negotiated on its PC
+        # Publisher header-extension id -> URI (None: unknown, forwarded with the ids unchanged).
+        self.extensions = extensions
         self._resume = resume_policy if resume_policy is not None else RecordedAtClosing()
         self._subscribers: dict[str, TrackSubscriber] = {}
         self._on_closed: list[Callable[["TrackSource"], None]] = []

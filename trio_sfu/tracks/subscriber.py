@@ -30,6 +30,7 @@ from .source import TrackSource
 
 Exchange = Callable[[SessionDescription], Awaitable[SessionDescription]]
 Detached = Callable[[str, TrackSource, bool], None]
+Answered = Callable[[SessionDescription], None]
 
 
 class NoCommonCodecError(Exception):
@@ -62,10 +63,13 @@ class SubscriberEndpoint:
     def __init__(self, subscriber_id: str, local: LocalParams, exchange: Exchange,
                  send_rtp: Callable[[bytes], bool], *,
                  send_rtcp: Callable[[bytes], bool] = lambda packet: True,
-                 table: Optional[TransceiverTable] = None) -> None:
+                 table: Optional[TransceiverTable] = None,
+                 answered: Optional[Answered] = None) -> None:
         self._id = subscriber_id
         self.offer = SubscriberOffer(local, table if table is not None else TransceiverTable(), cname=subscriber_id)
         self._exchange = exchange
+        # Runs once the answer is applied (the server creates the subscriber transport from it).
+        self._answered = answered
         self._send_rtp = send_rtp
         self._send_rtcp = send_rtcp
         self.bindings: dict[str, Binding] = {}
@@ -120,17 +124,26 @@ class SubscriberEndpoint:
         return False
 
     async def negotiate(self) -> None:
-        """One offer/answer round (serialized). Raises what the exchange raises."""
+        """One offer/answer round (serialized). Raises what the exchange raises, and
+        NegotiationError for an answer that does not answer the offer."""
         async with self._negotiation:
             offer = self.offer.create_offer()
             self.offers.append(offer)
             offered = self._line_states()
+            # Without an answer the offer stays pending; the next create_offer replaces it.
             answer = await self._exchange(offer)
             self.offer.apply_answer(answer)
             self._negotiated = offered
+            if self._answered is not None:
+                self._answered(answer)
+
+    def refused_track_ids(self) -> list[str]:
+        """Bound tracks whose m-line the client's last answer refused (port 0): permanent."""
+        return [track_id for track_id in self.bindings if self.table.find_by_track(track_id) is None]
 
     def start(self, track_id: str, now: float, wallclock_offset: float = 0.0) -> DownTrack:
-        """Forward the bound source to the client on the negotiated m-line."""
+        """Forward the bound source to the client on the negotiated m-line: the answer's payload
+        types (RTX too) and extension ids, the cached rewrite state if the m-line was reused."""
         binding = self.bindings[track_id]
         source = binding.source
         t = self.table.find_by_track(track_id)
@@ -142,16 +155,41 @@ class SubscriberEndpoint:
         )
         if not pt_map:
             raise NoCommonCodecError(track_id)
+        rtx_pts = {c.apt: c.payload_type for c in negotiated if c.is_rtx and c.apt is not None}
+        extension_ids = None
+        if source.extensions is not None:
+            ours = {uri: ext_id for ext_id, uri in t.extensions.items()}
+            extension_ids = {pub: ours[uri] for pub, uri in source.extensions.items() if uri in ours}
         primary = next(c for c in source.codecs if not c.is_rtx)
         down = DownTrack(
             source.receiver, ssrc=t.ssrc, payload_types=pt_map, clock_rate=primary.clock_rate,
             mime_type=f"{source.kind.value}/{primary.name}", send_rtp=self._send_rtp,
             send_rtcp=self._send_rtcp, cname=self._id, wallclock_offset=wallclock_offset,
-            snapshot=binding.snapshot,
+            target_layer=self.target_layer(source),
+            rtx_ssrc=t.rtx_ssrc if rtx_pts else None, rtx_payload_types=rtx_pts,
+            extension_ids=extension_ids, snapshot=binding.snapshot,
         )
         binding.down = down
+        first_subscriber = not source.receiver.down_tracks
+        self.down_track_starting(source, down, now)
         source.receiver.add_down_track(down)
+        self.down_track_started(source, down, first_subscriber, now)
         return down
+
+    # Hooks for the server's endpoint (trio_sfu.media_session); the defaults suit a plain client.
+
+    def target_layer(self, source: TrackSource) -> Optional[int]:
+        """The layer the client gets first (None = paused)."""
+        return 0
+
+    def down_track_starting(self, source: TrackSource, down: DownTrack, now: float) -> None:
+        """Before the down track receives its first packet (e.g. pause it for a muted track)."""
+
+    def down_track_started(self, source: TrackSource, down: DownTrack, first_subscriber: bool, now: float) -> None:
+        """After it joined the receiver (e.g. ask the publisher for a keyframe)."""
+
+    def down_track_stopped(self, down: DownTrack) -> None:
+        """It left its receiver for good (e.g. fold its counters into metrics)."""
 
     # ---- TrackSubscriber ---------------------------------------------------------------------
 
@@ -164,6 +202,7 @@ class SubscriberEndpoint:
         if binding.down is not None:
             snapshot = binding.down.snapshot() or snapshot
             source.receiver.remove_down_track(binding.down)
+            self.down_track_stopped(binding.down)
         if self.table.find_by_track(source.track_id) is not None:
             # Cache first, then tell the manager: it must never see "unsubscribed" before the
             # cache entry exists, or its retry could take a fresh m-line.

@@ -11,14 +11,17 @@ head is closing) is retried without limit; a track with no source at all is retr
 (`SE_TRACK_NOTFOUND`); a source that stopped being open while we were negotiating is a transient
 error and retried; anything else is permanent and reported at once (`subscription_response`).
 
-The subscribe path has one await (the offer/answer round). Because a source may start closing
-during it, the binding is checked again after it (the post-check); removal then goes through
+A reconcile pass binds every target it can first, then makes one offer for all of them (a
+client joining a busy room gets one offer, not one per track), then starts each binding. The
+offer/answer round is the pass's one await; because a source may start closing during it, each
+binding is checked again after it (the post-check); removal then goes through
 `TrackSource.remove_subscriber`, which reads the expected-to-resume value recorded when the
 source began closing — so the transceiver is cached exactly when a resume is expected.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Awaitable, Callable, Optional
 
 import attrs
@@ -29,7 +32,7 @@ from sdp.errors import NegotiationError, TransceiverInvariantError
 from trio_sfu.log import get_logger
 
 from .source import AlreadySubscribedError, SourceNotOpenError, TrackSource
-from .subscriber import NoCommonCodecError, SubscriberEndpoint
+from .subscriber import Binding, NoCommonCodecError, SubscriberEndpoint
 from .track_manager import TrackManager
 
 _log = get_logger("trio_sfu.tracks")
@@ -121,8 +124,9 @@ class SubscriptionManager:
             while not self.closed:
                 # A dict, not a set: reconcile in trigger order, the same in every process.
                 targets: dict[str, None] = {}
+                wake = min(next_tick, self._next_not_found_deadline())
                 try:
-                    with trio.move_on_at(next_tick) as tick:
+                    with trio.move_on_at(wake) as timer:
                         targets[await self._receive.receive()] = None
                         while True:  # drain what is already queued into one pass
                             try:
@@ -131,63 +135,100 @@ class SubscriptionManager:
                                 break
                 except (trio.ClosedResourceError, trio.EndOfChannel):
                     return  # closed from outside (the participant left or moved away)
-                if tick.cancelled_caught:
-                    next_tick = trio.current_time() + self.reconcile_interval
+                if timer.cancelled_caught:
+                    if trio.current_time() >= next_tick:
+                        next_tick = trio.current_time() + self.reconcile_interval
                     targets[RECONCILE_ALL] = None
                 await self.reconcile(targets)
         finally:
             self.close()
 
+    def _next_not_found_deadline(self) -> float:
+        """When the earliest wanted-but-unlisted track runs out of time: its report is not
+        left waiting for the next tick."""
+        deadline = math.inf
+        for s in self.subscriptions.values():
+            if s.desired and s.source is None and s.track_id not in self.tracks:
+                deadline = min(deadline, s.wanted_since + self.not_found_timeout)
+        return deadline
+
     async def reconcile(self, targets: dict[str, None] | set[str]) -> None:
+        """One pass: bind every target that can be bound, one offer for all of them (and for
+        any m-line an unsubscribe freed), then check and start each binding."""
         ids = list(self.subscriptions) if RECONCILE_ALL in targets else [t for t in targets if t in self.subscriptions]
+        bound: list[tuple[TrackSubscription, TrackSource, Binding]] = []
         for track_id in ids:
             s = self.subscriptions.get(track_id)
             if s is not None and not self.closed:
-                await self._reconcile_one(s)
-        if not self.closed and self.endpoint.needs_negotiation() and not self._busy_negotiating():
-            # An unsubscribe took a track off its m-line: tell the client.
+                result = self._reconcile_one(s)
+                if result is not None:
+                    bound.append(result)
+        for s, _, _ in bound:
+            await self._hook("bound", s.track_id)
+        if self.closed:
+            return
+        if self.endpoint.needs_negotiation():
             try:
                 await self.endpoint.negotiate()
             except (NegotiationError, TransceiverInvariantError) as exc:
-                self.log.warning("renegotiation failed", kv={"error": str(exc)})
+                if not bound:
+                    self.log.warning("renegotiation failed", kv={"error": str(exc)})
+                for s, source, _ in bound:
+                    source.remove_subscriber(self.endpoint.subscriber_id, expected_to_resume=False)
+                    s.desired = False
+                    self._permanent(s, f"negotiation failed: {exc}", models.SubscriptionError.SE_UNKNOWN)
+                return
+            if self.closed:
+                return
+            refused = set(self.endpoint.refused_track_ids())
+            for s, source, _ in bound:
+                if s.track_id in refused:
+                    # The client turned the m-line down: offering it again would loop.
+                    source.remove_subscriber(self.endpoint.subscriber_id, expected_to_resume=False)
+                    s.desired = False
+                    self._permanent(s, "the client refused the m-line", models.SubscriptionError.SE_CODEC_UNSUPPORTED)
+            bound = [b for b in bound if b[0].track_id not in refused]
+        for s, source, binding in bound:
+            await self._hook("post_check", s.track_id)
+            if self.closed:
+                return
+            self._start(s, source, binding)
 
-    def _busy_negotiating(self) -> bool:
-        return self.endpoint.offer.state.value != "stable"
-
-    async def _reconcile_one(self, s: TrackSubscription) -> None:
+    def _reconcile_one(self, s: TrackSubscription) -> Optional[tuple[TrackSubscription, TrackSource, Binding]]:
         if s.desired:
             if s.source is None or not s.source.is_open:
-                await self._subscribe(s)
-            return
+                return self._bind(s)
+            return None
         if s.source is not None:
             s.source.remove_subscriber(self.endpoint.subscriber_id, expected_to_resume=False)
         if s.source is None:
             del self.subscriptions[s.track_id]
+        return None
 
-    async def _subscribe(self, s: TrackSubscription) -> None:
+    def _bind(self, s: TrackSubscription) -> Optional[tuple[TrackSubscription, TrackSource, Binding]]:
         track_id = s.track_id
         source = self.tracks.resolve(track_id)
         now = trio.current_time()
         if source is None:
             if self.tracks.sources(track_id):
                 s.transient_errors.append("closing")  # the head is closing: it will leave or reopen
-                return
+                return None
             if now - s.wanted_since >= self.not_found_timeout:
                 s.desired = False
                 self._permanent(s, "track not found", models.SubscriptionError.SE_TRACK_NOTFOUND)
-                return
+                return None
             s.transient_errors.append("not_found")
-            return
+            return None
         if source is s.source:
-            return
+            return None
         s.attempts += 1
         try:
             source.add_subscriber(self.endpoint)
         except SourceNotOpenError:
             s.transient_errors.append("not_open")
-            return
+            return None
         except AlreadySubscribedError:
-            return
+            return None
         try:
             binding = self.endpoint.bind(source)
         except TransceiverInvariantError as exc:
@@ -196,19 +237,13 @@ class SubscriptionManager:
             source.remove_subscriber(self.endpoint.subscriber_id, expected_to_resume=False)
             s.desired = False
             self._permanent(s, f"m-line conflict: {exc}", models.SubscriptionError.SE_UNKNOWN)
-            return
+            return None
         s.source = source
-        await self._hook("bound", track_id)
-        if self.endpoint.needs_negotiation():
-            try:
-                await self.endpoint.negotiate()
-            except (NegotiationError, TransceiverInvariantError) as exc:
-                source.remove_subscriber(self.endpoint.subscriber_id, expected_to_resume=False)
-                s.desired = False
-                self._permanent(s, f"negotiation failed: {exc}", models.SubscriptionError.SE_UNKNOWN)
-                return
-        await self._hook("post_check", track_id)
-        if self.closed or self.endpoint.bindings.get(track_id) is not binding:
+        return s, source, binding
+
+    def _start(self, s: TrackSubscription, source: TrackSource, binding: Binding) -> None:
+        track_id = s.track_id
+        if self.endpoint.bindings.get(track_id) is not binding:
             return  # the source let us go meanwhile (and cached, if a resume is expected)
         if not source.is_open:
             # Post-check: the flag is the one recorded at closing, not decided here.
