@@ -65,7 +65,7 @@ from .media import MediaContext
 from .forwarding import DownTrack, PublishedLayer, TrackReceiver, select_target_layer
 from .udp_mux import UdpMux, advertised_ip, host_candidate
 from .tracks import SourceOrigin, TrackManager, TrackSource
-from .tracks.subscriber import Binding, SubscriberEndpoint
+from .tracks.subscriber import Binding, NoAnswerError, SubscriberEndpoint
 from .tracks.subscription_manager import RECONCILE_ALL, SubscriptionManager
 
 if TYPE_CHECKING:
@@ -88,6 +88,7 @@ MEDIA_TRANSPORT_CONNECTED = "media_transport_connected_total"
 MEDIA_TRANSPORT_FAILED = "media_transport_failed_total"
 MEDIA_TRICKLE_MALFORMED = "media_trickle_malformed_total"
 MEDIA_ANSWER_UNEXPECTED = "media_subscriber_answer_unexpected_total"
+MEDIA_ANSWER_TIMEOUT = "media_subscriber_answer_timeout_total"
 MEDIA_SUBSCRIPTION_FAILED = "media_subscription_failed_total"
 MEDIA_TRACKS_PUBLISHED = "media_tracks_published_total"
 
@@ -594,11 +595,12 @@ class ParticipantMedia:
         finally:
             if self._pending_answer is pending:
                 self._pending_answer = None
-        if pending.answer is None:
-            if not pending.error:
-                self.metrics.inc(MEDIA_SDP_REJECTED)
-            raise NegotiationError(pending.error or f"no answer to subscriber offer {pending.offer_id} within {timeout} s")
-        return pending.answer
+        if pending.answer is not None:
+            return pending.answer
+        if pending.error:
+            raise NegotiationError(pending.error)
+        self.metrics.inc(MEDIA_ANSWER_TIMEOUT)
+        raise NoAnswerError(f"no answer to subscriber offer {pending.offer_id} within {timeout:g} s")
 
     def _answered(self, answer: SessionDescription) -> None:
         """The first applied answer fixes the subscriber PC's ICE and DTLS peer: start it."""

@@ -19,7 +19,7 @@ import attrs
 import trio
 
 from sdp.codecs import MediaKind, subscriber_codecs
-from sdp.errors import TransceiverInvariantError
+from sdp.errors import NegotiationError, TransceiverInvariantError
 from sdp.model import SessionDescription
 from sdp.negotiator import LocalParams, SubscriberOffer
 from sdp.transceivers import TransceiverState, TransceiverTable
@@ -35,6 +35,10 @@ Answered = Callable[[SessionDescription], None]
 
 class NoCommonCodecError(Exception):
     """The subscriber's m-line negotiated no codec the source publishes (permanent)."""
+
+
+class NoAnswerError(NegotiationError):
+    """The client did not answer an offer in time (transient: the next pass offers again)."""
 
 
 @attrs.define
@@ -80,6 +84,8 @@ class SubscriberEndpoint:
         # no negotiation (the client's transceiver already carries that SSRC for that track).
         self._negotiated: dict[str, tuple[Optional[str], Optional[int]]] = {}
         self._negotiation = trio.Lock()
+        # An offer went out and no answer was applied since: the client's view is unknown.
+        self._unanswered = False
         self.on_detached: Optional[Detached] = None
         self.closed = False
 
@@ -115,6 +121,8 @@ class SubscriberEndpoint:
     def needs_negotiation(self) -> bool:
         """Whether the client's view (the last answered offer) differs from the table. An m-line
         idle only because its track is cached for a resume does not count: the client keeps it."""
+        if self._unanswered:
+            return True
         reserved = self.table.cache.mids()
         for mid, state in self._line_states().items():
             if state[0] is None and mid in reserved:
@@ -131,8 +139,10 @@ class SubscriberEndpoint:
             self.offers.append(offer)
             offered = self._line_states()
             # Without an answer the offer stays pending; the next create_offer replaces it.
+            self._unanswered = True
             answer = await self._exchange(offer)
             self.offer.apply_answer(answer)
+            self._unanswered = False
             self._negotiated = offered
             if self._answered is not None:
                 self._answered(answer)

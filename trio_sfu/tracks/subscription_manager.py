@@ -32,7 +32,7 @@ from sdp.errors import NegotiationError, TransceiverInvariantError
 from trio_sfu.log import get_logger
 
 from .source import AlreadySubscribedError, SourceNotOpenError, TrackSource
-from .subscriber import Binding, NoCommonCodecError, SubscriberEndpoint
+from .subscriber import Binding, NoAnswerError, NoCommonCodecError, SubscriberEndpoint
 from .track_manager import TrackManager
 
 _log = get_logger("trio_sfu.tracks")
@@ -170,6 +170,14 @@ class SubscriptionManager:
         if self.endpoint.needs_negotiation():
             try:
                 await self.endpoint.negotiate()
+            except NoAnswerError as exc:
+                # Transient: let the bindings go (nothing was negotiated for them) and offer
+                # again on a later pass; `needs_negotiation` stays true until an answer lands.
+                self.log.warning("offer unanswered", kv={"error": str(exc)})
+                for s, source, _ in bound:
+                    source.remove_subscriber(self.endpoint.subscriber_id, expected_to_resume=False)
+                    s.transient_errors.append("no_answer")
+                return
             except (NegotiationError, TransceiverInvariantError) as exc:
                 if not bound:
                     self.log.warning("renegotiation failed", kv={"error": str(exc)})
