@@ -90,8 +90,12 @@ class JoinError(ClientError):
         self.status_code = status_code
 
 
-def signal_url(url: str, *, access_token: str | None = None, auto_subscribe: bool = True) -> str:
-    """``/rtc`` under whatever path ``url`` has (as the SDKs do), ws(s) scheme, v0 query parameters."""
+def signal_url(url: str, *, access_token: str | None = None, auto_subscribe: bool = True,
+               resume_sid: str | None = None, reconnect_reason: int = 0) -> str:
+    """``/rtc`` under whatever path ``url`` has (as the SDKs do), ws(s) scheme, v0 query parameters.
+
+    ``resume_sid`` makes it a resume of that participant (``reconnect=1&sid=…&reconnect_reason=…``).
+    """
     parts = urllib.parse.urlsplit(url)
     scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
     if scheme not in ("ws", "wss"):
@@ -106,6 +110,8 @@ def signal_url(url: str, *, access_token: str | None = None, auto_subscribe: boo
     }
     if access_token is not None:
         query["access_token"] = access_token
+    if resume_sid is not None:
+        query.update(reconnect="1", sid=resume_sid, reconnect_reason=str(reconnect_reason))
     return urllib.parse.urlunsplit((scheme, parts.netloc, path, urllib.parse.urlencode(query), ""))
 
 
@@ -147,6 +153,8 @@ class LocalPublication:
         self.cid = str(uuid.uuid4())
         self.mid = mid
         self.sid: str | None = None  # TR_… once track_published arrives
+        #: The TrackInfo of track_published, as the server gave it (sent back in sync_state on a move).
+        self.track_info: models.TrackInfo | None = None
         self.layers = layers  # video only; [] for audio
         self.rids: tuple[str, ...] = tuple(layer.rid for layer in layers if layer.rid)
         count = max(len(self.rids), 1)
@@ -181,7 +189,11 @@ class LocalPublication:
                 elements[ids[EXT_RID]] = rid.encode()
             old = self._writers.get(rid)
             first_seq = old.sequence_number if old is not None else secrets.randbits(16)
-            self._writers[rid] = RtpStreamWriter(ssrc, self.codec.payload_type, elements, first_seq)
+            writer = self._writers[rid] = RtpStreamWriter(ssrc, self.codec.payload_type, elements, first_seq)
+            if old is not None:
+                # The same SSRC goes on (a renegotiation, a move to another node): RFC 3550's
+                # sender counts are per SSRC, so they carry over with the sequence number.
+                writer.packets, writer.octets, writer.last_timestamp = old.packets, old.octets, old.last_timestamp
         self.negotiated.set()
 
     def header_size(self, rid: str = "") -> int:
@@ -198,18 +210,25 @@ class LocalPublication:
         with trio.fail_after(timeout):
             await self.published.wait()
             await self.negotiated.wait()
-            pc = self._client._publisher_pc
-            assert pc is not None
-            await pc.connected.wait()
+            # The publisher PC is replaced when the client moves to another node: wait on the current one.
+            while not self.ready:
+                pc = self._client._publisher_pc
+                if pc is None:
+                    await trio.sleep(0.01)
+                    continue
+                with trio.move_on_after(0.05):
+                    await pc.connected.wait()
 
     def send_rtp(self, payload: bytes, *, timestamp: int, marker: bool = False, rid: str = "") -> bool:
         """Packetize ``payload`` into one RTP packet of this track (layer ``rid``) and send it.
 
-        False (and counted) when the PC is not ready yet or the transport dropped it.
+        False (and counted) when the PC is not ready yet (also while the client moves to another
+        node) or the transport dropped it. A packet never handed to a connected PC takes no
+        sequence number, so the receiver sees no false loss across a move.
         """
         writer = self._writers.get(rid)
         pc = self._client._publisher_pc
-        if writer is None or pc is None:
+        if writer is None or pc is None or not pc.connected.is_set():
             self.packets_dropped += 1
             return False
         if pc.send_rtp(writer.packet(payload, timestamp, marker)):
@@ -257,8 +276,17 @@ class LiveKitClient:
     """One participant. Build it with :meth:`connect`; see the module docstring."""
 
     def __init__(self, ws: trio_websocket.WebSocketConnection, join: rtc.JoinResponse,
-                 bind_host: str, certificate: DtlsCertificate) -> None:
+                 bind_host: str, certificate: DtlsCertificate, *, url: str = "", token: str = "",
+                 token_in_query: bool = False, auto_subscribe: bool = True,
+                 join_timeout: float = JOIN_TIMEOUT) -> None:
         self._ws = ws
+        #: The base URL of the node we are connected to now (another one after a migration).
+        self.url = url
+        # What a resume needs to open the same signal connection again, elsewhere.
+        self._token = token
+        self._token_in_query = token_in_query
+        self._auto_subscribe = auto_subscribe
+        self._join_timeout = join_timeout
         self.join = join
         self.participant_sid = join.participant.sid
         self.identity = join.participant.identity
@@ -298,6 +326,22 @@ class LiveKitClient:
         self._subscriber_ice_mode: IceMode | None = None
         self._sent_trickle: set[int] = set()
         self._leave_sent = False
+        # ---- moving to another node (leave{action=RESUME}): see _migrate
+        #: Moves whose new PeerConnections all connected.
+        self.migrations = 0
+        #: Moves whose new signal connection was accepted (``reconnect`` received).
+        self.signal_resumes = 0
+        self.reconnect_response: rtc.ReconnectResponse | None = None
+        self.sync_states_sent = 0
+        #: Bumped on every move: anything built for an older connection is not sent on a newer one.
+        self._generation = 0
+        self._resume_target: str | None = None
+        self._migrating = False
+        self._signal_ready = trio.Event()  # cleared (replaced) while a move has no signal connection
+        self._signal_ready.set()
+        self._sync_state_due: int | None = None  # the generation whose publisher offer sync_state follows
+        self._retire_unoffered = False
+        self._last_subscriber_answer: rtc.SessionDescription | None = None
 
     # ------------------------------------------------------------------ lifetime
 
@@ -331,7 +375,9 @@ class LiveKitClient:
             ) as ws:
                 opened = True
                 join = await cls._receive_join(ws, join_timeout)
-                client = cls(ws, join, bind_host, certificate)
+                client = cls(ws, join, bind_host, certificate, url=url, token=token,
+                             token_in_query=token_in_query, auto_subscribe=auto_subscribe,
+                             join_timeout=join_timeout)
                 client._ping_interval = ping_interval or join.ping_interval or 5
                 async with trio.open_nursery() as nursery:
                     client._nursery = nursery
@@ -387,6 +433,7 @@ class LiveKitClient:
         if self.leave_reason is None:
             self.leave_reason = "client initiated"
         self.left.set()
+        self._signal_ready.set()  # nothing waits for a move that will not happen
         self._tracks_send.close()  # ends every `async for` over tracks()
         with trio.move_on_after(2):
             await self._ws.aclose()
@@ -455,22 +502,36 @@ class LiveKitClient:
         while True:
             await self._negotiate_needed.wait()
             self._negotiate_needed = trio.Event()
+            generation = self._generation
             pc = self._ensure_publisher_pc()
+            # After a move this is every publication again, same mids, msids (cids) and SSRCs:
+            # the new node knows the tracks from the old one, so no add_track goes out.
             tracks = [p.offered(self._stream_id, self._cname) for p in self.publications if p.published.is_set()]
             self._offer_id += 1
-            offer = build_publisher_offer(pc.local, tracks, self._offer_id)
+            offer_id = self._offer_id
+            offer = build_publisher_offer(pc.local, tracks, offer_id)
             answered = trio.Event()
-            self._pending_answer = (self._offer_id, offer, answered)
-            await self._send(rtc.SignalRequest(offer=rtc.SessionDescription(
-                type="offer", sdp=serialize_sdp(offer), id=self._offer_id)))
-            await self._trickle_local(pc, PUBLISHER, offer.media[0].mid or "0")
+            self._pending_answer = (offer_id, offer, answered)
+            sent = await self._send(rtc.SignalRequest(offer=rtc.SessionDescription(
+                type="offer", sdp=serialize_sdp(offer), id=offer_id)), generation)
+            if not sent:
+                # Built for a node we left (the move offers again) or the connection is gone (the
+                # reader ends the client).
+                if self._pending_answer is not None and self._pending_answer[0] == offer_id:
+                    self._pending_answer = None
+                continue
+            await self._trickle_local(pc, PUBLISHER, offer.media[0].mid or "0", generation)
+            if self._sync_state_due == generation:
+                self._sync_state_due = None
+                await self._send_sync_state(generation)
             with trio.move_on_after(ANSWER_TIMEOUT):
                 await answered.wait()
             if not answered.is_set():
-                self._error(f"no answer to publisher offer {self._offer_id} within {ANSWER_TIMEOUT:g} s")
+                self._error(f"no answer to publisher offer {offer_id} within {ANSWER_TIMEOUT:g} s")
                 self._pending_answer = None
 
-    async def _trickle_local(self, pc: ClientPeerConnection, target: int, first_mid: str) -> None:
+    async def _trickle_local(self, pc: ClientPeerConnection, target: int, first_mid: str,
+                             generation: int | None = None) -> None:
         # Once per PC, after its first description, as a browser trickles its host candidate
         # (on the first m-line: with BUNDLE it is the transport of them all).
         if target in self._sent_trickle:
@@ -478,7 +539,8 @@ class LiveKitClient:
         self._sent_trickle.add(target)
         init = {"candidate": pc.candidate_line(), "sdpMid": first_mid, "sdpMLineIndex": 0,
                 "usernameFragment": pc.local.ice_ufrag}
-        await self._send(rtc.SignalRequest(trickle=rtc.TrickleRequest(candidateInit=json.dumps(init), target=target)))
+        await self._send(rtc.SignalRequest(trickle=rtc.TrickleRequest(candidateInit=json.dumps(init), target=target)),
+                         generation)
 
     def _on_publisher_rtp(self, packet: bytes, now: float) -> None:
         pass  # the SFU sends no media on the publisher PC
@@ -601,7 +663,15 @@ class LiveKitClient:
         pc.set_remote(remote_transport(offer), DtlsRole(local_dtls_role(answer, local_is_offerer=False).value),
                       self._subscriber_ice_mode)
         self._learn_tracks(offer, answer)
+        if self._retire_unoffered:
+            # The first offer on a new node's subscriber PC lists everything that node sends us;
+            # a track of the old node it does not carry is no longer ours.
+            self._retire_unoffered = False
+            offered = {m.mid for m in offer.media}
+            for mid in [mid for mid in self._track_by_mid if mid not in offered]:
+                self._retire_track_on(mid)
         reply = rtc.SessionDescription(type="answer", sdp=serialize_sdp(answer), id=description.id)
+        self._last_subscriber_answer = reply
         return reply, answer.media[0].mid or "0"
 
     def _learn_tracks(self, offer: SessionDescription, answer: SessionDescription) -> None:
@@ -632,6 +702,8 @@ class LiveKitClient:
                 self.subscriptions[track_sid] = track
                 with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError):
                     self._tracks_send.send_nowait(track)
+            if m.mid and track.mid != m.mid and self._track_by_mid.get(track.mid) is track:
+                del self._track_by_mid[track.mid]  # moved to another m-line (possible on a new node)
             track.mid = m.mid or track.mid
             track.active = True
             self._track_by_mid[track.mid] = track
@@ -659,14 +731,22 @@ class LiveKitClient:
     def _error(self, message: str) -> None:
         self.errors.append(message)
 
-    async def _send(self, request: rtc.SignalRequest) -> None:
+    async def _send(self, request: rtc.SignalRequest, generation: int | None = None) -> bool:
+        """Send on the current signal connection, waiting out a move; False if not sent.
+
+        ``generation``: what the request was built for; a request built before a move is dropped
+        (an offer for the old PC must not reach the new node). A send that fails on a closed
+        connection is not reported here: the reader sees the close (or, first, a resume leave).
+        """
+        if not self._signal_ready.is_set():
+            await self._signal_ready.wait()
+        if generation is not None and generation != self._generation:
+            return False
         try:
             await self._ws.send_message(request.SerializeToString())
         except (trio_websocket.ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
-            if not self.left.is_set():
-                self._error(f"signal connection closed while sending {request.WhichOneof('message')}")
-                self.leave_reason = self.leave_reason or "signal connection closed"
-                self.left.set()
+            return False
+        return True
 
     async def _ping_loop(self) -> None:
         interval = self._ping_interval
@@ -677,6 +757,9 @@ class LiveKitClient:
 
     async def _reader(self) -> None:
         while True:
+            target, self._resume_target = self._resume_target, None
+            if target is not None and not await self._migrate(target):
+                return
             try:
                 message = await self._ws.get_message()
             except trio_websocket.ConnectionClosed as exc:
@@ -715,6 +798,7 @@ class LiveKitClient:
             for publication in self.publications:
                 if publication.cid == response.track_published.cid:
                     publication.sid = response.track_published.track.sid
+                    publication.track_info = response.track_published.track
                     publication.published.set()
         elif kind == "update":
             for info in response.update.participants:
@@ -727,15 +811,150 @@ class LiveKitClient:
                     if known is None or info.version >= known.version:
                         self.remote_participants[info.sid] = info
         elif kind == "leave":
-            self.leave_reason = _enum_name(models.DisconnectReason, response.leave.reason)
-            if response.leave.reason != models.DisconnectReason.CLIENT_INITIATED:
-                self._error(f"server asked us to leave: {self.leave_reason}")
-            self.left.set()
+            leave = response.leave
+            if leave.action == rtc.LeaveRequest.Action.RESUME and not self._leave_sent and not self.left.is_set():
+                # Resume elsewhere (a migration) or, without a region, here again. The reader
+                # moves before it reads on; sends wait for the new connection from now on.
+                urls = [region.url for region in leave.regions.regions if region.url]
+                self._resume_target = urls[0] if urls else self.url
+                self._migrating = True
+                self._signal_ready = trio.Event()
+                return
+            self._on_server_leave(leave)
         elif kind == "pong_resp":
             self.pongs += 1
             self.rtt_ms = max(_now_ms() - response.pong_resp.last_ping_timestamp, 0)
         elif kind == "request_response":
             self._handle_request_response(response.request_response)
+
+    def _on_server_leave(self, leave: rtc.LeaveRequest) -> None:
+        self.leave_reason = _enum_name(models.DisconnectReason, leave.reason)
+        if leave.reason != models.DisconnectReason.CLIENT_INITIATED:
+            self._error(f"server asked us to leave: {self.leave_reason}")
+        self.left.set()
+
+    # ------------------------------------------------------------------ moving to another node
+
+    async def _migrate(self, base_url: str) -> bool:
+        """Follow a leave{action=RESUME} to ``base_url``; False (and ``left`` set) if that failed.
+
+        The old node's ICE/DTLS sessions ended with it, so both PCs are closed and built anew;
+        what the participant *is* (sid, token, publications with their mids, cids and SSRCs,
+        subscriptions and their statistics) carries over. Runs in the reader task, so no
+        message of the new node is handled before the new connection is set up.
+        """
+        self._generation += 1
+        generation = self._generation
+        had_subscriber = self._subscriber_pc is not None
+        for pc in (self._publisher_pc, self._subscriber_pc):
+            if pc is not None:
+                pc.close()
+        self._publisher_pc = self._subscriber_pc = None
+        self._subscriber_ice_mode = None
+        self._sent_trickle.clear()
+        pending = self._pending_answer
+        if pending is not None:
+            # That offer went to the old node: the negotiation loop offers again on the new PC.
+            self._pending_answer = None
+            pending[2].set()
+        with trio.move_on_after(2):
+            await self._ws.aclose()
+
+        headers = [] if self._token_in_query else [(b"authorization", f"Bearer {self._token}".encode())]
+        assert self._nursery is not None
+        try:
+            url = signal_url(base_url, access_token=self._token if self._token_in_query else None,
+                             auto_subscribe=self._auto_subscribe, resume_sid=self.participant_sid,
+                             reconnect_reason=rtc.ReconnectReason.RR_UNKNOWN)
+            ws = await trio_websocket.connect_websocket_url(
+                self._nursery, url, extra_headers=headers, connect_timeout=self._join_timeout,
+                disconnect_timeout=2, max_message_size=4 * 1024 * 1024)
+        except (ValueError, trio_websocket.HandshakeError, OSError) as exc:
+            return self._resume_failed(f"cannot resume at {base_url}: {exc!r}")
+        self._ws = ws
+        first = rtc.SignalResponse()
+        try:
+            with trio.fail_after(self._join_timeout):
+                message = await ws.get_message()
+            if isinstance(message, str):
+                raise ValueError("text frame")
+            first.ParseFromString(message)
+        except trio.TooSlowError:
+            return self._resume_failed(f"no reconnect response from {base_url} within {self._join_timeout:g} s")
+        except trio_websocket.ConnectionClosed as exc:
+            return self._resume_failed(f"{base_url} closed the resumed signal connection: {exc.reason}")
+        except Exception as exc:  # protobuf's DecodeError has no stable import path
+            return self._resume_failed(f"undecodable first message from {base_url}: {exc}")
+        kind = first.WhichOneof("message")
+        if kind == "leave":
+            self._release_signal()
+            self._on_server_leave(first.leave)  # refused (e.g. STATE_MISMATCH): a resume is not retried
+            return False
+        if kind == "reconnect":
+            self.reconnect_response = first.reconnect
+        # Anything else but a leave also means the node took us back (as livekit-client reads it).
+        self.url = base_url
+        self.signal_resumes += 1
+        self._retire_unoffered = True
+        self._release_signal()
+        published = any(p.published.is_set() for p in self.publications)
+        if published:
+            self._sync_state_due = generation  # right after the new publisher offer
+            self._negotiate_needed.set()
+        else:
+            await self._send_sync_state(generation)
+        self._nursery.start_soon(self._count_migration, generation, published, had_subscriber)
+        if kind != "reconnect":
+            try:
+                await self._dispatch(first)
+            except (RtpStackError, ValueError, KeyError) as exc:
+                self._error(f"{kind}: {type(exc).__name__}: {exc}")
+        return True
+
+    def _release_signal(self) -> None:
+        self._migrating = False
+        self._signal_ready.set()
+
+    def _resume_failed(self, message: str) -> bool:
+        self._error(message)
+        self.leave_reason = self.leave_reason or "resume failed"
+        self.left.set()
+        self._release_signal()
+        return False
+
+    def sync_state(self) -> rtc.SyncState:
+        """What we tell a node we resumed on: last subscriber answer, subscriptions, publications."""
+        state = rtc.SyncState(
+            subscription=rtc.UpdateSubscription(
+                track_sids=[sid for sid, track in self.subscriptions.items() if track.active], subscribe=True),
+            publish_tracks=[rtc.TrackPublishedResponse(cid=p.cid, track=p.track_info)
+                            for p in self.publications if p.published.is_set() and p.track_info is not None],
+        )
+        if self._last_subscriber_answer is not None:
+            state.answer.CopyFrom(self._last_subscriber_answer)
+        return state
+
+    async def _send_sync_state(self, generation: int) -> None:
+        if await self._send(rtc.SignalRequest(sync_state=self.sync_state()), generation):
+            self.sync_states_sent += 1
+
+    async def _count_migration(self, generation: int, need_publisher: bool, need_subscriber: bool) -> None:
+        """Count the move once its new PCs are up (the ones the client had before it)."""
+        while generation == self._generation and not self.left.is_set():
+            publisher, subscriber = self._publisher_pc, self._subscriber_pc
+            if (not need_publisher or (publisher is not None and publisher.connected.is_set())) and (
+                    not need_subscriber or (subscriber is not None and subscriber.connected.is_set())):
+                self.migrations += 1
+                return
+            await trio.sleep(0.01)
+
+    async def wait_resumed(self, count: int = 1, timeout: float = 15.0) -> None:
+        """Until ``count`` moves to another node completed (new signal connection, new PCs connected)."""
+        with trio.fail_after(timeout):
+            while self.migrations < count:
+                if self.left.is_set():
+                    raise ClientError(f"left before the move completed: {self.leave_reason}")
+                await trio.sleep(0.01)
 
     def _handle_publisher_answer(self, description: rtc.SessionDescription) -> None:
         pending = self._pending_answer

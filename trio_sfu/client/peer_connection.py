@@ -88,6 +88,8 @@ class ClientPeerConnection:
         self._on_failure = on_failure
         self._early_candidates: list[object] = []  # aioice Candidates (or None = end) before the transport
         self._wait_scope: trio.CancelScope | None = None
+        self._run_scope: trio.CancelScope | None = None
+        self._closing = False
 
     # ------------------------------------------------------------------ description
 
@@ -182,10 +184,18 @@ class ClientPeerConnection:
 
     # ------------------------------------------------------------------ the loop
 
+    def close(self) -> None:
+        """Stop :meth:`run` (now, or as soon as it starts); ``ended`` is set once the socket is closed."""
+        self._closing = True
+        if self._run_scope is not None:
+            self._run_scope.cancel()
+
     async def run(self) -> None:
-        """Serve the socket until cancelled; closes the socket on the way out."""
+        """Serve the socket until cancelled or closed; closes the socket on the way out."""
         try:
-            await self._loop()
+            with trio.CancelScope() as self._run_scope:
+                if not self._closing:
+                    await self._loop()
         finally:
             transport = self.transport
             if transport is not None and transport.state in (TransportState.CONNECTING, TransportState.CONNECTED):
