@@ -24,39 +24,47 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0brelay.proto\x12\rtriosfu.relay\"e\n\x05\x43odec\x12\x14\n\x0cpayload_type\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\nclock_rate\x18\x03 \x01(\r\x12\x10\n\x08\x63hannels\x18\x04 \x01(\r\x12\x12\n\nparameters\x18\x05 \x01(\t\"\x81\x01\n\x10TrackDescription\x12\x10\n\x08track_id\x18\x01 \x01(\t\x12\x14\n\x0cpublisher_id\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x11\n\tstream_id\x18\x04 \x01(\t\x12$\n\x06\x63odecs\x18\x05 \x03(\x0b\x32\x14.triosfu.relay.Codec\"N\n\x0eTrackPublished\x12\x0c\n\x04room\x18\x01 \x01(\t\x12.\n\x05track\x18\x02 \x01(\x0b\x32\x1f.triosfu.relay.TrackDescription\"J\n\x0cTrackClosing\x12\x0c\n\x04room\x18\x01 \x01(\t\x12\x10\n\x08track_id\x18\x02 \x01(\t\x12\x1a\n\x12\x65xpected_to_resume\x18\x03 \x01(\x08\":\n\x08RelayRtp\x12\x0c\n\x04room\x18\x01 \x01(\t\x12\x10\n\x08track_id\x18\x02 \x01(\t\x12\x0e\n\x06packet\x18\x03 \x01(\x0c\";\n\tRelayRtcp\x12\x0c\n\x04room\x18\x01 \x01(\t\x12\x10\n\x08track_id\x18\x02 \x01(\t\x12\x0e\n\x06packet\x18\x03 \x01(\x0c\"\xca\x01\n\x0e\x44ownTrackState\x12\x15\n\rlast_sequence\x18\x01 \x01(\x04\x12\x16\n\x0elast_timestamp\x18\x02 \x01(\r\x12\x19\n\x11last_timestamp_at\x18\x03 \x01(\x01\x12\x16\n\x0evp8_picture_id\x18\x04 \x01(\x05\x12\x15\n\rvp8_tl0picidx\x18\x05 \x01(\x05\x12\x14\n\x0crtx_sequence\x18\x06 \x01(\r\x12\x14\n\x0cpackets_sent\x18\x07 \x01(\x04\x12\x13\n\x0boctets_sent\x18\x08 \x01(\x04\"\x91\x01\n\x15SubscribedTransceiver\x12\x10\n\x08track_id\x18\x01 \x01(\t\x12\x0b\n\x03mid\x18\x02 \x01(\t\x12\x0c\n\x04ssrc\x18\x03 \x01(\r\x12\x10\n\x08rtx_ssrc\x18\x04 \x01(\r\x12\x0c\n\x04kind\x18\x05 \x01(\t\x12+\n\x04\x64own\x18\x06 \x01(\x0b\x32\x1d.triosfu.relay.DownTrackState\"\xc1\x01\n\x12MigrateParticipant\x12\x0c\n\x04room\x18\x01 \x01(\t\x12\x16\n\x0eparticipant_id\x18\x02 \x01(\t\x12\x15\n\rsubscriptions\x18\x03 \x03(\t\x12\x32\n\tpublished\x18\x04 \x03(\x0b\x32\x1f.triosfu.relay.TrackDescription\x12:\n\x0ctransceivers\x18\x05 \x03(\x0b\x32$.triosfu.relay.SubscribedTransceiver\"7\n\x0fMigrateAccepted\x12\x0c\n\x04room\x18\x01 \x01(\t\x12\x16\n\x0eparticipant_id\x18\x02 \x01(\t\"G\n\x0fMigrateRejected\x12\x0c\n\x04room\x18\x01 \x01(\t\x12\x16\n\x0eparticipant_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"5\n\rMigrateCancel\x12\x0c\n\x04room\x18\x01 \x01(\t\x12\x16\n\x0eparticipant_id\x18\x02 \x01(\t\"/\n\rTrackMigrated\x12\x0c\n\x04room\x18\x01 \x01(\t\x12\x10\n\x08track_id\x18\x02 \x01(\t\"\x8c\x04\n\x0cRelayMessage\x12\x11\n\tfrom_node\x18\x01 \x01(\t\x12\x38\n\x0ftrack_published\x18\x02 \x01(\x0b\x32\x1d.triosfu.relay.TrackPublishedH\x00\x12\x34\n\rtrack_closing\x18\x03 \x01(\x0b\x32\x1b.triosfu.relay.TrackClosingH\x00\x12&\n\x03rtp\x18\x04 \x01(\x0b\x32\x17.triosfu.relay.RelayRtpH\x00\x12(\n\x04rtcp\x18\x05 \x01(\x0b\x32\x18.triosfu.relay.RelayRtcpH\x00\x12\x34\n\x07migrate\x18\x06 \x01(\x0b\x32!.triosfu.relay.MigrateParticipantH\x00\x12:\n\x10migrate_accepted\x18\x07 \x01(\x0b\x32\x1e.triosfu.relay.MigrateAcceptedH\x00\x12:\n\x10migrate_rejected\x18\x08 \x01(\x0b\x32\x1e.triosfu.relay.MigrateRejectedH\x00\x12\x36\n\x0emigrate_cancel\x18\t \x01(\x0b\x32\x1c.triosfu.relay.MigrateCancelH\x00\x12\x36\n\x0etrack_migrated\x18\n \x01(\x0b\x32\x1c.triosfu.relay.TrackMigratedH\x00\x42\t\n\x07messageb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0brelay.proto\x12\rtriosfu.relay\"e\n\x05\x43odec\x12\x14\n\x0cpayload_type\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\nclock_rate\x18\x03 \x01(\r\x12\x10\n\x08\x63hannels\x18\x04 \x01(\r\x12\x12\n\nparameters\x18\x05 \x01(\t\"\xf9\x01\n\x10TrackDescription\x12\x10\n\x08track_id\x18\x01 \x01(\t\x12\x14\n\x0cpublisher_id\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x11\n\tstream_id\x18\x04 \x01(\t\x12$\n\x06\x63odecs\x18\x05 \x03(\x0b\x32\x14.triosfu.relay.Codec\x12\x43\n\nextensions\x18\x06 \x03(\x0b\x32/.triosfu.relay.TrackDescription.ExtensionsEntry\x1a\x31\n\x0f\x45xtensionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"N\n\x0eTrackPublished\x12\x0c\n\x04room\x18\x01 \x01(\t\x12.\n\x05track\x18\x02 \x01(\x0b\x32\x1f.triosfu.relay.TrackDescription\"J\n\x0cTrackClosing\x12\x0c\n\x04room\x18\x01 \x01(\t\x12\x10\n\x08track_id\x18\x02 \x01(\t\x12\x1a\n\x12\x65xpected_to_resume\x18\x03 \x01(\x08\":\n\x08RelayRtp\x12\x0c\n\x04room\x18\x01 \x01(\t\x12\x10\n\x08track_id\x18\x02 \x01(\t\x12\x0e\n\x06packet\x18\x03 \x01(\x0c\";\n\tRelayRtcp\x12\x0c\n\x04room\x18\x01 \x01(\t\x12\x10\n\x08track_id\x18\x02 \x01(\t\x12\x0e\n\x06packet\x18\x03 \x01(\x0c\"\xca\x01\n\x0e\x44ownTrackState\x12\x15\n\rlast_sequence\x18\x01 \x01(\x04\x12\x16\n\x0elast_timestamp\x18\x02 \x01(\r\x12\x19\n\x11last_timestamp_at\x18\x03 \x01(\x01\x12\x16\n\x0evp8_picture_id\x18\x04 \x01(\x05\x12\x15\n\rvp8_tl0picidx\x18\x05 \x01(\x05\x12\x14\n\x0crtx_sequence\x18\x06 \x01(\r\x12\x14\n\x0cpackets_sent\x18\x07 \x01(\x04\x12\x13\n\x0boctets_sent\x18\x08 \x01(\x04\"\x91\x01\n\x15SubscribedTransceiver\x12\x10\n\x08track_id\x18\x01 \x01(\t\x12\x0b\n\x03mid\x18\x02 \x01(\t\x12\x0c\n\x04ssrc\x18\x03 \x01(\r\x12\x10\n\x08rtx_ssrc\x18\x04 \x01(\r\x12\x0c\n\x04kind\x18\x05 \x01(\t\x12+\n\x04\x64own\x18\x06 \x01(\x0b\x32\x1d.triosfu.relay.DownTrackState\"\xef\x02\n\x12MigrateParticipant\x12\x0c\n\x04room\x18\x01 \x01(\t\x12\x16\n\x0eparticipant_id\x18\x02 \x01(\t\x12\x15\n\rsubscriptions\x18\x03 \x03(\t\x12\x32\n\tpublished\x18\x04 \x03(\x0b\x32\x1f.triosfu.relay.TrackDescription\x12:\n\x0ctransceivers\x18\x05 \x03(\x0b\x32$.triosfu.relay.SubscribedTransceiver\x12\x18\n\x10participant_info\x18\x06 \x01(\x0c\x12G\n\x0ctrack_by_cid\x18\x07 \x03(\x0b\x32\x31.triosfu.relay.MigrateParticipant.TrackByCidEntry\x12\x16\n\x0e\x61uto_subscribe\x18\x08 \x01(\x08\x1a\x31\n\x0fTrackByCidEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"K\n\x0fMigrateAccepted\x12\x0c\n\x04room\x18\x01 \x01(\t\x12\x16\n\x0eparticipant_id\x18\x02 \x01(\t\x12\x12\n\nsignal_url\x18\x03 \x01(\t\"G\n\x0fMigrateRejected\x12\x0c\n\x04room\x18\x01 \x01(\t\x12\x16\n\x0eparticipant_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"5\n\rMigrateCancel\x12\x0c\n\x04room\x18\x01 \x01(\t\x12\x16\n\x0eparticipant_id\x18\x02 \x01(\t\"/\n\rTrackMigrated\x12\x0c\n\x04room\x18\x01 \x01(\t\x12\x10\n\x08track_id\x18\x02 \x01(\t\"\x8c\x04\n\x0cRelayMessage\x12\x11\n\tfrom_node\x18\x01 \x01(\t\x12\x38\n\x0ftrack_published\x18\x02 \x01(\x0b\x32\x1d.triosfu.relay.TrackPublishedH\x00\x12\x34\n\rtrack_closing\x18\x03 \x01(\x0b\x32\x1b.triosfu.relay.TrackClosingH\x00\x12&\n\x03rtp\x18\x04 \x01(\x0b\x32\x17.triosfu.relay.RelayRtpH\x00\x12(\n\x04rtcp\x18\x05 \x01(\x0b\x32\x18.triosfu.relay.RelayRtcpH\x00\x12\x34\n\x07migrate\x18\x06 \x01(\x0b\x32!.triosfu.relay.MigrateParticipantH\x00\x12:\n\x10migrate_accepted\x18\x07 \x01(\x0b\x32\x1e.triosfu.relay.MigrateAcceptedH\x00\x12:\n\x10migrate_rejected\x18\x08 \x01(\x0b\x32\x1e.triosfu.relay.MigrateRejectedH\x00\x12\x36\n\x0emigrate_cancel\x18\t \x01(\x0b\x32\x1c.triosfu.relay.MigrateCancelH\x00\x12\x36\n\x0etrack_migrated\x18\n \x01(\x0b\x32\x1c.triosfu.relay.TrackMigratedH\x00\x42\t\n\x07messageb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'relay_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_TRACKDESCRIPTION_EXTENSIONSENTRY']._loaded_options = None
+  _globals['_TRACKDESCRIPTION_EXTENSIONSENTRY']._serialized_options = b'8\001'
+  _globals['_MIGRATEPARTICIPANT_TRACKBYCIDENTRY']._loaded_options = None
+  _globals['_MIGRATEPARTICIPANT_TRACKBYCIDENTRY']._serialized_options = b'8\001'
   _globals['_CODEC']._serialized_start=30
   _globals['_CODEC']._serialized_end=131
   _globals['_TRACKDESCRIPTION']._serialized_start=134
-  _globals['_TRACKDESCRIPTION']._serialized_end=263
-  _globals['_TRACKPUBLISHED']._serialized_start=265
-  _globals['_TRACKPUBLISHED']._serialized_end=343
-  _globals['_TRACKCLOSING']._serialized_start=345
-  _globals['_TRACKCLOSING']._serialized_end=419
-  _globals['_RELAYRTP']._serialized_start=421
-  _globals['_RELAYRTP']._serialized_end=479
-  _globals['_RELAYRTCP']._serialized_start=481
-  _globals['_RELAYRTCP']._serialized_end=540
-  _globals['_DOWNTRACKSTATE']._serialized_start=543
-  _globals['_DOWNTRACKSTATE']._serialized_end=745
-  _globals['_SUBSCRIBEDTRANSCEIVER']._serialized_start=748
-  _globals['_SUBSCRIBEDTRANSCEIVER']._serialized_end=893
-  _globals['_MIGRATEPARTICIPANT']._serialized_start=896
-  _globals['_MIGRATEPARTICIPANT']._serialized_end=1089
-  _globals['_MIGRATEACCEPTED']._serialized_start=1091
-  _globals['_MIGRATEACCEPTED']._serialized_end=1146
-  _globals['_MIGRATEREJECTED']._serialized_start=1148
-  _globals['_MIGRATEREJECTED']._serialized_end=1219
-  _globals['_MIGRATECANCEL']._serialized_start=1221
-  _globals['_MIGRATECANCEL']._serialized_end=1274
-  _globals['_TRACKMIGRATED']._serialized_start=1276
-  _globals['_TRACKMIGRATED']._serialized_end=1323
-  _globals['_RELAYMESSAGE']._serialized_start=1326
-  _globals['_RELAYMESSAGE']._serialized_end=1850
+  _globals['_TRACKDESCRIPTION']._serialized_end=383
+  _globals['_TRACKDESCRIPTION_EXTENSIONSENTRY']._serialized_start=334
+  _globals['_TRACKDESCRIPTION_EXTENSIONSENTRY']._serialized_end=383
+  _globals['_TRACKPUBLISHED']._serialized_start=385
+  _globals['_TRACKPUBLISHED']._serialized_end=463
+  _globals['_TRACKCLOSING']._serialized_start=465
+  _globals['_TRACKCLOSING']._serialized_end=539
+  _globals['_RELAYRTP']._serialized_start=541
+  _globals['_RELAYRTP']._serialized_end=599
+  _globals['_RELAYRTCP']._serialized_start=601
+  _globals['_RELAYRTCP']._serialized_end=660
+  _globals['_DOWNTRACKSTATE']._serialized_start=663
+  _globals['_DOWNTRACKSTATE']._serialized_end=865
+  _globals['_SUBSCRIBEDTRANSCEIVER']._serialized_start=868
+  _globals['_SUBSCRIBEDTRANSCEIVER']._serialized_end=1013
+  _globals['_MIGRATEPARTICIPANT']._serialized_start=1016
+  _globals['_MIGRATEPARTICIPANT']._serialized_end=1383
+  _globals['_MIGRATEPARTICIPANT_TRACKBYCIDENTRY']._serialized_start=1334
+  _globals['_MIGRATEPARTICIPANT_TRACKBYCIDENTRY']._serialized_end=1383
+  _globals['_MIGRATEACCEPTED']._serialized_start=1385
+  _globals['_MIGRATEACCEPTED']._serialized_end=1460
+  _globals['_MIGRATEREJECTED']._serialized_start=1462
+  _globals['_MIGRATEREJECTED']._serialized_end=1533
+  _globals['_MIGRATECANCEL']._serialized_start=1535
+  _globals['_MIGRATECANCEL']._serialized_end=1588
+  _globals['_TRACKMIGRATED']._serialized_start=1590
+  _globals['_TRACKMIGRATED']._serialized_end=1637
+  _globals['_RELAYMESSAGE']._serialized_start=1640
+  _globals['_RELAYMESSAGE']._serialized_end=2164
 # @@protoc_insertion_point(module_scope)

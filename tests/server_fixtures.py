@@ -211,6 +211,35 @@ async def media_server(config: ServerConfig | None = None) -> AsyncIterator[Serv
         yield server
 
 
+@contextlib.asynccontextmanager
+async def media_nodes(*node_ids: str) -> AsyncIterator[list[Server]]:
+    """Real servers with media, one per node id, in this Trio run, each pair joined by an
+    in-memory relay link (trio_sfu.relay); on exit all shut down and nothing any of them made
+    may survive (the leak check runs once, after all of them stopped)."""
+    from trio_sfu.relay import in_memory_link_pair
+
+    baseline = leak_baseline()
+    servers = [Server(media_config(), enable_media=True, node_id=node_id) for node_id in node_ids]
+    for i, a in enumerate(servers):
+        for b in servers[i + 1:]:
+            assert a.relay is not None and b.relay is not None
+            link_a, link_b = in_memory_link_pair(a.relay.node_id, b.relay.node_id)
+            a.relay.add_link(link_a)
+            b.relay.add_link(link_b)
+    async with trio.open_nursery() as nursery:
+        for server in servers:
+            await nursery.start(server.run)
+        ports = [server_ports(server) for server in servers]
+        try:
+            yield servers
+        finally:
+            for server in servers:
+                server.request_shutdown()
+    for server, server_port_set in zip(servers, ports):
+        assert server.shutdown_clean, "rooms and participants did not end by themselves within the grace period"
+        assert_no_leaks(server, baseline, server_port_set)
+
+
 def http_base(server: Server) -> str:
     return f"http://127.0.0.1:{server.port}"
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 from urllib.parse import parse_qs, unquote
 
 import attrs
@@ -33,6 +33,9 @@ from .log import get_logger
 from .participant import JoinOptions
 from .rooms import RoomClosedError, RoomFullError, RoomRegistry
 from .twirp import TwirpError, TwirpReply, TwirpServer
+
+if TYPE_CHECKING:
+    from .node_relay import NodeRelay
 
 MAX_HEAD = 16 * 1024
 MAX_BODY = 1024 * 1024
@@ -264,6 +267,8 @@ class HttpFront:
         self.registry = registry
         self.metrics = metrics
         self.twirp = twirp
+        # Set when this server is one node of several: resumes of migrated participants.
+        self.relay: "NodeRelay | None" = None
 
     async def handle_connection(self, stream: trio.abc.Stream) -> None:
         """The `serve_listeners` handler: one request per connection."""
@@ -426,19 +431,27 @@ class HttpFront:
             await exchange.respond(exc.status, exc.reason.encode() + b"\n")
             return
         stream = ReplayStream(exchange.stream, bytes(exchange.raw))
+        migrated_in = None
         if _bool_param(request.param("reconnect"), False):
-            await self._refuse_resume(stream, room_name, grants, request.param("sid") or "")
-            return
+            # A resume is only possible for a participant another node handed to us.
+            sid = request.param("sid") or ""
+            relay = self.relay
+            migrated_in = relay.take_migration(room_name, sid, grants.identity) if relay is not None else None
+            if migrated_in is None:
+                await self._refuse_resume(stream, room_name, grants, sid)
+                return
         options = join_options_from_query(request)
         try:
-            participant = await self.registry.join(room_name, grants, options, stream)
-        except RoomClosedError:
+            participant = await self.registry.join(room_name, grants, options, stream, migrated_in)
+        except (RoomClosedError, RoomFullError) as exc:
+            if migrated_in is not None and self.relay is not None:
+                self.relay.abandon(migrated_in)
+            if isinstance(exc, RoomFullError):
+                # LiveKit answers ResourceExhausted, which its RPC layer maps to HTTP 429.
+                self.metrics.inc(m.SIGNAL_ROOM_FULL)
+                await exchange.respond(429, b"room has exceeded its max participants\n")
+                return
             await exchange.respond(503, b"room is closing, retry\n")
-            return
-        except RoomFullError:
-            # LiveKit answers ResourceExhausted, which its RPC layer maps to HTTP 429.
-            self.metrics.inc(m.SIGNAL_ROOM_FULL)
-            await exchange.respond(429, b"room has exceeded its max participants\n")
             return
         await participant.finished.wait()
 

@@ -70,6 +70,7 @@ from .tracks.subscription_manager import RECONCILE_ALL, SubscriptionManager
 
 if TYPE_CHECKING:
     from .config import ServerConfig
+    from .node_relay import MigrationSync, NodeRelay
     from .rooms import Room
 
 REPORT_INTERVAL = 1.0
@@ -125,6 +126,8 @@ class MediaService:
         self.not_found_timeout = NOT_FOUND_TIMEOUT
         self.reconcile_interval = RECONCILE_INTERVAL
         self.answer_timeout = ANSWER_TIMEOUT
+        # The node-to-node relay when this server is one of several nodes (trio_sfu.node_relay).
+        self.relay: Optional["NodeRelay"] = None
 
     def _bind_host(self) -> str:
         """The UDP bind address: the signalling bind address, unless media must reach an
@@ -151,6 +154,9 @@ class MediaService:
     def udp_port(self) -> int:
         assert self.mux is not None
         return self.mux.local_address[1]
+
+    def room_by_name(self, name: str) -> Optional["RoomMedia"]:
+        return next((r for r in self.rooms.values() if r.room.name == name and not r.room.closed), None)
 
     def room_media(self, room: "Room") -> "RoomMedia":
         media = self.rooms.get(id(room))
@@ -231,29 +237,45 @@ class RoomMedia:
         track.source = source
         self.track_manager.add(source)
         self.service.metrics.inc(MEDIA_TRACKS_PUBLISHED)
-        self._update_desired()
+        if self.service.relay is not None:
+            self.service.relay.local_published(self, source)
+        self.update_desired()
 
     def unpublish(self, tracks: list[PublishedTrack], expected_to_resume: bool = False) -> None:
         """Withdraw tracks; every subscriber renegotiates once for all of them. With
         `expected_to_resume` (a migration hand-back, a publisher resume) subscribers cache the
         track's transceiver and rewrite state instead, for the track id's next source."""
+        relay = self.service.relay
         for track in tracks:
             if track.source is not None:
+                if relay is not None:
+                    relay.local_closing(self, track.source, expected_to_resume)
                 track.source.close_now(expected_to_resume=expected_to_resume)
             if not expected_to_resume:
                 self.withdrawn.add(track.sid)
             track.close(self.service.metrics)
-        self._update_desired()
+        self.update_desired()
 
-    def _update_desired(self) -> None:
+    def update_desired(self) -> None:
         for session in list(self.sessions.values()):
             session.update_desired()
+
+    def join(self, session: "ParticipantMedia") -> None:
+        self.sessions[session.sid] = session
+        if len(self.sessions) == 1 and self.service.relay is not None:
+            self.service.relay.room_opened(self)
 
     def leave(self, session: "ParticipantMedia") -> None:
         if self.sessions.get(session.sid) is session:
             del self.sessions[session.sid]
+            if not self.sessions and self.service.relay is not None:
+                self.service.relay.room_emptied(self)
+        self.forget_if_idle()
+
+    def forget_if_idle(self) -> None:
         if not self.sessions and not self.track_manager.track_ids():
-            self.service.rooms.pop(id(self.room), None)
+            if self.service.rooms.get(id(self.room)) is self:
+                del self.service.rooms[id(self.room)]
 
 
 class PeerConnection:
@@ -377,7 +399,15 @@ class ParticipantMedia:
         # Mids whose track the server unpublished while the client still sends on them: their
         # packets must not be matched to another track; cleared once the client stops the m-line.
         self._revoked_mids: set[str] = set()
-        self.room_media.sessions[self.sid] = self
+        # A participant that migrated here: its m-lines as the old node had them (same mids,
+        # SSRCs and rewrite state), waiting in the cache for its subscriptions.
+        self.migrating = False
+        migrated = getattr(self.participant, "migrated_in", None)
+        if migrated is not None:
+            failed = self.endpoint.restore_migrated(migrated.transceivers, migrated.kinds)
+            if failed:
+                self.log.warning("m-lines not reproduced after migration", kv={"tracks": ",".join(failed)})
+        self.room_media.join(self)
         self.update_desired()
         context.nursery.start_soon(self.run)
         context.nursery.start_soon(self._run_subscriptions)
@@ -465,7 +495,11 @@ class ParticipantMedia:
                 hooks.remove(hook)
         room = self.room_media
         room.leave(self)
-        room.unpublish(list(self.tracks_by_mid.values()))
+        tracks = list(self.tracks_by_mid.values())
+        if self.migrating and self.service.relay is not None:
+            # Moving to another node: the tracks stay until their new source appears there.
+            tracks = self.service.relay.hand_over(room, tracks, self.sid)
+        room.unpublish(tracks)
         self.tracks_by_mid.clear()
         self._ssrc_tracks.clear()
         self.manager.close()  # every down track leaves its source, no resume
@@ -483,6 +517,29 @@ class ParticipantMedia:
                 mux.unregister(pc)
             fold_counters(self.metrics, "media_transport", pc.transport.counters)
         room.leave(self)
+
+    def begin_migration(self) -> "MigrationSync":
+        """This participant moves to another node: every subscription lets its source go
+        expecting a resume (m-line and rewrite state cached by track id), the subscription
+        manager stops, and what the new node needs is returned. The published tracks stay."""
+        from .node_relay import MigrationSync
+
+        self.migrating = True
+        endpoint = self.endpoint
+        endpoint.on_detached = None  # the manager must not rebind what we let go
+        for binding in list(endpoint.bindings.values()):
+            if not binding.source.remove_subscriber(self.sid, expected_to_resume=True):
+                endpoint.detach_source(binding.source, True)
+        desired = [s.track_id for s in self.manager.subscriptions.values() if s.desired]
+        entries = [e for e in endpoint.migrated_state() if e.track_id in desired]
+        kinds = {}
+        for e in entries:
+            cached = endpoint.table.cache.peek(e.track_id)
+            kinds[e.track_id] = cached.kind if cached is not None else MediaKind.AUDIO
+        self.manager.close()
+        published = [t for t in dict.fromkeys(self.tracks_by_mid.values())
+                     if t.source is not None and t.source.is_open]
+        return MigrationSync(desired, entries, kinds, published)
 
     def restart_published_track(self, track_sid: str) -> bool:
         """Hand one of our tracks over to a new source, as a migration hand-back does: its

@@ -79,11 +79,13 @@ class TrackSpec:
     kind: MediaKind
     codecs: tuple[Codec, ...]
     stream_id: str = ""
+    # The publisher's header-extension ids -> URIs (empty: unknown, ids forwarded unchanged).
+    extensions: tuple[tuple[int, str], ...] = ()
 
     def to_proto(self) -> pb.TrackDescription:
         return pb.TrackDescription(
             track_id=self.track_id, publisher_id=self.publisher_id, kind=self.kind.value,
-            stream_id=self.stream_id,
+            stream_id=self.stream_id, extensions=dict(self.extensions),
             codecs=[pb.Codec(payload_type=c.payload_type, name=c.name, clock_rate=c.clock_rate,
                              channels=c.channels or 0, parameters=c.parameters or "") for c in self.codecs])
 
@@ -101,7 +103,9 @@ class TrackSpec:
             if c.payload_type > 127 or not c.name or c.clock_rate == 0:
                 return None
             codecs.append(Codec(c.payload_type, c.name, c.clock_rate, c.channels or None, c.parameters or None))
-        return cls(d.track_id, d.publisher_id, kind, tuple(codecs), d.stream_id)
+        if any(not 0 < ext_id < 256 or not uri for ext_id, uri in d.extensions.items()):
+            return None
+        return cls(d.track_id, d.publisher_id, kind, tuple(codecs), d.stream_id, tuple(sorted(d.extensions.items())))
 
 
 def _snapshot_to_proto(s: DownTrackSnapshot) -> pb.DownTrackState:
@@ -126,6 +130,8 @@ class RelayTap:
         self.target_layer = 0
 
     def write_rtp(self, layer: int, packet: bytes, now: float) -> bool:
+        if layer != self.target_layer:
+            return True  # one layer crosses the link (the receiving node sees one stream)
         return self.link.send(pb.RelayMessage(rtp=pb.RelayRtp(room=self.room, track_id=self.track_id, packet=bytes(packet))))
 
     def get_timer(self) -> Optional[float]:

@@ -108,6 +108,8 @@ class Participant:
         self.disconnect_reason = models.DisconnectReason.UNKNOWN_REASON
         self.tracks: dict[str, models.TrackInfo] = {}
         self.track_by_cid: dict[str, str] = {}
+        # Set when this participant migrated here from another node (trio_sfu.node_relay.MigrationIn).
+        self.migrated_in: Any = None
         # Recorded for the media layer: track sid -> wanted, and the latest settings per track.
         self.subscriptions: dict[str, bool] = {}
         self.track_settings: dict[str, rtc.UpdateTrackSettings] = {}
@@ -129,6 +131,18 @@ class Participant:
         self._media: MediaSession | None = None
         self._media_factory = media_factory
         self.finished = trio.Event()
+
+    def adopt_migration(self, migrated_in: Any) -> None:
+        """Take over the state a participant had on the node it migrated from: its published
+        tracks (same sids), the client's cids for them, what it subscribed to, who it is."""
+        info = migrated_in.info
+        self.migrated_in = migrated_in
+        self.name = info.name
+        self.metadata = info.metadata
+        self.attributes = dict(info.attributes)
+        self.tracks = {t.sid: t for t in info.tracks}
+        self.track_by_cid = dict(migrated_in.track_by_cid)
+        self.subscriptions = {track_id: True for track_id in migrated_in.subscriptions}
 
     # ---- state exposed to the room ------------------------------------------------------
 
@@ -195,6 +209,7 @@ class Participant:
         action: int = rtc.LeaveRequest.Action.DISCONNECT,
         ws_code: int = 1000,
         ws_reason: str = "",
+        regions: models.RegionSettings | None = None,
     ) -> None:
         """End the session (idempotent): leave the room, optionally tell the client why, cancel."""
         if self.is_closed:
@@ -209,7 +224,7 @@ class Participant:
             close_media()
         if send_leave:
             self._enqueue_raw(
-                encode_response(rtc.SignalResponse(leave=rtc.LeaveRequest(reason=reason, action=action)))
+                encode_response(rtc.SignalResponse(leave=rtc.LeaveRequest(reason=reason, action=action, regions=regions)))
             )
         self._enqueue_raw(_CloseSocket(ws_code, ws_reason or models.DisconnectReason.Name(reason)))
         self._outbox_send.close()

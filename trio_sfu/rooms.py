@@ -13,7 +13,7 @@ import secrets
 import string
 import time
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import trio
 from livekit.protocol import models, rtc
@@ -26,6 +26,9 @@ from .media import MediaSessionFactory, UnavailableMediaSession
 from .participant import PING_INTERVAL, PING_TIMEOUT, JoinOptions, Participant
 from .server_info import server_info
 from .signal_codec import encode_response
+
+if TYPE_CHECKING:
+    from .node_relay import MigrationIn
 
 _ALPHABET = string.ascii_letters + string.digits
 _log = get_logger("trio_sfu.rooms")
@@ -118,8 +121,11 @@ class Room:
 
     # ---- membership ---------------------------------------------------------------------
 
-    async def join(self, grants: ClaimGrants, options: JoinOptions, stream: trio.abc.Stream) -> Participant:
-        """Admit a participant whose WebSocket upgrade is waiting in `stream`; start its session."""
+    async def join(self, grants: ClaimGrants, options: JoinOptions, stream: trio.abc.Stream,
+                   migrated_in: "MigrationIn | None" = None) -> Participant:
+        """Admit a participant whose WebSocket upgrade is waiting in `stream`; start its session.
+        With `migrated_in` it is a participant resuming here from another node: it keeps its
+        sid, tracks and subscriptions, and hears `reconnect` instead of `join`."""
         if self.closed or self._nursery is None:
             raise RoomClosedError(self.name)
         previous = self.participants.get(grants.identity)
@@ -133,15 +139,24 @@ class Room:
             previous.close(models.DisconnectReason.DUPLICATE_IDENTITY, send_leave=True)
         participant = Participant(
             self,
-            self.registry.new_sid("PA_"),
+            migrated_in.info.sid if migrated_in is not None else self.registry.new_sid("PA_"),
             grants,
             options,
             self.registry.metrics,
             self.registry.media_factory,
         )
-        # The join response is queued before anything else can be, so it is the first message.
-        participant.bump_version()
-        participant.send(rtc.SignalResponse(join=self.join_response(participant)))
+        if migrated_in is not None:
+            participant.adopt_migration(migrated_in)
+            participant.bump_version()
+            participant.send(rtc.SignalResponse(reconnect=rtc.ReconnectResponse(
+                ice_servers=[], client_configuration=self._client_configuration(), server_info=server_info())))
+            others = [p.to_info() for p in self.participants.values() if p is not participant and not p.hidden]
+            if others:
+                participant.send(rtc.SignalResponse(update=rtc.ParticipantUpdate(participants=others)))
+        else:
+            # The join response is queued before anything else can be, so it is the first message.
+            participant.bump_version()
+            participant.send(rtc.SignalResponse(join=self.join_response(participant)))
         self.participants[participant.identity] = participant
         self.ever_joined = True
         self._changed.set()
@@ -210,12 +225,15 @@ class Room:
             ping_timeout=PING_TIMEOUT,
             ping_interval=PING_INTERVAL,
             server_info=server_info(),
-            # No media session survives a dropped socket yet, so clients must rejoin, not resume.
-            client_configuration=models.ClientConfiguration(
-                resume_connection=models.ClientConfigSetting.DISABLED
-            ),
+            client_configuration=self._client_configuration(),
             fast_publish=False,
         )
+
+    @staticmethod
+    def _client_configuration() -> models.ClientConfiguration:
+        # No media session survives a dropped socket on the same node yet, so clients must
+        # rejoin, not resume (a migration's resume is steered by the server, not the client).
+        return models.ClientConfiguration(resume_connection=models.ClientConfigSetting.DISABLED)
 
 
 class RoomRegistry:
@@ -270,11 +288,12 @@ class RoomRegistry:
         self.emit("room_started", room)
         return room
 
-    async def join(self, room_name: str, grants: ClaimGrants, options: JoinOptions, stream: trio.abc.Stream) -> Participant:
+    async def join(self, room_name: str, grants: ClaimGrants, options: JoinOptions, stream: trio.abc.Stream,
+                   migrated_in: "MigrationIn | None" = None) -> Participant:
         for _ in range(3):
             room = await self.get_or_create(room_name)
             try:
-                return await room.join(grants, options, stream)
+                return await room.join(grants, options, stream, migrated_in)
             except RoomClosedError:
                 continue
         raise RoomClosedError(room_name)

@@ -20,6 +20,7 @@ from .http_front import HttpFront
 from .log import get_logger
 from .media import MediaSessionFactory, UnavailableMediaSession
 from .media_session import MediaService
+from .node_relay import NodeRelay
 from .room_service import SERVICE_NAME, RoomService
 from .rooms import RoomRegistry
 from .twirp import TwirpServer
@@ -36,9 +37,12 @@ class Server:
         media_factory: MediaSessionFactory = UnavailableMediaSession,
         *,
         enable_media: bool = False,
+        node_id: str | None = None,
     ) -> None:
         """`enable_media` runs the real media stack (UDP mux on `config.rtc.udp_port`) and
-        overrides `media_factory`; off by default so signal-only tests bind no UDP port."""
+        overrides `media_factory`; off by default so signal-only tests bind no UDP port.
+        `node_id` makes this server one node of several hosting the same rooms: link it to the
+        others with `relay.add_link` (trio_sfu.relay) and move participants with `relay.migrate`."""
         self.config = config
         self.metrics = m.Metrics()
         self.verifier = TokenVerifier(config.keys)
@@ -54,6 +58,13 @@ class Server:
         self.twirp = TwirpServer(self.verifier)
         self.twirp.register(SERVICE_NAME, self.room_service.methods())
         self.front = HttpFront(config, self.verifier, self.registry, self.metrics, self.twirp)
+        self.relay: NodeRelay | None = None
+        if node_id is not None:
+            if self.media is None:
+                raise ValueError("a node relays media: node_id needs enable_media")
+            self.relay = NodeRelay(node_id, self.media, self.registry, self.metrics, lambda: self.url)
+            self.media.relay = self.relay
+            self.front.relay = self.relay
         self.listeners: list[trio.SocketListener] = []
         self.port = 0
         self._shutdown = trio.Event()
@@ -75,6 +86,8 @@ class Server:
         async with trio.open_nursery() as nursery:
             if self.media is not None:
                 await nursery.start(self.media.run)
+            if self.relay is not None:
+                await nursery.start(self.relay.run)
             if self.webhooks is not None:
                 await nursery.start(self.webhooks.run)
             await nursery.start(self.registry.run)

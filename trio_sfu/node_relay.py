@@ -1,0 +1,579 @@
+"""NodeRelay: a real server's end of the node-to-node relay — remote sources and migration.
+
+Several servers ("nodes") may host the same room. Each node's NodeRelay announces the tracks
+published locally (`TrackPublished`) and relays their RTP to its peers (a `RelayTap` on the local
+receiver); each peer offers them to its own participants as *remote* sources in the room's FIFO
+TrackManager (trio_sfu.tracks), next to any local source with the same track id. RTCP feedback
+(PLI/FIR) goes back the other way. The relay protocol is `proto/relay.proto`; the link is the
+`trio_sfu.relay.RelayLink` interface (in memory in this issue; network and Redis come with the
+cluster).
+
+A participant moves from node A to node B — `NodeRelay.migrate` on A — like this:
+
+1. A detaches the participant's subscriptions expecting a resume (each m-line and down-track
+   rewrite state goes to its transceiver cache), stops its subscription manager, and sends B the
+   sync state: `MigrateParticipant` (ParticipantInfo with its track sids, cids, desired
+   subscriptions, cached m-lines, published tracks).
+2. B checks it and keeps it as a pending migration (`MigrationIn`), answering `MigrateAccepted`
+   with its signal URL. A tells the client `leave{MIGRATION, action RESUME, regions=[B]}`; the
+   participant's session on A ends, but its published sources stay open ("handed over"), so
+   subscribers on both nodes never lose their source.
+3. The client resumes on B (`/rtc?reconnect=1&sid=…`): B creates the participant from the sync
+   state (same sid and track sids), rebuilds its m-lines (same mids, SSRCs, rewrite state), and its
+   subscriptions resolve — to remote sources for tracks still published on A.
+4. The client's media reaches B: B publishes a local source under the same track id, queued
+   behind the remote copy in the FIFO, and tells A (`TrackMigrated`). A closes its handed-over
+   source expecting a resume and says so (`TrackClosing`); B closes its remote copy with that flag,
+   which caches every subscriber's m-line before the copy leaves the FIFO; only then does the local
+   source resolve, and subscribers rebind on their cached m-lines with continuous numbering.
+
+`migrate()` is cancellable at any step: A sends `MigrateCancel`, and both sides close what the
+participant left without resume. A pending migration nobody resumes within `resume_timeout`, and a
+handed-over track whose new source never appears within `handover_timeout`, are cancelled the same
+way. Every relay message is checked; a bad one is rejected with a logged reason and counted
+(`relay_rejected_total`), never raised out of the relay's tasks.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from typing import TYPE_CHECKING, Callable, Optional
+
+import attrs
+import trio
+from google.protobuf.message import DecodeError
+from livekit.protocol import models, rtc
+
+from proto import relay_pb2 as pb
+from rtp import rtcp
+from rtp.errors import ParseError
+from sdp.codecs import MediaKind
+
+from . import metrics as m
+from .forwarding.receiver import TrackReceiver
+from .log import get_logger
+from .node import RelayTap, TrackSpec, _snapshot_from_proto, _snapshot_to_proto
+from .relay import RelayLink
+from .tracks.source import SourceOrigin, TrackSource
+from .tracks.subscriber import MigratedTransceiver
+
+if TYPE_CHECKING:
+    from .media_session import MediaService, PublishedTrack, RoomMedia
+    from .rooms import RoomRegistry
+
+_log = get_logger("trio_sfu.node_relay")
+
+RELAY_REJECTED = "relay_rejected_total"
+RELAY_RTP_UNKNOWN = "relay_rtp_unknown_total"
+MIGRATIONS_OUT = "migrations_out_total"
+MIGRATIONS_IN = "migrations_in_total"
+MIGRATIONS_FAILED = "migrations_failed_total"
+
+#: How long the old node keeps a migrated participant's tracks waiting for their new source
+#: (LiveKit caps the wait for migrated tracks at 15 s too).
+HANDOVER_TIMEOUT = 15.0
+#: How long the new node keeps an accepted migration waiting for the client to resume there.
+RESUME_TIMEOUT = 20.0
+#: How long the old node waits for the new one to accept.
+ACCEPT_TIMEOUT = 10.0
+
+
+@attrs.define
+class MigrationIn:
+    """A participant handed to this node, waiting for its client to resume here."""
+
+    room: str
+    peer: str
+    info: models.ParticipantInfo
+    track_by_cid: dict[str, str]
+    subscriptions: list[str]
+    transceivers: list[MigratedTransceiver]
+    kinds: dict[str, MediaKind]
+    published: dict[str, TrackSpec]
+    auto_subscribe: bool
+    deadline: float
+
+
+@attrs.define
+class MigrationSync:
+    """What ParticipantMedia.begin_migration gives back: the sync state's media half."""
+
+    subscriptions: list[str]
+    transceivers: list[MigratedTransceiver]
+    kinds: dict[str, MediaKind]
+    published: list["PublishedTrack"]
+
+
+@attrs.define
+class _MigrationOut:
+    peer: str
+    done: trio.Event = attrs.field(factory=trio.Event)
+    accepted: Optional[bool] = None
+    reason: str = ""
+    signal_url: str = ""
+    tracks_left: set[str] = attrs.field(factory=set)
+    tracks_done: trio.Event = attrs.field(factory=trio.Event)
+
+
+@attrs.define
+class _HandedOver:
+    room_media: "RoomMedia"
+    track: "PublishedTrack"
+    participant_sid: str
+    deadline: float
+
+
+class NodeRelay:
+    def __init__(self, node_id: str, media: "MediaService", registry: "RoomRegistry", metrics: m.Metrics,
+                 signal_url: Callable[[], str]) -> None:
+        self.node_id = node_id
+        self.media = media
+        self.registry = registry
+        self.metrics = metrics
+        self._signal_url = signal_url
+        self.handover_timeout = HANDOVER_TIMEOUT
+        self.resume_timeout = RESUME_TIMEOUT
+        self.accept_timeout = ACCEPT_TIMEOUT
+        self.links: dict[str, RelayLink] = {}
+        self.rejections: list[str] = []
+        # Tracks peers announced, by room name: (peer, track id) -> spec. Kept while the room is
+        # not hosted here; materialized as remote sources while it has participants here.
+        self._announced: dict[str, dict[tuple[str, str], TrackSpec]] = {}
+        self._remote: dict[tuple[str, str, str], tuple["RoomMedia", TrackSource]] = {}
+        self._local: dict[tuple[str, str], tuple["RoomMedia", TrackSource, list[RelayTap]]] = {}
+        self._handed_over: dict[tuple[str, str], _HandedOver] = {}
+        self._pending_in: dict[tuple[str, str], MigrationIn] = {}
+        self._arriving: dict[tuple[str, str], str] = {}  # (room, track id) -> old node
+        self._out: dict[tuple[str, str], _MigrationOut] = {}
+        self._nursery: Optional[trio.Nursery] = None
+        self._deadlines_moved = trio.Event()
+        self.log = _log.bind(node=node_id)
+
+    # ---- lifetime -------------------------------------------------------------------------
+
+    def add_link(self, link: RelayLink) -> None:
+        self.links[link.peer_node_id] = link
+        if self._nursery is not None:
+            self._nursery.start_soon(self._serve_link, link)
+        # The new peer learns what is already published here.
+        for (room, _), (_, source, taps) in list(self._local.items()):
+            self._announce(link, room, source, taps)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                for link in self.links.values():
+                    nursery.start_soon(self._serve_link, link)
+                task_status.started()
+                await self._expire_forever()
+        finally:
+            self._nursery = None
+            self.close()
+
+    def close(self) -> None:
+        """Close every remote copy and handed-over track without resume, drop pending
+        migrations, close the links (idempotent)."""
+        for key in list(self._handed_over):
+            self._release_handed_over(key, expected_to_resume=False)
+        for key in list(self._remote):
+            self._close_remote(key, expected_to_resume=False)
+        self._pending_in.clear()
+        self._arriving.clear()
+        for link in self.links.values():
+            link.close()
+
+    def _reject(self, reason: str, **kv: object) -> None:
+        self.rejections.append(reason)
+        self.metrics.inc(RELAY_REJECTED)
+        self.log.warning("relay message rejected", kv={"reason": reason, **kv})
+
+    def _send(self, peer: str, message: pb.RelayMessage) -> None:
+        link = self.links.get(peer)
+        if link is not None:
+            link.send(message)
+
+    def _broadcast(self, message: pb.RelayMessage) -> None:
+        for link in self.links.values():
+            link.send(message)
+
+    # ---- local sources (RoomMedia calls these) --------------------------------------------
+
+    def local_published(self, room_media: "RoomMedia", source: TrackSource) -> None:
+        room = room_media.room.name
+        taps: list[RelayTap] = []
+        self._local[(room, source.track_id)] = (room_media, source, taps)
+        for link in self.links.values():
+            self._announce(link, room, source, taps)
+        old_node = self._arriving.pop((room, source.track_id), None)
+        if old_node is not None:
+            # A migrated participant's own media reached us: the old node may let its copy go.
+            self._send(old_node, pb.RelayMessage(track_migrated=pb.TrackMigrated(room=room, track_id=source.track_id)))
+
+    def _announce(self, link: RelayLink, room: str, source: TrackSource, taps: list[RelayTap]) -> None:
+        tap = RelayTap(link, room, source.track_id)
+        source.receiver.add_down_track(tap)  # type: ignore[arg-type]
+        taps.append(tap)
+        spec = TrackSpec(source.track_id, source.publisher_id, source.kind, source.codecs, source.stream_id,
+                         tuple(sorted((source.extensions or {}).items())))
+        link.send(pb.RelayMessage(track_published=pb.TrackPublished(room=room, track=spec.to_proto())))
+
+    def local_closing(self, room_media: "RoomMedia", source: TrackSource, expected_to_resume: bool) -> None:
+        room = room_media.room.name
+        entry = self._local.get((room, source.track_id))
+        if entry is None or entry[1] is not source:
+            return
+        del self._local[(room, source.track_id)]
+        for tap in entry[2]:
+            source.receiver.remove_down_track(tap)  # type: ignore[arg-type]
+        self._broadcast(pb.RelayMessage(track_closing=pb.TrackClosing(
+            room=room, track_id=source.track_id, expected_to_resume=expected_to_resume)))
+
+    # ---- remote sources --------------------------------------------------------------------
+
+    def room_opened(self, room_media: "RoomMedia") -> None:
+        """The room has its first participant here: offer the peers' tracks as remote sources."""
+        for (peer, _), spec in list(self._announced.get(room_media.room.name, {}).items()):
+            self._materialize(room_media, peer, spec)
+        room_media.update_desired()
+
+    def room_emptied(self, room_media: "RoomMedia") -> None:
+        """No participant left here: remote copies have nobody to serve."""
+        room = room_media.room.name
+        for key, (owner, _) in list(self._remote.items()):
+            if key[0] == room and owner is room_media:
+                self._close_remote(key, expected_to_resume=False)
+
+    def _materialize(self, room_media: "RoomMedia", peer: str, spec: TrackSpec) -> None:
+        room = room_media.room.name
+        key = (room, peer, spec.track_id)
+        if key in self._remote:
+            return  # announced again: the same source; adding it twice is a no-op
+        primary = next(c for c in spec.codecs if not c.is_rtx)
+
+        def send_rtcp(packet: bytes, track_id: str = spec.track_id) -> bool:
+            link = self.links.get(peer)
+            return link is not None and link.send(pb.RelayMessage(rtcp=pb.RelayRtcp(room=room, track_id=track_id, packet=packet)))
+
+        receiver = TrackReceiver(spec.track_id, f"{spec.kind.value}/{primary.name}", primary.clock_rate,
+                                 send_rtcp=send_rtcp, local_ssrc=secrets.randbits(31) or 1, cname=self.node_id,
+                                 buffer_capacity=1024 if spec.kind is MediaKind.VIDEO else 128,
+                                 now=trio.current_time())
+        source = TrackSource(spec.track_id, SourceOrigin.REMOTE, peer, receiver, kind=spec.kind,
+                             publisher_id=spec.publisher_id, stream_id=spec.stream_id, codecs=spec.codecs,
+                             extensions=dict(spec.extensions) or None)
+        self._remote[key] = (room_media, source)
+        room_media.track_manager.add(source)
+
+    def _close_remote(self, key: tuple[str, str, str], expected_to_resume: bool) -> None:
+        entry = self._remote.pop(key, None)
+        if entry is None:
+            return
+        room_media, source = entry
+        # Begin closing (fixing the flag), detach every subscriber (caching where a resume is
+        # expected), close: the source leaves the FIFO only after all of that.
+        source.close_now(expected_to_resume)
+        if not expected_to_resume and not room_media.track_manager.sources(source.track_id):
+            room_media.withdrawn.add(source.track_id)
+        room_media.update_desired()
+        room_media.forget_if_idle()
+
+    # ---- handed-over tracks (the old node's side of a migration) ---------------------------
+
+    def hand_over(self, room_media: "RoomMedia", tracks: list["PublishedTrack"], participant_sid: str) -> list["PublishedTrack"]:
+        """Keep a departing participant's published tracks open until their new source appears
+        on the node it moved to; returns the tracks not handed over (to unpublish now)."""
+        room = room_media.room.name
+        migration = self._out.get((room, participant_sid))
+        if migration is None or not migration.accepted:
+            return tracks
+        deadline = trio.current_time() + self.handover_timeout
+        for track in tracks:
+            self._handed_over[(room, track.sid)] = _HandedOver(room_media, track, participant_sid, deadline)
+        self._deadlines_moved.set()
+        return []
+
+    def _release_handed_over(self, key: tuple[str, str], expected_to_resume: bool) -> None:
+        entry = self._handed_over.pop(key, None)
+        if entry is None:
+            return
+        entry.room_media.unpublish([entry.track], expected_to_resume=expected_to_resume)
+        entry.room_media.forget_if_idle()
+        migration = self._out.get((key[0], entry.participant_sid))
+        if migration is not None:
+            migration.tracks_left.discard(entry.track.sid)
+            if not migration.tracks_left:
+                migration.tracks_done.set()
+
+    # ---- migration out ---------------------------------------------------------------------
+
+    async def migrate(self, room_name: str, participant_sid: str, to_node: str) -> bool:
+        """Move a participant to `to_node`; True once it runs there and each of its published
+        tracks has its new source there. Cancellable: then nothing of it stays on either node."""
+        link = self.links.get(to_node)
+        room = self.registry.rooms.get(room_name)
+        participant = next((p for p in room.participants.values() if p.sid == participant_sid), None) if room else None
+        room_media = self.media.room_by_name(room_name)
+        session = room_media.sessions.get(participant_sid) if room_media is not None else None
+        key = (room_name, participant_sid)
+        if link is None or participant is None or session is None or key in self._out:
+            self._reject("migration of an unknown participant", room=room_name, participant=participant_sid, to=to_node)
+            return False
+        out = self._out[key] = _MigrationOut(to_node)
+        ok = False
+        try:
+            sync = session.begin_migration()
+            out.tracks_left = {t.sid for t in sync.published}
+            state = pb.MigrateParticipant(
+                room=room_name, participant_id=participant_sid, subscriptions=sync.subscriptions,
+                published=[TrackSpec(t.sid, participant_sid, t.kind, t.codecs, t.stream_id,
+                                     tuple(sorted(t.extensions.items()))).to_proto() for t in sync.published],
+                participant_info=participant.to_info().SerializeToString(),
+                track_by_cid=dict(participant.track_by_cid), auto_subscribe=session.context.auto_subscribe)
+            for entry in sync.transceivers:
+                st = pb.SubscribedTransceiver(track_id=entry.track_id, mid=entry.mid, ssrc=entry.ssrc or 0,
+                                              rtx_ssrc=entry.rtx_ssrc or 0, kind=sync.kinds[entry.track_id].value)
+                if entry.snapshot is not None:
+                    st.down.CopyFrom(_snapshot_to_proto(entry.snapshot))
+                state.transceivers.append(st)
+            self.metrics.inc(MIGRATIONS_OUT)
+            self.log.info("migrating participant", kv={"room": room_name, "participant": participant_sid, "to": to_node,
+                                                       "tracks": len(sync.published), "subscriptions": len(sync.subscriptions)})
+            link.send(pb.RelayMessage(migrate=state))
+            with trio.move_on_after(self.accept_timeout):
+                await out.done.wait()
+            if not out.accepted:
+                self.log.warning("migration refused", kv={"participant": participant_sid, "reason": out.reason or "no answer"})
+                return False
+            # The client resumes there; its session here ends, its tracks wait for their new source.
+            regions = models.RegionSettings(regions=[models.RegionInfo(region=to_node, url=out.signal_url)])
+            participant.close(models.DisconnectReason.MIGRATION, action=rtc.LeaveRequest.Action.RESUME, regions=regions)
+            if out.tracks_left:
+                await out.tracks_done.wait()  # TrackMigrated for each, or the hand-over timeout
+            ok = not out.tracks_left and not out.reason
+            return ok
+        finally:
+            del self._out[key]
+            if not ok:
+                self.metrics.inc(MIGRATIONS_FAILED)
+                if out.accepted:
+                    # Cancelled or timed out after the new node took it: it lets go as well.
+                    self._send(to_node, pb.RelayMessage(migrate_cancel=pb.MigrateCancel(room=room_name, participant_id=participant_sid)))
+                # Whatever is left here ends without resume; the client must rejoin.
+                for hkey, entry in list(self._handed_over.items()):
+                    if entry.participant_sid == participant_sid and hkey[0] == room_name:
+                        self._release_handed_over(hkey, expected_to_resume=False)
+                participant.close(models.DisconnectReason.MIGRATION, action=rtc.LeaveRequest.Action.RECONNECT)
+
+    # ---- migration in ----------------------------------------------------------------------
+
+    def take_migration(self, room_name: str, participant_sid: str, identity: str) -> Optional[MigrationIn]:
+        """The pending migration a resuming client claims (same room, sid and identity)."""
+        pending = self._pending_in.get((room_name, participant_sid))
+        if pending is None or pending.info.identity != identity:
+            return None
+        del self._pending_in[(room_name, participant_sid)]
+        for track_id in pending.published:
+            self._arriving[(room_name, track_id)] = pending.peer
+        self.metrics.inc(MIGRATIONS_IN)
+        return pending
+
+    def _on_migrate(self, peer: str, body: pb.MigrateParticipant) -> str:
+        """Check a sync state and keep it for the client's resume; a non-empty reason refuses."""
+        sid = body.participant_id
+        if not body.room or not sid:
+            return "no room or participant id"
+        info = models.ParticipantInfo()
+        try:
+            info.ParseFromString(body.participant_info)
+        except DecodeError:
+            return "unparsable participant info"
+        if info.sid != sid or not info.identity:
+            return "participant info does not match"
+        room = self.registry.rooms.get(body.room)
+        if (body.room, sid) in self._pending_in or (room is not None and (
+                info.identity in room.participants or any(p.sid == sid for p in room.participants.values()))):
+            return "participant already present"
+        announced = self._announced.get(body.room, {})
+        known = {tid for (_, tid) in announced} | {tid for (r, tid) in self._local if r == body.room}
+        for track_id in body.subscriptions:
+            if track_id not in known:
+                return f"subscription to unknown track {track_id}"
+        published: dict[str, TrackSpec] = {}
+        track_sids = {t.sid for t in info.tracks}
+        for d in body.published:
+            spec = TrackSpec.from_proto(d)
+            if spec is None or spec.publisher_id != sid or spec.track_id not in track_sids:
+                return f"unusable published track {d.track_id}"
+            if (peer, spec.track_id) not in announced:
+                return f"published track {spec.track_id} unknown here"
+            published[spec.track_id] = spec
+        wanted = set(body.subscriptions)
+        entries: list[MigratedTransceiver] = []
+        kinds: dict[str, MediaKind] = {}
+        for t in body.transceivers:
+            if t.track_id not in wanted:
+                return f"transceiver for unsubscribed track {t.track_id}"
+            try:
+                kinds[t.track_id] = MediaKind(t.kind)
+            except ValueError:
+                return f"transceiver of unknown kind {t.kind!r}"
+            if kinds[t.track_id] is MediaKind.APPLICATION or not t.mid or t.ssrc == 0:
+                return f"unusable transceiver for {t.track_id}"
+            snapshot = _snapshot_from_proto(t.down) if t.HasField("down") else None
+            entries.append(MigratedTransceiver(t.track_id, t.mid, t.ssrc, t.rtx_ssrc or None, snapshot))
+        self._pending_in[(body.room, sid)] = MigrationIn(
+            body.room, peer, info, dict(body.track_by_cid), list(body.subscriptions), entries, kinds, published,
+            body.auto_subscribe, trio.current_time() + self.resume_timeout)
+        self._deadlines_moved.set()
+        return ""
+
+    def abandon(self, migration: MigrationIn) -> None:
+        """The resumed participant could not be created here: the old node lets go too."""
+        for track_id in migration.published:
+            self._arriving.pop((migration.room, track_id), None)
+        self._send(migration.peer, pb.RelayMessage(migrate_cancel=pb.MigrateCancel(
+            room=migration.room, participant_id=migration.info.sid)))
+
+    # ---- timers ----------------------------------------------------------------------------
+
+    async def _expire_forever(self) -> None:
+        while True:
+            self._deadlines_moved = trio.Event()
+            deadline = min([h.deadline for h in self._handed_over.values()]
+                           + [p.deadline for p in self._pending_in.values()], default=math.inf)
+            with trio.move_on_at(deadline):
+                await self._deadlines_moved.wait()
+            now = trio.current_time()
+            for key, entry in list(self._handed_over.items()):
+                if entry.deadline <= now:
+                    self.log.warning("migrated track never reached the new node", kv={"room": key[0], "track": key[1]})
+                    migration = self._out.get((key[0], entry.participant_sid))
+                    if migration is not None:
+                        migration.reason = "hand-over timed out"
+                    self._release_handed_over(key, expected_to_resume=False)
+            for key, pending in list(self._pending_in.items()):
+                if pending.deadline <= now:
+                    self.log.warning("migrated participant never resumed here", kv={"room": key[0], "participant": key[1]})
+                    del self._pending_in[key]
+                    self.abandon(pending)
+
+    # ---- relay messages --------------------------------------------------------------------
+
+    async def _serve_link(self, link: RelayLink) -> None:
+        while True:
+            try:
+                message = await link.receive()
+            except (trio.EndOfChannel, trio.ClosedResourceError, trio.BrokenResourceError):
+                return
+            try:
+                self._handle(link, message)
+            except Exception as exc:  # a bad message must never take the node down
+                self._reject(f"relay message failed: {type(exc).__name__}: {exc}")
+
+    def _handle(self, link: RelayLink, message: pb.RelayMessage) -> None:
+        kind = message.WhichOneof("message")
+        peer = link.peer_node_id
+        if kind is None:
+            self._reject("empty relay message", peer=peer)
+            return
+        body = getattr(message, kind)
+        if kind == "rtp":
+            entry = self._remote.get((body.room, peer, body.track_id))
+            if entry is None:
+                self.metrics.inc(RELAY_RTP_UNKNOWN)
+                return
+            entry[1].receiver.receive_rtp(body.packet, trio.current_time())
+        elif kind == "rtcp":
+            self._on_rtcp(body)
+        elif kind == "track_published":
+            spec = TrackSpec.from_proto(body.track)
+            if spec is None or not body.room:
+                self._reject("track_published with an unusable description", peer=peer, track=body.track.track_id)
+                return
+            self._announced.setdefault(body.room, {})[(peer, spec.track_id)] = spec
+            room_media = self.media.room_by_name(body.room)
+            if room_media is not None and room_media.sessions:
+                self._materialize(room_media, peer, spec)
+                room_media.update_desired()
+        elif kind == "track_closing":
+            announced = self._announced.get(body.room, {})
+            if announced.pop((peer, body.track_id), None) is None:
+                self._reject("track_closing for unknown track", peer=peer, room=body.room, track=body.track_id)
+                return
+            if not announced:
+                self._announced.pop(body.room, None)
+            self._close_remote((body.room, peer, body.track_id), body.expected_to_resume)
+        elif kind == "migrate":
+            reason = self._on_migrate(peer, body)
+            if reason:
+                self._reject(f"migration rejected: {reason}", peer=peer, participant=body.participant_id)
+                link.send(pb.RelayMessage(migrate_rejected=pb.MigrateRejected(
+                    room=body.room, participant_id=body.participant_id, reason=reason)))
+            else:
+                link.send(pb.RelayMessage(migrate_accepted=pb.MigrateAccepted(
+                    room=body.room, participant_id=body.participant_id, signal_url=self._signal_url())))
+        elif kind in ("migrate_accepted", "migrate_rejected"):
+            out = self._out.get((body.room, body.participant_id))
+            if out is None or out.accepted is not None or out.peer != peer:
+                self._reject(f"{kind} for no pending migration", peer=peer, participant=body.participant_id)
+                return
+            out.accepted = kind == "migrate_accepted"
+            out.reason = getattr(body, "reason", "")
+            out.signal_url = getattr(body, "signal_url", "")
+            if out.accepted and not out.signal_url:
+                out.accepted, out.reason = False, "no signal URL to resume at"
+            out.done.set()
+        elif kind == "migrate_cancel":
+            self._on_migrate_cancel(peer, body)
+        elif kind == "track_migrated":
+            key = (body.room, body.track_id)
+            entry = self._handed_over.get(key)
+            if entry is None or self._out.get((body.room, entry.participant_sid), _MigrationOut("")).peer != peer:
+                self._reject("track_migrated for a track not handed over", peer=peer, room=body.room, track=body.track_id)
+                return
+            self._release_handed_over(key, expected_to_resume=True)
+
+    def _on_rtcp(self, body: pb.RelayRtcp) -> None:
+        entry = self._local.get((body.room, body.track_id))
+        if entry is None:
+            return
+        try:
+            packets = rtcp.parse_rtcp(body.packet)
+        except ParseError:
+            self._reject("unparsable relayed RTCP", room=body.room, track=body.track_id)
+            return
+        if any(isinstance(p, (rtcp.Pli, rtcp.Fir)) for p in packets):
+            entry[1].receiver.request_keyframe(0, trio.current_time())
+
+    def _on_migrate_cancel(self, peer: str, body: pb.MigrateCancel) -> None:
+        key = (body.room, body.participant_id)
+        found = False
+        pending = self._pending_in.pop(key, None)
+        if pending is not None and pending.peer == peer:
+            found = True
+        # Resumed here already: the participant goes (it must rejoin from scratch).
+        room = self.registry.rooms.get(body.room)
+        participant = next((p for p in room.participants.values() if p.sid == body.participant_id), None) if room else None
+        migrated = getattr(participant, "migrated_in", None) if participant is not None else None
+        if migrated is not None and migrated.peer == peer:
+            found = True
+            for track_id in migrated.published:
+                self._arriving.pop((body.room, track_id), None)
+            participant.close(models.DisconnectReason.MIGRATION, action=rtc.LeaveRequest.Action.RECONNECT)
+        # Or we are the old node and the new one gave up: our handed-over tracks end.
+        for hkey, entry in list(self._handed_over.items()):
+            if hkey[0] == body.room and entry.participant_sid == body.participant_id:
+                found = True
+                out = self._out.get((body.room, body.participant_id))
+                if out is not None:
+                    out.reason = "cancelled by the new node"
+                self._release_handed_over(hkey, expected_to_resume=False)
+        if not found:
+            self._reject("migrate_cancel for unknown participant", peer=peer, participant=body.participant_id)
+
+    # ---- checks ----------------------------------------------------------------------------
+
+    def remote_sources(self) -> list[TrackSource]:
+        return [source for _, source in self._remote.values()]
