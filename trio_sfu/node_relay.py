@@ -321,7 +321,7 @@ class NodeRelay:
             self._reject("migration of an unknown participant", room=room_name, participant=participant_sid, to=to_node)
             return False
         out = self._out[key] = _MigrationOut(to_node)
-        ok = False
+        ok = sent = False
         try:
             sync = session.begin_migration()
             out.tracks_left = {t.sid for t in sync.published}
@@ -340,7 +340,7 @@ class NodeRelay:
             self.metrics.inc(MIGRATIONS_OUT)
             self.log.info("migrating participant", kv={"room": room_name, "participant": participant_sid, "to": to_node,
                                                        "tracks": len(sync.published), "subscriptions": len(sync.subscriptions)})
-            link.send(pb.RelayMessage(migrate=state))
+            sent = link.send(pb.RelayMessage(migrate=state))
             with trio.move_on_after(self.accept_timeout):
                 await out.done.wait()
             if not out.accepted:
@@ -357,8 +357,8 @@ class NodeRelay:
             del self._out[key]
             if not ok:
                 self.metrics.inc(MIGRATIONS_FAILED)
-                if out.accepted:
-                    # Cancelled or timed out after the new node took it: it lets go as well.
+                if sent and out.accepted is not False:
+                    # The new node may hold (or be about to hold) the sync state: it lets go too.
                     self._send(to_node, pb.RelayMessage(migrate_cancel=pb.MigrateCancel(room=room_name, participant_id=participant_sid)))
                 # Whatever is left here ends without resume; the client must rejoin.
                 for hkey, entry in list(self._handed_over.items()):
