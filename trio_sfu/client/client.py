@@ -865,11 +865,12 @@ class LiveKitClient:
         try:
             url = signal_url(base_url, access_token=self._token if self._token_in_query else None,
                              auto_subscribe=self._auto_subscribe, resume_sid=self.participant_sid,
-                             reconnect_reason=rtc.ReconnectReason.RR_UNKNOWN)
-            ws = await trio_websocket.connect_websocket_url(
-                self._nursery, url, extra_headers=headers, connect_timeout=self._join_timeout,
-                disconnect_timeout=2, max_message_size=4 * 1024 * 1024)
-        except (ValueError, trio_websocket.HandshakeError, OSError) as exc:
+                             reconnect_reason=models.ReconnectReason.RR_UNKNOWN)
+            with trio.fail_after(self._join_timeout):
+                # In the client's nursery: the connection must outlive this task's part in the move.
+                ws = await trio_websocket.connect_websocket_url(
+                    self._nursery, url, extra_headers=headers, max_message_size=4 * 1024 * 1024)
+        except (ValueError, trio_websocket.HandshakeError, OSError, trio.TooSlowError) as exc:
             return self._resume_failed(f"cannot resume at {base_url}: {exc!r}")
         self._ws = ws
         first = rtc.SignalResponse()
