@@ -505,6 +505,7 @@ class ParticipantMedia:
         self.manager.close()  # every down track leaves its source, no resume
         pending, self._pending_answer = self._pending_answer, None
         if pending is not None:
+            pending.error = "the participant left"
             pending.arrived.set()
         now = trio.current_time()
         mux = self.service.mux

@@ -347,7 +347,7 @@ class NodeRelay:
                 self.log.warning("migration refused", kv={"participant": participant_sid, "reason": out.reason or "no answer"})
                 return False
             # The client resumes there; its session here ends, its tracks wait for their new source.
-            regions = models.RegionSettings(regions=[models.RegionInfo(region=to_node, url=out.signal_url)])
+            regions = rtc.RegionSettings(regions=[rtc.RegionInfo(region=to_node, url=out.signal_url)])
             participant.close(models.DisconnectReason.MIGRATION, action=rtc.LeaveRequest.Action.RESUME, regions=regions)
             if out.tracks_left:
                 await out.tracks_done.wait()  # TrackMigrated for each, or the hand-over timeout

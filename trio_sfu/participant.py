@@ -209,7 +209,7 @@ class Participant:
         action: int = rtc.LeaveRequest.Action.DISCONNECT,
         ws_code: int = 1000,
         ws_reason: str = "",
-        regions: models.RegionSettings | None = None,
+        regions: rtc.RegionSettings | None = None,
     ) -> None:
         """End the session (idempotent): leave the room, optionally tell the client why, cancel."""
         if self.is_closed:

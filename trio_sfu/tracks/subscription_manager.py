@@ -171,6 +171,8 @@ class SubscriptionManager:
             try:
                 await self.endpoint.negotiate()
             except NoAnswerError as exc:
+                if self.closed:
+                    return  # the participant left while its offer was out
                 # Transient: let the bindings go (nothing was negotiated for them) and offer
                 # again on a later pass; `needs_negotiation` stays true until an answer lands.
                 self.log.warning("offer unanswered", kv={"error": str(exc)})
@@ -179,6 +181,8 @@ class SubscriptionManager:
                     s.transient_errors.append("no_answer")
                 return
             except (NegotiationError, TransceiverInvariantError) as exc:
+                if self.closed:
+                    return
                 if not bound:
                     self.log.warning("renegotiation failed", kv={"error": str(exc)})
                 for s, source, _ in bound:
