@@ -12,9 +12,12 @@ from __future__ import annotations
 import trio
 from livekit.protocol import models, rtc
 
+from sdp.parser import parse as parse_sdp
 from server_fixtures import media_nodes, mint_token
+from test_node_relay_servers import recording
 from trio_sfu.client import LiveKitClient
 from trio_sfu.client.senders import send_synthetic_audio
+from trio_sfu.tracks import SourceOrigin
 
 ROOM = "shared"
 
@@ -109,3 +112,85 @@ async def test_a_migration_cancelled_while_its_tracks_wait_for_the_new_node_leav
 
 async def test_a_client_that_never_resumes_on_the_new_node_is_given_up_on_both_nodes() -> None:
     await run_cancel_case("never-resumed")
+
+
+def record_offers(client: LiveKitClient) -> list[str]:
+    """Every subscriber offer the client answers, on whichever node, in order."""
+    offers: list[str] = []
+    dispatch = client._dispatch
+
+    async def observing(response: rtc.SignalResponse) -> None:
+        if response.WhichOneof("message") == "offer":
+            offers.append(response.offer.sdp)
+        await dispatch(response)
+
+    client._dispatch = observing  # type: ignore[method-assign]
+    return offers
+
+
+def lines_for(sdp: str, track_sid: str) -> list[tuple[str, tuple[int, ...]]]:
+    """(mid, SSRCs) of every live m-line of the offer that carries `track_sid`."""
+    return [(m.mid or "", tuple(sorted(set(m.ssrcs)))) for m in parse_sdp(sdp).media
+            if not m.rejected and m.msid is not None and m.msid.track_id == track_sid]
+
+
+async def test_both_participants_migrate_and_the_subscription_moves_from_remote_to_local_without_a_new_m_line(monkeypatch) -> None:
+    """The seed story on two real servers: pA (subscriber) and pB (publisher) start on node A;
+    pA moves to B first and is served pB's track through B's remote copy; then pB moves, its
+    own media publishes a local source on B behind the remote one, A lets its copy go expecting a
+    resume, and B switches pA to the local source. pA's client sees one m-line, one mid, one
+    SSRC and continuous sequence numbers and timestamps through both moves."""
+    received = recording(monkeypatch)
+    async with media_nodes("node-a", "node-b") as (a, b):
+        async with LiveKitClient.connect(a.url, mint_token("pa", room=ROOM)) as pa, \
+                LiveKitClient.connect(a.url, mint_token("pb", room=ROOM)) as pb, \
+                trio.open_nursery() as senders:
+            offers = record_offers(pa)
+            audio = await pb.publish_audio()
+            senders.start_soon(send_synthetic_audio, audio, 60.0)
+            (track,) = await pa.wait_for_tracks(1)
+            packets = received.setdefault(id(pa), [])
+            await wait_until(lambda: len(packets) >= 25)
+            (line,) = lines_for(offers[-1], audio.sid)
+
+            # 1. pA moves to B: its subscription there resolves to B's remote copy of pB's track.
+            assert await a.relay.migrate(ROOM, pa.participant_sid, "node-b")
+            await pa.wait_resumed(1)
+            mark = len(packets)
+            moves = [mark]
+            await wait_until(lambda: len(packets) >= mark + 25)
+            room_b = b.media.room_by_name(ROOM)
+            (remote,) = room_b.track_manager.sources(audio.sid)
+            assert remote.origin is SourceOrigin.REMOTE and remote.has_subscriber(pa.participant_sid)
+            assert room_b.sessions[pa.participant_sid].subscriptions[audio.sid].reused
+
+            # 2. pB moves to B: its media publishes the local source; the remote copy closes with
+            # resume (pA's m-line cached first), then pA rebinds on the local source.
+            offers_before = len(offers)
+            assert await b.relay.migrate(ROOM, pb.participant_sid, "node-b") is False  # not on B yet
+            assert await a.relay.migrate(ROOM, pb.participant_sid, "node-b")
+            await pb.wait_resumed(1)
+            mark = len(packets)
+            moves.append(mark)
+            await wait_until(lambda: len(packets) >= mark + 25)
+            (local,) = room_b.track_manager.sources(audio.sid)
+            assert local.origin is SourceOrigin.LOCAL and local.has_subscriber(pa.participant_sid)
+            assert remote.state.value == "closed" and not remote.subscriber_ids
+            senders.cancel_scope.cancel()
+
+            # Nothing of either participant or the track stays on A.
+            assert a.media.room_by_name(ROOM) is None or not a.media.room_by_name(ROOM).track_manager.track_ids()
+            assert not a.relay._handed_over and not b.relay._pending_in and not b.relay._arriving
+            # pA: the same m-line (mid, SSRC) in every offer on both nodes, never two for the
+            # track, and none at all for the remote -> local switch (the cached m-line came back).
+            assert len(offers) == offers_before
+            assert all(lines_for(sdp, audio.sid) == [line] for sdp in offers[1:]), [lines_for(s, audio.sid) for s in offers]
+            assert track.mid == line[0] and track.active and pa.errors == [] and pb.errors == []
+            # Continuous numbering through both moves: one SSRC, every sequence number one past
+            # the previous, timestamps moving forward by no more than the time that passed.
+            assert {ssrc for ssrc, _, _ in packets} == {line[1][0]}
+            for i, ((_, seq0, ts0), (_, seq1, ts1)) in enumerate(zip(packets, packets[1:])):
+                assert (seq1 - seq0) & 0xFFFF == 1, (i, seq0, seq1, moves)
+                assert 0 < (ts1 - ts0) & 0xFFFFFFFF < 48000 * 5, (ts0, ts1)
+            assert track.stats.lost == 0
+            assert a.metrics.get("migrations_out_total") == 2 and b.metrics.get("migrations_in_total") == 2

@@ -971,7 +971,11 @@ class ParticipantMedia:
         if pc is self.subscriber:
             for binding in self.endpoint.bindings.values():
                 down = binding.down
-                if down is not None and not down.disabled:  # paused or muted: no PLI
+                if down is None or down.target_layer is None or self._publisher_muted(binding.source):
+                    continue  # paused by the subscriber or muted by the publisher: stays quiet
+                if down.disabled:
+                    down.set_disabled(False, now)  # held until now; asks for a keyframe itself
+                else:
                     binding.source.receiver.request_keyframe(down.target_layer, now)
 
 
@@ -998,8 +1002,13 @@ class ParticipantSubscriber(SubscriberEndpoint):
         return self._session._target_layer(source)
 
     def down_track_starting(self, source: TrackSource, down: DownTrack, now: float) -> None:
-        if self._session._publisher_muted(source):
+        session = self._session
+        if session._publisher_muted(source):
             down.set_disabled(True, now)  # the unmute resumes it (ParticipantMedia._on_track_muted)
+        elif session.subscriber is None or not session.subscriber.connected:
+            # Nothing can reach the client yet: packets sent now would be lost and leave a gap
+            # in its numbering (a resumed m-line must continue exactly). on_connected resumes it.
+            down.set_disabled(True, now)
 
     def down_track_started(self, source: TrackSource, down: DownTrack, first_subscriber: bool, now: float) -> None:
         session = self._session
