@@ -194,3 +194,55 @@ async def test_both_participants_migrate_and_the_subscription_moves_from_remote_
                 assert 0 < (ts1 - ts0) & 0xFFFFFFFF < 48000 * 5, (ts0, ts1)
             assert track.stats.lost == 0
             assert a.metrics.get("migrations_out_total") == 2 and b.metrics.get("migrations_in_total") == 2
+
+
+async def test_both_participants_migrating_at_once_keep_one_m_line_and_continuous_numbering(monkeypatch) -> None:
+    """The two moves overlap (pB's starts a little after pA's, at several offsets): whatever
+    order the relay messages, resumes and first packets land in, pA ends subscribed to pB's
+    local source on B with one m-line for the track in every offer and continuous numbering."""
+    received = recording(monkeypatch)
+    for offset in (0.0, 0.05, 0.3):
+        async with media_nodes("node-a", "node-b") as (a, b):
+            async with LiveKitClient.connect(a.url, mint_token("pa", room=ROOM)) as pa, \
+                    LiveKitClient.connect(a.url, mint_token("pb", room=ROOM)) as pb, \
+                    trio.open_nursery() as senders:
+                offers = record_offers(pa)
+                audio = await pb.publish_audio()
+                senders.start_soon(send_synthetic_audio, audio, 60.0)
+                (track,) = await pa.wait_for_tracks(1)
+                packets = received.setdefault(id(pa), [])
+                await wait_until(lambda: len(packets) >= 25)
+                results: dict[str, bool] = {}
+
+                async def move(name: str, client: LiveKitClient, delay: float) -> None:
+                    await trio.sleep(delay)
+                    results[name] = await a.relay.migrate(ROOM, client.participant_sid, "node-b")
+
+                async with trio.open_nursery() as moves:
+                    moves.start_soon(move, "pa", pa, 0.0)
+                    moves.start_soon(move, "pb", pb, offset)
+                assert results == {"pa": True, "pb": True}, (offset, results)
+                await pa.wait_resumed(1)
+                await pb.wait_resumed(1)
+                mark = len(packets)
+                await wait_until(lambda: len(packets) >= mark + 25)
+                room_b = b.media.room_by_name(ROOM)
+                await wait_until(lambda: [s.origin for s in room_b.track_manager.sources(audio.sid)] == [SourceOrigin.LOCAL])
+                (local,) = room_b.track_manager.sources(audio.sid)
+                await wait_until(lambda: local.has_subscriber(pa.participant_sid))
+                senders.cancel_scope.cancel()
+
+                for sdp in offers:
+                    assert len(lines_for(sdp, audio.sid)) <= 1, (offset, sdp)
+                mids = {line[0] for sdp in offers for line in lines_for(sdp, audio.sid)}
+                assert mids == {track.mid}, (offset, mids)
+                assert len({ssrc for ssrc, _, _ in packets}) == 1, offset
+                for (_, seq0, ts0), (_, seq1, ts1) in zip(packets, packets[1:]):
+                    assert (seq1 - seq0) & 0xFFFF == 1, (offset, seq0, seq1)
+                    assert 0 < (ts1 - ts0) & 0xFFFFFFFF < 48000 * 5, (offset, ts0, ts1)
+                assert pa.errors == [] and pb.errors == []
+                for server in (a, b):
+                    for room_media in list(server.media.rooms.values()):
+                        for source in room_media.track_manager.all_sources():
+                            assert source.is_open or not source.subscriber_ids
+        received.clear()
