@@ -1,4 +1,11 @@
-"""Node: the rooms one SFU process runs, linked to other nodes hosting the same rooms.
+"""Node: the two-node migration story as a model, for deterministic race tests.
+
+`Node` runs the story with in-memory clients (`ClientPeer`) and no sockets, so the race tests and
+the interleaving explorer can drive it under `MockClock` with explicit seams. It uses the very
+classes the real server uses (TrackSource, the FIFO TrackManager, SubscriptionManager,
+SubscriberEndpoint and its transceiver cache, TrackReceiver/DownTrack) and the same relay
+protocol (`proto/relay.proto`); `trio_sfu.node_relay.NodeRelay` is that protocol on real servers,
+sharing `TrackSpec` and `RelayTap` from here.
 
 A room may be hosted on several nodes. Each node relays its local tracks to its linked peers
 (`TrackPublished` then `RelayRtp`), and each peer offers them to its own participants as
