@@ -13,6 +13,10 @@ when its ``async with`` ends::
         audio.send_rtp(payload, timestamp=960)
         async for track in client.tracks():   # RemoteTrack, as subscribed
             ...
+
+A ``leave`` with action RESUME (a migration to the node in its ``regions``, or a
+resume at the same URL) is followed rather than ended: see :meth:`LiveKitClient._migrate`
+and :meth:`LiveKitClient.wait_resumed`.
 """
 
 from __future__ import annotations
