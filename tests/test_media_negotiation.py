@@ -85,7 +85,7 @@ async def test_a_joiner_gets_one_offer_for_every_track_already_published() -> No
 
 async def test_an_unanswered_offer_is_offered_again_after_the_answer_timeout() -> None:
     async with media_server() as server:
-        server.media.answer_timeout = 1.0
+        server.media.answer_timeout = 2.0
         async with LiveKitClient.connect(server.url, mint_token("pub")) as publisher, \
                 trio.open_nursery() as senders:
             audio = await publisher.publish_audio()
@@ -99,11 +99,13 @@ async def test_an_unanswered_offer_is_offered_again_after_the_answer_timeout() -
                 (track,) = await subscriber.wait_for_tracks(1, timeout=15)
                 await wait_packets(track, 10)
                 made = offers(seen)
-                assert len(made) == 2, [live_tracks(sdp) for _, sdp in made]
-                assert live_tracks(made[0][1]) == [audio.sid] and live_tracks(made[1][1]) == [audio.sid]
-                # Offered again only once the first offer had waited out the timeout.
-                assert made[1][0] - made[0][0] >= 1.0
-                assert server.metrics.get("media_subscriber_answer_timeout_total") == 1
+                # (A third offer only if the loaded machine answered the second one late too.)
+                assert len(made) >= 2, [live_tracks(sdp) for _, sdp in made]
+                assert all(live_tracks(sdp) == [audio.sid] for _, sdp in made)
+                # Offered again only once the first offer had waited out the timeout (arrival
+                # times at the client: allow them half a second of scheduling jitter).
+                assert made[1][0] - made[0][0] >= 1.5
+                assert server.metrics.get("media_subscriber_answer_timeout_total") == len(made) - 1
                 # The trickled candidate for the dropped offer found no PC: the drop's own echo.
                 assert [e for e in subscriber.errors if "trickle for a PC we do not have" not in e] == []
             senders.cancel_scope.cancel()
