@@ -51,7 +51,7 @@ from sdp.negotiator import LocalParams
 from .forwarding.downtrack import DownTrackSnapshot
 from .forwarding.receiver import TrackReceiver
 from .log import get_logger
-from .relay import RelayLink
+from .relay import RelayLink, serve_link
 from .tracks.source import RecordedAtClosing, ResumeFlagPolicy, SourceOrigin, TrackSource
 from .tracks.subscriber import MigratedTransceiver, SubscriberEndpoint
 from .tracks.subscription_manager import SubscriptionManager
@@ -115,16 +115,35 @@ class TrackSpec:
         return cls(d.track_id, d.publisher_id, kind, tuple(codecs), d.stream_id, tuple(sorted(d.extensions.items())))
 
 
-def _snapshot_to_proto(s: DownTrackSnapshot) -> pb.DownTrackState:
+def snapshot_to_proto(s: DownTrackSnapshot) -> pb.DownTrackState:
     return pb.DownTrackState(last_sequence=s.last_sequence, last_timestamp=s.last_timestamp,
                              last_timestamp_at=s.last_timestamp_at, vp8_picture_id=s.vp8_picture_id,
                              vp8_tl0picidx=s.vp8_tl0picidx, rtx_sequence=s.rtx_sequence,
                              packets_sent=s.packets_sent, octets_sent=s.octets_sent)
 
 
-def _snapshot_from_proto(d: pb.DownTrackState) -> DownTrackSnapshot:
+def snapshot_from_proto(d: pb.DownTrackState) -> DownTrackSnapshot:
     return DownTrackSnapshot(d.last_sequence, d.last_timestamp, d.last_timestamp_at, d.vp8_picture_id,
                              d.vp8_tl0picidx, d.rtx_sequence & 0xFFFF, d.packets_sent, d.octets_sent)
+
+
+def migrated_transceivers(body: pb.MigrateParticipant) -> tuple[list[MigratedTransceiver], dict[str, MediaKind]] | str:
+    """The sync state's cached m-lines and their kinds, or why they cannot be used."""
+    entries: list[MigratedTransceiver] = []
+    kinds: dict[str, MediaKind] = {}
+    wanted = set(body.subscriptions)
+    for t in body.transceivers:
+        if t.track_id not in wanted:
+            return f"transceiver for unsubscribed track {t.track_id}"
+        try:
+            kinds[t.track_id] = MediaKind(t.kind)
+        except ValueError:
+            return f"transceiver of unknown kind {t.kind!r}"
+        if kinds[t.track_id] is MediaKind.APPLICATION or not t.mid or t.ssrc == 0:
+            return f"unusable transceiver for {t.track_id}"
+        snapshot = snapshot_from_proto(t.down) if t.HasField("down") else None
+        entries.append(MigratedTransceiver(t.track_id, t.mid, t.ssrc, t.rtx_ssrc or None, snapshot))
+    return entries, kinds
 
 
 class RelayTap:
@@ -418,7 +437,7 @@ class Node:
                                               rtx_ssrc=entry.rtx_ssrc or 0,
                                               kind=(cached.kind if cached else MediaKind.AUDIO).value)
                 if entry.snapshot is not None:
-                    st.down.CopyFrom(_snapshot_to_proto(entry.snapshot))
+                    st.down.CopyFrom(snapshot_to_proto(entry.snapshot))
                 state.transceivers.append(st)
             await self.seam("migrate.detached", {"node": self.node_id, "participant": pid})
             link.send(pb.RelayMessage(migrate=state))
@@ -446,15 +465,7 @@ class Node:
     # ---- relay messages -------------------------------------------------------------------------
 
     async def _serve_link(self, link: RelayLink) -> None:
-        while True:
-            try:
-                message = await link.receive()
-            except (trio.EndOfChannel, trio.ClosedResourceError, trio.BrokenResourceError):
-                return
-            try:
-                self._handle(link, message)
-            except Exception as exc:  # a bad message must never take the node down
-                self._reject(f"relay message failed: {type(exc).__name__}: {exc}")
+        await serve_link(link, self._handle, self._reject)
 
     def _handle(self, link: RelayLink, message: pb.RelayMessage) -> None:
         kind = message.WhichOneof("message")
@@ -580,20 +591,10 @@ class Node:
             if (peer, spec.track_id) not in room.remote:
                 return f"published track {spec.track_id} unknown here"
             published.append(spec)
-        entries = []
-        kinds: dict[str, MediaKind] = {}
-        wanted = set(body.subscriptions)
-        for t in body.transceivers:
-            if t.track_id not in wanted:
-                return f"transceiver for unsubscribed track {t.track_id}"
-            try:
-                kinds[t.track_id] = MediaKind(t.kind)
-            except ValueError:
-                return f"transceiver of unknown kind {t.kind!r}"
-            if kinds[t.track_id] is MediaKind.APPLICATION or not t.mid or t.ssrc == 0:
-                return f"unusable transceiver for {t.track_id}"
-            snapshot = _snapshot_from_proto(t.down) if t.HasField("down") else None
-            entries.append(MigratedTransceiver(t.track_id, t.mid, t.ssrc, t.rtx_ssrc or None, snapshot))
+        parsed = migrated_transceivers(body)
+        if isinstance(parsed, str):
+            return parsed
+        entries, kinds = parsed
         p = self._new_participant(room, pid, client)
         p.migrated_from = peer
         failed = p.endpoint.restore_migrated(entries, kinds)

@@ -53,8 +53,8 @@ from sdp.codecs import MediaKind
 from . import metrics as m
 from .forwarding.receiver import TrackReceiver
 from .log import get_logger
-from .node import RelayTap, TrackSpec, _snapshot_from_proto, _snapshot_to_proto
-from .relay import RelayLink
+from .node import RelayTap, TrackSpec, migrated_transceivers, snapshot_to_proto
+from .relay import RelayLink, serve_link
 from .tracks.source import SourceOrigin, TrackSource
 from .tracks.subscriber import MigratedTransceiver
 
@@ -335,7 +335,7 @@ class NodeRelay:
                 st = pb.SubscribedTransceiver(track_id=entry.track_id, mid=entry.mid, ssrc=entry.ssrc or 0,
                                               rtx_ssrc=entry.rtx_ssrc or 0, kind=sync.kinds[entry.track_id].value)
                 if entry.snapshot is not None:
-                    st.down.CopyFrom(_snapshot_to_proto(entry.snapshot))
+                    st.down.CopyFrom(snapshot_to_proto(entry.snapshot))
                 state.transceivers.append(st)
             self.metrics.inc(MIGRATIONS_OUT)
             self.log.info("migrating participant", kv={"room": room_name, "participant": participant_sid, "to": to_node,
@@ -409,20 +409,10 @@ class NodeRelay:
             if (peer, spec.track_id) not in announced:
                 return f"published track {spec.track_id} unknown here"
             published[spec.track_id] = spec
-        wanted = set(body.subscriptions)
-        entries: list[MigratedTransceiver] = []
-        kinds: dict[str, MediaKind] = {}
-        for t in body.transceivers:
-            if t.track_id not in wanted:
-                return f"transceiver for unsubscribed track {t.track_id}"
-            try:
-                kinds[t.track_id] = MediaKind(t.kind)
-            except ValueError:
-                return f"transceiver of unknown kind {t.kind!r}"
-            if kinds[t.track_id] is MediaKind.APPLICATION or not t.mid or t.ssrc == 0:
-                return f"unusable transceiver for {t.track_id}"
-            snapshot = _snapshot_from_proto(t.down) if t.HasField("down") else None
-            entries.append(MigratedTransceiver(t.track_id, t.mid, t.ssrc, t.rtx_ssrc or None, snapshot))
+        parsed = migrated_transceivers(body)
+        if isinstance(parsed, str):
+            return parsed
+        entries, kinds = parsed
         self._pending_in[(body.room, sid)] = MigrationIn(
             body.room, peer, info, dict(body.track_by_cid), list(body.subscriptions), entries, kinds, published,
             body.auto_subscribe, trio.current_time() + self.resume_timeout)
@@ -462,15 +452,7 @@ class NodeRelay:
     # ---- relay messages --------------------------------------------------------------------
 
     async def _serve_link(self, link: RelayLink) -> None:
-        while True:
-            try:
-                message = await link.receive()
-            except (trio.EndOfChannel, trio.ClosedResourceError, trio.BrokenResourceError):
-                return
-            try:
-                self._handle(link, message)
-            except Exception as exc:  # a bad message must never take the node down
-                self._reject(f"relay message failed: {type(exc).__name__}: {exc}")
+        await serve_link(link, self._handle, self._reject)
 
     def _handle(self, link: RelayLink, message: pb.RelayMessage) -> None:
         kind = message.WhichOneof("message")
