@@ -495,7 +495,7 @@ class ParticipantMedia:
                 hooks.remove(hook)
         room = self.room_media
         room.leave(self)
-        tracks = list(self.tracks_by_mid.values())
+        tracks = list(dict.fromkeys(self.tracks_by_mid.values()))  # a track may hold several mids
         if self.migrating and self.service.relay is not None:
             # Moving to another node: the tracks stay until their new source appears there.
             tracks = self.service.relay.hand_over(room, tracks, self.sid)
