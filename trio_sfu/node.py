@@ -105,6 +105,8 @@ class TrackSpec:
             return None
         if kind is MediaKind.APPLICATION or not d.track_id or not d.codecs:
             return None
+        if all(c.name.lower() == "rtx" for c in d.codecs):
+            return None  # nothing but retransmission: no media codec to forward
         codecs = []
         for c in d.codecs:
             if c.payload_type > 127 or not c.name or c.clock_rate == 0:
