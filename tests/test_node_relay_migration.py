@@ -246,3 +246,34 @@ async def test_both_participants_migrating_at_once_keep_one_m_line_and_continuou
                         for source in room_media.track_manager.all_sources():
                             assert source.is_open or not source.subscriber_ids
         received.clear()
+
+
+async def test_a_client_resuming_where_it_first_connected_is_forwarded_to_the_new_node() -> None:
+    """LiveKit SDKs resume at the URL they joined (they ignore the leave's region URL): the old
+    node splices such a resume through to the participant's new node, which runs it."""
+    async with media_nodes("node-a", "node-b") as (a, b):
+        async with LiveKitClient.connect(a.url, mint_token("pub", room=ROOM)) as pub, \
+                LiveKitClient.connect(a.url, mint_token("sub", room=ROOM)) as sub, \
+                trio.open_nursery() as senders:
+            dispatch = sub._dispatch
+
+            async def without_region(response: rtc.SignalResponse) -> None:
+                if response.WhichOneof("message") == "leave":
+                    del response.leave.regions.regions[:]  # resume at the URL we joined
+                await dispatch(response)
+
+            sub._dispatch = without_region  # type: ignore[method-assign]
+            audio = await pub.publish_audio()
+            senders.start_soon(send_synthetic_audio, audio, 30.0)
+            (track,) = await sub.wait_for_tracks(1)
+            await wait_until(lambda: track.stats.packets > 20)
+            assert await a.relay.migrate(ROOM, sub.participant_sid, "node-b")
+            await sub.wait_resumed(1)
+            assert sub.url == a.url  # it went back to A ...
+            room_b = b.media.room_by_name(ROOM)
+            assert sub.participant_sid in room_b.sessions  # ... and runs on B
+            before = track.stats.packets
+            await wait_until(lambda: track.stats.packets > before + 25)
+            assert a.metrics.get("signal_resume_forwarded_total") == 1
+            assert track.stats.lost == 0 and sub.errors == []
+            senders.cancel_scope.cancel()

@@ -438,6 +438,12 @@ class HttpFront:
             relay = self.relay
             migrated_in = relay.take_migration(room_name, sid, grants.identity) if relay is not None else None
             if migrated_in is None:
+                moved_to = relay.moved_to(room_name, sid) if relay is not None else None
+                if moved_to is not None:
+                    # A client resumes where it first connected; the participant now lives on
+                    # another node (a LiveKit SDK ignores the leave's region URL).
+                    await self._forward(exchange, moved_to, room_name, sid)
+                    return
                 await self._refuse_resume(stream, room_name, grants, sid)
                 return
         options = join_options_from_query(request)
@@ -454,6 +460,37 @@ class HttpFront:
             await exchange.respond(503, b"room is closing, retry\n")
             return
         await participant.finished.wait()
+
+    async def _forward(self, exchange: _HttpExchange, target: tuple[str, int], room: str, sid: str) -> None:
+        """Splice this connection (its request bytes first) to the node the participant moved to,
+        until either side closes: that node runs the resume, as if the client had gone there."""
+        self.metrics.inc(m.SIGNAL_RESUME_FORWARDED)
+        _log.info("resume forwarded to the participant's node", kv={"room": room, "sid": sid[:40],
+                                                                  "to": f"{target[0]}:{target[1]}"})
+        try:
+            upstream = await trio.open_tcp_stream(*target)
+        except OSError as exc:
+            _log.warning("resume forward failed", kv={"room": room, "sid": sid[:40], "error": str(exc)})
+            await exchange.respond(502, b"the participant's node is unreachable\n")
+            return
+
+        async def pump(source: trio.abc.ReceiveStream, sink: trio.abc.SendStream, scope: trio.CancelScope) -> None:
+            try:
+                while data := await source.receive_some(65536):
+                    await sink.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+            finally:
+                scope.cancel()  # one side gone: the splice ends
+
+        async with upstream:
+            try:
+                await upstream.send_all(bytes(exchange.raw))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(pump, exchange.stream, upstream, nursery.cancel_scope)
+                nursery.start_soon(pump, upstream, exchange.stream, nursery.cancel_scope)
 
     async def _refuse_resume(self, stream: trio.abc.Stream, room: str, grants: ClaimGrants, sid: str) -> None:
         """Resume needs live media transports to restart ICE on; until then ask for a full rejoin."""

@@ -39,6 +39,7 @@ from __future__ import annotations
 import math
 import secrets
 from typing import TYPE_CHECKING, Callable, Optional
+from urllib.parse import urlsplit
 
 import attrs
 import trio
@@ -77,6 +78,8 @@ HANDOVER_TIMEOUT = 15.0
 RESUME_TIMEOUT = 20.0
 #: How long the old node waits for the new one to accept.
 ACCEPT_TIMEOUT = 10.0
+#: How long the old node forwards a moved participant's resumes to its new node.
+MOVED_TTL = 60.0
 
 
 @attrs.define
@@ -124,6 +127,16 @@ class _HandedOver:
     deadline: float
 
 
+def _host_port(url: str) -> Optional[tuple[str, int]]:
+    """(host, port) of a ws:// or http:// base URL; None if it names none."""
+    parsed = urlsplit(url)
+    try:
+        port = parsed.port or (443 if parsed.scheme in ("wss", "https") else 80)
+    except ValueError:
+        return None
+    return (parsed.hostname, port) if parsed.hostname else None
+
+
 class NodeRelay:
     def __init__(self, node_id: str, media: "MediaService", registry: "RoomRegistry", metrics: m.Metrics,
                  signal_url: Callable[[], str]) -> None:
@@ -146,6 +159,10 @@ class NodeRelay:
         self._pending_in: dict[tuple[str, str], MigrationIn] = {}
         self._arriving: dict[tuple[str, str], str] = {}  # (room, track id) -> old node
         self._out: dict[tuple[str, str], _MigrationOut] = {}
+        # Participants that moved away: (room, sid) -> (host, port) of their node, until the
+        # deadline; a client resuming here is forwarded there.
+        self._moved: dict[tuple[str, str], tuple[tuple[str, int], float]] = {}
+        self.moved_ttl = MOVED_TTL
         self._nursery: Optional[trio.Nursery] = None
         self._deadlines_moved = trio.Event()
         self.log = _log.bind(node=node_id)
@@ -347,6 +364,11 @@ class NodeRelay:
                 self.log.warning("migration refused", kv={"participant": participant_sid, "reason": out.reason or "no answer"})
                 return False
             # The client resumes there; its session here ends, its tracks wait for their new source.
+            target = _host_port(out.signal_url)
+            if target is not None:
+                now = trio.current_time()
+                self._moved = {k: v for k, v in self._moved.items() if v[1] > now}
+                self._moved[key] = (target, now + self.moved_ttl)
             regions = rtc.RegionSettings(regions=[rtc.RegionInfo(region=to_node, url=out.signal_url)])
             participant.close(models.DisconnectReason.MIGRATION, action=rtc.LeaveRequest.Action.RESUME, regions=regions)
             if out.tracks_left:
@@ -356,6 +378,7 @@ class NodeRelay:
         finally:
             del self._out[key]
             if not ok:
+                self._moved.pop(key, None)
                 self.metrics.inc(MIGRATIONS_FAILED)
                 if sent and out.accepted is not False:
                     # The new node may hold (or be about to hold) the sync state: it lets go too.
@@ -365,6 +388,16 @@ class NodeRelay:
                     if entry.participant_sid == participant_sid and hkey[0] == room_name:
                         self._release_handed_over(hkey, expected_to_resume=False)
                 participant.close(models.DisconnectReason.MIGRATION, action=rtc.LeaveRequest.Action.RECONNECT)
+
+    def moved_to(self, room_name: str, participant_sid: str) -> Optional[tuple[str, int]]:
+        """Where a participant that moved away from here now runs, while we still remember."""
+        entry = self._moved.get((room_name, participant_sid))
+        if entry is None:
+            return None
+        if entry[1] <= trio.current_time():
+            del self._moved[(room_name, participant_sid)]
+            return None
+        return entry[0]
 
     # ---- migration in ----------------------------------------------------------------------
 
