@@ -8,6 +8,7 @@ carrying RTP, RTCP and the migration hand-off between the two servers' NodeRelay
 from __future__ import annotations
 
 import trio
+from livekit.protocol import models
 
 from rtp.packet import read_sequence_number, read_ssrc, read_timestamp
 from server_fixtures import media_nodes, mint_token
@@ -59,3 +60,37 @@ async def test_a_track_published_on_one_node_reaches_a_subscriber_on_the_other(m
             assert len({ssrc for ssrc, _, _ in packets}) == 1
             assert track.stats.lost == 0 and subscriber.errors == []
             assert a.metrics.get("relay_rejected_total") == b.metrics.get("relay_rejected_total") == 0
+
+
+async def test_participants_on_both_nodes_see_each_other_and_a_migration_is_not_a_departure() -> None:
+    """Presence crosses the relay: a participant on B is in the join response of one joining A
+    and hears updates about it; leaving is heard on the other node; a participant that migrates
+    is never announced as gone (LiveKit clients would drop its tracks), and its info keeps the
+    version numbering it had."""
+    async with media_nodes("node-a", "node-b") as (a, b):
+        async with LiveKitClient.connect(b.url, mint_token("on-b", room="shared")) as on_b:
+            async with LiveKitClient.connect(a.url, mint_token("on-a", room="shared")) as on_a, \
+                    LiveKitClient.connect(a.url, mint_token("mover", room="shared")) as mover:
+                assert on_b.participant_sid in {p.sid for p in on_a.join.other_participants}
+                await wait_until(lambda: {on_a.participant_sid, mover.participant_sid} <= set(on_b.remote_participants))
+                disconnected: list[str] = []
+                dispatch = on_a._dispatch
+
+                async def watching(response):
+                    if response.WhichOneof("message") == "update":
+                        disconnected.extend(p.identity for p in response.update.participants
+                                            if p.state == models.ParticipantInfo.State.DISCONNECTED)
+                    await dispatch(response)
+
+                on_a._dispatch = watching  # type: ignore[method-assign]
+                version_before = a.registry.rooms["shared"].participants["mover"].version
+                assert await a.relay.migrate("shared", mover.participant_sid, "node-b")
+                await mover.wait_resumed(1)
+                moved = b.registry.rooms["shared"].participants["mover"]
+                assert moved.sid == mover.participant_sid and moved.version > version_before
+                await wait_until(lambda: on_a.remote_participants.get(mover.participant_sid) is not None
+                                 and on_a.remote_participants[mover.participant_sid].version == moved.version)
+                assert disconnected == []
+            # on-a and mover (now on B) left: on-b hears both.
+            await wait_until(lambda: not on_b.remote_participants)
+        assert not a.relay.remote_participants("shared") and not b.relay.remote_participants("shared")

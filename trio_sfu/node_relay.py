@@ -162,6 +162,8 @@ class NodeRelay:
         # Participants that moved away: (room, sid) -> (host, port) of their node, until the
         # deadline; a client resuming here is forwarded there.
         self._moved: dict[tuple[str, str], tuple[tuple[str, int], float]] = {}
+        # The room's participants on other nodes, as their nodes last described them.
+        self._remote_participants: dict[str, dict[str, models.ParticipantInfo]] = {}
         self.moved_ttl = MOVED_TTL
         self._nursery: Optional[trio.Nursery] = None
         self._deadlines_moved = trio.Event()
@@ -198,6 +200,7 @@ class NodeRelay:
             self._close_remote(key, expected_to_resume=False)
         self._pending_in.clear()
         self._arriving.clear()
+        self._remote_participants.clear()
         for link in self.links.values():
             link.close()
 
@@ -246,6 +249,45 @@ class NodeRelay:
             source.receiver.remove_down_track(tap)  # type: ignore[arg-type]
         self._broadcast(pb.RelayMessage(track_closing=pb.TrackClosing(
             room=room, track_id=source.track_id, expected_to_resume=expected_to_resume)))
+
+    # ---- presence: who is in the room on the other nodes ------------------------------------
+
+    def participant_changed(self, room: str, info: models.ParticipantInfo) -> None:
+        """One of our participants joined, changed or left (Room.broadcast_participant)."""
+        known = self._remote_participants.get(room)
+        if known is not None and known.pop(info.sid, None) is not None and not known:
+            del self._remote_participants[room]  # it was on another node before it migrated here
+        data = info.SerializeToString()
+        self._broadcast(pb.RelayMessage(participant_changed=pb.ParticipantChanged(room=room, participant_info=data)))
+
+    def remote_participants(self, room: str) -> list[models.ParticipantInfo]:
+        return list(self._remote_participants.get(room, {}).values())
+
+    def _on_participant_changed(self, peer: str, body: pb.ParticipantChanged) -> None:
+        info = models.ParticipantInfo()
+        try:
+            info.ParseFromString(body.participant_info)
+        except DecodeError:
+            self._reject("unparsable participant info", peer=peer, room=body.room)
+            return
+        if not body.room or not info.sid or not info.identity:
+            self._reject("participant_changed without room, sid or identity", peer=peer, room=body.room)
+            return
+        room = self.registry.rooms.get(body.room)
+        if room is not None and any(p.sid == info.sid for p in room.participants.values()):
+            return  # ours now (it migrated here): we describe it ourselves
+        known = self._remote_participants.setdefault(body.room, {})
+        previous = known.get(info.sid)
+        if previous is not None and info.version < previous.version:
+            return  # an older description overtaken by a newer one
+        if info.state == models.ParticipantInfo.State.DISCONNECTED:
+            known.pop(info.sid, None)
+            if not known:
+                del self._remote_participants[body.room]
+        else:
+            known[info.sid] = info
+        if room is not None:
+            room.send_remote_participant(info)
 
     # ---- remote sources --------------------------------------------------------------------
 
@@ -542,6 +584,8 @@ class NodeRelay:
             out.done.set()
         elif kind == "migrate_cancel":
             self._on_migrate_cancel(peer, body)
+        elif kind == "participant_changed":
+            self._on_participant_changed(peer, body)
         elif kind == "track_migrated":
             key = (body.room, body.track_id)
             entry = self._handed_over.get(key)

@@ -141,6 +141,8 @@ class Participant:
         self.metadata = info.metadata
         self.attributes = dict(info.attributes)
         self.tracks = {t.sid: t for t in info.tracks}
+        # Clients drop a ParticipantUpdate older than what they have: continue the numbering.
+        self.version = info.version
         self.track_by_cid = dict(migrated_in.track_by_cid)
         self.subscriptions = {track_id: True for track_id in migrated_in.subscriptions}
 
@@ -217,7 +219,8 @@ class Participant:
         self._transition(ParticipantState.DISCONNECTED)
         self.disconnect_reason = reason
         self.bump_version()
-        self.room.on_participant_closed(self)
+        migrated = reason == models.DisconnectReason.MIGRATION and action == rtc.LeaveRequest.Action.RESUME
+        self.room.on_participant_closed(self, migrated=migrated)
         # Media stops with the session, not after the signal goodbye's grace period.
         close_media = getattr(self._media, "close", None)
         if close_media is not None:

@@ -28,7 +28,7 @@ from .server_info import server_info
 from .signal_codec import encode_response
 
 if TYPE_CHECKING:
-    from .node_relay import MigrationIn
+    from .node_relay import MigrationIn, NodeRelay
 
 _ALPHABET = string.ascii_letters + string.digits
 _log = get_logger("trio_sfu.rooms")
@@ -150,7 +150,7 @@ class Room:
             participant.bump_version()
             participant.send(rtc.SignalResponse(reconnect=rtc.ReconnectResponse(
                 ice_servers=[], client_configuration=self._client_configuration(), server_info=server_info())))
-            others = [p.to_info() for p in self.participants.values() if p is not participant and not p.hidden]
+            others = self.others(participant)
             if others:
                 participant.send(rtc.SignalResponse(update=rtc.ParticipantUpdate(participants=others)))
         else:
@@ -165,13 +165,14 @@ class Room:
         await self._nursery.start(participant.run, stream)
         return participant
 
-    def on_participant_closed(self, participant: Participant) -> None:
-        """Called by Participant.close: unlink and tell the others (once)."""
+    def on_participant_closed(self, participant: Participant, *, migrated: bool = False) -> None:
+        """Called by Participant.close: unlink and tell the others (once). A participant that
+        moved to another node has not left the room: nobody is told it left."""
         if self.participants.get(participant.identity) is participant:
             del self.participants[participant.identity]
             self._last_departure = trio.current_time()
             self._changed.set()
-        if participant.announced:
+        if participant.announced and not migrated:
             self.broadcast_participant(participant)
             for track in participant.tracks.values():
                 self.registry.emit("track_unpublished", self, participant, track)
@@ -186,7 +187,11 @@ class Room:
         """Send a ParticipantUpdate with `participant`'s current info to the room."""
         if participant.hidden and not include_self:
             return
-        frame = encode_response(rtc.SignalResponse(update=rtc.ParticipantUpdate(participants=[participant.to_info()])))
+        info = participant.to_info()
+        frame = encode_response(rtc.SignalResponse(update=rtc.ParticipantUpdate(participants=[info])))
+        relay = self.registry.relay
+        if relay is not None and not participant.hidden:
+            relay.participant_changed(self.name, info)  # the room's participants on other nodes
         for other in list(self.participants.values()):
             if other is participant:
                 if include_self:
@@ -211,8 +216,24 @@ class Room:
             num_publishers=sum(1 for p in self.participants.values() if p.tracks),
         )
 
-    def join_response(self, participant: Participant) -> rtc.JoinResponse:
+    def others(self, participant: Participant) -> list[models.ParticipantInfo]:
+        """Everyone else in the room that `participant` may see, on this node and the others."""
         others = [p.to_info() for p in self.participants.values() if p is not participant and not p.hidden]
+        relay = self.registry.relay
+        if relay is not None:
+            local = {p.sid for p in self.participants.values()}
+            others += [info for info in relay.remote_participants(self.name) if info.sid not in local]
+        return others
+
+    def send_remote_participant(self, info: models.ParticipantInfo) -> None:
+        """A participant on another node joined, changed or left: tell everyone here."""
+        frame = encode_response(rtc.SignalResponse(update=rtc.ParticipantUpdate(participants=[info])))
+        for participant in list(self.participants.values()):
+            if participant.sid != info.sid:
+                participant.send_encoded(frame)
+
+    def join_response(self, participant: Participant) -> rtc.JoinResponse:
+        others = self.others(participant)
         can_subscribe = participant.grants.video.may_subscribe if participant.grants.video else True
         return rtc.JoinResponse(
             room=self.to_proto(),
@@ -251,6 +272,8 @@ class RoomRegistry:
         self.rooms: dict[str, Room] = {}
         self._nursery: trio.Nursery | None = None
         self.observers: list[RoomObserver] = []
+        # Set when this server is one node of several (trio_sfu.node_relay.NodeRelay).
+        self.relay: "NodeRelay | None" = None
 
     def emit(
         self, event: str, room: Room, participant: Participant | None = None, track: models.TrackInfo | None = None
