@@ -199,7 +199,8 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     for participant in (alice, bob):
         try:
             await asyncio.wait_for(participant.room.disconnect(), 10)
-        except Exception as exc:
+        except Exception as exc:  # the summary must still be printed
+            logging.getLogger("scenario").exception("disconnect failed")
             summary.setdefault("disconnect_errors", []).append(f"{participant.identity}: {exc!r}")
     return summary
 

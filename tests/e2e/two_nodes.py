@@ -12,7 +12,8 @@ stdin takes JSON commands, one per line:
   {"migrate": {"room": R, "identity": I, "to": "node-b"}}
     -> {"migrated": {"identity": I, "sid": S, "ok": bool, "seconds": float}}
 On stdin EOF both nodes shut down and the last line is {"stopped": {"a": {...}, "b": {...}}} with
-the migration and relay counters. Logs go to stderr.
+the migration and relay counters and, per node, the sids each identity joined under. Logs go to
+stderr.
 """
 
 from __future__ import annotations
@@ -27,7 +28,13 @@ import trio
 
 from trio_sfu.config import DEV_API_KEY, DEV_API_SECRET, ServerConfig
 from trio_sfu.log import configure, get_logger
-from trio_sfu.node_relay import MIGRATIONS_FAILED, MIGRATIONS_IN, MIGRATIONS_OUT, RELAY_REJECTED
+from trio_sfu.node_relay import (
+    MIGRATIONS_FAILED,
+    MIGRATIONS_IN,
+    MIGRATIONS_OUT,
+    RELAY_REJECTED,
+)
+from trio_sfu.participant import Participant
 from trio_sfu.relay import in_memory_link_pair
 from trio_sfu.server import Server
 
@@ -91,8 +98,21 @@ async def migrate(a: Server, command: dict) -> dict[str, object]:
     return result
 
 
-def counters(server: Server) -> dict[str, object]:
+class JoinLog:
+    """Every sid each identity joined a node under (the webhook events' `participant_joined`):
+    a client that rejoins instead of resuming shows up here with a second sid."""
+
+    def __init__(self) -> None:
+        self.sids: dict[str, list[str]] = {}
+
+    def room_event(self, event: str, room: object, participant: Participant | None = None, track: object = None) -> None:
+        if event == "participant_joined" and participant is not None:
+            self.sids.setdefault(participant.identity, []).append(participant.sid)
+
+
+def counters(server: Server, joins: JoinLog) -> dict[str, object]:
     report: dict[str, object] = {name: server.metrics.get(name) for name in REPORTED_COUNTERS}
+    report["joined"] = joins.sids
     report["shutdown_clean"] = server.shutdown_clean
     if server.relay is not None:
         report["rejections"] = list(server.relay.rejections)[-20:]
@@ -102,6 +122,9 @@ def counters(server: Server) -> dict[str, object]:
 async def run(node_ip: str) -> None:
     a = Server(dev_config(node_ip), enable_media=True, node_id="node-a")
     b = Server(dev_config(node_ip), enable_media=True, node_id="node-b")
+    joins_a, joins_b = JoinLog(), JoinLog()
+    a.registry.observers.append(joins_a)
+    b.registry.observers.append(joins_b)
     assert a.relay is not None and b.relay is not None
     link_a, link_b = in_memory_link_pair("node-a", "node-b")
     a.relay.add_link(link_a)
@@ -124,7 +147,7 @@ async def run(node_ip: str) -> None:
         _log.info("stdin closed, shutting down both nodes")
         a.request_shutdown()
         b.request_shutdown()
-    say(stopped={"a": counters(a), "b": counters(b)})
+    say(stopped={"a": counters(a, joins_a), "b": counters(b, joins_b)})
 
 
 def main() -> int:
