@@ -115,6 +115,7 @@ class _MigrationOut:
     accepted: Optional[bool] = None
     reason: str = ""
     signal_url: str = ""
+    resumed: trio.Event = attrs.field(factory=trio.Event)
     tracks_left: set[str] = attrs.field(factory=set)
     tracks_done: trio.Event = attrs.field(factory=trio.Event)
 
@@ -413,6 +414,10 @@ class NodeRelay:
                 self._moved[key] = (target, now + self.moved_ttl)
             regions = rtc.RegionSettings(regions=[rtc.RegionInfo(region=to_node, url=out.signal_url)])
             participant.close(models.DisconnectReason.MIGRATION, action=rtc.LeaveRequest.Action.RESUME, regions=regions)
+            with trio.move_on_after(self.resume_timeout + self.accept_timeout):
+                await out.resumed.wait()  # the new node saw the client (or gave up on it)
+            if not out.resumed.is_set() or out.reason:
+                return False
             if out.tracks_left:
                 await out.tracks_done.wait()  # TrackMigrated for each, or the hand-over timeout
             ok = not out.tracks_left and not out.reason
@@ -452,6 +457,8 @@ class NodeRelay:
         for track_id in pending.published:
             self._arriving[(room_name, track_id)] = pending.peer
         self.metrics.inc(MIGRATIONS_IN)
+        self._send(pending.peer, pb.RelayMessage(migrate_resumed=pb.MigrateResumed(
+            room=room_name, participant_id=participant_sid)))
         return pending
 
     def _on_migrate(self, peer: str, body: pb.MigrateParticipant) -> str:
@@ -584,6 +591,12 @@ class NodeRelay:
             out.done.set()
         elif kind == "migrate_cancel":
             self._on_migrate_cancel(peer, body)
+        elif kind == "migrate_resumed":
+            out = self._out.get((body.room, body.participant_id))
+            if out is None or not out.accepted or out.peer != peer:
+                self._reject("migrate_resumed for no accepted migration", peer=peer, participant=body.participant_id)
+                return
+            out.resumed.set()
         elif kind == "participant_changed":
             self._on_participant_changed(peer, body)
         elif kind == "track_migrated":
@@ -621,13 +634,17 @@ class NodeRelay:
             for track_id in migrated.published:
                 self._arriving.pop((body.room, track_id), None)
             participant.close(models.DisconnectReason.MIGRATION, action=rtc.LeaveRequest.Action.RECONNECT)
-        # Or we are the old node and the new one gave up: our handed-over tracks end.
+        # Or we are the old node and the new one gave up: the migration failed ...
+        out = self._out.get(key)
+        if out is not None and out.peer == peer:
+            found = True
+            out.reason = "cancelled by the new node"
+            out.resumed.set()
+            out.tracks_done.set()
+        # ... and our handed-over tracks end.
         for hkey, entry in list(self._handed_over.items()):
             if hkey[0] == body.room and entry.participant_sid == body.participant_id:
                 found = True
-                out = self._out.get((body.room, body.participant_id))
-                if out is not None:
-                    out.reason = "cancelled by the new node"
                 self._release_handed_over(hkey, expected_to_resume=False)
         if not found:
             self._reject("migrate_cancel for unknown participant", peer=peer, participant=body.participant_id)

@@ -38,6 +38,10 @@ PING_INTERVAL = 5
 PING_TIMEOUT = 15
 # How long a closing session may take to flush its last messages before it is cut.
 CLOSE_GRACE = 2.0
+# After a leave that sends the client to resume (a migration), how long it may take to hang up
+# itself before we close: a LiveKit SDK that sees our close race its own takes it as a second
+# failure and falls back to a full rejoin under a new sid (livekit 1.2.1, measured 3-50 %).
+RESUME_HANGUP_WAIT = 1.5
 MAX_TRACKS_PER_PARTICIPANT = 64
 # Server-sent data kept for the data-channel layer until it installs `data_sink`.
 MAX_UNDELIVERED_DATA = 64
@@ -66,6 +70,7 @@ class _CloseSocket:
 
     code: int
     reason: str
+    wait_for_peer: float = 0.0  # let the client close first, up to this long
 
 
 @attrs.define
@@ -131,6 +136,7 @@ class Participant:
         self._media: MediaSession | None = None
         self._media_factory = media_factory
         self.finished = trio.Event()
+        self._peer_hung_up = trio.Event()
 
     def adopt_migration(self, migrated_in: Any) -> None:
         """Take over the state a participant had on the node it migrated from: its published
@@ -229,7 +235,8 @@ class Participant:
             self._enqueue_raw(
                 encode_response(rtc.SignalResponse(leave=rtc.LeaveRequest(reason=reason, action=action, regions=regions)))
             )
-        self._enqueue_raw(_CloseSocket(ws_code, ws_reason or models.DisconnectReason.Name(reason)))
+        self._enqueue_raw(_CloseSocket(ws_code, ws_reason or models.DisconnectReason.Name(reason),
+                                       RESUME_HANGUP_WAIT if migrated and send_leave else 0.0))
         self._outbox_send.close()
         self._request_cancel(grace=CLOSE_GRACE)
 
@@ -313,6 +320,9 @@ class Participant:
         async with self._outbox_recv:
             async for item in self._outbox_recv:
                 if isinstance(item, _CloseSocket):
+                    if item.wait_for_peer:
+                        with trio.move_on_after(item.wait_for_peer):
+                            await self._peer_hung_up.wait()
                     with trio.move_on_after(CLOSE_GRACE / 2):
                         await ws.aclose(item.code, item.reason[:120])
                     break
@@ -334,10 +344,11 @@ class Participant:
             await trio.sleep_until(deadline)
 
     async def _reader(self, ws: trio_websocket.WebSocketConnection) -> None:
-        while not self.is_closed:
+        while True:
             try:
                 message = await ws.get_message()
             except trio_websocket.ConnectionClosed as exc:
+                self._peer_hung_up.set()
                 if exc.reason is not None and exc.reason.code == 1009:
                     self.metrics.inc(m.SIGNAL_OVERSIZE)
                     self.log.warning("signal message too large, closed", kv={"limit": MAX_WS_MESSAGE})
@@ -345,6 +356,8 @@ class Participant:
                 else:
                     self.close(models.DisconnectReason.CLIENT_INITIATED, send_leave=False)
                 return
+            if self.is_closed:
+                continue  # a closed session only waits for the client to hang up
             self._last_seen = trio.current_time()
             if isinstance(message, str):
                 # LiveKit's Go server would switch to protobuf-JSON; current SDKs never send text.
