@@ -160,7 +160,41 @@ class TransceiverTable:
             if t.state is not TransceiverState.ACTIVE and t.track_id is not None:
                 raise TransceiverInvariantError(f"mid {t.mid} is {t.state.value} but has a track")
 
+    @property
+    def next_mid(self) -> int:
+        """The counter new mids are drawn from (mids are never reused)."""
+        return self._next_mid
+
     # --- mutations ---
+
+    def restore_layout(self, lines: Sequence[tuple[str, MediaKind, bool]], next_mid: int) -> None:
+        """Recreate another table's m-lines — (mid, kind, live) in m-line order — so this table's
+        offers continue that peer connection: live lines come back idle, dead ones recyclable,
+        the data channel keeps its place, and new mids start where the other table's would.
+        Only for a table that holds nothing but its data channel (a peer connection moving
+        to another node); raises ValueError for a layout it cannot reproduce."""
+        data = [t for t in self._slots if t.kind is MediaKind.APPLICATION]
+        if len(data) != len(self._slots) or len(data) > 1 or self.cache:
+            raise ValueError("a layout is restored into a fresh table only")
+        slots: list[Transceiver] = []
+        mids: set[str] = set()
+        for mid, kind, live in lines:
+            if not mid or mid in mids:
+                raise ValueError(f"m-line {mid!r} is empty or repeated")
+            mids.add(mid)
+            if kind is MediaKind.APPLICATION:
+                if not data or not live or any(t.kind is MediaKind.APPLICATION for t in slots):
+                    raise ValueError("the data channel m-line does not match")
+                data[0].mid = mid
+                slots.append(data[0])
+                continue
+            state = TransceiverState.IDLE if live else TransceiverState.RECYCLABLE
+            slots.append(Transceiver(mid, kind, state, codecs=tuple(subscriber_codecs(kind))))
+        if data and data[0] not in slots:
+            raise ValueError("the layout has no data channel m-line")
+        self._slots = slots
+        numeric = [int(mid) for mid in mids if mid.isdigit()]
+        self._next_mid = max([next_mid, *(n + 1 for n in numeric)])
 
     def add_data_channel(self) -> Transceiver:
         """The ``m=application`` line; at most one, it stays for the connection's life."""

@@ -277,3 +277,37 @@ async def test_a_client_resuming_where_it_first_connected_is_forwarded_to_the_ne
             assert a.metrics.get("signal_resume_forwarded_total") == 1
             assert track.stats.lost == 0 and sub.errors == []
             senders.cancel_scope.cancel()
+
+
+def layout(sdp: str) -> list[tuple[str, str, bool]]:
+    """(mid, kind, live) of every m-line, in order."""
+    return [(m.mid or "", m.kind, not m.rejected) for m in parse_sdp(sdp).media]
+
+
+async def test_the_new_node_offers_every_m_line_the_client_had_in_place() -> None:
+    """A LiveKit SDK keeps its subscriber peer connection across a migration, so the new node's
+    first offer must carry every m-line of the old node's last one, same mids, kinds and order —
+    including one idle since its track was unsubscribed — with the still-subscribed track on its
+    own m-line and SSRC."""
+    async with media_nodes("node-a", "node-b") as (a, b):
+        async with LiveKitClient.connect(a.url, mint_token("pub", room=ROOM)) as pub, \
+                LiveKitClient.connect(a.url, mint_token("sub", room=ROOM)) as sub, \
+                trio.open_nursery() as senders:
+            offers = record_offers(sub)
+            first = await pub.publish_audio("first")
+            second = await pub.publish_audio("second")
+            senders.start_soon(send_synthetic_audio, first, 30.0)
+            senders.start_soon(send_synthetic_audio, second, 30.0)
+            await sub.wait_for_tracks(2)
+            # sub lets the first track go: its m-line stays, idle.
+            await sub._send(rtc.SignalRequest(subscription=rtc.UpdateSubscription(track_sids=[first.sid], subscribe=False)))
+            await wait_until(lambda: offers and not lines_for(offers[-1], first.sid))
+            (line,) = lines_for(offers[-1], second.sid)
+            before = layout(offers[-1])
+            count = len(offers)
+            assert await a.relay.migrate(ROOM, sub.participant_sid, "node-b")
+            await sub.wait_resumed(1)
+            await wait_until(lambda: len(offers) > count)
+            assert layout(offers[count]) == before
+            assert lines_for(offers[count], second.sid) == [line]
+            senders.cancel_scope.cancel()

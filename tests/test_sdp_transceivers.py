@@ -262,3 +262,50 @@ TestSubscriberNegotiation = SubscriberNegotiation.TestCase
 TestSubscriberNegotiation.settings = settings(
     max_examples=200, stateful_step_count=30, deadline=None,
     suppress_health_check=[HealthCheck.too_slow])
+
+
+def test_restore_layout_reproduces_another_tables_m_lines_in_place() -> None:
+    """A peer connection moving to another node keeps its m-lines: live ones come back idle in
+    order, stopped ones stay recyclable, the data channel keeps its mid, and new m-lines take
+    mids the old table never used."""
+    from sdp.codecs import MediaKind
+    from sdp.transceivers import TransceiverState, TransceiverTable
+
+    table = TransceiverTable()
+    table.add_data_channel()
+    layout = [("0", MediaKind.APPLICATION, True), ("1", MediaKind.AUDIO, True),
+              ("2", MediaKind.VIDEO, False), ("3", MediaKind.AUDIO, True)]
+    table.restore_layout(layout, next_mid=5)
+    assert [(t.mid, t.kind, t.state) for t in table.transceivers] == [
+        ("0", MediaKind.APPLICATION, TransceiverState.IDLE), ("1", MediaKind.AUDIO, TransceiverState.IDLE),
+        ("2", MediaKind.VIDEO, TransceiverState.RECYCLABLE), ("3", MediaKind.AUDIO, TransceiverState.IDLE)]
+    assert table.bind("TR_a", MediaKind.AUDIO, "s").mid in ("1", "3")
+    video = table.bind("TR_v", MediaKind.VIDEO, "s")
+    assert video.mid == "5" and table.transceivers[2] is video  # the stopped slot's place, a fresh mid
+
+
+def test_restore_layout_refuses_what_it_cannot_reproduce() -> None:
+    import pytest
+
+    from sdp.codecs import MediaKind
+    from sdp.transceivers import TransceiverTable
+
+    def fresh() -> TransceiverTable:
+        t = TransceiverTable()
+        t.add_data_channel()
+        return t
+
+    used = fresh()
+    used.bind("TR_x", MediaKind.AUDIO, "s")
+    bad = {
+        "table in use": (used, [("0", MediaKind.APPLICATION, True)]),
+        "repeated mid": (fresh(), [("0", MediaKind.APPLICATION, True), ("1", MediaKind.AUDIO, True), ("1", MediaKind.VIDEO, True)]),
+        "empty mid": (fresh(), [("0", MediaKind.APPLICATION, True), ("", MediaKind.AUDIO, True)]),
+        "no data channel": (fresh(), [("1", MediaKind.AUDIO, True)]),
+        "two data channels": (fresh(), [("0", MediaKind.APPLICATION, True), ("1", MediaKind.APPLICATION, True)]),
+    }
+    for name, (table, layout) in bad.items():
+        before = [(t.mid, t.kind, t.state) for t in table.transceivers]
+        with pytest.raises(ValueError):
+            table.restore_layout(layout, next_mid=0)
+        assert [(t.mid, t.kind, t.state) for t in table.transceivers] == before, name

@@ -404,7 +404,7 @@ class ParticipantMedia:
         self.migrating = False
         migrated = getattr(self.participant, "migrated_in", None)
         if migrated is not None:
-            failed = self.endpoint.restore_migrated(migrated.transceivers, migrated.kinds)
+            failed = self.endpoint.restore_migrated(migrated.transceivers, migrated.kinds, migrated.layout)
             if failed:
                 self.log.warning("m-lines not reproduced after migration", kv={"tracks": ",".join(failed)})
         self.room_media.join(self)
@@ -540,7 +540,8 @@ class ParticipantMedia:
         self.manager.close()
         published = [t for t in dict.fromkeys(self.tracks_by_mid.values())
                      if t.source is not None and t.source.is_open]
-        return MigrationSync(desired, entries, kinds, published)
+        lines = [(t.mid, t.kind, t.state.live) for t in endpoint.table.transceivers]
+        return MigrationSync(desired, entries, kinds, published, lines, endpoint.table.next_mid)
 
     def restart_published_track(self, track_sid: str) -> bool:
         """Hand one of our tracks over to a new source, as a migration hand-back does: its

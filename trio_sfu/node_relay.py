@@ -96,6 +96,9 @@ class MigrationIn:
     published: dict[str, TrackSpec]
     auto_subscribe: bool
     deadline: float
+    explicit_subscriptions: dict[str, bool] = attrs.field(factory=dict)
+    # The subscriber PC's m-lines on the old node ((mid, kind, live) in order) and its next mid.
+    layout: Optional[tuple[list[tuple[str, MediaKind, bool]], int]] = None
 
 
 @attrs.define
@@ -106,6 +109,8 @@ class MigrationSync:
     transceivers: list[MigratedTransceiver]
     kinds: dict[str, MediaKind]
     published: list["PublishedTrack"]
+    lines: list[tuple[str, MediaKind, bool]]
+    next_mid: int
 
 
 @attrs.define
@@ -136,6 +141,32 @@ def _host_port(url: str) -> Optional[tuple[str, int]]:
     except ValueError:
         return None
     return (parsed.hostname, port) if parsed.hostname else None
+
+
+MAX_SUBSCRIBER_LINES = 512
+
+
+def _layout(body: pb.MigrateParticipant) -> Optional[tuple[list[tuple[str, MediaKind, bool]], int]] | str:
+    """The sync state's subscriber m-line layout (None if it sent none), or why it is unusable."""
+    if not body.lines:
+        return None
+    if len(body.lines) > MAX_SUBSCRIBER_LINES:
+        return "too many subscriber m-lines"
+    lines: list[tuple[str, MediaKind, bool]] = []
+    for line in body.lines:
+        try:
+            kind = MediaKind(line.kind)
+        except ValueError:
+            return f"subscriber m-line of unknown kind {line.kind!r}"
+        lines.append((line.mid, kind, line.live))
+    mids = [mid for mid, _, _ in lines]
+    if "" in mids or len(set(mids)) != len(mids):
+        return "subscriber m-lines with empty or repeated mids"
+    by_mid = {mid: (kind, live) for mid, kind, live in lines}
+    for t in body.transceivers:
+        if by_mid.get(t.mid) != (MediaKind(t.kind), True):
+            return f"transceiver for {t.track_id} is not a live m-line of the layout"
+    return lines, body.next_mid
 
 
 class NodeRelay:
@@ -390,7 +421,9 @@ class NodeRelay:
                 published=[TrackSpec(t.sid, participant_sid, t.kind, t.codecs, t.stream_id,
                                      tuple(sorted(t.extensions.items()))).to_proto() for t in sync.published],
                 participant_info=participant.to_info().SerializeToString(),
-                track_by_cid=dict(participant.track_by_cid), auto_subscribe=session.context.auto_subscribe)
+                track_by_cid=dict(participant.track_by_cid), auto_subscribe=session.context.auto_subscribe,
+                lines=[pb.SubscriberLine(mid=mid, kind=kind.value, live=live) for mid, kind, live in sync.lines],
+                next_mid=sync.next_mid, explicit_subscriptions=dict(participant.subscriptions))
             for entry in sync.transceivers:
                 st = pb.SubscribedTransceiver(track_id=entry.track_id, mid=entry.mid, ssrc=entry.ssrc or 0,
                                               rtx_ssrc=entry.rtx_ssrc or 0, kind=sync.kinds[entry.track_id].value)
@@ -495,9 +528,12 @@ class NodeRelay:
         if isinstance(parsed, str):
             return parsed
         entries, kinds = parsed
+        layout = _layout(body)
+        if isinstance(layout, str):
+            return layout
         self._pending_in[(body.room, sid)] = MigrationIn(
             body.room, peer, info, dict(body.track_by_cid), list(body.subscriptions), entries, kinds, published,
-            body.auto_subscribe, trio.current_time() + self.resume_timeout)
+            body.auto_subscribe, trio.current_time() + self.resume_timeout, dict(body.explicit_subscriptions), layout)
         self._deadlines_moved.set()
         return ""
 

@@ -151,6 +151,7 @@ class Participant:
         self.version = info.version
         self.track_by_cid = dict(migrated_in.track_by_cid)
         self.subscriptions = {track_id: True for track_id in migrated_in.subscriptions}
+        self.subscriptions.update(migrated_in.explicit_subscriptions)
 
     # ---- state exposed to the room ------------------------------------------------------
 

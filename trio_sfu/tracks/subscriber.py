@@ -22,7 +22,7 @@ from sdp.codecs import MediaKind, subscriber_codecs
 from sdp.errors import NegotiationError, TransceiverInvariantError
 from sdp.model import SessionDescription
 from sdp.negotiator import LocalParams, SubscriberOffer
-from sdp.transceivers import TransceiverState, TransceiverTable
+from sdp.transceivers import CachedTransceiver, TransceiverState, TransceiverTable
 from trio_sfu.forwarding import DownTrack, map_payload_types
 from trio_sfu.forwarding.downtrack import DownTrackSnapshot
 
@@ -238,9 +238,31 @@ class SubscriberEndpoint:
                 out.append(MigratedTransceiver(track_id, c.mid, c.ssrc, c.rtx_ssrc, self.snapshots.get(track_id)))
         return out
 
-    def restore_migrated(self, entries: list[MigratedTransceiver], kinds: dict[str, MediaKind]) -> list[str]:
-        """Rebuild the m-lines a previous node had, in mid order, as cache entries; returns the
-        track ids whose mid could not be reproduced (they will get new m-lines)."""
+    def restore_migrated(self, entries: list[MigratedTransceiver], kinds: dict[str, MediaKind],
+                         layout: Optional[tuple[list[tuple[str, MediaKind, bool]], int]] = None) -> list[str]:
+        """Rebuild the m-lines a previous node had as cache entries; returns the track ids whose
+        mid could not be reproduced (they will get new m-lines). With the previous node's whole
+        `layout` (its m-lines in order and its next mid) the table first takes that shape, so a
+        client that keeps its peer connection sees every m-line it had, in place."""
+        if layout is not None:
+            try:
+                self.table.restore_layout(*layout)
+            except ValueError:
+                layout = None  # fall back to rebuilding the cached m-lines alone
+        if layout is not None:
+            failed = []
+            for entry in entries:
+                kind = kinds.get(entry.track_id)
+                t = self.table.get(entry.mid)
+                if kind is None or t is None or t.kind is not kind or t.state is not TransceiverState.IDLE:
+                    failed.append(entry.track_id)
+                    continue
+                t.ssrc, t.rtx_ssrc = entry.ssrc, entry.rtx_ssrc
+                self.table.cache.put(entry.track_id, CachedTransceiver(t.mid, kind, entry.ssrc, entry.rtx_ssrc, t.codecs))
+                self.cached_track_ids.add(entry.track_id)
+                if entry.snapshot is not None:
+                    self.snapshots[entry.track_id] = entry.snapshot
+            return failed
         failed = []
         for entry in sorted(entries, key=lambda e: int(e.mid) if e.mid.isdigit() else 1 << 30):
             kind = kinds.get(entry.track_id)
