@@ -36,6 +36,7 @@ way. Every relay message is checked; a bad one is rejected with a logged reason 
 
 from __future__ import annotations
 
+import collections
 import math
 import secrets
 from typing import TYPE_CHECKING, Callable, Optional
@@ -66,6 +67,7 @@ if TYPE_CHECKING:
 _log = get_logger("trio_sfu.node_relay")
 
 RELAY_REJECTED = "relay_rejected_total"
+RELAY_HANDLER_FAILED = "relay_handler_failed_total"
 RELAY_RTP_UNKNOWN = "relay_rtp_unknown_total"
 MIGRATIONS_OUT = "migrations_out_total"
 MIGRATIONS_IN = "migrations_in_total"
@@ -181,7 +183,9 @@ class NodeRelay:
         self.resume_timeout = RESUME_TIMEOUT
         self.accept_timeout = ACCEPT_TIMEOUT
         self.links: dict[str, RelayLink] = {}
-        self.rejections: list[str] = []
+        # The latest rejection reasons (bounded: a misbehaving peer must not grow memory); all
+        # of them are counted in RELAY_REJECTED.
+        self.rejections: collections.deque[str] = collections.deque(maxlen=256)
         # Tracks peers announced, by room name: (peer, track id) -> spec. Kept while the room is
         # not hosted here; materialized as remote sources while it has participants here.
         self._announced: dict[str, dict[tuple[str, str], TrackSpec]] = {}
@@ -570,7 +574,12 @@ class NodeRelay:
     # ---- relay messages --------------------------------------------------------------------
 
     async def _serve_link(self, link: RelayLink) -> None:
-        await serve_link(link, self._handle, self._reject)
+        await serve_link(link, self._handle, self._handler_failed)
+
+    def _handler_failed(self, reason: str) -> None:
+        # A message no check caught broke its handler: a bug of ours, counted apart.
+        self.metrics.inc(RELAY_HANDLER_FAILED)
+        self._reject(reason)
 
     def _handle(self, link: RelayLink, message: pb.RelayMessage) -> None:
         kind = message.WhichOneof("message")
