@@ -250,10 +250,13 @@ class Room:
             fast_publish=False,
         )
 
-    @staticmethod
-    def _client_configuration() -> models.ClientConfiguration:
-        # No media session survives a dropped socket on the same node yet, so clients must
-        # rejoin, not resume (a migration's resume is steered by the server, not the client).
+    def _client_configuration(self) -> models.ClientConfiguration:
+        # A single server keeps no media session across a dropped socket, so its clients must
+        # rejoin, not resume: livekit-client then skips the resume attempt. A node of several
+        # lets clients resume, because a migration is a resume steered by the server (a resume
+        # after a mere network blip is still refused there, and the client rejoins).
+        if self.registry.relay is not None:
+            return models.ClientConfiguration(resume_connection=models.ClientConfigSetting.ENABLED)
         return models.ClientConfiguration(resume_connection=models.ClientConfigSetting.DISABLED)
 
 
