@@ -143,3 +143,44 @@ async def test_a_refused_m_line_is_reported_once_and_not_offered_again(monkeypat
             assert source.is_open and not source.subscriber_ids and not source.receiver.down_tracks
             assert audio.sid not in room.sessions[subscriber.participant_sid].subscriptions
             senders.cancel_scope.cancel()
+
+
+async def test_an_m_line_refused_after_it_was_forwarding_is_let_go_for_good(monkeypatch) -> None:
+    """The client accepts a track, then turns its m-line down in the answer to a later offer:
+    the down track stops, the subscriber leaves the source, and the track is reported once."""
+    answer = client_module.answer_subscriber_offer
+    refuse = {"audio": False}
+
+    def answering(offer, transport, version, ice_lite=False):
+        reply = answer(offer, transport, version, ice_lite=ice_lite)
+        if refuse["audio"]:
+            reply.media = [_rejected(m, transport) if m.kind == "audio" and not m.rejected else a
+                           for m, a in zip(offer.media, reply.media)]
+        return reply
+
+    monkeypatch.setattr(client_module, "answer_subscriber_offer", answering)
+    async with media_server() as server:
+        async with LiveKitClient.connect(server.url, mint_token("pub")) as publisher, \
+                LiveKitClient.connect(server.url, mint_token("sub")) as subscriber, \
+                trio.open_nursery() as senders:
+            seen = record(subscriber)
+            audio = await publisher.publish_audio()
+            senders.start_soon(send_synthetic_audio, audio, 30.0)
+            (track,) = await subscriber.wait_for_tracks(1)
+            await wait_packets(track, 10)
+            refuse["audio"] = True
+            second = await publisher.publish_audio("second")  # the next offer carries both
+            senders.start_soon(send_synthetic_audio, second, 30.0)
+            with trio.fail_after(10):
+                while sum(r.WhichOneof("message") == "subscription_response" for _, r in seen) < 2:
+                    await trio.sleep(0.02)
+            responses = sorted((r.subscription_response.track_sid, r.subscription_response.err)
+                               for _, r in seen if r.WhichOneof("message") == "subscription_response")
+            assert responses == sorted([(audio.sid, models.SubscriptionError.SE_CODEC_UNSUPPORTED),
+                                        (second.sid, models.SubscriptionError.SE_CODEC_UNSUPPORTED)])
+            (room,) = server.media.rooms.values()
+            for sid in (audio.sid, second.sid):
+                (source,) = room.track_manager.sources(sid)
+                assert not source.subscriber_ids and not source.receiver.down_tracks
+            assert not room.sessions[subscriber.participant_sid].subscriptions
+            senders.cancel_scope.cancel()

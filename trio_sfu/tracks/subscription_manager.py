@@ -199,7 +199,18 @@ class SubscriptionManager:
                     source.remove_subscriber(self.endpoint.subscriber_id, expected_to_resume=False)
                     s.desired = False
                     self._permanent(s, "the client refused the m-line", models.SubscriptionError.SE_CODEC_UNSUPPORTED)
+            handled = {b[0].track_id for b in bound}
             bound = [b for b in bound if b[0].track_id not in refused]
+            for track_id in refused - handled:
+                # An m-line already forwarding that the client now refuses: let it go for good.
+                binding = self.endpoint.bindings.get(track_id)
+                if binding is not None and not binding.source.remove_subscriber(
+                        self.endpoint.subscriber_id, expected_to_resume=False):
+                    self.endpoint.detach_source(binding.source, False)
+                s = self.subscriptions.get(track_id)
+                if s is not None and s.desired:
+                    s.desired = False
+                    self._permanent(s, "the client refused the m-line", models.SubscriptionError.SE_CODEC_UNSUPPORTED)
         for s, source, binding in bound:
             await self._hook("post_check", s.track_id)
             if self.closed:
