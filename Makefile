@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: run test install install-test test-deps clean
+.PHONY: run test lint install install-test test-deps clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,12 @@ run: install
 test-deps:
 	bash scripts/test-deps.sh
 
-test: install-test test-deps
+# Pyflakes-level checks (undefined names, unused imports, syntax) before the suite; the
+# generated protobuf module is not ours to lint.
+lint: install-test
+	$(PY) -m ruff check --select F,E9 --exclude proto/relay_pb2.py .
+
+test: install-test test-deps lint
 	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi; exit $$rc
 
