@@ -237,6 +237,7 @@ class NodeRelay:
         self._pending_in.clear()
         self._arriving.clear()
         self._remote_participants.clear()
+        self._moved.clear()
         for link in self.links.values():
             link.close()
 
