@@ -20,6 +20,7 @@ migration_page.html; nodes: tests/e2e/two_nodes.py; all inside the test's networ
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sys
@@ -59,11 +60,11 @@ def window(timeline: list[dict], start: float, end: float) -> list[dict]:
 
 def longest_gap_ms(samples: list[dict], key: str) -> float | None:
     """Longest time between successive increases of a counter across the samples."""
-    rises = [b["t"] for a, b in zip(samples, samples[1:]) if b[key] > a[key]]
+    rises = [b["t"] for a, b in itertools.pairwise(samples) if b[key] > a[key]]
     if len(rises) < 2:
         return None
     edges = [samples[0]["t"], *rises, samples[-1]["t"]]
-    return max(b - a for a, b in zip(edges, edges[1:]))
+    return max(b - a for a, b in itertools.pairwise(edges))
 
 
 def sent_between(timeline: list[dict], start: float, end: float) -> dict[str, int]:
