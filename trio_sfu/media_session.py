@@ -541,7 +541,13 @@ class ParticipantMedia:
         published = [t for t in dict.fromkeys(self.tracks_by_mid.values())
                      if t.source is not None and t.source.is_open]
         lines = [(t.mid, t.kind, t.state.live) for t in endpoint.table.transceivers]
-        return MigrationSync(desired, entries, kinds, published, lines, endpoint.table.next_mid)
+        streams = []
+        for mid, track in self.tracks_by_mid.items():
+            if track in published:
+                media, rtx = track.receiver.ssrc_layers()
+                streams += [(track.sid, mid, ssrc, layer, False) for ssrc, layer in media.items()]
+                streams += [(track.sid, mid, ssrc, layer, True) for ssrc, layer in rtx.items()]
+        return MigrationSync(desired, entries, kinds, published, lines, endpoint.table.next_mid, streams)
 
     def restart_published_track(self, track_sid: str) -> bool:
         """Hand one of our tracks over to a new source, as a migration hand-back does: its
@@ -828,6 +834,9 @@ class ParticipantMedia:
         for nm in self._pub_media.values():
             if ssrc in nm.ssrcs:
                 return nm.mid
+        migrated = getattr(self.participant, "migrated_in", None)
+        if migrated is not None and ssrc in migrated.publisher_streams:
+            return migrated.publisher_streams[ssrc][0]  # named on the node it came from
         return None
 
     def _track_for_mid(self, mid: str) -> Optional[PublishedTrack]:
@@ -851,6 +860,11 @@ class ParticipantMedia:
             rtx_ssrcs = {g.ssrcs[1] for g in nm.ssrc_groups if g.semantics == "FID" and len(g.ssrcs) == 2}
             for ssrc in nm.ssrcs:
                 (rtx_layers if ssrc in rtx_ssrcs else ssrc_layers)[ssrc] = 0
+        migrated = getattr(self.participant, "migrated_in", None)
+        if migrated is not None:
+            for ssrc, (stream_mid, layer, rtx) in migrated.publisher_streams.items():
+                if stream_mid == mid:
+                    (rtx_layers if rtx else ssrc_layers)[ssrc] = layer
         rtx_pts = {c.payload_type: c.apt for c in nm.codecs if c.is_rtx and c.apt is not None}
         receiver = TrackReceiver(
             info.sid,

@@ -99,6 +99,8 @@ class MigrationIn:
     auto_subscribe: bool
     deadline: float
     explicit_subscriptions: dict[str, bool] = attrs.field(factory=dict)
+    # Publisher SSRC -> (mid, layer, is RTX), as the old node learned them.
+    publisher_streams: dict[int, tuple[str, int, bool]] = attrs.field(factory=dict)
     # The subscriber PC's m-lines on the old node ((mid, kind, live) in order) and its next mid.
     layout: Optional[tuple[list[tuple[str, MediaKind, bool]], int]] = None
 
@@ -113,6 +115,7 @@ class MigrationSync:
     published: list["PublishedTrack"]
     lines: list[tuple[str, MediaKind, bool]]
     next_mid: int
+    publisher_streams: list[tuple[str, str, int, int, bool]]  # track id, mid, SSRC, layer, RTX
 
 
 @attrs.define
@@ -146,6 +149,7 @@ def _host_port(url: str) -> Optional[tuple[str, int]]:
 
 
 MAX_SUBSCRIBER_LINES = 512
+MAX_PUBLISHER_STREAMS = 256
 
 
 def _layout(body: pb.MigrateParticipant) -> Optional[tuple[list[tuple[str, MediaKind, bool]], int]] | str:
@@ -428,7 +432,9 @@ class NodeRelay:
                 participant_info=participant.to_info().SerializeToString(),
                 track_by_cid=dict(participant.track_by_cid), auto_subscribe=session.context.auto_subscribe,
                 lines=[pb.SubscriberLine(mid=mid, kind=kind.value, live=live) for mid, kind, live in sync.lines],
-                next_mid=sync.next_mid, explicit_subscriptions=dict(participant.subscriptions))
+                next_mid=sync.next_mid, explicit_subscriptions=dict(participant.subscriptions),
+                publisher_streams=[pb.PublisherStream(track_id=t, mid=mid, ssrc=ssrc, layer=layer, rtx=rtx)
+                                   for t, mid, ssrc, layer, rtx in sync.publisher_streams])
             for entry in sync.transceivers:
                 st = pb.SubscribedTransceiver(track_id=entry.track_id, mid=entry.mid, ssrc=entry.ssrc or 0,
                                               rtx_ssrc=entry.rtx_ssrc or 0, kind=sync.kinds[entry.track_id].value)
@@ -536,9 +542,17 @@ class NodeRelay:
         layout = _layout(body)
         if isinstance(layout, str):
             return layout
+        if len(body.publisher_streams) > MAX_PUBLISHER_STREAMS:
+            return "too many publisher streams"
+        streams: dict[int, tuple[str, int, bool]] = {}
+        for stream in body.publisher_streams:
+            if stream.track_id not in published or not stream.mid or stream.ssrc == 0 or stream.layer > 7:
+                return f"unusable publisher stream {stream.ssrc} of {stream.track_id}"
+            streams[stream.ssrc] = (stream.mid, stream.layer, stream.rtx)
         self._pending_in[(body.room, sid)] = MigrationIn(
             body.room, peer, info, dict(body.track_by_cid), list(body.subscriptions), entries, kinds, published,
-            body.auto_subscribe, trio.current_time() + self.resume_timeout, dict(body.explicit_subscriptions), layout)
+            body.auto_subscribe, trio.current_time() + self.resume_timeout, dict(body.explicit_subscriptions),
+            streams, layout)
         self._deadlines_moved.set()
         return ""
 

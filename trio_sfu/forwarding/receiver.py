@@ -284,6 +284,13 @@ class TrackReceiver:
     def layers(self) -> tuple[int, ...]:
         return tuple(self._layers)
 
+    def ssrc_layers(self) -> tuple[dict[int, int], dict[int, int]]:
+        """The SSRCs learned so far -> layer index, media and RTX: what another receiver of the
+        same sender needs once the sender stops naming its streams (RFC 8852 lets it omit
+        RID/MID after the first RTCP, and Chromium does)."""
+        return ({ssrc: layer.index for ssrc, layer in self._by_ssrc.items()},
+                {ssrc: layer.index for ssrc, layer in self._rtx_by_ssrc.items()})
+
     def layer_ssrc(self, layer: int) -> Optional[int]:
         entry = self._layers.get(layer)
         return entry.ssrc if entry is not None else None
