@@ -106,19 +106,12 @@ def phase_summary(samples: list[dict]) -> dict:
     }
 
 
-#: livekit-client publishes the camera in three rid layers by default; single-layer video carries
-#: a=ssrc lines in the offer, which is how a new node can place SSRCs without header extensions.
-SIMULCAST_XFAIL = pytest.mark.xfail(strict=False, raises=AssertionError, reason=(
-    "server bug, reported to the lead: after the publisher's move node B drops Chromium's simulcast "
-    "video. libwebrtc stops sending the MID/RID header extensions on an SSRC once it has been "
-    "acknowledged by RTCP, and the PC keeps its SSRCs across the ICE restart, so node B cannot place "
-    "those SSRCs (ParticipantMedia._mid_of finds no mid, no a=ssrc lines with rid simulcast); node A's "
-    "hand-over times out after 15 s and it sends leave{RECONNECT}, so livekit-client rejoins under a "
-    "new sid. The subscriber's move already passes."))
-
-
+#: livekit-client publishes the camera in three rid layers by default; single-layer video has
+#: a=ssrc lines in the offer. After the publisher's move libwebrtc sends neither MID nor RID on
+#: its (kept, already acknowledged) SSRCs, so the new node must place simulcast SSRCs from the
+#: migrated state (fixed in 8adb1b4; before it this run failed every time).
 @pytest.mark.parametrize("simulcast", [pytest.param(False, id="single-layer"),
-                                       pytest.param(True, id="simulcast", marks=SIMULCAST_XFAIL)])
+                                       pytest.param(True, id="simulcast")])
 def test_chromium_tabs_migrate_between_nodes(netns, clients, tmp_path, tmp_path_factory, pytestconfig,
                                              simulcast):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
