@@ -36,6 +36,7 @@ from rtp.errors import ParseError
 from rtp.header_extensions import HeaderExtensionParseError, decode_mid
 from rtp.packet import RtpParseError, find_extension
 from rtp.peer_transport import IceMode, PeerTransport
+from rtp.twcc import TransportFeedbackRecorder
 from rtp.peer_transport_events import (
     Address,
     DataReceived,
@@ -45,7 +46,7 @@ from rtp.peer_transport_events import (
     TransportConnected,
     TransportFailed,
 )
-from sdp.codecs import EXT_MID, EXT_REPAIRED_RID, EXT_RID, MediaKind
+from sdp.codecs import EXT_MID, EXT_REPAIRED_RID, EXT_RID, EXT_TWCC, MediaKind
 from sdp.errors import NegotiationError, SdpParseError
 from sdp.model import Codec, Fingerprint, SessionDescription
 from sdp.negotiator import (
@@ -374,6 +375,9 @@ class ParticipantMedia:
         self._ext_mid: Optional[int] = None
         self._ext_rid: Optional[int] = None
         self._ext_rrid: Optional[int] = None
+        # Transport-wide CC: the publisher's estimator runs on our arrival reports.
+        self._ext_twcc: Optional[int] = None
+        self.twcc = TransportFeedbackRecorder(sender_ssrc=secrets.randbits(32) or 1)
         self._rtx_apt: dict[int, int] = {}
         self._ssrc_tracks: dict[int, PublishedTrack] = {}
         self.tracks_by_mid: dict[str, PublishedTrack] = {}
@@ -444,6 +448,9 @@ class ParticipantMedia:
             t = down.get_timer()
             if t is not None and t < deadline:
                 deadline = t
+        t = self.twcc.get_timer()
+        if t is not None and t < deadline:
+            deadline = t
         return deadline
 
     async def run(self) -> None:
@@ -461,6 +468,8 @@ class ParticipantMedia:
                             pc.transport.handle_timer(now)
                             pc.pump(now)
                 self.data.handle_timer(now)
+                for report in self.twcc.feedback(now):
+                    self._send_pub_rtcp(report)
                 # RTCP the forwarding objects owe: uplink NACKs and RRs, downlink SRs.
                 for track in list(self.tracks_by_mid.values()):
                     track.receiver.poll_rtcp(now)
@@ -817,6 +826,8 @@ class ParticipantMedia:
                     self._ext_rid = ext_id
                 elif uri == EXT_REPAIRED_RID:
                     self._ext_rrid = ext_id
+                elif uri == EXT_TWCC:
+                    self._ext_twcc = ext_id
             for c in nm.codecs:
                 if c.is_rtx and c.apt is not None:
                     self._rtx_apt[c.payload_type] = c.apt
@@ -913,6 +924,8 @@ class ParticipantMedia:
         if len(packet) < 12:
             return
         ssrc = int.from_bytes(packet[8:12], "big")
+        if self._ext_twcc is not None:
+            self._record_twcc(packet, ssrc, now)
         track = self._ssrc_tracks.get(ssrc)
         if track is None:
             mid = self._mid_of(packet, ssrc)
@@ -929,6 +942,19 @@ class ParticipantMedia:
             self.room_media.publish(track)
         # A loss just noticed schedules a NACK sooner than the loop would wake.
         self.timer_may_have_moved(receiver.get_timer())
+
+    def _record_twcc(self, packet: bytes, ssrc: int, now: float) -> None:
+        try:
+            value = find_extension(packet, self._ext_twcc)  # type: ignore[arg-type]
+        except (RtpParseError, HeaderExtensionParseError):
+            return
+        if value is None or len(value) < 2:
+            return
+        twcc = self.twcc
+        due = twcc.get_timer()
+        twcc.record((value[0] << 8) | value[1], ssrc, now)
+        if due is None:
+            self.timer_may_have_moved(twcc.get_timer())
 
     # ---- moderation (Participant hooks) --------------------------------------------------------
 

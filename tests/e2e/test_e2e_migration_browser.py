@@ -37,11 +37,13 @@ DRIVER = BROWSER_DIR / "migration_driver.mjs"
 ROOM = "browser-migration"
 PHASE_S = 4.0
 MIN_FRAMES = 15
-# Per 4 s phase: "keeps decoding", not a frame rate. With single-layer video the publisher's own
-# bandwidth estimate sinks to libwebrtc's 30 kbps floor within ~10 s of joining, on one node as
-# well as across a move (its outbound-rtp says qualityLimitationReason=bandwidth), and Chromium
-# then sends ~6 frames/s; the gap metric below is what measures the move's interruption.
+# Per 4 s phase: "keeps decoding" (the fake camera gives ~20 frames/s); the gap metric below is
+# what measures the move's interruption.
 MIN_FRAMES_PER_PHASE = 15
+# The publisher's bandwidth estimate at each move. Before the nodes sent transport-wide CC
+# feedback (rtp/twcc.py) it sank ~20 %/s to libwebrtc's 30 kbps floor (single-layer: 59 kbps
+# at the second move); with it Chromium estimates several Mbit/s.
+MIN_PUBLISHER_BWE_BPS = 1_000_000
 LOUD_RMS = 0.05  # the tone plays at ~0.26 RMS; concealment and silence stay far below
 MIN_LOUD_SHARE = 0.5  # of a phase's samples: the tone is heard most of the time, not once
 
@@ -228,6 +230,11 @@ def test_chromium_tabs_migrate_between_nodes(netns, clients, tmp_path, tmp_path_
         # reconnect closes them and makes new ones.
         new_pcs = [e for e in tabs[tab]["events"] if e["event"] == "pc created" and e["t"] >= marks["move-sub"]]
         assert not new_pcs, f"{tab} made new peer connections after the moves began: {new_pcs}\n{detail}"
+
+    for move in ("move_sub", "move_pub"):
+        bwe = gaps[move]["pub_bwe_bps_at_move"]
+        assert bwe is not None and bwe >= MIN_PUBLISHER_BWE_BPS, \
+            f"the publisher's bandwidth estimate collapsed ({bwe} bit/s at {move}): no congestion feedback?\n{detail}"
 
     for name, got in phases.items():
         assert got["samples"] >= 20, f"too few samples in phase {name}: {got}\n{detail}"

@@ -1,0 +1,110 @@
+"""The receive side of transport-wide congestion control: arrival feedback for the sender.
+
+A sender that negotiated the transport-wide sequence number header extension
+(draft-holmer-rmcat-transport-wide-cc-extensions-01) runs its bandwidth estimator on the
+receiver's reports of when each of those packets arrived. Without them a libwebrtc sender has no
+delay signal and keeps lowering its estimate, so a publisher's video decays to its minimum
+bitrate. `TransportFeedbackRecorder` notes each arrival and, every `interval`, gives the RTCP
+transport-cc feedback packets (rtp.rtcp.TransportCc) that report them.
+
+Sans-IO: `record(seq, now)` on each packet, `get_timer()` / `feedback(now)` for the reports.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from rtp.rtcp import TWCC_DELTA_UNIT_US, TWCC_REFERENCE_UNIT_US, TransportCc
+from rtp.seqnum import SequenceUnwrapper
+
+#: A feedback packet covers at most this many sequence numbers (libwebrtc keeps them small too:
+#: the sender must not wait for one huge report, and a report must fit a datagram).
+MAX_STATUS_PER_FEEDBACK = 1000
+#: Arrivals kept while waiting for the next report; beyond that, a report is due at once.
+MAX_PENDING = 4000
+#: A receive delta must fit 16 bits of 250 µs; a longer pause starts a new report.
+_MAX_DELTA_US = 0x7FFF * TWCC_DELTA_UNIT_US
+_MIN_DELTA_US = -0x8000 * TWCC_DELTA_UNIT_US
+
+
+class TransportFeedbackRecorder:
+    """Arrival times by transport-wide sequence number, reported every `interval` seconds."""
+
+    def __init__(self, sender_ssrc: int, interval: float = 0.1) -> None:
+        self.sender_ssrc = sender_ssrc
+        self.interval = interval
+        self.media_ssrc = 0
+        self._unwrap = SequenceUnwrapper()
+        self._arrivals: dict[int, int] = {}  # extended seq -> arrival in µs on our clock
+        self._next_seq: Optional[int] = None  # the first extended seq not reported yet
+        self._due: Optional[float] = None
+        self._feedback_count = 0
+        self.reports_sent = 0
+        self.packets_recorded = 0
+        self.late_dropped = 0  # arrived after their seq had been reported as lost
+
+    def record(self, seq: int, media_ssrc: int, now: float) -> None:
+        extended = self._unwrap.unwrap(seq & 0xFFFF)
+        if self._next_seq is not None and extended < self._next_seq:
+            self.late_dropped += 1
+            return
+        if self._next_seq is None:
+            self._next_seq = extended
+        self._arrivals.setdefault(extended, int(now * 1_000_000))
+        self.media_ssrc = media_ssrc
+        self.packets_recorded += 1
+        if self._due is None:
+            self._due = now + self.interval
+        if len(self._arrivals) >= MAX_PENDING:
+            self._due = now
+
+    def get_timer(self) -> Optional[float]:
+        return self._due
+
+    def feedback(self, now: float) -> list[bytes]:
+        """The reports due at `now` (serialized RTCP), covering every seq up to the newest."""
+        if self._due is None or now < self._due or not self._arrivals or self._next_seq is None:
+            return []
+        self._due = None
+        out: list[bytes] = []
+        newest = max(self._arrivals)
+        seq = self._next_seq
+        while seq <= newest:
+            # The first arrival at or after `seq` anchors this report's reference time; the
+            # losses before it are reported too, unless there are too many to be worth it.
+            anchor = seq
+            while anchor not in self._arrivals:
+                anchor += 1
+            if anchor - seq >= MAX_STATUS_PER_FEEDBACK:
+                seq = anchor
+            reference = self._arrivals[anchor] // TWCC_REFERENCE_UNIT_US
+            clock = reference * TWCC_REFERENCE_UNIT_US
+            packets: list[tuple[int, bool, Optional[int]]] = []
+            start = seq
+            while seq <= newest and seq - start < MAX_STATUS_PER_FEEDBACK:
+                arrival = self._arrivals.get(seq)
+                if arrival is None:
+                    packets.append((seq & 0xFFFF, False, None))
+                else:
+                    # Round like the report will, so rounding errors never accumulate.
+                    delta = arrival - clock
+                    ticks = (delta + TWCC_DELTA_UNIT_US // 2) // TWCC_DELTA_UNIT_US
+                    if packets and not _MIN_DELTA_US <= ticks * TWCC_DELTA_UNIT_US <= _MAX_DELTA_US:
+                        break  # too far from the previous arrival: the next report starts here
+                    packets.append((seq & 0xFFFF, True, ticks * TWCC_DELTA_UNIT_US))
+                    clock += ticks * TWCC_DELTA_UNIT_US
+                seq += 1
+            while packets and not packets[-1][1]:
+                packets.pop()  # never end a report on losses: the next packet may still come
+                seq -= 1
+            report = TransportCc.build(self.sender_ssrc, self.media_ssrc, reference & 0xFFFFFF,
+                                       self._feedback_count & 0xFF, packets)
+            self._feedback_count += 1
+            out.append(report.serialize())
+            self.reports_sent += 1
+        for reported in [s for s in self._arrivals if s < seq]:
+            del self._arrivals[reported]
+        self._next_seq = seq
+        if self._arrivals:
+            self._due = now + self.interval
+        return out

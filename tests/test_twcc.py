@@ -1,0 +1,116 @@
+"""Transport-wide CC feedback (rtp.twcc): what we report is what arrived, when it arrived.
+
+Every report is read back with the RTCP parser (rtp.rtcp), so the checks are on the bytes a
+sender would get: each received seq's arrival time within half a 250 µs tick of the truth, each
+lost one reported lost, every seq covered exactly once across reports, in order, across the
+16-bit wrap, long pauses and bursts larger than one report.
+"""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rtp.rtcp import TransportCc, parse_rtcp
+from rtp.twcc import MAX_STATUS_PER_FEEDBACK, TransportFeedbackRecorder
+
+
+def reports(recorder: TransportFeedbackRecorder, now: float) -> list[TransportCc]:
+    out = []
+    for data in recorder.feedback(now):
+        (packet,) = parse_rtcp(data)
+        assert isinstance(packet, TransportCc)
+        out.append(packet)
+    return out
+
+
+def check(sent: dict[int, float], got: list[TransportCc]) -> dict[int, bool]:
+    """Every reported seq once; received ones at their true arrival (±125 µs). seq -> received."""
+    seen: dict[int, bool] = {}
+    for report in got:
+        times = dict(report.arrival_times_us())
+        for status in report.statuses():
+            assert status.seq not in seen, f"seq {status.seq} reported twice"
+            seen[status.seq] = status.received
+            if status.received:
+                assert abs(times[status.seq] - round(sent[status.seq] * 1e6)) <= 125, status
+            else:
+                assert status.seq not in sent
+    return seen
+
+
+def test_arrivals_and_losses_come_back_as_they_happened() -> None:
+    recorder = TransportFeedbackRecorder(sender_ssrc=1)
+    assert recorder.get_timer() is None and recorder.feedback(5.0) == []
+    arrivals = {}
+    t = 100.0
+    for seq in range(65500, 65536 + 40):  # across the 16-bit wrap
+        t += 0.0031
+        if seq % 7 == 3:
+            continue  # lost
+        arrivals[seq & 0xFFFF] = t
+        recorder.record(seq & 0xFFFF, 0xABC, t)
+        if len(arrivals) == 1:
+            first = t
+            assert recorder.get_timer() == first + recorder.interval
+            assert recorder.feedback(first + recorder.interval / 2) == []  # not due yet
+    assert recorder.get_timer() == first + recorder.interval
+    got = reports(recorder, t + 0.1)
+    seen = check(arrivals, got)
+    assert [s for s, ok in seen.items() if ok] == list(arrivals)
+    assert [s for s, ok in seen.items() if not ok] == [s & 0xFFFF for s in range(65500, 65576) if s % 7 == 3]
+    assert all(r.media_ssrc == 0xABC and r.sender_ssrc == 1 for r in got)
+    assert recorder.get_timer() is None  # nothing left to report
+
+
+def test_reordered_and_late_packets() -> None:
+    recorder = TransportFeedbackRecorder(sender_ssrc=1)
+    recorder.record(10, 5, 1.000)
+    recorder.record(12, 5, 1.002)
+    recorder.record(11, 5, 1.004)  # reordered: still reported, with its own arrival time
+    got = reports(recorder, 1.2)
+    assert check({10: 1.000, 11: 1.004, 12: 1.002}, got) == {10: True, 11: True, 12: True}
+    deltas = [s.delta_us for s in got[0].statuses()]
+    assert deltas[1] == 4000 and deltas[2] == -2000  # negative deltas for the reordered one
+    recorder.record(9, 5, 1.3)  # after its seq was reported: dropped and counted
+    assert recorder.late_dropped == 1 and recorder.get_timer() is None
+
+
+def test_long_pauses_and_big_bursts_are_split_into_reports() -> None:
+    recorder = TransportFeedbackRecorder(sender_ssrc=1)
+    arrivals = {}
+    t = 0.0
+    for seq in range(2500):
+        t += 0.0001
+        if seq == 1200:
+            t += 20.0  # longer than a 16-bit delta can say
+        arrivals[seq] = t
+        recorder.record(seq, 7, t)
+    got = reports(recorder, t + 1)
+    assert len(got) >= 4 and all(r.status_count <= MAX_STATUS_PER_FEEDBACK for r in got)
+    assert [r.feedback_count for r in got] == list(range(len(got)))
+    assert check(arrivals, got) == {seq: True for seq in range(2500)}
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.lists(st.tuples(st.integers(0, 40), st.floats(0, 0.05)), min_size=1, max_size=300))
+def test_any_arrival_pattern_is_reported_faithfully(seed: int, steps: list[tuple[int, float]]) -> None:
+    rng = random.Random(seed)
+    recorder = TransportFeedbackRecorder(sender_ssrc=9)
+    seq, t = rng.randrange(65536), 50.0
+    sent: dict[int, float] = {}
+    got: list[TransportCc] = []
+    for gap, dt in steps:
+        seq = (seq + 1 + (gap if gap > 35 else 0)) & 0xFFFF  # mostly in order, some losses
+        t += dt
+        if seq not in sent:
+            sent[seq] = t
+            recorder.record(seq, 1, t)
+        if rng.random() < 0.1:
+            got += reports(recorder, t + 1)
+            t += 1
+    got += reports(recorder, t + 1)
+    seen = check(sent, got)
+    assert {s for s, ok in seen.items() if ok} == set(sent) and recorder.late_dropped == 0
