@@ -94,3 +94,27 @@ async def test_participants_on_both_nodes_see_each_other_and_a_migration_is_not_
             # on-a and mover (now on B) left: on-b hears both.
             await wait_until(lambda: not on_b.remote_participants)
         assert not a.relay.remote_participants("shared") and not b.relay.remote_participants("shared")
+
+
+async def test_a_migration_is_neither_a_departure_nor_a_join_for_webhook_observers() -> None:
+    """Room observers (the webhook notifier among them) hear one participant_joined when the
+    participant first joins and nothing when it moves between nodes."""
+    events: list[tuple[str, str]] = []
+
+    class Observer:
+        def room_event(self, event, room, participant=None, track=None):
+            if participant is not None:
+                events.append((event, participant.identity))
+
+    async with media_nodes("node-a", "node-b") as (a, b):
+        a.registry.observers.append(Observer())
+        b.registry.observers.append(Observer())
+        async with LiveKitClient.connect(a.url, mint_token("mover", room="shared")) as mover:
+            await mover.wait_connected(timeout=10)
+            assert await a.relay.migrate("shared", mover.participant_sid, "node-b")
+            await mover.wait_resumed(1)
+            await wait_until(lambda: "mover" in b.registry.rooms["shared"].participants
+                             and b.registry.rooms["shared"].participants["mover"].announced)
+            assert events == [("participant_joined", "mover")]
+        await wait_until(lambda: ("participant_left", "mover") in events)
+        assert events == [("participant_joined", "mover"), ("participant_left", "mover")]

@@ -181,7 +181,10 @@ class Room:
     def announce(self, participant: Participant) -> None:
         participant.announced = True
         self.broadcast_participant(participant)
-        self.registry.emit("participant_joined", self, participant)
+        if participant.migrated_in is None:
+            # A participant that migrated here never left the room (its old node did not
+            # report a departure either): no join to report.
+            self.registry.emit("participant_joined", self, participant)
 
     def broadcast_participant(self, participant: Participant, *, include_self: bool = False) -> None:
         """Send a ParticipantUpdate with `participant`'s current info to the room."""
