@@ -15,34 +15,14 @@
 // have grown: media is flowing, not stuck.  Prints JSON lines; {"result": ...} once all checks
 // pass or the timeout passes; then stays in the room until stdin closes (or holdMs), so a peer in
 // another process can finish its own checks, and closes the browser.
-import { createRequire } from 'node:module';
-import { fileURLToPath } from 'node:url';
 import fs from 'node:fs';
-import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 
-const here = path.dirname(fileURLToPath(import.meta.url));
-const require = createRequire(path.join(here, 'package.json'));
-const { chromium } = require('playwright-core');
-
-const CHROMIUM_ARGS = [
-  '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-  '--disable-background-networking', '--disable-component-update', '--disable-sync',
-  '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream',
-  '--disable-dev-shm-usage', '--autoplay-policy=no-user-gesture-required',
-  // Background tabs are throttled; every tab here is a participant that must keep decoding.
-  '--disable-background-timer-throttling', '--disable-renderer-backgrounding',
-  '--disable-backgrounding-occluded-windows',
-];
-if (process.env.CHROMIUM_WEBRTC_LOG === '1') {
-  CHROMIUM_ARGS.push('--enable-logging=stderr', '--vmodule=*/webrtc/*=1');
-}
+import { chromium, chromiumArgs, launchOptions, serveHere } from './chromium_host.mjs';
 
 const config = JSON.parse(process.argv[2]);
-// Chromium's default fake microphone beeps from one shared source, so with two tabs only one
-// of them hears the beep; a WAV file is read by every capture on its own (and loops).
-if (config.fakeAudioFile) CHROMIUM_ARGS.push(`--use-file-for-fake-audio-capture=${config.fakeAudioFile}`);
+const CHROMIUM_ARGS = chromiumArgs(config);
 const minFrames = config.minFrames ?? 15;
 const minAudioPackets = config.minAudioPackets ?? 50;
 const risingMs = config.risingMs ?? 1000;
@@ -50,27 +30,13 @@ const timeoutMs = config.timeoutMs ?? 45000;
 const holdMs = config.holdMs ?? 60000;
 const say = (obj) => console.log(JSON.stringify(obj));
 
-// Static files from this directory only: the page and livekit-client's UMD build.
-const TYPES = { '.html': 'text/html', '.js': 'text/javascript', '.map': 'application/json' };
-const server = http.createServer((req, res) => {
-  const rel = decodeURIComponent(new URL(req.url, 'http://x').pathname).replace(/^\/+/, '');
-  const file = path.resolve(here, rel);
-  if (!file.startsWith(here + path.sep) || !fs.existsSync(file) || !fs.statSync(file).isFile()) {
-    res.writeHead(404); res.end(); return;
-  }
-  res.writeHead(200, { 'content-type': TYPES[path.extname(file)] || 'application/octet-stream' });
-  fs.createReadStream(file).pipe(res);
-});
-await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
-const pageUrl = `http://127.0.0.1:${server.address().port}/e2e_page.html`;
+const { server, baseUrl } = await serveHere();
+const pageUrl = `${baseUrl}/e2e_page.html`;
 
 const userDataHome = fs.mkdtempSync(path.join(os.tmpdir(), 'trio-sfu-e2e-chromium-'));
 // One browser for all tabs, or (separateBrowsers) one browser process per participant, so
 // nothing in Chromium's audio path (capture, playout, processing) is shared between them.
-const launch = () => chromium.launch({
-  executablePath: process.env.CHROMIUM_PATH || '/usr/bin/chromium',
-  headless: true, args: CHROMIUM_ARGS, env: { ...process.env, HOME: userDataHome },
-});
+const launch = () => chromium.launch(launchOptions(CHROMIUM_ARGS, userDataHome));
 const browsers = [await launch()];
 const browser = browsers[0];
 say({ chromium: browser.version() });

@@ -17,55 +17,25 @@
 // prints {"result": {marks, tabs: {identity: page report}}} — read before leaving, so the
 // tabs' own leaving is not in it — then leaves the room and closes the browser.
 // The pages' console (livekit-client's log at logLevel) goes to stderr with the tab's name.
-import { createRequire } from 'node:module';
-import { fileURLToPath } from 'node:url';
 import fs from 'node:fs';
-import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import readline from 'node:readline';
 
-const here = path.dirname(fileURLToPath(import.meta.url));
-const require = createRequire(path.join(here, 'package.json'));
-const { chromium } = require('playwright-core');
-
-const CHROMIUM_ARGS = [
-  '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-  '--disable-background-networking', '--disable-component-update', '--disable-sync',
-  '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream',
-  '--disable-dev-shm-usage', '--autoplay-policy=no-user-gesture-required',
-  '--disable-background-timer-throttling', '--disable-renderer-backgrounding',
-  '--disable-backgrounding-occluded-windows',
-];
-if (process.env.CHROMIUM_WEBRTC_LOG === '1') {
-  CHROMIUM_ARGS.push('--enable-logging=stderr', '--vmodule=*/webrtc/*=1');
-}
+import { chromium, chromiumArgs, launchOptions, serveHere } from './chromium_host.mjs';
 
 const config = JSON.parse(process.argv[2]);
-if (config.fakeAudioFile) CHROMIUM_ARGS.push(`--use-file-for-fake-audio-capture=${config.fakeAudioFile}`);
+const CHROMIUM_ARGS = chromiumArgs(config);
 const minFrames = config.minFrames ?? 15;
 const minAudioPackets = config.minAudioPackets ?? 50;
 const timeoutMs = config.timeoutMs ?? 45000;
 const say = (obj) => console.log(JSON.stringify(obj));
 
-const TYPES = { '.html': 'text/html', '.js': 'text/javascript', '.map': 'application/json' };
-const server = http.createServer((req, res) => {
-  const rel = decodeURIComponent(new URL(req.url, 'http://x').pathname).replace(/^\/+/, '');
-  const file = path.resolve(here, rel);
-  if (!file.startsWith(here + path.sep) || !fs.existsSync(file) || !fs.statSync(file).isFile()) {
-    res.writeHead(404); res.end(); return;
-  }
-  res.writeHead(200, { 'content-type': TYPES[path.extname(file)] || 'application/octet-stream' });
-  fs.createReadStream(file).pipe(res);
-});
-await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
-const pageUrl = `http://127.0.0.1:${server.address().port}/migration_page.html`;
+const { server, baseUrl } = await serveHere();
+const pageUrl = `${baseUrl}/migration_page.html`;
 
 const userDataHome = fs.mkdtempSync(path.join(os.tmpdir(), 'trio-sfu-migration-chromium-'));
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM_PATH || '/usr/bin/chromium',
-  headless: true, args: CHROMIUM_ARGS, env: { ...process.env, HOME: userDataHome },
-});
+const browser = await chromium.launch(launchOptions(CHROMIUM_ARGS, userDataHome));
 say({ chromium: browser.version() });
 
 const pages = {};
