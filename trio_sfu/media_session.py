@@ -63,6 +63,7 @@ from . import metrics as m
 from .data_channels import ParticipantData, remote_sctp_params
 from .log import get_logger
 from .media import MediaContext
+from .node_relay import MigrationSync
 from .forwarding import DownTrack, PublishedLayer, TrackReceiver, select_target_layer
 from .udp_mux import UdpMux, advertised_ip, host_candidate
 from .tracks import SourceOrigin, TrackManager, TrackSource
@@ -71,7 +72,7 @@ from .tracks.subscription_manager import RECONCILE_ALL, SubscriptionManager
 
 if TYPE_CHECKING:
     from .config import ServerConfig
-    from .node_relay import MigrationSync, NodeRelay
+    from .node_relay import NodeRelay
     from .rooms import Room
 
 REPORT_INTERVAL = 1.0
@@ -406,7 +407,10 @@ class ParticipantMedia:
         # A participant that migrated here: its m-lines as the old node had them (same mids,
         # SSRCs and rewrite state), waiting in the cache for its subscriptions.
         self.migrating = False
-        migrated = getattr(self.participant, "migrated_in", None)
+        migrated = self.participant.migrated_in
+        # Publisher SSRC -> (mid, layer, is RTX) as the old node learned them: the client's
+        # packets may no longer name their stream (no MID/RID once acknowledged).
+        self._migrated_streams: dict[int, tuple[str, int, bool]] = migrated.publisher_streams if migrated else {}
         if migrated is not None:
             failed = self.endpoint.restore_migrated(migrated.transceivers, migrated.kinds, migrated.layout)
             if failed:
@@ -532,8 +536,6 @@ class ParticipantMedia:
         """This participant moves to another node: every subscription lets its source go
         expecting a resume (m-line and rewrite state cached by track id), the subscription
         manager stops, and what the new node needs is returned. The published tracks stay."""
-        from .node_relay import MigrationSync
-
         self.migrating = True
         endpoint = self.endpoint
         endpoint.on_detached = None  # the manager must not rebind what we let go
@@ -845,10 +847,8 @@ class ParticipantMedia:
         for nm in self._pub_media.values():
             if ssrc in nm.ssrcs:
                 return nm.mid
-        migrated = getattr(self.participant, "migrated_in", None)
-        if migrated is not None and ssrc in migrated.publisher_streams:
-            return migrated.publisher_streams[ssrc][0]  # named on the node it came from
-        return None
+        stream = self._migrated_streams.get(ssrc)
+        return stream[0] if stream is not None else None
 
     def _track_for_mid(self, mid: str) -> Optional[PublishedTrack]:
         track = self.tracks_by_mid.get(mid)
@@ -871,11 +871,9 @@ class ParticipantMedia:
             rtx_ssrcs = {g.ssrcs[1] for g in nm.ssrc_groups if g.semantics == "FID" and len(g.ssrcs) == 2}
             for ssrc in nm.ssrcs:
                 (rtx_layers if ssrc in rtx_ssrcs else ssrc_layers)[ssrc] = 0
-        migrated = getattr(self.participant, "migrated_in", None)
-        if migrated is not None:
-            for ssrc, (stream_mid, layer, rtx) in migrated.publisher_streams.items():
-                if stream_mid == mid:
-                    (rtx_layers if rtx else ssrc_layers)[ssrc] = layer
+        for ssrc, (stream_mid, layer, rtx) in self._migrated_streams.items():
+            if stream_mid == mid:
+                (rtx_layers if rtx else ssrc_layers)[ssrc] = layer
         rtx_pts = {c.payload_type: c.apt for c in nm.codecs if c.is_rtx and c.apt is not None}
         receiver = TrackReceiver(
             info.sid,

@@ -89,6 +89,23 @@ class TrackSpec:
     # The publisher's header-extension ids -> URIs (empty: unknown, ids forwarded unchanged).
     extensions: tuple[tuple[int, str], ...] = ()
 
+    @classmethod
+    def from_source(cls, source: TrackSource) -> "TrackSpec":
+        return cls(source.track_id, source.publisher_id, source.kind, source.codecs, source.stream_id,
+                   tuple(sorted((source.extensions or {}).items())))
+
+    def remote_source(self, node_id: str, send_rtcp: Callable[[bytes], bool], *, cname: str, now: float,
+                      resume_policy: Optional[ResumeFlagPolicy] = None) -> TrackSource:
+        """A REMOTE source for this track as `node_id` relays it: the relay feeds its receiver,
+        whose RTCP feedback goes back through `send_rtcp`."""
+        primary = next(c for c in self.codecs if not c.is_rtx)
+        receiver = TrackReceiver(self.track_id, f"{self.kind.value}/{primary.name}", primary.clock_rate,
+                                 send_rtcp=send_rtcp, local_ssrc=secrets.randbits(31) or 1, cname=cname,
+                                 buffer_capacity=1024 if self.kind is MediaKind.VIDEO else 128, now=now)
+        return TrackSource(self.track_id, SourceOrigin.REMOTE, node_id, receiver, kind=self.kind,
+                           publisher_id=self.publisher_id, stream_id=self.stream_id, codecs=self.codecs,
+                           extensions=dict(self.extensions) or None, resume_policy=resume_policy)
+
     def to_proto(self) -> pb.TrackDescription:
         return pb.TrackDescription(
             track_id=self.track_id, publisher_id=self.publisher_id, kind=self.kind.value,
@@ -557,18 +574,13 @@ class Node:
         existing = room.remote.get(key)
         if existing is not None and existing.is_open:
             return  # announced again: the same source, adding it twice is a no-op
-        primary = next(c for c in spec.codecs if not c.is_rtx)
         link = self.links[peer]
 
         def send_rtcp(packet: bytes, track_id: str = spec.track_id) -> bool:
             return link.send(pb.RelayMessage(rtcp=pb.RelayRtcp(room=room.name, track_id=track_id, packet=packet)))
 
-        receiver = TrackReceiver(spec.track_id, f"{spec.kind.value}/{primary.name}", primary.clock_rate,
-                                 send_rtcp=send_rtcp, local_ssrc=secrets.randbits(31) or 1,
-                                 cname=self.node_id, now=trio.current_time())
-        source = TrackSource(spec.track_id, SourceOrigin.REMOTE, peer, receiver, kind=spec.kind,
-                             publisher_id=spec.publisher_id, stream_id=spec.stream_id, codecs=spec.codecs,
-                             resume_policy=self.resume_policy())
+        source = spec.remote_source(peer, send_rtcp, cname=self.node_id, now=trio.current_time(),
+                                    resume_policy=self.resume_policy())
         room.remote[key] = source
         room.tracks.add(source)
 

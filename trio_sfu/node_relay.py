@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import collections
 import math
-import secrets
 from typing import TYPE_CHECKING, Callable, Optional
 from urllib.parse import urlsplit
 
@@ -53,11 +52,10 @@ from rtp.errors import ParseError
 from sdp.codecs import MediaKind
 
 from . import metrics as m
-from .forwarding.receiver import TrackReceiver
 from .log import get_logger
 from .node import RelayTap, TrackSpec, migrated_transceivers, snapshot_to_proto
 from .relay import RelayLink, serve_link
-from .tracks.source import SourceOrigin, TrackSource
+from .tracks.source import TrackSource
 from .tracks.subscriber import MigratedTransceiver
 
 if TYPE_CHECKING:
@@ -276,8 +274,7 @@ class NodeRelay:
         tap = RelayTap(link, room, source.track_id)
         source.receiver.add_down_track(tap)  # type: ignore[arg-type]
         taps.append(tap)
-        spec = TrackSpec(source.track_id, source.publisher_id, source.kind, source.codecs, source.stream_id,
-                         tuple(sorted((source.extensions or {}).items())))
+        spec = TrackSpec.from_source(source)
         link.send(pb.RelayMessage(track_published=pb.TrackPublished(room=room, track=spec.to_proto())))
 
     def local_closing(self, room_media: "RoomMedia", source: TrackSource, expected_to_resume: bool) -> None:
@@ -350,19 +347,12 @@ class NodeRelay:
         key = (room, peer, spec.track_id)
         if key in self._remote:
             return  # announced again: the same source; adding it twice is a no-op
-        primary = next(c for c in spec.codecs if not c.is_rtx)
 
         def send_rtcp(packet: bytes, track_id: str = spec.track_id) -> bool:
             link = self.links.get(peer)
             return link is not None and link.send(pb.RelayMessage(rtcp=pb.RelayRtcp(room=room, track_id=track_id, packet=packet)))
 
-        receiver = TrackReceiver(spec.track_id, f"{spec.kind.value}/{primary.name}", primary.clock_rate,
-                                 send_rtcp=send_rtcp, local_ssrc=secrets.randbits(31) or 1, cname=self.node_id,
-                                 buffer_capacity=1024 if spec.kind is MediaKind.VIDEO else 128,
-                                 now=trio.current_time())
-        source = TrackSource(spec.track_id, SourceOrigin.REMOTE, peer, receiver, kind=spec.kind,
-                             publisher_id=spec.publisher_id, stream_id=spec.stream_id, codecs=spec.codecs,
-                             extensions=dict(spec.extensions) or None)
+        source = spec.remote_source(peer, send_rtcp, cname=self.node_id, now=trio.current_time())
         self._remote[key] = (room_media, source)
         room_media.track_manager.add(source)
 
@@ -427,8 +417,7 @@ class NodeRelay:
             out.tracks_left = {t.sid for t in sync.published}
             state = pb.MigrateParticipant(
                 room=room_name, participant_id=participant_sid, subscriptions=sync.subscriptions,
-                published=[TrackSpec(t.sid, participant_sid, t.kind, t.codecs, t.stream_id,
-                                     tuple(sorted(t.extensions.items()))).to_proto() for t in sync.published],
+                published=[TrackSpec.from_source(t.source).to_proto() for t in sync.published if t.source],
                 participant_info=participant.to_info().SerializeToString(),
                 track_by_cid=dict(participant.track_by_cid), auto_subscribe=session.context.auto_subscribe,
                 lines=[pb.SubscriberLine(mid=mid, kind=kind.value, live=live) for mid, kind, live in sync.lines],
