@@ -677,7 +677,7 @@ class NodeRelay:
         # Resumed here already: the participant goes (it must rejoin from scratch).
         room = self.registry.rooms.get(body.room)
         participant = next((p for p in room.participants.values() if p.sid == body.participant_id), None) if room else None
-        migrated = getattr(participant, "migrated_in", None) if participant is not None else None
+        migrated = participant.migrated_in if participant is not None else None
         if migrated is not None and migrated.peer == peer:
             found = True
             for track_id in migrated.published:
