@@ -55,7 +55,7 @@ def run_transports(subscribers: int, packets: int, direct: bool) -> float:
     (protect_rtp_datagram, UdpMux.send_one)."""
     from rtp.dtls import DtlsCertificate
     from trio_sfu.metrics import Metrics
-    from trio_sfu.udp_mux import UdpMux
+    from trio_sfu.media.udp_mux import UdpMux
 
     sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sink.bind(("127.0.0.1", 0))

@@ -150,7 +150,7 @@ async def _probe_join_to_first_media(url: str, key: str, secret: str, room: str,
     import trio
 
     from trio_sfu.client import LiveKitClient
-    from trio_sfu.loadtest import LoadTestParams, make_token
+    from trio_sfu.client.loadtest import LoadTestParams, make_token
 
     params = LoadTestParams(url=url, api_key=key, api_secret=secret, room=room, subscribers=1)
     token = make_token(params, "bench_probe", publish=False, subscribe=True)

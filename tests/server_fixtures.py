@@ -20,7 +20,7 @@ from livekit import api
 from livekit.protocol import rtc
 
 from trio_sfu.config import RoomConfig, ServerConfig
-from trio_sfu.node import Node
+from trio_sfu.cluster.node_model import Node
 from trio_sfu.server import Server
 from trio_sfu.tracks import live_sources
 
@@ -214,9 +214,9 @@ async def media_server(config: ServerConfig | None = None) -> AsyncIterator[Serv
 @contextlib.asynccontextmanager
 async def media_nodes(*node_ids: str) -> AsyncIterator[list[Server]]:
     """Real servers with media, one per node id, in this Trio run, each pair joined by an
-    in-memory relay link (trio_sfu.relay); on exit all shut down and nothing any of them made
+    in-memory relay link (trio_sfu.cluster.link); on exit all shut down and nothing any of them made
     may survive (the leak check runs once, after all of them stopped)."""
-    from trio_sfu.relay import in_memory_link_pair
+    from trio_sfu.cluster.link import in_memory_link_pair
 
     baseline = leak_baseline()
     servers = [Server(media_config(), enable_media=True, node_id=node_id) for node_id in node_ids]

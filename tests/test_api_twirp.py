@@ -21,7 +21,7 @@ from livekit.protocol import models, room as room_pb, rtc
 
 from server_fixtures import API_KEY, API_SECRET, http_base, join, mint_token, recv_kind, running_server, send, signal_client
 from trio_sfu.server import Server
-from trio_sfu.twirp import Encoding, TwirpError, TwirpMethod, decode_request, encode_response
+from trio_sfu.api.twirp import Encoding, TwirpError, TwirpMethod, decode_request, encode_response
 
 PATH = "/twirp/livekit.RoomService/"
 

@@ -1,4 +1,4 @@
-"""trio_sfu.data_channels without a network: LiveKit's forwarding rules on any bytes a client can
+"""trio_sfu.media.data_channels without a network: LiveKit's forwarding rules on any bytes a client can
 put on a channel, and the per-recipient bounds on an association that is not draining (its
 peer never connected, so everything stays queued — the worst slow receiver)."""
 
@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from livekit.protocol import models
 
-import trio_sfu.data_channels as dc
+import trio_sfu.media.data_channels as dc
 from trio_sfu import metrics as m
 
 

@@ -24,7 +24,7 @@ import trio_websocket
 from livekit import api
 from livekit.protocol import models, rtc
 
-import trio_sfu.data_channels as dc
+import trio_sfu.media.data_channels as dc
 from rtp.dtls import DtlsCertificate, DtlsRole
 from rtp.peer_transport import IceMode, PeerTransport
 from rtp.peer_transport_events import DataReceived, TransportConnected

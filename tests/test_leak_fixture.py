@@ -11,7 +11,7 @@ from server_fixtures import assert_nodes_clean, leak_baseline
 from test_migration_world import OPUS, ROOM, TRACK
 
 from sdp.codecs import MediaKind
-from trio_sfu.node import Node, TrackSpec
+from trio_sfu.cluster.node_model import Node, TrackSpec
 
 
 class Subscriber:

@@ -1,6 +1,6 @@
 """``trio-sfu load-test`` against the project's server with its real media stack, on loopback.
 
-The in-process test runs :class:`trio_sfu.loadtest.LoadTest` (one participant
+The in-process test runs :class:`trio_sfu.client.loadtest.LoadTest` (one participant
 publishing simulcast video and audio, two subscribers) and checks its summary
 against what must be true on loopback: everyone joined, each subscriber got
 both tracks, packets flowed with zero loss, the latency percentiles are real
@@ -23,7 +23,7 @@ import trio
 import server_fixtures
 from server_fixtures import API_KEY, API_SECRET
 from trio_sfu.cli import build_parser
-from trio_sfu.loadtest import LoadTest, LoadTestParams, format_summary
+from trio_sfu.client.loadtest import LoadTest, LoadTestParams, format_summary
 
 
 
@@ -89,7 +89,7 @@ def test_cli_keeps_server_flags_and_adds_load_test() -> None:
 def test_load_test_arguments_from_environment_and_refusals() -> None:
     import argparse
 
-    from trio_sfu.loadtest import add_arguments, params_from_args
+    from trio_sfu.client.loadtest import add_arguments, params_from_args
 
     parser = argparse.ArgumentParser()
     add_arguments(parser, {"LIVEKIT_URL": "wss://x.example", "LIVEKIT_API_KEY": "k", "LIVEKIT_API_SECRET": "s"})

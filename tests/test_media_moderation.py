@@ -38,7 +38,7 @@ from trio_sfu.client.senders import send_synthetic_audio, send_synthetic_video
 from trio_sfu.server import Server
 from sdp.parser import parse as parse_sdp
 
-import trio_sfu.media_session as media_session  # noqa: E402
+import trio_sfu.media.session as media_session  # noqa: E402
 
 #: How long a paused track is watched for packets that should not come.
 QUIET_WINDOW = 1.0

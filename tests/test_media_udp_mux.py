@@ -10,7 +10,7 @@ import trio
 from aioice import stun
 
 from trio_sfu import metrics as m
-from trio_sfu.udp_mux import (
+from trio_sfu.media.udp_mux import (
     CHECKPOINT_EVERY,
     UDP_DROPPED_SEND_FULL,
     UDP_DROPPED_UNROUTABLE,

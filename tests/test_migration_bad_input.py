@@ -24,7 +24,7 @@ from test_race_scenarios import until
 
 from proto import relay_pb2 as pb
 from sdp.codecs import MediaKind
-from trio_sfu.node import Node, TrackSpec
+from trio_sfu.cluster.node_model import Node, TrackSpec
 
 
 def _sync_state(**overrides) -> pb.MigrateParticipant:
@@ -45,7 +45,7 @@ async def _rejected(w, message: pb.RelayMessage, reason: str) -> None:
 
 
 async def test_sync_states_naming_what_does_not_exist_are_refused(autojump_clock, caplog):
-    caplog.set_level(logging.WARNING, logger="trio_sfu.node")
+    caplog.set_level(logging.WARNING, logger="trio_sfu.cluster.node_model")
     async with two_nodes() as w:
         bad = {
             "subscription to unknown track TR_nope": _sync_state(subscriptions=["TR_nope"]),

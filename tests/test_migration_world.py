@@ -23,8 +23,8 @@ from sdp.codecs import MediaKind
 from sdp.model import Codec, Fingerprint, SessionDescription
 from sdp.negotiator import LocalParams, answer_offer
 from sdp.parser import parse, serialize
-from trio_sfu.node import Node, TrackSpec
-from trio_sfu.relay import in_memory_link_pair
+from trio_sfu.cluster.node_model import Node, TrackSpec
+from trio_sfu.cluster.link import in_memory_link_pair
 from trio_sfu.tracks import FifoHead, RecordedAtClosing
 
 ROOM = "room"

@@ -21,7 +21,7 @@ from sdp.model import Codec
 from server_fixtures import media_nodes, mint_token, recv_kind, signal_client
 from trio_sfu.client import LiveKitClient
 from trio_sfu.client.senders import send_synthetic_audio
-from trio_sfu.node import TrackSpec
+from trio_sfu.cluster.node_model import TrackSpec
 
 ROOM = "shared"
 OPUS = Codec(111, "opus", 48000, 2)
@@ -48,7 +48,7 @@ def sync_state(identity: str = "mover", sid: str = "PA_mover", **fields) -> pb.M
 
 
 async def test_bad_relay_input_is_rejected_and_the_nodes_keep_working(caplog) -> None:
-    caplog.set_level(logging.WARNING, logger="trio_sfu.node_relay")
+    caplog.set_level(logging.WARNING, logger="trio_sfu.cluster.node_relay")
     async with media_nodes("node-a", "node-b") as (a, b):
         # Someone is in the room on B, so the room and its media exist there.
         async with LiveKitClient.connect(b.url, mint_token("resident", room=ROOM)) as resident:

@@ -11,7 +11,7 @@ from test_peer_transport import CLIENT_ADDR, SERVER_ADDR, connected_wire, make_p
 from rtp.peer_transport import TransportState
 from rtp.peer_transport_events import RtpReceived
 from trio_sfu import metrics as m
-from trio_sfu.udp_mux import UDP_SENT, UdpMux
+from trio_sfu.media.udp_mux import UDP_SENT, UdpMux
 
 
 def test_returned_datagram_decrypts_at_the_peer_to_the_packet_sent():

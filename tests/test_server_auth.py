@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from livekit import api
 from livekit.protocol import models
 
-from trio_sfu.auth import LEEWAY_SECONDS, AuthError, TokenVerifier, token_from_request
+from trio_sfu.api.auth import LEEWAY_SECONDS, AuthError, TokenVerifier, token_from_request
 from server_fixtures import API_KEY, API_SECRET
 
 VERIFIER = TokenVerifier({API_KEY: API_SECRET, "other": "other-secret-0123456789abcdefghijklmnop"})

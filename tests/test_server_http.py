@@ -9,7 +9,7 @@ import pytest
 import trio
 import trio_websocket
 
-import trio_sfu.http_front as http_front
+import trio_sfu.api.http_front as http_front
 from trio_sfu import metrics as m
 from server_fixtures import API_KEY, API_SECRET, http, mint_token, running_server
 

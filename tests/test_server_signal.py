@@ -10,7 +10,7 @@ import trio
 import trio_websocket
 from livekit.protocol import models, rtc
 
-import trio_sfu.participant as participant_module
+import trio_sfu.signal.participant as participant_module
 from trio_sfu import metrics as m
 from server_fixtures import (
     join,
@@ -347,7 +347,7 @@ async def test_hidden_participant_is_invisible_to_others() -> None:
 
 
 async def test_media_session_plugs_in_through_the_factory() -> None:
-    from trio_sfu.media import MediaContext
+    from trio_sfu.signal.media_port import MediaContext
 
     calls: list[tuple] = []
 

@@ -9,7 +9,7 @@ import trio_websocket
 from livekit.protocol import models, rtc
 
 from trio_sfu import metrics as m
-from trio_sfu.participant import MAX_WS_MESSAGE
+from trio_sfu.signal.participant import MAX_WS_MESSAGE
 from server_fixtures import join, mint_token, recv, recv_kind, running_server, send, signal_client
 
 State = models.ParticipantInfo.State
@@ -106,7 +106,7 @@ async def test_abrupt_socket_drop_removes_participant() -> None:
 
 
 async def test_a_crashing_handler_ends_only_that_session(monkeypatch: pytest.MonkeyPatch) -> None:
-    from trio_sfu.participant import Participant
+    from trio_sfu.signal.participant import Participant
 
     async def explode(self: Participant, _req: rtc.MuteTrackRequest) -> None:
         raise RuntimeError("simulated bug")

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from livekit.protocol import models, rtc
 
-from trio_sfu.signal_codec import MAX_SIGNAL_MESSAGE, SignalDecodeError, decode_request, encode_response, request_kind
+from trio_sfu.signal.codec import MAX_SIGNAL_MESSAGE, SignalDecodeError, decode_request, encode_response, request_kind
 
 names = st.text(max_size=20)
 add_tracks = st.builds(

@@ -34,7 +34,7 @@ from server_fixtures import (
     signal_client,
 )
 
-from trio_sfu import webhooks as wh
+from trio_sfu.api import webhooks as wh
 from trio_sfu.config import ConfigError, ServerConfig, config_from_mapping
 from trio_sfu.metrics import Metrics
 from trio_sfu.server import Server

@@ -10,13 +10,13 @@ from typing import Sequence
 
 import trio
 
-from . import __version__
-from .config import DEV_API_KEY, DEV_API_SECRET, ConfigError, ServerConfig, load_config_file, parse_keys
-from .loadtest import add_arguments as add_load_test_arguments
-from .loadtest import run_command as run_load_test
-from .log import configure, get_logger
-from .server import Server
-from .webhooks import WebhookConfig
+from trio_sfu import __version__
+from trio_sfu.config import DEV_API_KEY, DEV_API_SECRET, ConfigError, ServerConfig, load_config_file, parse_keys
+from trio_sfu.client.loadtest import add_arguments as add_load_test_arguments
+from trio_sfu.client.loadtest import run_command as run_load_test
+from trio_sfu.log import configure, get_logger
+from trio_sfu.server import Server
+from trio_sfu.api.webhooks import WebhookConfig
 
 _log = get_logger("trio_sfu.cli")
 

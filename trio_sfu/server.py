@@ -13,18 +13,18 @@ import errno
 import trio
 from livekit.protocol import models
 
-from . import metrics as m
-from .auth import TokenVerifier
-from .config import ServerConfig
-from .http_front import HttpFront
-from .log import get_logger
-from .media import MediaSessionFactory, UnavailableMediaSession
-from .media_session import MediaService
-from .node_relay import NodeRelay
-from .room_service import SERVICE_NAME, RoomService
-from .rooms import RoomRegistry
-from .twirp import TwirpServer
-from .webhooks import WebhookNotifier
+from trio_sfu import metrics as m
+from trio_sfu.api.auth import TokenVerifier
+from trio_sfu.config import ServerConfig
+from trio_sfu.api.http_front import HttpFront
+from trio_sfu.log import get_logger
+from trio_sfu.signal.media_port import MediaSessionFactory, UnavailableMediaSession
+from trio_sfu.media.session import MediaService
+from trio_sfu.cluster.node_relay import NodeRelay
+from trio_sfu.api.room_service import SERVICE_NAME, RoomService
+from trio_sfu.signal.rooms import RoomRegistry
+from trio_sfu.api.twirp import TwirpServer
+from trio_sfu.api.webhooks import WebhookNotifier
 
 SHUTDOWN_GRACE = 3.0
 _log = get_logger("trio_sfu.server")
@@ -42,7 +42,7 @@ class Server:
         """`enable_media` runs the real media stack (UDP mux on `config.rtc.udp_port`) and
         overrides `media_factory`; off by default so signal-only tests bind no UDP port.
         `node_id` makes this server one node of several hosting the same rooms: link it to the
-        others with `relay.add_link` (trio_sfu.relay) and move participants with `relay.migrate`."""
+        others with `relay.add_link` (trio_sfu.cluster.link) and move participants with `relay.migrate`."""
         self.config = config
         self.metrics = m.Metrics()
         self.verifier = TokenVerifier(config.keys)

@@ -28,14 +28,14 @@ import trio
 
 from trio_sfu.config import DEV_API_KEY, DEV_API_SECRET, ServerConfig
 from trio_sfu.log import configure, get_logger
-from trio_sfu.node_relay import (
+from trio_sfu.cluster.node_relay import (
     MIGRATIONS_FAILED,
     MIGRATIONS_IN,
     MIGRATIONS_OUT,
     RELAY_REJECTED,
 )
-from trio_sfu.participant import Participant
-from trio_sfu.relay import in_memory_link_pair
+from trio_sfu.signal.participant import Participant
+from trio_sfu.cluster.link import in_memory_link_pair
 from trio_sfu.server import Server
 
 #: Longer than any of NodeRelay's own waits (accept 10 s + hand-over 15 s), so a migration that

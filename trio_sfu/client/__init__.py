@@ -9,9 +9,9 @@
 * ``stats.py`` — what a subscriber measured per track.
 """
 
-from .client import ClientError, JoinError, LiveKitClient, LocalPublication, RemoteTrack, signal_url
-from .senders import send_synthetic_audio, send_synthetic_video
-from .stats import TrackReceiveStats
+from trio_sfu.client.client import ClientError, JoinError, LiveKitClient, LocalPublication, RemoteTrack, signal_url
+from trio_sfu.client.senders import send_synthetic_audio, send_synthetic_video
+from trio_sfu.client.stats import TrackReceiveStats
 
 __all__ = [
     "ClientError",

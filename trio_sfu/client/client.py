@@ -48,9 +48,9 @@ from sdp.negotiator import local_dtls_role
 from sdp.parser import parse as parse_sdp
 from sdp.parser import serialize as serialize_sdp
 
-from .. import __version__
-from .peer_connection import ClientPeerConnection
-from .sdp_builder import (
+from trio_sfu import __version__
+from trio_sfu.client.peer_connection import ClientPeerConnection
+from trio_sfu.client.sdp_builder import (
     OPUS,
     VP8,
     OfferedTrack,
@@ -58,8 +58,8 @@ from .sdp_builder import (
     build_publisher_offer,
     remote_transport,
 )
-from .stats import TrackReceiveStats
-from .synthetic import RtpStreamWriter, VideoLayerSpec, read_send_stamp, simulcast_layers
+from trio_sfu.client.stats import TrackReceiveStats
+from trio_sfu.client.synthetic import RtpStreamWriter, VideoLayerSpec, read_send_stamp, simulcast_layers
 
 PROTOCOL_VERSION = 17
 JOIN_TIMEOUT = 10.0

@@ -32,7 +32,7 @@ from rtp.peer_transport_events import (
 )
 from sdp.model import Fingerprint
 
-from .sdp_builder import RemoteTransport, Transport
+from trio_sfu.client.sdp_builder import RemoteTransport, Transport
 
 #: Datagrams handled between checkpoints, so a flood cannot starve the other tasks.
 CHECKPOINT_EVERY = 64

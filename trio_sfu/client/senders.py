@@ -8,8 +8,8 @@ import time
 
 import trio
 
-from .client import LocalPublication
-from .synthetic import (
+from trio_sfu.client.client import LocalPublication
+from trio_sfu.client.synthetic import (
     AUDIO_PACKET_INTERVAL,
     OPUS_FRAME_SAMPLES,
     VIDEO_CLOCK_RATE,

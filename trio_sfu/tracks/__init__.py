@@ -3,7 +3,7 @@ resolves a track id to exactly one source, and the per-participant subscription 
 reconciles what a participant wants with what resolves. See docs/seed-races.md for the two
 races this package makes impossible by construction."""
 
-from .source import (
+from trio_sfu.tracks.source import (
     AlreadySubscribedError,
     RecordedAtClosing,
     ReadAtRemoval,
@@ -14,7 +14,7 @@ from .source import (
     TrackSubscriber,
     live_sources,
 )
-from .track_manager import FifoHead, NewestWins, ResolutionPolicy, TrackManager
+from trio_sfu.tracks.track_manager import FifoHead, NewestWins, ResolutionPolicy, TrackManager
 
 __all__ = [
     "AlreadySubscribedError", "FifoHead", "NewestWins", "ReadAtRemoval", "RecordedAtClosing",

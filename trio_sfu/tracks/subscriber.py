@@ -26,7 +26,7 @@ from sdp.transceivers import CachedTransceiver, TransceiverState, TransceiverTab
 from trio_sfu.forwarding import DownTrack, map_payload_types
 from trio_sfu.forwarding.downtrack import DownTrackSnapshot
 
-from .source import TrackSource
+from trio_sfu.tracks.source import TrackSource
 
 Exchange = Callable[[SessionDescription], Awaitable[SessionDescription]]
 Detached = Callable[[str, TrackSource, bool], None]
@@ -186,7 +186,7 @@ class SubscriberEndpoint:
         self.down_track_started(source, down, first_subscriber, now)
         return down
 
-    # Hooks for the server's endpoint (trio_sfu.media_session); the defaults suit a plain client.
+    # Hooks for the server's endpoint (trio_sfu.media.session); the defaults suit a plain client.
 
     def target_layer(self, source: TrackSource) -> Optional[int]:
         """The layer the client gets first (None = paused)."""

@@ -31,9 +31,9 @@ from livekit.protocol import models
 from sdp.errors import NegotiationError, TransceiverInvariantError
 from trio_sfu.log import get_logger
 
-from .source import AlreadySubscribedError, SourceNotOpenError, TrackSource
-from .subscriber import Binding, NoAnswerError, NoCommonCodecError, SubscriberEndpoint
-from .track_manager import TrackManager
+from trio_sfu.tracks.source import AlreadySubscribedError, SourceNotOpenError, TrackSource
+from trio_sfu.tracks.subscriber import Binding, NoAnswerError, NoCommonCodecError, SubscriberEndpoint
+from trio_sfu.tracks.track_manager import TrackManager
 
 _log = get_logger("trio_sfu.tracks")
 

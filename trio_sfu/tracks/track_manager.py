@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Callable, Optional, Protocol, Sequence
 
-from .source import TrackSource
+from trio_sfu.tracks.source import TrackSource
 
 TrackChanged = Callable[[str], None]
 

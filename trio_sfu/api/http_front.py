@@ -26,16 +26,16 @@ import trio
 import trio_websocket
 from livekit.protocol import models, rtc
 
-from . import metrics as m
-from .auth import AuthError, ClaimGrants, TokenVerifier, token_from_request
-from .config import ServerConfig
-from .log import get_logger
-from .participant import JoinOptions
-from .rooms import RoomClosedError, RoomFullError, RoomRegistry
-from .twirp import TwirpError, TwirpReply, TwirpServer
+from trio_sfu import metrics as m
+from trio_sfu.api.auth import AuthError, ClaimGrants, TokenVerifier, token_from_request
+from trio_sfu.config import ServerConfig
+from trio_sfu.log import get_logger
+from trio_sfu.signal.participant import JoinOptions
+from trio_sfu.signal.rooms import RoomClosedError, RoomFullError, RoomRegistry
+from trio_sfu.api.twirp import TwirpError, TwirpReply, TwirpServer
 
 if TYPE_CHECKING:
-    from .node_relay import NodeRelay
+    from trio_sfu.cluster.node_relay import NodeRelay
 
 MAX_HEAD = 16 * 1024
 MAX_BODY = 1024 * 1024

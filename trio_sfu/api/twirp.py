@@ -20,8 +20,8 @@ import attrs
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from .auth import AuthError, ClaimGrants, TokenVerifier, token_from_request
-from .log import get_logger
+from trio_sfu.api.auth import AuthError, ClaimGrants, TokenVerifier, token_from_request
+from trio_sfu.log import get_logger
 
 PATH_PREFIX = "/twirp/"
 # JSON nesting deeper than this is refused as malformed instead of recursing.
@@ -49,7 +49,7 @@ TWIRP_STATUS: dict[str, int] = {
     "dataloss": 500,
 }
 
-_log = get_logger("trio_sfu.twirp")
+_log = get_logger("trio_sfu.api.twirp")
 
 
 class TwirpError(Exception):

@@ -15,11 +15,11 @@ import attrs
 from google.protobuf.message import Message
 from livekit.protocol import models, room as room_pb, rtc
 
-from .auth import ClaimGrants, VideoGrant
-from .participant import Participant
-from .rooms import Room, RoomClosedError, RoomRegistry
-from .signal_codec import encode_response
-from .twirp import TwirpError, TwirpMethod
+from trio_sfu.api.auth import ClaimGrants, VideoGrant
+from trio_sfu.signal.participant import Participant
+from trio_sfu.signal.rooms import Room, RoomClosedError, RoomRegistry
+from trio_sfu.signal.codec import encode_response
+from trio_sfu.api.twirp import TwirpError, TwirpMethod
 
 SERVICE_NAME = "livekit.RoomService"
 MAX_NAME_LENGTH = 256

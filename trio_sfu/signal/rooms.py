@@ -18,20 +18,20 @@ from typing import TYPE_CHECKING, Protocol
 import trio
 from livekit.protocol import models, rtc
 
-from . import metrics as m
-from .auth import ClaimGrants
-from .config import RoomConfig
-from .log import get_logger
-from .media import MediaSessionFactory, UnavailableMediaSession
-from .participant import PING_INTERVAL, PING_TIMEOUT, JoinOptions, Participant
-from .server_info import server_info
-from .signal_codec import encode_response
+from trio_sfu import metrics as m
+from trio_sfu.api.auth import ClaimGrants
+from trio_sfu.config import RoomConfig
+from trio_sfu.log import get_logger
+from trio_sfu.signal.media_port import MediaSessionFactory, UnavailableMediaSession
+from trio_sfu.signal.participant import PING_INTERVAL, PING_TIMEOUT, JoinOptions, Participant
+from trio_sfu.signal.server_info import server_info
+from trio_sfu.signal.codec import encode_response
 
 if TYPE_CHECKING:
-    from .node_relay import MigrationIn, NodeRelay
+    from trio_sfu.cluster.node_relay import MigrationIn, NodeRelay
 
 _ALPHABET = string.ascii_letters + string.digits
-_log = get_logger("trio_sfu.rooms")
+_log = get_logger("trio_sfu.signal.rooms")
 
 
 class RoomClosedError(Exception):
@@ -278,7 +278,7 @@ class RoomRegistry:
         self.rooms: dict[str, Room] = {}
         self._nursery: trio.Nursery | None = None
         self.observers: list[RoomObserver] = []
-        # Set when this server is one node of several (trio_sfu.node_relay.NodeRelay).
+        # Set when this server is one node of several (trio_sfu.cluster.node_relay.NodeRelay).
         self.relay: "NodeRelay | None" = None
 
     def emit(

@@ -15,7 +15,7 @@ import trio
 from livekit.protocol import rtc
 
 if TYPE_CHECKING:
-    from .participant import Participant
+    from trio_sfu.signal.participant import Participant
 
 
 @attrs.frozen

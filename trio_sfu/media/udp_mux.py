@@ -25,8 +25,8 @@ from rtp.ice import ufrag_of
 from rtp.peer_transport import PeerTransport
 from rtp.peer_transport_events import Address
 
-from . import metrics as m
-from .log import get_logger
+from trio_sfu import metrics as m
+from trio_sfu.log import get_logger
 
 CHECKPOINT_EVERY = 64
 MAX_DATAGRAM = 65536
@@ -40,7 +40,7 @@ UDP_DROPPED_SEND_FULL = "udp_dropped_send_buffer_full_total"
 UDP_SEND_ERROR = "udp_send_error_total"
 UDP_HANDLER_CRASHED = "udp_handler_crashed_total"
 
-_log = get_logger("trio_sfu.udp_mux")
+_log = get_logger("trio_sfu.media.udp_mux")
 _WOULD_BLOCK = (BlockingIOError, InterruptedError)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from livekit.protocol import models
 
-from . import __version__
+from trio_sfu import __version__
 
 # Clients gate features on the LiveKit server version they see (livekit-client throws
 # UnsupportedServer on an empty one), so we announce the LiveKit release whose signal

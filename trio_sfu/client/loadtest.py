@@ -25,9 +25,9 @@ from typing import Any, Mapping, Sequence, TextIO
 import attrs
 import trio
 
-from .client import ClientError, LiveKitClient, LocalPublication, signal_url
-from .client.senders import send_synthetic_audio, send_synthetic_video
-from .client.stats import percentile
+from trio_sfu.client import ClientError, LiveKitClient, LocalPublication, signal_url
+from trio_sfu.client.senders import send_synthetic_audio, send_synthetic_video
+from trio_sfu.client.stats import percentile
 
 #: ``lk load-test``'s default join rate.
 DEFAULT_JOIN_RATE = 5.0

@@ -23,14 +23,14 @@ import trio
 import trio_websocket
 from livekit.protocol import models, rtc
 
-from . import metrics as m
-from .auth import ClaimGrants
-from .log import get_logger
-from .media import MediaContext, MediaSession, MediaSessionFactory
-from .signal_codec import SignalDecodeError, decode_request, encode_response, request_kind
+from trio_sfu import metrics as m
+from trio_sfu.api.auth import ClaimGrants
+from trio_sfu.log import get_logger
+from trio_sfu.signal.media_port import MediaContext, MediaSession, MediaSessionFactory
+from trio_sfu.signal.codec import SignalDecodeError, decode_request, encode_response, request_kind
 
 if TYPE_CHECKING:
-    from .rooms import Room
+    from trio_sfu.signal.rooms import Room
 
 MAX_WS_MESSAGE = 1024 * 1024
 OUTBOX_SIZE = 256
@@ -46,7 +46,7 @@ MAX_TRACKS_PER_PARTICIPANT = 64
 # Server-sent data kept for the data-channel layer until it installs `data_sink`.
 MAX_UNDELIVERED_DATA = 64
 
-_log = get_logger("trio_sfu.participant")
+_log = get_logger("trio_sfu.signal.participant")
 
 
 class ParticipantState(enum.Enum):
@@ -113,7 +113,7 @@ class Participant:
         self.disconnect_reason = models.DisconnectReason.UNKNOWN_REASON
         self.tracks: dict[str, models.TrackInfo] = {}
         self.track_by_cid: dict[str, str] = {}
-        # Set when this participant migrated here from another node (trio_sfu.node_relay.MigrationIn).
+        # Set when this participant migrated here from another node (trio_sfu.cluster.node_relay.MigrationIn).
         self.migrated_in: Any = None
         # Recorded for the media layer: track sid -> wanted, and the latest settings per track.
         self.subscriptions: dict[str, bool] = {}

@@ -29,11 +29,11 @@ import trio
 from google.protobuf import json_format
 from livekit.protocol import models, webhook
 
-from . import metrics as m
-from .config import ConfigError, ServerConfig
-from .log import get_logger
-from .participant import Participant
-from .rooms import Room
+from trio_sfu import metrics as m
+from trio_sfu.config import ConfigError, ServerConfig
+from trio_sfu.log import get_logger
+from trio_sfu.signal.participant import Participant
+from trio_sfu.signal.rooms import Room
 
 CONTENT_TYPE = "application/webhook+json"
 USER_AGENT = "LiveKit"
@@ -58,7 +58,7 @@ _END_REASONS = {
     models.DisconnectReason.SERVER_SHUTDOWN: models.RoomEndReason.ROOM_END_SERVER_SHUTDOWN,
 }
 
-_log = get_logger("trio_sfu.webhooks")
+_log = get_logger("trio_sfu.api.webhooks")
 
 
 @attrs.frozen

@@ -59,21 +59,21 @@ from sdp.negotiator import (
 from sdp.parser import parse as parse_sdp
 from sdp.parser import serialize as serialize_sdp
 
-from . import metrics as m
-from .data_channels import ParticipantData, remote_sctp_params
-from .log import get_logger
-from .media import MediaContext
-from .node_relay import MigrationSync
-from .forwarding import DownTrack, PublishedLayer, TrackReceiver, select_target_layer
-from .udp_mux import UdpMux, advertised_ip, host_candidate
-from .tracks import SourceOrigin, TrackManager, TrackSource
-from .tracks.subscriber import Binding, NoAnswerError, SubscriberEndpoint
-from .tracks.subscription_manager import RECONCILE_ALL, SubscriptionManager
+from trio_sfu import metrics as m
+from trio_sfu.media.data_channels import ParticipantData, remote_sctp_params
+from trio_sfu.log import get_logger
+from trio_sfu.signal.media_port import MediaContext
+from trio_sfu.cluster.node_relay import MigrationSync
+from trio_sfu.forwarding import DownTrack, PublishedLayer, TrackReceiver, select_target_layer
+from trio_sfu.media.udp_mux import UdpMux, advertised_ip, host_candidate
+from trio_sfu.tracks import SourceOrigin, TrackManager, TrackSource
+from trio_sfu.tracks.subscriber import Binding, NoAnswerError, SubscriberEndpoint
+from trio_sfu.tracks.subscription_manager import RECONCILE_ALL, SubscriptionManager
 
 if TYPE_CHECKING:
-    from .config import ServerConfig
-    from .node_relay import NodeRelay
-    from .rooms import Room
+    from trio_sfu.config import ServerConfig
+    from trio_sfu.cluster.node_relay import NodeRelay
+    from trio_sfu.signal.rooms import Room
 
 REPORT_INTERVAL = 1.0
 #: How long a wanted track may resolve to nothing before the client is told `SE_TRACK_NOTFOUND`.
@@ -95,7 +95,7 @@ MEDIA_ANSWER_TIMEOUT = "media_subscriber_answer_timeout_total"
 MEDIA_SUBSCRIPTION_FAILED = "media_subscription_failed_total"
 MEDIA_TRACKS_PUBLISHED = "media_tracks_published_total"
 
-_log = get_logger("trio_sfu.media")
+_log = get_logger("trio_sfu.signal.media_port")
 
 _STREAM_NAMES = {
     models.TrackSource.CAMERA: "camera",
@@ -128,7 +128,7 @@ class MediaService:
         self.not_found_timeout = NOT_FOUND_TIMEOUT
         self.reconcile_interval = RECONCILE_INTERVAL
         self.answer_timeout = ANSWER_TIMEOUT
-        # The node-to-node relay when this server is one of several nodes (trio_sfu.node_relay).
+        # The node-to-node relay when this server is one of several nodes (trio_sfu.cluster.node_relay).
         self.relay: Optional["NodeRelay"] = None
 
     def _bind_host(self) -> str:
@@ -288,7 +288,7 @@ class PeerConnection:
         self.name = name
         self.transport = transport
         self.connected = False
-        self.data = None  # its SCTP association (trio_sfu.data_channels), once negotiated
+        self.data = None  # its SCTP association (trio_sfu.media.data_channels), once negotiated
 
     # MuxEndpoint
     def on_datagram(self, data: bytes, addr: Address, now: float) -> None:

@@ -4,7 +4,7 @@
 the interleaving explorer can drive it under `MockClock` with explicit seams. It uses the very
 classes the real server uses (TrackSource, the FIFO TrackManager, SubscriptionManager,
 SubscriberEndpoint and its transceiver cache, TrackReceiver/DownTrack) and the same relay
-protocol (`proto/relay.proto`); `trio_sfu.node_relay.NodeRelay` is that protocol on real servers,
+protocol (`proto/relay.proto`); `trio_sfu.cluster.node_relay.NodeRelay` is that protocol on real servers,
 sharing `TrackSpec` and `RelayTap` from here.
 
 A room may be hosted on several nodes. Each node relays its local tracks to its linked peers
@@ -48,16 +48,16 @@ from sdp.codecs import MediaKind
 from sdp.model import Codec, Fingerprint, SessionDescription
 from sdp.negotiator import LocalParams
 
-from .forwarding.downtrack import DownTrackSnapshot
-from .forwarding.receiver import TrackReceiver
-from .log import get_logger
-from .relay import RelayLink, serve_link
-from .tracks.source import RecordedAtClosing, ResumeFlagPolicy, SourceOrigin, TrackSource
-from .tracks.subscriber import MigratedTransceiver, SubscriberEndpoint
-from .tracks.subscription_manager import SubscriptionManager
-from .tracks.track_manager import FifoHead, ResolutionPolicy, TrackManager
+from trio_sfu.forwarding.downtrack import DownTrackSnapshot
+from trio_sfu.forwarding.receiver import TrackReceiver
+from trio_sfu.log import get_logger
+from trio_sfu.cluster.link import RelayLink, serve_link
+from trio_sfu.tracks.source import RecordedAtClosing, ResumeFlagPolicy, SourceOrigin, TrackSource
+from trio_sfu.tracks.subscriber import MigratedTransceiver, SubscriberEndpoint
+from trio_sfu.tracks.subscription_manager import SubscriptionManager
+from trio_sfu.tracks.track_manager import FifoHead, ResolutionPolicy, TrackManager
 
-_log = get_logger("trio_sfu.node")
+_log = get_logger("trio_sfu.cluster.node_model")
 
 Seam = Callable[[str, dict], Awaitable[None]]
 

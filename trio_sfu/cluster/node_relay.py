@@ -5,7 +5,7 @@ published locally (`TrackPublished`) and relays their RTP to its peers (a `Relay
 receiver); each peer offers them to its own participants as *remote* sources in the room's FIFO
 TrackManager (trio_sfu.tracks), next to any local source with the same track id. RTCP feedback
 (PLI/FIR) goes back the other way. The relay protocol is `proto/relay.proto`; the link is the
-`trio_sfu.relay.RelayLink` interface (in memory in this issue; network and Redis come with the
+`trio_sfu.cluster.link.RelayLink` interface (in memory in this issue; network and Redis come with the
 cluster).
 
 A participant moves from node A to node B — `NodeRelay.migrate` on A — like this:
@@ -51,18 +51,18 @@ from rtp import rtcp
 from rtp.errors import ParseError
 from sdp.codecs import MediaKind
 
-from . import metrics as m
-from .log import get_logger
-from .node import RelayTap, TrackSpec, migrated_transceivers, snapshot_to_proto
-from .relay import RelayLink, serve_link
-from .tracks.source import TrackSource
-from .tracks.subscriber import MigratedTransceiver
+from trio_sfu import metrics as m
+from trio_sfu.log import get_logger
+from trio_sfu.cluster.node_model import RelayTap, TrackSpec, migrated_transceivers, snapshot_to_proto
+from trio_sfu.cluster.link import RelayLink, serve_link
+from trio_sfu.tracks.source import TrackSource
+from trio_sfu.tracks.subscriber import MigratedTransceiver
 
 if TYPE_CHECKING:
-    from .media_session import MediaService, PublishedTrack, RoomMedia
-    from .rooms import RoomRegistry
+    from trio_sfu.media.session import MediaService, PublishedTrack, RoomMedia
+    from trio_sfu.signal.rooms import RoomRegistry
 
-_log = get_logger("trio_sfu.node_relay")
+_log = get_logger("trio_sfu.cluster.node_relay")
 
 RELAY_REJECTED = "relay_rejected_total"
 RELAY_HANDLER_FAILED = "relay_handler_failed_total"

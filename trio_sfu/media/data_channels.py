@@ -39,14 +39,14 @@ from rtp.sctp import (
     SctpProtocolError,
 )
 
-from . import metrics as m
-from .log import get_logger
+from trio_sfu import metrics as m
+from trio_sfu.log import get_logger
 
 if TYPE_CHECKING:
     from sdp.model import SessionDescription
 
-    from .log import ContextLogger
-    from .media_session import ParticipantMedia, PeerConnection
+    from trio_sfu.log import ContextLogger
+    from trio_sfu.media.session import ParticipantMedia, PeerConnection
 
 RELIABLE_LABEL = "_reliable"
 LOSSY_LABEL = "_lossy"
