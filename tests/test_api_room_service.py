@@ -30,6 +30,7 @@ from server_fixtures import (
     signal_client,
 )
 from trio_sfu.server import Server
+from trio_sfu.signal.media_port import UnavailableMediaSession
 
 State = models.ParticipantInfo.State
 Reason = models.DisconnectReason
@@ -170,7 +171,16 @@ async def test_participants_list_get_remove() -> None:
 async def test_mute_published_track_reaches_publisher_and_others(remote_unmute: bool) -> None:
     config = make_config()
     config.room.enable_remote_unmute = remote_unmute
-    async with running_server(config) as server:
+    muted_hook: list[tuple[str, bool]] = []
+
+    class MuteRecordingMedia(UnavailableMediaSession):
+        """The media session is told about every mute change of its participant's tracks."""
+
+        def track_muted(self, track: models.TrackInfo) -> None:
+            if self.context.identity == "bob":
+                muted_hook.append((track.sid, track.muted))
+
+    async with running_server(config, media_factory=MuteRecordingMedia) as server:
         async with signal_client(server, mint_token("alice")) as alice, signal_client(server, mint_token("bob")) as bob:
             await join(alice)
             await join(bob)
@@ -178,10 +188,6 @@ async def test_mute_published_track_reaches_publisher_and_others(remote_unmute: 
             info = await update_for(alice, "bob")
             while not info.tracks:
                 info = await update_for(alice, "bob")
-            muted_hook: list[tuple[str, bool]] = []
-            server.registry.rooms["room1"].participants["bob"].track_mute_hooks.append(
-                lambda t: muted_hook.append((t.sid, t.muted))
-            )
 
             response = await call(
                 server,
@@ -235,7 +241,16 @@ async def test_update_participant_metadata_name_attributes_reach_everyone() -> N
 
 
 async def test_revoking_publish_unpublishes_and_blocks_new_tracks() -> None:
-    async with running_server() as server:
+    unpublished_hook: list[str] = []
+
+    class UnpublishRecordingMedia(UnavailableMediaSession):
+        """The media session hears of each track the server unpublishes for its participant."""
+
+        def track_unpublished(self, track: models.TrackInfo) -> None:
+            if self.context.identity == "bob":
+                unpublished_hook.append(track.sid)
+
+    async with running_server(media_factory=UnpublishRecordingMedia) as server:
         async with signal_client(server, mint_token("alice")) as alice, signal_client(server, mint_token("bob")) as bob:
             await join(alice)
             await join(bob)
@@ -244,8 +259,6 @@ async def test_revoking_publish_unpublishes_and_blocks_new_tracks() -> None:
             info = await update_for(alice, "bob")
             while len(info.tracks) < 2:
                 info = await update_for(alice, "bob")
-            unpublished_hook: list[str] = []
-            server.registry.rooms["room1"].participants["bob"].track_unpublish_hooks.append(lambda t: unpublished_hook.append(t.sid))
 
             # Only microphones from now on: the camera goes, the microphone stays.
             perm = models.ParticipantPermission(
@@ -347,25 +360,30 @@ async def test_update_subscriptions_acts_as_the_participant() -> None:
 
 
 async def test_send_data_reaches_the_named_destinations_or_everyone() -> None:
-    async with running_server() as server:
+    delivered: dict[str, list[tuple[models.DataPacket, int]]] = {"alice": [], "bob": []}
+
+    class DataRecordingMedia(UnavailableMediaSession):
+        """Server-originated data reaches the participant's media session (its data channels)."""
+
+        def deliver_data(self, packet: models.DataPacket, kind: int) -> None:
+            delivered[self.context.identity].append((packet, kind))
+
+    async with running_server(media_factory=DataRecordingMedia) as server:
         async with signal_client(server, mint_token("alice")) as alice, signal_client(server, mint_token("bob")) as bob:
             await join(alice)
             await join(bob)
-            room = server.registry.rooms["room1"]
-            delivered: list[models.DataPacket] = []
-            room.participants["alice"].data_sink = lambda packet, kind: delivered.append(packet)
             await call(
                 server,
                 lambda lk: lk.room.send_data(
                     api.SendDataRequest(room="room1", data=b"hello", kind=models.DataPacket.Kind.RELIABLE, topic="chat")
                 ),
             )
-            assert [p.user.payload for p in delivered] == [b"hello"]
+            assert [p.user.payload for p, _ in delivered["alice"]] == [b"hello"]
             # livekit-api always sets a fresh 16-byte nonce; it is passed through.
-            assert delivered[0].user.topic == "chat" and len(delivered[0].user.nonce) == 16
-            queued = list(room.participants["bob"].undelivered_data)
-            assert [(p.user.payload, p.user.nonce, k) for p, k in queued] == [
-                (b"hello", delivered[0].user.nonce, models.DataPacket.Kind.RELIABLE)
+            first = delivered["alice"][0][0]
+            assert first.user.topic == "chat" and len(first.user.nonce) == 16
+            assert [(p.user.payload, p.user.nonce, k) for p, k in delivered["bob"]] == [
+                (b"hello", first.user.nonce, models.DataPacket.Kind.RELIABLE)
             ]
 
             await call(
@@ -374,8 +392,8 @@ async def test_send_data_reaches_the_named_destinations_or_everyone() -> None:
                     api.SendDataRequest(room="room1", data=b"psst", kind=models.DataPacket.Kind.LOSSY, destination_identities=["bob"])
                 ),
             )
-            assert len(delivered) == 1
-            packet, kind = room.participants["bob"].undelivered_data[-1]
+            assert len(delivered["alice"]) == 1
+            packet, kind = delivered["bob"][-1]
             assert (packet.user.payload, kind, list(packet.destination_identities)) == (b"psst", models.DataPacket.Kind.LOSSY, ["bob"])
 
 

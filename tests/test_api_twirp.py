@@ -22,6 +22,7 @@ from livekit.protocol import models, room as room_pb, rtc
 from server_fixtures import API_KEY, API_SECRET, http_base, join, mint_token, recv_kind, running_server, send, signal_client
 from trio_sfu.server import Server
 from trio_sfu.api.twirp import Encoding, TwirpError, TwirpMethod, decode_request, encode_response
+from trio_sfu.signal.media_port import UnavailableMediaSession
 
 PATH = "/twirp/livekit.RoomService/"
 
@@ -55,8 +56,18 @@ async def ok_json(server: Server, method: str, body: dict[str, Any], token: str)
     return response.json()
 
 
+class DataRecordingMedia(UnavailableMediaSession):
+    """Records the server-originated data each participant's media session is given."""
+
+    delivered: dict[str, list[tuple[models.DataPacket, int]]] = {}
+
+    def deliver_data(self, packet: models.DataPacket, kind: int) -> None:
+        self.delivered.setdefault(self.context.identity, []).append((packet, kind))
+
+
 async def test_every_method_with_json_bodies() -> None:
-    async with running_server() as server:
+    DataRecordingMedia.delivered = {}
+    async with running_server(media_factory=DataRecordingMedia) as server:
         create = admin_token(room_create=True)
         # camelCase and unknown fields in; snake_case with defaults out.
         room = await ok_json(server, "CreateRoom", {"name": "j1", "emptyTimeout": 120, "maxParticipants": 5, "futureField": [1]}, create)
@@ -99,9 +110,9 @@ async def test_every_method_with_json_bodies() -> None:
             data = base64.b64encode(b"\x00payload").decode()
             nonce = base64.b64encode(bytes(16)).decode()
             assert await ok_json(server, "SendData", {"room": "j1", "data": data, "kind": "LOSSY", "destinationIdentities": ["alice"], "nonce": nonce}, admin) == {}
-            packet, kind = server.registry.rooms["j1"].participants["alice"].undelivered_data[-1]
+            packet, kind = DataRecordingMedia.delivered["alice"][-1]
             assert (packet.user.payload, kind) == (b"\x00payload", models.DataPacket.Kind.LOSSY)
-            assert not server.registry.rooms["j1"].participants["bob"].undelivered_data
+            assert "bob" not in DataRecordingMedia.delivered
             bad_nonce = await post(server, "SendData", {"room": "j1", "data": data, "nonce": base64.b64encode(b"short").decode()}, admin)
             assert bad_nonce.status_code == 400 and bad_nonce.json()["code"] == "invalid_argument"
 

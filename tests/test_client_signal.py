@@ -21,6 +21,7 @@ from livekit.protocol import models, rtc
 from server_fixtures import all_tasks, join, mint_token, recv_kind, running_server, signal_client
 from sdp.parser import parse as parse_sdp
 from trio_sfu.client import ClientError, JoinError, LiveKitClient, signal_url
+from trio_sfu.signal.media_port import UnavailableMediaSession
 
 
 def test_signal_url_appends_rtc_and_keeps_prefix() -> None:
@@ -92,9 +93,7 @@ async def test_publisher_offer_reaches_the_server_and_parses() -> None:
     offers: list[rtc.SessionDescription] = []
     trickles: list[tuple[str, int, bool]] = []
 
-    class RecordingMedia:
-        def __init__(self, context) -> None:
-            self.context = context
+    class RecordingMedia(UnavailableMediaSession):
 
         async def handle_publisher_offer(self, offer: rtc.SessionDescription) -> None:
             offers.append(offer)

@@ -32,18 +32,27 @@ from sdp.parser import parse as parse_sdp
 from sdp.parser import serialize
 from server_fixtures import make_config, mint_token, running_server
 from trio_sfu.client import LiveKitClient
+from trio_sfu.signal.media_port import UnavailableMediaSession
 
 
-class TrickleOnlyMedia:
+class TrickleOnlyMedia(UnavailableMediaSession):
     """Answers the publisher offer without candidates and trickles its one host candidate."""
 
     instances: list["TrickleOnlyMedia"] = []
 
     def __init__(self, context) -> None:
-        self.context = context
+        super().__init__(context)
+        self.nursery: trio.Nursery | None = None
         self.received: list[bytes] = []
         self.negotiated = None
         TrickleOnlyMedia.instances.append(self)
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        # The participant's nursery runs this: the transport task below ends with the participant.
+        async with trio.open_nursery() as nursery:
+            self.nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
 
     async def handle_publisher_offer(self, offer: rtc.SessionDescription) -> None:
         parsed = parse_sdp(offer.sdp)
@@ -62,7 +71,7 @@ class TrickleOnlyMedia:
         )
         sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
         await sock.bind(("127.0.0.1", 0))
-        self.context.nursery.start_soon(self._drive, transport, sock)
+        self.nursery.start_soon(self._drive, transport, sock)
         self.context.send(rtc.SignalResponse(answer=rtc.SessionDescription(
             type="answer", sdp=serialize(answer), id=offer.id)))
         port = sock.getsockname()[1]

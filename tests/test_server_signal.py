@@ -347,13 +347,13 @@ async def test_hidden_participant_is_invisible_to_others() -> None:
 
 
 async def test_media_session_plugs_in_through_the_factory() -> None:
-    from trio_sfu.signal.media_port import MediaContext
+    from trio_sfu.signal.media_port import MediaContext, UnavailableMediaSession
 
     calls: list[tuple] = []
 
-    class EchoMedia:
+    class EchoMedia(UnavailableMediaSession):
         def __init__(self, context: MediaContext) -> None:
-            self.context = context
+            super().__init__(context)
             calls.append(("created", context.identity, context.participant.sid == context.participant_sid))
 
         async def handle_publisher_offer(self, offer: rtc.SessionDescription) -> None:

@@ -111,7 +111,7 @@ async def test_a_crashing_handler_ends_only_that_session(monkeypatch: pytest.Mon
     async def explode(self: Participant, _req: rtc.MuteTrackRequest) -> None:
         raise RuntimeError("simulated bug")
 
-    monkeypatch.setattr(Participant, "_on_mute", explode)
+    monkeypatch.setitem(Participant.HANDLERS, "mute", explode)
     async with running_server() as server:
         async with signal_client(server, mint_token("good")) as good:
             await join(good)

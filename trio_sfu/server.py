@@ -65,7 +65,7 @@ class Server:
             self.relay = NodeRelay(node_id, self.media, self.registry, self.metrics, lambda: self.url)
             self.media.relay = self.relay
             self.front.relay = self.relay
-            self.registry.relay = self.relay
+            self.registry.presence = self.relay
         self.listeners: list[trio.SocketListener] = []
         self.port = 0
         self._shutdown = trio.Event()

@@ -15,7 +15,7 @@ import attrs
 from google.protobuf.message import Message
 from livekit.protocol import models, room as room_pb, rtc
 
-from trio_sfu.api.auth import ClaimGrants, VideoGrant
+from trio_sfu.signal.grants import ClaimGrants, VideoGrant
 from trio_sfu.signal.participant import Participant
 from trio_sfu.signal.rooms import Room, RoomClosedError, RoomRegistry
 from trio_sfu.signal.codec import encode_response

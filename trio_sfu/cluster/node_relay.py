@@ -260,7 +260,7 @@ class NodeRelay:
     # ---- local sources (RoomMedia calls these) --------------------------------------------
 
     def local_published(self, room_media: "RoomMedia", source: TrackSource) -> None:
-        room = room_media.room.name
+        room = room_media.name
         taps: list[RelayTap] = []
         self._local[(room, source.track_id)] = (room_media, source, taps)
         for link in self.links.values():
@@ -278,7 +278,7 @@ class NodeRelay:
         link.send(pb.RelayMessage(track_published=pb.TrackPublished(room=room, track=spec.to_proto())))
 
     def local_closing(self, room_media: "RoomMedia", source: TrackSource, expected_to_resume: bool) -> None:
-        room = room_media.room.name
+        room = room_media.name
         entry = self._local.get((room, source.track_id))
         if entry is None or entry[1] is not source:
             return
@@ -331,19 +331,19 @@ class NodeRelay:
 
     def room_opened(self, room_media: "RoomMedia") -> None:
         """The room has its first participant here: offer the peers' tracks as remote sources."""
-        for (peer, _), spec in list(self._announced.get(room_media.room.name, {}).items()):
+        for (peer, _), spec in list(self._announced.get(room_media.name, {}).items()):
             self._materialize(room_media, peer, spec)
         room_media.update_desired()
 
     def room_emptied(self, room_media: "RoomMedia") -> None:
         """No participant left here: remote copies have nobody to serve."""
-        room = room_media.room.name
+        room = room_media.name
         for key, (owner, _) in list(self._remote.items()):
             if key[0] == room and owner is room_media:
                 self._close_remote(key, expected_to_resume=False)
 
     def _materialize(self, room_media: "RoomMedia", peer: str, spec: TrackSpec) -> None:
-        room = room_media.room.name
+        room = room_media.name
         key = (room, peer, spec.track_id)
         if key in self._remote:
             return  # announced again: the same source; adding it twice is a no-op
@@ -374,7 +374,7 @@ class NodeRelay:
     def hand_over(self, room_media: "RoomMedia", tracks: list["PublishedTrack"], participant_sid: str) -> list["PublishedTrack"]:
         """Keep a departing participant's published tracks open until their new source appears
         on the node it moved to; returns the tracks not handed over (to unpublish now)."""
-        room = room_media.room.name
+        room = room_media.name
         migration = self._out.get((room, participant_sid))
         if migration is None or not migration.accepted:
             return tracks

@@ -313,7 +313,7 @@ class ParticipantData:
     @classmethod
     def for_session(cls, session: "ParticipantMedia") -> "ParticipantData":
         """The data path of a media session: its peers are the room's other sessions, its
-        timers wake the session's loop, and it becomes the participant's `data_sink`."""
+        timers wake the session's loop; server-originated packets come through `deliver`."""
         participant = session.participant
         room_media = session.room_media
 
@@ -327,10 +327,6 @@ class ParticipantData:
         data = cls(sid=session.sid, identity=participant.identity, may_publish_data=may_publish_data,
                    peers=peers, metrics=session.metrics, wake=session.timer_may_have_moved,
                    log=session.log)
-        participant.data_sink = lambda packet, kind: data.deliver(packet, kind, trio.current_time())
-        while participant.undelivered_data:
-            packet, kind = participant.undelivered_data.popleft()
-            data.deliver(packet, kind, trio.current_time())
         return data
 
     def attach_pc(self, pc: "PeerConnection", remote: tuple[bool, int, int], is_client: bool,
@@ -444,7 +440,7 @@ class ParticipantData:
         return True
 
     def deliver(self, packet: models.DataPacket, kind: int, now: float) -> bool:
-        """A server-originated packet (Twirp SendData); as `Participant.data_sink` wants it."""
+        """A server-originated packet (Twirp SendData) on the `kind` channel."""
         try:
             data_kind = DataKind(kind)
         except ValueError:

@@ -73,7 +73,6 @@ from trio_sfu.tracks.subscription_manager import RECONCILE_ALL, SubscriptionMana
 if TYPE_CHECKING:
     from trio_sfu.config import ServerConfig
     from trio_sfu.cluster.node_relay import NodeRelay
-    from trio_sfu.signal.rooms import Room
 
 REPORT_INTERVAL = 1.0
 #: How long a wanted track may resolve to nothing before the client is told `SE_TRACK_NOTFOUND`.
@@ -124,7 +123,7 @@ class MediaService:
         self.fingerprints = (Fingerprint("sha-256", self.certificate.fingerprint()),)
         self.mux: Optional[UdpMux] = None
         self.candidates: tuple[str, ...] = ()
-        self.rooms: dict[int, RoomMedia] = {}
+        self.rooms: dict[str, RoomMedia] = {}  # by room sid
         self.not_found_timeout = NOT_FOUND_TIMEOUT
         self.reconcile_interval = RECONCILE_INTERVAL
         self.answer_timeout = ANSWER_TIMEOUT
@@ -158,12 +157,18 @@ class MediaService:
         return self.mux.local_address[1]
 
     def room_by_name(self, name: str) -> Optional["RoomMedia"]:
-        return next((r for r in self.rooms.values() if r.room.name == name and not r.room.closed), None)
+        """The media of the room called `name` (the newest, should an old one linger)."""
+        found = None
+        for media in self.rooms.values():
+            if media.name == name:
+                found = media
+        return found
 
-    def room_media(self, room: "Room") -> "RoomMedia":
-        media = self.rooms.get(id(room))
+    def room_media(self, name: str, sid: str) -> "RoomMedia":
+        """The media of room `sid` (a room's sid is unique per instance), created on first use."""
+        media = self.rooms.get(sid)
         if media is None:
-            media = self.rooms[id(room)] = RoomMedia(self, room)
+            media = self.rooms[sid] = RoomMedia(self, name, sid)
         return media
 
     def create_session(self, context: MediaContext) -> "ParticipantMedia":
@@ -212,9 +217,10 @@ class RoomMedia:
     resolves to the head of its FIFO only while that source is open, and a source leaves the
     FIFO only once closed. Each participant's SubscriptionManager resolves through it."""
 
-    def __init__(self, service: MediaService, room: "Room") -> None:
+    def __init__(self, service: MediaService, name: str, sid: str) -> None:
         self.service = service
-        self.room = room
+        self.name = name
+        self.sid = sid
         self.track_manager = TrackManager()
         self.sessions: dict[str, ParticipantMedia] = {}
         # Track ids unpublished for good (no resume): nobody wants them any more. Track sids are
@@ -276,8 +282,8 @@ class RoomMedia:
 
     def forget_if_idle(self) -> None:
         if not self.sessions and not self.track_manager.track_ids():
-            if self.service.rooms.get(id(self.room)) is self:
-                del self.service.rooms[id(self.room)]
+            if self.service.rooms.get(self.sid) is self:
+                del self.service.rooms[self.sid]
 
 
 class PeerConnection:
@@ -358,7 +364,7 @@ class ParticipantMedia:
         self.participant = context.participant
         self.sid = context.participant_sid
         self.log = _log.bind(room=context.room_name, participant=context.participant_sid)
-        self.room_media = service.room_media(context.participant.room)
+        self.room_media = service.room_media(context.room_name, context.room_sid)
         self.closed = False
         # trio's clock + this = Unix time, for the down tracks' SR wall clock.
         self._wallclock_offset = time.time() - trio.current_time()
@@ -398,9 +404,6 @@ class ParticipantMedia:
         self._wake = trio.Event()
         self._armed = math.inf
         self.data = ParticipantData.for_session(self)
-        # Moderation: the client's mute and the Server API act on our tracks through these.
-        self.participant.track_mute_hooks.append(self._on_track_muted)
-        self.participant.track_unpublish_hooks.append(self._on_track_unpublished)
         # Mids whose track the server unpublished while the client still sends on them: their
         # packets must not be matched to another track; cleared once the client stops the m-line.
         self._revoked_mids: set[str] = set()
@@ -415,10 +418,19 @@ class ParticipantMedia:
             failed = self.endpoint.restore_migrated(migrated.transceivers, migrated.kinds, migrated.layout)
             if failed:
                 self.log.warning("m-lines not reproduced after migration", kv={"tracks": ",".join(failed)})
-        self.room_media.join(self)
-        self.update_desired()
-        context.nursery.start_soon(self.run)
-        context.nursery.start_soon(self._run_subscriptions)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The session's life, in the participant's nursery: it joins the room's media, then
+        runs its timers and its subscription manager until cancelled, and closes on the way out."""
+        try:
+            self.room_media.join(self)
+            self.update_desired()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._run_timers)
+                nursery.start_soon(self._run_subscriptions)
+                task_status.started()
+        finally:
+            self.close()
 
     @property
     def subscriptions(self) -> dict[str, Binding]:
@@ -457,7 +469,7 @@ class ParticipantMedia:
             deadline = t
         return deadline
 
-    async def run(self) -> None:
+    async def _run_timers(self) -> None:
         try:
             while True:
                 self._wake = trio.Event()
@@ -502,10 +514,6 @@ class ParticipantMedia:
             return
         self.closed = True
         self.data.close()
-        for hooks, hook in ((self.participant.track_mute_hooks, self._on_track_muted),
-                            (self.participant.track_unpublish_hooks, self._on_track_unpublished)):
-            if hook in hooks:
-                hooks.remove(hook)
         room = self.room_media
         room.leave(self)
         tracks = list(dict.fromkeys(self.tracks_by_mid.values()))  # a track may hold several mids
@@ -702,7 +710,7 @@ class ParticipantMedia:
         except ValueError:
             self.metrics.inc(MEDIA_TRICKLE_MALFORMED)
 
-    def on_subscriptions_changed(self) -> None:
+    def subscriptions_changed(self) -> None:
         # A new request re-arms tracks given up on (the request does not say which sids it named).
         self._given_up.clear()
         self.update_desired()
@@ -714,7 +722,7 @@ class ParticipantMedia:
         self.context.send(rtc.SignalResponse(subscription_response=rtc.SubscriptionResponse(
             track_sid=track_id, err=error)))  # type: ignore[arg-type]
 
-    def on_track_settings_changed(self, track_sids: list[str]) -> None:
+    def track_settings_changed(self, track_sids: list[str]) -> None:
         now = trio.current_time()
         for sid in track_sids:
             binding = self.endpoint.bindings.get(sid)
@@ -744,10 +752,8 @@ class ParticipantMedia:
         return info is not None and info.muted
 
     def _track_info(self, track: TrackSource) -> Optional[models.TrackInfo]:
-        for p in self.participant.room.participants.values():
-            if p.sid == track.publisher_id:
-                return p.tracks.get(track.track_id)
-        return None
+        publisher = self.room_media.sessions.get(track.publisher_id)
+        return publisher.participant.tracks.get(track.track_id) if publisher is not None else None
 
     # ---- subscribing ---------------------------------------------------------------------------
 
@@ -956,7 +962,10 @@ class ParticipantMedia:
 
     # ---- moderation (Participant hooks) --------------------------------------------------------
 
-    def _on_track_muted(self, info: models.TrackInfo) -> None:
+    def deliver_data(self, packet: models.DataPacket, kind: int) -> None:
+        self.data.deliver(packet, kind, trio.current_time())
+
+    def track_muted(self, info: models.TrackInfo) -> None:
         """One of our tracks was muted or unmuted (the client's MuteTrackRequest or the Server
         API): as LiveKit, subscribers' down tracks pause; on unmute they resume at a keyframe
         (DownTrack.set_disabled sends the PLI upstream)."""
@@ -974,7 +983,7 @@ class ParticipantMedia:
             elif down.target_layer is not None:  # else the subscriber itself paused it
                 down.set_disabled(False, now)
 
-    def _on_track_unpublished(self, info: models.TrackInfo) -> None:
+    def track_unpublished(self, info: models.TrackInfo) -> None:
         """The server unpublished one of our tracks (a publish permission revoked): its receiver
         closes and subscribers drop its m-line, as when the client stops the m-line itself."""
         mids = [mid for mid, t in self.tracks_by_mid.items() if t.sid == info.sid]
@@ -1043,7 +1052,7 @@ class ParticipantSubscriber(SubscriberEndpoint):
     def down_track_starting(self, source: TrackSource, down: DownTrack, now: float) -> None:
         session = self._session
         if session._publisher_muted(source):
-            down.set_disabled(True, now)  # the unmute resumes it (ParticipantMedia._on_track_muted)
+            down.set_disabled(True, now)  # the unmute resumes it (ParticipantMedia.track_muted)
         elif session.subscriber is None or not session.subscriber.connected:
             # Nothing can reach the client yet: packets sent now would be lost and leave a gap
             # in its numbering (a resumed m-line must continue exactly). on_connected resumes it.

@@ -16,7 +16,7 @@ from __future__ import annotations
 import collections
 import enum
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Awaitable, Callable, Optional, Protocol
 
 import attrs
 import trio
@@ -24,13 +24,10 @@ import trio_websocket
 from livekit.protocol import models, rtc
 
 from trio_sfu import metrics as m
-from trio_sfu.api.auth import ClaimGrants
+from trio_sfu.signal.grants import ClaimGrants
 from trio_sfu.log import get_logger
-from trio_sfu.signal.media_port import MediaContext, MediaSession, MediaSessionFactory
 from trio_sfu.signal.codec import SignalDecodeError, decode_request, encode_response, request_kind
-
-if TYPE_CHECKING:
-    from trio_sfu.signal.rooms import Room
+from trio_sfu.signal.media_port import MediaContext, MediaSession, MediaSessionFactory, MigratedParticipant
 
 MAX_WS_MESSAGE = 1024 * 1024
 OUTBOX_SIZE = 256
@@ -43,7 +40,7 @@ CLOSE_GRACE = 2.0
 # failure and falls back to a full rejoin under a new sid (livekit 1.2.1, measured 3-50 %).
 RESUME_HANGUP_WAIT = 1.5
 MAX_TRACKS_PER_PARTICIPANT = 64
-# Server-sent data kept for the data-channel layer until it installs `data_sink`.
+# Server-sent data kept until the media session exists (it queues them itself from then on).
 MAX_UNDELIVERED_DATA = 64
 
 _log = get_logger("trio_sfu.signal.participant")
@@ -87,10 +84,28 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+class ParticipantRoom(Protocol):
+    """The room as a participant sees it (`trio_sfu.signal.rooms.Room` implements it)."""
+
+    name: str
+    sid: str
+
+    def new_sid(self, prefix: str) -> str: ...
+
+    def emit(self, event: str, participant: "Participant", track: models.TrackInfo | None = None) -> None:
+        """Tell the room's observers (webhooks) about a track or participant event."""
+
+    def announce(self, participant: "Participant") -> None: ...
+
+    def broadcast_participant(self, participant: "Participant", *, include_self: bool = False) -> None: ...
+
+    def on_participant_closed(self, participant: "Participant", *, migrated: bool = False) -> None: ...
+
+
 class Participant:
     def __init__(
         self,
-        room: "Room",
+        room: ParticipantRoom,
         sid: str,
         grants: ClaimGrants,
         options: JoinOptions,
@@ -114,17 +129,11 @@ class Participant:
         self.tracks: dict[str, models.TrackInfo] = {}
         self.track_by_cid: dict[str, str] = {}
         # Set when this participant migrated here from another node (trio_sfu.cluster.node_relay.MigrationIn).
-        self.migrated_in: Any = None
+        self.migrated_in: Optional[MigratedParticipant] = None
         # Recorded for the media layer: track sid -> wanted, and the latest settings per track.
         self.subscriptions: dict[str, bool] = {}
         self.track_settings: dict[str, rtc.UpdateTrackSettings] = {}
-        # Moderation hooks for the media layer: called with the TrackInfo after its `muted`
-        # changed (by the client or the Server API), or after the server unpublished it.
-        self.track_mute_hooks: list[Callable[[models.TrackInfo], None]] = []
-        self.track_unpublish_hooks: list[Callable[[models.TrackInfo], None]] = []
-        # Where server-originated DataPackets go (the data-channel layer installs it); until
-        # then `deliver_data` keeps the newest ones in `undelivered_data`.
-        self.data_sink: Callable[[models.DataPacket, int], None] | None = None
+        # Server-originated DataPackets that arrived before the media session existed.
         self.undelivered_data: collections.deque[tuple[models.DataPacket, int]] = collections.deque(
             maxlen=MAX_UNDELIVERED_DATA
         )
@@ -138,7 +147,7 @@ class Participant:
         self.finished = trio.Event()
         self._peer_hung_up = trio.Event()
 
-    def adopt_migration(self, migrated_in: Any) -> None:
+    def adopt_migration(self, migrated_in: MigratedParticipant) -> None:
         """Take over the state a participant had on the node it migrated from: its published
         tracks (same sids), the client's cids for them, what it subscribed to, who it is."""
         info = migrated_in.info
@@ -229,9 +238,8 @@ class Participant:
         migrated = reason == models.DisconnectReason.MIGRATION and action == rtc.LeaveRequest.Action.RESUME
         self.room.on_participant_closed(self, migrated=migrated)
         # Media stops with the session, not after the signal goodbye's grace period.
-        close_media = getattr(self._media, "close", None)
-        if close_media is not None:
-            close_media()
+        if self._media is not None:
+            self._media.close()
         if send_leave:
             self._enqueue_raw(
                 encode_response(rtc.SignalResponse(leave=rtc.LeaveRequest(reason=reason, action=action, regions=regions)))
@@ -296,17 +304,14 @@ class Participant:
             self.metrics.inc(m.SIGNAL_HANDSHAKE_FAILED)
             self.log.warning("websocket handshake failed", kv={"error": exc.__class__.__name__})
             return False
-        self._media = self._media_factory(
-            MediaContext(
-                room_name=self.room.name,
-                participant_sid=self.sid,
-                identity=self.identity,
-                send=self.send,
-                nursery=nursery,
-                participant=self,
-                auto_subscribe=self.options.auto_subscribe,
-            )
+        media = self._media = self._media_factory(
+            MediaContext(room_name=self.room.name, room_sid=self.room.sid, participant=self,
+                         auto_subscribe=self.options.auto_subscribe)
         )
+        # The media session's tasks are children of this participant's nursery: they end with it.
+        await nursery.start(media.run)
+        while self.undelivered_data:
+            media.deliver_data(*self.undelivered_data.popleft())
         self._last_seen = trio.current_time()
         nursery.start_soon(self._writer, ws)
         nursery.start_soon(self._ping_timer)
@@ -391,11 +396,11 @@ class Participant:
             self.metrics.inc(m.SIGNAL_UNKNOWN_MESSAGE)
             self.log.info("ignored signal request without a known message", kv={"size": request.ByteSize()})
             return
-        handler = getattr(self, f"_on_{kind}", None)
+        handler = self.HANDLERS.get(kind)
         if handler is None:
             self.log.debug("signal request accepted without action", kv={"kind": kind})
             return
-        await handler(getattr(request, kind))
+        await handler(self, getattr(request, kind))
 
     async def _on_ping(self, _timestamp: int) -> None:
         self.send(rtc.SignalResponse(pong=now_ms()))
@@ -428,11 +433,11 @@ class Participant:
         if len(self.tracks) >= MAX_TRACKS_PER_PARTICIPANT:
             self._deny(rtc.RequestResponse.Reason.LIMIT_EXCEEDED, "too many tracks", add_track=req)
             return
-        track = track_info_from_request(req, self.room.registry.new_sid("TR_A" if req.type == models.TrackType.AUDIO else "TR_V"))
+        track = track_info_from_request(req, self.room.new_sid("TR_A" if req.type == models.TrackType.AUDIO else "TR_V"))
         self.tracks[track.sid] = track
         self.track_by_cid[req.cid] = track.sid
         self.send(rtc.SignalResponse(track_published=rtc.TrackPublishedResponse(cid=req.cid, track=track)))
-        self.room.registry.emit("track_published", self.room, self, track)
+        self.room.emit("track_published", self, track)
         # Without media yet, a track is listed as soon as it is published; the media layer
         # may later defer this until the first packet, as LiveKit does.
         self.bump_version()
@@ -457,8 +462,8 @@ class Participant:
         if track.muted != muted:
             track.muted = muted
             self.bump_version()
-            for hook in list(self.track_mute_hooks):
-                hook(track)
+            if self._media is not None:
+                self._media.track_muted(track)
             self.room.broadcast_participant(self)
         return track
 
@@ -475,18 +480,18 @@ class Participant:
                 del self.track_by_cid[cid]
         self.send(rtc.SignalResponse(track_unpublished=rtc.TrackUnpublishedResponse(track_sid=track_sid)))
         self.bump_version()
-        self.room.registry.emit("track_unpublished", self.room, self, track)
+        self.room.emit("track_unpublished", self, track)
         self.room.broadcast_participant(self)
-        for hook in list(self.track_unpublish_hooks):
-            hook(track)
+        if self._media is not None:
+            self._media.track_unpublished(track)
         return track
 
     def deliver_data(self, packet: models.DataPacket, kind: int) -> None:
         """Send a server-originated DataPacket on the `kind` (RELIABLE/LOSSY) channel."""
         if self.is_closed:
             return
-        if self.data_sink is not None:
-            self.data_sink(packet, kind)
+        if self._media is not None:
+            self._media.deliver_data(packet, kind)
         else:
             self.undelivered_data.append((packet, kind))
 
@@ -521,9 +526,8 @@ class Participant:
             sids.extend(pt.track_sids)
         for sid in sids:
             self.subscriptions[sid] = req.subscribe
-        notify = getattr(self._media, "on_subscriptions_changed", None)
-        if notify is not None:
-            notify()
+        if self._media is not None:
+            self._media.subscriptions_changed()
 
     async def _on_track_setting(self, req: rtc.UpdateTrackSettings) -> None:
         for sid in req.track_sids:
@@ -531,9 +535,8 @@ class Participant:
             settings.CopyFrom(req)
             del settings.track_sids[:]
             self.track_settings[sid] = settings
-        notify = getattr(self._media, "on_track_settings_changed", None)
-        if notify is not None:
-            notify(list(req.track_sids))
+        if self._media is not None:
+            self._media.track_settings_changed(list(req.track_sids))
 
     async def _on_offer(self, offer: rtc.SessionDescription) -> None:
         assert self._media is not None
@@ -546,6 +549,21 @@ class Participant:
     async def _on_trickle(self, trickle: rtc.TrickleRequest) -> None:
         assert self._media is not None
         await self._media.handle_trickle(trickle.candidateInit, trickle.target, trickle.final)
+
+    #: SignalRequest oneof field -> its handler; a kind not listed is accepted without action.
+    HANDLERS: dict[str, Callable[["Participant", Any], Awaitable[None]]] = {
+        "ping": _on_ping,
+        "ping_req": _on_ping_req,
+        "leave": _on_leave,
+        "add_track": _on_add_track,
+        "mute": _on_mute,
+        "update_metadata": _on_update_metadata,
+        "subscription": _on_subscription,
+        "track_setting": _on_track_setting,
+        "offer": _on_offer,
+        "answer": _on_answer,
+        "trickle": _on_trickle,
+    }
 
 
 def track_info_from_request(req: rtc.AddTrackRequest, sid: str) -> models.TrackInfo:

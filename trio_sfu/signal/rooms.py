@@ -13,22 +13,19 @@ import secrets
 import string
 import time
 
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import trio
 from livekit.protocol import models, rtc
 
 from trio_sfu import metrics as m
-from trio_sfu.api.auth import ClaimGrants
+from trio_sfu.signal.grants import ClaimGrants
 from trio_sfu.config import RoomConfig
 from trio_sfu.log import get_logger
-from trio_sfu.signal.media_port import MediaSessionFactory, UnavailableMediaSession
+from trio_sfu.signal.media_port import MediaSessionFactory, MigratedParticipant, UnavailableMediaSession
 from trio_sfu.signal.participant import PING_INTERVAL, PING_TIMEOUT, JoinOptions, Participant
 from trio_sfu.signal.server_info import server_info
 from trio_sfu.signal.codec import encode_response
-
-if TYPE_CHECKING:
-    from trio_sfu.cluster.node_relay import MigrationIn, NodeRelay
 
 _ALPHABET = string.ascii_letters + string.digits
 _log = get_logger("trio_sfu.signal.rooms")
@@ -50,6 +47,17 @@ class RoomObserver(Protocol):
     def room_event(
         self, event: str, room: "Room", participant: Participant | None = None, track: models.TrackInfo | None = None
     ) -> None: ...
+
+
+class RemotePresence(Protocol):
+    """The room's participants on other nodes, when this server is one node of several
+    (`trio_sfu.cluster.node_relay.NodeRelay` implements it)."""
+
+    def participant_changed(self, room: str, info: models.ParticipantInfo) -> None:
+        """A participant here joined, changed or left: tell the other nodes."""
+
+    def remote_participants(self, room: str) -> list[models.ParticipantInfo]:
+        """The room's participants on the other nodes, as their nodes last described them."""
 
 
 class Room:
@@ -122,7 +130,7 @@ class Room:
     # ---- membership ---------------------------------------------------------------------
 
     async def join(self, grants: ClaimGrants, options: JoinOptions, stream: trio.abc.Stream,
-                   migrated_in: "MigrationIn | None" = None) -> Participant:
+                   migrated_in: MigratedParticipant | None = None) -> Participant:
         """Admit a participant whose WebSocket upgrade is waiting in `stream`; start its session.
         With `migrated_in` it is a participant resuming here from another node: it keeps its
         sid, tracks and subscriptions, and hears `reconnect` instead of `join`."""
@@ -178,6 +186,12 @@ class Room:
                 self.registry.emit("track_unpublished", self, participant, track)
             self.registry.emit("participant_left", self, participant)
 
+    def new_sid(self, prefix: str) -> str:
+        return self.registry.new_sid(prefix)
+
+    def emit(self, event: str, participant: Participant, track: models.TrackInfo | None = None) -> None:
+        self.registry.emit(event, self, participant, track)
+
     def announce(self, participant: Participant) -> None:
         participant.announced = True
         self.broadcast_participant(participant)
@@ -192,9 +206,9 @@ class Room:
             return
         info = participant.to_info()
         frame = encode_response(rtc.SignalResponse(update=rtc.ParticipantUpdate(participants=[info])))
-        relay = self.registry.relay
-        if relay is not None and not participant.hidden:
-            relay.participant_changed(self.name, info)  # the room's participants on other nodes
+        presence = self.registry.presence
+        if presence is not None and not participant.hidden:
+            presence.participant_changed(self.name, info)  # the room's participants on other nodes
         for other in list(self.participants.values()):
             if other is participant:
                 if include_self:
@@ -222,10 +236,10 @@ class Room:
     def others(self, participant: Participant) -> list[models.ParticipantInfo]:
         """Everyone else in the room that `participant` may see, on this node and the others."""
         others = [p.to_info() for p in self.participants.values() if p is not participant and not p.hidden]
-        relay = self.registry.relay
-        if relay is not None:
+        presence = self.registry.presence
+        if presence is not None:
             local = {p.sid for p in self.participants.values()}
-            others += [info for info in relay.remote_participants(self.name) if info.sid not in local]
+            others += [info for info in presence.remote_participants(self.name) if info.sid not in local]
         return others
 
     def send_remote_participant(self, info: models.ParticipantInfo) -> None:
@@ -258,7 +272,7 @@ class Room:
         # rejoin, not resume: livekit-client then skips the resume attempt. A node of several
         # lets clients resume, because a migration is a resume steered by the server (a resume
         # after a mere network blip is still refused there, and the client rejoins).
-        if self.registry.relay is not None:
+        if self.registry.presence is not None:
             return models.ClientConfiguration(resume_connection=models.ClientConfigSetting.ENABLED)
         return models.ClientConfiguration(resume_connection=models.ClientConfigSetting.DISABLED)
 
@@ -278,8 +292,8 @@ class RoomRegistry:
         self.rooms: dict[str, Room] = {}
         self._nursery: trio.Nursery | None = None
         self.observers: list[RoomObserver] = []
-        # Set when this server is one node of several (trio_sfu.cluster.node_relay.NodeRelay).
-        self.relay: "NodeRelay | None" = None
+        # Set when this server is one node of several.
+        self.presence: RemotePresence | None = None
 
     def emit(
         self, event: str, room: Room, participant: Participant | None = None, track: models.TrackInfo | None = None
@@ -318,7 +332,7 @@ class RoomRegistry:
         return room
 
     async def join(self, room_name: str, grants: ClaimGrants, options: JoinOptions, stream: trio.abc.Stream,
-                   migrated_in: "MigrationIn | None" = None) -> Participant:
+                   migrated_in: MigratedParticipant | None = None) -> Participant:
         for _ in range(3):
             room = await self.get_or_create(room_name)
             try:
@@ -331,9 +345,6 @@ class RoomRegistry:
         if self.rooms.get(room.name) is room:
             del self.rooms[room.name]
             self.metrics.inc(m.ROOMS_CLOSED)
-
-    def participant_count(self) -> int:
-        return sum(len(r.participants) for r in self.rooms.values())
 
     async def close_all(self, reason: int, timeout: float = 3.0) -> bool:
         """Close every room with `reason`; True if all their tasks ended within `timeout`."""
