@@ -104,23 +104,6 @@ def is_red(kind: MediaKind, codec: Codec) -> bool:
     return kind is MediaKind.AUDIO and codec.name.lower() == "red" and codec.clock_rate == 48000
 
 
-def codecs_match(a: Codec, b: Codec) -> bool:
-    """Same bitstream format: same name/clock/channels and the fmtp keys that matter."""
-    if a.name.lower() != b.name.lower() or a.clock_rate != b.clock_rate:
-        return False
-    if (a.channels or 1) != (b.channels or 1):
-        return False
-    name = a.name.lower()
-    if name == "h264":
-        return (h264_profile(a) == h264_profile(b)
-                and h264_packetization_mode(a) == h264_packetization_mode(b))
-    if name == "vp9":
-        return vp9_profile(a) == vp9_profile(b)
-    if name == "rtx":
-        return True  # compared through apt by the caller
-    return True
-
-
 def filter_feedback(codec: Codec) -> tuple[tuple[str, str | None], ...]:
     return tuple(fb for fb in codec.feedback if fb in SUPPORTED_FEEDBACK)
 

@@ -38,9 +38,6 @@ class Reader:
     def u24(self) -> int:
         return int.from_bytes(self._take(3), "big")
 
-    def u48(self) -> int:
-        return int.from_bytes(self._take(6), "big")
-
     def raw(self, n: int) -> bytes:
         return self._take(n)
 

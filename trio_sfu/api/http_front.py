@@ -147,18 +147,6 @@ class _HttpExchange:
             elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)) or event is h11.PAUSED:
                 return bytes(body)
 
-    async def drain_body(self, limit: int) -> bool:
-        """Read and discard the body; False if it exceeds `limit`."""
-        size = 0
-        while True:
-            event = await self._next_event()
-            if isinstance(event, h11.Data):
-                size += len(event.data)
-                if size > limit:
-                    return False
-            elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)) or event is h11.PAUSED:
-                return True
-
     async def respond(
         self,
         status: int,

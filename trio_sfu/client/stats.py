@@ -82,11 +82,6 @@ class TrackReceiveStats:
     def lost(self) -> int:
         return sum(max(c.expected - c.received, 0) for c in self._per_ssrc.values())
 
-    @property
-    def loss_fraction(self) -> float:
-        expected = self.expected
-        return self.lost / expected if expected else 0.0
-
     def bitrate(self) -> float:
         """Average received bits per second between the first and last packet."""
         if self.first_arrival is None or self.last_arrival is None or self.last_arrival <= self.first_arrival:

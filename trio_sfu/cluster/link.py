@@ -1,9 +1,9 @@
 """The node-to-node relay link: an interface and its in-memory implementation.
 
 Two nodes hosting one room exchange `proto.relay_pb2.RelayMessage`s over a `RelayLink`. The
-link is an interface because the network link (and Redis for discovery) arrives with the cluster
-issue; the in-memory pair here already serializes every message to bytes and parses it back on
-the other side, so what crosses the link is exactly the wire format.
+link is an interface so a network link can stand where the in-memory pair stands today; the
+pair already serializes every message to bytes and parses it back on the other side, so what
+crosses the link is exactly the wire format.
 
 Sending never blocks (media must not wait on a slow peer): a full link drops the message and
 counts it. `deliver_delay` lets tests stretch delivery on Trio's clock to explore orderings.

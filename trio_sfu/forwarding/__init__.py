@@ -6,18 +6,15 @@ subscriber); ``simulcast`` picks layers, ``codec_keyframes`` reads payload descr
 """
 
 from trio_sfu.forwarding.downtrack import DownTrack, DownTrackSnapshot, map_payload_types
-from trio_sfu.forwarding.receiver import (
-    ForwardingStateError,
-    PublisherSenderReport,
-    ReceiverState,
-    TrackReceiver,
-)
+from trio_sfu.forwarding.receiver import ForwardingStateError, PacketSink, ReceiverState, TrackReceiver
+from trio_sfu.forwarding.rtcp_feedback import PublisherSenderReport
 from trio_sfu.forwarding.simulcast import PublishedLayer, VideoQuality, select_target_layer
 
 __all__ = [
     "DownTrack",
     "DownTrackSnapshot",
     "ForwardingStateError",
+    "PacketSink",
     "PublishedLayer",
     "PublisherSenderReport",
     "ReceiverState",

@@ -35,8 +35,7 @@ from trio_sfu.forwarding.codec_keyframes import (
     payload_bounds,
     write_vp8_picture_id,
 )
-from trio_sfu.forwarding.receiver import PublisherSenderReport
-from trio_sfu.forwarding.rtcp_feedback import build_sender_report, ntp_from_unix
+from trio_sfu.forwarding.rtcp_feedback import PublisherSenderReport, build_sender_report, ntp_from_unix
 
 SendPacket = Callable[[bytes], bool]
 _NTP_UNIT = 1 << 32
@@ -356,11 +355,6 @@ class DownTrack:
             # The stream resumes mid-GOP: the subscriber needs a keyframe to decode.
             self.current_layer = None
             self._source.request_keyframe(self.target_layer, now)
-
-    def switch_source(self) -> None:
-        """Force the next packet of the target layer (a keyframe, for video) to start a new
-        source with continuous numbering — for a publisher resume or migration."""
-        self.current_layer = None
 
     # --- snapshot ---
 

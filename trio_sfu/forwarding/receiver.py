@@ -14,7 +14,7 @@ and the owner drives :meth:`poll_rtcp` at :meth:`get_timer`.
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING, Callable, Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Protocol, Sequence
 
 import attrs
 
@@ -26,13 +26,23 @@ from rtp.rtcp import RtcpPacket, SenderReport
 from rtp.rtx_buffer import RetransmissionBuffer
 from rtp.seqnum import SequenceUnwrapper
 from trio_sfu.forwarding.codec_keyframes import keyframe_detector, payload_bounds
-from trio_sfu.forwarding.rtcp_feedback import build_nack, build_pli, build_receiver_report
+from trio_sfu.forwarding.rtcp_feedback import (
+    PublisherSenderReport,
+    build_nack,
+    build_pli,
+    build_receiver_report,
+)
 from trio_sfu.forwarding.simulcast import layer_for_rid
 
-if TYPE_CHECKING:
-    from trio_sfu.forwarding.downtrack import DownTrack
-
 SendRtcp = Callable[[bytes], bool]
+
+
+class PacketSink(Protocol):
+    """What a TrackReceiver hands each packet to: a subscriber's DownTrack (its PacketSource
+    is this receiver); the receiver knows no more of it than this."""
+
+    def write_rtp(self, layer: int, packet: bytes, now: float) -> bool:
+        """Forward one packet of `layer`; False if it was not sent (the sink counts why)."""
 
 
 class ForwardingStateError(RuntimeError):
@@ -43,18 +53,6 @@ class ReceiverState(enum.Enum):
     OPEN = "open"
     CLOSING = "closing"  # publisher gone or unpublishing; may come back (resume/migration)
     CLOSED = "closed"
-
-
-@attrs.frozen
-class PublisherSenderReport:
-    """The newest SR of a layer's SSRC with our arrival time, for mapping RTP time to NTP."""
-
-    ssrc: int
-    ntp_timestamp: int
-    rtp_timestamp: int
-    packet_count: int
-    octet_count: int
-    arrival: float
 
 
 @attrs.define
@@ -235,7 +233,7 @@ class TrackReceiver:
         for ssrc, index in (rtx_ssrc_layers or {}).items():
             if index in self._layers:
                 self._rtx_by_ssrc[ssrc] = self._layers[index]
-        self._down_tracks: list["DownTrack"] = []
+        self._down_tracks: list[PacketSink] = []
         self.state = ReceiverState.OPEN
         self.expected_to_resume = False
         self.counters = ReceiverCounters()
@@ -266,16 +264,16 @@ class TrackReceiver:
 
     # --- fan-out ---
 
-    def add_down_track(self, down_track: "DownTrack") -> None:
+    def add_down_track(self, down_track: PacketSink) -> None:
         if down_track not in self._down_tracks:
             self._down_tracks.append(down_track)
 
-    def remove_down_track(self, down_track: "DownTrack") -> None:
+    def remove_down_track(self, down_track: PacketSink) -> None:
         if down_track in self._down_tracks:
             self._down_tracks.remove(down_track)
 
     @property
-    def down_tracks(self) -> tuple["DownTrack", ...]:
+    def down_tracks(self) -> tuple[PacketSink, ...]:
         return tuple(self._down_tracks)
 
     # --- queries for down tracks ---
@@ -325,10 +323,6 @@ class TrackReceiver:
         """Sequence numbers currently awaiting retransmission on ``layer``."""
         entry = self._layers.get(layer)
         return entry.nack.missing if entry is not None else []
-
-    def receive_statistics(self, layer: int) -> Optional[ReceiveStatistics]:
-        entry = self._layers.get(layer)
-        return entry.stats if entry is not None and entry.ssrc is not None else None
 
     # --- keyframe requests ---
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Iterable, Sequence
 
+import attrs
+
 from rtp.rtcp import (
     Fir,
     FirEntry,
@@ -26,6 +28,18 @@ from rtp.rtcp import (
 #: Seconds from the NTP epoch (1900) to the Unix epoch (1970).
 NTP_UNIX_OFFSET = 2_208_988_800
 _MAX_BLOCKS = 31  # the 5-bit report count
+
+
+@attrs.frozen
+class PublisherSenderReport:
+    """The newest SR of a layer's SSRC with our arrival time, for mapping RTP time to NTP."""
+
+    ssrc: int
+    ntp_timestamp: int
+    rtp_timestamp: int
+    packet_count: int
+    octet_count: int
+    arrival: float
 
 
 def ntp_from_unix(seconds: float) -> int:

@@ -438,8 +438,8 @@ class Participant:
         self.track_by_cid[req.cid] = track.sid
         self.send(rtc.SignalResponse(track_published=rtc.TrackPublishedResponse(cid=req.cid, track=track)))
         self.room.emit("track_published", self, track)
-        # Without media yet, a track is listed as soon as it is published; the media layer
-        # may later defer this until the first packet, as LiveKit does.
+        # The room lists a track as soon as it is published (subscribers' media follows once its
+        # first packets arrive); LiveKit instead waits for the first packet before listing it.
         self.bump_version()
         self.room.broadcast_participant(self)
 
