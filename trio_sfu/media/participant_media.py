@@ -102,6 +102,11 @@ class ParticipantMedia:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The session's life, in the participant's nursery: it joins the room's media, then
         runs its timers and its subscription manager until cancelled, and closes on the way out."""
+        if self.closed:
+            # Closed between its creation and this task's start: joining now would leave a
+            # closed member in the room's media for good.
+            task_status.started()
+            return
         try:
             self.room_media.join(self)
             self.update_desired()
