@@ -163,7 +163,7 @@ class PublisherMedia:
 
     def _forget(self, track: PublishedTrack) -> list[str]:
         """Packets stop feeding `track`: its m-line and its SSRCs no longer lead to it (the
-        caller unpublishes it). Returns the mid it had."""
+        caller unpublishes it). Returns its mids (one: a track is matched to one m-line)."""
         mids = [mid for mid, t in self.tracks_by_mid.items() if t is track]
         for mid in mids:
             del self.tracks_by_mid[mid]
