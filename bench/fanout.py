@@ -5,8 +5,9 @@ the server's does at the bottom — SRTP protect with its own context and a non-
 to a drained-by-nobody loopback sink — fed VP8 packets built like the load tester's (mid/rid
 header extensions, send stamps). Reports process CPU µs per forwarded packet, best of
 ``--repeat`` runs; with ``--bare`` the same loop without receiver/DownTrack (protect + sendto
-only) gives the share that is not forwarding logic. The layers between (media_session's
-PeerConnection, PeerTransport, UdpMux) are not included: the scenarios measure those.
+only) gives the share that is not forwarding logic. The layers between (the server's
+TransportEndpoint in trio_sfu.media.transport, PeerTransport, UdpMux) are not included: the
+scenarios measure those.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def _keyed_transport(index: int, dest, certificate):
 
 
 def run_transports(subscribers: int, packets: int, direct: bool) -> float:
-    """PeerTransport + UdpMux send path per subscriber, as the server's PeerConnection.send_rtp
+    """PeerTransport + UdpMux send path per subscriber, as the server's TransportEndpoint.send_rtp
     drives it: queued (send_rtp, datagrams_to_send, UdpMux.send) or direct
     (protect_rtp_datagram, UdpMux.send_one)."""
     from rtp.dtls import DtlsCertificate

@@ -38,7 +38,7 @@ from trio_sfu.client.senders import send_synthetic_audio, send_synthetic_video
 from trio_sfu.server import Server
 from sdp.parser import parse as parse_sdp
 
-import trio_sfu.media.session as media_session  # noqa: E402
+import trio_sfu.metrics as server_metrics  # noqa: E402
 
 #: How long a paused track is watched for packets that should not come.
 QUIET_WINDOW = 1.0
@@ -224,7 +224,7 @@ async def test_server_api_mute_pauses_forwarding_also_for_a_later_subscriber() -
 async def test_revoking_can_publish_unpublishes_the_tracks_from_the_media_path() -> None:
     async with publishing_scene() as scene:
         sids = [scene.audio.sid, scene.video.sid]
-        unmatched_before = scene.server.metrics.get(media_session.MEDIA_RTP_UNMATCHED)
+        unmatched_before = scene.server.metrics.get(server_metrics.MEDIA_RTP_UNMATCHED)
         offers_before = len(scene.offers)
         permission = models.ParticipantPermission(can_subscribe=True, can_publish=False, can_publish_data=True)
         request = api.UpdateParticipantRequest(room="room1", identity="pub", permission=permission)
@@ -242,7 +242,7 @@ async def test_revoking_can_publish_unpublishes_the_tracks_from_the_media_path()
             assert section.rejected or not section.direction.sends, (sid, section.direction)
         await assert_quiet(scene, sids)
         # The publisher's RTP on the revoked m-lines reaches the server but feeds no track.
-        assert scene.server.metrics.get(media_session.MEDIA_RTP_UNMATCHED) - unmatched_before >= 30
+        assert scene.server.metrics.get(server_metrics.MEDIA_RTP_UNMATCHED) - unmatched_before >= 30
         room_media = next(iter(scene.server.media.rooms.values()))
         assert room_media.tracks == {}
         assert all(not s.subscriptions for s in room_media.sessions.values())

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Mapping
 
+import attrs
+
 
 class Metrics:
     """A registry of monotonically increasing named counters."""
@@ -51,3 +53,24 @@ SIGNAL_ROOM_FULL = "signal_room_full_total"
 SIGNAL_SESSION_CRASHED = "signal_session_crashed_total"
 ROOMS_CREATED = "rooms_created_total"
 ROOMS_CLOSED = "rooms_closed_total"
+
+# The media layer (trio_sfu.media); the UDP mux and data channels name their own next to them.
+MEDIA_SDP_REJECTED = "media_sdp_rejected_total"
+MEDIA_RTP_UNMATCHED = "media_rtp_unmatched_total"
+MEDIA_RTP_DROPPED = "media_rtp_dropped_by_receiver_total"
+MEDIA_RTCP_MALFORMED = "media_rtcp_malformed_total"
+MEDIA_TRANSPORT_CONNECTED = "media_transport_connected_total"
+MEDIA_TRANSPORT_FAILED = "media_transport_failed_total"
+MEDIA_TRICKLE_MALFORMED = "media_trickle_malformed_total"
+MEDIA_ANSWER_UNEXPECTED = "media_subscriber_answer_unexpected_total"
+MEDIA_ANSWER_TIMEOUT = "media_subscriber_answer_timeout_total"
+MEDIA_SUBSCRIPTION_FAILED = "media_subscription_failed_total"
+MEDIA_TRACKS_PUBLISHED = "media_tracks_published_total"
+
+
+def fold_counters(metrics: Metrics, prefix: str, counters: object) -> None:
+    """Add a finished object's counters (an attrs class of ints) to the server's metrics, so
+    drops counted per transport, receiver or down track outlive it as `<prefix>_<name>_total`."""
+    for name, value in attrs.asdict(counters).items():  # type: ignore[arg-type]
+        if isinstance(value, int) and value > 0:
+            metrics.inc(f"{prefix}_{name}_total", value)

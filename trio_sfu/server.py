@@ -19,7 +19,7 @@ from trio_sfu.config import ServerConfig
 from trio_sfu.api.http_front import HttpFront
 from trio_sfu.log import get_logger
 from trio_sfu.signal.media_port import MediaSessionFactory, UnavailableMediaSession
-from trio_sfu.media.session import MediaService
+from trio_sfu.media.service import MediaService
 from trio_sfu.cluster.node_relay import NodeRelay
 from trio_sfu.api.room_service import SERVICE_NAME, RoomService
 from trio_sfu.signal.rooms import RoomRegistry

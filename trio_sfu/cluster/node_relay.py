@@ -59,7 +59,9 @@ from trio_sfu.tracks.source import TrackSource
 from trio_sfu.tracks.subscriber import MigratedTransceiver
 
 if TYPE_CHECKING:
-    from trio_sfu.media.session import MediaService, PublishedTrack, RoomMedia
+    from trio_sfu.media.handoff import MigrationSync
+    from trio_sfu.media.room_media import PublishedTrack, RoomMedia
+    from trio_sfu.media.service import MediaService
     from trio_sfu.signal.rooms import RoomRegistry
 
 _log = get_logger("trio_sfu.cluster.node_relay")
@@ -101,19 +103,6 @@ class MigrationIn:
     publisher_streams: dict[int, tuple[str, int, bool]] = attrs.field(factory=dict)
     # The subscriber PC's m-lines on the old node ((mid, kind, live) in order) and its next mid.
     layout: Optional[tuple[list[tuple[str, MediaKind, bool]], int]] = None
-
-
-@attrs.define
-class MigrationSync:
-    """What ParticipantMedia.begin_migration gives back: the sync state's media half."""
-
-    subscriptions: list[str]
-    transceivers: list[MigratedTransceiver]
-    kinds: dict[str, MediaKind]
-    published: list["PublishedTrack"]
-    lines: list[tuple[str, MediaKind, bool]]
-    next_mid: int
-    publisher_streams: list[tuple[str, str, int, int, bool]]  # track id, mid, SSRC, layer, RTX
 
 
 @attrs.define
@@ -404,8 +393,7 @@ class NodeRelay:
         link = self.links.get(to_node)
         room = self.registry.rooms.get(room_name)
         participant = next((p for p in room.participants.values() if p.sid == participant_sid), None) if room else None
-        room_media = self.media.room_by_name(room_name)
-        session = room_media.sessions.get(participant_sid) if room_media is not None else None
+        session = self.media.participant_media(room_name, participant_sid)
         key = (room_name, participant_sid)
         if link is None or participant is None or session is None or key in self._out:
             self._reject("migration of an unknown participant", room=room_name, participant=participant_sid, to=to_node)
@@ -413,7 +401,7 @@ class NodeRelay:
         out = self._out[key] = _MigrationOut(to_node)
         ok = sent = False
         try:
-            sync = session.begin_migration()
+            sync: MigrationSync = session.begin_migration()
             out.tracks_left = {t.sid for t in sync.published}
             state = pb.MigrateParticipant(
                 room=room_name, participant_id=participant_sid, subscriptions=sync.subscriptions,

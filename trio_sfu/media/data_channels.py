@@ -1,4 +1,4 @@
-"""Data channels through the server: an SCTP association per PeerConnection once DTLS is up,
+"""Data channels through the server: an SCTP association per peer connection once DTLS is up,
 and LiveKit `DataPacket`s forwarded between participants (livekit-protocol.md §2.14).
 
 The client opens `_reliable` / `_lossy` (and `_data_track`) on its publisher PC; we open our own
@@ -15,7 +15,10 @@ reliable stream with a hole in it would be worse than none), logged and counted.
 notices: forwarding never blocks and never waits for a receiver.
 
 Everything here runs synchronously inside the media task's callbacks (the mux reader and the
-session's timer loop); `now` is trio's clock, as for the PeerTransports.
+participant's timer loop); `now` is trio's clock, as for the PeerTransports. Nothing here knows
+the media session: a participant's `ParticipantData` gets its peers, its permission check and the
+timer loop's `wake_by` as arguments, and each transport endpoint attaches its association with
+`ParticipantData.attach`.
 """
 
 from __future__ import annotations
@@ -24,8 +27,6 @@ import collections
 import enum
 from typing import TYPE_CHECKING, Callable, Iterable, Optional
 
-import attrs
-import trio
 from google.protobuf.message import DecodeError
 from livekit.protocol import models
 
@@ -46,7 +47,6 @@ if TYPE_CHECKING:
     from sdp.model import SessionDescription
 
     from trio_sfu.log import ContextLogger
-    from trio_sfu.media.session import ParticipantMedia, PeerConnection
 
 RELIABLE_LABEL = "_reliable"
 LOSSY_LABEL = "_lossy"
@@ -107,7 +107,7 @@ def remote_sctp_params(description: "SessionDescription") -> tuple[bool, int, in
 
 
 class DataTransport:
-    """One PeerConnection's SCTP association, fed by and feeding its DTLS transport."""
+    """One peer connection's SCTP association, fed by and feeding its DTLS transport."""
 
     def __init__(
         self,
@@ -149,7 +149,7 @@ class DataTransport:
         self.in_kinds.update({reliable: DataKind.RELIABLE, lossy: DataKind.LOSSY})
         self._queued_estimate = assoc.buffered_amount  # the OPEN messages wait in the same queue
 
-    # ---- driven by the PeerConnection ------------------------------------------------------
+    # ---- driven by the transport endpoint -------------------------------------------------
 
     def start(self, now: float) -> None:
         """DTLS is up: the DTLS client's side sends INIT (RFC 8261 §5)."""
@@ -168,13 +168,13 @@ class DataTransport:
         self.association.receive_packet(data, now)
         self.pump(now)
 
-    def get_timer(self) -> Optional[float]:
+    def next_deadline(self) -> Optional[float]:
         if not self.started or self.closed:
             return None
         return self.association.get_timer()
 
-    def handle_timer(self, now: float) -> None:
-        t = self.get_timer()
+    def handle_timeout(self, now: float) -> None:
+        t = self.next_deadline()
         if t is not None and t <= now:
             self.association.handle_timer(now)
             self.pump(now)
@@ -222,16 +222,14 @@ class DataTransport:
         self.owner.wake(self.association.get_timer())
 
     def close(self) -> None:
-        """The PeerConnection is going away; its SCTP counters (malformed packets, retransmits,
+        """The peer connection is going away; its SCTP counters (malformed packets, retransmits,
         abandoned chunks...) outlive it as `data_sctp_<name>_total`."""
         if self.closed and not self.started:
             return
         self.started = False
         self.closed = True
         self.out_channels.clear()
-        for name, value in attrs.asdict(self.association.counters).items():
-            if isinstance(value, int) and value > 0:
-                self.owner.metrics.inc(f"data_sctp_{name}_total", value)
+        m.fold_counters(self.owner.metrics, "data_sctp", self.association.counters)
 
     # ---- forwarding ---------------------------------------------------------------------------
 
@@ -310,41 +308,11 @@ class ParticipantData:
 
     # ---- wiring ------------------------------------------------------------------------------
 
-    @classmethod
-    def for_session(cls, session: "ParticipantMedia") -> "ParticipantData":
-        """The data path of a media session: its peers are the room's other sessions, its
-        timers wake the session's loop; server-originated packets come through `deliver`."""
-        participant = session.participant
-        room_media = session.room_media
-
-        def may_publish_data() -> bool:
-            video = participant.grants.video
-            return video is None or video.may_publish_data
-
-        def peers() -> Iterable[ParticipantData]:
-            return [s.data for s in list(room_media.sessions.values())]
-
-        data = cls(sid=session.sid, identity=participant.identity, may_publish_data=may_publish_data,
-                   peers=peers, metrics=session.metrics, wake=session.timer_may_have_moved,
-                   log=session.log)
-        return data
-
-    def attach_pc(self, pc: "PeerConnection", remote: tuple[bool, int, int], is_client: bool,
-                  downlink: bool = False) -> Optional[DataTransport]:
-        """Once a PeerConnection's SDP accepted m=application: its association."""
-        has_application, remote_port, remote_max_message_size = remote
-        if pc.data is not None or not has_application or self.closed:
-            return pc.data
-        pc.data = self.attach(pc.name, send_data=pc.transport.send_data, flush=pc.flush, is_client=is_client,
-                              remote_port=remote_port, remote_max_message_size=remote_max_message_size,
-                              downlink=downlink, now=trio.current_time(), connected=pc.connected)
-        return pc.data
-
     def attach(self, name: str, *, send_data: Callable[[bytes], bool], flush: Callable[[float], None],
                is_client: bool, remote_port: int = DEFAULT_SCTP_PORT,
                remote_max_message_size: int = DEFAULT_REMOTE_MAX_MESSAGE_SIZE, downlink: bool = False,
                now: float = 0.0, connected: bool = False) -> DataTransport:
-        """Give PeerConnection `name` an association (once); `downlink` opens the server's channels."""
+        """Give peer connection `name` an association (once); `downlink` opens the server's channels."""
         existing = self.transports.get(name)
         if existing is not None:
             return existing
@@ -361,17 +329,19 @@ class ParticipantData:
             transport.start(now)
         return transport
 
-    def get_timer(self) -> Optional[float]:
+    # ---- Timed (trio_sfu.media.timers) ------------------------------------------------------
+
+    def next_deadline(self) -> Optional[float]:
         deadline = None
         for transport in self.transports.values():
-            t = transport.get_timer()
+            t = transport.next_deadline()
             if t is not None and (deadline is None or t < deadline):
                 deadline = t
         return deadline
 
-    def handle_timer(self, now: float) -> None:
+    def handle_timeout(self, now: float) -> None:
         for transport in list(self.transports.values()):
-            transport.handle_timer(now)
+            transport.handle_timeout(now)
 
     def close(self) -> None:
         self.closed = True

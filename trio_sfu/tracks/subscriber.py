@@ -186,7 +186,7 @@ class SubscriberEndpoint:
         self.down_track_started(source, down, first_subscriber, now)
         return down
 
-    # Hooks for the server's endpoint (trio_sfu.media.session); the defaults suit a plain client.
+    # Hooks for the server's endpoint (trio_sfu.media.subscribing); the defaults suit a plain client.
 
     def target_layer(self, source: TrackSource) -> Optional[int]:
         """The layer the client gets first (None = paused)."""

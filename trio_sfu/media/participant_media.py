@@ -1,0 +1,249 @@
+"""ParticipantMedia: one participant's media session, composed of one part per idea.
+
+The signal session (trio_sfu.signal.participant) creates it through the media service, starts
+its `run` in the participant's nursery and calls it through the `MediaSession` seam
+(trio_sfu.signal.media_port). It owns, and wires together:
+
+- `transports` (trio_sfu.media.transport): ICE credentials and the publisher and subscriber
+  peer connections on the node's UDP mux;
+- `publishing` (trio_sfu.media.publishing): what the client publishes — offers answered, packets
+  matched to tracks, tracks published in the room, TWCC feedback, moderation;
+- `subscribing` (trio_sfu.media.subscribing): what the client receives — the subscription
+  manager, the subscriber offers, layers and mutes;
+- `data` (trio_sfu.media.data_channels): the client's data channels on both peer connections;
+- `timers` (trio_sfu.media.timers): one task sleeping until the earliest deadline of the parts.
+
+Its life: `run` joins the room's media and runs two tasks in its own nursery — the timer loop
+and the subscription manager — until the participant's scope ends; `close` (idempotent, also
+run on the way out) unpublishes the participant's tracks (or hands them over when it is moving
+to another node), detaches its down tracks from their sources, closes and unregisters both peer
+connections, and leaves the room once.
+
+The media hot path does not pass through here: the mux's reader calls the publisher endpoint,
+which calls `PublisherMedia.on_rtp`, whose track receiver calls each subscriber's `DownTrack`,
+which sends through that subscriber's endpoint — plain calls, no task switch.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Optional, Protocol
+
+import trio
+from livekit.protocol import models, rtc
+from sdp.model import SessionDescription
+from sdp.negotiator import SubscriberOffer
+from sdp.parser import serialize as serialize_sdp
+
+from trio_sfu import metrics as m
+from trio_sfu.log import get_logger
+from trio_sfu.media.data_channels import ParticipantData, remote_sctp_params
+from trio_sfu.media.handoff import MigrationSync, begin_migration, migrated_streams, restore_subscriber_lines
+from trio_sfu.media.publishing import PublisherMedia
+from trio_sfu.media.room_media import PublishedTrack, RelayHooks, RoomMedia
+from trio_sfu.media.subscribing import SubscriberMedia, SubscriptionTimeouts
+from trio_sfu.media.timers import TimerLoop
+from trio_sfu.media.transport import ParticipantTransports, TransportService
+from trio_sfu.signal.media_port import MediaContext
+from trio_sfu.tracks.subscriber import Binding
+
+#: The timer loop wakes at least this often: receiver and sender reports are due about once a second.
+REPORT_INTERVAL = 1.0
+
+_log = get_logger("trio_sfu.media")
+
+
+class ParticipantMediaService(TransportService, SubscriptionTimeouts, Protocol):
+    """What a participant's media needs of the node's media service (trio_sfu.media.service)."""
+
+    metrics: m.Metrics
+    relay: Optional[RelayHooks]
+
+    def room_media(self, name: str, sid: str) -> RoomMedia:
+        """The media of room `sid`, created on first use."""
+
+
+class ParticipantMedia:
+    """One participant's media session (a `MediaSession`, and its room's `RoomMember`)."""
+
+    def __init__(self, service: ParticipantMediaService, context: MediaContext) -> None:
+        self.service = service
+        self.context = context
+        self.metrics = service.metrics
+        self.participant = context.participant
+        self.sid = context.participant_sid
+        self.log = _log.bind(room=context.room_name, participant=context.participant_sid)
+        self.room_media = service.room_media(context.room_name, context.room_sid)
+        self.closed = False
+        # Set when this participant moves to another node: its tracks are handed over at close.
+        self.migrating = False
+
+        self.timers = TimerLoop(at_least_every=REPORT_INTERVAL)
+        wake_by = self.timers.wake_by
+        self.transports = ParticipantTransports(service, wake_by=wake_by, metrics=self.metrics, log=self.log)
+        migrated = self.participant.migrated_in
+        self.publishing = PublisherMedia(self.sid, self.participant, self.room_media, self.transports,
+                                         migrated_streams=migrated_streams(migrated), wake_by=wake_by,
+                                         metrics=self.metrics, log=self.log)
+        self.subscribing = SubscriberMedia(context, self.room_media, self.transports, service,
+                                           answered=self._subscriber_answered,
+                                           # trio's clock + this = Unix time, for the down tracks' SR wall clock.
+                                           wallclock_offset=time.time() - trio.current_time(),
+                                           wake_by=wake_by, metrics=self.metrics, log=self.log)
+        self.data = ParticipantData(sid=self.sid, identity=self.participant.identity,
+                                    may_publish_data=self._may_publish_data, peers=self._data_peers,
+                                    metrics=self.metrics, wake=wake_by, log=self.log)
+        if migrated is not None:
+            # Its m-lines as the old node had them (same mids, SSRCs and rewrite state), waiting
+            # in the cache for its subscriptions.
+            restore_subscriber_lines(self.subscribing.endpoint, migrated, self.log)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The session's life, in the participant's nursery: it joins the room's media, then
+        runs its timers and its subscription manager until cancelled, and closes on the way out."""
+        if self.closed:
+            # Closed between its creation and this task's start: joining now would leave a
+            # closed member in the room's media for good.
+            task_status.started()
+            return
+        try:
+            self.room_media.join(self)
+            self.update_desired()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._run_timers)
+                nursery.start_soon(self.subscribing.run)
+                task_status.started()
+        finally:
+            self.close()
+
+    async def _run_timers(self) -> None:
+        try:
+            # The order each wake-up serves them in: transports, then what the others owe.
+            await self.timers.run((self.transports, self.data, self.publishing, self.subscribing))
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Unpublish, unsubscribe, close and unregister both transports, leave the room (idempotent)."""
+        if self.closed:
+            return
+        self.closed = True
+        self.data.close()
+        room = self.room_media
+        room.leave(self)
+        relay = self.service.relay
+        if self.migrating and relay is not None:
+            # Moving to another node: the tracks stay until their new source appears there.
+            def hand_over(tracks: list[PublishedTrack]) -> list[PublishedTrack]:
+                return relay.hand_over(room, tracks, self.sid)
+
+            self.publishing.close(hand_over)
+        else:
+            self.publishing.close()
+        self.subscribing.close()  # every down track leaves its source, no resume
+        self.transports.close(trio.current_time())
+        # Left above while its tracks were still published; once they are gone the room may be idle.
+        room.forget_if_idle()
+
+    # ---- RoomMember ----------------------------------------------------------------------------
+
+    @property
+    def subscriptions(self) -> dict[str, Binding]:
+        """Track id -> its binding on the subscriber PC (`.down` once forwarding)."""
+        return self.subscribing.endpoint.bindings
+
+    @property
+    def sub_offer(self) -> SubscriberOffer:
+        """The subscriber PC's offer/answer state and m-line table."""
+        return self.subscribing.endpoint.offer
+
+    def update_desired(self) -> None:
+        if not self.closed:
+            self.subscribing.update_desired()
+
+    def _may_publish_data(self) -> bool:
+        video = self.participant.grants.video
+        return video is None or video.may_publish_data
+
+    def _data_peers(self) -> list[ParticipantData]:
+        return [member.data for member in list(self.room_media.sessions.values())]
+
+    # ---- MediaSession: signalling ---------------------------------------------------------------
+
+    async def handle_publisher_offer(self, offer: rtc.SessionDescription) -> None:
+        if self.closed:
+            return
+        publishing = self.publishing
+        answer = publishing.answer_offer(offer.sdp)
+        if answer is None:
+            return
+        publisher = self.transports.open_publisher(
+            answer.dtls_role, answer.remote_ufrag, answer.remote_pwd, answer.remote_fingerprints,
+            on_rtp=publishing.on_rtp, on_rtcp=publishing.on_rtcp)
+        publishing.apply(answer.media)
+        publisher.open_data(self.data, answer.sctp, answer.dtls_role.value == "client")
+        self.context.send(rtc.SignalResponse(answer=rtc.SessionDescription(
+            type="answer", sdp=serialize_sdp(answer.answer), id=offer.id)))
+        if answer.first_mid is not None:
+            for trickle in self.transports.candidate_trickles(rtc.SignalTarget.PUBLISHER, answer.first_mid):
+                self.context.send(trickle)
+
+    async def handle_subscriber_answer(self, answer: rtc.SessionDescription) -> None:
+        self.subscribing.handle_answer(answer)
+
+    def _subscriber_answered(self, answer: SessionDescription) -> None:
+        """The first applied answer fixes the subscriber PC's ICE and DTLS peer: start it."""
+        offer = self.subscribing.endpoint.offer
+        if self.closed or offer.dtls_role is None:
+            return
+        subscribing = self.subscribing
+        subscriber = self.transports.open_subscriber(
+            offer.dtls_role, offer.remote_ice_ufrag or "", offer.remote_ice_pwd or "", offer.remote_fingerprints,
+            on_rtcp=subscribing.on_rtcp, on_connected=subscribing.on_connected)
+        subscriber.open_data(self.data, remote_sctp_params(answer), offer.dtls_role.value == "client", downlink=True)
+
+    async def handle_trickle(self, candidate_init_json: str, target: int, final: bool) -> None:
+        # ICE-lite learns the peer's addresses from its checks; candidates are only validated.
+        if not candidate_init_json:
+            return
+        try:
+            init = json.loads(candidate_init_json)
+            if not isinstance(init, dict) or not isinstance(init.get("candidate", ""), str):
+                raise ValueError("not an RTCIceCandidateInit")
+        except ValueError:
+            self.metrics.inc(m.MEDIA_TRICKLE_MALFORMED)
+
+    # ---- MediaSession: what changed on the signal side ------------------------------------------
+
+    def subscriptions_changed(self) -> None:
+        self.subscribing.subscriptions_changed()
+
+    def track_settings_changed(self, track_sids: list[str]) -> None:
+        self.subscribing.track_settings_changed(track_sids)
+
+    def track_muted(self, track: models.TrackInfo) -> None:
+        self.publishing.track_muted(track)
+
+    def track_unpublished(self, track: models.TrackInfo) -> None:
+        self.publishing.track_unpublished(track)
+
+    def deliver_data(self, packet: models.DataPacket, kind: int) -> None:
+        self.data.deliver(packet, kind, trio.current_time())
+
+    # ---- moving between nodes ------------------------------------------------------------------
+
+    def begin_migration(self) -> MigrationSync:
+        """This participant moves to another node: every subscription lets its source go
+        expecting a resume (m-line and rewrite state cached by track id), the subscription
+        manager stops, and what the new node needs is returned. The published tracks stay."""
+        self.migrating = True
+        return begin_migration(self.subscribing, self.publishing)
+
+    def restart_published_track(self, track_sid: str) -> bool:
+        """Hand one of the participant's tracks over to a new source (a migration hand-back): see
+        PublisherMedia.restart."""
+        return self.publishing.restart(track_sid)
+
+
+__all__ = ["REPORT_INTERVAL", "ParticipantMedia", "ParticipantMediaService"]

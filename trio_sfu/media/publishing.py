@@ -1,0 +1,376 @@
+"""Publisher ingest: what a participant's publisher PC negotiated, and which track each packet feeds.
+
+The client offers on its publisher PC; `PublisherMedia.answer_offer` answers and
+`PublisherMedia.apply` takes what the answer negotiated: the header extension ids (mid, rid,
+repaired rid, transport-wide CC) and each m-line's codecs and SSRCs. A track is matched to its
+m-line when the first packet on it arrives (the signalled `add_track` by the msid's track id,
+else the oldest unmatched track of the same kind) and is published in the room — a LOCAL source
+in the room's TrackManager — once its receiver took a packet. An SSRC is matched to its m-line
+by the mid header extension, else by the m-line's a=ssrc lines, else by what the node this
+participant migrated from had learned (libwebrtc stops sending MID/RID once an SSRC is known).
+
+Each packet is also recorded for transport-wide CC feedback (the publisher's bandwidth estimator
+runs on our reports). A track stops feeding when the client's re-offer stops its m-line, when
+the server unpublishes it (its m-line is then revoked until the client stops it, so its packets
+are not matched to another track) and when it is handed to a new source; `_forget` is that step.
+Moderation (mute) pauses and resumes the track's down tracks.
+
+`on_rtp` is the media hot path: a dict lookup per packet once the SSRC is known.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Callable, Optional, Sequence
+
+import attrs
+import trio
+from livekit.protocol import models
+
+from rtp import rtcp
+from rtp.header_extensions import HeaderExtensionParseError, decode_mid
+from rtp.packet import RtpParseError, find_extension
+from rtp.twcc import TransportFeedbackRecorder
+from sdp.codecs import EXT_MID, EXT_REPAIRED_RID, EXT_RID, EXT_TWCC, MediaKind
+from sdp.errors import NegotiationError, SdpParseError
+from sdp.model import Fingerprint, SessionDescription
+from sdp.negotiator import DtlsRole, NegotiatedMedia, answer_offer, local_dtls_role, negotiated_media
+from sdp.parser import parse as parse_sdp
+
+from trio_sfu import metrics as m
+from trio_sfu.forwarding import TrackReceiver
+from trio_sfu.log import ContextLogger
+from trio_sfu.media.data_channels import remote_sctp_params
+from trio_sfu.media.room_media import PublishedTrack, RoomMedia
+from trio_sfu.media.transport import ParticipantTransports, WakeBy
+from trio_sfu.signal.media_port import MediaParticipant
+
+_STREAM_NAMES = {
+    models.TrackSource.CAMERA: "camera",
+    models.TrackSource.MICROPHONE: "microphone",
+    models.TrackSource.SCREEN_SHARE: "screen",
+    models.TrackSource.SCREEN_SHARE_AUDIO: "screen_audio",
+}
+
+#: Publisher SSRC -> (mid, simulcast layer, is RTX), as another node learned them.
+MigratedStreams = dict[int, tuple[str, int, bool]]
+
+
+@attrs.frozen
+class PublisherAnswer:
+    """Our answer to one publisher offer, and what the publisher PC and its data channel take from it."""
+
+    answer: SessionDescription
+    media: dict[str, NegotiatedMedia]  # by mid
+    dtls_role: DtlsRole  # ours
+    # The client's ICE and DTLS identity (from the offer's first usable section).
+    remote_ufrag: str
+    remote_pwd: str
+    remote_fingerprints: tuple[Fingerprint, ...]
+    first_mid: Optional[str]
+    sctp: tuple[bool, int, int]  # data_channels.remote_sctp_params of the offer
+
+
+class PublisherMedia:
+    """One participant's publisher side: negotiated media, tracks by m-line and SSRC, TWCC."""
+
+    def __init__(self, sid: str, participant: MediaParticipant, room_media: RoomMedia,
+                 transports: ParticipantTransports, *, migrated_streams: MigratedStreams, wake_by: WakeBy,
+                 metrics: m.Metrics, log: ContextLogger) -> None:
+        self.sid = sid
+        self.participant = participant
+        self.room_media = room_media
+        self.metrics = metrics
+        self.log = log
+        self._transports = transports
+        self._wake_by = wake_by
+        self.closed = False
+
+        self._answers = 0
+        self._media: dict[str, NegotiatedMedia] = {}
+        self._ext_mid: Optional[int] = None
+        self._ext_rid: Optional[int] = None
+        self._ext_rrid: Optional[int] = None
+        # Transport-wide CC: the publisher's estimator runs on our arrival reports.
+        self._ext_twcc: Optional[int] = None
+        self.twcc = TransportFeedbackRecorder(sender_ssrc=secrets.randbits(32) or 1)
+        self._ssrc_tracks: dict[int, PublishedTrack] = {}
+        self.tracks_by_mid: dict[str, PublishedTrack] = {}
+        # Mids whose track the server unpublished while the client still sends on them: their
+        # packets must not be matched to another track; cleared once the client stops the m-line.
+        self._revoked_mids: set[str] = set()
+        # The client's packets may no longer name their stream after a migration (no MID/RID
+        # once acknowledged): the streams the old node learned place them.
+        self._migrated_streams = migrated_streams
+
+    # ---- negotiation -------------------------------------------------------------------------
+
+    def answer_offer(self, sdp: str) -> Optional[PublisherAnswer]:
+        """Answer a publisher offer; None (counted, logged) if it cannot be answered."""
+        try:
+            parsed = parse_sdp(sdp)
+            self._answers += 1
+            answer = answer_offer(parsed, self._transports.pub_local, session_version=self._answers)
+            media = negotiated_media(parsed, answer)
+            role = local_dtls_role(answer, local_is_offerer=False)
+        except (SdpParseError, NegotiationError) as exc:
+            self.metrics.inc(m.MEDIA_SDP_REJECTED)
+            self.log.warning("SDP refused", kv={"what": "publisher offer", "error": str(exc)})
+            return None
+        first = next((s for s in parsed.media if not s.rejected), None)
+        assert first is not None  # answer_offer refuses offers without a usable section
+        return PublisherAnswer(answer, media, role, parsed.effective_ufrag(first) or "",
+                               parsed.effective_pwd(first) or "", tuple(parsed.effective_fingerprints(first)),
+                               first.mid, remote_sctp_params(parsed))
+
+    def apply(self, media: dict[str, NegotiatedMedia]) -> None:
+        """Take what an answered offer negotiated: m-lines the client stopped withdraw their
+        tracks, the rest is what the next packets are matched with."""
+        self._withdraw_stopped_tracks(media)
+        self._media = media
+        for nm in media.values():
+            if not nm.accepted:
+                continue
+            for ext_id, uri in nm.extensions.items():
+                if uri == EXT_MID:
+                    self._ext_mid = ext_id
+                elif uri == EXT_RID:
+                    self._ext_rid = ext_id
+                elif uri == EXT_REPAIRED_RID:
+                    self._ext_rrid = ext_id
+                elif uri == EXT_TWCC:
+                    self._ext_twcc = ext_id
+
+    def _withdraw_stopped_tracks(self, media: dict[str, NegotiatedMedia]) -> None:
+        """A re-offer whose m-line no longer sends (the client removed the sender) unpublishes
+        the track on it, as LiveKit does when the receiver ends."""
+        self._revoked_mids = {mid for mid in self._revoked_mids
+                              if (nm := media.get(mid)) is not None and nm.accepted and nm.direction.receives}
+        stopped = []
+        for mid, track in self.tracks_by_mid.items():
+            nm = media.get(mid)
+            if nm is None or not nm.accepted or not nm.direction.receives:
+                stopped.append(track)
+        if not stopped:
+            return
+        for track in stopped:
+            self._forget(track)
+        for track in stopped:
+            self.log.info("track unpublished", kv={"track": track.sid})
+            # The room hears it (ParticipantUpdate) before subscribers get the offer without it.
+            self.participant.unpublish_track(track.sid)
+        self.room_media.unpublish(stopped)
+
+    def _forget(self, track: PublishedTrack) -> list[str]:
+        """Packets stop feeding `track`: its m-line and its SSRCs no longer lead to it (the
+        caller unpublishes it). Returns its mids (one: a track is matched to one m-line)."""
+        mids = [mid for mid, t in self.tracks_by_mid.items() if t is track]
+        for mid in mids:
+            del self.tracks_by_mid[mid]
+        for ssrc in [s for s, t in self._ssrc_tracks.items() if t is track]:
+            del self._ssrc_tracks[ssrc]
+        return mids
+
+    def _track_by_sid(self, track_sid: str) -> Optional[PublishedTrack]:
+        return next((t for t in self.tracks_by_mid.values() if t.sid == track_sid), None)
+
+    # ---- matching packets to tracks ----------------------------------------------------------
+
+    def _mid_of(self, packet: bytes, ssrc: int) -> Optional[str]:
+        """The m-line a new SSRC belongs to: the mid header extension, else the a=ssrc lines
+        (Chromium's simulcast has no a=ssrc; the Python SDK's audio has them)."""
+        if self._ext_mid is not None:
+            try:
+                value = find_extension(packet, self._ext_mid)
+                if value is not None:
+                    return decode_mid(value)
+            except (RtpParseError, HeaderExtensionParseError):
+                return None
+        for nm in self._media.values():
+            if ssrc in nm.ssrcs:
+                return nm.mid
+        stream = self._migrated_streams.get(ssrc)
+        return stream[0] if stream is not None else None
+
+    def _track_for_mid(self, mid: str) -> Optional[PublishedTrack]:
+        track = self.tracks_by_mid.get(mid)
+        if track is not None:
+            return track
+        if mid in self._revoked_mids:
+            return None
+        nm = self._media.get(mid)
+        if nm is None or not nm.accepted or nm.kind not in ("audio", "video") or not nm.direction.receives:
+            return None
+        kind = MediaKind(nm.kind)
+        info = self._match_track_info(nm, kind)
+        primary = next((c for c in nm.codecs if not c.is_rtx), None)
+        if info is None or primary is None:
+            return None
+        # a=ssrc lines (no simulcast): the first SSRC is the media, FID pairs name the RTX.
+        ssrc_layers: dict[int, int] = {}
+        rtx_layers: dict[int, int] = {}
+        if not nm.rids and nm.ssrcs:
+            rtx_ssrcs = {g.ssrcs[1] for g in nm.ssrc_groups if g.semantics == "FID" and len(g.ssrcs) == 2}
+            for ssrc in nm.ssrcs:
+                (rtx_layers if ssrc in rtx_ssrcs else ssrc_layers)[ssrc] = 0
+        for ssrc, (stream_mid, layer, rtx) in self._migrated_streams.items():
+            if stream_mid == mid:
+                (rtx_layers if rtx else ssrc_layers)[ssrc] = layer
+        rtx_pts = {c.payload_type: c.apt for c in nm.codecs if c.is_rtx and c.apt is not None}
+        receiver = TrackReceiver(
+            info.sid,
+            f"{kind.value}/{primary.name}",
+            primary.clock_rate,
+            send_rtcp=self._transports.send_publisher_rtcp,
+            local_ssrc=secrets.randbits(32) or 1,
+            cname=self.sid,
+            rids=nm.rids,
+            rid_extension_id=self._ext_rid,
+            repaired_rid_extension_id=self._ext_rrid,
+            rtx_payload_types=rtx_pts,
+            ssrc_layers=ssrc_layers,
+            rtx_ssrc_layers=rtx_layers,
+            buffer_capacity=1024 if kind is MediaKind.VIDEO else 128,
+            now=trio.current_time(),
+        )
+        stream = info.stream or _STREAM_NAMES.get(info.source, "camera" if kind is MediaKind.VIDEO else "microphone")
+        track = PublishedTrack(info.sid, kind, self.sid, f"{self.sid}|{stream}", nm.codecs,
+                               dict(nm.extensions), receiver)
+        self.tracks_by_mid[mid] = track
+        self.log.info("track matched to media", kv={"track": info.sid, "mid": mid, "codecs": ",".join(track.mime_types),
+                                                    "rids": ",".join(nm.rids)})
+        return track
+
+    def _match_track_info(self, nm: NegotiatedMedia, kind: MediaKind) -> Optional[models.TrackInfo]:
+        """add_track → m-line: by the msid track id (the client's cid), else the oldest unmatched
+        track of the same kind (livekit-protocol.md §2.7 step 3)."""
+        p = self.participant
+        taken = {t.sid for t in self.tracks_by_mid.values()}
+        want_type = models.TrackType.AUDIO if kind is MediaKind.AUDIO else models.TrackType.VIDEO
+        cid = nm.msid.track_id if nm.msid is not None else None
+        if cid:
+            sid = p.track_by_cid.get(cid)
+            if sid is not None and sid not in taken and sid in p.tracks:
+                return p.tracks[sid]
+            for info in p.tracks.values():
+                if info.sid not in taken and any(c.cid == cid for c in info.codecs):
+                    return info
+        for info in p.tracks.values():
+            if info.sid not in taken and info.type == want_type:
+                return info
+        return None
+
+    # ---- in: the publisher PC's RTP and RTCP (the transport endpoint calls these) ----------------
+
+    def on_rtp(self, packet: bytes, now: float) -> None:
+        if len(packet) < 12:
+            return
+        ssrc = int.from_bytes(packet[8:12], "big")
+        if self._ext_twcc is not None:
+            self._record_twcc(packet, ssrc, now)
+        track = self._ssrc_tracks.get(ssrc)
+        if track is None:
+            mid = self._mid_of(packet, ssrc)
+            track = self._track_for_mid(mid) if mid is not None else None
+            if track is None:
+                self.metrics.inc(m.MEDIA_RTP_UNMATCHED)
+                return
+            self._ssrc_tracks[ssrc] = track
+        receiver = track.receiver
+        if not receiver.receive_rtp(packet, now):
+            self.metrics.inc(m.MEDIA_RTP_DROPPED)
+            return
+        if not track.published and not self.closed:
+            self.room_media.publish(track)
+        # A loss just noticed schedules a NACK sooner than the loop would wake.
+        self._wake_by(receiver.get_timer())
+
+    def _record_twcc(self, packet: bytes, ssrc: int, now: float) -> None:
+        try:
+            value = find_extension(packet, self._ext_twcc)  # type: ignore[arg-type]
+        except (RtpParseError, HeaderExtensionParseError):
+            return
+        if value is None or len(value) < 2:
+            return
+        twcc = self.twcc
+        due = twcc.get_timer()
+        twcc.record((value[0] << 8) | value[1], ssrc, now)
+        if due is None:
+            self._wake_by(twcc.get_timer())
+
+    def on_rtcp(self, packets: Sequence[rtcp.RtcpPacket], now: float) -> None:
+        """The publisher's RTCP (its sender reports, our NACK/PLI answered...) to every receiver."""
+        for track in self.tracks_by_mid.values():
+            track.receiver.handle_rtcp(packets, now)
+
+    # ---- Timed (trio_sfu.media.timers): uplink RTCP we owe ---------------------------------
+
+    def next_deadline(self) -> Optional[float]:
+        deadline = self.twcc.get_timer()
+        for track in self.tracks_by_mid.values():
+            t = track.receiver.get_timer()
+            if t is not None and (deadline is None or t < deadline):
+                deadline = t
+        return deadline
+
+    def handle_timeout(self, now: float) -> None:
+        """Transport-wide CC feedback, then each receiver's NACKs and receiver reports."""
+        for report in self.twcc.feedback(now):
+            self._transports.send_publisher_rtcp(report)
+        for track in list(self.tracks_by_mid.values()):
+            track.receiver.poll_rtcp(now)
+
+    # ---- moderation and hand-over -----------------------------------------------------------
+
+    def track_muted(self, info: models.TrackInfo) -> None:
+        """One of the participant's tracks was muted or unmuted (the client's MuteTrackRequest or
+        the Server API): as LiveKit, subscribers' down tracks pause; on unmute they resume at a
+        keyframe (DownTrack.set_disabled sends the PLI upstream)."""
+        track = self._track_by_sid(info.sid)
+        if track is None:
+            return  # no media matched yet: down tracks read `muted` when they start
+        now = trio.current_time()
+        for member in list(self.room_media.sessions.values()):
+            binding = member.subscriptions.get(info.sid)
+            down = binding.down if binding is not None and binding.source.receiver is track.receiver else None
+            if down is None:
+                continue
+            if info.muted:
+                down.set_disabled(True, now)
+            elif down.target_layer is not None:  # else the subscriber itself paused it
+                down.set_disabled(False, now)
+
+    def track_unpublished(self, info: models.TrackInfo) -> None:
+        """The server unpublished one of the participant's tracks (a publish permission revoked):
+        its receiver closes and subscribers drop its m-line, as when the client stops the m-line."""
+        track = self._track_by_sid(info.sid)
+        if track is None:
+            return  # already withdrawn (_withdraw_stopped_tracks) or never matched to media
+        self._revoked_mids.update(self._forget(track))
+        self.log.info("track unpublished by the server", kv={"track": track.sid})
+        self.room_media.unpublish([track])
+
+    def restart(self, track_sid: str) -> bool:
+        """Hand one of the tracks over to a new source, as a migration hand-back does: its
+        current source closes expected-to-resume (subscribers cache their transceivers), and
+        the next packet on its m-line publishes a fresh receiver under the same track id."""
+        track = self._track_by_sid(track_sid)
+        if track is None or self.closed:
+            return False
+        self._forget(track)
+        self.room_media.unpublish([track], expected_to_resume=True)
+        return True
+
+    def close(self, hand_over: Optional[Callable[[list[PublishedTrack]], list[PublishedTrack]]] = None) -> None:
+        """The participant left: its tracks are unpublished, but for those `hand_over` keeps
+        (a migration: they stay until their new source appears on the other node)."""
+        self.closed = True
+        tracks = list(dict.fromkeys(self.tracks_by_mid.values()))
+        if hand_over is not None:
+            tracks = hand_over(tracks)
+        self.room_media.unpublish(tracks)
+        self.tracks_by_mid.clear()
+        self._ssrc_tracks.clear()
+
+
+__all__ = ["MigratedStreams", "PublisherAnswer", "PublisherMedia"]

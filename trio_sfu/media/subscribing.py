@@ -1,0 +1,309 @@
+"""What a participant receives: its subscriber PC's m-lines and down tracks, and the policy that fills them.
+
+The participant's `SubscriptionManager` (trio_sfu.tracks) reconciles what the participant
+should receive with what the room's TrackManager resolves; `ParticipantSubscriber` is the
+subscriber endpoint it drives (m-lines bound through the transceiver cache, down tracks), with
+LiveKit's behaviour around a down track's start and end. `SubscriberMedia` owns both and adds:
+
+- the policy — every track in the room (auto-subscribe) or those the client asked for, minus its
+  own, the withdrawn and those reported not found (`SE_TRACK_NOTFOUND`) until the client asks
+  again — and each down track's layer from the client's track settings (paused when muted);
+- the offer/answer exchange with the client: we offer on the subscriber PC and wait (bounded) for
+  the answer to that offer; a late or unknown answer is counted and dropped;
+- the subscriber PC's RTCP to the down tracks, and the downlink RTCP they owe (`Timed`).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Protocol, Sequence
+
+import attrs
+import trio
+from livekit.protocol import models, rtc
+
+from rtp import rtcp
+from sdp.errors import NegotiationError, SdpParseError
+from sdp.model import SessionDescription
+from sdp.parser import parse as parse_sdp
+from sdp.parser import serialize as serialize_sdp
+
+from trio_sfu import metrics as m
+from trio_sfu.forwarding import DownTrack, PublishedLayer, select_target_layer
+from trio_sfu.log import ContextLogger
+from trio_sfu.media.room_media import RoomMedia
+from trio_sfu.media.transport import ParticipantTransports, WakeBy
+from trio_sfu.signal.media_port import MediaContext
+from trio_sfu.tracks import TrackSource
+from trio_sfu.tracks.subscriber import NoAnswerError, SubscriberEndpoint
+from trio_sfu.tracks.subscription_manager import RECONCILE_ALL, SubscriptionManager
+
+
+class SubscriptionTimeouts(Protocol):
+    """The knobs of subscribing, as the node's media service holds them (tests shorten them)."""
+
+    # The subscription manager's periodic reconcile (triggers make most passes sooner).
+    reconcile_interval: float
+    # How long a wanted track may resolve to nothing before the client is told SE_TRACK_NOTFOUND.
+    not_found_timeout: float
+    # How long a subscriber offer may wait for the client's answer; then it is offered again.
+    answer_timeout: float
+
+
+@attrs.define
+class _PendingAnswer:
+    """The subscriber offer waiting for its answer (one at a time: SubscriberEndpoint's lock)."""
+
+    offer_id: int
+    arrived: trio.Event = attrs.field(factory=trio.Event)
+    answer: Optional[SessionDescription] = None
+    error: str = ""
+
+
+class ParticipantSubscriber(SubscriberEndpoint):
+    """A participant's subscriber PC as its SubscriptionManager drives it: what the server adds
+    to a plain endpoint is LiveKit's behaviour around a down track's start and end."""
+
+    def __init__(self, owner: "SubscriberMedia", *, answered: Callable[[SessionDescription], None]) -> None:
+        transports = owner.transports
+        super().__init__(owner.sid, transports.sub_local, owner.exchange, transports.send_down,
+                         send_rtcp=transports.send_subscriber_rtcp, answered=answered)
+        self._owner = owner
+
+    def target_layer(self, source: TrackSource) -> Optional[int]:
+        return self._owner.target_layer(source)
+
+    def down_track_starting(self, source: TrackSource, down: DownTrack, now: float) -> None:
+        owner = self._owner
+        if owner.publisher_muted(source):
+            down.set_disabled(True, now)  # the unmute resumes it (PublisherMedia.track_muted)
+        elif not owner.transports.subscriber_connected:
+            # Nothing can reach the client yet: packets sent now would be lost and leave a gap
+            # in its numbering (a resumed m-line must continue exactly). on_connected resumes it.
+            down.set_disabled(True, now)
+
+    def down_track_started(self, source: TrackSource, down: DownTrack, first_subscriber: bool, now: float) -> None:
+        owner = self._owner
+        if first_subscriber:
+            # LiveKit tells the publisher when its track gets its first subscriber.
+            publisher = owner.room_media.sessions.get(source.publisher_id)
+            if publisher is not None:
+                publisher.participant.send(rtc.SignalResponse(track_subscribed=rtc.TrackSubscribed(track_sid=source.track_id)))
+        if not down.disabled:
+            source.receiver.request_keyframe(down.target_layer, now)
+        owner.wake_by(down.get_timer())
+
+    def down_track_stopped(self, down: DownTrack) -> None:
+        m.fold_counters(self._owner.metrics, "media_downtrack", down.counters)
+
+
+class SubscriberMedia:
+    """One participant's receiving side: its subscriber endpoint, subscription manager and offers."""
+
+    def __init__(self, context: MediaContext, room_media: RoomMedia, transports: ParticipantTransports,
+                 timeouts: SubscriptionTimeouts, *, answered: Callable[[SessionDescription], None],
+                 wallclock_offset: float, wake_by: WakeBy, metrics: m.Metrics, log: ContextLogger) -> None:
+        self.context = context
+        self.participant = context.participant
+        self.sid = context.participant_sid
+        self.room_media = room_media
+        self.transports = transports
+        self.wake_by = wake_by
+        self.metrics = metrics
+        self.log = log
+        self._timeouts = timeouts
+        self.closed = False
+        # The subscriber PC's m-lines, down tracks and transceiver cache, driven by this
+        # participant's SubscriptionManager on the room's tracks.
+        self.endpoint = ParticipantSubscriber(self, answered=answered)
+        self.manager = SubscriptionManager(
+            self.endpoint, room_media.track_manager, report=self._subscription_failed,
+            reconcile_interval=timeouts.reconcile_interval, not_found_timeout=timeouts.not_found_timeout,
+            wallclock_offset=wallclock_offset, log=log)
+        self._offer_id = 0
+        self._pending_answer: Optional[_PendingAnswer] = None
+        # Tracks reported not found: no longer wanted until the client asks again.
+        self._given_up: set[str] = set()
+
+    async def run(self) -> None:
+        """The first subscriber offer (with whatever is already published, and the data
+        channel m-line), then the subscription manager's loop, for the participant's life."""
+        try:
+            await self.manager.reconcile({RECONCILE_ALL})
+            if not self.endpoint.offers and not self.closed:
+                try:
+                    await self.endpoint.negotiate()
+                except NegotiationError as exc:
+                    self.log.warning("first subscriber offer failed", kv={"error": str(exc)})
+            await self.manager.run()
+        finally:
+            self.manager.close()
+
+    def down_tracks(self) -> list[DownTrack]:
+        return [b.down for b in self.endpoint.bindings.values() if b.down is not None]
+
+    # ---- offers and answers ------------------------------------------------------------------
+
+    async def exchange(self, offer: SessionDescription) -> SessionDescription:
+        """One subscriber offer out, its answer back (SubscriberEndpoint's `Exchange`)."""
+        self._offer_id += 1
+        pending = self._pending_answer = _PendingAnswer(self._offer_id)
+        self.context.send(rtc.SignalResponse(offer=rtc.SessionDescription(
+            type="offer", sdp=serialize_sdp(offer), id=pending.offer_id)))
+        first = next((s for s in offer.media if not s.rejected), None)
+        if pending.offer_id == 1 and first is not None and first.mid is not None:
+            for trickle in self.transports.candidate_trickles(rtc.SignalTarget.SUBSCRIBER, first.mid):
+                self.context.send(trickle)
+        timeout = self._timeouts.answer_timeout
+        try:
+            with trio.move_on_after(timeout):
+                await pending.arrived.wait()
+        finally:
+            if self._pending_answer is pending:
+                self._pending_answer = None
+        if pending.answer is not None:
+            return pending.answer
+        if pending.error:
+            raise NegotiationError(pending.error)
+        self.metrics.inc(m.MEDIA_ANSWER_TIMEOUT)
+        raise NoAnswerError(f"no answer to subscriber offer {pending.offer_id} within {timeout:g} s")
+
+    def handle_answer(self, answer: rtc.SessionDescription) -> None:
+        """Hand the answer to the offer waiting for it (the subscription manager's negotiation
+        applies it); an answer nobody waits for, or to another offer, is counted and dropped."""
+        pending = self._pending_answer
+        if self.closed or pending is None or (answer.id and answer.id != pending.offer_id):
+            self.metrics.inc(m.MEDIA_ANSWER_UNEXPECTED)
+            self.log.warning("subscriber answer without a matching offer",
+                             kv={"answer_id": answer.id, "offer_id": pending.offer_id if pending else None})
+            return
+        try:
+            pending.answer = parse_sdp(answer.sdp)
+        except SdpParseError as exc:
+            self.metrics.inc(m.MEDIA_SDP_REJECTED)
+            self.log.warning("SDP refused", kv={"what": "subscriber answer", "error": str(exc)})
+            pending.error = f"unparsable answer: {exc}"
+        pending.arrived.set()
+
+    # ---- what the participant should receive ---------------------------------------------------
+
+    def _wants(self, track_id: str) -> bool:
+        participant = self.participant
+        if track_id in self._given_up or track_id in self.room_media.withdrawn or track_id in participant.tracks:
+            return False
+        sources = self.room_media.track_manager.sources(track_id)
+        if sources and sources[0].publisher_id == self.sid:
+            return False
+        grants = participant.grants.video
+        if grants is not None and not grants.may_subscribe:
+            return False
+        explicit = participant.subscriptions.get(track_id)
+        if explicit is not None:
+            return explicit
+        return self.context.auto_subscribe and bool(sources)
+
+    def update_desired(self) -> None:
+        """Tell the subscription manager what this participant should receive now: every track
+        in the room (auto-subscribe) or those it asked for, minus its own, the withdrawn and
+        the given up. The manager binds, negotiates and retries on its own task."""
+        if self.closed:
+            return
+        manager = self.manager
+        ids = dict.fromkeys(self.room_media.track_manager.track_ids())
+        ids.update(dict.fromkeys(self.participant.subscriptions))
+        ids.update(dict.fromkeys(manager.subscriptions))
+        for track_id in ids:
+            want = self._wants(track_id)
+            current = manager.subscriptions.get(track_id)
+            if want != (current is not None and current.desired):
+                manager.set_desired(track_id, want)
+
+    def subscriptions_changed(self) -> None:
+        # A new request re-arms tracks given up on (the request does not say which sids it named).
+        self._given_up.clear()
+        self.update_desired()
+
+    def _subscription_failed(self, track_id: str, error: int) -> None:
+        """The manager gave a subscription up: tell the client, as LiveKit does."""
+        self.metrics.inc(m.MEDIA_SUBSCRIPTION_FAILED)
+        self._given_up.add(track_id)
+        self.context.send(rtc.SignalResponse(subscription_response=rtc.SubscriptionResponse(
+            track_sid=track_id, err=error)))  # type: ignore[arg-type]
+
+    # ---- layers and mutes --------------------------------------------------------------------
+
+    def track_settings_changed(self, track_sids: list[str]) -> None:
+        now = trio.current_time()
+        for sid in track_sids:
+            binding = self.endpoint.bindings.get(sid)
+            if binding is not None and binding.down is not None:
+                binding.down.set_target_layer(self.target_layer(binding.source), now)
+                if self.publisher_muted(binding.source):
+                    binding.down.set_disabled(True, now)  # a new layer choice does not unmute
+
+    def target_layer(self, track: TrackSource) -> Optional[int]:
+        """The layer this subscriber should get (None = paused), from its UpdateTrackSettings."""
+        settings = self.participant.track_settings.get(track.track_id)
+        layers = track.receiver.layers
+        if settings is None:
+            return max(layers)
+        if settings.disabled or settings.quality == models.VideoQuality.OFF:
+            return None
+        if not track.receiver.simulcast:
+            return 0
+        info = self._track_info(track)
+        published = [PublishedLayer(lay.quality, lay.width, lay.height) for lay in (info.layers if info else [])]
+        target = select_target_layer(published, width=settings.width, height=settings.height,
+                                     quality=settings.quality)
+        return target if target is None or target in layers else max(layers)
+
+    def publisher_muted(self, track: TrackSource) -> bool:
+        info = self._track_info(track)
+        return info is not None and info.muted
+
+    def _track_info(self, track: TrackSource) -> Optional[models.TrackInfo]:
+        publisher = self.room_media.sessions.get(track.publisher_id)
+        return publisher.participant.tracks.get(track.track_id) if publisher is not None else None
+
+    # ---- the subscriber PC (its transport endpoint calls these) ------------------------------
+
+    def on_rtcp(self, packets: Sequence[rtcp.RtcpPacket], now: float) -> None:
+        """The client's RTCP on the subscriber PC (NACK, PLI, receiver reports) to every down track."""
+        for down in self.down_tracks():
+            down.handle_rtcp(packets, now)
+
+    def on_connected(self, now: float) -> None:
+        """The subscriber PC is up: down tracks held until now resume (at a keyframe)."""
+        for binding in self.endpoint.bindings.values():
+            down = binding.down
+            if down is None or down.target_layer is None or self.publisher_muted(binding.source):
+                continue  # paused by the subscriber or muted by the publisher: stays quiet
+            if down.disabled:
+                down.set_disabled(False, now)  # held until now; asks for a keyframe itself
+            else:
+                binding.source.receiver.request_keyframe(down.target_layer, now)
+
+    # ---- Timed (trio_sfu.media.timers): downlink RTCP we owe (sender reports...) ------------------
+
+    def next_deadline(self) -> Optional[float]:
+        deadline = None
+        for down in self.down_tracks():
+            t = down.get_timer()
+            if t is not None and (deadline is None or t < deadline):
+                deadline = t
+        return deadline
+
+    def handle_timeout(self, now: float) -> None:
+        for down in self.down_tracks():
+            down.poll_rtcp(now)
+
+    def close(self) -> None:
+        """Every down track leaves its source (no resume); an offer waiting for its answer ends."""
+        self.closed = True
+        self.manager.close()
+        pending, self._pending_answer = self._pending_answer, None
+        if pending is not None:
+            pending.error = "the participant left"
+            pending.arrived.set()
+
+
+__all__ = ["ParticipantSubscriber", "SubscriberMedia", "SubscriptionTimeouts"]

@@ -1,0 +1,70 @@
+"""One participant's timers on one task: sleep until the earliest deadline, then let each part act.
+
+Each part of a participant's media that has timers (its transports, its data channels, its
+published tracks, its down tracks) is `Timed`: it names its next deadline and acts when woken.
+`TimerLoop.run` sleeps until the earliest of them (and at least every `at_least_every` seconds,
+for the RTCP reports), then calls every part's `handle_timeout` in the order given; each part
+checks for itself what is due. A part whose deadline moves earlier between two wake-ups (a
+datagram started a retransmission timer, a packet loss scheduled a NACK) calls `wake_by`: it is
+cheap enough for the media hot path (a comparison, and an Event only when the deadline is earlier).
+
+The verbs are `rtp/`'s: a per-peer session object with `next_deadline()` and
+`handle_timeout(now)` is a `Timed` part as it stands.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Protocol, Sequence
+
+import trio
+
+
+class Timed(Protocol):
+    """A part with timers, as the loop sees it."""
+
+    def next_deadline(self) -> Optional[float]:
+        """When it next has something to do (trio's clock), or None for nothing scheduled."""
+
+    def handle_timeout(self, now: float) -> None:
+        """Do what is due at `now` (the loop may wake early: do nothing that is not due)."""
+
+
+class TimerLoop:
+    """Drives a fixed set of `Timed` parts from one task."""
+
+    def __init__(self, at_least_every: float) -> None:
+        self.at_least_every = at_least_every
+        self._wake = trio.Event()
+        # The deadline the running loop sleeps until (inf before it runs: any deadline wakes it).
+        self._armed = math.inf
+
+    def wake_by(self, deadline: Optional[float]) -> None:
+        """A part's deadline may have moved earlier: make the loop wake no later than it."""
+        if deadline is not None and deadline < self._armed:
+            self._armed = deadline
+            self._wake.set()
+
+    @staticmethod
+    def earliest(parts: Sequence[Timed], latest: float) -> float:
+        """The earliest deadline of `parts`, no later than `latest`."""
+        deadline = latest
+        for part in parts:
+            t = part.next_deadline()
+            if t is not None and t < deadline:
+                deadline = t
+        return deadline
+
+    async def run(self, parts: Sequence[Timed]) -> None:
+        """Serve the parts' timers until cancelled, in the order `parts` lists them."""
+        while True:
+            self._wake = trio.Event()
+            self._armed = self.earliest(parts, trio.current_time() + self.at_least_every)
+            with trio.move_on_at(self._armed):
+                await self._wake.wait()
+            now = trio.current_time()
+            for part in parts:
+                part.handle_timeout(now)
+
+
+__all__ = ["Timed", "TimerLoop"]
