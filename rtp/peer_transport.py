@@ -39,7 +39,6 @@ from rtp.dtls import (
     ConnectionFailed,
     DtlsCertificate,
     DtlsConnection,
-    DtlsError,
     DtlsRole,
     DtlsState,
     HandshakeCompleted,
@@ -127,7 +126,8 @@ class PeerTransportCounters:
     dtls_unroutable: int = 0
     #: send_rtp/send_rtcp/send_data before SRTP keys or a selected address exist, or after close.
     send_not_ready: int = 0
-    #: send_rtp/send_rtcp with bytes SRTP cannot protect (shorter than a header).
+    #: send_rtp/send_rtcp with bytes SRTP cannot protect (shorter than a header), or
+    #: send_data with more than one DTLS record can carry.
     send_invalid: int = 0
     rtp_received: int = 0
     rtcp_received: int = 0
@@ -412,10 +412,9 @@ class PeerTransport:
         if self.state is not TransportState.CONNECTED:
             self.counters.send_not_ready += 1
             return False
-        try:
-            self._dtls.send_application_data(data)
-        except DtlsError:
-            self.counters.send_not_ready += 1
+        if not self._dtls.send_application_data(data):
+            # CONNECTED means DTLS is connected too, so only the size can be refused.
+            self.counters.send_invalid += 1
             return False
         return True
 

@@ -153,8 +153,8 @@ def test_stream_reset_closes_both_directions_and_restarts_ssn():
     for i in range(3):
         a.send(sid, f"before {i}")
     a.close_channel(sid)
-    with pytest.raises(SctpProtocolError):
-        a.send(sid, "after close")
+    # Refused and counted, never raised: nothing is queued on a closing channel.
+    assert a.send(sid, "after close") is False and a.counters.send_no_channel == 1
     # The request waits for the queued messages: they still arrive, then both sides report closed.
     pump(a, b, 0.0)
     b_events = drain(b)
@@ -168,6 +168,23 @@ def test_stream_reset_closes_both_directions_and_restarts_ssn():
     a.send(other, "fresh")
     pump(a, b, 0.0)
     assert MessageReceived(other, "fresh", 51) in drain(b)
+
+
+def test_refused_sends_return_false_and_are_counted():
+    a = SctpAssociation(True, remote_max_message_size=100)
+    b = SctpAssociation(False)
+    a.start(0.0)
+    pump(a, b, 0.0)
+    sid = a.open_channel("x")
+    pump(a, b, 0.0)
+    drain(b)
+    assert a.send(sid + 2, "no such channel") is False
+    assert a.send(sid, b"x" * 101) is False  # over the peer's a=max-message-size
+    assert (a.counters.send_no_channel, a.counters.send_too_large) == (1, 1)
+    assert a.buffered_amount == 0 and a.packets_to_send(0.0) == []
+    assert a.send(sid, b"x" * 100) is True
+    pump(a, b, 0.0)
+    assert drain(b) == [MessageReceived(sid, b"x" * 100, 53)]
 
 
 def test_peer_close_is_followed_by_our_reset():

@@ -162,6 +162,10 @@ class DtlsCounters:
     fragments_dropped: int = 0
     hello_verify_requests_sent: int = 0
     retransmissions: int = 0
+    #: send_application_data refused: the connection is not (or no longer) CONNECTED.
+    send_not_connected: int = 0
+    #: send_application_data refused: more than one record's plaintext (2^14 bytes).
+    send_too_large: int = 0
 
 
 #: A flight entry is (msg_type, message_seq, body, epoch), or None for ChangeCipherSpec. Bodies
@@ -387,18 +391,25 @@ class DtlsConnection:
     def next_event(self) -> DtlsEvent | None:
         return self._events.popleft() if self._events else None
 
-    def send_application_data(self, data: bytes) -> None:
-        """Protect ``data`` as one record in its own datagram."""
+    def send_application_data(self, data: bytes) -> bool:
+        """Protect ``data`` as one record in its own datagram.
+
+        Like every send in ``rtp/``, returns False (and counts why) instead of raising when
+        it cannot: not connected, or more than one record's worth of plaintext.
+        """
         if self.state is not DtlsState.CONNECTED:
-            raise DtlsError(f"cannot send application data in state {self.state.value}")
+            self.counters.send_not_connected += 1
+            return False
         if len(data) > MAX_PLAINTEXT:
-            raise ValueError(f"application data record larger than {MAX_PLAINTEXT} bytes")
+            self.counters.send_too_large += 1
+            return False
         seq = self._write_seq1
         self._write_seq1 = seq + 1
         payload = self._write_cipher.seal(ContentType.APPLICATION_DATA, DTLS_1_2, 1, seq, data)  # type: ignore[union-attr]
         self._outgoing.append(
             encode_record_header(ContentType.APPLICATION_DATA, DTLS_1_2, 1, seq, len(payload)) + payload
         )
+        return True
 
     def close(self) -> None:
         """Send close_notify (if a handshake was under way or done) and stop."""
