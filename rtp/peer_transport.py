@@ -20,7 +20,7 @@ Usage, from a driver that owns a socket and a clock::
     transport.receive_datagram(data, addr, now)   # for each datagram
     for datagram, addr in transport.datagrams_to_send(now): sock.sendto(datagram, addr)
     while (event := transport.next_event()) is not None: ...
-    deadline = transport.get_timer()              # then handle_timer(now) at that time
+    deadline = transport.next_deadline()              # then handle_timeout(now) at that time
 """
 
 from __future__ import annotations
@@ -258,7 +258,7 @@ class PeerTransport:
         self._connect_deadline = now + self._connect_timeout
         if isinstance(self._ice, IceControllingAgent):
             self._ice.start(now)
-            self._ice.handle_timer(now)
+            self._ice.handle_timeout(now)
             self._pump_ice(now)
 
     def set_remote_credentials(self, ufrag: str, pwd: str) -> None:
@@ -334,7 +334,7 @@ class PeerTransport:
         else:
             self.counters.unknown_class += 1
 
-    def handle_timer(self, now: float) -> None:
+    def handle_timeout(self, now: float) -> None:
         if self.state in (TransportState.NEW, TransportState.FAILED, TransportState.CLOSED):
             return
         if (
@@ -349,11 +349,11 @@ class PeerTransport:
                 silent=False,
             )
             return
-        self._ice.handle_timer(now)
+        self._ice.handle_timeout(now)
         self._pump_ice(now)
         if self.state in (TransportState.FAILED, TransportState.CLOSED):
             return
-        self._dtls.handle_timer(now)
+        self._dtls.handle_timeout(now)
         self._pump_dtls()
 
     # ------------------------------------------------------------------ sending
@@ -455,10 +455,10 @@ class PeerTransport:
     def next_event(self) -> PeerTransportEvent | None:
         return self._events.popleft() if self._events else None
 
-    def get_timer(self) -> float | None:
+    def next_deadline(self) -> float | None:
         if self.state not in (TransportState.CONNECTING, TransportState.CONNECTED):
             return None
-        timers = [self._ice.get_timer(), self._dtls.get_timer()]
+        timers = [self._ice.next_deadline(), self._dtls.next_deadline()]
         if self.state is TransportState.CONNECTING:
             timers.append(self._connect_deadline)
         due = [t for t in timers if t is not None]

@@ -55,14 +55,14 @@ def test_constructor_rejects_bad_settings():
 
 def test_before_handshake_nothing_is_sent_or_exported():
     client, server = pair()
-    assert server.get_timer() is None and server.datagrams_to_send(0.0) == []
+    assert server.next_deadline() is None and server.datagrams_to_send(0.0) == []
     # A send never raises: it is refused, counted, and nothing is queued.
     assert client.send_application_data(b"x") is False
     assert client.counters.send_not_connected == 1 and client.datagrams_to_send(0.0) == []
     with pytest.raises(DtlsError):
         client.export_keying_material(b"EXTRACTOR-dtls_srtp", 56)
     client.start(0.0)
-    assert client.state is DtlsState.HANDSHAKING and client.get_timer() == 1.0
+    assert client.state is DtlsState.HANDSHAKING and client.next_deadline() == 1.0
     with pytest.raises(DtlsError):
         client.export_keying_material(b"EXTRACTOR-dtls_srtp", 56)
 
@@ -125,7 +125,7 @@ def test_close_during_handshake():
     client.close()
     (notify,) = client.datagrams_to_send(0.0)
     assert split_records(notify)[0][0][0] == 21 and split_records(notify)[0][0][4] == bytes((1, 0))
-    assert client.get_timer() is None and client.state is DtlsState.CLOSED
+    assert client.next_deadline() is None and client.state is DtlsState.CLOSED
 
 
 def test_fingerprints_can_arrive_late():

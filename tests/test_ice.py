@@ -143,7 +143,7 @@ def test_lite_rejects_unauthenticated_checks_without_state(request_bytes, code, 
     assert "MESSAGE-INTEGRITY" not in response.attributes  # nothing signed for strangers
     assert len(data) <= len(request_bytes)  # no amplification
     assert getattr(lite.counters, counter) == 1 and lite.counters.accepted == 0
-    assert lite.valid_addresses == () and lite.get_timer() is None and drain_events(lite) == []
+    assert lite.valid_addresses == () and lite.next_deadline() is None and drain_events(lite) == []
 
 
 def test_lite_never_answers_a_stranger_with_more_bytes_than_it_sent():
@@ -201,18 +201,18 @@ def test_lite_consent_expires_30s_after_last_authenticated_check():
     lite = make_lite()
     lite.receive_stun(check_request(use_candidate=True), CLIENT_ADDR, now=100.0)
     drain_events(lite)
-    assert lite.get_timer() == 100.0 + CONSENT_TIMEOUT
+    assert lite.next_deadline() == 100.0 + CONSENT_TIMEOUT
     # Unauthenticated traffic from the same address does not refresh consent.
     lite.receive_stun(check_request(key=b"bad"), CLIENT_ADDR, now=120.0)
-    assert lite.get_timer() == 130.0
+    assert lite.next_deadline() == 130.0
     lite.receive_stun(check_request(), CLIENT_ADDR, now=125.0)
-    assert lite.get_timer() == 155.0
-    lite.handle_timer(154.9)
+    assert lite.next_deadline() == 155.0
+    lite.handle_timeout(154.9)
     assert lite.state is IceLiteState.CONNECTED and drain_events(lite) == []
-    lite.handle_timer(155.0)
+    lite.handle_timeout(155.0)
     assert drain_events(lite) == [IceConsentExpired(CLIENT_ADDR)]
     assert lite.state is IceLiteState.EXPIRED and lite.selected_address is None
-    assert lite.valid_addresses == () and lite.get_timer() is None
+    assert lite.valid_addresses == () and lite.next_deadline() is None
     # Consent does not come back by itself: the peer must restart ICE.
     lite.datagrams_to_send()
     lite.receive_stun(check_request(use_candidate=True), CLIENT_ADDR, now=156.0)
@@ -242,7 +242,7 @@ def test_lite_restart_rejects_old_credentials_and_keeps_media_path():
 def test_lite_restart_after_expiry_allows_reconnection():
     lite = make_lite()
     lite.receive_stun(check_request(use_candidate=True), CLIENT_ADDR, now=0.0)
-    lite.handle_timer(40.0)
+    lite.handle_timeout(40.0)
     drain_events(lite)
     lite.restart("u2", "p2-password-0123456789")
     lite.receive_stun(check_request(username="u2:x", key=b"p2-password-0123456789", use_candidate=True), CLIENT_ADDR, 41.0)
@@ -276,7 +276,7 @@ def test_lite_unauthenticated_flood_grows_nothing():
             data = rng.randbytes(rng.randrange(0, 120))
         lite.receive_stun(data, addr, now=float(i))
         lite.datagrams_to_send()
-    assert lite.valid_addresses == () and lite.get_timer() is None and drain_events(lite) == []
+    assert lite.valid_addresses == () and lite.next_deadline() is None and drain_events(lite) == []
     assert lite.counters.accepted == 0
 
 
@@ -345,7 +345,7 @@ class Net:
     def run_until(self, end):
         self._flush()
         while True:
-            candidates = [t for t in (self.ctrl.get_timer(), self.lite.get_timer()) if t is not None]
+            candidates = [t for t in (self.ctrl.next_deadline(), self.lite.next_deadline()) if t is not None]
             if self.queue:
                 candidates.append(self.queue[0][0])
             if not candidates or min(candidates) > end:
@@ -359,9 +359,9 @@ class Net:
                 elif dst == CLIENT_ADDR:
                     self.ctrl.receive_stun(data, src, self.now)
             for agent in (self.ctrl, self.lite):
-                t = agent.get_timer()
+                t = agent.next_deadline()
                 if t is not None and t <= self.now:
-                    agent.handle_timer(self.now)
+                    agent.handle_timeout(self.now)
             self._flush()
 
     def first(self, side, kind):
@@ -457,7 +457,7 @@ def test_all_pairs_failing_reports_ice_failed():
     assert ev.reason == "every candidate pair failed"
     # second pair starts at Ta; sends at +0, +0.1, +0.3 and fails one RTO (0.4) later.
     assert t == pytest.approx(0.05 + 0.7)
-    assert ctrl.get_timer() is None and ctrl.state is IceControllingState.FAILED
+    assert ctrl.next_deadline() is None and ctrl.state is IceControllingState.FAILED
 
 
 def test_connect_timeout_without_end_of_candidates():
@@ -568,7 +568,7 @@ def test_lossy_network_either_connects_consistently_or_fails_cleanly(seed, loss,
         assert net.first("lite", IceConnected)[1] == IceConnected(CLIENT_ADDR)
         assert ctrl_connected[0] < 30.0
     else:
-        assert ctrl.state is IceControllingState.FAILED and ctrl.get_timer() is None
+        assert ctrl.state is IceControllingState.FAILED and ctrl.next_deadline() is None
     assert set(lite.valid_addresses) <= {CLIENT_ADDR}
     assert lite.counters.bad_integrity == lite.counters.unknown_username == lite.counters.malformed == 0
 
@@ -667,7 +667,7 @@ async def test_controlling_agent_against_aioice_controlled_over_loopback():
 
     async def drive():
         while True:
-            deadline = agent.get_timer()
+            deadline = agent.next_deadline()
             with trio.move_on_at(deadline if deadline is not None else math.inf):
                 data, addr = await sock.recvfrom(2048)
                 addr = addr[:2]
@@ -677,9 +677,9 @@ async def test_controlling_agent_against_aioice_controlled_over_loopback():
                     media.append(data)
                     await sock.sendto(b"echo:" + data, addr)
             now = trio.current_time()
-            timer = agent.get_timer()
+            timer = agent.next_deadline()
             if timer is not None and timer <= now:
-                agent.handle_timer(now)
+                agent.handle_timeout(now)
             for out, dst in agent.datagrams_to_send():
                 await sock.sendto(out, dst)
             while (ev := agent.next_event()) is not None:

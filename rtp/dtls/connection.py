@@ -1,7 +1,7 @@
 """The DTLS 1.2 connection state machine (RFC 6347 over RFC 5246), sans-IO.
 
-Bytes and ``now`` go in (``receive_datagram``, ``handle_timer``); datagrams, events and
-one deadline come out (``datagrams_to_send``, ``next_event``, ``get_timer``).
+Bytes and ``now`` go in (``receive_datagram``, ``handle_timeout``); datagrams, events and
+one deadline come out (``datagrams_to_send``, ``next_event``, ``next_deadline``).
 
 Handshake (both roles; the server always asks for the client's certificate, as WebRTC
 requires mutual authentication by fingerprint):
@@ -368,13 +368,13 @@ class DtlsConnection:
             self._pending_hello_verify = None
         return out
 
-    def get_timer(self) -> float | None:
+    def next_deadline(self) -> float | None:
         if self.state is not DtlsState.HANDSHAKING:
             return None
         timers = [t for t in (self._retransmit_at, self._deadline) if t is not None]
         return min(timers) if timers else None
 
-    def handle_timer(self, now: float) -> None:
+    def handle_timeout(self, now: float) -> None:
         if self.state is not DtlsState.HANDSHAKING:
             return
         if self._deadline is not None and now >= self._deadline:

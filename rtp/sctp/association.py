@@ -1,7 +1,7 @@
 """The SCTP association over DTLS (RFC 8261) with WebRTC data channels on top (RFC 8831/8832).
 
 Sans-IO: whole SCTP packets in (``receive_packet``), whole packets out
-(``packets_to_send``), explicit deadlines (``get_timer``/``handle_timer``),
+(``packets_to_send``), explicit deadlines (``next_deadline``/``handle_timeout``),
 events out (``next_event``). Malformed or unacceptable input is dropped and
 counted in :attr:`SctpAssociation.counters`; nothing but ``rtp.errors``
 subclasses escapes, and only from API misuse.
@@ -274,7 +274,7 @@ class SctpAssociation:
     def next_event(self) -> Optional[Event]:
         return self._events.popleft() if self._events else None
 
-    def get_timer(self) -> Optional[float]:
+    def next_deadline(self) -> Optional[float]:
         deadlines = [
             t
             for t in (self._t1_at, self._t2_at, self._t3_at, self._delayed_sack_at, self._reconfig_at)
@@ -1081,7 +1081,7 @@ class SctpAssociation:
 
     # ------------------------------------------------------------ timers
 
-    def handle_timer(self, now: float) -> None:
+    def handle_timeout(self, now: float) -> None:
         self._now = max(self._now, now)
         if self._t1_at is not None and now >= self._t1_at:
             self._t1_count += 1

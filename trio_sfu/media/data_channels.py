@@ -36,7 +36,6 @@ from rtp.sctp import (
     ChannelOpened,
     MessageReceived,
     SctpAssociation,
-    SctpProtocolError,
 )
 
 from trio_sfu import metrics as m
@@ -168,15 +167,15 @@ class DataTransport:
         self.association.receive_packet(data, now)
         self.pump(now)
 
-    def get_timer(self) -> Optional[float]:
+    def next_deadline(self) -> Optional[float]:
         if not self.started or self.closed:
             return None
-        return self.association.get_timer()
+        return self.association.next_deadline()
 
-    def handle_timer(self, now: float) -> None:
-        t = self.get_timer()
+    def handle_timeout(self, now: float) -> None:
+        t = self.next_deadline()
         if t is not None and t <= now:
-            self.association.handle_timer(now)
+            self.association.handle_timeout(now)
             self.pump(now)
 
     def pump(self, now: float) -> None:
@@ -219,7 +218,7 @@ class DataTransport:
             for packet in packets:
                 send(packet)
             self._flush(now)
-        self.owner.wake(self.association.get_timer())
+        self.owner.wake(self.association.next_deadline())
 
     def close(self) -> None:
         """The PeerConnection is going away; its SCTP counters (malformed packets, retransmits,
@@ -254,9 +253,7 @@ class DataTransport:
                     return False
                 self._close_overflowing(stream)
                 return False
-        try:
-            self.association.send(stream, payload, now)
-        except SctpProtocolError:
+        if not self.association.send(stream, payload, now):
             # Larger than the receiver's max-message-size, or the channel is going away.
             metrics.inc(DATA_TOO_LARGE if size > self.association.remote_max_message_size > 0
                         else DATA_RELIABLE_DROPPED if kind is DataKind.RELIABLE else DATA_LOSSY_DROPPED)
@@ -361,17 +358,17 @@ class ParticipantData:
             transport.start(now)
         return transport
 
-    def get_timer(self) -> Optional[float]:
+    def next_deadline(self) -> Optional[float]:
         deadline = None
         for transport in self.transports.values():
-            t = transport.get_timer()
+            t = transport.next_deadline()
             if t is not None and (deadline is None or t < deadline):
                 deadline = t
         return deadline
 
-    def handle_timer(self, now: float) -> None:
+    def handle_timeout(self, now: float) -> None:
         for transport in list(self.transports.values()):
-            transport.handle_timer(now)
+            transport.handle_timeout(now)
 
     def close(self) -> None:
         self.closed = True

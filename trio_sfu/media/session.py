@@ -303,7 +303,7 @@ class PeerConnection:
         self.pump(now)
         if not data or not 127 < data[0] < 192:
             # Handshake traffic can move the transport's deadline earlier; media never does.
-            self.session.timer_may_have_moved(transport.get_timer())
+            self.session.timer_may_have_moved(transport.next_deadline())
 
     def pump(self, now: float) -> None:
         transport = self.transport
@@ -450,21 +450,21 @@ class ParticipantMedia:
         deadline = now + REPORT_INTERVAL
         for pc in (self.publisher, self.subscriber):
             if pc is not None:
-                t = pc.transport.get_timer()
+                t = pc.transport.next_deadline()
                 if t is not None and t < deadline:
                     deadline = t
-        t = self.data.get_timer()
+        t = self.data.next_deadline()
         if t is not None and t < deadline:
             deadline = t
         for track in self.tracks_by_mid.values():
-            t = track.receiver.get_timer()
+            t = track.receiver.next_deadline()
             if t is not None and t < deadline:
                 deadline = t
         for down in self._down_tracks():
-            t = down.get_timer()
+            t = down.next_deadline()
             if t is not None and t < deadline:
                 deadline = t
-        t = self.twcc.get_timer()
+        t = self.twcc.next_deadline()
         if t is not None and t < deadline:
             deadline = t
         return deadline
@@ -479,12 +479,12 @@ class ParticipantMedia:
                 now = trio.current_time()
                 for pc in (self.publisher, self.subscriber):
                     if pc is not None:
-                        t = pc.transport.get_timer()
+                        t = pc.transport.next_deadline()
                         if t is not None and t <= now:
-                            pc.transport.handle_timer(now)
+                            pc.transport.handle_timeout(now)
                             pc.pump(now)
-                self.data.handle_timer(now)
-                for report in self.twcc.feedback(now):
+                self.data.handle_timeout(now)
+                for report in self.twcc.packets_to_send(now):
                     self._send_pub_rtcp(report)
                 # RTCP the forwarding objects owe: uplink NACKs and RRs, downlink SRs.
                 for track in list(self.tracks_by_mid.values()):
@@ -604,7 +604,7 @@ class ParticipantMedia:
         pc = PeerConnection(self, name, transport)
         assert self.service.mux is not None
         self.service.mux.register(pc)
-        self.timer_may_have_moved(transport.get_timer())
+        self.timer_may_have_moved(transport.next_deadline())
         return pc
 
     def _send_candidates(self, target: int, mid: str) -> None:
@@ -945,7 +945,7 @@ class ParticipantMedia:
         if not track.published and not self.closed:
             self.room_media.publish(track)
         # A loss just noticed schedules a NACK sooner than the loop would wake.
-        self.timer_may_have_moved(receiver.get_timer())
+        self.timer_may_have_moved(receiver.next_deadline())
 
     def _record_twcc(self, packet: bytes, ssrc: int, now: float) -> None:
         try:
@@ -955,10 +955,10 @@ class ParticipantMedia:
         if value is None or len(value) < 2:
             return
         twcc = self.twcc
-        due = twcc.get_timer()
+        due = twcc.next_deadline()
         twcc.record((value[0] << 8) | value[1], ssrc, now)
         if due is None:
-            self.timer_may_have_moved(twcc.get_timer())
+            self.timer_may_have_moved(twcc.next_deadline())
 
     # ---- moderation (Participant hooks) --------------------------------------------------------
 
@@ -1067,7 +1067,7 @@ class ParticipantSubscriber(SubscriberEndpoint):
                 publisher.context.send(rtc.SignalResponse(track_subscribed=rtc.TrackSubscribed(track_sid=source.track_id)))
         if not down.disabled:
             source.receiver.request_keyframe(down.target_layer, now)
-        session.timer_may_have_moved(down.get_timer())
+        session.timer_may_have_moved(down.next_deadline())
 
     def down_track_stopped(self, down: DownTrack) -> None:
         fold_counters(self._session.metrics, "media_downtrack", down.counters)
