@@ -435,11 +435,11 @@ class PeerTransport:
         out: list[tuple[bytes, Address]] = []
         if self._silenced:
             # Consent lost (RFC 7675 §5.1): nothing more may go to that peer.
-            self._ice.datagrams_to_send()
+            self._ice.datagrams_to_send(now)
             self._dtls.datagrams_to_send(now)
             self._outbox = []
             return out
-        out.extend(self._ice.datagrams_to_send())
+        out.extend(self._ice.datagrams_to_send(now))
         dtls_out = self._dtls.datagrams_to_send(now)
         if dtls_out:
             dest = self._selected or self._dtls_source

@@ -372,10 +372,9 @@ class IceControllingAgent:
 
     # ----------------------------------------------------------------- outputs and time
 
-    def datagrams_to_send(self, now: float | None = None) -> list[tuple[bytes, Address]]:
-        """Drain queued datagrams; with ``now``, first start any check that is due."""
-        if now is not None:
-            self.handle_timeout(now)
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Address]]:
+        """Drain queued datagrams. Checks that are due are started by :meth:`handle_timeout`
+        (at :meth:`next_deadline`), never here: draining output has no side effects."""
         out, self._outbox = self._outbox, []
         return out
 

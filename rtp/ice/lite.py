@@ -245,7 +245,9 @@ class IceLiteAgent:
 
     # ----------------------------------------------------------------- outputs and time
 
-    def datagrams_to_send(self) -> list[tuple[bytes, Address]]:
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Address]]:
+        """Drain the queued answers. ``now`` is unused: a lite agent only ever answers, but it
+        takes the argument every ``*_to_send`` in ``rtp/`` takes."""
         out, self._outbox = self._outbox, []
         return out
 
