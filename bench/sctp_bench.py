@@ -44,10 +44,10 @@ def run(count: int, size: int, loss: float, seed: int) -> None:
             pass
         if not moved:
             # Nothing in flight can move without a timer: jump the simulated clock to it.
-            deadlines = [t for t in (a.get_timer(), b.get_timer()) if t is not None]
+            deadlines = [t for t in (a.next_deadline(), b.next_deadline()) if t is not None]
             now = max(now, min(deadlines)) if deadlines else now + 0.01
-            a.handle_timer(now)
-            b.handle_timer(now)
+            a.handle_timeout(now)
+            b.handle_timeout(now)
         else:
             now += 0.001
     elapsed = time.perf_counter() - started

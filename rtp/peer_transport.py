@@ -20,7 +20,7 @@ Usage, from a driver that owns a socket and a clock::
     transport.receive_datagram(data, addr, now)   # for each datagram
     for datagram, addr in transport.datagrams_to_send(now): sock.sendto(datagram, addr)
     while (event := transport.next_event()) is not None: ...
-    deadline = transport.get_timer()              # then handle_timer(now) at that time
+    deadline = transport.next_deadline()              # then handle_timeout(now) at that time
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ from rtp.dtls import (
     ConnectionFailed,
     DtlsCertificate,
     DtlsConnection,
-    DtlsError,
     DtlsRole,
     DtlsState,
     HandshakeCompleted,
@@ -127,7 +126,8 @@ class PeerTransportCounters:
     dtls_unroutable: int = 0
     #: send_rtp/send_rtcp/send_data before SRTP keys or a selected address exist, or after close.
     send_not_ready: int = 0
-    #: send_rtp/send_rtcp with bytes SRTP cannot protect (shorter than a header).
+    #: send_rtp/send_rtcp with bytes SRTP cannot protect (shorter than a header), or
+    #: send_data with more than one DTLS record can carry.
     send_invalid: int = 0
     rtp_received: int = 0
     rtcp_received: int = 0
@@ -258,7 +258,7 @@ class PeerTransport:
         self._connect_deadline = now + self._connect_timeout
         if isinstance(self._ice, IceControllingAgent):
             self._ice.start(now)
-            self._ice.handle_timer(now)
+            self._ice.handle_timeout(now)
             self._pump_ice(now)
 
     def set_remote_credentials(self, ufrag: str, pwd: str) -> None:
@@ -334,7 +334,7 @@ class PeerTransport:
         else:
             self.counters.unknown_class += 1
 
-    def handle_timer(self, now: float) -> None:
+    def handle_timeout(self, now: float) -> None:
         if self.state in (TransportState.NEW, TransportState.FAILED, TransportState.CLOSED):
             return
         if (
@@ -349,11 +349,11 @@ class PeerTransport:
                 silent=False,
             )
             return
-        self._ice.handle_timer(now)
+        self._ice.handle_timeout(now)
         self._pump_ice(now)
         if self.state in (TransportState.FAILED, TransportState.CLOSED):
             return
-        self._dtls.handle_timer(now)
+        self._dtls.handle_timeout(now)
         self._pump_dtls()
 
     # ------------------------------------------------------------------ sending
@@ -412,10 +412,9 @@ class PeerTransport:
         if self.state is not TransportState.CONNECTED:
             self.counters.send_not_ready += 1
             return False
-        try:
-            self._dtls.send_application_data(data)
-        except DtlsError:
-            self.counters.send_not_ready += 1
+        if not self._dtls.send_application_data(data):
+            # CONNECTED means DTLS is connected too, so only the size can be refused.
+            self.counters.send_invalid += 1
             return False
         return True
 
@@ -436,11 +435,11 @@ class PeerTransport:
         out: list[tuple[bytes, Address]] = []
         if self._silenced:
             # Consent lost (RFC 7675 §5.1): nothing more may go to that peer.
-            self._ice.datagrams_to_send()
+            self._ice.datagrams_to_send(now)
             self._dtls.datagrams_to_send(now)
             self._outbox = []
             return out
-        out.extend(self._ice.datagrams_to_send())
+        out.extend(self._ice.datagrams_to_send(now))
         dtls_out = self._dtls.datagrams_to_send(now)
         if dtls_out:
             dest = self._selected or self._dtls_source
@@ -456,10 +455,10 @@ class PeerTransport:
     def next_event(self) -> PeerTransportEvent | None:
         return self._events.popleft() if self._events else None
 
-    def get_timer(self) -> float | None:
+    def next_deadline(self) -> float | None:
         if self.state not in (TransportState.CONNECTING, TransportState.CONNECTED):
             return None
-        timers = [self._ice.get_timer(), self._dtls.get_timer()]
+        timers = [self._ice.next_deadline(), self._dtls.next_deadline()]
         if self.state is TransportState.CONNECTING:
             timers.append(self._connect_deadline)
         due = [t for t in timers if t is not None]

@@ -7,7 +7,7 @@ delay signal and keeps lowering its estimate, so a publisher's video decays to i
 bitrate. `TransportFeedbackRecorder` notes each arrival and, every `interval`, gives the RTCP
 transport-cc feedback packets (rtp.rtcp.TransportCc) that report them.
 
-Sans-IO: `record(seq, now)` on each packet, `get_timer()` / `feedback(now)` for the reports.
+Sans-IO: `record(seq, now)` on each packet, `next_deadline()` / `packets_to_send(now)` for the reports.
 """
 
 from __future__ import annotations
@@ -58,10 +58,10 @@ class TransportFeedbackRecorder:
         if len(self._arrivals) >= MAX_PENDING:
             self._due = now
 
-    def get_timer(self) -> Optional[float]:
+    def next_deadline(self) -> Optional[float]:
         return self._due
 
-    def feedback(self, now: float) -> list[bytes]:
+    def packets_to_send(self, now: float) -> list[bytes]:
         """The reports due at `now` (serialized RTCP), covering every seq up to the newest."""
         if self._due is None or now < self._due or not self._arrivals or self._next_seq is None:
             return []

@@ -1,6 +1,8 @@
-"""aiortc as an independent WebRTC peer for tests/test_peer_transport_aiortc.py (not a test itself).
+"""aiortc as an independent WebRTC peer for tests/test_peer_transport_aiortc.py and
+tests/test_peer_session_aiortc.py (not a test itself).
 
-Usage: aiortc_peer.py SRTP_PROFILES   (``all``: aiortc's defaults; ``cm``: AES128_CM_HMAC_SHA1_80 only)
+Usage: aiortc_peer.py SRTP_PROFILES [--data-channel]
+(``all``: aiortc's defaults; ``cm``: AES128_CM_HMAC_SHA1_80 only)
 
 JSON lines on stdout/stdin:
 
@@ -16,6 +18,14 @@ JSON lines on stdout/stdin:
    (SSRC, sequence number, length) of each RTP packet from the peer that aiortc's
    SRTP session decrypted;
 5. ``{"type": "quit"}`` closes the peer connection and exits.
+
+With ``--data-channel`` the offer also has ``m=application``: aiortc opens channel ``chat``
+and, once it is open, sends ``"hello from aiortc"`` and ``DATA_BLOB`` on it. Every message
+it receives, on ``chat`` or on a channel the peer opened, is recorded; reports add
+``data_received`` (``[label, "text", str]`` or ``[label, "binary", length, sha256 hex]``),
+``data_channels`` (label -> readyState) and ``sctp_states`` (every association state
+aiortc's SCTP went through). ``{"type": "wait_data_closed"}`` waits (10 s at most) for every
+channel to be closed and answers with a report of type ``data_closed``.
 """
 
 import asyncio
@@ -33,9 +43,12 @@ import aiortc.rtcdtlstransport as dtls_module
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack
 from aiortc.rtcrtpsender import RTCRtpSender
+from aiortc.rtcsctptransport import RTCSctpTransport
 
 SAMPLE_RATE = 48000
 SAMPLES = 960  # 20 ms
+#: Binary message aiortc sends on ``chat``: larger than one SCTP packet, recognisable byte by byte.
+DATA_BLOB = bytes(i * 7 % 251 for i in range(20000))
 
 
 class ToneTrack(AudioStreamTrack):
@@ -68,8 +81,15 @@ async def read_message() -> dict:
     return json.loads(line)
 
 
+def describe(label: str, message) -> list:
+    if isinstance(message, str):
+        return [label, "text", message]
+    return [label, "binary", len(message), hashlib.sha256(message).hexdigest()]
+
+
 async def main() -> None:
     profiles = sys.argv[1] if len(sys.argv) > 1 else "all"
+    with_data_channel = "--data-channel" in sys.argv[2:]
     # aioice skips loopback when gathering; the test runs on 127.0.0.1 only.
     aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]
     if profiles == "cm":
@@ -103,8 +123,49 @@ async def main() -> None:
 
     dtls_module.RTCDtlsTransport._handle_rtp_data = handle_rtp
 
+    # Every association state aiortc's SCTP enters, to tell a SHUTDOWN from an ABORT.
+    sctp_states: list[str] = []
+    original_set_state = RTCSctpTransport._set_state
+
+    def set_state(self, state) -> None:
+        if not sctp_states or sctp_states[-1] != state.name:
+            sctp_states.append(state.name)
+        original_set_state(self, state)
+
+    RTCSctpTransport._set_state = set_state
+
     pc = RTCPeerConnection()
     connected = asyncio.Event()
+    channels: dict = {}
+    data_received: list[list] = []
+
+    def watch(channel) -> None:
+        channels[channel.label] = channel
+
+        @channel.on("message")
+        def on_message(message) -> None:
+            data_received.append(describe(channel.label, message))
+
+    if with_data_channel:
+        chat = pc.createDataChannel("chat")
+        watch(chat)
+
+        @chat.on("open")
+        def on_open() -> None:
+            chat.send("hello from aiortc")
+            chat.send(DATA_BLOB)
+
+        @pc.on("datachannel")
+        def on_datachannel(channel) -> None:
+            watch(channel)
+
+    def data_report(kind: str) -> dict:
+        return {
+            "type": kind,
+            "data_received": data_received,
+            "data_channels": {label: channel.readyState for label, channel in channels.items()},
+            "sctp_states": sctp_states,
+        }
 
     @pc.on("connectionstatechange")
     def on_state() -> None:
@@ -166,8 +227,15 @@ async def main() -> None:
                     "retransmitted": retransmitted,
                     "rtp_decrypted": rtp_decrypted,
                     "dtls_state": dtls.state,
+                    **data_report("report"),
                 }
             )
+        if message["type"] == "wait_data_closed":
+            for _ in range(1000):
+                if channels and all(c.readyState == "closed" for c in channels.values()):
+                    break
+                await asyncio.sleep(0.01)
+            emit({**data_report("data_closed"), "dtls_state": dtls.state})
     await pc.close()
     emit({"type": "bye"})
 

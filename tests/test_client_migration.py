@@ -79,12 +79,12 @@ class LiteEndpoint:
                         self.rtp.append(event.packet)
                     elif isinstance(event, RtcpReceived):
                         self.rtcp.append(event.packet)
-                deadline = self.transport.get_timer()
+                deadline = self.transport.next_deadline()
                 with trio.move_on_at(math.inf if deadline is None else deadline):
                     data, addr = await self.sock.recvfrom(65536)
                     self.transport.receive_datagram(data, addr[:2], trio.current_time())
                     continue
-                self.transport.handle_timer(trio.current_time())
+                self.transport.handle_timeout(trio.current_time())
 
     async def send_rtp(self, packet: bytes) -> None:
         assert self.transport.send_rtp(packet)

@@ -91,12 +91,12 @@ class TrickleOnlyMedia(UnavailableMediaSession):
                 while (event := transport.next_event()) is not None:
                     if isinstance(event, RtpReceived):
                         self.received.append(event.packet)
-                deadline = transport.get_timer()
+                deadline = transport.next_deadline()
                 with trio.move_on_at(math.inf if deadline is None else deadline):
                     data, addr = await sock.recvfrom(65536)
                     transport.receive_datagram(data, addr[:2], trio.current_time())
                     continue
-                transport.handle_timer(trio.current_time())
+                transport.handle_timeout(trio.current_time())
 
     async def handle_subscriber_answer(self, answer: rtc.SessionDescription) -> None:
         pass

@@ -114,8 +114,8 @@ class DataPc:
         self.kick()
 
     def _deadline(self) -> float:
-        deadlines = [t for t in (self.transport and self.transport.get_timer(),
-                                 self.assoc and self.connected.is_set() and self.assoc.get_timer()) if t]
+        deadlines = [t for t in (self.transport and self.transport.next_deadline(),
+                                 self.assoc and self.connected.is_set() and self.assoc.next_deadline()) if t]
         return min(deadlines, default=trio.current_time() + 1.0)
 
     async def run(self) -> None:
@@ -138,13 +138,13 @@ class DataPc:
                         break
                     self.transport.receive_datagram(data, addr[:2], now)
                     self._drain(now)
-                t = self.transport.get_timer()
+                t = self.transport.next_deadline()
                 if t is not None and t <= now:
-                    self.transport.handle_timer(now)
+                    self.transport.handle_timeout(now)
                 assert self.assoc is not None
-                t = self.assoc.get_timer()
+                t = self.assoc.next_deadline()
                 if self.connected.is_set() and t is not None and t <= now:
-                    self.assoc.handle_timer(now)
+                    self.assoc.handle_timeout(now)
                 self._drain(now)
         finally:
             self.sock.close()

@@ -55,13 +55,14 @@ def test_constructor_rejects_bad_settings():
 
 def test_before_handshake_nothing_is_sent_or_exported():
     client, server = pair()
-    assert server.get_timer() is None and server.datagrams_to_send(0.0) == []
-    with pytest.raises(DtlsError):
-        client.send_application_data(b"x")
+    assert server.next_deadline() is None and server.datagrams_to_send(0.0) == []
+    # A send never raises: it is refused, counted, and nothing is queued.
+    assert client.send_application_data(b"x") is False
+    assert client.counters.send_not_connected == 1 and client.datagrams_to_send(0.0) == []
     with pytest.raises(DtlsError):
         client.export_keying_material(b"EXTRACTOR-dtls_srtp", 56)
     client.start(0.0)
-    assert client.state is DtlsState.HANDSHAKING and client.get_timer() == 1.0
+    assert client.state is DtlsState.HANDSHAKING and client.next_deadline() == 1.0
     with pytest.raises(DtlsError):
         client.export_keying_material(b"EXTRACTOR-dtls_srtp", 56)
 
@@ -91,16 +92,16 @@ def test_application_data_and_close_notify_both_ways():
     assert c_done.srtp_profile is s_done.srtp_profile is not None
 
     # Two records in one datagram take the general path; each comes out as its own event.
-    client.send_application_data(b"one")
-    client.send_application_data(b"two")
+    assert client.send_application_data(b"one") is True
+    assert client.send_application_data(b"two") is True
     server.receive_datagram(b"".join(client.datagrams_to_send(0.0)), 0.0)
     assert drain_events(server) == [ApplicationDataReceived(b"one"), ApplicationDataReceived(b"two")]
     server.send_application_data(b"")
     for datagram in server.datagrams_to_send(0.0):
         client.receive_datagram(datagram, 0.0)
     assert drain_events(client) == [ApplicationDataReceived(b"")]
-    with pytest.raises(ValueError):
-        client.send_application_data(bytes(2**14 + 1))
+    assert client.send_application_data(bytes(2**14 + 1)) is False
+    assert client.counters.send_too_large == 1 and client.datagrams_to_send(0.0) == []
 
     server.close()
     assert drain_events(server) == [ConnectionClosed(AlertDescription.CLOSE_NOTIFY, by_peer=False)]
@@ -111,8 +112,8 @@ def test_application_data_and_close_notify_both_ways():
     (reply,) = client.datagrams_to_send(0.0)
     server.receive_datagram(reply, 0.0)  # ignored once closed
     assert drain_events(server) == [] and server.state is DtlsState.CLOSED
-    with pytest.raises(DtlsError):
-        client.send_application_data(b"late")
+    assert client.send_application_data(b"late") is False
+    assert client.counters.send_not_connected == 1 and client.datagrams_to_send(0.0) == []
     # Keys stay exportable after an orderly close (SRTP may still be torn down later).
     assert client.export_keying_material(b"x", 8) == server.export_keying_material(b"x", 8)
 
@@ -124,7 +125,7 @@ def test_close_during_handshake():
     client.close()
     (notify,) = client.datagrams_to_send(0.0)
     assert split_records(notify)[0][0][0] == 21 and split_records(notify)[0][0][4] == bytes((1, 0))
-    assert client.get_timer() is None and client.state is DtlsState.CLOSED
+    assert client.next_deadline() is None and client.state is DtlsState.CLOSED
 
 
 def test_fingerprints_can_arrive_late():

@@ -48,9 +48,9 @@ def feed(conn: DtlsConnection, data: list[bytes]) -> None:
         # The rules allow rtp.errors subclasses to escape; ours catches everything itself,
         # so any exception at all fails the test.
         conn.receive_datagram(datagram, now)
-        conn.handle_timer(now)
+        conn.handle_timeout(now)
         conn.datagrams_to_send(now)
-        conn.get_timer()
+        conn.next_deadline()
         while conn.next_event() is not None:
             pass
 

@@ -32,10 +32,10 @@ class OursEndpoint:
         return self.conn.datagrams_to_send(now)
 
     def deadline(self) -> float | None:
-        return self.conn.get_timer()
+        return self.conn.next_deadline()
 
     def on_timer(self, now: float) -> None:
-        self.conn.handle_timer(now)
+        self.conn.handle_timeout(now)
 
     def collect(self) -> None:
         while (event := self.conn.next_event()) is not None:
@@ -222,19 +222,19 @@ async def test_silent_peer_times_out_at_documented_time(autojump_clock, after_fi
             server.receive_datagram(datagram, t0)
         for datagram in server.datagrams_to_send(t0):
             client.receive_datagram(datagram, t0)
-        assert client.get_timer() == pytest.approx(t0 + 1.0)
+        assert client.next_deadline() == pytest.approx(t0 + 1.0)
     while client.state is DtlsState.HANDSHAKING:
         if client.datagrams_to_send(trio.current_time()):
             sends.append(trio.current_time() - t0)
-        await trio.sleep_until(client.get_timer())
-        client.handle_timer(trio.current_time())
+        await trio.sleep_until(client.next_deadline())
+        client.handle_timeout(trio.current_time())
     endpoint.collect()
     (when, event), = endpoint.events
     assert isinstance(event, ConnectionFailed) and isinstance(event.error, DtlsHandshakeTimeout)
     assert when - t0 == pytest.approx(60.0)
     # The flight (ClientHello, or flight 5) at 0 s, then each retransmission.
     assert sends == pytest.approx([0.0, 1.0, 3.0, 7.0, 15.0, 31.0])
-    assert client.get_timer() is None
+    assert client.next_deadline() is None
     assert client.datagrams_to_send(trio.current_time()) == []  # no alert into the void
 
 
@@ -247,8 +247,8 @@ async def test_silent_client_makes_server_time_out(autojump_clock):
     retransmissions = 0
     while server.state is DtlsState.HANDSHAKING:
         retransmissions += bool(server.datagrams_to_send(trio.current_time()))
-        await trio.sleep_until(server.get_timer())
-        server.handle_timer(trio.current_time())
+        await trio.sleep_until(server.next_deadline())
+        server.handle_timeout(trio.current_time())
     event = server.next_event()
     assert isinstance(event, ConnectionFailed) and isinstance(event.error, DtlsHandshakeTimeout)
     assert trio.current_time() - t0 == pytest.approx(60.0)
@@ -263,6 +263,6 @@ async def test_retransmission_backoff_is_capped(autojump_clock):
     while client.state is DtlsState.HANDSHAKING:
         if client.datagrams_to_send(trio.current_time()):
             sends.append(trio.current_time() - t0)
-        await trio.sleep_until(client.get_timer())
-        client.handle_timer(trio.current_time())
+        await trio.sleep_until(client.next_deadline())
+        client.handle_timeout(trio.current_time())
     assert sends == pytest.approx([0, 1, 3, 7, 11, 15, 19, 23, 27])

@@ -104,7 +104,7 @@ def test_wrong_fingerprint_fails_with_bad_certificate(checking_side):
     assert isinstance(error, DtlsFingerprintMismatch) and error.alert is AlertDescription.BAD_CERTIFICATE
     peer_error = failed_with(other)
     assert isinstance(peer_error, DtlsAlertReceived) and peer_error.alert is AlertDescription.BAD_CERTIFICATE
-    assert checker.get_timer() is None and other.get_timer() is None
+    assert checker.next_deadline() is None and other.next_deadline() is None
 
 
 @pytest.mark.parametrize("our_role", [DtlsRole.CLIENT, DtlsRole.SERVER], ids=lambda r: f"ours-{r.value}")
@@ -249,7 +249,7 @@ def test_replayed_handshake_flight_triggers_no_retransmission():
         server.receive_datagram(datagram, 0.0)
     assert server.datagrams_to_send(0.0) == []
     assert server.counters.replayed >= len(flight5)
-    client.handle_timer(client.get_timer())
+    client.handle_timeout(client.next_deadline())
     for datagram in client.datagrams_to_send(0.0):
         server.receive_datagram(datagram, 0.0)
     resent = server.datagrams_to_send(0.0)
@@ -275,7 +275,7 @@ def test_cookie_less_client_hello_flood_keeps_no_state():
     for i in range(3000):
         server.receive_datagram(_cookie_less_hello(os.urandom(32), i), float(i))
     assert server.counters.hello_verify_requests_sent == 3000
-    assert server.state is DtlsState.NEW and server.get_timer() is None
+    assert server.state is DtlsState.NEW and server.next_deadline() is None
     assert server._reassembler.buffered_messages == 0 and server._reassembler.buffered_bytes == 0
     assert len(server._transcript) == 0 and server._flight == [] and server._outgoing == []
     # At most one reply is ever queued: undrained answers to a flood do not pile up.
@@ -367,7 +367,7 @@ def test_received_fatal_alert_fails_handshake():
     client.receive_datagram(encode_record_header(ContentType.ALERT, DTLS_1_2, 0, 99, 2) + bytes((2, 200)), 0.0)
     error = failed_with(client)
     assert isinstance(error, DtlsAlertReceived) and error.alert == 200
-    assert client.get_timer() is None and client.datagrams_to_send(0.0) == []
+    assert client.next_deadline() is None and client.datagrams_to_send(0.0) == []
 
 
 def test_renegotiation_is_refused_with_a_warning():

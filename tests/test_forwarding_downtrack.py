@@ -291,7 +291,7 @@ def test_sender_report_maps_the_publishers_clock_through_the_timestamp_offset():
     # the publisher says: h's RTP time T is NTP N, at our time 0.1
     ntp = (3_900_000_000 << 32) | (1 << 31)
     receiver.handle_rtcp([SenderReport(h.ssrc, ntp, h.ts, 3, 300)], 0.1)
-    assert down.get_timer() == pytest.approx(1.0)
+    assert down.next_deadline() == pytest.approx(1.0)
     down.poll_rtcp(0.5)
     assert wire.rtcp == []
     down.poll_rtcp(1.1)

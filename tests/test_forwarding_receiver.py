@@ -55,14 +55,14 @@ def test_uplink_gap_is_nacked_in_batches_with_retry_limit():
         if RtpPacket.parse(p).sequence_number not in lost:
             receiver.receive_rtp(p, 0.0)
     assert receiver.missing(0) == [102, 103, 107]
-    assert receiver.get_timer() == 0.0  # NACK due as soon as the gap is seen
+    assert receiver.next_deadline() == 0.0  # NACK due as soon as the gap is seen
     receiver.poll_rtcp(0.0)
     nacks = _rtcp(wire, Nack)
     assert len(nacks) == 1 and nacks[0].media_ssrc == q.ssrc and nacks[0].sender_ssrc == 0x5F0
     assert nacks[0].lost_sequence_numbers() == [102, 103, 107]
     receiver.poll_rtcp(0.03)  # before the RTT-based retry interval (1.2 x 50 ms)
     assert len(_rtcp(wire, Nack)) == 1
-    assert receiver.get_timer() == pytest.approx(0.06)
+    assert receiver.next_deadline() == pytest.approx(0.06)
     receiver.receive_rtp(packets[3], 0.05)  # 103 arrives late
     now = 0.06
     for _ in range(10):
@@ -129,7 +129,7 @@ def test_receiver_reports_on_schedule_parsed_by_aiortc():
     ntp = 0x1234_5678_9ABC_DEF0
     receiver.handle_rtcp([SenderReport(layers[0].ssrc, ntp, 1000, 1, 1)], 0.5)
     assert receiver.sender_report(0).ntp_timestamp == ntp and receiver.sender_report(0).arrival == 0.5
-    assert receiver.get_timer() <= 1.0
+    assert receiver.next_deadline() <= 1.0
     receiver.poll_rtcp(0.9)
     assert _rtcp(wire, ReceiverReport) == []
     receiver.poll_rtcp(1.0)
@@ -187,7 +187,7 @@ def test_lifecycle_transitions_assert_the_state_they_leave():
     for bad in (receiver.close, receiver.reopen, lambda: receiver.begin_closing(True)):
         with pytest.raises(ForwardingStateError):
             bad()
-    assert receiver.get_timer() is None
+    assert receiver.next_deadline() is None
 
 
 @settings(max_examples=300, deadline=None)

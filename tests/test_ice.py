@@ -98,7 +98,7 @@ def make_lite():
 def test_lite_answers_authenticated_check_with_verifiable_success():
     lite = make_lite()
     lite.receive_stun(check_request(), CLIENT_ADDR, now=1.0)
-    [(data, dst)] = lite.datagrams_to_send()
+    [(data, dst)] = lite.datagrams_to_send(1.0)
     assert dst == CLIENT_ADDR
     assert verify_fingerprint(data) and verify_message_integrity(data, LITE_PWD.encode())
     response = parse_stun(data)
@@ -137,13 +137,13 @@ def test_lite_use_candidate_nominates_and_later_nomination_moves_media():
 def test_lite_rejects_unauthenticated_checks_without_state(request_bytes, code, counter):
     lite = make_lite()
     lite.receive_stun(request_bytes, CLIENT_ADDR, now=1.0)
-    [(data, dst)] = lite.datagrams_to_send()
+    [(data, dst)] = lite.datagrams_to_send(1.0)
     response = parse_stun(data)
     assert response.message_class == Class.ERROR and response.error_code == code
     assert "MESSAGE-INTEGRITY" not in response.attributes  # nothing signed for strangers
     assert len(data) <= len(request_bytes)  # no amplification
     assert getattr(lite.counters, counter) == 1 and lite.counters.accepted == 0
-    assert lite.valid_addresses == () and lite.get_timer() is None and drain_events(lite) == []
+    assert lite.valid_addresses == () and lite.next_deadline() is None and drain_events(lite) == []
 
 
 def test_lite_never_answers_a_stranger_with_more_bytes_than_it_sent():
@@ -152,7 +152,7 @@ def test_lite_never_answers_a_stranger_with_more_bytes_than_it_sent():
     tiny.attributes["USERNAME"] = "a:b"
     data = serialize(tiny)  # 20 + 8 + 8 bytes: a 400 would be 48
     lite.receive_stun(data, CLIENT_ADDR, now=0.0)
-    assert lite.counters.bad_request == 1 and lite.datagrams_to_send() == []
+    assert lite.counters.bad_request == 1 and lite.datagrams_to_send(0.0) == []
 
 
 def test_lite_drops_checks_without_valid_fingerprint_silently():
@@ -161,7 +161,7 @@ def test_lite_drops_checks_without_valid_fingerprint_silently():
     good = check_request()
     damaged_fp = good[:-1] + bytes([good[-1] ^ 1])
     lite.receive_stun(damaged_fp, CLIENT_ADDR, now=1.0)
-    assert lite.datagrams_to_send() == []
+    assert lite.datagrams_to_send(1.0) == []
     # aioice rejects a wrong CRC while parsing; a missing one is ours to catch.
     assert lite.counters.bad_fingerprint + lite.counters.malformed == 2
     assert lite.counters.bad_fingerprint >= 1
@@ -171,7 +171,7 @@ def test_lite_drops_checks_without_valid_fingerprint_silently():
 def test_lite_role_conflict_answers_487_signed_without_state():
     lite = make_lite()
     lite.receive_stun(check_request(controlled=True, use_candidate=True), CLIENT_ADDR, now=1.0)
-    [(data, _)] = lite.datagrams_to_send()
+    [(data, _)] = lite.datagrams_to_send(1.0)
     assert parse_stun(data).error_code == 487
     assert verify_message_integrity(data, LITE_PWD.encode())
     assert lite.counters.role_conflict == 1 and lite.valid_addresses == () and lite.selected_address is None
@@ -180,10 +180,10 @@ def test_lite_role_conflict_answers_487_signed_without_state():
 def test_lite_accepts_any_remote_ufrag_until_remote_credentials_are_known():
     lite = IceLiteAgent(LITE_UFRAG, LITE_PWD)
     lite.receive_stun(check_request(username=f"{LITE_UFRAG}:whoever"), CLIENT_ADDR, now=0.0)
-    assert parse_stun(lite.datagrams_to_send()[0][0]).message_class == Class.RESPONSE
+    assert parse_stun(lite.datagrams_to_send(0.0)[0][0]).message_class == Class.RESPONSE
     lite.set_remote_credentials(CLIENT_UFRAG)
     lite.receive_stun(check_request(username=f"{LITE_UFRAG}:whoever"), CLIENT_ADDR, now=0.0)
-    assert parse_stun(lite.datagrams_to_send()[0][0]).error_code == 401
+    assert parse_stun(lite.datagrams_to_send(0.0)[0][0]).error_code == 401
 
 
 def test_lite_ignores_responses_indications_and_garbage():
@@ -193,7 +193,7 @@ def test_lite_ignores_responses_indications_and_garbage():
     lite.receive_stun(serialize(response, LITE_PWD.encode()), CLIENT_ADDR, 0.0)
     lite.receive_stun(serialize(indication), CLIENT_ADDR, 0.0)
     lite.receive_stun(b"\x00\x01\x00\x00garbage", CLIENT_ADDR, 0.0)
-    assert lite.datagrams_to_send() == []
+    assert lite.datagrams_to_send(0.0) == []
     assert lite.counters.ignored == 2 and lite.counters.malformed == 1
 
 
@@ -201,22 +201,22 @@ def test_lite_consent_expires_30s_after_last_authenticated_check():
     lite = make_lite()
     lite.receive_stun(check_request(use_candidate=True), CLIENT_ADDR, now=100.0)
     drain_events(lite)
-    assert lite.get_timer() == 100.0 + CONSENT_TIMEOUT
+    assert lite.next_deadline() == 100.0 + CONSENT_TIMEOUT
     # Unauthenticated traffic from the same address does not refresh consent.
     lite.receive_stun(check_request(key=b"bad"), CLIENT_ADDR, now=120.0)
-    assert lite.get_timer() == 130.0
+    assert lite.next_deadline() == 130.0
     lite.receive_stun(check_request(), CLIENT_ADDR, now=125.0)
-    assert lite.get_timer() == 155.0
-    lite.handle_timer(154.9)
+    assert lite.next_deadline() == 155.0
+    lite.handle_timeout(154.9)
     assert lite.state is IceLiteState.CONNECTED and drain_events(lite) == []
-    lite.handle_timer(155.0)
+    lite.handle_timeout(155.0)
     assert drain_events(lite) == [IceConsentExpired(CLIENT_ADDR)]
     assert lite.state is IceLiteState.EXPIRED and lite.selected_address is None
-    assert lite.valid_addresses == () and lite.get_timer() is None
+    assert lite.valid_addresses == () and lite.next_deadline() is None
     # Consent does not come back by itself: the peer must restart ICE.
-    lite.datagrams_to_send()
+    lite.datagrams_to_send(155.0)
     lite.receive_stun(check_request(use_candidate=True), CLIENT_ADDR, now=156.0)
-    assert lite.datagrams_to_send() == [] and lite.counters.after_expiry == 1
+    assert lite.datagrams_to_send(156.0) == [] and lite.counters.after_expiry == 1
 
 
 def test_lite_restart_rejects_old_credentials_and_keeps_media_path():
@@ -225,16 +225,16 @@ def test_lite_restart_rejects_old_credentials_and_keeps_media_path():
     drain_events(lite)
     lite.restart("newU", "new-password-abcdefghijkl")
     lite.set_remote_credentials("cli2", "client2-password-xxxxxxxx")
-    lite.datagrams_to_send()
+    lite.datagrams_to_send(1.0)
     lite.receive_stun(check_request(), CLIENT_ADDR, now=2.0)
-    assert parse_stun(lite.datagrams_to_send()[0][0]).error_code == 401
+    assert parse_stun(lite.datagrams_to_send(2.0)[0][0]).error_code == 401
     assert lite.selected_address == CLIENT_ADDR  # media keeps flowing meanwhile
     lite.receive_stun(
         check_request(username="newU:cli2", key=b"new-password-abcdefghijkl", use_candidate=True),
         ("10.0.0.4", 1),
         now=3.0,
     )
-    [(data, _)] = lite.datagrams_to_send()
+    [(data, _)] = lite.datagrams_to_send(3.0)
     assert verify_message_integrity(data, b"new-password-abcdefghijkl")
     assert drain_events(lite) == [IceSelectedPairChanged(("10.0.0.4", 1))]
 
@@ -242,7 +242,7 @@ def test_lite_restart_rejects_old_credentials_and_keeps_media_path():
 def test_lite_restart_after_expiry_allows_reconnection():
     lite = make_lite()
     lite.receive_stun(check_request(use_candidate=True), CLIENT_ADDR, now=0.0)
-    lite.handle_timer(40.0)
+    lite.handle_timeout(40.0)
     drain_events(lite)
     lite.restart("u2", "p2-password-0123456789")
     lite.receive_stun(check_request(username="u2:x", key=b"p2-password-0123456789", use_candidate=True), CLIENT_ADDR, 41.0)
@@ -275,8 +275,8 @@ def test_lite_unauthenticated_flood_grows_nothing():
         else:
             data = rng.randbytes(rng.randrange(0, 120))
         lite.receive_stun(data, addr, now=float(i))
-        lite.datagrams_to_send()
-    assert lite.valid_addresses == () and lite.get_timer() is None and drain_events(lite) == []
+        lite.datagrams_to_send(float(i))
+    assert lite.valid_addresses == () and lite.next_deadline() is None and drain_events(lite) == []
     assert lite.counters.accepted == 0
 
 
@@ -329,9 +329,9 @@ class Net:
         self.sent = []  # (time, src, dst, data)
 
     def _flush(self):
-        for data, dst in self.ctrl.datagrams_to_send():
+        for data, dst in self.ctrl.datagrams_to_send(self.now):
             self._push(data, CLIENT_ADDR, dst)
-        for data, dst in self.lite.datagrams_to_send():
+        for data, dst in self.lite.datagrams_to_send(self.now):
             self._push(data, LITE_ADDR, dst)
         for side, agent in (("ctrl", self.ctrl), ("lite", self.lite)):
             while (ev := agent.next_event()) is not None:
@@ -345,7 +345,7 @@ class Net:
     def run_until(self, end):
         self._flush()
         while True:
-            candidates = [t for t in (self.ctrl.get_timer(), self.lite.get_timer()) if t is not None]
+            candidates = [t for t in (self.ctrl.next_deadline(), self.lite.next_deadline()) if t is not None]
             if self.queue:
                 candidates.append(self.queue[0][0])
             if not candidates or min(candidates) > end:
@@ -359,9 +359,9 @@ class Net:
                 elif dst == CLIENT_ADDR:
                     self.ctrl.receive_stun(data, src, self.now)
             for agent in (self.ctrl, self.lite):
-                t = agent.get_timer()
+                t = agent.next_deadline()
                 if t is not None and t <= self.now:
-                    agent.handle_timer(self.now)
+                    agent.handle_timeout(self.now)
             self._flush()
 
     def first(self, side, kind):
@@ -457,7 +457,7 @@ def test_all_pairs_failing_reports_ice_failed():
     assert ev.reason == "every candidate pair failed"
     # second pair starts at Ta; sends at +0, +0.1, +0.3 and fails one RTO (0.4) later.
     assert t == pytest.approx(0.05 + 0.7)
-    assert ctrl.get_timer() is None and ctrl.state is IceControllingState.FAILED
+    assert ctrl.next_deadline() is None and ctrl.state is IceControllingState.FAILED
 
 
 def test_connect_timeout_without_end_of_candidates():
@@ -474,6 +474,7 @@ def test_controlling_ignores_forged_responses_and_wrong_source():
     ctrl = make_ctrl()
     ctrl.add_remote_candidate(host_candidate(LITE_ADDR))
     ctrl.start(0.0)
+    ctrl.handle_timeout(0.0)  # the first paced check is due at once
     [(request, dst)] = ctrl.datagrams_to_send(0.0)
     tid = parse_stun(request).transaction_id
     forged = Message(Method.BINDING, Class.ERROR, transaction_id=tid)
@@ -496,6 +497,7 @@ def test_controlling_and_lite_role_conflict_when_peer_claims_controlled_is_not_o
     ctrl.add_remote_candidate(host_candidate(LITE_ADDR))
     ctrl.add_remote_candidate(None)
     ctrl.start(0.0)
+    ctrl.handle_timeout(0.0)  # the first paced check is due at once
     [(request, _)] = ctrl.datagrams_to_send(0.0)
     tid = parse_stun(request).transaction_id
     err = Message(Method.BINDING, Class.ERROR, transaction_id=tid)
@@ -509,15 +511,15 @@ def test_controlling_answers_peer_checks_and_rejects_strangers():
     ctrl = make_ctrl()
     req = check_request(username=f"{CLIENT_UFRAG}:{LITE_UFRAG}", key=CLIENT_PWD.encode(), controlled=True)
     ctrl.receive_stun(req, LITE_ADDR, 0.0)
-    [(data, _)] = ctrl.datagrams_to_send()
+    [(data, _)] = ctrl.datagrams_to_send(0.0)
     assert parse_stun(data).message_class == Class.RESPONSE
     assert verify_message_integrity(data, CLIENT_PWD.encode())
     ctrl.receive_stun(check_request(username=f"{CLIENT_UFRAG}:{LITE_UFRAG}", key=b"x"), LITE_ADDR, 0.0)
-    [(data, _)] = ctrl.datagrams_to_send()
+    [(data, _)] = ctrl.datagrams_to_send(0.0)
     assert parse_stun(data).error_code == 401
     both = check_request(username=f"{CLIENT_UFRAG}:{LITE_UFRAG}", key=CLIENT_PWD.encode())
     ctrl.receive_stun(both, LITE_ADDR, 0.0)
-    [(data, _)] = ctrl.datagrams_to_send()
+    [(data, _)] = ctrl.datagrams_to_send(0.0)
     assert parse_stun(data).error_code == 487
 
 
@@ -568,7 +570,7 @@ def test_lossy_network_either_connects_consistently_or_fails_cleanly(seed, loss,
         assert net.first("lite", IceConnected)[1] == IceConnected(CLIENT_ADDR)
         assert ctrl_connected[0] < 30.0
     else:
-        assert ctrl.state is IceControllingState.FAILED and ctrl.get_timer() is None
+        assert ctrl.state is IceControllingState.FAILED and ctrl.next_deadline() is None
     assert set(lite.valid_addresses) <= {CLIENT_ADDR}
     assert lite.counters.bad_integrity == lite.counters.unknown_username == lite.counters.malformed == 0
 
@@ -605,7 +607,7 @@ async def test_lite_agent_against_aioice_controlling_over_loopback(remote_is_lit
             addr = addr[:2]
             if data and data[0] < 4:
                 lite.receive_stun(data, addr, trio.current_time())
-                for out, dst in lite.datagrams_to_send():
+                for out, dst in lite.datagrams_to_send(trio.current_time()):
                     await sock.sendto(out, dst)
                 while (ev := lite.next_event()) is not None:
                     events.append(ev)
@@ -667,7 +669,7 @@ async def test_controlling_agent_against_aioice_controlled_over_loopback():
 
     async def drive():
         while True:
-            deadline = agent.get_timer()
+            deadline = agent.next_deadline()
             with trio.move_on_at(deadline if deadline is not None else math.inf):
                 data, addr = await sock.recvfrom(2048)
                 addr = addr[:2]
@@ -677,10 +679,10 @@ async def test_controlling_agent_against_aioice_controlled_over_loopback():
                     media.append(data)
                     await sock.sendto(b"echo:" + data, addr)
             now = trio.current_time()
-            timer = agent.get_timer()
+            timer = agent.next_deadline()
             if timer is not None and timer <= now:
-                agent.handle_timer(now)
-            for out, dst in agent.datagrams_to_send():
+                agent.handle_timeout(now)
+            for out, dst in agent.datagrams_to_send(now):
                 await sock.sendto(out, dst)
             while (ev := agent.next_event()) is not None:
                 events.append(ev)

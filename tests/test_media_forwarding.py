@@ -147,14 +147,14 @@ class ClientPc:
         self.transport.start(trio.current_time())
         while True:
             await self.flush()
-            deadline = self.transport.get_timer()
+            deadline = self.transport.next_deadline()
             with trio.move_on_at(math.inf if deadline is None else deadline):
                 data, addr = await self.sock.recvfrom(65536)
                 if self._lose(data):
                     continue
                 self.transport.receive_datagram(data, addr[:2], trio.current_time())
                 continue
-            self.transport.handle_timer(trio.current_time())
+            self.transport.handle_timeout(trio.current_time())
 
     def _lose(self, data: bytes) -> bool:
         if len(data) < 12 or not 127 < data[0] < 192 or 191 < data[1] < 224:

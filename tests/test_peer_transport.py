@@ -149,14 +149,14 @@ class Wire:
             self.flush()
             if until():
                 return
-            timers = [t.get_timer() for t in self.ends.values()]
+            timers = [t.next_deadline() for t in self.ends.values()]
             due = min((x for x in timers if x is not None), default=None)
             assert due is not None and due <= limit, f"stuck at t={self.now}: {self.events}"
             self.now = max(self.now, due)
             for t in self.ends.values():
-                timer = t.get_timer()
+                timer = t.next_deadline()
                 if timer is not None and timer <= self.now:
-                    t.handle_timer(self.now)
+                    t.handle_timeout(self.now)
             self.collect()
 
     def inject(self, dst: tuple, data: bytes, src: tuple) -> None:
@@ -460,7 +460,7 @@ def test_close_sends_close_notify_and_the_peer_sees_an_orderly_close():
     assert not wire.server.send_rtp(rtp_bytes(1))
     wire.inject(SERVER_ADDR, rtp_bytes(1), CLIENT_ADDR)
     assert wire.server.counters.after_close == 1
-    assert wire.client.get_timer() is None and wire.server.get_timer() is None
+    assert wire.client.next_deadline() is None and wire.server.next_deadline() is None
 
 
 def test_consent_loss_fails_the_lite_side_and_silences_it():
@@ -480,12 +480,12 @@ def test_consent_loss_fails_the_lite_side_and_silences_it():
 def test_lite_side_that_hears_nothing_times_out():
     _, server = make_pair()
     server.start(100.0)
-    assert server.get_timer() == 130.0
-    server.handle_timer(130.0)
+    assert server.next_deadline() == 130.0
+    server.handle_timeout(130.0)
     event = server.next_event()
     assert isinstance(event, TransportFailed)
     assert event.reason.startswith("not connected within 30 s")
-    assert server.get_timer() is None
+    assert server.next_deadline() is None
 
 
 # --- a lossy, duplicating, reordering network under MockClock ------------------------------------------
@@ -538,12 +538,12 @@ class Endpoint:
         self.transport.start(trio.current_time())
         while True:
             self.flush()
-            deadline = self.transport.get_timer()
+            deadline = self.transport.next_deadline()
             with trio.move_on_at(math.inf if deadline is None else deadline):
                 datagram, src = await self.inbox.receive()
                 self.transport.receive_datagram(datagram, src, trio.current_time())
                 continue
-            self.transport.handle_timer(trio.current_time())
+            self.transport.handle_timeout(trio.current_time())
 
     def of(self, kind) -> list:
         return [e for e in self.events if isinstance(e, kind)]

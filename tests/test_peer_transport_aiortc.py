@@ -119,12 +119,12 @@ class Driver:
         self.transport.start(trio.current_time())
         while True:
             await self.flush()
-            deadline = self.transport.get_timer()
+            deadline = self.transport.next_deadline()
             with trio.move_on_at(math.inf if deadline is None else deadline):
                 data, addr = await self.sock.recvfrom(65536)
                 self.transport.receive_datagram(data, addr[:2], trio.current_time())
                 continue
-            self.transport.handle_timer(trio.current_time())
+            self.transport.handle_timeout(trio.current_time())
 
     def of(self, kind) -> list:
         return [e for e in self.events if isinstance(e, kind)]

@@ -67,9 +67,9 @@ class Pair:
         for packet in inbound:
             if not self.drop_to_ours(packet):
                 self.ours.receive_packet(packet, now)
-        timer = self.ours.get_timer()
+        timer = self.ours.next_deadline()
         if timer is not None and timer <= now:
-            self.ours.handle_timer(now)
+            self.ours.handle_timeout(now)
         for packet in self.ours.packets_to_send(now):
             if not self.drop_to_theirs(packet):
                 await self.theirs._handle_data(packet)

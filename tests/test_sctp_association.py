@@ -66,10 +66,10 @@ def test_handshake_is_init_initack_cookieecho_cookieack():
 def test_lost_init_is_retransmitted_on_t1_with_backoff():
     a, b = SctpAssociation(True), SctpAssociation(False)
     a.start(0.0)
-    assert a.get_timer() == pytest.approx(RTO_INITIAL)
+    assert a.next_deadline() == pytest.approx(RTO_INITIAL)
     a.packets_to_send(0.0)  # lost
-    a.handle_timer(RTO_INITIAL)
-    assert a.get_timer() == pytest.approx(RTO_INITIAL + 2 * RTO_INITIAL)
+    a.handle_timeout(RTO_INITIAL)
+    assert a.next_deadline() == pytest.approx(RTO_INITIAL + 2 * RTO_INITIAL)
     pump(a, b, RTO_INITIAL)
     assert a.state is AssociationState.ESTABLISHED
 
@@ -78,10 +78,10 @@ def test_init_gives_up_after_max_retransmits():
     a = SctpAssociation(True)
     a.start(0.0)
     for _ in range(20):
-        timer = a.get_timer()
+        timer = a.next_deadline()
         if timer is None:
             break
-        a.handle_timer(timer)
+        a.handle_timeout(timer)
         a.packets_to_send(timer)
     assert a.state is AssociationState.CLOSED
     assert drain(a) == [AssociationClosed("association setup timed out")]
@@ -140,8 +140,8 @@ def test_delayed_sack_fires_after_200ms_for_a_lone_packet():
     (packet,) = a.packets_to_send(1.0)
     b.receive_packet(packet, 1.0)
     assert b.packets_to_send(1.0) == []  # no SACK yet for one in-order packet
-    assert b.get_timer() == pytest.approx(1.2)
-    b.handle_timer(1.2)
+    assert b.next_deadline() == pytest.approx(1.2)
+    b.handle_timeout(1.2)
     (sack,) = b.packets_to_send(1.2)
     assert chunk_types(sack) == ["SackChunk"]
 
@@ -153,8 +153,8 @@ def test_stream_reset_closes_both_directions_and_restarts_ssn():
     for i in range(3):
         a.send(sid, f"before {i}")
     a.close_channel(sid)
-    with pytest.raises(SctpProtocolError):
-        a.send(sid, "after close")
+    # Refused and counted, never raised: nothing is queued on a closing channel.
+    assert a.send(sid, "after close") is False and a.counters.send_no_channel == 1
     # The request waits for the queued messages: they still arrive, then both sides report closed.
     pump(a, b, 0.0)
     b_events = drain(b)
@@ -168,6 +168,23 @@ def test_stream_reset_closes_both_directions_and_restarts_ssn():
     a.send(other, "fresh")
     pump(a, b, 0.0)
     assert MessageReceived(other, "fresh", 51) in drain(b)
+
+
+def test_refused_sends_return_false_and_are_counted():
+    a = SctpAssociation(True, remote_max_message_size=100)
+    b = SctpAssociation(False)
+    a.start(0.0)
+    pump(a, b, 0.0)
+    sid = a.open_channel("x")
+    pump(a, b, 0.0)
+    drain(b)
+    assert a.send(sid + 2, "no such channel") is False
+    assert a.send(sid, b"x" * 101) is False  # over the peer's a=max-message-size
+    assert (a.counters.send_no_channel, a.counters.send_too_large) == (1, 1)
+    assert a.buffered_amount == 0 and a.packets_to_send(0.0) == []
+    assert a.send(sid, b"x" * 100) is True
+    pump(a, b, 0.0)
+    assert drain(b) == [MessageReceived(sid, b"x" * 100, 53)]
 
 
 def test_peer_close_is_followed_by_our_reset():
@@ -202,8 +219,8 @@ def test_reset_request_waits_for_missing_data_with_in_progress():
     assert drain(b) == []
     # Retransmissions complete the data and then the reset.
     for t in (3.0, 6.0, 12.0):
-        a.handle_timer(t)
-        b.handle_timer(t)
+        a.handle_timeout(t)
+        b.handle_timeout(t)
         pump(a, b, t)
     events = drain(b)
     assert MessageReceived(sid, "in flight", 51) in events and ChannelClosed(sid) in events
@@ -221,8 +238,8 @@ def test_timed_channel_drops_expired_messages_without_retransmitting():
     a.send(sid, "arrives", now=1.0)
     pump(a, b, 1.0)
     for t in (2.0, 4.0, 8.0):
-        a.handle_timer(t)
-        b.handle_timer(t)
+        a.handle_timeout(t)
+        b.handle_timeout(t)
         pump(a, b, t)
     assert [e.data for e in drain(b) if isinstance(e, MessageReceived)] == ["arrives"]
     assert a.counters.chunks_retransmitted == before
@@ -235,7 +252,7 @@ def test_graceful_shutdown_between_our_endpoints_delivers_queued_data_first():
     a.send(sid, b"z" * 20000)
     a.shutdown()
     pump(a, b, 0.0)
-    b.handle_timer(0.2)
+    b.handle_timeout(0.2)
     pump(a, b, 0.2)
     b_events = drain(b)
     assert MessageReceived(sid, b"z" * 20000, 53) in b_events
@@ -253,7 +270,7 @@ def test_abort_is_sent_and_handled():
     assert drain(a) == [ChannelClosed(sid), AssociationClosed("going away")]
     pump(a, b, 0.0)
     assert drain(b) == [ChannelClosed(sid), AssociationClosed("aborted by peer")]
-    assert b.get_timer() is None
+    assert b.next_deadline() is None
 
 
 def test_negotiated_stream_counts_bound_channel_ids_and_inbound_streams():
@@ -281,7 +298,7 @@ def test_negotiated_stream_counts_bound_channel_ids_and_inbound_streams():
     # DATA on stream 2 is outside the peer's 2 outbound streams: dropped, counted, still acknowledged.
     bad = c.DataChunk(c.FLAG_BEGIN | c.FLAG_END, peer_tsn, 2, 0, 53, b"nope")
     b.receive_packet(c.serialize_packet(c.Packet(5000, 5000, ack_chunk.initiate_tag, [bad])), 0.1)
-    b.handle_timer(0.3)
+    b.handle_timeout(0.3)
     sacks = [ch for p in b.packets_to_send(0.3) for ch in c.parse_packet(p).chunks if isinstance(ch, c.SackChunk)]
     assert sacks and sacks[-1].cumulative_tsn == peer_tsn
     assert b.counters.invalid_stream == 1
@@ -312,7 +329,7 @@ def test_rto_follows_rfc_9260_formulas_and_t3_backs_off():
     sent = a.packets_to_send(11.0)
     first_tsn = next(ch.tsn for p in sent for ch in c.parse_packet(p).chunks if isinstance(ch, c.DataChunk))
     rto_before = a.rto
-    a.handle_timer(a.get_timer())
+    a.handle_timeout(a.next_deadline())
     assert a.rto == pytest.approx(min(10.0, 2 * rto_before))
     assert a.cwnd == 1200 and a.counters.t3_expirations == 1
     (again,) = a.packets_to_send(13.0)

@@ -35,16 +35,16 @@ def simulate(a, b, rng, loss, duplicate, jitter, until, horizon=3000.0):
                 events[id(x)].append(event)
         if until(events[id(a)], events[id(b)]):
             return now, events[id(a)], events[id(b)]
-        timers = [t for t in (a.get_timer(), b.get_timer()) if t is not None]
+        timers = [t for t in (a.next_deadline(), b.next_deadline()) if t is not None]
         next_time = min([queue[0][0]] + timers if queue else timers or [now + 1.0])
         now = max(now, next_time)
         while queue and queue[0][0] <= now:
             _, _, dest, packet = heapq.heappop(queue)
             dest.receive_packet(packet, now)
         for x in (a, b):
-            timer = x.get_timer()
+            timer = x.next_deadline()
             if timer is not None and timer <= now:
-                x.handle_timer(now)
+                x.handle_timeout(now)
     raise AssertionError(f"not done after {horizon} simulated seconds")
 
 

@@ -44,7 +44,7 @@ class Endpoint:
     async def run(self, nursery: trio.Nursery) -> None:
         assoc = self.assoc
         while True:
-            deadline = assoc.get_timer()
+            deadline = assoc.next_deadline()
             with trio.move_on_at(math.inf if deadline is None else deadline):
                 item = await self.inbox_recv.receive()
                 while True:
@@ -55,9 +55,9 @@ class Endpoint:
                     except trio.WouldBlock:
                         break
             now = trio.current_time()
-            timer = assoc.get_timer()
+            timer = assoc.next_deadline()
             if timer is not None and timer <= now:
-                assoc.handle_timer(now)
+                assoc.handle_timeout(now)
             for packet in assoc.packets_to_send(now):
                 if self.rng.random() >= self.link_loss:
                     nursery.start_soon(self._deliver_later, packet)

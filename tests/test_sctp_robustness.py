@@ -46,7 +46,7 @@ def _established_pair():
 def _exchange_works(a, b, sid, now, text):
     a.send(sid, text)
     _pump(a, b, now)
-    b.handle_timer(now + 1)
+    b.handle_timeout(now + 1)
     _pump(a, b, now + 1)
     return [e for e in _drain(b) if isinstance(e, MessageReceived)] == [MessageReceived(sid, text, 51)]
 
@@ -90,7 +90,7 @@ def test_well_formed_but_hostile_chunks_never_raise(chunk_list, right_tag):
     a, b, sid = _established_pair()
     tag = b._local_tag if right_tag else 0
     b.receive_packet(c.serialize_packet(c.Packet(5000, 5000, tag, chunk_list)), 1.0)
-    b.handle_timer(5.0)
+    b.handle_timeout(5.0)
     b.packets_to_send(5.0)
     events = _drain(b)
     if b.state is AssociationState.ESTABLISHED:

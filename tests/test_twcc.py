@@ -19,7 +19,7 @@ from rtp.twcc import MAX_STATUS_PER_FEEDBACK, TransportFeedbackRecorder
 
 def reports(recorder: TransportFeedbackRecorder, now: float) -> list[TransportCc]:
     out = []
-    for data in recorder.feedback(now):
+    for data in recorder.packets_to_send(now):
         (packet,) = parse_rtcp(data)
         assert isinstance(packet, TransportCc)
         out.append(packet)
@@ -43,7 +43,7 @@ def check(sent: dict[int, float], got: list[TransportCc]) -> dict[int, bool]:
 
 def test_arrivals_and_losses_come_back_as_they_happened() -> None:
     recorder = TransportFeedbackRecorder(sender_ssrc=1)
-    assert recorder.get_timer() is None and recorder.feedback(5.0) == []
+    assert recorder.next_deadline() is None and recorder.packets_to_send(5.0) == []
     arrivals = {}
     t = 100.0
     for seq in range(65500, 65536 + 40):  # across the 16-bit wrap
@@ -54,15 +54,15 @@ def test_arrivals_and_losses_come_back_as_they_happened() -> None:
         recorder.record(seq & 0xFFFF, 0xABC, t)
         if len(arrivals) == 1:
             first = t
-            assert recorder.get_timer() == first + recorder.interval
-            assert recorder.feedback(first + recorder.interval / 2) == []  # not due yet
-    assert recorder.get_timer() == first + recorder.interval
+            assert recorder.next_deadline() == first + recorder.interval
+            assert recorder.packets_to_send(first + recorder.interval / 2) == []  # not due yet
+    assert recorder.next_deadline() == first + recorder.interval
     got = reports(recorder, t + 0.1)
     seen = check(arrivals, got)
     assert [s for s, ok in seen.items() if ok] == list(arrivals)
     assert [s for s, ok in seen.items() if not ok] == [s & 0xFFFF for s in range(65500, 65576) if s % 7 == 3]
     assert all(r.media_ssrc == 0xABC and r.sender_ssrc == 1 for r in got)
-    assert recorder.get_timer() is None  # nothing left to report
+    assert recorder.next_deadline() is None  # nothing left to report
 
 
 def test_reordered_and_late_packets() -> None:
@@ -75,7 +75,7 @@ def test_reordered_and_late_packets() -> None:
     deltas = [s.delta_us for s in got[0].statuses()]
     assert deltas[1] == 4000 and deltas[2] == -2000  # negative deltas for the reordered one
     recorder.record(9, 5, 1.3)  # after its seq was reported: dropped and counted
-    assert recorder.late_dropped == 1 and recorder.get_timer() is None
+    assert recorder.late_dropped == 1 and recorder.next_deadline() is None
 
 
 def test_long_pauses_and_big_bursts_are_split_into_reports() -> None:

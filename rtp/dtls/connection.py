@@ -1,7 +1,7 @@
 """The DTLS 1.2 connection state machine (RFC 6347 over RFC 5246), sans-IO.
 
-Bytes and ``now`` go in (``receive_datagram``, ``handle_timer``); datagrams, events and
-one deadline come out (``datagrams_to_send``, ``next_event``, ``get_timer``).
+Bytes and ``now`` go in (``receive_datagram``, ``handle_timeout``); datagrams, events and
+one deadline come out (``datagrams_to_send``, ``next_event``, ``next_deadline``).
 
 Handshake (both roles; the server always asks for the client's certificate, as WebRTC
 requires mutual authentication by fingerprint):
@@ -162,6 +162,10 @@ class DtlsCounters:
     fragments_dropped: int = 0
     hello_verify_requests_sent: int = 0
     retransmissions: int = 0
+    #: send_application_data refused: the connection is not (or no longer) CONNECTED.
+    send_not_connected: int = 0
+    #: send_application_data refused: more than one record's plaintext (2^14 bytes).
+    send_too_large: int = 0
 
 
 #: A flight entry is (msg_type, message_seq, body, epoch), or None for ChangeCipherSpec. Bodies
@@ -364,13 +368,13 @@ class DtlsConnection:
             self._pending_hello_verify = None
         return out
 
-    def get_timer(self) -> float | None:
+    def next_deadline(self) -> float | None:
         if self.state is not DtlsState.HANDSHAKING:
             return None
         timers = [t for t in (self._retransmit_at, self._deadline) if t is not None]
         return min(timers) if timers else None
 
-    def handle_timer(self, now: float) -> None:
+    def handle_timeout(self, now: float) -> None:
         if self.state is not DtlsState.HANDSHAKING:
             return
         if self._deadline is not None and now >= self._deadline:
@@ -387,18 +391,25 @@ class DtlsConnection:
     def next_event(self) -> DtlsEvent | None:
         return self._events.popleft() if self._events else None
 
-    def send_application_data(self, data: bytes) -> None:
-        """Protect ``data`` as one record in its own datagram."""
+    def send_application_data(self, data: bytes) -> bool:
+        """Protect ``data`` as one record in its own datagram.
+
+        Like every send in ``rtp/``, returns False (and counts why) instead of raising when
+        it cannot: not connected, or more than one record's worth of plaintext.
+        """
         if self.state is not DtlsState.CONNECTED:
-            raise DtlsError(f"cannot send application data in state {self.state.value}")
+            self.counters.send_not_connected += 1
+            return False
         if len(data) > MAX_PLAINTEXT:
-            raise ValueError(f"application data record larger than {MAX_PLAINTEXT} bytes")
+            self.counters.send_too_large += 1
+            return False
         seq = self._write_seq1
         self._write_seq1 = seq + 1
         payload = self._write_cipher.seal(ContentType.APPLICATION_DATA, DTLS_1_2, 1, seq, data)  # type: ignore[union-attr]
         self._outgoing.append(
             encode_record_header(ContentType.APPLICATION_DATA, DTLS_1_2, 1, seq, len(payload)) + payload
         )
+        return True
 
     def close(self) -> None:
         """Send close_notify (if a handshake was under way or done) and stop."""

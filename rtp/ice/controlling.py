@@ -12,7 +12,7 @@ pair every ~5 s (randomised 0.8-1.2), and consent is lost 30 s after the last
 authenticated response. Those checks are also what keeps an ICE-lite peer's
 own consent timer alive.
 
-Timers, all explicit through get_timer()/handle_timer(now):
+Timers, all explicit through next_deadline()/handle_timeout(now):
 
 * pacing: at most one new transaction (check or nomination) per Ta (50 ms);
 * retransmission: RTO = max(500 ms, Ta x active pairs) (RFC 8445 §14.3),
@@ -372,17 +372,16 @@ class IceControllingAgent:
 
     # ----------------------------------------------------------------- outputs and time
 
-    def datagrams_to_send(self, now: float | None = None) -> list[tuple[bytes, Address]]:
-        """Drain queued datagrams; with ``now``, first start any check that is due."""
-        if now is not None:
-            self.handle_timer(now)
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Address]]:
+        """Drain queued datagrams. Checks that are due are started by :meth:`handle_timeout`
+        (at :meth:`next_deadline`), never here: draining output has no side effects."""
         out, self._outbox = self._outbox, []
         return out
 
     def next_event(self) -> IceEvent | None:
         return self._events.popleft() if self._events else None
 
-    def get_timer(self) -> float | None:
+    def next_deadline(self) -> float | None:
         if self.state is IceControllingState.CHECKING:
             deadlines = [self._connect_deadline]
             if self._has_paced_work():
@@ -394,7 +393,7 @@ class IceControllingAgent:
         deadlines.extend(tx.deadline for tx in self._transactions.values())
         return min(deadlines)
 
-    def handle_timer(self, now: float) -> None:
+    def handle_timeout(self, now: float) -> None:
         if now < self._now:
             now = self._now  # never go backwards; a stale call just re-checks due work
         self._now = now

@@ -245,28 +245,30 @@ class IceLiteAgent:
 
     # ----------------------------------------------------------------- outputs and time
 
-    def datagrams_to_send(self) -> list[tuple[bytes, Address]]:
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Address]]:
+        """Drain the queued answers. ``now`` is unused: a lite agent only ever answers, but it
+        takes the argument every ``*_to_send`` in ``rtp/`` takes."""
         out, self._outbox = self._outbox, []
         return out
 
     def next_event(self) -> IceEvent | None:
         return self._events.popleft() if self._events else None
 
-    def get_timer(self) -> float | None:
+    def next_deadline(self) -> float | None:
         """When consent of the selected pair runs out, if a pair is selected."""
         if self.state is not IceLiteState.CONNECTED or self._selected is None:
             return None
         return self._valid[self._selected] + CONSENT_TIMEOUT
 
-    def handle_timer(self, now: float) -> None:
+    def handle_timeout(self, now: float) -> None:
         if now < self._now:
             return  # time never goes backwards for us
         self._now = now
-        deadline = self.get_timer()
+        deadline = self.next_deadline()
         if deadline is None or now < deadline:
             return
         lost = self._selected
-        assert lost is not None  # get_timer() returned a deadline, so a pair is selected
+        assert lost is not None  # next_deadline() returned a deadline, so a pair is selected
         self.state = IceLiteState.EXPIRED
         self._selected = None
         self._valid.clear()

@@ -6,7 +6,7 @@ The association eats and produces whole SCTP packets (one per DTLS record):
     assoc.start(now)                        # the DTLS client sends INIT
     assoc.receive_packet(record, now)       # for every DTLS application-data record
     for packet in assoc.packets_to_send(now): dtls.send(packet)
-    assoc.handle_timer(now) once now >= assoc.get_timer()
+    assoc.handle_timeout(now) once now >= assoc.next_deadline()
     while (event := assoc.next_event()) is not None: ...
 
 Channels: ``open_channel`` / ``send`` / ``close_channel``; events in

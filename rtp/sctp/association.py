@@ -1,7 +1,7 @@
 """The SCTP association over DTLS (RFC 8261) with WebRTC data channels on top (RFC 8831/8832).
 
 Sans-IO: whole SCTP packets in (``receive_packet``), whole packets out
-(``packets_to_send``), explicit deadlines (``get_timer``/``handle_timer``),
+(``packets_to_send``), explicit deadlines (``next_deadline``/``handle_timeout``),
 events out (``next_event``). Malformed or unacceptable input is dropped and
 counted in :attr:`SctpAssociation.counters`; nothing but ``rtp.errors``
 subclasses escapes, and only from API misuse.
@@ -115,6 +115,10 @@ class SctpCounters:
     messages_received: int = 0
     malformed_messages: int = 0
     invalid_stream: int = 0
+    #: send() refused: no channel on that stream, or it is closing.
+    send_no_channel: int = 0
+    #: send() refused: larger than the peer's a=max-message-size.
+    send_too_large: int = 0
 
 
 @attrs.define(slots=True, eq=False)
@@ -270,7 +274,7 @@ class SctpAssociation:
     def next_event(self) -> Optional[Event]:
         return self._events.popleft() if self._events else None
 
-    def get_timer(self) -> Optional[float]:
+    def next_deadline(self) -> Optional[float]:
         deadlines = [
             t
             for t in (self._t1_at, self._t2_at, self._t3_at, self._delayed_sack_at, self._reconfig_at)
@@ -307,8 +311,9 @@ class SctpAssociation:
         self._queue_message(stream_id, Ppid.DCEP, open_msg.serialize(), True, None, None, 0.0)
         return stream_id
 
-    def send(self, stream_id: int, data: Union[bytes, str], now: Optional[float] = None) -> None:
-        """Queue one message on an open (or opening) channel.
+    def send(self, stream_id: int, data: Union[bytes, str], now: Optional[float] = None) -> bool:
+        """Queue one message on an open (or opening) channel; False (counted) when refused:
+        no such channel, a closing one, or a message over the peer's max-message-size.
 
         ``now`` starts the lifetime clock of a timed channel; by default the latest
         time the association was given.
@@ -317,7 +322,8 @@ class SctpAssociation:
             now = self._now
         channel = self._channels.get(stream_id)
         if channel is None or channel.state is ChannelState.CLOSING:
-            raise SctpProtocolError(f"no open channel on stream {stream_id}")
+            self.counters.send_no_channel += 1
+            return False
         if isinstance(data, str):
             payload = data.encode("utf-8")
             ppid = Ppid.STRING if payload else Ppid.STRING_EMPTY
@@ -328,12 +334,14 @@ class SctpAssociation:
             # RFC 8831 §6.6: an empty message is sent as one zero byte with the *_EMPTY PPID.
             payload = b"\x00"
         if self.remote_max_message_size and len(payload) > self.remote_max_message_size:
-            raise SctpProtocolError("message larger than the peer's max-message-size")
+            self.counters.send_too_large += 1
+            return False
         # RFC 8832 §6: until the ACK arrives, messages go ordered so they cannot overtake the OPEN.
         ordered = channel.ordered or channel.state is ChannelState.CONNECTING
         rel = channel.reliability
         expiry = None if rel.max_packet_lifetime is None else now + rel.max_packet_lifetime / 1000
         self._queue_message(stream_id, ppid, payload, ordered, rel.max_retransmits, expiry, now)
+        return True
 
     def close_channel(self, stream_id: int) -> None:
         """Reset our outgoing stream (RFC 8831 §6.7); ChannelClosed follows once both sides reset."""
@@ -1073,7 +1081,7 @@ class SctpAssociation:
 
     # ------------------------------------------------------------ timers
 
-    def handle_timer(self, now: float) -> None:
+    def handle_timeout(self, now: float) -> None:
         self._now = max(self._now, now)
         if self._t1_at is not None and now >= self._t1_at:
             self._t1_count += 1

@@ -214,7 +214,7 @@ class ClientPeerConnection:
                 self._drain_events()
                 self.flush()
                 transport = self.transport
-                deadline = transport.get_timer() if transport is not None else None
+                deadline = transport.next_deadline() if transport is not None else None
                 with trio.CancelScope(deadline=math.inf if deadline is None else deadline) as scope:
                     self._wait_scope = scope
                     await trio.lowlevel.wait_readable(sock)
@@ -222,9 +222,9 @@ class ClientPeerConnection:
                 transport = self.transport
                 if transport is not None:
                     now = trio.current_time()
-                    due = transport.get_timer()
+                    due = transport.next_deadline()
                     if due is not None and now >= due:
-                        transport.handle_timer(now)
+                        transport.handle_timeout(now)
                 handled = 0
                 continue
             except OSError:

@@ -179,7 +179,7 @@ class RelayTap:
             return True  # one layer crosses the link (the receiving node sees one stream)
         return self.link.send(pb.RelayMessage(rtp=pb.RelayRtp(room=self.room, track_id=self.track_id, packet=bytes(packet))))
 
-    def get_timer(self) -> Optional[float]:
+    def next_deadline(self) -> Optional[float]:
         return None
 
 

@@ -632,7 +632,7 @@ class DownTrack:
 
     # --- SR ---
 
-    def get_timer(self) -> Optional[float]:
+    def next_deadline(self) -> Optional[float]:
         return self._next_sr
 
     def sender_report_timestamps(self, now: float) -> Optional[tuple[int, int]]:

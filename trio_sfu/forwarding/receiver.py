@@ -8,7 +8,7 @@ publisher through the injected ``send_rtcp``, remembers the publisher's SRs,
 and hands every packet to the down tracks with plain calls.
 
 No trio here: ``now`` (seconds, any monotonic origin) comes in with every call,
-and the owner drives :meth:`poll_rtcp` at :meth:`get_timer`.
+and the owner drives :meth:`poll_rtcp` at :meth:`next_deadline`.
 """
 
 from __future__ import annotations
@@ -459,7 +459,7 @@ class TrackReceiver:
     def _nack_interval(self) -> float:
         return max(0.02, self.rtt * 1.2)
 
-    def get_timer(self) -> Optional[float]:
+    def next_deadline(self) -> Optional[float]:
         if self.state is not ReceiverState.OPEN:
             return None
         deadline = self._next_rr

@@ -37,7 +37,6 @@ from rtp.sctp import (
     ChannelOpened,
     MessageReceived,
     SctpAssociation,
-    SctpProtocolError,
 )
 
 from trio_sfu import metrics as m
@@ -171,12 +170,12 @@ class DataTransport:
     def next_deadline(self) -> Optional[float]:
         if not self.started or self.closed:
             return None
-        return self.association.get_timer()
+        return self.association.next_deadline()
 
     def handle_timeout(self, now: float) -> None:
         t = self.next_deadline()
         if t is not None and t <= now:
-            self.association.handle_timer(now)
+            self.association.handle_timeout(now)
             self.pump(now)
 
     def pump(self, now: float) -> None:
@@ -219,7 +218,7 @@ class DataTransport:
             for packet in packets:
                 send(packet)
             self._flush(now)
-        self.owner.wake(self.association.get_timer())
+        self.owner.wake(self.association.next_deadline())
 
     def close(self) -> None:
         """The peer connection is going away; its SCTP counters (malformed packets, retransmits,
@@ -252,9 +251,7 @@ class DataTransport:
                     return False
                 self._close_overflowing(stream)
                 return False
-        try:
-            self.association.send(stream, payload, now)
-        except SctpProtocolError:
+        if not self.association.send(stream, payload, now):
             # Larger than the receiver's max-message-size, or the channel is going away.
             metrics.inc(DATA_TOO_LARGE if size > self.association.remote_max_message_size > 0
                         else DATA_RELIABLE_DROPPED if kind is DataKind.RELIABLE else DATA_LOSSY_DROPPED)

@@ -283,7 +283,7 @@ class PublisherMedia:
         if not track.published and not self.closed:
             self.room_media.publish(track)
         # A loss just noticed schedules a NACK sooner than the loop would wake.
-        self._wake_by(receiver.get_timer())
+        self._wake_by(receiver.next_deadline())
 
     def _record_twcc(self, packet: bytes, ssrc: int, now: float) -> None:
         try:
@@ -293,10 +293,10 @@ class PublisherMedia:
         if value is None or len(value) < 2:
             return
         twcc = self.twcc
-        due = twcc.get_timer()
+        due = twcc.next_deadline()
         twcc.record((value[0] << 8) | value[1], ssrc, now)
         if due is None:
-            self._wake_by(twcc.get_timer())
+            self._wake_by(twcc.next_deadline())
 
     def on_rtcp(self, packets: Sequence[rtcp.RtcpPacket], now: float) -> None:
         """The publisher's RTCP (its sender reports, our NACK/PLI answered...) to every receiver."""
@@ -306,16 +306,16 @@ class PublisherMedia:
     # ---- Timed (trio_sfu.media.timers): uplink RTCP we owe ---------------------------------
 
     def next_deadline(self) -> Optional[float]:
-        deadline = self.twcc.get_timer()
+        deadline = self.twcc.next_deadline()
         for track in self.tracks_by_mid.values():
-            t = track.receiver.get_timer()
+            t = track.receiver.next_deadline()
             if t is not None and (deadline is None or t < deadline):
                 deadline = t
         return deadline
 
     def handle_timeout(self, now: float) -> None:
         """Transport-wide CC feedback, then each receiver's NACKs and receiver reports."""
-        for report in self.twcc.feedback(now):
+        for report in self.twcc.packets_to_send(now):
             self._transports.send_publisher_rtcp(report)
         for track in list(self.tracks_by_mid.values()):
             track.receiver.poll_rtcp(now)

@@ -90,7 +90,7 @@ class ParticipantSubscriber(SubscriberEndpoint):
                 publisher.participant.send(rtc.SignalResponse(track_subscribed=rtc.TrackSubscribed(track_sid=source.track_id)))
         if not down.disabled:
             source.receiver.request_keyframe(down.target_layer, now)
-        owner.wake_by(down.get_timer())
+        owner.wake_by(down.next_deadline())
 
     def down_track_stopped(self, down: DownTrack) -> None:
         m.fold_counters(self._owner.metrics, "media_downtrack", down.counters)
@@ -287,7 +287,7 @@ class SubscriberMedia:
     def next_deadline(self) -> Optional[float]:
         deadline = None
         for down in self.down_tracks():
-            t = down.get_timer()
+            t = down.next_deadline()
             if t is not None and (deadline is None or t < deadline):
                 deadline = t
         return deadline

@@ -95,7 +95,7 @@ class TransportEndpoint:
         self.pump(now)
         if not data or not 127 < data[0] < 192:
             # Handshake traffic can move the transport's deadline earlier; media never does.
-            self._wake_by(transport.get_timer())
+            self._wake_by(transport.next_deadline())
 
     def pump(self, now: float) -> None:
         transport = self.transport
@@ -169,12 +169,12 @@ class TransportEndpoint:
     # ---- Timed (trio_sfu.media.timers) ------------------------------------------------------
 
     def next_deadline(self) -> Optional[float]:
-        return self.transport.get_timer()
+        return self.transport.next_deadline()
 
     def handle_timeout(self, now: float) -> None:
-        t = self.transport.get_timer()
+        t = self.transport.next_deadline()
         if t is not None and t <= now:
-            self.transport.handle_timer(now)
+            self.transport.handle_timeout(now)
             self.pump(now)
 
     def close(self, now: float) -> None:
@@ -237,7 +237,7 @@ class ParticipantTransports:
         endpoint = TransportEndpoint(name, transport, mux, on_rtp=on_rtp, on_rtcp=on_rtcp, on_connected=on_connected,
                                      wake_by=self._wake_by, metrics=self._metrics, log=self._log)
         mux.register(endpoint)
-        self._wake_by(transport.get_timer())
+        self._wake_by(transport.next_deadline())
         return endpoint
 
     def candidate_trickles(self, target: int, mid: str) -> list[rtc.SignalResponse]:
