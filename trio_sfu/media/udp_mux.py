@@ -11,13 +11,19 @@ The reader follows the fast path measured in feasibility-probes.md §6: a raw no
 `CHECKPOINT_EVERY` datagrams so a flood cannot starve the rest of the server. Sends are
 non-blocking `sendto`; a full socket buffer drops the datagram (media is loss tolerant, and an
 awaited send per packet would cost 3x) and counts it.
+
+The socket is a `DatagramSocket`: the kernel's (`UdpSocket`, whose methods are the socket's own,
+so the hot path pays nothing for the indirection) or an in-memory network's
+(`trio_sfu.testing.memory_network`), which lets whole servers and clients run under Trio's
+`MockClock` with no real-time wait anywhere on the media path.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import socket
-from typing import Iterable, Protocol
+from typing import Callable, Iterable, Protocol
 
 import trio
 
@@ -44,6 +50,67 @@ _log = get_logger("trio_sfu.media.udp_mux")
 _WOULD_BLOCK = (BlockingIOError, InterruptedError)
 
 
+class DatagramSocket(Protocol):
+    """A bound, non-blocking datagram socket: the subset of `socket.socket` the mux and our
+    client use, plus an awaitable `wait_readable`."""
+
+    def recvfrom_into(self, buffer: bytearray) -> tuple[int, Address]:
+        """One queued datagram into `buffer`; raises BlockingIOError when none is queued."""
+
+    def recvfrom(self, bufsize: int) -> tuple[bytes, Address]:
+        """One queued datagram; raises BlockingIOError when none is queued."""
+
+    def sendto(self, data: bytes, addr: Address) -> int:
+        """Send without blocking; raises BlockingIOError when the send buffer is full and
+        OSError (EBADF) once closed."""
+
+    def getsockname(self) -> Address: ...
+
+    async def wait_readable(self) -> None:
+        """Until a datagram is queued (a checkpoint even when one already is)."""
+
+    def close(self) -> None: ...
+
+
+#: Binds a DatagramSocket at (host, port); port 0 picks a free one.
+BindDatagram = Callable[[str, int], DatagramSocket]
+
+
+class UdpSocket:
+    """A DatagramSocket on the kernel's UDP."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self._sock = sock
+        # The socket's own bound methods, not wrappers: the media path pays no extra call.
+        self.recvfrom_into = sock.recvfrom_into
+        self.recvfrom = sock.recvfrom
+        self.sendto = sock.sendto
+        self.getsockname = sock.getsockname
+        self.fileno = sock.fileno
+
+    @classmethod
+    def bind(cls, host: str, port: int) -> "UdpSocket":
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+                # Capped by net.core.*mem_max; the default still works.
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
+            sock.bind((host, port))
+        except BaseException:
+            sock.close()
+            raise
+        return cls(sock)
+
+    async def wait_readable(self) -> None:
+        await trio.lowlevel.wait_readable(self._sock)
+
+    def close(self) -> None:
+        self._sock.close()
+
+
 class MuxEndpoint(Protocol):
     """What the mux hands datagrams to: a transport plus its owner's synchronous input hook."""
 
@@ -56,8 +123,7 @@ class MuxEndpoint(Protocol):
 class UdpMux:
     """The node's UDP socket, its routing tables and the non-blocking send path."""
 
-    def __init__(self, sock: socket.socket, metrics: m.Metrics) -> None:
-        sock.setblocking(False)
+    def __init__(self, sock: DatagramSocket, metrics: m.Metrics) -> None:
         self.sock = sock
         self.metrics = metrics
         self.by_ufrag: dict[str, MuxEndpoint] = {}
@@ -65,20 +131,8 @@ class UdpMux:
         self._buffer = bytearray(MAX_DATAGRAM)
 
     @classmethod
-    def bind(cls, host: str, port: int, metrics: m.Metrics) -> "UdpMux":
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_DGRAM)
-        try:
-            for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-                try:
-                    sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
-                except OSError:
-                    pass  # capped by net.core.*mem_max; the default still works
-            sock.bind((host, port))
-        except BaseException:
-            sock.close()
-            raise
-        return cls(sock, metrics)
+    def bind(cls, host: str, port: int, metrics: m.Metrics, bind: BindDatagram = UdpSocket.bind) -> "UdpMux":
+        return cls(bind(host, port), metrics)
 
     @property
     def local_address(self) -> Address:
@@ -151,7 +205,7 @@ class UdpMux:
                     if handled >= CHECKPOINT_EVERY:
                         handled = 0
                         await trio.lowlevel.checkpoint()
-                await trio.lowlevel.wait_readable(sock)
+                await sock.wait_readable()
         finally:
             sock.close()
 
