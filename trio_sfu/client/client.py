@@ -335,7 +335,8 @@ class LiveKitClient:
         self.publications: list[LocalPublication] = []
         self.subscriptions: dict[str, RemoteTrack] = {}
         self.errors: list[str] = []
-        #: (track sid, SubscriptionError) of every subscription the server reported failed.
+        #: (track sid, SubscriptionError) of every subscription the server reported failed
+        #: (`subscription_response`).
         self.subscription_failures: list[tuple[str, int]] = []
         self.rtt_ms: float | None = None
         self.pongs = 0
@@ -888,11 +889,10 @@ class LiveKitClient:
         elif kind == "request_response":
             self._handle_request_response(response.request_response)
         elif kind == "subscription_response":
+            # Sent only for a subscription the server gave up on (SE_UNKNOWN is 0, still a failure);
+            # an answer about a request, kept apart from `errors` (livekit-client emits an event).
             failure = response.subscription_response
-            if failure.err:
-                self.subscription_failures.append((failure.track_sid, failure.err))
-                self._error(f"subscription to {failure.track_sid} failed: "
-                            f"{_enum_name(models.SubscriptionError, failure.err)}")
+            self.subscription_failures.append((failure.track_sid, failure.err))
 
     def _on_server_leave(self, leave: rtc.LeaveRequest) -> None:
         self.leave_reason = _enum_name(models.DisconnectReason, leave.reason)

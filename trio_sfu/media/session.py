@@ -24,7 +24,7 @@ import json
 import math
 import secrets
 import time
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import attrs
 import trio
@@ -65,8 +65,18 @@ from trio_sfu.log import get_logger
 from trio_sfu.signal.media_port import MediaContext
 from trio_sfu.cluster.node_relay import MigrationSync
 from trio_sfu.forwarding import DownTrack, PublishedLayer, TrackReceiver, select_target_layer
-from trio_sfu.media.udp_mux import UdpMux, advertised_ip, host_candidate
-from trio_sfu.tracks import SourceOrigin, TrackManager, TrackSource
+from trio_sfu.media.udp_mux import BindDatagram, UdpMux, UdpSocket, advertised_ip, host_candidate
+from trio_sfu.tracks import (
+    FifoHead,
+    RecordedAtClosing,
+    ResolutionPolicy,
+    ResumeFlagPolicy,
+    Seam,
+    SourceOrigin,
+    TrackManager,
+    TrackSource,
+    no_seam,
+)
 from trio_sfu.tracks.subscriber import Binding, NoAnswerError, SubscriberEndpoint
 from trio_sfu.tracks.subscription_manager import RECONCILE_ALL, SubscriptionManager
 
@@ -115,12 +125,22 @@ def fold_counters(metrics: m.Metrics, prefix: str, counters: object) -> None:
 class MediaService:
     """Per server: the UDP mux, the DTLS certificate, the advertised candidate, rooms' media."""
 
-    def __init__(self, config: "ServerConfig", metrics: m.Metrics) -> None:
+    def __init__(self, config: "ServerConfig", metrics: m.Metrics, *,
+                 certificate: Optional[DtlsCertificate] = None) -> None:
         self.config = config
         self.metrics = metrics
-        # One certificate per server start; trio_sfu may read the wall clock, rtp/ may not.
-        self.certificate = DtlsCertificate.generate(datetime.datetime.now(datetime.timezone.utc))
+        # One certificate per server start unless given; trio_sfu may read the wall clock, rtp/ may not.
+        self.certificate = certificate or DtlsCertificate.generate(datetime.datetime.now(datetime.timezone.utc))
         self.fingerprints = (Fingerprint("sha-256", self.certificate.fingerprint()),)
+        # Where the media socket comes from: the kernel's UDP, or an in-memory network in tests.
+        self.bind_datagram: BindDatagram = UdpSocket.bind
+        # The rules rooms resolve track ids by and sources fix expected-to-resume by; tests put
+        # the pre-fix rules (NewestWins, ReadAtRemoval) here to show the race tests catch them.
+        self.resolution: Callable[[], ResolutionPolicy] = FifoHead
+        self.resume_policy: Callable[[], ResumeFlagPolicy] = RecordedAtClosing
+        # Awaited at the subscription managers' interleaving points ("sub.bound", "sub.post_check");
+        # a no-op that never yields unless a test orders interleavings there.
+        self.seam: Seam = no_seam
         self.mux: Optional[UdpMux] = None
         self.candidates: tuple[str, ...] = ()
         self.rooms: dict[str, RoomMedia] = {}  # by room sid
@@ -144,7 +164,7 @@ class MediaService:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         host = self._bind_host()
-        self.mux = UdpMux.bind(host, self.config.rtc.udp_port, self.metrics)
+        self.mux = UdpMux.bind(host, self.config.rtc.udp_port, self.metrics, self.bind_datagram)
         ip = advertised_ip(host, self.config.rtc.node_ip)
         port = self.mux.local_address[1]
         self.candidates = (host_candidate(ip, port),)
@@ -221,7 +241,7 @@ class RoomMedia:
         self.service = service
         self.name = name
         self.sid = sid
-        self.track_manager = TrackManager()
+        self.track_manager = TrackManager(service.resolution())
         self.sessions: dict[str, ParticipantMedia] = {}
         # Track ids unpublished for good (no resume): nobody wants them any more. Track sids are
         # never reused by a new publication, so this only grows with the room's publications.
@@ -241,7 +261,7 @@ class RoomMedia:
         track.published = True
         source = TrackSource(track.sid, SourceOrigin.LOCAL, "local", track.receiver, kind=track.kind,
                              publisher_id=track.publisher_sid, stream_id=track.stream_id, codecs=track.codecs,
-                             extensions=dict(track.extensions))
+                             extensions=dict(track.extensions), resume_policy=self.service.resume_policy())
         track.source = source
         self.track_manager.add(source)
         self.service.metrics.inc(MEDIA_TRACKS_PUBLISHED)
@@ -395,7 +415,7 @@ class ParticipantMedia:
         self.manager = SubscriptionManager(
             self.endpoint, self.room_media.track_manager, report=self._subscription_failed,
             reconcile_interval=service.reconcile_interval, not_found_timeout=service.not_found_timeout,
-            wallclock_offset=self._wallclock_offset, log=self.log)
+            wallclock_offset=self._wallclock_offset, log=self.log, hook=self._subscription_seam)
         self._offer_id = 0
         self._pending_answer: Optional[_PendingAnswer] = None
         # Tracks reported not found: no longer wanted until the client asks again.
@@ -418,6 +438,9 @@ class ParticipantMedia:
             failed = self.endpoint.restore_migrated(migrated.transceivers, migrated.kinds, migrated.layout)
             if failed:
                 self.log.warning("m-lines not reproduced after migration", kv={"tracks": ",".join(failed)})
+
+    async def _subscription_seam(self, seam: str, track_id: str) -> None:
+        await self.service.seam(f"sub.{seam}", {"participant": self.sid, "track": track_id})
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The session's life, in the participant's nursery: it joins the room's media, then
