@@ -128,7 +128,7 @@ def _valid_messages() -> list[bytes]:
         pb.RelayMessage(migrate=pb.MigrateParticipant(
             room=ROOM, participant_id="PA_m", participant_info=info.SerializeToString(), subscriptions=["TR_t"],
             published=[spec], transceivers=[pb.SubscribedTransceiver(
-                track_id="TR_t", mid="1", ssrc=9, kind="audio",
+                track_id="TR_t", mid="1", ssrc=9, kind="audio", stream_id="PA_p|microphone",
                 down=pb.DownTrackState(last_sequence=70000))])),
         pb.RelayMessage(migrate_cancel=pb.MigrateCancel(room=ROOM, participant_id="PA_m")),
         pb.RelayMessage(track_migrated=pb.TrackMigrated(room=ROOM, track_id="TR_t")),

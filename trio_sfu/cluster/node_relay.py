@@ -477,7 +477,8 @@ class NodeRelay:
                                    for t, mid, ssrc, layer, rtx in sync.publisher_streams])
             for entry in sync.transceivers:
                 st = pb.SubscribedTransceiver(track_id=entry.track_id, mid=entry.mid, ssrc=entry.ssrc or 0,
-                                              rtx_ssrc=entry.rtx_ssrc or 0, kind=sync.kinds[entry.track_id].value)
+                                              rtx_ssrc=entry.rtx_ssrc or 0, kind=sync.kinds[entry.track_id].value,
+                                              stream_id=entry.stream_id or "")
                 if entry.snapshot is not None:
                     st.down.CopyFrom(snapshot_to_proto(entry.snapshot))
                 state.transceivers.append(st)

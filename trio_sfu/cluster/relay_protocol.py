@@ -110,7 +110,7 @@ def migrated_transceivers(body: pb.MigrateParticipant) -> tuple[list[MigratedTra
         if kinds[t.track_id] is MediaKind.APPLICATION or not t.mid or t.ssrc == 0:
             return f"unusable transceiver for {t.track_id}"
         snapshot = snapshot_from_proto(t.down) if t.HasField("down") else None
-        entries.append(MigratedTransceiver(t.track_id, t.mid, t.ssrc, t.rtx_ssrc or None, snapshot))
+        entries.append(MigratedTransceiver(t.track_id, t.mid, t.ssrc, t.rtx_ssrc or None, snapshot, t.stream_id or None))
     return entries, kinds
 
 
