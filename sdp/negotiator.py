@@ -392,18 +392,27 @@ class SubscriberOffer:
             a += _transport_attributes(self.local, SetupRole.ACTPASS)
             a.append(Mid(t.mid))
             a += [Extmap(i, uri) for i, uri in SUBSCRIBER_EXTENSIONS[t.kind]]
-            a.append(flag(t.direction.value))
+            # What the line sends: its track, or the track a cache entry holds it for (offered
+            # as the peer last saw it, so an expected resume needs no change on its side).
+            sending: tuple[str | None, str | None, int | None, int | None] = (None, None, None, None)
             if t.state is TransceiverState.ACTIVE:
-                a.append(Msid(t.stream_id, t.track_id))
+                sending = (t.stream_id, t.track_id, t.ssrc, t.rtx_ssrc)
+            elif (held := self.table.held(t)) is not None:
+                track_id, entry = held
+                sending = (entry.stream_id, track_id, entry.ssrc, entry.rtx_ssrc)
+            stream_id, track_id, ssrc, rtx_ssrc = sending
+            a.append(flag((Direction.SENDONLY if track_id is not None else t.direction).value))
+            if track_id is not None:
+                a.append(Msid(stream_id, track_id))
             a += [flag("rtcp-mux"), flag("rtcp-rsize")]
             a += _codec_attributes(t.codecs)
-            if t.state is TransceiverState.ACTIVE and t.ssrc is not None:
-                ssrcs = [t.ssrc] + ([t.rtx_ssrc] if t.rtx_ssrc is not None else [])
+            if track_id is not None and ssrc is not None:
+                ssrcs = [ssrc] + ([rtx_ssrc] if rtx_ssrc is not None else [])
                 if len(ssrcs) == 2:
                     a.append(SsrcGroup("FID", tuple(ssrcs)))
                 for s in ssrcs:
                     a.append(Ssrc(s, "cname", self.cname))
-                    a.append(Ssrc(s, "msid", f"{t.stream_id} {t.track_id}"))
+                    a.append(Ssrc(s, "msid", f"{stream_id} {track_id}"))
         if first:
             section.attributes += _candidate_attributes(self.local)
         return section

@@ -10,6 +10,11 @@ Binding a track looks, in order, for: the transceiver cached for that track id
 (a resumed subscription keeps its mid, SSRCs and payload types), an idle
 transceiver of the same kind, a recyclable slot, and finally appends an m-line.
 
+A cached transceiver *holds* its idle m-line for the track expected back: an offer
+made meanwhile still presents it as the peer last saw it (sendonly, same msid and
+SSRCs), so a resume that happens across another negotiation is invisible to the
+peer (LiveKit never removes the sender of an expected-to-resume subscription).
+
 Invariant, checked on every offer: no two live m-lines carry the same track id.
 """
 
@@ -78,6 +83,8 @@ class CachedTransceiver:
     rtx_ssrc: int | None
     codecs: tuple[Codec, ...]
     negotiated_codecs: tuple[Codec, ...] = ()
+    # The msid stream the peer knows the m-line by (None: unknown, the line is offered inactive).
+    stream_id: str | None = None
 
 
 class TransceiverCache:
@@ -98,6 +105,13 @@ class TransceiverCache:
 
     def peek(self, track_id: str) -> CachedTransceiver | None:
         return self._entries.get(track_id)
+
+    def holding(self, mid: str) -> tuple[str, CachedTransceiver] | None:
+        """The track id whose entry holds ``mid``, and the entry (None if none does)."""
+        for track_id, entry in self._entries.items():
+            if entry.mid == mid:
+                return track_id, entry
+        return None
 
     def discard_mid(self, mid: str) -> None:
         """Forget entries pointing at ``mid`` (it was given to another track or stopped)."""
@@ -246,7 +260,7 @@ class TransceiverTable:
             raise KeyError(track_id)
         if cache:
             self.cache.put(track_id, CachedTransceiver(
-                t.mid, t.kind, t.ssrc, t.rtx_ssrc, t.codecs, t.negotiated_codecs))
+                t.mid, t.kind, t.ssrc, t.rtx_ssrc, t.codecs, t.negotiated_codecs, t.stream_id))
         t.track_id = t.stream_id = None
         t.state = TransceiverState.IDLE
         return t
@@ -263,6 +277,19 @@ class TransceiverTable:
         t.stop_offered = False
         self.cache.discard_mid(mid)
         return t
+
+    def held(self, t: Transceiver) -> tuple[str, CachedTransceiver] | None:
+        """The track an idle m-line is held for and its cache entry, if the entry can be
+        offered as the peer last saw it (same kind, known SSRC and msid stream)."""
+        if t.state is not TransceiverState.IDLE or t.kind is MediaKind.APPLICATION:
+            return None
+        holding = self.cache.holding(t.mid)
+        if holding is None:
+            return None
+        entry = holding[1]
+        if entry.kind is not t.kind or entry.ssrc is None or not entry.stream_id:
+            return None
+        return holding
 
     def mark_offered(self) -> None:
         """Called when an offer is made: stopped m-lines in it are now offered with port 0."""

@@ -1,6 +1,7 @@
 """Shared helpers for the server tests: an in-process server on an ephemeral port, tokens minted
-by livekit-api (an independent producer), a signal client over trio-websocket, and a task-tree
-census that proves nothing the server started outlives its shutdown.
+by livekit-api (an independent producer), a signal client over trio-websocket, a task-tree
+census that proves nothing the server started outlives its shutdown, and real servers linked as
+nodes — over loopback (`media_nodes`) or on an in-memory network under MockClock (`memory_nodes`).
 
 Imported as `from server_fixtures import ...` (pytest puts tests/ on sys.path because tests/ has
 no __init__.py).
@@ -9,8 +10,10 @@ no __init__.py).
 from __future__ import annotations
 
 import contextlib
+import datetime
+import functools
 import os
-from typing import AsyncIterator, Iterable
+from typing import AsyncIterator, Callable, Iterable, Optional
 
 import attrs
 import h11
@@ -19,9 +22,12 @@ import trio_websocket
 from livekit import api
 from livekit.protocol import rtc
 
+from rtp.dtls import DtlsCertificate
+from trio_sfu.client import LiveKitClient
+from trio_sfu.cluster.link import DeliverDelay, in_memory_link_pair
 from trio_sfu.config import RoomConfig, ServerConfig
-from trio_sfu.cluster.node_model import Node
 from trio_sfu.server import Server
+from trio_sfu.testing.memory_network import LinkDelay, MemoryNetwork
 from trio_sfu.tracks import live_sources
 
 API_KEY = "testkey"
@@ -158,23 +164,55 @@ def assert_no_leaks(server: Server, baseline: LeakBaseline, ports: set[int] | No
     assert not sources, f"track sources survived open or with subscribers: {sources}"
 
 
-def assert_nodes_clean(nodes: Iterable[Node], baseline: LeakBaseline) -> None:
-    """After two-node tests stop their nodes: no task they started, no subscriber still
-    registered on a room's sources, no room, no migration in progress, and no track source of
-    theirs left open or holding subscribers or down tracks may survive. The process-wide source
-    registry is asked too, because a source a node dropped from its rooms without closing it is
-    invisible to the node itself."""
-    nodes = list(nodes)
+def relay_leftovers(server: Server) -> list[str]:
+    """What a node's relay still holds of migrations and relayed tracks (empty once it stopped)."""
+    relay = server.relay
+    if relay is None:
+        return []
+    left = []
+    # Private, but exactly what a cancelled or finished migration must not leave behind.
+    for name in ("_out", "_pending_in", "_arriving", "_handed_over"):
+        if getattr(relay, name):
+            left.append(f"migrations survived on {relay.node_id}: {name} {list(getattr(relay, name))}")
+    if relay._remote:
+        left.append(f"remote copies survived on {relay.node_id}: {list(relay._remote)}")
+    if relay._local:
+        left.append(f"relayed local tracks survived on {relay.node_id}: {list(relay._local)}")
+    return left
+
+
+def registered_subscribers(server: Server) -> list[tuple[str, str, str]]:
+    """(room, source, subscriber) for every subscriber a source of the server's rooms lists."""
+    out = []
+    if server.media is not None:
+        for room in server.media.rooms.values():
+            for source in room.track_manager.all_sources():
+                out.extend((room.name, repr(source), sid) for sid in source.subscriber_ids)
+    return out
+
+
+def assert_nodes_clean(servers: Iterable[Server], baseline: LeakBaseline,
+                       network: Optional[MemoryNetwork] = None) -> None:
+    """After linked servers stopped: no task they started, no subscriber registered on a source,
+    no room, no migration or relayed track in their relays, no socket left on the in-memory
+    network, and no track source of theirs left open or holding subscribers or down tracks. The
+    process-wide source registry is asked too, because a source dropped from the rooms without
+    being closed is invisible to the server itself."""
+    servers = list(servers)
     leaked = {t for t in all_tasks() - baseline.tasks if t is not trio.lowlevel.current_task()}
     assert not leaked, f"tasks survived the nodes: {[t.name for t in leaked]}"
-    for node in nodes:
-        subscribers = node.registered_subscribers()
-        assert not subscribers, f"subscribers still registered on {node.node_id}: {subscribers}"
-        assert not node.rooms, f"rooms survived on {node.node_id} (its close() did not run): {list(node.rooms)}"
-        # Private, but it is exactly what a cancelled migration must not leave behind.
-        assert not node._migrations, f"migrations survived on {node.node_id}: {list(node._migrations)}"
-    ids = {node.node_id for node in nodes}
-    sources = [s for s in live_sources() if s not in baseline.sources and s.node_id in ids
+    for server in servers:
+        name = server.relay.node_id if server.relay is not None else "server"
+        subscribers = registered_subscribers(server)
+        assert not subscribers, f"subscribers still registered on {name}: {subscribers}"
+        assert not server.registry.rooms, f"rooms survived on {name}: {list(server.registry.rooms)}"
+        assert server.media is None or not server.media.rooms, f"media rooms survived on {name}"
+        left = relay_leftovers(server)
+        assert not left, "; ".join(left)
+    if network is not None:
+        assert not network._sockets and not network._listeners, (
+            f"sockets survived on the network: {list(network._sockets) + list(network._listeners)}")
+    sources = [s for s in live_sources() if s not in baseline.sources
                and (s.is_open or s.subscriber_ids or s.receiver.down_tracks)]
     assert not sources, f"track sources survived the nodes open or with subscribers: {sources}"
 
@@ -238,6 +276,80 @@ async def media_nodes(*node_ids: str) -> AsyncIterator[list[Server]]:
     for server, server_port_set in zip(servers, ports):
         assert server.shutdown_clean, "rooms and participants did not end by themselves within the grace period"
         assert_no_leaks(server, baseline, server_port_set)
+
+
+@functools.cache
+def shared_certificate() -> DtlsCertificate:
+    """One DTLS certificate for every in-memory node and client of the process (generating one
+    per peer is CPU each schedule of the explorer would pay again)."""
+    return DtlsCertificate.generate(datetime.datetime.now(datetime.timezone.utc))
+
+
+#: The port each in-memory node's URL names: 7880, 7881, ...
+MEMORY_NODE_PORT = 7880
+
+
+class MemoryNodes:
+    """Real servers with media, one per node id, on one in-memory network."""
+
+    def __init__(self, servers: list[Server], network: MemoryNetwork) -> None:
+        self.servers = servers
+        self.network = network
+        self.by_id = {server.relay.node_id: server for server in servers if server.relay is not None}
+
+    def __getitem__(self, node_id: str) -> Server:
+        return self.by_id[node_id]
+
+    def connect(self, identity: str, node: str, room: str = "room1", **options: object):
+        """`LiveKitClient.connect` for `identity` at `node`, over the in-memory network."""
+        options.setdefault("certificate", shared_certificate())
+        return LiveKitClient.connect(self[node].url, mint_token(identity, room=room), bind_host="127.0.0.1",
+                                     connector=self.network.connect, bind_datagram=self.network.bind_datagram,
+                                     **options)  # type: ignore[arg-type]
+
+
+@contextlib.asynccontextmanager
+async def memory_nodes(*node_ids: str, link_delay: Optional[LinkDelay] = None,
+                       relay_delay: Optional[DeliverDelay] = None,
+                       configure: Callable[[Server], None] = lambda server: None) -> AsyncIterator[MemoryNodes]:
+    """`media_nodes` on an in-memory network (trio_sfu.testing.memory_network): signalling over
+    memory streams into each server's HttpFront, media over in-memory datagram sockets, so
+    the whole cluster runs under MockClock. `link_delay` delays or drops datagrams,
+    `relay_delay` runs before a node gets each relay message; `configure` sees each server
+    before it starts. On exit all stop and nothing any of them made may survive."""
+    baseline = leak_baseline()
+    network = MemoryNetwork(link_delay)
+    servers = []
+    for index, node_id in enumerate(node_ids):
+        config = media_config()
+        config.port = MEMORY_NODE_PORT + index
+        listener = network.listen("127.0.0.1", config.port)
+        server = Server(config, enable_media=True, node_id=node_id, listeners=[listener],
+                        dtls_certificate=shared_certificate())
+        assert server.media is not None
+        server.media.bind_datagram = network.bind_datagram
+        configure(server)
+        servers.append(server)
+    for i, a in enumerate(servers):
+        for b in servers[i + 1:]:
+            assert a.relay is not None and b.relay is not None
+            link_a, link_b = in_memory_link_pair(a.relay.node_id, b.relay.node_id, delay_a=relay_delay, delay_b=relay_delay)
+            a.relay.add_link(link_a)
+            b.relay.add_link(link_b)
+    async with trio.open_nursery() as outer:
+        await outer.start(network.run)
+        async with trio.open_nursery() as nursery:
+            for server in servers:
+                await nursery.start(server.run)
+            try:
+                yield MemoryNodes(servers, network)
+            finally:
+                for server in servers:
+                    server.request_shutdown()
+        outer.cancel_scope.cancel()  # the network's delivery task
+    for server in servers:
+        assert server.shutdown_clean, "rooms and participants did not end by themselves within the grace period"
+    assert_nodes_clean(servers, baseline, network)
 
 
 def http_base(server: Server) -> str:

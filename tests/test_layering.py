@@ -34,7 +34,7 @@ RANKS: dict[str, int] = {
     "rtp": 0,
     "proto": 0,
     "sdp": 1,
-    "trio_sfu": 2,  # foundations: trio_sfu/__init__, config, log, metrics
+    "trio_sfu": 2,  # foundations: trio_sfu/__init__, config, log, metrics, datagram
     "trio_sfu.forwarding": 3,
     "trio_sfu.tracks": 4,
     "trio_sfu.signal": 5,

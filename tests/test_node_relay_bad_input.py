@@ -21,7 +21,7 @@ from sdp.model import Codec
 from server_fixtures import media_nodes, mint_token, recv_kind, signal_client
 from trio_sfu.client import LiveKitClient
 from trio_sfu.client.senders import send_synthetic_audio
-from trio_sfu.cluster.node_model import TrackSpec
+from trio_sfu.cluster.relay_protocol import TrackSpec
 
 ROOM = "shared"
 OPUS = Codec(111, "opus", 48000, 2)

@@ -1,80 +1,58 @@
-"""LiveKit's two migration races (docs/seed-races.md), replayed deterministically on two nodes
-under MockClock(autojump_threshold=0) with explicit interleavings at the nodes' seams.
+"""LiveKit's two migration races (docs/seed-races.md), replayed deterministically on two real
+nodes under MockClock(autojump_threshold=0), with explicit interleavings at the servers' seams.
 
-Scenario 1: pA (already migrated to B) is subscribing to pB's track through B's *remote* source
-and is held mid-negotiation; pB migrates to B, so the remote source begins closing; pA's
-subscribe then completes and its post-check finds the source no longer open.
+Scenario 1: pA (already migrated to B) is subscribing to pB's track through B's *remote* copy
+and its answer is held mid-negotiation; pB migrates to B, so the copy begins closing (held
+there); pA's answer arrives, its subscribe completes, and its post-check finds the copy no
+longer open.
 
-Scenario 2: pA is subscribed through the remote source on B; pB migrates, its *local* source
-for the same track id is published on B while the remote source is still closing (held there
-across several reconcile ticks, so pA's subscription is retried meanwhile).
+Scenario 2: pA is subscribed through the remote copy on B; pB migrates, its *local* source for
+the same track id is published on B while the copy is still closing (held there across several
+reconcile ticks, so pA's subscription is retried meanwhile).
 
-Each scenario checks the issue's invariants from the client's side. The same scenarios with the
-pre-fix behaviour substituted (expected-to-resume read at removal time; newest-source-wins
-resolution) are run too, and must fail those invariants — so the checks are not vacuous.
+Each scenario checks the issue's invariants from pA's client: one m-line, one mid and one SSRC for
+the track in every offer, continuous sequence numbers and timestamps, no offer for the
+remote -> local switch, and pA forwarded from pB's local source on B in the end. The same
+scenarios with the pre-fix rule substituted into the real servers (expected-to-resume read at
+removal time; newest-source-wins resolution) are run too, and must fail those invariants — so the
+checks are not vacuous.
 """
 
 from __future__ import annotations
 
-import collections
-
 import trio
+from test_migration_world import RECONCILE, ROOM, Seams, World, two_nodes, until
 
-from test_migration_world import RECONCILE, ROOM, TRACK, World, subscribed_source, two_nodes
-from trio_sfu.tracks import FifoHead, NewestWins, ReadAtRemoval, RecordedAtClosing
-
-
-class Seams:
-    """The node seam: records each seam reached and holds the ones a test asked for."""
-
-    def __init__(self) -> None:
-        self.holds: dict[str, trio.Event] = {}
-        self.reached: collections.defaultdict[str, trio.Event] = collections.defaultdict(trio.Event)
-        self.log: list[tuple[float, str, dict]] = []
-
-    def hold(self, name: str) -> trio.Event:
-        release = self.holds[name] = trio.Event()
-        return release
-
-    async def __call__(self, name: str, context: dict) -> None:
-        self.log.append((trio.current_time(), name, context))
-        self.reached[name].set()
-        release = self.holds.pop(name, None)
-        if release is not None:
-            await release.wait()
-
-
-async def until(predicate, timeout: float = 5.0, step: float = 0.001) -> None:
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(step)
+from trio_sfu.tracks import (
+    FifoHead,
+    NewestWins,
+    ReadAtRemoval,
+    RecordedAtClosing,
+    SourceOrigin,
+    TrackSource,
+)
 
 
 def start_pb_migration(w: World) -> None:
-    """pB's client reconnects to B; its media follows once B has taken the participant."""
+    """pB moves to B: its client follows the leave{RESUME}, its media follows its client."""
     async def migrate() -> None:
-        assert await w.a.migrate(ROOM, "pB", "B")
-
-    async def move_media() -> None:
-        await until(lambda: "pB" in w.b.rooms[ROOM].participants)
-        w.publisher.node = w.b
+        assert await w.a.relay.migrate(ROOM, w.sid("pB"), "B")
 
     w.nursery.start_soon(migrate)
-    w.nursery.start_soon(move_media)
 
 
 def violations(w: World, mid_before: str, ssrc_before: int, offers_on_b: int) -> list[str]:
     """The issue's invariants after both migrations; each broken one is named."""
-    pa = w.clients["pA"]
+    pa = w.observer
     out = []
     if pa.duplicate_track_offers():
         out.append("an offer carried the track on two live m-lines")
-    if any(mid != mid_before for mid in pa.mids_for(TRACK)):
-        out.append(f"track moved to another m-line: {pa.mids_for(TRACK)} (was {mid_before})")
+    if any(mid != mid_before for mid in pa.mids_for(w.track)):
+        out.append(f"track moved to another m-line: {pa.mids_for(w.track)} (was {mid_before})")
     if len(pa.offers) != offers_on_b:
         out.append(f"renegotiated: {len(pa.offers) - offers_on_b} more offer(s)")
-    src = subscribed_source(w, "B", "pA")
-    if src is None or src.origin.value != "local":
+    src = w.subscribed_source("B", "pA")
+    if src is None or src.origin is not SourceOrigin.LOCAL:
         out.append(f"pA is not forwarding from pB's local track on B: {src}")
     ssrcs = {r.ssrc for r in pa.received}
     if ssrcs != {ssrc_before}:
@@ -83,58 +61,65 @@ def violations(w: World, mid_before: str, ssrc_before: int, offers_on_b: int) ->
         out.append(f"numbering not continuous: {pa.discontinuities()[:3]}")
     if w.closed_with_subscribers():
         out.append(f"subscribers left on closed sources: {w.closed_with_subscribers()}")
-    for node in (w.a, w.b):
-        for room, source, sub in node.registered_subscribers():
-            if "open" not in source:
-                out.append(f"{sub} still registered on {source}")
-    if pa.responses:
-        out.append(f"subscription errors reported: {pa.responses}")
+    out.extend(w.subscribers_on_sources_not_open())
+    failures = w.clients["pA"].subscription_failures
+    if failures:
+        out.append(f"subscription errors reported: {failures}")
     return out
 
 
 async def migrate_pa_first(w: World, hold_answer: bool) -> tuple[str, int, trio.Event | None]:
-    pa = w.clients["pA"]
-    mid_before = pa.mids_for(TRACK)[-1]
+    """pA moves to B (optionally with its first answer there held); returns the mid and SSRC
+    the track had on A, and the gate holding the answer."""
+    pa = w.observer
+    mid_before = pa.mids_for(w.track)[-1]
     ssrc_before = pa.received[-1].ssrc
     gate = None
     if hold_answer:
         gate = pa.gate = trio.Event()
-    assert await w.a.migrate(ROOM, "pA", "B")
+    assert await w.a.relay.migrate(ROOM, w.sid("pA"), "B")
     return mid_before, ssrc_before, gate
+
+
+def endpoint(w: World, node: str, name: str):
+    session = w.session(node, name)
+    assert session is not None
+    return session.subscribing.endpoint
 
 
 async def scenario_1(resume_policy=RecordedAtClosing, resolution=FifoHead) -> tuple[list[str], dict]:
     seams = Seams()
     facts: dict = {}
     async with two_nodes(seams, resume_policy=resume_policy, resolution=resolution) as w:
-        pa = w.clients["pA"]
+        pa = w.observer
         mid_before, ssrc_before, gate = await migrate_pa_first(w, hold_answer=True)
-        # pA's manager on B resolved the remote source, bound the cached m-line and is waiting
-        # for the client's answer: it is attached to the remote source.
+        assert gate is not None
+        # pA's manager on B resolved the remote copy, bound the cached m-line and waits for the
+        # client's answer: it is attached to the copy.
         await pa.waiting.wait()
-        remote = w.b.rooms[ROOM].tracks.resolve(TRACK)
-        assert remote is not None and remote.origin.value == "remote" and remote.has_subscriber("pA")
+        remote = w.resolve("B")
+        assert remote is not None and remote.origin is SourceOrigin.REMOTE and remote.has_subscriber(w.sid("pA"))
         offers_on_b = len(pa.offers)
 
         release_closing = seams.hold("remote.closing")
         start_pb_migration(w)
         await seams.reached["remote.closing"].wait()
-        assert remote.state.value == "closing" and remote.has_subscriber("pA")
+        assert remote.state.value == "closing" and remote.has_subscriber(w.sid("pA"))
 
         # The answer arrives: pA's subscribe completes and its post-check finds it not open.
         seams.reached.pop("sub.post_check", None)
         gate.set()
         await seams.reached["sub.post_check"].wait()
-        await until(lambda: not remote.has_subscriber("pA"))
-        endpoint = w.b.rooms[ROOM].participants["pA"].endpoint
-        facts["cached_at_post_check"] = TRACK in endpoint.table.cache and TRACK in endpoint.snapshots
+        await until(lambda: not remote.has_subscriber(w.sid("pA")))
+        ep = endpoint(w, "B", "pA")
+        facts["cached_at_post_check"] = w.track in ep.table.cache and w.track in ep.snapshots
 
         release_closing.set()
         await until(lambda: remote.state.value == "closed")
         closed_at = trio.current_time()
         # Resolution moves to the local source and pA rebinds within the reconcile bound.
         try:
-            await until(lambda: subscribed_source(w, "B", "pA") is not None, timeout=RECONCILE)
+            await until(lambda: w.subscribed_source("B", "pA") is not None, timeout=RECONCILE)
             facts["rebound_after"] = trio.current_time() - closed_at
         except trio.TooSlowError:
             facts["rebound_after"] = None
@@ -147,31 +132,33 @@ async def scenario_2(resume_policy=RecordedAtClosing, resolution=FifoHead) -> tu
     seams = Seams()
     facts: dict = {}
     async with two_nodes(seams, resume_policy=resume_policy, resolution=resolution) as w:
-        pa = w.clients["pA"]
+        pa = w.observer
         mid_before, ssrc_before, _ = await migrate_pa_first(w, hold_answer=False)
-        await until(lambda: subscribed_source(w, "B", "pA") is not None)
-        remote = subscribed_source(w, "B", "pA")
-        assert remote.origin.value == "remote"
+        await until(lambda: w.subscribed_source("B", "pA") is not None)
+        remote = w.subscribed_source("B", "pA")
+        assert remote is not None and remote.origin is SourceOrigin.REMOTE
         offers_on_b = len(pa.offers)
 
         release_closing = seams.hold("remote.closing")
         start_pb_migration(w)
         await seams.reached["remote.closing"].wait()
-        tracks = w.b.rooms[ROOM].tracks
-        local = [s for s in tracks.sources(TRACK) if s.origin.value == "local"]
+        fifo = w.sources("B")
+        local: list[TrackSource] = [s for s in fifo if s.origin is SourceOrigin.LOCAL]
         # pB's local track is already listed, behind the closing remote one.
-        assert len(local) == 1 and local[0].is_open and tracks.sources(TRACK)[0] is remote
+        assert len(local) == 1 and local[0].is_open and fifo[0] is remote
         # Held across several reconcile ticks: pA's subscription is retried meanwhile.
-        ticks_before = len(w.b.rooms[ROOM].participants["pA"].manager.subscriptions[TRACK].transient_errors)
+        subscription = w.session("B", "pA").subscribing.manager.subscriptions[w.track]
+        ticks_before = len(subscription.transient_errors)
         await trio.sleep(3 * RECONCILE)
-        s = w.b.rooms[ROOM].participants.get("pA").manager.subscriptions.get(TRACK)
+        session = w.session("B", "pA")
+        s = session.subscribing.manager.subscriptions.get(w.track) if session is not None else None
         facts["retried_while_closing"] = s is not None and len(s.transient_errors) > ticks_before
-        facts["resolved_while_closing"] = tracks.resolve(TRACK)
+        facts["resolved_while_closing"] = w.resolve("B")
         release_closing.set()
         await until(lambda: remote.state.value == "closed")
         closed_at = trio.current_time()
         try:
-            await until(lambda: subscribed_source(w, "B", "pA") is not None, timeout=RECONCILE)
+            await until(lambda: w.subscribed_source("B", "pA") is not None, timeout=RECONCILE)
             facts["rebound_after"] = trio.current_time() - closed_at
         except trio.TooSlowError:
             facts["rebound_after"] = None
@@ -217,11 +204,10 @@ async def test_scenario_2_fails_with_newest_source_wins(autojump_clock):
     assert any("not forwarding from pB's local track" in p for p in problems), problems
 
 
-async def test_scenario_1_fixed_flag_is_read_by_every_removal_path_whatever_the_clear_says(autojump_clock):
+def test_scenario_1_fixed_flag_is_read_by_every_removal_path_whatever_the_clear_says():
     # Flag consistency (seed-races §3.4): with the fix a later bulk clear with a disagreeing
     # flag cannot change what the post-check already decided.
     from trio_sfu.forwarding.receiver import TrackReceiver
-    from trio_sfu.tracks import SourceOrigin, TrackSource
 
     seen = []
 
@@ -233,9 +219,9 @@ async def test_scenario_1_fixed_flag_is_read_by_every_removal_path_whatever_the_
 
     for policy, expected in ((RecordedAtClosing, [True, True]), (ReadAtRemoval, [False, True])):
         seen.clear()
-        src = TrackSource(TRACK, SourceOrigin.REMOTE, "A", TrackReceiver(TRACK, "audio/opus", 48000, send_rtcp=lambda p: True, local_ssrc=1, now=0.0),
+        src = TrackSource("TR_x", SourceOrigin.REMOTE, "A", TrackReceiver("TR_x", "audio/opus", 48000, send_rtcp=lambda p: True, local_ssrc=1, now=0.0),
                           resume_policy=policy())
-        other = TrackSource(TRACK, SourceOrigin.REMOTE, "A", TrackReceiver(TRACK, "audio/opus", 48000, send_rtcp=lambda p: True, local_ssrc=1, now=0.0),
+        other = TrackSource("TR_x", SourceOrigin.REMOTE, "A", TrackReceiver("TR_x", "audio/opus", 48000, send_rtcp=lambda p: True, local_ssrc=1, now=0.0),
                             resume_policy=policy())
         src.add_subscriber(Sub())
         other.add_subscriber(Sub())

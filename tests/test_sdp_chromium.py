@@ -209,12 +209,19 @@ def test_chromium_subscriber_answers_our_offers(chromium):
     assert result["2"].direction is Direction.SENDONLY
     assert any(c.is_rtx and c.apt == 96 for c in result["2"].codecs)
 
-    # 3. Audio leaves (cached), another video comes: appended, order kept.
+    # 3. Audio's source closes expecting a resume (cached), another video comes: appended, order
+    # kept; the held audio line is offered as Chromium last saw it, so its track stays.
     table.unbind("TR_a", cache=True)
     table.bind("TR_v2", MediaKind.VIDEO, "PA_y|camera")
     offer, answer, result = round_trip()
     assert [m.mid for m in answer.media] == ["0", "1", "2", "3"]
-    assert dict(chromium_state()["directions"])["1"] == "inactive"
+    assert dict(chromium_state()["directions"])["1"] == "recvonly"
+    assert ["1", "audio", "TR_a", ["PA_x|camera"]] in chromium_state()["tracks"]
+
+    # 3b. Video TR_v unsubscribed for good: its line idles, inactive.
+    table.unbind("TR_v")
+    offer, answer, result = round_trip()
+    assert dict(chromium_state()["directions"])["2"] == "inactive"
 
     # 4. Audio resumes on its old m-line and SSRC.
     again = table.bind("TR_a", MediaKind.AUDIO, "PA_x|camera")

@@ -86,7 +86,7 @@ def test_aiortc_subscriber_full_cycle(loopback):
             answer1 = parse(await client.answer(serialize(offer1)))
             log.append(("1", offer1, answer1, sub.apply_answer(answer1),
                         [t.id for t in client.tracks]))
-            # 2. Audio unsubscribed (cached for resume), a second video appears.
+            # 2. Audio's source closed expecting a resume (cached), a second video appears.
             table.unbind("TR_a", cache=True)
             table.bind("TR_v2", MediaKind.VIDEO, "PA_y|camera")
             offer2 = sub.create_offer()
@@ -121,12 +121,13 @@ def test_aiortc_subscriber_full_cycle(loopback):
     assert result1["2"].payload_type("VP8") == 96
     assert audio.negotiated_codecs == result1["1"].codecs
 
-    # Offer 2: m-line order and mids stable; idle audio is inactive without msid; new video appended.
+    # Offer 2: m-line order and mids stable; the audio line is held for TR_a's resume, so it is
+    # offered as aiortc last saw it (sendonly, same msid and SSRC); new video appended.
     assert [m.mid for m in offer2.media] == ["0", "1", "2", "3"]
-    assert offer2.media[1].direction is Direction.INACTIVE and offer2.media[1].msid is None
-    assert offer2.media[1].ssrcs == []
+    assert offer2.media[1].direction is Direction.SENDONLY and offer2.media[1].msid.track_id == "TR_a"
+    assert offer2.media[1].ssrcs == [audio.ssrc] and offer2.media[1].msid.stream_id == "PA_x|camera"
     assert offer2.media[3].msid.track_id == "TR_v2"
-    assert dict(dirs2)["1"] == "inactive" and dict(dirs2)["3"] == "recvonly"
+    assert dict(dirs2)["1"] == "recvonly" and dict(dirs2)["3"] == "recvonly"
     assert offer2.origin.session_version == offer1.origin.session_version + 1
     assert offer2.origin.session_id == offer1.origin.session_id
 
@@ -136,6 +137,23 @@ def test_aiortc_subscriber_full_cycle(loopback):
     assert offer3.media[1].ssrcs == [audio.ssrc] == [result1["1"].ssrcs[0]]
     assert dict(dirs3)["1"] == "recvonly"
     assert [t.track_id for t in sub.table.transceivers] == [None, "TR_a", "TR_v", "TR_v2"]
+
+
+def test_an_idle_line_is_offered_inactive_unless_the_cache_holds_it_for_a_resume():
+    sub = SubscriberOffer(local_params(), cname="sfu-cname")
+    audio = sub.table.bind("TR_a", MediaKind.AUDIO, "PA_x|microphone")
+    sub.table.unbind("TR_a")  # unsubscribed: nothing comes back to this line
+    line = sub.create_offer().media[1]
+    assert line.direction is Direction.INACTIVE and line.msid is None and line.ssrcs == []
+    again = sub.table.bind("TR_a", MediaKind.AUDIO, "PA_x|microphone")
+    sub.table.unbind("TR_a", cache=True)  # its source closes expecting a resume
+    line = sub.create_offer().media[1]
+    assert (again.mid, line.mid) == (audio.mid, audio.mid)
+    assert line.direction is Direction.SENDONLY and line.msid.track_id == "TR_a"
+    assert line.msid.stream_id == "PA_x|microphone" and line.ssrcs == [again.ssrc]
+    sub.table.cache.discard_mid(audio.mid)  # the resume will not happen: plain idle again
+    line = sub.create_offer().media[1]
+    assert line.direction is Direction.INACTIVE and line.msid is None and line.ssrcs == []
 
 
 def test_stop_and_recycle_with_aiortc(loopback):

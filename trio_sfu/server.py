@@ -9,9 +9,12 @@ cancels the rest.
 from __future__ import annotations
 
 import errno
+from typing import Sequence
 
 import trio
 from livekit.protocol import models
+
+from rtp.dtls import DtlsCertificate
 
 from trio_sfu import metrics as m
 from trio_sfu.api.auth import TokenVerifier
@@ -38,15 +41,21 @@ class Server:
         *,
         enable_media: bool = False,
         node_id: str | None = None,
+        listeners: Sequence[trio.abc.Listener[trio.abc.Stream]] = (),
+        dtls_certificate: DtlsCertificate | None = None,
     ) -> None:
         """`enable_media` runs the real media stack (UDP mux on `config.rtc.udp_port`) and
         overrides `media_factory`; off by default so signal-only tests bind no UDP port.
         `node_id` makes this server one node of several hosting the same rooms: link it to the
-        others with `relay.add_link` (trio_sfu.cluster.link) and move participants with `relay.migrate`."""
+        others with `relay.add_link` (trio_sfu.cluster.link) and move participants with `relay.migrate`.
+        `listeners`, if given, are served instead of TCP listeners on the configured addresses
+        (an in-memory network's, trio_sfu.testing.memory_network); `config.port` is then the
+        port the server's URL names. `dtls_certificate` is the media stack's (default: a new one)."""
         self.config = config
         self.metrics = m.Metrics()
         self.verifier = TokenVerifier(config.keys)
-        self.media: MediaService | None = MediaService(config, self.metrics) if enable_media else None
+        self.media: MediaService | None = (MediaService(config, self.metrics, certificate=dtls_certificate)
+                                           if enable_media else None)
         if self.media is not None:
             media_factory = self.media
         self.registry = RoomRegistry(config.room, self.metrics, media_factory)
@@ -66,7 +75,8 @@ class Server:
             self.media.relay = self.relay
             self.front.relay = self.relay
             self.registry.presence = self.relay
-        self.listeners: list[trio.SocketListener] = []
+        self._given_listeners = list(listeners)
+        self.listeners: list[trio.abc.Listener[trio.abc.Stream]] = []
         self.port = 0
         self._shutdown = trio.Event()
         self.shutdown_clean: bool | None = None
@@ -92,14 +102,11 @@ class Server:
             if self.webhooks is not None:
                 await nursery.start(self.webhooks.run)
             await nursery.start(self.registry.run)
-            port = self.config.port
-            for host in self.config.effective_bind_addresses():
-                listeners = await trio.open_tcp_listeners(port, host=host)
-                if port == 0 and listeners:
-                    # Same ephemeral port on every further address, so one URL fits all.
-                    port = listeners[0].socket.getsockname()[1]
-                self.listeners.extend(listeners)
-            self.port = self.listeners[0].socket.getsockname()[1]
+            if self._given_listeners:
+                self.listeners = list(self._given_listeners)
+                self.port = self.config.port
+            else:
+                await self._open_tcp_listeners()
             accepting = trio.CancelScope()
             nursery.start_soon(self._accept_all, accepting, nursery)
             _log.info("listening", kv={"url": self.url})
@@ -115,6 +122,18 @@ class Server:
                 _log.warning("webhooks still queued at shutdown were abandoned")
             nursery.cancel_scope.cancel()
 
+    async def _open_tcp_listeners(self) -> None:
+        port = self.config.port
+        tcp: list[trio.SocketListener] = []
+        for host in self.config.effective_bind_addresses():
+            listeners = await trio.open_tcp_listeners(port, host=host)
+            if port == 0 and listeners:
+                # Same ephemeral port on every further address, so one URL fits all.
+                port = listeners[0].socket.getsockname()[1]
+            tcp.extend(listeners)
+        self.listeners = list(tcp)
+        self.port = tcp[0].socket.getsockname()[1]
+
     async def _accept_all(self, scope: trio.CancelScope, handler_nursery: trio.Nursery) -> None:
         # Our own accept loop instead of trio.serve_listeners: shutdown must stop accepting
         # without cancelling the connection handlers, which live on in `handler_nursery`.
@@ -128,7 +147,7 @@ class Server:
                     for listener in self.listeners:
                         await listener.aclose()
 
-    async def _accept_one(self, listener: trio.SocketListener, handler_nursery: trio.Nursery) -> None:
+    async def _accept_one(self, listener: trio.abc.Listener[trio.abc.Stream], handler_nursery: trio.Nursery) -> None:
         while True:
             try:
                 stream = await listener.accept()

@@ -17,6 +17,11 @@ when its ``async with`` ends::
 A ``leave`` with action RESUME (a migration to the node in its ``regions``, or a
 resume at the same URL) is followed rather than ended: see :meth:`LiveKitClient._migrate`
 and :meth:`LiveKitClient.wait_resumed`.
+
+Where the bytes go is injectable, so whole clients and servers can run in one Trio run under
+``MockClock`` (``trio_sfu.testing.memory_network``): ``connector`` opens the stream the
+signalling WebSocket runs over (default: TCP, or TLS for ``wss://``, by trio-websocket), and
+``bind_datagram`` the PCs' datagram sockets (default: the kernel's UDP).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import secrets
 import time
 import urllib.parse
 import uuid
-from typing import AsyncIterator
+from typing import AsyncIterator, Awaitable, Callable
 
 import attrs
 import trio
@@ -60,6 +65,7 @@ from trio_sfu.client.sdp_builder import (
 )
 from trio_sfu.client.stats import TrackReceiveStats
 from trio_sfu.client.synthetic import RtpStreamWriter, VideoLayerSpec, read_send_stamp, simulcast_layers
+from trio_sfu.datagram import BindDatagram, UdpSocket
 
 PROTOCOL_VERSION = 17
 JOIN_TIMEOUT = 10.0
@@ -77,6 +83,11 @@ def ntp_now() -> int:
     """The wall clock as a 64-bit NTP timestamp (RFC 3550 §4)."""
     seconds = time.time() + _NTP_EPOCH_OFFSET
     return (int(seconds) << 32) | int((seconds % 1) * (1 << 32))
+
+#: Opens the byte stream to (host, port) that the signalling WebSocket runs over.
+Connector = Callable[[str, int], Awaitable[trio.abc.Stream]]
+MAX_SIGNAL_MESSAGE = 4 * 1024 * 1024
+
 PUBLISHER = rtc.SignalTarget.PUBLISHER
 SUBSCRIBER = rtc.SignalTarget.SUBSCRIBER
 _QUALITY_OF_RID = {"q": models.VideoQuality.LOW, "h": models.VideoQuality.MEDIUM, "f": models.VideoQuality.HIGH}
@@ -129,6 +140,23 @@ def _enum_name(enum_type, value: int) -> str:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+async def open_signal(nursery: trio.Nursery, url: str, headers: list[tuple[bytes, bytes]],
+                      connector: Connector | None) -> trio_websocket.WebSocketConnection:
+    """The WebSocket at ``url``, its tasks in ``nursery``: over TCP/TLS, or over the stream
+    ``connector`` gives for the URL's host and port. Raises what trio-websocket raises
+    (ConnectionRejected, HandshakeError, OSError)."""
+    if connector is None:
+        return await trio_websocket.connect_websocket_url(
+            nursery, url, extra_headers=headers, max_message_size=MAX_SIGNAL_MESSAGE)
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "wss" else 80)
+    resource = parts.path + (f"?{parts.query}" if parts.query else "")
+    stream = await connector(host, port)
+    return await trio_websocket.wrap_client_stream(
+        nursery, stream, parts.netloc, resource, extra_headers=headers, max_message_size=MAX_SIGNAL_MESSAGE)
 
 
 @attrs.define(eq=False)
@@ -282,7 +310,8 @@ class LiveKitClient:
     def __init__(self, ws: trio_websocket.WebSocketConnection, join: rtc.JoinResponse,
                  bind_host: str, certificate: DtlsCertificate, *, url: str = "", token: str = "",
                  token_in_query: bool = False, auto_subscribe: bool = True,
-                 join_timeout: float = JOIN_TIMEOUT) -> None:
+                 join_timeout: float = JOIN_TIMEOUT, connector: Connector | None = None,
+                 bind_datagram: BindDatagram = UdpSocket.bind) -> None:
         self._ws = ws
         #: The base URL of the node we are connected to now (another one after a migration).
         self.url = url
@@ -291,6 +320,8 @@ class LiveKitClient:
         self._token_in_query = token_in_query
         self._auto_subscribe = auto_subscribe
         self._join_timeout = join_timeout
+        self._connector = connector
+        self._bind_datagram = bind_datagram
         self.join = join
         self.participant_sid = join.participant.sid
         self.identity = join.participant.identity
@@ -304,6 +335,9 @@ class LiveKitClient:
         self.publications: list[LocalPublication] = []
         self.subscriptions: dict[str, RemoteTrack] = {}
         self.errors: list[str] = []
+        #: (track sid, SubscriptionError) of every subscription the server reported failed
+        #: (`subscription_response`).
+        self.subscription_failures: list[tuple[str, int]] = []
         self.rtt_ms: float | None = None
         self.pongs = 0
         self._ping_interval: float = join.ping_interval or 5
@@ -361,29 +395,50 @@ class LiveKitClient:
         token_in_query: bool = False,
         join_timeout: float = JOIN_TIMEOUT,
         ping_interval: float | None = None,
+        connector: Connector | None = None,
+        bind_datagram: BindDatagram = UdpSocket.bind,
+        certificate: DtlsCertificate | None = None,
     ) -> AsyncIterator["LiveKitClient"]:
         """Join the room; the client lives until the ``async with`` block ends (then it leaves).
 
         The token goes in an ``Authorization: Bearer`` header as the Python SDK
         sends it, or as the ``access_token`` query parameter as livekit-client does.
-        ``ping_interval`` overrides the join response's (tests).
+        ``ping_interval`` overrides the join response's (tests). ``connector`` and
+        ``bind_datagram`` replace the network (see the module docstring); ``certificate``
+        is the PCs' DTLS certificate (default: a new one; many clients may share one).
         """
         headers = [] if token_in_query else [(b"authorization", f"Bearer {token}".encode())]
         ws_url = signal_url(url, access_token=token if token_in_query else None, auto_subscribe=auto_subscribe)
-        certificate = DtlsCertificate.generate(datetime.datetime.now(datetime.timezone.utc))
-        opened = False
+        if certificate is None:
+            certificate = DtlsCertificate.generate(datetime.datetime.now(datetime.timezone.utc))
+        failure: JoinError | None = None
+        client: LiveKitClient | None = None
         try:
-            async with trio_websocket.open_websocket_url(
-                ws_url, extra_headers=headers, connect_timeout=join_timeout, disconnect_timeout=2,
-                max_message_size=4 * 1024 * 1024,
-            ) as ws:
-                opened = True
-                join = await cls._receive_join(ws, join_timeout)
-                client = cls(ws, join, bind_host, certificate, url=url, token=token,
-                             token_in_query=token_in_query, auto_subscribe=auto_subscribe,
-                             join_timeout=join_timeout)
-                client._ping_interval = ping_interval or join.ping_interval or 5
-                async with trio.open_nursery() as nursery:
+            # One nursery for the signal connection's tasks and the client's own; a failure to
+            # join is raised after it closed, so it is not wrapped in an exception group.
+            async with trio.open_nursery() as nursery:
+                ws: trio_websocket.WebSocketConnection | None = None
+                try:
+                    with trio.fail_after(join_timeout):
+                        ws = await open_signal(nursery, ws_url, headers, connector)
+                    join = await cls._receive_join(ws, join_timeout)
+                except trio.TooSlowError:
+                    failure = JoinError(f"cannot open the signal connection to {url} within {join_timeout:g} s")
+                except (trio_websocket.HandshakeError, OSError) as exc:
+                    failure = JoinError(f"cannot open the signal connection to {url}: {exc!r}")
+                except JoinError as exc:
+                    failure = exc
+                if failure is not None:
+                    if ws is not None:
+                        with trio.move_on_after(2):
+                            await ws.aclose()
+                    nursery.cancel_scope.cancel()
+                else:
+                    assert ws is not None
+                    client = cls(ws, join, bind_host, certificate, url=url, token=token,
+                                 token_in_query=token_in_query, auto_subscribe=auto_subscribe,
+                                 join_timeout=join_timeout, connector=connector, bind_datagram=bind_datagram)
+                    client._ping_interval = ping_interval or join.ping_interval or 5
                     client._nursery = nursery
                     nursery.start_soon(client._reader)
                     nursery.start_soon(client._ping_loop)
@@ -395,13 +450,16 @@ class LiveKitClient:
                         with trio.CancelScope(shield=True):
                             await client.leave()
                         nursery.cancel_scope.cancel()
-        except trio_websocket.ConnectionRejected as exc:
-            body = (exc.body or b"").decode("utf-8", "replace").strip()
-            raise JoinError(f"join refused: HTTP {exc.status_code} {body}", exc.status_code) from exc
-        except (trio_websocket.HandshakeError, OSError) as exc:
-            if opened:
+        except* trio_websocket.ConnectionRejected as group:
+            if client is not None:
                 raise
-            raise JoinError(f"cannot open the signal connection to {url}: {exc!r}") from exc
+            # The handshake's refusal is raised by the connection's reader task, in the nursery.
+            rejected = group.exceptions[0]
+            assert isinstance(rejected, trio_websocket.ConnectionRejected)
+            body = (rejected.body or b"").decode("utf-8", "replace").strip()
+            failure = JoinError(f"join refused: HTTP {rejected.status_code} {body}", rejected.status_code)
+        if failure is not None:
+            raise failure
 
     @staticmethod
     async def _receive_join(ws: trio_websocket.WebSocketConnection, timeout: float) -> rtc.JoinResponse:
@@ -496,7 +554,7 @@ class LiveKitClient:
         if self._publisher_pc is None:
             self._publisher_pc = ClientPeerConnection(
                 "publisher", self.bind_host, self._certificate, self._on_publisher_rtp, self._on_publisher_rtcp,
-                lambda reason: self._error(f"publisher PC failed: {reason}"))
+                lambda reason: self._error(f"publisher PC failed: {reason}"), self._bind_datagram)
             assert self._nursery is not None
             self._nursery.start_soon(self._publisher_pc.run)
         return self._publisher_pc
@@ -651,7 +709,7 @@ class LiveKitClient:
         if self._subscriber_pc is None:
             self._subscriber_pc = ClientPeerConnection(
                 "subscriber", self.bind_host, self._certificate, self._on_subscriber_rtp, self._on_subscriber_rtcp,
-                lambda reason: self._error(f"subscriber PC failed: {reason}"))
+                lambda reason: self._error(f"subscriber PC failed: {reason}"), self._bind_datagram)
             assert self._nursery is not None
             self._nursery.start_soon(self._subscriber_pc.run)
         pc = self._subscriber_pc
@@ -830,6 +888,11 @@ class LiveKitClient:
             self.rtt_ms = max(_now_ms() - response.pong_resp.last_ping_timestamp, 0)
         elif kind == "request_response":
             self._handle_request_response(response.request_response)
+        elif kind == "subscription_response":
+            # Sent only for a subscription the server gave up on (SE_UNKNOWN is 0, still a failure);
+            # an answer about a request, kept apart from `errors` (livekit-client emits an event).
+            failure = response.subscription_response
+            self.subscription_failures.append((failure.track_sid, failure.err))
 
     def _on_server_leave(self, leave: rtc.LeaveRequest) -> None:
         self.leave_reason = _enum_name(models.DisconnectReason, leave.reason)
@@ -872,8 +935,7 @@ class LiveKitClient:
                              reconnect_reason=models.ReconnectReason.RR_UNKNOWN)
             with trio.fail_after(self._join_timeout):
                 # In the client's nursery: the connection must outlive this task's part in the move.
-                ws = await trio_websocket.connect_websocket_url(
-                    self._nursery, url, extra_headers=headers, max_message_size=4 * 1024 * 1024)
+                ws = await open_signal(self._nursery, url, headers, self._connector)
         except (ValueError, trio_websocket.HandshakeError, OSError, trio.TooSlowError) as exc:
             return self._resume_failed(f"cannot resume at {base_url}: {exc!r}")
         self._ws = ws

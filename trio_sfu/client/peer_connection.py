@@ -1,4 +1,4 @@
-"""One client PeerConnection: a UDP socket on an ephemeral port driving a sans-IO PeerTransport.
+"""One client PeerConnection: a datagram socket on an ephemeral port driving a sans-IO PeerTransport.
 
 The transport is built once the remote description is known (a controlling ICE
 agent needs the peer's ufrag/pwd), and candidates trickled before that are held.
@@ -8,14 +8,15 @@ every few dozen packets; sends go straight out with a non-blocking ``sendto``
 (a full socket buffer drops the datagram and counts it, as UDP would).
 Anything that changes the transport's timer (a new candidate, a start) cancels
 the loop's wait so it re-reads the deadline.
+
+The socket comes from ``bind`` (``trio_sfu.media.udp_mux.BindDatagram``): the kernel's UDP by
+default, an in-memory network's in tests that run under Trio's ``MockClock``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import secrets
-import socket
 from typing import Callable
 
 import attrs
@@ -33,11 +34,11 @@ from rtp.peer_transport_events import (
 from sdp.model import Fingerprint
 
 from trio_sfu.client.sdp_builder import RemoteTransport, Transport
+from trio_sfu.datagram import BindDatagram, UdpSocket
 
 #: Datagrams handled between checkpoints, so a flood cannot starve the other tasks.
 CHECKPOINT_EVERY = 64
 MAX_DATAGRAM = 65536
-SOCKET_BUFFER = 4 * 1024 * 1024
 
 
 @attrs.define
@@ -59,18 +60,13 @@ class ClientPeerConnection:
         on_rtp: Callable[[bytes, float], None],
         on_rtcp: Callable[[bytes, float], None],
         on_failure: Callable[[str], None] | None = None,
+        bind: BindDatagram = UdpSocket.bind,
     ) -> None:
         self.name = name
         self.certificate = certificate
-        family = socket.AF_INET6 if ":" in bind_host else socket.AF_INET
-        self.sock = socket.socket(family, socket.SOCK_DGRAM)
-        self.sock.setblocking(False)
-        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-            # A load tester's own socket buffers must not be where packets get lost: ask for
-            # SOCKET_BUFFER bytes (the kernel caps it at net.core.[rw]mem_max).
-            with contextlib.suppress(OSError):
-                self.sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
-        self.sock.bind((bind_host, 0))
+        # A load tester's own socket buffers must not be where packets get lost: UdpSocket asks
+        # for the mux's large buffers (the kernel caps them at net.core.[rw]mem_max).
+        self.sock = bind(bind_host, 0)
         self.host, self.port = self.sock.getsockname()[:2]
         self.local = Transport(
             ice_ufrag=secrets.token_hex(4),
@@ -217,7 +213,7 @@ class ClientPeerConnection:
                 deadline = transport.next_deadline() if transport is not None else None
                 with trio.CancelScope(deadline=math.inf if deadline is None else deadline) as scope:
                     self._wait_scope = scope
-                    await trio.lowlevel.wait_readable(sock)
+                    await sock.wait_readable()
                 self._wait_scope = None
                 transport = self.transport
                 if transport is not None:

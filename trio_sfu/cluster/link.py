@@ -92,17 +92,18 @@ class InMemoryRelayLink:
             self._in_sender.close()
 
 
-async def serve_link(link: RelayLink, handle: Callable[[RelayLink, RelayMessage], None],
+async def serve_link(link: RelayLink, handle: Callable[[RelayLink, RelayMessage], Awaitable[None]],
                      reject: Callable[[str], None]) -> None:
-    """Hand each message from `link` to `handle` until the link closes; a message `handle`
-    fails on is reported to `reject` and the loop goes on (a bad message never ends a node)."""
+    """Hand each message from `link` to `handle`, in order, until the link closes; a message
+    `handle` fails on is reported to `reject` and the loop goes on (a bad message never ends
+    a node)."""
     while True:
         try:
             message = await link.receive()
         except (trio.EndOfChannel, trio.ClosedResourceError, trio.BrokenResourceError):
             return
         try:
-            handle(link, message)
+            await handle(link, message)
         except Exception as exc:
             reject(f"relay message failed: {type(exc).__name__}: {exc}")
 

@@ -32,6 +32,13 @@ participant left without resume. A pending migration nobody resumes within `resu
 handed-over track whose new source never appears within `handover_timeout`, are cancelled the same
 way. Every relay message is checked; a bad one is rejected with a logged reason and counted
 (`relay_rejected_total`), never raised out of the relay's tasks.
+
+The two closes of step 4 — the old node's handed-over source, the new node's remote copy — go
+open → closing → closed in steps, and `seam` (trio_sfu.tracks.seams) is awaited between them
+("local.closing"; "remote.closing", "remote.cleared"), as at the migration's own steps
+("migrate.detached", "migrate.accepted"). In production the seam returns at once without a
+checkpoint, so each close is as atomic as one synchronous call; the race tests hold and delay the
+real relay there to show the track manager's rules keep every interleaving safe.
 """
 
 from __future__ import annotations
@@ -53,8 +60,9 @@ from sdp.codecs import MediaKind
 
 from trio_sfu import metrics as m
 from trio_sfu.log import get_logger
-from trio_sfu.cluster.node_model import RelayTap, TrackSpec, migrated_transceivers, snapshot_to_proto
 from trio_sfu.cluster.link import RelayLink, serve_link
+from trio_sfu.cluster.relay_protocol import RelayTap, TrackSpec, migrated_transceivers, snapshot_to_proto
+from trio_sfu.tracks.seams import Seam, no_seam
 from trio_sfu.tracks.source import TrackSource
 from trio_sfu.tracks.subscriber import MigratedTransceiver
 
@@ -194,6 +202,7 @@ class NodeRelay:
         self.moved_ttl = MOVED_TTL
         self._nursery: Optional[trio.Nursery] = None
         self._deadlines_moved = trio.Event()
+        self.seam: Seam = no_seam
         self.log = _log.bind(node=node_id)
 
     # ---- lifetime -------------------------------------------------------------------------
@@ -341,18 +350,41 @@ class NodeRelay:
             link = self.links.get(peer)
             return link is not None and link.send(pb.RelayMessage(rtcp=pb.RelayRtcp(room=room, track_id=track_id, packet=packet)))
 
-        source = spec.remote_source(peer, send_rtcp, cname=self.node_id, now=trio.current_time())
+        source = spec.remote_source(peer, send_rtcp, cname=self.node_id, now=trio.current_time(),
+                                    resume_policy=self.media.resume_policy())
         self._remote[key] = (room_media, source)
         room_media.track_manager.add(source)
 
     def _close_remote(self, key: tuple[str, str, str], expected_to_resume: bool) -> None:
+        """Close a remote copy at once (the room emptied, the relay stops)."""
         entry = self._remote.pop(key, None)
         if entry is None:
             return
         room_media, source = entry
-        # Begin closing (fixing the flag), detach every subscriber (caching where a resume is
-        # expected), close: the source leaves the FIFO only after all of that.
         source.close_now(expected_to_resume)
+        self._remote_closed(room_media, source, expected_to_resume)
+
+    async def _close_remote_in_steps(self, key: tuple[str, str, str], expected_to_resume: bool) -> None:
+        """The peer closes the track (TrackClosing): begin closing, fixing the flag (nothing
+        resolves to the copy from now on), detach every subscriber (caching its m-line where a
+        resume is expected), close: the copy leaves the FIFO only after all of that, so a source
+        queued behind it resolves only once every subscriber's m-line is cached."""
+        entry = self._remote.pop(key, None)
+        if entry is None:
+            return
+        room_media, source = entry
+        context = {"node": self.node_id, "room": key[0], "track": key[2]}
+        source.begin_closing(expected_to_resume)
+        try:
+            await self.seam("remote.closing", context)
+            source.clear_subscribers(expected_to_resume)
+            await self.seam("remote.cleared", context)
+        finally:
+            # Cancelled or not, a closing copy ends closed, unsubscribed and out of the FIFO.
+            source.close()
+            self._remote_closed(room_media, source, expected_to_resume)
+
+    def _remote_closed(self, room_media: "RoomMedia", source: TrackSource, expected_to_resume: bool) -> None:
         if not expected_to_resume and not room_media.track_manager.sources(source.track_id):
             room_media.withdrawn.add(source.track_id)
         room_media.update_desired()
@@ -377,6 +409,25 @@ class NodeRelay:
         entry = self._handed_over.pop(key, None)
         if entry is None:
             return
+        self._handed_over_released(key, entry, expected_to_resume)
+
+    async def _hand_back(self, key: tuple[str, str]) -> None:
+        """The track's new source runs on the node its publisher moved to (TrackMigrated): our
+        copy begins closing expecting a resume and the peers hear so at once (TrackClosing);
+        then every subscriber here caches its m-line and the copy closes."""
+        entry = self._handed_over.pop(key, None)
+        if entry is None:
+            return
+        source = entry.track.source
+        if source is not None:
+            source.begin_closing(True)
+            self.local_closing(entry.room_media, source, True)
+        try:
+            await self.seam("local.closing", {"node": self.node_id, "room": key[0], "track": key[1]})
+        finally:
+            self._handed_over_released(key, entry, True)
+
+    def _handed_over_released(self, key: tuple[str, str], entry: _HandedOver, expected_to_resume: bool) -> None:
         entry.room_media.unpublish([entry.track], expected_to_resume=expected_to_resume)
         entry.room_media.forget_if_idle()
         migration = self._out.get((key[0], entry.participant_sid))
@@ -414,19 +465,22 @@ class NodeRelay:
                                    for t, mid, ssrc, layer, rtx in sync.publisher_streams])
             for entry in sync.transceivers:
                 st = pb.SubscribedTransceiver(track_id=entry.track_id, mid=entry.mid, ssrc=entry.ssrc or 0,
-                                              rtx_ssrc=entry.rtx_ssrc or 0, kind=sync.kinds[entry.track_id].value)
+                                              rtx_ssrc=entry.rtx_ssrc or 0, kind=sync.kinds[entry.track_id].value,
+                                              stream_id=entry.stream_id or "")
                 if entry.snapshot is not None:
                     st.down.CopyFrom(snapshot_to_proto(entry.snapshot))
                 state.transceivers.append(st)
             self.metrics.inc(MIGRATIONS_OUT)
             self.log.info("migrating participant", kv={"room": room_name, "participant": participant_sid, "to": to_node,
                                                        "tracks": len(sync.published), "subscriptions": len(sync.subscriptions)})
+            await self.seam("migrate.detached", {"node": self.node_id, "room": room_name, "participant": participant_sid})
             sent = link.send(pb.RelayMessage(migrate=state))
             with trio.move_on_after(self.accept_timeout):
                 await out.done.wait()
             if not out.accepted:
                 self.log.warning("migration refused", kv={"participant": participant_sid, "reason": out.reason or "no answer"})
                 return False
+            await self.seam("migrate.accepted", {"node": self.node_id, "room": room_name, "participant": participant_sid})
             # The client resumes there; its session here ends, its tracks wait for their new source.
             target = _host_port(out.signal_url)
             if target is not None:
@@ -573,7 +627,7 @@ class NodeRelay:
         self.metrics.inc(RELAY_HANDLER_FAILED)
         self._reject(reason)
 
-    def _handle(self, link: RelayLink, message: pb.RelayMessage) -> None:
+    async def _handle(self, link: RelayLink, message: pb.RelayMessage) -> None:
         kind = message.WhichOneof("message")
         peer = link.peer_node_id
         if kind is None:
@@ -605,7 +659,7 @@ class NodeRelay:
                 return
             if not announced:
                 self._announced.pop(body.room, None)
-            self._close_remote((body.room, peer, body.track_id), body.expected_to_resume)
+            await self._close_remote_in_steps((body.room, peer, body.track_id), body.expected_to_resume)
         elif kind == "migrate":
             reason = self._on_migrate(peer, body)
             if reason:
@@ -642,7 +696,7 @@ class NodeRelay:
             if entry is None or self._out.get((body.room, entry.participant_sid), _MigrationOut("")).peer != peer:
                 self._reject("track_migrated for a track not handed over", peer=peer, room=body.room, track=body.track_id)
                 return
-            self._release_handed_over(key, expected_to_resume=True)
+            await self._hand_back(key)
 
     def _on_rtcp(self, body: pb.RelayRtcp) -> None:
         entry = self._local.get((body.room, body.track_id))
@@ -685,8 +739,3 @@ class NodeRelay:
                 self._release_handed_over(hkey, expected_to_resume=False)
         if not found:
             self._reject("migrate_cancel for unknown participant", peer=peer, participant=body.participant_id)
-
-    # ---- checks ----------------------------------------------------------------------------
-
-    def remote_sources(self) -> list[TrackSource]:
-        return [source for _, source in self._remote.values()]

@@ -14,7 +14,7 @@ implemented by `trio_sfu.cluster.node_relay.NodeRelay`, so that media never impo
 
 from __future__ import annotations
 
-from typing import Optional, Protocol
+from typing import Callable, Optional, Protocol
 
 from sdp.codecs import MediaKind
 from sdp.model import Codec
@@ -23,7 +23,7 @@ from trio_sfu import metrics as m
 from trio_sfu.forwarding import TrackReceiver
 from trio_sfu.media.data_channels import ParticipantData
 from trio_sfu.signal.media_port import MediaParticipant
-from trio_sfu.tracks import SourceOrigin, TrackManager, TrackSource
+from trio_sfu.tracks import ResolutionPolicy, ResumeFlagPolicy, SourceOrigin, TrackManager, TrackSource
 from trio_sfu.tracks.subscriber import Binding
 
 
@@ -103,6 +103,9 @@ class RoomMediaService(Protocol):
     metrics: m.Metrics
     relay: Optional[RelayHooks]
     rooms: dict[str, "RoomMedia"]  # by room sid
+    # The rules a room resolves track ids by, and its sources fix expected-to-resume by.
+    resolution: Callable[[], ResolutionPolicy]
+    resume_policy: Callable[[], ResumeFlagPolicy]
 
 
 class RoomMedia:
@@ -116,7 +119,7 @@ class RoomMedia:
         self.service = service
         self.name = name
         self.sid = sid
-        self.track_manager = TrackManager()
+        self.track_manager = TrackManager(service.resolution())
         self.sessions: dict[str, RoomMember] = {}
         # Track ids unpublished for good (no resume): nobody wants them any more. Track sids are
         # never reused by a new publication, so this only grows with the room's publications.
@@ -136,7 +139,7 @@ class RoomMedia:
         track.published = True
         source = TrackSource(track.sid, SourceOrigin.LOCAL, "local", track.receiver, kind=track.kind,
                              publisher_id=track.publisher_sid, stream_id=track.stream_id, codecs=track.codecs,
-                             extensions=dict(track.extensions))
+                             extensions=dict(track.extensions), resume_policy=self.service.resume_policy())
         track.source = source
         self.track_manager.add(source)
         self.service.metrics.inc(m.MEDIA_TRACKS_PUBLISHED)

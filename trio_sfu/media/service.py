@@ -11,7 +11,7 @@ of several (anything implementing `RelayHooks`; the cluster layer sets it).
 from __future__ import annotations
 
 import datetime
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import trio
 
@@ -22,8 +22,10 @@ from trio_sfu import metrics as m
 from trio_sfu.log import get_logger
 from trio_sfu.media.participant_media import ParticipantMedia
 from trio_sfu.media.room_media import RelayHooks, RoomMedia
+from trio_sfu.datagram import BindDatagram, UdpSocket
 from trio_sfu.media.udp_mux import UdpMux, advertised_ip, host_candidate
 from trio_sfu.signal.media_port import MediaContext
+from trio_sfu.tracks import FifoHead, RecordedAtClosing, ResolutionPolicy, ResumeFlagPolicy, Seam, no_seam
 
 if TYPE_CHECKING:
     from trio_sfu.config import ServerConfig
@@ -41,12 +43,22 @@ _log = get_logger("trio_sfu.media")
 class MediaService:
     """Per server: the UDP mux, the DTLS certificate, the advertised candidate, rooms' media."""
 
-    def __init__(self, config: "ServerConfig", metrics: m.Metrics) -> None:
+    def __init__(self, config: "ServerConfig", metrics: m.Metrics, *,
+                 certificate: Optional[DtlsCertificate] = None) -> None:
         self.config = config
         self.metrics = metrics
-        # One certificate per server start; trio_sfu may read the wall clock, rtp/ may not.
-        self.certificate = DtlsCertificate.generate(datetime.datetime.now(datetime.timezone.utc))
+        # One certificate per server start unless given; trio_sfu may read the wall clock, rtp/ may not.
+        self.certificate = certificate or DtlsCertificate.generate(datetime.datetime.now(datetime.timezone.utc))
         self.fingerprints = (Fingerprint("sha-256", self.certificate.fingerprint()),)
+        # Where the media socket comes from: the kernel's UDP, or an in-memory network in tests.
+        self.bind_datagram: BindDatagram = UdpSocket.bind
+        # The rules rooms resolve track ids by and sources fix expected-to-resume by; tests put
+        # the pre-fix rules (NewestWins, ReadAtRemoval) here to show the race tests catch them.
+        self.resolution: Callable[[], ResolutionPolicy] = FifoHead
+        self.resume_policy: Callable[[], ResumeFlagPolicy] = RecordedAtClosing
+        # Awaited at the subscription managers' interleaving points ("sub.bound", "sub.post_check");
+        # a no-op that never yields unless a test orders interleavings there.
+        self.seam: Seam = no_seam
         self.mux: Optional[UdpMux] = None
         self.candidates: tuple[str, ...] = ()
         self.rooms: dict[str, RoomMedia] = {}  # by room sid
@@ -70,7 +82,7 @@ class MediaService:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         host = self._bind_host()
-        self.mux = UdpMux.bind(host, self.config.rtc.udp_port, self.metrics)
+        self.mux = UdpMux.bind(host, self.config.rtc.udp_port, self.metrics, self.bind_datagram)
         ip = advertised_ip(host, self.config.rtc.node_ip)
         port = self.mux.local_address[1]
         self.candidates = (host_candidate(ip, port),)

@@ -33,7 +33,7 @@ from trio_sfu.log import ContextLogger
 from trio_sfu.media.room_media import RoomMedia
 from trio_sfu.media.transport import ParticipantTransports, WakeBy
 from trio_sfu.signal.media_port import MediaContext
-from trio_sfu.tracks import TrackSource
+from trio_sfu.tracks import Seam, TrackSource
 from trio_sfu.tracks.subscriber import NoAnswerError, SubscriberEndpoint
 from trio_sfu.tracks.subscription_manager import RECONCILE_ALL, SubscriptionManager
 
@@ -47,6 +47,8 @@ class SubscriptionTimeouts(Protocol):
     not_found_timeout: float
     # How long a subscriber offer may wait for the client's answer; then it is offered again.
     answer_timeout: float
+    # Awaited at the subscription managers' interleaving points (a no-op outside race tests).
+    seam: Seam
 
 
 @attrs.define
@@ -118,7 +120,7 @@ class SubscriberMedia:
         self.manager = SubscriptionManager(
             self.endpoint, room_media.track_manager, report=self._subscription_failed,
             reconcile_interval=timeouts.reconcile_interval, not_found_timeout=timeouts.not_found_timeout,
-            wallclock_offset=wallclock_offset, log=log)
+            wallclock_offset=wallclock_offset, log=log, hook=self._subscription_seam)
         self._offer_id = 0
         self._pending_answer: Optional[_PendingAnswer] = None
         # Tracks reported not found: no longer wanted until the client asks again.
@@ -216,6 +218,9 @@ class SubscriberMedia:
             current = manager.subscriptions.get(track_id)
             if want != (current is not None and current.desired):
                 manager.set_desired(track_id, want)
+
+    async def _subscription_seam(self, seam: str, track_id: str) -> None:
+        await self._timeouts.seam(f"sub.{seam}", {"participant": self.sid, "track": track_id})
 
     def subscriptions_changed(self) -> None:
         # A new request re-arms tracks given up on (the request does not say which sids it named).

@@ -11,6 +11,11 @@ The reader follows the fast path measured in feasibility-probes.md §6: a raw no
 `CHECKPOINT_EVERY` datagrams so a flood cannot starve the rest of the server. Sends are
 non-blocking `sendto`; a full socket buffer drops the datagram (media is loss tolerant, and an
 awaited send per packet would cost 3x) and counts it.
+
+The socket is a `DatagramSocket`: the kernel's (`UdpSocket`, whose methods are the socket's own,
+so the hot path pays nothing for the indirection) or an in-memory network's
+(`trio_sfu.testing.memory_network`), which lets whole servers and clients run under Trio's
+`MockClock` with no real-time wait anywhere on the media path.
 """
 
 from __future__ import annotations
@@ -26,12 +31,12 @@ from rtp.peer_transport import PeerTransport
 from rtp.peer_transport_events import Address
 
 from trio_sfu import metrics as m
+from trio_sfu.datagram import BindDatagram, DatagramSocket, UdpSocket
 from trio_sfu.log import get_logger
 
 CHECKPOINT_EVERY = 64
 MAX_DATAGRAM = 65536
 # Enough socket buffer for a burst of video keyframes from many publishers at once.
-SOCKET_BUFFER = 4 * 1024 * 1024
 
 UDP_RECEIVED = "udp_datagrams_received_total"
 UDP_SENT = "udp_datagrams_sent_total"
@@ -56,8 +61,7 @@ class MuxEndpoint(Protocol):
 class UdpMux:
     """The node's UDP socket, its routing tables and the non-blocking send path."""
 
-    def __init__(self, sock: socket.socket, metrics: m.Metrics) -> None:
-        sock.setblocking(False)
+    def __init__(self, sock: DatagramSocket, metrics: m.Metrics) -> None:
         self.sock = sock
         self.metrics = metrics
         self.by_ufrag: dict[str, MuxEndpoint] = {}
@@ -65,20 +69,8 @@ class UdpMux:
         self._buffer = bytearray(MAX_DATAGRAM)
 
     @classmethod
-    def bind(cls, host: str, port: int, metrics: m.Metrics) -> "UdpMux":
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_DGRAM)
-        try:
-            for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-                try:
-                    sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
-                except OSError:
-                    pass  # capped by net.core.*mem_max; the default still works
-            sock.bind((host, port))
-        except BaseException:
-            sock.close()
-            raise
-        return cls(sock, metrics)
+    def bind(cls, host: str, port: int, metrics: m.Metrics, bind: BindDatagram = UdpSocket.bind) -> "UdpMux":
+        return cls(bind(host, port), metrics)
 
     @property
     def local_address(self) -> Address:
@@ -151,7 +143,7 @@ class UdpMux:
                     if handled >= CHECKPOINT_EVERY:
                         handled = 0
                         await trio.lowlevel.checkpoint()
-                await trio.lowlevel.wait_readable(sock)
+                await sock.wait_readable()
         finally:
             sock.close()
 

@@ -1,1 +1,2 @@
-"""Helpers for tests that need real clients: a private network namespace to run them in."""
+"""Helpers for tests: a private network namespace for real clients (`netns`), and an in-memory
+network that runs real servers and our client under Trio's MockClock (`memory_network`)."""

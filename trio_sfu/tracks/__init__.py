@@ -14,10 +14,11 @@ from trio_sfu.tracks.source import (
     TrackSubscriber,
     live_sources,
 )
+from trio_sfu.tracks.seams import Seam, no_seam
 from trio_sfu.tracks.track_manager import FifoHead, NewestWins, ResolutionPolicy, TrackManager
 
 __all__ = [
     "AlreadySubscribedError", "FifoHead", "NewestWins", "ReadAtRemoval", "RecordedAtClosing",
-    "ResolutionPolicy", "ResumeFlagPolicy", "SourceNotOpenError", "SourceOrigin", "TrackManager",
-    "TrackSource", "TrackSubscriber", "live_sources",
+    "ResolutionPolicy", "ResumeFlagPolicy", "Seam", "SourceNotOpenError", "SourceOrigin", "TrackManager",
+    "TrackSource", "TrackSubscriber", "live_sources", "no_seam",
 ]

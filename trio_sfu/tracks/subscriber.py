@@ -61,6 +61,8 @@ class MigratedTransceiver:
     ssrc: Optional[int]
     rtx_ssrc: Optional[int]
     snapshot: Optional[DownTrackSnapshot]
+    # The msid stream the client knows the m-line by (None: unknown).
+    stream_id: Optional[str] = None
 
 
 class SubscriberEndpoint:
@@ -115,8 +117,20 @@ class SubscriberEndpoint:
         return binding
 
     def _line_states(self) -> dict[str, tuple[Optional[str], Optional[int]]]:
-        return {t.mid: (t.track_id, t.ssrc) if t.state is TransceiverState.ACTIVE else (None, None)
-                for t in self.table.transceivers if t.kind.value != "application"}
+        """mid -> (track id, SSRC) as an offer presents the line: its track, or the track the
+        cache holds it for, or nothing."""
+        states: dict[str, tuple[Optional[str], Optional[int]]] = {}
+        for t in self.table.transceivers:
+            if t.kind.value == "application":
+                continue
+            held = self.table.held(t)
+            if t.state is TransceiverState.ACTIVE:
+                states[t.mid] = (t.track_id, t.ssrc)
+            elif held is not None:
+                states[t.mid] = (held[0], held[1].ssrc)
+            else:
+                states[t.mid] = (None, None)
+        return states
 
     def needs_negotiation(self) -> bool:
         """Whether the client's view (the last answered offer) differs from the table. An m-line
@@ -235,7 +249,8 @@ class SubscriberEndpoint:
         for track_id in sorted(self.cached_track_ids):
             c = self.table.cache.peek(track_id)
             if c is not None:
-                out.append(MigratedTransceiver(track_id, c.mid, c.ssrc, c.rtx_ssrc, self.snapshots.get(track_id)))
+                out.append(MigratedTransceiver(track_id, c.mid, c.ssrc, c.rtx_ssrc, self.snapshots.get(track_id),
+                                               c.stream_id))
         return out
 
     def restore_migrated(self, entries: list[MigratedTransceiver], kinds: dict[str, MediaKind],
@@ -258,7 +273,8 @@ class SubscriberEndpoint:
                     failed.append(entry.track_id)
                     continue
                 t.ssrc, t.rtx_ssrc = entry.ssrc, entry.rtx_ssrc
-                self.table.cache.put(entry.track_id, CachedTransceiver(t.mid, kind, entry.ssrc, entry.rtx_ssrc, t.codecs))
+                self.table.cache.put(entry.track_id, CachedTransceiver(t.mid, kind, entry.ssrc, entry.rtx_ssrc, t.codecs,
+                                                                       stream_id=entry.stream_id))
                 self.cached_track_ids.add(entry.track_id)
                 if entry.snapshot is not None:
                     self.snapshots[entry.track_id] = entry.snapshot
@@ -275,6 +291,7 @@ class SubscriberEndpoint:
                 failed.append(entry.track_id)
                 continue
             t.ssrc, t.rtx_ssrc = entry.ssrc, entry.rtx_ssrc
+            t.stream_id = entry.stream_id
             self.table.unbind(entry.track_id, cache=True)
             self.cached_track_ids.add(entry.track_id)
             if entry.snapshot is not None:
