@@ -393,3 +393,37 @@ async def test_a_request_flood_is_throttled_then_the_sender_alone_is_disconnecte
             assert "good" in room.participants and "bad" not in room.participants
         assert server.metrics.get(m.SIGNAL_RATE_LIMIT_DISCONNECT) == 1
         assert server.metrics.get(m.SIGNAL_RATE_LIMITED) > 0
+
+
+# ---- the other bounds: SDP size, the Server API's subscriptions ------------------------------
+
+
+async def test_an_oversized_session_description_is_refused_before_parsing() -> None:
+    async with running_server() as server:
+        async with signal_client(server, mint_token("bad")) as bad:
+            await join(bad)
+            sdp = "v=0\r\n" + "a=x-padding:" + "p" * (300 * 1024) + "\r\n"
+            await send(bad, rtc.SignalRequest(offer=rtc.SessionDescription(type="offer", sdp=sdp, id=41)))
+            answer = await refusal(bad)
+            assert (answer.reason, answer.request_id) == (Reason.LIMIT_EXCEEDED, 41)
+            await send(bad, rtc.SignalRequest(answer=rtc.SessionDescription(type="answer", sdp=sdp, id=42)))
+            answer = await refusal(bad)
+            assert (answer.reason, answer.request_id) == (Reason.LIMIT_EXCEEDED, 42)
+        assert server.metrics.get(m.SIGNAL_LIMIT_EXCEEDED) == 2
+
+
+async def test_the_server_apis_update_subscriptions_is_held_to_the_same_bounds() -> None:
+    from trio_sfu.signal.grants import ClaimGrants, VideoGrant
+
+    async with running_server() as server:
+        async with signal_client(server, mint_token("member")) as member:
+            await join(member)
+            admin = ClaimGrants(api_key="testkey", video=VideoGrant(room_admin=True, room="room1"))
+            for ids in (made_up_ids(600), made_up_ids(40)):  # too many ids; too many that do not exist
+                with pytest.raises(TwirpError) as info:
+                    await server.room_service.update_subscriptions(admin, room_pb.UpdateSubscriptionsRequest(
+                        room="room1", identity="member", track_sids=ids, subscribe=True))
+                assert info.value.code == "invalid_argument"
+            await server.room_service.update_subscriptions(admin, room_pb.UpdateSubscriptionsRequest(
+                room="room1", identity="member", track_sids=made_up_ids(5), subscribe=True))
+            assert len(server.registry.rooms["room1"].participants["member"].subscriptions) == 5
