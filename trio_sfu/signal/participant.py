@@ -578,12 +578,12 @@ class Participant:
                 rtc.RequestResponse.Reason.NOT_ALLOWED,
                 "not allowed to update own metadata",
                 request_id=req.request_id,
-                update_metadata=req,
+                # Which request, not what it carried: that may be up to a whole signal message.
+                update_metadata=rtc.UpdateParticipantMetadata(request_id=req.request_id),
             )
             return
         refusal = self.limits.check_participant_update(req.name, req.metadata, req.attributes, self.attributes)
         if refusal is not None:
-            # The echo says which request, not what it carried (that is what was too large).
             self._refuse(refusal, request_id=req.request_id,
                          update_metadata=rtc.UpdateParticipantMetadata(request_id=req.request_id))
             return
