@@ -79,6 +79,36 @@ def test_wrong_types_name_the_key(data: dict, key: str) -> None:
         config_from_mapping(data)
 
 
+def test_limit_section_has_livekits_defaults_and_keys() -> None:
+    config, warnings = config_from_mapping({})
+    assert (config.limit.max_metadata_size, config.limit.max_attributes_size, config.limit.max_room_name_length,
+            config.limit.max_participant_identity_length, config.limit.max_participant_name_length) == (
+        64000, 64000, 256, 256, 256)
+    config, warnings = config_from_mapping({"limit": {
+        "max_metadata_size": 10, "max_attributes_size": 20, "max_room_name_length": 30,
+        "max_participant_identity_length": 40, "max_participant_name_length": 0, "num_tracks": 5,
+        "bytes_per_sec": 1.5}})
+    assert warnings == []
+    assert (config.limit.max_metadata_size, config.limit.max_attributes_size, config.limit.max_room_name_length,
+            config.limit.max_participant_identity_length, config.limit.max_participant_name_length) == (10, 20, 30, 40, 0)
+    with pytest.raises(ConfigError, match="'limit.max_metadata_size'"):
+        config_from_mapping({"limit": {"max_metadata_size": -1}})
+    with pytest.raises(ConfigError, match="'limit.max_attributes_size'"):
+        config_from_mapping({"limit": {"max_attributes_size": "big"}})
+
+
+def test_legacy_room_limits_override_the_limit_section_as_in_livekit() -> None:
+    config, warnings = config_from_mapping({
+        "room": {"max_metadata_size": 100, "max_room_name_length": 50, "max_participant_identity_length": 60},
+        "limit": {"max_metadata_size": 5, "max_room_name_length": 5, "max_participant_identity_length": 5}})
+    assert warnings == []
+    assert (config.limit.max_metadata_size, config.limit.max_room_name_length,
+            config.limit.max_participant_identity_length) == (100, 50, 60)
+    # Zero in the legacy key means "not set" there, as LiveKit reads it.
+    config, _ = config_from_mapping({"room": {"max_metadata_size": 0}, "limit": {"max_metadata_size": 5}})
+    assert config.limit.max_metadata_size == 5
+
+
 def test_bad_yaml_and_non_mapping(tmp_path: pathlib.Path) -> None:
     with pytest.raises(ConfigError):
         load_config_file(write(tmp_path, "port: [unclosed"))

@@ -1,7 +1,8 @@
 """Webhooks end to end: the server posts to a receiver started by the test, and livekit-api's
 own `WebhookReceiver` (JWT check + body SHA-256 + protobuf-JSON parse) validates every post.
-Also: retries with back-off, a dead receiver never blocks a room, a full queue drops and counts,
-and the config checks."""
+Also: retries with back-off, a dead receiver never blocks a room, a full queue (in events or in
+bytes) drops and counts, track events do not carry their participant's whole info, and the config
+checks."""
 
 from __future__ import annotations
 
@@ -262,6 +263,67 @@ async def test_a_full_queue_drops_and_counts() -> None:
     for i in range(5):
         notifier.enqueue(webhook.WebhookEvent(event="room_started", id=f"EV_{i}"))
     assert metrics.get(wh.WEBHOOK_DROPPED) == 3
+
+
+def big_event(i: int, size: int = 60_000) -> webhook.WebhookEvent:
+    return webhook.WebhookEvent(event="room_started", id=f"EV_{i}", room=models.Room(name="r", metadata="m" * size))
+
+
+async def test_the_queue_is_bounded_in_bytes_too() -> None:
+    # Events can be large (a participant's whole info); 512 of them must not pin ~100 MB for a
+    # receiver that is down.
+    config = wh.WebhookConfig(WEBHOOK_KEY, WEBHOOK_SECRET, ("http://127.0.0.1:9/never",))
+    metrics = Metrics()
+    notifier = wh.WebhookNotifier(config, metrics)
+    body_size = len(wh.event_body(big_event(0)))
+    for i in range(400):
+        notifier.enqueue(big_event(i))
+    kept = 400 - metrics.get(wh.WEBHOOK_DROPPED)
+    assert kept == wh.QUEUE_BYTES // body_size, (kept, body_size)
+
+
+async def test_delivered_events_give_their_bytes_back() -> None:
+    async with receiver() as rec:
+        config = wh.WebhookConfig(WEBHOOK_KEY, WEBHOOK_SECRET, (rec.url,))
+        metrics = Metrics()
+        notifier = wh.WebhookNotifier(config, metrics, queue_bytes=200_000)
+        for i in range(4):
+            notifier.enqueue(big_event(i))
+        assert metrics.get(wh.WEBHOOK_DROPPED) == 1  # three fit in 200 KB, the fourth does not
+        async with trio.open_nursery() as nursery:
+            await nursery.start(notifier.run)
+            await rec.wait_for(3)
+            for i in range(4, 7):
+                notifier.enqueue(big_event(i))
+            await rec.wait_for(6)
+            nursery.cancel_scope.cancel()
+        assert metrics.get(wh.WEBHOOK_DROPPED) == 1
+
+
+async def test_track_events_name_their_participant_without_its_whole_info() -> None:
+    async with receiver() as rec:
+        async with running_server(webhook_config(rec.url)) as server:
+            # As much as fits in a token under the 16 KiB request head.
+            token = mint_token("alice", metadata="m" * 5_000, attributes={"k": "v" * 2_000})
+            async with signal_client(server, token) as alice:
+                ja = await join(alice)
+                for i in range(3):
+                    await send(alice, rtc.SignalRequest(add_track=rtc.AddTrackRequest(
+                        cid=f"c{i}", name=f"mic{i}", type=models.TrackType.AUDIO, source=models.TrackSource.MICROPHONE)))
+                    await recv_kind(alice, "track_published")
+                await rec.wait_for(5)
+        events = [validate(r) for r in rec.received]
+    joined = next(e for e in events if e.event == "participant_joined")
+    published = [e for e in events if e.event == "track_published"]
+    # A join carries the whole participant, as LiveKit's does.
+    assert len(joined.participant.metadata) == 5_000 and joined.participant.attributes["k"] == "v" * 2_000
+    # A track event names the participant (sid and identity, as LiveKit's), the track is the subject.
+    assert len(published) == 3
+    for event in published:
+        assert (event.participant.sid, event.participant.identity) == (ja.participant.sid, "alice")
+        assert event.participant.metadata == "" and not event.participant.attributes and not event.participant.tracks
+        assert event.track.name.startswith("mic")
+    assert all(len(r.body) < 2000 for r, e in zip(rec.received, events) if e.event == "track_published")
 
 
 def test_signature_is_sha256_of_the_body() -> None:

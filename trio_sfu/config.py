@@ -46,6 +46,22 @@ class RoomConfig:
 
 
 @attrs.define
+class LimitConfig:
+    """LiveKit's `limit:` section: sizes of what a participant or an API caller may set.
+
+    Lengths and sizes are counted in UTF-8 bytes, as LiveKit (Go's `len`) counts them; 0 means
+    no limit, as in LiveKit. The defaults are LiveKit's.
+    """
+
+    max_metadata_size: int = 64000
+    # The sum of the lengths of every key and value of a participant's attributes.
+    max_attributes_size: int = 64000
+    max_room_name_length: int = 256
+    max_participant_identity_length: int = 256
+    max_participant_name_length: int = 256
+
+
+@attrs.define
 class LoggingConfig:
     level: str = "info"
 
@@ -58,6 +74,7 @@ class ServerConfig:
     rtc: RtcConfig = attrs.field(factory=RtcConfig)
     keys: dict[str, str] = attrs.field(factory=dict)
     room: RoomConfig = attrs.field(factory=RoomConfig)
+    limit: LimitConfig = attrs.field(factory=LimitConfig)
     logging: LoggingConfig = attrs.field(factory=LoggingConfig)
     # Accepted and kept for the webhook / multi-node teammates; not interpreted here.
     webhook: dict[str, Any] | None = None
@@ -106,8 +123,23 @@ _SCHEMA: dict[str, Any] = {
         "auto_create": _BOOL,
         "max_participants": _INT,
         "enabled_codecs": _LIST,
+        # LiveKit's older names for three `limit` keys; when set they win, as in LiveKit.
         "max_metadata_size": _INT,
+        "max_room_name_length": _INT,
+        "max_participant_identity_length": _INT,
         "enable_remote_unmute": _BOOL,
+    },
+    "limit": {
+        "max_metadata_size": _INT,
+        "max_attributes_size": _INT,
+        "max_room_name_length": _INT,
+        "max_participant_identity_length": _INT,
+        "max_participant_name_length": _INT,
+        # Accepted without effect (LiveKit's node-wide track and bandwidth budgets).
+        "num_tracks": _INT,
+        "bytes_per_sec": ((int, float), "a number"),
+        "subscription_limit_video": _INT,
+        "subscription_limit_audio": _INT,
     },
     "logging": {
         "level": _STR,
@@ -147,6 +179,12 @@ def _walk(data: Mapping[Any, Any], schema: Mapping[str, Any], prefix: str, warni
 def _port(value: int, key: str) -> int:
     if not 0 <= value <= 65535:
         raise ConfigError(f"config key '{key}' must be a port number 0-65535, got {value}")
+    return value
+
+
+def _non_negative(value: int, key: str) -> int:
+    if value < 0:
+        raise ConfigError(f"config key '{key}' must not be negative")
     return value
 
 
@@ -219,6 +257,15 @@ def config_from_mapping(data: Any) -> tuple[ServerConfig, list[str]]:
         config.room.auto_create = room["auto_create"]
     if room.get("enable_remote_unmute") is not None:
         config.room.enable_remote_unmute = room["enable_remote_unmute"]
+
+    limit = data.get("limit") or {}
+    for name in attrs.fields_dict(LimitConfig):
+        if limit.get(name) is not None:
+            setattr(config.limit, name, _non_negative(limit[name], f"limit.{name}"))
+    for name in ("max_metadata_size", "max_room_name_length", "max_participant_identity_length"):
+        # LiveKit copies these legacy `room` keys over the `limit` ones when they are non-zero.
+        if room.get(name):
+            setattr(config.limit, name, _non_negative(room[name], f"room.{name}"))
 
     log = data.get("logging") or {}
     if log.get("level") is not None:

@@ -36,6 +36,11 @@ HTTP_BAD_REQUEST = "http_bad_request_total"
 HTTP_TIMEOUT = "http_read_timeout_total"
 HTTP_INTERNAL_ERROR = "http_internal_error_total"
 HTTP_ACCEPT_RESOURCE_ERROR = "http_accept_resource_error_total"
+# Connections refused on arrival: the server's total cap, or the per-client-address cap.
+HTTP_REFUSED_TOTAL_CAP = "http_refused_total_cap_total"
+HTTP_REFUSED_PER_IP_CAP = "http_refused_per_ip_cap_total"
+# Requests after the first on one connection (pipelined or kept alive) that were answered.
+HTTP_PIPELINED = "http_pipelined_total"
 AUTH_FAILED = "auth_failed_total"
 SIGNAL_JOINS = "signal_joins_total"
 SIGNAL_MALFORMED = "signal_malformed_total"
@@ -51,6 +56,13 @@ SIGNAL_DUPLICATE_IDENTITY = "signal_duplicate_identity_total"
 SIGNAL_HANDSHAKE_FAILED = "signal_handshake_failed_total"
 SIGNAL_ROOM_FULL = "signal_room_full_total"
 SIGNAL_SESSION_CRASHED = "signal_session_crashed_total"
+# A request refused by a signal limit (sizes, counts: trio_sfu.signal.limits).
+SIGNAL_LIMIT_EXCEEDED = "signal_limit_exceeded_total"
+# A request dropped by its kind's rate limit, and sessions ended for flooding.
+SIGNAL_RATE_LIMITED = "signal_rate_limited_total"
+SIGNAL_RATE_LIMIT_DISCONNECT = "signal_rate_limit_disconnect_total"
+# Subscriptions/track settings for tracks not in the room, forgotten past the allowance.
+SIGNAL_PENDING_TRACK_IDS_FORGOTTEN = "signal_pending_track_ids_forgotten_total"
 ROOMS_CREATED = "rooms_created_total"
 ROOMS_CLOSED = "rooms_closed_total"
 

@@ -21,6 +21,7 @@ from trio_sfu.api.auth import TokenVerifier
 from trio_sfu.config import ServerConfig
 from trio_sfu.api.http_front import HttpFront
 from trio_sfu.log import get_logger
+from trio_sfu.signal.limits import SignalLimits
 from trio_sfu.signal.media_port import MediaSessionFactory, UnavailableMediaSession
 from trio_sfu.media.service import MediaService
 from trio_sfu.cluster.node_relay import NodeRelay
@@ -58,7 +59,8 @@ class Server:
                                            if enable_media else None)
         if self.media is not None:
             media_factory = self.media
-        self.registry = RoomRegistry(config.room, self.metrics, media_factory)
+        self.registry = RoomRegistry(config.room, self.metrics, media_factory,
+                                     limits=SignalLimits.from_config(config.limit))
         # Raises ConfigError for a webhook section that cannot work (unknown key, bad URL).
         self.webhooks = WebhookNotifier.from_server_config(config, self.metrics)
         if self.webhooks is not None:

@@ -56,6 +56,19 @@ class SfuProcess:
     def log_tail(self, lines: int = 60) -> str:
         return f"--- server log (last {lines} lines) ---\n{tail(self.log, lines)}"
 
+    def limit_hits(self) -> list[str]:
+        """Server log lines saying a client met a signal bound (trio_sfu.signal.limits,
+        rate_limit, the outbox): real SDKs in normal use never may."""
+        try:
+            lines = self.log.read_text(errors="replace").splitlines()
+        except OSError:
+            return []
+        return [line for line in lines if any(marker in line for marker in LIMIT_LOG_MARKERS)]
+
+
+# What the server logs when a client meets one of the signal bounds.
+LIMIT_LOG_MARKERS = ("over their rate limit", "signal request over a limit", "signal queue over its bounds")
+
 
 def stop_process(proc: subprocess.Popen, grace_s: float = 10.0) -> bool:
     """SIGTERM, then SIGKILL after `grace_s`; True when the process exited by itself."""
@@ -196,10 +209,14 @@ def sfu(netns: NetworkNamespace, tmp_path: Path) -> Iterator[SfuProcess]:
                 if time.monotonic() > deadline:
                     pytest.fail(f"server not ready within {SERVER_START_TIMEOUT_S} s\n{tail(log)}")
                 time.sleep(0.05)
-        yield SfuProcess(proc, log, match.group(1), int(match.group(2)))
+        server = SfuProcess(proc, log, match.group(1), int(match.group(2)))
+        yield server
     finally:
         if not stop_process(proc):
             warnings.warn(f"trio-sfu did not exit within 10 s of SIGTERM and was killed; log {log}")
+    # Every test with real SDKs also proves they never meet a signal limit in normal use.
+    hits = server.limit_hits()
+    assert not hits, "a real SDK met a signal limit:\n" + "\n".join(hits[:20])
 
 
 @pytest.fixture

@@ -9,21 +9,30 @@ SDK sets it, and a token that never expires is not something we want to honour);
 inherits. We check the times ourselves with an explicit `now` instead of PyJWT's clock so
 the checks are deterministic under test, and error texts say how far off the clock is.
 Unlike LiveKit we never echo the token back in an error body.
+
+Whatever a token holds, verifying it ends in grants or an AuthError (HTTP 401): times that are
+not finite numbers (`exp: 1e400`, an integer too large for a float) are invalid claims, and any
+other failure to parse one (PyJWT's JSON recursing on a deeply nested payload) is an invalid
+token, never an internal error.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any, Mapping
 
 import jwt
 
+from trio_sfu.log import get_logger
 from trio_sfu.signal.grants import VIDEO_GRANT_KEYS, ClaimGrants, VideoGrant
 
 LEEWAY_SECONDS = 60.0
 # A LiveKit token with every grant is well under 2 KiB; this bounds work on hostile input.
 MAX_TOKEN_LENGTH = 16 * 1024
 BEARER_PREFIX = "Bearer "
+
+_log = get_logger("trio_sfu.api.auth")
 
 class AuthError(Exception):
     """A request is not authorised; `status` is the HTTP status LiveKit would answer with."""
@@ -65,7 +74,24 @@ def _optional_str(payload: Mapping[str, Any], name: str) -> str:
     return value
 
 
-def _claims_from_json(api_key: str, payload: Mapping[str, Any]) -> ClaimGrants:
+def _timestamp(payload: Mapping[str, Any], name: str) -> float | None:
+    """A NumericDate claim as a finite float; None when absent."""
+    value = payload.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise AuthError(401, f"invalid token: non-numeric {name}")
+    try:
+        stamp = float(value)
+    except OverflowError:
+        stamp = math.inf
+    if not math.isfinite(stamp):
+        raise AuthError(401, f"invalid token: {name} is out of range")
+    return stamp
+
+
+def _claims_from_json(api_key: str, payload: Mapping[str, Any], expires_at: float,
+                      not_before: float | None) -> ClaimGrants:
     attributes = payload.get("attributes") or {}
     if not isinstance(attributes, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in attributes.items()
@@ -87,8 +113,8 @@ def _claims_from_json(api_key: str, payload: Mapping[str, Any]) -> ClaimGrants:
         sha256=_optional_str(payload, "sha256"),
         room_preset=_optional_str(payload, "roomPreset"),
         room_config=room_config,
-        expires_at=float(payload["exp"]),
-        not_before=None if payload.get("nbf") is None else float(payload["nbf"]),
+        expires_at=expires_at,
+        not_before=not_before,
     )
 
 
@@ -101,6 +127,16 @@ class TokenVerifier:
 
     def verify(self, token: str, now: float | None = None) -> ClaimGrants:
         """Return the token's grants, or raise AuthError(401, reason)."""
+        try:
+            return self._verify(token, now)
+        except AuthError:
+            raise
+        except Exception as exc:
+            # Hostile input that the JWT library did not turn into its own error.
+            _log.info("token could not be parsed", kv={"error": exc.__class__.__name__})
+            raise AuthError(401, "invalid authorization token") from None
+
+    def _verify(self, token: str, now: float | None) -> ClaimGrants:
         if now is None:
             now = time.time()
         if not token or len(token) > MAX_TOKEN_LENGTH:
@@ -133,20 +169,18 @@ class TokenVerifier:
             raise AuthError(401, "invalid token: signature verification failed") from None
         except jwt.PyJWTError as exc:
             raise AuthError(401, f"invalid token: {exc.__class__.__name__}") from None
-        exp = payload.get("exp")
-        if isinstance(exp, bool) or not isinstance(exp, (int, float)):
+        if payload.get("exp") is None:
             raise AuthError(401, "invalid token: missing or non-numeric exp")
+        exp = _timestamp(payload, "exp")
+        assert exp is not None
         if now > exp + self._leeway:
             raise AuthError(401, f"invalid token: token expired {now - exp:.0f} s ago (check clocks and token TTL)")
-        nbf = payload.get("nbf")
-        if nbf is not None:
-            if isinstance(nbf, bool) or not isinstance(nbf, (int, float)):
-                raise AuthError(401, "invalid token: non-numeric nbf")
-            if now < nbf - self._leeway:
-                raise AuthError(
-                    401, f"invalid token: token not valid yet (nbf) for another {nbf - now:.0f} s; check clock skew"
-                )
-        return _claims_from_json(api_key, payload)
+        nbf = _timestamp(payload, "nbf")
+        if nbf is not None and now < nbf - self._leeway:
+            raise AuthError(
+                401, f"invalid token: token not valid yet (nbf) for another {nbf - now:.0f} s; check clock skew"
+            )
+        return _claims_from_json(api_key, payload, exp, nbf)
 
 
 def token_from_request(authorization: str | None, access_token: str | None) -> str | None:

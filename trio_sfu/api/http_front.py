@@ -7,9 +7,16 @@ to trio-websocket wrapped in `ReplayStream`, which replays the bytes h11 already
 wsproto sees the handshake from its first byte. Like LiveKit, the room join happens *before* the
 upgrade, so auth and room errors are HTTP statuses with a plain-text reason.
 
-Every response closes the connection (no keep-alive): the endpoints here are one-shot, and it
-keeps the state machine trivial. Head size is bounded by h11's `max_incomplete_event_size`,
-head and body reads by timeouts, and an unexpected error becomes a bare 500 -- never a trace.
+A response closes the connection (the endpoints here are one-shot) unless the client has
+already sent its next request behind it (pipelining): then the connection is kept for that one,
+up to `MAX_REQUESTS_PER_CONNECTION`, and every request sent is answered in order. A WebSocket
+upgrade ends the HTTP exchange either way.
+
+Bounds: connections in total and per client address (refused on arrival with 503 / 429, before
+anything is read); the request head at `MAX_HEAD` bytes (reads never run past it, so the limit
+is exact); head and body reads by timeouts; a Twirp call's method, route and token are checked
+from the head, before its body (up to `MAX_BODY`) is read. An unexpected error becomes a bare
+500 -- never a trace.
 """
 
 from __future__ import annotations
@@ -39,11 +46,19 @@ if TYPE_CHECKING:
 
 MAX_HEAD = 16 * 1024
 MAX_BODY = 1024 * 1024
+READ_SIZE = 8192
 HEAD_TIMEOUT = 10.0
 BODY_TIMEOUT = 10.0
-MAX_NAME_LENGTH = 256
 LINGER_TIMEOUT = 0.5
 LINGER_MAX_BYTES = 256 * 1024
+MAX_REQUESTS_PER_CONNECTION = 16
+# Open connections (signal sessions included): a LiveKit node serves a few thousand
+# participants; one address (a NAT, an office) gets a share large enough for a big meeting.
+MAX_CONNECTIONS = 4096
+MAX_CONNECTIONS_PER_IP = 256
+# Connections being refused at once get the refusal's text; beyond that they are just closed.
+MAX_REFUSING = 256
+REFUSAL_TIMEOUT = 1.0
 CORS_HEADERS = [("access-control-allow-origin", "*")]
 _SDK_NAMES = {
     "js": models.ClientInfo.SDK.JS,
@@ -107,33 +122,114 @@ class Request:
         return self.headers.get("upgrade", "").lower() == "websocket" and "upgrade" in connection
 
 
+@attrs.define
+class ConnectionLimits:
+    total: int = MAX_CONNECTIONS
+    per_ip: int = MAX_CONNECTIONS_PER_IP
+
+
+class ConnectionCounter:
+    """Open connections, in total and per client address."""
+
+    def __init__(self, limits: ConnectionLimits) -> None:
+        self.limits = limits
+        self.total = 0
+        self.by_ip: dict[str | None, int] = {}
+
+    def admit(self, ip: str | None) -> int | None:
+        """Count a new connection from `ip`; or the HTTP status to refuse it with."""
+        if self.total >= self.limits.total:
+            return 503
+        if ip is not None and self.by_ip.get(ip, 0) >= self.limits.per_ip:
+            return 429
+        self.total += 1
+        self.by_ip[ip] = self.by_ip.get(ip, 0) + 1
+        return None
+
+    def release(self, ip: str | None) -> None:
+        self.total -= 1
+        left = self.by_ip[ip] - 1
+        if left:
+            self.by_ip[ip] = left
+        else:
+            del self.by_ip[ip]
+
+
+def _peer_ip(stream: trio.abc.Stream) -> str | None:
+    sock = getattr(stream, "socket", None)
+    if sock is None:
+        return None
+    try:
+        peer = sock.getpeername()
+    except OSError:
+        return None
+    return peer[0] if isinstance(peer, tuple) else None
+
+
 class _HttpExchange:
-    """One request/response on one connection, over h11."""
+    """Requests and responses on one connection, over h11: one, or several pipelined."""
 
     def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+        # The current request's bytes as received, for a WebSocket replay or a forward.
         self.raw = bytearray()
         self.responded = False
+        self.kept_alive = False
+        self.served = 0
         self.method = "GET"
 
-    async def _next_event(self) -> object:
+    async def _next_event(self, *, head: bool = False) -> object:
         while True:
             event = self.conn.next_event()
             if event is not h11.NEED_DATA:
                 return event
-            data = await self.stream.receive_some(8192)
+            size = READ_SIZE
+            if head:
+                # h11 only bounds a head it has not got whole yet, and only once fed past the
+                # bound: read no further than the limit, so a head is at most MAX_HEAD bytes.
+                size = min(size, MAX_HEAD - len(self.conn.trailing_data[0]))
+                if size <= 0:
+                    raise h11.RemoteProtocolError("request head too large", error_status_hint=431)
+            data = await self.stream.receive_some(size)
             # Keep the raw bytes only while they may still be needed for a WebSocket replay.
             if len(self.raw) <= MAX_HEAD:
                 self.raw += data
             self.conn.receive_data(data)
 
     async def read_head(self) -> h11.Request | None:
-        event = await self._next_event()
+        event = await self._next_event(head=True)
         if isinstance(event, h11.Request):
             self.method = event.method.decode("ascii", "replace").upper()
             return event
         return None
+
+    def _request_complete(self) -> bool:
+        """Whether the request was read to its end (a bodiless one's end is already buffered)."""
+        while self.conn.their_state is h11.SEND_BODY:
+            event = self.conn.next_event()
+            if event is h11.NEED_DATA or event is h11.PAUSED:
+                return False
+        return self.conn.their_state is h11.DONE
+
+    def _next_request_waiting(self) -> bool:
+        """Whether the client pipelined another request behind this one."""
+        try:
+            if self.served + 1 >= MAX_REQUESTS_PER_CONNECTION or not self._request_complete():
+                return False
+        except h11.RemoteProtocolError:
+            return False  # a broken body: answer this request, then close
+        data, closed = self.conn.trailing_data
+        return bool(data) and not closed
+
+    def next_cycle(self) -> None:
+        """After a kept-alive response: ready for the next request on the connection."""
+        self.conn.start_next_cycle()
+        self.raw = bytearray(self.conn.trailing_data[0])
+        self.responded = False
+        self.kept_alive = False
+        self.served += 1
+        self.method = "GET"
 
     async def read_body(self, limit: int) -> bytes | None:
         """The request body; None if it exceeds `limit`."""
@@ -147,6 +243,9 @@ class _HttpExchange:
             elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)) or event is h11.PAUSED:
                 return bytes(body)
 
+    async def respond_reply(self, reply: TwirpReply) -> None:
+        await self.respond(reply.status, reply.body, content_type=reply.content_type)
+
     async def respond(
         self,
         status: int,
@@ -157,9 +256,10 @@ class _HttpExchange:
         if self.responded:
             return
         self.responded = True
+        keep_alive = self._next_request_waiting()
         all_headers = [
             ("server", "trio-sfu"),
-            ("connection", "close"),
+            *([] if keep_alive else [("connection", "close")]),
             ("content-type", content_type),
             ("content-length", str(len(body))),
             *headers,
@@ -169,12 +269,13 @@ class _HttpExchange:
             data += self.conn.send(h11.Data(data=body))
         data += self.conn.send(h11.EndOfMessage())
         await self.stream.send_all(data)
+        self.kept_alive = keep_alive and self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE
 
 
-async def _linger(stream: trio.abc.Stream) -> None:
+async def _linger(stream: trio.abc.Stream, timeout: float = LINGER_TIMEOUT) -> None:
     """Half-close and drain briefly, so unread request bytes do not turn our close into a
     TCP reset that destroys the response before the client reads it."""
-    with trio.move_on_after(LINGER_TIMEOUT):
+    with trio.move_on_after(timeout):
         try:
             if isinstance(stream, trio.abc.HalfCloseableStream):
                 await stream.send_eof()
@@ -249,20 +350,64 @@ class HttpFront:
         registry: RoomRegistry,
         metrics: m.Metrics,
         twirp: TwirpServer | None = None,
+        connection_limits: ConnectionLimits | None = None,
     ) -> None:
         self.config = config
         self.verifier = verifier
         self.registry = registry
         self.metrics = metrics
         self.twirp = twirp
+        self.connections = ConnectionCounter(connection_limits or ConnectionLimits())
+        self._refusing = 0
         # Set when this server is one node of several: resumes of migrated participants.
         self.relay: "NodeRelay | None" = None
 
     async def handle_connection(self, stream: trio.abc.Stream) -> None:
-        """The `serve_listeners` handler: one request per connection."""
+        """The accept loop's handler: admit the connection under the caps, then serve it."""
+        ip = _peer_ip(stream)
+        refusal = self.connections.admit(ip)
+        if refusal is not None:
+            self.metrics.inc(m.HTTP_REFUSED_TOTAL_CAP if refusal == 503 else m.HTTP_REFUSED_PER_IP_CAP)
+            await self._refuse_connection(stream, refusal)
+            return
+        try:
+            await self._serve_connection(stream)
+        finally:
+            self.connections.release(ip)
+
+    async def _refuse_connection(self, stream: trio.abc.Stream, status: int) -> None:
+        """Answer a connection over the caps without reading its request, then close it."""
+        try:
+            if self._refusing >= MAX_REFUSING:
+                return  # a flood of them: not even a reply
+            self._refusing += 1
+            try:
+                body = (b"too many connections from this address\n" if status == 429
+                        else b"server is at its connection limit, retry later\n")
+                reason = "Too Many Requests" if status == 429 else "Service Unavailable"
+                head = (f"HTTP/1.1 {status} {reason}\r\nserver: trio-sfu\r\nconnection: close\r\n"
+                        f"retry-after: 1\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                        f"content-length: {len(body)}\r\n\r\n").encode()
+                with trio.move_on_after(REFUSAL_TIMEOUT):
+                    await stream.send_all(head + body)
+                    await _linger(stream, LINGER_TIMEOUT / 2)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+            finally:
+                self._refusing -= 1
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                await stream.aclose()
+
+    async def _serve_connection(self, stream: trio.abc.Stream) -> None:
         exchange = _HttpExchange(stream)
         try:
-            await self._handle(exchange)
+            while True:
+                await self._handle(exchange)
+                if not exchange.kept_alive:
+                    break
+                exchange.next_cycle()
+                self.metrics.inc(m.HTTP_PIPELINED)
         except h11.RemoteProtocolError as exc:
             self.metrics.inc(m.HTTP_BAD_REQUEST)
             status = exc.error_status_hint if 400 <= exc.error_status_hint < 600 else 400
@@ -329,19 +474,30 @@ class HttpFront:
         await exchange.respond(404, b"not found\n")
 
     async def _twirp(self, exchange: _HttpExchange, request: Request) -> None:
+        await exchange.respond_reply(await self._twirp_reply(exchange, request))
+
+    async def _twirp_reply(self, exchange: _HttpExchange, request: Request) -> TwirpReply:
+        # Everything the head can tell is checked before a byte of the body is read: a caller
+        # without a valid token never makes us hold its body.
+        if self.twirp is None:
+            return TwirpReply.error(TwirpError("bad_route", f"no handler for path {request.path[:200]!r}"))
+        call = self.twirp.prepare(request.method, request.path, request.headers)
+        if isinstance(call, TwirpReply):
+            if call.status == 401:
+                self.metrics.inc(m.AUTH_FAILED)
+            return call
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_BODY:
+            return TwirpReply.error(TwirpError("malformed", f"request body exceeds {MAX_BODY} bytes"))
         body: bytes | None = b""
         with trio.move_on_after(BODY_TIMEOUT) as body_timeout:
             body = await exchange.read_body(MAX_BODY)
         if body_timeout.cancelled_caught:
             self.metrics.inc(m.HTTP_TIMEOUT)
-            reply = TwirpReply.error(TwirpError("deadline_exceeded", "timed out reading the request body"))
-        elif body is None:
-            reply = TwirpReply.error(TwirpError("malformed", f"request body exceeds {MAX_BODY} bytes"))
-        elif self.twirp is None:
-            reply = TwirpReply.error(TwirpError("bad_route", f"no handler for path {request.path[:200]!r}"))
-        else:
-            reply = await self.twirp.handle(request.method, request.path, request.headers, body)
-        await exchange.respond(reply.status, reply.body, content_type=reply.content_type)
+            return TwirpReply.error(TwirpError("deadline_exceeded", "timed out reading the request body"))
+        if body is None:
+            return TwirpReply.error(TwirpError("malformed", f"request body exceeds {MAX_BODY} bytes"))
+        return await self.twirp.dispatch(call, request.path, body)
 
     async def _preflight(self, exchange: _HttpExchange, request: Request) -> None:
         requested = request.headers.get("access-control-request-headers", "authorization")
@@ -365,16 +521,18 @@ class HttpFront:
         video = grants.video
         if video is None or not video.room_join:
             raise AuthError(401, "permissions denied")
+        limits = self.registry.limits
         if not grants.identity:
             raise AuthError(400, "participant identity cannot be empty")
-        if len(grants.identity) > MAX_NAME_LENGTH:
-            raise AuthError(400, f"participant identity exceeds limits: max length {MAX_NAME_LENGTH}")
+        if limits.identity_too_long(grants.identity):
+            raise AuthError(400, "participant identity exceeds limits: "
+                                 f"max length {limits.max_participant_identity_length}")
         # LiveKit: the token's room wins over the `room` query parameter.
         room = video.room or (request.param("room") or "")
         if not room:
             raise AuthError(400, "room name cannot be empty")
-        if len(room) > MAX_NAME_LENGTH:
-            raise AuthError(400, f"room name exceeds limits: max length {MAX_NAME_LENGTH}")
+        if limits.room_name_too_long(room):
+            raise AuthError(400, f"room name exceeds limits: max length {limits.max_room_name_length}")
         if not self.config.room.auto_create and room not in self.registry.rooms:
             raise AuthError(404, "requested room does not exist")
         attributes_param = request.param("attributes")
@@ -390,6 +548,9 @@ class HttpFront:
             # An empty value may not delete an attribute the token set.
             merged = dict(grants.attributes)
             merged.update({k: v for k, v in extra.items() if v})
+            refusal = limits.check_attributes(merged)
+            if refusal is not None:
+                raise AuthError(400, refusal.message)
             grants = attrs.evolve(grants, attributes=merged)
         return room, grants
 

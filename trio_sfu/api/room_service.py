@@ -2,7 +2,8 @@
 
 Grants follow LiveKit: CreateRoom and DeleteRoom need `roomCreate`, ListRooms `roomList`, the
 rest `roomAdmin` for the room named in the request; a missing grant is `unauthenticated`.
-Moderation acts through the participants' own paths so clients see exactly what LiveKit
+Sizes follow the server's `limit` config (LiveKit's keys and defaults, `trio_sfu.signal.limits`);
+a request over one is `invalid_argument`, as LiveKit answers. Moderation acts through the participants' own paths so clients see exactly what LiveKit
 sends: a remote mute reaches the publisher as `mute` and everyone else as a ParticipantUpdate;
 removal and room deletion send `leave` with PARTICIPANT_REMOVED / ROOM_DELETED; permission
 changes unpublish tracks and drop subscriptions; UpdateSubscriptions is handled as if the
@@ -16,16 +17,13 @@ from google.protobuf.message import Message
 from livekit.protocol import models, room as room_pb, rtc
 
 from trio_sfu.signal.grants import ClaimGrants, VideoGrant
+from trio_sfu.signal.limits import Refusal, SignalLimits, merge_attributes
 from trio_sfu.signal.participant import Participant
 from trio_sfu.signal.rooms import Room, RoomClosedError, RoomRegistry
 from trio_sfu.signal.codec import encode_response
 from trio_sfu.api.twirp import TwirpError, TwirpMethod
 
 SERVICE_NAME = "livekit.RoomService"
-MAX_NAME_LENGTH = 256
-# LiveKit's default room.max_metadata_size.
-MAX_METADATA_SIZE = 64000
-MAX_ATTRIBUTES_SIZE = 64000
 NONCE_LENGTH = 16
 
 _SOURCE_GRANT_NAMES = {
@@ -76,9 +74,9 @@ def video_grant_with_permission(video: VideoGrant, permission: models.Participan
     )
 
 
-def _check_metadata(value: str, what: str) -> None:
-    if len(value.encode()) > MAX_METADATA_SIZE:
-        raise TwirpError("invalid_argument", f"{what} exceeds limits: max size {MAX_METADATA_SIZE} bytes")
+def _invalid_argument(refusal: Refusal | None) -> None:
+    if refusal is not None:
+        raise TwirpError("invalid_argument", refusal.message)
 
 
 class RoomService:
@@ -86,6 +84,10 @@ class RoomService:
 
     def __init__(self, registry: RoomRegistry) -> None:
         self.registry = registry
+
+    @property
+    def limits(self) -> SignalLimits:
+        return self.registry.limits
 
     def methods(self) -> dict[str, TwirpMethod]:
         return {
@@ -130,9 +132,10 @@ class RoomService:
         require_room_create(grants)
         if not req.name:
             raise TwirpError("invalid_argument", "room name cannot be empty")
-        if len(req.name) > MAX_NAME_LENGTH:
-            raise TwirpError("invalid_argument", f"room name exceeds limits: max length {MAX_NAME_LENGTH}")
-        _check_metadata(req.metadata, "metadata")
+        if self.limits.room_name_too_long(req.name):
+            raise TwirpError("invalid_argument",
+                             f"room name exceeds limits: max length {self.limits.max_room_name_length}")
+        _invalid_argument(self.limits.check_metadata(req.metadata))
         # LiveKit: a zero option means "the server's default".
         defaults = self.registry.config
         config = attrs.evolve(
@@ -164,7 +167,7 @@ class RoomService:
     async def update_room_metadata(self, grants: ClaimGrants, req: room_pb.UpdateRoomMetadataRequest) -> models.Room:
         require_room_admin(grants, req.room)
         room = self._room(req.room)
-        _check_metadata(req.metadata, "metadata")
+        _invalid_argument(self.limits.check_metadata(req.metadata))
         room.metadata = req.metadata
         info = room.to_proto()
         frame = encode_response(rtc.SignalResponse(room_update=rtc.RoomUpdate(room=info)))
@@ -212,21 +215,14 @@ class RoomService:
     ) -> models.ParticipantInfo:
         require_room_admin(grants, req.room)
         participant = self._participant(req.room, req.identity)
-        _check_metadata(req.metadata, "metadata")
-        if len(req.name) > MAX_NAME_LENGTH:
-            raise TwirpError("invalid_argument", f"name exceeds limits: max length {MAX_NAME_LENGTH}")
-        if sum(len(k.encode()) + len(v.encode()) for k, v in req.attributes.items()) > MAX_ATTRIBUTES_SIZE:
-            raise TwirpError("invalid_argument", f"attributes exceed limits: max size {MAX_ATTRIBUTES_SIZE} bytes")
+        _invalid_argument(self.limits.check_participant_update(req.name, req.metadata, req.attributes,
+                                                               participant.attributes))
         if req.metadata:
             participant.metadata = req.metadata
         if req.name:
             participant.name = req.name
-        for key, value in req.attributes.items():
-            # As for the participant's own update: an empty value deletes the key.
-            if value:
-                participant.attributes[key] = value
-            else:
-                participant.attributes.pop(key, None)
+        # As for the participant's own update: an empty value deletes the key.
+        participant.attributes = merge_attributes(participant.attributes, req.attributes)
         if req.HasField("permission"):
             await self._apply_permission(participant, req.permission)
         participant.bump_version()
@@ -252,9 +248,8 @@ class RoomService:
             ]
             subscribed += [sid for sid, wanted in participant.subscriptions.items() if wanted]
             if subscribed:
-                await participant.handle_request(
-                    rtc.SignalRequest(subscription=rtc.UpdateSubscription(track_sids=sorted(set(subscribed)), subscribe=False))
-                )
+                participant.update_subscription(
+                    rtc.UpdateSubscription(track_sids=sorted(set(subscribed)), subscribe=False), from_server=True)
         if new.hidden and not old.hidden and participant.announced:
             # Clients drop a participant whose update says DISCONNECTED.
             gone = participant.to_info()
@@ -262,7 +257,7 @@ class RoomService:
             frame = encode_response(rtc.SignalResponse(update=rtc.ParticipantUpdate(participants=[gone])))
             for other in list(room.participants.values()):
                 if other is not participant:
-                    other.send_encoded(frame)
+                    other.send_participant_update(participant.sid, frame)
 
     async def update_subscriptions(
         self, grants: ClaimGrants, req: room_pb.UpdateSubscriptionsRequest
@@ -272,7 +267,7 @@ class RoomService:
         update = rtc.UpdateSubscription(
             track_sids=list(req.track_sids), subscribe=req.subscribe, participant_tracks=list(req.participant_tracks)
         )
-        await participant.handle_request(rtc.SignalRequest(subscription=update))
+        _invalid_argument(participant.update_subscription(update))
         return room_pb.UpdateSubscriptionsResponse()
 
     async def send_data(self, grants: ClaimGrants, req: room_pb.SendDataRequest) -> room_pb.SendDataResponse:

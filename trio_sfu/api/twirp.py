@@ -5,6 +5,10 @@ body, answered in the same encoding. Errors are always JSON `{"code","msg","meta
 status Twirp assigns to the code (the Python client parses JSON on any non-200), so every
 failure here -- including a bug in a handler -- becomes a TwirpError, never a stack trace.
 
+A call is checked in two steps so that nobody unauthenticated makes us read a body: `prepare`
+needs only the request head (method, route, content type, bearer token), and only a prepared
+call's body is read and passed to `dispatch`.
+
 This module knows nothing about rooms: a service is a table of `TwirpMethod`s whose handlers
 receive the caller's verified `ClaimGrants` and decoded request, and check grants themselves
 (which grant applies can depend on the request, e.g. `roomAdmin` for the named room).
@@ -22,6 +26,7 @@ from google.protobuf.message import Message
 
 from trio_sfu.api.auth import AuthError, ClaimGrants, TokenVerifier, token_from_request
 from trio_sfu.log import get_logger
+from trio_sfu.signal.limits import json_nesting_within
 
 PATH_PREFIX = "/twirp/"
 # JSON nesting deeper than this is refused as malformed instead of recursing.
@@ -108,31 +113,6 @@ def encoding_of(content_type: str | None) -> Encoding:
     raise TwirpError("bad_route", f"unexpected Content-Type: {media_type[:100]!r}")
 
 
-def _json_depth_ok(text: str) -> bool:
-    # json.loads recurses per nesting level; bound it before parsing so hostile input is a
-    # malformed error, not a RecursionError.
-    depth = 0
-    in_string = False
-    escaped = False
-    for char in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == '"':
-                in_string = False
-        elif char == '"':
-            in_string = True
-        elif char in "[{":
-            depth += 1
-            if depth > MAX_JSON_DEPTH:
-                return False
-        elif char in "]}":
-            depth -= 1
-    return True
-
-
 def decode_request(encoding: Encoding, body: bytes, message_type: type[Message]) -> Message:
     """Parse a request body; anything unparsable is TwirpError('malformed')."""
     message = message_type()
@@ -148,7 +128,9 @@ def decode_request(encoding: Encoding, body: bytes, message_type: type[Message])
         text = body.decode("utf-8") if body else "{}"
     except UnicodeDecodeError:
         raise TwirpError("malformed", "the JSON request body is not UTF-8") from None
-    if not _json_depth_ok(text):
+    # json.loads recurses per nesting level; bound it before parsing so hostile input is a
+    # malformed error, not a RecursionError.
+    if not json_nesting_within(text, MAX_JSON_DEPTH):
         raise TwirpError("malformed", "the JSON request body is nested too deeply")
     try:
         # Parse accepts proto (snake_case) and JSON (camelCase) field names alike; unknown
@@ -167,6 +149,15 @@ def encode_response(encoding: Encoding, message: Message) -> bytes:
         message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True, indent=None
     )
     return text.encode()
+
+
+@attrs.frozen
+class TwirpCall:
+    """A request whose head passed: its method, the body's encoding and the caller's grants."""
+
+    method: TwirpMethod
+    encoding: Encoding
+    grants: ClaimGrants
 
 
 class TwirpServer:
@@ -199,23 +190,42 @@ class TwirpServer:
         except AuthError as exc:
             raise TwirpError("unauthenticated", exc.reason) from None
 
-    async def handle(self, http_method: str, path: str, headers: Mapping[str, str], body: bytes) -> TwirpReply:
-        """Answer one request; `headers` has lower-case names. Never raises."""
+    def prepare(self, http_method: str, path: str, headers: Mapping[str, str]) -> TwirpCall | TwirpReply:
+        """Check a request's head (`headers` with lower-case names): the call to make once the
+        body is read, or the error reply to send without reading it."""
         try:
             if http_method != "POST":
                 raise TwirpError("bad_route", f"unsupported method {http_method[:16]!r} (only POST is allowed)")
             method = self.route(path)
             encoding = encoding_of(headers.get("content-type"))
             grants = self.authenticate(headers.get("authorization"))
-            request = decode_request(encoding, body, method.request_type)
-            response = await method.handler(grants, request)
-            return TwirpReply(200, encoding.value, encode_response(encoding, response))
+            return TwirpCall(method, encoding, grants)
         except TwirpError as exc:
-            if exc.status >= 500:
-                _log.warning("twirp call failed", kv={"path": path[:200], "code": exc.code, "msg": exc.msg})
-            else:
-                _log.info("twirp call refused", kv={"path": path[:200], "code": exc.code, "msg": exc.msg})
-            return TwirpReply.error(exc)
+            return _error_reply(path, exc)
+
+    async def dispatch(self, call: TwirpCall, path: str, body: bytes) -> TwirpReply:
+        """Decode the body and run the prepared call. Never raises."""
+        try:
+            request = decode_request(call.encoding, body, call.method.request_type)
+            response = await call.method.handler(call.grants, request)
+            return TwirpReply(200, call.encoding.value, encode_response(call.encoding, response))
+        except TwirpError as exc:
+            return _error_reply(path, exc)
         except Exception:
             _log.exception("twirp handler crashed", kv={"path": path[:200]})
             return TwirpReply.error(TwirpError("internal", "internal server error"))
+
+    async def handle(self, http_method: str, path: str, headers: Mapping[str, str], body: bytes) -> TwirpReply:
+        """Answer one request whose body was already read. Never raises."""
+        call = self.prepare(http_method, path, headers)
+        if isinstance(call, TwirpReply):
+            return call
+        return await self.dispatch(call, path, body)
+
+
+def _error_reply(path: str, exc: TwirpError) -> TwirpReply:
+    if exc.status >= 500:
+        _log.warning("twirp call failed", kv={"path": path[:200], "code": exc.code, "msg": exc.msg})
+    else:
+        _log.info("twirp call refused", kv={"path": path[:200], "code": exc.code, "msg": exc.msg})
+    return TwirpReply.error(exc)

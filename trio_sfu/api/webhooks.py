@@ -6,9 +6,12 @@ configured webhook API key, whose `sha256` claim is base64(SHA-256(body)), so a 
 check that the body is the one that was signed.
 
 Delivery never blocks a room: events are serialized at the moment they happen (a snapshot)
-and queued without waiting on a bounded channel per URL; one task per URL posts them in order,
-retrying connection errors, 5xx and 429 with exponential back-off. A full queue drops the
-event, and an event that exhausts its attempts is given up; both are counted and logged.
+and queued without waiting on a channel per URL bounded in events and in bytes; one task per
+URL posts them in order, retrying connection errors, 5xx and 429 with exponential back-off. A
+full queue drops the event, and an event that exhausts its attempts is given up; both are
+counted and logged. Track events name their participant by sid and identity only, as LiveKit's
+do: the track is the subject, and a participant's whole info (metadata, attributes, every
+track) would make each of its up to 64 track events as large as a join.
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ CONTENT_TYPE = "application/webhook+json"
 USER_AGENT = "LiveKit"
 TOKEN_TTL = 300.0
 QUEUE_SIZE = 512
+# Per URL: a receiver that is down must not let queued events (each up to a participant's
+# whole info, ~200 KiB at the limits) hold unbounded memory.
+QUEUE_BYTES = 8 * 1024 * 1024
 ATTEMPTS = 5
 BACKOFF_BASE = 0.5
 BACKOFF_MAX = 8.0
@@ -112,10 +118,13 @@ def backoff_delay(attempt: int) -> float:
 class WebhookNotifier:
     """A RoomObserver that posts every room event to the configured URLs."""
 
-    def __init__(self, config: WebhookConfig, metrics: m.Metrics, *, queue_size: int = QUEUE_SIZE) -> None:
+    def __init__(self, config: WebhookConfig, metrics: m.Metrics, *, queue_size: int = QUEUE_SIZE,
+                 queue_bytes: int = QUEUE_BYTES) -> None:
         self.config = config
         self.metrics = metrics
         self._queues = {url: trio.open_memory_channel[bytes](queue_size) for url in config.urls}
+        self._queue_bytes = queue_bytes
+        self._queued_bytes = dict.fromkeys(config.urls, 0)
         self._pending = 0
         self._idle = trio.Event()
         self._idle.set()
@@ -136,10 +145,13 @@ class WebhookNotifier:
             id="EV_" + "".join(secrets.choice(_ALPHABET) for _ in range(12)),
             created_at=int(time.time()),
         )
-        if participant is not None:
-            message.participant.CopyFrom(participant.to_info())
         if track is not None:
             message.track.CopyFrom(track)
+            if participant is not None:
+                message.participant.sid = participant.sid
+                message.participant.identity = participant.identity
+        elif participant is not None:
+            message.participant.CopyFrom(participant.to_info())
         if event == "room_finished":
             message.room_end_reason = _END_REASONS.get(
                 getattr(room, "close_reason", None), models.RoomEndReason.ROOM_END_UNKNOWN
@@ -150,11 +162,15 @@ class WebhookNotifier:
         body = event_body(message)
         for url, (send, _) in self._queues.items():
             try:
+                if self._queued_bytes[url] + len(body) > self._queue_bytes:
+                    raise trio.WouldBlock
                 send.send_nowait(body)
             except trio.WouldBlock:
                 self.metrics.inc(WEBHOOK_DROPPED)
-                _log.warning("webhook queue full, event dropped", kv={"url": url, "event": message.event})
+                _log.warning("webhook queue full, event dropped",
+                             kv={"url": url, "event": message.event, "queued_bytes": self._queued_bytes[url]})
                 continue
+            self._queued_bytes[url] += len(body)
             self._pending += 1
             self._idle = trio.Event() if self._idle.is_set() else self._idle
 
@@ -178,6 +194,7 @@ class WebhookNotifier:
 
     async def _deliver_all(self, client: httpx.AsyncClient, url: str, receive: trio.MemoryReceiveChannel[bytes]) -> None:
         async for body in receive:
+            self._queued_bytes[url] -= len(body)
             try:
                 await self._deliver(client, url, body)
             finally:

@@ -6,9 +6,15 @@ Whatever ends the session -- the client's `leave`, a dropped socket, a ping time
 removal or a slow consumer -- goes through `close()`, which unlinks the participant from its room
 and cancels that nursery, so everything it owns ends with it.
 
-Outgoing messages go through a bounded memory channel to a single writer task. Producers (other
-participants' broadcasts) never block: a full queue means the client is not reading, and since a
-signal stream with holes is useless, such a client is disconnected and counted.
+Outgoing messages go through the participant's `SignalOutbox` (bounded in messages and bytes,
+coalescing ParticipantUpdates per participant) to a single writer task. Producers (other
+participants' broadcasts) never block: a queue over its bounds means the client is not reading,
+and since a signal stream with holes is useless, such a client is disconnected and counted.
+
+Incoming requests are bounded before they change anything: by kind, a token bucket per
+participant (`trio_sfu.signal.rate_limit`; a sender that keeps flooding is disconnected), and
+per request the sizes and counts of `trio_sfu.signal.limits`. A refusal is a `RequestResponse`
+with LiveKit's reason, to the sender only, and is counted.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from __future__ import annotations
 import collections
 import enum
 import time
-from typing import Any, Awaitable, Callable, Optional, Protocol
+from typing import Any, Awaitable, Callable, Hashable, Optional, Protocol
 
 import attrs
 import trio
@@ -27,10 +33,25 @@ from trio_sfu import metrics as m
 from trio_sfu.signal.grants import ClaimGrants
 from trio_sfu.log import get_logger
 from trio_sfu.signal.codec import SignalDecodeError, decode_request, encode_response, request_kind
+from trio_sfu.signal.limits import (
+    Refusal,
+    SignalLimits,
+    assign_bounded,
+    check_candidate,
+    check_sdp,
+    merge_attributes,
+    source_matches_type,
+)
 from trio_sfu.signal.media_port import MediaContext, MediaSession, MediaSessionFactory, MigratedParticipant
+from trio_sfu.signal.outbox import SignalOutbox
+from trio_sfu.signal.rate_limit import RequestRateLimiter, Verdict
 
 MAX_WS_MESSAGE = 1024 * 1024
-OUTBOX_SIZE = 256
+# A client's backlog of unsent messages. ParticipantUpdates coalesce per participant, so a room's
+# churn takes about one slot per member; what remains is the client's own traffic (responses,
+# offers, candidates) and room updates. A client this far behind is not reading.
+OUTBOX_MAX_MESSAGES = 1024
+OUTBOX_MAX_BYTES = 8 * 1024 * 1024
 PING_INTERVAL = 5
 PING_TIMEOUT = 15
 # How long a closing session may take to flush its last messages before it is cut.
@@ -39,7 +60,6 @@ CLOSE_GRACE = 2.0
 # itself before we close: a LiveKit SDK that sees our close race its own takes it as a second
 # failure and falls back to a full rejoin under a new sid (livekit 1.2.1, measured 3-50 %).
 RESUME_HANGUP_WAIT = 1.5
-MAX_TRACKS_PER_PARTICIPANT = 64
 # Server-sent data kept until the media session exists (it queues them itself from then on).
 MAX_UNDELIVERED_DATA = 64
 
@@ -101,6 +121,9 @@ class ParticipantRoom(Protocol):
 
     def on_participant_closed(self, participant: "Participant", *, migrated: bool = False) -> None: ...
 
+    def track_ids(self) -> set[str]:
+        """Every track published in the room now, on this node and the others."""
+
 
 class Participant:
     def __init__(
@@ -111,6 +134,7 @@ class Participant:
         options: JoinOptions,
         metrics: m.Metrics,
         media_factory: MediaSessionFactory,
+        limits: SignalLimits | None = None,
     ) -> None:
         self.room = room
         self.sid = sid
@@ -118,6 +142,7 @@ class Participant:
         self.grants = grants
         self.options = options
         self.metrics = metrics
+        self.limits = limits or SignalLimits()
         self.state = ParticipantState.JOINING
         self.name = grants.name
         self.metadata = grants.metadata
@@ -138,7 +163,8 @@ class Participant:
             maxlen=MAX_UNDELIVERED_DATA
         )
         self.log = _log.bind(room=room.name, participant=sid, identity=self.identity)
-        self._outbox_send, self._outbox_recv = trio.open_memory_channel[Any](OUTBOX_SIZE)
+        self._outbox = SignalOutbox(OUTBOX_MAX_MESSAGES, OUTBOX_MAX_BYTES)
+        self._rate = RequestRateLimiter(trio.current_time())
         self._scope: trio.CancelScope | None = None
         self._cancel_requested = False
         self._last_seen = 0.0
@@ -171,6 +197,11 @@ class Participant:
     @property
     def is_closed(self) -> bool:
         return self.state is ParticipantState.DISCONNECTED
+
+    @property
+    def backlog(self) -> tuple[int, int]:
+        """Messages and bytes queued for this client, not yet handed to its socket."""
+        return len(self._outbox), self._outbox.queued_bytes
 
     def bump_version(self) -> None:
         self.version += 1
@@ -206,18 +237,23 @@ class Participant:
         """Queue a response without blocking; a client too slow to drain its queue is dropped."""
         self.send_encoded(encode_response(response))
 
-    def send_encoded(self, frame: bytes) -> None:
-        """Queue an already serialized SignalResponse (broadcasts encode once for everyone)."""
+    def send_encoded(self, frame: bytes, coalesce_key: Hashable | None = None) -> None:
+        """Queue an already serialized SignalResponse (broadcasts encode once for everyone).
+        A frame with a `coalesce_key` replaces a queued, unsent one with the same key."""
         if self.is_closed:
             return
-        try:
-            self._outbox_send.send_nowait(frame)
-        except trio.WouldBlock:
+        if not self._outbox.put(frame, coalesce_key):
             self.metrics.inc(m.SIGNAL_SEND_OVERFLOW)
-            self.log.warning("signal queue full, disconnecting slow client")
+            self.log.warning("signal queue over its bounds, disconnecting slow client",
+                             kv={"messages": len(self._outbox), "bytes": self._outbox.queued_bytes})
+            # The backlog is useless to a client we drop; free it now rather than after the grace.
+            self._outbox.clear()
             self.close(models.DisconnectReason.SIGNAL_CLOSE, send_leave=False)
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            pass
+
+    def send_participant_update(self, participant_sid: str, frame: bytes) -> None:
+        """Queue a ParticipantUpdate about one participant: it carries that participant's whole
+        state, so it replaces an update about the same participant still waiting to be sent."""
+        self.send_encoded(frame, coalesce_key=("participant", participant_sid))
 
     def close(
         self,
@@ -241,20 +277,13 @@ class Participant:
         if self._media is not None:
             self._media.close()
         if send_leave:
-            self._enqueue_raw(
+            self._outbox.put_final(
                 encode_response(rtc.SignalResponse(leave=rtc.LeaveRequest(reason=reason, action=action, regions=regions)))
             )
-        self._enqueue_raw(_CloseSocket(ws_code, ws_reason or models.DisconnectReason.Name(reason),
-                                       RESUME_HANGUP_WAIT if migrated and send_leave else 0.0))
-        self._outbox_send.close()
+        self._outbox.put_final(_CloseSocket(ws_code, ws_reason or models.DisconnectReason.Name(reason),
+                                            RESUME_HANGUP_WAIT if migrated and send_leave else 0.0))
+        self._outbox.close()
         self._request_cancel(grace=CLOSE_GRACE)
-
-    def _enqueue_raw(self, item: Any) -> None:
-        try:
-            self._outbox_send.send_nowait(item)
-        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
-            # No room to say goodbye politely; the cancel below still ends the session.
-            self._request_cancel(grace=0.0)
 
     def _request_cancel(self, grace: float) -> None:
         self._cancel_requested = True
@@ -323,19 +352,22 @@ class Participant:
         return True
 
     async def _writer(self, ws: trio_websocket.WebSocketConnection) -> None:
-        async with self._outbox_recv:
-            async for item in self._outbox_recv:
-                if isinstance(item, _CloseSocket):
-                    if item.wait_for_peer:
-                        with trio.move_on_after(item.wait_for_peer):
-                            await self._peer_hung_up.wait()
-                    with trio.move_on_after(CLOSE_GRACE / 2):
-                        await ws.aclose(item.code, item.reason[:120])
-                    break
-                try:
-                    await ws.send_message(item)
-                except trio_websocket.ConnectionClosed:
-                    break
+        while True:
+            try:
+                item = await self._outbox.get()
+            except trio.EndOfChannel:
+                break
+            if isinstance(item, _CloseSocket):
+                if item.wait_for_peer:
+                    with trio.move_on_after(item.wait_for_peer):
+                        await self._peer_hung_up.wait()
+                with trio.move_on_after(CLOSE_GRACE / 2):
+                    await ws.aclose(item.code, item.reason[:120])
+                break
+            try:
+                await ws.send_message(item)
+            except trio_websocket.ConnectionClosed:
+                break
         if self._scope is not None:
             self._scope.cancel()
 
@@ -385,7 +417,31 @@ class Participant:
                     models.DisconnectReason.SIGNAL_CLOSE, send_leave=False, ws_code=1007, ws_reason=str(exc)
                 )
                 return
+            kind = request_kind(request)
+            verdict = self._rate.check(kind, self._last_seen)
+            if verdict is not Verdict.ADMIT:
+                self._throttle(kind, request, verdict)
+                continue
             await self.handle_request(request)
+
+    def _throttle(self, kind: str | None, request: rtc.SignalRequest, verdict: Verdict) -> None:
+        """A request over its kind's rate: dropped and answered LIMIT_EXCEEDED; a sender that
+        keeps on is disconnected. Only the sender is affected."""
+        self.metrics.inc(m.SIGNAL_RATE_LIMITED)
+        if verdict is Verdict.DISCONNECT:
+            self.metrics.inc(m.SIGNAL_RATE_LIMIT_DISCONNECT)
+            self.log.warning("signal requests over their rate limit, disconnecting",
+                             kv={"kind": kind, "throttled": self._rate.throttled})
+            self.close(models.DisconnectReason.SIGNAL_CLOSE, send_leave=True, ws_code=1008,
+                       ws_reason="signal request rate limit exceeded")
+            return
+        if self._rate.throttled == 1:
+            self.log.warning("signal requests over their rate limit, throttling", kv={"kind": kind})
+        message = getattr(request, kind) if kind is not None else None
+        request_id = getattr(message, "request_id", 0) if message is not None else 0
+        self.send(rtc.SignalResponse(request_response=rtc.RequestResponse(
+            request_id=request_id, reason=rtc.RequestResponse.Reason.LIMIT_EXCEEDED,
+            message=f"too many {kind or 'unknown'} requests")))
 
     # ---- request handling ---------------------------------------------------------------
 
@@ -417,21 +473,40 @@ class Participant:
         self.log.info("signal request denied", kv={"why": message})
         self.send(rtc.SignalResponse(request_response=rtc.RequestResponse(reason=reason, message=message, **echo)))
 
+    def _refuse(self, refusal: Refusal, **echo: Any) -> None:
+        """A request over one of the signal limits: answered with the refusal, and counted."""
+        self.metrics.inc(m.SIGNAL_LIMIT_EXCEEDED)
+        self.log.info("signal request over a limit", kv={"why": refusal.message})
+        self.send(rtc.SignalResponse(request_response=rtc.RequestResponse(
+            reason=refusal.reason, message=refusal.message, **echo)))
+
     async def _on_add_track(self, req: rtc.AddTrackRequest) -> None:
+        # The echo names the request by cid and kind only: the request itself may be huge.
+        echo = rtc.AddTrackRequest(cid=req.cid[:256], type=req.type, source=req.source)
+        refusal = self.limits.check_add_track(req)
+        if refusal is not None:
+            self._refuse(refusal, add_track=echo)
+            return
         video = self.grants.video
         if video is None or not video.may_publish_source(req.source):
-            self._deny(rtc.RequestResponse.Reason.NOT_ALLOWED, "not allowed to publish this source", add_track=req)
+            self._deny(rtc.RequestResponse.Reason.NOT_ALLOWED, "not allowed to publish this source", add_track=echo)
             return
         if req.type not in (models.TrackType.AUDIO, models.TrackType.VIDEO):
-            self._deny(rtc.RequestResponse.Reason.UNSUPPORTED_TYPE, "only audio and video tracks", add_track=req)
+            self._deny(rtc.RequestResponse.Reason.UNSUPPORTED_TYPE, "only audio and video tracks", add_track=echo)
+            return
+        if not source_matches_type(req.source, req.type):
+            self._deny(rtc.RequestResponse.Reason.INVALID_REQUEST,
+                       f"a {models.TrackType.Name(req.type)} track cannot have source "
+                       f"{models.TrackSource.Name(req.source)}", add_track=echo)
             return
         existing = self.track_by_cid.get(req.cid)
         if existing is not None:
             # A retried add_track: answer with what was already allocated.
             self.send(rtc.SignalResponse(track_published=rtc.TrackPublishedResponse(cid=req.cid, track=self.tracks[existing])))
             return
-        if len(self.tracks) >= MAX_TRACKS_PER_PARTICIPANT:
-            self._deny(rtc.RequestResponse.Reason.LIMIT_EXCEEDED, "too many tracks", add_track=req)
+        refusal = self.limits.check_track_count(len(self.tracks))
+        if refusal is not None:
+            self._refuse(refusal, add_track=echo)
             return
         track = track_info_from_request(req, self.room.new_sid("TR_A" if req.type == models.TrackType.AUDIO else "TR_V"))
         self.tracks[track.sid] = track
@@ -445,7 +520,8 @@ class Participant:
 
     async def _on_mute(self, req: rtc.MuteTrackRequest) -> None:
         if self.set_track_muted(req.sid, req.muted, from_admin=False) is None:
-            self._deny(rtc.RequestResponse.Reason.NOT_FOUND, "track not found", mute=req)
+            self._deny(rtc.RequestResponse.Reason.NOT_FOUND, "track not found",
+                       mute=rtc.MuteTrackRequest(sid=req.sid[:256], muted=req.muted))
 
     # ---- server-side changes (the Server API acts through these) ------------------------
 
@@ -502,52 +578,98 @@ class Participant:
                 rtc.RequestResponse.Reason.NOT_ALLOWED,
                 "not allowed to update own metadata",
                 request_id=req.request_id,
-                update_metadata=req,
+                # Which request, not what it carried: that may be up to a whole signal message.
+                update_metadata=rtc.UpdateParticipantMetadata(request_id=req.request_id),
             )
+            return
+        refusal = self.limits.check_participant_update(req.name, req.metadata, req.attributes, self.attributes)
+        if refusal is not None:
+            self._refuse(refusal, request_id=req.request_id,
+                         update_metadata=rtc.UpdateParticipantMetadata(request_id=req.request_id))
             return
         if req.metadata:
             self.metadata = req.metadata
         if req.name:
             self.name = req.name
-        for key, value in req.attributes.items():
-            # LiveKit semantics: an empty value deletes the attribute.
-            if value:
-                self.attributes[key] = value
-            else:
-                self.attributes.pop(key, None)
+        # LiveKit semantics: an empty value deletes the attribute.
+        self.attributes = merge_attributes(self.attributes, req.attributes)
         self.bump_version()
         self.room.broadcast_participant(self, include_self=True)
         if req.request_id:
             self.send(rtc.SignalResponse(request_response=rtc.RequestResponse(request_id=req.request_id, reason=rtc.RequestResponse.Reason.OK)))
 
-    async def _on_subscription(self, req: rtc.UpdateSubscription) -> None:
+    def _check_track_ids(self, track_ids: list[str], known: set[str]) -> Refusal | None:
+        """A request naming tracks: not too many, and few that are not in the room."""
+        refusal = self.limits.check_track_ids(len(track_ids))
+        if refusal is None and sum(1 for sid in set(track_ids) if sid not in known) > self.limits.max_pending_track_ids:
+            refusal = Refusal(rtc.RequestResponse.Reason.LIMIT_EXCEEDED,
+                              f"at most {self.limits.max_pending_track_ids} tracks not in the room may be named")
+        return refusal
+
+    def _remember_bounded(self, mapping: dict[str, Any], track_ids: list[str], value: Any, known: set[str]) -> None:
+        forgotten = assign_bounded(mapping, track_ids, value, known, self.limits.max_pending_track_ids)
+        if forgotten:
+            self.metrics.inc(m.SIGNAL_PENDING_TRACK_IDS_FORGOTTEN, forgotten)
+
+    def update_subscription(self, req: rtc.UpdateSubscription, *, from_server: bool = False) -> Refusal | None:
+        """Record which tracks the client wants (UpdateSubscription, or the Server API's
+        UpdateSubscriptions); a refusal changes nothing. The server's own revocations
+        (`from_server`) may name every track of a large room at once."""
         sids = list(req.track_sids)
         for pt in req.participant_tracks:
             sids.extend(pt.track_sids)
-        for sid in sids:
-            self.subscriptions[sid] = req.subscribe
+        known = self.room.track_ids()
+        if not from_server:
+            refusal = self._check_track_ids(sids, known)
+            if refusal is not None:
+                return refusal
+        self._remember_bounded(self.subscriptions, sids, req.subscribe, known)
         if self._media is not None:
             self._media.subscriptions_changed()
+        return None
+
+    async def _on_subscription(self, req: rtc.UpdateSubscription) -> None:
+        refusal = self.update_subscription(req)
+        if refusal is not None:
+            self._refuse(refusal)
 
     async def _on_track_setting(self, req: rtc.UpdateTrackSettings) -> None:
-        for sid in req.track_sids:
-            settings = rtc.UpdateTrackSettings()
-            settings.CopyFrom(req)
-            del settings.track_sids[:]
-            self.track_settings[sid] = settings
+        sids = list(dict.fromkeys(req.track_sids))
+        known = self.room.track_ids()
+        refusal = self._check_track_ids(sids, known)
+        if refusal is not None:
+            self._refuse(refusal)
+            return
+        # One settings object for every track the request names (readers never modify it).
+        settings = rtc.UpdateTrackSettings()
+        settings.CopyFrom(req)
+        settings.ClearField("track_sids")
+        self._remember_bounded(self.track_settings, sids, settings, known)
         if self._media is not None:
-            self._media.track_settings_changed(list(req.track_sids))
+            self._media.track_settings_changed([sid for sid in sids if sid in self.track_settings])
 
     async def _on_offer(self, offer: rtc.SessionDescription) -> None:
         assert self._media is not None
+        refusal = check_sdp(offer.sdp)
+        if refusal is not None:
+            self._refuse(refusal, request_id=offer.id)
+            return
         await self._media.handle_publisher_offer(offer)
 
     async def _on_answer(self, answer: rtc.SessionDescription) -> None:
         assert self._media is not None
+        refusal = check_sdp(answer.sdp)
+        if refusal is not None:
+            self._refuse(refusal, request_id=answer.id)
+            return
         await self._media.handle_subscriber_answer(answer)
 
     async def _on_trickle(self, trickle: rtc.TrickleRequest) -> None:
         assert self._media is not None
+        refusal = check_candidate(trickle.candidateInit)
+        if refusal is not None:
+            self._refuse(refusal, trickle=rtc.TrickleRequest(target=trickle.target, final=trickle.final))
+            return
         await self._media.handle_trickle(trickle.candidateInit, trickle.target, trickle.final)
 
     #: SignalRequest oneof field -> its handler; a kind not listed is accepted without action.

@@ -22,6 +22,7 @@ from trio_sfu import metrics as m
 from trio_sfu.signal.grants import ClaimGrants
 from trio_sfu.config import RoomConfig
 from trio_sfu.log import get_logger
+from trio_sfu.signal.limits import SignalLimits
 from trio_sfu.signal.media_port import MediaSessionFactory, MigratedParticipant, UnavailableMediaSession
 from trio_sfu.signal.participant import PING_INTERVAL, PING_TIMEOUT, JoinOptions, Participant
 from trio_sfu.signal.server_info import server_info
@@ -152,6 +153,7 @@ class Room:
             options,
             self.registry.metrics,
             self.registry.media_factory,
+            self.registry.limits,
         )
         if migrated_in is not None:
             participant.adopt_migration(migrated_in)
@@ -189,6 +191,14 @@ class Room:
     def new_sid(self, prefix: str) -> str:
         return self.registry.new_sid(prefix)
 
+    def track_ids(self) -> set[str]:
+        """Every track published in the room now, here and (as last described) on other nodes."""
+        ids = {sid for p in self.participants.values() for sid in p.tracks}
+        presence = self.registry.presence
+        if presence is not None:
+            ids.update(t.sid for info in presence.remote_participants(self.name) for t in info.tracks)
+        return ids
+
     def emit(self, event: str, participant: Participant, track: models.TrackInfo | None = None) -> None:
         self.registry.emit(event, self, participant, track)
 
@@ -212,10 +222,10 @@ class Room:
         for other in list(self.participants.values()):
             if other is participant:
                 if include_self:
-                    other.send_encoded(frame)
+                    other.send_participant_update(participant.sid, frame)
             elif not participant.hidden:
                 # A hidden participant's own updates (include_self) must not reveal it.
-                other.send_encoded(frame)
+                other.send_participant_update(participant.sid, frame)
 
     # ---- snapshots ----------------------------------------------------------------------
 
@@ -247,7 +257,7 @@ class Room:
         frame = encode_response(rtc.SignalResponse(update=rtc.ParticipantUpdate(participants=[info])))
         for participant in list(self.participants.values()):
             if participant.sid != info.sid:
-                participant.send_encoded(frame)
+                participant.send_participant_update(info.sid, frame)
 
     def join_response(self, participant: Participant) -> rtc.JoinResponse:
         others = self.others(participant)
@@ -285,9 +295,12 @@ class RoomRegistry:
         config: RoomConfig,
         metrics: m.Metrics,
         media_factory: MediaSessionFactory = UnavailableMediaSession,
+        limits: SignalLimits | None = None,
     ) -> None:
         self.config = config
         self.metrics = metrics
+        # What each participant's requests are held to.
+        self.limits = limits or SignalLimits()
         self.media_factory = media_factory
         self.rooms: dict[str, Room] = {}
         self._nursery: trio.Nursery | None = None
