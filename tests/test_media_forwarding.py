@@ -28,6 +28,7 @@ from rtp.peer_transport import IceMode, PeerTransport
 from rtp.peer_transport_events import RtcpReceived, RtpReceived, TransportConnected
 from sdp.parser import parse as parse_sdp
 import server_fixtures
+from trio_sfu.metrics import MEDIA_RTP_UNMATCHED
 from server_fixtures import mint_token, recv, send, signal_client
 
 VIDEO_SSRC, VIDEO_RTX_SSRC = 0x1111, 0x2222
@@ -320,4 +321,38 @@ async def test_publish_subscribe_nack_pli_and_teardown():
             assert counted["media_downtrack_packets_sent_total"] >= 21
             assert counted["media_receiver_keyframe_requests_sent_total"] >= 2
             assert counted["media_transport_rtp_received_total"] >= 62
+            nursery.cancel_scope.cancel()
+
+
+async def test_an_mline_of_the_wrong_kind_never_feeds_a_track_named_by_its_cid():
+    """Regression (hardening): an m=video line whose msid names the cid of an AUDIO track must
+    not be matched to that track -- the signal layer refuses a video track labelled microphone,
+    and the media layer must not let the SDP relabel it. Before the fix the VP8 stream was
+    published as the microphone track."""
+    async with media_server() as server:
+        async with trio.open_nursery() as nursery, signal_client(server, mint_token("alice")) as ws_a:
+            assert (await recv(ws_a)).WhichOneof("message") == "join"
+            alice_sub, alice_pub = ClientPc(), ClientPc()
+            await answer_subscriber(ws_a, alice_sub, nursery)
+            # One AUDIO track whose cid is the msid of the offer's m=video line.
+            await send(ws_a, rtc.SignalRequest(add_track=rtc.AddTrackRequest(
+                cid="cid-video", type=models.TrackType.AUDIO, source=models.TrackSource.MICROPHONE, name="mic")))
+            mic = (await recv_until(ws_a, "track_published")).track_published.track
+            offer_sdp = publisher_offer(alice_pub.ufrag, alice_pub.pwd, alice_pub.fingerprint)
+            await send(ws_a, rtc.SignalRequest(offer=rtc.SessionDescription(type="offer", sdp=offer_sdp, id=3)))
+            answer = (await recv_until(ws_a, "answer")).answer
+            alice_pub.connect(answer.sdp)
+            nursery.start_soon(alice_pub.run)
+            await alice_pub.connected.wait()
+            unmatched = server.metrics.get(MEDIA_RTP_UNMATCHED)
+            await alice_pub.send_rtp(RtpPacket(96, 1000, 5000, VIDEO_SSRC, payload=vp8_payload(True)))
+            await alice_pub.send_rtp(RtpPacket(111, 300, 960, 0x3333, extensions={MID_EXT_ID: encode_mid("1")},
+                                               payload=b"\xfc" + b"o" * 40))
+            room_media = next(iter(server.media.rooms.values()))
+            with trio.fail_after(5):
+                while server.metrics.get(MEDIA_RTP_UNMATCHED) == unmatched or mic.sid not in room_media.tracks:
+                    await trio.sleep(0.01)
+            # The microphone is fed by the audio m-line (Opus), never by the video one.
+            source = room_media.tracks[mic.sid]
+            assert source.kind.value == "audio" and [c.name.lower() for c in source.codecs] == ["opus"]
             nursery.cancel_scope.cancel()

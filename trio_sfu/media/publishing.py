@@ -249,11 +249,12 @@ class PublisherMedia:
         want_type = models.TrackType.AUDIO if kind is MediaKind.AUDIO else models.TrackType.VIDEO
         cid = nm.msid.track_id if nm.msid is not None else None
         if cid:
+            # Only a track of the m-line's kind: the SDP must not relabel a microphone as video.
             sid = p.track_by_cid.get(cid)
-            if sid is not None and sid not in taken and sid in p.tracks:
+            if sid is not None and sid not in taken and sid in p.tracks and p.tracks[sid].type == want_type:
                 return p.tracks[sid]
             for info in p.tracks.values():
-                if info.sid not in taken and any(c.cid == cid for c in info.codecs):
+                if info.sid not in taken and info.type == want_type and any(c.cid == cid for c in info.codecs):
                     return info
         for info in p.tracks.values():
             if info.sid not in taken and info.type == want_type:
