@@ -375,10 +375,6 @@ class SctpAssociation:
         return self._cwnd
 
     @property
-    def flight_size(self) -> int:
-        return self._flight_size
-
-    @property
     def unacked_chunks(self) -> int:
         """DATA chunks sent and not yet covered by the peer's cumulative ack (abandoned ones included)."""
         return len(self._sent)
