@@ -62,6 +62,7 @@ from sdp.parser import serialize as serialize_sdp
 from trio_sfu import metrics as m
 from trio_sfu.media.data_channels import ParticipantData, remote_sctp_params
 from trio_sfu.log import get_logger
+from trio_sfu.signal.codec import SignalDecodeError, decode_candidate_init
 from trio_sfu.signal.media_port import MediaContext
 from trio_sfu.cluster.node_relay import MigrationSync
 from trio_sfu.forwarding import DownTrack, PublishedLayer, TrackReceiver, select_target_layer
@@ -704,10 +705,8 @@ class ParticipantMedia:
         if not candidate_init_json:
             return
         try:
-            init = json.loads(candidate_init_json)
-            if not isinstance(init, dict) or not isinstance(init.get("candidate", ""), str):
-                raise ValueError("not an RTCIceCandidateInit")
-        except ValueError:
+            decode_candidate_init(candidate_init_json)
+        except SignalDecodeError:
             self.metrics.inc(MEDIA_TRICKLE_MALFORMED)
 
     def subscriptions_changed(self) -> None:
