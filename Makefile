@@ -35,5 +35,14 @@ test: install-test test-deps lint
 	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi; exit $$rc
 
+# Coverage-guided fuzzing (atheris; fuzz/): every parser's target for FUZZ_COUNT inputs, one
+# target at a time, printing inputs executed and crashes per parser. FUZZ_TARGETS="stun rtp"
+# runs only those. Corpus, crashing inputs and libFuzzer logs stay under .fuzz/<target>/.
+FUZZ_COUNT ?= 100000
+FUZZ_TARGETS ?=
+.PHONY: fuzz
+fuzz: install-test
+	$(PY) -m fuzz --count $(FUZZ_COUNT) $(foreach t,$(FUZZ_TARGETS),--target $(t))
+
 clean:
 	rm -rf $(VENV) build *.egg-info
