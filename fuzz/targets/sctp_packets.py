@@ -17,7 +17,7 @@ from typing import Iterator, Optional
 
 from fuzz.target import FuzzTarget
 from rtp.sctp import chunks as c
-from rtp.sctp.association import SctpAssociation
+from rtp.sctp.association import ChannelState, SctpAssociation
 from rtp.sctp.dcep import DataChannelOpen, parse_dcep
 from rtp.sctp.errors import SctpParseError
 
@@ -109,7 +109,8 @@ def run_association(data: bytes) -> None:
             now += 1.0
             victim.handle_timer(now)
             peer.handle_timer(now)
-        if control & PEER_SENDS and sid in peer.channels:
+        if control & PEER_SENDS and peer.channel_state(sid) in (ChannelState.OPEN, ChannelState.CONNECTING):
+            # The honest peer keeps to the API: no sending on a channel it sees closing.
             peer.send(sid, b"m" * (len(body) * 7 % 5000))
         answers = victim.packets_to_send(now)
         if control & ANSWER:
