@@ -42,5 +42,14 @@ EXPLORER_SCHEDULES ?= 5000
 explore: install-test
 	EXPLORER_SCHEDULES=$(EXPLORER_SCHEDULES) $(PY) -m pytest -q tests/test_race_explorer.py
 
+# Coverage-guided fuzzing (atheris; fuzz/): every parser's target for FUZZ_COUNT inputs, one
+# target at a time, printing inputs executed and crashes per parser. FUZZ_TARGETS="stun rtp"
+# runs only those. Corpus, crashing inputs and libFuzzer logs stay under .fuzz/<target>/.
+FUZZ_COUNT ?= 100000
+FUZZ_TARGETS ?=
+.PHONY: fuzz
+fuzz: install-test
+	$(PY) -m fuzz --count $(FUZZ_COUNT) $(foreach t,$(FUZZ_TARGETS),--target $(t))
+
 clean:
 	rm -rf $(VENV) build *.egg-info

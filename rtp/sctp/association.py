@@ -42,7 +42,7 @@ from rtp.sctp.events import (
     MessageReceived,
     Reliability,
 )
-from rtp.sctp.reassembly import Reassembler, TsnTracker
+from rtp.sctp.reassembly import Admission, Reassembler, TsnTracker
 from rtp.sctp.serial import tsn_add, tsn_diff, tsn_ge, tsn_gt
 
 RTO_INITIAL = 1.0
@@ -59,7 +59,6 @@ MAX_DATA_PAYLOAD = (MAX_PACKET_SIZE - c.COMMON_HEADER_LENGTH - c.DATA_CHUNK_HEAD
 MAX_STREAMS = 65535
 # Past this many chunks ahead of the cumulative TSN a DATA chunk is not buffered.
 MAX_TSN_AHEAD = 1 << 16
-MAX_BUFFERED_CHUNKS = 1 << 15
 
 _COOKIE = struct.Struct("!dLLLHHBL")
 _DATA_CHUNK_HEADER = struct.Struct("!BBHLHHL")
@@ -103,6 +102,8 @@ class SctpCounters:
     data_chunks_sent: int = 0
     duplicate_tsns: int = 0
     data_dropped_no_buffer: int = 0
+    # Not in order and its stream already holds its share of the receive buffer.
+    data_dropped_stream_full: int = 0
     chunks_retransmitted: int = 0
     fast_retransmits: int = 0
     t3_expirations: int = 0
@@ -113,6 +114,7 @@ class SctpCounters:
     sacks_received: int = 0
     messages_sent: int = 0
     messages_received: int = 0
+    # Messages over max-message-size or split into more fragments than allowed; each aborts.
     malformed_messages: int = 0
     invalid_stream: int = 0
     #: send() refused: no channel on that stream, or it is closing.
@@ -200,7 +202,7 @@ class SctpAssociation:
 
         # inbound
         self._tracker: Optional[TsnTracker] = None
-        self._reassembler = Reassembler(max_message_size)
+        self._reassembler = Reassembler(max_message_size, self.receive_window)
         self._sack_pending = False
         self._sack_now = False
         self._data_packets_unacked = 0
@@ -381,10 +383,6 @@ class SctpAssociation:
     @property
     def cwnd(self) -> int:
         return self._cwnd
-
-    @property
-    def flight_size(self) -> int:
-        return self._flight_size
 
     @property
     def unacked_chunks(self) -> int:
@@ -638,13 +636,13 @@ class SctpAssociation:
         distance = tracker.distance(tsn)
         reasm = self._reassembler
         in_order = distance == 1
-        over_window = reasm.buffered_bytes + len(chunk.user_data) > self.receive_window
-        # The next in-order TSN is always taken so the window can never wedge shut;
-        # max_message_size bounds what it can add.
-        if distance > MAX_TSN_AHEAD or reasm.buffered_chunks >= MAX_BUFFERED_CHUNKS or (
-            over_window and not (in_order and reasm.buffered_bytes <= self.receive_window + self.max_message_size)
-        ):
-            self.counters.data_dropped_no_buffer += 1
+        # Dropped chunks are not acknowledged: the peer sends them again once there is room.
+        admission = Admission.NO_BUFFER if distance > MAX_TSN_AHEAD else reasm.admit(chunk, in_order)
+        if admission is not Admission.ACCEPT:
+            if admission is Admission.STREAM_FULL:
+                self.counters.data_dropped_stream_full += 1
+            else:
+                self.counters.data_dropped_no_buffer += 1
             self._sack_now = True
             return
         tracker.add(tsn)
@@ -652,9 +650,9 @@ class SctpAssociation:
             self._sack_now = True
         try:
             delivered = reasm.add(chunk)
-        except SctpProtocolError:
+        except SctpProtocolError as exc:
             self.counters.malformed_messages += 1
-            self._abort_with_cause("message larger than max-message-size")
+            self._abort_with_cause(str(exc))
             return
         for stream_id, ppid, data in delivered:
             self._deliver(stream_id, ppid, data)
@@ -1078,6 +1076,8 @@ class SctpAssociation:
         if not already:
             self._events.append(AssociationClosed(reason))
         self._tracker = None
+        # Whatever a peer left half-sent is freed now, not when the object goes.
+        self._reassembler = Reassembler(self.max_message_size, self.receive_window)
 
     # ------------------------------------------------------------ timers
 

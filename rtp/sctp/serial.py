@@ -30,3 +30,31 @@ def ssn_gt(a: int, b: int) -> bool:
 
 def ssn_ge(a: int, b: int) -> bool:
     return a == b or ssn_gt(a, b)
+
+
+class TsnUnwrapper:
+    """Maps 32-bit TSNs onto unbounded integers in the same order.
+
+    Each TSN is read as the nearer of its two possible positions around the latest one
+    seen, so the mapping holds while every TSN passed in is within 2**31 of the newest —
+    which the receive window (far smaller) guarantees. Unwrapped TSNs can be compared,
+    subtracted and used as dict keys and heap keys without serial arithmetic.
+    """
+
+    __slots__ = ("_raw", "_value")
+
+    def __init__(self) -> None:
+        self._raw: int | None = None
+        self._value = 0
+
+    def unwrap(self, tsn: int) -> int:
+        raw = self._raw
+        if raw is None:
+            self._raw = self._value = tsn
+            return tsn
+        delta = (tsn - raw) & MASK32
+        if delta >= 0x80000000:
+            return self._value + delta - (1 << 32)
+        value = self._value + delta
+        self._raw, self._value = tsn, value
+        return value

@@ -26,7 +26,6 @@ which sends through that subscriber's endpoint — plain calls, no task switch.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Optional, Protocol
 
@@ -45,6 +44,7 @@ from trio_sfu.media.room_media import PublishedTrack, RelayHooks, RoomMedia
 from trio_sfu.media.subscribing import SubscriberMedia, SubscriptionTimeouts
 from trio_sfu.media.timers import TimerLoop
 from trio_sfu.media.transport import ParticipantTransports, TransportService
+from trio_sfu.signal.codec import SignalDecodeError, decode_candidate_init
 from trio_sfu.signal.media_port import MediaContext
 from trio_sfu.tracks.subscriber import Binding
 
@@ -208,10 +208,8 @@ class ParticipantMedia:
         if not candidate_init_json:
             return
         try:
-            init = json.loads(candidate_init_json)
-            if not isinstance(init, dict) or not isinstance(init.get("candidate", ""), str):
-                raise ValueError("not an RTCIceCandidateInit")
-        except ValueError:
+            decode_candidate_init(candidate_init_json)
+        except SignalDecodeError:
             self.metrics.inc(m.MEDIA_TRICKLE_MALFORMED)
 
     # ---- MediaSession: what changed on the signal side ------------------------------------------

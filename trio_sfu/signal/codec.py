@@ -6,6 +6,9 @@ Decoding is total: any input either yields a message or raises SignalDecodeError
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from google.protobuf.message import DecodeError
 from livekit.protocol import rtc
 
@@ -27,6 +30,19 @@ def decode_request(data: bytes) -> rtc.SignalRequest:
     except (DecodeError, RecursionError, ValueError) as exc:
         raise SignalDecodeError(f"malformed SignalRequest: {exc.__class__.__name__}") from None
     return request
+
+
+def decode_candidate_init(text: str) -> dict[str, Any]:
+    """A trickled candidate: `TrickleRequest.candidateInit`, an RTCIceCandidateInit as JSON."""
+    try:
+        init = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        # RecursionError: nesting deeper than the interpreter's stack (the signal layer bounds
+        # the size and nesting first; this keeps the codec total on its own).
+        raise SignalDecodeError(f"candidateInit is not JSON: {exc.__class__.__name__}") from None
+    if not isinstance(init, dict) or not isinstance(init.get("candidate", ""), str):
+        raise SignalDecodeError("candidateInit is not an RTCIceCandidateInit")
+    return init
 
 
 def request_kind(request: rtc.SignalRequest) -> str | None:
