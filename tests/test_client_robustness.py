@@ -63,7 +63,7 @@ def run_dispatch(responses: list[rtc.SignalResponse], pending_offer: bool) -> No
         async with trio.open_nursery() as nursery:
             client._nursery = nursery
             if pending_offer:
-                from trio_sfu.client.sdp_builder import OfferedTrack, build_publisher_offer
+                from trio_sfu.client.publisher_offer import OfferedTrack, build_publisher_offer
 
                 pc = client._ensure_publisher_pc()
                 offer = build_publisher_offer(

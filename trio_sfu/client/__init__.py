@@ -3,7 +3,7 @@
 * ``client.py`` — :class:`LiveKitClient` (signalling, publisher and subscriber PCs),
   :class:`LocalPublication`, :class:`RemoteTrack`;
 * ``peer_connection.py`` — one PC: a UDP socket driving a ``PeerTransport``;
-* ``sdp_builder.py`` — the client's publisher offer and subscriber answer;
+* ``publisher_offer.py`` — the publisher offer (the answer is ``sdp.negotiator.answer_offer``);
 * ``synthetic.py`` / ``senders.py`` — VP8-framed and Opus-sized payloads with send stamps,
   and the tasks that pace them;
 * ``stats.py`` — what a subscriber measured per track.

@@ -49,20 +49,13 @@ from rtp.receive_stats import ReceiveStatistics
 from sdp.codecs import EXT_MID, EXT_RID
 
 from sdp.model import SessionDescription, Ssrc
-from sdp.negotiator import local_dtls_role
+from sdp.negotiator import RECEIVER_ANSWER, answer_offer, local_dtls_role, remote_transport
 from sdp.parser import parse as parse_sdp
 from sdp.parser import serialize as serialize_sdp
 
 from trio_sfu import __version__
 from trio_sfu.client.peer_connection import ClientPeerConnection
-from trio_sfu.client.sdp_builder import (
-    OPUS,
-    VP8,
-    OfferedTrack,
-    answer_subscriber_offer,
-    build_publisher_offer,
-    remote_transport,
-)
+from trio_sfu.client.publisher_offer import OPUS, VP8, OfferedTrack, build_publisher_offer
 from trio_sfu.client.stats import TrackReceiveStats
 from trio_sfu.client.synthetic import RtpStreamWriter, VideoLayerSpec, read_send_stamp, simulcast_layers
 from trio_sfu.datagram import BindDatagram, UdpSocket
@@ -719,8 +712,8 @@ class LiveKitClient:
             # is controlling itself (RFC 8445 §6.1.1), so we answer as a lite agent instead of
             # fighting it for the role. Fixed for the PC's life: renegotiations keep the transport.
             self._subscriber_ice_mode = IceMode.CONTROLLING if offer.ice_lite else IceMode.LITE
-        lite = self._subscriber_ice_mode is IceMode.LITE
-        answer = answer_subscriber_offer(offer, pc.local, self._subscriber_answers, ice_lite=lite)
+        policy = attrs.evolve(RECEIVER_ANSWER, ice_lite=self._subscriber_ice_mode is IceMode.LITE)
+        answer = answer_offer(offer, pc.local, session_version=self._subscriber_answers, policy=policy)
         # We answered a=setup:active: we are the DTLS client.
         pc.set_remote(remote_transport(offer), DtlsRole(local_dtls_role(answer, local_is_offerer=False).value),
                       self._subscriber_ice_mode)

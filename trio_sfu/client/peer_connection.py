@@ -9,7 +9,7 @@ every few dozen packets; sends go straight out with a non-blocking ``sendto``
 Anything that changes the transport's timer (a new candidate, a start) cancels
 the loop's wait so it re-reads the deadline.
 
-The socket comes from ``bind`` (``trio_sfu.media.udp_mux.BindDatagram``): the kernel's UDP by
+The socket comes from ``bind`` (``trio_sfu.datagram.BindDatagram``): the kernel's UDP by
 default, an in-memory network's in tests that run under Trio's ``MockClock``.
 """
 
@@ -32,8 +32,8 @@ from rtp.peer_transport_events import (
     TransportFailed,
 )
 from sdp.model import Fingerprint
+from sdp.negotiator import LocalParams, RemoteTransport
 
-from trio_sfu.client.sdp_builder import RemoteTransport, Transport
 from trio_sfu.datagram import BindDatagram, UdpSocket
 
 #: Datagrams handled between checkpoints, so a flood cannot starve the other tasks.
@@ -68,11 +68,13 @@ class ClientPeerConnection:
         # for the mux's large buffers (the kernel caps them at net.core.[rw]mem_max).
         self.sock = bind(bind_host, 0)
         self.host, self.port = self.sock.getsockname()[:2]
-        self.local = Transport(
+        #: Our side of the transport, the same on every m-line (BUNDLE); candidates are trickled.
+        self.local = LocalParams(
             ice_ufrag=secrets.token_hex(4),
             ice_pwd=secrets.token_hex(16),
-            fingerprint=Fingerprint("sha-256", certificate.fingerprint()),
+            fingerprints=(Fingerprint("sha-256", certificate.fingerprint()),),
             session_id=secrets.randbits(62),
+            ice_options=("trickle",),
         )
         self.transport: PeerTransport | None = None
         self.counters = PeerConnectionCounters()
