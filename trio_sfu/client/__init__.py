@@ -2,7 +2,7 @@
 
 * ``client.py`` — :class:`LiveKitClient` (signalling, publisher and subscriber PCs),
   :class:`LocalPublication`, :class:`RemoteTrack`;
-* ``peer_connection.py`` — one PC: a UDP socket driving a ``PeerTransport``;
+* ``peer_connection.py`` — one PC: a datagram socket driving an ``rtp.peer_session.PeerSession``;
 * ``publisher_offer.py`` — the publisher offer (the answer is ``sdp.negotiator.answer_offer``);
 * ``synthetic.py`` / ``senders.py`` — VP8-framed and Opus-sized payloads with send stamps,
   and the tasks that pace them;
