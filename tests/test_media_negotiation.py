@@ -12,7 +12,7 @@ from __future__ import annotations
 import trio
 from livekit.protocol import models, rtc
 
-import trio_sfu.client.client as client_module
+import trio_sfu.client.subscriber as subscriber_module
 from sdp.model import SetupRole
 from sdp.negotiator import rejected_answer_media
 from sdp.parser import parse as parse_sdp
@@ -113,7 +113,7 @@ async def test_an_unanswered_offer_is_offered_again_after_the_answer_timeout() -
 
 
 async def test_a_refused_m_line_is_reported_once_and_not_offered_again(monkeypatch) -> None:
-    answer = client_module.answer_offer
+    answer = subscriber_module.answer_offer
 
     def refusing_audio(offer, local, **options):
         reply = answer(offer, local, **options)
@@ -125,7 +125,7 @@ async def test_a_refused_m_line_is_reported_once_and_not_offered_again(monkeypat
         async with LiveKitClient.connect(server.url, mint_token("pub")) as publisher, \
                 LiveKitClient.connect(server.url, mint_token("sub")) as subscriber, \
                 trio.open_nursery() as senders:
-            monkeypatch.setattr(client_module, "answer_offer", refusing_audio)
+            monkeypatch.setattr(subscriber_module, "answer_offer", refusing_audio)
             seen = record(subscriber)
             await subscriber.wait_connected(timeout=10)
             audio = await publisher.publish_audio()
@@ -149,7 +149,7 @@ async def test_a_refused_m_line_is_reported_once_and_not_offered_again(monkeypat
 async def test_an_m_line_refused_after_it_was_forwarding_is_let_go_for_good(monkeypatch) -> None:
     """The client accepts a track, then turns its m-line down in the answer to a later offer:
     the down track stops, the subscriber leaves the source, and the track is reported once."""
-    answer = client_module.answer_offer
+    answer = subscriber_module.answer_offer
     refuse = {"audio": False}
 
     def answering(offer, local, **options):
@@ -159,7 +159,7 @@ async def test_an_m_line_refused_after_it_was_forwarding_is_let_go_for_good(monk
                            else a for m, a in zip(offer.media, reply.media)]
         return reply
 
-    monkeypatch.setattr(client_module, "answer_offer", answering)
+    monkeypatch.setattr(subscriber_module, "answer_offer", answering)
     async with media_server() as server:
         async with LiveKitClient.connect(server.url, mint_token("pub")) as publisher, \
                 LiveKitClient.connect(server.url, mint_token("sub")) as subscriber, \
