@@ -42,6 +42,7 @@ from collections.abc import Callable
 from typing import Optional, Union
 
 import attrs
+from aioice.candidate import Candidate
 
 from rtp.dtls import DtlsRole
 from rtp.errors import ParseError
@@ -236,6 +237,12 @@ class PeerSession:
             if self.transport.state is TransportState.CONNECTED:
                 self._sctp.start(now)
         return self._sctp
+
+    def add_remote_candidate(self, candidate: Optional[Candidate]) -> None:
+        """A remote candidate from the SDP or trickled (RFC 8838); None ends the trickle. A
+        controlling agent pairs it and checks it by :meth:`next_deadline`; a lite agent learns
+        addresses from the peer's checks and ignores it."""
+        self.transport.add_remote_candidate(candidate)
 
     def set_transport_cc_extension(self, ext_id: Optional[int]) -> None:
         """The RFC 8285 id the SDP gave the transport-wide sequence number extension, or None

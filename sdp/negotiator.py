@@ -10,6 +10,12 @@ Two roles, matching LiveKit's two peer connections:
   (:class:`SubscriberOffer`), the client answers, :meth:`SubscriberOffer.apply_answer`
   checks the answer really answers that offer.
 
+One answerer serves both ends of a receive-only m-line: :func:`answer_offer` takes an
+:class:`AnswerPolicy` — :data:`SFU_ANSWER` for the server's answer to a publisher offer,
+:data:`RECEIVER_ANSWER` for a client's answer to the server's subscriber offer (every codec and
+extension offered, the DTLS client's side, trickled candidates). :func:`remote_transport` reads
+the peer's ICE/DTLS parameters from a description, whichever side wrote it.
+
 :func:`negotiated_media` turns an offer/answer pair into per-mid facts the
 media stack needs (payload types, extension ids, rids, SSRCs).
 """
@@ -17,6 +23,7 @@ media stack needs (payload types, extension ids, rids, SSRCs).
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 
 import attrs
 
@@ -27,7 +34,7 @@ from sdp.codecs import (
 from sdp.errors import NegotiationError, TransceiverInvariantError
 from sdp.model import (
     Candidate, Codec, Connection, Direction, Extmap, Fingerprint, Fmtp, Group,
-    IcePwd, IceUfrag, MaxMessageSize, MediaSection, Mid, Msid, MsidSemantic, Origin, Rid,
+    IceOptions, IcePwd, IceUfrag, MaxMessageSize, MediaSection, Mid, Msid, MsidSemantic, Origin, Rid,
     RtcpFb, Rtpmap, SctpPort, SessionDescription, Setup, SetupRole, Simulcast, Ssrc, SsrcGroup,
     flag,
 )
@@ -56,6 +63,43 @@ class LocalParams:
     session_id: int = 1
     sctp_port: int = 5000
     max_message_size: int = 262144
+    #: ``a=ice-options`` (RFC 8839 §5.6), e.g. ``("trickle",)`` for an agent that trickles.
+    ice_options: tuple[str, ...] = ()
+
+
+class CodecChoice(enum.Enum):
+    """Which of an m-line's offered codecs an answer accepts."""
+
+    #: What the SFU can forward (``sdp.codecs``), RTCP feedback narrowed to what it understands.
+    FORWARDABLE = "forwardable"
+    #: Every codec as offered: a receiver that counts and times packets whatever the codec.
+    AS_OFFERED = "as-offered"
+
+
+@attrs.frozen
+class AnswerPolicy:
+    """What an answerer accepts and how it presents its side of the transport."""
+
+    codecs: CodecChoice
+    #: The header extension URIs accepted per media kind; None accepts every one offered.
+    extensions: Mapping[MediaKind, frozenset[str]] | None
+    #: Our DTLS side when the offerer leaves the choice to us (``a=setup:actpass``): ACTIVE
+    #: (the DTLS client) or PASSIVE (the DTLS server).
+    preferred_setup: SetupRole
+    #: Declare ``a=ice-lite``: the offerer then runs the checks and controls (RFC 8445 §6.1.1).
+    ice_lite: bool
+
+    def __attrs_post_init__(self) -> None:
+        if self.preferred_setup not in (SetupRole.ACTIVE, SetupRole.PASSIVE):
+            raise ValueError(f"an answer takes a=setup:active or passive, not {self.preferred_setup}")
+
+
+#: The SFU answering a client's publisher offer: ICE-lite, narrowed to what it forwards, the DTLS
+#: server (the browser is the client, as with LiveKit).
+SFU_ANSWER = AnswerPolicy(CodecChoice.FORWARDABLE, PUBLISHER_EXTENSIONS, SetupRole.PASSIVE, ice_lite=True)
+#: A receive-only client answering the SFU's subscriber offer, as browsers answer: the DTLS client,
+#: full ICE, every codec and header extension offered.
+RECEIVER_ANSWER = AnswerPolicy(CodecChoice.AS_OFFERED, None, SetupRole.ACTIVE, ice_lite=False)
 
 
 @attrs.frozen
@@ -82,11 +126,15 @@ class NegotiatedMedia:
         return None
 
 
-def _transport_attributes(local: LocalParams, setup: SetupRole) -> list:
-    return [IceUfrag(local.ice_ufrag), IcePwd(local.ice_pwd), *local.fingerprints, Setup(setup)]
+def transport_attributes(local: LocalParams, setup: SetupRole) -> list:
+    """The transport lines of every m-line of ours (one BUNDLE transport): ICE credentials and
+    options, DTLS fingerprints and setup role."""
+    options = [IceOptions(local.ice_options)] if local.ice_options else []
+    return [IceUfrag(local.ice_ufrag), IcePwd(local.ice_pwd), *options, *local.fingerprints, Setup(setup)]
 
 
-def _codec_attributes(codecs: tuple[Codec, ...] | list[Codec]) -> list:
+def codec_attributes(codecs: tuple[Codec, ...] | list[Codec]) -> list:
+    """``a=rtpmap``, ``a=rtcp-fb`` and ``a=fmtp`` lines of ``codecs``, in order."""
     out: list = []
     for c in codecs:
         out.append(Rtpmap(c.payload_type, c.name, c.clock_rate, c.channels))
@@ -108,13 +156,13 @@ def _rejected_section(m_kind: str, proto: str, formats: list[str], codecs: list[
     """A port-0 section. Transport lines, rtcp-mux and codecs are not needed (RFC 8843
     §7.3.3) but aiortc refuses a section without them, and they cost nothing."""
     section = MediaSection(m_kind, 0, proto, list(formats) or ["0"], connections=[Connection()])
-    section.attributes += _transport_attributes(local, setup)
+    section.attributes += transport_attributes(local, setup)
     if mid is not None:
         section.attributes.append(Mid(mid))
     section.attributes.append(flag(Direction.INACTIVE.value))
     if section.is_rtp:
         section.attributes.append(flag("rtcp-mux"))
-        section.attributes += _codec_attributes(codecs)
+        section.attributes += codec_attributes(codecs)
     return section
 
 
@@ -125,21 +173,32 @@ def _kind_of(section: MediaSection) -> MediaKind | None:
         return None
 
 
-# --- answering a publisher offer ------------------------------------------------
+# --- answering an offer of media for us to receive ----------------------------------
 
 
-def _answer_setup(offered: SetupRole | None) -> SetupRole:
-    # RFC 8842 §5.3: answer actpass with active or passive; we pick passive so
-    # the browser is the DTLS client, as LiveKit does. An absent a=setup means
-    # active (RFC 4145 §4).
-    if offered in (None, SetupRole.ACTPASS, SetupRole.ACTIVE):
+def rejected_answer_media(m: MediaSection, local: LocalParams, setup: SetupRole) -> MediaSection:
+    """The answer's port-0 section turning down the offered section ``m``."""
+    codecs = m.codecs() if m.is_rtp else []
+    formats = [str(c.payload_type) for c in codecs] or m.formats[:1]
+    return _rejected_section(m.kind, m.proto, formats, codecs, m.mid, local, setup)
+
+
+def _answer_setup(offered: SetupRole | None, preferred: SetupRole) -> SetupRole:
+    # RFC 8842 §5.3: actpass is answered with active or passive, as the policy prefers (the SFU
+    # passive, so the browser is the DTLS client as with LiveKit; a client active, as browsers
+    # answer). An absent a=setup means active (RFC 4145 §4).
+    if offered is SetupRole.ACTPASS:
+        return preferred
+    if offered in (None, SetupRole.ACTIVE):
         return SetupRole.PASSIVE
     if offered is SetupRole.PASSIVE:
         return SetupRole.ACTIVE
     raise NegotiationError("offer has a=setup:holdconn; cannot start DTLS")
 
 
-def _accepted_codecs(kind: MediaKind, offered: list[Codec]) -> list[Codec]:
+def _accepted_codecs(kind: MediaKind, offered: list[Codec], choice: CodecChoice) -> list[Codec]:
+    if choice is CodecChoice.AS_OFFERED:
+        return offered
     primary = {c.payload_type for c in offered if is_supported_media_codec(kind, c)}
     accepted = set(primary)
     for c in offered:
@@ -154,7 +213,8 @@ def _accepted_codecs(kind: MediaKind, offered: list[Codec]) -> list[Codec]:
             if c.payload_type in accepted]
 
 
-def _answer_media(m: MediaSection, local: LocalParams, setup: SetupRole) -> MediaSection | None:
+def _answer_media(m: MediaSection, local: LocalParams, setup: SetupRole,
+                  policy: AnswerPolicy) -> MediaSection | None:
     """The accepted answer section for ``m``, or None to reject it."""
     kind = _kind_of(m)
     mid = m.mid
@@ -162,7 +222,7 @@ def _answer_media(m: MediaSection, local: LocalParams, setup: SetupRole) -> Medi
         return None
     section = MediaSection(m.kind, _DISCARD_PORT, m.proto, [], connections=[Connection()])
     attributes = section.attributes
-    attributes += _transport_attributes(local, setup)
+    attributes += transport_attributes(local, setup)
     attributes.append(Mid(mid))
 
     if kind is MediaKind.APPLICATION:
@@ -174,23 +234,23 @@ def _answer_media(m: MediaSection, local: LocalParams, setup: SetupRole) -> Medi
 
     if not m.proto.endswith("SAVPF") or not m.rtcp_mux:
         return None  # need DTLS-SRTP with feedback, and RTCP multiplexed (RFC 8829 §5.3.1)
-    codecs = _accepted_codecs(kind, m.codecs())
+    codecs = _accepted_codecs(kind, m.codecs(), policy.codecs)
     if not any(not c.is_rtx for c in codecs):
         return None
     section.formats = [str(c.payload_type) for c in codecs]
-    supported_ext = PUBLISHER_EXTENSIONS[kind]
+    supported_ext = policy.extensions[kind] if policy.extensions is not None else None
     for e in m.extmaps:
-        if e.uri in supported_ext:
+        if supported_ext is None or e.uri in supported_ext:
             reverse = e.direction.reversed() if e.direction is not None else None
             attributes.append(Extmap(e.id, e.uri, reverse))
     if m.has_flag("extmap-allow-mixed"):
         attributes.append(flag("extmap-allow-mixed"))
-    # The publisher PC only carries media towards the server.
+    # The answerer only receives on these lines.
     attributes.append(flag(Direction.from_flags(sends=False, receives=m.direction.sends).value))
     attributes.append(flag("rtcp-mux"))
     if m.has_flag("rtcp-rsize"):
         attributes.append(flag("rtcp-rsize"))
-    attributes += _codec_attributes(codecs)
+    attributes += codec_attributes(codecs)
 
     simulcast = m.simulcast
     if simulcast is not None and simulcast.send:
@@ -206,8 +266,16 @@ def _answer_media(m: MediaSection, local: LocalParams, setup: SetupRole) -> Medi
 
 
 def answer_offer(offer: SessionDescription, local: LocalParams, *,
-                 session_version: int = 1) -> SessionDescription:
-    """Answer a client's publisher offer as an ICE-lite, receive-only, BUNDLE-only SFU."""
+                 session_version: int = 1, policy: AnswerPolicy = SFU_ANSWER) -> SessionDescription:
+    """Answer an offer of media for us to receive, on one BUNDLE transport, as ``policy`` says:
+    by default the SFU's answer to a client's publisher offer (ICE-lite, receive-only, narrowed
+    to what it forwards); :data:`RECEIVER_ANSWER` for a client's answer to a subscriber offer.
+
+    Every m-line is answered in the offer's order; what cannot be taken (no mid, not DTLS-SRTP
+    with rtcp-mux, no acceptable codec, an unknown kind, outside the first BUNDLE group) is
+    rejected with port 0. Raises :class:`NegotiationError` for an offer that cannot be answered
+    at all (no usable m-line, no ICE credentials or fingerprint, a repeated mid, holdconn).
+    """
     if not offer.media:
         raise NegotiationError("offer has no media sections")
     bundles = offer.bundle_groups()
@@ -223,7 +291,7 @@ def answer_offer(offer: SessionDescription, local: LocalParams, *,
         raise NegotiationError("offer lacks ICE credentials")
     if not offer.effective_fingerprints(first):
         raise NegotiationError("offer lacks a DTLS fingerprint")
-    setup = _answer_setup(offer.effective_setup(first))
+    setup = _answer_setup(offer.effective_setup(first), policy.preferred_setup)
 
     answer = SessionDescription(origin=Origin("-", local.session_id, session_version))
     accepted_mids: list[str] = []
@@ -235,12 +303,9 @@ def answer_offer(offer: SessionDescription, local: LocalParams, *,
             seen_mids.add(m.mid)
         usable = (bundle_mids is None and not accepted_mids) or (
             bundle_mids is not None and m.mid in bundle_mids)
-        section = _answer_media(m, local, setup) if usable else None
+        section = _answer_media(m, local, setup, policy) if usable else None
         if section is None:
-            codecs = m.codecs() if m.is_rtp else []
-            answer.media.append(_rejected_section(
-                m.kind, m.proto, [str(c.payload_type) for c in codecs] or m.formats[:1], codecs,
-                m.mid, local, setup))
+            answer.media.append(rejected_answer_media(m, local, setup))
             continue
         if not accepted_mids:
             section.attributes += _candidate_attributes(local)
@@ -252,7 +317,8 @@ def answer_offer(offer: SessionDescription, local: LocalParams, *,
     if offer.extmap_allow_mixed:
         answer.attributes.append(flag("extmap-allow-mixed"))
     answer.attributes.append(MsidSemantic("WMS"))
-    answer.attributes.append(flag("ice-lite"))
+    if policy.ice_lite:
+        answer.attributes.append(flag("ice-lite"))
     return answer
 
 
@@ -294,6 +360,38 @@ def local_dtls_role(answer: SessionDescription, local_is_offerer: bool) -> DtlsR
     answerer_is_client = role is SetupRole.ACTIVE
     we_are_client = answerer_is_client != local_is_offerer
     return DtlsRole.CLIENT if we_are_client else DtlsRole.SERVER
+
+
+@attrs.frozen
+class RemoteTransport:
+    """The peer's side of one BUNDLE transport, as its description gives it."""
+
+    ice_ufrag: str
+    ice_pwd: str
+    #: ``(algorithm, value)`` of every ``a=fingerprint``, as DTLS checks the peer's certificate.
+    fingerprints: tuple[tuple[str, str], ...]
+    #: Candidate lines (the text after ``a=candidate:``) found in the description.
+    candidates: tuple[str, ...]
+    end_of_candidates: bool
+
+
+def remote_transport(description: SessionDescription) -> RemoteTransport:
+    """ICE credentials, fingerprints and candidates of the first live m-line (the bundle
+    transport); candidates of every m-line. Raises :class:`NegotiationError` when the
+    description has no live m-line, no ICE credentials or no fingerprint."""
+    first = next((m for m in description.media if not m.rejected), None)
+    if first is None:
+        raise NegotiationError("description has no live m-line")
+    ufrag, pwd = description.effective_ufrag(first), description.effective_pwd(first)
+    fingerprints = description.effective_fingerprints(first)
+    if not ufrag or not pwd:
+        raise NegotiationError("description lacks ICE credentials")
+    if not fingerprints:
+        raise NegotiationError("description lacks a DTLS fingerprint")
+    candidates = tuple(c.text for m in description.media for c in m.candidates)
+    end = any(m.has_flag("end-of-candidates") for m in description.media) or description.has_flag(
+        "end-of-candidates")
+    return RemoteTransport(ufrag, pwd, tuple((f.algorithm, f.value) for f in fingerprints), candidates, end)
 
 
 # --- offering to a subscriber ------------------------------------------------------
@@ -380,7 +478,7 @@ class SubscriberOffer:
         if t.kind is MediaKind.APPLICATION:
             section = MediaSection("application", _DISCARD_PORT, SCTP_PROTO, [DATACHANNEL_FORMAT],
                                    connections=[Connection()])
-            section.attributes += _transport_attributes(self.local, SetupRole.ACTPASS)
+            section.attributes += transport_attributes(self.local, SetupRole.ACTPASS)
             section.attributes.append(Mid(t.mid))
             section.attributes += [SctpPort(self.local.sctp_port),
                                    MaxMessageSize(self.local.max_message_size)]
@@ -389,7 +487,7 @@ class SubscriberOffer:
                                    [str(c.payload_type) for c in t.codecs],
                                    connections=[Connection()])
             a = section.attributes
-            a += _transport_attributes(self.local, SetupRole.ACTPASS)
+            a += transport_attributes(self.local, SetupRole.ACTPASS)
             a.append(Mid(t.mid))
             a += [Extmap(i, uri) for i, uri in SUBSCRIBER_EXTENSIONS[t.kind]]
             # What the line sends: its track, or the track a cache entry holds it for (offered
@@ -405,7 +503,7 @@ class SubscriberOffer:
             if track_id is not None:
                 a.append(Msid(stream_id, track_id))
             a += [flag("rtcp-mux"), flag("rtcp-rsize")]
-            a += _codec_attributes(t.codecs)
+            a += codec_attributes(t.codecs)
             if track_id is not None and ssrc is not None:
                 ssrcs = [ssrc] + ([rtx_ssrc] if rtx_ssrc is not None else [])
                 if len(ssrcs) == 2:
@@ -494,6 +592,8 @@ class SubscriberOffer:
 
 
 __all__ = [
-    "DtlsRole", "LocalParams", "NegotiatedMedia", "SignalingState", "SubscriberOffer",
-    "answer_offer", "local_dtls_role", "negotiated_media",
+    "RECEIVER_ANSWER", "SFU_ANSWER", "AnswerPolicy", "CodecChoice", "DtlsRole", "LocalParams",
+    "NegotiatedMedia", "RemoteTransport", "SignalingState", "SubscriberOffer", "answer_offer",
+    "codec_attributes", "local_dtls_role", "negotiated_media", "rejected_answer_media",
+    "remote_transport", "transport_attributes",
 ]

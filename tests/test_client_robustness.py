@@ -18,6 +18,8 @@ from livekit.protocol import models, rtc
 
 from rtp.errors import RtpStackError
 from trio_sfu.client.client import LiveKitClient
+from trio_sfu.client.publisher import PendingOffer
+from trio_sfu.client.publisher_offer import OfferedTrack, build_publisher_offer
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "sdp"
 OFFER_LINES = (FIXTURES / "chromium_subscriber_offer_sent.sdp").read_text().splitlines()
@@ -63,12 +65,10 @@ def run_dispatch(responses: list[rtc.SignalResponse], pending_offer: bool) -> No
         async with trio.open_nursery() as nursery:
             client._nursery = nursery
             if pending_offer:
-                from trio_sfu.client.sdp_builder import OfferedTrack, build_publisher_offer
-
-                pc = client._ensure_publisher_pc()
+                pc = client.publisher.ensure_pc()
                 offer = build_publisher_offer(
                     pc.local, [OfferedTrack("0", "audio", "s", "c", "n", (1,))], 1)
-                client._pending_answer = (1, offer, trio.Event())
+                client.publisher.pending_offer = PendingOffer(1, offer)
             for response in responses:
                 try:
                     await client._dispatch(response)

@@ -12,11 +12,12 @@ from __future__ import annotations
 import trio
 from livekit.protocol import models, rtc
 
-import trio_sfu.client.client as client_module
+import trio_sfu.client.subscriber as subscriber_module
+from sdp.model import SetupRole
+from sdp.negotiator import rejected_answer_media
 from sdp.parser import parse as parse_sdp
 from server_fixtures import media_server, mint_token
 from trio_sfu.client import LiveKitClient
-from trio_sfu.client.sdp_builder import _rejected
 from trio_sfu.client.senders import send_synthetic_audio
 
 
@@ -112,19 +113,19 @@ async def test_an_unanswered_offer_is_offered_again_after_the_answer_timeout() -
 
 
 async def test_a_refused_m_line_is_reported_once_and_not_offered_again(monkeypatch) -> None:
-    answer = client_module.answer_subscriber_offer
+    answer = subscriber_module.answer_offer
 
-    def refusing_audio(offer, transport, version, ice_lite=False):
-        reply = answer(offer, transport, version, ice_lite=ice_lite)
-        reply.media = [_rejected(m, transport) if m.kind == "audio" and not m.rejected else a
-                       for m, a in zip(offer.media, reply.media)]
+    def refusing_audio(offer, local, **options):
+        reply = answer(offer, local, **options)
+        reply.media = [rejected_answer_media(m, local, SetupRole.ACTIVE) if m.kind == "audio" and not m.rejected
+                       else a for m, a in zip(offer.media, reply.media)]
         return reply
 
     async with media_server() as server:
         async with LiveKitClient.connect(server.url, mint_token("pub")) as publisher, \
                 LiveKitClient.connect(server.url, mint_token("sub")) as subscriber, \
                 trio.open_nursery() as senders:
-            monkeypatch.setattr(client_module, "answer_subscriber_offer", refusing_audio)
+            monkeypatch.setattr(subscriber_module, "answer_offer", refusing_audio)
             seen = record(subscriber)
             await subscriber.wait_connected(timeout=10)
             audio = await publisher.publish_audio()
@@ -148,17 +149,17 @@ async def test_a_refused_m_line_is_reported_once_and_not_offered_again(monkeypat
 async def test_an_m_line_refused_after_it_was_forwarding_is_let_go_for_good(monkeypatch) -> None:
     """The client accepts a track, then turns its m-line down in the answer to a later offer:
     the down track stops, the subscriber leaves the source, and the track is reported once."""
-    answer = client_module.answer_subscriber_offer
+    answer = subscriber_module.answer_offer
     refuse = {"audio": False}
 
-    def answering(offer, transport, version, ice_lite=False):
-        reply = answer(offer, transport, version, ice_lite=ice_lite)
+    def answering(offer, local, **options):
+        reply = answer(offer, local, **options)
         if refuse["audio"]:
-            reply.media = [_rejected(m, transport) if m.kind == "audio" and not m.rejected else a
-                           for m, a in zip(offer.media, reply.media)]
+            reply.media = [rejected_answer_media(m, local, SetupRole.ACTIVE) if m.kind == "audio" and not m.rejected
+                           else a for m, a in zip(offer.media, reply.media)]
         return reply
 
-    monkeypatch.setattr(client_module, "answer_subscriber_offer", answering)
+    monkeypatch.setattr(subscriber_module, "answer_offer", answering)
     async with media_server() as server:
         async with LiveKitClient.connect(server.url, mint_token("pub")) as publisher, \
                 LiveKitClient.connect(server.url, mint_token("sub")) as subscriber, \

@@ -260,6 +260,30 @@ def test_sessions_connect_over_a_lossy_link_by_their_deadlines_alone():
     assert not link.of(CLIENT_ADDR, TransportFailed) and not link.of(SERVER_ADDR, TransportFailed)
 
 
+def test_a_candidate_trickled_after_start_is_checked_by_the_deadline_and_connects():
+    """Our client learns the server's address by trickle, after its session started: the session
+    takes the candidate (and the end of candidates), reports the check it now owes as its
+    deadline, and connects; nothing was sent before there was an address to send to."""
+    _, server = make_sessions()
+    trickling = PeerSession(PeerTransport(
+        IceMode.CONTROLLING, DtlsRole.CLIENT, local_ufrag=C_UFRAG, local_pwd=C_PWD, certificate=CLIENT_CERT,
+        remote_ufrag=S_UFRAG, remote_pwd=S_PWD, remote_fingerprints=[("sha-256", SERVER_CERT.fingerprint())],
+        rng=random.Random(7)), rng=random.Random(8))
+    link = Link(trickling, server)
+    link.start()
+    link.run_until(0.5)
+    assert trickling.state is SessionState.CONNECTING and not link.sent
+    trickling.add_remote_candidate(Candidate("1", 1, "udp", 2130706431, SERVER_ADDR[0], SERVER_ADDR[1], "host"))
+    trickling.add_remote_candidate(None)
+    assert trickling.next_deadline() is not None and trickling.next_deadline() <= link.now + 0.1
+    link.run_while(lambda: not (link.of(CLIENT_ADDR, TransportConnected) and link.of(SERVER_ADDR, TransportConnected)))
+    assert trickling.state is server.state is SessionState.CONNECTED
+    assert trickling.transport.selected_address == SERVER_ADDR
+    # A lite agent learns addresses from checks: a candidate given to it changes nothing.
+    server.add_remote_candidate(Candidate("1", 1, "udp", 1, "10.9.9.9", 9, "host"))
+    assert server.transport.selected_address == CLIENT_ADDR
+
+
 def test_connect_timeout_fails_at_the_reported_deadline_and_then_nothing_is_scheduled():
     client, server = make_sessions(connect_timeout=5.0)
     link = Link(client, server)

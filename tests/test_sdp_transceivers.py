@@ -13,7 +13,7 @@ from sdp.model import (
     Connection, Fingerprint, IcePwd, IceUfrag, MediaSection, Mid, Origin,
     SessionDescription, Setup, SetupRole, SctpPort, flag,
 )
-from sdp.negotiator import LocalParams, SubscriberOffer, _codec_attributes
+from sdp.negotiator import LocalParams, SubscriberOffer, codec_attributes
 from sdp.parser import parse, serialize
 from sdp.transceivers import CachedTransceiver, TransceiverCache, TransceiverState, TransceiverTable
 
@@ -40,7 +40,7 @@ def client_answer(offer: SessionDescription, reject: frozenset = frozenset()) ->
                 section.attributes += list(m.extmaps)
                 section.attributes.append(flag(m.direction.reversed().value))
                 section.attributes.append(flag("rtcp-mux"))
-                section.attributes += _codec_attributes(m.codecs())
+                section.attributes += codec_attributes(m.codecs())
             else:
                 section.attributes.append(SctpPort(5000))
         answer.media.append(section)

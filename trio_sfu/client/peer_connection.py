@@ -1,15 +1,17 @@
-"""One client PeerConnection: a datagram socket on an ephemeral port driving a sans-IO PeerTransport.
+"""One client PeerConnection: a datagram socket on an ephemeral port driving a sans-IO PeerSession.
 
-The transport is built once the remote description is known (a controlling ICE
-agent needs the peer's ufrag/pwd), and candidates trickled before that are held.
-The receive loop is the fast path from docs/feasibility-probes.md §6: a raw
-non-blocking socket read until EAGAIN, ``wait_readable`` only then, a checkpoint
-every few dozen packets; sends go straight out with a non-blocking ``sendto``
-(a full socket buffer drops the datagram and counts it, as UDP would).
-Anything that changes the transport's timer (a new candidate, a start) cancels
-the loop's wait so it re-reads the deadline.
+The session (``rtp.peer_session.PeerSession``: ICE, DTLS, SRTP and, when negotiated, SCTP and
+transport-wide CC feedback) is built once the remote description is known (a controlling ICE
+agent needs the peer's ufrag/pwd); candidates trickled before that are held. The PC merges no
+timers: it sleeps until the session's ``next_deadline()`` or the next datagram.
 
-The socket comes from ``bind`` (``trio_sfu.media.udp_mux.BindDatagram``): the kernel's UDP by
+The receive loop is the fast path from docs/feasibility-probes.md §6: a raw non-blocking socket
+read until EAGAIN, ``wait_readable`` only then, a checkpoint every few dozen packets; sends go
+straight out with a non-blocking ``sendto`` (a full socket buffer drops the datagram and counts
+it, as UDP would). Anything that changes the session's deadline from outside the loop (a new
+candidate, the remote description) cancels the loop's wait so it reads the deadline again.
+
+The socket comes from ``bind`` (``trio_sfu.datagram.BindDatagram``): the kernel's UDP by
 default, an in-memory network's in tests that run under Trio's ``MockClock``.
 """
 
@@ -21,9 +23,11 @@ from typing import Callable
 
 import attrs
 import trio
+from aioice.candidate import Candidate
 
 from rtp.dtls import DtlsCertificate, DtlsRole
-from rtp.peer_transport import IceMode, PeerTransport, TransportState
+from rtp.peer_session import PeerSession, SessionState
+from rtp.peer_transport import IceMode, PeerTransport
 from rtp.peer_transport_events import (
     RtcpReceived,
     RtpReceived,
@@ -32,13 +36,16 @@ from rtp.peer_transport_events import (
     TransportFailed,
 )
 from sdp.model import Fingerprint
+from sdp.negotiator import LocalParams, RemoteTransport
 
-from trio_sfu.client.sdp_builder import RemoteTransport, Transport
 from trio_sfu.datagram import BindDatagram, UdpSocket
 
 #: Datagrams handled between checkpoints, so a flood cannot starve the other tasks.
 CHECKPOINT_EVERY = 64
 MAX_DATAGRAM = 65536
+
+#: Called with each decrypted RTP packet or RTCP compound packet and the time it arrived.
+PacketHandler = Callable[[bytes, float], None]
 
 
 @attrs.define
@@ -49,6 +56,17 @@ class PeerConnectionCounters:
     candidates_ignored: int = 0
 
 
+def _parse_candidate(text: str) -> Candidate | None:
+    """An ``a=candidate`` value or an RTCIceCandidateInit ``candidate`` (``candidate:`` prefix
+    optional); None when it cannot be read."""
+    if text.startswith("candidate:"):
+        text = text[len("candidate:"):]
+    try:
+        return Candidate.from_sdp(text)
+    except (ValueError, IndexError, KeyError):
+        return None
+
+
 class ClientPeerConnection:
     """A client PC (publisher or subscriber); ICE controlling unless set_remote says otherwise."""
 
@@ -57,8 +75,8 @@ class ClientPeerConnection:
         name: str,
         bind_host: str,
         certificate: DtlsCertificate,
-        on_rtp: Callable[[bytes, float], None],
-        on_rtcp: Callable[[bytes, float], None],
+        on_rtp: PacketHandler,
+        on_rtcp: PacketHandler,
         on_failure: Callable[[str], None] | None = None,
         bind: BindDatagram = UdpSocket.bind,
     ) -> None:
@@ -68,13 +86,17 @@ class ClientPeerConnection:
         # for the mux's large buffers (the kernel caps them at net.core.[rw]mem_max).
         self.sock = bind(bind_host, 0)
         self.host, self.port = self.sock.getsockname()[:2]
-        self.local = Transport(
+        #: Our side of the transport, the same on every m-line (BUNDLE); candidates are trickled.
+        self.local = LocalParams(
             ice_ufrag=secrets.token_hex(4),
             ice_pwd=secrets.token_hex(16),
-            fingerprint=Fingerprint("sha-256", certificate.fingerprint()),
+            fingerprints=(Fingerprint("sha-256", certificate.fingerprint()),),
             session_id=secrets.randbits(62),
+            ice_options=("trickle",),
         )
-        self.transport: PeerTransport | None = None
+        self.session: PeerSession | None = None
+        #: Whether our candidate went to the peer (once per PC, after its first description).
+        self.candidate_trickled = False
         self.counters = PeerConnectionCounters()
         self.connected = trio.Event()
         self.ended = trio.Event()  # failed or closed
@@ -82,10 +104,15 @@ class ClientPeerConnection:
         self._on_rtp = on_rtp
         self._on_rtcp = on_rtcp
         self._on_failure = on_failure
-        self._early_candidates: list[object] = []  # aioice Candidates (or None = end) before the transport
+        self._early_candidates: list[Candidate | None] = []  # None = the end, before the session
         self._wait_scope: trio.CancelScope | None = None
         self._run_scope: trio.CancelScope | None = None
         self._closing = False
+
+    @property
+    def transport(self) -> PeerTransport | None:
+        """The session's ICE/DTLS/SRTP transport, for what it reports (ICE mode, selected address)."""
+        return self.session.transport if self.session is not None else None
 
     # ------------------------------------------------------------------ description
 
@@ -95,16 +122,14 @@ class ClientPeerConnection:
 
     def set_remote(self, remote: RemoteTransport, dtls_role: DtlsRole,
                    ice_mode: IceMode = IceMode.CONTROLLING) -> None:
-        """The first remote description builds the transport; later ones only add candidates
+        """The first remote description builds the session; later ones only add candidates
         (the same ICE credentials; an ICE restart is not supported).
 
         ``ice_mode`` is CONTROLLING against an ICE-lite server (ours, LiveKit's default);
         LITE when we answered a full-ICE offerer as a lite agent, so the peer controls.
         """
-        from aioice.candidate import Candidate
-
-        if self.transport is None:
-            self.transport = PeerTransport(
+        if self.session is None:
+            self.session = PeerSession(PeerTransport(
                 ice_mode,
                 dtls_role,
                 local_ufrag=self.local.ice_ufrag,
@@ -113,59 +138,56 @@ class ClientPeerConnection:
                 remote_ufrag=remote.ice_ufrag,
                 remote_pwd=remote.ice_pwd,
                 remote_fingerprints=remote.fingerprints,
-            )
+            ))
             for early in self._early_candidates:
-                self.transport.add_remote_candidate(early)  # type: ignore[arg-type]
+                self.session.add_remote_candidate(early)
             self._early_candidates.clear()
         for text in remote.candidates:
-            try:
-                self.transport.add_remote_candidate(Candidate.from_sdp(text))
-            except (ValueError, IndexError, KeyError):
+            candidate = _parse_candidate(text)
+            if candidate is None:
                 self.counters.candidates_ignored += 1
+            else:
+                self.session.add_remote_candidate(candidate)
         if remote.end_of_candidates:
-            self.transport.add_remote_candidate(None)
-        self.transport.start(trio.current_time())
+            self.session.add_remote_candidate(None)
+        self.session.start(trio.current_time())
         self.kick()
 
     def add_remote_candidate(self, candidate_text: str | None) -> None:
         """A trickled candidate (``candidate:…`` or bare); None or "" ends the trickle."""
-        from aioice.candidate import Candidate
-
-        parsed = None
+        candidate = None
         if candidate_text:
-            text = candidate_text[len("candidate:"):] if candidate_text.startswith("candidate:") else candidate_text
-            try:
-                parsed = Candidate.from_sdp(text)
-            except (ValueError, IndexError, KeyError):
+            candidate = _parse_candidate(candidate_text)
+            if candidate is None:
                 self.counters.candidates_ignored += 1
                 return
-        if self.transport is None:
-            self._early_candidates.append(parsed)
+        if self.session is None:
+            self._early_candidates.append(candidate)
         else:
-            self.transport.add_remote_candidate(parsed)
+            self.session.add_remote_candidate(candidate)
             self.kick()
 
     # ------------------------------------------------------------------ sending
 
     def send_rtp(self, packet: bytes) -> bool:
-        transport = self.transport
-        if transport is None or not transport.send_rtp(packet):
+        session = self.session
+        if session is None or not session.send_rtp(packet):
             return False
         self.flush()
         return True
 
     def send_rtcp(self, packet: bytes) -> bool:
-        transport = self.transport
-        if transport is None or not transport.send_rtcp(packet):
+        session = self.session
+        if session is None or not session.send_rtcp(packet):
             return False
         self.flush()
         return True
 
     def flush(self) -> None:
-        transport = self.transport
-        if transport is None:
+        session = self.session
+        if session is None:
             return
-        for datagram, addr in transport.datagrams_to_send(trio.current_time()):
+        for datagram, addr in session.datagrams_to_send(trio.current_time()):
             try:
                 self.sock.sendto(datagram, addr)
                 self.counters.datagrams_sent += 1
@@ -174,7 +196,7 @@ class ClientPeerConnection:
                 self.counters.send_dropped += 1
 
     def kick(self) -> None:
-        """Make the run loop re-read the transport's timer now."""
+        """Make the run loop read the session's deadline again now."""
         if self._wait_scope is not None:
             self._wait_scope.cancel()
 
@@ -193,9 +215,11 @@ class ClientPeerConnection:
                 if not self._closing:
                     await self._loop()
         finally:
-            transport = self.transport
-            if transport is not None and transport.state in (TransportState.CONNECTING, TransportState.CONNECTED):
-                transport.close()  # a DTLS close_notify so the server ends the session at once
+            session = self.session
+            if session is not None and session.is_alive:
+                # A DTLS close_notify so the server ends its session at once (no association to
+                # drain: our PCs negotiate no data channels).
+                session.close(trio.current_time())
                 self.flush()
             self.sock.close()
             self.ended.set()
@@ -207,20 +231,20 @@ class ClientPeerConnection:
             try:
                 data, addr = sock.recvfrom(MAX_DATAGRAM)
             except BlockingIOError:
-                self._drain_events()
                 self.flush()
-                transport = self.transport
-                deadline = transport.next_deadline() if transport is not None else None
+                self._drain_events()
+                session = self.session
+                deadline = session.next_deadline() if session is not None else None
                 with trio.CancelScope(deadline=math.inf if deadline is None else deadline) as scope:
                     self._wait_scope = scope
                     await sock.wait_readable()
                 self._wait_scope = None
-                transport = self.transport
-                if transport is not None:
+                session = self.session
+                if session is not None:
                     now = trio.current_time()
-                    due = transport.next_deadline()
+                    due = session.next_deadline()
                     if due is not None and now >= due:
-                        transport.handle_timeout(now)
+                        session.handle_timeout(now)
                 handled = 0
                 continue
             except OSError:
@@ -228,27 +252,27 @@ class ClientPeerConnection:
                 await trio.sleep(0)
                 continue
             self.counters.datagrams_received += 1
-            transport = self.transport
-            if transport is not None:
-                transport.receive_datagram(data, addr[:2], trio.current_time())
+            session = self.session
+            if session is not None:
+                session.receive(data, addr[:2], trio.current_time())
+                if session.state is not SessionState.CONNECTED:
+                    self.flush()  # handshake replies
                 # Drained per datagram so a packet's arrival time is when it arrived, not the batch's end.
                 self._drain_events()
-                if transport.state is not TransportState.CONNECTED:
-                    self.flush()  # handshake replies
             handled += 1
             if handled >= CHECKPOINT_EVERY:
                 handled = 0
-                self._drain_events()
                 self.flush()
+                self._drain_events()
                 await trio.lowlevel.checkpoint()
 
     def _drain_events(self) -> None:
-        transport = self.transport
-        if transport is None:
+        session = self.session
+        if session is None:
             return
         on_rtp, on_rtcp = self._on_rtp, self._on_rtcp
         now = trio.current_time()
-        while (event := transport.next_event()) is not None:
+        while (event := session.next_event()) is not None:
             kind = type(event)
             if kind is RtpReceived:
                 on_rtp(event.packet, now)  # type: ignore[union-attr]
@@ -263,6 +287,7 @@ class ClientPeerConnection:
                     self._on_failure(self.failure)
             elif kind is TransportClosed:
                 self.ended.set()
+            # SelectedAddressChanged: the session sends to the new address by itself.
 
 
-__all__ = ["ClientPeerConnection", "PeerConnectionCounters"]
+__all__ = ["ClientPeerConnection", "PacketHandler", "PeerConnectionCounters"]

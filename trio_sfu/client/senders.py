@@ -8,7 +8,7 @@ import time
 
 import trio
 
-from trio_sfu.client.client import LocalPublication
+from trio_sfu.client.publisher import LocalPublication
 from trio_sfu.client.synthetic import (
     AUDIO_PACKET_INTERVAL,
     OPUS_FRAME_SAMPLES,

@@ -13,7 +13,7 @@ nobody bound.
 
 Streams. `listen(host, port)` gives a trio Listener a `Server` serves like its TCP listeners
 (its accept loop hands each connection to `HttpFront.handle_connection`); `connect(host, port)`
-opens a connection to it and is a `trio_sfu.client.client.Connector` for our client. Connections
+opens a connection to it and is a `trio_sfu.client.signal_connection.Connector` for our client. Connections
 are trio.testing memory stream pairs.
 """
 
