@@ -8,6 +8,14 @@ header extensions, send stamps). Reports process CPU µs per forwarded packet, b
 only) gives the share that is not forwarding logic. The layers between (the server's
 TransportEndpoint in trio_sfu.media.transport, PeerTransport, UdpMux) are not included: the
 scenarios measure those.
+
+``--server-path`` measures the server's own per-packet path instead, with its real objects:
+SRTP-protected datagrams handed to ``UdpMux.route`` -> the publisher's ``TransportEndpoint``
+(SRTP unprotect, transport-cc arrival noted) -> ``PublisherMedia.on_rtp`` -> ``TrackReceiver``
+-> each ``DownTrack`` -> the subscriber's ``TransportEndpoint.send_rtp`` (protect, non-blocking
+``sendto``). Only the handshakes are skipped: each transport is put into CONNECTED with SRTP
+keyed, as a DTLS handshake would leave it. With ``--subscribers 1`` the ingest side (mux,
+endpoint, publisher ingest, receiver) weighs most.
 """
 
 from __future__ import annotations
@@ -15,6 +23,9 @@ from __future__ import annotations
 import argparse
 import socket
 import time
+from typing import Callable
+
+import attrs
 
 from rtp.srtp import SrtpContext
 from trio_sfu.client.synthetic import RtpStreamWriter, VideoLayerSpec, Vp8FrameSource
@@ -90,6 +101,196 @@ def run_transports(subscribers: int, packets: int, direct: bool) -> float:
     return elapsed / (len(wire) * subscribers) * 1e6
 
 
+_PUBLISHER_ADDR = ("127.0.0.1", 9)  # never sent to: only the mux's routing key
+_CID = "cid-video"
+_TRACK_SID = "TR_bench"
+_EXT_MID, _EXT_TWCC = 1, 3
+
+
+def _publisher_offer(fingerprint: str) -> str:
+    """A libwebrtc-shaped publisher offer: VP8 video named by the mid header extension, with
+    transport-wide CC, and the data channels' m=application (as LiveKit clients offer)."""
+    lines = [
+        "v=0", "o=- 1 2 IN IP4 127.0.0.1", "s=-", "t=0 0", "a=group:BUNDLE 0 1", "a=msid-semantic: WMS *",
+        "m=video 9 UDP/TLS/RTP/SAVPF 96", "c=IN IP4 0.0.0.0", "a=ice-ufrag:benc", "a=ice-pwd:" + "p" * 24,
+        f"a=fingerprint:sha-256 {fingerprint}", "a=setup:actpass", "a=mid:0",
+        f"a=extmap:{_EXT_MID} urn:ietf:params:rtp-hdrext:sdes:mid",
+        f"a=extmap:{_EXT_TWCC} http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01",
+        "a=sendonly", "a=rtcp-mux", f"a=msid:stream {_CID}", "a=rtpmap:96 VP8/90000",
+        "a=rtcp-fb:96 nack", "a=rtcp-fb:96 nack pli", "a=rtcp-fb:96 transport-cc",
+        "m=application 9 UDP/DTLS/SCTP webrtc-datachannel", "c=IN IP4 0.0.0.0", "a=ice-ufrag:benc",
+        "a=ice-pwd:" + "p" * 24, f"a=fingerprint:sha-256 {fingerprint}", "a=setup:actpass", "a=mid:1",
+        "a=sctp-port:5000", "a=max-message-size:262144",
+    ]
+    return "\r\n".join(lines) + "\r\n"
+
+
+@attrs.define
+class _BenchService:
+    """What ParticipantTransports and RoomMedia need of the node's media service."""
+
+    certificate: object
+    fingerprints: tuple
+    mux: object
+    metrics: object
+    candidates: tuple = ("1 1 udp 2130706431 127.0.0.1 9 typ host",)
+    relay: None = None
+    rooms: dict = attrs.Factory(dict)
+
+
+@attrs.define
+class _BenchParticipant:
+    """The publisher as its media sees it (trio_sfu.signal.media_port.MediaParticipant)."""
+
+    sid: str
+    identity: str
+    grants: object
+    tracks: dict
+    track_by_cid: dict
+    subscriptions: dict = attrs.Factory(dict)
+    track_settings: dict = attrs.Factory(dict)
+    migrated_in: None = None
+
+    def send(self, response: object) -> None:
+        pass
+
+    def unpublish_track(self, track_sid: str) -> None:
+        return None
+
+
+def _key(endpoint, remote: tuple[str, int], label: str) -> None:
+    """Put a server endpoint's transport where a handshake with `remote` leaves it (a measuring
+    harness only: it sets the state ICE and DTLS would have set)."""
+    from rtp.peer_transport import TransportState
+
+    transport = endpoint.transport
+    transport._srtp = SrtpContext(PROFILE, _master(f"{label}-server"), _master(f"{label}-client"))
+    transport._selected = remote
+    transport._ice._valid[remote] = 0.0
+    transport.state = TransportState.CONNECTED
+
+
+def _frames(source, writer, twcc: Callable[[], int], count: int, first_timestamp: int) -> list[bytes]:
+    """`count` frames' RTP packets, each with its transport-wide sequence number."""
+    from rtp.packet import find_extension_span
+
+    out: list[bytes] = []
+    for _ in range(count):
+        _, payloads = source.next_frame(source.frames_sent * 33_333)
+        timestamp = first_timestamp + source.frames_sent * 3000
+        for i, payload in enumerate(payloads):
+            packet = bytearray(writer.packet(payload, timestamp, i == len(payloads) - 1))
+            span = find_extension_span(packet, _EXT_TWCC)
+            assert span is not None and span[1] == 2
+            packet[span[0]:span[0] + 2] = twcc().to_bytes(2, "big")
+            out.append(bytes(packet))
+    return out
+
+
+async def _server_path(subscribers: int, packets: int) -> float:
+    import datetime
+    import itertools
+
+    import trio
+    from livekit.protocol import models
+
+    from rtp.dtls import DtlsCertificate
+    from trio_sfu.log import get_logger
+    from trio_sfu.media.data_channels import ParticipantData
+    from trio_sfu.media.publishing import PublisherMedia
+    from trio_sfu.media.room_media import RoomMedia
+    from trio_sfu.media.timers import TimerLoop
+    from trio_sfu.media.transport import ParticipantTransports
+    from trio_sfu.media.udp_mux import UdpMux
+    from trio_sfu.metrics import Metrics
+    from trio_sfu.signal.grants import ClaimGrants
+    from trio_sfu.client.synthetic import RtpStreamWriter, VideoLayerSpec, Vp8FrameSource
+
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))
+    sink.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)  # overflow: the kernel drops
+    dest = sink.getsockname()
+    metrics = Metrics()
+    mux = UdpMux.bind("127.0.0.1", 0, metrics)
+    certificate = DtlsCertificate.generate(datetime.datetime.now(datetime.timezone.utc))
+    from sdp.model import Fingerprint
+
+    fingerprints = (Fingerprint("sha-256", certificate.fingerprint()),)
+    service = _BenchService(certificate, fingerprints, mux, metrics)
+    log = get_logger("bench.fanout")
+    timers = TimerLoop(at_least_every=1.0)
+    try:
+        info = models.TrackInfo(sid=_TRACK_SID, type=models.TrackType.VIDEO, source=models.TrackSource.CAMERA)
+        participant = _BenchParticipant("PA_pub", "pub", ClaimGrants(api_key="bench"), {_TRACK_SID: info},
+                                        {_CID: _TRACK_SID})
+        room = RoomMedia(service, "bench", "RM_bench")
+        transports = ParticipantTransports(service, wake_by=timers.wake_by, metrics=metrics, log=log)
+        publishing = PublisherMedia("PA_pub", participant, room, transports, migrated_streams={},
+                                    wake_by=timers.wake_by, metrics=metrics, log=log)
+        # What ParticipantMedia.handle_publisher_offer does with a client's offer.
+        answer = publishing.answer_offer(_publisher_offer(certificate.fingerprint()))
+        assert answer is not None
+        publisher = transports.open_publisher(answer.dtls_role, answer.remote_ufrag, answer.remote_pwd,
+                                              answer.remote_fingerprints, on_rtp=publishing.on_rtp,
+                                              on_rtcp=publishing.on_rtcp)
+        publishing.apply(answer.media)
+        data = ParticipantData(sid="PA_pub", identity="pub", may_publish_data=lambda: True, peers=lambda: [],
+                               metrics=metrics)
+        _open_data(publisher, data, answer)
+        _key(publisher, _PUBLISHER_ADDR, "pub")
+        mux.by_addr[_PUBLISHER_ADDR] = publisher  # as UdpMux.route does once ICE validated it
+        client = SrtpContext(PROFILE, _master("pub-client"), _master("pub-server"))
+
+        seq = itertools.count(1)
+        writer = RtpStreamWriter(0x1234, 96, {_EXT_MID: b"0", _EXT_TWCC: b"\x00\x00"}, 0)
+        source = Vp8FrameSource(VideoLayerSpec("", 1280, 720, 1_700_000), writer.header_size)
+        now = trio.current_time()
+        # The first frames match the track and publish it (a receiver with no down tracks yet).
+        for packet in _frames(source, writer, lambda: next(seq) & 0xFFFF, 10, 0):
+            now += 0.0002
+            mux.route(client.protect_rtp(packet), _PUBLISHER_ADDR, now)
+        track = publishing.tracks_by_mid["0"]
+        assert track.published, "the warm-up packets must publish the track"
+        receiver = track.receiver
+        for index in range(subscribers):
+            sub = ParticipantTransports(service, wake_by=timers.wake_by, metrics=metrics, log=log)
+            endpoint = sub.open_subscriber(answer.dtls_role, f"s{index:04d}", "q" * 24, fingerprints,
+                                           on_rtcp=lambda packets, now: None, on_connected=lambda now: None)
+            _key(endpoint, dest, f"sub{index}")
+            receiver.add_down_track(DownTrack(receiver, ssrc=0x5000 + index, payload_types={96: 96},
+                                              clock_rate=90000, mime_type="video/VP8", send_rtp=sub.send_down,
+                                              send_rtcp=sub.send_subscriber_rtcp, extension_ids={_EXT_MID: 4}))
+        source.request_keyframe()  # the down tracks start at the next keyframe
+        wire: list[bytes] = []
+        while len(wire) < packets:
+            wire += [client.protect_rtp(p) for p in _frames(source, writer, lambda: next(seq) & 0xFFFF, 1, 0)]
+        sent_before = sum(d.counters.packets_sent for d in receiver.down_tracks)
+        route = mux.route
+        start = time.process_time()
+        for datagram in wire:
+            now += 0.0002
+            route(datagram, _PUBLISHER_ADDR, now)
+        elapsed = time.process_time() - start
+        sent = sum(d.counters.packets_sent for d in receiver.down_tracks) - sent_before
+        assert sent >= len(wire) * subscribers * 0.99, f"only {sent} of {len(wire) * subscribers} forwarded"
+        return elapsed / sent * 1e6
+    finally:
+        mux.sock.close()
+        sink.close()
+
+
+def _open_data(publisher, data, answer) -> None:
+    """The publisher PC's data channels, as ParticipantMedia opens them."""
+    publisher.open_data(data, answer.sctp, answer.dtls_role.value == "client")
+
+
+def run_server_path(subscribers: int, packets: int) -> float:
+    """CPU µs per forwarded packet through the server's own objects (see the module docstring)."""
+    import trio
+
+    return trio.run(_server_path, subscribers, packets)
+
+
 def run(subscribers: int, packets: int, bare: bool) -> float:
     sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sink.bind(("127.0.0.1", 0))
@@ -141,7 +342,15 @@ def main() -> None:
     parser.add_argument("--bare", action="store_true", help="protect + sendto only, no forwarding objects")
     parser.add_argument("--transport-path", choices=("queued", "direct"),
                         help="instead: the PeerTransport + UdpMux send path alone, queued or direct")
+    parser.add_argument("--server-path", action="store_true",
+                        help="instead: the server's mux -> endpoint -> publisher ingest -> receiver -> "
+                             "DownTrack -> endpoint send path, with its real objects")
     args = parser.parse_args()
+    if args.server_path:
+        best = min(run_server_path(args.subscribers, args.packets) for _ in range(args.repeat))
+        print(f"server path (mux -> endpoint -> ingest -> receiver -> DownTrack -> endpoint send): {best:.2f} us CPU "
+              f"per forwarded packet ({args.subscribers} subscribers, best of {args.repeat})")
+        return
     if args.transport_path:
         best = min(run_transports(args.subscribers, args.packets, args.transport_path == "direct")
                    for _ in range(args.repeat))
