@@ -39,6 +39,11 @@ class TimerLoop:
         # The deadline the running loop sleeps until (inf before it runs: any deadline wakes it).
         self._armed = math.inf
 
+    @property
+    def armed(self) -> float:
+        """The time the running loop will wake at the latest (inf before it runs)."""
+        return self._armed
+
     def wake_by(self, deadline: Optional[float]) -> None:
         """A part's deadline may have moved earlier: make the loop wake no later than it."""
         if deadline is not None and deadline < self._armed:
