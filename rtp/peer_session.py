@@ -30,7 +30,9 @@ allocation to them.
 Closing (:meth:`PeerSession.close`) drains: with an established association, SCTP shuts down
 first (what was queued is delivered and acknowledged, RFC 9260 §9.2), then DTLS sends
 close_notify. A peer that stops answering cannot hold the close up longer than
-``close_timeout``: then the association is aborted and DTLS closes anyway.
+``close_timeout``: then the association is aborted and DTLS closes anyway. An owner that
+cannot wait (it will not drive the session again) closes with ``drain=False``: close_notify
+at once.
 """
 
 from __future__ import annotations
@@ -288,14 +290,25 @@ class PeerSession:
             else:
                 self._close_if_drained(now)
 
-    def close(self, now: float) -> None:
+    def close(self, now: float, *, drain: bool = True) -> None:
         """Orderly close: SCTP shutdown first when an association is up (bounded by
-        ``close_timeout``), then DTLS close_notify. Idempotent."""
-        if not self.is_alive or self._drain_deadline is not None:
+        ``close_timeout``), then DTLS close_notify. Idempotent.
+
+        ``drain=False`` is for an owner that goes away now and will not drive the session any
+        more (a server dropping a participant): no SCTP shutdown to wait for — what the
+        association has ready goes out, then close_notify at once, and the association ends
+        with DTLS (the peer's ends with the peer's DTLS). It also cuts a drain under way short.
+        """
+        if not self.is_alive:
+            return
+        if self._drain_deadline is not None:
+            if not drain:
+                self._close_transport(now)
             return
         sctp = self._sctp
         if (
-            sctp is not None
+            drain
+            and sctp is not None
             and self.transport.state is TransportState.CONNECTED
             and sctp.state in _SHUTDOWN_WORTH_WAITING_FOR
         ):
