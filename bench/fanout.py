@@ -11,7 +11,7 @@ scenarios measure those.
 
 ``--server-path`` measures the server's own per-packet path instead, with its real objects:
 SRTP-protected datagrams handed to ``UdpMux.route`` -> the publisher's ``TransportEndpoint``
-(SRTP unprotect, transport-cc arrival noted) -> ``PublisherMedia.on_rtp`` -> ``TrackReceiver``
+and its ``PeerSession`` (SRTP unprotect, transport-cc arrival noted) -> ``PublisherMedia.on_rtp`` -> ``TrackReceiver``
 -> each ``DownTrack`` -> the subscriber's ``TransportEndpoint.send_rtp`` (protect, non-blocking
 ``sendto``). Only the handshakes are skipped: each transport is put into CONNECTED with SRTP
 keyed, as a DTLS handshake would leave it. With ``--subscribers 1`` the ingest side (mux,
@@ -236,7 +236,7 @@ async def _server_path(subscribers: int, packets: int) -> float:
         publishing.apply(answer.media)
         data = ParticipantData(sid="PA_pub", identity="pub", may_publish_data=lambda: True, peers=lambda: [],
                                metrics=metrics)
-        _open_data(publisher, data, answer)
+        publisher.open_data(data, answer.sctp)
         _key(publisher, _PUBLISHER_ADDR, "pub")
         mux.by_addr[_PUBLISHER_ADDR] = publisher  # as UdpMux.route does once ICE validated it
         client = SrtpContext(PROFILE, _master("pub-client"), _master("pub-server"))
@@ -277,11 +277,6 @@ async def _server_path(subscribers: int, packets: int) -> float:
     finally:
         mux.sock.close()
         sink.close()
-
-
-def _open_data(publisher, data, answer) -> None:
-    """The publisher PC's data channels, as ParticipantMedia opens them."""
-    publisher.open_data(data, answer.sctp, answer.dtls_role.value == "client")
 
 
 def run_server_path(subscribers: int, packets: int) -> float:
