@@ -234,6 +234,7 @@ async def _server_path(subscribers: int, packets: int) -> float:
                                               answer.remote_fingerprints, on_rtp=publishing.on_rtp,
                                               on_rtcp=publishing.on_rtcp)
         publishing.apply(answer.media)
+        publisher.session.set_transport_cc_extension(publishing.transport_cc_extension)
         data = ParticipantData(sid="PA_pub", identity="pub", may_publish_data=lambda: True, peers=lambda: [],
                                metrics=metrics)
         publisher.open_data(data, answer.sctp)

@@ -108,6 +108,7 @@ async def test_publisher_gets_transport_cc_feedback_for_what_arrived() -> None:
 
             await leave_and_wait_until_gone(server, ws)
             assert server.metrics.get("media_transport_rtcp_sent_total") >= len(feedback(pub))
+            assert server.metrics.get("media_session_transport_cc_feedback_sent_total") >= len(feedback(pub))
             nursery.cancel_scope.cancel()
 
 

@@ -6,9 +6,9 @@ its `run` in the participant's nursery and calls it through the `MediaSession` s
 
 - `transports` (trio_sfu.media.transport): ICE credentials and the publisher and subscriber
   peer connections on the node's UDP mux, each one `PeerSession` (ICE, DTLS, SRTP, the data
-  channels' SCTP association);
+  channels' SCTP association, transport-wide CC feedback);
 - `publishing` (trio_sfu.media.publishing): what the client publishes — offers answered, packets
-  matched to tracks, tracks published in the room, TWCC feedback, moderation;
+  matched to tracks, tracks published in the room, moderation;
 - `subscribing` (trio_sfu.media.subscribing): what the client receives — the subscription
   manager, the subscriber offers, layers and mutes;
 - `data` (trio_sfu.media.data_channels): LiveKit's data channels on both peer connections'
@@ -124,7 +124,7 @@ class ParticipantMedia:
     async def _run_timers(self) -> None:
         try:
             # The order each wake-up serves them in: the peer sessions' protocol timers (ICE,
-            # DTLS, SCTP), then the RTCP the others owe.
+            # DTLS, SCTP, transport-cc feedback), then the RTCP the forwarding objects owe.
             await self.timers.run((self.transports, self.publishing, self.subscribing))
         finally:
             self.close()
@@ -187,6 +187,7 @@ class ParticipantMedia:
             answer.dtls_role, answer.remote_ufrag, answer.remote_pwd, answer.remote_fingerprints,
             on_rtp=publishing.on_rtp, on_rtcp=publishing.on_rtcp)
         publishing.apply(answer.media)
+        publisher.session.set_transport_cc_extension(publishing.transport_cc_extension)
         publisher.open_data(self.data, answer.sctp)
         self.context.send(rtc.SignalResponse(answer=rtc.SessionDescription(
             type="answer", sdp=serialize_sdp(answer.answer), id=offer.id)))
