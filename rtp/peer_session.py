@@ -40,6 +40,7 @@ from __future__ import annotations
 import collections
 import enum
 import random
+import struct
 from collections.abc import Callable
 from typing import Optional, Union
 
@@ -47,7 +48,7 @@ import attrs
 
 from rtp.dtls import DtlsRole
 from rtp.errors import ParseError
-from rtp.packet import find_extension
+from rtp.packet import find_extension_span
 from rtp.peer_transport import PeerTransport, TransportState
 from rtp.peer_transport_events import (
     Address,
@@ -88,6 +89,9 @@ DEFAULT_SCTP_PORT = 5000
 DEFAULT_REMOTE_MAX_MESSAGE_SIZE = 65536
 #: What we accept (and announce in our SDP) by default.
 DEFAULT_MAX_MESSAGE_SIZE = 262144
+
+#: An RTP packet's SSRC is the 32-bit word at offset 8.
+_read_u32 = struct.Struct("!I").unpack_from
 
 PeerSessionEvent = Union[
     SelectedAddressChanged,
@@ -189,6 +193,10 @@ class PeerSession:
         self.send_rtp = transport.send_rtp
         self.send_rtcp = transport.send_rtcp
         self.accepts = transport.accepts
+        # Bound once: receive() runs for every media datagram.
+        self._receive_datagram = transport.receive_datagram
+        self._next_transport_event = transport.next_event
+        self._record_arrival = self._feedback.record
 
     # ------------------------------------------------------------------ queries
 
@@ -255,7 +263,7 @@ class PeerSession:
 
     def receive(self, datagram: bytes, addr: Address, now: float) -> None:
         """One UDP datagram from ``addr``. Never raises, whatever the bytes."""
-        self.transport.receive_datagram(datagram, addr, now)
+        self._receive_datagram(datagram, addr, now)
         self._pump_transport(now)
         if self._drain_deadline is not None:
             self._close_if_drained(now)
@@ -348,7 +356,7 @@ class PeerSession:
     def _pump_transport(self, now: float) -> None:
         """Move the transport's events to ours: application data to the association, RTP
         arrivals to the feedback recorder, the ends of the transport to the association."""
-        next_transport_event = self.transport.next_event
+        next_transport_event = self._next_transport_event
         events = self._events
         while (event := next_transport_event()) is not None:
             kind = type(event)
@@ -391,17 +399,17 @@ class PeerSession:
 
     def _note_arrival(self, packet: bytes, now: float) -> None:
         try:
-            value = find_extension(packet, self._transport_cc_id)  # type: ignore[arg-type]
+            span = find_extension_span(packet, self._transport_cc_id)  # type: ignore[arg-type]
         except ParseError:
             self.counters.transport_cc_unreadable += 1
             return
-        if value is None:
+        if span is None:
             return  # this stream does not carry it (audio without transport-cc, say)
-        if len(value) < 2:
+        start, length = span
+        if length < 2:
             self.counters.transport_cc_unreadable += 1
             return
-        ssrc = int.from_bytes(packet[8:12], "big")
-        self._feedback.record((value[0] << 8) | value[1], ssrc, now)
+        self._record_arrival((packet[start] << 8) | packet[start + 1], _read_u32(packet, 8)[0], now)
 
     def _close_if_drained(self, now: float) -> None:
         sctp = self._sctp
