@@ -24,6 +24,7 @@ Moderation (mute) pauses and resumes the track's down tracks.
 from __future__ import annotations
 
 import secrets
+import struct
 from typing import Callable, Optional, Sequence
 
 import attrs
@@ -53,6 +54,9 @@ _STREAM_NAMES = {
     models.TrackSource.SCREEN_SHARE: "screen",
     models.TrackSource.SCREEN_SHARE_AUDIO: "screen_audio",
 }
+
+#: An RTP packet's SSRC (the 32-bit word at offset 8), read without a slice.
+_read_ssrc = struct.Struct("!I").unpack_from
 
 #: Publisher SSRC -> (mid, simulcast layer, is RTX), as another node learned them.
 MigratedStreams = dict[int, tuple[str, int, bool]]
@@ -267,7 +271,7 @@ class PublisherMedia:
     def on_rtp(self, packet: bytes, now: float) -> None:
         if len(packet) < 12:
             return
-        ssrc = int.from_bytes(packet[8:12], "big")
+        ssrc = _read_ssrc(packet, 8)[0]
         track = self._ssrc_tracks.get(ssrc)
         if track is None:
             mid = self._mid_of(packet, ssrc)

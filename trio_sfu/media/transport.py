@@ -30,7 +30,7 @@ from rtp import rtcp
 from rtp.dtls import DtlsCertificate
 from rtp.dtls import DtlsRole as TransportDtlsRole
 from rtp.errors import ParseError
-from rtp.peer_session import PeerSession
+from rtp.peer_session import PeerSession, PeerSessionEvent
 from rtp.peer_transport import IceMode, PeerTransport
 from rtp.peer_transport_events import (
     Address,
@@ -97,8 +97,10 @@ class TransportEndpoint:
         self._on_connected = on_connected
         self._wake_by = wake_by
         # Media moves only this one of the session's deadlines: transport-cc feedback is armed
-        # by the first arrival after a report.
+        # by the first arrival after a report. The loop is told once per deadline, not per packet.
         self._feedback_deadline = session.feedback_recorder.next_deadline
+        self._feedback_told: Optional[float] = None
+        self._next_event = session.next_event
         self._metrics = metrics
         self._log = log
 
@@ -108,10 +110,20 @@ class TransportEndpoint:
         session = self.session
         session.receive(data, addr, now)
         if data and 127 < data[0] < 192:
-            # RTP/RTCP (RFC 7983): the session leaves nothing to send (what the handlers send
-            # goes out on its own), and of its timers only the feedback's can have moved.
-            self._route_events(now)
-            self._wake_by(self._feedback_deadline())
+            # RTP/RTCP (RFC 7983): the media path. The session leaves nothing to send (what the
+            # handlers send goes out on its own), and of its timers only the feedback's can
+            # have moved.
+            next_event = self._next_event
+            on_rtp = self._on_rtp
+            while (event := next_event()) is not None:
+                if type(event) is RtpReceived and on_rtp is not None:
+                    on_rtp(event.packet, now)
+                else:
+                    self._route(event, now)
+            due = self._feedback_deadline()
+            if due is not None and due != self._feedback_told:
+                self._feedback_told = due
+                self._wake_by(due)
         else:
             # STUN, DTLS, SCTP: any of the session's timers may have moved earlier.
             self.pump(now)
@@ -119,34 +131,33 @@ class TransportEndpoint:
 
     def pump(self, now: float) -> None:
         """Route the session's events, then send what it has ready."""
-        self._route_events(now)
+        next_event = self._next_event
+        while (event := next_event()) is not None:
+            self._route(event, now)
         self.flush(now)
 
-    def _route_events(self, now: float) -> None:
-        next_event = self.session.next_event
-        on_rtp = self._on_rtp
-        while (event := next_event()) is not None:
-            kind = type(event)
-            if kind is RtpReceived:
-                if on_rtp is not None:
-                    on_rtp(event.packet, now)
-            elif kind is RtcpReceived:
-                self._receive_rtcp(event.packet, now)
-            elif kind in _DATA_EVENTS:
-                if self.data is not None:
-                    self.data.on_event(event, now)
-            elif kind is TransportConnected:
-                self.connected = True
-                self._metrics.inc(m.MEDIA_TRANSPORT_CONNECTED)
-                self._log.info("transport connected", kv={"pc": self.name, "addr": f"{event.addr[0]}:{event.addr[1]}",
-                                                          "srtp": event.srtp_profile.name})
-                if self._on_connected is not None:
-                    self._on_connected(now)
-            elif kind is TransportFailed:
-                self._metrics.inc(m.MEDIA_TRANSPORT_FAILED)
-                self._log.warning("transport failed", kv={"pc": self.name, "reason": event.reason})
-            elif kind is TransportClosed:
-                self._log.info("transport closed", kv={"pc": self.name, "by_peer": event.by_peer})
+    def _route(self, event: PeerSessionEvent, now: float) -> None:
+        kind = type(event)
+        if kind is RtpReceived:
+            if self._on_rtp is not None:
+                self._on_rtp(event.packet, now)
+        elif kind is RtcpReceived:
+            self._receive_rtcp(event.packet, now)
+        elif kind in _DATA_EVENTS:
+            if self.data is not None:
+                self.data.on_event(event, now)
+        elif kind is TransportConnected:
+            self.connected = True
+            self._metrics.inc(m.MEDIA_TRANSPORT_CONNECTED)
+            self._log.info("transport connected", kv={"pc": self.name, "addr": f"{event.addr[0]}:{event.addr[1]}",
+                                                      "srtp": event.srtp_profile.name})
+            if self._on_connected is not None:
+                self._on_connected(now)
+        elif kind is TransportFailed:
+            self._metrics.inc(m.MEDIA_TRANSPORT_FAILED)
+            self._log.warning("transport failed", kv={"pc": self.name, "reason": event.reason})
+        elif kind is TransportClosed:
+            self._log.info("transport closed", kv={"pc": self.name, "by_peer": event.by_peer})
 
     def _receive_rtcp(self, packet: bytes, now: float) -> None:
         try:
