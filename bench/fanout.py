@@ -6,24 +6,26 @@ to a drained-by-nobody loopback sink — fed VP8 packets built like the load tes
 header extensions, send stamps). Reports process CPU µs per forwarded packet, best of
 ``--repeat`` runs; with ``--bare`` the same loop without receiver/DownTrack (protect + sendto
 only) gives the share that is not forwarding logic. The layers between (the server's
-TransportEndpoint in trio_sfu.media.transport, PeerTransport, UdpMux) are not included: the
-scenarios measure those.
+TransportEndpoint in trio_sfu.media.transport, its PeerSession, UdpMux) are not included there.
 
 ``--server-path`` measures the server's own per-packet path instead, with its real objects:
 SRTP-protected datagrams handed to ``UdpMux.route`` -> the publisher's ``TransportEndpoint``
-and its ``PeerSession`` (SRTP unprotect, transport-cc arrival noted) -> ``PublisherMedia.on_rtp`` -> ``TrackReceiver``
--> each ``DownTrack`` -> the subscriber's ``TransportEndpoint.send_rtp`` (protect, non-blocking
-``sendto``). Only the handshakes are skipped: each transport is put into CONNECTED with SRTP
-keyed, as a DTLS handshake would leave it. With ``--subscribers 1`` the ingest side (mux,
-endpoint, publisher ingest, receiver) weighs most.
+and its ``PeerSession`` (SRTP unprotect, transport-cc arrival noted) -> ``PublisherMedia.on_rtp``
+-> ``TrackReceiver`` -> each ``DownTrack`` -> the subscriber's ``TransportEndpoint.send_rtp``
+(protect, non-blocking ``sendto``), with the publisher's timers served as its participant's
+timer task would (transport-cc feedback, receiver reports). Only the handshakes are skipped:
+each transport is put into CONNECTED with SRTP keyed, as a DTLS handshake would leave it. With
+``--subscribers 0`` it is the ingest alone (mux, endpoint, session, publisher ingest, receiver),
+per packet taken in.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import socket
 import time
-from typing import Callable
+from typing import Callable, Optional
 
 import attrs
 
@@ -101,7 +103,6 @@ def run_transports(subscribers: int, packets: int, direct: bool) -> float:
     return elapsed / (len(wire) * subscribers) * 1e6
 
 
-_PUBLISHER_ADDR = ("127.0.0.1", 9)  # never sent to: only the mux's routing key
 _CID = "cid-video"
 _TRACK_SID = "TR_bench"
 _EXT_MID, _EXT_TWCC = 1, 3
@@ -123,6 +124,27 @@ def _publisher_offer(fingerprint: str) -> str:
         "a=sctp-port:5000", "a=max-message-size:262144",
     ]
     return "\r\n".join(lines) + "\r\n"
+
+
+class _BenchTimers:
+    """`TimerLoop`'s bookkeeping without its task: the measuring loop serves the parts itself
+    when a packet's `now` reaches the earliest deadline, as the participant's timer task would."""
+
+    def __init__(self, parts: tuple, at_least_every: float) -> None:
+        self.parts = parts
+        self.at_least_every = at_least_every
+        self.armed = math.inf
+
+    def wake_by(self, deadline: Optional[float]) -> None:
+        if deadline is not None and deadline < self.armed:
+            self.armed = deadline
+
+    def serve(self, now: float) -> None:
+        from trio_sfu.media.timers import TimerLoop
+
+        for part in self.parts:
+            part.handle_timeout(now)
+        self.armed = TimerLoop.earliest(self.parts, now + self.at_least_every)
 
 
 @attrs.define
@@ -198,8 +220,8 @@ async def _server_path(subscribers: int, packets: int) -> float:
     from trio_sfu.log import get_logger
     from trio_sfu.media.data_channels import ParticipantData
     from trio_sfu.media.publishing import PublisherMedia
+    from trio_sfu.media.participant_media import REPORT_INTERVAL
     from trio_sfu.media.room_media import RoomMedia
-    from trio_sfu.media.timers import TimerLoop
     from trio_sfu.media.transport import ParticipantTransports
     from trio_sfu.media.udp_mux import UdpMux
     from trio_sfu.metrics import Metrics
@@ -218,7 +240,7 @@ async def _server_path(subscribers: int, packets: int) -> float:
     fingerprints = (Fingerprint("sha-256", certificate.fingerprint()),)
     service = _BenchService(certificate, fingerprints, mux, metrics)
     log = get_logger("bench.fanout")
-    timers = TimerLoop(at_least_every=1.0)
+    timers = _BenchTimers((), REPORT_INTERVAL)
     try:
         info = models.TrackInfo(sid=_TRACK_SID, type=models.TrackType.VIDEO, source=models.TrackSource.CAMERA)
         participant = _BenchParticipant("PA_pub", "pub", ClaimGrants(api_key="bench"), {_TRACK_SID: info},
@@ -238,8 +260,10 @@ async def _server_path(subscribers: int, packets: int) -> float:
         data = ParticipantData(sid="PA_pub", identity="pub", may_publish_data=lambda: True, peers=lambda: [],
                                metrics=metrics)
         publisher.open_data(data, answer.sctp)
-        _key(publisher, _PUBLISHER_ADDR, "pub")
-        mux.by_addr[_PUBLISHER_ADDR] = publisher  # as UdpMux.route does once ICE validated it
+        # The publisher's timers, as ParticipantMedia's loop serves them (its RTCP goes to the sink).
+        timers.parts = (transports, publishing)
+        _key(publisher, dest, "pub")
+        mux.by_addr[dest] = publisher  # as UdpMux.route does once ICE validated it
         client = SrtpContext(PROFILE, _master("pub-client"), _master("pub-server"))
 
         seq = itertools.count(1)
@@ -249,7 +273,7 @@ async def _server_path(subscribers: int, packets: int) -> float:
         # The first frames match the track and publish it (a receiver with no down tracks yet).
         for packet in _frames(source, writer, lambda: next(seq) & 0xFFFF, 10, 0):
             now += 0.0002
-            mux.route(client.protect_rtp(packet), _PUBLISHER_ADDR, now)
+            mux.route(client.protect_rtp(packet), dest, now)
         track = publishing.tracks_by_mid["0"]
         assert track.published, "the warm-up packets must publish the track"
         receiver = track.receiver
@@ -267,14 +291,21 @@ async def _server_path(subscribers: int, packets: int) -> float:
             wire += [client.protect_rtp(p) for p in _frames(source, writer, lambda: next(seq) & 0xFFFF, 1, 0)]
         sent_before = sum(d.counters.packets_sent for d in receiver.down_tracks)
         route = mux.route
+        serve = timers.serve
+        timers.armed = now  # the first packet finds the loop awake
         start = time.process_time()
         for datagram in wire:
             now += 0.0002
-            route(datagram, _PUBLISHER_ADDR, now)
+            route(datagram, dest, now)
+            if now >= timers.armed:
+                serve(now)
         elapsed = time.process_time() - start
+        if len(wire) * 0.0002 > 0.25:  # past two transport-cc feedback intervals (0.1 s)
+            assert publisher.transport.counters.rtcp_sent > 0, "the timers must have sent feedback"
         sent = sum(d.counters.packets_sent for d in receiver.down_tracks) - sent_before
         assert sent >= len(wire) * subscribers * 0.99, f"only {sent} of {len(wire) * subscribers} forwarded"
-        return elapsed / sent * 1e6
+        assert receiver.counters.packets >= len(wire), "the ingest must take every packet"
+        return elapsed / (sent or len(wire)) * 1e6
     finally:
         mux.sock.close()
         sink.close()
@@ -344,8 +375,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.server_path:
         best = min(run_server_path(args.subscribers, args.packets) for _ in range(args.repeat))
+        what = "per forwarded packet" if args.subscribers else "per packet taken in (no subscribers)"
         print(f"server path (mux -> endpoint -> ingest -> receiver -> DownTrack -> endpoint send): {best:.2f} us CPU "
-              f"per forwarded packet ({args.subscribers} subscribers, best of {args.repeat})")
+              f"{what} ({args.subscribers} subscribers, best of {args.repeat})")
         return
     if args.transport_path:
         best = min(run_transports(args.subscribers, args.packets, args.transport_path == "direct")
