@@ -30,7 +30,9 @@ allocation to them.
 Closing (:meth:`PeerSession.close`) drains: with an established association, SCTP shuts down
 first (what was queued is delivered and acknowledged, RFC 9260 §9.2), then DTLS sends
 close_notify. A peer that stops answering cannot hold the close up longer than
-``close_timeout``: then the association is aborted and DTLS closes anyway.
+``close_timeout``: then the association is aborted and DTLS closes anyway. An owner that
+cannot wait (it will not drive the session again) closes with ``drain=False``: close_notify
+at once.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from __future__ import annotations
 import collections
 import enum
 import random
+import struct
 from collections.abc import Callable
 from typing import Optional, Union
 
@@ -46,7 +49,7 @@ from aioice.candidate import Candidate
 
 from rtp.dtls import DtlsRole
 from rtp.errors import ParseError
-from rtp.packet import find_extension
+from rtp.packet import find_extension_span
 from rtp.peer_transport import PeerTransport, TransportState
 from rtp.peer_transport_events import (
     Address,
@@ -87,6 +90,9 @@ DEFAULT_SCTP_PORT = 5000
 DEFAULT_REMOTE_MAX_MESSAGE_SIZE = 65536
 #: What we accept (and announce in our SDP) by default.
 DEFAULT_MAX_MESSAGE_SIZE = 262144
+
+#: An RTP packet's SSRC is the 32-bit word at offset 8.
+_read_u32 = struct.Struct("!I").unpack_from
 
 PeerSessionEvent = Union[
     SelectedAddressChanged,
@@ -188,6 +194,10 @@ class PeerSession:
         self.send_rtp = transport.send_rtp
         self.send_rtcp = transport.send_rtcp
         self.accepts = transport.accepts
+        # Bound once: receive() runs for every media datagram.
+        self._receive_datagram = transport.receive_datagram
+        self._next_transport_event = transport.next_event
+        self._record_arrival = self._feedback.record
 
     # ------------------------------------------------------------------ queries
 
@@ -260,7 +270,7 @@ class PeerSession:
 
     def receive(self, datagram: bytes, addr: Address, now: float) -> None:
         """One UDP datagram from ``addr``. Never raises, whatever the bytes."""
-        self.transport.receive_datagram(datagram, addr, now)
+        self._receive_datagram(datagram, addr, now)
         self._pump_transport(now)
         if self._drain_deadline is not None:
             self._close_if_drained(now)
@@ -295,14 +305,25 @@ class PeerSession:
             else:
                 self._close_if_drained(now)
 
-    def close(self, now: float) -> None:
+    def close(self, now: float, *, drain: bool = True) -> None:
         """Orderly close: SCTP shutdown first when an association is up (bounded by
-        ``close_timeout``), then DTLS close_notify. Idempotent."""
-        if not self.is_alive or self._drain_deadline is not None:
+        ``close_timeout``), then DTLS close_notify. Idempotent.
+
+        ``drain=False`` is for an owner that goes away now and will not drive the session any
+        more (a server dropping a participant): no SCTP shutdown to wait for — what the
+        association has ready goes out, then close_notify at once, and the association ends
+        with DTLS (the peer's ends with the peer's DTLS). It also cuts a drain under way short.
+        """
+        if not self.is_alive:
+            return
+        if self._drain_deadline is not None:
+            if not drain:
+                self._close_transport(now)
             return
         sctp = self._sctp
         if (
-            sctp is not None
+            drain
+            and sctp is not None
             and self.transport.state is TransportState.CONNECTED
             and sctp.state in _SHUTDOWN_WORTH_WAITING_FOR
         ):
@@ -342,7 +363,7 @@ class PeerSession:
     def _pump_transport(self, now: float) -> None:
         """Move the transport's events to ours: application data to the association, RTP
         arrivals to the feedback recorder, the ends of the transport to the association."""
-        next_transport_event = self.transport.next_event
+        next_transport_event = self._next_transport_event
         events = self._events
         while (event := next_transport_event()) is not None:
             kind = type(event)
@@ -385,17 +406,17 @@ class PeerSession:
 
     def _note_arrival(self, packet: bytes, now: float) -> None:
         try:
-            value = find_extension(packet, self._transport_cc_id)  # type: ignore[arg-type]
+            span = find_extension_span(packet, self._transport_cc_id)  # type: ignore[arg-type]
         except ParseError:
             self.counters.transport_cc_unreadable += 1
             return
-        if value is None:
+        if span is None:
             return  # this stream does not carry it (audio without transport-cc, say)
-        if len(value) < 2:
+        start, length = span
+        if length < 2:
             self.counters.transport_cc_unreadable += 1
             return
-        ssrc = int.from_bytes(packet[8:12], "big")
-        self._feedback.record((value[0] << 8) | value[1], ssrc, now)
+        self._record_arrival((packet[start] << 8) | packet[start + 1], _read_u32(packet, 8)[0], now)
 
     def _close_if_drained(self, now: float) -> None:
         sctp = self._sctp

@@ -1,6 +1,6 @@
 """trio_sfu.media.data_channels without a network: LiveKit's forwarding rules on any bytes a client can
-put on a channel, and the per-recipient bounds on an association that is not draining (its
-peer never connected, so everything stays queued — the worst slow receiver)."""
+put on a channel, and the per-recipient bounds on an association that is not draining (a real
+PeerSession's, whose peer never connected, so everything stays queued — the worst slow receiver)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,14 @@ from hypothesis import strategies as st
 from livekit.protocol import models
 
 import trio_sfu.media.data_channels as dc
+from dtls_helpers import make_certificate
+from rtp.dtls import DtlsRole
+from rtp.peer_session import PeerSession
+from rtp.peer_transport import IceMode, PeerTransport
+from rtp.sctp import SctpAssociation
 from trio_sfu import metrics as m
+
+CERT = make_certificate()
 
 
 class Recorder:
@@ -105,11 +112,21 @@ def test_without_can_publish_data_nothing_is_forwarded() -> None:
     assert not bob.got and not carol.got and metrics.get(dc.DATA_DENIED) == 1
 
 
+def unconnected_association() -> SctpAssociation:
+    """A subscriber PC's association as the server has it before (here: without) its peer ever
+    connecting: the real session's, so everything queued on it stays queued."""
+    session = PeerSession(PeerTransport(IceMode.LITE, DtlsRole.SERVER, local_ufrag="srvU", local_pwd="p" * 22,
+                                        certificate=CERT, remote_ufrag="cliU", remote_pwd="q" * 22,
+                                        remote_fingerprints=[("sha-256", CERT.fingerprint())]))
+    session.start(0.0)
+    return session.enable_data_channels(0.0)
+
+
 def stalled_recipient(reliable_limit: int, lossy_limit: int) -> tuple[dc.ParticipantData, m.Metrics]:
     metrics = m.Metrics()
     data = dc.ParticipantData(sid="PA_r", identity="r", may_publish_data=lambda: True, peers=lambda: [],
                               metrics=metrics, reliable_limit=reliable_limit, lossy_limit=lossy_limit)
-    data.attach("subscriber", send_data=lambda packet: True, flush=lambda now: None, is_client=False, downlink=True)
+    data.attach("subscriber", unconnected_association(), flush=lambda now: None, downlink=True)
     return data, metrics
 
 
@@ -142,11 +159,12 @@ def test_before_the_subscriber_pc_packets_wait_bounded_then_flow() -> None:
                               metrics=metrics)
     results = [data.send(dc.DataKind.RELIABLE, b"%d" % i, 0.0) for i in range(dc.MAX_PENDING_MESSAGES + 3)]
     assert results.count(False) == 3 == metrics.get(dc.DATA_PENDING_DROPPED)
-    sent: list[bytes] = []
-    transport = data.attach("subscriber", send_data=sent.append, flush=lambda now: None, is_client=False,
-                            downlink=True)
+    flushed: list[float] = []
+    transport = data.attach("subscriber", unconnected_association(), flush=flushed.append, downlink=True)
     # Queued in the association behind the channel opens, waiting for SCTP to come up.
     assert transport.association.buffered_amount >= sum(len(b"%d" % i) for i in range(dc.MAX_PENDING_MESSAGES))
+    # Once attached, what is sent to the participant is handed to the session to go out.
+    assert data.send(dc.DataKind.RELIABLE, b"after", 1.0) and flushed == [1.0]
 
 
 @pytest.mark.parametrize("sdp_size,expected", [(None, dc.DEFAULT_REMOTE_MAX_MESSAGE_SIZE), (0, 0), (1024, 1024)])

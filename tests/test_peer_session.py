@@ -564,6 +564,54 @@ def test_close_gives_up_on_a_silent_peer_after_close_timeout():
     assert client.state is SessionState.CLOSED and client.next_deadline() is None
 
 
+def test_close_without_drain_sends_what_is_ready_then_close_notify_at_once():
+    # An owner that goes away (a server dropping a participant) and will not drive the session again.
+    link = connected_link(data_channels=True)
+    client, server = link.client, link.server
+    sid = server.sctp.open_channel("_reliable")
+    link.drain()
+    link.run_until(link.now + 0.5)
+    assert [e.label for e in link.of(CLIENT_ADDR, ChannelOpened)] == ["_reliable"]
+    assert server.sctp.send(sid, b"the last word", link.now)
+    closed_at = link.now
+    server.close(link.now, drain=False)
+    # Closed on the spot: no SCTP shutdown to wait for, nothing left scheduled.
+    assert server.state is SessionState.CLOSED and not server.is_alive and server.next_deadline() is None
+    assert server.sctp.state is AssociationState.CLOSED
+    link.drain()
+    server_ends = [e for _, e in link.events[SERVER_ADDR] if isinstance(e, (AssociationClosed, TransportClosed))]
+    assert server_ends == [AssociationClosed("DTLS transport closed"), TransportClosed(by_peer=False)]
+    # On the wire: DTLS records only, the message's first, the close_notify alert last.
+    sent = [d for t, src, _, d in link.sent if src == SERVER_ADDR and t == closed_at]
+    assert sent and sent[-1][0] == 21 and all(d[0] == 23 for d in sent[:-1])
+    link.run_until(link.now + 5.0)
+    assert [e.data for e in link.of(CLIENT_ADDR, MessageReceived)] == [b"the last word"]
+    # The peer's association ends with its DTLS (it never saw a SHUTDOWN).
+    client_ends = [e for _, e in link.events[CLIENT_ADDR] if isinstance(e, (AssociationClosed, TransportClosed))]
+    assert client_ends == [AssociationClosed("DTLS transport closed"), TransportClosed(by_peer=True)]
+    assert client.state is SessionState.CLOSED
+    server.close(link.now, drain=False)  # idempotent
+    assert server.next_event() is None and server.datagrams_to_send(link.now) == []
+
+
+def test_close_without_drain_cuts_a_drain_under_way_short():
+    link = connected_link(data_channels=True, close_timeout=30.0)
+    client = link.client
+    link.drop = lambda src, dst, datagram, now: True  # the server stopped answering
+    client.close(link.now)
+    assert client.state is SessionState.CLOSING
+    link.drain()
+    link.run_until(link.now + 1.0)
+    assert client.state is SessionState.CLOSING  # still waiting for the SHUTDOWN ACK
+    client.close(link.now, drain=False)
+    assert client.state is SessionState.CLOSED and client.next_deadline() is None
+    link.drain()
+    ((closed_at, closed),) = link.timed(CLIENT_ADDR, TransportClosed)
+    assert closed_at == link.now and closed == TransportClosed(by_peer=False)
+    (aborted,) = link.of(CLIENT_ADDR, AssociationClosed)
+    assert aborted == AssociationClosed("DTLS transport closed")
+
+
 def test_losing_the_transport_ends_the_association_first():
     link = connected_link(data_channels=True)
     link.drop = lambda src, dst, datagram, now: True  # the path dies

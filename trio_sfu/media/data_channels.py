@@ -14,22 +14,29 @@ dropped and counted; past the reliable bound the recipient's `_reliable` channel
 reliable stream with a hole in it would be worse than none), logged and counted. Nobody else
 notices: forwarding never blocks and never waits for a receiver.
 
+The SCTP association itself is not here: it belongs to the peer connection's `PeerSession`
+(rtp.peer_session), which feeds it DTLS application data, sends what it queues, runs its timers
+and hands its events out. A `DataTransport` is LiveKit's channel policy on top of it — which
+channel is `_reliable` or `_lossy`, the forwarding rules, the per-recipient bounds — and gets the
+association's events from its transport endpoint (trio_sfu.media.transport).
+
 Everything here runs synchronously inside the media task's callbacks (the mux reader and the
-participant's timer loop); `now` is trio's clock, as for the PeerTransports. Nothing here knows
-the media session: a participant's `ParticipantData` gets its peers, its permission check and the
-timer loop's `wake_by` as arguments, and each transport endpoint attaches its association with
-`ParticipantData.attach`.
+participant's timer loop); `now` is trio's clock, as for the sessions. Nothing here knows the
+media session: a participant's `ParticipantData` gets its peers and its permission check as
+arguments, and each transport endpoint attaches its session's association with
+`ParticipantData.attach`, with how to send what was queued on it.
 """
 
 from __future__ import annotations
 
 import collections
 import enum
-from typing import TYPE_CHECKING, Callable, Iterable, Optional
+from typing import TYPE_CHECKING, Callable, Iterable, Optional, Union
 
 from google.protobuf.message import DecodeError
 from livekit.protocol import models
 
+from rtp import peer_session
 from rtp.sctp import (
     AssociationClosed,
     AssociationEstablished,
@@ -51,9 +58,12 @@ RELIABLE_LABEL = "_reliable"
 LOSSY_LABEL = "_lossy"
 DATA_TRACK_LABEL = "_data_track"
 
-DEFAULT_SCTP_PORT = 5000
-# RFC 8841 §6.1: without a=max-message-size the peer is assumed to take 64 KiB.
-DEFAULT_REMOTE_MAX_MESSAGE_SIZE = 65536
+# RFC 8841 §6.1: sctp-port 5000 and, without a=max-message-size, 64 KiB: the session's defaults.
+DEFAULT_SCTP_PORT = peer_session.DEFAULT_SCTP_PORT
+DEFAULT_REMOTE_MAX_MESSAGE_SIZE = peer_session.DEFAULT_REMOTE_MAX_MESSAGE_SIZE
+
+#: What a PeerSession says about its association.
+AssociationEvent = Union[MessageReceived, ChannelOpened, ChannelClosed, AssociationEstablished, AssociationClosed]
 
 # Bytes that may wait in one recipient's association before we give up on it.
 RELIABLE_BUFFER_LIMIT = 4 * 1024 * 1024
@@ -106,31 +116,18 @@ def remote_sctp_params(description: "SessionDescription") -> tuple[bool, int, in
 
 
 class DataTransport:
-    """One peer connection's SCTP association, fed by and feeding its DTLS transport."""
+    """LiveKit's channels on one peer connection's SCTP association (which its session drives)."""
 
-    def __init__(
-        self,
-        owner: "ParticipantData",
-        name: str,
-        *,
-        send_data: Callable[[bytes], bool],
-        flush: Callable[[float], None],
-        is_client: bool,
-        remote_port: int = DEFAULT_SCTP_PORT,
-        remote_max_message_size: int = DEFAULT_REMOTE_MAX_MESSAGE_SIZE,
-        local_port: int = DEFAULT_SCTP_PORT,
-        max_message_size: int = 262144,
-    ) -> None:
+    def __init__(self, owner: "ParticipantData", name: str, association: SctpAssociation, *,
+                 flush: Callable[[float], None]) -> None:
         self.owner = owner
         self.name = name
-        self._send_data = send_data
+        self.association = association
+        # Send what was queued on the association and wake the timers (the transport endpoint's).
         self._flush = flush
-        self.association = SctpAssociation(
-            is_client, local_port=local_port, remote_port=remote_port, max_message_size=max_message_size,
-            remote_max_message_size=remote_max_message_size,
-        )
-        self.started = False
+        # No more messages either way: the association ended, or the peer connection is going.
         self.closed = False
+        self._counters_folded = False
         # Our channels (subscriber PC): kind -> stream id; gone once closed.
         self.out_channels: dict[DataKind, int] = {}
         # Every open channel with a LiveKit label, ours or the client's: stream id -> kind.
@@ -150,85 +147,49 @@ class DataTransport:
 
     # ---- driven by the transport endpoint -------------------------------------------------
 
-    def start(self, now: float) -> None:
-        """DTLS is up: the DTLS client's side sends INIT (RFC 8261 §5)."""
-        if self.started or self.closed:
-            return
-        self.started = True
-        self.association.start(now)
-        self.pump(now)
-
-    def receive(self, data: bytes, now: float) -> None:
+    def on_event(self, event: AssociationEvent, now: float) -> None:
+        """One of the session's events about the association."""
         if self.closed:
             return
-        if not self.started:
-            # Application data implies DTLS is up even if we have not been told yet.
-            self.started = True
-        self.association.receive_packet(data, now)
-        self.pump(now)
-
-    def next_deadline(self) -> Optional[float]:
-        if not self.started or self.closed:
-            return None
-        return self.association.next_deadline()
-
-    def handle_timeout(self, now: float) -> None:
-        t = self.next_deadline()
-        if t is not None and t <= now:
-            self.association.handle_timeout(now)
-            self.pump(now)
-
-    def pump(self, now: float) -> None:
-        assoc = self.association
-        while (event := assoc.next_event()) is not None:
-            if type(event) is MessageReceived:
-                kind = self.in_kinds.get(event.stream_id)
-                data = event.data if isinstance(event.data, bytes) else event.data.encode("utf-8")
-                if kind is None:
-                    self.owner.metrics.inc(DATA_OTHER_CHANNEL)
-                else:
-                    self.owner.on_client_packet(kind, data, now)
-            elif isinstance(event, ChannelOpened):
-                kind = _LABEL_KINDS.get(event.label)
-                if kind is not None:
-                    self.in_kinds[event.stream_id] = kind
-                self.owner.log.debug("data channel open", kv={"pc": self.name, "label": event.label,
-                                                              "stream": event.stream_id})
-            elif isinstance(event, ChannelClosed):
-                self.in_kinds.pop(event.stream_id, None)
-                for kind, stream in list(self.out_channels.items()):
-                    if stream == event.stream_id:
-                        del self.out_channels[kind]
-            elif isinstance(event, AssociationEstablished):
-                self.owner.metrics.inc(DATA_ASSOCIATIONS)
-                self.owner.log.info("sctp established", kv={"pc": self.name})
-            elif isinstance(event, AssociationClosed):
-                self.closed = True
-                self.out_channels.clear()
-                self.owner.metrics.inc(DATA_ASSOCIATIONS_CLOSED)
-                self.owner.log.info("sctp closed", kv={"pc": self.name, "reason": event.reason})
-        self.flush(now)
+        if type(event) is MessageReceived:
+            kind = self.in_kinds.get(event.stream_id)
+            data = event.data if isinstance(event.data, bytes) else event.data.encode("utf-8")
+            if kind is None:
+                self.owner.metrics.inc(DATA_OTHER_CHANNEL)
+            else:
+                self.owner.on_client_packet(kind, data, now)
+        elif isinstance(event, ChannelOpened):
+            kind = _LABEL_KINDS.get(event.label)
+            if kind is not None:
+                self.in_kinds[event.stream_id] = kind
+            self.owner.log.debug("data channel open", kv={"pc": self.name, "label": event.label,
+                                                          "stream": event.stream_id})
+        elif isinstance(event, ChannelClosed):
+            self.in_kinds.pop(event.stream_id, None)
+            for kind, stream in list(self.out_channels.items()):
+                if stream == event.stream_id:
+                    del self.out_channels[kind]
+        elif isinstance(event, AssociationEstablished):
+            self.owner.metrics.inc(DATA_ASSOCIATIONS)
+            self.owner.log.info("sctp established", kv={"pc": self.name})
+        elif isinstance(event, AssociationClosed):
+            self.closed = True
+            self.out_channels.clear()
+            self.owner.metrics.inc(DATA_ASSOCIATIONS_CLOSED)
+            self.owner.log.info("sctp closed", kv={"pc": self.name, "reason": event.reason})
 
     def flush(self, now: float) -> None:
-        if not self.started:
-            return
-        packets = self.association.packets_to_send(now)
-        if packets:
-            send = self._send_data
-            for packet in packets:
-                send(packet)
-            self._flush(now)
-        self.owner.wake(self.association.next_deadline())
+        """Messages were queued: let the session send them."""
+        self._flush(now)
 
     def close(self) -> None:
         """The peer connection is going away; its SCTP counters (malformed packets, retransmits,
         abandoned chunks...) outlive it as `data_sctp_<name>_total`."""
-        if self.closed and not self.started:
-            return
-        self.started = False
         self.closed = True
         self.out_channels.clear()
-        m.fold_counters(self.owner.metrics, "data_sctp", self.association.counters)
+        if not self._counters_folded:
+            self._counters_folded = True
+            m.fold_counters(self.owner.metrics, "data_sctp", self.association.counters)
 
     # ---- forwarding ---------------------------------------------------------------------------
 
@@ -281,7 +242,6 @@ class ParticipantData:
         may_publish_data: Callable[[], bool],
         peers: Callable[[], Iterable["ParticipantData"]],
         metrics: m.Metrics,
-        wake: Callable[[Optional[float]], None] = lambda deadline: None,
         log: Optional["ContextLogger"] = None,
         reliable_limit: Optional[int] = None,
         lossy_limit: Optional[int] = None,
@@ -291,7 +251,6 @@ class ParticipantData:
         self.may_publish_data = may_publish_data
         self.peers = peers
         self.metrics = metrics
-        self.wake = wake
         self.log = log if log is not None else _log.bind(participant=sid)
         self.limits = {
             DataKind.RELIABLE: RELIABLE_BUFFER_LIMIT if reliable_limit is None else reliable_limit,
@@ -305,16 +264,14 @@ class ParticipantData:
 
     # ---- wiring ------------------------------------------------------------------------------
 
-    def attach(self, name: str, *, send_data: Callable[[bytes], bool], flush: Callable[[float], None],
-               is_client: bool, remote_port: int = DEFAULT_SCTP_PORT,
-               remote_max_message_size: int = DEFAULT_REMOTE_MAX_MESSAGE_SIZE, downlink: bool = False,
-               now: float = 0.0, connected: bool = False) -> DataTransport:
-        """Give peer connection `name` an association (once); `downlink` opens the server's channels."""
+    def attach(self, name: str, association: SctpAssociation, *, flush: Callable[[float], None],
+               downlink: bool = False, now: float = 0.0) -> DataTransport:
+        """Put LiveKit's channel policy on peer connection `name`'s association (once); `flush`
+        sends what was queued on it. `downlink` opens the server's channels, with what waited."""
         existing = self.transports.get(name)
         if existing is not None:
             return existing
-        transport = DataTransport(self, name, send_data=send_data, flush=flush, is_client=is_client,
-                                  remote_port=remote_port, remote_max_message_size=remote_max_message_size)
+        transport = DataTransport(self, name, association, flush=flush)
         self.transports[name] = transport
         if downlink:
             transport.open_server_channels()
@@ -322,23 +279,7 @@ class ParticipantData:
             pending, self._pending = self._pending, collections.deque()
             for kind, payload in pending:
                 transport.send(kind, payload, now)
-        if connected:
-            transport.start(now)
         return transport
-
-    # ---- Timed (trio_sfu.media.timers) ------------------------------------------------------
-
-    def next_deadline(self) -> Optional[float]:
-        deadline = None
-        for transport in self.transports.values():
-            t = transport.next_deadline()
-            if t is not None and (deadline is None or t < deadline):
-                deadline = t
-        return deadline
-
-    def handle_timeout(self, now: float) -> None:
-        for transport in list(self.transports.values()):
-            transport.handle_timeout(now)
 
     def close(self) -> None:
         self.closed = True

@@ -5,13 +5,17 @@ its `run` in the participant's nursery and calls it through the `MediaSession` s
 (trio_sfu.signal.media_port). It owns, and wires together:
 
 - `transports` (trio_sfu.media.transport): ICE credentials and the publisher and subscriber
-  peer connections on the node's UDP mux;
+  peer connections on the node's UDP mux, each one `PeerSession` (ICE, DTLS, SRTP, the data
+  channels' SCTP association, transport-wide CC feedback);
 - `publishing` (trio_sfu.media.publishing): what the client publishes — offers answered, packets
-  matched to tracks, tracks published in the room, TWCC feedback, moderation;
+  matched to tracks, tracks published in the room, moderation;
 - `subscribing` (trio_sfu.media.subscribing): what the client receives — the subscription
   manager, the subscriber offers, layers and mutes;
-- `data` (trio_sfu.media.data_channels): the client's data channels on both peer connections;
-- `timers` (trio_sfu.media.timers): one task sleeping until the earliest deadline of the parts.
+- `data` (trio_sfu.media.data_channels): LiveKit's data channels on both peer connections'
+  associations;
+- `timers` (trio_sfu.media.timers): one task sleeping until the earliest deadline of the parts —
+  the sessions' (all their protocol timers), the receivers' (NACKs, receiver reports) and the
+  down tracks' (sender reports).
 
 Its life: `run` joins the room's media and runs two tasks in its own nursery — the timer loop
 and the subscription manager — until the participant's scope ends; `close` (idempotent, also
@@ -93,7 +97,7 @@ class ParticipantMedia:
                                            wake_by=wake_by, metrics=self.metrics, log=self.log)
         self.data = ParticipantData(sid=self.sid, identity=self.participant.identity,
                                     may_publish_data=self._may_publish_data, peers=self._data_peers,
-                                    metrics=self.metrics, wake=wake_by, log=self.log)
+                                    metrics=self.metrics, log=self.log)
         if migrated is not None:
             # Its m-lines as the old node had them (same mids, SSRCs and rewrite state), waiting
             # in the cache for its subscriptions.
@@ -119,8 +123,9 @@ class ParticipantMedia:
 
     async def _run_timers(self) -> None:
         try:
-            # The order each wake-up serves them in: transports, then what the others owe.
-            await self.timers.run((self.transports, self.data, self.publishing, self.subscribing))
+            # The order each wake-up serves them in: the peer sessions' protocol timers (ICE,
+            # DTLS, SCTP, transport-cc feedback), then the RTCP the forwarding objects owe.
+            await self.timers.run((self.transports, self.publishing, self.subscribing))
         finally:
             self.close()
 
@@ -182,7 +187,8 @@ class ParticipantMedia:
             answer.dtls_role, answer.remote_ufrag, answer.remote_pwd, answer.remote_fingerprints,
             on_rtp=publishing.on_rtp, on_rtcp=publishing.on_rtcp)
         publishing.apply(answer.media)
-        publisher.open_data(self.data, answer.sctp, answer.dtls_role.value == "client")
+        publisher.session.set_transport_cc_extension(publishing.transport_cc_extension)
+        publisher.open_data(self.data, answer.sctp)
         self.context.send(rtc.SignalResponse(answer=rtc.SessionDescription(
             type="answer", sdp=serialize_sdp(answer.answer), id=offer.id)))
         if answer.first_mid is not None:
@@ -201,7 +207,7 @@ class ParticipantMedia:
         subscriber = self.transports.open_subscriber(
             offer.dtls_role, offer.remote_ice_ufrag or "", offer.remote_ice_pwd or "", offer.remote_fingerprints,
             on_rtcp=subscribing.on_rtcp, on_connected=subscribing.on_connected)
-        subscriber.open_data(self.data, remote_sctp_params(answer), offer.dtls_role.value == "client", downlink=True)
+        subscriber.open_data(self.data, remote_sctp_params(answer), downlink=True)
 
     async def handle_trickle(self, candidate_init_json: str, target: int, final: bool) -> None:
         # ICE-lite learns the peer's addresses from its checks; candidates are only validated.

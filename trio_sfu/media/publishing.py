@@ -9,10 +9,13 @@ in the room's TrackManager — once its receiver took a packet. An SSRC is match
 by the mid header extension, else by the m-line's a=ssrc lines, else by what the node this
 participant migrated from had learned (libwebrtc stops sending MID/RID once an SSRC is known).
 
-Each packet is also recorded for transport-wide CC feedback (the publisher's bandwidth estimator
-runs on our reports). A track stops feeding when the client's re-offer stops its m-line, when
-the server unpublishes it (its m-line is then revoked until the client stops it, so its packets
-are not matched to another track) and when it is handed to a new source; `_forget` is that step.
+Transport-wide CC feedback (the publisher's bandwidth estimator runs on our reports) is the
+publisher PC's session's business (rtp.peer_session): it notes every arrival itself; this
+module only says which extension id the offer negotiated (`transport_cc_extension`).
+
+A track stops feeding when the client's re-offer stops its m-line, when the server unpublishes
+it (its m-line is then revoked until the client stops it, so its packets are not matched to
+another track) and when it is handed to a new source; `_forget` is that step.
 Moderation (mute) pauses and resumes the track's down tracks.
 
 `on_rtp` is the media hot path: a dict lookup per packet once the SSRC is known.
@@ -21,6 +24,7 @@ Moderation (mute) pauses and resumes the track's down tracks.
 from __future__ import annotations
 
 import secrets
+import struct
 from typing import Callable, Optional, Sequence
 
 import attrs
@@ -30,7 +34,6 @@ from livekit.protocol import models
 from rtp import rtcp
 from rtp.header_extensions import HeaderExtensionParseError, decode_mid
 from rtp.packet import RtpParseError, find_extension
-from rtp.twcc import TransportFeedbackRecorder
 from sdp.codecs import EXT_MID, EXT_REPAIRED_RID, EXT_RID, EXT_TWCC, MediaKind
 from sdp.errors import NegotiationError, SdpParseError
 from sdp.model import Fingerprint, SessionDescription
@@ -52,6 +55,9 @@ _STREAM_NAMES = {
     models.TrackSource.SCREEN_SHARE_AUDIO: "screen_audio",
 }
 
+#: An RTP packet's SSRC (the 32-bit word at offset 8), read without a slice.
+_read_ssrc = struct.Struct("!I").unpack_from
+
 #: Publisher SSRC -> (mid, simulcast layer, is RTX), as another node learned them.
 MigratedStreams = dict[int, tuple[str, int, bool]]
 
@@ -72,7 +78,7 @@ class PublisherAnswer:
 
 
 class PublisherMedia:
-    """One participant's publisher side: negotiated media, tracks by m-line and SSRC, TWCC."""
+    """One participant's publisher side: negotiated media, tracks by m-line and SSRC."""
 
     def __init__(self, sid: str, participant: MediaParticipant, room_media: RoomMedia,
                  transports: ParticipantTransports, *, migrated_streams: MigratedStreams, wake_by: WakeBy,
@@ -91,9 +97,9 @@ class PublisherMedia:
         self._ext_mid: Optional[int] = None
         self._ext_rid: Optional[int] = None
         self._ext_rrid: Optional[int] = None
-        # Transport-wide CC: the publisher's estimator runs on our arrival reports.
-        self._ext_twcc: Optional[int] = None
-        self.twcc = TransportFeedbackRecorder(sender_ssrc=secrets.randbits(32) or 1)
+        # Transport-wide CC: the publisher's estimator runs on the arrival reports its PC's
+        # session sends once it knows this id.
+        self.transport_cc_extension: Optional[int] = None
         self._ssrc_tracks: dict[int, PublishedTrack] = {}
         self.tracks_by_mid: dict[str, PublishedTrack] = {}
         # Mids whose track the server unpublished while the client still sends on them: their
@@ -139,7 +145,7 @@ class PublisherMedia:
                 elif uri == EXT_REPAIRED_RID:
                     self._ext_rrid = ext_id
                 elif uri == EXT_TWCC:
-                    self._ext_twcc = ext_id
+                    self.transport_cc_extension = ext_id
 
     def _withdraw_stopped_tracks(self, media: dict[str, NegotiatedMedia]) -> None:
         """A re-offer whose m-line no longer sends (the client removed the sender) unpublishes
@@ -266,9 +272,7 @@ class PublisherMedia:
     def on_rtp(self, packet: bytes, now: float) -> None:
         if len(packet) < 12:
             return
-        ssrc = int.from_bytes(packet[8:12], "big")
-        if self._ext_twcc is not None:
-            self._record_twcc(packet, ssrc, now)
+        ssrc = _read_ssrc(packet, 8)[0]
         track = self._ssrc_tracks.get(ssrc)
         if track is None:
             mid = self._mid_of(packet, ssrc)
@@ -286,19 +290,6 @@ class PublisherMedia:
         # A loss just noticed schedules a NACK sooner than the loop would wake.
         self._wake_by(receiver.next_deadline())
 
-    def _record_twcc(self, packet: bytes, ssrc: int, now: float) -> None:
-        try:
-            value = find_extension(packet, self._ext_twcc)  # type: ignore[arg-type]
-        except (RtpParseError, HeaderExtensionParseError):
-            return
-        if value is None or len(value) < 2:
-            return
-        twcc = self.twcc
-        due = twcc.next_deadline()
-        twcc.record((value[0] << 8) | value[1], ssrc, now)
-        if due is None:
-            self._wake_by(twcc.next_deadline())
-
     def on_rtcp(self, packets: Sequence[rtcp.RtcpPacket], now: float) -> None:
         """The publisher's RTCP (its sender reports, our NACK/PLI answered...) to every receiver."""
         for track in self.tracks_by_mid.values():
@@ -307,7 +298,7 @@ class PublisherMedia:
     # ---- Timed (trio_sfu.media.timers): uplink RTCP we owe ---------------------------------
 
     def next_deadline(self) -> Optional[float]:
-        deadline = self.twcc.next_deadline()
+        deadline = None
         for track in self.tracks_by_mid.values():
             t = track.receiver.next_deadline()
             if t is not None and (deadline is None or t < deadline):
@@ -315,9 +306,7 @@ class PublisherMedia:
         return deadline
 
     def handle_timeout(self, now: float) -> None:
-        """Transport-wide CC feedback, then each receiver's NACKs and receiver reports."""
-        for report in self.twcc.packets_to_send(now):
-            self._transports.send_publisher_rtcp(report)
+        """Each receiver's NACKs and receiver reports."""
         for track in list(self.tracks_by_mid.values()):
             track.receiver.poll_rtcp(now)
 

@@ -1,15 +1,17 @@
 """One participant's timers on one task: sleep until the earliest deadline, then let each part act.
 
-Each part of a participant's media that has timers (its transports, its data channels, its
-published tracks, its down tracks) is `Timed`: it names its next deadline and acts when woken.
-`TimerLoop.run` sleeps until the earliest of them (and at least every `at_least_every` seconds,
-for the RTCP reports), then calls every part's `handle_timeout` in the order given; each part
-checks for itself what is due. A part whose deadline moves earlier between two wake-ups (a
-datagram started a retransmission timer, a packet loss scheduled a NACK) calls `wake_by`: it is
-cheap enough for the media hot path (a comparison, and an Event only when the deadline is earlier).
+Each part of a participant's media that has timers (its peer sessions, each with every protocol
+timer of its peer behind one deadline; its published tracks' receivers; its down tracks) is
+`Timed`: it names its next deadline and acts when woken. `TimerLoop.run` sleeps until the
+earliest of them (and at least every `at_least_every` seconds, for the RTCP reports), then calls
+every part's `handle_timeout` in the order given; each part checks for itself what is due. A
+part whose deadline moves earlier between two wake-ups (a datagram started a retransmission
+timer, an arrival armed transport-cc feedback, a packet loss scheduled a NACK) calls `wake_by`:
+it is cheap enough for the media hot path (a comparison, and an Event only when the deadline is
+earlier).
 
-The verbs are `rtp/`'s: a per-peer session object with `next_deadline()` and
-`handle_timeout(now)` is a `Timed` part as it stands.
+The verbs are `rtp/`'s: a `PeerSession` (rtp.peer_session), with `next_deadline()` and
+`handle_timeout(now)`, is a `Timed` part as it stands.
 """
 
 from __future__ import annotations
@@ -38,6 +40,11 @@ class TimerLoop:
         self._wake = trio.Event()
         # The deadline the running loop sleeps until (inf before it runs: any deadline wakes it).
         self._armed = math.inf
+
+    @property
+    def armed(self) -> float:
+        """The time the running loop will wake at the latest (inf before it runs)."""
+        return self._armed
 
     def wake_by(self, deadline: Optional[float]) -> None:
         """A part's deadline may have moved earlier: make the loop wake no later than it."""
