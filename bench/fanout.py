@@ -33,6 +33,7 @@ from rtp.srtp import SrtpContext
 from trio_sfu.client.synthetic import RtpStreamWriter, VideoLayerSpec, Vp8FrameSource
 from trio_sfu.forwarding.downtrack import DownTrack
 from trio_sfu.forwarding.receiver import TrackReceiver
+from trio_sfu.tracks import FifoHead, RecordedAtClosing
 
 from .floor import PROFILE, _master
 
@@ -158,6 +159,9 @@ class _BenchService:
     candidates: tuple = ("1 1 udp 2130706431 127.0.0.1 9 typ host",)
     relay: None = None
     rooms: dict = attrs.Factory(dict)
+    # The rules that ship (trio_sfu.media.service.MediaService has the same defaults).
+    resolution: object = FifoHead
+    resume_policy: object = RecordedAtClosing
 
 
 @attrs.define
