@@ -12,6 +12,8 @@ from aioice import stun
 from trio_sfu import metrics as m
 from trio_sfu.media.udp_mux import (
     CHECKPOINT_EVERY,
+    MAX_ADDRESSES_PER_TRANSPORT,
+    UDP_ADDRESS_EVICTED,
     UDP_DROPPED_SEND_FULL,
     UDP_DROPPED_UNROUTABLE,
     UDP_HANDLER_CRASHED,
@@ -92,6 +94,41 @@ def test_routes_by_ufrag_then_by_address_and_counts_drops():
         assert mux.is_empty()
         mux.route(rtp, peer, 0.0)
         assert mux.metrics.get(UDP_DROPPED_UNROUTABLE) == 4
+    finally:
+        mux.sock.close()
+
+
+def test_a_transports_remembered_addresses_are_bounded_and_forgotten_on_unregister():
+    """A peer with valid ICE credentials checking from ever new ports (or a roaming client)
+    must not grow the address table: the oldest address is evicted and counted."""
+    mux = make_mux()
+    try:
+        a, b = Endpoint("ufragA"), Endpoint("ufragB")
+        mux.register(a)
+        mux.register(b)
+        b_addr = ("10.9.9.9", 9999)
+        mux.route(binding_request("ufragB:remote"), b_addr, 0.0)
+        extra = 5
+        roams = [("10.0.0.1", 10000 + i) for i in range(MAX_ADDRESSES_PER_TRANSPORT + extra)]
+        for addr in roams:
+            mux.route(binding_request("ufragA:remote"), addr, 0.0)
+        assert len(mux.by_addr) == MAX_ADDRESSES_PER_TRANSPORT + 1
+        assert mux.addresses_of(a) == roams[-MAX_ADDRESSES_PER_TRANSPORT:]
+        assert mux.metrics.get(UDP_ADDRESS_EVICTED) == extra
+        assert mux.by_addr[b_addr] is b  # another transport's address is untouched
+
+        rtp = b"\x80\x60" + bytes(20)
+        mux.route(rtp, roams[0], 0.0)  # evicted: media from it is no longer routed
+        assert mux.metrics.get(UDP_DROPPED_UNROUTABLE) == 1
+        mux.route(rtp, roams[-1], 0.0)  # the newest still is
+        assert a.received[-1] == (rtp, roams[-1])
+        mux.route(binding_request("ufragA:remote"), roams[0], 0.0)  # a fresh check brings it back
+        assert mux.by_addr[roams[0]] is a and len(mux.addresses_of(a)) == MAX_ADDRESSES_PER_TRANSPORT
+
+        mux.unregister(a)
+        assert mux.addresses_of(a) == [] and list(mux.by_addr) == [b_addr]
+        mux.unregister(b)
+        assert mux.is_empty()
     finally:
         mux.sock.close()
 

@@ -5,6 +5,9 @@ already validated goes straight to that transport; a STUN Binding request is rou
 ufrag in its USERNAME to the transport registered under it (how a new peer is found); anything
 else is dropped and counted. Once a transport has authenticated an address (its ICE agent
 answered a valid check from it), the address is remembered, so media takes one dict lookup.
+A transport keeps at most `MAX_ADDRESSES_PER_TRANSPORT` remembered addresses (oldest evicted and
+counted): a roaming client or a peer holding valid ICE credentials cannot grow the table without
+bound, and an evicted address that is still in use is found again by its next ICE check.
 
 The reader follows the fast path measured in feasibility-probes.md §6: a raw non-blocking socket,
 `recvfrom_into` a reused buffer until EAGAIN, then `wait_readable`, with a checkpoint every
@@ -35,6 +38,9 @@ from trio_sfu.datagram import BindDatagram, DatagramSocket, UdpSocket
 from trio_sfu.log import get_logger
 
 CHECKPOINT_EVERY = 64
+# Addresses one transport may have authenticated at once: a host, srflx and relay path per
+# address family, plus a roam or two, fit with room to spare.
+MAX_ADDRESSES_PER_TRANSPORT = 8
 MAX_DATAGRAM = 65536
 # Enough socket buffer for a burst of video keyframes from many publishers at once.
 
@@ -44,6 +50,7 @@ UDP_DROPPED_UNROUTABLE = "udp_dropped_unroutable_total"
 UDP_DROPPED_SEND_FULL = "udp_dropped_send_buffer_full_total"
 UDP_SEND_ERROR = "udp_send_error_total"
 UDP_HANDLER_CRASHED = "udp_handler_crashed_total"
+UDP_ADDRESS_EVICTED = "udp_address_evicted_total"
 
 _log = get_logger("trio_sfu.media.udp_mux")
 _WOULD_BLOCK = (BlockingIOError, InterruptedError)
@@ -66,6 +73,9 @@ class UdpMux:
         self.metrics = metrics
         self.by_ufrag: dict[str, MuxEndpoint] = {}
         self.by_addr: dict[Address, MuxEndpoint] = {}
+        # Each endpoint's remembered addresses, oldest first (keyed by id: endpoints need not
+        # be hashable); what bounds `by_addr` and what unregister forgets.
+        self._addrs_of: dict[int, list[Address]] = {}
         self._buffer = bytearray(MAX_DATAGRAM)
 
     @classmethod
@@ -89,11 +99,26 @@ class UdpMux:
         ufrag = endpoint.transport.local_ufrag
         if self.by_ufrag.get(ufrag) is endpoint:
             del self.by_ufrag[ufrag]
-        for addr in [a for a, e in self.by_addr.items() if e is endpoint]:
-            del self.by_addr[addr]
+        for addr in self._addrs_of.pop(id(endpoint), ()):
+            if self.by_addr.get(addr) is endpoint:
+                del self.by_addr[addr]
+
+    def addresses_of(self, endpoint: MuxEndpoint) -> list[Address]:
+        """The addresses routed to `endpoint` by address, oldest first."""
+        return list(self._addrs_of.get(id(endpoint), ()))
+
+    def _remember(self, addr: Address, endpoint: MuxEndpoint) -> None:
+        addrs = self._addrs_of.setdefault(id(endpoint), [])
+        if len(addrs) >= MAX_ADDRESSES_PER_TRANSPORT:
+            oldest = addrs.pop(0)
+            if self.by_addr.get(oldest) is endpoint:
+                del self.by_addr[oldest]
+            self.metrics.inc(UDP_ADDRESS_EVICTED)
+        addrs.append(addr)
+        self.by_addr[addr] = endpoint
 
     def is_empty(self) -> bool:
-        return not self.by_ufrag and not self.by_addr
+        return not self.by_ufrag and not self.by_addr and not self._addrs_of
 
     # ---- input ---------------------------------------------------------------------------
 
@@ -117,7 +142,7 @@ class UdpMux:
         if addr not in self.by_addr and endpoint.transport.accepts(b"\x80", addr):
             # ICE authenticated this address: route its DTLS and media by address from now on.
             if self.by_ufrag.get(endpoint.transport.local_ufrag) is endpoint:
-                self.by_addr[addr] = endpoint
+                self._remember(addr, endpoint)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The reader task: drain the socket synchronously, sleep only when it is empty."""
