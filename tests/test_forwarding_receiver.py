@@ -7,7 +7,7 @@ from hypothesis import given, settings, strategies as st
 from forwarding_streams import RID_EXT, RRID_EXT, RTX_PT, VP8_PT, Wire, simulcast_pair, three_layers
 from rtp.packet import RtpPacket
 from rtp.rtcp import Nack, Pli, ReceiverReport, SenderReport, parse_rtcp
-from trio_sfu.forwarding.receiver import ForwardingStateError, ReceiverState, TrackReceiver
+from trio_sfu.forwarding.receiver import MAX_SSRCS_PER_TRACK, ForwardingStateError, ReceiverState, TrackReceiver
 
 
 def _rtcp(wire, kind):
@@ -221,3 +221,27 @@ def test_garbage_payloads_with_valid_headers_never_raise(pt, seq, payload, rid, 
     down.handle_rtcp([Nack.from_lost(1, down.ssrc, [seq])], 0.2)
     receiver.poll_rtcp(1.0)
     down.poll_rtcp(1.0)
+
+
+def test_new_rtx_ssrcs_do_not_grow_the_ssrc_tables_and_live_ones_stay():
+    """A publisher inventing RTX SSRCs (every packet a new one) must not grow the receiver's
+    tables: past MAX_SSRCS_PER_TRACK the oldest stale RTX SSRC goes, never a layer's newest."""
+    wire = Wire()
+    receiver, _ = simulcast_pair(wire)
+    for layer in three_layers():
+        for p in layer.frame(True):
+            receiver.receive_rtp(p, 0.0)
+    live_h = RtpPacket(payload_type=RTX_PT, sequence_number=1, ssrc=0x2229, extensions={RRID_EXT: b"h"},
+                       padding_size=10).serialize()
+    receiver.receive_rtp(live_h, 0.0)
+    flood = 1000
+    for i in range(flood):
+        rtx = RtpPacket(payload_type=RTX_PT, sequence_number=1, ssrc=0x10000 + i, extensions={RRID_EXT: b"q"},
+                        padding_size=10).serialize()
+        receiver.receive_rtp(rtx, 0.0)
+    media, rtx_map = receiver.ssrc_layers()
+    assert len(media) + len(rtx_map) <= MAX_SSRCS_PER_TRACK
+    assert media == {layer.ssrc: i for i, layer in enumerate(three_layers())}
+    # The h layer's RTX SSRC is live (its layer's newest) and the q layer's newest is too.
+    assert rtx_map[0x2229] == 1 and rtx_map[0x10000 + flood - 1] == 0
+    assert receiver.counters.rtx_ssrcs_evicted == flood + 1 - (MAX_SSRCS_PER_TRACK - 3)

@@ -36,6 +36,12 @@ from trio_sfu.forwarding.simulcast import layer_for_rid
 
 SendRtcp = Callable[[bytes], bool]
 
+#: SSRCs (media and RTX) one track may have mapped at once. Simulcast needs 3 layers + 3 RTX; a
+#: publisher that restarts gets new SSRCs. Media SSRCs are one per layer by construction (a new
+#: one replaces its layer's old); RTX SSRCs past the cap evict the oldest one that is no longer
+#: its layer's newest, and a new RTX SSRC that would evict a live one is dropped and counted.
+MAX_SSRCS_PER_TRACK = 32
+
 
 class PacketSink(Protocol):
     """What a TrackReceiver hands each packet to: a subscriber's DownTrack (its PacketSource
@@ -43,6 +49,10 @@ class PacketSink(Protocol):
 
     def write_rtp(self, layer: int, packet: bytes, now: float) -> bool:
         """Forward one packet of `layer`; False if it was not sent (the sink counts why)."""
+
+
+class _SsrcCapReached(Exception):
+    """A new SSRC the track has no room for (`MAX_SSRCS_PER_TRACK`)."""
 
 
 class ForwardingStateError(RuntimeError):
@@ -66,6 +76,8 @@ class ReceiverCounters:
     rtx_recovered: int = 0
     rtx_dropped: int = 0
     ssrc_changes: int = 0
+    rtx_ssrcs_evicted: int = 0
+    dropped_ssrc_cap: int = 0
     nacks_sent: int = 0  # NACK packets
     nack_seqs_requested: int = 0
     nack_seqs_given_up: int = 0
@@ -230,9 +242,12 @@ class TrackReceiver:
             if layer is not None:
                 layer.bind(ssrc, clock_rate)
                 self._by_ssrc[ssrc] = layer
+        # The newest RTX SSRC of each layer (by layer index): the live ones, never evicted.
+        self._live_rtx: dict[int, int] = {}
         for ssrc, index in (rtx_ssrc_layers or {}).items():
             if index in self._layers:
                 self._rtx_by_ssrc[ssrc] = self._layers[index]
+                self._live_rtx[index] = ssrc
         self._down_tracks: list[PacketSink] = []
         self.state = ReceiverState.OPEN
         self.expected_to_resume = False
@@ -362,6 +377,9 @@ class TrackReceiver:
             except ParseError:
                 counters.dropped_malformed += 1
                 return False
+            except _SsrcCapReached:
+                counters.dropped_ssrc_cap += 1
+                return False
             if learned is None:
                 counters.dropped_unknown_stream += 1
                 return False
@@ -387,7 +405,10 @@ class TrackReceiver:
         if layer is None:
             return None
         if is_rtx:
+            if len(self._by_ssrc) + len(self._rtx_by_ssrc) >= MAX_SSRCS_PER_TRACK and not self._evict_stale_rtx():
+                raise _SsrcCapReached
             self._rtx_by_ssrc[ssrc] = layer
+            self._live_rtx[index] = ssrc
             return layer, True
         if layer.ssrc is not None:
             # Same layer, new SSRC: the publisher restarted (resume, migration).
@@ -396,6 +417,16 @@ class TrackReceiver:
         layer.bind(ssrc, self.clock_rate)
         self._by_ssrc[ssrc] = layer
         return layer, False
+
+    def _evict_stale_rtx(self) -> bool:
+        """Forget the oldest RTX SSRC that is not its layer's newest; False if all are live."""
+        live = set(self._live_rtx.values())
+        stale = next((s for s in self._rtx_by_ssrc if s not in live), None)
+        if stale is None:
+            return False
+        del self._rtx_by_ssrc[stale]
+        self.counters.rtx_ssrcs_evicted += 1
+        return True
 
     def _receive_media(self, layer: _Layer, packet: bytes, bounds: tuple[int, int], now: float) -> bool:
         counters = self.counters
