@@ -28,6 +28,7 @@ from rtp.peer_transport import IceMode, PeerTransport
 from rtp.peer_transport_events import RtcpReceived, RtpReceived, TransportConnected
 from sdp.parser import parse as parse_sdp
 import server_fixtures
+from trio_sfu.forwarding.receiver import MAX_SSRCS_PER_TRACK
 from trio_sfu.metrics import MEDIA_RTP_UNMATCHED
 from server_fixtures import mint_token, recv, send, signal_client
 
@@ -355,4 +356,41 @@ async def test_an_mline_of_the_wrong_kind_never_feeds_a_track_named_by_its_cid()
             # The microphone is fed by the audio m-line (Opus), never by the video one.
             source = room_media.tracks[mic.sid]
             assert source.kind.value == "audio" and [c.name.lower() for c in source.codecs] == ["opus"]
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_publisher_inventing_ssrcs_does_not_grow_the_ssrc_table():
+    """Regression (hardening, finding 10): every new SSRC on a matched m-line used to be
+    remembered for good (SSRC -> track), so a publisher inventing SSRCs grew the table without
+    bound. A track keeps at most MAX_SSRCS_PER_TRACK; the SSRC in use keeps feeding it."""
+    async with media_server() as server:
+        async with trio.open_nursery() as nursery, signal_client(server, mint_token("alice")) as ws_a:
+            assert (await recv(ws_a)).WhichOneof("message") == "join"
+            alice_sub, alice_pub = ClientPc(), ClientPc()
+            await answer_subscriber(ws_a, alice_sub, nursery)
+            await send(ws_a, rtc.SignalRequest(add_track=rtc.AddTrackRequest(
+                cid="cid-audio", type=models.TrackType.AUDIO, source=models.TrackSource.MICROPHONE, name="mic")))
+            mic = (await recv_until(ws_a, "track_published")).track_published.track
+            offer_sdp = publisher_offer(alice_pub.ufrag, alice_pub.pwd, alice_pub.fingerprint)
+            await send(ws_a, rtc.SignalRequest(offer=rtc.SessionDescription(type="offer", sdp=offer_sdp, id=3)))
+            answer = (await recv_until(ws_a, "answer")).answer
+            alice_pub.connect(answer.sdp)
+            nursery.start_soon(alice_pub.run)
+            await alice_pub.connected.wait()
+            room_media = next(iter(server.media.rooms.values()))
+            publishing = next(iter(room_media.sessions.values())).publishing
+            invented = 4 * MAX_SSRCS_PER_TRACK
+            for i in range(invented):
+                await alice_pub.send_rtp(RtpPacket(111, 300 + i, 960 * i, 0x10000 + i,
+                                                   extensions={MID_EXT_ID: encode_mid("1")},
+                                                   payload=b"\xfc" + b"o" * 40))
+                if i % 16 == 15:
+                    await trio.sleep(0.01)  # let the server keep up: a real socket buffer
+            last = 0x10000 + invented - 1
+            with trio.fail_after(5):
+                while mic.sid not in room_media.tracks or room_media.tracks[mic.sid].receiver.layer_ssrc(0) != last:
+                    await trio.sleep(0.01)
+            routed = publishing.routed_ssrcs()
+            assert len(routed) <= MAX_SSRCS_PER_TRACK
+            assert routed[last] == mic.sid  # the live SSRC still feeds the track
             nursery.cancel_scope.cancel()

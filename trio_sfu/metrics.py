@@ -70,6 +70,7 @@ ROOMS_CLOSED = "rooms_closed_total"
 MEDIA_SDP_REJECTED = "media_sdp_rejected_total"
 MEDIA_RTP_UNMATCHED = "media_rtp_unmatched_total"
 MEDIA_RTP_DROPPED = "media_rtp_dropped_by_receiver_total"
+MEDIA_RTP_SSRC_OVER_CAP = "media_rtp_ssrc_over_cap_total"  # a new SSRC past a track's cap
 MEDIA_RTCP_MALFORMED = "media_rtcp_malformed_total"
 MEDIA_TRANSPORT_CONNECTED = "media_transport_connected_total"
 MEDIA_TRANSPORT_FAILED = "media_transport_failed_total"

@@ -18,7 +18,10 @@ it (its m-line is then revoked until the client stops it, so its packets are not
 another track) and when it is handed to a new source; `_forget` is that step.
 Moderation (mute) pauses and resumes the track's down tracks.
 
-`on_rtp` is the media hot path: a dict lookup per packet once the SSRC is known.
+`on_rtp` is the media hot path: a dict lookup per packet once the SSRC is known. A publisher
+that keeps inventing SSRCs must not grow that table: a track keeps at most
+`MAX_SSRCS_PER_TRACK` of them; past it the SSRCs its receiver no longer uses (a layer's old SSRC
+after a restart) are forgotten, and a new SSRC that still finds no room is dropped and counted.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from sdp.parser import parse as parse_sdp
 
 from trio_sfu import metrics as m
 from trio_sfu.forwarding import TrackReceiver
+from trio_sfu.forwarding.receiver import MAX_SSRCS_PER_TRACK
 from trio_sfu.log import ContextLogger
 from trio_sfu.media.data_channels import remote_sctp_params
 from trio_sfu.media.room_media import PublishedTrack, RoomMedia
@@ -101,6 +105,8 @@ class PublisherMedia:
         # session sends once it knows this id.
         self.transport_cc_extension: Optional[int] = None
         self._ssrc_tracks: dict[int, PublishedTrack] = {}
+        # The SSRCs in `_ssrc_tracks` of each track (by id: the track object), what the cap counts.
+        self._ssrcs_of_track: dict[int, list[int]] = {}
         self.tracks_by_mid: dict[str, PublishedTrack] = {}
         # Mids whose track the server unpublished while the client still sends on them: their
         # packets must not be matched to another track; cleared once the client stops the m-line.
@@ -173,9 +179,30 @@ class PublisherMedia:
         mids = [mid for mid, t in self.tracks_by_mid.items() if t is track]
         for mid in mids:
             del self.tracks_by_mid[mid]
-        for ssrc in [s for s, t in self._ssrc_tracks.items() if t is track]:
-            del self._ssrc_tracks[ssrc]
+        for ssrc in self._ssrcs_of_track.pop(id(track), ()):
+            if self._ssrc_tracks.get(ssrc) is track:
+                del self._ssrc_tracks[ssrc]
         return mids
+
+    def routed_ssrcs(self) -> dict[int, str]:
+        """SSRC -> the sid of the track its packets feed (what `on_rtp` looks up)."""
+        return {ssrc: track.sid for ssrc, track in self._ssrc_tracks.items()}
+
+    def _remember_ssrc(self, ssrc: int, track: PublishedTrack) -> bool:
+        """Route `ssrc` to `track` from now on; False if the track has no room for another SSRC."""
+        ssrcs = self._ssrcs_of_track.setdefault(id(track), [])
+        if len(ssrcs) >= MAX_SSRCS_PER_TRACK:
+            # Forget the SSRCs the receiver replaced (a restarted layer's old ones); never one in use.
+            media, rtx = track.receiver.ssrc_layers()
+            for old in [s for s in ssrcs if s not in media and s not in rtx]:
+                ssrcs.remove(old)
+                if self._ssrc_tracks.get(old) is track:
+                    del self._ssrc_tracks[old]
+            if len(ssrcs) >= MAX_SSRCS_PER_TRACK:
+                return False
+        ssrcs.append(ssrc)
+        self._ssrc_tracks[ssrc] = track
+        return True
 
     def _track_by_sid(self, track_sid: str) -> Optional[PublishedTrack]:
         return next((t for t in self.tracks_by_mid.values() if t.sid == track_sid), None)
@@ -280,7 +307,9 @@ class PublisherMedia:
             if track is None:
                 self.metrics.inc(m.MEDIA_RTP_UNMATCHED)
                 return
-            self._ssrc_tracks[ssrc] = track
+            if not self._remember_ssrc(ssrc, track):
+                self.metrics.inc(m.MEDIA_RTP_SSRC_OVER_CAP)
+                return
         receiver = track.receiver
         if not receiver.receive_rtp(packet, now):
             self.metrics.inc(m.MEDIA_RTP_DROPPED)
@@ -361,6 +390,7 @@ class PublisherMedia:
         self.room_media.unpublish(tracks)
         self.tracks_by_mid.clear()
         self._ssrc_tracks.clear()
+        self._ssrcs_of_track.clear()
 
 
 __all__ = ["MigratedStreams", "PublisherAnswer", "PublisherMedia"]
