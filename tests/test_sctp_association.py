@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from rtp.sctp import chunks as c
-from rtp.sctp.association import RTO_INITIAL, AssociationState, ChannelState, SctpAssociation
+from rtp.sctp.association import (
+    MAX_CHANNELS,
+    MAX_LABEL_BYTES,
+    RTO_INITIAL,
+    AssociationState,
+    ChannelState,
+    SctpAssociation,
+)
 from rtp.sctp.errors import SctpProtocolError
 from rtp.sctp.events import (
     AssociationClosed,
@@ -185,6 +192,33 @@ def test_refused_sends_return_false_and_are_counted():
     assert a.send(sid, b"x" * 100) is True
     pump(a, b, 0.0)
     assert drain(b) == [MessageReceived(sid, b"x" * 100, 53)]
+
+
+def test_peer_channel_opens_past_the_caps_are_refused_and_counted():
+    """A peer opening channel after channel (or with 64 KiB labels) must not grow our channel
+    table: past MAX_CHANNELS, or with a label/protocol over MAX_LABEL_BYTES, the OPEN is refused
+    (no ACK, counted) and the association carries on."""
+    a, b = connect()
+    long_label = a.open_channel("x" * (MAX_LABEL_BYTES + 1))
+    long_protocol = a.open_channel("_reliable", protocol="p" * (MAX_LABEL_BYTES + 1))
+    fits = a.open_channel("é" * (MAX_LABEL_BYTES // 2), protocol="q" * MAX_LABEL_BYTES)  # exactly the cap in bytes
+    extra = 10
+    sids = [a.open_channel(f"c{i}") for i in range(MAX_CHANNELS - 1 + extra)]
+    pump(a, b, 0.0)
+    opened = [e.stream_id for e in drain(b) if isinstance(e, ChannelOpened)]
+    assert opened == [fits] + sids[: MAX_CHANNELS - 1]
+    assert len(b.channels) == MAX_CHANNELS
+    assert b.counters.channel_opens_refused == 2 + extra
+    # The refused channels never open on the opener's side; messages on them are dropped.
+    assert a.channel_state(long_label) is ChannelState.CONNECTING
+    assert a.channel_state(sids[-1]) is ChannelState.CONNECTING
+    dropped = b.counters.malformed_messages
+    assert a.send(long_protocol, b"hello")
+    assert a.send(sids[0], b"still here")
+    pump(a, b, 0.0)
+    assert drain(b) == [MessageReceived(sids[0], b"still here", 53)]
+    assert b.counters.malformed_messages == dropped + 1
+    assert b.state is AssociationState.ESTABLISHED
 
 
 def test_peer_close_is_followed_by_our_reset():

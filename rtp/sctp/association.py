@@ -59,6 +59,11 @@ MAX_DATA_PAYLOAD = (MAX_PACKET_SIZE - c.COMMON_HEADER_LENGTH - c.DATA_CHUNK_HEAD
 MAX_STREAMS = 65535
 # Past this many chunks ahead of the cumulative TSN a DATA chunk is not buffered.
 MAX_TSN_AHEAD = 1 << 16
+# What a peer's DATA_CHANNEL_OPEN may ask of us. LiveKit needs a handful of channels (_reliable,
+# _lossy, _data_track, each side's) with short labels; an OPEN past either cap is refused
+# (counted, never ACKed), so channels cannot grow without bound nor carry 64 KiB labels.
+MAX_CHANNELS = 64
+MAX_LABEL_BYTES = 1024  # label and protocol, each, in UTF-8
 
 _COOKIE = struct.Struct("!dLLLHHBL")
 _DATA_CHUNK_HEADER = struct.Struct("!BBHLHHL")
@@ -121,6 +126,9 @@ class SctpCounters:
     send_no_channel: int = 0
     #: send() refused: larger than the peer's a=max-message-size.
     send_too_large: int = 0
+    #: a peer's DATA_CHANNEL_OPEN refused: MAX_CHANNELS open already, or a label or protocol
+    #: over MAX_LABEL_BYTES.
+    channel_opens_refused: int = 0
 
 
 @attrs.define(slots=True, eq=False)
@@ -718,6 +726,12 @@ class SctpAssociation:
         if isinstance(msg, DataChannelOpen):
             if channel is not None:
                 self.counters.malformed_messages += 1
+                return
+            if (len(self._channels) >= MAX_CHANNELS or len(msg.label.encode("utf-8")) > MAX_LABEL_BYTES
+                    or len(msg.protocol.encode("utf-8")) > MAX_LABEL_BYTES):
+                # No ACK: the peer's channel never opens; its messages on the stream are dropped
+                # (no channel) like any message on an unknown stream.
+                self.counters.channel_opens_refused += 1
                 return
             channel = _Channel(
                 stream_id, msg.label, msg.protocol, msg.ordered, msg.reliability, msg.priority, ChannelState.OPEN
