@@ -45,6 +45,10 @@ SCTP_PROTO = "UDP/DTLS/SCTP"
 DATACHANNEL_FORMAT = "webrtc-datachannel"
 _SCTP_PROTOS = frozenset({"UDP/DTLS/SCTP", "TCP/DTLS/SCTP", "DTLS/SCTP"})
 _DISCARD_PORT = 9  # RFC 8840: placeholder port when candidates carry the real one
+# m-lines an offer may carry. A LiveKit client offers one per track it sends (single-PC mode:
+# or receives); each one costs an answer section about 20 times the size of the smallest
+# m-line, so without a bound a 1 MB offer would be answered with 18 MB.
+MAX_OFFER_SECTIONS = 1024
 
 
 class DtlsRole(enum.Enum):
@@ -278,6 +282,8 @@ def answer_offer(offer: SessionDescription, local: LocalParams, *,
     """
     if not offer.media:
         raise NegotiationError("offer has no media sections")
+    if len(offer.media) > MAX_OFFER_SECTIONS:
+        raise NegotiationError(f"offer has {len(offer.media)} media sections, more than {MAX_OFFER_SECTIONS}")
     bundles = offer.bundle_groups()
     # One transport: with BUNDLE only the first group's sections; without it,
     # only one section can get the transport.

@@ -281,6 +281,9 @@ def parse(text: str | bytes) -> SessionDescription:
         raise SdpParseError("empty description")
 
     desc = SessionDescription(timings=[])
+    # r= lines of each t=, gathered here and attached once at the end: rebuilding the frozen
+    # Timing per r= line copied every earlier repeat, quadratic in a hostile description.
+    repeats: list[list[str]] = []
     media: MediaSection | None = None
     seen_v = seen_o = seen_s = False
     for number, line in enumerate(lines, 1):
@@ -341,11 +344,11 @@ def parse(text: str | bytes) -> SessionDescription:
             desc.phones.append(value)
         elif kind == "t":
             desc.timings.append(_timing(value))
+            repeats.append([])
         elif kind == "r":
             if not desc.timings:
                 raise SdpParseError(f"line {number}: r= without t=")
-            last = desc.timings[-1]
-            desc.timings[-1] = Timing(last.start, last.stop, (*last.repeats, value))
+            repeats[-1].append(value)
         elif kind == "z":
             if desc.zone is not None:
                 raise SdpParseError(f"line {number}: second z=")
@@ -356,6 +359,7 @@ def parse(text: str | bytes) -> SessionDescription:
         raise SdpParseError("description lacks one of v=, o=, s=")
     if not desc.timings:
         raise SdpParseError("description lacks t=")
+    desc.timings = [Timing(t.start, t.stop, tuple(r)) if r else t for t, r in zip(desc.timings, repeats)]
     return desc
 
 

@@ -10,7 +10,7 @@ from sdp.codecs import EXT_DEPENDENCY_DESCRIPTOR, EXT_MID, EXT_RID, EXT_TWCC
 from sdp.errors import NegotiationError
 from sdp.model import Direction, Fingerprint, Group, Rid, SetupRole, flag
 from sdp.negotiator import (
-    DtlsRole, LocalParams, answer_offer, local_dtls_role, negotiated_media,
+    MAX_OFFER_SECTIONS, DtlsRole, LocalParams, answer_offer, local_dtls_role, negotiated_media,
 )
 from sdp.parser import parse, serialize
 
@@ -315,3 +315,20 @@ def test_answer_offer_on_mutated_offers_raises_only_negotiation_error(name, scri
             assert offered[c.payload_type].name == c.name  # offerer's PT numbers kept
             assert not c.is_rtx or c.apt in {x.payload_type for x in a.codecs()}
         assert not a.direction.sends
+
+
+def _offer_with_sections(count: int) -> str:
+    """A usable first m-line, then the smallest m-lines a client can write."""
+    first = fixture("chromium_publisher_offer_simulcast.sdp")
+    text = serialize(first)
+    return text + "m=a 0 b c\r\n" * (count - len(first.media))
+
+
+def test_offer_with_more_m_lines_than_the_limit_is_refused():
+    # 80,000 one-word m-lines (880 KB) were answered with 18.5 MB: each rejected section
+    # repeats the transport attributes. Past MAX_OFFER_SECTIONS the offer is refused.
+    with pytest.raises(NegotiationError, match="media sections"):
+        answer_offer(parse(_offer_with_sections(MAX_OFFER_SECTIONS + 1)), local_params())
+    answer = answer_offer(parse(_offer_with_sections(MAX_OFFER_SECTIONS)), local_params())
+    assert len(answer.media) == MAX_OFFER_SECTIONS
+    assert len(parse(serialize(answer)).media) == MAX_OFFER_SECTIONS

@@ -326,3 +326,26 @@ def test_generated_models_round_trip(desc):
     text = serialize(desc)
     assert parse(text) == desc
     assert serialize(parse(text)) == text
+
+
+def test_repeat_lines_are_gathered_in_linear_work(monkeypatch):
+    # r= lines used to rebuild the frozen Timing once per line, copying every earlier repeat:
+    # a 1 MB description of r= lines took over four minutes of one event loop. Count the
+    # repeats copied into Timing objects instead of timing the parse.
+    import sdp.parser as parser_module
+
+    copied = 0
+    real_timing = parser_module.Timing
+
+    def counting_timing(start=0, stop=0, repeats=()):
+        nonlocal copied
+        copied += len(repeats)
+        return real_timing(start, stop, repeats)
+
+    monkeypatch.setattr(parser_module, "Timing", counting_timing)
+    n = 20_000
+    text = "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n" + "r=7d 1h 0 25h\r\n" * n + "t=1 2\r\nr=x\r\n"
+    desc = parse(text)
+    assert [len(t.repeats) for t in desc.timings] == [n, 1]
+    assert desc.timings[0].repeats[0] == "7d 1h 0 25h" and desc.timings[1].repeats == ("x",)
+    assert copied <= 2 * (n + 1)

@@ -32,7 +32,8 @@ def _reparse(text: str) -> None:
     try:
         parse(text)
     except SdpParseError as exc:
-        raise AssertionError(f"our own serialization does not parse: {exc}\n{text}") from None
+        raise AssertionError(f"our own serialization ({len(text)} characters) does not parse: {exc}\n"
+                             f"{text[:2000]}") from None
 
 
 def run_offer(data: bytes) -> None:
