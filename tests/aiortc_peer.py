@@ -5,7 +5,8 @@ Usage: aiortc_peer.py SRTP_PROFILES   (``all``: aiortc's defaults; ``cm``: AES12
 JSON lines on stdout/stdin:
 
 1. we print ``{"type": "offer", "sdp": ...}``: one sendonly audio transceiver
-   carrying a 440 Hz tone, host candidate on 127.0.0.1 only;
+   carrying a 440 Hz tone, host candidate on 127.0.0.1 only (no ICE servers: nothing
+   leaves the machine);
 2. we read ``{"type": "answer", "sdp": ...}`` and apply it;
 3. we print ``{"type": "connected", ...}`` (or ``"failed"``) with what aiortc
    negotiated: DTLS role, SRTP profile, SSRC, the peer certificate it verified;
@@ -30,9 +31,10 @@ from av import AudioFrame
 from cryptography.hazmat.primitives.serialization import Encoding
 
 import aiortc.rtcdtlstransport as dtls_module
-from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack
 from aiortc.rtcrtpsender import RTCRtpSender
+from local_peers import forbid_ice_servers, loopback_peer_connection  # tests/ is this script's directory
 
 SAMPLE_RATE = 48000
 SAMPLES = 960  # 20 ms
@@ -70,6 +72,7 @@ async def read_message() -> dict:
 
 async def main() -> None:
     profiles = sys.argv[1] if len(sys.argv) > 1 else "all"
+    forbid_ice_servers()  # this process's own guard: conftest's does not reach a subprocess
     # aioice skips loopback when gathering; the test runs on 127.0.0.1 only.
     aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]
     if profiles == "cm":
@@ -103,7 +106,7 @@ async def main() -> None:
 
     dtls_module.RTCDtlsTransport._handle_rtp_data = handle_rtp
 
-    pc = RTCPeerConnection()
+    pc = loopback_peer_connection()
     connected = asyncio.Event()
 
     @pc.on("connectionstatechange")

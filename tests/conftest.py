@@ -3,6 +3,8 @@ import pathlib
 
 from hypothesis import HealthCheck, settings
 
+from local_peers import forbid_ice_servers
+
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 
 # Shared machines are slow and noisy: no per-example deadline, and CI runs a
@@ -19,3 +21,6 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+# No in-process test peer may gather against a STUN or TURN server (see local_peers.py).
+forbid_ice_servers()

@@ -206,10 +206,12 @@ def test_offer_without_bundle_gets_one_section():
 
 def test_aiortc_publisher_accepts_our_answer(monkeypatch):
     loopback_only(monkeypatch)
-    from aiortc import RTCPeerConnection, RTCSessionDescription
+    from aiortc import RTCSessionDescription
+
+    from local_peers import loopback_peer_connection
 
     async def run():
-        pc = RTCPeerConnection()
+        pc = loopback_peer_connection()
         try:
             pc.addTransceiver("audio", direction="sendonly")
             pc.addTransceiver("video", direction="sendonly")

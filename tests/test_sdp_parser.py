@@ -123,11 +123,12 @@ def test_candidate_parses_with_aioice():
 
 def test_aiortc_sdp_round_trips_and_aiortc_reads_ours():
     """aiortc writes SDP in its own layout; we keep it byte for byte, and its parser reads ours."""
-    from aiortc import RTCPeerConnection
     from aiortc.sdp import SessionDescription as AiortcSdp
 
+    from local_peers import loopback_peer_connection
+
     async def make_offer():
-        pc = RTCPeerConnection()
+        pc = loopback_peer_connection()
         pc.addTransceiver("audio", direction="sendonly")
         pc.addTransceiver("video", direction="sendrecv")
         pc.createDataChannel("_reliable")

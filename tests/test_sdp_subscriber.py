@@ -31,8 +31,8 @@ class AiortcSubscriber:
     """aiortc playing the LiveKit client on its subscriber PC: it answers our offers."""
 
     def __init__(self):
-        from aiortc import RTCPeerConnection
-        self.pc = RTCPeerConnection()
+        from local_peers import loopback_peer_connection
+        self.pc = loopback_peer_connection()
         self.tracks = []
         self.pc.on("track", self.tracks.append)
 
