@@ -12,6 +12,7 @@ import json
 import pathlib
 
 import trio
+from budgets import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from livekit.protocol import models, rtc
@@ -82,7 +83,7 @@ def run_dispatch(responses: list[rtc.SignalResponse], pending_offer: bool) -> No
     trio.run(main)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(1.5), deadline=None)
 @given(st.data())
 def test_mangled_subscriber_offers(data) -> None:
     offers = [rtc.SignalResponse(offer=rtc.SessionDescription(type="offer", sdp=mutated(OFFER_LINES, data), id=i))
@@ -90,7 +91,7 @@ def test_mangled_subscriber_offers(data) -> None:
     run_dispatch(offers, pending_offer=False)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(1.5), deadline=None)
 @given(st.data())
 def test_mangled_publisher_answers(data) -> None:
     answer = rtc.SignalResponse(answer=rtc.SessionDescription(
@@ -105,7 +106,7 @@ json_values = st.recursive(
 )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(2), deadline=None)
 @given(st.one_of(
     st.text(max_size=80),
     json_values.map(json.dumps),
@@ -123,7 +124,7 @@ def test_random_trickles(candidate_init: str, target: int, final: bool, with_off
     run_dispatch(responses, pending_offer=True)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(1), deadline=None)
 @given(st.integers(0, 2**31 - 1), st.integers(0, 2**31 - 1), st.integers(0, 2**32 - 1))
 def test_unknown_enum_values_still_act(leave_reason: int, refusal_reason: int, request_id: int) -> None:
     """A leave or a refusal with an enum value newer than our protobufs still takes effect."""

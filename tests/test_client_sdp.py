@@ -14,6 +14,7 @@ import pathlib
 
 import aiortc.sdp
 import pytest
+from budgets import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -147,7 +148,7 @@ def test_answer_rejects_what_it_cannot_take() -> None:
     assert not answer.media[1].rejected
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(2), deadline=None)
 @given(st.lists(st.sampled_from(range(3)), min_size=1, max_size=6), st.booleans())
 def test_answer_keeps_offer_order_for_any_subset(indices: list[int], drop_bundle: bool) -> None:
     base = fixture("chromium_subscriber_offer_sent.sdp")

@@ -5,6 +5,7 @@ as counted drops or a ConnectionFailed event."""
 from __future__ import annotations
 
 import pytest
+from budgets import examples
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -12,7 +13,7 @@ from dtls_helpers import make_certificate
 
 from rtp.dtls import DtlsConnection, DtlsRole, DtlsState
 
-SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=examples(2), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 CLIENT_CERT = make_certificate()
 SERVER_CERT = make_certificate()
 

@@ -5,6 +5,7 @@ import fractions
 import random
 
 import pytest
+from budgets import examples
 from hypothesis import given, settings, strategies as st
 
 from rtp.packet import RtpPacket
@@ -135,7 +136,7 @@ def test_detector_by_mime():
     assert keyframe_detector("audio/opus")(b"", 0, None)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(4), deadline=None)
 @given(st.binary(max_size=64), st.integers(-2, 70), st.one_of(st.none(), st.integers(-2, 70)))
 def test_garbage_never_raises(data, start, end):
     for fn in (is_vp8_keyframe, is_h264_keyframe, is_vp9_keyframe, is_av1_keyframe):
@@ -144,7 +145,7 @@ def test_garbage_never_raises(data, start, end):
     payload_bounds(data)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(3), deadline=None)
 @given(st.binary(max_size=40), st.binary(min_size=0, max_size=8))
 def test_payload_bounds_match_the_parser(payload, ext):
     pkt = RtpPacket(payload_type=96, payload=payload, extensions={1: ext} if ext else {},
@@ -167,7 +168,7 @@ def test_vp9_layer_sid_bits_only():
     assert is_vp9_keyframe(bytes([0x28, 0x01, 0x05]))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(3), deadline=None)
 @given(st.binary(max_size=12), st.integers(0, 0x7FFF), st.integers(0, 255))
 def test_munge_vp8_agrees_with_the_descriptor_parser(payload, pid_offset, tl0_offset):
     from trio_sfu.forwarding.codec_keyframes import munge_vp8

@@ -3,6 +3,7 @@
 import asyncio
 
 import pytest
+from budgets import examples
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -201,7 +202,7 @@ def test_attribute_views_for_known_lines():
 
 # --- property tests ----------------------------------------------------------------
 
-SETTINGS = settings(max_examples=300, deadline=None,
+SETTINGS = settings(max_examples=examples(3), deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
 
 _REAL_LINES = sorted({l for p in FIXTURE_FILES for l in crlf(p.read_text()).split("\r\n") if l})
