@@ -5,6 +5,8 @@ from hypothesis import settings
 
 import budgets
 from local_peers import forbid_ice_servers
+from must_run import header as must_run_header
+from must_run import pytest_make_collect_report, pytest_runtest_makereport  # noqa: F401  (hooks)
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 
@@ -16,7 +18,7 @@ forbid_ice_servers()
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    return [budgets.header(PROFILE)]
+    return [budgets.header(PROFILE), must_run_header()]
 
 
 def _max_examples(item: pytest.Item) -> int | None:
