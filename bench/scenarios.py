@@ -30,6 +30,8 @@ from typing import Any, Optional
 
 import attrs
 
+from trio_sfu.sockstat import process_drops
+
 from . import procstat
 
 _PROGRESS = re.compile(
@@ -267,6 +269,9 @@ def run_scenario(scenario: Scenario, *, warmup: float = 3.0, window: float = 10.
             log(f"{scenario.name}: probe {probe_result}")
 
         stop(tester, signal.SIGINT, timeout=60)
+        # Read with the tester gone and the server still up: every receive-buffer overflow of
+        # the run is in these counts (the tester's own are in its summary).
+        server_drops = process_drops(server.pid)
         summary: dict[str, Any] = {}
         if os.path.exists(json_path):
             with open(json_path, encoding="utf-8") as handle:
@@ -299,6 +304,10 @@ def run_scenario(scenario: Scenario, *, warmup: float = 3.0, window: float = 10.
             "latency_ms_p50": totals.get("latency_ms_p50"),
             "latency_ms_p99": totals.get("latency_ms_p99"),
             "loss_total": totals.get("loss"),
+            "packets_lost_total": totals.get("packets_lost"),
+            # Datagrams the kernel dropped because a receive buffer was full (a starved reader):
+            # loss that is the machine's, not the SFU's. None where the platform does not say.
+            "udp_drops": {"server": server_drops, "tester": totals.get("socket_drops")},
             "errors_total": totals.get("errors"),
             "rss_idle_mb": rss_idle / 2**20,
             "rss_loaded_mb": rss_loaded / 2**20,

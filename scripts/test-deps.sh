@@ -5,16 +5,25 @@
 #   nodejs, npm              run playwright-core and install scripts/browser's npm packages
 #   scripts/browser/node_modules   livekit-client + playwright-core, from package-lock.json (npm ci)
 # Each step is skipped when its result is already present, so a second run is a no-op.
-# Nothing here fails the build: what cannot be installed (not root, no apt-get, no network)
-# is reported, and the tests that need it skip naming what is missing.
+#
+# Two modes. By default nothing here fails the build: what cannot be installed (not root, no
+# apt-get, no network) is reported, and the tests that need it skip naming what is missing.
+# With TRIO_SFU_REQUIRE_E2E=1 (CI: .ci/run sets it) the end-to-end tests must run, so a failed
+# step or anything still missing at the end (including a network namespace that cannot be made)
+# exits non-zero: CI fails here, naming it, instead of going green with those tests skipped.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
 say() { echo "test-deps: $*" >&2; }
+require=0
+[ "${TRIO_SFU_REQUIRE_E2E:-}" = 1 ] && require=1
+chromium="${CHROMIUM_PATH:-/usr/bin/chromium}"
+failed=()
+step_failed() { say "$*"; failed+=("$*"); }
 
 need_apt=()
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
-[ -x "${CHROMIUM_PATH:-/usr/bin/chromium}" ] || need_apt+=(chromium)
+[ -x "$chromium" ] || need_apt+=(chromium)
 if ! command -v node >/dev/null 2>&1; then
     need_apt+=(nodejs npm)
 elif ! command -v npm >/dev/null 2>&1; then
@@ -27,9 +36,9 @@ if [ ${#need_apt[@]} -gt 0 ]; then
         say "installing ${need_apt[*]}"
         apt-get update -qq \
             && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null \
-            || say "apt-get install ${need_apt[*]} failed; tests needing them skip"
+            || step_failed "apt-get install ${need_apt[*]} failed"
     else
-        say "cannot install ${need_apt[*]} (not root or no apt-get); tests needing them skip"
+        step_failed "cannot install ${need_apt[*]} (not root or no apt-get)"
     fi
 fi
 
@@ -54,10 +63,39 @@ if command -v npm >/dev/null 2>&1; then
     fi
     if [ $stale = 1 ]; then
         say "npm ci in $browser"
-        (cd "$browser" && npm ci --no-audit --no-fund --loglevel=error) \
-            || say "npm ci failed; browser tests skip"
+        (cd "$browser" && npm ci --no-audit --no-fund --loglevel=error) || step_failed "npm ci in $browser failed"
     fi
-else
-    say "no npm; browser tests skip"
 fi
+
+# What the end-to-end tests will look for, checked after the installs.
+missing=()
+command -v ip >/dev/null 2>&1 || missing+=("ip (iproute2)")
+[ -x "$chromium" ] || missing+=("Chromium at $chromium")
+command -v node >/dev/null 2>&1 || missing+=("node")
+for package in playwright-core livekit-client; do
+    [ -d "$browser/node_modules/$package" ] || missing+=("$browser/node_modules/$package")
+done
+if [ "$(id -u)" != 0 ]; then
+    missing+=("root, to create network namespaces")
+elif command -v ip >/dev/null 2>&1; then
+    # The namespace the e2e tests make (trio_sfu/testing/netns.py): one with a dummy or ifb link.
+    ns="trio-sfu-deps-check-$$"
+    if ip netns add "$ns" 2>/dev/null; then
+        ip -n "$ns" link add t0 type dummy 2>/dev/null || ip -n "$ns" link add t0 type ifb 2>/dev/null \
+            || missing+=("a dummy or ifb link in a network namespace")
+        ip netns delete "$ns" 2>/dev/null || step_failed "could not delete the check namespace $ns"
+    else
+        missing+=("a network namespace (ip netns add failed)")
+    fi
+fi
+
+if [ ${#missing[@]} -eq 0 ] && [ ${#failed[@]} -eq 0 ]; then
+    exit 0
+fi
+for item in "${missing[@]}"; do say "missing: $item"; done
+if [ $require = 1 ]; then
+    say "TRIO_SFU_REQUIRE_E2E=1: the end-to-end tests must run here, and cannot (see above)"
+    exit 1
+fi
+[ ${#missing[@]} -gt 0 ] && say "the tests that need what is missing will skip, naming it"
 exit 0

@@ -7,7 +7,8 @@ Usage: aiortc_peer.py SRTP_PROFILES [--data-channel]
 JSON lines on stdout/stdin:
 
 1. we print ``{"type": "offer", "sdp": ...}``: one sendonly audio transceiver
-   carrying a 440 Hz tone, host candidate on 127.0.0.1 only;
+   carrying a 440 Hz tone, host candidate on 127.0.0.1 only (no ICE servers: nothing
+   leaves the machine);
 2. we read ``{"type": "answer", "sdp": ...}`` and apply it;
 3. we print ``{"type": "connected", ...}`` (or ``"failed"``) with what aiortc
    negotiated: DTLS role, SRTP profile, SSRC, the peer certificate it verified;
@@ -40,10 +41,11 @@ from av import AudioFrame
 from cryptography.hazmat.primitives.serialization import Encoding
 
 import aiortc.rtcdtlstransport as dtls_module
-from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack
 from aiortc.rtcrtpsender import RTCRtpSender
 from aiortc.rtcsctptransport import RTCSctpTransport
+from local_peers import forbid_ice_servers, loopback_peer_connection  # tests/ is this script's directory
 
 SAMPLE_RATE = 48000
 SAMPLES = 960  # 20 ms
@@ -90,6 +92,7 @@ def describe(label: str, message) -> list:
 async def main() -> None:
     profiles = sys.argv[1] if len(sys.argv) > 1 else "all"
     with_data_channel = "--data-channel" in sys.argv[2:]
+    forbid_ice_servers()  # this process's own guard: conftest's does not reach a subprocess
     # aioice skips loopback when gathering; the test runs on 127.0.0.1 only.
     aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]
     if profiles == "cm":
@@ -134,7 +137,7 @@ async def main() -> None:
 
     RTCSctpTransport._set_state = set_state
 
-    pc = RTCPeerConnection()
+    pc = loopback_peer_connection()
     connected = asyncio.Event()
     channels: dict = {}
     data_received: list[list] = []

@@ -15,6 +15,7 @@ import httpx
 import jwt
 import pytest
 import trio
+from budgets import examples
 from hypothesis import given, settings, strategies as st
 from livekit import api
 from livekit.protocol import models, room as room_pb, rtc
@@ -233,7 +234,7 @@ REQUEST_TYPES = [
 ]
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(3), deadline=None)
 @given(data=st.binary(max_size=300), type_index=st.integers(0, len(REQUEST_TYPES) - 1), as_json=st.booleans())
 def test_arbitrary_bodies_only_raise_malformed(data: bytes, type_index: int, as_json: bool) -> None:
     encoding = Encoding.JSON if as_json else Encoding.PROTOBUF
@@ -250,7 +251,7 @@ json_text = st.recursive(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(3), deadline=None)
 @given(value=json_text, type_index=st.integers(0, len(REQUEST_TYPES) - 1))
 def test_arbitrary_json_documents_only_raise_malformed(value: Any, type_index: int) -> None:
     try:
@@ -259,7 +260,7 @@ def test_arbitrary_json_documents_only_raise_malformed(value: Any, type_index: i
         assert exc.code == "malformed"
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(2), deadline=None)
 @given(
     name=st.text(max_size=40),
     metadata=st.text(max_size=40),

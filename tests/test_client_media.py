@@ -7,9 +7,11 @@ the server's subscriber offer answered by our client, ICE (controlling) against
 the server's ICE-lite mux, DTLS as client on both PCs, SRTP both ways, and the
 server's forwarding. What the assertions prove: both tracks arrive at the
 subscriber under the sids the publisher was given, with packets on one SSRC per
-track, no sequence gap on loopback, the publisher's send stamps intact in the
-payload (so the latency measured is real), and both clients leave without a
-task surviving the server.
+track, no sequence gap on loopback that the kernel did not count dropping (a
+receive buffer that overflowed while its reader was starved: tests count what
+arrives after the first packet and wait on counters, never on the clock), the
+publisher's send stamps intact in the payload (so the latency measured is real),
+and both clients leave without a task surviving the server.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import server_fixtures
 from server_fixtures import mint_token
 from trio_sfu.client import LiveKitClient
 from trio_sfu.client.senders import send_synthetic_audio, send_synthetic_video
+from trio_sfu.sockstat import socket_drops
 
 
 
@@ -30,6 +33,22 @@ def media_server():
     """The server with its media stack on loopback; server_fixtures' leak check runs at exit
     (tasks, sockets, rooms, track sources and their subscribers)."""
     return server_fixtures.media_server()
+
+
+def kernel_drops(server, *clients: LiveKitClient) -> int:
+    """Datagrams the kernel dropped on the server's UDP socket and the clients' PC sockets (receive
+    buffers full while a reader was starved of CPU): the only loss loopback may show. One dropped
+    on its way into the server is lost to every subscriber; here there is one."""
+    counts = [socket_drops(server.media.mux.sock)]
+    counts += [pc.socket_drops() for c in clients for pc in (c.publisher_pc, c.subscriber_pc) if pc is not None]
+    assert None not in counts, "the kernel's drop counts are unreadable here (Linux /proc/net/udp)"
+    return sum(counts)
+
+
+async def until(condition, timeout: float = 20.0) -> None:
+    with trio.fail_after(timeout):
+        while not condition():
+            await trio.sleep(0.02)
 
 
 async def test_one_publishes_audio_and_simulcast_video_the_other_receives() -> None:
@@ -43,8 +62,10 @@ async def test_one_publishes_audio_and_simulcast_video_the_other_receives() -> N
             audio = await publisher.publish_audio()
             video = await publisher.publish_video(width=640, height=360, bitrate=600_000, simulcast=True)
             async with trio.open_nursery() as senders:
-                senders.start_soon(send_synthetic_audio, audio, 2.0)
-                senders.start_soon(send_synthetic_video, video, 2.0)
+                # Sent until enough has arrived, counted from the first packet on: however long
+                # the PCs take to come up on a busy machine, the counts below are reached.
+                senders.start_soon(send_synthetic_audio, audio, 60.0)
+                senders.start_soon(send_synthetic_video, video, 60.0)
                 tracks = []
                 with trio.fail_after(15):
                     async for track in subscriber.tracks():
@@ -53,18 +74,23 @@ async def test_one_publishes_audio_and_simulcast_video_the_other_receives() -> N
                             break
                     for track in tracks:
                         await track.first_packet.wait()
-            await trio.sleep(0.3)  # the last packets in flight
+                by_sid = {t.sid: t for t in tracks}
+                received_audio, received_video = by_sid.get(audio.sid), by_sid.get(video.sid)
+                assert received_audio is not None and received_video is not None, (by_sid, audio.sid, video.sid)
+                # RTCP both ways too: our SRs (one per stream per second) reached the SFU, whose RRs
+                # came back with our SR's LSR echoed, giving a round trip; our RRs went out too.
+                await until(lambda: received_audio.stats.packets >= 50 and received_video.stats.packets >= 30
+                            and publisher.sender_reports_sent >= 4 and subscriber.receiver_reports_sent >= 1
+                            and audio.receiver_reports >= 1 and video.receiver_reports >= 1
+                            and audio.rtt_ms is not None)
+                senders.cancel_scope.cancel()
+            drops = kernel_drops(server, subscriber, publisher)
 
-            assert {t.sid for t in tracks} == {audio.sid, video.sid}
             assert {t.participant_sid for t in tracks} == {publisher.participant_sid}
-            by_sid = {t.sid: t for t in tracks}
-            received_audio, received_video = by_sid[audio.sid], by_sid[video.sid]
             assert received_audio.kind == "audio" and received_video.kind == "video"
-            # ~100 audio packets were sent after the PC came up; most must be through.
-            assert received_audio.stats.packets >= 50, received_audio.stats
-            assert received_video.stats.packets >= 30, received_video.stats
             for track in tracks:
-                assert track.stats.lost == 0, (track.sid, track.stats.expected, track.stats.packets)
+                # No gap the SFU made: whatever is missing, the kernel counted dropping.
+                assert track.stats.lost <= drops, (track.sid, track.stats.expected, track.stats.packets, drops)
                 # Every payload kept our stamp: one latency sample per packet (loopback: well under 1 s).
                 assert len(track.stats.latencies_ms) == track.stats.packets
                 assert 0 <= track.stats.latency_percentile(0.5) < 1000
@@ -72,11 +98,9 @@ async def test_one_publishes_audio_and_simulcast_video_the_other_receives() -> N
             # Our server is ICE-lite: both of our PCs control ICE, and we answered without a=ice-lite.
             assert subscriber.subscriber_pc.transport.ice_mode is IceMode.CONTROLLING
             assert publisher.publisher_pc.transport.ice_mode is IceMode.CONTROLLING
-            # RTCP both ways: our SRs (one per stream per second) reached the SFU, whose RRs came back
-            # with our SR's LSR echoed, giving a loopback round trip; our RRs went out too.
-            assert publisher.sender_reports_sent >= 4 and subscriber.receiver_reports_sent >= 1
-            assert audio.receiver_reports >= 1 and video.receiver_reports >= 1
-            assert audio.rtt_ms is not None and 0 <= audio.rtt_ms < 100
+            # A loopback round trip from LSR/DLSR: a real number of milliseconds (a unit error
+            # would be off by orders of magnitude), bounded for a loaded machine.
+            assert 0 <= audio.rtt_ms < 1000
             assert audio.packets_sent >= 50 and video.packets_sent >= 30
             assert not [e for e in subscriber.errors + publisher.errors if "refused" in e], (
                 subscriber.errors, publisher.errors)
@@ -131,16 +155,19 @@ async def test_subscriber_counts_packets_the_publisher_never_sent_as_lost() -> N
 
             pc.send_rtp = lossy_send
             async with trio.open_nursery() as senders:
-                senders.start_soon(send_synthetic_audio, audio, 2.0)
+                senders.start_soon(send_synthetic_audio, audio, 60.0)
                 (track,) = await subscriber.wait_for_tracks(1)
                 with trio.fail_after(10):
                     await track.first_packet.wait()
-            await trio.sleep(0.2)
+                await until(lambda: track.stats.packets >= 40)  # counted from its first packet
+                senders.cancel_scope.cancel()
+            drops = kernel_drops(server, subscriber, publisher)
             stats = track.stats
             assert stats.packets >= 40 and dropped
-            # Gaps inside what the subscriber saw: the dropped packets after its first arrival.
+            # Gaps inside what the subscriber saw: the dropped packets after its first arrival
+            # (and any datagram the kernel dropped, which it counts).
             assert stats.lost == stats.expected - stats.packets > 0
-            assert abs(stats.lost - stats.packets / 9) <= 2, (stats.lost, stats.packets, len(dropped))
+            assert abs(stats.lost - stats.packets / 9) <= 2 + drops, (stats.lost, stats.packets, len(dropped), drops)
 
 
 async def test_track_goes_inactive_when_its_publisher_leaves() -> None:

@@ -15,6 +15,7 @@ import random
 import pytest
 from aiortc.codecs.vpx import VpxPayloadDescriptor
 from aiortc.rtp import RtpPacket as AiortcRtpPacket
+from budgets import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -116,7 +117,7 @@ def test_opus_payload_shape() -> None:
     assert read_send_stamp(payload) == 123456789
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(3), deadline=None)
 @given(st.binary(max_size=12), st.integers(0, 2**64 - 1), st.binary(max_size=40))
 def test_send_stamp_round_trip(prefix: bytes, stamp: int, suffix: bytes) -> None:
     if b"TSFU" in prefix + send_stamp(stamp)[:3]:
@@ -124,7 +125,7 @@ def test_send_stamp_round_trip(prefix: bytes, stamp: int, suffix: bytes) -> None
     assert read_send_stamp(prefix + send_stamp(stamp) + suffix) == stamp
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=examples(5), deadline=None)
 @given(st.binary(max_size=64))
 def test_readers_are_total(data: bytes) -> None:
     stamp = read_send_stamp(data)
@@ -146,7 +147,7 @@ def test_stats_loss_latency_bitrate() -> None:
     assert percentile([], 0.5) is None and percentile([5.0], 0.99) == 5.0
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(3), deadline=None)
 @given(st.integers(0, 65535), st.integers(1, 300), st.data())
 def test_stats_loss_matches_direct_count(first: int, span: int, data) -> None:
     """Received = a random subset (first and last kept, maybe duplicated) of a contiguous range,

@@ -5,6 +5,7 @@ PeerSession's, whose peer never connected, so everything stays queued — the wo
 from __future__ import annotations
 
 import pytest
+from budgets import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from livekit.protocol import models
@@ -42,7 +43,7 @@ def sender_and_room(may_publish: bool = True) -> tuple[dc.ParticipantData, Recor
     return sender, bob, carol, metrics
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(3), deadline=None)
 @given(st.binary(max_size=300), st.sampled_from(list(dc.DataKind)))
 def test_any_bytes_on_a_channel_are_forwarded_or_counted_never_raise(data: bytes, kind: dc.DataKind) -> None:
     sender, bob, carol, metrics = sender_and_room()
@@ -88,7 +89,7 @@ def client_packets(draw) -> models.DataPacket:
     return packet
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(3), deadline=None)
 @given(client_packets(), st.sampled_from(list(dc.DataKind)))
 def test_forwarded_packet_is_the_sent_one_with_the_server_set_sender(packet: models.DataPacket,
                                                                     kind: dc.DataKind) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import aiortc.rtp as aiortc_rtp
 import pytest
 from aioice import stun
+from budgets import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -82,7 +83,7 @@ def test_too_short():
     assert classify(b"\x00") is PacketKind.STUN
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(3), deadline=None)
 @given(st.binary(max_size=4))
 def test_total(data):
     assert isinstance(classify(data), PacketKind)

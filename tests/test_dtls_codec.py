@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
+from budgets import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -33,7 +34,7 @@ from rtp.dtls.handshake_messages import (
 from rtp.dtls.prf import prf
 from rtp.dtls.record import ReplayWindow, encode_record_header, parse_record, split_records
 
-SETTINGS = settings(max_examples=200, deadline=None)
+SETTINGS = settings(max_examples=examples(2), deadline=None)
 
 u8 = st.integers(0, 0xFF)
 u16 = st.integers(0, 0xFFFF)

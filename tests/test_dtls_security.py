@@ -260,6 +260,37 @@ def test_replayed_handshake_flight_triggers_no_retransmission():
     assert [type(e) for e in drain_events(client)] == [HandshakeCompleted]
 
 
+def _forge(datagram: bytes, *, content_type: int | None = None, record_seq: int | None = None,
+           length_delta: int = 0, message_seq: int | None = None) -> bytes:
+    """The client's one-record ClientHello datagram with header fields rewritten, as an off-path
+    attacker who saw one would send it (epoch 0 has no MAC to stop it)."""
+    (record,), _ = split_records(datagram)
+    ctype, version, epoch, seq, payload = record
+    ((msg_type, length, msg_seq, offset, body),) = split_handshake_fragments(payload)
+    handshake = encode_handshake_header(msg_type, length + length_delta,
+                                        msg_seq if message_seq is None else message_seq, offset, len(body)) + body
+    return encode_record_header(ctype if content_type is None else content_type, version, epoch,
+                                seq if record_seq is None else record_seq, len(handshake)) + handshake
+
+
+@pytest.mark.parametrize("forgery", [
+    dict(content_type=99, record_seq=2**40),  # noise with a huge record number
+    dict(record_seq=2**40, length_delta=256),  # a partial hello that never completes
+    dict(message_seq=256, length_delta=256),  # ... claiming a later message_seq
+], ids=["unknown-type", "partial-hello", "later-partial-hello"])
+def test_one_forged_record_does_not_stop_a_fresh_servers_handshake(forgery):
+    """Found by tests/test_dtls_fuzz.py: the epoch-0 replay window moved on arrival, and a fresh
+    server kept the first partial ClientHello it saw, so one forged datagram made every genuine
+    ClientHello a "replay" or "inconsistent" — and a server waiting for a hello has no timer."""
+    client, server = pair()
+    client.start(0.0)
+    (hello,) = client.datagrams_to_send(0.0)
+    server.receive_datagram(_forge(hello, **forgery), 0.0)
+    server.receive_datagram(hello, 0.0)
+    pump_pair(client, server)
+    assert client.state is DtlsState.CONNECTED and server.state is DtlsState.CONNECTED
+
+
 # ---------------------------------------------------------------- cookies and floods
 
 

@@ -3,6 +3,7 @@ and publisher restarts, padding without gaps, VP8 munging, NACK answers, PLI rel
 SR mapping, snapshot/restore."""
 
 import pytest
+from budgets import examples
 from hypothesis import given, settings, strategies as st
 
 from forwarding_streams import (
@@ -158,7 +159,7 @@ def test_late_packet_before_a_closed_gap_uses_the_old_offset():
     assert _sent(wire)[-1].sequence_number == 102
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(1.5), deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(["tick", "switch", "pad", "pause", "restart"]), st.integers(0, 2),
                           st.booleans()), min_size=1, max_size=60))
 def test_continuity_under_random_interleavings(ops):
@@ -389,7 +390,7 @@ def test_map_payload_types_by_codec_name():
     assert map_payload_types(pub, sub) == {96: 100, 97: 101, 111: 109, 63: 110}
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(3), deadline=None)
 @given(st.dictionaries(st.integers(1, 14), st.binary(min_size=1, max_size=16), max_size=6),
        st.dictionaries(st.integers(1, 14), st.integers(1, 14), max_size=6), st.booleans())
 def test_extension_ids_are_renumbered_or_blanked(exts, id_map, two_byte):

@@ -4,6 +4,7 @@ buffers come in — the memo is only a speed-up."""
 
 from __future__ import annotations
 
+from budgets import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -26,7 +27,7 @@ def _plain(packet: bytes, id_map) -> bytes:
     return bytes(buf)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(2), deadline=None)
 @given(st.lists(_packets, min_size=1, max_size=8), st.lists(_maps, min_size=1, max_size=3),
        st.lists(st.integers(0, 1000), min_size=1, max_size=30))
 def test_memoised_rewrite_equals_plain_rewrite(packets, maps, order):

@@ -2,6 +2,7 @@
 recovery, RRs parsed by aiortc, SR bookkeeping, lifecycle, and totality on garbage."""
 
 import pytest
+from budgets import examples
 from hypothesis import given, settings, strategies as st
 
 from forwarding_streams import RID_EXT, RRID_EXT, RTX_PT, VP8_PT, Wire, simulcast_pair, three_layers
@@ -190,7 +191,7 @@ def test_lifecycle_transitions_assert_the_state_they_leave():
     assert receiver.next_deadline() is None
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(3), deadline=None)
 @given(st.binary(max_size=80))
 def test_garbage_datagrams_never_raise(data):
     wire = Wire()
@@ -202,7 +203,7 @@ def test_garbage_datagrams_never_raise(data):
     receiver.poll_rtcp(1.0)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(3), deadline=None)
 @given(st.integers(0, 127), st.integers(0, 0xFFFF), st.binary(max_size=40),
        st.sampled_from([b"q", b"h", b"f", b"x", b"\xff"]), st.booleans(), st.integers(0, 30))
 def test_garbage_payloads_with_valid_headers_never_raise(pt, seq, payload, rid, rtx_ext, pad):

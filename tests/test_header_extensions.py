@@ -5,6 +5,7 @@ from __future__ import annotations
 import aiortc.rtp as aiortc_rtp
 import pytest
 from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
+from budgets import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -63,7 +64,7 @@ def test_extension_map_lookups():
         emap.add(0, MID_URI)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(2), deadline=None)
 @given(
     mid=st.text("abcdef0123456789", min_size=1, max_size=16),
     rid=st.text("hqf0123", min_size=1, max_size=8),
@@ -150,7 +151,7 @@ def test_malformed_values_raise_parse_error(decoder, value):
         decoder(value)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(3), deadline=None)
 @given(st.binary(max_size=8))
 def test_decoders_total(value):
     for decoder in (
@@ -167,7 +168,7 @@ def test_decoders_total(value):
             assert isinstance(exc, HeaderExtensionParseError)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(2), deadline=None)
 @given(st.integers(0, 0xFFFF), st.booleans(), st.integers(0, 127), st.integers(0, 0xFFFFFF))
 def test_encoders_round_trip(seq, voice, level, units):
     assert decode_transport_cc_seq(encode_transport_cc_seq(seq)) == seq

@@ -20,6 +20,7 @@ import sys
 import pytest
 import trio
 from aioice.candidate import Candidate
+from budgets import examples
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
@@ -290,7 +291,7 @@ def test_ufrag_of_extracts_local_part_cheaply():
     assert ufrag_of(b"\x00\x01\x00\x08\x21\x12\xa4\x42" + bytes(12) + b"\x00\x06\x00\x10ab") is None
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(3), deadline=None)
 @given(st.binary(max_size=160))
 def test_lite_and_ufrag_of_are_total_on_arbitrary_bytes(data):
     lite = make_lite()
@@ -300,7 +301,7 @@ def test_lite_and_ufrag_of_are_total_on_arbitrary_bytes(data):
     assert lite.valid_addresses == ()
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(3), deadline=None)
 @given(st.text(alphabet=string.ascii_letters + string.digits + "+/\u00e9\u30de", max_size=24), st.booleans())
 def test_ufrag_of_round_trips_usernames(name, with_remote):
     # ufrags are ice-chars (RFC 8839 §5.4), so never contain ':'; non-ASCII must not route.
@@ -533,7 +534,7 @@ def test_controlling_ignores_unusable_candidates():
     assert len(ctrl.pairs) == 1 and ctrl.counters.candidates_ignored == 4
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(1.5), deadline=None)
 @given(
     seed=st.integers(0, 2**32 - 1),
     loss=st.floats(0.0, 0.6),
@@ -575,7 +576,7 @@ def test_lossy_network_either_connects_consistently_or_fails_cleanly(seed, loss,
     assert lite.counters.bad_integrity == lite.counters.unknown_username == lite.counters.malformed == 0
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(2), deadline=None)
 @given(st.binary(max_size=160))
 def test_controlling_is_total_on_arbitrary_bytes(data):
     ctrl = make_ctrl()

@@ -40,10 +40,10 @@ from sdp.parser import parse as parse_sdp
 
 import trio_sfu.metrics as server_metrics  # noqa: E402
 
-#: How long a paused track is watched for packets that should not come.
-QUIET_WINDOW = 1.0
-#: Packets still in flight (sockets, the client's receive loop) when a mute takes effect.
-SETTLE = 0.3
+#: A paused track is watched while the server holds back this many more of its packets (audio
+#: comes at 50/s): the window is counted in packets the server handled, not in seconds, so a busy
+#: machine makes it longer, never emptier.
+HELD_BACK = 30
 
 
 @attrs.define
@@ -125,18 +125,58 @@ async def wait_listed_muted(subscriber: LiveKitClient, publisher: LiveKitClient,
             await trio.sleep(0.02)
 
 
-async def assert_quiet(scene: Scene, sids: list[str]) -> None:
-    """No packet of `sids` reaches the subscriber for QUIET_WINDOW while the publisher sends."""
-    await trio.sleep(SETTLE)
-    before = {sid: scene.received[sid].stats.packets for sid in sids}
-    sent_before = scene.audio.packets_sent + scene.video.packets_sent
+async def until(condition: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
+    with trio.move_on_after(timeout):
+        while not condition():
+            await trio.sleep(0.01)
+        return
+    raise AssertionError(f"not within {timeout:g} s: {what}")
+
+
+def subscriber_drops(client: LiveKitClient) -> int:
+    """Datagrams the kernel dropped on the client's subscriber socket (its reader starved)."""
+    drops = client.subscriber_pc.socket_drops() if client.subscriber_pc is not None else 0
+    assert drops is not None, "the kernel's drop counts are unreadable here (Linux /proc/net/udp)"
+    return drops
+
+
+async def assert_held_back(scene: Scene, downs: dict[str, Any], held: Callable[[], tuple[int, ...]]) -> None:
+    """The server holds back the tracks of `downs` (their down tracks to the subscriber) while
+    the publisher sends on: each of the server's counters in `held` moves by HELD_BACK while the
+    down tracks forward nothing and the subscriber receives nothing of them, not even under an
+    unknown SSRC.
+
+    The pause is in force from the first packet held back; what was forwarded before it is waited
+    for at the subscriber (less what the kernel counted dropping), so in-flight packets cannot
+    land inside the window."""
+    start = held()
+    await until(lambda: all(now > then for now, then in zip(held(), start)), "the server holding a packet back")
+    forwarded = {sid: down.counters.packets_sent for sid, down in downs.items()}
+    await until(lambda: all(scene.received[sid].stats.packets + subscriber_drops(scene.subscriber) >= n
+                            for sid, n in forwarded.items()), f"what was forwarded before the pause: {forwarded}")
+    before = {sid: scene.received[sid].stats.packets for sid in downs}
     unknown_before = scene.subscriber.unknown_ssrc_packets
-    await trio.sleep(QUIET_WINDOW)
-    after = {sid: scene.received[sid].stats.packets for sid in sids}
-    assert after == before
+    sent_before = scene.audio.packets_sent + scene.video.packets_sent
+    mark = held()
+    await until(lambda: all(now >= then + HELD_BACK for now, then in zip(held(), mark)),
+                f"{HELD_BACK} more packets held back by the server")
+    assert {sid: down.counters.packets_sent for sid, down in downs.items()} == forwarded
+    assert {sid: scene.received[sid].stats.packets for sid in downs} == before
     assert scene.subscriber.unknown_ssrc_packets == unknown_before
-    # The publisher went on sending all along (audio 50/s): the SFU is what stopped.
-    assert scene.audio.packets_sent + scene.video.packets_sent - sent_before >= 30
+    # The publisher went on sending all along: the SFU is what stopped.
+    assert scene.audio.packets_sent + scene.video.packets_sent - sent_before >= HELD_BACK
+
+
+def disabled_drops(downs: dict[str, Any]) -> Callable[[], tuple[int, ...]]:
+    """Each down track's count of packets it skipped because its track is paused."""
+    return lambda: tuple(down.counters.dropped_disabled for down in downs.values())
+
+
+async def settled(track: RemoteTrack, down: Any, subscriber: LiveKitClient) -> None:
+    """Until everything the server forwarded on `down` has reached the subscriber (less what the
+    kernel counted dropping) — instead of sleeping for the packets in flight."""
+    await until(lambda: track.stats.packets + subscriber_drops(subscriber) >= down.counters.packets_sent,
+                "the forwarded packets reaching the subscriber")
 
 
 async def wait_flowing(track: RemoteTrack, packets: int = 10) -> None:
@@ -169,19 +209,19 @@ async def test_client_mute_pauses_forwarding_and_unmute_resumes_at_a_keyframe() 
         await wait_listed_muted(scene.subscriber, scene.publisher, scene.video.sid, True)
         await wait_listed_muted(scene.subscriber, scene.publisher, scene.audio.sid, True)
         keyframe_requests = scene.video.keyframe_requests
-        await assert_quiet(scene, [scene.audio.sid, scene.video.sid])
+        downs = {sid: down_track(scene, scene.subscriber, sid) for sid in (scene.audio.sid, scene.video.sid)}
+        assert None not in downs.values(), downs
+        await assert_held_back(scene, downs, disabled_drops(downs))
         # Nobody asked the muted publisher for a keyframe; the SFU paused the packets itself.
         assert scene.video.keyframe_requests == keyframe_requests
-        for sid in (scene.audio.sid, scene.video.sid):
-            down = down_track(scene, scene.subscriber, sid)
-            assert down is not None and down.counters.dropped_disabled > 0
 
         await client_mute(scene.publisher, scene.video, False)
         await client_mute(scene.publisher, scene.audio, False)
         await wait_flowing(video_in)
         await wait_flowing(audio_in)
         assert scene.video.keyframe_requests > keyframe_requests
-        await trio.sleep(SETTLE)
+        await settled(audio_in, downs[scene.audio.sid], scene.subscriber)
+        await settled(video_in, downs[scene.video.sid], scene.subscriber)
         assert_continuous(audio_in)
         assert_continuous(video_in)
         assert scene.subscriber.unknown_ssrc_packets == 0
@@ -198,7 +238,9 @@ async def test_server_api_mute_pauses_forwarding_also_for_a_later_subscriber() -
         # The audio track was not muted and keeps flowing past the muted video.
         audio_in = scene.received[scene.audio.sid]
         audio_before = audio_in.stats.packets
-        await assert_quiet(scene, [scene.video.sid])
+        downs = {scene.video.sid: down_track(scene, scene.subscriber, scene.video.sid)}
+        assert None not in downs.values(), downs
+        await assert_held_back(scene, downs, disabled_drops(downs))
         assert audio_in.stats.packets > audio_before + 20
 
         # A subscriber joining now is offered the muted track but receives none of it.
@@ -206,7 +248,12 @@ async def test_server_api_mute_pauses_forwarding_also_for_a_later_subscriber() -
             late_tracks = {t.sid: t for t in await late.wait_for_tracks(2, timeout=15)}
             with trio.fail_after(10):
                 await late_tracks[scene.audio.sid].first_packet.wait()
-            await trio.sleep(QUIET_WINDOW)
+            await until(lambda: down_track(scene, late, scene.video.sid) is not None, "the late video down track")
+            late_down = down_track(scene, late, scene.video.sid)
+            # Counted on the server: HELD_BACK of the muted track's packets came for `late` and
+            # none went out, so none can be on the way.
+            await until(lambda: late_down.counters.dropped_disabled >= HELD_BACK, f"{HELD_BACK} packets held back")
+            assert late_down.counters.packets_sent == 0
             assert late_tracks[scene.video.sid].stats.packets == 0
             assert scene.video.keyframe_requests == keyframe_requests
 
@@ -216,7 +263,8 @@ async def test_server_api_mute_pauses_forwarding_also_for_a_later_subscriber() -
             await wait_flowing(video_in)
             await wait_flowing(late_tracks[scene.video.sid])
             assert scene.video.keyframe_requests > keyframe_requests
-            await trio.sleep(SETTLE)
+            await settled(video_in, downs[scene.video.sid], scene.subscriber)
+            await settled(late_tracks[scene.video.sid], late_down, late)
             assert_continuous(video_in)
             assert_continuous(late_tracks[scene.video.sid])
 
@@ -224,6 +272,9 @@ async def test_server_api_mute_pauses_forwarding_also_for_a_later_subscriber() -
 async def test_revoking_can_publish_unpublishes_the_tracks_from_the_media_path() -> None:
     async with publishing_scene() as scene:
         sids = [scene.audio.sid, scene.video.sid]
+        # Kept to read what they forwarded in all: the revoke closes them.
+        downs = {sid: down_track(scene, scene.subscriber, sid) for sid in sids}
+        assert None not in downs.values(), downs
         unmatched_before = scene.server.metrics.get(server_metrics.MEDIA_RTP_UNMATCHED)
         offers_before = len(scene.offers)
         permission = models.ParticipantPermission(can_subscribe=True, can_publish=False, can_publish_data=True)
@@ -240,9 +291,9 @@ async def test_revoking_can_publish_unpublishes_the_tracks_from_the_media_path()
         for sid in sids:
             section = next(m for m in last.media if m.mid == scene.received[sid].mid)
             assert section.rejected or not section.direction.sends, (sid, section.direction)
-        await assert_quiet(scene, sids)
         # The publisher's RTP on the revoked m-lines reaches the server but feeds no track.
-        assert scene.server.metrics.get(server_metrics.MEDIA_RTP_UNMATCHED) - unmatched_before >= 30
+        await assert_held_back(scene, downs, lambda: (scene.server.metrics.get(server_metrics.MEDIA_RTP_UNMATCHED),))
+        assert scene.server.metrics.get(server_metrics.MEDIA_RTP_UNMATCHED) - unmatched_before >= HELD_BACK
         room_media = next(iter(scene.server.media.rooms.values()))
         assert room_media.tracks == {}
         assert all(not s.subscriptions for s in room_media.sessions.values())
@@ -260,7 +311,10 @@ async def test_a_revoked_m_line_still_sending_never_feeds_a_track_published_late
             await call_api(scene.server, lambda lk: lk.room.update_participant(request))
         second = await scene.publisher.publish_audio("second")
         await second.wait_ready()
-        await trio.sleep(QUIET_WINDOW)  # the old m-line's audio arrives all along
+        # The old m-line's audio arrives all along: HELD_BACK more of it reach the server, unmatched.
+        unmatched = scene.server.metrics.get(server_metrics.MEDIA_RTP_UNMATCHED)
+        await until(lambda: scene.server.metrics.get(server_metrics.MEDIA_RTP_UNMATCHED) >= unmatched + HELD_BACK,
+                    f"{HELD_BACK} packets of the revoked m-line reaching the server")
         room_media = next(iter(scene.server.media.rooms.values()))
         assert room_media.tracks == {}
         assert not scene.subscriber.subscriptions.get(second.sid)

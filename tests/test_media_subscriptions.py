@@ -29,6 +29,22 @@ async def barrier(ws) -> None:
     await recv_until(ws, "pong_resp")
 
 
+def down_track_of(server, track_sid: str):
+    """The server's one down track of `track_sid` (only Bob subscribes to it here)."""
+    downs = [session.subscriptions[track_sid].down for room in server.media.rooms.values()
+             for session in room.sessions.values() if track_sid in session.subscriptions]
+    assert len(downs) == 1, downs
+    return downs[0]
+
+
+async def until(condition, what: str, timeout: float = 10.0) -> None:
+    with trio.move_on_after(timeout):
+        while not condition():
+            await trio.sleep(0.01)
+        return
+    raise AssertionError(f"not within {timeout:g} s: {what}")
+
+
 async def test_explicit_subscription_disable_enable_and_unsubscribe():
     async with media_server() as server:
         async with trio.open_nursery() as nursery, \
@@ -65,6 +81,10 @@ async def test_explicit_subscription_disable_enable_and_unsubscribe():
             with trio.move_on_after(0.5):
                 response = await recv_until(ws_b, "offer")
                 raise AssertionError(f"unexpected offer to a client with auto_subscribe=0: {response}")
+            # Not only quiet for a while: the server neither wants the track for anyone nor
+            # forwards it (the decision an offer would follow from).
+            sessions = [session for room in server.media.rooms.values() for session in room.sessions.values()]
+            assert len(sessions) == 2 and not [s for s in sessions if sid in s.subscriptions or sid in s.manager.subscriptions]
 
             def plis() -> int:
                 return len([p for p in alice_pub.rtcp if isinstance(p, rtcp.Pli) and p.media_ssrc == VIDEO_SSRC])
@@ -85,19 +105,26 @@ async def test_explicit_subscription_disable_enable_and_unsubscribe():
             await send_video(5, keyframe_first=True)
             await bob_sub.wait_for(lambda: received() >= 5)
 
-            # Disabled: the server stops forwarding.
+            # Disabled: the server stops forwarding. Everything it forwarded before arrived (the
+            # wait above); the server's counters, not a sleep, say when the 10 were handled.
+            down = down_track_of(server, sid)
+            forwarded = down.counters.packets_sent
             await send(ws_b, rtc.SignalRequest(track_setting=rtc.UpdateTrackSettings(track_sids=[sid], disabled=True)))
             await barrier(ws_b)
             before = received()
+            paused = down.counters.dropped_disabled
             await send_video(10, keyframe_first=True)
-            await trio.sleep(0.2)
+            await until(lambda: down.counters.dropped_disabled >= paused + 10, "10 packets held back")
+            assert down.counters.packets_sent == forwarded
             assert received() == before
 
             # Enabled again: forwarding resumes at the next keyframe, numbering continues.
             await send(ws_b, rtc.SignalRequest(track_setting=rtc.UpdateTrackSettings(track_sids=[sid], disabled=False, quality=models.VideoQuality.HIGH)))
             await barrier(ws_b)
+            waiting = down.counters.dropped_waiting_keyframe
             await send_video(3)  # deltas: not decodable on their own, not forwarded
-            await trio.sleep(0.1)
+            await until(lambda: down.counters.dropped_waiting_keyframe >= waiting + 3, "3 deltas held back")
+            assert down.counters.packets_sent == forwarded
             assert received() == before
             await send_video(4, keyframe_first=True)
             got = await bob_sub.wait_for(lambda: [p for p in bob_sub.rtp if p.ssrc == bob_ssrc] if received() >= before + 4 else None)

@@ -19,6 +19,7 @@ import random
 import pytest
 import trio
 from aioice.candidate import Candidate
+from budgets import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -384,7 +385,7 @@ def test_send_refuses_what_srtp_cannot_protect():
     assert wire.client.counters.send_invalid == 2
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(3), deadline=None)
 @given(
     data=st.binary(max_size=200),
     first=st.integers(0, 255),
@@ -406,7 +407,7 @@ def test_arbitrary_datagrams_never_raise_nor_make_media(data, first, from_client
 CONNECTED_FOR_FUZZ = connected_wire()
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(2), deadline=None)
 @given(st.lists(st.tuples(st.binary(max_size=120), st.sampled_from([CLIENT_ADDR, STRANGER])), max_size=8))
 def test_arbitrary_datagrams_to_a_new_lite_transport_change_nothing(datagrams):
     _, server = make_pair()

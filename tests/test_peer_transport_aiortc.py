@@ -205,6 +205,10 @@ async def _exchange(nursery, peer, sock, port, certificate, we_accept, expected)
     offer_message = await peer.read()
     assert offer_message["type"] == "offer"
     offer = parse(offer_message["sdp"])
+    # Gathered on loopback with no ICE server (tests/local_peers.py): host candidates on
+    # 127.0.0.1 only, nothing reflexive or relayed from beyond this machine.
+    gathered = [c.to_aioice() for m in offer.media for c in m.candidates]
+    assert gathered and {(c.host, c.type) for c in gathered} == {("127.0.0.1", "host")}, gathered
     local = LocalParams(
         ice_ufrag=secrets.token_hex(4),
         ice_pwd=secrets.token_hex(12),

@@ -7,6 +7,7 @@ import random
 import aiortc.rtcrtpreceiver as aiortc_receiver
 import aiortc.rtp as aiortc_rtp
 import pytest
+from budgets import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -130,7 +131,7 @@ def test_no_report_before_first_packet():
     assert ReceiveStatistics(1, 48000).report_block(0.0) is None
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(0.6), deadline=None)
 @given(
     st.integers(0, 0xFFFF),
     st.integers(0, 0xFFFFFFFF),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import aiortc.rtp as aiortc_rtp
 import pytest
+from budgets import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -238,7 +239,7 @@ def _aiortc_block(b: ReportBlock):
     )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(2), deadline=None)
 @given(ssrc=u32, ntp=st.integers(0, (1 << 64) - 1), rtp_ts=u32, pc=u32, oc=u32, reports=st.lists(blocks, max_size=4))
 def test_sr_rr_match_aiortc(ssrc, ntp, rtp_ts, pc, oc, reports):
     sr = SenderReport(ssrc, ntp, rtp_ts, pc, oc, reports)
@@ -258,7 +259,7 @@ def test_sr_rr_match_aiortc(ssrc, ntp, rtp_ts, pc, oc, reports):
 sdes_items = st.lists(st.tuples(st.integers(1, 8), st.binary(max_size=40)), max_size=4)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(2), deadline=None)
 @given(st.lists(st.tuples(u32, sdes_items), max_size=1), st.lists(u32, max_size=5))
 def test_sdes_bye_match_aiortc(chunks, ssrcs):
     # aiortc neither writes nor reads the per-chunk word alignment of RFC 3550
@@ -277,7 +278,7 @@ def test_sdes_bye_match_aiortc(chunks, ssrcs):
     assert aiortc_rtp.RtcpPacket.parse(Bye(ssrcs, b"shutting down").serialize())[0].sources == ssrcs
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(2), deadline=None)
 @given(u32, u32, st.lists(st.integers(0, 65000), min_size=1, max_size=60, unique=True).map(sorted))
 def test_nack_matches_aiortc(sender, media, lost):
     ours = Nack.from_lost(sender, media, lost)
@@ -287,7 +288,7 @@ def test_nack_matches_aiortc(sender, media, lost):
     assert parse_rtcp(bytes(theirs))[0].lost_sequence_numbers() == lost
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(2), deadline=None)
 @given(u32, u32, st.integers(0, (1 << 18) - 1), st.integers(0, 40), st.lists(u32, max_size=6))
 def test_pli_remb_match_aiortc(sender, media, mantissa, exponent, ssrcs):
     pli = Pli(sender, media)
@@ -306,7 +307,7 @@ def test_pli_remb_match_aiortc(sender, media, mantissa, exponent, ssrcs):
 # --- NACK helpers across the wrap ---------------------------------------------------------------
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(3), deadline=None)
 @given(u16, st.lists(st.integers(0, 400), min_size=1, max_size=80, unique=True).map(sorted))
 def test_nack_from_lost_round_trips_across_wrap(start, offsets):
     lost = [(start + o) & 0xFFFF for o in offsets]
@@ -326,7 +327,7 @@ twcc_entry = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(3), deadline=None)
 @given(u16, st.integers(0, 0xFFFFFF), u8, st.lists(twcc_entry, min_size=1, max_size=120), u8)
 def test_twcc_build_parse_round_trip(base, ref, fb_count, entries, run_bias):
     # Add long runs now and then so run-length chunks get exercised too.
@@ -405,7 +406,7 @@ def rtcp_packets(draw):
     return RtcpUnknown(draw(st.sampled_from([204, 207, 210])), draw(st.integers(0, 31)), draw(words))
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(4), deadline=None)
 @given(st.lists(rtcp_packets(), min_size=1, max_size=5))
 def test_compound_round_trip(packets):
     data = serialize_rtcp(packets)
@@ -421,7 +422,7 @@ def _only_our_error(data):
         pass
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=examples(5), deadline=None)
 @given(st.binary(max_size=120))
 def test_arbitrary_bytes_raise_only_rtcp_parse_error(data):
     _only_our_error(data)
@@ -430,7 +431,7 @@ def test_arbitrary_bytes_raise_only_rtcp_parse_error(data):
         _only_our_error(bytes((0x80 | data[0] & 0x3F, 200 + data[1] % 8)) + data[2:])
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=examples(5), deadline=None)
 @given(st.lists(rtcp_packets(), min_size=1, max_size=3), st.data())
 def test_mutated_compounds_raise_only_rtcp_parse_error(packets, data):
     raw = bytearray(serialize_rtcp(packets))

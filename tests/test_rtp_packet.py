@@ -7,6 +7,7 @@ import struct
 import aiortc.rtp as aiortc_rtp
 import pytest
 from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
+from budgets import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -137,7 +138,7 @@ u16 = st.integers(0, 0xFFFF)
 u32 = st.integers(0, 0xFFFFFFFF)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(2), deadline=None)
 @given(
     pt=st.integers(0, 127),
     marker=st.booleans(),
@@ -275,7 +276,7 @@ def rtp_packets(draw, extensions=ext_values):
     )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(3), deadline=None)
 @given(rtp_packets())
 def test_round_trip(pkt):
     data = pkt.serialize()
@@ -284,7 +285,7 @@ def test_round_trip(pkt):
     assert parse(memoryview(data)) == pkt
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(3), deadline=None)
 @given(rtp_packets(), st.integers(1, 255))
 def test_fast_path_agrees_with_full_parse(pkt, probe_id):
     data = pkt.serialize()
@@ -298,7 +299,7 @@ def test_fast_path_agrees_with_full_parse(pkt, probe_id):
         assert find_extension(data, ext_id) == pkt.extensions.get(ext_id)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(3), deadline=None)
 @given(rtp_packets(), u32, st.integers(-5, 1 << 20), st.integers(0, 1 << 40), st.integers(0, 127))
 def test_rewrite_header_in_place(pkt, ssrc, seq, ts, pt):
     buf = bytearray(pkt.serialize())
@@ -343,7 +344,7 @@ def _only_our_error(fn, data):
         pass
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=examples(5), deadline=None)
 @given(st.binary(max_size=80))
 def test_arbitrary_bytes_raise_only_rtp_parse_error(data):
     _only_our_error(parse, data)
@@ -355,7 +356,7 @@ def test_arbitrary_bytes_raise_only_rtp_parse_error(data):
         _only_our_error(lambda d: find_extension(d, ext_id), data)
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=examples(5), deadline=None)
 @given(rtp_packets(), st.data())
 def test_mutated_packets_raise_only_rtp_parse_error(pkt, data):
     raw = bytearray(pkt.serialize())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from budgets import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -83,7 +84,7 @@ def test_large_forward_jump_forgets_everything():
     assert buf.get(1000) is None
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(3), deadline=None)
 @given(
     st.integers(1, 64),
     st.integers(0, 0xFFFF),

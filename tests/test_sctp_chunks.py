@@ -5,6 +5,7 @@ from __future__ import annotations
 import google_crc32c
 import pytest
 from aiortc import rtcsctptransport as ai
+from budgets import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -30,7 +31,7 @@ def test_crc32c_vectors(data, expected):
     assert crc32c(data) == expected
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(3))
 @given(st.binary(max_size=2000), st.integers(0, 2000))
 def test_crc32c_matches_google_crc32c_and_is_incremental(data, split):
     assert crc32c(data) == google_crc32c.value(data)
@@ -74,7 +75,7 @@ chunk_strategy = st.one_of(
 )
 
 
-@settings(max_examples=400)
+@settings(max_examples=examples(4))
 @given(u16, u16, u32, st.lists(chunk_strategy, min_size=1, max_size=6))
 def test_packet_round_trip(src, dst, tag, chunk_list):
     packet = c.Packet(src, dst, tag, chunk_list)
@@ -88,7 +89,7 @@ def test_packet_round_trip(src, dst, tag, chunk_list):
         c.parse_packet(bytes(flipped))
 
 
-@settings(max_examples=500)
+@settings(max_examples=examples(5))
 @given(st.binary(max_size=400))
 def test_arbitrary_bytes_raise_only_parse_error(data):
     for verify in (True, False):
@@ -98,7 +99,7 @@ def test_arbitrary_bytes_raise_only_parse_error(data):
             pass
 
 
-@settings(max_examples=500)
+@settings(max_examples=examples(5))
 @given(st.binary(min_size=4, max_size=400), st.binary(min_size=8, max_size=8))
 def test_arbitrary_chunks_with_valid_checksum_raise_only_parse_error(body, ports_and_tag):
     # A correct CRC lets the fuzzer past the checksum into the chunk parsers.
@@ -113,7 +114,7 @@ def test_arbitrary_chunks_with_valid_checksum_raise_only_parse_error(body, ports
     assert packet.chunks
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(3))
 @given(st.binary(max_size=60))
 def test_reconfig_params_and_dcep_raise_only_parse_error(data):
     for parse in (c.OutgoingResetRequest.parse, c.ReconfigResponse.parse, parse_dcep, c.parse_params):
@@ -140,7 +141,7 @@ def test_sack_counts_must_match_length():
 # --- cross-checks with aiortc's independent codec -------------------------------------------
 
 
-@settings(max_examples=200)
+@settings(max_examples=examples(2))
 @given(u32, u16, u16, u32, st.binary(min_size=1, max_size=1100), st.integers(0, 7))
 def test_our_data_chunk_parses_in_aiortc(tsn, sid, ssn, ppid, data, flags):
     wire = c.serialize_packet(c.Packet(5000, 5000, 0xDEADBEEF, [c.DataChunk(flags, tsn, sid, ssn, ppid, data)]))
@@ -151,7 +152,7 @@ def test_our_data_chunk_parses_in_aiortc(tsn, sid, ssn, ppid, data, flags):
     )
 
 
-@settings(max_examples=200)
+@settings(max_examples=examples(2))
 @given(u32, u32, st.lists(st.tuples(u16, u16), max_size=8), st.lists(u32, max_size=8))
 def test_aiortc_sack_parses_here(cum, rwnd, gaps, dups):
     sack = ai.SackChunk()
@@ -161,7 +162,7 @@ def test_aiortc_sack_parses_here(cum, rwnd, gaps, dups):
     assert packet.chunks == [c.SackChunk(cum, rwnd, [tuple(g) for g in gaps], dups)]
 
 
-@settings(max_examples=200)
+@settings(max_examples=examples(2))
 @given(u32, st.lists(st.tuples(u16, u16), max_size=8))
 def test_forward_tsn_agrees_with_aiortc(cum, streams):
     ours = c.ForwardTsnChunk(cum, streams)
@@ -204,7 +205,7 @@ def test_dcep_open_vector():
     assert parse_dcep(b"\x02") == DataChannelAck()
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(3))
 @given(
     st.text(max_size=30), st.text(max_size=30), st.booleans(),
     st.one_of(st.none(), st.integers(0, 0xFFFFFFFF)), st.one_of(st.none(), st.integers(0, 0xFFFFFFFF)), u16,
@@ -226,7 +227,7 @@ def test_dcep_rejects_malformed(bad):
         parse_dcep(bad)
 
 
-@settings(max_examples=100)
+@settings(max_examples=examples(1))
 @given(st.lists(chunk_strategy, min_size=1, max_size=4))
 def test_packets_are_identical_with_our_pure_crc(monkeypatch_free_chunks):
     # packet_crc32c may be the C accelerator; our own table-driven CRC must produce the same wire bytes.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import heapq
 import random
 
+from budgets import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -48,7 +49,7 @@ def simulate(a, b, rng, loss, duplicate, jitter, until, horizon=3000.0):
     raise AssertionError(f"not done after {horizon} simulated seconds")
 
 
-@settings(max_examples=150)
+@settings(max_examples=examples(1.5))
 @given(
     seed=st.integers(0, 2**32 - 1),
     loss=st.floats(0.0, 0.25),
@@ -80,7 +81,7 @@ def test_reliable_and_unordered_channels_survive_any_link(seed, loss, duplicate,
     assert a.state is b.state is AssociationState.ESTABLISHED
 
 
-@settings(max_examples=100)
+@settings(max_examples=examples(1))
 @given(
     seed=st.integers(0, 2**32 - 1),
     loss=st.floats(0.0, 0.3),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
+from budgets import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -35,7 +36,7 @@ messages_strategy = st.lists(
 )
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(3))
 @given(messages_strategy, st.integers(0, 0xFFFFFFFF), st.integers(1, 16), st.randoms(use_true_random=False))
 def test_any_arrival_order_with_duplicates_yields_each_message_once_in_stream_order(
     messages, initial_tsn, fragment_size, rnd
@@ -61,7 +62,7 @@ def test_any_arrival_order_with_duplicates_yields_each_message_once_in_stream_or
         assert [d[2] for d in delivered if d[0] == stream and d[2] in sent_ordered] == sent_ordered
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(3))
 @given(st.sets(st.integers(1, 300), max_size=120), st.integers(0, 0xFFFFFFFF))
 def test_gap_blocks_describe_exactly_the_received_set(offsets, base):
     tracker = TsnTracker((base + 1) & 0xFFFFFFFF)

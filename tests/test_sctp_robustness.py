@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+from budgets import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -85,7 +86,7 @@ def test_garbage_is_dropped_counted_and_the_association_keeps_working():
     assert _exchange_works(a, b, sid, 2.0, "after the storm")
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(3))
 @given(st.lists(chunk_strategy, min_size=1, max_size=5), st.booleans())
 def test_well_formed_but_hostile_chunks_never_raise(chunk_list, right_tag):
     # Valid checksum and (optionally) the right tag: the chunks reach the state machine.

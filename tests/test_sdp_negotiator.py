@@ -206,10 +206,12 @@ def test_offer_without_bundle_gets_one_section():
 
 def test_aiortc_publisher_accepts_our_answer(monkeypatch):
     loopback_only(monkeypatch)
-    from aiortc import RTCPeerConnection, RTCSessionDescription
+    from aiortc import RTCSessionDescription
+
+    from local_peers import loopback_peer_connection
 
     async def run():
-        pc = RTCPeerConnection()
+        pc = loopback_peer_connection()
         try:
             pc.addTransceiver("audio", direction="sendonly")
             pc.addTransceiver("video", direction="sendonly")
@@ -257,6 +259,7 @@ def test_aiortc_parses_our_answers_to_browser_offers():
 
 # --- property tests: the negotiator only ever raises NegotiationError ---------------
 
+from budgets import examples
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
@@ -291,7 +294,7 @@ def mutate(lines: list[str], script) -> str:
     return "\r\n".join(lines) + "\r\n"
 
 
-@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(2.5), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from(OFFER_FIXTURES), edits)
 def test_answer_offer_on_mutated_offers_raises_only_negotiation_error(name, script):
     try:

@@ -3,6 +3,7 @@
 import asyncio
 
 import pytest
+from budgets import examples
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -123,11 +124,12 @@ def test_candidate_parses_with_aioice():
 
 def test_aiortc_sdp_round_trips_and_aiortc_reads_ours():
     """aiortc writes SDP in its own layout; we keep it byte for byte, and its parser reads ours."""
-    from aiortc import RTCPeerConnection
     from aiortc.sdp import SessionDescription as AiortcSdp
 
+    from local_peers import loopback_peer_connection
+
     async def make_offer():
-        pc = RTCPeerConnection()
+        pc = loopback_peer_connection()
         pc.addTransceiver("audio", direction="sendonly")
         pc.addTransceiver("video", direction="sendrecv")
         pc.createDataChannel("_reliable")
@@ -200,7 +202,7 @@ def test_attribute_views_for_known_lines():
 
 # --- property tests ----------------------------------------------------------------
 
-SETTINGS = settings(max_examples=300, deadline=None,
+SETTINGS = settings(max_examples=examples(3), deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
 
 _REAL_LINES = sorted({l for p in FIXTURE_FILES for l in crlf(p.read_text()).split("\r\n") if l})

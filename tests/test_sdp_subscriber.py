@@ -31,8 +31,8 @@ class AiortcSubscriber:
     """aiortc playing the LiveKit client on its subscriber PC: it answers our offers."""
 
     def __init__(self):
-        from aiortc import RTCPeerConnection
-        self.pc = RTCPeerConnection()
+        from local_peers import loopback_peer_connection
+        self.pc = loopback_peer_connection()
         self.tracks = []
         self.pc.on("track", self.tracks.append)
 
@@ -294,6 +294,7 @@ def test_offer_refuses_two_live_lines_for_one_track():
 
 # --- property test: apply_answer on corrupted answers ----------------------------------
 
+from budgets import examples
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
@@ -310,7 +311,7 @@ def _bound_sub():
 _ANSWER_LINES = serialize(_offer_and_answer(_bound_sub())[1]).split("\r\n")[:-1]
 
 
-@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(2.5), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(st.sampled_from(["delete", "duplicate", "replace", "corrupt"]),
                           st.integers(0, 10_000), st.sampled_from(_ANSWER_LINES),
                           st.integers(0, 60), st.characters()), max_size=5))

@@ -3,6 +3,7 @@
 import itertools
 
 import pytest
+from budgets import examples
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
@@ -260,7 +261,7 @@ class SubscriberNegotiation(RuleBasedStateMachine):
 
 TestSubscriberNegotiation = SubscriberNegotiation.TestCase
 TestSubscriberNegotiation.settings = settings(
-    max_examples=200, stateful_step_count=30, deadline=None,
+    max_examples=examples(2), stateful_step_count=30, deadline=None,
     suppress_health_check=[HealthCheck.too_slow])
 
 

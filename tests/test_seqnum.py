@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from budgets import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,7 +21,7 @@ def test_half_circle_tie_is_antisymmetric():
     assert seq_newer(40000, 40000 - 32768) != seq_newer(40000 - 32768, 40000)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(3), deadline=None)
 @given(st.integers(0, 0xFFFF), st.integers(-32767, 32767))
 def test_seq_diff_matches_offset(base, offset):
     other = (base + offset) & 0xFFFF
@@ -28,7 +29,7 @@ def test_seq_diff_matches_offset(base, offset):
     assert seq_newer(other, base) == (offset > 0)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(3), deadline=None)
 @given(st.integers(0, 0xFFFF), st.lists(st.integers(-200, 3000), min_size=1, max_size=200))
 def test_unwrapper_recovers_a_running_counter(start, steps):
     # A counter that mostly advances, sometimes goes back a little (reordering).

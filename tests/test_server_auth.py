@@ -11,6 +11,7 @@ from datetime import timedelta
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
+from budgets import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from livekit import api
@@ -170,7 +171,7 @@ def test_header_beats_query_and_must_be_bearer() -> None:
         token_from_request("Basic abc", "xyz")
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(3), deadline=None)
 @given(st.text(max_size=300))
 def test_arbitrary_tokens_only_raise_auth_error(token: str) -> None:
     try:
@@ -179,7 +180,7 @@ def test_arbitrary_tokens_only_raise_auth_error(token: str) -> None:
         assert exc.status == 401
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(2), deadline=None)
 @given(st.dictionaries(st.sampled_from(["sub", "name", "video", "attributes", "kind", "nbf", "exp", "metadata", "roomConfig"]),
                        st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
                                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from budgets import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from livekit.protocol import models, rtc
@@ -28,7 +29,7 @@ requests = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(3), deadline=None)
 @given(requests)
 def test_round_trip(request: rtc.SignalRequest) -> None:
     decoded = decode_request(request.SerializeToString())
@@ -36,7 +37,7 @@ def test_round_trip(request: rtc.SignalRequest) -> None:
     assert request_kind(decoded) == request.WhichOneof("message")
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=examples(5), deadline=None)
 @given(st.binary(max_size=512))
 def test_arbitrary_bytes_only_raise_codec_error(data: bytes) -> None:
     try:

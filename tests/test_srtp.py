@@ -21,6 +21,7 @@ import struct
 import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from budgets import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -224,7 +225,7 @@ def test_libsrtp_accepts_reference_packets_at_arbitrary_index(profile):
 
 
 @pytest.mark.parametrize("profile", [CM, GCM], ids=lambda p: p.name)
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(2), deadline=None)
 @given(
     master=st.binary(min_size=30, max_size=30),
     seq=st.integers(0, 0xFFFF),
@@ -333,7 +334,7 @@ def test_errors_belong_to_the_stack_family():
 
 
 @pytest.mark.parametrize("profile", [CM, GCM], ids=lambda p: p.name)
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(2), deadline=None)
 @given(data=st.binary(max_size=1600))
 def test_arbitrary_bytes_only_raise_srtp_errors(profile, data):
     ctx = SrtpContext(profile, master_for(profile), master_for(profile))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import struct
 
 import pytest
+from budgets import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -171,7 +172,7 @@ def test_malformed_inputs_raise_only_stun_parse_error(data):
     assert not verify_message_integrity(data, b"k")
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(4), deadline=None)
 @given(st.binary(max_size=200))
 def test_arbitrary_bytes_only_raise_stun_parse_error(data):
     try:
@@ -201,7 +202,7 @@ def framed_messages(draw):
     return struct.pack("!HHI", msg_type, len(body), 0x2112A442) + draw(st.binary(min_size=12, max_size=12)) + body
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(4), deadline=None)
 @given(framed_messages())
 def test_framed_garbage_only_raises_stun_parse_error(data):
     try:
@@ -236,7 +237,7 @@ def binding_messages(draw):
     return msg
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(3), deadline=None)
 @given(binding_messages(), st.binary(min_size=1, max_size=32))
 def test_round_trip_serialize_then_parse(msg, key):
     expected = dict(msg.attributes)

@@ -8,6 +8,7 @@ import hashlib
 import pytest
 import trio
 import trio.testing
+from budgets import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from livekit.protocol import models
@@ -129,7 +130,7 @@ def test_newest_wins_is_the_pre_fix_policy():
     assert tm.resolve("TR_1") is local  # resolvable before the remote one cleared its subscribers
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(3), deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(["add", "closing", "clear", "close", "readd"]), st.integers(0, 3)), max_size=40))
 def test_fifo_invariants_under_any_sequence(ops):
     # Model: resolution is the earliest added, still listed source, and only if it is open;

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 
+from budgets import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -94,7 +95,7 @@ def test_long_pauses_and_big_bursts_are_split_into_reports() -> None:
     assert check(arrivals, got) == {seq: True for seq in range(2500)}
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(2), deadline=None)
 @given(st.integers(0, 2**32 - 1), st.lists(st.tuples(st.integers(0, 40), st.floats(0, 0.05)), min_size=1, max_size=300))
 def test_any_arrival_pattern_is_reported_faithfully(seed: int, steps: list[tuple[int, float]]) -> None:
     rng = random.Random(seed)

@@ -115,6 +115,9 @@ DEFAULT_CIPHER_SUITES: tuple[CipherSuite, ...] = (
 MAX_PLAINTEXT = 2**14
 MIN_MTU = 256
 _MAX_HELLO_VERIFY_REQUESTS = 4
+#: A peer's epoch-0 record number we continue above (after a stateless HelloVerifyRequest); a
+#: larger one is noise or forged, and adopting it could run our 48-bit numbering out.
+_MAX_ADOPTED_SEQUENCE = 2**32
 _MAX_EARLY_RECORDS = 4
 _CCS_BODY = b"\x01"
 
@@ -453,11 +456,6 @@ class DtlsConnection:
                     self.counters.unexpected += 1
                 return
             plaintext = payload
-            self._replay0.mark(seq)
-            if self.state is DtlsState.NEW:
-                # A server that answered with a stateless HelloVerifyRequest reused the
-                # ClientHello's record number; continue above it (RFC 6347 §4.2.1), as OpenSSL does.
-                self._write_seq0 = max(self._write_seq0, seq)
         elif epoch == 1:
             cipher = self._read_cipher
             if cipher is None:
@@ -496,17 +494,39 @@ class DtlsConnection:
             self.counters.unexpected += 1
             return
 
+        was_new = self.state is DtlsState.NEW
+        write_seq0 = self._write_seq0
+        if epoch == 0 and was_new and seq < _MAX_ADOPTED_SEQUENCE:
+            # A server that answered with a stateless HelloVerifyRequest reused the
+            # ClientHello's record number; continue above it (RFC 6347 §4.2.1), as OpenSSL does.
+            # Set before the hello is handled (handling it sends our flight), undone below if
+            # the record did not complete one.
+            self._write_seq0 = max(write_seq0, seq)
+        accepted = False
         if content_type == ContentType.HANDSHAKE:
-            self._handle_handshake_record(plaintext, epoch, now)
+            accepted = self._handle_handshake_record(plaintext, epoch, now)
         elif content_type == ContentType.ALERT:
             self._handle_alert(plaintext)
+            accepted = True
         elif content_type == ContentType.CHANGE_CIPHER_SPEC:
             # Epoch-1 records are accepted as soon as we hold the keys, so the CCS itself
             # carries no information; Finished authenticates the switch.
             if plaintext != _CCS_BODY:
                 self.counters.malformed += 1
+            else:
+                accepted = True
         else:
             self.counters.unexpected += 1
+        if epoch == 0:
+            # Epoch 0 has no MAC: only a record that meant something moves the window. Marked on
+            # arrival, one garbage record with a huge sequence number (or one fragment of a forged
+            # hello) would make every genuine ClientHello after it a "replay", and a fresh server
+            # would wait forever. A server still listening has committed to nothing: a replay
+            # of what it saw there is harmless, so it marks nothing until a hello is accepted.
+            if was_new and self.state is DtlsState.NEW:
+                self._write_seq0 = write_seq0
+            elif accepted:
+                self._replay0.mark(seq)
 
     def _handle_alert(self, payload: bytes) -> None:
         if len(payload) != 2:
@@ -527,35 +547,47 @@ class DtlsConnection:
             self._retransmit_at = None
             self._events.append(ConnectionFailed(DtlsAlertReceived(AlertDescription.from_wire(description))))
 
-    def _handle_handshake_record(self, payload: bytes, epoch: int, now: float) -> None:
+    def _handle_handshake_record(self, payload: bytes, epoch: int, now: float) -> bool:
+        """Feed the record's fragments to the reassembler; True if it took any of them (or
+        recognised one as a retransmission), False when the record was noise."""
         try:
             fragments = split_handshake_fragments(payload)
         except DtlsParseError:
             self.counters.malformed += 1
-            return
+            return False
+        taken = False
         for msg_type, length, message_seq, offset, data in fragments:
             if self.state is DtlsState.NEW:
                 # A fresh server only listens for ClientHello; anything else is noise. Its
-                # message_seq is 0, or 1 after a cookie exchange; a newer one supersedes.
-                if msg_type != HandshakeType.CLIENT_HELLO or message_seq < self._reassembler.next_seq:
+                # message_seq is 0, or 1 after a cookie exchange. Nothing is committed until a
+                # whole ClientHello is accepted, so a fragment of another message_seq, or at odds
+                # with what is buffered (another length), replaces it: a forged partial hello
+                # must not make every genuine one after it stale or "inconsistent".
+                if msg_type != HandshakeType.CLIENT_HELLO:
                     self.counters.unexpected += 1
                     continue
-                if message_seq > self._reassembler.next_seq:
+                if message_seq != self._reassembler.next_seq:
                     self._reassembler.clear()
                     self._reassembler.next_seq = message_seq
             verdict = self._reassembler.add(msg_type, length, message_seq, offset, data, epoch)
+            if verdict is FragmentVerdict.DROPPED and self.state is DtlsState.NEW:
+                self._reassembler.clear()
+                verdict = self._reassembler.add(msg_type, length, message_seq, offset, data, epoch)
             if verdict is FragmentVerdict.OLD:
                 self._retransmit_requested = True
+                taken = True
             elif verdict is FragmentVerdict.DROPPED:
                 self.counters.fragments_dropped += 1
+            else:
+                taken = True
         while True:
             message = self._reassembler.pop()
             if message is None:
-                return
+                return taken
             msg_type, message_seq, msg_epoch, body = message
             self._handle_message(msg_type, message_seq, msg_epoch, body, now)
             if self.state in (DtlsState.CLOSED, DtlsState.FAILED):
-                return
+                return taken
 
     def _may_resend_on_peer_retransmit(self) -> bool:
         # The client's last flight needs no resend once the server's Finished arrived; if

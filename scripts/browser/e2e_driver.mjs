@@ -3,12 +3,16 @@
 //
 // usage: node e2e_driver.mjs '<json config>'
 //   { "wsUrl": "ws://127.0.0.1:7880",
-//     "participants": [{"identity": "tab-a", "token": "..."}],
+//     "participants": [{"identity": "tab-a", "token": "...",
+//                       "fakeAudioFile": "/tmp/a.wav",          // optional: this tab's own microphone
+//                       "camera": {"width": 640, "height": 360}}], // optional: its capture size
 //     "expect": {"tab-a": ["tab-b"]},      // remote identities each tab must receive
 //     "minFrames": 15, "minAudioPackets": 50, "risingMs": 1000, "timeoutMs": 45000, "holdMs": 60000,
-//     "fakeAudioFile": "/tmp/tone.wav",    // optional: microphone input instead of the beep
+//     "fakeAudioFile": "/tmp/tone.wav",    // optional: every tab's microphone instead of the beep
 //     "separateBrowsers": false }           // optional: one Chromium process per participant
 //
+// Chromium's fake microphone file is a command-line flag, so a participant with a file of its own
+// gets a Chromium process of its own: tabs that send different tones cannot be one browser.
 // The page is served by this process from 127.0.0.1 (a secure context, so getUserMedia works).
 // A check passes when a tab has decoded >= minFrames of the remote's video and received
 // >= minAudioPackets of its audio, and risingMs later both counters (and totalSamplesReceived)
@@ -22,7 +26,6 @@ import path from 'node:path';
 import { chromium, chromiumArgs, launchOptions, serveHere } from './chromium_host.mjs';
 
 const config = JSON.parse(process.argv[2]);
-const CHROMIUM_ARGS = chromiumArgs(config);
 const minFrames = config.minFrames ?? 15;
 const minAudioPackets = config.minAudioPackets ?? 50;
 const risingMs = config.risingMs ?? 1000;
@@ -34,12 +37,15 @@ const { server, baseUrl } = await serveHere();
 const pageUrl = `${baseUrl}/e2e_page.html`;
 
 const userDataHome = fs.mkdtempSync(path.join(os.tmpdir(), 'trio-sfu-e2e-chromium-'));
-// One browser for all tabs, or (separateBrowsers) one browser process per participant, so
-// nothing in Chromium's audio path (capture, playout, processing) is shared between them.
-const launch = () => chromium.launch(launchOptions(CHROMIUM_ARGS, userDataHome));
-const browsers = [await launch()];
+// One browser for all tabs, or one browser process per participant (separateBrowsers, or tabs
+// with microphone files of their own), so nothing in Chromium's audio path (capture, playout,
+// processing) is shared between them.
+const separate = !!config.separateBrowsers || config.participants.some((p) => p.fakeAudioFile);
+const launch = (participant) => chromium.launch(launchOptions(
+  chromiumArgs({ fakeAudioFile: participant.fakeAudioFile ?? config.fakeAudioFile }), userDataHome));
+const browsers = [await launch(config.participants[0])];
 const browser = browsers[0];
-say({ chromium: browser.version() });
+say({ chromium: browser.version(), browsers: separate ? config.participants.length : 1 });
 
 const pages = [];
 let finished = false;
@@ -61,10 +67,11 @@ process.stdin.resume();
 process.on('SIGTERM', () => finish('SIGTERM'));
 
 const sharedContext = await browser.newContext();
-for (const { identity } of config.participants) {
+for (const participant of config.participants) {
+  const { identity } = participant;
   let context = sharedContext;
-  if (config.separateBrowsers && pages.length > 0) {
-    const own = await launch();
+  if (separate && pages.length > 0) {
+    const own = await launch(participant);
     browsers.push(own);
     context = await own.newContext();
   }
@@ -76,8 +83,9 @@ for (const { identity } of config.participants) {
 }
 say({ livekitClient: await pages[0].page.evaluate(() => LivekitClient.version) });
 // All tabs join at once; each e2eJoin resolves when its signal connection is up.
-await Promise.all(config.participants.map(({ identity, token }, i) =>
-  pages[i].page.evaluate(([url, tok]) => window.e2eJoin(url, tok), [config.wsUrl, token])
+await Promise.all(config.participants.map(({ identity, token, camera }, i) =>
+  pages[i].page.evaluate(([url, tok, options]) => window.e2eJoin(url, tok, options),
+    [config.wsUrl, token, { camera: camera || null }])
     .then((log) => say({ tab: identity, joined: log.slice(-5) }))
     .catch((e) => say({ tab: identity, joinError: String(e) }))));
 

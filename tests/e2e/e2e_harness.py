@@ -20,7 +20,6 @@ import subprocess
 import sys
 import threading
 import time
-import warnings
 from pathlib import Path
 from typing import IO, Iterator
 
@@ -154,6 +153,18 @@ class Client:
         return f"--- {self.name} log (last {lines} lines) ---\n{tail(self.log, lines)}"
 
 
+def assert_clean_exit(name: str, returncode: int | None, log: Path, stopped_line: str | None = None) -> None:
+    """A server process ended as it should: exit status 0, its last words printed, and no
+    traceback anywhere in its log (an exception the server caught and logged is a bug too)."""
+    text = log.read_text(errors="replace") if log.exists() else ""
+    assert returncode == 0, f"{name} exited with {returncode}\n{tail(log)}"
+    if stopped_line is not None:
+        assert stopped_line in text, f"{name} did not print {stopped_line!r} on its way out\n{tail(log)}"
+    if "Traceback (most recent call last)" in text:
+        at = text.index("Traceback (most recent call last)")
+        raise AssertionError(f"{name} logged a traceback ({log}):\n{text[max(0, at - 600):at + 3000]}")
+
+
 def browser_missing() -> str | None:
     if shutil.which("node") is None:
         return "node is not installed (scripts/test-deps.sh installs nodejs)"
@@ -212,8 +223,10 @@ def sfu(netns: NetworkNamespace, tmp_path: Path) -> Iterator[SfuProcess]:
         server = SfuProcess(proc, log, match.group(1), int(match.group(2)))
         yield server
     finally:
-        if not stop_process(proc):
-            warnings.warn(f"trio-sfu did not exit within 10 s of SIGTERM and was killed; log {log}")
+        exited = stop_process(proc)
+    # Teardown (also after a failed test, as its own error): the server's end is checked too.
+    assert exited, f"trio-sfu did not exit within 10 s of SIGTERM and was killed\n{tail(log)}"
+    assert_clean_exit("trio-sfu", proc.returncode, log, stopped_line="trio-sfu stopped")
     # Every test with real SDKs also proves they never meet a signal limit in normal use.
     hits = server.limit_hits()
     assert not hits, "a real SDK met a signal limit:\n" + "\n".join(hits[:20])

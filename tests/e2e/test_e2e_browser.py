@@ -2,7 +2,9 @@
 
 Two tabs in one room must each decode the other's video (inbound-rtp `framesDecoded` rising),
 receive its audio (`packetsReceived` and `totalSamplesReceived` rising) and hear its microphone
-tone (Web Audio in the page: RMS and the strongest frequency); a tab and a `livekit` Python SDK
+tone (Web Audio in the page: RMS and the strongest frequency). Each tab sends its own tone and
+captures its camera in its own shape (16:9 and 4:3), so media the SFU routed back to its sender,
+or to the wrong tab, fails on the frequency heard and the aspect ratio decoded; a tab and a `livekit` Python SDK
 participant in one room must decode each other's video and hear each other's tone.  The time from
 join to the first decoded frame is measured in the page, recorded to
 <pytest basetemp>/e2e_metrics.json and printed to the terminal.
@@ -30,8 +32,12 @@ pytestmark = pytest.mark.slow
 
 DRIVER = BROWSER_DIR / "e2e_driver.mjs"
 MIN_FRAMES = 15
-# The tabs' microphone (a WAV file Chromium loops); 10 whole cycles per 10 ms frame.
+# A tab's microphone (a WAV file Chromium loops); 10 whole cycles per 10 ms frame.
 BROWSER_TONE_HZ = 1000
+#: The two tabs' own tones and camera sizes (whole cycles per 10 ms frame; aspect ratios that
+#: every simulcast layer keeps): each must hear and see the other's, not its own.
+TAB_TONE_HZ = {"tab-a": BROWSER_TONE_HZ, "tab-b": 700}
+TAB_CAMERA = {"tab-a": (640, 360), "tab-b": (640, 480)}
 
 
 @pytest.fixture(autouse=True)
@@ -56,14 +62,21 @@ def write_tone_wav(path, hz: int, seconds: float = 2.0, rate: int = 48000) -> No
         w.writeframes(samples.tobytes())
 
 
-def start_browser(netns, sfu, clients, tmp_path, room: str, expect: dict[str, list[str]],
-                  timeout_ms: int = 45000, separate_browsers: bool = False) -> Client:
-    wav = tmp_path / "microphone.wav"
-    write_tone_wav(wav, BROWSER_TONE_HZ)
+def start_browser(netns, sfu, clients, tmp_path, room: str, expect: dict[str, list[str]], tones: dict[str, int],
+                  cameras: dict[str, tuple[int, int]] | None = None, timeout_ms: int = 45000) -> Client:
+    """One tab per identity in `expect`, each with its own microphone tone (and so its own Chromium)
+    and, if given, its own camera size."""
+    participants = []
+    for who in expect:
+        wav = tmp_path / f"microphone-{who}.wav"
+        write_tone_wav(wav, tones[who])
+        participant = {"identity": who, "token": token(who, room), "fakeAudioFile": str(wav)}
+        if cameras and who in cameras:
+            participant["camera"] = {"width": cameras[who][0], "height": cameras[who][1]}
+        participants.append(participant)
     config = {
-        "fakeAudioFile": str(wav), "separateBrowsers": separate_browsers,
         "wsUrl": sfu.ws_url,
-        "participants": [{"identity": who, "token": token(who, room)} for who in expect],
+        "participants": participants,
         "expect": expect, "minFrames": MIN_FRAMES, "minAudioPackets": 50, "risingMs": 1000,
         "timeoutMs": timeout_ms, "holdMs": 60000,
     }
@@ -74,7 +87,8 @@ def start_browser(netns, sfu, clients, tmp_path, room: str, expect: dict[str, li
     return client
 
 
-def assert_received(result: dict, tab: str, remote: str, context: str, *, tone_hz: int | None = None) -> None:
+def assert_received(result: dict, tab: str, remote: str, context: str, *, tone_hz: int | None = None,
+                    camera: tuple[int, int] | None = None) -> None:
     check = result["checks"][tab][remote]
     status = result["statuses"].get(tab, {})
     assert check["ok"], (
@@ -84,6 +98,12 @@ def assert_received(result: dict, tab: str, remote: str, context: str, *, tone_h
     first, later = check["first"], check["later"]
     assert later["framesDecoded"] > first["framesDecoded"] >= MIN_FRAMES
     assert later["frameWidth"] > 0 and later["frameHeight"] > 0
+    if camera is not None:
+        # The remote's camera shape (whichever simulcast layer came): its video, not another's.
+        decoded, sent = later["frameWidth"] / later["frameHeight"], camera[0] / camera[1]
+        assert abs(decoded - sent) < 0.02, (
+            f"{tab} decodes {later['frameWidth']}x{later['frameHeight']} video from {remote}, which captures "
+            f"{camera[0]}x{camera[1]}: another participant's video?\n{context}")
     assert later["audioPackets"] > first["audioPackets"] >= 50
     assert later["totalSamplesReceived"] > first["totalSamplesReceived"]
     if tone_hz is not None:
@@ -115,7 +135,8 @@ def record_metric(tmp_path_factory, pytestconfig, name: str, value: object) -> N
 
 
 def run_two_tabs(netns, sfu, clients, tmp_path) -> tuple[dict, str]:
-    browser = start_browser(netns, sfu, clients, tmp_path, "e2e-tabs", {"tab-a": ["tab-b"], "tab-b": ["tab-a"]})
+    browser = start_browser(netns, sfu, clients, tmp_path, "e2e-tabs", {"tab-a": ["tab-b"], "tab-b": ["tab-a"]},
+                            tones=TAB_TONE_HZ, cameras=TAB_CAMERA)
     done = browser.wait_for("result", timeout_s=90)
     browser.finish()
     context = f"{browser.log_tail()}\n{sfu.log_tail()}"
@@ -127,8 +148,9 @@ def run_two_tabs(netns, sfu, clients, tmp_path) -> tuple[dict, str]:
 
 def test_two_chromium_tabs(netns, sfu, clients, tmp_path, tmp_path_factory, pytestconfig):
     result, context = run_two_tabs(netns, sfu, clients, tmp_path)
-    assert_received(result, "tab-a", "tab-b", context, tone_hz=BROWSER_TONE_HZ)
-    assert_received(result, "tab-b", "tab-a", context, tone_hz=BROWSER_TONE_HZ)
+    for tab, remote in (("tab-a", "tab-b"), ("tab-b", "tab-a")):
+        # The other tab's tone and camera shape, not its own.
+        assert_received(result, tab, remote, context, tone_hz=TAB_TONE_HZ[remote], camera=TAB_CAMERA[remote])
     first_frame_ms = {tab: result["statuses"][tab]["firstFrameMs"] for tab in ("tab-a", "tab-b")}
     record_metric(tmp_path_factory, pytestconfig, "chromium_join_to_first_decoded_frame_ms", {
         "tab-a<-tab-b": first_frame_ms["tab-a"].get("tab-b"),
@@ -139,7 +161,7 @@ def test_two_chromium_tabs(netns, sfu, clients, tmp_path, tmp_path_factory, pyte
 
 def test_chromium_and_python_sdk(netns, sfu, clients, tmp_path):
     room = "e2e-mixed"
-    browser = start_browser(netns, sfu, clients, tmp_path, room, {"web": ["py"]})
+    browser = start_browser(netns, sfu, clients, tmp_path, room, {"web": ["py"]}, tones={"web": BROWSER_TONE_HZ})
     sdk = Client("sdk", netns.wrap([sys.executable, str(E2E_DIR / "sdk_scenario.py"), "--url", sfu.ws_url,
                                     "--room", room, "-p", "py", "--remote", "web", "--wait-stdin",
                                     # Enough sound from the tab to measure its tone.

@@ -13,8 +13,8 @@ Asserted: neither tab rejoined under a new sid (the nodes' join records), no tab
 Disconnected, each tab kept the peer connections it had (a full reconnect makes new ones), both
 migrations succeeded and node B counted them in, and after each move `sub` keeps decoding
 video (framesDecoded and frames presented to the <video> rising) and hearing the tone (Web Audio).
-The longest gap in decoded video around each move is printed as an E2E METRIC and recorded in
-<pytest basetemp>/e2e_metrics.json. Driver: scripts/browser/migration_driver.mjs and
+The longest gap in decoded video, presented frames and heard tone around each move is printed as
+an E2E METRIC, recorded in <pytest basetemp>/e2e_metrics.json, and bounded (MAX_MOVE_GAP_MS). Driver: scripts/browser/migration_driver.mjs and
 migration_page.html; nodes: tests/e2e/two_nodes.py; all inside the test's network namespace.
 """
 
@@ -27,7 +27,7 @@ import sys
 import time
 
 import pytest
-from e2e_harness import BROWSER_DIR, E2E_DIR, Client, browser_missing
+from e2e_harness import BROWSER_DIR, E2E_DIR, Client, assert_clean_exit, browser_missing
 from test_e2e_browser import BROWSER_TONE_HZ, record_metric, token, write_tone_wav
 from test_e2e_migration_sdk import MIGRATE_WAIT_S, send, wait_nth
 
@@ -42,8 +42,14 @@ MIN_FRAMES = 15
 MIN_FRAMES_PER_PHASE = 15
 # The publisher's bandwidth estimate at each move. Before the nodes sent transport-wide CC
 # feedback (rtp/twcc.py) it sank ~20 %/s to libwebrtc's 30 kbps floor (single-layer: 59 kbps
-# at the second move); with it Chromium estimates several Mbit/s.
-MIN_PUBLISHER_BWE_BPS = 1_000_000
+# at the second move); with it Chromium estimates several Mbit/s — less on a machine whose CPU
+# is starved (delay-based estimation reads the scheduling delay as queueing), so the floor sits
+# well above the collapse, not near the healthy figure.
+MIN_PUBLISHER_BWE_BPS = 300_000
+# The longest a move may interrupt what `sub` decodes, sees presented and hears (from 1 s before
+# the command to the end of the phase after it): generous for a busy machine, far below the
+# freeze a failed resume or a full reconnect makes.
+MAX_MOVE_GAP_MS = 3000
 LOUD_RMS = 0.05  # the tone plays at ~0.26 RMS; concealment and silence stay far below
 MIN_LOUD_SHARE = 0.5  # of a phase's samples: the tone is heard most of the time, not once
 
@@ -164,6 +170,8 @@ def test_chromium_tabs_migrate_between_nodes(netns, clients, tmp_path, tmp_path_
     logs = context()
     assert done is not None, f"the browser driver printed no result\n{logs}"
     assert stopped is not None and nodes_rc == 0, f"nodes did not stop cleanly (rc {nodes_rc})\n{logs}"
+    assert_clean_exit("two_nodes.py", nodes_rc, nodes.log)
+    assert all(node["shutdown_clean"] for node in stopped["stopped"].values()), stopped
     result = done["result"]
     (tmp_path / "browser_result.json").write_text(json.dumps(result, indent=1))
     marks = {m["label"]: m["t"] for m in result["marks"]}
@@ -232,6 +240,10 @@ def test_chromium_tabs_migrate_between_nodes(netns, clients, tmp_path, tmp_path_
         assert not new_pcs, f"{tab} made new peer connections after the moves began: {new_pcs}\n{detail}"
 
     for move in ("move_sub", "move_pub"):
+        for gap in ("decoded_gap_ms", "presented_gap_ms", "audio_quiet_ms"):
+            got = gaps[move][gap]
+            assert got is not None and got < MAX_MOVE_GAP_MS, \
+                f"{move}: {gap} {got} ms (at most {MAX_MOVE_GAP_MS} ms): `sub` froze across the move\n{detail}"
         bwe = gaps[move]["pub_bwe_bps_at_move"]
         assert bwe is not None and bwe >= MIN_PUBLISHER_BWE_BPS, \
             f"the publisher's bandwidth estimate collapsed ({bwe} bit/s at {move}): no congestion feedback?\n{detail}"

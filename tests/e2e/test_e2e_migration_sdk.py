@@ -18,7 +18,7 @@ import sys
 import time
 
 import pytest
-from e2e_harness import E2E_DIR, Client
+from e2e_harness import E2E_DIR, Client, assert_clean_exit
 
 pytestmark = pytest.mark.slow
 
@@ -94,6 +94,8 @@ def test_sdk_participants_migrate_between_nodes(netns, clients, tmp_path):
     summary = done["summary"]
     assert "error" not in summary, f"{summary['error']}\n{context}"
     assert stopped is not None and nodes_rc == 0, f"nodes did not stop cleanly (rc {nodes_rc})\n{context}"
+    assert_clean_exit("two_nodes.py", nodes_rc, nodes.log)
+    assert all(node["shutdown_clean"] for node in stopped["stopped"].values()), stopped
     a, b = stopped["stopped"]["a"], stopped["stopped"]["b"]
     events = summary["alice"]["events"] + summary["bob"]["events"]
     brief = json.dumps({"migrations": migrations, "phases": summary["phases"], "nodes": stopped["stopped"],

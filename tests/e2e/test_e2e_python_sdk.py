@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 
 import pytest
 from e2e_harness import E2E_DIR, Client
@@ -29,7 +28,6 @@ def dominant_channel(rgb: list[int]) -> int:
 def test_three_python_sdk_participants(netns, sfu, clients, tmp_path):
     argv = netns.wrap([sys.executable, str(E2E_DIR / "sdk_scenario.py"), "--url", sfu.ws_url,
                        "--room", "e2e-sdk", *[a for p in PARTICIPANTS for a in ("-p", p)], "--churn"])
-    started = time.monotonic()
     client = Client("sdk", argv, tmp_path / "sdk.log")
     clients.append(client)
     done = client.wait_for("summary", timeout_s=90)
@@ -88,5 +86,5 @@ def test_three_python_sdk_participants(netns, sfu, clients, tmp_path):
     for p in PARTICIPANTS:
         if p != leaver:
             assert participants[p]["disconnected"] == [leaver]
-    elapsed = time.monotonic() - started
-    assert elapsed < 60, f"the scenario took {elapsed:.1f} s (budget 60 s)"
+    # No wall-clock budget for the whole: each phase has its own deadline in sdk_scenario.py
+    # (join 20 s, media 25 s, events 10 s), and one that misses it is not ok above.

@@ -233,6 +233,16 @@ class LoadTest:
         return lost, expected
 
     @staticmethod
+    def _socket_drops(participant: Participant) -> int | None:
+        """Datagrams the kernel dropped on this participant's sockets (the tester too slow to
+        read them): loss on the tester's side, not the server's. None where it is not known."""
+        client = participant.client
+        pcs = [pc for pc in ((client.publisher_pc, client.subscriber_pc) if client else ()) if pc is not None]
+        counts = [pc.socket_drops() for pc in pcs]
+        known = [n for n in counts if n is not None]
+        return sum(known) if known or not pcs else None
+
+    @staticmethod
     def _errors_of(participant: Participant) -> list[str]:
         return participant.errors + (participant.client.errors if participant.client else [])
 
@@ -280,6 +290,7 @@ class LoadTest:
                 "latency_ms_p50": percentile(latencies, 0.50),
                 "latency_ms_p99": percentile(latencies, 0.99),
                 "unknown_ssrc_packets": p.client.unknown_ssrc_packets if p.client else 0,
+                "socket_drops": self._socket_drops(p),
                 "errors": self._errors_of(p),
             })
             for t in tracks:
@@ -316,6 +327,7 @@ class LoadTest:
         all_latencies = [x for p in self.participants if p.client for t in p.client.subscriptions.values()
                          for x in t.stats.latencies_ms]
         lost, expected = self._loss_totals()
+        drops = [self._socket_drops(p) for p in self.participants]
         end = self.ended_at if self.ended_at is not None else trio.current_time()
         return {
             "params": {k: v for k, v in attrs.asdict(params).items() if k not in ("api_secret",)},
@@ -333,6 +345,7 @@ class LoadTest:
                 "latency_ms_p50": percentile(all_latencies, 0.50),
                 "latency_ms_p99": percentile(all_latencies, 0.99),
                 "errors": sum(len(self._errors_of(p)) for p in self.participants),
+                "socket_drops": None if None in drops else sum(drops),  # type: ignore[arg-type]
             },
         }
 
@@ -372,6 +385,9 @@ def format_summary(summary: dict[str, Any]) -> str:
                  f"lost {totals['packets_lost']} ({100 * totals['loss']:.2f}%), latency p50 "
                  f"{_ms(totals['latency_ms_p50'])} ms p99 {_ms(totals['latency_ms_p99'])} ms, "
                  f"errors {totals['errors']}")
+    if totals.get("socket_drops"):
+        lines.append(f"  the tester's own sockets dropped {totals['socket_drops']} datagrams (receive buffers full: "
+                     f"the tester could not keep up), counted as loss above")
     errors = [(p["identity"], e) for p in summary["publishers"] + summary["subscribers"] for e in p["errors"]]
     for identity, error in errors[:20]:
         lines.append(f"  error {identity}: {error}")

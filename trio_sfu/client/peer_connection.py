@@ -39,6 +39,7 @@ from sdp.model import Fingerprint
 from sdp.negotiator import LocalParams, RemoteTransport
 
 from trio_sfu.datagram import BindDatagram, UdpSocket
+from trio_sfu.sockstat import socket_drops
 
 #: Datagrams handled between checkpoints, so a flood cannot starve the other tasks.
 CHECKPOINT_EVERY = 64
@@ -54,6 +55,9 @@ class PeerConnectionCounters:
     datagrams_sent: int = 0
     send_dropped: int = 0  # socket buffer full or a send error
     candidates_ignored: int = 0
+    #: Datagrams the kernel dropped on our socket because its receive buffer was full (we were
+    #: too slow to read), read when the socket closes; None where the platform does not say.
+    socket_drops: int | None = None
 
 
 def _parse_candidate(text: str) -> Candidate | None:
@@ -221,8 +225,16 @@ class ClientPeerConnection:
                 # drain: our PCs negotiate no data channels).
                 session.close(trio.current_time())
                 self.flush()
+            self.counters.socket_drops = self.socket_drops()
             self.sock.close()
             self.ended.set()
+
+    def socket_drops(self) -> int | None:
+        """Datagrams the kernel dropped on our socket (receive buffer full): loss on our side of
+        the wire, not the sender's. Live while the socket is open, then the count at its close."""
+        if self.sock.fileno() == -1:
+            return self.counters.socket_drops
+        return socket_drops(self.sock)
 
     async def _loop(self) -> None:
         sock = self.sock
