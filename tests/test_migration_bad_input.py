@@ -11,6 +11,7 @@ import random
 
 import trio
 import trio.testing
+from budgets import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from livekit.protocol import models
@@ -137,7 +138,7 @@ def _valid_messages() -> list[bytes]:
     return [m.SerializeToString() for m in msgs]
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(3), deadline=None)
 @given(st.lists(st.one_of(st.binary(max_size=200),
                           st.tuples(st.sampled_from(_valid_messages()), st.integers(0, 2**32), st.integers(1, 6))),
                 max_size=8))

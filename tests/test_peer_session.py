@@ -19,6 +19,7 @@ import random
 import attrs
 import pytest
 from aioice.candidate import Candidate
+from budgets import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -646,7 +647,7 @@ def drops(session: PeerSession) -> int:
     )
 
 
-@settings(max_examples=80)
+@settings(max_examples=examples(0.8))
 @given(st.lists(st.tuples(st.sampled_from(["datagram", "sctp"]),
                           st.sampled_from([0, 1, 20, 21, 22, 23, 128, 144, 200, 255]),
                           st.binary(max_size=120)),

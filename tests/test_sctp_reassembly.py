@@ -123,7 +123,7 @@ def test_ssn_wraps_around():
     assert [d[2] for d in out] == [m[2] for m in msgs]
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(3))
 @given(
     st.lists(st.one_of(st.tuples(st.just("add"), st.integers(1, 400)), st.tuples(st.just("forward"), st.integers(1, 400))),
              max_size=200),
@@ -230,7 +230,7 @@ hostile_chunk = st.builds(
 )
 
 
-@settings(max_examples=400)
+@settings(max_examples=examples(4))
 @given(st.lists(st.one_of(hostile_chunk, st.tuples(st.just("forward"), st.integers(1, 60)),
                           st.tuples(st.just("reset"), st.integers(0, 2))), max_size=80),
        st.integers(0, 0xFFFFFFFF))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import aiortc.sdp
 import attrs
 import pytest
+from budgets import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -186,7 +187,7 @@ def test_a_rejected_section_is_a_port_zero_inactive_answer_to_its_line() -> None
     assert theirs.media[1].port != 0
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(2), deadline=None)
 @given(st.lists(st.sampled_from(range(3)), min_size=1, max_size=6), st.booleans())
 def test_answer_keeps_offer_order_for_any_subset(indices: list[int], drop_bundle: bool) -> None:
     base = fixture("chromium_subscriber_offer_sent.sdp")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import trio
 import trio.testing
+from budgets import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -95,7 +96,7 @@ async def test_get_waits_for_a_put() -> None:
     assert got == [b"hello"]
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(3))
 @given(st.lists(st.tuples(st.sampled_from([None, "a", "b", "c"]), st.binary(max_size=40)), max_size=60))
 async def test_outbox_bookkeeping_matches_what_comes_out(puts: list[tuple[str | None, bytes]]) -> None:
     outbox = SignalOutbox(max_messages=8, max_bytes=120)
