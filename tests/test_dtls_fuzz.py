@@ -64,25 +64,29 @@ def run_to_the_end(victim: DtlsConnection, peer: DtlsConnection, now: float) -> 
     handshake one way or the other (the handshake timeout bounds it at 60 s of their clock)."""
     for _ in range(200):
         moved = True
+        exchanges = 0
         while moved:
             moved = False
+            exchanges += 1
+            # A flight answers a flight; endless answering at one instant would be a loop.
+            assert exchanges < 50, f"datagrams bounce without end: {victim.state}, peer {peer.state}"
             for sender, receiver in ((victim, peer), (peer, victim)):
                 for datagram in sender.datagrams_to_send(now):
                     receiver.receive_datagram(datagram, now)
                     moved = True
-        timers = [t for t in (victim.get_timer(), peer.get_timer()) if t is not None]
+        timers = [t for t in (victim.next_deadline(), peer.next_deadline()) if t is not None]
         if not timers:
             return
         now = max(now, min(timers))
-        victim.handle_timer(now)
-        peer.handle_timer(now)
+        victim.handle_timeout(now)
+        peer.handle_timeout(now)
     raise AssertionError(f"still handshaking after 200 timer rounds: {victim.state}, peer {peer.state}")
 
 
 def assert_ended(victim: DtlsConnection, peer: DtlsConnection) -> None:
     """Connected or failed, never stuck; and connected means working keys on both sides."""
     assert victim.state in (DtlsState.CONNECTED, DtlsState.FAILED), victim.state
-    assert victim.get_timer() is None
+    assert victim.next_deadline() is None
     if victim.state is DtlsState.CONNECTED:
         assert peer.state is DtlsState.CONNECTED, peer.state
         for sender, receiver in ((victim, peer), (peer, victim)):

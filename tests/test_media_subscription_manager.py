@@ -62,10 +62,10 @@ async def test_unknown_track_is_reported_not_found_and_a_late_track_is_subscribe
             # starts, late — how late the machine's load made it does not matter.
             with trio.fail_after(10):
                 while (session := room.sessions.get(subscriber.participant_sid)) is None or not all(
-                        (wanted := session.manager.subscriptions.get(sid)) is not None
+                        (wanted := session.subscribing.manager.subscriptions.get(sid)) is not None
                         and "not_found" in wanted.transient_errors for sid in ("TR_Anot_a_track", audio.sid)):
                     await trio.sleep(0.01)
-            wanted_since = session.manager.subscriptions["TR_Anot_a_track"].wanted_since
+            wanted_since = session.subscribing.manager.subscriptions["TR_Anot_a_track"].wanted_since
             async with trio.open_nursery() as senders:
                 senders.start_soon(send_synthetic_audio, audio, TIMEOUT * 4)
                 with trio.fail_after(TIMEOUT + REPORT_SLACK):

@@ -84,7 +84,7 @@ async def test_explicit_subscription_disable_enable_and_unsubscribe():
             # Not only quiet for a while: the server neither wants the track for anyone nor
             # forwards it (the decision an offer would follow from).
             sessions = [session for room in server.media.rooms.values() for session in room.sessions.values()]
-            assert len(sessions) == 2 and not [s for s in sessions if sid in s.subscriptions or sid in s.manager.subscriptions]
+            assert len(sessions) == 2 and not [s for s in sessions if sid in s.subscriptions or sid in s.subscribing.manager.subscriptions]
 
             def plis() -> int:
                 return len([p for p in alice_pub.rtcp if isinstance(p, rtcp.Pli) and p.media_ssrc == VIDEO_SSRC])
