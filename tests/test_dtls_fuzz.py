@@ -63,13 +63,16 @@ def run_to_the_end(victim: DtlsConnection, peer: DtlsConnection, now: float) -> 
     side's timers when nothing else moves, until neither has a timer left: both finished the
     handshake one way or the other (the handshake timeout bounds it at 60 s of their clock)."""
     for _ in range(200):
-        moved = True
+        moved, exchanged = True, 0
         while moved:
             moved = False
             for sender, receiver in ((victim, peer), (peer, victim)):
                 for datagram in sender.datagrams_to_send(now):
                     receiver.receive_datagram(datagram, now)
                     moved = True
+                    exchanged += 1
+            # A handshake is a few flights; hundreds of datagrams at one instant is a volley.
+            assert exchanged < 500, f"the two sides keep answering each other: {victim.state}, peer {peer.state}"
         timers = [t for t in (victim.get_timer(), peer.get_timer()) if t is not None]
         if not timers:
             return
