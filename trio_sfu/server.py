@@ -31,6 +31,7 @@ from trio_sfu.api.twirp import TwirpServer
 from trio_sfu.api.webhooks import WebhookNotifier
 
 SHUTDOWN_GRACE = 3.0
+LISTEN_BACKLOG = 1024
 _log = get_logger("trio_sfu.server")
 
 
@@ -44,6 +45,7 @@ class Server:
         node_id: str | None = None,
         listeners: Sequence[trio.abc.Listener[trio.abc.Stream]] = (),
         dtls_certificate: DtlsCertificate | None = None,
+        reuse_port: bool = False,
     ) -> None:
         """`enable_media` runs the real media stack (UDP mux on `config.rtc.udp_port`) and
         overrides `media_factory`; off by default so signal-only tests bind no UDP port.
@@ -78,19 +80,31 @@ class Server:
             self.front.relay = self.relay
             self.registry.presence = self.relay
         self._given_listeners = list(listeners)
+        self.reuse_port = reuse_port
         self.listeners: list[trio.abc.Listener[trio.abc.Stream]] = []
-        self.port = 0
+        self.port = 0  # the port this node's own URL names
+        self.public_port = 0  # the port clients are given (shared by the workers)
         self._shutdown = trio.Event()
         self.shutdown_clean: bool | None = None
 
     @property
     def url(self) -> str:
+        """This node's own signal URL (with `reuse_port`, its private port)."""
+        return f"ws://{self._url_host()}:{self.port}"
+
+    @property
+    def public_url(self) -> str:
+        """The URL clients are given: the shared port with `reuse_port`, else `url`."""
+        return f"ws://{self._url_host()}:{self.public_port or self.port}"
+
+    def _url_host(self) -> str:
         host = self.config.effective_bind_addresses()[0]
         if host in ("0.0.0.0", "", "::"):
-            host = "127.0.0.1"
+            # Listening everywhere: other nodes reach this one at its advertised address.
+            host = self.config.rtc.node_ip or "127.0.0.1"
         if ":" in host:
             host = f"[{host}]"
-        return f"ws://{host}:{self.port}"
+        return host
 
     def request_shutdown(self) -> None:
         self._shutdown.set()
@@ -125,16 +139,13 @@ class Server:
             nursery.cancel_scope.cancel()
 
     async def _open_tcp_listeners(self) -> None:
-        port = self.config.port
-        tcp: list[trio.SocketListener] = []
-        for host in self.config.effective_bind_addresses():
-            listeners = await trio.open_tcp_listeners(port, host=host)
-            if port == 0 and listeners:
-                # Same ephemeral port on every further address, so one URL fits all.
-                port = listeners[0].socket.getsockname()[1]
-            tcp.extend(listeners)
+        tcp = await _listen_all(self.config.effective_bind_addresses(), self.config.port, self.reuse_port)
+        self.port = self.public_port = tcp[0].socket.getsockname()[1]
+        if self.reuse_port:
+            private = await _listen_all(self.config.effective_bind_addresses(), 0, False)
+            self.port = private[0].socket.getsockname()[1]
+            tcp.extend(private)
         self.listeners = list(tcp)
-        self.port = tcp[0].socket.getsockname()[1]
 
     async def _accept_all(self, scope: trio.CancelScope, handler_nursery: trio.Nursery) -> None:
         # Our own accept loop instead of trio.serve_listeners: shutdown must stop accepting
@@ -165,3 +176,36 @@ class Server:
 
 
 _RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+
+
+async def _listen_all(hosts: Sequence[str], port: int, reuse_port: bool) -> list[trio.SocketListener]:
+    """TCP listeners on every address, all on one port (the first ephemeral port found, if 0)."""
+    listeners: list[trio.SocketListener] = []
+    for host in hosts:
+        if reuse_port:
+            opened = [await _reuse_port_listener(host, port)]
+        else:
+            opened = await trio.open_tcp_listeners(port, host=host)
+        if port == 0 and opened:
+            # Same ephemeral port on every further address, so one URL fits all.
+            port = opened[0].socket.getsockname()[1]
+        listeners.extend(opened)
+    return listeners
+
+
+async def _reuse_port_listener(host: str, port: int) -> trio.SocketListener:
+    """A listener whose port other processes may bind too: the kernel spreads connections over
+    every socket bound to it (SO_REUSEPORT)."""
+    infos = await trio.socket.getaddrinfo(host, port, type=trio.socket.SOCK_STREAM, flags=trio.socket.AI_PASSIVE)
+    family, type_, proto, _, address = infos[0]
+    sock = trio.socket.socket(family, type_, proto)
+    try:
+        sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
+        sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEPORT, 1)
+        await sock.bind(address)
+        sock.listen(LISTEN_BACKLOG)
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketListener(sock)
+

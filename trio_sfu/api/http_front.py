@@ -39,6 +39,7 @@ from trio_sfu.config import ServerConfig
 from trio_sfu.log import get_logger
 from trio_sfu.signal.participant import JoinOptions
 from trio_sfu.signal.rooms import RoomClosedError, RoomFullError, RoomRegistry
+from trio_sfu.api.cluster_rooms import CALLER, caller_from_headers
 from trio_sfu.api.twirp import TwirpError, TwirpReply, TwirpServer
 
 if TYPE_CHECKING:
@@ -497,6 +498,8 @@ class HttpFront:
             return TwirpReply.error(TwirpError("deadline_exceeded", "timed out reading the request body"))
         if body is None:
             return TwirpReply.error(TwirpError("malformed", f"request body exceeds {MAX_BODY} bytes"))
+        # The caller's token goes with any part of the call other nodes answer (cluster_rooms).
+        CALLER.set(caller_from_headers(request.headers))
         return await self.twirp.dispatch(call, request.path, body)
 
     async def _preflight(self, exchange: _HttpExchange, request: Request) -> None:
