@@ -25,6 +25,7 @@ from livekit import api
 from livekit.protocol import models, rtc
 
 import trio_sfu.media.data_channels as dc
+from proto import relay_pb2 as pb
 from rtp.dtls import DtlsCertificate, DtlsRole
 from rtp.peer_transport import IceMode, PeerTransport
 from rtp.peer_transport_events import DataReceived, TransportConnected
@@ -33,7 +34,7 @@ from sdp.model import SessionDescription
 from sdp.negotiator import local_dtls_role
 from sdp.parser import parse as parse_sdp
 import server_fixtures
-from server_fixtures import API_KEY, API_SECRET, http_base, mint_token, recv, send, signal_client
+from server_fixtures import API_KEY, API_SECRET, http_base, media_nodes, mint_token, recv, send, signal_client
 from trio_sfu.server import Server
 
 def running_server():
@@ -386,3 +387,30 @@ async def test_garbage_on_an_established_association_is_dropped_and_counted() ->
             await wait_until(lambda: bob.received())
             assert [p.user.payload for _, p in bob.received()] == [b"still works"]
         await wait_until(lambda: server.metrics.get("data_sctp_malformed_packets_total") >= 2)
+
+
+async def test_data_crosses_nodes_to_the_rooms_participants_there() -> None:
+    """A room spanning two nodes: a packet sent on node A reaches node B's participants as it
+    reaches A's (stamped with the sender, to its destinations only, on its kind of channel), and
+    a packet the relay cannot use is refused and counted."""
+    async with media_nodes("node-a", "node-b") as (a, b):
+        async with data_client(a, "alice") as alice, data_client(a, "ann") as ann, \
+                data_client(b, "bob") as bob, data_client(b, "carol") as carol:
+            alice.publish(user_packet(b"hello all"))
+            alice.publish(user_packet(b"to carol", destination_identities=["carol"]), reliable=False)
+            bob.publish(user_packet(b"from b", destination_identities=["alice"]))
+            await wait_until(lambda: len(carol.received()) == 2 and len(bob.received()) == 1
+                             and len(alice.received()) == 1 and len(ann.received()) == 1)
+            await trio.sleep(0.2)  # nothing more arrives: no echo, no duplicate
+            got = {c.identity: [(label, p.user.payload, p.participant_identity) for label, p in c.received()]
+                   for c in (alice, ann, bob, carol)}
+            assert got["bob"] == [(dc.RELIABLE_LABEL, b"hello all", "alice")]
+            assert sorted(got["carol"]) == sorted([(dc.RELIABLE_LABEL, b"hello all", "alice"),
+                                                   (dc.LOSSY_LABEL, b"to carol", "alice")])
+            assert got["ann"] == [(dc.RELIABLE_LABEL, b"hello all", "alice")]
+            assert got["alice"] == [(dc.RELIABLE_LABEL, b"from b", "bob")]
+            rejected = b.relay.metrics.get("relay_rejected_total")
+            link_to_b = a.relay.links["node-b"]
+            link_to_b.send(pb.RelayMessage(data=pb.RelayData(room="room1", kind=0, packet=b"\xff\xff")))
+            await wait_until(lambda: b.relay.metrics.get("relay_rejected_total") == rejected + 1)
+            assert len(bob.received()) == 1 and len(carol.received()) == 2

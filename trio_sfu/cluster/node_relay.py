@@ -62,6 +62,7 @@ from trio_sfu import metrics as m
 from trio_sfu.log import get_logger
 from trio_sfu.cluster.link import RelayLink, serve_link
 from trio_sfu.cluster.relay_protocol import RelayTap, TrackSpec, migrated_transceivers, snapshot_to_proto
+from trio_sfu.media.data_channels import DataKind, deliver_to_peers, destinations
 from trio_sfu.tracks.seams import Seam, no_seam
 from trio_sfu.tracks.source import TrackSource
 from trio_sfu.tracks.subscriber import MigratedTransceiver
@@ -285,6 +286,25 @@ class NodeRelay:
             source.receiver.remove_down_track(tap)  # type: ignore[arg-type]
         self._broadcast(pb.RelayMessage(track_closing=pb.TrackClosing(
             room=room, track_id=source.track_id, expected_to_resume=expected_to_resume)))
+
+    # ---- data packets ----------------------------------------------------------------------
+
+    def data_published(self, room_media: "RoomMedia", kind: int, packet: bytes) -> None:
+        self._broadcast(pb.RelayMessage(data=pb.RelayData(room=room_media.name, kind=kind, packet=packet)))
+
+    def _on_data(self, peer: str, body: pb.RelayData) -> None:
+        room_media = self.media.room_by_name(body.room)
+        if room_media is None or not room_media.sessions:
+            return  # nobody of that room here
+        try:
+            kind = DataKind(body.kind)
+            packet = models.DataPacket.FromString(body.packet)
+        except (ValueError, DecodeError):
+            self._reject("unusable relayed data packet", peer=peer, room=body.room)
+            return
+        identities, sids = destinations(packet)
+        peers = [member.data for member in list(room_media.sessions.values())]
+        deliver_to_peers(peers, kind, body.packet, identities, sids, trio.current_time(), self.metrics)
 
     # ---- presence: who is in the room on the other nodes ------------------------------------
 
@@ -690,6 +710,8 @@ class NodeRelay:
             out.resumed.set()
         elif kind == "participant_changed":
             self._on_participant_changed(peer, body)
+        elif kind == "data":
+            self._on_data(peer, body)
         elif kind == "track_migrated":
             key = (body.room, body.track_id)
             entry = self._handed_over.get(key)

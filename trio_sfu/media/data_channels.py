@@ -245,8 +245,12 @@ class ParticipantData:
         log: Optional["ContextLogger"] = None,
         reliable_limit: Optional[int] = None,
         lossy_limit: Optional[int] = None,
+        other_nodes: Optional[Callable[[DataKind, bytes], None]] = None,
     ) -> None:
+        """`other_nodes`, on a node of a cluster, takes every packet this participant sends
+        (stamped, serialized) to the room's participants on the other nodes."""
         self.sid = sid
+        self.other_nodes = other_nodes
         self.identity = identity
         self.may_publish_data = may_publish_data
         self.peers = peers
@@ -311,23 +315,14 @@ class ParticipantData:
         packet.participant_sid = self.sid
         packet.participant_identity = self.identity
         packet.kind = kind  # the channel is the truth, not the (deprecated) field
-        identities = set(packet.destination_identities)
-        sids: set[str] = set()
         if value == "user":
-            user = packet.user
-            user.participant_sid = self.sid
-            user.participant_identity = self.identity
-            identities.update(user.destination_identities)
-            sids.update(user.destination_sids)
+            packet.user.participant_sid = self.sid
+            packet.user.participant_identity = self.identity
+        identities, sids = destinations(packet)
         payload = packet.SerializeToString()
-        targeted = bool(identities or sids)
-        for peer in self.peers():
-            if peer is self or peer.closed:
-                continue
-            if targeted and peer.identity not in identities and peer.sid not in sids:
-                continue
-            if peer.send(kind, payload, now):
-                metrics.inc(DATA_FORWARDED)
+        deliver_to_peers(self.peers(), kind, payload, identities, sids, now, metrics, sender=self)
+        if self.other_nodes is not None:
+            self.other_nodes(kind, payload)
 
     # ---- out: to this participant ------------------------------------------------------------
 
@@ -356,7 +351,30 @@ class ParticipantData:
         return self.send(data_kind, packet.SerializeToString(), now)
 
 
+def destinations(packet: models.DataPacket) -> tuple[set[str], set[str]]:
+    """The identities and sids a packet is addressed to (both empty: everyone)."""
+    identities = set(packet.destination_identities)
+    sids: set[str] = set()
+    if packet.WhichOneof("value") == "user":
+        identities.update(packet.user.destination_identities)
+        sids.update(packet.user.destination_sids)
+    return identities, sids
+
+
+def deliver_to_peers(peers: Iterable[ParticipantData], kind: DataKind, payload: bytes, identities: set[str],
+                     sids: set[str], now: float, metrics: m.Metrics, sender: Optional[ParticipantData] = None) -> None:
+    """Queue a serialized packet on each of `peers` it is addressed to (never its sender)."""
+    targeted = bool(identities or sids)
+    for peer in peers:
+        if peer is sender or peer.closed:
+            continue
+        if targeted and peer.identity not in identities and peer.sid not in sids:
+            continue
+        if peer.send(kind, payload, now):
+            metrics.inc(DATA_FORWARDED)
+
+
 __all__ = [
-    "DATA_TRACK_LABEL", "LOSSY_LABEL", "RELIABLE_LABEL", "DataKind", "DataTransport", "ParticipantData",
+    "DATA_TRACK_LABEL", "LOSSY_LABEL", "deliver_to_peers", "destinations", "RELIABLE_LABEL", "DataKind", "DataTransport", "ParticipantData",
     "remote_sctp_params",
 ]

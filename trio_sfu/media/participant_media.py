@@ -41,7 +41,7 @@ from sdp.parser import serialize as serialize_sdp
 
 from trio_sfu import metrics as m
 from trio_sfu.log import get_logger
-from trio_sfu.media.data_channels import ParticipantData, remote_sctp_params
+from trio_sfu.media.data_channels import DataKind, ParticipantData, remote_sctp_params
 from trio_sfu.media.handoff import MigrationSync, begin_migration, migrated_streams, restore_subscriber_lines
 from trio_sfu.media.publishing import PublisherMedia
 from trio_sfu.media.room_media import PublishedTrack, RelayHooks, RoomMedia
@@ -97,7 +97,7 @@ class ParticipantMedia:
                                            wake_by=wake_by, metrics=self.metrics, log=self.log)
         self.data = ParticipantData(sid=self.sid, identity=self.participant.identity,
                                     may_publish_data=self._may_publish_data, peers=self._data_peers,
-                                    metrics=self.metrics, log=self.log)
+                                    metrics=self.metrics, log=self.log, other_nodes=self._data_to_other_nodes)
         if migrated is not None:
             # Its m-lines as the old node had them (same mids, SSRCs and rewrite state), waiting
             # in the cache for its subscriptions.
@@ -170,6 +170,11 @@ class ParticipantMedia:
     def _may_publish_data(self) -> bool:
         video = self.participant.grants.video
         return video is None or video.may_publish_data
+
+    def _data_to_other_nodes(self, kind: DataKind, payload: bytes) -> None:
+        relay = self.service.relay
+        if relay is not None:
+            relay.data_published(self.room_media, int(kind), payload)
 
     def _data_peers(self) -> list[ParticipantData]:
         return [member.data for member in list(self.room_media.sessions.values())]

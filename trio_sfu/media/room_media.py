@@ -91,6 +91,10 @@ class RelayHooks(Protocol):
     def room_emptied(self, room_media: "RoomMedia") -> None:
         """The room's last member here left: the remote copies have nobody to serve."""
 
+    def data_published(self, room_media: "RoomMedia", kind: int, packet: bytes) -> None:
+        """A participant here sent a data packet (stamped, serialized): the room's participants
+        on the other nodes get it too."""
+
     def hand_over(self, room_media: "RoomMedia", tracks: list[PublishedTrack],
                   participant_sid: str) -> list[PublishedTrack]:
         """A participant that is moving to another node left: keep the tracks it published open
