@@ -9,6 +9,8 @@ cancels the rest.
 from __future__ import annotations
 
 import errno
+import secrets
+import string
 from typing import Sequence
 
 import trio
@@ -24,7 +26,10 @@ from trio_sfu.log import get_logger
 from trio_sfu.signal.limits import SignalLimits
 from trio_sfu.signal.media_port import MediaSessionFactory, UnavailableMediaSession
 from trio_sfu.media.service import MediaService
+from trio_sfu.cluster.drain import DEFAULT_DRAIN_DEADLINE, DrainReport
+from trio_sfu.cluster.member import ClusterMember
 from trio_sfu.cluster.node_relay import NodeRelay
+from trio_sfu.api.cluster_rooms import ClusterRoomService
 from trio_sfu.api.room_service import SERVICE_NAME, RoomService
 from trio_sfu.signal.rooms import RoomRegistry
 from trio_sfu.api.twirp import TwirpServer
@@ -69,9 +74,14 @@ class Server:
             self.registry.observers.append(self.webhooks)
         self.room_service = RoomService(self.registry)
         self.twirp = TwirpServer(self.verifier)
-        self.twirp.register(SERVICE_NAME, self.room_service.methods())
         self.front = HttpFront(config, self.verifier, self.registry, self.metrics, self.twirp)
         self.relay: NodeRelay | None = None
+        self.cluster: ClusterMember | None = None
+        if config.redis.enabled:
+            # One node of a cluster: media on, an id of its own unless given.
+            if self.media is None:
+                raise ValueError("a cluster node relays media: redis needs enable_media")
+            node_id = node_id or new_node_id()
         if node_id is not None:
             if self.media is None:
                 raise ValueError("a node relays media: node_id needs enable_media")
@@ -79,6 +89,17 @@ class Server:
             self.media.relay = self.relay
             self.front.relay = self.relay
             self.registry.presence = self.relay
+        methods = self.room_service.methods()
+        if config.redis.enabled:
+            assert self.relay is not None and self.media is not None
+            self.cluster = ClusterMember(config, self.relay, self.registry, self.media, self.metrics, lambda: self.url)
+            self.front.cluster = self.cluster
+            # The Server API answers for every node's share of a room.
+            methods = ClusterRoomService(methods, self.cluster, self.metrics).methods()
+        self.twirp.register(SERVICE_NAME, methods)
+        self._drain = trio.Event()
+        self.drain_deadline = DEFAULT_DRAIN_DEADLINE
+        self.drain_report: DrainReport | None = None
         self._given_listeners = list(listeners)
         self.reuse_port = reuse_port
         self.listeners: list[trio.abc.Listener[trio.abc.Stream]] = []
@@ -109,6 +130,14 @@ class Server:
     def request_shutdown(self) -> None:
         self._shutdown.set()
 
+    def request_drain(self) -> None:
+        """Drain, then shut down: on a cluster node, move every participant to other nodes
+        first (trio_sfu.cluster.drain); on a lone server this is `request_shutdown`."""
+        if self.cluster is None:
+            self._shutdown.set()
+        else:
+            self._drain.set()
+
     async def run(self, *, task_status: trio.TaskStatus["Server"] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             if self.media is not None:
@@ -123,11 +152,13 @@ class Server:
                 self.port = self.config.port
             else:
                 await self._open_tcp_listeners()
+            if self.cluster is not None:
+                await nursery.start(self.cluster.run)
             accepting = trio.CancelScope()
             nursery.start_soon(self._accept_all, accepting, nursery)
             _log.info("listening", kv={"url": self.url})
             task_status.started(self)
-            await self._shutdown.wait()
+            await self._wait_for_the_end()
             _log.info("shutting down", kv={"rooms": len(self.registry.rooms)})
             # Stop accepting, but let live connections hear their goodbye.
             accepting.cancel()
@@ -137,6 +168,23 @@ class Server:
             if self.webhooks is not None and not await self.webhooks.drain():
                 _log.warning("webhooks still queued at shutdown were abandoned")
             nursery.cancel_scope.cancel()
+
+    async def _wait_for_the_end(self) -> None:
+        async with trio.open_nursery() as waiting:
+            async def shutdown() -> None:
+                await self._shutdown.wait()
+                waiting.cancel_scope.cancel()
+
+            async def drain() -> None:
+                await self._drain.wait()
+                assert self.cluster is not None
+                # The listeners stay open: a resume or a forwarded join still finds this node
+                # (placement sends new joins elsewhere while it drains).
+                self.drain_report = await self.cluster.drain(self.drain_deadline)
+                waiting.cancel_scope.cancel()
+
+            waiting.start_soon(shutdown)
+            waiting.start_soon(drain)
 
     async def _open_tcp_listeners(self) -> None:
         tcp = await _listen_all(self.config.effective_bind_addresses(), self.config.port, self.reuse_port)
@@ -173,6 +221,11 @@ class Server:
                     continue
                 raise
             handler_nursery.start_soon(self.front.handle_connection, stream)
+
+
+def new_node_id() -> str:
+    """A node id as LiveKit makes them: ND_ and 12 random characters."""
+    return "ND_" + "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(12))
 
 
 _RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}

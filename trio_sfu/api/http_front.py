@@ -39,10 +39,13 @@ from trio_sfu.config import ServerConfig
 from trio_sfu.log import get_logger
 from trio_sfu.signal.participant import JoinOptions
 from trio_sfu.signal.rooms import RoomClosedError, RoomFullError, RoomRegistry
-from trio_sfu.api.cluster_rooms import CALLER, caller_from_headers
+from trio_sfu.api.cluster_rooms import CALLER, FORWARDED_HEADER, caller_from_headers
+from trio_sfu.cluster.member import host_port
+from trio_sfu.cluster.placement import Verdict
 from trio_sfu.api.twirp import TwirpError, TwirpReply, TwirpServer
 
 if TYPE_CHECKING:
+    from trio_sfu.cluster.member import ClusterMember
     from trio_sfu.cluster.node_relay import NodeRelay
 
 MAX_HEAD = 16 * 1024
@@ -362,6 +365,8 @@ class HttpFront:
         self._refusing = 0
         # Set when this server is one node of several: resumes of migrated participants.
         self.relay: "NodeRelay | None" = None
+        # Set on a node of a cluster: placement of joins, where resumes go.
+        self.cluster: "ClusterMember | None" = None
 
     async def handle_connection(self, stream: trio.abc.Stream) -> None:
         """The accept loop's handler: admit the connection under the caps, then serve it."""
@@ -596,7 +601,28 @@ class HttpFront:
                     # another node (a LiveKit SDK ignores the leave's region URL).
                     await self._forward(exchange, moved_to, room_name, sid)
                     return
+                home = await self.cluster.participant_home(room_name, grants.identity, sid) \
+                    if self.cluster is not None and not _forwarded(request) else None
+                target = host_port(home) if home else None
+                if target is not None:
+                    # Another node serves it (the load balancer, or the kernel's SO_REUSEPORT
+                    # choice, sent the resume here): it resumes there.
+                    await self._forward(exchange, target, room_name, sid)
+                    return
                 await self._refuse_resume(stream, room_name, grants, sid)
+                return
+        elif self.cluster is not None and not _forwarded(request):
+            placement = await self.cluster.place(room_name)
+            if placement.verdict is Verdict.NOWHERE:
+                self.metrics.inc(m.SIGNAL_NO_NODE)
+                await exchange.respond(503, b"no node can take a participant now, retry\n")
+                return
+            target = host_port(placement.node.signal_url) if placement.node is not None else None
+            if placement.verdict is Verdict.ELSEWHERE and target is not None:
+                _log.info("join placed on another node", kv={"room": room_name, "to": placement.node.node_id,
+                                                               "reason": placement.reason})
+                exchange.raw[:] = _with_forwarded_header(bytes(exchange.raw))
+                await self._forward(exchange, target, room_name, "", what="join")
                 return
         options = join_options_from_query(request)
         try:
@@ -613,12 +639,13 @@ class HttpFront:
             return
         await participant.finished.wait()
 
-    async def _forward(self, exchange: _HttpExchange, target: tuple[str, int], room: str, sid: str) -> None:
-        """Splice this connection (its request bytes first) to the node the participant moved to,
-        until either side closes: that node runs the resume, as if the client had gone there."""
-        self.metrics.inc(m.SIGNAL_RESUME_FORWARDED)
-        _log.info("resume forwarded to the participant's node", kv={"room": room, "sid": sid[:40],
-                                                                  "to": f"{target[0]}:{target[1]}"})
+    async def _forward(self, exchange: _HttpExchange, target: tuple[str, int], room: str, sid: str,
+                       what: str = "resume") -> None:
+        """Splice this connection (its request bytes first) to another node, until either side
+        closes: that node runs the resume (or the join), as if the client had gone there."""
+        self.metrics.inc(m.SIGNAL_RESUME_FORWARDED if what == "resume" else m.SIGNAL_JOIN_FORWARDED)
+        _log.info(f"{what} forwarded to another node", kv={"room": room, "sid": sid[:40],
+                                                            "to": f"{target[0]}:{target[1]}"})
         try:
             upstream = await trio.open_tcp_stream(*target)
         except OSError as exc:
@@ -664,6 +691,19 @@ class HttpFront:
                     pass
             nursery.cancel_scope.cancel()
 
+
+
+def _forwarded(request: Request) -> bool:
+    """Spliced here by another node: served here, never sent on again (no loops)."""
+    return request.headers.get(FORWARDED_HEADER) == "1"
+
+
+def _with_forwarded_header(head: bytes) -> bytes:
+    """The request with `x-trio-sfu-forwarded: 1` after its request line."""
+    line_end = head.find(b"\r\n")
+    if line_end < 0:
+        return head
+    return head[:line_end + 2] + FORWARDED_HEADER.encode() + b": 1\r\n" + head[line_end + 2:]
 
 
 def decode_attributes_param(value: str) -> dict[str, str]:

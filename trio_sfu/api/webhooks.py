@@ -36,7 +36,7 @@ from trio_sfu import metrics as m
 from trio_sfu.config import ConfigError, ServerConfig
 from trio_sfu.log import get_logger
 from trio_sfu.signal.participant import Participant
-from trio_sfu.signal.rooms import Room
+from trio_sfu.signal.rooms import MOVED_IN, MOVED_OUT, Room
 
 CONTENT_TYPE = "application/webhook+json"
 USER_AGENT = "LiveKit"
@@ -139,6 +139,8 @@ class WebhookNotifier:
     def room_event(
         self, event: str, room: Room, participant: Participant | None = None, track: models.TrackInfo | None = None
     ) -> None:
+        if event in (MOVED_IN, MOVED_OUT):
+            return  # a migration between nodes: the participant neither joined nor left
         message = webhook.WebhookEvent(
             event=event,
             room=room.to_proto(),

@@ -40,6 +40,12 @@ class RoomFullError(Exception):
     """The room already has `max_participants` participants."""
 
 
+#: Registry events of a participant migrating between nodes: neither is a join or a departure
+#: (LiveKit's webhooks know nothing of them), but the node serving it changed.
+MOVED_IN = "participant_moved_in"
+MOVED_OUT = "participant_moved_out"
+
+
 class RoomObserver(Protocol):
     """Told about room lifecycle events, named as LiveKit's webhooks (`room_started`,
     `room_finished`, `participant_joined`, `participant_left`, `track_published`,
@@ -187,6 +193,9 @@ class Room:
             for track in participant.tracks.values():
                 self.registry.emit("track_unpublished", self, participant, track)
             self.registry.emit("participant_left", self, participant)
+        elif participant.announced:
+            # Not a departure (no webhook), but no longer served here (the cluster directory).
+            self.registry.emit(MOVED_OUT, self, participant)
 
     def new_sid(self, prefix: str) -> str:
         return self.registry.new_sid(prefix)
@@ -209,6 +218,8 @@ class Room:
             # A participant that migrated here never left the room (its old node did not
             # report a departure either): no join to report.
             self.registry.emit("participant_joined", self, participant)
+        else:
+            self.registry.emit(MOVED_IN, self, participant)
 
     def broadcast_participant(self, participant: Participant, *, include_self: bool = False) -> None:
         """Send a ParticipantUpdate with `participant`'s current info to the room."""
