@@ -267,9 +267,13 @@ async def test_a_node_that_deregisters_is_gone_at_once(redis_server: RedisServer
         await b.deregister()
         assert redis_cli(redis_server, "hkeys", "nodes") == ["node-a"]
         assert await a.rooms() == set() and await a.room_participants("room") == {}
-        # B heartbeats no more: it stays gone.
+        # B heartbeats no more, and writes no more: it stays gone.
+        with pytest.raises(DirectoryUnavailable):
+            await b.participant_joined("room", "late", "PA_l")
         await heartbeats(a, count=2)
         assert set(a.live_nodes()) == {"node-a"}
+        assert redis_cli(redis_server, "hkeys", "nodes") == ["node-a"]
+        assert redis_cli(redis_server, "exists", "node_rooms:node-b", "room_participants:room") == ["0"]
 
 
 async def test_forged_and_stale_entries_are_ignored_logged_and_counted(

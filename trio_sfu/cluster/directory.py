@@ -50,6 +50,7 @@ import attrs
 import coredis
 import coredis.exceptions
 import trio
+from google.protobuf.message import DecodeError
 
 from proto import cluster_pb2
 from trio_sfu.config import RedisConfig
@@ -178,7 +179,7 @@ def judge_nodes(raw: Mapping[bytes, bytes], now_ms: int, expiry_ms: int, max_ske
         try:
             node_id = field.decode()
             node = cluster_pb2.Node.FromString(value)
-        except Exception:  # protobuf's DecodeError, or a field that is not UTF-8
+        except (DecodeError, UnicodeDecodeError):
             rejected[(field, value)] = EntryProblem.MALFORMED
             continue
         if node.id != node_id or not node_id:
@@ -384,7 +385,8 @@ class NodeDirectory:
             await trio.sleep(self.heartbeat_interval)
 
     async def next_heartbeat(self) -> None:
-        """Wait until a heartbeat that starts after this call has reached Redis."""
+        """Wait until a heartbeat that starts after this call has reached Redis (during an
+        outage, until Redis is back; after `deregister`, forever: bound it)."""
         # One already under way may have read the cluster before the caller's change.
         target = self.heartbeats + 1 + (1 if self._in_heartbeat else 0)
         while self.heartbeats < target:
@@ -532,6 +534,8 @@ class NodeDirectory:
     async def _write(self, operation: Callable[[coredis.Redis[bytes]], Awaitable[Any]]) -> None:
         """A membership write: the mirror has changed already; if Redis cannot take it now,
         the next successful heartbeat writes the whole mirror back."""
+        if self._stopped:
+            raise self._unavailable("the node directory has deregistered this node")
         try:
             await self._call(operation, write=True)
         except DirectoryUnavailable:
@@ -539,8 +543,9 @@ class NodeDirectory:
             raise
 
     async def set_state(self, state: NodeState) -> None:
-        """Change this node's state (SHUTTING_DOWN: no new participants here), written now;
-        if Redis cannot take it, the next heartbeat carries it."""
+        """Change this node's state (SHUTTING_DOWN: no new participants here) and write it now.
+        DirectoryUnavailable if Redis cannot take it; the state is kept, and the next heartbeat
+        that reaches Redis carries it."""
         self._state = state
 
         async def write(client: coredis.Redis[bytes]) -> None:
