@@ -38,11 +38,13 @@ def _free_port() -> int:
 
 
 def ping(port: int, timeout: float = 1.0) -> bool:
-    """True when a Redis server on 127.0.0.1:`port` answers PING with PONG."""
+    """True when a Redis server on 127.0.0.1:`port` is up: it answers PING (with PONG, or by
+    asking for a password when it requires one)."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
             sock.sendall(b"PING\r\n")
-            return sock.recv(64).startswith(b"+PONG")
+            reply = sock.recv(64)
+            return reply.startswith(b"+PONG") or reply.startswith(b"-NOAUTH")
     except OSError:
         return False
 
@@ -50,9 +52,10 @@ def ping(port: int, timeout: float = 1.0) -> bool:
 class RedisServer:
     """One `redis-server` process on a fixed loopback port, startable again after a stop."""
 
-    def __init__(self, directory: pathlib.Path, port: int | None = None) -> None:
+    def __init__(self, directory: pathlib.Path, port: int | None = None, extra_args: tuple[str, ...] = ()) -> None:
         self.directory = directory
         self.port = port or _free_port()
+        self.extra_args = extra_args  # e.g. ("--requirepass", "secret")
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = directory / "redis.log"
 
@@ -65,7 +68,7 @@ class RedisServer:
         command = [
             REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1",
             "--save", "", "--appendonly", "no", "--dir", str(self.directory),
-            "--logfile", str(self.log_path), "--daemonize", "no",
+            "--logfile", str(self.log_path), "--daemonize", "no", *self.extra_args,
         ]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + READY_DEADLINE

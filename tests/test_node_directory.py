@@ -49,8 +49,8 @@ class Load:
 
 
 def make_directory(server: RedisServer, node_id: str, load: Callable[[], NodeStats] | None = None,
-                   **kwargs: object) -> NodeDirectory:
-    config = RedisConfig(address=server.address, dial_timeout=500, read_timeout=500, write_timeout=500)
+                   config: RedisConfig | None = None, **kwargs: object) -> NodeDirectory:
+    config = config or RedisConfig(address=server.address, dial_timeout=500, read_timeout=500, write_timeout=500)
     address = NodeAddress(node_id, ip=f"10.0.0.{len(node_id)}", region="eu", signal_url=f"ws://{node_id}:7880",
                           relay_host=f"{node_id}.internal", relay_port=7890)
     kwargs.setdefault("heartbeat_interval", INTERVAL)
@@ -441,6 +441,27 @@ async def test_run_starts_and_retries_while_redis_is_down_from_the_start(tmp_pat
             server.start()
             await heartbeats(a)
             assert await a.participant_node("room", "alice") == ParticipantLocation("node-a", "PA_a")
+    finally:
+        server.stop()
+
+
+async def test_credentials_and_database_from_the_config(tmp_path: pathlib.Path) -> None:
+    require_redis_server()
+    server = RedisServer(tmp_path, extra_args=("--requirepass", "s3cret"))
+    server.start()
+    try:
+        good = make_directory(server, "node-a", config=RedisConfig(address=server.address, password="s3cret", db=3))
+        wrong = make_directory(server, "node-b", config=RedisConfig(address=server.address, password="guess", db=3))
+        async with running(good, wrong):
+            await heartbeats(good)
+            await good.participant_joined("room", "alice", "PA_a")
+            assert redis_cli(server, "-a", "s3cret", "--no-auth-warning", "-n", "3", "hkeys", "nodes") == ["node-a"]
+            assert redis_cli(server, "-a", "s3cret", "--no-auth-warning", "-n", "0", "dbsize") == ["0"]
+            # A wrong password is an outage like any other: counted, retried, calls refused.
+            await wait_until(lambda: wrong.metrics.get(directory_module.REDIS_ERRORS) >= 2, "refused heartbeats")
+            with pytest.raises(DirectoryUnavailable):
+                await wrong.rooms()
+            assert set(good.live_nodes()) == {"node-a"}
     finally:
         server.stop()
 
