@@ -27,9 +27,9 @@ test-deps:
 	bash scripts/test-deps.sh
 
 # Pyflakes-level checks (undefined names, unused imports, syntax) before the suite; the
-# generated protobuf module is not ours to lint.
+# generated protobuf modules are not ours to lint.
 lint: install-test
-	$(PY) -m ruff check --select F,E9 --exclude proto/relay_pb2.py .
+	$(PY) -m ruff check --select F,E9 --exclude proto/relay_pb2.py,proto/cluster_pb2.py .
 
 test: install-test test-deps lint
 	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \

@@ -3,6 +3,7 @@
 #   iproute2 (`ip`)          network namespaces for the end-to-end tests (tests/e2e)
 #   chromium                 Debian's browser, driven headless by playwright-core (never a downloaded build)
 #   nodejs, npm              run playwright-core and install scripts/browser's npm packages
+#   redis-server             the cluster tests' shared state (tests/redis_server.py starts its own)
 #   scripts/browser/node_modules   livekit-client + playwright-core, from package-lock.json (npm ci)
 # Each step is skipped when its result is already present, so a second run is a no-op.
 #
@@ -24,6 +25,7 @@ step_failed() { say "$*"; failed+=("$*"); }
 need_apt=()
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 [ -x "$chromium" ] || need_apt+=(chromium)
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 if ! command -v node >/dev/null 2>&1; then
     need_apt+=(nodejs npm)
 elif ! command -v npm >/dev/null 2>&1; then
@@ -71,6 +73,7 @@ fi
 missing=()
 command -v ip >/dev/null 2>&1 || missing+=("ip (iproute2)")
 [ -x "$chromium" ] || missing+=("Chromium at $chromium")
+command -v redis-server >/dev/null 2>&1 || missing+=("redis-server")
 command -v node >/dev/null 2>&1 || missing+=("node")
 for package in playwright-core livekit-client; do
     [ -d "$browser/node_modules/$package" ] || missing+=("$browser/node_modules/$package")

@@ -7,7 +7,7 @@ import pathlib
 import pytest
 
 from trio_sfu.cli import build_parser, config_from_args
-from trio_sfu.config import ConfigError, config_from_mapping, load_config_file, parse_keys
+from trio_sfu.config import ConfigError, RedisConfig, config_from_mapping, load_config_file, parse_keys
 
 LIVEKIT_SAMPLE = """
 port: 7880
@@ -50,7 +50,8 @@ def test_livekit_shaped_file(tmp_path: pathlib.Path) -> None:
     assert (config.room.empty_timeout, config.room.departure_timeout) == (600, 10)
     assert config.logging.level == "debug"
     assert config.webhook == {"api_key": "APIabc", "urls": ["https://example.com/hook"]}
-    assert config.redis == {"address": "localhost:6379"}
+    assert config.redis.address == "localhost:6379" and config.redis.enabled
+    assert config.redis.host_port() == ("localhost", 6379)
 
 
 def test_unknown_keys_warn_with_their_name() -> None:
@@ -155,3 +156,111 @@ def test_cli_dev_defaults() -> None:
 def test_cli_without_keys_is_an_error() -> None:
     with pytest.raises(ConfigError, match="no API keys"):
         config_from_args(build_parser().parse_args([]), {})
+
+
+REDIS_SECTION = """
+keys:
+  k: s
+redis:
+  address: redis.internal:6380
+  username: sfu
+  password: hunter2
+  db: 3
+  use_tls: true
+  dial_timeout: 1500
+  read_timeout: 250
+  write_timeout: 0
+  pool_size: 8
+"""
+
+
+def test_redis_section_in_livekits_shape(tmp_path: pathlib.Path) -> None:
+    config, warnings = load_config_file(write(tmp_path, REDIS_SECTION))
+    assert warnings == []
+    redis = config.redis
+    assert redis.enabled and redis.host_port() == ("redis.internal", 6380)
+    assert (redis.username, redis.password, redis.db, redis.use_tls, redis.pool_size) == ("sfu", "hunter2", 3, True, 8)
+    # Milliseconds as in LiveKit; 0 means the default.
+    assert (redis.dial_timeout, redis.read_timeout, redis.write_timeout) == (1500, 250, RedisConfig().write_timeout)
+
+
+def test_without_redis_the_server_config_is_single_node() -> None:
+    config, warnings = config_from_mapping({})
+    assert warnings == [] and not config.redis.enabled and config.redis == RedisConfig()
+    config, warnings = config_from_mapping({"redis": None})
+    assert warnings == [] and not config.redis.enabled
+    # A section with only credentials names no server: still not enabled, as LiveKit's IsConfigured.
+    config, _ = config_from_mapping({"redis": {"password": "x"}})
+    assert not config.redis.enabled
+
+
+@pytest.mark.parametrize("address,expected", [
+    ("localhost", ("localhost", 6379)),
+    ("10.0.0.5:7000", ("10.0.0.5", 7000)),
+    ("[::1]:6390", ("::1", 6390)),
+    ("[fd00::2]", ("fd00::2", 6379)),
+])
+def test_redis_address_forms(address: str, expected: tuple[str, int]) -> None:
+    config, _ = config_from_mapping({"redis": {"address": address}})
+    assert config.redis.host_port() == expected
+
+
+@pytest.mark.parametrize("data,key", [
+    ({"redis": "localhost:6379"}, "redis"),
+    ({"redis": {"address": 6379}}, "redis.address"),
+    ({"redis": {"address": "localhost:0"}}, "redis.address"),
+    ({"redis": {"address": "localhost:http"}}, "redis.address"),
+    ({"redis": {"address": ":6379"}}, "redis.address"),
+    ({"redis": {"address": "::1:6379"}}, "redis.address"),
+    ({"redis": {"address": "[::1"}}, "redis.address"),
+    ({"redis": {"db": -1}}, "redis.db"),
+    ({"redis": {"db": "0"}}, "redis.db"),
+    ({"redis": {"use_tls": "yes"}}, "redis.use_tls"),
+    ({"redis": {"dial_timeout": 1.5}}, "redis.dial_timeout"),
+    ({"redis": {"read_timeout": -5}}, "redis.read_timeout"),
+    ({"redis": {"write_timeout": True}}, "redis.write_timeout"),
+    ({"redis": {"sentinel_addresses": "a:1"}}, "redis.sentinel_addresses"),
+    ({"redis": {"cluster_addresses": [1]}}, "redis.cluster_addresses"),
+])
+def test_redis_wrong_values_name_the_key(data: dict, key: str) -> None:
+    with pytest.raises(ConfigError, match=f"'{key}'"):
+        config_from_mapping(data)
+
+
+@pytest.mark.parametrize("section,key,what", [
+    ({"sentinel_master_name": "mymaster", "sentinel_addresses": ["s1:26379", "s2:26379"]}, "sentinel_addresses", "Sentinel"),
+    ({"address": "r:6379", "sentinel_master_name": "mymaster"}, "sentinel_master_name", "Sentinel"),
+    ({"cluster_addresses": ["c1:7000", "c2:7000"]}, "cluster_addresses", "Cluster"),
+    ({"address": "r:6379", "max_redirects": 3}, "max_redirects", "Cluster"),
+])
+def test_redis_sentinel_and_cluster_are_refused_naming_the_key(section: dict, key: str, what: str) -> None:
+    with pytest.raises(ConfigError, match=f"'redis.{key}': Redis {what} is not supported yet"):
+        config_from_mapping({"redis": section})
+
+
+def test_cli_redis_flags_and_environment(tmp_path: pathlib.Path) -> None:
+    path = write(tmp_path, REDIS_SECTION)
+    # LiveKit's flags and their environment variables set redis.address and redis.password.
+    config, _ = config_from_args(build_parser().parse_args(["--dev", "--redis-host", "127.0.0.1:7001"]), {})
+    assert config.redis.enabled and config.redis.host_port() == ("127.0.0.1", 7001) and config.redis.password == ""
+    config, _ = config_from_args(build_parser().parse_args(["--dev"]),
+                                 {"REDIS_HOST": "cache:6390", "REDIS_PASSWORD": "envpw"})
+    assert (config.redis.address, config.redis.password) == ("cache:6390", "envpw")
+    # Flag over environment over file; what the flags do not set stays as the file says.
+    args = build_parser().parse_args(["--config", path, "--redis-host", "flaghost:1", "--redis-password", "flagpw"])
+    config, _ = config_from_args(args, {"REDIS_HOST": "envhost:2", "REDIS_PASSWORD": "envpw"})
+    assert (config.redis.address, config.redis.password, config.redis.db) == ("flaghost:1", "flagpw", 3)
+    config, _ = config_from_args(build_parser().parse_args(["--config", path]), {"REDIS_HOST": "envhost:2"})
+    assert (config.redis.address, config.redis.password) == ("envhost:2", "hunter2")
+    config, _ = config_from_args(build_parser().parse_args(["--config", path]), {})
+    assert (config.redis.address, config.redis.password) == ("redis.internal:6380", "hunter2")
+    # Without any of them the node stays alone.
+    config, _ = config_from_args(build_parser().parse_args(["--dev"]), {})
+    assert not config.redis.enabled
+
+
+def test_cli_bad_redis_host_names_its_source() -> None:
+    with pytest.raises(ConfigError, match="--redis-host"):
+        config_from_args(build_parser().parse_args(["--dev", "--redis-host", "host:99999"]), {})
+    with pytest.raises(ConfigError, match="REDIS_HOST"):
+        config_from_args(build_parser().parse_args(["--dev"]), {"REDIS_HOST": "a:b:c"})

@@ -11,7 +11,8 @@ from typing import Sequence
 import trio
 
 from trio_sfu import __version__
-from trio_sfu.config import DEV_API_KEY, DEV_API_SECRET, ConfigError, ServerConfig, load_config_file, parse_keys
+from trio_sfu.config import (DEV_API_KEY, DEV_API_SECRET, ConfigError, ServerConfig, load_config_file, parse_host_port,
+                             parse_keys)
 from trio_sfu.client.loadtest import add_arguments as add_load_test_arguments
 from trio_sfu.client.loadtest import run_command as run_load_test
 from trio_sfu.log import configure, get_logger
@@ -30,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--udp-port", type=int, help="UDP media port (default 7882)")
     parser.add_argument("--node-ip", help="IP address to advertise in ICE candidates")
     parser.add_argument("--keys", help="API keys as 'key: secret' pairs (env LIVEKIT_KEYS)")
+    parser.add_argument("--redis-host", metavar="HOST:PORT", help="Redis server for a cluster of nodes (env REDIS_HOST)")
+    parser.add_argument("--redis-password", metavar="PASSWORD", help="password of the Redis server (env REDIS_PASSWORD)")
     parser.add_argument("--version", action="version", version=f"trio-sfu {__version__}")
     # `trio-sfu load-test ...`; without a subcommand `trio-sfu` runs the server as before.
     commands = parser.add_subparsers(dest="command", metavar="{load-test}")
@@ -58,6 +61,15 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str]) -> tuple
         config.rtc.udp_port = args.udp_port
     if args.node_ip is not None:
         config.rtc.node_ip = args.node_ip
+    # LiveKit's names: --redis-host / REDIS_HOST set `redis.address`, --redis-password /
+    # REDIS_PASSWORD `redis.password`.
+    redis_host = args.redis_host if args.redis_host is not None else environ.get("REDIS_HOST")
+    if redis_host:
+        config.redis.address = redis_host
+        parse_host_port(redis_host, "--redis-host" if args.redis_host is not None else "REDIS_HOST")
+    redis_password = args.redis_password if args.redis_password is not None else environ.get("REDIS_PASSWORD")
+    if redis_password:
+        config.redis.password = redis_password
     for name, value in (("--port", config.port), ("--udp-port", config.rtc.udp_port)):
         if not 0 <= value <= 65535:
             raise ConfigError(f"{name} must be a port number 0-65535, got {value}")

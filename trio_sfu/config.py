@@ -61,6 +61,69 @@ class LimitConfig:
     max_participant_name_length: int = 256
 
 
+# LiveKit's Redis timeouts are integers in milliseconds; 0 (or unset) means these defaults.
+DEFAULT_REDIS_DIAL_TIMEOUT_MS = 2000
+DEFAULT_REDIS_READ_TIMEOUT_MS = 3000
+DEFAULT_REDIS_WRITE_TIMEOUT_MS = 3000
+DEFAULT_REDIS_PORT = 6379
+
+
+@attrs.define
+class RedisConfig:
+    """LiveKit's `redis:` section (livekit/protocol's RedisConfig), the cluster's shared state.
+
+    `address` is "host:port" (the port defaults to 6379); `enabled` is LiveKit's
+    `IsConfigured`. Sentinel and Redis Cluster keys are parsed, but refused at load time until
+    the node directory supports them.
+    """
+
+    address: str = ""
+    username: str = ""
+    password: str = ""
+    db: int = 0
+    use_tls: bool = False
+    sentinel_master_name: str = ""
+    sentinel_username: str = ""
+    sentinel_password: str = ""
+    sentinel_addresses: list[str] = attrs.field(factory=list)
+    cluster_addresses: list[str] = attrs.field(factory=list)
+    dial_timeout: int = DEFAULT_REDIS_DIAL_TIMEOUT_MS
+    read_timeout: int = DEFAULT_REDIS_READ_TIMEOUT_MS
+    write_timeout: int = DEFAULT_REDIS_WRITE_TIMEOUT_MS
+    # Connections the client may open at once (LiveKit's go-redis `pool_size`); 0 = no cap.
+    pool_size: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.address or self.sentinel_addresses or self.cluster_addresses)
+
+    def host_port(self) -> tuple[str, int]:
+        """`address` split into host and port (a ConfigError names the key if it is malformed)."""
+        return parse_host_port(self.address, "config key 'redis.address'")
+
+
+def parse_host_port(text: str, name: str, default_port: int = DEFAULT_REDIS_PORT) -> tuple[str, int]:
+    """ "host:port", "host", "[v6]:port" or "[v6]" → (host, port). `name` says where the text
+    came from in an error ("config key 'redis.address'", "--redis-host")."""
+    host, port_text = text, ""
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0 or (end + 1 < len(text) and text[end + 1] != ":"):
+            raise ConfigError(f"{name} must be host:port, got {text!r}")
+        host, port_text = text[1:end], text[end + 2:]
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    elif ":" in text:
+        raise ConfigError(f"{name} must be host:port (an IPv6 host in brackets), got {text!r}")
+    if not host or any(c.isspace() for c in host):
+        raise ConfigError(f"{name} must be host:port, got {text!r}")
+    if not port_text:
+        return host, default_port
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ConfigError(f"{name} must be host:port with a port 1-65535, got {text!r}")
+    return host, int(port_text)
+
+
 @attrs.define
 class LoggingConfig:
     level: str = "info"
@@ -76,9 +139,9 @@ class ServerConfig:
     room: RoomConfig = attrs.field(factory=RoomConfig)
     limit: LimitConfig = attrs.field(factory=LimitConfig)
     logging: LoggingConfig = attrs.field(factory=LoggingConfig)
-    # Accepted and kept for the webhook / multi-node teammates; not interpreted here.
+    # Accepted and kept for the webhook module (api.webhooks reads it); not interpreted here.
     webhook: dict[str, Any] | None = None
-    redis: dict[str, Any] | None = None
+    redis: RedisConfig = attrs.field(factory=RedisConfig)
     development: bool = False
 
     def effective_bind_addresses(self) -> list[str]:
@@ -103,7 +166,24 @@ _SCHEMA: dict[str, Any] = {
     "key_file": _STR,
     "region": _STR,
     "webhook": _MAP,
-    "redis": _MAP,
+    "redis": {
+        "address": _STR,
+        "username": _STR,
+        "password": _STR,
+        "db": _INT,
+        "use_tls": _BOOL,
+        "sentinel_master_name": _STR,
+        "sentinel_username": _STR,
+        "sentinel_password": _STR,
+        "sentinel_addresses": _LIST,
+        "cluster_addresses": _LIST,
+        "dial_timeout": _INT,
+        "read_timeout": _INT,
+        "write_timeout": _INT,
+        "pool_size": _INT,
+        # Redis Cluster only (refused below until supported).
+        "max_redirects": _INT,
+    },
     "rtc": {
         "udp_port": _INT,
         "tcp_port": _INT,
@@ -234,8 +314,7 @@ def config_from_mapping(data: Any) -> tuple[ServerConfig, list[str]]:
         config.keys = _keys_from_mapping(data["keys"], "config key 'keys'")
     if data.get("webhook") is not None:
         config.webhook = dict(data["webhook"])
-    if data.get("redis") is not None:
-        config.redis = dict(data["redis"])
+    config.redis = _redis_config(data.get("redis") or {})
 
     rtc = data.get("rtc") or {}
     if rtc.get("udp_port") is not None:
@@ -273,6 +352,44 @@ def config_from_mapping(data: Any) -> tuple[ServerConfig, list[str]]:
             raise ConfigError(f"config key 'logging.level' must be one of {', '.join(LOG_LEVELS)}")
         config.logging.level = log["level"].lower()
     return config, warnings
+
+
+def _redis_config(section: Mapping[str, Any]) -> RedisConfig:
+    """The `redis:` section, already type-checked by `_walk`; values checked here."""
+    redis = RedisConfig()
+    for name in ("address", "username", "password", "use_tls", "sentinel_master_name",
+                 "sentinel_username", "sentinel_password"):
+        if section.get(name) is not None:
+            setattr(redis, name, section[name])
+    for name in ("sentinel_addresses", "cluster_addresses"):
+        addresses = section.get(name)
+        if addresses is None:
+            continue
+        if not all(isinstance(a, str) and a for a in addresses):
+            raise ConfigError(f"config key 'redis.{name}' must be a list of host:port strings")
+        for address in addresses:
+            parse_host_port(address, f"config key 'redis.{name}'")
+        setattr(redis, name, list(addresses))
+    if section.get("db") is not None:
+        redis.db = _non_negative(section["db"], "redis.db")
+    if section.get("pool_size") is not None:
+        redis.pool_size = _non_negative(section["pool_size"], "redis.pool_size")
+    for name in ("dial_timeout", "read_timeout", "write_timeout"):
+        # LiveKit: milliseconds, 0 = the default.
+        if section.get(name):
+            setattr(redis, name, _non_negative(section[name], f"redis.{name}"))
+    if redis.address:
+        redis.host_port()
+    # The node directory speaks to one Redis server; Sentinel and Cluster would need failover
+    # and key-slot handling it does not have. Refused rather than silently used as a plain
+    # server (or ignored, leaving the node alone while its operator believes it clustered).
+    if redis.sentinel_addresses or redis.sentinel_master_name:
+        key = "sentinel_addresses" if redis.sentinel_addresses else "sentinel_master_name"
+        raise ConfigError(f"config key 'redis.{key}': Redis Sentinel is not supported yet (use 'redis.address')")
+    if redis.cluster_addresses or section.get("max_redirects") is not None:
+        key = "cluster_addresses" if redis.cluster_addresses else "max_redirects"
+        raise ConfigError(f"config key 'redis.{key}': Redis Cluster is not supported yet (use 'redis.address')")
+    return redis
 
 
 def load_config_file(path: str) -> tuple[ServerConfig, list[str]]:
