@@ -1,8 +1,8 @@
 """The layers' direction: imports point down only, and the sans-IO layers reach for no I/O.
 
-    composition root   trio_sfu.server, trio_sfu.cli
+    composition root   trio_sfu.server, trio_sfu.cli, trio_sfu.workers (the --workers supervisor)
     api                trio_sfu.api        HTTP front, Twirp, room service, webhooks, token checks
-    cluster            trio_sfu.cluster    node-to-node link, relay protocol, node relay
+    cluster            trio_sfu.cluster    node-to-node link, relay, directory, placement, drain
     media              trio_sfu.media      media service, room media, participant media
     signal             trio_sfu.signal     rooms, participants, the seams the layers above implement
     tracks             trio_sfu.tracks     track sources, FIFO track manager, subscriptions
@@ -43,6 +43,7 @@ RANKS: dict[str, int] = {
     "trio_sfu.api": 8,
     "trio_sfu.server": 9,
     "trio_sfu.cli": 10,
+    "trio_sfu.workers": 10,
     "trio_sfu.testing": 9,
     "trio_sfu.client": 3,
 }

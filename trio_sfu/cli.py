@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import signal
 import sys
@@ -17,6 +18,7 @@ from trio_sfu.client.loadtest import add_arguments as add_load_test_arguments
 from trio_sfu.client.loadtest import run_command as run_load_test
 from trio_sfu.log import configure, get_logger
 from trio_sfu.server import Server
+from trio_sfu.workers import run_workers
 from trio_sfu.api.webhooks import WebhookConfig
 
 _log = get_logger("trio_sfu.cli")
@@ -33,6 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--keys", help="API keys as 'key: secret' pairs (env LIVEKIT_KEYS)")
     parser.add_argument("--redis-host", metavar="HOST:PORT", help="Redis server for a cluster of nodes (env REDIS_HOST)")
     parser.add_argument("--redis-password", metavar="PASSWORD", help="password of the Redis server (env REDIS_PASSWORD)")
+    parser.add_argument("--workers", type=int, metavar="N",
+                        help="node processes on this machine sharing --port (needs Redis; default with Redis: one per core)")
+    parser.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # set by the supervisor
+    parser.add_argument("--drain-timeout", type=float, metavar="SECONDS",
+                        help="on SIGTERM, a cluster node moves its participants to other nodes for at most this long (default 60)")
     parser.add_argument("--version", action="version", version=f"trio-sfu {__version__}")
     # `trio-sfu load-test ...`; without a subcommand `trio-sfu` runs the server as before.
     commands = parser.add_subparsers(dest="command", metavar="{load-test}")
@@ -81,20 +88,56 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str]) -> tuple
     return config, warnings
 
 
-async def serve(config: ServerConfig) -> None:
-    server = Server(config, enable_media=True)
+def worker_count(args: argparse.Namespace, config: ServerConfig) -> int:
+    """How many node processes to run here: --workers, else one per core on a cluster."""
+    if args.worker_index is not None:
+        return 1  # a worker itself
+    if args.workers is not None:
+        if args.workers < 1:
+            raise ConfigError("--workers must be at least 1")
+        if args.workers > 1 and not config.redis.enabled:
+            raise ConfigError("--workers above 1 needs Redis (--redis-host or redis.address): workers are nodes of a cluster")
+        count = args.workers
+    else:
+        count = (os.cpu_count() or 1) if config.redis.enabled else 1
+    if count > 1 and config.port == 0:
+        raise ConfigError("--workers needs a fixed --port for the workers to share")
+    return count
+
+
+def apply_worker_index(config: ServerConfig, index: int) -> None:
+    """Worker `index` of several: its own UDP port next to the configured one."""
+    if config.rtc.udp_port:
+        config.rtc.udp_port += index
+        if config.rtc.udp_port > 65535:
+            raise ConfigError(f"worker {index}'s UDP port {config.rtc.udp_port} is out of range")
+
+
+async def serve(config: ServerConfig, *, reuse_port: bool = False, drain_timeout: float | None = None) -> None:
+    server = Server(config, enable_media=True, reuse_port=reuse_port)
+    if drain_timeout is not None:
+        server.drain_deadline = drain_timeout
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(server.run)
-            print(f"trio-sfu {__version__} listening on {server.url}", flush=True)
+            print(f"trio-sfu {__version__} listening on {server.public_url}", flush=True)
             if config.development:
                 for key, secret in config.keys.items():
                     print(f"dev API key: {key}  secret: {secret}", flush=True)
-            print(f"trio-sfu ready url={server.url}", flush=True)
+            node = f" node={server.relay.node_id}" if server.cluster is not None and server.relay is not None else ""
+            print(f"trio-sfu ready url={server.public_url}{node}", flush=True)
 
             async def wait_for_signal() -> None:
+                drained = False
                 async for signum in signals:
-                    _log.info("signal received, shutting down", kv={"signal": signal.Signals(signum).name})
+                    name = signal.Signals(signum).name
+                    if server.cluster is not None and not drained:
+                        # A cluster node drains first: its participants move to other nodes.
+                        _log.info("signal received, draining", kv={"signal": name})
+                        server.request_drain()
+                        drained = True
+                        continue
+                    _log.info("signal received, shutting down", kv={"signal": name})
                     server.request_shutdown()
                     return
 
@@ -111,11 +154,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"trio-sfu: error: {exc}", file=sys.stderr)
         return 2
+    try:
+        workers = worker_count(args, config)
+        if args.worker_index is not None:
+            apply_worker_index(config, args.worker_index)
+    except ConfigError as exc:
+        print(f"trio-sfu: error: {exc}", file=sys.stderr)
+        return 2
     configure(config.logging.level)
     for warning in warnings:
         _log.warning(warning)
+    if workers > 1:
+        return run_workers(sys.argv[1:] if argv is None else list(argv), workers)
     try:
-        trio.run(serve, config)
+        trio.run(functools.partial(serve, config, reuse_port=args.worker_index is not None,
+                                   drain_timeout=args.drain_timeout))
     except OSError as exc:
         print(f"trio-sfu: error: {exc.strerror or exc}", file=sys.stderr)
         return 1

@@ -130,6 +130,14 @@ class LoggingConfig:
 
 
 @attrs.define
+class NodeSelectorConfig:
+    """LiveKit's `node_selector:` section, as far as placement uses it (trio_sfu.cluster.placement):
+    a node whose CPU load reaches `sysload_limit` (0..1) is full."""
+
+    sysload_limit: float = 0.9
+
+
+@attrs.define
 class ServerConfig:
     port: int = DEFAULT_PORT
     # Empty = the mode's default: loopback in development (as LiveKit's --dev), else all interfaces.
@@ -142,6 +150,8 @@ class ServerConfig:
     # Accepted and kept for the webhook module (api.webhooks reads it); not interpreted here.
     webhook: dict[str, Any] | None = None
     redis: RedisConfig = attrs.field(factory=RedisConfig)
+    node_selector: NodeSelectorConfig = attrs.field(factory=NodeSelectorConfig)
+    region: str = ""
     development: bool = False
 
     def effective_bind_addresses(self) -> list[str]:
@@ -165,6 +175,12 @@ _SCHEMA: dict[str, Any] = {
     "keys": _MAP,
     "key_file": _STR,
     "region": _STR,
+    "node_selector": {
+        "kind": _STR,
+        "sort_by": _STR,
+        "sysload_limit": ((int, float), "a number"),
+        "regions": _LIST,
+    },
     "webhook": _MAP,
     "redis": {
         "address": _STR,
@@ -315,6 +331,14 @@ def config_from_mapping(data: Any) -> tuple[ServerConfig, list[str]]:
     if data.get("webhook") is not None:
         config.webhook = dict(data["webhook"])
     config.redis = _redis_config(data.get("redis") or {})
+    if data.get("region") is not None:
+        config.region = data["region"]
+    selector = data.get("node_selector") or {}
+    if selector.get("sysload_limit") is not None:
+        limit_value = float(selector["sysload_limit"])
+        if not 0 < limit_value <= 1:
+            raise ConfigError("config key 'node_selector.sysload_limit' must be in (0, 1]")
+        config.node_selector.sysload_limit = limit_value
 
     rtc = data.get("rtc") or {}
     if rtc.get("udp_port") is not None:
