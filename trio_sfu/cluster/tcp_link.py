@@ -80,6 +80,8 @@ MAC_SIZE = 32
 MAGIC = b"TSFU-RELAY/1"
 _LENGTH = 4
 KEEPALIVE_FRAME = b"\x00\x00\x00\x00"
+#: How long a handshake may take, from the connection to WELCOME.
+HANDSHAKE_TIMEOUT = 5.0
 
 
 class Step(enum.IntEnum):
@@ -111,7 +113,7 @@ class LinkLimits:
     keepalive_interval: float = 1.0
     #: ... and a link that hears nothing for this long, or cannot write for this long, is dead.
     idle_timeout: float = 6.0
-    handshake_timeout: float = 5.0
+    handshake_timeout: float = HANDSHAKE_TIMEOUT
     #: How long connecting to a peer may take before the attempt counts as failed.
     connect_timeout: float = 5.0
 
@@ -313,7 +315,7 @@ async def _run_handshake(stream: trio.abc.Stream, timeout: float,
 
 
 async def dial_handshake(stream: trio.abc.Stream, *, local_node_id: str, peer_node_id: str, key: bytes,
-                         timeout: float = LinkLimits.handshake_timeout) -> FrameDecoder:
+                         timeout: float = HANDSHAKE_TIMEOUT) -> FrameDecoder:
     """The dialer's side: prove we hold `key`, check the peer does and is `peer_node_id`. Returns
     the decoder holding whatever the peer sent after the handshake; raises HandshakeRefused (the
     stream is closed then)."""
@@ -342,7 +344,7 @@ async def dial_handshake(stream: trio.abc.Stream, *, local_node_id: str, peer_no
 
 async def accept_handshake(stream: trio.abc.Stream, *, local_node_id: str, key: bytes,
                            peer_problem: Callable[[str], str] = lambda node_id: "",
-                           timeout: float = LinkLimits.handshake_timeout) -> tuple[str, FrameDecoder]:
+                           timeout: float = HANDSHAKE_TIMEOUT) -> tuple[str, FrameDecoder]:
     """The acceptor's side. `peer_problem(node_id)` says why a (claimed) dialer id is not welcome
     ("" if it is). Returns the authenticated dialer's id and the decoder holding what it sent
     after the handshake; raises HandshakeRefused (the stream is closed then)."""
@@ -559,6 +561,9 @@ async def connect_link(host: str, port: int, *, local_node_id: str, peer_node_id
     HandshakeRefused (logged and counted)."""
     if not key:
         raise ValueError("relay links need a cluster key")
+    if peer_node_id == local_node_id:
+        _refused(metrics, local_node_id, "a node does not link to itself", address=f"{host}:{port}")
+        raise HandshakeRefused("a node does not link to itself")
     with trio.move_on_after(limits.connect_timeout) as connecting:
         stream = await trio.open_tcp_stream(host, port)
     if connecting.cancelled_caught:
