@@ -98,6 +98,22 @@ def test_limit_section_has_livekits_defaults_and_keys() -> None:
         config_from_mapping({"limit": {"max_attributes_size": "big"}})
 
 
+def test_cluster_section_holds_the_relay_key_and_port(tmp_path: pathlib.Path) -> None:
+    config, warnings = config_from_mapping({})
+    assert (config.cluster.key, config.cluster.relay_port) == ("", 0)
+    config, warnings = load_config_file(write(tmp_path, LIVEKIT_SAMPLE + "cluster:\n  key: s3cret-shared\n  relay_port: 7890\n"))
+    assert warnings == []
+    assert (config.cluster.key, config.cluster.relay_port) == ("s3cret-shared", 7890)
+    with pytest.raises(ConfigError, match="'cluster.key'"):
+        config_from_mapping({"cluster": {"key": 12345}})
+    with pytest.raises(ConfigError, match="'cluster.relay_port'"):
+        config_from_mapping({"cluster": {"relay_port": 70000}})
+    with pytest.raises(ConfigError, match="'cluster.relay_port'"):
+        config_from_mapping({"cluster": {"relay_port": "7890"}})
+    _, warnings = config_from_mapping({"cluster": {"key": "k", "gossip": True}})
+    assert any("'cluster.gossip'" in w for w in warnings)
+
+
 def test_legacy_room_limits_override_the_limit_section_as_in_livekit() -> None:
     config, warnings = config_from_mapping({
         "room": {"max_metadata_size": 100, "max_room_name_length": 50, "max_participant_identity_length": 60},

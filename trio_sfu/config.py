@@ -138,6 +138,19 @@ class NodeSelectorConfig:
 
 
 @attrs.define
+class ClusterConfig:
+    """The `cluster:` section: how this node links to the other nodes of a cluster.
+
+    `key` is the shared secret every node of the cluster holds; it authenticates the relay links
+    (HMAC challenge-response, trio_sfu.cluster.tcp_link) but does not encrypt them. `relay_port`
+    is the TCP port the node's relay listens on (0: any free port).
+    """
+
+    key: str = ""
+    relay_port: int = 0
+
+
+@attrs.define
 class ServerConfig:
     port: int = DEFAULT_PORT
     # Empty = the mode's default: loopback in development (as LiveKit's --dev), else all interfaces.
@@ -147,6 +160,7 @@ class ServerConfig:
     room: RoomConfig = attrs.field(factory=RoomConfig)
     limit: LimitConfig = attrs.field(factory=LimitConfig)
     logging: LoggingConfig = attrs.field(factory=LoggingConfig)
+    cluster: ClusterConfig = attrs.field(factory=ClusterConfig)
     # Accepted and kept for the webhook module (api.webhooks reads it); not interpreted here.
     webhook: dict[str, Any] | None = None
     redis: RedisConfig = attrs.field(factory=RedisConfig)
@@ -236,6 +250,10 @@ _SCHEMA: dict[str, Any] = {
         "bytes_per_sec": ((int, float), "a number"),
         "subscription_limit_video": _INT,
         "subscription_limit_audio": _INT,
+    },
+    "cluster": {
+        "key": _STR,
+        "relay_port": _INT,
     },
     "logging": {
         "level": _STR,
@@ -369,6 +387,12 @@ def config_from_mapping(data: Any) -> tuple[ServerConfig, list[str]]:
         # LiveKit copies these legacy `room` keys over the `limit` ones when they are non-zero.
         if room.get(name):
             setattr(config.limit, name, _non_negative(room[name], f"room.{name}"))
+
+    cluster = data.get("cluster") or {}
+    if cluster.get("key") is not None:
+        config.cluster.key = cluster["key"]
+    if cluster.get("relay_port") is not None:
+        config.cluster.relay_port = _port(cluster["relay_port"], "cluster.relay_port")
 
     log = data.get("logging") or {}
     if log.get("level") is not None:

@@ -200,6 +200,9 @@ class NodeRelay:
         self._moved: dict[tuple[str, str], tuple[tuple[str, int], float]] = {}
         # The room's participants on other nodes, as their nodes last described them.
         self._remote_participants: dict[str, dict[str, models.ParticipantInfo]] = {}
+        # (room, sid) -> the peer that last described that remote participant (it leaves with
+        # that peer's link).
+        self._participant_node: dict[tuple[str, str], str] = {}
         self.moved_ttl = MOVED_TTL
         self._nursery: Optional[trio.Nursery] = None
         self._deadlines_moved = trio.Event()
@@ -209,12 +212,83 @@ class NodeRelay:
     # ---- lifetime -------------------------------------------------------------------------
 
     def add_link(self, link: RelayLink) -> None:
-        self.links[link.peer_node_id] = link
+        """Serve a (new) link to its peer. A link it replaces ends first, with everything learned
+        over it (`link_lost`); the peer then learns what is published here and who is here, as a
+        peer does on its first link."""
+        peer = link.peer_node_id
+        old = self.links.get(peer)
+        if old is not None and old is not link:
+            self.link_lost(old)
+        self.links[peer] = link
         if self._nursery is not None:
             self._nursery.start_soon(self._serve_link, link)
-        # The new peer learns what is already published here.
+        # Tracks first, so that a participant's tracks have their sources by the time the
+        # peer's clients hear of the participant and subscribe.
         for (room, _), (_, source, taps) in list(self._local.items()):
             self._announce(link, room, source, taps)
+        for room in list(self.registry.rooms.values()):
+            for participant in list(room.participants.values()):
+                if participant.announced and not participant.hidden:
+                    link.send(pb.RelayMessage(participant_changed=pb.ParticipantChanged(
+                        room=room.name, participant_info=participant.to_info().SerializeToString())))
+
+    def link_lost(self, link: RelayLink) -> None:
+        """`link` ended (its peer closed it or died, it broke, it was replaced): everything learned
+        from the peer over it goes, as if the peer had closed each thing without resume. Its
+        remote copies close (subscribers see the tracks unpublished), its announcements are
+        forgotten, its participants leave the room as seen from here, the taps feeding it come
+        off the local receivers, and migrations to or from it are cancelled. Idempotent; a link
+        already replaced by a newer one to the same peer changes nothing."""
+        peer = link.peer_node_id
+        link.close()
+        if self.links.get(peer) is not link:
+            return
+        del self.links[peer]
+        self.log.warning("relay link lost", kv={"peer": peer})
+        for (room, tid), (_, source, taps) in list(self._local.items()):
+            for tap in [t for t in taps if t.link is link]:
+                source.receiver.remove_down_track(tap)  # type: ignore[arg-type]
+                taps.remove(tap)
+        for key in [k for k in self._remote if k[1] == peer]:
+            # Not withdrawn for good: the peer re-announces the track when it links again.
+            self._close_remote(key, expected_to_resume=False, withdraw=False)
+        for room in list(self._announced):
+            announced = self._announced[room]
+            for key in [k for k in announced if k[0] == peer]:
+                del announced[key]
+            if not announced:
+                del self._announced[room]
+        self._forget_participants_of(peer)
+        for key in [k for k, pending in self._pending_in.items() if pending.peer == peer]:
+            del self._pending_in[key]
+        for key in [k for k, old_node in self._arriving.items() if old_node == peer]:
+            del self._arriving[key]
+        for (room, sid), out in list(self._out.items()):
+            if out.peer == peer:
+                # migrate() wakes, fails, and releases what it handed over (see its finally).
+                out.reason = out.reason or "relay link lost"
+                out.done.set()
+                out.resumed.set()
+                out.tracks_done.set()
+        self._deadlines_moved.set()
+
+    def _forget_participants_of(self, peer: str) -> None:
+        """The peer's participants leave this node's view of each room: the local participants
+        hear them DISCONNECTED, as when one leaves on its node."""
+        for (room_name, sid), node in list(self._participant_node.items()):
+            if node != peer:
+                continue
+            del self._participant_node[(room_name, sid)]
+            known = self._remote_participants.get(room_name, {})
+            info = known.pop(sid, None)
+            if not known:
+                self._remote_participants.pop(room_name, None)
+            room = self.registry.rooms.get(room_name)
+            if info is not None and room is not None:
+                gone = models.ParticipantInfo()
+                gone.CopyFrom(info)
+                gone.state = models.ParticipantInfo.State.DISCONNECTED
+                room.send_remote_participant(gone)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
@@ -238,9 +312,11 @@ class NodeRelay:
         self._pending_in.clear()
         self._arriving.clear()
         self._remote_participants.clear()
+        self._participant_node.clear()
         self._moved.clear()
         for link in self.links.values():
             link.close()
+        self.links.clear()
 
     def _reject(self, reason: str, **kv: object) -> None:
         self.rejections.append(reason)
@@ -313,6 +389,7 @@ class NodeRelay:
         known = self._remote_participants.get(room)
         if known is not None and known.pop(info.sid, None) is not None and not known:
             del self._remote_participants[room]  # it was on another node before it migrated here
+        self._participant_node.pop((room, info.sid), None)
         data = info.SerializeToString()
         self._broadcast(pb.RelayMessage(participant_changed=pb.ParticipantChanged(room=room, participant_info=data)))
 
@@ -338,10 +415,12 @@ class NodeRelay:
             return  # an older description overtaken by a newer one
         if info.state == models.ParticipantInfo.State.DISCONNECTED:
             known.pop(info.sid, None)
+            self._participant_node.pop((body.room, info.sid), None)
             if not known:
                 del self._remote_participants[body.room]
         else:
             known[info.sid] = info
+            self._participant_node[(body.room, info.sid)] = peer
         if room is not None:
             room.send_remote_participant(info)
 
@@ -375,14 +454,14 @@ class NodeRelay:
         self._remote[key] = (room_media, source)
         room_media.track_manager.add(source)
 
-    def _close_remote(self, key: tuple[str, str, str], expected_to_resume: bool) -> None:
-        """Close a remote copy at once (the room emptied, the relay stops)."""
+    def _close_remote(self, key: tuple[str, str, str], expected_to_resume: bool, withdraw: bool = True) -> None:
+        """Close a remote copy at once (the room emptied, the relay stops, the link was lost)."""
         entry = self._remote.pop(key, None)
         if entry is None:
             return
         room_media, source = entry
         source.close_now(expected_to_resume)
-        self._remote_closed(room_media, source, expected_to_resume)
+        self._remote_closed(room_media, source, expected_to_resume, withdraw)
 
     async def _close_remote_in_steps(self, key: tuple[str, str, str], expected_to_resume: bool) -> None:
         """The peer closes the track (TrackClosing): begin closing, fixing the flag (nothing
@@ -404,8 +483,9 @@ class NodeRelay:
             source.close()
             self._remote_closed(room_media, source, expected_to_resume)
 
-    def _remote_closed(self, room_media: "RoomMedia", source: TrackSource, expected_to_resume: bool) -> None:
-        if not expected_to_resume and not room_media.track_manager.sources(source.track_id):
+    def _remote_closed(self, room_media: "RoomMedia", source: TrackSource, expected_to_resume: bool,
+                       withdraw: bool = True) -> None:
+        if withdraw and not expected_to_resume and not room_media.track_manager.sources(source.track_id):
             room_media.withdrawn.add(source.track_id)
         room_media.update_desired()
         room_media.forget_if_idle()
@@ -641,6 +721,9 @@ class NodeRelay:
 
     async def _serve_link(self, link: RelayLink) -> None:
         await serve_link(link, self._handle, self._handler_failed)
+        # The link ended by itself (not cancelled with the relay): whoever owns it may say so
+        # too (the mesh does); link_lost is idempotent.
+        self.link_lost(link)
 
     def _handler_failed(self, reason: str) -> None:
         # A message no check caught broke its handler: a bug of ours, counted apart.
