@@ -7,6 +7,8 @@ the key, because LiveKit configs carry many options we do not implement yet).
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from typing import Any, Mapping
 
 import attrs
@@ -143,11 +145,15 @@ class ClusterConfig:
 
     `key` is the shared secret every node of the cluster holds; it authenticates the relay links
     (HMAC challenge-response, trio_sfu.cluster.tcp_link) but does not encrypt them. `relay_port`
-    is the TCP port the node's relay listens on (0: any free port).
+    is the TCP port the node's relay listens on (0: any free port). Without a key, a node of a
+    cluster derives one from its API keys (every node of a cluster holds the same ones, and
+    whoever holds them is an administrator anyway): `cluster_key()`. `heartbeat_interval` is how
+    often the node refreshes its directory entry (seconds); an entry three intervals old is dead.
     """
 
     key: str = ""
     relay_port: int = 0
+    heartbeat_interval: float = 2.0
 
 
 @attrs.define
@@ -167,6 +173,13 @@ class ServerConfig:
     node_selector: NodeSelectorConfig = attrs.field(factory=NodeSelectorConfig)
     region: str = ""
     development: bool = False
+
+    def cluster_key(self) -> str:
+        """The relay links' shared key: `cluster.key`, else one derived from the API keys."""
+        if self.cluster.key:
+            return self.cluster.key
+        material = "\n".join(f"{k}:{v}" for k, v in sorted(self.keys.items()))
+        return hmac.new(b"trio-sfu cluster key", material.encode(), hashlib.sha256).hexdigest()
 
     def effective_bind_addresses(self) -> list[str]:
         if self.bind_addresses:
@@ -254,6 +267,7 @@ _SCHEMA: dict[str, Any] = {
     "cluster": {
         "key": _STR,
         "relay_port": _INT,
+        "heartbeat_interval": ((int, float), "a number"),
     },
     "logging": {
         "level": _STR,
@@ -393,6 +407,11 @@ def config_from_mapping(data: Any) -> tuple[ServerConfig, list[str]]:
         config.cluster.key = cluster["key"]
     if cluster.get("relay_port") is not None:
         config.cluster.relay_port = _port(cluster["relay_port"], "cluster.relay_port")
+    if cluster.get("heartbeat_interval") is not None:
+        interval = float(cluster["heartbeat_interval"])
+        if not 0.05 <= interval <= 60:
+            raise ConfigError("config key 'cluster.heartbeat_interval' must be between 0.05 and 60 seconds")
+        config.cluster.heartbeat_interval = interval
 
     log = data.get("logging") or {}
     if log.get("level") is not None:

@@ -165,6 +165,8 @@ class Server:
             self.shutdown_clean = await self.registry.close_all(models.DisconnectReason.SERVER_SHUTDOWN, SHUTDOWN_GRACE)
             if not self.shutdown_clean:
                 _log.warning("rooms did not close in time; cancelling")
+            if self.cluster is not None:
+                await self.cluster.leave()
             if self.webhooks is not None and not await self.webhooks.drain():
                 _log.warning("webhooks still queued at shutdown were abandoned")
             nursery.cancel_scope.cancel()

@@ -75,8 +75,7 @@ def host_port(url: str) -> Optional[tuple[str, int]]:
 
 class ClusterMember:
     def __init__(self, config: ServerConfig, relay: "NodeRelay", registry: "RoomRegistry",
-                 media: "MediaService", metrics: m.Metrics, signal_url: Callable[[], str], *,
-                 heartbeat_interval: Optional[float] = None) -> None:
+                 media: "MediaService", metrics: m.Metrics, signal_url: Callable[[], str]) -> None:
         self.config = config
         self.relay = relay
         self.registry = registry
@@ -85,10 +84,10 @@ class ClusterMember:
         self._signal_url = signal_url
         self.node_id = relay.node_id
         cluster = config.cluster
-        self.mesh = RelayMesh(self.node_id, cluster.key, relay, metrics, host=self._relay_host(), port=cluster.relay_port)
+        self.mesh = RelayMesh(self.node_id, config.cluster_key(), relay, metrics, host=self._relay_host(),
+                              port=cluster.relay_port)
         self.policy = PlacementPolicy(sysload_limit=config.node_selector.sysload_limit)
         self.cpu = CpuMeter()
-        self._heartbeat_interval = heartbeat_interval
         self.directory: Optional[NodeDirectory] = None
         self._updates_in, self._updates_out = trio.open_memory_channel[Callable[[NodeDirectory], Awaitable[None]]](MEMBERSHIP_QUEUE)
         self.draining = False
@@ -116,8 +115,8 @@ class ClusterMember:
             address = NodeAddress(self.node_id, ip=self.config.rtc.node_ip or "", region=self.config.region,
                                   signal_url=self._signal_url(), relay_host=self._advertised_relay_host(),
                                   relay_port=self.mesh.port)
-            kwargs = {} if self._heartbeat_interval is None else {"heartbeat_interval": self._heartbeat_interval}
-            self.directory = NodeDirectory(self.config.redis, address, self.stats, metrics=self.metrics, **kwargs)
+            self.directory = NodeDirectory(self.config.redis, address, self.stats, metrics=self.metrics,
+                                           heartbeat_interval=self.config.cluster.heartbeat_interval)
             self.registry.observers.append(self)
             try:
                 await nursery.start(self.directory.run)
@@ -130,12 +129,17 @@ class ClusterMember:
                 await trio.sleep_forever()
             finally:
                 self.registry.observers.remove(self)
-                with trio.move_on_after(2) as cleanup:
-                    cleanup.shield = True
-                    try:
-                        await self.directory.deregister()
-                    except DirectoryUnavailable:
-                        self.log.warning("could not deregister: Redis unavailable; the entry expires")
+
+    async def leave(self, timeout: float = 2.0) -> None:
+        """A graceful stop (call while `run` runs): the directory forgets this node now, so the
+        others need not wait for its entry to expire. Without it (a crash) the entry expires."""
+        if self.directory is None:
+            return
+        with trio.move_on_after(timeout):
+            try:
+                await self.directory.deregister()
+            except DirectoryUnavailable:
+                self.log.warning("could not deregister: Redis unavailable; the entry expires")
 
     async def _set_state(self, state: NodeState) -> None:
         assert self.directory is not None
