@@ -11,9 +11,11 @@ import trio
 from livekit.protocol import models
 
 from rtp.packet import read_sequence_number, read_ssrc, read_timestamp
-from server_fixtures import media_nodes, mint_token
+from server_fixtures import API_KEY, API_SECRET, media_nodes, mint_token
 from trio_sfu.client import LiveKitClient
 from trio_sfu.client.senders import send_synthetic_audio
+from trio_sfu.api.webhooks import WebhookConfig, WebhookNotifier
+from trio_sfu.signal.rooms import MOVED_IN, MOVED_OUT
 from trio_sfu.tracks import SourceOrigin
 
 
@@ -97,24 +99,38 @@ async def test_participants_on_both_nodes_see_each_other_and_a_migration_is_not_
 
 
 async def test_a_migration_is_neither_a_departure_nor_a_join_for_webhook_observers() -> None:
-    """Room observers (the webhook notifier among them) hear one participant_joined when the
-    participant first joins and nothing when it moves between nodes."""
-    events: list[tuple[str, str]] = []
+    """Room observers hear one participant_joined when the participant first joins and, when it
+    moves between nodes, only the move's own events (moved out of A, moved into B: what the
+    cluster directory follows); the webhook notifier sends nothing for those."""
+    events: list[tuple[str, str, str]] = []
+    sent: list[str] = []
 
     class Observer:
+        def __init__(self, node: str) -> None:
+            self.node = node
+
         def room_event(self, event, room, participant=None, track=None):
             if participant is not None:
-                events.append((event, participant.identity))
+                events.append((self.node, event, participant.identity))
 
     async with media_nodes("node-a", "node-b") as (a, b):
-        a.registry.observers.append(Observer())
-        b.registry.observers.append(Observer())
+        a.registry.observers.append(Observer("a"))
+        b.registry.observers.append(Observer("b"))
+        # The webhook notifier's own filter, on the events the registries emit.
+        notifier = WebhookNotifier(WebhookConfig(API_KEY, API_SECRET, ("http://127.0.0.1:9/",)), a.metrics)
+        notifier.enqueue = lambda message: sent.append(message.event)  # type: ignore[method-assign]
+        a.registry.observers.append(notifier)
+        b.registry.observers.append(notifier)
         async with LiveKitClient.connect(a.url, mint_token("mover", room="shared")) as mover:
             await mover.wait_connected(timeout=10)
             assert await a.relay.migrate("shared", mover.participant_sid, "node-b")
             await mover.wait_resumed(1)
             await wait_until(lambda: "mover" in b.registry.rooms["shared"].participants
                              and b.registry.rooms["shared"].participants["mover"].announced)
-            assert events == [("participant_joined", "mover")]
-        await wait_until(lambda: ("participant_left", "mover") in events)
-        assert events == [("participant_joined", "mover"), ("participant_left", "mover")]
+            assert events == [("a", "participant_joined", "mover"), ("a", MOVED_OUT, "mover"),
+                              ("b", MOVED_IN, "mover")]
+            assert sent == ["room_started", "participant_joined", "room_started"]
+        await wait_until(lambda: ("b", "participant_left", "mover") in events)
+        assert [e for e in events if e[1] not in (MOVED_IN, MOVED_OUT)] == [
+            ("a", "participant_joined", "mover"), ("b", "participant_left", "mover")]
+        assert "participant_left" in sent and MOVED_IN not in sent and MOVED_OUT not in sent
