@@ -124,7 +124,8 @@ async def serve(config: ServerConfig, *, reuse_port: bool = False, drain_timeout
             if config.development:
                 for key, secret in config.keys.items():
                     print(f"dev API key: {key}  secret: {secret}", flush=True)
-            node = f" node={server.relay.node_id}" if server.cluster is not None and server.relay is not None else ""
+            node = (f" node={server.relay.node_id} node_url={server.url} pid={os.getpid()}"
+                    if server.cluster is not None and server.relay is not None else "")
             print(f"trio-sfu ready url={server.public_url}{node}", flush=True)
 
             async def wait_for_signal() -> None:

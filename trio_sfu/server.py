@@ -103,6 +103,9 @@ class Server:
         self._given_listeners = list(listeners)
         self.reuse_port = reuse_port
         self.listeners: list[trio.abc.Listener[trio.abc.Stream]] = []
+        # With reuse_port: the listeners on the shared port (closed first when draining).
+        self._shared: list[trio.abc.Listener[trio.abc.Stream]] = []
+        self._shared_scope = trio.CancelScope()
         self.port = 0  # the port this node's own URL names
         self.public_port = 0  # the port clients are given (shared by the workers)
         self._shutdown = trio.Event()
@@ -180,8 +183,10 @@ class Server:
             async def drain() -> None:
                 await self._drain.wait()
                 assert self.cluster is not None
-                # The listeners stay open: a resume or a forwarded join still finds this node
-                # (placement sends new joins elsewhere while it drains).
+                # The private port stays open (a resume or a join spliced here still finds this
+                # node; placement sends joins elsewhere while it drains); the shared one closes
+                # so the kernel sends whoever comes next to the other workers.
+                await self.stop_shared_port()
                 self.drain_report = await self.cluster.drain(self.drain_deadline)
                 waiting.cancel_scope.cancel()
 
@@ -192,6 +197,7 @@ class Server:
         tcp = await _listen_all(self.config.effective_bind_addresses(), self.config.port, self.reuse_port)
         self.port = self.public_port = tcp[0].socket.getsockname()[1]
         if self.reuse_port:
+            self._shared = list(tcp)
             private = await _listen_all(self.config.effective_bind_addresses(), 0, False)
             self.port = private[0].socket.getsockname()[1]
             tcp.extend(private)
@@ -204,11 +210,25 @@ class Server:
             try:
                 async with trio.open_nursery() as nursery:
                     for listener in self.listeners:
-                        nursery.start_soon(self._accept_one, listener, handler_nursery)
+                        if listener in self._shared:
+                            nursery.start_soon(self._accept_shared, listener, handler_nursery)
+                        else:
+                            nursery.start_soon(self._accept_one, listener, handler_nursery)
             finally:
                 with trio.CancelScope(shield=True):
                     for listener in self.listeners:
                         await listener.aclose()
+
+    async def _accept_shared(self, listener: trio.abc.Listener[trio.abc.Stream], handler_nursery: trio.Nursery) -> None:
+        with self._shared_scope:
+            await self._accept_one(listener, handler_nursery)
+
+    async def stop_shared_port(self) -> None:
+        """Leave the shared port to the other workers: the kernel sends new connections (a
+        resume after a migration, a rejoin) to them. The private port stays open."""
+        self._shared_scope.cancel()
+        for listener in self._shared:
+            await listener.aclose()
 
     async def _accept_one(self, listener: trio.abc.Listener[trio.abc.Stream], handler_nursery: trio.Nursery) -> None:
         while True:

@@ -49,6 +49,8 @@ if TYPE_CHECKING:
     from trio_sfu.cluster.node_relay import NodeRelay
 
 MAX_HEAD = 16 * 1024
+#: A node that does not accept a spliced connection this fast is taken as gone.
+FORWARD_CONNECT_TIMEOUT = 2.0
 MAX_BODY = 1024 * 1024
 READ_SIZE = 8192
 HEAD_TIMEOUT = 10.0
@@ -599,7 +601,7 @@ class HttpFront:
                 if moved_to is not None:
                     # A client resumes where it first connected; the participant now lives on
                     # another node (a LiveKit SDK ignores the leave's region URL).
-                    await self._forward(exchange, moved_to, room_name, sid)
+                    await self._forward(exchange, moved_to, room_name, sid, grants=grants)
                     return
                 home = await self.cluster.participant_home(room_name, grants.identity, sid) \
                     if self.cluster is not None and not _forwarded(request) else None
@@ -607,7 +609,7 @@ class HttpFront:
                 if target is not None:
                     # Another node serves it (the load balancer, or the kernel's SO_REUSEPORT
                     # choice, sent the resume here): it resumes there.
-                    await self._forward(exchange, target, room_name, sid)
+                    await self._forward(exchange, target, room_name, sid, grants=grants)
                     return
                 await self._refuse_resume(stream, room_name, grants, sid)
                 return
@@ -640,17 +642,23 @@ class HttpFront:
         await participant.finished.wait()
 
     async def _forward(self, exchange: _HttpExchange, target: tuple[str, int], room: str, sid: str,
-                       what: str = "resume") -> None:
+                       what: str = "resume", grants: ClaimGrants | None = None) -> None:
         """Splice this connection (its request bytes first) to another node, until either side
         closes: that node runs the resume (or the join), as if the client had gone there."""
         self.metrics.inc(m.SIGNAL_RESUME_FORWARDED if what == "resume" else m.SIGNAL_JOIN_FORWARDED)
         _log.info(f"{what} forwarded to another node", kv={"room": room, "sid": sid[:40],
                                                             "to": f"{target[0]}:{target[1]}"})
         try:
-            upstream = await trio.open_tcp_stream(*target)
-        except OSError as exc:
-            _log.warning("resume forward failed", kv={"room": room, "sid": sid[:40], "error": str(exc)})
-            await exchange.respond(502, b"the participant's node is unreachable\n")
+            with trio.fail_after(FORWARD_CONNECT_TIMEOUT):
+                upstream = await trio.open_tcp_stream(*target)
+        except (OSError, trio.TooSlowError) as exc:
+            _log.warning(f"{what} forward failed", kv={"room": room, "sid": sid[:40], "error": str(exc)})
+            if what == "resume" and grants is not None:
+                # The node is gone (killed, say): the client rejoins from scratch, at once,
+                # through whichever node it reaches next.
+                await self._refuse_resume(ReplayStream(exchange.stream, bytes(exchange.raw)), room, grants, sid)
+                return
+            await exchange.respond(502, b"the node to serve this is unreachable\n")
             return
 
         async def pump(source: trio.abc.ReceiveStream, sink: trio.abc.SendStream, scope: trio.CancelScope) -> None:

@@ -118,6 +118,7 @@ class ClusterMember:
             self.directory = NodeDirectory(self.config.redis, address, self.stats, metrics=self.metrics,
                                            heartbeat_interval=self.config.cluster.heartbeat_interval)
             self.registry.observers.append(self)
+            self.relay.arrivals = self
             try:
                 await nursery.start(self.directory.run)
                 if not self.draining:
@@ -129,6 +130,7 @@ class ClusterMember:
                 await trio.sleep_forever()
             finally:
                 self.registry.observers.remove(self)
+                self.relay.arrivals = None
 
     async def leave(self, timeout: float = 2.0) -> None:
         """A graceful stop (call while `run` runs): the directory forgets this node now, so the
@@ -198,6 +200,16 @@ class ClusterMember:
     def participant_changed(self, room: str, info: models.ParticipantInfo) -> None:
         pass
 
+    # ---- ArrivalObserver: a migration in, before the client resumes --------------------------------
+
+    def arriving(self, room: str, identity: str, sid: str) -> None:
+        # Point the directory here now: the client's resume may reach any node, which must
+        # send it here, not to the old node it is leaving.
+        self._queue(lambda d: d.participant_joined(room, identity, sid))
+
+    def not_arriving(self, room: str, identity: str, sid: str) -> None:
+        self._queue(lambda d: d.participant_left(room, identity, sid))
+
     # ---- load ----------------------------------------------------------------------------------
 
     def stats(self) -> NodeStats:
@@ -247,6 +259,9 @@ class ClusterMember:
         except DirectoryUnavailable:
             return None
         if location is None or location.sid != sid or location.node_id == self.node_id:
+            return None
+        if location.node_id not in self.relay.links:
+            # Not linked: the node died (its entry has not expired yet) -- the client rejoins.
             return None
         return self.node_url(location.node_id)
 

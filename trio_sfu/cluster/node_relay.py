@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import collections
 import math
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional, Protocol
 from urllib.parse import urlsplit
 
 import attrs
@@ -91,6 +91,14 @@ RESUME_TIMEOUT = 20.0
 ACCEPT_TIMEOUT = 10.0
 #: How long the old node forwards a moved participant's resumes to its new node.
 MOVED_TTL = 60.0
+
+
+class ArrivalObserver(Protocol):
+    def arriving(self, room: str, identity: str, sid: str) -> None:
+        """A migration in was accepted: the participant resumes here (soon)."""
+
+    def not_arriving(self, room: str, identity: str, sid: str) -> None:
+        """An accepted migration in ended without the participant resuming here."""
 
 
 @attrs.define
@@ -193,6 +201,9 @@ class NodeRelay:
         self._local: dict[tuple[str, str], tuple["RoomMedia", TrackSource, list[RelayTap]]] = {}
         self._handed_over: dict[tuple[str, str], _HandedOver] = {}
         self._pending_in: dict[tuple[str, str], MigrationIn] = {}
+        # Told of each accepted migration in and of its end without a resume (the cluster
+        # directory points a resume that reaches another node here meanwhile).
+        self.arrivals: Optional[ArrivalObserver] = None
         self._arriving: dict[tuple[str, str], str] = {}  # (room, track id) -> old node
         self._out: dict[tuple[str, str], _MigrationOut] = {}
         # Participants that moved away: (room, sid) -> (host, port) of their node, until the
@@ -260,7 +271,7 @@ class NodeRelay:
                 del self._announced[room]
         self._forget_participants_of(peer)
         for key in [k for k, pending in self._pending_in.items() if pending.peer == peer]:
-            del self._pending_in[key]
+            self._not_arriving(self._pending_in.pop(key))
         for key in [k for k, old_node in self._arriving.items() if old_node == peer]:
             del self._arriving[key]
         for (room, sid), out in list(self._out.items()):
@@ -309,6 +320,8 @@ class NodeRelay:
             self._release_handed_over(key, expected_to_resume=False)
         for key in list(self._remote):
             self._close_remote(key, expected_to_resume=False)
+        for pending in list(self._pending_in.values()):
+            self._not_arriving(pending)
         self._pending_in.clear()
         self._arriving.clear()
         self._remote_participants.clear()
@@ -685,10 +698,17 @@ class NodeRelay:
             body.auto_subscribe, trio.current_time() + self.resume_timeout, dict(body.explicit_subscriptions),
             streams, layout)
         self._deadlines_moved.set()
+        if self.arrivals is not None:
+            self.arrivals.arriving(body.room, info.identity, sid)
         return ""
+
+    def _not_arriving(self, pending: MigrationIn) -> None:
+        if self.arrivals is not None:
+            self.arrivals.not_arriving(pending.room, pending.info.identity, pending.info.sid)
 
     def abandon(self, migration: MigrationIn) -> None:
         """The resumed participant could not be created here: the old node lets go too."""
+        self._not_arriving(migration)
         for track_id in migration.published:
             self._arriving.pop((migration.room, track_id), None)
         self._send(migration.peer, pb.RelayMessage(migrate_cancel=pb.MigrateCancel(
@@ -821,6 +841,7 @@ class NodeRelay:
         pending = self._pending_in.pop(key, None)
         if pending is not None and pending.peer == peer:
             found = True
+            self._not_arriving(pending)
         # Resumed here already: the participant goes (it must rejoin from scratch).
         room = self.registry.rooms.get(body.room)
         participant = next((p for p in room.participants.values() if p.sid == body.participant_id), None) if room else None
