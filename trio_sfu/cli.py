@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, metavar="N",
                         help="node processes on this machine sharing --port (needs Redis; default with Redis: one per core)")
     parser.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # set by the supervisor
+    parser.add_argument("--reuse-port", action="store_true",
+                        help="share --port with other trio-sfu nodes on this machine started separately (as --workers does)")
     parser.add_argument("--drain-timeout", type=float, metavar="SECONDS",
                         help="on SIGTERM, a cluster node moves its participants to other nodes for at most this long (default 60)")
     parser.add_argument("--version", action="version", version=f"trio-sfu {__version__}")
@@ -100,8 +102,10 @@ def worker_count(args: argparse.Namespace, config: ServerConfig) -> int:
         count = args.workers
     else:
         count = (os.cpu_count() or 1) if config.redis.enabled else 1
-    if count > 1 and config.port == 0:
-        raise ConfigError("--workers needs a fixed --port for the workers to share")
+    if (count > 1 or args.reuse_port) and config.port == 0:
+        raise ConfigError("--workers and --reuse-port need a fixed --port to share")
+    if args.reuse_port and not config.redis.enabled:
+        raise ConfigError("--reuse-port needs Redis: the nodes sharing a port must be one cluster")
     return count
 
 
@@ -168,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if workers > 1:
         return run_workers(sys.argv[1:] if argv is None else list(argv), workers)
     try:
-        trio.run(functools.partial(serve, config, reuse_port=args.worker_index is not None,
+        trio.run(functools.partial(serve, config, reuse_port=args.worker_index is not None or args.reuse_port,
                                    drain_timeout=args.drain_timeout))
     except OSError as exc:
         print(f"trio-sfu: error: {exc.strerror or exc}", file=sys.stderr)

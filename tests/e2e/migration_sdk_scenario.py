@@ -4,7 +4,8 @@ decodes, per phase.
 
     python migration_sdk_scenario.py --url ws://127.0.0.1:P1 [--room R]
 
-Both connect to --url (node A) and stay connected; the SDK resumes there after each move.
+Both connect to --url (node A; bob to --bob-url if given) and stay connected; the SDK resumes
+there after each move.
 stdout is JSON lines: {"receiving": ...} once bob decodes loud audio from alice. Each stdin line
 {"phase": "name"} starts a new counting phase (the first one is "start"). On stdin EOF both leave
 and the last line is {"summary": ...}: frames per phase, every SDK room event of both with its
@@ -113,7 +114,8 @@ class Participant:
         grants = api.VideoGrants(room_join=True, room=args.room)
         token = (api.AccessToken(args.api_key, args.api_secret).with_identity(self.identity)
                  .with_grants(grants).to_jwt())
-        await self.room.connect(args.url, token, rtc.RoomOptions(auto_subscribe=True))
+        url = args.bob_url if self.identity == "bob" and args.bob_url else args.url
+        await self.room.connect(url, token, rtc.RoomOptions(auto_subscribe=True))
         self.sid_start = self.room.local_participant.sid
 
     def report(self) -> dict[str, object]:
@@ -208,6 +210,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--url", required=True, help="node A's signal URL")
+    parser.add_argument("--bob-url", help="bob's signal URL, if not --url (another node of a cluster)")
     parser.add_argument("--room", default="migration")
     parser.add_argument("--api-key", default="devkey")
     parser.add_argument("--api-secret", default="secret")
