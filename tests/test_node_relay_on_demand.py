@@ -326,3 +326,61 @@ async def test_nacks_across_the_relay_and_the_publishers_sender_reports() -> Non
         assert 0 <= elapsed < 5
         expected_rtp = (rtp0 + round(elapsed * 90000) + ts_offset) & 0xFFFFFFFF
         assert abs(((sr.rtp_timestamp - expected_rtp + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)) <= 2
+
+
+async def test_bad_on_demand_messages_are_refused_and_counted() -> None:
+    """RelaySubscribe, RelaySenderReport, RelayRtp and RelayRtcp a peer gets wrong: refused with
+    a reason or counted, never raised out of the relay; the track then still works."""
+    async with simulcast_call() as (call, nursery):
+        await wait_until(lambda: remote_copy(call) is not None)
+        a, b = call.a, call.b
+        to_a, to_b = b.relay.links["node-a"], a.relay.links["node-b"]
+        room = copy_room(call)
+
+        async def refused_by(server: Server, link, message: pb.RelayMessage, reason: str) -> None:
+            before = len(server.relay.rejections)
+            link.send(message)
+            await wait_until(lambda: len(server.relay.rejections) > before)
+            assert reason in server.relay.rejections[-1], server.relay.rejections[-1]
+
+        await refused_by(a, to_a, pb.RelayMessage(subscribe=pb.RelaySubscribe(
+            room=room, track_id=call.sid, layers=list(range(9)))), "subscribe with too many layers")
+        await refused_by(b, to_b, pb.RelayMessage(sender_report=pb.RelaySenderReport(
+            room=room, track_id=call.sid, layer=2, ssrc=0xDEAD, ntp_timestamp=1 << 32)),
+            "sender report for another layer's SSRC")
+        unknown = a.metrics.get("relay_subscribe_unknown_total")
+        to_a.send(pb.RelayMessage(subscribe=pb.RelaySubscribe(room=room, track_id="TR_nope", layers=[0])))
+        await wait_until(lambda: a.metrics.get("relay_subscribe_unknown_total") == unknown + 1)
+        # Layers the track does not have are not relayed: the tap asks for nothing.
+        to_a.send(pb.RelayMessage(subscribe=pb.RelaySubscribe(room=room, track_id=call.sid, layers=[5, 7])))
+        # A packet naming a layer the copy lacks is dropped and counted.
+        dropped = b.metrics.get("relay_rtp_dropped_total")
+        to_b.send(pb.RelayMessage(rtp=pb.RelayRtp(room=room, track_id=call.sid, layer=6, packet=RtpPacket(
+            96, 1, 1, LAYER_SSRCS["q"], payload=payload("q", True, 1)).serialize())))
+        await wait_until(lambda: b.metrics.get("relay_rtp_dropped_total") == dropped + 1)
+        assert remote_copy(call).receiver.counters.dropped_wrong_layer == 1
+        # Feedback naming nobody's SSRC, and a NACK naming thousands of packets.
+        nack = rtcp.Nack.from_lost(1, 0xBAD, list(range(0, 4000, 2)))
+        to_a.send(pb.RelayMessage(rtcp=pb.RelayRtcp(room=room, track_id=call.sid, packet=rtcp.serialize_rtcp(
+            [rtcp.ReceiverReport(1), rtcp.Pli(1, 0xBAD), nack]))))
+        rounds = call.rounds
+        await wait_until(lambda: call.rounds >= rounds + 20)
+        assert call.link.rtp == [(6, False, "q00001")], "only the injected packet: nothing the track has was subscribed"
+        assert a.metrics.get("relay_handler_failed_total") == b.metrics.get("relay_handler_failed_total") == 0
+
+        # The track still crosses when Bob subscribes.
+        await subscribe(call, nursery, True)
+        bob_ssrc, _ = await bob_offer(call, nursery)
+        await call.bob_sub.wait_for(lambda: len(received(call, bob_ssrc)) >= 10)
+
+
+def test_a_track_description_with_unusable_rids_is_refused() -> None:
+    from sdp.codecs import MediaKind
+    from sdp.model import Codec
+    from trio_sfu.cluster.relay_protocol import TrackSpec
+
+    vp8 = (Codec(96, "VP8", 90000),)
+    good = TrackSpec("TR_v", "PA_p", MediaKind.VIDEO, vp8, rids=("q", "h", "f"))
+    assert TrackSpec.from_proto(good.to_proto()) == good
+    for rids in (("q", "q"), ("",), ("x" * 33,), tuple("abcde")):
+        assert TrackSpec.from_proto(TrackSpec("TR_v", "PA_p", MediaKind.VIDEO, vp8, rids=rids).to_proto()) is None, rids
