@@ -384,3 +384,23 @@ def test_a_track_description_with_unusable_rids_is_refused() -> None:
     assert TrackSpec.from_proto(good.to_proto()) == good
     for rids in (("q", "q"), ("",), ("x" * 33,), tuple("abcde")):
         assert TrackSpec.from_proto(TrackSpec("TR_v", "PA_p", MediaKind.VIDEO, vp8, rids=rids).to_proto()) is None, rids
+
+
+async def test_a_lost_links_taps_leave_their_receivers() -> None:
+    """What the link's lifecycle calls when it loses a link: the local tracks stop feeding it."""
+    async with simulcast_call() as (call, nursery):
+        await wait_until(lambda: remote_copy(call) is not None)
+        await subscribe(call, nursery, True)
+        bob_ssrc, _ = await bob_offer(call, nursery)
+        await call.bob_sub.wait_for(lambda: len(received(call, bob_ssrc)) >= 10)
+        (_, source, taps) = call.a.relay._local[(copy_room(call), call.sid)]
+        (tap,) = taps
+        assert tap in source.receiver.down_tracks
+        call.a.relay._stop_relaying_on(call.a.relay.links["node-b"])
+        assert taps == [] and tap not in source.receiver.down_tracks
+        mark = len(call.link.rtp)
+        rounds = call.rounds
+        await wait_until(lambda: call.rounds >= rounds + 20)
+        assert call.link.rtp[mark:] == []
+        # B's copy keeps asking (its refresh); with no tap for it, A counts the requests.
+        await wait_until(lambda: call.a.metrics.get("relay_subscribe_unknown_total") >= 1)

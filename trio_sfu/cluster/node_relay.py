@@ -356,6 +356,15 @@ class NodeRelay:
         spec = TrackSpec.from_source(source)
         link.send(pb.RelayMessage(track_published=pb.TrackPublished(room=room, track=spec.to_proto())))
 
+    def _stop_relaying_on(self, link: RelayLink) -> None:
+        """`link` is gone (for the link's lifecycle to call when it loses one): its taps leave
+        their receivers. The peer's remote copies ask again over the link that replaces it (they
+        refresh their demand every DEMAND_REFRESH seconds)."""
+        for _, _, taps in self._local.values():
+            for tap in [tap for tap in taps if tap.link is link]:
+                tap.detach()
+                taps.remove(tap)
+
     def local_closing(self, room_media: "RoomMedia", source: TrackSource, expected_to_resume: bool) -> None:
         room = room_media.name
         entry = self._local.get((room, source.track_id))
