@@ -71,6 +71,7 @@ class Call:
     sid: str
     link: LinkRecord
     rounds: int = 0
+    paused: set[str] = attrs.field(factory=set)  # rids the publisher stops sending (congestion)
     # (ntp, rtp) of every SR the publisher sent, by rid.
     sender_reports: dict[str, list[tuple[int, int]]] = attrs.field(factory=dict)
 
@@ -105,6 +106,8 @@ async def publish_forever(call: Call) -> None:
         call.rounds += 1
         n = call.rounds
         for rid in RIDS:
+            if rid in call.paused:
+                continue
             ssrc = LAYER_SSRCS[rid]
             plis = sum(1 for p in pub.rtcp if isinstance(p, rtcp.Pli) and p.media_ssrc == ssrc)
             keyframe = plis > answered[rid] or n % 50 == 1
@@ -404,3 +407,35 @@ async def test_a_lost_links_taps_leave_their_receivers() -> None:
         assert call.link.rtp[mark:] == []
         # B's copy keeps asking (its refresh); with no tap for it, A counts the requests.
         await wait_until(lambda: call.a.metrics.get("relay_subscribe_unknown_total") >= 1)
+
+
+async def test_a_layer_the_publisher_stops_sending_is_stood_in_for_across_the_link() -> None:
+    """A publisher drops its top layer (as under congestion): the link carries the layer a local
+    subscriber would fall back to, so Bob (still targeting the top) gets the middle one; when the
+    top layer returns, the link and Bob move back to it."""
+    async with simulcast_call() as (call, nursery):
+        await wait_until(lambda: remote_copy(call) is not None)
+        await subscribe(call, nursery, True)
+        bob_ssrc, _ = await bob_offer(call, nursery)
+        await call.bob_sub.wait_for(lambda: len(received(call, bob_ssrc)) >= 10)
+        assert {layer for layer, _, _ in call.link.rtp} == {2}
+
+        call.paused.add("f")
+        got = await call.bob_sub.wait_for(
+            lambda: received(call, bob_ssrc) if sum(tag(p)[0] == "h" for p in received(call, bob_ssrc)) >= 10 else None)
+        tags = [tag(p)[0] for p in got]
+        assert set(tags[tags.index("h"):]) == {"h"}
+        mark = len(call.link.rtp)
+        rounds = call.rounds
+        await wait_until(lambda: call.rounds >= rounds + 20)
+        assert {layer for layer, _, _ in call.link.rtp[mark:]} == {1}, "the stand-in, not the lowest, not all"
+
+        call.paused.clear()
+        got = await call.bob_sub.wait_for(
+            lambda: received(call, bob_ssrc) if [tag(p)[0] for p in received(call, bob_ssrc)][-10:] == ["f"] * 10 else None)
+        mark = len(call.link.rtp)
+        rounds = call.rounds
+        await wait_until(lambda: call.rounds >= rounds + 20)
+        assert {layer for layer, _, _ in call.link.rtp[mark:]} == {2}
+        steps = [(b.sequence_number - a.sequence_number) & 0xFFFF for a, b in zip(got, got[1:])]
+        assert set(steps) == {1}
