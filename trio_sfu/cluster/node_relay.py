@@ -342,9 +342,20 @@ class NodeRelay:
     def local_published(self, room_media: "RoomMedia", source: TrackSource) -> None:
         room = room_media.name
         taps: list[RelayTap] = []
+        previous = self._local.get((room, source.track_id))
         self._local[(room, source.track_id)] = (room_media, source, taps)
         for link in self.links.values():
             self._announce(link, room, source, taps)
+        if previous is not None:
+            # A new source for a track still relayed (its publisher came back): the peers'
+            # copies keep theirs, so what they asked for carries over at once.
+            now = trio.current_time()
+            for old in previous[2]:
+                wanted = old.requested
+                old.detach()
+                tap = self._tap(taps, old.link.peer_node_id)
+                if tap is not None and wanted:
+                    tap.request(wanted, now)
         old_node = self._arriving.pop((room, source.track_id), None)
         if old_node is not None:
             # A migrated participant's own media reached us: the old node may let its copy go.
