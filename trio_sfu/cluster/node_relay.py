@@ -1,10 +1,23 @@
 """NodeRelay: a real server's end of the node-to-node relay — remote sources and migration.
 
 Several servers ("nodes") may host the same room. Each node's NodeRelay announces the tracks
-published locally (`TrackPublished`) and relays their RTP to its peers (a `RelayTap` on the local
-receiver); each peer offers them to its own participants as *remote* sources in the room's FIFO
-TrackManager (trio_sfu.tracks), next to any local source with the same track id. RTCP feedback
-(PLI/FIR) goes back the other way. The relay protocol is `proto/relay.proto`; the link is the
+published locally (`TrackPublished`, with the publisher's simulcast rids); each peer offers them
+to its own participants as *remote* sources in the room's FIFO TrackManager (trio_sfu.tracks),
+next to any local source with the same track id.
+
+Media crosses on demand. A remote source's receiver has the publisher's layers; whenever the
+layers its down tracks target change (a subscriber came or went, paused, or chose another
+simulcast quality — `TrackReceiver.wanted_layers`, heard through its `LayerDemandListener`), the
+peer asks the publishing node for exactly those layers (`RelaySubscribe`; none stops the track;
+refreshed every `DEMAND_REFRESH` seconds in case one was lost). The publishing node's `RelayTap`
+for that peer relays those layers, each packet naming its layer (`RelayRtp.layer`), and nothing
+for a track nobody on the peer subscribes to. Feedback goes back as RTCP (`RelayRtcp`): PLI/FIR
+name the layer's SSRC and become a keyframe request for that layer; the remote receiver keeps its
+own packet buffer, so its subscribers' NACKs are answered on their node, and it NACKs what the
+link lost, which the tap resends from the publishing node's buffer; its receiver reports are
+accounted by the tap and end there (each hop reports its own reception, as LiveKit's SFU does
+with its subscribers' RRs). The publisher's sender reports cross as `RelaySenderReport`, so
+remote subscribers' SRs carry the publisher's NTP/RTP mapping as local subscribers' do. The relay protocol is `proto/relay.proto`; the link is the
 `trio_sfu.cluster.link.RelayLink` interface (in memory in this issue; network and Redis come with the
 cluster).
 
@@ -62,7 +75,9 @@ from trio_sfu import metrics as m
 from trio_sfu.log import get_logger
 from trio_sfu.cluster.link import RelayLink, serve_link
 from trio_sfu.cluster.relay_protocol import RelayTap, TrackSpec, migrated_transceivers, snapshot_to_proto
+from trio_sfu.forwarding.receiver import ReceiverState, TrackReceiver
 from trio_sfu.media.data_channels import DataKind, deliver_to_peers, destinations
+from trio_sfu.media.timers import TimerLoop
 from trio_sfu.tracks.seams import Seam, no_seam
 from trio_sfu.tracks.source import TrackSource
 from trio_sfu.tracks.subscriber import MigratedTransceiver
@@ -78,6 +93,12 @@ _log = get_logger("trio_sfu.cluster.node_relay")
 RELAY_REJECTED = "relay_rejected_total"
 RELAY_HANDLER_FAILED = "relay_handler_failed_total"
 RELAY_RTP_UNKNOWN = "relay_rtp_unknown_total"
+RELAY_RTP_DROPPED = "relay_rtp_dropped_total"  # a relayed packet the remote copy refused
+RELAY_SUBSCRIBE_UNKNOWN = "relay_subscribe_unknown_total"  # for a track not published here (a race)
+RELAY_SUBSCRIBES_SENT = "relay_subscribes_sent_total"
+RELAY_RESENT = "relay_rtp_resent_total"
+RELAY_RR_RECEIVED = "relay_rr_received_total"
+RELAY_SR_RECEIVED = "relay_sr_received_total"
 MIGRATIONS_OUT = "migrations_out_total"
 MIGRATIONS_IN = "migrations_in_total"
 MIGRATIONS_FAILED = "migrations_failed_total"
@@ -91,6 +112,62 @@ RESUME_TIMEOUT = 20.0
 ACCEPT_TIMEOUT = 10.0
 #: How long the old node forwards a moved participant's resumes to its new node.
 MOVED_TTL = 60.0
+#: How often a remote copy's wanted layers are sent again although unchanged (a RelaySubscribe
+#: the link dropped, or a link established again, must not leave a track stopped for good).
+DEMAND_REFRESH = 2.0
+#: At most this many layers in one RelaySubscribe.
+MAX_SUBSCRIBED_LAYERS = 8
+
+
+class _RemoteDemand:
+    """A remote copy's `LayerDemandListener`: asks the publishing node for the layers the copy's
+    down tracks want, whenever they change."""
+
+    def __init__(self, relay: "NodeRelay", key: tuple[str, str, str]) -> None:
+        self.relay = relay
+        self.key = key
+        self.sent: frozenset[int] = frozenset()
+
+    def layer_demand_changed(self, receiver: TrackReceiver) -> None:
+        if receiver.state is not ReceiverState.OPEN:
+            return  # closing: the copy's end (or the publisher's TrackClosing) settles it
+        wanted = receiver.wanted_layers()
+        if wanted != self.sent:
+            self.send(wanted)
+
+    def send(self, layers: frozenset[int]) -> None:
+        room, peer, track_id = self.key
+        self.sent = layers
+        self.relay.metrics.inc(RELAY_SUBSCRIBES_SENT)
+        self.relay._send(peer, pb.RelayMessage(subscribe=pb.RelaySubscribe(
+            room=room, track_id=track_id, layers=sorted(layers))))
+
+
+class _RemoteCopies:
+    """The remote copies' timers as one `Timed` part: each copy's receiver NACKs what the link
+    lost and sends its receiver reports; the demands are refreshed."""
+
+    def __init__(self, relay: "NodeRelay") -> None:
+        self.relay = relay
+        self.next_refresh = 0.0
+
+    def next_deadline(self) -> Optional[float]:
+        deadline = self.next_refresh
+        for _, source in self.relay._remote.values():
+            t = source.receiver.next_deadline()
+            if t is not None and t < deadline:
+                deadline = t
+        return deadline
+
+    def handle_timeout(self, now: float) -> None:
+        relay = self.relay
+        for _, source in list(relay._remote.values()):
+            source.receiver.poll_rtcp(now)
+        if now >= self.next_refresh:
+            self.next_refresh = now + DEMAND_REFRESH
+            for demand in list(relay._demand.values()):
+                if demand.sent:
+                    demand.send(demand.sent)
 
 
 class ArrivalObserver(Protocol):
@@ -198,6 +275,10 @@ class NodeRelay:
         # not hosted here; materialized as remote sources while it has participants here.
         self._announced: dict[str, dict[tuple[str, str], TrackSpec]] = {}
         self._remote: dict[tuple[str, str, str], tuple["RoomMedia", TrackSource]] = {}
+        # What each remote copy asked its publishing node for (same keys as _remote).
+        self._demand: dict[tuple[str, str, str], _RemoteDemand] = {}
+        self._remote_copies = _RemoteCopies(self)
+        self._remote_timers = TimerLoop(at_least_every=DEMAND_REFRESH)
         self._local: dict[tuple[str, str], tuple["RoomMedia", TrackSource, list[RelayTap]]] = {}
         self._handed_over: dict[tuple[str, str], _HandedOver] = {}
         self._pending_in: dict[tuple[str, str], MigrationIn] = {}
@@ -307,6 +388,7 @@ class NodeRelay:
                 self._nursery = nursery
                 for link in self.links.values():
                     nursery.start_soon(self._serve_link, link)
+                nursery.start_soon(self._remote_timers.run, [self._remote_copies])
                 task_status.started()
                 await self._expire_forever()
         finally:
@@ -350,20 +432,39 @@ class NodeRelay:
     def local_published(self, room_media: "RoomMedia", source: TrackSource) -> None:
         room = room_media.name
         taps: list[RelayTap] = []
+        previous = self._local.get((room, source.track_id))
         self._local[(room, source.track_id)] = (room_media, source, taps)
         for link in self.links.values():
             self._announce(link, room, source, taps)
+        if previous is not None:
+            # A new source for a track still relayed (its publisher came back): the peers'
+            # copies keep theirs, so what they asked for carries over at once.
+            now = trio.current_time()
+            for old in previous[2]:
+                wanted = old.requested
+                old.detach()
+                tap = self._tap(taps, old.link.peer_node_id)
+                if tap is not None and wanted:
+                    tap.request(wanted, now)
         old_node = self._arriving.pop((room, source.track_id), None)
         if old_node is not None:
             # A migrated participant's own media reached us: the old node may let its copy go.
             self._send(old_node, pb.RelayMessage(track_migrated=pb.TrackMigrated(room=room, track_id=source.track_id)))
 
     def _announce(self, link: RelayLink, room: str, source: TrackSource, taps: list[RelayTap]) -> None:
-        tap = RelayTap(link, room, source.track_id)
-        source.receiver.add_down_track(tap)  # type: ignore[arg-type]
-        taps.append(tap)
+        # The tap joins the receiver only once the peer subscribes (RelaySubscribe).
+        taps.append(RelayTap(link, room, source.track_id, source.receiver))
         spec = TrackSpec.from_source(source)
         link.send(pb.RelayMessage(track_published=pb.TrackPublished(room=room, track=spec.to_proto())))
+
+    def _stop_relaying_on(self, link: RelayLink) -> None:
+        """`link` is gone (for the link's lifecycle to call when it loses one): its taps leave
+        their receivers. The peer's remote copies ask again over the link that replaces it (they
+        refresh their demand every DEMAND_REFRESH seconds)."""
+        for _, _, taps in self._local.values():
+            for tap in [tap for tap in taps if tap.link is link]:
+                tap.detach()
+                taps.remove(tap)
 
     def local_closing(self, room_media: "RoomMedia", source: TrackSource, expected_to_resume: bool) -> None:
         room = room_media.name
@@ -372,7 +473,7 @@ class NodeRelay:
             return
         del self._local[(room, source.track_id)]
         for tap in entry[2]:
-            source.receiver.remove_down_track(tap)  # type: ignore[arg-type]
+            tap.detach()
         self._broadcast(pb.RelayMessage(track_closing=pb.TrackClosing(
             room=room, track_id=source.track_id, expected_to_resume=expected_to_resume)))
 
@@ -408,6 +509,13 @@ class NodeRelay:
 
     def remote_participants(self, room: str) -> list[models.ParticipantInfo]:
         return list(self._remote_participants.get(room, {}).values())
+
+    def remote_track_info(self, room_media: "RoomMedia", track_id: str) -> Optional[models.TrackInfo]:
+        for info in self._remote_participants.get(room_media.name, {}).values():
+            for track in info.tracks:
+                if track.sid == track_id:
+                    return track
+        return None
 
     def _on_participant_changed(self, peer: str, body: pb.ParticipantChanged) -> None:
         info = models.ParticipantInfo()
@@ -464,6 +572,8 @@ class NodeRelay:
 
         source = spec.remote_source(peer, send_rtcp, cname=self.node_id, now=trio.current_time(),
                                     resume_policy=self.media.resume_policy())
+        demand = self._demand[key] = _RemoteDemand(self, key)
+        source.receiver.demand_listener = demand
         self._remote[key] = (room_media, source)
         room_media.track_manager.add(source)
 
@@ -472,6 +582,9 @@ class NodeRelay:
         entry = self._remote.pop(key, None)
         if entry is None:
             return
+        demand = self._demand.pop(key, None)
+        if demand is not None and demand.sent:
+            demand.send(frozenset())  # the publishing node stops relaying it
         room_media, source = entry
         source.close_now(expected_to_resume)
         self._remote_closed(room_media, source, expected_to_resume, withdraw)
@@ -484,6 +597,7 @@ class NodeRelay:
         entry = self._remote.pop(key, None)
         if entry is None:
             return
+        self._demand.pop(key, None)  # the publishing node stopped relaying it already
         room_media, source = entry
         context = {"node": self.node_id, "room": key[0], "track": key[2]}
         source.begin_closing(expected_to_resume)
@@ -762,9 +876,19 @@ class NodeRelay:
             if entry is None:
                 self.metrics.inc(RELAY_RTP_UNKNOWN)
                 return
-            entry[1].receiver.receive_rtp(body.packet, trio.current_time())
+            receiver = entry[1].receiver
+            if not receiver.receive_layer_rtp(body.layer, body.packet, trio.current_time(),
+                                              discontinuity=body.discontinuity):
+                self.metrics.inc(RELAY_RTP_DROPPED)
+                return
+            # A loss just noticed schedules a NACK sooner than the timer loop would wake.
+            self._remote_timers.wake_by(receiver.next_deadline())
         elif kind == "rtcp":
-            self._on_rtcp(body)
+            self._on_rtcp(peer, body)
+        elif kind == "subscribe":
+            self._on_subscribe(peer, body)
+        elif kind == "sender_report":
+            self._on_sender_report(peer, body)
         elif kind == "track_published":
             spec = TrackSpec.from_proto(body.track)
             if spec is None or not body.room:
@@ -823,7 +947,42 @@ class NodeRelay:
                 return
             await self._hand_back(key)
 
-    def _on_rtcp(self, body: pb.RelayRtcp) -> None:
+    @staticmethod
+    def _tap(taps: list[RelayTap], peer: str) -> Optional[RelayTap]:
+        """The tap relaying to `peer` (the newest, should a link to it have been replaced)."""
+        return next((tap for tap in reversed(taps) if tap.link.peer_node_id == peer), None)
+
+    def _on_subscribe(self, peer: str, body: pb.RelaySubscribe) -> None:
+        """The peer wants these layers of a local track (none: stop)."""
+        if len(body.layers) > MAX_SUBSCRIBED_LAYERS:
+            self._reject("subscribe with too many layers", peer=peer, track=body.track_id)
+            return
+        entry = self._local.get((body.room, body.track_id))
+        tap = self._tap(entry[2], peer) if entry is not None else None
+        if tap is None:
+            # Unpublished while the request crossed (its TrackClosing is on its way), or never ours.
+            self.metrics.inc(RELAY_SUBSCRIBE_UNKNOWN)
+            return
+        tap.request(body.layers, trio.current_time())
+
+    def _on_sender_report(self, peer: str, body: pb.RelaySenderReport) -> None:
+        """The publisher's SR for a layer, as its node received it `age` seconds ago."""
+        entry = self._remote.get((body.room, peer, body.track_id))
+        if entry is None:
+            self.metrics.inc(RELAY_RTP_UNKNOWN)
+            return
+        receiver = entry[1].receiver
+        if receiver.layer_of_ssrc(body.ssrc) != body.layer or not math.isfinite(body.age):
+            self._reject("sender report for another layer's SSRC", peer=peer, track=body.track_id)
+            return
+        self.metrics.inc(RELAY_SR_RECEIVED)
+        report = rtcp.SenderReport(body.ssrc, body.ntp_timestamp, body.rtp_timestamp, body.packet_count,
+                                   body.octet_count)
+        receiver.handle_rtcp([report], trio.current_time() - min(max(body.age, 0.0), 10.0))
+
+    def _on_rtcp(self, peer: str, body: pb.RelayRtcp) -> None:
+        """Feedback from the peer's copy of a local track: keyframe requests and NACKs for the
+        layers they name by SSRC; receiver reports accounted by the tap (they end here)."""
         entry = self._local.get((body.room, body.track_id))
         if entry is None:
             return
@@ -832,8 +991,33 @@ class NodeRelay:
         except ParseError:
             self._reject("unparsable relayed RTCP", room=body.room, track=body.track_id)
             return
-        if any(isinstance(p, (rtcp.Pli, rtcp.Fir)) for p in packets):
-            entry[1].receiver.request_keyframe(0, trio.current_time())
+        receiver = entry[1].receiver
+        tap = self._tap(entry[2], peer)
+        now = trio.current_time()
+        for packet in packets:
+            if isinstance(packet, rtcp.Pli):
+                layer = receiver.layer_of_ssrc(packet.media_ssrc)
+                if layer is not None:
+                    receiver.request_keyframe(layer, now)
+            elif isinstance(packet, rtcp.Fir):
+                for fir_entry in packet.entries:
+                    layer = receiver.layer_of_ssrc(fir_entry.ssrc)
+                    if layer is not None:
+                        receiver.request_keyframe(layer, now)
+            elif isinstance(packet, rtcp.Nack):
+                layer = receiver.layer_of_ssrc(packet.media_ssrc)
+                if layer is not None and tap is not None:
+                    before = tap.counters.packets_resent
+                    tap.resend(layer, packet.lost_sequence_numbers())
+                    self.metrics.inc(RELAY_RESENT, tap.counters.packets_resent - before)
+            elif isinstance(packet, rtcp.ReceiverReport):
+                self.metrics.inc(RELAY_RR_RECEIVED)
+                if tap is not None:
+                    tap.counters.receiver_reports += 1
+                    for block in packet.reports:
+                        layer = receiver.layer_of_ssrc(block.ssrc)
+                        if layer is not None:
+                            tap.account_report(layer, block.fraction_lost, block.packets_lost)
 
     def _on_migrate_cancel(self, peer: str, body: pb.MigrateCancel) -> None:
         key = (body.room, body.participant_id)

@@ -52,6 +52,9 @@ class PacketSource(Protocol):
 
     def layer_active(self, layer: int, now: float) -> bool: ...
 
+    def layer_demand_changed(self) -> None:
+        """This down track's target layer or pause changed (a relayed copy asks for layers)."""
+
     @property
     def layers(self) -> tuple[int, ...]: ...
 
@@ -347,6 +350,7 @@ class DownTrack:
             self.current_layer = None
         if layer is not None and layer != self.current_layer:
             self._source.request_keyframe(layer, now)
+        self._source.layer_demand_changed()
 
     def set_disabled(self, disabled: bool, now: float) -> None:
         was_disabled = self.disabled
@@ -355,6 +359,15 @@ class DownTrack:
             # The stream resumes mid-GOP: the subscriber needs a keyframe to decode.
             self.current_layer = None
             self._source.request_keyframe(self.target_layer, now)
+        if was_disabled != disabled:
+            self._source.layer_demand_changed()
+
+    @property
+    def wanted_layers(self) -> frozenset[int]:
+        """The layer this down track wants forwarded (its target), none while paused."""
+        if self.disabled or self.target_layer is None:
+            return frozenset()
+        return frozenset((self.target_layer,))
 
     # --- snapshot ---
 

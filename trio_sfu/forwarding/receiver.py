@@ -1,11 +1,16 @@
 """TrackReceiver: one published track's uplink side, sync and deterministic.
 
 It takes decrypted RTP from the publisher transport with the arrival time,
-sorts packets into layers (simulcast rid → q=0/h=1/f=2, or one layer), keeps a
+sorts packets into layers (simulcast rid → q=0/h=1/f=2, or one layer; a relayed copy is
+told each packet's layer by the node it comes from), keeps a
 retransmission buffer and reception statistics per layer SSRC, NACKs uplink
 gaps, unwraps RTX, tracks keyframes, sends RRs and keyframe requests to the
 publisher through the injected ``send_rtcp``, remembers the publisher's SRs,
 and hands every packet to the down tracks with plain calls.
+
+Which layers its down tracks want (`wanted_layers`) is what a relayed copy of a track asks the
+publisher's node for; a `LayerDemandListener` (the cluster's relay, for such a copy) hears
+whenever that may have changed: a down track joined or left, or changed its target layer.
 
 No trio here: ``now`` (seconds, any monotonic origin) comes in with every call,
 and the owner drives :meth:`poll_rtcp` at :meth:`next_deadline`.
@@ -50,6 +55,17 @@ class PacketSink(Protocol):
     def write_rtp(self, layer: int, packet: bytes, now: float) -> bool:
         """Forward one packet of `layer`; False if it was not sent (the sink counts why)."""
 
+    @property
+    def wanted_layers(self) -> frozenset[int]:
+        """The layers this sink wants forwarded now (empty: paused)."""
+
+
+class LayerDemandListener(Protocol):
+    """Told when the layers a receiver's down tracks want may have changed; it reads
+    `TrackReceiver.wanted_layers()` itself (the relay asks the publisher's node for them)."""
+
+    def layer_demand_changed(self, receiver: "TrackReceiver") -> None: ...
+
 
 class _SsrcCapReached(Exception):
     """A new SSRC the track has no room for (`MAX_SSRCS_PER_TRACK`)."""
@@ -73,6 +89,8 @@ class ReceiverCounters:
     dropped_not_open: int = 0
     dropped_malformed: int = 0
     dropped_unknown_stream: int = 0
+    dropped_wrong_layer: int = 0  # a relayed packet naming a layer the track lacks or another layer's SSRC
+    relay_discontinuities: int = 0
     rtx_recovered: int = 0
     rtx_dropped: int = 0
     ssrc_changes: int = 0
@@ -249,6 +267,7 @@ class TrackReceiver:
                 self._rtx_by_ssrc[ssrc] = self._layers[index]
                 self._live_rtx[index] = ssrc
         self._down_tracks: list[PacketSink] = []
+        self.demand_listener: Optional[LayerDemandListener] = None
         self.state = ReceiverState.OPEN
         self.expected_to_resume = False
         self.counters = ReceiverCounters()
@@ -282,10 +301,25 @@ class TrackReceiver:
     def add_down_track(self, down_track: PacketSink) -> None:
         if down_track not in self._down_tracks:
             self._down_tracks.append(down_track)
+            self.layer_demand_changed()
 
     def remove_down_track(self, down_track: PacketSink) -> None:
         if down_track in self._down_tracks:
             self._down_tracks.remove(down_track)
+            self.layer_demand_changed()
+
+    def wanted_layers(self) -> frozenset[int]:
+        """The layers some down track wants now (its target layer, unless paused)."""
+        wanted: set[int] = set()
+        for down_track in self._down_tracks:
+            wanted |= down_track.wanted_layers
+        return frozenset(wanted)
+
+    def layer_demand_changed(self) -> None:
+        """A down track joined, left, or changed its target or pause (DownTrack calls this)."""
+        listener = self.demand_listener
+        if listener is not None:
+            listener.layer_demand_changed(self)
 
     @property
     def down_tracks(self) -> tuple[PacketSink, ...]:
@@ -303,6 +337,11 @@ class TrackReceiver:
         RID/MID after the first RTCP, and Chromium does)."""
         return ({ssrc: layer.index for ssrc, layer in self._by_ssrc.items()},
                 {ssrc: layer.index for ssrc, layer in self._rtx_by_ssrc.items()})
+
+    def layer_of_ssrc(self, ssrc: int) -> Optional[int]:
+        """The layer whose current media SSRC is `ssrc` (what a PLI or NACK names), or None."""
+        entry = self._by_ssrc.get(ssrc)
+        return entry.index if entry is not None else None
 
     def layer_ssrc(self, layer: int) -> Optional[int]:
         entry = self._layers.get(layer)
@@ -386,6 +425,38 @@ class TrackReceiver:
             layer, is_rtx = learned
             if is_rtx:
                 return self._receive_rtx(layer, packet, bounds, now)
+        return self._receive_media(layer, packet, bounds, now)
+
+    def receive_layer_rtp(self, index: int, packet: bytes, now: float, *, discontinuity: bool = False) -> bool:
+        """One RTP packet whose layer the sender names (the node relay: the publisher's node
+        placed it already, RTX unwrapped); its SSRC becomes the layer's. `discontinuity`: the
+        sender did not relay this layer before this packet, so the sequence gap in front of it
+        is not loss (nothing is NACKed for it, and reception statistics start over).
+        False when dropped."""
+        counters = self.counters
+        if self.state is not ReceiverState.OPEN:
+            counters.dropped_not_open += 1
+            return False
+        bounds = payload_bounds(packet)
+        if bounds is None:
+            counters.dropped_malformed += 1
+            return False
+        layer = self._layers.get(index)
+        ssrc = (packet[8] << 24) | (packet[9] << 16) | (packet[10] << 8) | packet[11]
+        owner = self._by_ssrc.get(ssrc)
+        if layer is None or (owner is not None and owner is not layer):
+            counters.dropped_wrong_layer += 1
+            return False
+        if owner is None:
+            if layer.ssrc is not None:
+                self._by_ssrc.pop(layer.ssrc, None)  # the publisher restarted the layer
+                counters.ssrc_changes += 1
+            layer.bind(ssrc, self.clock_rate)
+            self._by_ssrc[ssrc] = layer
+        elif discontinuity:
+            counters.relay_discontinuities += 1
+            layer.nack.reset()
+            layer.stats = ReceiveStatistics(ssrc, self.clock_rate)
         return self._receive_media(layer, packet, bounds, now)
 
     def _learn(self, ssrc: int, packet: bytes) -> Optional[tuple[_Layer, bool]]:

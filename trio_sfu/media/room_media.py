@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from typing import Callable, Optional, Protocol
 
+from livekit.protocol import models
+
 from sdp.codecs import MediaKind
 from sdp.model import Codec
 
@@ -100,6 +102,10 @@ class RelayHooks(Protocol):
         """A participant that is moving to another node left: keep the tracks it published open
         until their new source appears there; returns those not kept (to unpublish now)."""
 
+    def remote_track_info(self, room_media: "RoomMedia", track_id: str) -> Optional[models.TrackInfo]:
+        """A track published on another node, as that node last described it (its simulcast
+        layers' sizes); None if unknown."""
+
 
 class RoomMediaService(Protocol):
     """What a RoomMedia needs of the node's media service (trio_sfu.media.service)."""
@@ -165,6 +171,15 @@ class RoomMedia:
                 self.withdrawn.add(track.sid)
             track.close(self.service.metrics)
         self.update_desired()
+
+    def track_info(self, source: TrackSource) -> Optional[models.TrackInfo]:
+        """The published track's TrackInfo: its publisher's here, else as the node it is
+        published on described it; None if unknown."""
+        publisher = self.sessions.get(source.publisher_id)
+        if publisher is not None:
+            return publisher.participant.tracks.get(source.track_id)
+        relay = self.service.relay
+        return relay.remote_track_info(self, source.track_id) if relay is not None else None
 
     def update_desired(self) -> None:
         for session in list(self.sessions.values()):

@@ -255,8 +255,11 @@ class SubscriberMedia:
             return None
         if not track.receiver.simulcast:
             return 0
-        info = self._track_info(track)
+        info = self.room_media.track_info(track)  # a track relayed from another node too
         published = [PublishedLayer(lay.quality, lay.width, lay.height) for lay in (info.layers if info else [])]
+        if not published:
+            # Sizes unknown (the publisher's node has not described the track yet): by quality.
+            published = [PublishedLayer(layer) for layer in layers]
         target = select_target_layer(published, width=settings.width, height=settings.height,
                                      quality=settings.quality)
         return target if target is None or target in layers else max(layers)
