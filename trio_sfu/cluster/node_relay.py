@@ -337,10 +337,7 @@ class NodeRelay:
             return
         del self.links[peer]
         self.log.warning("relay link lost", kv={"peer": peer})
-        for (room, tid), (_, source, taps) in list(self._local.items()):
-            for tap in [t for t in taps if t.link is link]:
-                source.receiver.remove_down_track(tap)  # type: ignore[arg-type]
-                taps.remove(tap)
+        self._stop_relaying_on(link)
         for key in [k for k in self._remote if k[1] == peer]:
             # Not withdrawn for good: the peer re-announces the track when it links again.
             self._close_remote(key, expected_to_resume=False, withdraw=False)
