@@ -123,7 +123,11 @@ async def serve(config: ServerConfig, *, reuse_port: bool = False, drain_timeout
         server.drain_deadline = drain_timeout
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
-            await nursery.start(server.run)
+            async def run_server(task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED) -> None:
+                await server.run(task_status=task_status)
+                nursery.cancel_scope.cancel()  # it ended by itself (drained): stop waiting for signals
+
+            await nursery.start(run_server)
             print(f"trio-sfu {__version__} listening on {server.public_url}", flush=True)
             if config.development:
                 for key, secret in config.keys.items():
