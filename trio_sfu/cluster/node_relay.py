@@ -5,8 +5,9 @@ published locally (`TrackPublished`) and relays their RTP to its peers (a `Relay
 receiver); each peer offers them to its own participants as *remote* sources in the room's FIFO
 TrackManager (trio_sfu.tracks), next to any local source with the same track id. RTCP feedback
 (PLI/FIR) goes back the other way. The relay protocol is `proto/relay.proto`; the link is the
-`trio_sfu.cluster.link.RelayLink` interface (in memory in this issue; network and Redis come with the
-cluster).
+`trio_sfu.cluster.link.RelayLink` interface: in memory (tests), or TCP between real nodes
+(`trio_sfu.cluster.tcp_link`, kept up by `trio_sfu.cluster.mesh.RelayMesh`). A link that ends takes
+everything learned over it along (`link_lost`); the next one to the same peer starts afresh.
 
 A participant moves from node A to node B — `NodeRelay.migrate` on A — like this:
 
