@@ -138,9 +138,9 @@ async def test_nodes_over_tcp_see_each_other_lose_each_other_and_come_back(caplo
             (local,) = room_a.track_manager.sources(audio.sid)
             assert len(local.receiver.down_tracks) == 1  # the relay tap towards B
 
-            # The connection dies under both links. A redials after 1.5-3 s (its first backoff),
+            # The connection dies under both links. A redials after 2-4 s (its first backoff),
             # time enough to watch everything go first.
-            mesh_a.backoff_initial = 3.0
+            mesh_a.backoff_initial = 4.0
             first_a = mesh_a.links["node-b"]
             kill_connection(mesh_b.links["node-a"])
             # B's participant sees A's participant leave and its track go; A's sees B's leave.
