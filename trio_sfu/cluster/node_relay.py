@@ -245,7 +245,7 @@ class NodeRelay:
             return
         del self.links[peer]
         self.log.warning("relay link lost", kv={"peer": peer})
-        for (room, tid), (_, source, taps) in list(self._local.items()):
+        for _, source, taps in list(self._local.values()):
             for tap in [t for t in taps if t.link is link]:
                 source.receiver.remove_down_track(tap)  # type: ignore[arg-type]
                 taps.remove(tap)
