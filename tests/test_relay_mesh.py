@@ -138,9 +138,9 @@ async def test_nodes_over_tcp_see_each_other_lose_each_other_and_come_back(caplo
             (local,) = room_a.track_manager.sources(audio.sid)
             assert len(local.receiver.down_tracks) == 1  # the relay tap towards B
 
-            # The connection dies under both links. A redials after 1.5-3 s (its first backoff),
+            # The connection dies under both links. A redials after 2-4 s (its first backoff),
             # time enough to watch everything go first.
-            mesh_a.backoff_initial = 3.0
+            mesh_a.backoff_initial = 4.0
             first_a = mesh_a.links["node-b"]
             kill_connection(mesh_b.links["node-a"])
             # B's participant sees A's participant leave and its track go; A's sees B's leave.
@@ -168,6 +168,48 @@ async def test_nodes_over_tcp_see_each_other_lose_each_other_and_come_back(caplo
             assert server.metrics.get(tl.HANDSHAKE_REFUSED) == 0
         assert mesh_a.metrics.get("relay_mesh_link_ended_total") >= 1
     assert any("relay link lost" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("step", ["migrate.detached", "migrate.accepted"])
+async def test_a_migration_whose_link_dies_fails_at_once_on_both_nodes_and_leaves_nothing(step: str) -> None:
+    """The link dies while A moves a participant to B — before B has the sync state, or once B
+    holds it as a pending migration: A's migrate() returns False at once (not after its accept
+    or resume timeouts), B drops what it was holding for the participant, and after both nodes
+    stop nothing of the migration is left (the fixture's checks)."""
+    async with tcp_nodes("node-a", "node-b") as nodes:
+        a, b = nodes.servers["node-a"], nodes.servers["node-b"]
+        mesh_a = nodes.meshes["node-a"]
+        await nodes.wait_linked()
+        a.relay.accept_timeout = b.relay.resume_timeout = a.relay.resume_timeout = 60.0
+        killed: list[tl.TcpRelayLink] = []
+
+        async def kill_at_step(name: str, context: dict) -> None:
+            if name == step and not killed:
+                a_side, b_side = mesh_a.links["node-b"], nodes.meshes["node-b"].links["node-a"]
+                killed.append(a_side)
+                if step == "migrate.accepted":
+                    assert b.relay._pending_in, "B holds the sync state"
+                kill_connection(a_side)
+                # Both relays have lost the link before migrate() goes on.
+                await wait_until(lambda: a.relay.links.get("node-b") is not a_side
+                                 and b.relay.links.get("node-a") is not b_side)
+
+        a.relay.seam = kill_at_step
+        async with LiveKitClient.connect(a.url, mint_token("mover", room=ROOM)) as mover, \
+                LiveKitClient.connect(b.url, mint_token("watcher", room=ROOM)) as watcher, \
+                trio.open_nursery() as senders:
+            audio = await mover.publish_audio()
+            senders.start_soon(send_synthetic_audio, audio, 60.0)
+            (track,) = await watcher.wait_for_tracks(1)
+            await packets_flow(track)
+            with trio.fail_after(5):
+                assert await a.relay.migrate(ROOM, mover.participant_sid, "node-b") is False
+            assert killed
+            await wait_until(lambda: not b.relay._pending_in)
+            assert not a.relay._out and not a.relay._handed_over
+            assert a.metrics.get("migrations_failed_total") == 1
+            await wait_until(lambda: mover.left.is_set())
+            senders.cancel_scope.cancel()
 
 
 async def test_the_lower_id_dials_and_a_peer_left_out_of_the_set_is_unlinked_until_listed_again() -> None:

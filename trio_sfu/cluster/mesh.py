@@ -111,7 +111,8 @@ class RelayMesh:
                 self._forget(self._peers.pop(node_id), "peer no longer listed")
         for node_id, address in wanted.items():
             peer = self._peers.get(node_id)
-            if peer is not None and peer.address == address:
+            if peer is not None and (peer.address == address or not self._dials(node_id)):
+                peer.address = address  # a peer that dials us keeps its link wherever it moved
                 continue
             if peer is not None:
                 self._forget(peer, "peer moved to another address")

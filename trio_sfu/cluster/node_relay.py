@@ -18,8 +18,9 @@ link lost, which the tap resends from the publishing node's buffer; its receiver
 accounted by the tap and end there (each hop reports its own reception, as LiveKit's SFU does
 with its subscribers' RRs). The publisher's sender reports cross as `RelaySenderReport`, so
 remote subscribers' SRs carry the publisher's NTP/RTP mapping as local subscribers' do. The relay protocol is `proto/relay.proto`; the link is the
-`trio_sfu.cluster.link.RelayLink` interface (in memory in this issue; network and Redis come with the
-cluster).
+`trio_sfu.cluster.link.RelayLink` interface: in memory (tests), or TCP between real nodes
+(`trio_sfu.cluster.tcp_link`, kept up by `trio_sfu.cluster.mesh.RelayMesh`). A link that ends takes
+everything learned over it along (`link_lost`); the next one to the same peer starts afresh.
 
 A participant moves from node A to node B — `NodeRelay.migrate` on A — like this:
 

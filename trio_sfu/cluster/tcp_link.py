@@ -490,7 +490,8 @@ class TcpRelayLink:
     async def receive(self) -> RelayMessage:
         """The next message; raises trio.EndOfChannel once the link is closed — also when the
         peer closed it, went silent or sent something we cannot read (then it is closed here,
-        with the reason logged and counted)."""
+        with the reason logged and counted). While whole frames are buffered it returns without
+        a checkpoint: a burst costs one task switch per socket read (64 KiB), not per message."""
         decoder = self._decoder
         while True:
             if self.state is not LinkState.OPEN:
