@@ -190,3 +190,37 @@ async def test_a_draining_node_moves_its_participants_and_new_joins_go_elsewhere
                 assert late.participant_sid
             assert a.metrics.get(m.SIGNAL_JOIN_FORWARDED) == 1
             senders.cancel_scope.cancel()
+
+
+async def test_media_keeps_flowing_through_a_redis_outage_and_a_join_after_it_works(redis_server) -> None:
+    async with cluster(redis_server, 2) as (a, b):
+        async with LiveKitClient.connect(a.url, mint_token("pub", room="o")) as publisher, \
+                LiveKitClient.connect(b.url, mint_token("sub", room="o")) as subscriber, \
+                trio.open_nursery() as senders:
+            audio = await publisher.publish_audio()
+            senders.start_soon(send_synthetic_audio, audio, 60.0)
+            (track,) = await subscriber.wait_for_tracks(1)
+            await wait_until(lambda: packets(subscriber, track.sid) >= 25)
+
+            await trio.to_thread.run_sync(redis_server.stop)
+            await wait_until(lambda: not a.cluster.directory.available and not b.cluster.directory.available)
+            during = packets(subscriber, track.sid)
+            await trio.sleep(10 * HEARTBEAT)
+            assert packets(subscriber, track.sid) >= during + 25  # the link never needed Redis
+            assert len(a.relay.links) == 1 and len(b.relay.links) == 1
+            # A join while Redis is down is served by the node it reaches (placement cannot ask).
+            async with LiveKitClient.connect(b.url, mint_token("offline", room="o")) as offline:
+                (seen,) = await offline.wait_for_tracks(1)
+                assert seen.sid == audio.sid
+
+            await trio.to_thread.run_sync(redis_server.start)  # empty: everything is registered again
+            await wait_until(lambda: a.cluster.directory.available and b.cluster.directory.available)
+            await wait_until(lambda: len(a.cluster.directory.live_nodes()) == 2)
+            hosts = await a.cluster.directory.room_nodes("o")
+            assert hosts == {a.relay.node_id: 1, b.relay.node_id: 1}
+            async with LiveKitClient.connect(a.url, mint_token("late", room="o")) as late:
+                (seen,) = await late.wait_for_tracks(1)
+                await wait_until(lambda: packets(late, seen.sid) >= 25)
+                hosts = await b.cluster.directory.room_nodes("o")
+                assert hosts == {a.relay.node_id: 2, b.relay.node_id: 1}
+            senders.cancel_scope.cancel()
