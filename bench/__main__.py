@@ -28,7 +28,7 @@ def format_result(r: dict[str, Any]) -> str:
     floor = r.get("floor") or {}
     probe = r.get("join_to_first_media") or {}
     return "\n".join([
-        f"{r['scenario']}: {r['description']} (subscribers {r['subscribers']}; joined {r['joined']}/{r['participants']}, "
+        f"{r['scenario']}{' --workers ' + str(r['workers']) if r.get('workers') else ''}: {r['description']} (subscribers {r['subscribers']}; joined {r['joined']}/{r['participants']}, "
         f"tracks {r['tracks_subscribed']}/{r['tracks_expected']})",
         f"  forwarded {r['forwarded_pps']:.0f} pps, server {r['server_cpu_cores']:.2f} cores -> "
         f"{_fmt(r['pps_per_core'], ',.0f')} pps/core, {_fmt(r['cpu_us_per_packet'], '.1f')} us/packet",
@@ -53,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=float, default=10.0, metavar="SECONDS")
     parser.add_argument("--no-floor", action="store_true", help="skip the floor run")
     parser.add_argument("--no-probe", action="store_true", help="skip the join-to-first-media probe")
+    parser.add_argument("--workers", type=int, default=0, metavar="N",
+                        help="run the server as --workers N (nodes of a cluster on a throwaway redis-server); 0: the lone server")
     parser.add_argument("--shape", choices=sorted(SCENARIOS), default="livestream",
                         help="traffic shape for the 'floor' scenario")
     args = parser.parse_args(argv)
@@ -75,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
             scenario = SCENARIOS[name]
             if args.subscribers is not None:
                 scenario = scenario.scaled(args.subscribers)
-            result = run_scenario(scenario, warmup=args.warmup, window=args.window, probe=not args.no_probe)
+            result = run_scenario(scenario, warmup=args.warmup, window=args.window, probe=not args.no_probe,
+                                  workers=args.workers)
             if not args.no_floor:
                 floor = run_floor(scenario.floor_shape(), min(args.warmup, 2.0), min(args.window, 6.0))
                 result["floor"] = floor

@@ -52,6 +52,11 @@ def sample(pid: int) -> ProcSample:
     return ProcSample(time.monotonic(), cpu_seconds(pid), rss_bytes(pid))
 
 
+def sample_many(pids: list[int]) -> ProcSample:
+    """One sample of several processes together (the workers of one server): CPU and RSS summed."""
+    return ProcSample(time.monotonic(), sum(cpu_seconds(p) for p in pids), sum(rss_bytes(p) for p in pids))
+
+
 def cpu_share(start: ProcSample, end: ProcSample) -> float:
     """Cores busy on average between two samples (1.0 = one core fully used)."""
     wall = end.wall - start.wall

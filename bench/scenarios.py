@@ -20,7 +20,9 @@ import json
 import os
 import queue
 import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -109,16 +111,23 @@ def _python() -> list[str]:
     return [sys.executable]
 
 
-def start_server(env: Optional[dict[str, str]] = None) -> tuple[subprocess.Popen, str, str, str]:
-    """The server process, its URL, API key and secret (from the --dev banner)."""
-    proc = subprocess.Popen(
-        _python() + ["-m", "trio_sfu.cli", "--dev", "--port", "0", "--udp-port", "0", "--node-ip", "127.0.0.1"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
-    )
+def start_server(env: Optional[dict[str, str]] = None, *, redis: Optional[str] = None,
+                 workers: int = 0) -> tuple[subprocess.Popen, str, str, str, list[int]]:
+    """The server process, its URL, API key and secret (from the --dev banner), and the pids
+    that do its work (itself; with `workers`, its worker processes, nodes of a cluster on the
+    Redis at `redis`)."""
+    command = _python() + ["-m", "trio_sfu.cli", "--dev", "--node-ip", "127.0.0.1"]
+    if workers:
+        command += ["--port", str(_free_port()), "--udp-port", str(_free_udp_base(workers)),
+                    "--redis-host", str(redis), "--workers", str(workers)]
+    else:
+        command += ["--port", "0", "--udp-port", "0"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
     key = secret = url = None
+    pids: list[int] = []
     deadline = time.monotonic() + 30
     assert proc.stdout is not None
-    while url is None:
+    while url is None or len(pids) < workers:
         line = proc.stdout.readline()
         if not line or time.monotonic() > deadline:
             proc.kill()
@@ -128,13 +137,76 @@ def start_server(env: Optional[dict[str, str]] = None) -> tuple[subprocess.Popen
             if match:
                 key, secret = match.groups()
         elif line.startswith("trio-sfu ready url="):
-            url = line.strip().split("=", 1)[1]
+            url = line.strip().split("=", 1)[1].split()[0]
+            worker = re.search(r"\bpid=(\d+)", line)
+            if worker:
+                pids.append(int(worker.group(1)))
     if key is None or secret is None:
         proc.kill()
         raise BenchError("server printed no dev API key")
     # Keep draining stdout so a chatty server never blocks on a full pipe.
     threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()  # type: ignore[union-attr]
-    return proc, url, key, secret
+    return proc, url, key, secret, (pids if workers else [proc.pid])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _free_udp_base(count: int) -> int:
+    """A UDP port with `count` free ports from it (the workers take one each)."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", 0))
+            base = s.getsockname()[1]
+        if base + count > 65535:
+            continue
+        try:
+            probes = []
+            for port in range(base, base + count):
+                probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                probes.append(probe)
+                probe.bind(("0.0.0.0", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for probe in probes:
+                probe.close()
+    raise BenchError("no run of free UDP ports for the workers")
+
+
+class RedisServer:
+    """A throwaway redis-server on a free loopback port (Debian's), for the workers' cluster."""
+
+    def __init__(self) -> None:
+        self.port = _free_port()
+        self.dir = tempfile.mkdtemp(prefix="bench-redis-")
+        self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                      "--appendonly", "no", "--dir", self.dir],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise BenchError("redis-server did not start (apt-get install redis-server)")
+            time.sleep(0.05)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        stop(self.proc)
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 20.0) -> None:
@@ -179,16 +251,21 @@ async def _probe_join_to_first_media(url: str, key: str, secret: str, room: str,
 
 def run_scenario(scenario: Scenario, *, warmup: float = 3.0, window: float = 10.0,
                  setup_timeout: float = 180.0, stall_timeout: float = 20.0, probe: bool = True,
+                 workers: int = 0,
                  log=lambda text: print(text, file=sys.stderr, flush=True)) -> dict[str, Any]:
+    """`workers`: 0 runs the lone server (no Redis); N runs `--workers N`, N nodes of a cluster
+    on a throwaway redis-server sharing one port, the load tester's participants spread over
+    them by the kernel and the room spanning them."""
     import trio
 
     room = f"bench-{scenario.name}"
-    server, url, key, secret = start_server()
+    redis = RedisServer() if workers else None
+    server, url, key, secret, pids = start_server(redis=redis.address if redis else None, workers=workers)
     tester = None
     json_path = tempfile.mktemp(prefix="bench-loadtest-", suffix=".json")
     try:
         time.sleep(0.5)
-        rss_idle = procstat.rss_bytes(server.pid)
+        rss_idle = procstat.sample_many(pids).rss_bytes
         cmd = _python() + [
             "-m", "trio_sfu.cli", "load-test", "--url", url, "--api-key", key, "--api-secret", secret,
             "--room", room, "--video-publishers", str(scenario.video_publishers),
@@ -247,7 +324,7 @@ def run_scenario(scenario: Scenario, *, warmup: float = 3.0, window: float = 10.
         warm_end = time.monotonic() + warmup
         while time.monotonic() < warm_end:
             p = next_line()
-        first = (p, procstat.sample(server.pid), procstat.sample(tester.pid), procstat.machine_busy_seconds())
+        first = (p, procstat.sample_many(pids), procstat.sample(tester.pid), procstat.machine_busy_seconds())
         in_packets = out_packets = 0
         errors_at_start = p.errors
         while True:
@@ -256,7 +333,7 @@ def run_scenario(scenario: Scenario, *, warmup: float = 3.0, window: float = 10.
             out_packets += p.out_pps
             if p.at - first[0].at >= window:
                 break
-        last = (p, procstat.sample(server.pid), procstat.sample(tester.pid), procstat.machine_busy_seconds())
+        last = (p, procstat.sample_many(pids), procstat.sample(tester.pid), procstat.machine_busy_seconds())
         wall = last[1].wall - first[1].wall
         server_cpu = last[1].cpu_seconds - first[1].cpu_seconds
         log(f"{scenario.name}: window {wall:.1f} s, {in_packets / wall:.0f} pps forwarded, "
@@ -271,7 +348,7 @@ def run_scenario(scenario: Scenario, *, warmup: float = 3.0, window: float = 10.
         stop(tester, signal.SIGINT, timeout=60)
         # Read with the tester gone and the server still up: every receive-buffer overflow of
         # the run is in these counts (the tester's own are in its summary).
-        server_drops = process_drops(server.pid)
+        server_drops = sum(process_drops(pid) or 0 for pid in pids) if workers else process_drops(server.pid)
         summary: dict[str, Any] = {}
         if os.path.exists(json_path):
             with open(json_path, encoding="utf-8") as handle:
@@ -282,6 +359,7 @@ def run_scenario(scenario: Scenario, *, warmup: float = 3.0, window: float = 10.
         return {
             "scenario": scenario.name,
             "description": scenario.description,
+            "workers": workers,
             "participants": scenario.participants,
             "publishers": scenario.publishers,
             "subscribers": scenario.subscribers,
@@ -317,6 +395,8 @@ def run_scenario(scenario: Scenario, *, warmup: float = 3.0, window: float = 10.
     finally:
         if tester is not None:
             stop(tester, signal.SIGINT, timeout=30)
-        stop(server)
+        stop(server, timeout=90)
+        if redis is not None:
+            redis.stop()
         if os.path.exists(json_path):
             os.unlink(json_path)
