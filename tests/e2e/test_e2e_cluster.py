@@ -3,8 +3,9 @@
 
 - Two `--workers 2` workers sharing one port and a third node: a `livekit` SDK participant on
   each worker and a Chromium tab (livekit-client) on the third node decode and hear each other.
-- Drain: SIGTERM to a node moves its SDK participants to another node by live migration; they
-  resume (same sids, no Disconnected) and the subscriber's longest audio gap is printed.
+- Drain: SIGTERM to a node moves its SDK participants (and, in another test, two Chromium tabs)
+  to another node by live migration; they resume (same sids, no Disconnected, the same peer
+  connections) and the longest media gap is printed.
 - SIGKILL: the killed node's publisher rejoins through the other node sharing its port; the
   subscriber on a third node sees it leave and come back; the time is printed.
 - Redis restart during a call: the audio between nodes never stops.
@@ -21,7 +22,16 @@ from types import SimpleNamespace
 import pytest
 from cluster_harness import ClusterHarness
 from e2e_harness import E2E_DIR, Client, assert_clean_exit, browser_missing
-from test_e2e_browser import assert_received, record_metric, start_browser
+from test_e2e_browser import BROWSER_TONE_HZ, assert_received, record_metric, start_browser, token, write_tone_wav
+from test_e2e_migration_browser import (
+    DRIVER as MIGRATION_DRIVER,
+    MAX_MOVE_GAP_MS,
+    MIN_LOUD_SHARE,
+    longest_gap_ms,
+    longest_quiet_ms,
+    phase_summary,
+    window,
+)
 from test_e2e_migration_sdk import send
 
 pytestmark = pytest.mark.slow
@@ -231,3 +241,70 @@ def test_media_between_nodes_survives_a_redis_restart(netns, harness, clients, t
             f"bob's audio suffered in phase {phase}: {got}\n{brief}\n{context()}"
     for group in (a, c):
         assert "redis unavailable" in group.log_text().lower() or "outage" in group.log_text().lower(), group.log_tail()
+
+
+def test_drain_moves_chromium_tabs_to_another_node_without_a_reconnect(netns, harness, clients, tmp_path,
+                                                                       tmp_path_factory, pytestconfig):
+    """Two livekit-client tabs (pub: camera and a 1 kHz tone; sub: watches pub) on node A; node B
+    joins the port; SIGTERM to A moves both there: no Disconnected, same sids, the same peer
+    connections, and sub keeps decoding and hearing pub."""
+    if (reason := browser_missing()) is not None:
+        pytest.skip(f"browser e2e: {reason}")
+    harness.start_redis()
+    a = harness.start_nodes("node-a", 7880, 7882, "--reuse-port", "--workers", "1", "--drain-timeout", "30")
+    wav = tmp_path / "microphone.wav"
+    write_tone_wav(wav, BROWSER_TONE_HZ)
+    config = {
+        "wsUrl": "ws://127.0.0.1:7880", "fakeAudioFile": str(wav),
+        "participants": [{"identity": "pub", "token": token("pub", ROOM), "publish": True},
+                         {"identity": "sub", "token": token("sub", ROOM), "publish": False}],
+        "watch": {"tab": "sub", "remote": "pub"}, "minFrames": 15, "minAudioPackets": 50,
+        "timeoutMs": 45000, "simulcast": True,
+    }
+    env = dict(os.environ, PYTHONUNBUFFERED="1", HOME=str(tmp_path))
+    browser = Client("chromium", netns.wrap(["node", str(MIGRATION_DRIVER), json.dumps(config)]),
+                     tmp_path / "chromium.log", env=env)
+    clients.append(browser)
+
+    def context() -> str:
+        return f"{browser.log_tail(150)}\n{harness.logs(150)}"
+
+    assert browser.wait_for("receiving", timeout_s=60) is not None, f"sub never decoded pub\n{context()}"
+    b = harness.start_nodes("node-b", 7880, 7884, "--reuse-port", "--workers", "1")
+    harness.wait_linked(2)
+    time.sleep(PHASE_S)
+    send(browser, {"mark": "drain"})
+    harness.terminate(a.nodes[0])
+    a.proc.wait(40)
+    send(browser, {"mark": "drained"})
+    time.sleep(PHASE_S)
+    send(browser, {"mark": "end"})
+    browser.close_stdin()
+    done = browser.wait_for("result", timeout_s=30)
+    browser.finish()
+    assert done is not None, f"the browser driver printed no result\n{context()}"
+    result = done["result"]
+    (tmp_path / "browser_result.json").write_text(json.dumps(result, indent=1))
+    marks = {m["label"]: m["t"] for m in result["marks"]}
+    tabs = result["tabs"]
+    events = {tab: [e for e in tabs[tab]["events"] if not e["event"].startswith("pc ")] for tab in tabs}
+    timeline = tabs["sub"]["timeline"]
+    around = window(timeline, marks["drain"] - 1000, marks["end"])
+    after = phase_summary(window(timeline, marks["drained"], marks["end"]))
+    gaps = {"decoded_gap_ms": longest_gap_ms(around, "framesDecoded"),
+            "presented_gap_ms": longest_gap_ms(around, "presented"),
+            "audio_quiet_ms": longest_quiet_ms(around)}
+    record_metric(tmp_path_factory, pytestconfig, "cluster_drain_chromium_gap_ms", gaps)
+    detail = json.dumps({"marks": marks, "gaps": gaps, "after": after, "events": events}, indent=1) + "\n" + context()
+
+    assert "drain finished" in a.log_text() and "migrated=2" in a.log_text(), detail
+    for tab in ("pub", "sub"):
+        sid = tabs[tab]["sid"]
+        assert f"participant={sid} identity={tab}" in b.log_text(), f"{tab} is not on B under its sid\n{detail}"
+        assert not [e for e in events[tab] if e["event"] == "Disconnected"], f"{tab} disconnected\n{detail}"
+        assert tabs[tab]["state"] == "connected", detail
+        new_pcs = [e for e in tabs[tab]["events"] if e["event"] == "pc created" and e["t"] >= marks["drain"]]
+        assert not new_pcs, f"{tab} made new peer connections (a full reconnect)\n{detail}"
+    for name, got in gaps.items():
+        assert got is not None and got < MAX_MOVE_GAP_MS, f"{name} {got} ms across the drain\n{detail}"
+    assert after["frames_decoded"] >= 15 and after["loud_share"] >= MIN_LOUD_SHARE, detail
