@@ -202,6 +202,9 @@ async def test_a_migration_whose_link_dies_fails_at_once_on_both_nodes_and_leave
             senders.start_soon(send_synthetic_audio, audio, 60.0)
             (track,) = await watcher.wait_for_tracks(1)
             await packets_flow(track)
+            resume_leaves = []
+            expect = mover.resume.expect
+            mover.resume.expect = lambda leave: (resume_leaves.append(leave), expect(leave))  # type: ignore[method-assign]
             with trio.fail_after(5):
                 assert await a.relay.migrate(ROOM, mover.participant_sid, "node-b") is False
             assert killed
@@ -209,6 +212,9 @@ async def test_a_migration_whose_link_dies_fails_at_once_on_both_nodes_and_leave
             assert not a.relay._out and not a.relay._handed_over
             assert a.metrics.get("migrations_failed_total") == 1
             await wait_until(lambda: mover.left.is_set())
+            # Told to rejoin, never sent to resume on a node it can no longer be handed to.
+            assert not resume_leaves and mover.migrations == 0
+            assert mover.leave_reason == "MIGRATION"
             senders.cancel_scope.cancel()
 
 

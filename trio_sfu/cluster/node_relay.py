@@ -706,6 +706,11 @@ class NodeRelay:
                 self.log.warning("migration refused", kv={"participant": participant_sid, "reason": out.reason or "no answer"})
                 return False
             await self.seam("migrate.accepted", {"node": self.node_id, "room": room_name, "participant": participant_sid})
+            if out.reason or self.links.get(to_node) is not link:
+                # The link to the new node died after it accepted: the client must not be sent
+                # there to resume (the finally tells it to rejoin instead).
+                out.reason = out.reason or "relay link lost"
+                return False
             # The client resumes there; its session here ends, its tracks wait for their new source.
             target = _host_port(out.signal_url)
             if target is not None:
