@@ -253,7 +253,10 @@ async def test_publish_subscribe_nack_pli_and_teardown():
             by_track = {m.msid.track_id: m for m in offer_b.media if m.msid is not None}
             assert set(by_track) == {sids["cid-video"], sids["cid-audio"]}
             video_m = by_track[sids["cid-video"]]
-            assert video_m.msid.stream_id.startswith("PA_") and video_m.msid.stream_id.endswith("|camera")
+            # LiveKit's packed stream id names the publisher and the track (the SDKs read the track
+            # sid from it on a reused transceiver).
+            alice_sid = next(p.sid for p in server.registry.rooms["room1"].participants.values() if p.identity == "alice")
+            assert video_m.msid.stream_id == f"{alice_sid}|{sids['cid-video']}"
             bob_video_ssrc = video_m.ssrcs[0]
             bob_vp8_pt = next(c.payload_type for c in video_m.codecs() if c.name == "VP8")
             bob_audio_ssrc = by_track[sids["cid-audio"]].ssrcs[0]

@@ -178,7 +178,7 @@ def test_a_killed_nodes_publisher_rejoins_through_the_other_node_within_five_sec
 
     receiving = sdk.wait_for("receiving", timeout_s=60)
     assert receiving is not None, f"bob never decoded alice across the nodes\n{context()}"
-    harness.start_nodes("node-b", 7880, 7884, "--reuse-port", "--workers", "1")
+    b = harness.start_nodes("node-b", 7880, 7884, "--reuse-port", "--workers", "1")
     harness.wait_linked(3)
     send(sdk, {"phase": "before-kill"})
     time.sleep(2)
@@ -210,7 +210,13 @@ def test_a_killed_nodes_publisher_rejoins_through_the_other_node_within_five_sec
     rejoin_s = round(back[0]["at_s"] - killed_s, 3)
     record_metric(tmp_path_factory, pytestconfig, "cluster_sigkill_rejoin_s", rejoin_s)
     assert rejoin_s <= REJOIN_BOUND_S + 2.0, f"alice took {rejoin_s} s to be back with media\n{brief}"
-    assert summary["alice"]["sid_end"] != summary["alice"]["sid_start"]  # a full rejoin, as it must be
+    # A full rejoin, as it must be: alice is back under a new sid, which node B gave her. (The
+    # SDK's own local_participant.sid is no proof: after a full reconnect it keeps the first sid.)
+    came_back = [e for e in bob_saw if e["event"] == "participant_connected" and e["args"][0]["identity"] == "alice"]
+    assert came_back, f"bob never saw alice join again\n{brief}"
+    new_sid = came_back[0]["args"][0]["sid"]
+    assert new_sid != summary["alice"]["sid_start"], f"alice resumed instead of rejoining\n{brief}"
+    assert f"participant={new_sid} identity=alice" in b.log_text(), b.log_tail()
     assert summary["phases"]["after"]["loud"] >= MIN_LOUD_PER_PHASE, f"no audio after the rejoin\n{brief}"
     assert summary["bob"]["sid_end"] == summary["bob"]["sid_start"]  # bob's node was never touched
 

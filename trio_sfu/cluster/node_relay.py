@@ -365,6 +365,7 @@ class NodeRelay:
     def _forget_participants_of(self, peer: str) -> None:
         """The peer's participants leave this node's view of each room: the local participants
         hear them DISCONNECTED, as when one leaves on its node."""
+        rooms: dict[str, None] = {}
         for (room_name, sid), node in list(self._participant_node.items()):
             if node != peer:
                 continue
@@ -379,6 +380,9 @@ class NodeRelay:
                 gone.CopyFrom(info)
                 gone.state = models.ParticipantInfo.State.DISCONNECTED
                 room.send_remote_participant(gone)
+            rooms[room_name] = None
+        for room_name in rooms:
+            self._presence_changed(room_name)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
@@ -542,6 +546,14 @@ class NodeRelay:
             self._participant_node[(body.room, info.sid)] = peer
         if room is not None:
             room.send_remote_participant(info)
+        self._presence_changed(body.room)
+
+    def _presence_changed(self, room_name: str) -> None:
+        """Which tracks the room's remote participants list changed: subscribers here re-decide
+        (an m-line held for a track nobody lists any more is let go)."""
+        room_media = self.media.room_by_name(room_name)
+        if room_media is not None:
+            room_media.update_desired()
 
     # ---- remote sources --------------------------------------------------------------------
 

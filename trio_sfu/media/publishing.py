@@ -52,12 +52,18 @@ from trio_sfu.media.room_media import PublishedTrack, RoomMedia
 from trio_sfu.media.transport import ParticipantTransports, WakeBy
 from trio_sfu.signal.media_port import MediaParticipant
 
-_STREAM_NAMES = {
-    models.TrackSource.CAMERA: "camera",
-    models.TrackSource.MICROPHONE: "microphone",
-    models.TrackSource.SCREEN_SHARE: "screen",
-    models.TrackSource.SCREEN_SHARE_AUDIO: "screen_audio",
-}
+
+def subscriber_stream_id(publisher_sid: str, track_sid: str) -> str:
+    """The msid stream id subscribers get for a track: LiveKit's packed `PA_…|TR_…`.
+
+    It must name the track, not a stream label like `camera`: a client whose idle transceiver
+    is reused for another track keeps the receiver (and MediaStreamTrack id) made for the first
+    one, so LiveKit's SDKs take the track sid from the stream id's `TR` suffix and only fall back
+    to the MediaStreamTrack id — with `PA_x|microphone` they look for the old track. (LiveKit
+    sends a `PA_x|<stream>` label only for rooms with sync_streams, and then reuses no
+    transceiver; we do not implement sync_streams.)"""
+    return f"{publisher_sid}|{track_sid}"
+
 
 #: An RTP packet's SSRC (the 32-bit word at offset 8), read without a slice.
 _read_ssrc = struct.Struct("!I").unpack_from
@@ -266,8 +272,7 @@ class PublisherMedia:
             buffer_capacity=1024 if kind is MediaKind.VIDEO else 128,
             now=trio.current_time(),
         )
-        stream = info.stream or _STREAM_NAMES.get(info.source, "camera" if kind is MediaKind.VIDEO else "microphone")
-        track = PublishedTrack(info.sid, kind, self.sid, f"{self.sid}|{stream}", nm.codecs,
+        track = PublishedTrack(info.sid, kind, self.sid, subscriber_stream_id(self.sid, info.sid), nm.codecs,
                                dict(nm.extensions), receiver)
         self.tracks_by_mid[mid] = track
         self.log.info("track matched to media", kv={"track": info.sid, "mid": mid, "codecs": ",".join(track.mime_types),
@@ -393,4 +398,4 @@ class PublisherMedia:
         self._ssrcs_of_track.clear()
 
 
-__all__ = ["MigratedStreams", "PublisherAnswer", "PublisherMedia"]
+__all__ = ["MigratedStreams", "PublisherAnswer", "PublisherMedia", "subscriber_stream_id"]

@@ -181,6 +181,14 @@ class RoomMedia:
         relay = self.service.relay
         return relay.remote_track_info(self, source.track_id) if relay is not None else None
 
+    def listed(self, track_id: str) -> bool:
+        """Whether a participant of the room lists the track as published — one here, or one on
+        another node as that node described it: what the room's clients are told exists."""
+        if any(track_id in session.participant.tracks for session in self.sessions.values()):
+            return True
+        relay = self.service.relay
+        return relay is not None and relay.remote_track_info(self, track_id) is not None
+
     def update_desired(self) -> None:
         for session in list(self.sessions.values()):
             session.update_desired()

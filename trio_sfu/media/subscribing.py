@@ -8,6 +8,7 @@ LiveKit's behaviour around a down track's start and end. `SubscriberMedia` owns 
 - the policy — every track in the room (auto-subscribe) or those the client asked for, minus its
   own, the withdrawn and those reported not found (`SE_TRACK_NOTFOUND`) until the client asks
   again — and each down track's layer from the client's track settings (paused when muted);
+- m-lines held for a resume that can no longer come (the track is gone from the room) let go;
 - the offer/answer exchange with the client: we offer on the subscriber PC and wait (bounded) for
   the answer to that offer; a late or unknown answer is counted and dropped;
 - the subscriber PC's RTCP to the down tracks, and the downlink RTCP they owe (`Timed`).
@@ -210,6 +211,7 @@ class SubscriberMedia:
         if self.closed:
             return
         manager = self.manager
+        self._let_go_of_lines_held_in_vain()
         ids = dict.fromkeys(self.room_media.track_manager.track_ids())
         ids.update(dict.fromkeys(self.participant.subscriptions))
         ids.update(dict.fromkeys(manager.subscriptions))
@@ -218,6 +220,22 @@ class SubscriberMedia:
             current = manager.subscriptions.get(track_id)
             if want != (current is not None and current.desired):
                 manager.set_desired(track_id, want)
+
+    def _let_go_of_lines_held_in_vain(self) -> None:
+        """An m-line cached for a track expected back is held: offers keep presenting the track
+        as the client last saw it. Once nothing of the track is left — no source here, withdrawn
+        or no longer listed by any participant of the room, so the client was told it is gone —
+        no resume is coming, and the m-line must not keep offering a track the client no longer
+        has: it is let go, and a pass offers it idle."""
+        room = self.room_media
+        released = False
+        for track_id in list(self.endpoint.cached_track_ids):
+            if track_id not in room.withdrawn and (room.track_manager.sources(track_id) or room.listed(track_id)):
+                continue
+            released |= self.endpoint.forget_cached(track_id)
+            self.log.debug("held m-line let go", kv={"track": track_id})
+        if released:
+            self.manager.trigger()
 
     async def _subscription_seam(self, seam: str, track_id: str) -> None:
         await self._timeouts.seam(f"sub.{seam}", {"participant": self.sid, "track": track_id})

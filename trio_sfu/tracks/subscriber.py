@@ -240,6 +240,17 @@ class SubscriberEndpoint:
         if self.on_detached is not None:
             self.on_detached(source.track_id, source, expected_to_resume)
 
+    def forget_cached(self, track_id: str) -> bool:
+        """The track an m-line is cached (held) for will not come back: the m-line stops being
+        held, so the next offer presents it idle — without the track's msid — and the next track
+        may take it with fresh SSRCs. Returns whether this endpoint had cached the track."""
+        if track_id not in self.cached_track_ids:
+            return False
+        self.cached_track_ids.discard(track_id)
+        self.snapshots.pop(track_id, None)
+        self.table.cache.take(track_id)
+        return True
+
     # ---- migration ---------------------------------------------------------------------------
 
     def migrated_state(self) -> list[MigratedTransceiver]:
