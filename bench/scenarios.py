@@ -26,7 +26,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import attrs
 
@@ -109,10 +109,13 @@ def _python() -> list[str]:
     return [sys.executable]
 
 
-def start_server(env: Optional[dict[str, str]] = None) -> tuple[subprocess.Popen, str, str, str]:
-    """The server process, its URL, API key and secret (from the --dev banner)."""
+def start_server(env: Optional[dict[str, str]] = None,
+                 command: Optional[list[str]] = None) -> tuple[subprocess.Popen, str, str, str]:
+    """The server process, its URL, API key and secret (from the --dev banner). `command` runs
+    instead of ``python -m trio_sfu.cli`` and takes the CLI's arguments (bench.server_profile
+    runs the CLI under its profiler)."""
     proc = subprocess.Popen(
-        _python() + ["-m", "trio_sfu.cli", "--dev", "--port", "0", "--udp-port", "0", "--node-ip", "127.0.0.1"],
+        (command or _python() + ["-m", "trio_sfu.cli"]) + ["--dev", "--port", "0", "--udp-port", "0", "--node-ip", "127.0.0.1"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
     )
     key = secret = url = None
@@ -179,15 +182,22 @@ async def _probe_join_to_first_media(url: str, key: str, secret: str, room: str,
 
 def run_scenario(scenario: Scenario, *, warmup: float = 3.0, window: float = 10.0,
                  setup_timeout: float = 180.0, stall_timeout: float = 20.0, probe: bool = True,
-                 log=lambda text: print(text, file=sys.stderr, flush=True)) -> dict[str, Any]:
+                 log=lambda text: print(text, file=sys.stderr, flush=True),
+                 server_command: Optional[list[str]] = None, server_env: Optional[dict[str, str]] = None,
+                 on_idle: Callable[[int], None] = lambda pid: None,
+                 on_window: Callable[[int, bool], None] = lambda pid, started: None) -> dict[str, Any]:
+    """One run of `scenario`. `on_idle(server_pid)` is called before anyone joins and
+    `on_window(server_pid, started)` at the measuring window's start and end (bench.server_profile
+    signals its profiled server there)."""
     import trio
 
     room = f"bench-{scenario.name}"
-    server, url, key, secret = start_server()
+    server, url, key, secret = start_server(server_env, server_command)
     tester = None
     json_path = tempfile.mktemp(prefix="bench-loadtest-", suffix=".json")
     try:
         time.sleep(0.5)
+        on_idle(server.pid)
         rss_idle = procstat.rss_bytes(server.pid)
         cmd = _python() + [
             "-m", "trio_sfu.cli", "load-test", "--url", url, "--api-key", key, "--api-secret", secret,
@@ -247,6 +257,7 @@ def run_scenario(scenario: Scenario, *, warmup: float = 3.0, window: float = 10.
         warm_end = time.monotonic() + warmup
         while time.monotonic() < warm_end:
             p = next_line()
+        on_window(server.pid, True)
         first = (p, procstat.sample(server.pid), procstat.sample(tester.pid), procstat.machine_busy_seconds())
         in_packets = out_packets = 0
         errors_at_start = p.errors
@@ -257,6 +268,7 @@ def run_scenario(scenario: Scenario, *, warmup: float = 3.0, window: float = 10.
             if p.at - first[0].at >= window:
                 break
         last = (p, procstat.sample(server.pid), procstat.sample(tester.pid), procstat.machine_busy_seconds())
+        on_window(server.pid, False)
         wall = last[1].wall - first[1].wall
         server_cpu = last[1].cpu_seconds - first[1].cpu_seconds
         log(f"{scenario.name}: window {wall:.1f} s, {in_packets / wall:.0f} pps forwarded, "
