@@ -184,11 +184,9 @@ def run_scenario(scenario: Scenario, *, warmup: float = 3.0, window: float = 10.
                  setup_timeout: float = 180.0, stall_timeout: float = 20.0, probe: bool = True,
                  log=lambda text: print(text, file=sys.stderr, flush=True),
                  server_command: Optional[list[str]] = None, server_env: Optional[dict[str, str]] = None,
-                 on_idle: Callable[[int], None] = lambda pid: None,
                  on_window: Callable[[int, bool], None] = lambda pid, started: None) -> dict[str, Any]:
-    """One run of `scenario`. `on_idle(server_pid)` is called before anyone joins and
-    `on_window(server_pid, started)` at the measuring window's start and end (bench.server_profile
-    signals its profiled server there)."""
+    """One run of `scenario`. `on_window(server_pid, started)` is called at the measuring
+    window's start and end (bench.server_profile signals its profiled server there)."""
     import trio
 
     room = f"bench-{scenario.name}"
@@ -197,7 +195,6 @@ def run_scenario(scenario: Scenario, *, warmup: float = 3.0, window: float = 10.
     json_path = tempfile.mktemp(prefix="bench-loadtest-", suffix=".json")
     try:
         time.sleep(0.5)
-        on_idle(server.pid)
         rss_idle = procstat.rss_bytes(server.pid)
         cmd = _python() + [
             "-m", "trio_sfu.cli", "load-test", "--url", url, "--api-key", key, "--api-secret", secret,
