@@ -28,7 +28,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import attrs
 
@@ -111,18 +111,20 @@ def _python() -> list[str]:
     return [sys.executable]
 
 
-def start_server(env: Optional[dict[str, str]] = None, *, redis: Optional[str] = None,
-                 workers: int = 0) -> tuple[subprocess.Popen, str, str, str, list[int]]:
+def start_server(env: Optional[dict[str, str]] = None, command: Optional[list[str]] = None, *,
+                 redis: Optional[str] = None, workers: int = 0) -> tuple[subprocess.Popen, str, str, str, list[int]]:
     """The server process, its URL, API key and secret (from the --dev banner), and the pids
     that do its work (itself; with `workers`, its worker processes, nodes of a cluster on the
-    Redis at `redis`)."""
-    command = _python() + ["-m", "trio_sfu.cli", "--dev", "--node-ip", "127.0.0.1"]
+    Redis at `redis`). `command` runs instead of ``python -m trio_sfu.cli`` and takes the CLI's
+    arguments (bench.server_profile runs the CLI under its profiler)."""
+    arguments = ["--dev", "--node-ip", "127.0.0.1"]
     if workers:
-        command += ["--port", str(_free_port()), "--udp-port", str(_free_udp_base(workers)),
-                    "--redis-host", str(redis), "--workers", str(workers)]
+        arguments += ["--port", str(_free_port()), "--udp-port", str(_free_udp_base(workers)),
+                      "--redis-host", str(redis), "--workers", str(workers)]
     else:
-        command += ["--port", "0", "--udp-port", "0"]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+        arguments += ["--port", "0", "--udp-port", "0"]
+    proc = subprocess.Popen((command or _python() + ["-m", "trio_sfu.cli"]) + arguments,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
     key = secret = url = None
     pids: list[int] = []
     deadline = time.monotonic() + 30
@@ -252,15 +254,20 @@ async def _probe_join_to_first_media(url: str, key: str, secret: str, room: str,
 def run_scenario(scenario: Scenario, *, warmup: float = 3.0, window: float = 10.0,
                  setup_timeout: float = 180.0, stall_timeout: float = 20.0, probe: bool = True,
                  workers: int = 0,
-                 log=lambda text: print(text, file=sys.stderr, flush=True)) -> dict[str, Any]:
-    """`workers`: 0 runs the lone server (no Redis); N runs `--workers N`, N nodes of a cluster
-    on a throwaway redis-server sharing one port, the load tester's participants spread over
-    them by the kernel and the room spanning them."""
+                 log=lambda text: print(text, file=sys.stderr, flush=True),
+                 server_command: Optional[list[str]] = None, server_env: Optional[dict[str, str]] = None,
+                 on_window: Callable[[int, bool], None] = lambda pid, started: None) -> dict[str, Any]:
+    """One run of `scenario`. `workers`: 0 runs the lone server (no Redis); N runs `--workers N`,
+    N nodes of a cluster on a throwaway redis-server sharing one port, the load tester's
+    participants spread over them by the kernel and the room spanning them. `on_window(server_pid,
+    started)` is called at the measuring window's start and end (bench.server_profile signals its
+    profiled server there)."""
     import trio
 
     room = f"bench-{scenario.name}"
     redis = RedisServer() if workers else None
-    server, url, key, secret, pids = start_server(redis=redis.address if redis else None, workers=workers)
+    server, url, key, secret, pids = start_server(server_env, server_command,
+                                                  redis=redis.address if redis else None, workers=workers)
     tester = None
     json_path = tempfile.mktemp(prefix="bench-loadtest-", suffix=".json")
     try:
@@ -324,6 +331,7 @@ def run_scenario(scenario: Scenario, *, warmup: float = 3.0, window: float = 10.
         warm_end = time.monotonic() + warmup
         while time.monotonic() < warm_end:
             p = next_line()
+        on_window(server.pid, True)
         first = (p, procstat.sample_many(pids), procstat.sample(tester.pid), procstat.machine_busy_seconds())
         in_packets = out_packets = 0
         errors_at_start = p.errors
@@ -334,6 +342,7 @@ def run_scenario(scenario: Scenario, *, warmup: float = 3.0, window: float = 10.
             if p.at - first[0].at >= window:
                 break
         last = (p, procstat.sample_many(pids), procstat.sample(tester.pid), procstat.machine_busy_seconds())
+        on_window(server.pid, False)
         wall = last[1].wall - first[1].wall
         server_cpu = last[1].cpu_seconds - first[1].cpu_seconds
         log(f"{scenario.name}: window {wall:.1f} s, {in_packets / wall:.0f} pps forwarded, "

@@ -66,3 +66,34 @@ def test_fanout_server_path_drives_the_servers_objects() -> None:
 
     assert run_server_path(2, 300) > 0
     assert run_server_path(0, 2000) > 0  # 0.4 s of packets: transport-cc feedback is due and sent
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="needs Linux /proc for CPU and RSS")
+def test_server_profile_counts_the_window(tmp_path) -> None:
+    # bench.server_profile: the real server under its profiler for the smoke scenario's window,
+    # then the comparison of that run with itself (every difference zero).
+    out = str(tmp_path / "smoke")
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.server_profile", "run", "smoke", "--out", out, "--warmup", "0.5", "--window", "1.5"],
+        cwd=ROOT, capture_output=True, text=True, timeout=90,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout)["joined"] == 3
+    with open(out + ".steps.json", encoding="utf-8") as handle:
+        steps = json.load(handle)
+    assert steps["seconds"] >= 1.0 and steps["io_waits"] > 0
+    # Each participant's media session woke its timers in the window (they serve RTCP at least once a second).
+    assert steps["steps"].get("trio_sfu.media.participant_media.ParticipantMedia.run", 0) >= 3
+    assert steps["objects"]["trio_sfu.media.participant_media.ParticipantMedia"] == 3
+    sys.path.insert(0, ROOT)
+    try:
+        from bench.server_profile import compare, load_counts
+    finally:
+        sys.path.remove(ROOT)
+    counts = load_counts(out)
+    sent = sum(calls for (path, function), (calls, _own) in counts.items()
+               if (path, function) == ("trio_sfu/media/transport.py", "send_rtp"))
+    assert sent > 0
+    report = compare(out, out, "send_rtp", 5)
+    assert report.startswith(f"units: {sent:,} vs {sent:,}")
+    assert "+0.0000" in report and "-0." not in report.split("largest differences")[1]

@@ -96,6 +96,68 @@ async def test_get_waits_for_a_put() -> None:
     assert got == [b"hello"]
 
 
+class _StepsOf(trio.abc.Instrument):
+    """Counts the scheduling steps of the tasks named `name`."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.steps = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task.name.endswith(self.name):
+            self.steps += 1
+
+
+async def test_a_waiting_writer_takes_one_step_per_item() -> None:
+    # Every participant's writer parks in get(): a message must wake it once, not twice.
+    outbox = SignalOutbox(max_messages=10, max_bytes=100)
+    got = []
+
+    async def writer() -> None:
+        while True:
+            try:
+                got.append(await outbox.get())
+            except trio.EndOfChannel:
+                return
+
+    steps = _StepsOf("writer")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(writer)
+        await trio.testing.wait_all_tasks_blocked()
+        trio.lowlevel.add_instrument(steps)
+        try:
+            for n in range(5):
+                outbox.put(b"m%d" % n)
+                await trio.testing.wait_all_tasks_blocked()
+            assert (got, steps.steps) == ([b"m0", b"m1", b"m2", b"m3", b"m4"], 5)
+            # Items already queued are taken one step each too.
+            outbox.put(b"q1")
+            outbox.put(b"q2")
+            await trio.testing.wait_all_tasks_blocked()
+            assert (got[-2:], steps.steps) == ([b"q1", b"q2"], 7)  # the wake-up takes q1, one yield more q2
+        finally:
+            trio.lowlevel.remove_instrument(steps)
+        outbox.close()
+
+
+async def test_get_is_a_checkpoint_with_an_item_waiting() -> None:
+    outbox = SignalOutbox(max_messages=10, max_bytes=100)
+    outbox.put(b"queued")
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await outbox.get()
+    assert scope.cancelled_caught and len(outbox) == 1
+    # A closed, drained outbox ends its reader at a checkpoint as well.
+    assert await outbox.get() == b"queued"
+    outbox.close()
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await outbox.get()
+    assert scope.cancelled_caught
+    with pytest.raises(trio.EndOfChannel):
+        await outbox.get()
+
+
 @settings(max_examples=examples(3))
 @given(st.lists(st.tuples(st.sampled_from([None, "a", "b", "c"]), st.binary(max_size=40)), max_size=60))
 async def test_outbox_bookkeeping_matches_what_comes_out(puts: list[tuple[str | None, bytes]]) -> None:

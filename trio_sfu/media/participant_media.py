@@ -17,8 +17,8 @@ its `run` in the participant's nursery and calls it through the `MediaSession` s
   the sessions' (all their protocol timers), the receivers' (NACKs, receiver reports) and the
   down tracks' (sender reports).
 
-Its life: `run` joins the room's media and runs two tasks in its own nursery — the timer loop
-and the subscription manager — until the participant's scope ends; `close` (idempotent, also
+Its life: `run` joins the room's media, starts the subscription manager in its own nursery and
+serves the timer loop itself, until the participant's scope ends; `close` (idempotent, also
 run on the way out) unpublishes the participant's tracks (or hands them over when it is moving
 to another node), detaches its down tracks from their sources, closes and unregisters both peer
 connections, and leaves the room once.
@@ -115,17 +115,15 @@ class ParticipantMedia:
             self.room_media.join(self)
             self.update_desired()
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._run_timers)
                 nursery.start_soon(self.subscribing.run)
                 task_status.started()
-        finally:
-            self.close()
-
-    async def _run_timers(self) -> None:
-        try:
-            # The order each wake-up serves them in: the peer sessions' protocol timers (ICE,
-            # DTLS, SCTP, transport-cc feedback), then the RTCP the forwarding objects owe.
-            await self.timers.run((self.transports, self.publishing, self.subscribing))
+                # The timers run in this task, the nursery's body, rather than in a child of
+                # their own: one task less per participant, and the same lifetime (a failure
+                # of either cancels the other, and cancelling the participant ends both).
+                # The order each wake-up serves them in: the peer sessions' protocol timers
+                # (ICE, DTLS, SCTP, transport-cc feedback), then the RTCP the forwarding
+                # objects owe.
+                await self.timers.run((self.transports, self.publishing, self.subscribing))
         finally:
             self.close()
 
