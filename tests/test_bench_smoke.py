@@ -58,6 +58,22 @@ def test_smoke_scenario_json_shape() -> None:
     assert result["ratio_to_floor"] == pytest.approx(floor["cpu_us_per_packet"] / result["cpu_us_per_packet"])
 
 
+@pytest.mark.skipif(not os.path.exists("/usr/bin/redis-server"), reason="needs Debian's redis-server (scripts/test-deps.sh)")
+def test_smoke_scenario_on_two_workers_measures_both() -> None:
+    # `python -m bench smoke --workers 2`: the server as two cluster workers on a throwaway
+    # redis-server; the tester's participants spread over both, CPU summed over the workers.
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "smoke", "--json", "--workers", "2", "--no-floor", "--no-probe",
+         "--warmup", "0.5", "--window", "1.5"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (result,) = json.loads(proc.stdout)["results"]
+    assert result["workers"] == 2 and result["joined"] == 3 and result["errors_total"] == 0
+    assert result["tracks_subscribed"] == result["tracks_expected"] == 4
+    assert result["forwarded_pps"] > 0 and result["server_cpu_cores"] > 0
+
+
 def test_fanout_server_path_drives_the_servers_objects() -> None:
     # `python -m bench.fanout --server-path` keys the server's transports the way a handshake
     # would (it sets their state): this keeps that harness working as the media layer changes.
