@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 import secrets
 import string
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import trio
 from livekit.protocol import models
@@ -27,9 +27,10 @@ from trio_sfu.signal.limits import SignalLimits
 from trio_sfu.signal.media_port import MediaSessionFactory, UnavailableMediaSession
 from trio_sfu.media.service import MediaService
 from trio_sfu.cluster.drain import DEFAULT_DRAIN_DEADLINE, DrainReport
-from trio_sfu.cluster.member import ClusterMember
+
+if TYPE_CHECKING:
+    from trio_sfu.cluster.member import ClusterMember
 from trio_sfu.cluster.node_relay import NodeRelay
-from trio_sfu.api.cluster_rooms import ClusterRoomService
 from trio_sfu.api.room_service import SERVICE_NAME, RoomService
 from trio_sfu.signal.rooms import RoomRegistry
 from trio_sfu.api.twirp import TwirpServer
@@ -91,6 +92,10 @@ class Server:
             self.registry.presence = self.relay
         methods = self.room_service.methods()
         if config.redis.enabled:
+            # Imported here: a lone server never loads the cluster's Redis client.
+            from trio_sfu.api.cluster_rooms import ClusterRoomService
+            from trio_sfu.cluster.member import ClusterMember
+
             assert self.relay is not None and self.media is not None
             self.cluster = ClusterMember(config, self.relay, self.registry, self.media, self.metrics, lambda: self.url)
             self.front.cluster = self.cluster

@@ -40,8 +40,7 @@ from trio_sfu.log import get_logger
 from trio_sfu.signal.participant import JoinOptions
 from trio_sfu.signal.rooms import RoomClosedError, RoomFullError, RoomRegistry
 from trio_sfu.api.cluster_rooms import CALLER, FORWARDED_HEADER, caller_from_headers
-from trio_sfu.cluster.member import host_port
-from trio_sfu.cluster.placement import Verdict
+from trio_sfu.cluster.placement import Verdict, host_port
 from trio_sfu.api.twirp import TwirpError, TwirpReply, TwirpServer
 
 if TYPE_CHECKING:

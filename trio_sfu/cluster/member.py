@@ -23,7 +23,6 @@ from __future__ import annotations
 import os
 import time
 from typing import TYPE_CHECKING, Awaitable, Callable, Optional
-from urllib.parse import urlsplit
 
 import trio
 from livekit.protocol import models
@@ -64,13 +63,6 @@ class CpuMeter:
             self.load = max(0.0, min(1.0, (cpu - self._cpu) / (wall - self._wall)))
             self._cpu, self._wall = cpu, wall
         return self.load
-
-
-def host_port(url: str) -> Optional[tuple[str, int]]:
-    parts = urlsplit(url)
-    if parts.hostname is None or parts.port is None:
-        return None
-    return parts.hostname, parts.port
 
 
 class ClusterMember:

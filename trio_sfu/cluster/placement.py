@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import enum
 from typing import Mapping, Optional
+from urllib.parse import urlsplit
 
 import attrs
 
@@ -97,6 +98,14 @@ def place_join(here: str, draining: bool, room_hosts: set[str], nodes: Mapping[s
     if best is not None and me.cpu - best.cpu > policy.slack:
         return Placement(Verdict.ELSEWHERE, best, "a new room goes to the least loaded node")
     return Placement(Verdict.HERE, me, "a new room: this node is (about) the least loaded")
+
+
+def host_port(url: str) -> Optional[tuple[str, int]]:
+    """(host, port) of a node's ws:// URL, or None if it names neither."""
+    parts = urlsplit(url)
+    if parts.hostname is None or parts.port is None:
+        return None
+    return parts.hostname, parts.port
 
 
 def _best(candidates: list[NodeLoad], room_hosts: set[str]) -> Optional[NodeLoad]:
