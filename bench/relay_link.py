@@ -28,6 +28,7 @@ import trio
 from proto import relay_pb2 as pb
 from trio_sfu.cluster.link import in_memory_link_pair
 from trio_sfu.cluster.relay_protocol import RelayTap
+from trio_sfu.forwarding.receiver import TrackReceiver
 from trio_sfu.cluster.tcp_link import LinkLimits, TcpRelayLink, accept_link, connect_link
 
 KEY = b"bench-key"
@@ -59,7 +60,10 @@ async def _pump(send_link: Any, receive_link: Any, packets: int, size: int,
     """Send `packets` through a RelayTap on `send_link` and receive them all on `receive_link`;
     (cpu seconds, wall seconds)."""
     payloads = [_packet(i, size) for i in range(1024)]
-    tap = RelayTap(send_link, "bench", "TR_bench")
+    receiver = TrackReceiver("TR_bench", "video/VP8", 90000, send_rtcp=lambda packet: True, local_ssrc=1,
+                             cname="bench", buffer_capacity=1024, now=0.0)
+    tap = RelayTap(send_link, "bench", "TR_bench", receiver)
+    tap.request([0], 0.0)  # the peer wants layer 0 (the relay is on demand)
     done = trio.Event()
 
     async def receiver() -> None:

@@ -113,3 +113,15 @@ def test_server_profile_counts_the_window(tmp_path) -> None:
     report = compare(out, out, "send_rtp", 5)
     assert report.startswith(f"units: {sent:,} vs {sent:,}")
     assert "+0.0000" in report and "-0." not in report.split("largest differences")[1]
+
+
+def test_relay_link_bench_relays_every_packet_over_both_links() -> None:
+    # `python -m bench.relay_link`: the relayed-packet cost over the in-memory and the TCP link
+    # through a real RelayTap (on demand: the bench requests the layer it sends).
+    proc = subprocess.run([sys.executable, "-m", "bench.relay_link", "--packets", "3000", "--repeat", "1", "--json"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = {r["link"]: r for r in json.loads(proc.stdout)["results"]}
+    for link in ("in-memory link", "tcp link"):
+        assert rows[link]["packets"] == 3000 and rows[link]["dropped"] == 0
+        assert rows[link]["cpu_us_per_packet"] > 0
