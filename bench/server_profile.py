@@ -32,8 +32,10 @@ _WRAPPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "profiled_se
 
 
 def profile_scenario(name: str, out: str, *, tree: Optional[str] = None, subscribers: Optional[int] = None,
-                     warmup: float = 3.0, window: float = 5.0, use_cprofile: bool = True) -> dict[str, Any]:
-    """Run scenario `name` with a profiled server; its files are written to the prefix `out`."""
+                     warmup: float = 3.0, window: float = 5.0, use_cprofile: bool = True,
+                     cluster: bool = False) -> dict[str, Any]:
+    """Run scenario `name` with a profiled server; its files are written to the prefix `out`.
+    `cluster`: the server as one node of a cluster (`--workers 1` on a throwaway redis-server)."""
     scenario = SCENARIOS[name] if subscribers is None else SCENARIOS[name].scaled(subscribers)
     env = dict(os.environ, BENCH_PROFILE_OUT=out, BENCH_PROFILE_CPROFILE="1" if use_cprofile else "0")
     if tree is not None:
@@ -46,7 +48,7 @@ def profile_scenario(name: str, out: str, *, tree: Optional[str] = None, subscri
         os.kill(pid, signal.SIGUSR1 if started else signal.SIGUSR2)
 
     result = run_scenario(scenario, warmup=warmup, window=window, probe=False, server_command=[sys.executable, _WRAPPER],
-                          server_env=env, on_window=on_window)
+                          server_env=env, on_window=on_window, workers=1 if cluster else 0)
     # The server wrote its files on SIGUSR2, before the scenario stopped it.
     deadline = time.monotonic() + 10
     while not os.path.exists(steps_file) and time.monotonic() < deadline:
@@ -121,6 +123,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     run.add_argument("--warmup", type=float, default=3.0)
     run.add_argument("--window", type=float, default=5.0)
     run.add_argument("--no-cprofile", action="store_true", help="task steps and objects only (no profiler slowdown)")
+    run.add_argument("--cluster", action="store_true", help="the server as a node of a cluster (--workers 1 on Redis)")
     cmp = commands.add_parser("compare", help="line up two runs' counts")
     cmp.add_argument("base")
     cmp.add_argument("after")
@@ -129,7 +132,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "run":
         result = profile_scenario(args.scenario, args.out, tree=args.tree, subscribers=args.subscribers,
-                                  warmup=args.warmup, window=args.window, use_cprofile=not args.no_cprofile)
+                                  warmup=args.warmup, window=args.window, use_cprofile=not args.no_cprofile, cluster=args.cluster)
         print(json.dumps({k: result[k] for k in ("joined", "forwarded_pps", "server_cpu_cores", "cpu_us_per_packet")}))
     else:
         print(compare(args.base, args.after, args.per, args.top))
