@@ -224,3 +224,26 @@ async def test_media_keeps_flowing_through_a_redis_outage_and_a_join_after_it_wo
                 hosts = await b.cluster.directory.room_nodes("o")
                 assert hosts == {a.relay.node_id: 2, b.relay.node_id: 1}
             senders.cancel_scope.cancel()
+
+
+async def test_membership_updates_that_overflow_their_queue_are_rewritten_from_the_registry(redis_server, monkeypatch) -> None:
+    # No room to queue anything: every update the writer is not waiting for overflows, and the
+    # directory must still end up saying exactly who is where.
+    monkeypatch.setattr("trio_sfu.cluster.member.MEMBERSHIP_QUEUE", 0)
+    async with cluster(redis_server, 1) as (a,):
+        async with LiveKitClient.connect(a.url, mint_token("one", room="q")), \
+                LiveKitClient.connect(a.url, mint_token("two", room="q")):
+            async with LiveKitClient.connect(a.url, mint_token("three", room="q")):
+                pass
+            room = a.registry.rooms["q"]
+            await wait_until(lambda: set(room.participants) == {"one", "two"})
+            sids = {identity: p.sid for identity, p in room.participants.items()}
+
+            async def settled() -> bool:
+                found = await a.cluster.directory.room_participants("q")
+                return {i: loc.sid for i, loc in found.items()} == sids
+
+            with trio.fail_after(10):
+                while not await settled():
+                    await trio.sleep(HEARTBEAT / 2)
+            assert a.metrics.get("cluster_directory_updates_dropped_total") > 0

@@ -33,6 +33,7 @@ from livekit.protocol import room as room_pb
 
 from trio_sfu import metrics as m
 from trio_sfu.api.twirp import TwirpError, TwirpMethod
+from trio_sfu.cluster.errors import DirectoryUnavailable
 from trio_sfu.log import get_logger
 from trio_sfu.signal.grants import ClaimGrants
 
@@ -172,7 +173,7 @@ class ClusterRoomService:
             return peers
         try:
             hosts = await self.cluster.room_hosts(room)
-        except Exception as exc:  # a directory outage: answer from this node alone
+        except DirectoryUnavailable as exc:  # an outage: answer from this node alone
             _log.warning("room hosts unknown, answering locally", kv={"room": room, "error": type(exc).__name__})
             return {}
         return {node: url for node, url in peers.items() if node in hosts}

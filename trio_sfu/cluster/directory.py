@@ -53,6 +53,7 @@ import trio
 from google.protobuf.message import DecodeError
 
 from proto import cluster_pb2
+from trio_sfu.cluster.errors import DirectoryUnavailable
 from trio_sfu.config import RedisConfig
 from trio_sfu.log import get_logger
 from trio_sfu.metrics import Metrics
@@ -91,11 +92,6 @@ NODES_EXPIRED = "cluster_directory_nodes_expired_total"  # dead nodes this node 
 ENTRY_MALFORMED = "cluster_directory_entry_malformed_total"
 ENTRY_ID_MISMATCH = "cluster_directory_entry_id_mismatch_total"
 ENTRY_FROM_FUTURE = "cluster_directory_entry_from_future_total"
-
-
-class DirectoryUnavailable(Exception):
-    """Redis could not answer in time (down, unreachable, hung, refusing us), or the directory
-    is not running. The one exception a caller of `NodeDirectory` has to handle."""
 
 
 class NodeState(enum.IntEnum):
@@ -575,6 +571,13 @@ class NodeDirectory:
         """This node no longer serves `room` (its participants here are gone with it)."""
         self._mirror.pop(room, None)
         await self._write(lambda client: self._write_room(client, room))
+
+    def replace_membership(self, membership: Mapping[str, Mapping[str, str]]) -> None:
+        """This node's whole membership (room -> identity -> sid), as its registry knows it now,
+        replaces the mirror; the next heartbeat writes it back whole. For a caller that lost
+        track of some of its updates (its queue of them overflowed)."""
+        self._mirror = {room: dict(participants) for room, participants in membership.items()}
+        self._dirty = True
 
     async def participant_joined(self, room: str, identity: str, sid: str) -> None:
         """`identity` (session `sid`) is in `room` on this node. Kept locally even when Redis

@@ -14,8 +14,9 @@ NodeRelay. It
 - drains the node (trio_sfu.cluster.drain) when asked.
 
 Directory writes happen in one task, in order, from a bounded queue: the registry's observers
-are synchronous and must never wait on Redis. If the queue ever overflows the directory is
-resynchronised whole from its local mirror at the next heartbeat (nothing is lost, only late).
+are synchronous and must never wait on Redis. If the queue ever overflows (Redis slow, a burst
+of joins), what is queued is dropped and the directory's mirror is replaced by the registry's
+truth, written back whole at the next heartbeat: nothing is lost, only late (and counted).
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from livekit.protocol import models
 
 from proto import cluster_pb2
 from trio_sfu import metrics as m
-from trio_sfu.cluster.directory import DirectoryUnavailable, NodeAddress, NodeDirectory, NodeState, NodeStats
+from trio_sfu.cluster.directory import NodeAddress, NodeDirectory, NodeState, NodeStats
+from trio_sfu.cluster.errors import DirectoryUnavailable
 from trio_sfu.cluster.drain import DEFAULT_DRAIN_DEADLINE, DrainReport, drain
 from trio_sfu.cluster.mesh import RelayMesh
 from trio_sfu.cluster.placement import NodeLoad, Placement, PlacementPolicy, Verdict, place_join
@@ -45,6 +47,7 @@ if TYPE_CHECKING:
 
 _log = get_logger("trio_sfu.cluster.member")
 
+#: Membership updates waiting for Redis (each a few hundred bytes of closure).
 MEMBERSHIP_QUEUE = 4096
 DIRECTORY_DROPPED = "cluster_directory_updates_dropped_total"
 
@@ -172,6 +175,19 @@ class ClusterMember:
             self._updates_in.send_nowait(update)
         except trio.WouldBlock:
             self.metrics.inc(DIRECTORY_DROPPED)
+            while True:  # what waits is older than the registry's state now: let it go
+                try:
+                    self._updates_out.receive_nowait()
+                except trio.WouldBlock:
+                    break
+            if self.directory is not None:
+                self.directory.replace_membership(self.membership())
+            self.log.warning("directory updates overflowed; membership rewritten from the registry")
+
+    def membership(self) -> dict[str, dict[str, str]]:
+        """room -> identity -> sid of this node's participants, from the registry."""
+        return {room.name: {p.identity: p.sid for p in room.participants.values()}
+                for room in self.registry.rooms.values() if not room.closed}
 
     # ---- RoomObserver: membership into the directory --------------------------------------------
 
