@@ -74,17 +74,13 @@ class WorkerSupervisor:
     async def run(self) -> int:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as nursery:
-                for worker in self.workers:
-                    nursery.start_soon(self._keep_running, worker)
                 nursery.start_soon(self._pass_signals, signals, nursery)
-                await self._all_exited()
+                async with trio.open_nursery() as workers:
+                    for worker in self.workers:
+                        workers.start_soon(self._keep_running, worker)
+                # Each worker's task returns only once stopping and its process has exited.
                 nursery.cancel_scope.cancel()
         return 0
-
-    async def _all_exited(self) -> None:
-        # Returns once stopping and no worker process is left.
-        while not (self._stopping and all(w.process is None for w in self.workers)):
-            await trio.sleep(0.1)
 
     async def _keep_running(self, worker: WorkerState) -> None:
         while not self._stopping:
