@@ -293,7 +293,8 @@ function updateLevels() {
     const track = tile.audioTrack;
     const level = track ? levelOf(track) : 0;
     if (track && track.mediaStreamTrack) live.add(track.mediaStreamTrack.id);
-    tile.el.querySelector('.level').value = level;
+    // The meter on a square-root scale: speech sits in its middle, not at its bottom edge.
+    tile.el.querySelector('.level').value = Math.sqrt(level);
     tile.el.dataset.audioLevel = level.toFixed(3);
     tile.el.classList.toggle('speaking', level > SPEAKING_LEVEL);
   }
