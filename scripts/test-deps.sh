@@ -4,7 +4,8 @@
 #   chromium                 Debian's browser, driven headless by playwright-core (never a downloaded build)
 #   nodejs, npm              run playwright-core and install scripts/browser's npm packages
 #   redis-server             the cluster tests' shared state (tests/redis_server.py starts its own)
-#   scripts/browser/node_modules   livekit-client + playwright-core, from package-lock.json (npm ci)
+#   scripts/browser/node_modules   livekit-client + playwright-core, and esbuild (rebuilds the playground's
+#                            livekit-client bundle to check the committed one), from package-lock.json (npm ci)
 # Each step is skipped when its result is already present, so a second run is a no-op.
 #
 # Two modes. By default nothing here fails the build: what cannot be installed (not root, no
@@ -75,7 +76,7 @@ command -v ip >/dev/null 2>&1 || missing+=("ip (iproute2)")
 [ -x "$chromium" ] || missing+=("Chromium at $chromium")
 command -v redis-server >/dev/null 2>&1 || missing+=("redis-server")
 command -v node >/dev/null 2>&1 || missing+=("node")
-for package in playwright-core livekit-client; do
+for package in playwright-core livekit-client esbuild; do
     [ -d "$browser/node_modules/$package" ] || missing+=("$browser/node_modules/$package")
 done
 if [ "$(id -u)" != 0 ]; then

@@ -5,7 +5,9 @@ request with an empty 400 before any handler runs), so we read the request head 
 h11, route it, and for a `/rtc` upgrade that passed auth and joined its room we hand the socket
 to trio-websocket wrapped in `ReplayStream`, which replays the bytes h11 already consumed so
 wsproto sees the handshake from its first byte. Like LiveKit, the room join happens *before* the
-upgrade, so auth and room errors are HTTP statuses with a plain-text reason.
+upgrade, so auth and room errors are HTTP statuses with a plain-text reason. `/` answers `OK`,
+or the playground page to a request that asks for HTML (`trio_sfu.api.playground`, which also
+answers everything under `/playground/`).
 
 A response closes the connection (the endpoints here are one-shot) unless the client has
 already sent its next request behind it (pipelining): then the connection is kept for that one,
@@ -34,7 +36,9 @@ import trio_websocket
 from livekit.protocol import models, rtc
 
 from trio_sfu import metrics as m
+from trio_sfu.api import playground
 from trio_sfu.api.auth import AuthError, ClaimGrants, TokenVerifier, token_from_request
+from trio_sfu.api.playground import accepts_html
 from trio_sfu.config import ServerConfig
 from trio_sfu.log import get_logger
 from trio_sfu.signal.participant import JoinOptions
@@ -262,11 +266,12 @@ class _HttpExchange:
             return
         self.responded = True
         keep_alive = self._next_request_waiting()
+        # A 304 has no content and must not describe one (RFC 9110 8.6): no length, no type.
+        framing = [] if status == 304 else [("content-type", content_type), ("content-length", str(len(body)))]
         all_headers = [
             ("server", "trio-sfu"),
             *([] if keep_alive else [("connection", "close")]),
-            ("content-type", content_type),
-            ("content-length", str(len(body))),
+            *framing,
             *headers,
         ]
         data = self.conn.send(h11.Response(status_code=status, headers=all_headers))
@@ -363,6 +368,8 @@ class HttpFront:
         self.metrics = metrics
         self.twirp = twirp
         self.connections = ConnectionCounter(connection_limits or ConnectionLimits())
+        self.playground = playground.Playground(development=config.development, keys=config.keys,
+                                                limits=registry.limits)
         self._refusing = 0
         # Set when this server is one node of several: resumes of migrated participants.
         self.relay: "NodeRelay | None" = None
@@ -457,8 +464,13 @@ class HttpFront:
         if path == "/":
             if request.method not in ("GET", "HEAD"):
                 await exchange.respond(405, b"method not allowed\n", headers=[("allow", "GET, HEAD")])
+            elif accepts_html(request.headers.get("accept", "")):
+                await self._respond_playground(exchange, self.playground.page_reply(request.headers))
             else:
-                await exchange.respond(200, b"OK")
+                await exchange.respond(200, b"OK", headers=[("vary", "accept")])
+            return
+        if path.startswith(playground.PREFIX):
+            await self._playground(exchange, request)
             return
         if path == "/rtc/validate":
             await self._validate(exchange, request)
@@ -479,6 +491,27 @@ class HttpFront:
             await self._twirp(exchange, request)
             return
         await exchange.respond(404, b"not found\n")
+
+    async def _playground(self, exchange: _HttpExchange, request: Request) -> None:
+        if request.path != playground.TOKEN_PATH:
+            await self._respond_playground(exchange, self.playground.asset_reply(request.method, request.path,
+                                                                                 request.headers))
+            return
+        reply = self.playground.token_refusal(request.method, request.headers)
+        if reply is None:
+            body: bytes | None = b""
+            with trio.move_on_after(BODY_TIMEOUT) as body_timeout:
+                body = await exchange.read_body(playground.MAX_TOKEN_REQUEST)
+            if body_timeout.cancelled_caught:
+                self.metrics.inc(m.HTTP_TIMEOUT)
+                await exchange.respond(408, b"request timeout\n")
+                return
+            reply = self.playground.token_reply(body)
+        await self._respond_playground(exchange, reply)
+
+    @staticmethod
+    async def _respond_playground(exchange: _HttpExchange, reply: playground.Reply) -> None:
+        await exchange.respond(reply.status, reply.body, content_type=reply.content_type, headers=reply.headers)
 
     async def _twirp(self, exchange: _HttpExchange, request: Request) -> None:
         await exchange.respond_reply(await self._twirp_reply(exchange, request))
