@@ -70,7 +70,6 @@ class StatsLine:
         self.out = out
         self._tty = bool(getattr(out, "isatty", lambda: False)())
         self._last: dict[str, tuple[float, int]] = {}
-        self._last_in: tuple[float, int] | None = None
         self.started = trio.current_time()
 
     def subscribers(self) -> int:
@@ -79,9 +78,9 @@ class StatsLine:
                    or not p.HasField("permission"))
 
     def _bitrate(self, key: str, now: float, octets: int) -> float:
-        last = self._last.get(key)
+        last = self._last.get(key, (self.started, 0))  # a publication starts with the line
         self._last[key] = (now, octets)
-        if last is None or now <= last[0]:
+        if now <= last[0]:
             return 0.0
         return 8 * (octets - last[1]) / (now - last[0])
 
@@ -93,10 +92,7 @@ class StatsLine:
             parts.append(f"{publication.kind} {publication.packets_sent} pkt {_rate(rate)}")
         tracks = list(self.client.subscriptions.values())
         received = sum(t.stats.bytes for t in tracks)
-        in_rate = 0.0
-        if self._last_in is not None and now > self._last_in[0]:
-            in_rate = 8 * (received - self._last_in[1]) / (now - self._last_in[0])
-        self._last_in = (now, received)
+        in_rate = self._bitrate("in", now, received)
         sending = ", ".join(parts) if parts else "publishing nothing"
         return (f"[{now - self.started:6.1f}s] {self.client.room_name}/{self.client.identity}: {sending} | "
                 f"subscribers {self.subscribers()} | in {len(tracks)} tracks "
