@@ -482,3 +482,33 @@ def test_the_demo_picture_moves_and_keeps_its_size() -> None:
     assert (first != later).mean() > 0.2
     with pytest.raises(ValueError):
         MovingPicture(numpy, 63, 36)
+
+
+async def test_join_publish_demo_without_pyav_falls_back_to_synthetic_media(tmp_path) -> None:
+    """Where PyAV is missing (`make run` installs no extras) the demo still publishes, and says why
+    there is no picture: an `av` that fails to import stands in for the missing package."""
+    shadow = tmp_path / "shadow" / "av"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('No module named av', name='av')\n")
+    env = clean_env()
+    env["PYTHONPATH"] = os.pathsep.join([str(shadow.parent), env["PYTHONPATH"]])
+    async with media_server() as server:
+        command = subprocess_command("join", "--url", server.url, *KEYS, "--room", "plain", "--identity", "bot",
+                                     "--publish-demo", "--duration", "30")
+        proc = await trio.lowlevel.open_process(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        try:
+            async with LiveKitClient.connect(server.url, mint_token("viewer", room="plain")) as viewer:
+                with trio.fail_after(30):
+                    tracks = await viewer.wait_for_tracks(2, timeout=30)
+                    await wait_until(lambda: all(t.stats.packets > 20 for t in tracks), timeout=20)
+            proc.send_signal(signal.SIGINT)
+            with trio.fail_after(15):
+                await proc.wait()
+            err = (await read_all(proc.stderr)).decode()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    assert proc.returncode == 0, err
+    assert "no real encoders (av is not installed (pip install av numpy)): sending synthetic" in err, err
+    assert sorted(t.kind for t in tracks) == ["audio", "video"]
