@@ -14,6 +14,9 @@ import trio
 from trio_sfu import __version__
 from trio_sfu.config import (DEV_API_KEY, DEV_API_SECRET, ConfigError, ServerConfig, load_config_file, parse_host_port,
                              parse_keys)
+from trio_sfu.client.commands import COMMANDS as CLIENT_COMMANDS
+from trio_sfu.client.commands import add_commands as add_client_commands
+from trio_sfu.client.commands import run_command as run_client_command
 from trio_sfu.client.loadtest import add_arguments as add_load_test_arguments
 from trio_sfu.client.loadtest import run_command as run_load_test
 from trio_sfu.log import configure, get_logger
@@ -43,9 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--drain-timeout", type=float, metavar="SECONDS",
                         help="on SIGTERM, a cluster node moves its participants to other nodes for at most this long (default 60)")
     parser.add_argument("--version", action="version", version=f"trio-sfu {__version__}")
-    # `trio-sfu load-test ...`; without a subcommand `trio-sfu` runs the server as before.
-    commands = parser.add_subparsers(dest="command", metavar="{load-test}")
+    # `trio-sfu load-test|token|room|join ...`; without a subcommand `trio-sfu` runs the server.
+    commands = parser.add_subparsers(dest="command", metavar="{load-test,token,room,join}")
     add_load_test_arguments(commands.add_parser("load-test", help="LiveKit-style load test against a server"))
+    add_client_commands(commands)
     return parser
 
 
@@ -158,6 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "load-test":
         return run_load_test(args)
+    if args.command in CLIENT_COMMANDS:
+        return run_client_command(args)
     try:
         config, warnings = config_from_args(args, dict(os.environ))
     except ConfigError as exc:

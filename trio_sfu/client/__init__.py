@@ -10,7 +10,10 @@
 * ``publisher_offer.py`` — the publisher offer (the answer is ``sdp.negotiator.answer_offer``);
 * ``synthetic.py`` / ``senders.py`` — VP8-framed and Opus-sized payloads with send stamps,
   and the tasks that pace them;
-* ``stats.py`` — what a subscriber measured per track; ``wallclock.py`` — NTP and ping time.
+* ``stats.py`` — what a subscriber measured per track; ``wallclock.py`` — NTP and ping time;
+* ``tokens.py`` — minting access tokens; ``server_api.py`` — a Twirp RoomService client;
+* ``commands.py`` — ``trio-sfu token|room|join``; ``join.py`` — one participant with a stats line;
+  ``demo_media.py`` — a moving picture (VP8) and a tone (Opus) encoded with PyAV.
 """
 
 from trio_sfu.client.client import LiveKitClient

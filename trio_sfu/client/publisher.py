@@ -93,6 +93,11 @@ class LocalPublication:
                 writer.packets, writer.octets, writer.last_timestamp = old.packets, old.octets, old.last_timestamp
         self.negotiated.set()
 
+    @property
+    def octets_sent(self) -> int:
+        """Payload octets sent on all of the track's streams (RFC 3550's sender octet count)."""
+        return sum(writer.octets for writer in self._writers.values())
+
     def header_size(self, rid: str = "") -> int:
         writer = self._writers.get(rid)
         return writer.header_size if writer is not None else 12 + 12
