@@ -229,3 +229,19 @@ def test_histogram_buckets_are_inclusive_upper_bounds() -> None:
     assert histogram.count == 4 and histogram.sum == pytest.approx(0.5035)
     with pytest.raises(ValueError):
         Histogram((0.01, 0.001))
+
+
+def test_a_counter_read_from_live_objects_never_goes_down() -> None:
+    """A node-wide total can dip for a moment (a track handed to the relay while its participant
+    moves is neither live in a room nor folded yet; a layer's loss restarts with its SSRC):
+    the collector reports the highest value it reported before, as a Prometheus counter must."""
+    from trio_sfu.api.prometheus import ServerCollector
+    from trio_sfu.metrics import Metrics
+    from trio_sfu.signal.rooms import RoomRegistry
+    from trio_sfu.signal.media_port import UnavailableMediaSession
+
+    metrics = Metrics()
+    collector = ServerCollector(metrics, RoomRegistry(make_config().room, metrics, UnavailableMediaSession), None)
+    readings = [collector._counter("livekit_packet_loss_total", "", ["direction"], [(("incoming",), v)])
+                for v in (5, 3, 7)]
+    assert [family.samples[0].value for family in readings] == [5, 5, 7]

@@ -24,7 +24,9 @@ thing, so a dashboard made for LiveKit reads them:
   arrived).
 
 Everything else is under `trio_sfu_`: each counter of `trio_sfu.metrics` as
-`trio_sfu_<name>`, the receivers' and down tracks' counters as
+`trio_sfu_<name>` (the peer connections' own counters, `media_transport_*`, `media_session_*`
+and `data_sctp_*`, are folded in when a connection closes, so they count closed connections),
+the receivers' and down tracks' counters, live ones included, as
 `trio_sfu_media_receiver_<field>_total` / `trio_sfu_media_downtrack_<field>_total`, the
 forwarding latency as the histogram `trio_sfu_forward_latency_seconds` (LiveKit's
 `livekit_forward_latency` is a gauge of an average whose unit changed between releases; a
