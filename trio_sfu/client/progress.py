@@ -11,6 +11,7 @@ tests/test_loadtest.py holds the two together.
 from __future__ import annotations
 
 import enum
+import os
 import shutil
 from typing import TextIO
 
@@ -43,9 +44,10 @@ class Progress:
 
 def format_progress(progress: Progress) -> str:
     p = progress
-    return (f"{p.phase.value:<7} [{p.elapsed:6.1f}s] joined {p.joined}/{p.participants}  "
-            f"tracks {p.tracks}/{p.tracks_expected}  out {p.out_pps} pps  in {p.in_pps} pps  "
-            f"loss {p.loss_percent:.2f}%  errors {p.errors}")
+    # Single spaces: a typical run's line fits an 80-column terminal.
+    return (f"{p.phase.value} [{p.elapsed:.1f}s] joined {p.joined}/{p.participants} "
+            f"tracks {p.tracks}/{p.tracks_expected} out {p.out_pps} pps in {p.in_pps} pps "
+            f"loss {p.loss_percent:.2f}% errors {p.errors}")
 
 
 class ProgressWriter:
@@ -67,7 +69,7 @@ class ProgressWriter:
             self.stream.write("\n")  # the finished phase keeps its last line
         # A line wider than the terminal would wrap, and the carriage return would rewrite only
         # its last row.
-        width = shutil.get_terminal_size().columns - 1
+        width = _columns(self.stream) - 1
         self.stream.write("\r" + text[:max(width, 20)] + _ERASE_TO_END)
         self.stream.flush()
         self._open = True
@@ -84,6 +86,19 @@ class ProgressWriter:
         """A message of its own (e.g. that the run is stopping), between progress lines."""
         self.finish()
         print(text, file=self.stream, flush=True)
+
+
+def _columns(stream: TextIO) -> int:
+    """The width of the terminal `stream` writes to: `COLUMNS` if set (as shutil reads it), else
+    the terminal's own, else 80."""
+    fallback = shutil.get_terminal_size()  # COLUMNS, else stdout's terminal, else 80
+    if "COLUMNS" in os.environ:
+        return fallback.columns
+    try:
+        columns = os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, ValueError, OSError):
+        return fallback.columns
+    return columns if columns > 0 else fallback.columns  # a pseudo-terminal nobody sized says 0
 
 
 def _is_terminal(stream: TextIO) -> bool:
