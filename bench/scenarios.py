@@ -10,7 +10,7 @@ loopback with zero loss; the loss is reported too). Then a *probe* subscriber jo
 process to time join → first packet on every track; then SIGINT to the tester, whose JSON
 summary gives latency and loss; then SIGTERM to the server.
 
-Why progress lines and not a server counter: the server has no metrics endpoint yet, and the
+Why progress lines and not a server counter (the server's /metrics counts what it sent): the
 tester's received count is what actually arrived, which is what a forwarding rate should mean.
 """
 

@@ -49,6 +49,11 @@ def test_a_worker_takes_the_udp_port_after_the_configured_one_and_its_command_dr
     config.rtc.udp_port = 65535
     with pytest.raises(ConfigError, match="out of range"):
         apply_worker_index(config, 1)
+    # A metrics port of its own (prometheus.port) is per worker too: each is a node to scrape.
+    config = ServerConfig()
+    config.prometheus.port = 6789
+    apply_worker_index(config, 2)
+    assert config.prometheus.port == 6791
     command = worker_command(["--dev", "--workers", "2", "--port", "7880", "--workers=3"], 1)
     assert command == [sys.executable, "-m", "trio_sfu.cli", "--dev", "--port", "7880", "--worker-index", "1"]
 

@@ -271,6 +271,7 @@ def test_pli_and_fir_from_subscriber_are_rate_limited_upstream():
     upstream = [x for c in wire.up_rtcp for x in parse_rtcp(c)]
     assert [(type(x), x.media_ssrc) for x in upstream] == [(Pli, h.ssrc), (Pli, h.ssrc)]
     assert down.counters.keyframe_requests_received == 6 and down.counters.keyframe_requests_forwarded == 2
+    assert down.counters.firs_received == 2  # the metrics tell PLIs from FIRs (livekit_fir_total)
     assert receiver.counters.keyframe_requests_limited == 4
 
 
@@ -348,6 +349,11 @@ def test_snapshot_restore_continues_numbering_for_a_new_subscription():
     assert (new.timestamp - last_old.timestamp) & 0xFFFFFFFF == round((2.0 - 2 / 30) * 90000)
     assert _desc(new).picture_id == (_desc(last_old).picture_id + 1) & 0x7FFF
     assert again.counters.packets_sent == 8  # SR packet count continues on the same SSRC
+    # What each down track sent itself: the node's totals (trio_sfu.media.traffic) add these up,
+    # and must not count the first one's packets again through the second one's SR count.
+    assert again.own_counters().packets_sent == len(wire2.rtp) == 2
+    assert down.own_counters().packets_sent == len(wire.rtp) == 6
+    assert again.own_counters().octets_sent == again.counters.octets_sent - down.counters.octets_sent
 
 
 def test_disabled_drops_and_resume_waits_for_keyframe():

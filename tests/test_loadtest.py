@@ -225,3 +225,75 @@ async def test_run_ends_promptly_when_the_server_never_answers_the_join() -> Non
     assert len(accepted) == 2
     assert summary["joined"] == 0 and summary["totals"]["errors"] == 2
     assert all("still joining" in e for p in summary["publishers"] + summary["subscribers"] for e in p["errors"])
+
+
+def _progress(phase, elapsed: float = 1.0, joined: int = 1, **changes):
+    from trio_sfu.client.progress import Progress
+
+    fields = dict(phase=phase, elapsed=elapsed, joined=joined, participants=3, tracks=2, tracks_expected=4,
+                  out_pps=150, in_pps=290, loss_percent=0.25, errors=1)
+    fields.update(changes)
+    return Progress(**fields)
+
+
+def test_progress_lines_parse_with_the_bench_regex() -> None:
+    """bench/scenarios.py reads the tester's stderr with `_PROGRESS`: every phase's line must
+    parse, and to the numbers it was made of."""
+    from bench.scenarios import _PROGRESS
+    from trio_sfu.client.progress import Phase, format_progress
+
+    for phase in Phase:
+        line = format_progress(_progress(phase, elapsed=12.5, joined=2))
+        assert line.startswith(phase.value)
+        match = _PROGRESS.search(line)
+        assert match is not None, line
+        assert match.groups() == ("12.5", "2", "3", "2", "4", "150", "290", "0.25", "1")
+
+
+def test_progress_is_rewritten_in_place_per_phase_on_a_terminal(monkeypatch) -> None:
+    from trio_sfu.client.progress import Phase, ProgressWriter, format_progress
+
+    monkeypatch.setenv("COLUMNS", "200")  # the terminal's width, as shutil.get_terminal_size reads it
+
+    reports = [_progress(Phase.JOINING, 1.0, 1), _progress(Phase.JOINING, 2.0, 3),
+               _progress(Phase.STEADY, 3.0, 3), _progress(Phase.STEADY, 4.0, 3)]
+    live = io.StringIO()
+    writer = ProgressWriter(live, live=True)
+    for report in reports:
+        writer.show(report)
+    writer.note("stopping: participants are leaving")
+    writer.finish()  # nothing open any more: no empty line
+    # What a terminal shows: each line as its last carriage return left it.
+    screen = [row.rsplit("\r", 1)[-1].replace("\x1b[K", "") for row in live.getvalue().split("\n")]
+    assert screen == [format_progress(reports[1]), format_progress(reports[3]),
+                      "stopping: participants are leaving", ""]
+    assert live.getvalue().count("\r") == 4
+    # A line wider than the terminal would wrap and leave rows behind: it is cut to fit.
+    monkeypatch.setenv("COLUMNS", "40")
+    narrow = io.StringIO()
+    ProgressWriter(narrow, live=True).show(reports[0])
+    assert narrow.getvalue() == "\r" + format_progress(reports[0])[:39] + "\x1b[K"
+
+    # Anywhere else (a pipe: bench, CI logs) one plain line per report.
+    piped = io.StringIO()
+    writer = ProgressWriter(piped)  # StringIO is no terminal
+    for report in reports:
+        writer.show(report)
+    writer.finish()
+    assert piped.getvalue().splitlines() == [format_progress(r) for r in reports]
+    assert "\r" not in piped.getvalue() and "\x1b" not in piped.getvalue()
+
+
+def test_load_test_phase_is_joining_until_everyone_is_ready_or_failed() -> None:
+    from trio_sfu.client.progress import Phase
+
+    params = LoadTestParams(url="ws://127.0.0.1:1", api_key=API_KEY, api_secret=API_SECRET,
+                            audio_publishers=1, subscribers=2)
+    load_test = LoadTest(params, progress=None)
+    pub, sub_0, sub_1 = load_test.participants
+    assert load_test.phase() is Phase.JOINING  # nobody started yet
+    load_test.media_started_at = 1.0  # everyone started
+    pub.ready = sub_0.ready = True
+    assert load_test.phase() is Phase.JOINING  # sub_1 still connecting
+    sub_1.errors.append("refused")
+    assert load_test.phase() is Phase.STEADY  # a failure settles it too

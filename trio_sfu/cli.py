@@ -114,11 +114,16 @@ def worker_count(args: argparse.Namespace, config: ServerConfig) -> int:
 
 
 def apply_worker_index(config: ServerConfig, index: int) -> None:
-    """Worker `index` of several: its own UDP port next to the configured one."""
+    """Worker `index` of several: its own UDP port (and metrics port) next to the configured one."""
     if config.rtc.udp_port:
         config.rtc.udp_port += index
         if config.rtc.udp_port > 65535:
             raise ConfigError(f"worker {index}'s UDP port {config.rtc.udp_port} is out of range")
+    if config.prometheus.port:
+        # Each worker is a node with metrics of its own, scraped on its own port.
+        config.prometheus.port += index
+        if config.prometheus.port > 65535:
+            raise ConfigError(f"worker {index}'s metrics port {config.prometheus.port} is out of range")
 
 
 async def serve(config: ServerConfig, *, reuse_port: bool = False, drain_timeout: float | None = None) -> None:

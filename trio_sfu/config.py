@@ -157,6 +157,24 @@ class ClusterConfig:
 
 
 @attrs.define
+class PrometheusConfig:
+    """The `prometheus:` section: the `/metrics` endpoint (trio_sfu.api.prometheus).
+
+    `enabled` serves `/metrics` on the HTTP port, to a caller holding an API key pair (HTTP basic
+    auth: key as the user, secret as the password) or a token with the `roomList` grant — or, in
+    development, to anyone on loopback. `port` (LiveKit's `prometheus.port`, or its older
+    top-level `prometheus_port`) also serves it on a port of its own, open as LiveKit's is
+    unless `username` and `password` are set, which it then requires as basic auth (the HTTP
+    port accepts that pair too).
+    """
+
+    enabled: bool = True
+    port: int = 0
+    username: str = ""
+    password: str = ""
+
+
+@attrs.define
 class ServerConfig:
     port: int = DEFAULT_PORT
     # Empty = the mode's default: loopback in development (as LiveKit's --dev), else all interfaces.
@@ -171,6 +189,7 @@ class ServerConfig:
     webhook: dict[str, Any] | None = None
     redis: RedisConfig = attrs.field(factory=RedisConfig)
     node_selector: NodeSelectorConfig = attrs.field(factory=NodeSelectorConfig)
+    prometheus: PrometheusConfig = attrs.field(factory=PrometheusConfig)
     region: str = ""
     development: bool = False
 
@@ -209,6 +228,13 @@ _SCHEMA: dict[str, Any] = {
         "regions": _LIST,
     },
     "webhook": _MAP,
+    "prometheus_port": _INT,
+    "prometheus": {
+        "enabled": _BOOL,
+        "port": _INT,
+        "username": _STR,
+        "password": _STR,
+    },
     "redis": {
         "address": _STR,
         "username": _STR,
@@ -413,12 +439,32 @@ def config_from_mapping(data: Any) -> tuple[ServerConfig, list[str]]:
             raise ConfigError("config key 'cluster.heartbeat_interval' must be between 0.05 and 60 seconds")
         config.cluster.heartbeat_interval = interval
 
+    config.prometheus = _prometheus_config(data.get("prometheus") or {}, data.get("prometheus_port"))
+
     log = data.get("logging") or {}
     if log.get("level") is not None:
         if log["level"].lower() not in LOG_LEVELS:
             raise ConfigError(f"config key 'logging.level' must be one of {', '.join(LOG_LEVELS)}")
         config.logging.level = log["level"].lower()
     return config, warnings
+
+
+def _prometheus_config(section: Mapping[str, Any], legacy_port: int | None) -> PrometheusConfig:
+    """The `prometheus:` section (and LiveKit's older `prometheus_port`), already type-checked."""
+    prometheus = PrometheusConfig()
+    if section.get("enabled") is not None:
+        prometheus.enabled = section["enabled"]
+    if legacy_port is not None:
+        prometheus.port = _port(legacy_port, "prometheus_port")
+    if section.get("port") is not None:
+        # LiveKit: the section's port wins over the deprecated top-level key.
+        prometheus.port = _port(section["port"], "prometheus.port")
+    for name in ("username", "password"):
+        if section.get(name) is not None:
+            setattr(prometheus, name, section[name])
+    if bool(prometheus.username) != bool(prometheus.password):
+        raise ConfigError("config keys 'prometheus.username' and 'prometheus.password' go together: set both or neither")
+    return prometheus
 
 
 def _redis_config(section: Mapping[str, Any]) -> RedisConfig:

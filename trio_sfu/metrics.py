@@ -1,22 +1,63 @@
-"""Named counters for everything the server drops, refuses or survives.
+"""Named counters for everything the server drops, refuses or survives, and the forwarding
+latency histogram.
 
-A counter is cheap (a dict slot), so every error path bumps one; tests and a future
-Prometheus endpoint read them through `snapshot()`.
+A counter is cheap (a dict slot), so every error path bumps one; tests and the Prometheus
+endpoint (trio_sfu.api.prometheus) read them through `snapshot()`.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import Counter
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import attrs
 
+#: Upper bounds (seconds) of the forwarding latency histogram's buckets: from a fan-out to a
+#: subscriber or two (~0.1 ms) to a starved event loop (a quarter of a second and more).
+FORWARD_LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
+#: One packet in this many (per published track) has its forwarding latency measured: reading
+#: the clock costs more than the rest of the bookkeeping of a packet, so most are not timed.
+FORWARD_LATENCY_SAMPLE_EVERY = 64
+
+
+class Histogram:
+    """Observations counted into fixed buckets (each observation in exactly one), with their sum."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        if list(bounds) != sorted(set(bounds)):
+            raise ValueError("bucket bounds must be increasing")
+        self.bounds = tuple(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)  # the last one: above every bound
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+    def cumulative(self) -> list[tuple[float, int]]:
+        """(upper bound, observations at or below it) per bucket, ending with (+inf, count)."""
+        running, out = 0, []
+        for bound, count in zip((*self.bounds, float("inf")), self.counts):
+            running += count
+            out.append((bound, running))
+        return out
+
 
 class Metrics:
-    """A registry of monotonically increasing named counters."""
+    """A registry of monotonically increasing named counters, and the forwarding latency."""
 
     def __init__(self) -> None:
         self._counters: Counter[str] = Counter()
+        # Seconds from a media datagram's arrival to the end of its fan-out to every subscriber,
+        # for one packet in FORWARD_LATENCY_SAMPLE_EVERY (trio_sfu.media.publishing).
+        self.forward_latency = Histogram(FORWARD_LATENCY_BUCKETS)
 
     def inc(self, name: str, amount: int = 1) -> None:
         if amount < 0:

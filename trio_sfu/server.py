@@ -22,6 +22,7 @@ from trio_sfu import metrics as m
 from trio_sfu.api.auth import TokenVerifier
 from trio_sfu.config import ServerConfig
 from trio_sfu.api.http_front import HttpFront
+from trio_sfu.api.prometheus import MetricsEndpoint
 from trio_sfu.log import get_logger
 from trio_sfu.signal.limits import SignalLimits
 from trio_sfu.signal.media_port import MediaSessionFactory, UnavailableMediaSession
@@ -76,6 +77,15 @@ class Server:
         self.room_service = RoomService(self.registry)
         self.twirp = TwirpServer(self.verifier)
         self.front = HttpFront(config, self.verifier, self.registry, self.metrics, self.twirp)
+        self.metrics_endpoint = MetricsEndpoint(config, self.verifier, self.metrics, self.registry, self.media)
+        self.front.metrics_endpoint = self.metrics_endpoint
+        # LiveKit's `prometheus.port`: a listener of its own that serves only /metrics.
+        self.metrics_front: HttpFront | None = None
+        if config.prometheus.enabled and config.prometheus.port:
+            self.metrics_front = HttpFront(config, self.verifier, self.registry, self.metrics, metrics_only=True)
+            self.metrics_front.metrics_endpoint = self.metrics_endpoint
+        self.metrics_listeners: list[trio.SocketListener] = []
+        self.metrics_port = 0
         self.relay: NodeRelay | None = None
         self.cluster: ClusterMember | None = None
         if config.redis.enabled:
@@ -160,6 +170,10 @@ class Server:
                 self.port = self.config.port
             else:
                 await self._open_tcp_listeners()
+            if self.metrics_front is not None:
+                self.metrics_listeners = await _listen_all(self.config.effective_bind_addresses(),
+                                                           self.config.prometheus.port, False)
+                self.metrics_port = self.metrics_listeners[0].socket.getsockname()[1]
             if self.cluster is not None:
                 await nursery.start(self.cluster.run)
             accepting = trio.CancelScope()
@@ -219,9 +233,11 @@ class Server:
                             nursery.start_soon(self._accept_shared, listener, handler_nursery)
                         else:
                             nursery.start_soon(self._accept_one, listener, handler_nursery)
+                    for metrics_listener in self.metrics_listeners:
+                        nursery.start_soon(self._accept_one, metrics_listener, handler_nursery, self.metrics_front)
             finally:
                 with trio.CancelScope(shield=True):
-                    for listener in self.listeners:
+                    for listener in [*self.listeners, *self.metrics_listeners]:
                         await listener.aclose()
 
     async def _accept_shared(self, listener: trio.abc.Listener[trio.abc.Stream], handler_nursery: trio.Nursery) -> None:
@@ -235,7 +251,9 @@ class Server:
         for listener in self._shared:
             await listener.aclose()
 
-    async def _accept_one(self, listener: trio.abc.Listener[trio.abc.Stream], handler_nursery: trio.Nursery) -> None:
+    async def _accept_one(self, listener: trio.abc.Listener[trio.abc.Stream], handler_nursery: trio.Nursery,
+                          front: HttpFront | None = None) -> None:
+        front = front or self.front
         while True:
             try:
                 stream = await listener.accept()
@@ -247,7 +265,7 @@ class Server:
                     await trio.sleep(0.1)
                     continue
                 raise
-            handler_nursery.start_soon(self.front.handle_connection, stream)
+            handler_nursery.start_soon(front.handle_connection, stream)
 
 
 def new_node_id() -> str:

@@ -46,6 +46,7 @@ from trio_sfu.signal.rooms import RoomClosedError, RoomFullError, RoomRegistry
 from trio_sfu.api.cluster_rooms import CALLER, FORWARDED_HEADER, caller_from_headers
 from trio_sfu.cluster.placement import Verdict, host_port
 from trio_sfu.api.twirp import TwirpError, TwirpReply, TwirpServer
+from trio_sfu.api.prometheus import METRICS_PATH, MetricsEndpoint
 
 if TYPE_CHECKING:
     from trio_sfu.cluster.member import ClusterMember
@@ -361,7 +362,10 @@ class HttpFront:
         metrics: m.Metrics,
         twirp: TwirpServer | None = None,
         connection_limits: ConnectionLimits | None = None,
+        *,
+        metrics_only: bool = False,
     ) -> None:
+        """`metrics_only`: the front of `prometheus.port`, which serves `/metrics` and nothing else."""
         self.config = config
         self.verifier = verifier
         self.registry = registry
@@ -375,6 +379,9 @@ class HttpFront:
         self.relay: "NodeRelay | None" = None
         # Set on a node of a cluster: placement of joins, where resumes go.
         self.cluster: "ClusterMember | None" = None
+        # `/metrics` (trio_sfu.api.prometheus), set by the server.
+        self.metrics_endpoint: MetricsEndpoint | None = None
+        self.metrics_only = metrics_only
 
     async def handle_connection(self, stream: trio.abc.Stream) -> None:
         """The accept loop's handler: admit the connection under the caps, then serve it."""
@@ -458,6 +465,14 @@ class HttpFront:
         request = _parse_request(event)
         path = request.path
 
+        if path == METRICS_PATH and self.metrics_endpoint is not None:
+            reply = self.metrics_endpoint.answer(request.method, request.headers, _peer_ip(exchange.stream),
+                                                 own_port=self.metrics_only)
+            await exchange.respond(reply.status, reply.body, content_type=reply.content_type, headers=reply.headers)
+            return
+        if self.metrics_only:
+            await exchange.respond(404, b"not found\n")
+            return
         if request.method == "OPTIONS":
             await self._preflight(exchange, request)
             return

@@ -7,8 +7,9 @@ synthetic media (``trio_sfu.client.synthetic``): VP8-framed video at the target
 bitrate, simulcast q/h/f unless ``--no-simulcast``, and 20 ms Opus-sized audio,
 each payload stamped with its send time so subscribers on the same machine
 measure one-way latency. Publishers do not subscribe; subscribers only subscribe
-(auto-subscribe). Progress goes to stderr once a second; at the end a summary
-per track and per subscriber, and ``--json FILE`` for machines.
+(auto-subscribe). Progress goes to stderr once a second, a line per phase (joining,
+then steady) rewritten in place on a terminal (``trio_sfu.client.progress``); at the end a
+summary per track and per subscriber, and ``--json FILE`` for machines.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import attrs
 import trio
 
 from trio_sfu.client import ClientError, LiveKitClient, LocalPublication, signal_url
+from trio_sfu.client.progress import Phase, Progress, ProgressWriter
 from trio_sfu.client.senders import send_synthetic_audio, send_synthetic_video
 from trio_sfu.client.stats import percentile
 
@@ -96,9 +98,13 @@ def make_token(params: LoadTestParams, identity: str, *, publish: bool, subscrib
 
 
 class LoadTest:
-    def __init__(self, params: LoadTestParams, progress: TextIO | None = sys.stderr) -> None:
+    def __init__(self, params: LoadTestParams, progress: TextIO | None = sys.stderr, *,
+                 live: bool | None = None) -> None:
+        """`progress`: where the progress lines go (None: nowhere); `live`: rewrite them in place
+        (default: when `progress` is a terminal)."""
         self.params = params
         self.progress = progress
+        self.writer = ProgressWriter(progress, live) if progress is not None else None
         self.participants: list[Participant] = []
         for index in range(params.publishers):
             self.participants.append(Participant(
@@ -117,13 +123,27 @@ class LoadTest:
         """End the run early (Ctrl-C): stop joining, everyone leaves, the summary follows."""
         self._stop_requested.set()
 
+    def note(self, text: str) -> None:
+        """A message for whoever watches the progress (on its own line, not over the live one)."""
+        if self.writer is not None:
+            self.writer.note(text)
+
+    def phase(self) -> Phase:
+        """JOINING until every participant has been started and is ready (joined, its tracks
+        published) or has failed; then STEADY."""
+        if self.media_started_at is None:
+            return Phase.JOINING
+        if any(not p.ready and not self._errors_of(p) for p in self.participants):
+            return Phase.JOINING
+        return Phase.STEADY
+
     async def run(self) -> dict[str, Any]:
         """Join everyone at the join rate, send/receive for the duration, then leave; the summary."""
         self.started_at = trio.current_time()
         stop = trio.Event()
         async with trio.open_nursery() as nursery:
             progress_scope = trio.CancelScope()
-            if self.progress is not None:
+            if self.writer is not None:
                 nursery.start_soon(self._report_progress, progress_scope)
             interval = 1.0 / self.params.num_per_second
             for participant in self.participants:
@@ -191,11 +211,14 @@ class LoadTest:
             participant.errors.append("publisher PeerConnection did not connect within 15 s")
 
     async def _report_progress(self, scope: trio.CancelScope) -> None:
-        with scope:
-            await self._progress_loop()
+        assert self.writer is not None
+        try:
+            with scope:
+                await self._progress_loop(self.writer)
+        finally:
+            self.writer.finish()
 
-    async def _progress_loop(self) -> None:
-        assert self.progress is not None
+    async def _progress_loop(self, writer: ProgressWriter) -> None:
         last_in = last_out = 0
         while True:
             await trio.sleep(1.0)
@@ -207,11 +230,8 @@ class LoadTest:
             lost, expected_packets = self._loss_totals()
             loss = 100.0 * lost / expected_packets if expected_packets else 0.0
             errors = sum(len(self._errors_of(p)) for p in self.participants)
-            print(
-                f"[{elapsed:6.1f}s] joined {joined}/{len(self.participants)}  tracks {subscribed}/{expected}  "
-                f"out {sent - last_out} pps  in {received - last_in} pps  loss {loss:.2f}%  errors {errors}",
-                file=self.progress, flush=True,
-            )
+            writer.show(Progress(self.phase(), elapsed, joined, len(self.participants), subscribed, expected,
+                                 sent - last_out, received - last_in, loss, errors))
             last_in, last_out = received, sent
 
     # ------------------------------------------------------------------ measuring
@@ -456,7 +476,7 @@ async def run_until_signalled(load_test: LoadTest) -> dict[str, Any]:
         async with trio.open_nursery() as nursery:
             async def watch() -> None:
                 async for _ in signals:
-                    print("stopping: participants are leaving", file=sys.stderr, flush=True)
+                    load_test.note("stopping: participants are leaving")
                     load_test.request_stop()
                     return
 

@@ -228,7 +228,8 @@ class DownTrackCounters:
     nack_resent: int = 0
     nack_missing: int = 0
     nack_throttled: int = 0
-    keyframe_requests_received: int = 0
+    keyframe_requests_received: int = 0  # PLIs and FIRs
+    firs_received: int = 0
     keyframe_requests_forwarded: int = 0
     srs_sent: int = 0
 
@@ -288,6 +289,10 @@ class DownTrack:
         self.fraction_lost = 0
         self.remb: Optional[int] = None
         self.counters = DownTrackCounters()
+        # The part of counters.packets_sent/octets_sent a restored snapshot carried over (the
+        # SR's counts continue the previous down track's, which counted those packets itself).
+        self._inherited_packets = 0
+        self._inherited_octets = 0
 
         size = 1
         while size < history_size:
@@ -379,6 +384,13 @@ class DownTrack:
             self._rtx_seq, self.counters.packets_sent, self.counters.octets_sent,
         )
 
+    def own_counters(self) -> DownTrackCounters:
+        """The counters of what this down track did itself: without the packets and octets a
+        restored snapshot carried over for the SR (node-wide totals would count them twice)."""
+        counters = self.counters
+        return attrs.evolve(counters, packets_sent=counters.packets_sent - self._inherited_packets,
+                            octets_sent=counters.octets_sent - self._inherited_octets)
+
     def restore(self, snapshot: DownTrackSnapshot) -> None:
         self._last_seq = snapshot.last_sequence
         self._last_ts = snapshot.last_timestamp & 0xFFFFFFFF
@@ -386,8 +398,11 @@ class DownTrack:
         self._last_pid = snapshot.vp8_picture_id
         self._last_tl0 = snapshot.vp8_tl0picidx
         self._rtx_seq = snapshot.rtx_sequence
-        self.counters.packets_sent = snapshot.packets_sent
-        self.counters.octets_sent = snapshot.octets_sent
+        counters = self.counters
+        self._inherited_packets += snapshot.packets_sent - counters.packets_sent
+        self._inherited_octets += snapshot.octets_sent - counters.octets_sent
+        counters.packets_sent = snapshot.packets_sent
+        counters.octets_sent = snapshot.octets_sent
         self.current_layer = None
 
     # --- RTP ---
@@ -570,6 +585,8 @@ class DownTrack:
                 if isinstance(packet, Fir) and not any(e.ssrc == self.ssrc for e in packet.entries):
                     continue
                 self.counters.keyframe_requests_received += 1
+                if isinstance(packet, Fir):
+                    self.counters.firs_received += 1
                 layer = self.current_layer if self.current_layer is not None else self.target_layer
                 if layer is not None and self._source.request_keyframe(layer, now):
                     self.counters.keyframe_requests_forwarded += 1

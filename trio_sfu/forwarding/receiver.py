@@ -325,6 +325,12 @@ class TrackReceiver:
     def down_tracks(self) -> tuple[PacketSink, ...]:
         return tuple(self._down_tracks)
 
+    def packets_lost(self) -> int:
+        """Packets of the publisher's streams that did not reach us (RFC 3550's cumulative loss,
+        per layer: a retransmission that repaired a gap takes it back off). A layer's count
+        starts over when its SSRC changes (a publisher restart shares nothing with before)."""
+        return sum(max(0, layer.stats.lost) for layer in self._layers.values() if layer.stats.is_valid)
+
     # --- queries for down tracks ---
 
     @property

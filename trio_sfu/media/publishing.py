@@ -67,6 +67,8 @@ def subscriber_stream_id(publisher_sid: str, track_sid: str) -> str:
 
 #: An RTP packet's SSRC (the 32-bit word at offset 8), read without a slice.
 _read_ssrc = struct.Struct("!I").unpack_from
+#: Bound once: on_rtp runs per packet.
+_LATENCY_SAMPLE_EVERY = m.FORWARD_LATENCY_SAMPLE_EVERY
 
 #: Publisher SSRC -> (mid, simulcast layer, is RTX), as another node learned them.
 MigratedStreams = dict[int, tuple[str, int, bool]]
@@ -321,6 +323,10 @@ class PublisherMedia:
             return
         if not track.published and not self.closed:
             self.room_media.publish(track)
+        elif not receiver.counters.packets % _LATENCY_SAMPLE_EVERY and receiver.down_tracks:
+            # The fan-out above sent to every subscriber synchronously: the time since the mux
+            # read the datagram (`now`) is what forwarding this packet cost, decryption included.
+            self.metrics.forward_latency.observe(trio.current_time() - now)
         # A loss just noticed schedules a NACK sooner than the loop would wake.
         self._wake_by(receiver.next_deadline())
 

@@ -29,6 +29,12 @@ from trio_sfu.tracks import ResolutionPolicy, ResumeFlagPolicy, SourceOrigin, Tr
 from trio_sfu.tracks.subscriber import Binding
 
 
+#: Where a closed receiver's counters go in the server's metrics (trio_sfu.media.traffic), and
+#: the packets its publisher's streams lost on the way to us (RTP sequence gaps never filled).
+RECEIVER_PREFIX = "media_receiver"
+RECEIVER_LOST = "media_receiver_packets_lost_total"
+
+
 class PublishedTrack:
     """One published track as the room sees it: its receiver and what subscribers need to know."""
 
@@ -55,7 +61,10 @@ class PublishedTrack:
 
     def close(self, metrics: m.Metrics) -> None:
         receiver = self.receiver
-        m.fold_counters(metrics, "media_receiver", receiver.counters)
+        m.fold_counters(metrics, RECEIVER_PREFIX, receiver.counters)
+        lost = receiver.packets_lost()
+        if lost > 0:
+            metrics.inc(RECEIVER_LOST, lost)
         if receiver.state.value == "open":
             receiver.begin_closing(expected_to_resume=False)
         if receiver.state.value == "closing":

@@ -39,6 +39,10 @@ from trio_sfu.tracks.subscriber import NoAnswerError, SubscriberEndpoint
 from trio_sfu.tracks.subscription_manager import RECONCILE_ALL, SubscriptionManager
 
 
+#: Where a finished down track's counters go in the server's metrics (trio_sfu.media.traffic).
+DOWNTRACK_PREFIX = "media_downtrack"
+
+
 class SubscriptionTimeouts(Protocol):
     """The knobs of subscribing, as the node's media service holds them (tests shorten them)."""
 
@@ -96,7 +100,7 @@ class ParticipantSubscriber(SubscriberEndpoint):
         owner.wake_by(down.next_deadline())
 
     def down_track_stopped(self, down: DownTrack) -> None:
-        m.fold_counters(self._owner.metrics, "media_downtrack", down.counters)
+        m.fold_counters(self._owner.metrics, DOWNTRACK_PREFIX, down.own_counters())
 
 
 class SubscriberMedia:
