@@ -58,7 +58,7 @@ _log = get_logger("trio_sfu.media")
 
 
 class MediaService:
-    """Per server: the UDP mux, the DTLS certificate, the advertised candidate, rooms' media."""
+    """Per server: the UDP mux, the DTLS certificate, the advertised candidates, rooms' media."""
 
     def __init__(self, config: "ServerConfig", metrics: m.Metrics, *,
                  certificate: Optional[DtlsCertificate] = None) -> None:

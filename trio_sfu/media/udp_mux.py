@@ -81,7 +81,8 @@ class MuxEndpoint(Protocol):
 
 
 class UdpMux:
-    """The node's UDP socket, its routing tables and the non-blocking send path."""
+    """The node's UDP sockets (one per local address, one port), its routing tables and the
+    non-blocking send path."""
 
     def __init__(self, sock: DatagramSocket, metrics: m.Metrics, *, others: Sequence[DatagramSocket] = ()) -> None:
         # The first socket; with `others` (the same port on other local addresses) replies to an
