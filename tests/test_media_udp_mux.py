@@ -4,8 +4,10 @@ buffer, and the reader task draining a burst over a real loopback socket."""
 
 from __future__ import annotations
 
+import errno
 import socket
 
+import pytest
 import trio
 from aioice import stun
 
@@ -19,7 +21,7 @@ from trio_sfu.media.udp_mux import (
     UDP_HANDLER_CRASHED,
     UDP_RECEIVED,
     UdpMux,
-    advertised_ip,
+    discover_node_ip,
     host_candidate,
 )
 
@@ -203,8 +205,130 @@ async def test_reader_drains_a_burst_from_a_real_socket():
 
 
 def test_candidate_address_choice():
-    assert advertised_ip("0.0.0.0", "198.51.100.7") == "198.51.100.7"
-    assert advertised_ip("192.0.2.10", None) == "192.0.2.10"
-    discovered = advertised_ip("0.0.0.0", None)
+    # Which addresses a configuration advertises: tests/test_media_interfaces.py.
+    discovered = discover_node_ip()
     socket.inet_aton(discovered)  # an IPv4 address of this machine (or loopback without a route)
     assert host_candidate("192.0.2.1", 7882) == "1 1 udp 2130706431 192.0.2.1 7882 typ host"
+    assert host_candidate("127.0.0.1", 7882, "2", 1000) == f"2 1 udp {(126 << 24) | (1000 << 8) | 255} 127.0.0.1 7882 typ host"
+    with pytest.raises(ValueError):
+        host_candidate("192.0.2.1", 7882, local_preference=65536)
+
+
+class Answering(Endpoint):
+    """An endpoint that answers each ICE check at once, as the session does, through the mux."""
+
+    def __init__(self, ufrag: str, mux: UdpMux) -> None:
+        super().__init__(ufrag)
+        self.mux = mux
+
+    def on_datagram(self, data: bytes, addr: tuple[str, int], now: float) -> None:
+        super().on_datagram(data, addr, now)
+        if data[0] < 4:
+            self.mux.send([(b"answer", addr)])
+
+
+async def receive_from(sock: trio.socket.SocketType) -> tuple[bytes, tuple[str, int]]:
+    with trio.fail_after(5):
+        data, source = await sock.recvfrom(2048)
+    return data, source[:2]
+
+
+async def test_each_reply_leaves_from_the_address_the_peer_sent_to():
+    """Two local addresses on one port (loopback's 127.0.0.1 and 127.0.0.2 stand for a LAN
+    address and loopback): an ICE check's answer comes from the address the check went to, and
+    media follows the address DTLS/media last came in on — a check on another pair (a client
+    testing a backup path) does not move it."""
+    mux = UdpMux.bind_all(["127.0.0.2", "127.0.0.1"], 0, m.Metrics())
+    port = mux.local_address[1]
+    assert mux.local_addresses == [("127.0.0.2", port), ("127.0.0.1", port)]
+    endpoint = Answering("multi", mux)
+    mux.register(endpoint)
+    client = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+    await client.bind(("127.0.0.1", 0))
+    me = client.getsockname()[:2]
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(mux.run)
+            await client.sendto(binding_request("multi:c"), ("127.0.0.2", port))
+            assert await receive_from(client) == (b"answer", ("127.0.0.2", port))
+            await client.sendto(binding_request("multi:c"), ("127.0.0.1", port))
+            assert await receive_from(client) == (b"answer", ("127.0.0.1", port))
+            # Authenticated by its first check (on 127.0.0.2): media goes out from there.
+            mux.send_one(b"media", me)
+            assert await receive_from(client) == (b"media", ("127.0.0.2", port))
+
+            # DTLS/media arriving on 127.0.0.1 (the pair the client chose) moves it there ...
+            await client.sendto(b"\x80\x60" + bytes(10), ("127.0.0.1", port))
+            with trio.fail_after(5):
+                while endpoint.received[-1][0][0] != 0x80:
+                    await trio.sleep(0.01)
+            mux.send_one(b"media", me)
+            assert await receive_from(client) == (b"media", ("127.0.0.1", port))
+            # ... and a later check on the other pair is answered there but moves nothing.
+            await client.sendto(binding_request("multi:c"), ("127.0.0.2", port))
+            assert await receive_from(client) == (b"answer", ("127.0.0.2", port))
+            mux.send([(b"dtls", me)])
+            assert await receive_from(client) == (b"dtls", ("127.0.0.1", port))
+            nursery.cancel_scope.cancel()
+        mux.unregister(endpoint)
+        assert mux.is_empty()  # the reply table is forgotten with the address
+        assert all(sock.fileno() == -1 for sock in mux.sockets)  # the readers close every socket
+    finally:
+        client.close()
+        for sock in mux.sockets:
+            sock.close()
+
+
+async def test_one_wildcard_socket_would_answer_from_the_wrong_address():
+    """Why one socket per address: a socket on 0.0.0.0 answers a datagram sent to 127.0.0.2
+    from the address the routing table picks for the client, 127.0.0.1 — an ICE check answered
+    from an address it was not sent to fails (RFC 8445 §7.2.5.2.1)."""
+    mux = UdpMux.bind("0.0.0.0", 0, m.Metrics())
+    port = mux.local_address[1]
+    mux.register(Answering("wild", mux))
+    client = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+    await client.bind(("127.0.0.1", 0))
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(mux.run)
+            await client.sendto(binding_request("wild:c"), ("127.0.0.2", port))
+            assert await receive_from(client) == (b"answer", ("127.0.0.1", port))
+            nursery.cancel_scope.cancel()
+    finally:
+        client.close()
+        mux.sock.close()
+
+
+def test_bind_all_one_port_everywhere_and_clear_errors():
+    mux = UdpMux.bind_all(["127.0.0.1", "127.0.0.2", "127.0.0.3"], 0, m.Metrics())
+    try:
+        ports = {port for _, port in mux.local_addresses}
+        assert len(ports) == 1 and len(mux.sockets) == 3
+    finally:
+        for sock in mux.sockets:
+            sock.close()
+
+    # A fixed port in use on the second address is an error, and the first socket is let go.
+    taken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    taken.bind(("127.0.0.2", 0))
+    port = taken.getsockname()[1]
+    try:
+        with pytest.raises(OSError) as raised:
+            UdpMux.bind_all(["127.0.0.1", "127.0.0.2"], port, m.Metrics())
+        assert raised.value.errno == errno.EADDRINUSE
+        free = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        free.bind(("127.0.0.1", port))  # not held by a half-built mux
+        free.close()
+    finally:
+        taken.close()
+
+    # An address this machine does not have is skipped (it vanished since it was listed) ...
+    mux = UdpMux.bind_all(["127.0.0.1", "192.0.2.77"], 0, m.Metrics())
+    try:
+        assert [host for host, _ in mux.local_addresses] == ["127.0.0.1"]
+        assert len(mux.sockets) == 1
+    finally:
+        mux.sock.close()
+    # ... unless it is the first: then there is nothing to serve on.
+    with pytest.raises(OSError):
+        UdpMux.bind_all(["192.0.2.77", "127.0.0.1"], 0, m.Metrics())

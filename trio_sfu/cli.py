@@ -20,6 +20,7 @@ from trio_sfu.client.commands import run_command as run_client_command
 from trio_sfu.client.loadtest import add_arguments as add_load_test_arguments
 from trio_sfu.client.loadtest import run_command as run_load_test
 from trio_sfu.log import configure, get_logger
+from trio_sfu.media.service import format_address
 from trio_sfu.server import Server
 from trio_sfu.workers import run_workers
 from trio_sfu.api.webhooks import WebhookConfig
@@ -29,12 +30,14 @@ _log = get_logger("trio_sfu.cli")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trio-sfu", description="A LiveKit-compatible WebRTC SFU on Trio")
-    parser.add_argument("--dev", action="store_true", help=f"development mode: API key {DEV_API_KEY!r}, secret {DEV_API_SECRET!r}, bind 127.0.0.1")
+    parser.add_argument("--dev", action="store_true", help=f"development mode: API key {DEV_API_KEY!r}, secret {DEV_API_SECRET!r}, "
+                        "signal on 127.0.0.1, media on every interface address and loopback")
     parser.add_argument("--config", metavar="FILE", help="YAML config file in LiveKit's shape")
     parser.add_argument("--bind", action="append", metavar="ADDR", help="address to listen on (repeatable)")
     parser.add_argument("--port", type=int, help="HTTP/WebSocket port (default 7880; 0 = ephemeral)")
     parser.add_argument("--udp-port", type=int, help="UDP media port (default 7882)")
-    parser.add_argument("--node-ip", help="IP address to advertise in ICE candidates")
+    parser.add_argument("--node-ip", help="the one IP address to advertise in ICE candidates "
+                        "(default: every interface address)")
     parser.add_argument("--keys", help="API keys as 'key: secret' pairs (env LIVEKIT_KEYS)")
     parser.add_argument("--redis-host", metavar="HOST:PORT", help="Redis server for a cluster of nodes (env REDIS_HOST)")
     parser.add_argument("--redis-password", metavar="PASSWORD", help="password of the Redis server (env REDIS_PASSWORD)")
@@ -143,7 +146,10 @@ async def serve(config: ServerConfig, *, reuse_port: bool = False, drain_timeout
                     print(f"dev API key: {key}  secret: {secret}", flush=True)
             node = (f" node={server.relay.node_id} node_url={server.url} pid={os.getpid()}"
                     if server.cluster is not None and server.relay is not None else "")
-            print(f"trio-sfu ready url={server.public_url}{node}", flush=True)
+            media = ""
+            if server.media is not None and server.media.reachable:
+                media = " media reachable at " + ", ".join(format_address(*a) for a in server.media.reachable)
+            print(f"trio-sfu ready url={server.public_url}{node}{media}", flush=True)
 
             async def wait_for_signal() -> None:
                 drained = False
@@ -189,10 +195,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         trio.run(functools.partial(serve, config, reuse_port=args.worker_index is not None or args.reuse_port,
                                    drain_timeout=args.drain_timeout))
-    except OSError as exc:
-        print(f"trio-sfu: error: {exc.strerror or exc}", file=sys.stderr)
+    except (OSError, BaseExceptionGroup) as exc:
+        error = _startup_error(exc)
+        if error is None:
+            raise
+        print(f"trio-sfu: error: {error.strerror or error}", file=sys.stderr)
         return 1
     return 0
+
+
+def _startup_error(exc: BaseException) -> OSError | None:
+    """The OSError a server that could not start raised (a port in use, no media address),
+    out of the exception groups its nurseries wrap it in; None for anything else."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc if isinstance(exc, OSError) else None
 
 
 if __name__ == "__main__":

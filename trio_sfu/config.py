@@ -30,11 +30,27 @@ class ConfigError(ValueError):
 
 
 @attrs.define
+class InterfacesConfig:
+    """LiveKit's `rtc.interfaces`: which network interfaces (by name) media candidates may name;
+    with `includes` only those, else all but `excludes`."""
+
+    includes: list[str] = attrs.field(factory=list)
+    excludes: list[str] = attrs.field(factory=list)
+
+
+@attrs.define
 class RtcConfig:
     udp_port: int = DEFAULT_UDP_PORT
     tcp_port: int = DEFAULT_TCP_PORT
     node_ip: str | None = None
     use_external_ip: bool = False
+    interfaces: InterfacesConfig = attrs.field(factory=InterfacesConfig)
+    # LiveKit's `rtc.enable_loopback_candidate`; None = the mode's default (on in development).
+    enable_loopback_candidate: bool | None = None
+
+    def loopback_candidate(self, development: bool) -> bool:
+        """Whether the media port offers a loopback candidate besides the interface addresses."""
+        return development if self.enable_loopback_candidate is None else self.enable_loopback_candidate
 
 
 @attrs.define
@@ -258,13 +274,17 @@ _SCHEMA: dict[str, Any] = {
         "tcp_port": _INT,
         "node_ip": _STR,
         "use_external_ip": _BOOL,
+        "interfaces": {
+            "includes": _LIST,
+            "excludes": _LIST,
+        },
+        "enable_loopback_candidate": _BOOL,
         # Accepted without effect until the media layer reads them.
         "port_range_start": _INT,
         "port_range_end": _INT,
         "use_ice_lite": _BOOL,
         "stun_servers": _LIST,
         "turn_servers": _LIST,
-        "enable_loopback_candidate": _BOOL,
     },
     "room": {
         "empty_timeout": _INT,
@@ -407,6 +427,16 @@ def config_from_mapping(data: Any) -> tuple[ServerConfig, list[str]]:
         config.rtc.node_ip = rtc["node_ip"]
     if rtc.get("use_external_ip") is not None:
         config.rtc.use_external_ip = rtc["use_external_ip"]
+    if rtc.get("enable_loopback_candidate") is not None:
+        config.rtc.enable_loopback_candidate = rtc["enable_loopback_candidate"]
+    interfaces = rtc.get("interfaces") or {}
+    for name in ("includes", "excludes"):
+        names = interfaces.get(name)
+        if names is None:
+            continue
+        if not all(isinstance(n, str) and n for n in names):
+            raise ConfigError(f"config key 'rtc.interfaces.{name}' must be a list of interface names")
+        setattr(config.rtc.interfaces, name, list(names))
 
     room = data.get("room") or {}
     for name in ("empty_timeout", "departure_timeout", "max_participants"):

@@ -13,4 +13,4 @@ _HERE = str(Path(__file__).resolve().parent)
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
-from e2e_harness import clients, netns, sfu  # noqa: E402,F401  (pytest fixtures)
+from e2e_harness import clients, netns, sfu, sfu_dev_defaults  # noqa: E402,F401  (pytest fixtures)

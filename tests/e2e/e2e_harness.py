@@ -47,6 +47,8 @@ class SfuProcess:
     log: Path
     host: str
     port: int
+    #: "host:port" of each media address the ready line names, highest priority first.
+    media: tuple[str, ...] = ()
 
     @property
     def ws_url(self) -> str:
@@ -181,6 +183,7 @@ def failure_report(*parts: object) -> str:
 
 
 READY = re.compile(r"trio-sfu ready url=(?:ws|http)://([0-9.]+):(\d+)")
+READY_MEDIA = re.compile(r"trio-sfu ready url=\S+.* media reachable at ([^\n]+)")
 SERVER_START_TIMEOUT_S = 20.0
 
 
@@ -202,9 +205,20 @@ def netns() -> Iterator[NetworkNamespace]:
 @pytest.fixture
 def sfu(netns: NetworkNamespace, tmp_path: Path) -> Iterator[SfuProcess]:
     """`python -m trio_sfu.cli --dev` inside the namespace: HTTP on 127.0.0.1, media on the test address."""
+    yield from run_sfu(netns, tmp_path, ["--node-ip", netns.address])
+
+
+@pytest.fixture
+def sfu_dev_defaults(netns: NetworkNamespace, tmp_path: Path) -> Iterator[SfuProcess]:
+    """`python -m trio_sfu.cli --dev` inside the namespace with no address flag: HTTP on 127.0.0.1,
+    media on whatever addresses the server finds (the namespace's test address and loopback)."""
+    yield from run_sfu(netns, tmp_path, [])
+
+
+def run_sfu(netns: NetworkNamespace, tmp_path: Path, extra: list[str]) -> Iterator[SfuProcess]:
+    """The server in the namespace until the generator is closed; then its clean exit is checked."""
     log = tmp_path / "server.log"
-    argv = netns.wrap([sys.executable, "-m", "trio_sfu.cli", "--dev", "--port", "0", "--udp-port", "0",
-                       "--node-ip", netns.address])
+    argv = netns.wrap([sys.executable, "-m", "trio_sfu.cli", "--dev", "--port", "0", "--udp-port", "0", *extra])
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     with open(log, "wb") as out:
         # `ip netns exec` execs the command, so this pid is the server's and SIGTERM reaches it.
@@ -220,7 +234,9 @@ def sfu(netns: NetworkNamespace, tmp_path: Path) -> Iterator[SfuProcess]:
                 if time.monotonic() > deadline:
                     pytest.fail(f"server not ready within {SERVER_START_TIMEOUT_S} s\n{tail(log)}")
                 time.sleep(0.05)
-        server = SfuProcess(proc, log, match.group(1), int(match.group(2)))
+        media = READY_MEDIA.search(log.read_text(errors="replace"))
+        server = SfuProcess(proc, log, match.group(1), int(match.group(2)),
+                            tuple(a.strip() for a in media.group(1).split(",")) if media else ())
         yield server
     finally:
         exited = stop_process(proc)

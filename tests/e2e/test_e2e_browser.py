@@ -160,7 +160,21 @@ def test_two_chromium_tabs(netns, sfu, clients, tmp_path, tmp_path_factory, pyte
 
 
 def test_chromium_and_python_sdk(netns, sfu, clients, tmp_path):
-    room = "e2e-mixed"
+    chromium_and_python_sdk(netns, sfu, clients, tmp_path, "e2e-mixed")
+
+
+def test_chromium_and_python_sdk_on_dev_defaults(netns, sfu_dev_defaults, clients, tmp_path):
+    """`trio-sfu --dev` with no --node-ip: the server finds the namespace's own address (and
+    loopback) by itself, says so on its ready line, and both libwebrtc clients connect through it."""
+    sfu = sfu_dev_defaults
+    port = sfu.media[0].rsplit(":", 1)[1] if sfu.media else "?"
+    # The interface address above loopback; nothing else exists in the namespace.
+    assert sfu.media == (f"{netns.address}:{port}", f"127.0.0.1:{port}"), (
+        f"ready line names {sfu.media}\n{sfu.log_tail()}")
+    chromium_and_python_sdk(netns, sfu, clients, tmp_path, "e2e-dev-defaults")
+
+
+def chromium_and_python_sdk(netns, sfu, clients, tmp_path, room: str) -> None:
     browser = start_browser(netns, sfu, clients, tmp_path, room, {"web": ["py"]}, tones={"web": BROWSER_TONE_HZ})
     sdk = Client("sdk", netns.wrap([sys.executable, str(E2E_DIR / "sdk_scenario.py"), "--url", sfu.ws_url,
                                     "--room", room, "-p", "py", "--remote", "web", "--wait-stdin",

@@ -1,17 +1,28 @@
 """The media service: one per server, the root of the media layer.
 
-It owns the node's UDP mux (trio_sfu.media.udp_mux: one socket for every peer connection), the
-DTLS certificate (one per server start), the advertised host candidate, and each room's
+It owns the node's UDP mux (trio_sfu.media.udp_mux: one port for every peer connection), the
+DTLS certificate (one per server start), the advertised host candidates, and each room's
 `RoomMedia` by room sid. It is the signal layer's `MediaSessionFactory`: each participant gets a
 `ParticipantMedia` from it. The knobs tests shorten (not-found timeout, reconcile interval,
 answer timeout) live here, and `relay` is the node-to-node relay when this server is one node
 of several (anything implementing `RelayHooks`; the cluster layer sets it).
+
+Which addresses the media port listens on and names in its candidates (`media_addresses`):
+`rtc.node_ip` (`--node-ip`) when given, only that one; else a specific bind address when one
+was configured, that one; else, as LiveKit, every usable interface address
+(trio_sfu.media.interfaces, filtered by `rtc.interfaces`), plus loopback when
+`rtc.enable_loopback_candidate` (on by default in development) — so `trio-sfu --dev` is
+reached by a browser or SDK on the same machine or the LAN with no flags, while its signal
+port stays on 127.0.0.1.
 """
 
 from __future__ import annotations
 
 import datetime
-from typing import TYPE_CHECKING, Callable, Optional
+import ipaddress
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
+
+import attrs
 
 import trio
 
@@ -23,7 +34,8 @@ from trio_sfu.log import get_logger
 from trio_sfu.media.participant_media import ParticipantMedia
 from trio_sfu.media.room_media import RelayHooks, RoomMedia
 from trio_sfu.datagram import BindDatagram, UdpSocket
-from trio_sfu.media.udp_mux import UdpMux, advertised_ip, host_candidate
+from trio_sfu.media.interfaces import InterfaceAddress, interface_addresses, usable_addresses
+from trio_sfu.media.udp_mux import UdpMux, discover_node_ip, host_candidate
 from trio_sfu.signal.media_port import MediaContext
 from trio_sfu.tracks import FifoHead, RecordedAtClosing, ResolutionPolicy, ResumeFlagPolicy, Seam, no_seam
 
@@ -36,12 +48,17 @@ NOT_FOUND_TIMEOUT = 60.0
 RECONCILE_INTERVAL = 3.0
 #: How long a subscriber offer may wait for the client's answer; then it is offered again.
 ANSWER_TIMEOUT = 15.0
+#: Candidate local preferences (RFC 8445 §5.1.2.2): interface addresses from the top down,
+#: loopback below every one of them (a client that can use a real address should).
+REAL_PREFERENCE = 65535
+LOOPBACK_PREFERENCE = 1000
+_WILDCARDS = ("0.0.0.0", "::", "")
 
 _log = get_logger("trio_sfu.media")
 
 
 class MediaService:
-    """Per server: the UDP mux, the DTLS certificate, the advertised candidate, rooms' media."""
+    """Per server: the UDP mux, the DTLS certificate, the advertised candidates, rooms' media."""
 
     def __init__(self, config: "ServerConfig", metrics: m.Metrics, *,
                  certificate: Optional[DtlsCertificate] = None) -> None:
@@ -59,8 +76,13 @@ class MediaService:
         # Awaited at the subscription managers' interleaving points ("sub.bound", "sub.post_check");
         # a no-op that never yields unless a test orders interleavings there.
         self.seam: Seam = no_seam
+        # Where the interface addresses come from: the OS, or a test's list.
+        self.list_interfaces: Callable[[], list[InterfaceAddress]] = interface_addresses
+        self.default_route_address: Callable[[], str] = discover_node_ip
         self.mux: Optional[UdpMux] = None
         self.candidates: tuple[str, ...] = ()
+        # (address, port) of each candidate, highest priority first: where clients reach media.
+        self.reachable: tuple[tuple[str, int], ...] = ()
         self.rooms: dict[str, RoomMedia] = {}  # by room sid
         self.not_found_timeout = NOT_FOUND_TIMEOUT
         self.reconcile_interval = RECONCILE_INTERVAL
@@ -68,25 +90,17 @@ class MediaService:
         # The node-to-node relay when this server is one of several nodes (trio_sfu.cluster.node_relay).
         self.relay: Optional[RelayHooks] = None
 
-    def _bind_host(self) -> str:
-        """The UDP bind address: the signalling bind address, unless media must reach an
-        advertised `node_ip` that a loopback-only socket would never receive on."""
-        hosts = self.config.effective_bind_addresses()
-        host = hosts[0] if hosts else "0.0.0.0"
-        if host in ("", "::"):
-            return "0.0.0.0"
-        node_ip = self.config.rtc.node_ip
-        if host.startswith("127.") and node_ip and not node_ip.startswith("127."):
-            return "0.0.0.0"
-        return host
-
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        host = self._bind_host()
-        self.mux = UdpMux.bind(host, self.config.rtc.udp_port, self.metrics, self.bind_datagram)
-        ip = advertised_ip(host, self.config.rtc.node_ip)
+        plan = media_addresses(self.config, self.list_interfaces, self.default_route_address)
+        self.mux = UdpMux.bind_all(plan.bind, self.config.rtc.udp_port, self.metrics, self.bind_datagram)
         port = self.mux.local_address[1]
-        self.candidates = (host_candidate(ip, port),)
-        _log.info("media UDP listening", kv={"bind": f"{host}:{port}", "candidate": self.candidates[0]})
+        # Interface mode names what it could bind (an address that vanished was skipped).
+        bound = [host for host, _ in self.mux.local_addresses]
+        advertised = plan.advertise or tuple(bound)
+        self.reachable = tuple((ip, port) for ip in advertised)
+        self.candidates = candidates_for(advertised, port)
+        _log.info("media UDP listening", kv={"bind": ", ".join(format_address(h, port) for h in bound),
+                                             "reachable": ", ".join(format_address(ip, port) for ip in advertised)})
         await self.mux.run(task_status=task_status)
 
     @property
@@ -121,4 +135,65 @@ class MediaService:
     __call__ = create_session
 
 
-__all__ = ["ANSWER_TIMEOUT", "MediaService", "NOT_FOUND_TIMEOUT", "RECONCILE_INTERVAL"]
+@attrs.frozen
+class MediaAddresses:
+    """Where the media port listens (one socket per address, one port) and which addresses its
+    candidates name; `advertise` empty: each address it could bind."""
+
+    bind: tuple[str, ...]
+    advertise: tuple[str, ...] = ()
+
+
+def media_addresses(config: "ServerConfig", list_interfaces: Callable[[], list[InterfaceAddress]] = interface_addresses,
+                    default_route_address: Callable[[], str] = discover_node_ip) -> MediaAddresses:
+    """The module's doc says the rule; a config that leaves no usable address is an OSError
+    naming what was found (the command line reports it like a port in use)."""
+    rtc = config.rtc
+    hosts = config.effective_bind_addresses()
+    host = hosts[0] if hosts else "0.0.0.0"
+    if rtc.node_ip:
+        # Only the address given, as before: bound where the signal port is, unless that is
+        # loopback and the address is not (a loopback socket would never receive on it).
+        if host in _WILDCARDS or (host.startswith("127.") and not rtc.node_ip.startswith("127.")):
+            host = "0.0.0.0"
+        return MediaAddresses(bind=(host,), advertise=(rtc.node_ip,))
+    if config.bind_addresses and host not in _WILDCARDS:
+        return MediaAddresses(bind=(host,), advertise=(host,))
+    try:
+        found = list_interfaces()
+    except OSError as exc:
+        _log.warning("cannot list interface addresses; media on the default route's", kv={"error": str(exc)})
+        return MediaAddresses(bind=(default_route_address(),))
+    preferred = default_route_address()
+    usable = usable_addresses(found, include_loopback=rtc.loopback_candidate(config.development),
+                              includes=rtc.interfaces.includes, excludes=rtc.interfaces.excludes,
+                              preferred=preferred)
+    if not usable:
+        listed = ", ".join(f"{a.interface} {a.address}" for a in found) or "none"
+        raise OSError(f"no usable media address (rtc.interfaces includes={rtc.interfaces.includes} "
+                      f"excludes={rtc.interfaces.excludes}; interface addresses: {listed})")
+    return MediaAddresses(bind=tuple(a.address for a in usable))
+
+
+def candidates_for(addresses: Sequence[str], port: int) -> tuple[str, ...]:
+    """Host candidates for `addresses` (highest priority first), loopback ones below the rest
+    (a lone address keeps the top preference, loopback or not)."""
+    loopback = [ipaddress.ip_address(ip).is_loopback for ip in addresses]
+    demote = not all(loopback)
+    out = []
+    real = loop = 0
+    for index, ip in enumerate(addresses):
+        if demote and loopback[index]:
+            preference, loop = LOOPBACK_PREFERENCE - loop, loop + 1
+        else:
+            preference, real = REAL_PREFERENCE - real, real + 1
+        out.append(host_candidate(ip, port, foundation=str(index + 1), local_preference=preference))
+    return tuple(out)
+
+
+def format_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+__all__ = ["ANSWER_TIMEOUT", "MediaAddresses", "MediaService", "NOT_FOUND_TIMEOUT", "RECONCILE_INTERVAL",
+           "candidates_for", "format_address", "media_addresses"]

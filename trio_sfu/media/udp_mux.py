@@ -19,13 +19,26 @@ The socket is a `DatagramSocket`: the kernel's (`UdpSocket`, whose methods are t
 so the hot path pays nothing for the indirection) or an in-memory network's
 (`trio_sfu.testing.memory_network`), which lets whole servers and clients run under Trio's
 `MockClock` with no real-time wait anywhere on the media path.
+
+Several local addresses (`bind_all`: the media port on every interface address, each one a host
+candidate) are one socket per address on one port, one reader each, one routing table. Not one
+socket on 0.0.0.0: its replies leave from the address the routing table picks, which on a host
+with several addresses is not always the one the client sent to, and ICE fails a check whose
+answer comes from elsewhere (RFC 8445 §7.2.5.2.1). Not IP_PKTINFO either: that puts recvmsg and
+ancillary-data parsing on every datagram of the hot path, and the in-memory network would need
+it too. One socket per address is also what LiveKit's UDP mux does (pion's multi-address mux).
+So each datagram goes out of the socket the peer reaches us on: while a datagram from an
+address is handled, whatever is sent back to that address leaves from the socket it arrived
+on (the answer to an ICE check, on the pair that check tests); otherwise from the socket that
+address was last heard on with anything but a check (DTLS and media flow on the selected pair
+only), or where ICE first authenticated it.
 """
 
 from __future__ import annotations
 
 import errno
 import socket
-from typing import Iterable, Protocol
+from typing import Iterable, Optional, Protocol, Sequence
 
 import trio
 
@@ -38,6 +51,8 @@ from trio_sfu.datagram import BindDatagram, DatagramSocket, UdpSocket
 from trio_sfu.log import get_logger
 
 CHECKPOINT_EVERY = 64
+# bind_all on port 0: how often to look for a port free on every address.
+BIND_ATTEMPTS = 10
 # Addresses one transport may have authenticated at once: a host, srflx and relay path per
 # address family, plus a roam or two, fit with room to spare.
 MAX_ADDRESSES_PER_TRANSPORT = 8
@@ -66,26 +81,70 @@ class MuxEndpoint(Protocol):
 
 
 class UdpMux:
-    """The node's UDP socket, its routing tables and the non-blocking send path."""
+    """The node's UDP sockets (one per local address, one port), its routing tables and the
+    non-blocking send path."""
 
-    def __init__(self, sock: DatagramSocket, metrics: m.Metrics) -> None:
+    def __init__(self, sock: DatagramSocket, metrics: m.Metrics, *, others: Sequence[DatagramSocket] = ()) -> None:
+        # The first socket; with `others` (the same port on other local addresses) replies to an
+        # address not heard from yet leave from it.
         self.sock = sock
+        self.sockets: tuple[DatagramSocket, ...] = (sock, *others)
         self.metrics = metrics
         self.by_ufrag: dict[str, MuxEndpoint] = {}
         self.by_addr: dict[Address, MuxEndpoint] = {}
         # Each endpoint's remembered addresses, oldest first (keyed by id: endpoints need not
         # be hashable); what bounds `by_addr` and what unregister forgets.
         self._addrs_of: dict[int, list[Address]] = {}
-        self._buffer = bytearray(MAX_DATAGRAM)
+        # With several sockets: the socket each remembered address is answered from (the
+        # module's doc says which); None with one socket, so that hot path pays one test.
+        self._reply_via: Optional[dict[Address, DatagramSocket]] = {} if others else None
+        # While a datagram is routed: its source and the socket it came in on.
+        self._answering: Optional[tuple[Address, DatagramSocket]] = None
 
     @classmethod
     def bind(cls, host: str, port: int, metrics: m.Metrics, bind: BindDatagram = UdpSocket.bind) -> "UdpMux":
         return cls(bind(host, port), metrics)
 
+    @classmethod
+    def bind_all(cls, hosts: Sequence[str], port: int, metrics: m.Metrics,
+                 bind: BindDatagram = UdpSocket.bind) -> "UdpMux":
+        """One socket per address in `hosts`, all on one port (port 0: one the kernel picks that
+        is free on every address). An address that cannot be bound (gone, or not assignable)
+        is skipped with a warning, unless it is the first; a port in use is an error."""
+        if not hosts:
+            raise ValueError("bind_all needs at least one address")
+        attempts = BIND_ATTEMPTS if port == 0 else 1
+        for attempt in range(attempts):
+            first = bind(hosts[0], port)
+            chosen = first.getsockname()[1]
+            others: list[DatagramSocket] = []
+            try:
+                for host in hosts[1:]:
+                    try:
+                        others.append(bind(host, chosen))
+                    except OSError as exc:
+                        if exc.errno == errno.EADDRINUSE:
+                            raise
+                        _log.warning("media address skipped: cannot bind it",
+                                     kv={"address": f"{host}:{chosen}", "error": exc.strerror or str(exc)})
+            except OSError as exc:
+                for sock in (first, *others):
+                    sock.close()
+                if exc.errno == errno.EADDRINUSE and attempt + 1 < attempts:
+                    continue  # the kernel's free port on the first address is taken on another
+                raise
+            return cls(first, metrics, others=others)
+        raise AssertionError("unreachable")  # the last attempt returned or raised
+
     @property
     def local_address(self) -> Address:
         host, port = self.sock.getsockname()[:2]
         return host, port
+
+    @property
+    def local_addresses(self) -> list[Address]:
+        """Every socket's (address, port), the first socket's first."""
+        return [(name[0], name[1]) for name in (sock.getsockname() for sock in self.sockets)]
 
     # ---- registry ------------------------------------------------------------------------
 
@@ -102,28 +161,44 @@ class UdpMux:
         for addr in self._addrs_of.pop(id(endpoint), ()):
             if self.by_addr.get(addr) is endpoint:
                 del self.by_addr[addr]
+                if self._reply_via is not None:
+                    self._reply_via.pop(addr, None)
 
     def addresses_of(self, endpoint: MuxEndpoint) -> list[Address]:
         """The addresses routed to `endpoint` by address, oldest first."""
         return list(self._addrs_of.get(id(endpoint), ()))
 
-    def _remember(self, addr: Address, endpoint: MuxEndpoint) -> None:
+    def _remember(self, addr: Address, endpoint: MuxEndpoint, sock: Optional[DatagramSocket]) -> None:
         addrs = self._addrs_of.setdefault(id(endpoint), [])
+        via = self._reply_via
         if len(addrs) >= MAX_ADDRESSES_PER_TRANSPORT:
             oldest = addrs.pop(0)
             if self.by_addr.get(oldest) is endpoint:
                 del self.by_addr[oldest]
+                if via is not None:
+                    via.pop(oldest, None)
             self.metrics.inc(UDP_ADDRESS_EVICTED)
         addrs.append(addr)
         self.by_addr[addr] = endpoint
+        if via is not None and sock is not None:
+            via[addr] = sock
 
     def is_empty(self) -> bool:
-        return not self.by_ufrag and not self.by_addr and not self._addrs_of
+        return not self.by_ufrag and not self.by_addr and not self._addrs_of and not self._reply_via
+
+    def reply_socket(self, addr: Address) -> DatagramSocket:
+        """The socket a datagram to `addr` leaves from (the module's doc says which)."""
+        answering = self._answering
+        if answering is not None and answering[0] == addr:
+            return answering[1]
+        via = self._reply_via
+        return self.sock if via is None else via.get(addr, self.sock)
 
     # ---- input ---------------------------------------------------------------------------
 
-    def route(self, data: bytes, addr: Address, now: float) -> None:
-        """Hand one datagram to its transport, or drop and count it."""
+    def route(self, data: bytes, addr: Address, now: float, sock: Optional[DatagramSocket] = None) -> None:
+        """Hand one datagram to its transport, or drop and count it. `sock` is the socket it
+        came in on (None: the first)."""
         endpoint = self.by_addr.get(addr)
         if endpoint is None or (data and data[0] < 4 and ufrag_of(data) not in (None, endpoint.transport.local_ufrag)):
             # Unknown address, or a known address now checking another ufrag (a restart or a
@@ -132,6 +207,13 @@ class UdpMux:
             if endpoint is None:
                 self.metrics.inc(UDP_DROPPED_UNROUTABLE)
                 return
+        via = self._reply_via
+        if via is not None and sock is not None:
+            # Answers to this datagram leave from the socket it came in on; anything but an ICE
+            # check (which may test a pair not chosen) moves the address's replies there for good.
+            self._answering = (addr, sock)
+            if data and data[0] >= 4 and self.by_addr.get(addr) is endpoint and via.get(addr) is not sock:
+                via[addr] = sock
         try:
             endpoint.on_datagram(data, addr, now)
         except Exception:
@@ -139,47 +221,57 @@ class UdpMux:
             self.metrics.inc(UDP_HANDLER_CRASHED)
             _log.exception("datagram handler crashed", kv={"ufrag": endpoint.transport.local_ufrag})
             return
+        finally:
+            self._answering = None
         if addr not in self.by_addr and endpoint.transport.accepts(b"\x80", addr):
             # ICE authenticated this address: route its DTLS and media by address from now on.
             if self.by_ufrag.get(endpoint.transport.local_ufrag) is endpoint:
-                self._remember(addr, endpoint)
+                self._remember(addr, endpoint, sock)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """The reader task: drain the socket synchronously, sleep only when it is empty."""
-        sock = self.sock
-        buffer = self._buffer
+        """The reader tasks, one per socket; the sockets close when they end."""
+        try:
+            async with trio.open_nursery() as nursery:
+                for sock in self.sockets:
+                    nursery.start_soon(self._read, sock, name=f"udp mux reader {_name(sock)}")
+                task_status.started()
+        finally:
+            for sock in self.sockets:
+                sock.close()
+
+    async def _read(self, sock: DatagramSocket) -> None:
+        """Drain one socket synchronously, sleep only when it is empty."""
+        buffer = bytearray(MAX_DATAGRAM)
         view = memoryview(buffer)
         metrics = self.metrics
-        task_status.started()
-        try:
+        route = self.route
+        while True:
+            handled = 0
             while True:
-                handled = 0
-                while True:
-                    try:
-                        size, addr = sock.recvfrom_into(buffer)
-                    except _WOULD_BLOCK:
-                        break
-                    except ConnectionResetError:
-                        # An ICMP port-unreachable for an earlier send; not about this read.
-                        continue
-                    metrics.inc(UDP_RECEIVED)
-                    self.route(bytes(view[:size]), (addr[0], addr[1]), trio.current_time())
-                    handled += 1
-                    if handled >= CHECKPOINT_EVERY:
-                        handled = 0
-                        await trio.lowlevel.checkpoint()
-                await sock.wait_readable()
-        finally:
-            sock.close()
+                try:
+                    size, addr = sock.recvfrom_into(buffer)
+                except _WOULD_BLOCK:
+                    break
+                except ConnectionResetError:
+                    # An ICMP port-unreachable for an earlier send; not about this read.
+                    continue
+                metrics.inc(UDP_RECEIVED)
+                route(bytes(view[:size]), (addr[0], addr[1]), trio.current_time(), sock)
+                handled += 1
+                if handled >= CHECKPOINT_EVERY:
+                    handled = 0
+                    await trio.lowlevel.checkpoint()
+            await sock.wait_readable()
 
     # ---- output --------------------------------------------------------------------------
 
     def send(self, datagrams: Iterable[tuple[bytes, Address]]) -> None:
         """Send without blocking; a full socket buffer drops (and counts) the datagram."""
         sock = self.sock
+        several = self._reply_via is not None
         for data, addr in datagrams:
             try:
-                sock.sendto(data, addr)
+                (self.reply_socket(addr) if several else sock).sendto(data, addr)
             except _WOULD_BLOCK:
                 self.metrics.inc(UDP_DROPPED_SEND_FULL)
             except OSError as exc:
@@ -192,7 +284,7 @@ class UdpMux:
     def send_one(self, data: bytes, addr: Address) -> bool:
         """:meth:`send` for one datagram (the media fan-out's path): no iterable to build."""
         try:
-            self.sock.sendto(data, addr)
+            (self.sock if self._reply_via is None else self.reply_socket(addr)).sendto(data, addr)
         except _WOULD_BLOCK:
             self.metrics.inc(UDP_DROPPED_SEND_FULL)
             return False
@@ -217,17 +309,19 @@ def discover_node_ip() -> str:
         probe.close()
 
 
-def advertised_ip(bound_host: str, node_ip: str | None) -> str:
-    """`--node-ip` if given; else the bound address when it is a specific one; else discover."""
-    if node_ip:
-        return node_ip
-    if bound_host not in ("0.0.0.0", "::", ""):
-        return bound_host
-    return discover_node_ip()
-
-
-def host_candidate(ip: str, port: int, foundation: str = "1") -> str:
-    """An SDP `a=candidate` value (without the prefix) for our one UDP host candidate."""
-    # Priority per RFC 8445 §5.1.2.1 for a host candidate, component 1.
-    priority = (126 << 24) | (65535 << 8) | 255
+def host_candidate(ip: str, port: int, foundation: str = "1", local_preference: int = 65535) -> str:
+    """An SDP `a=candidate` value (without the prefix) for a UDP host candidate of ours."""
+    if not 0 <= local_preference <= 65535:
+        raise ValueError(f"local preference {local_preference} is not 0-65535")
+    # Priority per RFC 8445 §5.1.2.1 for a host candidate, component 1; the local preference
+    # orders the addresses of a multihomed host (§5.1.2.2).
+    priority = (126 << 24) | (local_preference << 8) | 255
     return f"{foundation} 1 udp {priority} {ip} {port} typ host"
+
+
+def _name(sock: DatagramSocket) -> str:
+    try:
+        host, port = sock.getsockname()[:2]
+    except OSError:
+        return "(closed)"
+    return f"{host}:{port}"
