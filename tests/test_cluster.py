@@ -108,6 +108,13 @@ async def test_a_room_spans_nodes_media_crosses_and_the_api_answers_from_any_nod
             # The directory: each participant on the node that serves it.
             hosts = await a.cluster.directory.room_nodes("span")
             assert hosts == {a.relay.node_id: 1, b.relay.node_id: 1}
+            # Each node's load as its heartbeat reports it: A takes the track in, B sends it out.
+            await a.cluster.directory.next_heartbeat()
+            await wait_until(lambda: b.relay.node_id in a.cluster.directory.live_nodes()
+                             and a.cluster.directory.live_nodes()[b.relay.node_id].stats.num_tracks_out == 1)
+            stats_a, stats_b = a.cluster.stats(), b.cluster.stats()
+            assert (stats_a.num_rooms, stats_a.num_clients, stats_a.num_tracks_in, stats_a.num_tracks_out) == (1, 1, 1, 0)
+            assert (stats_b.num_rooms, stats_b.num_clients, stats_b.num_tracks_in, stats_b.num_tracks_out) == (1, 1, 0, 1)
 
             # The Server API, asked at either node, sees the whole room.
             for node in (a, b):

@@ -224,8 +224,12 @@ class ClusterMember:
         rooms = [r for r in self.registry.rooms.values() if not r.closed]
         clients = sum(len(r.participants) for r in rooms)
         tracks_in = sum(len(p.tracks) for r in rooms for p in r.participants.values())
+        # Subscribed tracks being forwarded (each member's bindings that have a down track).
+        tracks_out = sum(1 for room_media in list(self.media.rooms.values())
+                         for member in list(room_media.sessions.values())
+                         for binding in member.subscriptions.values() if binding.down is not None)
         return NodeStats(num_rooms=len(rooms), num_clients=clients, num_tracks_in=tracks_in,
-                         num_tracks_out=0, cpu_load=self.cpu.read(), num_cpus=os.cpu_count() or 1)
+                         num_tracks_out=tracks_out, cpu_load=self.cpu.read(), num_cpus=os.cpu_count() or 1)
 
     def loads(self) -> dict[str, NodeLoad]:
         """The live nodes (this one included) as placement sees them."""
