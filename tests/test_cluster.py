@@ -25,6 +25,7 @@ from trio_sfu import metrics as m
 from trio_sfu.api.cluster_rooms import call_peer
 from trio_sfu.api.twirp import TwirpError
 from trio_sfu.client import LiveKitClient
+from trio_sfu.cluster.directory import NodeDirectory
 from trio_sfu.client.senders import send_synthetic_audio
 from trio_sfu.server import Server
 
@@ -234,16 +235,27 @@ async def test_media_keeps_flowing_through_a_redis_outage_and_a_join_after_it_wo
 
 
 async def test_membership_updates_that_overflow_their_queue_are_rewritten_from_the_registry(redis_server, monkeypatch) -> None:
-    # No room to queue anything: every update the writer is not waiting for overflows, and the
-    # directory must still end up saying exactly who is where.
+    # No room to queue anything, and the first membership write held up (a slow Redis, at the
+    # directory's call boundary): the joins behind it overflow, and the directory must still end
+    # up saying exactly who is where.
     monkeypatch.setattr("trio_sfu.cluster.member.MEMBERSHIP_QUEUE", 0)
+    release = trio.Event()
+    real_joined = NodeDirectory.participant_joined
+
+    async def slow_joined(self, room: str, identity: str, sid: str) -> None:
+        await release.wait()
+        await real_joined(self, room, identity, sid)
+
+    monkeypatch.setattr(NodeDirectory, "participant_joined", slow_joined)
     async with cluster(redis_server, 1) as (a,):
         async with LiveKitClient.connect(a.url, mint_token("one", room="q")), \
-                LiveKitClient.connect(a.url, mint_token("two", room="q")):
-            async with LiveKitClient.connect(a.url, mint_token("three", room="q")):
-                pass
+                LiveKitClient.connect(a.url, mint_token("two", room="q")), \
+                LiveKitClient.connect(a.url, mint_token("three", room="q")):
             room = a.registry.rooms["q"]
-            await wait_until(lambda: set(room.participants) == {"one", "two"})
+            await wait_until(lambda: set(room.participants) == {"one", "two", "three"})
+            # The writer is stuck on the first join; the others had nowhere to wait.
+            assert a.metrics.get("cluster_directory_updates_dropped_total") >= 2
+            release.set()
             sids = {identity: p.sid for identity, p in room.participants.items()}
 
             async def settled() -> bool:
@@ -253,4 +265,3 @@ async def test_membership_updates_that_overflow_their_queue_are_rewritten_from_t
             with trio.fail_after(10):
                 while not await settled():
                     await trio.sleep(HEARTBEAT / 2)
-            assert a.metrics.get("cluster_directory_updates_dropped_total") > 0
