@@ -200,37 +200,12 @@ end
 return 0
 """
 
-# ARGV: node id, room. This node no longer serves the room; the room goes when nobody does.
-_LEAVE_ROOM = """
-local node, room = ARGV[1], ARGV[2]
-redis.call('HDEL', 'room_nodes:' .. room, node)
-redis.call('SREM', 'node_rooms:' .. node, room)
-local entries = redis.call('HGETALL', 'room_participants:' .. room)
-for i = 1, #entries, 2 do
-  local ok, where = pcall(cjson.decode, entries[i + 1])
-  if ok and type(where) == 'table' and where.node_id == node then
-    redis.call('HDEL', 'room_participants:' .. room, entries[i])
-  end
-end
-if redis.call('HLEN', 'room_nodes:' .. room) == 0 then
-  redis.call('SREM', 'rooms', room)
-  redis.call('DEL', 'room_participants:' .. room)
-end
-return 1
-"""
-
-# ARGV: node id, and the record the caller judged expired ('' = remove unconditionally, for a
-# node purging its own entries before writing them back). With a record, nothing happens
-# unless `nodes` still holds exactly it: a node that heartbeated since is alive.
-_PURGE_NODE = """
-local node, expected = ARGV[1], ARGV[2]
-if expected ~= '' then
-  if redis.call('HGET', 'nodes', node) ~= expected then return -1 end
-  redis.call('HDEL', 'nodes', node)
-end
-local rooms = redis.call('SMEMBERS', 'node_rooms:' .. node)
-for _, room in ipairs(rooms) do
+# Lua: `node` no longer serves `room` -- its count, its participants' entries and the room in its
+# own set go; the room itself goes when no node serves it. Shared by the two scripts below.
+_FORGET_NODE_IN_ROOM = """
+local function forget_node_in_room(node, room)
   redis.call('HDEL', 'room_nodes:' .. room, node)
+  redis.call('SREM', 'node_rooms:' .. node, room)
   local entries = redis.call('HGETALL', 'room_participants:' .. room)
   for i = 1, #entries, 2 do
     local ok, where = pcall(cjson.decode, entries[i + 1])
@@ -242,6 +217,27 @@ for _, room in ipairs(rooms) do
     redis.call('SREM', 'rooms', room)
     redis.call('DEL', 'room_participants:' .. room)
   end
+end
+"""
+
+# ARGV: node id, room. This node no longer serves the room; the room goes when nobody does.
+_LEAVE_ROOM = _FORGET_NODE_IN_ROOM + """
+forget_node_in_room(ARGV[1], ARGV[2])
+return 1
+"""
+
+# ARGV: node id, and the record the caller judged expired ('' = remove unconditionally, for a
+# node purging its own entries before writing them back). With a record, nothing happens
+# unless `nodes` still holds exactly it: a node that heartbeated since is alive.
+_PURGE_NODE = _FORGET_NODE_IN_ROOM + """
+local node, expected = ARGV[1], ARGV[2]
+if expected ~= '' then
+  if redis.call('HGET', 'nodes', node) ~= expected then return -1 end
+  redis.call('HDEL', 'nodes', node)
+end
+local rooms = redis.call('SMEMBERS', 'node_rooms:' .. node)
+for _, room in ipairs(rooms) do
+  forget_node_in_room(node, room)
 end
 redis.call('DEL', 'node_rooms:' .. node)
 return #rooms
