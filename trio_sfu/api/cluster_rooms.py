@@ -23,9 +23,7 @@ from __future__ import annotations
 import contextvars
 import json
 from typing import Awaitable, Callable, Mapping, Optional, Protocol, Sequence, TypeVar
-from urllib.parse import urlsplit
 
-import h11
 import trio
 from google.protobuf.message import DecodeError, Message
 from livekit.protocol import models
@@ -34,6 +32,7 @@ from livekit.protocol import room as room_pb
 from trio_sfu import metrics as m
 from trio_sfu.api.twirp import TwirpError, TwirpMethod
 from trio_sfu.cluster.errors import DirectoryUnavailable
+from trio_sfu.http_post import HttpEndpoint, HttpUnreachable, post
 from trio_sfu.log import get_logger
 from trio_sfu.signal.grants import ClaimGrants
 
@@ -75,43 +74,22 @@ class PeerCallError(Exception):
 async def call_peer(url: str, method: str, request: Message, response_type: type[M], token: str,
                     timeout: float = PEER_CALL_TIMEOUT) -> M:
     """POST one protobuf Twirp call to the node at `url` (its ws:// signal URL)."""
-    parts = urlsplit(url)
-    if parts.hostname is None or parts.port is None:
-        raise PeerCallError(f"unusable node URL {url!r}")
-    body = request.SerializeToString()
-    connection = h11.Connection(h11.CLIENT)
-    with trio.move_on_after(timeout) as scope:
-        stream = await trio.open_tcp_stream(parts.hostname, parts.port)
-        async with stream:
-            head = h11.Request(method="POST", target=SERVICE_PATH + method, headers=[
-                ("host", f"{parts.hostname}:{parts.port}"), ("content-type", "application/protobuf"),
-                ("authorization", f"Bearer {token}"), (FORWARDED_HEADER, "1"),
-                ("content-length", str(len(body))), ("connection", "close")])
-            await stream.send_all(connection.send(head) + connection.send(h11.Data(data=body))
-                                  + connection.send(h11.EndOfMessage()))
-            status = 0
-            reply = bytearray()
-            while True:
-                event = connection.next_event()
-                if event is h11.NEED_DATA:
-                    data = await stream.receive_some(65536)
-                    connection.receive_data(data)
-                    continue
-                if isinstance(event, h11.Response):
-                    status = event.status_code
-                elif isinstance(event, h11.Data):
-                    reply += event.data
-                    if len(reply) > MAX_PEER_REPLY:
-                        raise PeerCallError("peer reply too large")
-                elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
-                    break
-    if scope.cancelled_caught:
-        raise PeerCallError(f"no answer within {timeout} s")
+    try:
+        endpoint = HttpEndpoint.from_url(url)
+    except ValueError:
+        raise PeerCallError(f"unusable node URL {url!r}") from None
+    headers = [("content-type", "application/protobuf"), ("authorization", f"Bearer {token}"),
+               (FORWARDED_HEADER, "1")]
+    try:
+        status, reply = await post(endpoint, SERVICE_PATH + method, headers, request.SerializeToString(),
+                                   timeout=timeout, max_reply=MAX_PEER_REPLY)
+    except HttpUnreachable as exc:
+        raise PeerCallError(str(exc)) from None
     if status != 200:
-        raise _peer_error(status, bytes(reply))
+        raise _peer_error(status, reply)
     message = response_type()
     try:
-        message.ParseFromString(bytes(reply))
+        message.ParseFromString(reply)
     except DecodeError:
         raise PeerCallError("unparsable peer reply") from None
     return message
@@ -188,7 +166,7 @@ class ClusterRoomService:
                 results.append(await self._call(url, name, req, _RESPONSE_TYPES[name], token))
             except TwirpError as exc:
                 results.append(exc)
-            except (PeerCallError, OSError, h11.ProtocolError) as exc:
+            except PeerCallError as exc:
                 self.metrics.inc(TWIRP_FORWARD_FAILED)
                 _log.warning("forwarded call failed", kv={"method": name, "node": node, "error": str(exc)[:200]})
                 results.append(exc)

@@ -15,19 +15,15 @@ secret the server does not accept).
 from __future__ import annotations
 
 import json
-import os
-import ssl
-import urllib.parse
 from typing import Any, Mapping, Sequence, TypeVar
 
-import attrs
-import h11
-import trio
 from google.protobuf.message import DecodeError, Message
 from livekit.protocol import models
 from livekit.protocol import room as room_pb
 
 from trio_sfu.client.tokens import mint_token
+from trio_sfu.http_post import HttpEndpoint, HttpUnreachable, os_reason
+from trio_sfu.http_post import post as http_post
 
 SERVICE_PATH = "/twirp/livekit.RoomService/"
 #: No answer of the room service is near this; it bounds what a wrong server makes us read.
@@ -61,94 +57,13 @@ class TwirpCallError(ServerApiError):
         return self.status == 401 or self.code == "unauthenticated"
 
 
-@attrs.frozen
-class HttpEndpoint:
-    """Where the Server API of a LiveKit URL is: `ws(s)://` and `http(s)://` name the same server."""
-
-    tls: bool
-    host: str
-    port: int
-    path: str  # any path prefix the URL had, without a trailing slash
-
-    @classmethod
-    def from_url(cls, url: str) -> "HttpEndpoint":
-        parts = urllib.parse.urlsplit(url)
-        scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
-        if scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"server URL must be http://, https://, ws:// or wss:// with a host, not {url!r}")
-        try:
-            port = parts.port or (443 if scheme == "https" else 80)
-        except ValueError:
-            raise ValueError(f"server URL has a bad port: {url!r}") from None
-        return cls(scheme == "https", parts.hostname, port, parts.path.rstrip("/"))
-
-    @property
-    def base(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{'https' if self.tls else 'http'}://{host}:{self.port}{self.path}"
-
-
-async def _open_stream(endpoint: HttpEndpoint) -> trio.abc.Stream:
-    if endpoint.tls:
-        return await trio.open_ssl_over_tcp_stream(endpoint.host, endpoint.port,
-                                                   ssl_context=ssl.create_default_context())
-    return await trio.open_tcp_stream(endpoint.host, endpoint.port)
-
-
-def os_reason(exc: BaseException) -> str:
-    """`connection refused`, not the errno soup of one failed attempt per address."""
-    pending: list[BaseException | None] = [exc]
-    seen = 0
-    while pending and seen < 32:  # trio wraps the attempts: OSError from a group of OSErrors
-        cause = pending.pop(0)
-        if cause is None:
-            continue
-        seen += 1
-        if isinstance(cause, OSError) and cause.errno:
-            return os.strerror(cause.errno).lower()  # trio's own strerror repeats the address
-        pending += [*getattr(cause, "exceptions", ()), cause.__cause__]
-    return str(exc) or type(exc).__name__
-
-
 async def post(endpoint: HttpEndpoint, target: str, headers: Sequence[tuple[str, str]], body: bytes,
                timeout: float = CALL_TIMEOUT) -> tuple[int, bytes]:
     """One HTTP/1.1 POST: (status, body). Raises ServerUnreachable."""
-    connection = h11.Connection(h11.CLIENT)
-    host = f"[{endpoint.host}]" if ":" in endpoint.host else endpoint.host
-    status = 0
-    reply = bytearray()
-    with trio.move_on_after(timeout) as scope:
-        try:
-            stream = await _open_stream(endpoint)
-        except (OSError, ssl.SSLError) as exc:
-            raise ServerUnreachable(f"cannot reach the server at {endpoint.base} ({os_reason(exc)})") from None
-        try:
-            async with stream:
-                head = h11.Request(method="POST", target=target, headers=[
-                    ("host", f"{host}:{endpoint.port}"), *headers,
-                    ("content-length", str(len(body))), ("connection", "close")])
-                await stream.send_all(connection.send(head) + connection.send(h11.Data(data=body))
-                                      + connection.send(h11.EndOfMessage()))
-                while True:
-                    event = connection.next_event()
-                    if event is h11.NEED_DATA:
-                        connection.receive_data(await stream.receive_some(65536))
-                        continue
-                    if isinstance(event, h11.Response):
-                        status = event.status_code
-                    elif isinstance(event, h11.Data):
-                        reply += event.data
-                        if len(reply) > MAX_REPLY:
-                            raise ServerUnreachable(f"the answer from {endpoint.base} is larger than {MAX_REPLY} bytes")
-                    elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
-                        break
-        except h11.ProtocolError:
-            raise ServerUnreachable(f"{endpoint.base} did not answer in HTTP/1.1: is it a LiveKit server?") from None
-        except (OSError, ssl.SSLError, trio.BrokenResourceError) as exc:
-            raise ServerUnreachable(f"the connection to {endpoint.base} broke ({os_reason(exc)})") from None
-    if scope.cancelled_caught:
-        raise ServerUnreachable(f"no answer from {endpoint.base} within {timeout:g} s")
-    return status, bytes(reply)
+    try:
+        return await http_post(endpoint, target, headers, body, timeout=timeout, max_reply=MAX_REPLY)
+    except HttpUnreachable as exc:
+        raise ServerUnreachable(str(exc)) from None
 
 
 def _twirp_error(status: int, body: bytes) -> TwirpCallError:
