@@ -3,6 +3,7 @@
     composition root   trio_sfu.server, trio_sfu.cli, trio_sfu.workers (the --workers supervisor)
     api                trio_sfu.api        HTTP front, Twirp, room service, webhooks, token checks
     cluster            trio_sfu.cluster    node-to-node link, relay, directory, placement, drain
+    agents             trio_sfu.agents     agent workers (/agent), their registry, job dispatch
     media              trio_sfu.media      media service, room media, participant media
     signal             trio_sfu.signal     rooms, participants, the seams the layers above implement
     tracks             trio_sfu.tracks     track sources, FIFO track manager, subscriptions
@@ -40,11 +41,12 @@ RANKS: dict[str, int] = {
     "trio_sfu.signal": 5,
     "trio_sfu.media": 6,
     "trio_sfu.cluster": 7,
-    "trio_sfu.api": 8,
-    "trio_sfu.server": 9,
-    "trio_sfu.cli": 10,
-    "trio_sfu.workers": 10,
-    "trio_sfu.testing": 9,
+    "trio_sfu.agents": 8,
+    "trio_sfu.api": 9,
+    "trio_sfu.server": 10,
+    "trio_sfu.cli": 11,
+    "trio_sfu.workers": 11,
+    "trio_sfu.testing": 10,
     "trio_sfu.client": 3,
 }
 CLIENT = "trio_sfu.client"

@@ -125,6 +125,26 @@ MEDIA_SUBSCRIPTION_FAILED = "media_subscription_failed_total"
 MEDIA_TRACKS_PUBLISHED = "media_tracks_published_total"
 
 
+# Agent workers (trio_sfu.agents): registrations, the /agent protocol's refusals, and jobs.
+AGENT_AUTH_REFUSED = "agent_auth_refused_total"
+AGENT_HANDSHAKE_FAILED = "agent_handshake_failed_total"
+AGENT_WORKERS_REGISTERED = "agent_workers_registered_total"
+AGENT_WORKERS_DEREGISTERED = "agent_workers_deregistered_total"
+AGENT_WORKERS_REFUSED = "agent_workers_refused_total"
+AGENT_PROTOCOL_VIOLATIONS = "agent_protocol_violations_total"
+AGENT_MESSAGE_TOO_LARGE = "agent_message_too_large_total"
+AGENT_RATE_LIMITED = "agent_rate_limited_total"
+AGENT_UNKNOWN_AVAILABILITY = "agent_unknown_availability_total"
+AGENT_UNKNOWN_JOB_UPDATES = "agent_unknown_job_updates_total"
+AGENT_IGNORED_MESSAGES = "agent_ignored_messages_total"
+AGENT_JOBS_ASSIGNED = "agent_jobs_assigned_total"
+AGENT_JOBS_SUCCEEDED = "agent_jobs_succeeded_total"
+AGENT_JOBS_FAILED = "agent_jobs_failed_total"
+AGENT_JOBS_DROPPED = "agent_jobs_dropped_total"
+AGENT_JOBS_REDISPATCHED = "agent_jobs_redispatched_total"
+AGENT_JOB_OFFERS_RETRIED = "agent_job_offers_retried_total"
+
+
 def fold_counters(metrics: Metrics, prefix: str, counters: object) -> None:
     """Add a finished object's counters (an attrs class of ints) to the server's metrics, so
     drops counted per transport, receiver or down track outlive it as `<prefix>_<name>_total`."""

@@ -19,6 +19,11 @@ from livekit.protocol import models
 from rtp.dtls import DtlsCertificate
 
 from trio_sfu import metrics as m
+from trio_sfu.agents.dispatcher import AgentDispatcher
+from trio_sfu.agents.endpoint import AgentEndpoint
+from trio_sfu.agents.limits import AgentLimits
+from trio_sfu.agents.workers import WorkerRegistry
+from trio_sfu.api import agent_dispatch
 from trio_sfu.api.auth import TokenVerifier
 from trio_sfu.config import ServerConfig
 from trio_sfu.api.http_front import HttpFront
@@ -77,7 +82,18 @@ class Server:
         self.room_service = RoomService(self.registry)
         self.twirp = TwirpServer(self.verifier)
         self.front = HttpFront(config, self.verifier, self.registry, self.metrics, self.twirp)
-        self.metrics_endpoint = MetricsEndpoint(config, self.verifier, self.metrics, self.registry, self.media)
+        # Agent workers: each connects to the node it reached and is offered that node's rooms
+        # (with a cluster, a node's workers serve only the rooms it hosts).
+        self.agent_workers = WorkerRegistry(AgentLimits(), self.metrics)
+        self.agents = AgentDispatcher(self.agent_workers, config.keys, self.metrics)
+        self.registry.observers.append(self.agents)
+        if self.webhooks is not None:
+            self.agents.observers.append(self.webhooks)
+        self.front.agents = AgentEndpoint(self.agent_workers, self.agents, self.metrics)
+        self.twirp.register(agent_dispatch.SERVICE_NAME,
+                            agent_dispatch.AgentDispatchService(self.registry, self.agents).methods())
+        self.metrics_endpoint = MetricsEndpoint(config, self.verifier, self.metrics, self.registry, self.media,
+                                                agents=self.agents)
         self.front.metrics_endpoint = self.metrics_endpoint
         # LiveKit's `prometheus.port`: a listener of its own that serves only /metrics.
         self.metrics_front: HttpFront | None = None
@@ -164,6 +180,7 @@ class Server:
                 await nursery.start(self.relay.run)
             if self.webhooks is not None:
                 await nursery.start(self.webhooks.run)
+            await nursery.start(self.agents.run)
             await nursery.start(self.registry.run)
             if self._given_listeners:
                 self.listeners = list(self._given_listeners)

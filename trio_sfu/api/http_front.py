@@ -49,6 +49,7 @@ from trio_sfu.api.twirp import TwirpError, TwirpReply, TwirpServer
 from trio_sfu.api.prometheus import METRICS_PATH, MetricsEndpoint
 
 if TYPE_CHECKING:
+    from trio_sfu.agents.endpoint import AgentEndpoint
     from trio_sfu.cluster.member import ClusterMember
     from trio_sfu.cluster.node_relay import NodeRelay
 
@@ -382,6 +383,8 @@ class HttpFront:
         # `/metrics` (trio_sfu.api.prometheus), set by the server.
         self.metrics_endpoint: MetricsEndpoint | None = None
         self.metrics_only = metrics_only
+        # `/agent`: agent workers (trio_sfu.agents), set by the server.
+        self.agents: "AgentEndpoint | None" = None
 
     async def handle_connection(self, stream: trio.abc.Stream) -> None:
         """The accept loop's handler: admit the connection under the caps, then serve it."""
@@ -504,6 +507,9 @@ class HttpFront:
             return
         if path.startswith("/twirp/"):
             await self._twirp(exchange, request)
+            return
+        if path == "/agent" and self.agents is not None:
+            await self._agent(exchange, request)
             return
         await exchange.respond(404, b"not found\n")
 
@@ -687,6 +693,32 @@ class HttpFront:
             await exchange.respond(503, b"room is closing, retry\n")
             return
         await participant.finished.wait()
+
+    async def _agent(self, exchange: _HttpExchange, request: Request) -> None:
+        """An agent worker's connection: LiveKit's rules, 404 to anything but a WebSocket
+        upgrade, 401 without a valid token carrying the `agent` grant."""
+        assert self.agents is not None
+        if not request.is_websocket_upgrade:
+            await exchange.respond(404, b"")
+            return
+        if not request.headers.get("sec-websocket-key") or request.headers.get("sec-websocket-version") != "13":
+            self.metrics.inc(m.AGENT_HANDSHAKE_FAILED)
+            await exchange.respond(400, b"bad websocket handshake\n")
+            return
+        try:
+            token = token_from_request(request.headers.get("authorization"), request.param("access_token"))
+            if token is None:
+                raise AuthError(401, "permissions denied")
+            grants = self.verifier.verify(token)
+            if grants.video is None or not grants.video.agent:
+                raise AuthError(401, "permissions denied")
+        except AuthError as exc:
+            self.metrics.inc(m.AGENT_AUTH_REFUSED)
+            _log.info("agent worker refused", kv={"status": exc.status, "reason": exc.reason})
+            await exchange.respond(exc.status, exc.reason.encode() + b"\n")
+            return
+        await self.agents.serve(ReplayStream(exchange.stream, bytes(exchange.raw)), grants.api_key,
+                                _peer_ip(exchange.stream))
 
     async def _forward(self, exchange: _HttpExchange, target: tuple[str, int], room: str, sid: str,
                        what: str = "resume", grants: ClaimGrants | None = None) -> None:

@@ -31,7 +31,8 @@ the receivers' and down tracks' counters, live ones included, as
 forwarding latency as the histogram `trio_sfu_forward_latency_seconds` (LiveKit's
 `livekit_forward_latency` is a gauge of an average whose unit changed between releases; a
 histogram of one packet in 64, timed from the datagram's arrival to the end of its fan-out, says
-more), and the node's memory, load and CPU count. prometheus_client's process collector adds the
+more), the agent workers (gauges `trio_sfu_agent_workers`, `trio_sfu_agent_workers_available`,
+`trio_sfu_agent_jobs_running`), and the node's memory, load and CPU count. prometheus_client's process collector adds the
 standard `process_*` metrics (CPU seconds, resident memory, open descriptors) from /proc.
 
 Cardinality is bounded by construction: labels take values from fixed sets (direction,
@@ -77,6 +78,7 @@ from trio_sfu.media.traffic import MediaTraffic, folded_metric_names, media_traf
 from trio_sfu.signal.rooms import RoomRegistry
 
 if TYPE_CHECKING:
+    from trio_sfu.agents.dispatcher import AgentDispatcher
     from trio_sfu.media.service import MediaService
 
 METRICS_PATH = "/metrics"
@@ -94,16 +96,20 @@ _log = get_logger("trio_sfu.api.prometheus")
 class ServerCollector(Collector):
     """The server's metrics, read from its parts at each scrape."""
 
-    def __init__(self, metrics: m.Metrics, registry: RoomRegistry, media: "MediaService | None") -> None:
+    def __init__(self, metrics: m.Metrics, registry: RoomRegistry, media: "MediaService | None",
+                 agents: "AgentDispatcher | None" = None) -> None:
         self.metrics = metrics
         self.registry = registry
         self.media = media
+        self.agents = agents
         self._folded = folded_metric_names()
         # (sample name, label values) -> the highest value reported: counters never go down.
         self._highest: dict[tuple[str, tuple[str, ...]], float] = {}
 
     def collect(self) -> Iterator[Metric]:
         yield from self._rooms()
+        if self.agents is not None:
+            yield from self._agents(self.agents)
         traffic = media_traffic(self.media.rooms.values(), self.metrics) if self.media is not None else None
         if traffic is not None:
             yield from self._livekit_media(traffic)
@@ -130,6 +136,16 @@ class ServerCollector(Collector):
         for kind, count in kinds.items():
             published.add_metric([kind], count)
         yield published
+
+    @staticmethod
+    def _agents(agents: "AgentDispatcher") -> Iterator[Metric]:
+        workers = list(agents.workers.workers.values())
+        yield GaugeMetricFamily("trio_sfu_agent_workers", "Agent workers registered on this node.", value=len(workers))
+        yield GaugeMetricFamily("trio_sfu_agent_workers_available",
+                                "Registered agent workers that can take a job now.",
+                                value=sum(1 for w in workers if w.available))
+        yield GaugeMetricFamily("trio_sfu_agent_jobs_running", "Agent jobs running on this node's workers.",
+                                value=agents.jobs_running())
 
     # ---- media, under LiveKit's names ---------------------------------------------------------
 
@@ -257,12 +273,12 @@ class MetricsEndpoint:
     """`/metrics` for one server: who may read it, and the exposition itself."""
 
     def __init__(self, config: ServerConfig, verifier: TokenVerifier, metrics: m.Metrics, registry: RoomRegistry,
-                 media: "MediaService | None") -> None:
+                 media: "MediaService | None", *, agents: "AgentDispatcher | None" = None) -> None:
         self.config = config
         self.verifier = verifier
         self.metrics = metrics
         self.registry = CollectorRegistry(auto_describe=False)
-        self.collector = ServerCollector(metrics, registry, media)
+        self.collector = ServerCollector(metrics, registry, media, agents)
         self.registry.register(self.collector)
         ProcessCollector(registry=self.registry)
 

@@ -30,7 +30,7 @@ import httpx
 import jwt
 import trio
 from google.protobuf import json_format
-from livekit.protocol import models, webhook
+from livekit.protocol import agent as agent_pb, models, webhook
 
 from trio_sfu import metrics as m
 from trio_sfu.config import ConfigError, ServerConfig
@@ -158,6 +158,18 @@ class WebhookNotifier:
             message.room_end_reason = _END_REASONS.get(
                 getattr(room, "close_reason", None), models.RoomEndReason.ROOM_END_UNKNOWN
             )
+        self.enqueue(message)
+
+    def job_event(self, event: str, job: agent_pb.Job) -> None:
+        """An agent job started or ended (trio_sfu.agents; LiveKit's open-source server sends
+        no job events, so the names are ours): the job, its state saying how, and its room."""
+        message = webhook.WebhookEvent(
+            event=event,
+            id="EV_" + "".join(secrets.choice(_ALPHABET) for _ in range(12)),
+            created_at=int(time.time()),
+        )
+        message.job.CopyFrom(job)
+        message.room.CopyFrom(job.room)
         self.enqueue(message)
 
     def enqueue(self, message: webhook.WebhookEvent) -> None:

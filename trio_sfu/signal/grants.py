@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 import attrs
-from livekit.protocol import models
+from google.protobuf import json_format
+from livekit.protocol import agent_dispatch, models, room as room_pb
 
 _SOURCE_NAMES = {
     "camera": models.TrackSource.CAMERA,
@@ -139,3 +140,22 @@ class ClaimGrants:
     @property
     def participant_kind(self) -> int:
         return _KIND_NAMES.get(self.kind, models.ParticipantInfo.Kind.STANDARD)
+
+
+#: Agents one token may ask to dispatch into the room it creates.
+MAX_REQUESTED_AGENTS = 16
+
+
+def requested_agents(room_config: Mapping[str, Any] | None) -> tuple[agent_dispatch.RoomAgentDispatch, ...]:
+    """The `agents` of a token's `roomConfig` (LiveKit's RoomConfiguration in protobuf JSON).
+
+    A room configuration that does not parse asks for nothing, as does one past
+    MAX_REQUESTED_AGENTS entries beyond them: the token still joins."""
+    if not room_config or "agents" not in room_config:
+        return ()
+    config = room_pb.RoomConfiguration()
+    try:
+        json_format.ParseDict({"agents": room_config["agents"]}, config, ignore_unknown_fields=True)
+    except (json_format.ParseError, TypeError, ValueError, RecursionError):
+        return ()
+    return tuple(config.agents[:MAX_REQUESTED_AGENTS])

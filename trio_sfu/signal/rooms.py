@@ -13,13 +13,13 @@ import secrets
 import string
 import time
 
-from typing import Protocol
+from typing import Protocol, Sequence
 
 import trio
-from livekit.protocol import models, rtc
+from livekit.protocol import agent_dispatch, models, rtc
 
 from trio_sfu import metrics as m
-from trio_sfu.signal.grants import ClaimGrants
+from trio_sfu.signal.grants import ClaimGrants, requested_agents
 from trio_sfu.config import RoomConfig
 from trio_sfu.log import get_logger
 from trio_sfu.signal.limits import SignalLimits
@@ -75,6 +75,9 @@ class Room:
         self.config = config
         self.created_at = time.time()
         self.metadata = ""
+        # The agents the request that created the room asked for (a token's or CreateRoom's
+        # `agents`); whoever dispatches agents reads it at `room_started` (trio_sfu.agents).
+        self.requested_agents: tuple[agent_dispatch.RoomAgentDispatch, ...] = ()
         self.participants: dict[str, Participant] = {}
         self.closed = False
         # The DisconnectReason the room closed with (webhooks report it as the end reason).
@@ -338,8 +341,10 @@ class RoomRegistry:
             task_status.started()
             await trio.sleep_forever()
 
-    async def get_or_create(self, name: str, config: RoomConfig | None = None, metadata: str = "") -> Room:
-        """The live room `name`, or a new one with `config` (default: the server's) and `metadata`."""
+    async def get_or_create(self, name: str, config: RoomConfig | None = None, metadata: str = "",
+                            agents: Sequence[agent_dispatch.RoomAgentDispatch] = ()) -> Room:
+        """The live room `name`, or a new one with `config` (default: the server's), `metadata`
+        and the `agents` to dispatch into it."""
         room = self.rooms.get(name)
         if room is not None and not room.closed:
             await room.started.wait()
@@ -348,6 +353,7 @@ class RoomRegistry:
             raise RoomClosedError(name)
         room = Room(self, name, self.new_sid("RM_"), config or self.config)
         room.metadata = metadata
+        room.requested_agents = tuple(agents)
         self.rooms[name] = room
         self.metrics.inc(m.ROOMS_CREATED)
         room.log.info("room created")
@@ -357,8 +363,10 @@ class RoomRegistry:
 
     async def join(self, room_name: str, grants: ClaimGrants, options: JoinOptions, stream: trio.abc.Stream,
                    migrated_in: MigratedParticipant | None = None) -> Participant:
+        # LiveKit: the token's room configuration applies to a room this join creates.
+        agents = requested_agents(grants.room_config)
         for _ in range(3):
-            room = await self.get_or_create(room_name)
+            room = await self.get_or_create(room_name, agents=agents)
             try:
                 return await room.join(grants, options, stream, migrated_in)
             except RoomClosedError:
