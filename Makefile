@@ -52,4 +52,4 @@ fuzz: install-test
 	$(PY) -m fuzz --count $(FUZZ_COUNT) $(foreach t,$(FUZZ_TARGETS),--target $(t))
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) .venv-agents build *.egg-info

@@ -6,6 +6,9 @@
 #   redis-server             the cluster tests' shared state (tests/redis_server.py starts its own)
 #   scripts/browser/node_modules   livekit-client + playwright-core, and esbuild (rebuilds the playground's
 #                            livekit-client bundle to check the committed one), from package-lock.json (npm ci)
+#   .venv-agents             the real `livekit-agents` for tests/e2e/test_e2e_agents.py, from
+#                            tests/e2e/agents-requirements.txt, in a venv of its own (it pins an older
+#                            `livekit` SDK than the suite's); rebuilt when the requirements change
 # Each step is skipped when its result is already present, so a second run is a no-op.
 #
 # Two modes. By default nothing here fails the build: what cannot be installed (not root, no
@@ -70,12 +73,28 @@ if command -v npm >/dev/null 2>&1; then
     fi
 fi
 
+# The agent framework's venv: made once per requirements file (its copy inside marks it done).
+agents_venv=.venv-agents
+agents_reqs=tests/e2e/agents-requirements.txt
+python_bin="${PYTHON:-python3}"
+if ! cmp -s "$agents_reqs" "$agents_venv/.requirements.txt" 2>/dev/null; then
+    say "creating $agents_venv (livekit-agents)"
+    rm -rf "$agents_venv"
+    if "$python_bin" -m venv "$agents_venv" \
+        && "$agents_venv/bin/python" -m pip install -q --disable-pip-version-check -r "$agents_reqs"; then
+        cp "$agents_reqs" "$agents_venv/.requirements.txt"
+    else
+        step_failed "creating $agents_venv failed"
+    fi
+fi
+
 # What the end-to-end tests will look for, checked after the installs.
 missing=()
 command -v ip >/dev/null 2>&1 || missing+=("ip (iproute2)")
 [ -x "$chromium" ] || missing+=("Chromium at $chromium")
 command -v redis-server >/dev/null 2>&1 || missing+=("redis-server")
 command -v node >/dev/null 2>&1 || missing+=("node")
+[ -f "$agents_venv/.requirements.txt" ] || missing+=("$agents_venv (livekit-agents)")
 for package in playwright-core livekit-client esbuild; do
     [ -d "$browser/node_modules/$package" ] || missing+=("$browser/node_modules/$package")
 done
