@@ -155,3 +155,20 @@ def test_worker_killed_mid_job_its_job_goes_to_the_other_worker(netns, sfu, clie
     assert s["first_left"], s
     log = sfu.log.read_text(errors="replace")
     assert "re-dispatching" in log, sfu.log_tail()
+
+
+def test_bad_workers_are_refused_or_closed_alone_while_a_real_worker_keeps_serving(netns, sfu, clients, workers,
+                                                                                    tmp_path):
+    start_worker(netns, sfu, workers, tmp_path, "worker")
+    bad = Client("bad", netns.wrap([sys.executable, str(E2E_DIR / "agent_bad_worker.py"), "--url", sfu.ws_url]),
+                 tmp_path / "bad.log")
+    clients.append(bad)
+    done = bad.wait_for("done", timeout_s=60)
+    assert done is not None, f"{bad.log_tail()}\n{sfu.log_tail()}"
+    results = {k: v for line in bad.lines for k, v in line.items()}
+    assert results["no_token"] == 401 and results["wrong_grant"] == 401, results
+    assert results["registered"].startswith("AW_"), results
+    assert results["closed"]["code"] == 1007 and "malformed" in results["closed"]["reason"], results
+    # The real worker was not disturbed: a room still gets its agent, which still works.
+    s = summary_of(run_scenario(netns, sfu, clients, tmp_path, "--dispatch", "auto"), sfu, workers)
+    assert_agent_works(s["first"], "")
