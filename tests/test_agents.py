@@ -272,6 +272,8 @@ async def test_jobs_are_terminated_when_the_agent_leaves_the_dispatch_is_deleted
         await worker.accept(request)
         await call(server, lambda lk: lk.room.delete_room(api.DeleteRoomRequest(room="room1")))
         assert (await worker.recv("termination")).termination.job_id == request.job.id
+        # The dispatcher keeps nothing of a closed room.
+        await until(lambda: not server.agents._rooms)
 
 
 async def test_the_tokens_room_configuration_dispatches_named_agents_instead_of_the_automatic_one():
@@ -411,3 +413,23 @@ async def test_dispatch_service_needs_room_admin_and_a_known_dispatch():
         with pytest.raises(api.TwirpError) as no_room:
             await call(server, lambda lk: lk.agent_dispatch.list_dispatch(room_name="nowhere"))
         assert no_room.value.code == "not_found"
+
+
+async def test_job_outcomes_are_webhooks():
+    from test_webhooks import receiver, validate, webhook_config
+
+    async with receiver() as rec:
+        async with running_server(webhook_config(rec.url)) as server, registered(server) as worker:
+            async with signal_client(server, mint_token("human")) as human:
+                await join(human)
+                request = (await worker.recv("availability")).availability
+                await worker.accept(request)
+                await worker.send(update_job=agent_pb.UpdateJobStatus(job_id=request.job.id, status=Status.JS_FAILED,
+                                                                      error="the agent crashed"))
+                await rec.wait_for(4)  # room_started, participant_joined, and the job's two
+        events = [validate(r) for r in rec.received]
+    jobs = [e for e in events if e.event.startswith("agent_job_")]
+    assert [e.event for e in jobs] == ["agent_job_started", "agent_job_ended"], [e.event for e in events]
+    assert all(e.job.id == request.job.id and e.room.name == "room1" for e in jobs)
+    assert jobs[0].job.state.status == Status.JS_RUNNING and jobs[0].job.state.worker_id == worker.worker_id
+    assert jobs[1].job.state.status == Status.JS_FAILED and jobs[1].job.state.error == "the agent crashed"

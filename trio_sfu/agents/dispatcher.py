@@ -138,9 +138,12 @@ class AgentDispatcher:
             self._track_published(room, participant)
 
     def _record(self, room: Room) -> _RoomAgents:
-        record = self._rooms.get(room.name)
-        if record is None or record.room is not room:
-            record = self._rooms[room.name] = _RoomAgents(room)
+        # By sid: a room closing and a new one of the same name overlap for a moment.
+        record = self._rooms.get(room.sid)
+        if record is None:
+            record = _RoomAgents(room)
+            if not room.closed:  # a closed room's late events must not leave a record behind
+                self._rooms[room.sid] = record
         return record
 
     def _room_started(self, room: Room) -> None:
@@ -164,10 +167,9 @@ class AgentDispatcher:
                 self._launch(record, dispatch, agent_pb.JobType.JT_PUBLISHER, participant)
 
     def _room_finished(self, room: Room) -> None:
-        record = self._rooms.get(room.name)
-        if record is None or record.room is not room:
+        record = self._rooms.pop(room.sid, None)
+        if record is None:
             return
-        del self._rooms[room.name]
         for entry in record.jobs.values():
             self._terminate(entry, agent_pb.JobStatus.JS_SUCCESS, "", agent_pb.JobStateReason.JSR_ROOM_CLOSED)
 
@@ -193,7 +195,7 @@ class AgentDispatcher:
             self._launch(record, dispatch, agent_pb.JobType.JT_PUBLISHER, participant)
 
     def _participant_left(self, room: Room, participant: Participant) -> None:
-        record = self._rooms.get(room.name)
+        record = self._rooms.get(room.sid)
         if record is None:
             return
         record.publishers.discard(participant.sid)
