@@ -433,3 +433,24 @@ async def test_job_outcomes_are_webhooks():
     assert all(e.job.id == request.job.id and e.room.name == "room1" for e in jobs)
     assert jobs[0].job.state.status == Status.JS_RUNNING and jobs[0].job.state.worker_id == worker.worker_id
     assert jobs[1].job.state.status == Status.JS_FAILED and jobs[1].job.state.error == "the agent crashed"
+
+
+async def test_create_room_with_agents_dispatches_them():
+    async with running_server() as server, registered(server, "concierge") as worker:
+        await call(server, lambda lk: lk.room.create_room(api.CreateRoomRequest(
+            name="booked", agents=[api.RoomAgentDispatch(agent_name="concierge", metadata="booked")])))
+        request = (await worker.recv("availability")).availability
+        assert request.job.room.name == "booked" and request.job.metadata == "booked"
+
+
+@pytest.mark.parametrize("room_config", [
+    {"agents": "concierge"},
+    {"agents": [{"agentName": 5}]},
+    {"agents": [{"agentName": "a", "restartPolicy": []}]},
+    {"agents": [[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]},
+])
+def test_a_room_configuration_that_does_not_parse_asks_for_no_agents(room_config):
+    from trio_sfu.signal.grants import requested_agents
+
+    assert requested_agents(room_config) == ()
+    assert [a.agent_name for a in requested_agents({"agents": [{"agentName": "a"}, {"agent_name": "b"}]})] == ["a", "b"]

@@ -16,7 +16,7 @@ import attrs
 from google.protobuf.message import Message
 from livekit.protocol import models, room as room_pb, rtc
 
-from trio_sfu.signal.grants import ClaimGrants, VideoGrant
+from trio_sfu.signal.grants import MAX_REQUESTED_AGENTS, ClaimGrants, VideoGrant
 from trio_sfu.signal.limits import Refusal, SignalLimits, merge_attributes
 from trio_sfu.signal.participant import Participant
 from trio_sfu.signal.rooms import Room, RoomClosedError, RoomRegistry
@@ -146,7 +146,8 @@ class RoomService:
         )
         try:
             # An existing room is returned as it is, as LiveKit does.
-            room = await self.registry.get_or_create(req.name, config, req.metadata)
+            room = await self.registry.get_or_create(req.name, config, req.metadata,
+                                                     agents=req.agents[:MAX_REQUESTED_AGENTS])
         except RoomClosedError:
             raise TwirpError("unavailable", "the server is shutting down") from None
         return room.to_proto()
