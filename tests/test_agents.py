@@ -454,3 +454,13 @@ def test_a_room_configuration_that_does_not_parse_asks_for_no_agents(room_config
 
     assert requested_agents(room_config) == ()
     assert [a.agent_name for a in requested_agents({"agents": [{"agentName": "a"}, {"agent_name": "b"}]})] == ["a", "b"]
+
+
+async def test_a_worker_in_a_namespace_gets_the_rooms_jobs_in_its_namespace():
+    async with running_server() as server, worker_connection(server) as worker:
+        await worker.send(register=agent_pb.RegisterWorkerRequest(type=agent_pb.JobType.JT_ROOM, namespace="ns"))
+        await worker.recv("register")
+        async with signal_client(server, mint_token("human")) as human:
+            await join(human)
+            request = (await worker.recv("availability")).availability
+            assert request.job.namespace == "ns"

@@ -11,7 +11,9 @@ participant that first publishes (agents and egress never get jobs of their own)
 A job is offered to workers one at a time (`AgentWorker.offer`), chosen by spare capacity; a
 worker that declines, times out, is busy or goes away is left out and the next is asked, until
 one accepts (the job is assigned with a participant token minted here) or none is left (the
-job fails with `JSR_NO_CAPACITY`).
+job fails with `JSR_NO_CAPACITY`; LiveKit keeps no record of such a job, we list it failed).
+LiveKit retries a decline or a closed worker but gives up on a timeout; we try the next worker
+after a timeout too: a worker that does not answer is no reason to leave a room without its agent.
 
 Ends, matching LiveKit where it has a rule: the worker reports the end (UpdateJobStatus);
 the agent's participant leaves the room while its worker stays (the job is terminated and
@@ -215,19 +217,18 @@ class AgentDispatcher:
 
     def _launch(self, record: _RoomAgents, dispatch: dispatch_pb.AgentDispatch, job_type: int,
                 participant: Participant | None) -> None:
-        key = WorkerKey(dispatch.agent_name, "", job_type)
-        if not self.workers.has_workers_for(key):
-            # LiveKit launches only the job types some worker registered for.
-            return
-        job = agent_pb.Job(
-            id=new_id("AJ_"), dispatch_id=dispatch.id, type=job_type, room=record.room.to_proto(),
-            agent_name=dispatch.agent_name, metadata=dispatch.metadata, attributes=dict(dispatch.attributes),
-            state=agent_pb.JobState(status=agent_pb.JobStatus.JS_PENDING, updated_at=_now_ns()))
-        if participant is not None:
-            job.participant.CopyFrom(participant.to_info())
-        entry = _JobRecord(job, dispatch)
-        record.jobs[job.id] = entry
-        self._start_offering(record, entry, resuming=False)
+        # LiveKit launches only the job types some worker registered for, one job per namespace.
+        for namespace in self.workers.namespaces(dispatch.agent_name, job_type):
+            job = agent_pb.Job(
+                id=new_id("AJ_"), dispatch_id=dispatch.id, type=job_type, room=record.room.to_proto(),
+                namespace=namespace, agent_name=dispatch.agent_name, metadata=dispatch.metadata,
+                attributes=dict(dispatch.attributes),
+                state=agent_pb.JobState(status=agent_pb.JobStatus.JS_PENDING, updated_at=_now_ns()))
+            if participant is not None:
+                job.participant.CopyFrom(participant.to_info())
+            entry = _JobRecord(job, dispatch)
+            record.jobs[job.id] = entry
+            self._start_offering(record, entry, resuming=False)
 
     def _start_offering(self, record: _RoomAgents, entry: _JobRecord, *, resuming: bool) -> None:
         if self._nursery is None or self._launching >= self.limits.max_launching:
@@ -242,7 +243,7 @@ class AgentDispatcher:
         job = entry.job
         log = _log.bind(job=job.id, room=record.room.name, agent_name=job.agent_name,
                         job_type=agent_pb.JobType.Name(job.type))
-        key = WorkerKey(job.agent_name, "", job.type)
+        key = WorkerKey(job.agent_name, job.namespace, job.type)
         tried: list[AgentWorker] = []
         try:
             while not entry.ended and not record.room.closed:

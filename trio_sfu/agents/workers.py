@@ -195,8 +195,11 @@ class WorkerRegistry:
     def matching(self, key: WorkerKey) -> list[AgentWorker]:
         return [w for w in self.workers.values() if w.key == key and not w.closed.is_set()]
 
-    def has_workers_for(self, key: WorkerKey) -> bool:
-        return bool(self.matching(key))
+    def namespaces(self, agent_name: str, job_type: int) -> list[str]:
+        """The namespaces workers for this agent name and job type registered in (LiveKit
+        launches a job per namespace; namespaces are deprecated, nearly always just "")."""
+        return sorted({w.namespace for w in self.workers.values()
+                       if w.agent_name == agent_name and w.job_type == job_type and not w.closed.is_set()})
 
     def choose(self, key: WorkerKey, tried: Iterable[AgentWorker] = ()) -> AgentWorker | None:
         """A worker for a job of `key`, at random weighted by spare capacity; None if none can."""
