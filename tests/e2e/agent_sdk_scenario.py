@@ -54,7 +54,7 @@ async def until(predicate, timeout: float) -> bool:
 class Participant:
     def __init__(self) -> None:
         self.room = rtc.Room()
-        self.audio: dict[str, rtc.Track] = {}  # agent identity -> its audio track
+        self.audio: dict[str, rtc.Track] = {}  # participant sid -> its audio track
         self.echoes: list[tuple[str, str]] = []
         self.left: set[str] = set()
 
@@ -67,9 +67,9 @@ async def check_agent(side: Participant, agent: rtc.RemoteParticipant, nonce: st
     """Hear the agent's tone and get a message echoed by it."""
     report: dict[str, object] = {"identity": agent.identity, "sid": agent.sid,
                                  "kind": int(agent.kind), "attributes": dict(agent.attributes)}
-    report["has_audio"] = await until(lambda: agent.identity in side.audio, 20)
+    report["has_audio"] = await until(lambda: agent.sid in side.audio, 20)
     if report["has_audio"]:
-        stream = rtc.AudioStream(side.audio[agent.identity], sample_rate=SAMPLE_RATE, num_channels=1)
+        stream = rtc.AudioStream(side.audio[agent.sid], sample_rate=SAMPLE_RATE, num_channels=1)
         chunks: list[np.ndarray] = []
         async def read() -> None:
             async for event in stream:
@@ -110,7 +110,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         def on_subscribed(track: rtc.Track, publication: rtc.RemoteTrackPublication,
                           participant: rtc.RemoteParticipant) -> None:
             if track.kind == rtc.TrackKind.KIND_AUDIO:
-                side.audio[participant.identity] = track
+                side.audio[participant.sid] = track
 
         def on_data(packet: rtc.DataPacket) -> None:
             if packet.participant is not None:
@@ -144,7 +144,6 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                 summary["error"] = "no second agent joined"
                 return summary
             second = next(a for a in side.agents() if a.sid != first.sid)
-            side.audio.pop(second.identity, None) if second.identity == first.identity else None
             summary["second"] = await check_agent(side, second, "2")
             summary["first_left"] = first.sid in side.left or first.sid not in {
                 a.sid for a in side.agents()}

@@ -21,7 +21,7 @@ import time
 import trio
 import trio_websocket
 from google.protobuf.message import DecodeError
-from livekit.protocol import agent as agent_pb
+from livekit.protocol import agent as agent_pb, models
 
 from trio_sfu import metrics as m
 from trio_sfu.agents.dispatcher import AgentDispatcher
@@ -197,7 +197,7 @@ def _pong(ping: agent_pb.WorkerPing) -> agent_pb.ServerMessage:
                                                            timestamp=int(time.time() * 1000)))
 
 
-def _server_info():
+def _server_info() -> models.ServerInfo:
     info = server_info()
     info.agent_protocol = AGENT_PROTOCOL
     return info

@@ -129,7 +129,8 @@ class AgentWorker:
         load = update.load
         self.load = min(max(load, 0.0), 1.0) if load == load else 1.0
 
-    async def offer(self, job: agent_pb.Job, *, resuming: bool, timeout: float) -> tuple[Answer, agent_pb.AvailabilityResponse | None]:
+    async def offer(self, job: agent_pb.Job, *, resuming: bool,
+                    timeout: float) -> tuple[Answer, agent_pb.AvailabilityResponse | None]:
         """Ask the worker whether it takes `job`; wait (bounded) for its answer."""
         if job.id in self._pending or len(self._pending) >= self.limits.max_pending_per_worker:
             return Answer.BUSY, None
