@@ -15,6 +15,7 @@ import attrs
 import jwt
 import pytest
 import trio
+import trio.testing
 import trio_websocket
 from livekit import api
 from livekit.protocol import agent as agent_pb, agent_dispatch as dispatch_pb, models
@@ -23,6 +24,7 @@ from server_fixtures import API_KEY, API_SECRET, http, join, mint_token, running
 from test_api_room_service import call
 from trio_sfu import metrics as m
 from trio_sfu.agents.limits import AgentLimits
+from trio_sfu.agents.workers import AgentWorker, Answer, WorkerClosed, WorkerKey, WorkerRegistry
 from trio_sfu.server import Server
 
 Status = agent_pb.JobStatus
@@ -464,3 +466,54 @@ async def test_a_worker_in_a_namespace_gets_the_rooms_jobs_in_its_namespace():
             await join(human)
             request = (await worker.recv("availability")).availability
             assert request.job.namespace == "ns"
+
+
+# ---- the worker record's own bounds ------------------------------------------------------------
+
+
+def _worker(limits: AgentLimits, name: str = "") -> AgentWorker:
+    return AgentWorker(f"AW_{name or 'x'}", API_KEY, agent_pb.RegisterWorkerRequest(agent_name=name), limits)
+
+
+async def test_a_worker_that_does_not_read_is_closed_not_waited_on():
+    worker = _worker(AgentLimits(outbox_size=2))
+    worker.send(agent_pb.ServerMessage(pong=agent_pb.WorkerPong()))
+    worker.send(agent_pb.ServerMessage(pong=agent_pb.WorkerPong()))
+    with pytest.raises(WorkerClosed):
+        worker.send(agent_pb.ServerMessage(pong=agent_pb.WorkerPong()))
+    assert worker.closed.is_set() and "outbox full" in worker.close_reason
+
+
+async def test_open_questions_to_one_worker_are_bounded():
+    worker = _worker(AgentLimits(max_pending_per_worker=1))
+    answers: list[Answer] = []
+
+    async def offer(job_id: str) -> None:
+        answer, _ = await worker.offer(agent_pb.Job(id=job_id), resuming=False, timeout=5)
+        answers.append(answer)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(offer, "AJ_1")
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(offer, "AJ_2")
+        await trio.testing.wait_all_tasks_blocked()
+        assert answers == [Answer.BUSY]
+        assert worker.availability_answered(agent_pb.AvailabilityResponse(job_id="AJ_1", available=True))
+        assert not worker.availability_answered(agent_pb.AvailabilityResponse(job_id="AJ_9", available=True))
+    assert answers == [Answer.BUSY, Answer.ACCEPTED]
+
+
+def test_the_choice_of_worker_is_weighted_by_spare_capacity():
+    import random
+
+    registry = WorkerRegistry(AgentLimits(), m.Metrics(), rng=random.Random(7))
+    idle, loaded, full = (_worker(registry.limits, n) for n in ("idle", "loaded", "full"))
+    for worker, load in ((idle, 0.0), (loaded, 0.75), (full, 1.0)):
+        worker.agent_name = ""
+        worker.update_status(agent_pb.UpdateWorkerStatus(load=load))
+        registry.add(worker)
+    picks = [registry.choose(WorkerKey("", "", agent_pb.JobType.JT_ROOM)) for _ in range(2000)]
+    share = picks.count(idle) / len(picks)
+    assert 0.75 < share < 0.85, share  # spare 1.0 against 0.25: 80 %
+    assert full not in picks
+    assert registry.choose(WorkerKey("", "", agent_pb.JobType.JT_ROOM), tried=[idle, loaded]) is None
