@@ -25,6 +25,11 @@ default) the job, same id, is offered to the other workers with `resuming=True` 
 `JSR_RETRYING` meanwhile); with `JRP_NEVER` it fails with "worker closed". The agent a
 re-dispatched job starts joins with the job's identity and replaces the stale one.
 
+One node at a time: a dispatcher knows the rooms of its own node and the workers connected to
+it. In a cluster each node dispatches its share of a room to its own workers; a room spanning
+two nodes that both have matching workers gets an agent from each (a cluster-wide dispatch
+through the directory is not built yet).
+
 Room events arrive synchronously (`room_event`, the registry's observer interface); the
 dispatcher changes its records at once and starts the offering of each job as a task in its
 own nursery, bounded in number.
