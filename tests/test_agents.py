@@ -517,3 +517,22 @@ def test_the_choice_of_worker_is_weighted_by_spare_capacity():
     assert 0.75 < share < 0.85, share  # spare 1.0 against 0.25: 80 %
     assert full not in picks
     assert registry.choose(WorkerKey("", "", agent_pb.JobType.JT_ROOM), tried=[idle, loaded]) is None
+
+
+async def test_a_room_keeps_a_bounded_number_of_ended_jobs(monkeypatch):
+    from trio_sfu.agents import dispatcher
+
+    monkeypatch.setattr(dispatcher, "MAX_ENDED_JOBS_PER_ROOM", 2)
+    async with running_server() as server, registered(server, job_type=agent_pb.JobType.JT_PARTICIPANT) as worker:
+        async with contextlib.AsyncExitStack() as stack:
+            seen = []
+            for i in range(4):
+                participant = await stack.enter_async_context(signal_client(server, mint_token(f"p{i}")))
+                await join(participant)
+                request = (await worker.recv("availability")).availability
+                seen.append(request.job.id)
+                # The worker handles it without an agent: the job ends at once, as a success.
+                await worker.send(availability=agent_pb.AvailabilityResponse(job_id=request.job.id, terminate=True))
+                await until(lambda: server.metrics.get(m.AGENT_JOBS_SUCCEEDED) == i + 1)
+            jobs = await list_jobs(server, "room1")
+            assert [j.id for j in jobs] == seen[-2:]

@@ -55,6 +55,9 @@ from trio_sfu.signal.rooms import Room
 #: Seconds between an agent's participant leaving and its job being terminated: if its worker
 #: died (both connections drop at once) the worker's departure re-dispatches the job instead.
 AGENT_LEFT_GRACE = 2.0
+#: Ended jobs a room keeps for ListDispatch; older ones are forgotten (a busy room with
+#: participant jobs would otherwise grow its record with every join).
+MAX_ENDED_JOBS_PER_ROOM = 128
 #: LiveKit's participant attribute naming the agent.
 AGENT_NAME_ATTRIBUTE = "lk.agent_name"
 _DEPENDENT_KINDS = {models.ParticipantInfo.Kind.AGENT, models.ParticipantInfo.Kind.EGRESS}
@@ -232,6 +235,7 @@ class AgentDispatcher:
             if participant is not None:
                 job.participant.CopyFrom(participant.to_info())
             entry = _JobRecord(job, dispatch)
+            _forget_old_jobs(record)
             record.jobs[job.id] = entry
             self._start_offering(record, entry, resuming=False)
 
@@ -432,6 +436,12 @@ class AgentDispatcher:
     def jobs_running(self) -> int:
         return sum(1 for r in self._rooms.values() for e in r.jobs.values()
                    if e.job.state.status == agent_pb.JobStatus.JS_RUNNING)
+
+
+def _forget_old_jobs(record: _RoomAgents) -> None:
+    ended = [job_id for job_id, entry in record.jobs.items() if entry.ended]
+    for job_id in ended[:max(len(ended) - MAX_ENDED_JOBS_PER_ROOM + 1, 0)]:
+        del record.jobs[job_id]
 
 
 def _dependent(participant: Participant) -> bool:
