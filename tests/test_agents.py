@@ -417,6 +417,22 @@ async def test_dispatch_service_needs_room_admin_and_a_known_dispatch():
         assert no_room.value.code == "not_found"
 
 
+async def test_a_room_holds_a_bounded_number_of_dispatches(monkeypatch):
+    from trio_sfu.agents import dispatcher
+
+    monkeypatch.setattr(dispatcher, "MAX_DISPATCHES_PER_ROOM", 3)
+    async with running_server() as server:
+        # The room's automatic dispatch and two more fill it.
+        for name in ("a", "b"):
+            await call(server, lambda lk: lk.agent_dispatch.create_dispatch(
+                api.CreateAgentDispatchRequest(agent_name=name, room="room1")))
+        with pytest.raises(api.TwirpError) as full:
+            await call(server, lambda lk: lk.agent_dispatch.create_dispatch(
+                api.CreateAgentDispatchRequest(agent_name="c", room="room1")))
+        assert full.value.code == "resource_exhausted"
+        assert len(await call(server, lambda lk: lk.agent_dispatch.list_dispatch(room_name="room1"))) == 3
+
+
 async def test_job_outcomes_are_webhooks():
     from test_webhooks import receiver, validate, webhook_config
 

@@ -58,6 +58,8 @@ AGENT_LEFT_GRACE = 2.0
 #: Ended jobs a room keeps for ListDispatch; older ones are forgotten (a busy room with
 #: participant jobs would otherwise grow its record with every join).
 MAX_ENDED_JOBS_PER_ROOM = 128
+#: Dispatches one room may hold (AgentDispatchService adds them; LiveKit sets no bound).
+MAX_DISPATCHES_PER_ROOM = 64
 #: LiveKit's participant attribute naming the agent.
 AGENT_NAME_ATTRIBUTE = "lk.agent_name"
 _DEPENDENT_KINDS = {models.ParticipantInfo.Kind.AGENT, models.ParticipantInfo.Kind.EGRESS}
@@ -399,6 +401,8 @@ class AgentDispatcher:
 
     def create_dispatch(self, room: Room, request: dispatch_pb.CreateAgentDispatchRequest) -> dispatch_pb.AgentDispatch:
         record = self._record(room)
+        if len(record.dispatches) >= MAX_DISPATCHES_PER_ROOM:
+            raise DispatchError("resource_exhausted", f"a room holds at most {MAX_DISPATCHES_PER_ROOM} dispatches")
         dispatch = dispatch_pb.AgentDispatch(
             id=new_id("AD_"), agent_name=request.agent_name, room=room.name, metadata=request.metadata,
             restart_policy=request.restart_policy, attributes=dict(request.attributes),

@@ -55,7 +55,10 @@ class AgentDispatchService:
                 raise TwirpError("unavailable", "the server is shutting down") from None
         else:
             room = self._room(req.room)
-        return self.dispatcher.create_dispatch(room, req)
+        try:
+            return self.dispatcher.create_dispatch(room, req)
+        except DispatchError as exc:
+            raise TwirpError(exc.code, exc.message) from None
 
     async def delete_dispatch(self, grants: ClaimGrants, req: Message) -> dispatch_pb.AgentDispatch:
         assert isinstance(req, dispatch_pb.DeleteAgentDispatchRequest)
