@@ -254,3 +254,36 @@ async def test_an_allocation_flood_from_one_credential_hits_its_quota(nursery):
     for sock in sockets:
         sock.close()
     server.request_shutdown()
+
+
+async def test_join_response_carries_turn_credentials_that_allocate():
+    """A participant's JoinResponse names the TURN server (turns: and turn:) with a credential
+    of its own, which the TURN server accepts; the server then shuts down leaving nothing."""
+    from server_fixtures import join, media_config, media_server, mint_token, signal_client
+
+    config = media_config()
+    config.turn = turn_config().turn
+    async with media_server(config) as server:
+        async with signal_client(server, mint_token(identity="alice", room="turn-room")) as ws:
+            response = await join(ws)
+            (ice_server,) = response.ice_servers
+            turn = server.turn
+            assert list(ice_server.urls) == [f"turns:127.0.0.1:{turn.tls_port}?transport=tcp",
+                                             f"turn:127.0.0.1:{turn.udp_port}?transport=udp"]
+            assert ice_server.username.endswith(":" + response.participant.sid)
+            sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+            await sock.bind(("127.0.0.1", 0))
+            target = ("127.0.0.1", turn.udp_port)
+            challenge = stun.Message(stun.Method.ALLOCATE, stun.Class.REQUEST)
+            challenge.attributes["REQUESTED-TRANSPORT"] = 17 << 24
+            await sock.sendto(bytes(challenge), target)
+            with trio.fail_after(5):
+                answer = stun.parse_message(await sock.recv(2048))
+            await sock.sendto(allocate_request(ice_server.username, answer.attributes["REALM"],
+                                               answer.attributes["NONCE"], ice_server.credential), target)
+            with trio.fail_after(5):
+                answer = stun.parse_message(await sock.recv(2048))
+            assert answer.message_class == stun.Class.RESPONSE
+            assert answer.attributes["XOR-MAPPED-ADDRESS"] == sock.getsockname()
+            assert len(turn.relays) == 1
+            sock.close()
