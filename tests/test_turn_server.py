@@ -287,3 +287,25 @@ async def test_join_response_carries_turn_credentials_that_allocate():
             assert answer.attributes["XOR-MAPPED-ADDRESS"] == sock.getsockname()
             assert len(turn.relays) == 1
             sock.close()
+
+
+async def test_tls_connections_per_ip_and_idle_ones_are_bounded(nursery, monkeypatch):
+    monkeypatch.setattr(turn_server, "ALLOCATE_WITHIN", 0.5)
+    monkeypatch.setattr(turn_server, "MAX_TLS_CONNECTIONS_PER_IP", 2)
+    server = await nursery.start(Server(turn_config(udp_port=0), enable_media=True).run)
+    turn = server.turn
+    ctx = ssl.create_default_context(cafile=turn.tls.self_signed_path)
+    idle = await trio.open_ssl_over_tcp_stream("127.0.0.1", turn.tls_port, ssl_context=ctx)
+    await idle.do_handshake()
+    other = await trio.open_tcp_stream("127.0.0.1", turn.tls_port)
+    refused = await trio.open_tcp_stream("127.0.0.1", turn.tls_port)
+    with trio.fail_after(5):
+        assert await refused.receive_some(100) == b""  # the third from one IP: closed on arrival
+    assert server.metrics.get(turn_server.TURN_TLS_REFUSED_PER_IP) == 1
+    # The handshaken connection that never allocates is closed (with close_notify) after the wait.
+    with trio.fail_after(5):
+        assert await idle.receive_some(100) == b""
+    assert server.metrics.get(turn_server.TURN_STREAM_IDLE_CLOSED) == 1
+    for stream in (idle, other, refused):
+        await stream.aclose()
+    server.request_shutdown()

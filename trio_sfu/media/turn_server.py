@@ -15,7 +15,8 @@ allocation ends when it closes.
 Bounds: the core's quotas (allocations in total, per credential and per source IP, lifetime
 caps, packets and bytes per second per allocation); here, TLS handshakes in flight
 (`MAX_HANDSHAKES`, more are refused on arrival) and their deadline (`HANDSHAKE_TIMEOUT`), TLS
-connections in total (`MAX_TLS_CONNECTIONS`), the largest stream frame (rtp.turn.StreamFramer),
+connections in total (`MAX_TLS_CONNECTIONS`) and per client IP (`MAX_TLS_CONNECTIONS_PER_IP`), a
+connection that does not allocate within `ALLOCATE_WITHIN`, the largest stream frame (rtp.turn.StreamFramer),
 and each connection's outgoing queue (`TLS_SEND_QUEUE` messages; beyond it, data is dropped, as
 a router drops). Everything refused or dropped is a `turn_*_total` counter.
 """
@@ -23,7 +24,6 @@ a router drops). Everything refused or dropped is a `turn_*_total` counter.
 from __future__ import annotations
 
 import errno
-import itertools
 import random
 import time
 from typing import TYPE_CHECKING, Callable, Hashable, Sequence
@@ -61,6 +61,11 @@ CREDENTIAL_LIFETIME = 24 * 3600
 MAX_HANDSHAKES = 32
 HANDSHAKE_TIMEOUT = 10.0
 MAX_TLS_CONNECTIONS = 1000
+#: TLS connections one client IP may hold (a browser opens one per PeerConnection and URL).
+MAX_TLS_CONNECTIONS_PER_IP = 16
+#: A stream that has not allocated this long after its handshake is closed: an idle
+#: connection would otherwise hold one of the places above for free.
+ALLOCATE_WITHIN = 30.0
 TLS_SEND_QUEUE = 256
 #: How many ports of the relay range to try before an Allocate gets 508.
 RELAY_BIND_ATTEMPTS = 20
@@ -72,6 +77,8 @@ TURN_TLS_REFUSED_BUSY = "turn_tls_refused_busy_total"
 TURN_TLS_HANDSHAKE_FAILED = "turn_tls_handshake_failed_total"
 TURN_TLS_HANDSHAKE_TIMEOUT = "turn_tls_handshake_timeout_total"
 TURN_TLS_CONNECTIONS = "turn_tls_connections_total"
+TURN_TLS_REFUSED_PER_IP = "turn_tls_refused_per_ip_total"
+TURN_STREAM_IDLE_CLOSED = "turn_stream_idle_closed_total"
 TURN_STREAM_FRAME_REFUSED = "turn_stream_frame_refused_total"
 TURN_SEND_DROPPED = "turn_send_dropped_total"
 TURN_RELAY_BIND_FAILED = "turn_relay_bind_failed_total"
@@ -131,10 +138,10 @@ class TurnService:
         self._relay_nursery: trio.Nursery | None = None
         self._handshakes = trio.Semaphore(MAX_HANDSHAKES)
         self._tls_connections = 0
+        self._tls_per_ip: dict[str, int] = {}
         self._folded: dict[str, int] = {}
         self._relay_host = ""
         self._advertised_host = ""
-        self._ids = itertools.count()
 
     # ---- what clients are told ------------------------------------------------------------
 
@@ -339,10 +346,20 @@ class TurnService:
                     self.metrics.inc(TURN_TLS_REFUSED_BUSY)
                     await _close_quietly(stream)
                     continue
+                try:
+                    ip = stream.socket.getpeername()[0]
+                except OSError:
+                    await _close_quietly(stream)  # already gone
+                    continue
+                if self._tls_per_ip.get(ip, 0) >= MAX_TLS_CONNECTIONS_PER_IP:
+                    self.metrics.inc(TURN_TLS_REFUSED_PER_IP)
+                    await _close_quietly(stream)
+                    continue
                 self._tls_connections += 1
-                connections.start_soon(self._serve_stream, stream)
+                self._tls_per_ip[ip] = self._tls_per_ip.get(ip, 0) + 1
+                connections.start_soon(self._serve_stream, stream, ip)
 
-    async def _serve_stream(self, tcp: trio.SocketStream) -> None:
+    async def _serve_stream(self, tcp: trio.SocketStream, ip: str) -> None:
         stream: trio.abc.Stream = tcp
         try:
             peer = tcp.socket.getpeername()
@@ -368,8 +385,15 @@ class TurnService:
                 stream = tls
             self.metrics.inc(TURN_TLS_CONNECTIONS)
             await self._stream_session(stream, addr)
+        except OSError:
+            pass  # the peer vanished before we knew its address
         finally:
             self._tls_connections -= 1
+            left = self._tls_per_ip.get(ip, 1) - 1
+            if left > 0:
+                self._tls_per_ip[ip] = left
+            else:
+                self._tls_per_ip.pop(ip, None)
             await _close_quietly(stream)  # TLS: with close_notify
 
     async def _stream_session(self, stream: trio.abc.Stream, addr: Address) -> None:
@@ -410,8 +434,15 @@ class TurnService:
                         pass
                     nursery.cancel_scope.cancel()
 
+                async def close_if_idle() -> None:
+                    await trio.sleep(ALLOCATE_WITHIN)
+                    if client not in self.core.allocations:
+                        self.metrics.inc(TURN_STREAM_IDLE_CLOSED)
+                        nursery.cancel_scope.cancel()
+
                 nursery.start_soon(read_then_stop)
                 nursery.start_soon(write_then_stop)
+                nursery.start_soon(close_if_idle)
         finally:
             send.close()
             self._dispatch(self.core.client_gone(client, trio.current_time()))
