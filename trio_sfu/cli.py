@@ -31,7 +31,8 @@ _log = get_logger("trio_sfu.cli")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trio-sfu", description="A LiveKit-compatible WebRTC SFU on Trio")
     parser.add_argument("--dev", action="store_true", help=f"development mode: API key {DEV_API_KEY!r}, secret {DEV_API_SECRET!r}, "
-                        "signal on 127.0.0.1, media on every interface address and loopback")
+                        "signal on 127.0.0.1, media on every interface address and loopback, "
+                        "TURN on UDP 3478 and TLS 5349 (self-signed certificate)")
     parser.add_argument("--config", metavar="FILE", help="YAML config file in LiveKit's shape")
     parser.add_argument("--bind", action="append", metavar="ADDR", help="address to listen on (repeatable)")
     parser.add_argument("--port", type=int, help="HTTP/WebSocket port (default 7880; 0 = ephemeral)")

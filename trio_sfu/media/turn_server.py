@@ -24,7 +24,9 @@ a router drops). Everything refused or dropped is a `turn_*_total` counter.
 from __future__ import annotations
 
 import errno
+import os
 import random
+import shutil
 import time
 from typing import TYPE_CHECKING, Callable, Hashable, Sequence
 
@@ -211,6 +213,9 @@ class TurnService:
                 sock.close()
             self.relays.clear()
             self._fold_counters()
+            if self.tls is not None and self.tls.self_signed_path:
+                # The development certificate lives as long as the server that made it.
+                shutil.rmtree(os.path.dirname(self.tls.self_signed_path), ignore_errors=True)
 
     def _bind_udp(self, hosts: Sequence[str]) -> None:
         port = self.turn.udp_port
