@@ -11,6 +11,8 @@ import struct
 
 import pytest
 from aioice import stun
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rtp.turn import (
     CHANNEL_LIFETIME,
@@ -462,3 +464,55 @@ def test_stream_framer_refuses_oversized_and_garbage_frames():
         StreamFramer().feed(b"\x16\x03\x01\x02\x00")  # a TLS record where TURN was expected
     with pytest.raises(FrameTooLarge):
         StreamFramer().feed(b"\x80\x00\x00\x00")
+
+
+# ---- hostile bytes --------------------------------------------------------------------------
+
+def _valid_messages(client: Client) -> list[bytes]:
+    out = []
+    for method, attrs in ((stun.Method.ALLOCATE, {"REQUESTED_TRANSPORT": TRANSPORT_UDP, "LIFETIME": 600}),
+                          (stun.Method.CREATE_PERMISSION, {"XOR_PEER_ADDRESS": MEDIA}),
+                          (stun.Method.CHANNEL_BIND, {"CHANNEL_NUMBER": 0x4000, "XOR_PEER_ADDRESS": MEDIA}),
+                          (stun.Method.REFRESH, {"LIFETIME": 0})):
+        message = request(method, **attrs)
+        message.attributes["USERNAME"] = client.username
+        message.attributes["REALM"] = client.realm
+        message.attributes["NONCE"] = client.nonce
+        message.add_message_integrity(_key(client.username, client.realm, client.password))
+        out.append(bytes(message))
+    send = stun.Message(stun.Method.SEND, stun.Class.INDICATION)
+    send.attributes["XOR-PEER-ADDRESS"] = MEDIA
+    send.attributes["DATA"] = b"payload"
+    out.append(bytes(send))
+    out.append(struct.pack("!HH", 0x4000, 4) + b"data")
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_mutated_and_random_input_never_raises(data):
+    """Whatever a client sends (valid messages with bytes flipped, cut or appended, or noise),
+    the core answers or drops and counts; it never raises, and its tables stay consistent."""
+    server = make_server()
+    client = Client(server)
+    client.allocate(0.0)
+    messages = _valid_messages(client)
+    for _ in range(data.draw(st.integers(1, 8))):
+        base = bytearray(data.draw(st.sampled_from(messages)) if data.draw(st.booleans())
+                         else data.draw(st.binary(max_size=200)))
+        for _ in range(data.draw(st.integers(0, 4))):
+            if base:
+                base[data.draw(st.integers(0, len(base) - 1))] = data.draw(st.integers(0, 255))
+        cut = data.draw(st.integers(0, len(base)))
+        raw = bytes(base[:cut] if data.draw(st.booleans()) else base) + data.draw(st.binary(max_size=8))
+        for output in server.receive(raw, client.client, CLIENT, 1.0):
+            if isinstance(output, RelayNeeded):
+                server.complete_allocation(output, ("10.0.0.1", 30001), 1.0)
+        server.receive_from_peer(RELAY, MEDIA, raw, 1.0)
+    # Every relayed address belongs to a live allocation of its client, and the other way round.
+    assert len(server.by_relay) == len(server.allocations)
+    assert all(server.allocations[a.client] is a and server.by_relay[a.relay] is a for a in server.by_relay.values())
+    ended = server.handle_timeout(10_000.0)
+    assert not server.allocations and not server.by_relay and len(ended) == len(set(o.relay for o in ended))
+    # Quota holds are released with their allocations (a leak would lock a credential out).
+    assert not server._per_username and not server._per_ip
