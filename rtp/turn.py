@@ -7,19 +7,19 @@ node's UDP media addresses); a CreatePermission, ChannelBind or Send naming any 
 is refused with 403 and counted, and a datagram arriving at a relayed address from anywhere
 else is dropped and counted.
 
-What a caller does (the Trio side is trio_sfu.media.turn_server):
+What a caller does (the Trio side is trio_sfu.media.turn_server), in the verbs of rtp/:
 
 * `receive(data, client, client_addr, now, stream=...)` with each STUN message or ChannelData
   message from a client. `client` is the 5-tuple's stand-in, any hashable the caller picks (one
   per UDP source address, one per TLS connection); `stream` says the client is on a stream, where
   ChannelData is padded to 4 bytes (RFC 8656 §12.5).
-* `receive_from_peer(relay, peer, data, now)` with each datagram a relayed address received.
-* An Allocate that passes authentication and quotas yields `RelayNeeded`: bind a relayed
-  socket and answer with `complete_allocation(request, relay_address_or_None, now)`.
+* `receive_from_peer(data, relay, peer, now)` with each datagram a relayed address received.
 * `handle_timeout(now)` at `next_deadline()`; `client_gone(client, now)` when a stream closes.
-
-Each call returns a list of outputs: `ToClient` (bytes for a client), `ToPeer` (a datagram for
-a relayed socket to send), `RelayNeeded`, `AllocationEnded` (close that relayed socket).
+* After each, `datagrams_to_send(now)`: `ToClient` (bytes for a client) and `ToPeer` (a datagram
+  a relayed socket sends), then `next_event()` until None: `RelayNeeded` (an Allocate passed
+  authentication and quotas: bind a relayed socket and answer with
+  `complete_allocation(request, relay_address_or_None, now)`), `AllocationEnded` (close that
+  relayed socket).
 
 Authentication is RFC 8656 §9 / RFC 8489 §9.2 long-term credentials: an unauthenticated request
 gets 401 with REALM and NONCE; the nonce is stateless (an issue time and a MAC of it and the
@@ -29,6 +29,7 @@ client's IP) and older than `nonce_lifetime` gets 438 with a fresh one. Password
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import hmac
 import struct
@@ -213,11 +214,55 @@ class TurnServer:
         self._per_username: dict[str, int] = {}
         self._per_ip: dict[str, int] = {}
         self._sweep_at: float | None = None
+        self._outbox: list[ToClient | ToPeer] = []
+        self._events: collections.deque[RelayNeeded | AllocationEnded] = collections.deque()
+
+    # ---- the public verbs (rtp/__init__.py) ----------------------------------------------
+
+    def receive(self, data: bytes, client: Hashable, client_addr: Address, now: float,
+                *, stream: bool = False) -> None:
+        """One STUN or ChannelData message from `client` (at `client_addr`); never raises."""
+        self._emit(self._receive(data, client, client_addr, now, stream))
+
+    def receive_from_peer(self, data: bytes, relay: Address, peer: Address, now: float) -> None:
+        """A datagram the relayed address `relay` received from `peer`: to its client, or
+        dropped and counted."""
+        self._emit(self._receive_from_peer(data, relay, peer, now))
+
+    def complete_allocation(self, request: RelayNeeded, relay: Address | None, now: float) -> None:
+        """Answer the Allocate of `request`: with its relayed address, or 508 when none could be had."""
+        self._emit(self._complete_allocation(request, relay, now))
+
+    def client_gone(self, client: Hashable, now: float) -> None:
+        """A stream client disconnected: its allocation ends with it (RFC 8656 §3.1)."""
+        self._emit(self._client_gone(client))
+
+    def handle_timeout(self, now: float) -> None:
+        self._emit(self._handle_timeout(now))
+
+    def next_deadline(self) -> float | None:
+        return self._sweep_at
+
+    def datagrams_to_send(self, now: float) -> list[ToClient | ToPeer]:
+        """What is ready to go out: to a client (over its UDP address or stream) or, from a
+        relayed address, to a peer."""
+        out, self._outbox = self._outbox, []
+        return out
+
+    def next_event(self) -> RelayNeeded | AllocationEnded | None:
+        return self._events.popleft() if self._events else None
+
+    def _emit(self, outputs: list[Output]) -> None:
+        for output in outputs:
+            if isinstance(output, (ToClient, ToPeer)):
+                self._outbox.append(output)
+            else:
+                self._events.append(output)
 
     # ---- input from clients -------------------------------------------------------------
 
-    def receive(self, data: bytes, client: Hashable, client_addr: Address, now: float,
-                *, stream: bool = False) -> list[Output]:
+    def _receive(self, data: bytes, client: Hashable, client_addr: Address, now: float,
+                 stream: bool) -> list[Output]:
         if not data:
             self.counters.malformed += 1
             return []
@@ -325,8 +370,7 @@ class TurnServer:
         self._hold(username, client_addr[0], +1)
         return [RelayNeeded(client, client_addr, message.transaction_id)]
 
-    def complete_allocation(self, request: RelayNeeded, relay: Address | None, now: float) -> list[Output]:
-        """Answer the Allocate of `request`: with its relayed address, or 508 when none could be had."""
+    def _complete_allocation(self, request: RelayNeeded, relay: Address | None, now: float) -> list[Output]:
         pending = self._pending.pop(request.client, None)
         if pending is None or pending.transaction_id != request.transaction_id:
             # The client went away meanwhile: nothing to answer, and the socket is not needed.
@@ -466,8 +510,7 @@ class TurnServer:
         self.counters.relayed_to_peer += 1
         return [ToPeer(allocation.relay, peer, payload)]
 
-    def receive_from_peer(self, relay: Address, peer: Address, data: bytes, now: float) -> list[Output]:
-        """A datagram `relay` received from `peer`: to its client, or dropped and counted."""
+    def _receive_from_peer(self, data: bytes, relay: Address, peer: Address, now: float) -> list[Output]:
         allocation = self.by_relay.get(relay)
         if allocation is None or allocation.expires <= now:
             self.counters.peer_dropped += 1
@@ -506,18 +549,14 @@ class TurnServer:
 
     # ---- lifetime -----------------------------------------------------------------------
 
-    def client_gone(self, client: Hashable, now: float) -> list[Output]:
-        """A stream client disconnected: its allocation ends with it (RFC 8656 §3.1)."""
+    def _client_gone(self, client: Hashable) -> list[Output]:
         pending = self._pending.pop(client, None)
         if pending is not None:
             self._hold(pending.username, pending.client_addr[0], -1)
         allocation = self.allocations.get(client)
         return self._end(allocation) if allocation is not None else []
 
-    def next_deadline(self) -> float | None:
-        return self._sweep_at
-
-    def handle_timeout(self, now: float) -> list[Output]:
+    def _handle_timeout(self, now: float) -> list[Output]:
         if self._sweep_at is None or now < self._sweep_at:
             return []
         out: list[Output] = []

@@ -38,14 +38,51 @@ RELAY = ("10.0.0.1", 30000)
 WALL = 1_800_000_000
 
 
-def make_server(**limits) -> TurnServer:
-    return TurnServer(
+class Driven:
+    """The core driven as trio_sfu.media.turn_server drives it: after each input, what it has to
+    send (`datagrams_to_send`) and then its events (`next_event`), returned as one list."""
+
+    def __init__(self, core: TurnServer) -> None:
+        self.core = core
+
+    def __getattr__(self, name):
+        return getattr(self.core, name)
+
+    def _drained(self) -> list:
+        out = list(self.core.datagrams_to_send(0.0))
+        while (event := self.core.next_event()) is not None:
+            out.append(event)
+        return out
+
+    def receive(self, data, client, client_addr, now, *, stream=False) -> list:
+        self.core.receive(data, client, client_addr, now, stream=stream)
+        return self._drained()
+
+    def receive_from_peer(self, relay, peer, data, now) -> list:
+        self.core.receive_from_peer(data, relay, peer, now)
+        return self._drained()
+
+    def complete_allocation(self, request, relay, now) -> list:
+        self.core.complete_allocation(request, relay, now)
+        return self._drained()
+
+    def client_gone(self, client, now) -> list:
+        self.core.client_gone(client, now)
+        return self._drained()
+
+    def handle_timeout(self, now) -> list:
+        self.core.handle_timeout(now)
+        return self._drained()
+
+
+def make_server(**limits) -> Driven:
+    return Driven(TurnServer(
         realm="trio-sfu",
         nonce_secret=b"nonce secret",
         password_for=lambda username: password_for(SECRET, username, WALL),
         peer_allowed=lambda addr: addr == MEDIA,
         limits=TurnLimits(**limits),
-    )
+    ))
 
 
 def request(method, **attributes) -> stun.Message:
@@ -64,7 +101,7 @@ def parse(out) -> stun.Message:
 class Client:
     """One TURN client's credentials and its view of the server's realm and nonce."""
 
-    def __init__(self, server: TurnServer, addr=CLIENT, sid="PA_alice", expires=WALL + 3600, client=None):
+    def __init__(self, server: Driven, addr=CLIENT, sid="PA_alice", expires=WALL + 3600, client=None):
         self.server = server
         self.addr = addr
         self.client = client if client is not None else ("udp", addr)

@@ -59,9 +59,11 @@ def _authenticated(method: Method, **attributes: object) -> Message:
 def _allocated(server: TurnServer) -> None:
     allocate = _authenticated(Method.ALLOCATE, REQUESTED_TRANSPORT=TRANSPORT_UDP)
     allocate.transaction_id = bytes(12)
-    (needed,) = server.receive(_sign(bytes(allocate)), "client", CLIENT, 1.0)
+    server.receive(_sign(bytes(allocate)), "client", CLIENT, 1.0)
+    needed = server.next_event()
     assert isinstance(needed, RelayNeeded)
     server.complete_allocation(needed, RELAY, 1.0)
+    server.datagrams_to_send(1.0)
 
 
 def run(data: bytes) -> None:
@@ -79,11 +81,20 @@ def run(data: bytes) -> None:
         except FrameTooLarge:
             return
     for frame in frames:
-        for output in server.receive(frame, "client", CLIENT, 2.0, stream=bool(data[0] & STREAM)):
-            if isinstance(output, RelayNeeded):
-                server.complete_allocation(output, ("10.0.0.1", 30001), 2.0)
-        server.receive_from_peer(RELAY, MEDIA, frame, 2.0)
+        server.receive(frame, "client", CLIENT, 2.0, stream=bool(data[0] & STREAM))
+        _drain(server)
+        server.receive_from_peer(frame, RELAY, MEDIA, 2.0)
+        _drain(server)
     server.handle_timeout(5000.0)
+    _drain(server)
+
+
+def _drain(server: TurnServer) -> None:
+    server.datagrams_to_send(2.0)
+    while (event := server.next_event()) is not None:
+        if isinstance(event, RelayNeeded):
+            server.complete_allocation(event, ("10.0.0.1", 30001), 2.0)
+            server.datagrams_to_send(2.0)
 
 
 def seeds() -> list[bytes]:

@@ -37,10 +37,8 @@ from livekit.protocol import rtc
 from rtp.turn import (
     AllocationEnded,
     FrameTooLarge,
-    Output,
     RelayNeeded,
     StreamFramer,
-    ToClient,
     ToPeer,
     TurnLimits,
     TurnServer,
@@ -233,18 +231,24 @@ class TurnService:
 
     # ---- the core's outputs -----------------------------------------------------------------
 
-    def _dispatch(self, outputs: list[Output]) -> None:
-        for output in outputs:
-            if isinstance(output, ToPeer):
-                relay = self.relays.get(output.relay)
-                if relay is not None:
-                    self._sendto(relay[0], output.data, output.peer)
-            elif isinstance(output, ToClient):
-                self._to_client(output.client, output.data)
-            elif isinstance(output, RelayNeeded):
-                self._dispatch(self.core.complete_allocation(output, self._open_relay(), trio.current_time()))
-            elif isinstance(output, AllocationEnded):
-                relay = self.relays.pop(output.relay, None)
+    def _pump(self) -> None:
+        """Send what the core has ready, then act on its events (which may make more to send)."""
+        core = self.core
+        while True:
+            for output in core.datagrams_to_send(0.0):
+                if isinstance(output, ToPeer):
+                    relay = self.relays.get(output.relay)
+                    if relay is not None:
+                        self._sendto(relay[0], output.data, output.peer)
+                else:
+                    self._to_client(output.client, output.data)
+            event = core.next_event()
+            if event is None:
+                return
+            if isinstance(event, RelayNeeded):
+                core.complete_allocation(event, self._open_relay(), trio.current_time())
+            elif isinstance(event, AllocationEnded):
+                relay = self.relays.pop(event.relay, None)
                 if relay is not None:
                     relay[0].close()
                     relay[1].cancel()
@@ -302,7 +306,8 @@ class TurnService:
                     continue  # e.g. ICMP port unreachable reported on the socket
                 self.metrics.inc(TURN_DATAGRAMS)
                 addr = (addr[0], addr[1])
-                self._dispatch(core.receive(bytes(buffer[:size]), ("udp", index, addr), addr, trio.current_time()))
+                core.receive(bytes(buffer[:size]), ("udp", index, addr), addr, trio.current_time())
+                self._pump()
 
     async def _read_relay(self, relay: Address, sock: DatagramSocket, scope: trio.CancelScope) -> None:
         buffer = bytearray(MAX_DATAGRAM)
@@ -316,14 +321,15 @@ class TurnService:
                         break
                     except OSError:
                         continue
-                    self._dispatch(self.core.receive_from_peer(relay, (peer[0], peer[1]), bytes(buffer[:size]),
-                                                               trio.current_time()))
+                    self.core.receive_from_peer(bytes(buffer[:size]), relay, (peer[0], peer[1]), trio.current_time())
+                    self._pump()
 
     async def _timer(self) -> None:
         while True:
             deadline = self.core.next_deadline()
             await trio.sleep_until(deadline if deadline is not None else trio.current_time() + 1.0)
-            self._dispatch(self.core.handle_timeout(trio.current_time()))
+            self.core.handle_timeout(trio.current_time())
+            self._pump()
             self._fold_counters()
 
     def _fold_counters(self) -> None:
@@ -423,7 +429,8 @@ class TurnService:
                             self.metrics.inc(TURN_STREAM_FRAME_REFUSED)
                             return
                         for frame in frames:
-                            self._dispatch(self.core.receive(frame, client, addr, trio.current_time(), stream=True))
+                            self.core.receive(frame, client, addr, trio.current_time(), stream=True)
+                            self._pump()
 
                 async def read_then_stop() -> None:
                     try:
@@ -450,7 +457,8 @@ class TurnService:
                 nursery.start_soon(close_if_idle)
         finally:
             send.close()
-            self._dispatch(self.core.client_gone(client, trio.current_time()))
+            self.core.client_gone(client, trio.current_time())
+            self._pump()
 
 
 async def _hold_nursery(*, task_status: trio.TaskStatus[trio.Nursery] = trio.TASK_STATUS_IGNORED) -> None:
