@@ -133,7 +133,8 @@ async def test_aioice_allocates_and_reaches_only_the_media_port(over, nursery):
     # A UDP socket elsewhere on loopback, listening for anything the relay might let out.
     outsider = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
     await outsider.bind(("127.0.0.1", 0))
-    outsiders = [outsider.getsockname(), (media_addr[0], server.turn.udp_port)]
+    # And this host's other ports: TURN's own, and the signal port (TCP; never relayed either).
+    outsiders = [outsider.getsockname(), (media_addr[0], server.turn.udp_port), (media_addr[0], server.port)]
     port = server.turn.tls_port if over == "tls" else server.turn.udp_port
     cafile = server.turn.tls.self_signed_path if over == "tls" else None
     assert over == "udp" or cafile  # no cert configured: a self-signed one, trusted here

@@ -118,11 +118,19 @@ def worker_count(args: argparse.Namespace, config: ServerConfig) -> int:
 
 
 def apply_worker_index(config: ServerConfig, index: int) -> None:
-    """Worker `index` of several: its own UDP port (and metrics port) next to the configured one."""
+    """Worker `index` of several: its own UDP port (and metrics and TURN ports) next to the configured one."""
     if config.rtc.udp_port:
         config.rtc.udp_port += index
         if config.rtc.udp_port > 65535:
             raise ConfigError(f"worker {index}'s UDP port {config.rtc.udp_port} is out of range")
+    for name in ("udp_port", "tls_port"):
+        # Each worker's TURN server relays only to that worker's media port, so each has ports of
+        # its own too (its JoinResponses name them).
+        port = getattr(config.turn, name)
+        if port:
+            if port + index > 65535:
+                raise ConfigError(f"worker {index}'s TURN {name} {port + index} is out of range")
+            setattr(config.turn, name, port + index)
     if config.prometheus.port:
         # Each worker is a node with metrics of its own, scraped on its own port.
         config.prometheus.port += index
