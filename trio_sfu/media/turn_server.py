@@ -23,6 +23,7 @@ a router drops). Everything refused or dropped is a `turn_*_total` counter.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import random
@@ -206,9 +207,7 @@ class TurnService:
             for listener in listeners:
                 listener.socket.close()
             for sock in self.udp_sockets:
-                sock.close()
-            for sock, _scope in self.relays.values():
-                sock.close()
+                sock.close()  # their readers ended with the nursery, as did the relayed sockets'
             self.relays.clear()
             self._fold_counters()
             if self.tls is not None and self.tls.self_signed_path:
@@ -250,8 +249,7 @@ class TurnService:
             elif isinstance(event, AllocationEnded):
                 relay = self.relays.pop(event.relay, None)
                 if relay is not None:
-                    relay[0].close()
-                    relay[1].cancel()
+                    relay[1].cancel()  # its reader closes the socket once out of its wait
 
     def _to_client(self, client: Hashable, data: bytes) -> None:
         if isinstance(client, _StreamClient):
@@ -310,8 +308,11 @@ class TurnService:
                 self._pump()
 
     async def _read_relay(self, relay: Address, sock: DatagramSocket, scope: trio.CancelScope) -> None:
+        """The relayed socket's reader, and its owner: it closes the socket when it ends (closing
+        it under a task waiting on it would leave Trio watching a file descriptor number the
+        next relayed socket may reuse)."""
         buffer = bytearray(MAX_DATAGRAM)
-        with scope:
+        with scope, contextlib.closing(sock):
             while True:
                 await sock.wait_readable()
                 for _ in range(CHECKPOINT_EVERY):
