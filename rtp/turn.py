@@ -29,6 +29,7 @@ client's IP) and older than `nonce_lifetime` gets 438 with a fresh one. Password
 
 from __future__ import annotations
 
+import binascii
 import collections
 import hashlib
 import hmac
@@ -39,7 +40,9 @@ import attrs
 from aioice import stun as _aioice_stun
 
 from rtp.stun import (
+    ATTR_FINGERPRINT,
     ATTR_MESSAGE_INTEGRITY,
+    FINGERPRINT_XOR,
     HEADER_LENGTH,
     Class,
     Message,
@@ -58,6 +61,18 @@ TRANSPORT_UDP = 17 << 24
 CHANNEL_MIN = 0x4000
 CHANNEL_MAX = 0x4FFF
 ATTR_XOR_PEER_ADDRESS = 0x0012
+ATTR_UNKNOWN_ATTRIBUTES = 0x000A
+ATTR_REQUESTED_ADDRESS_FAMILY = 0x0017
+FAMILY_IPV4 = 0x01
+#: Comprehension-required attributes (below 0x8000, RFC 8489 §14) a request may carry here:
+#: STUN's and TURN's that this server reads, and those it may ignore (DONT-FRAGMENT: relayed
+#: datagrams go out as the kernel sends them; ICE's PRIORITY and USE-CANDIDATE on a Binding;
+#: RFC 8489's SHA-256 integrity and user hash, answered as if absent). Any other one, such as
+#: EVEN-PORT or RESERVATION-TOKEN, gets 420 with UNKNOWN-ATTRIBUTES.
+_KNOWN_REQUIRED = frozenset({
+    0x0001, 0x0006, 0x0008, 0x0009, 0x000A, 0x000C, 0x000D, 0x0012, 0x0013, 0x0014, 0x0015, 0x0016,
+    0x0017, 0x0019, 0x001A, 0x001C, 0x001D, 0x001E, 0x0020, 0x0024, 0x0025,
+})
 #: RFC 8656 §3.4 / §9 / §12: permissions last 5 minutes, channel bindings 10.
 PERMISSION_LIFETIME = 300.0
 CHANNEL_LIFETIME = 600.0
@@ -105,6 +120,8 @@ class TurnCounters:
     quota_ip: int = 0
     relay_unavailable: int = 0
     unsupported_transport: int = 0
+    unsupported_family: int = 0
+    unknown_attribute: int = 0
     bad_request: int = 0
     forbidden_peer: int = 0
     no_permission: int = 0
@@ -303,9 +320,14 @@ class TurnServer:
         if isinstance(authenticated, ToClient):
             return [authenticated]
         username, key = authenticated
+        unknown = _unknown_required_attributes(data)
+        if unknown:
+            # RFC 8489 §6.3.1.1: EVEN-PORT, RESERVATION-TOKEN and the like are not supported here.
+            self.counters.unknown_attribute += 1
+            return [ToClient(client, _unknown_attributes_error(message, unknown, key))]
         method = message.message_method
         if method == Method.ALLOCATE:
-            return self._allocate(message, client, client_addr, username, key, now, stream)
+            return self._allocate(message, data, client, client_addr, username, key, stream)
         if allocation is None or allocation.expires <= now:
             self.counters.allocation_mismatch += 1
             return [self._error(client, message, 437, "Allocation Mismatch", key)]
@@ -343,11 +365,16 @@ class TurnServer:
 
     # ---- the four requests --------------------------------------------------------------
 
-    def _allocate(self, message: Message, client: Hashable, client_addr: Address, username: str,
-                  key: bytes, now: float, stream: bool) -> list[Output]:
+    def _allocate(self, message: Message, data: bytes, client: Hashable, client_addr: Address, username: str,
+                  key: bytes, stream: bool) -> list[Output]:
         if client in self.allocations or client in self._pending:
             self.counters.allocation_mismatch += 1
             return [self._error(client, message, 437, "Allocation Mismatch", key)]
+        family = find_attribute(data, ATTR_REQUESTED_ADDRESS_FAMILY)
+        if family is not None and (len(family) != 4 or family[0] != FAMILY_IPV4):
+            # Relayed addresses are IPv4 (the media port's); RFC 8656 §7.2 step 4.
+            self.counters.unsupported_family += 1
+            return [self._error(client, message, 440, "Address Family not Supported", key)]
         transport = message.attributes.get("REQUESTED-TRANSPORT")
         if transport is None:
             self.counters.bad_request += 1
@@ -661,6 +688,32 @@ def _all_peer_addresses(data: bytes, transaction_id: bytes) -> list[Address] | N
     except (ValueError, struct.error):
         return None
     return peers
+
+
+def _unknown_required_attributes(data: bytes) -> list[int]:
+    unknown = []
+    for attr_type, _at, _length in _attributes(data):
+        if attr_type == ATTR_MESSAGE_INTEGRITY:
+            break
+        if attr_type < 0x8000 and attr_type not in _KNOWN_REQUIRED and attr_type not in unknown:
+            unknown.append(attr_type)
+    return unknown[:8]
+
+
+def _unknown_attributes_error(request: Message, unknown: list[int], key: bytes) -> bytes:
+    """420 naming `unknown` in UNKNOWN-ATTRIBUTES (which aioice's codec cannot write), signed."""
+    response = Message(request.message_method, Class.ERROR, transaction_id=request.transaction_id)
+    response.attributes["ERROR-CODE"] = (420, "Unknown Attribute")
+    value = struct.pack(f"!{len(unknown)}H", *unknown)
+    body = bytearray(bytes(response))
+    body += struct.pack("!HH", ATTR_UNKNOWN_ATTRIBUTES, len(value)) + value + bytes(-len(value) % 4)
+    struct.pack_into("!H", body, 2, len(body) - HEADER_LENGTH + 24)
+    mac = hmac.new(key, bytes(body), hashlib.sha1).digest()
+    body += struct.pack("!HH", ATTR_MESSAGE_INTEGRITY, 20) + mac
+    struct.pack_into("!H", body, 2, len(body) - HEADER_LENGTH + 8)
+    crc = (binascii.crc32(bytes(body)) ^ FINGERPRINT_XOR) & 0xFFFFFFFF
+    body += struct.pack("!HHI", ATTR_FINGERPRINT, 4, crc)
+    return bytes(body)
 
 
 def _attributes(data: bytes) -> Iterator[tuple[int, int, int]]:

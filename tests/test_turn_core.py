@@ -553,3 +553,51 @@ def test_mutated_and_random_input_never_raises(data):
     assert not server.allocations and not server.by_relay and len(ended) == len(set(o.relay for o in ended))
     # Quota holds are released with their allocations (a leak would lock a credential out).
     assert not server._per_username and not server._per_ip
+
+
+def _with_raw_attribute(client: Client, method, attr_type: int, value: bytes, **attributes) -> bytes:
+    """A signed request carrying an attribute aioice cannot write (EVEN-PORT, REQUESTED-ADDRESS-FAMILY)."""
+    import hashlib
+    import hmac
+
+    message = request(method, **attributes)
+    message.attributes["USERNAME"] = client.username
+    message.attributes["REALM"] = client.realm
+    message.attributes["NONCE"] = client.nonce
+    body = bytearray(bytes(message))
+    body += struct.pack("!HH", attr_type, len(value)) + value + bytes(-len(value) % 4)
+    struct.pack_into("!H", body, 2, len(body) - 20 + 24)
+    mac = hmac.new(_key(client.username, client.realm, client.password), bytes(body), hashlib.sha1).digest()
+    return bytes(body) + struct.pack("!HH", 0x0008, 20) + mac
+
+
+def test_unknown_comprehension_required_attribute_gets_420_naming_it():
+    server = make_server()
+    client = Client(server)
+    client.challenge(0.0)
+    raw = _with_raw_attribute(client, stun.Method.ALLOCATE, 0x0018, b"\x80\x00\x00\x00",
+                              REQUESTED_TRANSPORT=TRANSPORT_UDP)  # EVEN-PORT
+    (out,) = server.receive(raw, client.client, CLIENT, 0.0)
+    response = stun.parse_message(out.data)
+    assert response.attributes["ERROR-CODE"][0] == 420
+    assert response.check_message_integrity(_key(client.username, client.realm, client.password))
+    assert struct.pack("!HH", 0x000A, 2) + b"\x00\x18" in out.data  # UNKNOWN-ATTRIBUTES: EVEN-PORT
+    assert server.counters.unknown_attribute == 1 and not server.allocations
+    # A comprehension-optional one (0x8000 and up) is ignored.
+    raw = _with_raw_attribute(client, stun.Method.ALLOCATE, 0x8000, b"\x01\x00\x00\x00",
+                              REQUESTED_TRANSPORT=TRANSPORT_UDP)
+    (needed,) = server.receive(raw, client.client, CLIENT, 0.0)
+    assert isinstance(needed, RelayNeeded)
+
+
+def test_ipv6_relayed_address_is_refused_with_440():
+    server = make_server()
+    client = Client(server)
+    client.challenge(0.0)
+    raw = _with_raw_attribute(client, stun.Method.ALLOCATE, 0x0017, b"\x02\x00\x00\x00",
+                              REQUESTED_TRANSPORT=TRANSPORT_UDP)
+    assert error_code(server.receive(raw, client.client, CLIENT, 0.0)) == 440
+    raw = _with_raw_attribute(client, stun.Method.ALLOCATE, 0x0017, b"\x01\x00\x00\x00",
+                              REQUESTED_TRANSPORT=TRANSPORT_UDP)
+    (needed,) = server.receive(raw, client.client, CLIENT, 0.0)
+    assert isinstance(needed, RelayNeeded)
