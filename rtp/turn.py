@@ -80,6 +80,8 @@ CHANNEL_LIFETIME = 600.0
 SWEEP_INTERVAL = 1.0
 #: Largest STUN or ChannelData message accepted (a UDP datagram; also the stream frame cap).
 MAX_MESSAGE = 65535 + 4
+#: Source IPs whose challenge rate is tracked at once (the least recently seen is forgotten).
+MAX_CHALLENGE_SOURCES = 4096
 #: Peers one CreatePermission may name.
 MAX_PEERS_PER_REQUEST = 8
 #: Permissions and channels one allocation may hold (the allowed peers are few anyway).
@@ -102,6 +104,8 @@ class TurnLimits:
     # Relayed traffic of one allocation, both directions together; a burst of one second.
     max_packets_per_second: int = 5000
     max_bytes_per_second: int = 5_000_000
+    # Unauthenticated challenges (401/438) answered per source IP and second.
+    max_challenges_per_second: int = 20
 
 
 @attrs.define
@@ -122,6 +126,7 @@ class TurnCounters:
     unsupported_transport: int = 0
     unsupported_family: int = 0
     unknown_attribute: int = 0
+    challenges_limited: int = 0
     bad_request: int = 0
     forbidden_peer: int = 0
     no_permission: int = 0
@@ -232,6 +237,8 @@ class TurnServer:
         self._per_ip: dict[str, int] = {}
         self._sweep_at: float | None = None
         self._outbox: list[ToClient | ToPeer] = []
+        # Challenge token buckets by source IP, least recently seen first.
+        self._challenge_buckets: collections.OrderedDict[str, tuple[float, float]] = collections.OrderedDict()
         self._events: collections.deque[RelayNeeded | AllocationEnded] = collections.deque()
 
     # ---- the public verbs (rtp/__init__.py) ----------------------------------------------
@@ -317,8 +324,8 @@ class TurnServer:
             # A retransmitted Allocate (its response was lost): the same answer (RFC 8656 §7.2).
             return [ToClient(client, allocation.response)]
         authenticated = self._authenticate(message, data, client, client_addr, now)
-        if isinstance(authenticated, ToClient):
-            return [authenticated]
+        if isinstance(authenticated, list):
+            return authenticated  # refused: the answer, if any
         username, key = authenticated
         unknown = _unknown_required_attributes(data)
         if unknown:
@@ -341,7 +348,7 @@ class TurnServer:
         return self._channel_bind(message, allocation, now)
 
     def _authenticate(self, message: Message, data: bytes, client: Hashable, client_addr: Address,
-                      now: float) -> tuple[str, bytes] | ToClient:
+                      now: float) -> tuple[str, bytes] | list[Output]:
         attributes = message.attributes
         if "MESSAGE-INTEGRITY" not in attributes:
             self.counters.unauthenticated += 1
@@ -349,7 +356,7 @@ class TurnServer:
         username, realm, nonce = attributes.get("USERNAME"), attributes.get("REALM"), attributes.get("NONCE")
         if not username or realm is None or nonce is None:
             self.counters.bad_request += 1
-            return self._error(client, message, 400, "Bad Request")
+            return [self._error(client, message, 400, "Bad Request")]
         if not self._nonce_valid(nonce, client_addr, now):
             self.counters.stale_nonce += 1
             return self._challenge(client, message, 438, "Stale Nonce", client_addr, now)
@@ -652,13 +659,30 @@ class TurnServer:
         return issued <= now < issued + self.limits.nonce_lifetime
 
     def _challenge(self, client: Hashable, request: Message, code: int, reason: str,
-                   client_addr: Address, now: float) -> ToClient:
+                   client_addr: Address, now: float) -> list[Output]:
+        """401/438 with a fresh nonce. Unauthenticated, and bigger than the smallest request, so
+        a spoofed source could use it as an amplifier: at most `max_challenges_per_second` per
+        source IP, beyond which requests go unanswered (and counted)."""
+        if not self._challenge_allowed(client_addr[0], now):
+            self.counters.challenges_limited += 1
+            return []
         response = Message(request.message_method, Class.ERROR, transaction_id=request.transaction_id)
         response.attributes["ERROR-CODE"] = (code, reason)
         response.attributes["REALM"] = self.realm
         response.attributes["NONCE"] = self._nonce(client_addr, now)
         response.add_fingerprint()
-        return ToClient(client, bytes(response))
+        return [ToClient(client, bytes(response))]
+
+    def _challenge_allowed(self, ip: str, now: float) -> bool:
+        rate = self.limits.max_challenges_per_second
+        buckets = self._challenge_buckets
+        tokens, at = buckets.pop(ip, (float(rate), now))
+        tokens = min(float(rate), tokens + (now - at) * rate)
+        if len(buckets) >= MAX_CHALLENGE_SOURCES:
+            buckets.popitem(last=False)  # the least recently seen source: it starts afresh
+        allowed = tokens >= 1
+        buckets[ip] = (tokens - 1 if allowed else tokens, now)
+        return allowed
 
     def _error(self, client: Hashable, request: Message, code: int, reason: str,
                key: bytes | None = None) -> ToClient:

@@ -601,3 +601,15 @@ def test_ipv6_relayed_address_is_refused_with_440():
                               REQUESTED_TRANSPORT=TRANSPORT_UDP)
     (needed,) = server.receive(raw, client.client, CLIENT, 0.0)
     assert isinstance(needed, RelayNeeded)
+
+
+def test_unauthenticated_challenges_are_rate_limited_per_source():
+    """A 401 is bigger than the smallest Allocate: a flood with a spoofed source must not turn
+    the server into an amplifier aimed at that source."""
+    server = make_server(max_challenges_per_second=5)
+    bare = bytes(request(stun.Method.ALLOCATE, REQUESTED_TRANSPORT=TRANSPORT_UDP))
+    answered = sum(len(server.receive(bare, ("udp", CLIENT), CLIENT, 1.0)) for _ in range(50))
+    assert answered == 5 and server.counters.challenges_limited == 45
+    other = ("203.0.113.50", 1)
+    assert server.receive(bare, ("udp", other), other, 1.0)  # another source is not affected
+    assert len(server.receive(bare, ("udp", CLIENT), CLIENT, 2.0)) == 1  # refilled a second later
