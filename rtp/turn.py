@@ -104,7 +104,7 @@ class TurnLimits:
     # Relayed traffic of one allocation, both directions together; a burst of one second.
     max_packets_per_second: int = 5000
     max_bytes_per_second: int = 5_000_000
-    # Unauthenticated challenges (401/438) answered per source IP and second.
+    # Unauthenticated answers (401/438 challenges, Binding responses) per source IP and second.
     max_challenges_per_second: int = 20
 
 
@@ -122,6 +122,7 @@ class TurnCounters:
     quota_total: int = 0
     quota_username: int = 0
     quota_ip: int = 0
+    table_full: int = 0  # an allocation's permissions or channels at their cap
     relay_unavailable: int = 0
     unsupported_transport: int = 0
     unsupported_family: int = 0
@@ -306,6 +307,10 @@ class TurnServer:
             self.counters.unexpected_message += 1
             return []
         if message.message_method == Method.BINDING:
+            # Unauthenticated and bigger than a bare request: held to the challenges' rate.
+            if not self._challenge_allowed(client_addr[0], now):
+                self.counters.challenges_limited += 1
+                return []
             response = Message(Method.BINDING, Class.RESPONSE, transaction_id=message.transaction_id)
             response.attributes["XOR-MAPPED-ADDRESS"] = client_addr
             response.add_fingerprint()
@@ -462,7 +467,7 @@ class TurnServer:
             return [self._error(allocation.client, message, 403, "Forbidden", allocation.key)]
         new = {ip for ip, _ in peers} - allocation.permissions.keys()
         if len(allocation.permissions) + len(new) > MAX_PERMISSIONS:
-            self.counters.quota_total += 1
+            self.counters.table_full += 1
             return [self._error(allocation.client, message, 508, "Insufficient Capacity", allocation.key)]
         for ip, _port in peers:
             allocation.permissions[ip] = now + PERMISSION_LIFETIME
@@ -486,7 +491,7 @@ class TurnServer:
             self.counters.bad_request += 1  # the peer has another number
             return [self._error(allocation.client, message, 400, "Bad Request", allocation.key)]
         if bound is None and len(allocation.channels) >= MAX_CHANNELS:
-            self.counters.quota_total += 1
+            self.counters.table_full += 1
             return [self._error(allocation.client, message, 508, "Insufficient Capacity", allocation.key)]
         if bound is not None and bound[0] != peer:
             allocation.peer_channel.pop(bound[0], None)
@@ -496,7 +501,7 @@ class TurnServer:
         allocation.peer_channel[peer] = number
         # A binding installs or refreshes the peer's permission too (RFC 8656 §12.2).
         if peer[0] not in allocation.permissions and len(allocation.permissions) >= MAX_PERMISSIONS:
-            self.counters.quota_total += 1
+            self.counters.table_full += 1
             return [self._error(allocation.client, message, 508, "Insufficient Capacity", allocation.key)]
         allocation.permissions[peer[0]] = now + PERMISSION_LIFETIME
         return [self._success(allocation, message)]

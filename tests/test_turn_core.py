@@ -613,3 +613,21 @@ def test_unauthenticated_challenges_are_rate_limited_per_source():
     other = ("203.0.113.50", 1)
     assert server.receive(bare, ("udp", other), other, 1.0)  # another source is not affected
     assert len(server.receive(bare, ("udp", CLIENT), CLIENT, 2.0)) == 1  # refilled a second later
+
+
+def test_an_allocations_permissions_are_capped():
+    from rtp.turn import MAX_PERMISSIONS
+
+    server = Driven(TurnServer(realm="trio-sfu", nonce_secret=b"n",
+                               password_for=lambda username: password_for(SECRET, username, WALL),
+                               peer_allowed=lambda addr: addr[0].startswith("10.1.")))
+    client = Client(server)
+    client.allocate(0.0)
+    for i in range(MAX_PERMISSIONS):
+        out = client.send(request(stun.Method.CREATE_PERMISSION, XOR_PEER_ADDRESS=(f"10.1.0.{i}", 7882)), 1.0)
+        assert parse(out).message_class == stun.Class.RESPONSE
+    out = client.send(request(stun.Method.CREATE_PERMISSION, XOR_PEER_ADDRESS=("10.1.1.1", 7882)), 1.0)
+    assert error_code(out) == 508 and server.counters.table_full == 1
+    # Refreshing one it holds still works.
+    assert parse(client.send(request(stun.Method.CREATE_PERMISSION, XOR_PEER_ADDRESS=("10.1.0.3", 7882)),
+                             2.0)).message_class == stun.Class.RESPONSE
