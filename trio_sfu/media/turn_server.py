@@ -17,8 +17,8 @@ caps, packets and bytes per second per allocation); here, TLS handshakes in flig
 (`MAX_HANDSHAKES`, more are refused on arrival) and their deadline (`HANDSHAKE_TIMEOUT`), TLS
 connections in total (`MAX_TLS_CONNECTIONS`) and per client IP (`MAX_TLS_CONNECTIONS_PER_IP`), a
 connection that does not allocate within `ALLOCATE_WITHIN`, the largest stream frame (rtp.turn.StreamFramer),
-and each connection's outgoing queue (`TLS_SEND_QUEUE` messages; beyond it, data is dropped, as
-a router drops). Everything refused or dropped is a `turn_*_total` counter.
+and each connection's outgoing queue (`TLS_SEND_QUEUE` messages and `TLS_SEND_QUEUE_BYTES`;
+beyond either, data is dropped, as a router drops). Everything refused or dropped is a `turn_*_total` counter.
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ MAX_TLS_CONNECTIONS_PER_IP = 16
 #: connection would otherwise hold one of the places above for free.
 ALLOCATE_WITHIN = 30.0
 TLS_SEND_QUEUE = 256
+TLS_SEND_QUEUE_BYTES = 256 * 1024
 #: How many ports of the relay range to try before an Allocate gets 508.
 RELAY_BIND_ATTEMPTS = 20
 CHECKPOINT_EVERY = 64
@@ -92,11 +93,12 @@ _WOULD_BLOCK = (BlockingIOError, InterruptedError)
 class _StreamClient:
     """A TLS (or plain TCP, with `external_tls`) client: the core's key for its 5-tuple."""
 
-    __slots__ = ("addr", "send", "__weakref__")
+    __slots__ = ("addr", "send", "queued", "__weakref__")
 
     def __init__(self, addr: Address, send: trio.MemorySendChannel[bytes]) -> None:
         self.addr = addr
         self.send = send
+        self.queued = 0  # bytes in `send` not yet written to the stream
 
 
 class TurnService:
@@ -253,10 +255,15 @@ class TurnService:
 
     def _to_client(self, client: Hashable, data: bytes) -> None:
         if isinstance(client, _StreamClient):
+            if client.queued + len(data) > TLS_SEND_QUEUE_BYTES:
+                self.metrics.inc(TURN_SEND_DROPPED)
+                return
             try:
                 client.send.send_nowait(data)
             except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
                 self.metrics.inc(TURN_SEND_DROPPED)
+                return
+            client.queued += len(data)
             return
         _kind, index, addr = client  # ("udp", socket index, address)
         self._sendto(self.udp_sockets[index], data, addr)
@@ -417,6 +424,7 @@ class TurnService:
                 async def write() -> None:
                     async with receive:
                         async for data in receive:
+                            client.queued -= len(data)
                             await stream.send_all(data)
 
                 async def read() -> None:
