@@ -27,6 +27,7 @@ import contextlib
 import errno
 import os
 import random
+import secrets
 import shutil
 import time
 from typing import TYPE_CHECKING, Callable, Hashable, Sequence
@@ -127,7 +128,9 @@ class TurnService:
         self.allowed: frozenset[Address] = frozenset()
         self.core = TurnServer(
             realm=REALM,
-            nonce_secret=random.randbytes(32),
+            nonce_secret=secrets.token_bytes(32),
+            # Credential expiries are Unix times (wall clock, not Trio's): any node of the cluster,
+            # or this one after a restart, checks the credentials another issued.
             password_for=lambda username: password_for(self._secret, username, time.time()),
             peer_allowed=lambda addr: (addr[0], addr[1]) in self.allowed,
             limits=limits,
