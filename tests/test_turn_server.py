@@ -89,13 +89,13 @@ class Receiver(asyncio.DatagramProtocol):
         self.errors.append(exc)
 
 
-async def aioice_session(server_addr, username, password, media_addr, outsiders, *, tls_cafile=None):
+async def aioice_session(server_addr, username, password, media_addr, outsiders, *, over, tls_cafile=None):
     """Allocate, check the media port through the relay, then try each outsider address."""
     ssl_context = None
     if tls_cafile is not None:
         ssl_context = ssl.create_default_context(cafile=tls_cafile)
     transport, receiver = await create_turn_endpoint(
-        Receiver, server_addr, username, password, ssl=ssl_context, transport="tcp" if tls_cafile else "udp")
+        Receiver, server_addr, username, password, ssl=ssl_context, transport="udp" if over == "udp" else "tcp")
     report = {"relayed": transport.get_extra_info("sockname"), "mapped": None, "outsider_errors": 0}
     try:
         request = binding_request()
@@ -119,9 +119,10 @@ async def aioice_session(server_addr, username, password, media_addr, outsiders,
     return report
 
 
-@pytest.mark.parametrize("over", ["udp", "tls"])
+@pytest.mark.parametrize("over", ["udp", "tls", "tcp-behind-tls-terminator"])
 async def test_aioice_allocates_and_reaches_only_the_media_port(over, nursery):
-    config = turn_config()
+    # external_tls: a load balancer in front terminates TLS, so tls_port speaks TURN over TCP.
+    config = turn_config(external_tls=over == "tcp-behind-tls-terminator")
     server = await nursery.start(Server(config, enable_media=True).run)
     assert server.turn is not None and server.turn.listening
     MediaEndpoint(server)
@@ -135,13 +136,14 @@ async def test_aioice_allocates_and_reaches_only_the_media_port(over, nursery):
     await outsider.bind(("127.0.0.1", 0))
     # And this host's other ports: TURN's own, and the signal port (TCP; never relayed either).
     outsiders = [outsider.getsockname(), (media_addr[0], server.turn.udp_port), (media_addr[0], server.port)]
-    port = server.turn.tls_port if over == "tls" else server.turn.udp_port
+    port = server.turn.udp_port if over == "udp" else server.turn.tls_port
     cafile = server.turn.tls.self_signed_path if over == "tls" else None
-    assert over == "udp" or cafile  # no cert configured: a self-signed one, trusted here
+    assert over != "tls" or cafile  # no cert configured: a self-signed one, trusted here
+    assert (server.turn.tls is None) == (over == "tcp-behind-tls-terminator")
 
     report = await trio.to_thread.run_sync(lambda: asyncio.run(aioice_session(
         ("127.0.0.1", port), ice_server.username, ice_server.credential, media_addr, outsiders,
-        tls_cafile=cafile)))
+        over=over, tls_cafile=cafile)))
 
     # The media port answered the relay: what it saw as the source is the relayed address.
     assert report["mapped"] == tuple(report["relayed"])
