@@ -24,7 +24,8 @@ What a caller does (the Trio side is trio_sfu.media.turn_server), in the verbs o
 Authentication is RFC 8656 §9 / RFC 8489 §9.2 long-term credentials: an unauthenticated request
 gets 401 with REALM and NONCE; the nonce is stateless (an issue time and a MAC of it and the
 client's IP) and older than `nonce_lifetime` gets 438 with a fresh one. Passwords come from
-`password_for(username)` (rtp.turn_auth issues and checks them).
+`password_for(username, allocating)` (rtp.turn_auth issues and checks them); quotas count
+allocations per `owner_of(username)` (the participant a credential was issued to).
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ class TurnLimits:
     """Bounds on what clients may hold. Defaults suit a node of a few hundred participants."""
 
     max_allocations: int = 1000
-    max_allocations_per_username: int = 10
+    max_allocations_per_user: int = 12
     max_allocations_per_ip: int = 64
     default_lifetime: int = 600
     max_lifetime: int = 3600
@@ -120,7 +121,7 @@ class TurnCounters:
     allocations: int = 0
     allocation_mismatch: int = 0
     quota_total: int = 0
-    quota_username: int = 0
+    quota_user: int = 0
     quota_ip: int = 0
     table_full: int = 0  # an allocation's permissions or channels at their cap
     relay_unavailable: int = 0
@@ -221,20 +222,22 @@ class TurnServer:
         *,
         realm: str,
         nonce_secret: bytes,
-        password_for: Callable[[str], str | None],
+        password_for: Callable[[str, bool], str | None],
         peer_allowed: Callable[[Address], bool],
         limits: TurnLimits | None = None,
+        owner_of: Callable[[str], str] = lambda username: username,
     ) -> None:
         self.realm = realm
         self._nonce_secret = nonce_secret
         self._password_for = password_for
+        self._owner_of = owner_of
         self._peer_allowed = peer_allowed
         self.limits = limits or TurnLimits()
         self.counters = TurnCounters()
         self.allocations: dict[Hashable, Allocation] = {}
         self.by_relay: dict[Address, Allocation] = {}
         self._pending: dict[Hashable, _Pending] = {}
-        self._per_username: dict[str, int] = {}
+        self._per_user: dict[str, int] = {}
         self._per_ip: dict[str, int] = {}
         self._sweep_at: float | None = None
         self._outbox: list[ToClient | ToPeer] = []
@@ -365,7 +368,8 @@ class TurnServer:
         if not self._nonce_valid(nonce, client_addr, now):
             self.counters.stale_nonce += 1
             return self._challenge(client, message, 438, "Stale Nonce", client_addr, now)
-        password = self._password_for(username) if realm == self.realm else None
+        allocating = message.message_method == Method.ALLOCATE
+        password = self._password_for(username, allocating) if realm == self.realm else None
         if password is None:
             self.counters.bad_credentials += 1
             return self._challenge(client, message, 401, "Unauthorized", client_addr, now)
@@ -398,8 +402,8 @@ class TurnServer:
         if len(self.allocations) + len(self._pending) >= limits.max_allocations:
             self.counters.quota_total += 1
             return [self._error(client, message, 486, "Allocation Quota Reached", key)]
-        if self._per_username.get(username, 0) >= limits.max_allocations_per_username:
-            self.counters.quota_username += 1
+        if self._per_user.get(self._owner_of(username), 0) >= limits.max_allocations_per_user:
+            self.counters.quota_user += 1
             return [self._error(client, message, 486, "Allocation Quota Reached", key)]
         if self._per_ip.get(client_addr[0], 0) >= limits.max_allocations_per_ip:
             self.counters.quota_ip += 1
@@ -631,7 +635,7 @@ class TurnServer:
         return allocation
 
     def _hold(self, username: str, ip: str, delta: int) -> None:
-        for table, key in ((self._per_username, username), (self._per_ip, ip)):
+        for table, key in ((self._per_user, self._owner_of(username)), (self._per_ip, ip)):
             count = table.get(key, 0) + delta
             if count > 0:
                 table[key] = count

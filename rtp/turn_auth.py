@@ -8,9 +8,10 @@ derived from (the scheme of draft-uberti-behave-turn-rest, which coturn calls `u
     username = "<expiry, Unix seconds>:<participant sid>"
     password = base64(HMAC-SHA1(secret, username))
 
-and the password is refused once the expiry has passed. LiveKit derives its TURN credentials
-from the API key and the participant id too (and checks the participant still exists instead of
-an expiry); an expiry keeps this module free of the room registry.
+and the password is refused for an Allocate once the expiry has passed; an allocation made in
+time keeps its credential for its Refreshes, permissions and channels, so a long call does not
+lose its relay (LiveKit's rule: its credentials, derived from the API key, the participant id
+and an expiry, also bound only the Allocate, five minutes by default).
 
 Sans-IO: the wall-clock time is a parameter (`wall_now`), as `now` is everywhere in rtp/.
 """
@@ -46,14 +47,14 @@ def issue_credential(secret: bytes, participant_sid: str, expires_at: int) -> Tu
     return TurnCredential(username, _password(secret, username), int(expires_at))
 
 
-def password_for(secret: bytes, username: str, wall_now: float) -> str | None:
-    """The password of `username`, or None when it is malformed or expired."""
+def password_for(secret: bytes, username: str, wall_now: float, *, allocating: bool = True) -> str | None:
+    """The password of `username`, or None when it is malformed, or expired and `allocating`."""
     if not username or len(username) > MAX_USERNAME_LENGTH:
         return None
     expiry_text, sep, sid = username.partition(":")
     if not sep or not sid or not expiry_text.isdigit() or len(expiry_text) > 12:
         return None
-    if int(expiry_text) < wall_now:
+    if allocating and int(expiry_text) < wall_now:
         return None
     return _password(secret, username)
 

@@ -286,13 +286,17 @@ def test_turn_section_in_livekits_shape() -> None:
     config, warnings = config_from_mapping({"turn": {
         "enabled": True, "domain": "turn.example.com", "udp_port": 443, "tls_port": 5350,
         "cert_file": "/c.pem", "key_file": "/k.pem", "relay_range_start": 31000, "relay_range_end": 31999,
-        "external_tls": True,
+        "external_tls": True, "ttl_seconds": 600, "per_user_relay_allocation_limit": 4,
     }})
     assert warnings == []
     turn = config.turn
     assert (turn.enabled, turn.domain, turn.udp_port, turn.tls_port) == (True, "turn.example.com", 443, 5350)
     assert (turn.cert_file, turn.key_file, turn.external_tls) == ("/c.pem", "/k.pem", True)
     assert (turn.relay_range_start, turn.relay_range_end) == (31000, 31999)
+    assert (turn.ttl_seconds, turn.per_user_relay_allocation_limit) == (600, 4)
+    # LiveKit: a TTL of 0 or less is the default (300 s), a per-user limit of 0 or less is off.
+    off = config_from_mapping({"turn": {"ttl_seconds": 0, "per_user_relay_allocation_limit": 0}})[0].turn
+    assert off.ttl_seconds == 300 and off.per_user_relay_allocation_limit == 1000
     # LiveKit's defaults; on in development unless the file says otherwise, off elsewhere.
     default = config_from_mapping({})[0].turn
     assert (default.udp_port, default.tls_port, default.relay_range_start, default.relay_range_end) == \

@@ -79,7 +79,7 @@ def make_server(**limits) -> Driven:
     return Driven(TurnServer(
         realm="trio-sfu",
         nonce_secret=b"nonce secret",
-        password_for=lambda username: password_for(SECRET, username, WALL),
+        password_for=lambda username, allocating: password_for(SECRET, username, WALL, allocating=allocating),
         peer_allowed=lambda addr: addr == MEDIA,
         limits=TurnLimits(**limits),
     ))
@@ -437,13 +437,13 @@ def test_allocation_expires_at_its_deadline():
 
 
 def test_allocation_floods_hit_the_quotas():
-    server = make_server(max_allocations_per_username=2, max_allocations_per_ip=3, max_allocations=4)
+    server = make_server(max_allocations_per_user=2, max_allocations_per_ip=3, max_allocations=4)
     alice = [Client(server, addr=("198.51.100.5", 40000 + i)) for i in range(3)]
     for i, client in enumerate(alice[:2]):
         client.allocate(0.0, relay=("10.0.0.1", 30000 + i))
     alice[2].challenge(0.0)
     assert error_code(alice[2].send(request(stun.Method.ALLOCATE, REQUESTED_TRANSPORT=TRANSPORT_UDP), 0.0)) == 486
-    assert server.counters.quota_username == 1
+    assert server.counters.quota_user == 1
     bob = Client(server, addr=("198.51.100.5", 41000), sid="PA_bob")
     bob.allocate(0.0, relay=("10.0.0.1", 30010))
     carol = Client(server, addr=("198.51.100.5", 41001), sid="PA_carol")
@@ -552,7 +552,7 @@ def test_mutated_and_random_input_never_raises(data):
     ended = server.handle_timeout(10_000.0)
     assert not server.allocations and not server.by_relay and len(ended) == len(set(o.relay for o in ended))
     # Quota holds are released with their allocations (a leak would lock a credential out).
-    assert not server._per_username and not server._per_ip
+    assert not server._per_user and not server._per_ip
 
 
 def _with_raw_attribute(client: Client, method, attr_type: int, value: bytes, **attributes) -> bytes:
@@ -619,7 +619,7 @@ def test_an_allocations_permissions_are_capped():
     from rtp.turn import MAX_PERMISSIONS
 
     server = Driven(TurnServer(realm="trio-sfu", nonce_secret=b"n",
-                               password_for=lambda username: password_for(SECRET, username, WALL),
+                               password_for=lambda username, allocating: password_for(SECRET, username, WALL, allocating=allocating),
                                peer_allowed=lambda addr: addr[0].startswith("10.1.")))
     client = Client(server)
     client.allocate(0.0)
@@ -631,3 +631,35 @@ def test_an_allocations_permissions_are_capped():
     # Refreshing one it holds still works.
     assert parse(client.send(request(stun.Method.CREATE_PERMISSION, XOR_PEER_ADDRESS=("10.1.0.3", 7882)),
                              2.0)).message_class == stun.Class.RESPONSE
+
+
+def test_an_expired_credential_cannot_allocate_but_keeps_its_allocation():
+    """LiveKit's rule: the expiry bounds the Allocate; the allocation then lives on its Refreshes."""
+    clock = {"wall": WALL}
+    server = Driven(TurnServer(realm="trio-sfu", nonce_secret=b"n",
+                               password_for=lambda username, allocating: password_for(
+                                   SECRET, username, clock["wall"], allocating=allocating),
+                               peer_allowed=lambda addr: addr == MEDIA, owner_of=participant_of))
+    client = Client(server, expires=WALL + 300)
+    client.allocate(0.0)
+    clock["wall"] = WALL + 400  # the credential has expired
+    assert parse(client.send(request(stun.Method.REFRESH, LIFETIME=600), 100.0)).message_class == stun.Class.RESPONSE
+    assert parse(client.send(request(stun.Method.CREATE_PERMISSION, XOR_PEER_ADDRESS=MEDIA), 100.0)).message_class \
+        == stun.Class.RESPONSE
+    late = Client(server, addr=("198.51.100.5", 40001), expires=WALL + 300)
+    late.challenge(100.0)
+    assert error_code(late.send(request(stun.Method.ALLOCATE, REQUESTED_TRANSPORT=TRANSPORT_UDP), 100.0)) == 401
+
+
+def test_the_per_user_quota_counts_every_credential_of_a_participant():
+    server = Driven(TurnServer(realm="trio-sfu", nonce_secret=b"n",
+                               password_for=lambda username, allocating: password_for(SECRET, username, WALL),
+                               peer_allowed=lambda addr: addr == MEDIA, owner_of=participant_of,
+                               limits=TurnLimits(max_allocations_per_user=2)))
+    # Three joins of one participant (each its own credential), one allocation each.
+    clients = [Client(server, addr=("198.51.100.5", 40000 + i), expires=WALL + 3600 + i) for i in range(3)]
+    clients[0].allocate(0.0, relay=("10.0.0.1", 30000))
+    clients[1].allocate(0.0, relay=("10.0.0.1", 30001))
+    clients[2].challenge(0.0)
+    assert error_code(clients[2].send(request(stun.Method.ALLOCATE, REQUESTED_TRANSPORT=TRANSPORT_UDP), 0.0)) == 486
+    assert server.counters.quota_user == 1

@@ -234,7 +234,7 @@ async def test_an_allocation_flood_from_one_credential_hits_its_quota(nursery):
     sockets = []
     codes = []
     realm = nonce = None
-    limit = turn.core.limits.max_allocations_per_username
+    limit = turn.core.limits.max_allocations_per_user
     for _ in range(limit + 3):
         sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
         await sock.bind(("127.0.0.1", 0))
@@ -253,7 +253,7 @@ async def test_an_allocation_flood_from_one_credential_hits_its_quota(nursery):
     assert codes == [200] * limit + [486] * 3
     assert len(turn.relays) == limit
     turn._fold_counters()
-    assert server.metrics.get("turn_quota_username_total") == 3
+    assert server.metrics.get("turn_quota_user_total") == 3
     for sock in sockets:
         sock.close()
     server.request_shutdown()

@@ -146,6 +146,10 @@ def parse_host_port(text: str, name: str, default_port: int = DEFAULT_REDIS_PORT
 DEFAULT_TURN_UDP_PORT = 3478
 DEFAULT_TURN_TLS_PORT = 5349
 DEFAULT_TURN_RELAY_RANGE = (30000, 40000)
+DEFAULT_TURN_TTL_SECONDS = 300
+MAX_TURN_TTL_SECONDS = 7 * 24 * 3600
+DEFAULT_TURN_ALLOCATIONS_PER_USER = 12
+MAX_TURN_ALLOCATIONS = 1000  # rtp.turn.TurnLimits.max_allocations: the node's total
 
 
 @attrs.define
@@ -169,6 +173,10 @@ class TurnConfig:
     relay_range_start: int = DEFAULT_TURN_RELAY_RANGE[0]
     relay_range_end: int = DEFAULT_TURN_RELAY_RANGE[1]
     external_tls: bool = False
+    # LiveKit's: how long a participant's credential may start allocations (its allocations then
+    # live on), and how many allocations one participant may hold at once.
+    ttl_seconds: int = DEFAULT_TURN_TTL_SECONDS
+    per_user_relay_allocation_limit: int = DEFAULT_TURN_ALLOCATIONS_PER_USER
 
     def active(self, development: bool) -> bool:
         return development if self.enabled is None else self.enabled
@@ -364,6 +372,8 @@ _SCHEMA: dict[str, Any] = {
         "relay_range_start": _INT,
         "relay_range_end": _INT,
         "external_tls": _BOOL,
+        "ttl_seconds": _INT,
+        "per_user_relay_allocation_limit": _INT,
     },
     "logging": {
         "level": _STR,
@@ -560,6 +570,15 @@ def _turn_config(section: Mapping[str, Any]) -> TurnConfig:
     if (turn.relay_range_start == 0) != (turn.relay_range_end == 0) or turn.relay_range_start > turn.relay_range_end:
         raise ConfigError("config keys 'turn.relay_range_start' and 'turn.relay_range_end' must be a range "
                           "(start <= end), or both 0 for any free port")
+    if section.get("ttl_seconds") is not None:
+        # LiveKit: a non-positive TTL means the default, a large one is capped.
+        ttl = section["ttl_seconds"]
+        turn.ttl_seconds = DEFAULT_TURN_TTL_SECONDS if ttl <= 0 else min(ttl, MAX_TURN_TTL_SECONDS)
+    if section.get("per_user_relay_allocation_limit") is not None:
+        # LiveKit: 0 or less turns the per-participant quota off (the totals still hold).
+        limit = section["per_user_relay_allocation_limit"]
+        turn.per_user_relay_allocation_limit = limit if limit > 0 else MAX_TURN_ALLOCATIONS
+
     if bool(turn.cert_file) != bool(turn.key_file):
         raise ConfigError("config keys 'turn.cert_file' and 'turn.key_file' go together: set both or neither")
     if turn.enabled and not turn.udp_port and not turn.tls_port:

@@ -30,7 +30,7 @@ STREAM = 0x02
 
 def _server() -> TurnServer:
     return TurnServer(realm=REALM, nonce_secret=b"fuzz nonce secret",
-                      password_for=lambda username: password_for(SECRET, username, WALL),
+                      password_for=lambda username, allocating: password_for(SECRET, username, WALL, allocating=allocating),
                       peer_allowed=lambda addr: addr == MEDIA)
 
 

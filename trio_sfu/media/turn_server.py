@@ -45,7 +45,7 @@ from rtp.turn import (
     TurnLimits,
     TurnServer,
 )
-from rtp.turn_auth import issue_credential, password_for
+from rtp.turn_auth import issue_credential, participant_of, password_for
 
 from trio_sfu import metrics as m
 from trio_sfu.datagram import BindDatagram, DatagramSocket, UdpSocket
@@ -58,8 +58,6 @@ if TYPE_CHECKING:
 Address = tuple[str, int]
 
 REALM = "trio-sfu"
-#: How long a participant's TURN credential is valid (it is reissued on each join and resume).
-CREDENTIAL_LIFETIME = 24 * 3600
 MAX_HANDSHAKES = 32
 HANDSHAKE_TIMEOUT = 10.0
 MAX_TLS_CONNECTIONS = 1000
@@ -131,9 +129,11 @@ class TurnService:
             nonce_secret=secrets.token_bytes(32),
             # Credential expiries are Unix times (wall clock, not Trio's): any node of the cluster,
             # or this one after a restart, checks the credentials another issued.
-            password_for=lambda username: password_for(self._secret, username, time.time()),
+            password_for=lambda username, allocating: password_for(self._secret, username, time.time(),
+                                                                   allocating=allocating),
             peer_allowed=lambda addr: (addr[0], addr[1]) in self.allowed,
-            limits=limits,
+            limits=limits or TurnLimits(max_allocations_per_user=config.turn.per_user_relay_allocation_limit),
+            owner_of=participant_of,
         )
         self.udp_sockets: list[DatagramSocket] = []
         self.udp_port = 0
@@ -153,15 +153,14 @@ class TurnService:
 
     def ice_servers(self, participant_sid: str) -> list[rtc.ICEServer]:
         """The JoinResponse's (and ReconnectResponse's) `ice_servers` for a participant."""
-        credential = issue_credential(self._secret, participant_sid, int(time.time()) + CREDENTIAL_LIFETIME)
-        host = self.turn.domain or self._advertised_host
-        if ":" in host:
-            host = f"[{host}]"
+        credential = issue_credential(self._secret, participant_sid, int(time.time()) + self.turn.ttl_seconds)
+        # As LiveKit: turn: names the node's address, turns: the domain its certificate is for.
+        address = f"[{self._advertised_host}]" if ":" in self._advertised_host else self._advertised_host
         urls = []
         if self.tls_port:
-            urls.append(f"turns:{host}:{self.tls_port}?transport=tcp")
+            urls.append(f"turns:{self.turn.domain or address}:{self.tls_port}?transport=tcp")
         if self.udp_port:
-            urls.append(f"turn:{host}:{self.udp_port}?transport=udp")
+            urls.append(f"turn:{address}:{self.udp_port}?transport=udp")
         if not urls:
             return []
         return [rtc.ICEServer(urls=urls, username=credential.username, credential=credential.password)]
@@ -488,4 +487,4 @@ async def _close_quietly(stream: trio.abc.AsyncResource) -> None:
             pass
 
 
-__all__ = ["CREDENTIAL_LIFETIME", "REALM", "TurnService"]
+__all__ = ["REALM", "TurnService"]
