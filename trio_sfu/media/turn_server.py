@@ -12,7 +12,7 @@ TLS connections; an allocation's reader lives in a cancel scope of its own that
 `AllocationEnded` cancels; a TLS connection's tasks live in the connection's nursery, and its
 allocation ends when it closes.
 
-Bounds: the core's quotas (allocations in total, per credential and per source IP, lifetime
+Bounds: the core's quotas (allocations in total, per participant and per source IP, lifetime
 caps, packets and bytes per second per allocation); here, TLS handshakes in flight
 (`MAX_HANDSHAKES`, more are refused on arrival) and their deadline (`HANDSHAKE_TIMEOUT`), TLS
 connections in total (`MAX_TLS_CONNECTIONS`) and per client IP (`MAX_TLS_CONNECTIONS_PER_IP`), a
