@@ -165,7 +165,8 @@ class Room:
             participant.adopt_migration(migrated_in)
             participant.bump_version()
             participant.send(rtc.SignalResponse(reconnect=rtc.ReconnectResponse(
-                ice_servers=self.registry.ice_servers(participant.sid), client_configuration=self._client_configuration(), server_info=server_info())))
+                ice_servers=self.registry.ice_servers(participant.sid),
+                client_configuration=self._client_configuration(), server_info=server_info())))
             others = self.others(participant)
             if others:
                 participant.send(rtc.SignalResponse(update=rtc.ParticipantUpdate(participants=others)))
