@@ -142,12 +142,14 @@ def parse_host_port(text: str, name: str, default_port: int = DEFAULT_REDIS_PORT
     return host, int(port_text)
 
 
-# LiveKit's TURN defaults: UDP 3478, TLS 5349, relayed ports 30000-40000.
+# TURN's defaults: the ports LiveKit's sample config documents as its defaults (UDP 3478, TLS
+# 5349), the relay range its config falls back to outside development (30000-40000), and its
+# credential TTL (300 s, capped at a day) and per-participant allocation limit (12).
 DEFAULT_TURN_UDP_PORT = 3478
 DEFAULT_TURN_TLS_PORT = 5349
 DEFAULT_TURN_RELAY_RANGE = (30000, 40000)
 DEFAULT_TURN_TTL_SECONDS = 300
-MAX_TURN_TTL_SECONDS = 7 * 24 * 3600
+MAX_TURN_TTL_SECONDS = 24 * 3600
 DEFAULT_TURN_ALLOCATIONS_PER_USER = 12
 MAX_TURN_ALLOCATIONS = 1000  # rtp.turn.TurnLimits.max_allocations: the node's total
 
@@ -578,7 +580,6 @@ def _turn_config(section: Mapping[str, Any]) -> TurnConfig:
         # LiveKit: 0 or less turns the per-participant quota off (the totals still hold).
         limit = section["per_user_relay_allocation_limit"]
         turn.per_user_relay_allocation_limit = limit if limit > 0 else MAX_TURN_ALLOCATIONS
-
     if bool(turn.cert_file) != bool(turn.key_file):
         raise ConfigError("config keys 'turn.cert_file' and 'turn.key_file' go together: set both or neither")
     if turn.enabled and not turn.udp_port and not turn.tls_port:
