@@ -312,3 +312,28 @@ async def test_tls_connections_per_ip_and_idle_ones_are_bounded(nursery, monkeyp
     for stream in (idle, other, refused):
         await stream.aclose()
     server.request_shutdown()
+
+
+async def test_a_stream_clients_outgoing_queue_is_bounded_in_bytes():
+    """A TLS client that stops reading: what the relay has for it queues up to the byte bound,
+    then is dropped and counted (the connection's writer would take the rest off in order)."""
+    from trio_sfu import metrics as m
+
+    service = turn_server.TurnService(turn_config(), m.Metrics(), media_addresses=lambda: [],
+                                      listen_hosts=lambda: [])
+    send, receive = trio.open_memory_channel[bytes](turn_server.TLS_SEND_QUEUE)
+    client = turn_server._StreamClient(("127.0.0.1", 1), send)
+    chunk = bytes(4096)  # big enough that the byte bound, not the message count, is met first
+    fits = turn_server.TLS_SEND_QUEUE_BYTES // len(chunk)
+    assert fits < turn_server.TLS_SEND_QUEUE
+    for _ in range(fits + 10):
+        service._to_client(client, chunk)
+    assert client.queued == fits * len(chunk) <= turn_server.TLS_SEND_QUEUE_BYTES
+    assert service.metrics.get(turn_server.TURN_SEND_DROPPED) == 10
+    # The writer taking one off makes room for one more.
+    receive.receive_nowait()
+    client.queued -= len(chunk)
+    service._to_client(client, chunk)
+    assert service.metrics.get(turn_server.TURN_SEND_DROPPED) == 10
+    send.close()
+    receive.close()
