@@ -182,6 +182,7 @@ class _Pending:
     lifetime: int
     transaction_id: bytes
     stream: bool
+    ip_key: str | None  # what the per-IP quota counts it under (None: not counted)
 
 
 @attrs.define
@@ -189,6 +190,7 @@ class Allocation:
     client: Hashable
     client_addr: Address
     stream: bool
+    ip_key: str | None
     username: str
     key: bytes
     relay: Address
@@ -248,9 +250,11 @@ class TurnServer:
     # ---- the public verbs (rtp/__init__.py) ----------------------------------------------
 
     def receive(self, data: bytes, client: Hashable, client_addr: Address, now: float,
-                *, stream: bool = False) -> None:
-        """One STUN or ChannelData message from `client` (at `client_addr`); never raises."""
-        self._emit(self._receive(data, client, client_addr, now, stream))
+                *, stream: bool = False, shared_source: bool = False) -> None:
+        """One STUN or ChannelData message from `client` (at `client_addr`); never raises.
+        `shared_source`: `client_addr` is not the client's own but a TLS terminator's in front,
+        shared by many clients, so the per-IP quota does not apply to it."""
+        self._emit(self._receive(data, client, client_addr, now, stream, shared_source))
 
     def receive_from_peer(self, data: bytes, relay: Address, peer: Address, now: float) -> None:
         """A datagram the relayed address `relay` received from `peer`: to its client, or
@@ -290,7 +294,7 @@ class TurnServer:
     # ---- input from clients -------------------------------------------------------------
 
     def _receive(self, data: bytes, client: Hashable, client_addr: Address, now: float,
-                 stream: bool) -> list[Output]:
+                 stream: bool, shared_source: bool = False) -> list[Output]:
         if not data:
             self.counters.malformed += 1
             return []
@@ -311,7 +315,7 @@ class TurnServer:
             return []
         if message.message_method == Method.BINDING:
             # Unauthenticated and bigger than a bare request: held to the challenges' rate.
-            if not self._challenge_allowed(client_addr[0], now):
+            if not stream and not self._challenge_allowed(client_addr[0], now):
                 self.counters.challenges_limited += 1
                 return []
             response = Message(Method.BINDING, Class.RESPONSE, transaction_id=message.transaction_id)
@@ -322,16 +326,16 @@ class TurnServer:
                                           Method.CHANNEL_BIND):
             self.counters.unexpected_message += 1
             return [self._error(client, message, 400, "Bad Request")]
-        return self._request(message, data, client, client_addr, now, stream)
+        return self._request(message, data, client, client_addr, now, stream, shared_source)
 
     def _request(self, message: Message, data: bytes, client: Hashable, client_addr: Address,
-                 now: float, stream: bool) -> list[Output]:
+                 now: float, stream: bool, shared_source: bool) -> list[Output]:
         allocation = self.allocations.get(client)
         if (message.message_method == Method.ALLOCATE and allocation is not None
                 and message.transaction_id == allocation.transaction_id):
             # A retransmitted Allocate (its response was lost): the same answer (RFC 8656 §7.2).
             return [ToClient(client, allocation.response)]
-        authenticated = self._authenticate(message, data, client, client_addr, now)
+        authenticated = self._authenticate(message, data, client, client_addr, now, stream)
         if isinstance(authenticated, list):
             return authenticated  # refused: the answer, if any
         username, key = authenticated
@@ -342,7 +346,8 @@ class TurnServer:
             return [ToClient(client, _unknown_attributes_error(message, unknown, key))]
         method = message.message_method
         if method == Method.ALLOCATE:
-            return self._allocate(message, data, client, client_addr, username, key, stream)
+            return self._allocate(message, data, client, client_addr, username, key, stream,
+                                  None if shared_source else client_addr[0])
         if allocation is None or allocation.expires <= now:
             self.counters.allocation_mismatch += 1
             return [self._error(client, message, 437, "Allocation Mismatch", key)]
@@ -356,33 +361,33 @@ class TurnServer:
         return self._channel_bind(message, allocation, now)
 
     def _authenticate(self, message: Message, data: bytes, client: Hashable, client_addr: Address,
-                      now: float) -> tuple[str, bytes] | list[Output]:
+                      now: float, stream: bool) -> tuple[str, bytes] | list[Output]:
         attributes = message.attributes
         if "MESSAGE-INTEGRITY" not in attributes:
             self.counters.unauthenticated += 1
-            return self._challenge(client, message, 401, "Unauthorized", client_addr, now)
+            return self._challenge(client, message, 401, "Unauthorized", client_addr, now, stream)
         username, realm, nonce = attributes.get("USERNAME"), attributes.get("REALM"), attributes.get("NONCE")
         if not username or realm is None or nonce is None:
             self.counters.bad_request += 1
             return [self._error(client, message, 400, "Bad Request")]
         if not self._nonce_valid(nonce, client_addr, now):
             self.counters.stale_nonce += 1
-            return self._challenge(client, message, 438, "Stale Nonce", client_addr, now)
+            return self._challenge(client, message, 438, "Stale Nonce", client_addr, now, stream)
         allocating = message.message_method == Method.ALLOCATE
         password = self._password_for(username, allocating) if realm == self.realm else None
         if password is None:
             self.counters.bad_credentials += 1
-            return self._challenge(client, message, 401, "Unauthorized", client_addr, now)
+            return self._challenge(client, message, 401, "Unauthorized", client_addr, now, stream)
         key = long_term_key(username, self.realm, password)
         if not verify_message_integrity(data, key):
             self.counters.bad_credentials += 1
-            return self._challenge(client, message, 401, "Unauthorized", client_addr, now)
+            return self._challenge(client, message, 401, "Unauthorized", client_addr, now, stream)
         return username, key
 
     # ---- the four requests --------------------------------------------------------------
 
     def _allocate(self, message: Message, data: bytes, client: Hashable, client_addr: Address, username: str,
-                  key: bytes, stream: bool) -> list[Output]:
+                  key: bytes, stream: bool, ip_key: str | None) -> list[Output]:
         if client in self.allocations or client in self._pending:
             self.counters.allocation_mismatch += 1
             return [self._error(client, message, 437, "Allocation Mismatch", key)]
@@ -405,12 +410,13 @@ class TurnServer:
         if self._per_user.get(self._owner_of(username), 0) >= limits.max_allocations_per_user:
             self.counters.quota_user += 1
             return [self._error(client, message, 486, "Allocation Quota Reached", key)]
-        if self._per_ip.get(client_addr[0], 0) >= limits.max_allocations_per_ip:
+        if ip_key is not None and self._per_ip.get(ip_key, 0) >= limits.max_allocations_per_ip:
             self.counters.quota_ip += 1
             return [self._error(client, message, 486, "Allocation Quota Reached", key)]
         lifetime = self._lifetime(message.attributes.get("LIFETIME"))
-        self._pending[client] = _Pending(client_addr, username, key, lifetime, message.transaction_id, stream)
-        self._hold(username, client_addr[0], +1)
+        self._pending[client] = _Pending(client_addr, username, key, lifetime, message.transaction_id, stream,
+                                         ip_key)
+        self._hold(username, ip_key, +1)
         return [RelayNeeded(client, client_addr, message.transaction_id)]
 
     def _complete_allocation(self, request: RelayNeeded, relay: Address | None, now: float) -> list[Output]:
@@ -420,7 +426,7 @@ class TurnServer:
             return [AllocationEnded(relay, request.client)] if relay is not None else []
         failed = Message(Method.ALLOCATE, Class.ERROR, transaction_id=pending.transaction_id)
         if relay is None:
-            self._hold(pending.username, pending.client_addr[0], -1)
+            self._hold(pending.username, pending.ip_key, -1)
             self.counters.relay_unavailable += 1
             failed.attributes["ERROR-CODE"] = (508, "Insufficient Capacity")
             failed.add_message_integrity(pending.key)
@@ -432,7 +438,7 @@ class TurnServer:
         response.add_message_integrity(pending.key)
         raw = bytes(response)
         allocation = Allocation(
-            client=request.client, client_addr=pending.client_addr, stream=pending.stream,
+            client=request.client, client_addr=pending.client_addr, stream=pending.stream, ip_key=pending.ip_key,
             username=pending.username, key=pending.key, relay=relay, expires=now + pending.lifetime,
             transaction_id=pending.transaction_id, response=raw,
             tokens_packets=float(self.limits.max_packets_per_second),
@@ -595,7 +601,7 @@ class TurnServer:
     def _client_gone(self, client: Hashable) -> list[Output]:
         pending = self._pending.pop(client, None)
         if pending is not None:
-            self._hold(pending.username, pending.client_addr[0], -1)
+            self._hold(pending.username, pending.ip_key, -1)
         allocation = self.allocations.get(client)
         return self._end(allocation) if allocation is not None else []
 
@@ -624,7 +630,7 @@ class TurnServer:
             return []
         del self.allocations[allocation.client]
         del self.by_relay[allocation.relay]
-        self._hold(allocation.username, allocation.client_addr[0], -1)
+        self._hold(allocation.username, allocation.ip_key, -1)
         return [AllocationEnded(allocation.relay, allocation.client)]
 
     def _live(self, client: Hashable, now: float) -> Allocation | None:
@@ -634,8 +640,11 @@ class TurnServer:
             return None
         return allocation
 
-    def _hold(self, username: str, ip: str, delta: int) -> None:
-        for table, key in ((self._per_user, self._owner_of(username)), (self._per_ip, ip)):
+    def _hold(self, username: str, ip_key: str | None, delta: int) -> None:
+        holds = [(self._per_user, self._owner_of(username))]
+        if ip_key is not None:
+            holds.append((self._per_ip, ip_key))
+        for table, key in holds:
             count = table.get(key, 0) + delta
             if count > 0:
                 table[key] = count
@@ -668,11 +677,12 @@ class TurnServer:
         return issued <= now < issued + self.limits.nonce_lifetime
 
     def _challenge(self, client: Hashable, request: Message, code: int, reason: str,
-                   client_addr: Address, now: float) -> list[Output]:
+                   client_addr: Address, now: float, stream: bool) -> list[Output]:
         """401/438 with a fresh nonce. Unauthenticated, and bigger than the smallest request, so
-        a spoofed source could use it as an amplifier: at most `max_challenges_per_second` per
-        source IP, beyond which requests go unanswered (and counted)."""
-        if not self._challenge_allowed(client_addr[0], now):
+        over UDP a spoofed source could use it as an amplifier: at most
+        `max_challenges_per_second` per source IP, beyond which requests go unanswered (and
+        counted). A stream's source cannot be spoofed, and a client on one never retransmits."""
+        if not stream and not self._challenge_allowed(client_addr[0], now):
             self.counters.challenges_limited += 1
             return []
         response = Message(request.message_method, Class.ERROR, transaction_id=request.transaction_id)

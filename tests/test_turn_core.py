@@ -54,8 +54,8 @@ class Driven:
             out.append(event)
         return out
 
-    def receive(self, data, client, client_addr, now, *, stream=False) -> list:
-        self.core.receive(data, client, client_addr, now, stream=stream)
+    def receive(self, data, client, client_addr, now, *, stream=False, shared_source=False) -> list:
+        self.core.receive(data, client, client_addr, now, stream=stream, shared_source=shared_source)
         return self._drained()
 
     def receive_from_peer(self, relay, peer, data, now) -> list:
@@ -663,3 +663,30 @@ def test_the_per_user_quota_counts_every_credential_of_a_participant():
     clients[2].challenge(0.0)
     assert error_code(clients[2].send(request(stun.Method.ALLOCATE, REQUESTED_TRANSPORT=TRANSPORT_UDP), 0.0)) == 486
     assert server.counters.quota_user == 1
+
+
+def test_clients_behind_a_tls_terminator_share_no_per_ip_quota_or_challenge_rate():
+    """With external_tls every stream comes from the terminator's address: the per-IP bounds,
+    meant for distinct clients, must not throttle all of them together."""
+    server = make_server(max_allocations_per_ip=1, max_challenges_per_second=1)
+    terminator = ("10.9.9.9", 443)
+    bare = bytes(request(stun.Method.ALLOCATE, REQUESTED_TRANSPORT=TRANSPORT_UDP))
+    for i in range(3):
+        (challenge,) = server.receive(bare, f"tls-{i}", terminator, 0.0, stream=True, shared_source=True)
+        nonce = stun.parse_message(challenge.data).attributes["NONCE"]
+        client = Client(server, addr=terminator, sid=f"PA_{i}", client=f"tls-{i}")
+        client.realm, client.nonce = "trio-sfu", nonce
+        message = request(stun.Method.ALLOCATE, REQUESTED_TRANSPORT=TRANSPORT_UDP)
+        message.attributes.update(USERNAME=client.username, REALM=client.realm, NONCE=client.nonce)
+        message.add_message_integrity(_key(client.username, client.realm, client.password))
+        (needed,) = server.receive(bytes(message), f"tls-{i}", terminator, 0.0, stream=True, shared_source=True)
+        assert isinstance(needed, RelayNeeded)
+        server.complete_allocation(needed, ("10.0.0.1", 30000 + i), 0.0)
+    assert len(server.allocations) == 3 and server.counters.challenges_limited == 0
+    assert server.counters.quota_ip == 0 and not server._per_ip
+    # The same from one UDP source is held to both.
+    udp = Client(server, addr=("198.51.100.7", 1), sid="PA_udp")
+    udp.allocate(0.0, relay=("10.0.0.1", 30010))
+    other = Client(server, addr=("198.51.100.7", 2), sid="PA_udp2")
+    other.realm, other.nonce = udp.realm, udp.nonce
+    assert error_code(other.send(request(stun.Method.ALLOCATE, REQUESTED_TRANSPORT=TRANSPORT_UDP), 0.0)) == 486

@@ -372,7 +372,8 @@ class TurnService:
                 except OSError:
                     await _close_quietly(stream)  # already gone
                     continue
-                if self._tls_per_ip.get(ip, 0) >= MAX_TLS_CONNECTIONS_PER_IP:
+                # Behind a TLS terminator every connection comes from its address: no per-IP cap.
+                if not self.turn.external_tls and self._tls_per_ip.get(ip, 0) >= MAX_TLS_CONNECTIONS_PER_IP:
                     self.metrics.inc(TURN_TLS_REFUSED_PER_IP)
                     await _close_quietly(stream)
                     continue
@@ -440,7 +441,8 @@ class TurnService:
                             self.metrics.inc(TURN_STREAM_FRAME_REFUSED)
                             return
                         for frame in frames:
-                            self.core.receive(frame, client, addr, trio.current_time(), stream=True)
+                            self.core.receive(frame, client, addr, trio.current_time(), stream=True,
+                                              shared_source=self.turn.external_tls)
                             self._pump()
 
                 async def read_then_stop() -> None:
