@@ -337,3 +337,32 @@ async def test_a_stream_clients_outgoing_queue_is_bounded_in_bytes():
     assert service.metrics.get(turn_server.TURN_SEND_DROPPED) == 10
     send.close()
     receive.close()
+
+
+async def test_a_participant_that_migrates_hears_its_new_nodes_turn_server(monkeypatch):
+    """The ReconnectResponse of a participant moved to another node names that node's TURN
+    server (each relays only to its own media port), with a credential for the same sid."""
+    import server_fixtures
+    from server_fixtures import media_nodes, mint_token
+
+    from trio_sfu.client import LiveKitClient
+
+    plain = server_fixtures.media_config
+
+    def with_turn(**room):
+        config = plain(**room)
+        config.turn = turn_config().turn
+        return config
+
+    monkeypatch.setattr(server_fixtures, "media_config", with_turn)
+    async with media_nodes("node-a", "node-b") as (a, b):
+        async with LiveKitClient.connect(a.url, mint_token("mover", room="shared")) as mover:
+            (joined,) = mover.join.ice_servers
+            assert f":{a.turn.udp_port}?transport=udp" in joined.urls[-1]
+            assert await a.relay.migrate("shared", mover.participant_sid, "node-b")
+            await mover.wait_resumed(1)
+            (resumed,) = mover.reconnect_response.ice_servers
+            assert list(resumed.urls) == [f"turns:127.0.0.1:{b.turn.tls_port}?transport=tcp",
+                                          f"turn:127.0.0.1:{b.turn.udp_port}?transport=udp"]
+            assert resumed.username.endswith(":" + mover.participant_sid)
+            assert b.turn.core._password_for(resumed.username, True) == resumed.credential
