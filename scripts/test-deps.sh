@@ -4,6 +4,8 @@
 #   chromium                 Debian's browser, driven headless by playwright-core (never a downloaded build)
 #   nodejs, npm              run playwright-core and install scripts/browser's npm packages
 #   redis-server             the cluster tests' shared state (tests/redis_server.py starts its own)
+#   iptables                 firewall rules inside a test's namespace (the TURN e2e test blocks UDP)
+#   libnss3-tools (certutil) Chromium's NSS database: the TURN e2e test makes it trust the TURN certificate
 #   scripts/browser/node_modules   livekit-client + playwright-core, and esbuild (rebuilds the playground's
 #                            livekit-client bundle to check the committed one), from package-lock.json (npm ci)
 #   .venv-agents             the real `livekit-agents` for tests/e2e/test_e2e_agents.py, from
@@ -30,6 +32,8 @@ need_apt=()
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 [ -x "$chromium" ] || need_apt+=(chromium)
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+command -v iptables >/dev/null 2>&1 || [ -x /usr/sbin/iptables ] || need_apt+=(iptables)
+command -v certutil >/dev/null 2>&1 || need_apt+=(libnss3-tools)
 if ! command -v node >/dev/null 2>&1; then
     need_apt+=(nodejs npm)
 elif ! command -v npm >/dev/null 2>&1; then
@@ -93,6 +97,8 @@ missing=()
 command -v ip >/dev/null 2>&1 || missing+=("ip (iproute2)")
 [ -x "$chromium" ] || missing+=("Chromium at $chromium")
 command -v redis-server >/dev/null 2>&1 || missing+=("redis-server")
+command -v iptables >/dev/null 2>&1 || [ -x /usr/sbin/iptables ] || missing+=("iptables")
+command -v certutil >/dev/null 2>&1 || missing+=("certutil (libnss3-tools)")
 command -v node >/dev/null 2>&1 || missing+=("node")
 [ -f "$agents_venv/.requirements.txt" ] || missing+=("$agents_venv (livekit-agents)")
 for package in playwright-core livekit-client esbuild; do

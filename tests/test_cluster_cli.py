@@ -54,6 +54,12 @@ def test_a_worker_takes_the_udp_port_after_the_configured_one_and_its_command_dr
     config.prometheus.port = 6789
     apply_worker_index(config, 2)
     assert config.prometheus.port == 6791
+    # So are the TURN ports: a worker's TURN server relays only to that worker's media port.
+    assert (config.turn.udp_port, config.turn.tls_port) == (3478 + 2, 5349 + 2)
+    config = ServerConfig()
+    config.turn.tls_port = 0
+    apply_worker_index(config, 1)
+    assert (config.turn.udp_port, config.turn.tls_port) == (3479, 0)
     command = worker_command(["--dev", "--workers", "2", "--port", "7880", "--workers=3"], 1)
     assert command == [sys.executable, "-m", "trio_sfu.cli", "--dev", "--port", "7880", "--worker-index", "1"]
 

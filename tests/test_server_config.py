@@ -280,3 +280,45 @@ def test_cli_bad_redis_host_names_its_source() -> None:
         config_from_args(build_parser().parse_args(["--dev", "--redis-host", "host:99999"]), {})
     with pytest.raises(ConfigError, match="REDIS_HOST"):
         config_from_args(build_parser().parse_args(["--dev"]), {"REDIS_HOST": "a:b:c"})
+
+
+def test_turn_section_in_livekits_shape() -> None:
+    config, warnings = config_from_mapping({"turn": {
+        "enabled": True, "domain": "turn.example.com", "udp_port": 443, "tls_port": 5350,
+        "cert_file": "/c.pem", "key_file": "/k.pem", "relay_range_start": 31000, "relay_range_end": 31999,
+        "external_tls": True, "ttl_seconds": 600, "per_user_relay_allocation_limit": 4,
+    }})
+    assert warnings == []
+    turn = config.turn
+    assert (turn.enabled, turn.domain, turn.udp_port, turn.tls_port) == (True, "turn.example.com", 443, 5350)
+    assert (turn.cert_file, turn.key_file, turn.external_tls) == ("/c.pem", "/k.pem", True)
+    assert (turn.relay_range_start, turn.relay_range_end) == (31000, 31999)
+    assert (turn.ttl_seconds, turn.per_user_relay_allocation_limit) == (600, 4)
+    # LiveKit: a TTL of 0 or less is the default (300 s), a per-user limit of 0 or less is off.
+    off = config_from_mapping({"turn": {"ttl_seconds": 0, "per_user_relay_allocation_limit": 0}})[0].turn
+    assert off.ttl_seconds == 300 and off.per_user_relay_allocation_limit == 1000
+    # LiveKit's defaults; on in development unless the file says otherwise, off elsewhere.
+    default = config_from_mapping({})[0].turn
+    assert (default.udp_port, default.tls_port, default.relay_range_start, default.relay_range_end) == \
+        (3478, 5349, 30000, 40000)
+    assert default.active(development=True) and not default.active(development=False)
+    assert not config_from_mapping({"turn": {"enabled": False}})[0].turn.active(development=True)
+
+
+@pytest.mark.parametrize("turn, key", [
+    ({"udp_port": 70000}, "turn.udp_port"),
+    ({"relay_range_start": 40000, "relay_range_end": 30000}, "turn.relay_range_start"),
+    ({"relay_range_start": 0}, "turn.relay_range_start"),
+    ({"cert_file": "/c.pem"}, "turn.cert_file"),
+    ({"enabled": True, "udp_port": 0, "tls_port": 0}, "turn.enabled"),
+    ({"enabled": "yes"}, "turn.enabled"),
+])
+def test_turn_wrong_values_name_the_key(turn: dict, key: str) -> None:
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        config_from_mapping({"turn": turn})
+
+
+def test_turn_secret_follows_the_api_keys() -> None:
+    a = config_from_mapping({"keys": {"k": "s1"}})[0]
+    b = config_from_mapping({"keys": {"k": "s2"}})[0]
+    assert a.turn_secret() != b.turn_secret() and len(a.turn_secret()) == 32

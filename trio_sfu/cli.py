@@ -31,7 +31,8 @@ _log = get_logger("trio_sfu.cli")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trio-sfu", description="A LiveKit-compatible WebRTC SFU on Trio")
     parser.add_argument("--dev", action="store_true", help=f"development mode: API key {DEV_API_KEY!r}, secret {DEV_API_SECRET!r}, "
-                        "signal on 127.0.0.1, media on every interface address and loopback")
+                        "signal on 127.0.0.1, media on every interface address and loopback, "
+                        "TURN on UDP 3478 and TLS 5349 (self-signed certificate)")
     parser.add_argument("--config", metavar="FILE", help="YAML config file in LiveKit's shape")
     parser.add_argument("--bind", action="append", metavar="ADDR", help="address to listen on (repeatable)")
     parser.add_argument("--port", type=int, help="HTTP/WebSocket port (default 7880; 0 = ephemeral)")
@@ -117,11 +118,19 @@ def worker_count(args: argparse.Namespace, config: ServerConfig) -> int:
 
 
 def apply_worker_index(config: ServerConfig, index: int) -> None:
-    """Worker `index` of several: its own UDP port (and metrics port) next to the configured one."""
+    """Worker `index` of several: its own UDP port (and metrics and TURN ports) next to the configured one."""
     if config.rtc.udp_port:
         config.rtc.udp_port += index
         if config.rtc.udp_port > 65535:
             raise ConfigError(f"worker {index}'s UDP port {config.rtc.udp_port} is out of range")
+    for name in ("udp_port", "tls_port"):
+        # Each worker's TURN server relays only to that worker's media port, so each has ports of
+        # its own too (its JoinResponses name them).
+        port = getattr(config.turn, name)
+        if port:
+            if port + index > 65535:
+                raise ConfigError(f"worker {index}'s TURN {name} {port + index} is out of range")
+            setattr(config.turn, name, port + index)
     if config.prometheus.port:
         # Each worker is a node with metrics of its own, scraped on its own port.
         config.prometheus.port += index

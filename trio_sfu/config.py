@@ -142,6 +142,48 @@ def parse_host_port(text: str, name: str, default_port: int = DEFAULT_REDIS_PORT
     return host, int(port_text)
 
 
+# TURN's defaults: the ports LiveKit's sample config documents as its defaults (UDP 3478, TLS
+# 5349), the relay range its config falls back to outside development (30000-40000), and its
+# credential TTL (300 s, capped at a day) and per-participant allocation limit (12).
+DEFAULT_TURN_UDP_PORT = 3478
+DEFAULT_TURN_TLS_PORT = 5349
+DEFAULT_TURN_RELAY_RANGE = (30000, 40000)
+DEFAULT_TURN_TTL_SECONDS = 300
+MAX_TURN_TTL_SECONDS = 24 * 3600
+DEFAULT_TURN_ALLOCATIONS_PER_USER = 12
+MAX_TURN_ALLOCATIONS = 1000  # rtp.turn.TurnLimits.max_allocations: the node's total
+
+
+@attrs.define
+class TurnConfig:
+    """LiveKit's `turn:` section: the embedded TURN server (trio_sfu.media.turn_server).
+
+    It relays only to this node's own media port, for clients whose UDP and TCP to it are
+    blocked. `udp_port` 0 turns TURN/UDP off, `tls_port` 0 TURN/TLS; `external_tls` means a load
+    balancer in front terminates TLS, so `tls_port` speaks plain TURN over TCP. `domain` is the
+    host name `turns:` URLs name (the certificate's name); without it the URLs name the media
+    address. Without `cert_file`/`key_file` (development) a self-signed certificate is made at
+    start-up and its path logged, so a client can be told to trust it. `enabled` None: the
+    mode's default (on in development, off otherwise)."""
+
+    enabled: bool | None = None
+    domain: str = ""
+    udp_port: int = DEFAULT_TURN_UDP_PORT
+    tls_port: int = DEFAULT_TURN_TLS_PORT
+    cert_file: str = ""
+    key_file: str = ""
+    relay_range_start: int = DEFAULT_TURN_RELAY_RANGE[0]
+    relay_range_end: int = DEFAULT_TURN_RELAY_RANGE[1]
+    external_tls: bool = False
+    # LiveKit's: how long a participant's credential may start allocations (its allocations then
+    # live on), and how many allocations one participant may hold at once.
+    ttl_seconds: int = DEFAULT_TURN_TTL_SECONDS
+    per_user_relay_allocation_limit: int = DEFAULT_TURN_ALLOCATIONS_PER_USER
+
+    def active(self, development: bool) -> bool:
+        return development if self.enabled is None else self.enabled
+
+
 @attrs.define
 class LoggingConfig:
     level: str = "info"
@@ -206,6 +248,7 @@ class ServerConfig:
     redis: RedisConfig = attrs.field(factory=RedisConfig)
     node_selector: NodeSelectorConfig = attrs.field(factory=NodeSelectorConfig)
     prometheus: PrometheusConfig = attrs.field(factory=PrometheusConfig)
+    turn: TurnConfig = attrs.field(factory=TurnConfig)
     region: str = ""
     development: bool = False
 
@@ -215,6 +258,12 @@ class ServerConfig:
             return self.cluster.key
         material = "\n".join(f"{k}:{v}" for k, v in sorted(self.keys.items()))
         return hmac.new(b"trio-sfu cluster key", material.encode(), hashlib.sha256).hexdigest()
+
+    def turn_secret(self) -> bytes:
+        """What TURN credentials are derived from (rtp.turn_auth): the API keys, so every node
+        of a cluster issues and accepts the same ones and nobody without a secret can mint one."""
+        material = "\n".join(f"{k}:{v}" for k, v in sorted(self.keys.items()))
+        return hmac.new(b"trio-sfu turn credentials", material.encode(), hashlib.sha256).digest()
 
     def effective_bind_addresses(self) -> list[str]:
         if self.bind_addresses:
@@ -314,6 +363,19 @@ _SCHEMA: dict[str, Any] = {
         "key": _STR,
         "relay_port": _INT,
         "heartbeat_interval": ((int, float), "a number"),
+    },
+    "turn": {
+        "enabled": _BOOL,
+        "domain": _STR,
+        "udp_port": _INT,
+        "tls_port": _INT,
+        "cert_file": _STR,
+        "key_file": _STR,
+        "relay_range_start": _INT,
+        "relay_range_end": _INT,
+        "external_tls": _BOOL,
+        "ttl_seconds": _INT,
+        "per_user_relay_allocation_limit": _INT,
     },
     "logging": {
         "level": _STR,
@@ -470,6 +532,7 @@ def config_from_mapping(data: Any) -> tuple[ServerConfig, list[str]]:
         config.cluster.heartbeat_interval = interval
 
     config.prometheus = _prometheus_config(data.get("prometheus") or {}, data.get("prometheus_port"))
+    config.turn = _turn_config(data.get("turn") or {})
 
     log = data.get("logging") or {}
     if log.get("level") is not None:
@@ -495,6 +558,33 @@ def _prometheus_config(section: Mapping[str, Any], legacy_port: int | None) -> P
     if bool(prometheus.username) != bool(prometheus.password):
         raise ConfigError("config keys 'prometheus.username' and 'prometheus.password' go together: set both or neither")
     return prometheus
+
+
+def _turn_config(section: Mapping[str, Any]) -> TurnConfig:
+    """The `turn:` section, already type-checked by `_walk`; values checked here."""
+    turn = TurnConfig()
+    for name in ("enabled", "domain", "cert_file", "key_file", "external_tls"):
+        if section.get(name) is not None:
+            setattr(turn, name, section[name])
+    for name in ("udp_port", "tls_port", "relay_range_start", "relay_range_end"):
+        if section.get(name) is not None:
+            setattr(turn, name, _port(section[name], f"turn.{name}"))
+    if (turn.relay_range_start == 0) != (turn.relay_range_end == 0) or turn.relay_range_start > turn.relay_range_end:
+        raise ConfigError("config keys 'turn.relay_range_start' and 'turn.relay_range_end' must be a range "
+                          "(start <= end), or both 0 for any free port")
+    if section.get("ttl_seconds") is not None:
+        # LiveKit: a non-positive TTL means the default, a large one is capped.
+        ttl = section["ttl_seconds"]
+        turn.ttl_seconds = DEFAULT_TURN_TTL_SECONDS if ttl <= 0 else min(ttl, MAX_TURN_TTL_SECONDS)
+    if section.get("per_user_relay_allocation_limit") is not None:
+        # LiveKit: 0 or less turns the per-participant quota off (the totals still hold).
+        limit = section["per_user_relay_allocation_limit"]
+        turn.per_user_relay_allocation_limit = limit if limit > 0 else MAX_TURN_ALLOCATIONS
+    if bool(turn.cert_file) != bool(turn.key_file):
+        raise ConfigError("config keys 'turn.cert_file' and 'turn.key_file' go together: set both or neither")
+    if turn.enabled and not turn.udp_port and not turn.tls_port:
+        raise ConfigError("config key 'turn.enabled' needs 'turn.udp_port' or 'turn.tls_port'")
+    return turn
 
 
 def _redis_config(section: Mapping[str, Any]) -> RedisConfig:

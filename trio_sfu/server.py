@@ -32,6 +32,7 @@ from trio_sfu.log import get_logger
 from trio_sfu.signal.limits import SignalLimits
 from trio_sfu.signal.media_port import MediaSessionFactory, UnavailableMediaSession
 from trio_sfu.media.service import MediaService
+from trio_sfu.media.turn_server import TurnService
 from trio_sfu.cluster.drain import DEFAULT_DRAIN_DEADLINE, DrainReport
 
 if TYPE_CHECKING:
@@ -73,6 +74,11 @@ class Server:
                                            if enable_media else None)
         if self.media is not None:
             media_factory = self.media
+        # The embedded TURN server (LiveKit's `turn:` section; on by default in development).
+        self.turn: TurnService | None = None
+        if self.media is not None and config.turn.active(config.development):
+            self.turn = TurnService(config, self.metrics, media_addresses=self._turn_peers,
+                                    listen_hosts=self._turn_hosts)
         self.registry = RoomRegistry(config.room, self.metrics, media_factory,
                                      limits=SignalLimits.from_config(config.limit))
         # Raises ConfigError for a webhook section that cannot work (unknown key, bad URL).
@@ -176,12 +182,16 @@ class Server:
         async with trio.open_nursery() as nursery:
             if self.media is not None:
                 await nursery.start(self.media.run)
+            if self.turn is not None:
+                await nursery.start(self._run_turn)
             if self.relay is not None:
                 await nursery.start(self.relay.run)
             if self.webhooks is not None:
                 await nursery.start(self.webhooks.run)
             await nursery.start(self.agents.run)
             await nursery.start(self.registry.run)
+            if self.turn is not None:
+                self.registry.ice_servers = self.turn.ice_servers
             if self._given_listeners:
                 self.listeners = list(self._given_listeners)
                 self.port = self.config.port
@@ -209,6 +219,33 @@ class Server:
             if self.webhooks is not None and not await self.webhooks.drain():
                 _log.warning("webhooks still queued at shutdown were abandoned")
             nursery.cancel_scope.cancel()
+
+    def _turn_peers(self) -> list[tuple[str, int]]:
+        """Where TURN allocations may relay to: the media port's advertised and bound addresses."""
+        assert self.media is not None and self.media.mux is not None
+        bound = [a for a in self.media.mux.local_addresses if a[0] not in ("0.0.0.0", "::")]
+        return list(dict.fromkeys([*self.media.reachable, *bound]))
+
+    def _turn_hosts(self) -> list[str]:
+        assert self.media is not None and self.media.mux is not None
+        return [host for host, _ in self.media.mux.local_addresses]
+
+    async def _run_turn(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The TURN server; in development a port it cannot bind turns it off with a warning
+        (several dev servers on one machine share its fixed ports), elsewhere it is an error."""
+        assert self.turn is not None
+        turn = self.turn
+        if not self.config.development or self.config.turn.enabled:
+            await turn.run(task_status=task_status)
+            return
+        try:
+            await turn.run(task_status=task_status)
+        except OSError as exc:
+            if turn.listening:
+                raise  # it was up: not a start-up failure
+            _log.warning("TURN off: cannot listen on its ports", kv={"error": exc.strerror or str(exc)})
+            self.turn = None
+            task_status.started()
 
     async def _wait_for_the_end(self) -> None:
         async with trio.open_nursery() as waiting:

@@ -9,7 +9,8 @@
 //     "expect": {"tab-a": ["tab-b"]},      // remote identities each tab must receive
 //     "minFrames": 15, "minAudioPackets": 50, "risingMs": 1000, "timeoutMs": 45000, "holdMs": 60000,
 //     "fakeAudioFile": "/tmp/tone.wav",    // optional: every tab's microphone instead of the beep
-//     "separateBrowsers": false }           // optional: one Chromium process per participant
+//     "separateBrowsers": false,            // optional: one Chromium process per participant
+//     "trustCertificate": "/tmp/turn.pem" } // optional: a CA (PEM) Chromium trusts, e.g. for turns:
 //
 // Chromium's fake microphone file is a command-line flag, so a participant with a file of its own
 // gets a Chromium process of its own: tabs that send different tones cannot be one browser.
@@ -19,6 +20,7 @@
 // have grown: media is flowing, not stuck.  Prints JSON lines; {"result": ...} once all checks
 // pass or the timeout passes; then stays in the room until stdin closes (or holdMs), so a peer in
 // another process can finish its own checks, and closes the browser.
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -37,6 +39,15 @@ const { server, baseUrl } = await serveHere();
 const pageUrl = `${baseUrl}/e2e_page.html`;
 
 const userDataHome = fs.mkdtempSync(path.join(os.tmpdir(), 'trio-sfu-e2e-chromium-'));
+if (config.trustCertificate) {
+  // Chromium on Linux trusts the CAs of the user's NSS database ($HOME/.pki/nssdb; HOME is
+  // userDataHome for the browsers launched here), for TURN over TLS as for web sites.
+  const nssdb = path.join(userDataHome, '.pki', 'nssdb');
+  fs.mkdirSync(nssdb, { recursive: true });
+  execFileSync('certutil', ['-N', '-d', `sql:${nssdb}`, '--empty-password']);
+  execFileSync('certutil', ['-A', '-d', `sql:${nssdb}`, '-n', 'trio-sfu-e2e', '-t', 'C,,', '-i', config.trustCertificate]);
+  say({ trusted: config.trustCertificate });
+}
 // One browser for all tabs, or one browser process per participant (separateBrowsers, or tabs
 // with microphone files of their own), so nothing in Chromium's audio path (capture, playout,
 // processing) is shared between them.

@@ -31,6 +31,7 @@ import time
 from dataclasses import dataclass, field
 
 from livekit import api, rtc
+from livekit.rtc._proto import stats_pb2
 
 WIDTH, HEIGHT, FPS = 320, 240, 15
 SAMPLE_RATE = 48000
@@ -264,6 +265,31 @@ async def inbound_stats(p: Participant) -> list[dict[str, object]]:
     return out
 
 
+async def selected_paths(p: Participant) -> list[dict[str, object]]:
+    """The local candidate of each PeerConnection's selected pair (libwebrtc's getStats): how
+    media reached the server (host, or relay and over which protocol)."""
+    try:
+        stats = await asyncio.wait_for(p.room.get_rtc_stats(), 5)
+    except Exception as exc:
+        return [{"error": repr(exc)}]
+    out: list[dict[str, object]] = []
+    for side, reports in (("publisher", stats.publisher_stats), ("subscriber", stats.subscriber_stats)):
+        by_id = {getattr(r, r.WhichOneof("stats")).rtc.id: r for r in reports if r.WhichOneof("stats")}
+        for r in reports:
+            if r.WhichOneof("stats") != "transport" or not r.transport.transport.selected_candidate_pair_id:
+                continue
+            pair = by_id.get(r.transport.transport.selected_candidate_pair_id)
+            local = pair and by_id.get(pair.candidate_pair.candidate_pair.local_candidate_id)
+            if not local:
+                continue
+            candidate = local.local_candidate.candidate
+            out.append({"side": side, "candidate_type": stats_pb2.IceCandidateType.Name(candidate.candidate_type),
+                        "relay_protocol": (stats_pb2.IceServerTransportProtocol.Name(candidate.relay_protocol)
+                                           if candidate.HasField("relay_protocol") else None),
+                        "address": candidate.address, "port": candidate.port})
+    return out
+
+
 async def run(args: argparse.Namespace) -> dict[str, object]:
     people = [Participant(identity, i) for i, identity in enumerate(args.participant)]
     summary: dict[str, object] = {"phases": {}, "participants": {}}
@@ -300,6 +326,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                 ok = record("media", False)
             summary["media"] = {p.identity: {w: m.as_json() for w, m in p.remotes.items()} for p in people}
             summary["inbound_rtp"] = {p.identity: await inbound_stats(p) for p in people}
+            summary["paths"] = {p.identity: await selected_paths(p) for p in people}
             summary["expected"] = {p.identity: {"tone_hz": p.tone_hz, "colour": list(p.colour)} for p in people}
 
         if ok and args.wait_stdin:

@@ -13,7 +13,7 @@ import secrets
 import string
 import time
 
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import trio
 from livekit.protocol import agent_dispatch, models, rtc
@@ -168,7 +168,8 @@ class Room:
             participant.adopt_migration(migrated_in)
             participant.bump_version()
             participant.send(rtc.SignalResponse(reconnect=rtc.ReconnectResponse(
-                ice_servers=[], client_configuration=self._client_configuration(), server_info=server_info())))
+                ice_servers=self.registry.ice_servers(participant.sid),
+                client_configuration=self._client_configuration(), server_info=server_info())))
             others = self.others(participant)
             if others:
                 participant.send(rtc.SignalResponse(update=rtc.ParticipantUpdate(participants=others)))
@@ -281,7 +282,7 @@ class Room:
             participant=participant.to_info(),
             other_participants=others,
             server_version=server_info().version,
-            ice_servers=[],
+            ice_servers=self.registry.ice_servers(participant.sid),
             # Dual-PC mode: the subscriber PC is primary whenever the client may subscribe.
             subscriber_primary=can_subscribe,
             ping_timeout=PING_TIMEOUT,
@@ -299,6 +300,10 @@ class Room:
         if self.registry.presence is not None:
             return models.ClientConfiguration(resume_connection=models.ClientConfigSetting.ENABLED)
         return models.ClientConfiguration(resume_connection=models.ClientConfigSetting.DISABLED)
+
+
+def _no_ice_servers(participant_sid: str) -> list[rtc.ICEServer]:
+    return []
 
 
 class RoomRegistry:
@@ -321,6 +326,8 @@ class RoomRegistry:
         self.observers: list[RoomObserver] = []
         # Set when this server is one node of several.
         self.presence: RemotePresence | None = None
+        # The ICE servers a participant (by sid) is told of: the node's TURN server, when on.
+        self.ice_servers: Callable[[str], list[rtc.ICEServer]] = _no_ice_servers
 
     def emit(
         self, event: str, room: Room, participant: Participant | None = None, track: models.TrackInfo | None = None
