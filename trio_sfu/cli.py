@@ -117,11 +117,17 @@ def worker_count(args: argparse.Namespace, config: ServerConfig) -> int:
 
 
 def apply_worker_index(config: ServerConfig, index: int) -> None:
-    """Worker `index` of several: its own UDP port (and metrics port) next to the configured one."""
+    """Worker `index` of several: its own UDP port, ICE/TCP port (and metrics port) next to the
+    configured ones."""
     if config.rtc.udp_port:
         config.rtc.udp_port += index
         if config.rtc.udp_port > 65535:
             raise ConfigError(f"worker {index}'s UDP port {config.rtc.udp_port} is out of range")
+    if config.rtc.tcp_port:
+        # Like the UDP port: a client's TCP connection must reach the node its candidates name.
+        config.rtc.tcp_port += index
+        if config.rtc.tcp_port > 65535:
+            raise ConfigError(f"worker {index}'s ICE/TCP port {config.rtc.tcp_port} is out of range")
     if config.prometheus.port:
         # Each worker is a node with metrics of its own, scraped on its own port.
         config.prometheus.port += index
