@@ -162,6 +162,7 @@ class TransportEndpoint:
             self.connected = True
             self._metrics.inc(m.MEDIA_TRANSPORT_CONNECTED)
             self._log.info("transport connected", kv={"pc": self.name, "addr": f"{event.addr[0]}:{event.addr[1]}",
+                                                      "path": "tcp" if type(event.addr) is TcpAddress else "udp",
                                                       "srtp": event.srtp_profile.name})
             if self._on_connected is not None:
                 self._on_connected(now)
