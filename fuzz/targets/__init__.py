@@ -13,6 +13,7 @@ from fuzz.target import FuzzTarget
 # name -> (module under fuzz.targets, attribute holding the FuzzTarget)
 _WHERE: dict[str, tuple[str, str]] = {
     "stun": ("stun_messages", "TARGET"),
+    "tcp-framing": ("tcp_frames", "TARGET"),
     "rtp": ("rtp_packets", "TARGET"),
     "rtcp": ("rtcp_packets", "TARGET"),
     "sdp-offer": ("sdp_descriptions", "OFFER_TARGET"),

@@ -168,13 +168,14 @@ class TcpPath:
     async def flush(self) -> None:
         """Write what is queued, in this task (the listener's, before a writer exists)."""
         while self._queue:
+            count = len(self._queue)
             data = b"".join(self._queue)
             self._queue.clear()
             try:
                 await self.stream.send_all(data)
             finally:
                 self._queued -= len(data)
-            self.metrics.inc(ICE_TCP_FRAMES_SENT)
+            self.metrics.inc(ICE_TCP_FRAMES_SENT, count)
 
     async def _write(self) -> None:
         while not self.closed:
@@ -230,6 +231,7 @@ class TcpPath:
             self.closed = True
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(self.stream)
+            self.fold_counters()
             self.metrics.inc(ICE_TCP_PATH_CLOSED)
             _log.info("ICE-TCP connection closed", kv={"remote": _show(self.remote)})
             if self.on_closed is not None:
@@ -264,6 +266,12 @@ class TcpPath:
             # One session's bug must not take the connection's task (and its nursery) down.
             self.metrics.inc(ICE_TCP_HANDLER_CRASHED)
             _log.exception("ICE-TCP frame handler crashed", kv={"remote": _show(self.remote)})
+
+    def fold_counters(self) -> None:
+        """Add the decoder's counts (frames, zero-length, bytes after a broken prefix) to the
+        node's metrics, once, as the connection ends."""
+        decoder, self.decoder = self.decoder, FrameDecoder(self.limits.max_frame)
+        m.fold_counters(self.metrics, "ice_tcp_framing", decoder.counters)
 
     def close(self) -> None:
         """End the path now, from any task: its tasks stop and the connection closes (at once
@@ -373,6 +381,7 @@ class IceTcpListener:
             self._unidentified_total -= 1
             if endpoint is None:
                 self.metrics.inc(ICE_TCP_CLOSED_UNIDENTIFIED)
+                path.fold_counters()
                 with trio.CancelScope(shield=True):
                     await trio.aclose_forcefully(path.stream)
         if endpoint is None:
