@@ -18,7 +18,7 @@ from typing import AsyncIterator, Callable
 
 import trio
 from aioice import stun as aioice_stun
-from livekit.protocol import rtc
+from livekit.protocol import models, rtc
 
 from ice_tcp_peer import TcpTunnel
 from rtp.peer_transport_events import TcpAddress
@@ -301,3 +301,54 @@ async def test_a_slow_tcp_reader_is_dropped_and_others_keep_their_media() -> Non
                 await until(lambda: count(server, ice_tcp.ICE_TCP_SEND_NO_PATH) > 0)
                 senders.cancel_scope.cancel()
         assert count(server, ice_tcp.ICE_TCP_PATH_CLOSED) >= 1
+
+
+async def receive_frame(stream: trio.SocketStream) -> bytes:
+    data = b""
+    with trio.fail_after(10):
+        while len(data) < 2 or len(data) < 2 + int.from_bytes(data[:2], "big"):
+            chunk = await stream.receive_some(65536)
+            assert chunk, "closed before a whole frame"
+            data += chunk
+    return data[2:2 + int.from_bytes(data[:2], "big")]
+
+
+async def test_an_identified_connection_belongs_to_its_participant_and_ends_with_it() -> None:
+    """Raw ICE-TCP connections with the real credentials of a UDP participant's publisher PC: each
+    is identified by its check (answered over TCP), becomes one more path of that transport (not
+    selected: the client nominated UDP), ends alone on a frame over the cap, and ends with the
+    participant when the server removes it, though the client side still holds it open."""
+    async with ice_tcp_server() as server:
+        async with LiveKitClient.connect(server.url, mint_token("pub")) as publisher, \
+                LiveKitClient.connect(server.url, mint_token("sub")) as subscriber:
+            await stream_until_received(publisher, subscriber, audio_packets=10, video_packets=5)
+            transports = server_transports(server, "pub")
+            endpoint = transports.publisher
+            username = f"{transports.pub_local.ice_ufrag}:{publisher.publisher_pc.local.ice_ufrag}"
+            key = transports.pub_local.ice_pwd.encode()
+
+            streams = []
+            for index in range(2):
+                stream = await connect(server)
+                await stream.send_all(encode_frame(binding_request(username, key)))
+                answer = aioice_stun.parse_message(await receive_frame(stream))
+                assert answer.message_class == aioice_stun.Class.RESPONSE
+                assert answer.attributes["XOR-MAPPED-ADDRESS"] == stream.socket.getsockname()[:2]
+                await until(lambda: count(server, ice_tcp.ICE_TCP_IDENTIFIED) == index + 1)
+                streams.append(stream)
+            paths = {TcpAddress(*s.socket.getsockname()[:2]) for s in streams}
+            await until(lambda: set(endpoint.tcp_paths) == paths)
+            assert type(endpoint.transport.selected_address) is tuple  # media stays on UDP
+
+            # A frame over the cap on one: that path alone ends.
+            doomed, kept = streams
+            await doomed.send_all(b"\xff\xff" + bytes(100))
+            assert await until_closed(doomed) == b""
+            await until(lambda: set(endpoint.tcp_paths) == {TcpAddress(*kept.socket.getsockname()[:2])})
+            assert count(server, ice_tcp.ICE_TCP_OVERSIZED_FRAME) == 1
+
+            # The participant goes (as RemoveParticipant does it): its connection goes with it.
+            room = server.registry.rooms["room1"]
+            room.participants["pub"].close(models.DisconnectReason.PARTICIPANT_REMOVED, send_leave=True)
+            assert await until_closed(kept) == b""
+            assert count(server, ice_tcp.ICE_TCP_PATH_CLOSED) == 2
