@@ -9,6 +9,11 @@ it both ways (publisher in, subscriber out) alongside a UDP participant; and bad
 garbage, floods, silence, a reader too slow for its media) is refused or dropped, bounded and
 counted, while the other participants' media keeps flowing. The server's leak check proves every
 connection ended with its owner.
+
+No aiortc peer here: aioice (0.13) gathers UDP host candidates only and pairs a remote candidate
+only with a local one of the same transport (`Candidate.can_pair_with`); its `turn_transport="tcp"`
+is TURN over TCP, not ICE-TCP. The independent ICE-TCP peers are Chromium and the `livekit` SDK's
+libwebrtc (tests/e2e/test_e2e_ice_tcp.py).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import trio
 from aioice import stun as aioice_stun
 from livekit.protocol import models, rtc
 
+import server_fixtures
 from ice_tcp_peer import TcpTunnel
 from rtp.peer_transport_events import TcpAddress
 from rtp.tcp_framing import encode_frame
@@ -110,6 +116,14 @@ async def test_candidates_offer_ice_tcp_passive_below_udp() -> None:
             await until(lambda: wanted <= {(kind, target) for kind, target, text in seen if tcp in text})
             # The SDPs carry it as an a=candidate line.
             assert any(f"a=candidate:{tcp}" in text for kind, _, text in seen if kind == "answer")
+
+
+async def test_tcp_port_zero_turns_ice_tcp_off() -> None:
+    """LiveKit's `rtc.tcp_port: 0`: no listener and no TCP candidate."""
+    async with server_fixtures.media_server() as server:
+        assert server.config.rtc.tcp_port == 0
+        assert server.media.ice_tcp is None and server.media.tcp_port is None
+        assert server.media.candidates and all(" udp " in c and "tcp" not in c for c in server.media.candidates)
 
 
 async def test_publisher_and_subscriber_over_ice_tcp_with_a_udp_participant() -> None:
