@@ -365,4 +365,4 @@ async def test_an_identified_connection_belongs_to_its_participant_and_ends_with
             room = server.registry.rooms["room1"]
             room.participants["pub"].close(models.DisconnectReason.PARTICIPANT_REMOVED, send_leave=True)
             assert await until_closed(kept) == b""
-            assert count(server, ice_tcp.ICE_TCP_PATH_CLOSED) == 2
+            await until(lambda: count(server, ice_tcp.ICE_TCP_PATH_CLOSED) == 2)
