@@ -75,6 +75,7 @@ fi
 # What the end-to-end tests will look for, checked after the installs.
 missing=()
 command -v ip >/dev/null 2>&1 || missing+=("ip (iproute2)")
+command -v iptables >/dev/null 2>&1 || [ -x /usr/sbin/iptables ] || missing+=("iptables")
 [ -x "$chromium" ] || missing+=("Chromium at $chromium")
 command -v redis-server >/dev/null 2>&1 || missing+=("redis-server")
 command -v node >/dev/null 2>&1 || missing+=("node")
