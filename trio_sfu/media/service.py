@@ -130,11 +130,17 @@ class MediaService:
                 "bind": ", ".join(format_address(h, tcp_port) for h in tcp_bound),
                 "reachable": ", ".join(format_address(ip, tcp_port) for ip in tcp_advertised)})
         self.candidates = candidates
-        async with trio.open_nursery() as nursery:
-            await nursery.start(self.mux.run)
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.mux.run)
+                if self.ice_tcp is not None:
+                    await nursery.start(self.ice_tcp.run)
+                task_status.started()
+        finally:
             if self.ice_tcp is not None:
-                await nursery.start(self.ice_tcp.run)
-            task_status.started()
+                # Its run closes them; this is for a cancel that came before it started.
+                for listener in self.ice_tcp.listeners:
+                    listener.socket.close()
 
     def _endpoint_by_ufrag(self, ufrag: str) -> Optional[TcpEndpoint]:
         """The transport an ICE-TCP connection's first check names: the one the UDP mux has
