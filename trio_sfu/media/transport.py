@@ -113,7 +113,7 @@ class TransportEndpoint:
         self._log = log
         # ICE-TCP connections by their remote end: where what the session sends to a
         # TcpAddress goes (trio_sfu.media.ice_tcp).
-        self.tcp_paths: dict[TcpAddress, TcpPath] = {}
+        self.tcp_paths: dict[Address, TcpPath] = {}
         self._adopt_tcp = adopt_tcp
 
     # ---- MuxEndpoint -----------------------------------------------------------------------
@@ -214,7 +214,7 @@ class TransportEndpoint:
     # ---- ICE-TCP paths (trio_sfu.media.ice_tcp's TcpEndpoint) --------------------------------
 
     def _send_tcp(self, data: bytes, addr: Address) -> bool:
-        path = self.tcp_paths.get(addr)  # type: ignore[call-overload]
+        path = self.tcp_paths.get(addr)
         if path is None:
             self._metrics.inc(ICE_TCP_SEND_NO_PATH)  # its connection has gone
             return False
