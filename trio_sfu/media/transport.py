@@ -48,7 +48,7 @@ from sdp.negotiator import DtlsRole, LocalParams
 from trio_sfu import metrics as m
 from trio_sfu.log import ContextLogger
 from trio_sfu.media.data_channels import DataTransport, ParticipantData
-from trio_sfu.media.ice_tcp import ICE_TCP_PATHS_FULL, ICE_TCP_SEND_NO_PATH, TcpPath
+from trio_sfu.media.ice_tcp import ICE_TCP_SEND_NO_PATH, TcpPath
 from trio_sfu.media.udp_mux import UdpMux
 
 PUBLISHER = "publisher"
@@ -364,8 +364,7 @@ class ParticipantTransports:
         try:
             self._adopted_send.send_nowait(path)
         except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
-            self._metrics.inc(ICE_TCP_PATHS_FULL)
-            return False
+            return False  # closing, or more than both PCs' share waiting: the listener counts it
         return True
 
     async def run_tcp_paths(self) -> None:
