@@ -34,6 +34,7 @@ from trio_sfu.client import LiveKitClient
 from trio_sfu.client.senders import send_synthetic_audio, send_synthetic_video
 from trio_sfu.media import ice_tcp
 from trio_sfu.media.ice_tcp import IceTcpLimits
+from trio_sfu.media.service import candidates_for, tcp_candidates_for
 
 
 async def until(condition, timeout: float = 20.0) -> None:
@@ -116,6 +117,25 @@ async def test_candidates_offer_ice_tcp_passive_below_udp() -> None:
             await until(lambda: wanted <= {(kind, target) for kind, target, text in seen if tcp in text})
             # The SDPs carry it as an a=candidate line.
             assert any(f"a=candidate:{tcp}" in text for kind, _, text in seen if kind == "answer")
+
+
+def test_tcp_candidates_of_a_multihomed_host_follow_the_udp_order_below_udp() -> None:
+    addresses = ["192.168.1.5", "10.0.0.7", "127.0.0.1"]
+    udp = candidates_for(addresses, 7882)
+    tcp = tcp_candidates_for(addresses, 7881, first_foundation=len(udp) + 1)
+    udp_priority = [int(c.split()[3]) for c in udp]
+    tcp_priority = [int(c.split()[3]) for c in tcp]
+    # Each list in the address order, loopback last; each TCP candidate below the UDP one of
+    # its address and below every UDP candidate of a real address.
+    assert udp_priority == sorted(udp_priority, reverse=True) and len(set(udp_priority)) == 3
+    assert tcp_priority == sorted(tcp_priority, reverse=True) and len(set(tcp_priority)) == 3
+    assert all(t < u for t, u in zip(tcp_priority, udp_priority))
+    assert max(tcp_priority) < min(udp_priority[:2])
+    assert [c.split()[4] for c in tcp] == addresses
+    assert all(c.endswith("typ host tcptype passive") and " 7881 " in c for c in tcp)
+    assert len({c.split()[0] for c in udp + tcp}) == 6  # a foundation each
+    # RFC 6544 §4.2: host type preference, direction 4 (passive), other-pref 8191 for the first.
+    assert int(tcp[0].split()[3]) == (126 << 24) | (((4 << 13) | 8191) << 8) | 255
 
 
 async def test_tcp_port_zero_turns_ice_tcp_off() -> None:

@@ -497,15 +497,19 @@ async def _listen(host: str, port: int) -> trio.socket.SocketType:
     return sock
 
 
-def passive_candidate(ip: str, port: int, foundation: str, other_preference: int = 8191) -> str:
+def passive_candidate(ip: str, port: int, foundation: str, other_preference: int = 8191,
+                      direction_preference: int = 4) -> str:
     """An SDP `a=candidate` value (without the prefix) for a passive TCP host candidate of
     ours (RFC 6544 §4.5). Its priority (§4.2): the host type preference, and a local preference
-    of direction preference 4 (passive, for a host candidate) times 2^13 plus `other_preference`
-    (which orders the addresses of a multihomed host) — below every UDP host candidate, so a
-    client uses TCP only when UDP fails."""
+    of `direction_preference` (4 is the recommended one for a passive host candidate) times
+    2^13 plus `other_preference` (which orders the addresses of a multihomed host) — below the
+    UDP host candidate of the same address (65535, or our demoted loopback's 1000 when the
+    direction is 0), so a client uses TCP only when UDP fails."""
     if not 0 <= other_preference <= 8191:
         raise ValueError(f"other preference {other_preference} is not 0-8191")
-    local_preference = (4 << 13) | other_preference
+    if not 0 <= direction_preference <= 7:
+        raise ValueError(f"direction preference {direction_preference} is not 0-7")
+    local_preference = (direction_preference << 13) | other_preference
     priority = (126 << 24) | (local_preference << 8) | 255
     return f"{foundation} 1 tcp {priority} {ip} {port} typ host tcptype passive"
 

@@ -54,7 +54,8 @@ ANSWER_TIMEOUT = 15.0
 #: loopback below every one of them (a client that can use a real address should).
 REAL_PREFERENCE = 65535
 LOOPBACK_PREFERENCE = 1000
-#: The same for passive TCP candidates, in RFC 6544's 13-bit "other preference".
+#: The same for passive TCP candidates, in RFC 6544's 13-bit "other preference" (below
+#: LOOPBACK_PREFERENCE for loopback, whose direction preference is 0: see tcp_candidates_for).
 TCP_REAL_PREFERENCE = 8191
 TCP_LOOPBACK_PREFERENCE = 100
 _WILDCARDS = ("0.0.0.0", "::", "")
@@ -244,15 +245,20 @@ def candidates_for(addresses: Sequence[str], port: int) -> tuple[str, ...]:
 
 def tcp_candidates_for(addresses: Sequence[str], port: int, first_foundation: int = 1) -> tuple[str, ...]:
     """Passive TCP host candidates for `addresses`, in the order `candidates_for` gives the
-    UDP ones, each below every UDP host candidate (trio_sfu.media.ice_tcp.passive_candidate);
+    UDP ones (loopback demoted the same way), each below the UDP candidate of its address and
+    every UDP candidate of a real address (trio_sfu.media.ice_tcp.passive_candidate);
     foundations from `first_foundation` (a TCP candidate never shares one with a UDP one)."""
     loopback = [ipaddress.ip_address(ip).is_loopback for ip in addresses]
     demote = not all(loopback)
     real = [ip for ip, is_loop in zip(addresses, loopback) if not (demote and is_loop)]
     loop = [ip for ip, is_loop in zip(addresses, loopback) if demote and is_loop]
-    preference = {ip: TCP_REAL_PREFERENCE - index for index, ip in enumerate(real)}
-    preference.update({ip: TCP_LOOPBACK_PREFERENCE - index for index, ip in enumerate(loop)})
-    return tuple(passive_candidate(ip, port, foundation=str(first_foundation + index), other_preference=preference[ip])
+    # (direction preference, other preference): a demoted loopback address gets direction 0,
+    # which keeps it below the UDP loopback candidate, as every other TCP candidate is below
+    # the UDP one of its address.
+    preference = {ip: (4, TCP_REAL_PREFERENCE - index) for index, ip in enumerate(real)}
+    preference.update({ip: (0, TCP_LOOPBACK_PREFERENCE - index) for index, ip in enumerate(loop)})
+    return tuple(passive_candidate(ip, port, foundation=str(first_foundation + index),
+                                   direction_preference=preference[ip][0], other_preference=preference[ip][1])
                  for index, ip in enumerate(addresses))
 
 
