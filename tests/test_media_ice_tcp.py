@@ -19,9 +19,11 @@ libwebrtc (tests/e2e/test_e2e_ice_tcp.py).
 from __future__ import annotations
 
 import contextlib
+import logging
 from typing import AsyncIterator, Callable
 
 import trio
+import trio.testing
 from aioice import stun as aioice_stun
 from livekit.protocol import models, rtc
 
@@ -386,3 +388,19 @@ async def test_an_identified_connection_belongs_to_its_participant_and_ends_with
             room.participants["pub"].close(models.DisconnectReason.PARTICIPANT_REMOVED, send_leave=True)
             assert await until_closed(kept) == b""
             await until(lambda: count(server, ice_tcp.ICE_TCP_PATH_CLOSED) == 2)
+
+
+def test_flood_lines_are_logged_once_a_second_with_what_was_left_out(caplog) -> None:
+    async def main() -> list[bool]:
+        flood = ice_tcp.FloodLog(interval=1.0)
+        logged = [flood.log(logging.WARNING, "refused", {"remote": f"192.0.2.1:{port}"}) for port in range(5)]
+        await trio.sleep(1.0)
+        logged.append(flood.log(logging.WARNING, "refused", {"remote": "192.0.2.1:9"}))
+        logged.append(flood.log(logging.WARNING, "other", {}))
+        return logged
+
+    with caplog.at_level(logging.WARNING, logger="trio_sfu.media.ice_tcp"):
+        logged = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert logged == [True, False, False, False, False, True, True]
+    assert [r.getMessage() for r in caplog.records] == [
+        "refused remote=192.0.2.1:0", "refused remote=192.0.2.1:9 suppressed=4", "other"]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import errno
+import logging
 import socket
 from typing import Callable, Optional, Protocol, Sequence
 
@@ -64,6 +65,31 @@ BIND_ATTEMPTS = 10
 LISTEN_BACKLOG = 128
 
 _log = get_logger("trio_sfu.media.ice_tcp")
+
+
+class FloodLog:
+    """For the lines a flood of connections would repeat (refusals, closes before a valid
+    check): each message is logged the first time, then at most once per `interval` seconds
+    with how many were left out since (`suppressed=`). The counters count every one."""
+
+    def __init__(self, interval: float = 1.0) -> None:
+        self.interval = interval
+        self._next: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def log(self, level: int, message: str, kv: dict[str, object]) -> bool:
+        """Log `message` unless one like it went out within the interval; whether it did."""
+        now = trio.current_time()
+        if now < self._next.get(message, float("-inf")):
+            self._suppressed[message] = self._suppressed.get(message, 0) + 1
+            return False
+        self._next[message] = now + self.interval
+        suppressed = self._suppressed.pop(message, 0)
+        _log.log(level, message, kv={**kv, "suppressed": suppressed} if suppressed else kv)
+        return True
+
+
+_flood_log = FloodLog()
 
 
 @attrs.define
@@ -203,8 +229,8 @@ class TcpPath:
         frames = self.decoder.receive_data(data)
         if self.decoder.broken:
             self.metrics.inc(ICE_TCP_OVERSIZED_FRAME)
-            _log.warning("ICE-TCP frame over the size cap: connection closed",
-                         kv={"remote": _show(self.remote), "max_frame": self.limits.max_frame})
+            _flood_log.log(logging.WARNING, "ICE-TCP frame over the size cap: connection closed",
+                           kv={"remote": _show(self.remote), "max_frame": self.limits.max_frame})
             return None
         if frames:
             self.metrics.inc(ICE_TCP_FRAMES_RECEIVED, len(frames))
@@ -329,7 +355,7 @@ class IceTcpListener:
             except OSError as exc:
                 # Out of file descriptors or memory: wait a little rather than spin.
                 self.metrics.inc(ICE_TCP_ACCEPT_ERROR)
-                _log.warning("ICE-TCP accept failed", kv={"error": exc.strerror or str(exc)})
+                _flood_log.log(logging.WARNING, "ICE-TCP accept failed", kv={"error": exc.strerror or str(exc)})
                 await trio.sleep(0.1)
                 continue
             try:
@@ -340,14 +366,14 @@ class IceTcpListener:
             self.metrics.inc(ICE_TCP_ACCEPTED)
             if self._unidentified_total >= limits.max_unidentified:
                 self.metrics.inc(ICE_TCP_REFUSED_TOTAL_CAP)
-                _log.warning("ICE-TCP connection refused: too many unidentified",
-                             kv={"remote": f"{host}:{port}", "limit": limits.max_unidentified})
+                _flood_log.log(logging.WARNING, "ICE-TCP connection refused: too many unidentified",
+                               kv={"remote": f"{host}:{port}", "limit": limits.max_unidentified})
                 await trio.aclose_forcefully(stream)
                 continue
             if self.unidentified.get(host, 0) >= limits.max_unidentified_per_ip:
                 self.metrics.inc(ICE_TCP_REFUSED_PER_IP_CAP)
-                _log.warning("ICE-TCP connection refused: too many unidentified from one address",
-                             kv={"remote": f"{host}:{port}", "limit": limits.max_unidentified_per_ip})
+                _flood_log.log(logging.WARNING, "ICE-TCP connection refused: too many unidentified from one address",
+                               kv={"remote": f"{host}:{port}", "limit": limits.max_unidentified_per_ip})
                 await trio.aclose_forcefully(stream)
                 continue
             try:
@@ -370,8 +396,8 @@ class IceTcpListener:
                     endpoint = None
             if scope.cancelled_caught:
                 self.metrics.inc(ICE_TCP_IDENTIFY_TIMEOUT)
-                _log.info("ICE-TCP connection closed: no valid STUN check in time",
-                          kv={"remote": _show(path.remote), "timeout_s": self.limits.identify_timeout})
+                _flood_log.log(logging.INFO, "ICE-TCP connection closed: no valid STUN check in time",
+                               kv={"remote": _show(path.remote), "timeout_s": self.limits.identify_timeout})
         finally:
             left = self.unidentified[host] - 1
             if left:
@@ -409,8 +435,8 @@ class IceTcpListener:
                     if frame[0] >= 4:
                         # RFC 7983: not STUN. Nothing but a check may open a path.
                         self.metrics.inc(ICE_TCP_NOT_STUN)
-                        _log.info("ICE-TCP connection closed: not STUN before a valid check",
-                                  kv={"remote": _show(path.remote), "first_byte": frame[0]})
+                        _flood_log.log(logging.INFO, "ICE-TCP connection closed: not STUN before a valid check",
+                                       kv={"remote": _show(path.remote), "first_byte": frame[0]})
                         return None
                     ufrag = ufrag_of(frame)
                     found = self.lookup(ufrag) if ufrag is not None else None
@@ -420,8 +446,8 @@ class IceTcpListener:
                         self.metrics.inc(ICE_TCP_UNKNOWN_UFRAG)
                         failures += 1
                         if failures >= self.limits.max_failed_checks:
-                            _log.info("ICE-TCP connection closed: STUN for no transport of ours",
-                                      kv={"remote": _show(path.remote), "ufrag": ufrag, "checks": failures})
+                            _flood_log.log(logging.INFO, "ICE-TCP connection closed: STUN for no transport of ours",
+                                           kv={"remote": _show(path.remote), "ufrag": ufrag, "checks": failures})
                             return None
                         continue
                     if endpoint is None:
@@ -443,8 +469,8 @@ class IceTcpListener:
                     failures += 1
                     self.metrics.inc(ICE_TCP_UNAUTHENTICATED)
                     if failures >= self.limits.max_failed_checks:
-                        _log.info("ICE-TCP connection closed: checks failed authentication",
-                                  kv={"remote": _show(path.remote), "checks": failures})
+                        _flood_log.log(logging.INFO, "ICE-TCP connection closed: checks failed authentication",
+                                       kv={"remote": _show(path.remote), "checks": failures})
                         return None
         finally:
             if endpoint is not None:
