@@ -264,6 +264,41 @@ async def inbound_stats(p: Participant) -> list[dict[str, object]]:
     return out
 
 
+async def selected_pairs(p: Participant) -> list[dict[str, object]]:
+    """libwebrtc's selected ICE candidate pair of each of this participant's PeerConnections
+    (transport -> selected_candidate_pair_id -> local and remote candidates): which path and
+    transport protocol its media really took."""
+    try:
+        stats = await asyncio.wait_for(p.room.get_rtc_stats(), 5)
+    except Exception as exc:
+        return [{"error": repr(exc)}]
+    out = []
+    for pc, items in (("publisher", stats.publisher_stats), ("subscriber", stats.subscriber_stats)):
+        by_id = {}
+        for item in items:
+            kind = item.WhichOneof("stats")
+            if kind is not None:
+                by_id[getattr(item, kind).rtc.id] = (kind, getattr(item, kind))
+        for kind, item in by_id.values():
+            if kind != "transport" or not item.transport.selected_candidate_pair_id:
+                continue
+            pair = by_id.get(item.transport.selected_candidate_pair_id)
+            if pair is None:
+                continue
+
+            def side(candidate_id: str) -> dict[str, object] | None:
+                found = by_id.get(candidate_id)
+                if found is None:
+                    return None
+                c = found[1].candidate
+                return {"protocol": c.protocol, "address": c.address, "port": c.port,
+                        "tcp_type": rtc.stats.IceTcpCandidateType.Name(c.tcp_type) if c.protocol == "tcp" else None}
+
+            out.append({"pc": pc, "local": side(pair[1].candidate_pair.local_candidate_id),
+                        "remote": side(pair[1].candidate_pair.remote_candidate_id)})
+    return out
+
+
 async def run(args: argparse.Namespace) -> dict[str, object]:
     people = [Participant(identity, i) for i, identity in enumerate(args.participant)]
     summary: dict[str, object] = {"phases": {}, "participants": {}}
@@ -300,6 +335,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                 ok = record("media", False)
             summary["media"] = {p.identity: {w: m.as_json() for w, m in p.remotes.items()} for p in people}
             summary["inbound_rtp"] = {p.identity: await inbound_stats(p) for p in people}
+            summary["selected_pairs"] = {p.identity: await selected_pairs(p) for p in people}
             summary["expected"] = {p.identity: {"tone_hz": p.tone_hz, "colour": list(p.colour)} for p in people}
 
         if ok and args.wait_stdin:

@@ -92,6 +92,12 @@ def test_chromium_and_python_sdk_over_ice_tcp_with_udp_blocked(netns, sfu, clien
     chromium_and_python_sdk(netns, sfu, clients, tmp_path, "e2e-ice-tcp")
     result = json.loads((tmp_path / "browser_result.json").read_text())
     assert_tab_on_tcp(result, "web", sfu.log_tail())
+    # The SDK's own view (libwebrtc's stats): both PCs on a TCP pair to the passive candidate.
+    pairs = json.loads((tmp_path / "sdk_summary.json").read_text())["selected_pairs"]["py"]
+    assert sorted(p["pc"] for p in pairs) == ["publisher", "subscriber"], pairs
+    for pair in pairs:
+        assert pair["local"]["protocol"] == pair["remote"]["protocol"] == "tcp", pairs
+        assert pair["remote"]["port"] == ICE_TCP_PORT and pair["remote"]["tcp_type"] == "CANDIDATE_PASSIVE", pairs
     # The tab's two PCs and the SDK's two: the SDK's libwebrtc connected over TCP as well.
     assert_server_connected_only_over_tcp(sfu, participants=2)
     assert udp_dropped(netns, udp_port) > 0
