@@ -36,6 +36,9 @@ from trio_sfu.sockstat import process_drops
 
 from . import procstat
 
+#: A config for the servers benchmarks start: ICE/TCP off (see start_server).
+NO_ICE_TCP_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "no_ice_tcp.yaml")
+
 _PROGRESS = re.compile(
     r"\[\s*([\d.]+)s\] joined (\d+)/(\d+)\s+tracks (\d+)/(\d+)\s+out (\d+) pps\s+in (\d+) pps\s+loss ([\d.]+)%\s+errors (\d+)"
 )
@@ -117,7 +120,9 @@ def start_server(env: Optional[dict[str, str]] = None, command: Optional[list[st
     that do its work (itself; with `workers`, its worker processes, nodes of a cluster on the
     Redis at `redis`). `command` runs instead of ``python -m trio_sfu.cli`` and takes the CLI's
     arguments (bench.server_profile runs the CLI under its profiler)."""
-    arguments = ["--dev", "--node-ip", "127.0.0.1"]
+    # ICE/TCP off (rtc.tcp_port 0): the benchmarks measure the UDP path, and dev mode's 7881
+    # is the machine's, which another server may hold.
+    arguments = ["--dev", "--node-ip", "127.0.0.1", "--config", NO_ICE_TCP_CONFIG]
     if workers:
         arguments += ["--port", str(_free_port()), "--udp-port", str(_free_udp_base(workers)),
                       "--redis-host", str(redis), "--workers", str(workers)]

@@ -15,6 +15,33 @@ from rtp.srtp_profiles import SrtpProfile
 Address = tuple[str, int]
 
 
+class TcpAddress(tuple):
+    """The remote end of an ICE-TCP connection (RFC 6544): reads as ``(host, port)`` like a UDP
+    address, but is never equal to one, so a TCP path and a UDP path from the same host and port
+    are two candidate pairs to ICE and two destinations to the driver. (A client's TCP and UDP
+    sockets draw ephemeral ports independently; the same number on both is possible.)"""
+
+    __slots__ = ()
+
+    def __new__(cls, host: str, port: int) -> "TcpAddress":
+        return tuple.__new__(cls, (host, port))
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is TcpAddress and tuple.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
+
+    def __hash__(self) -> int:
+        return hash(("tcp", tuple.__getitem__(self, 0), tuple.__getitem__(self, 1)))
+
+    def __repr__(self) -> str:
+        return f"TcpAddress({self[0]!r}, {self[1]!r})"
+
+    def __getnewargs__(self) -> tuple[str, int]:
+        return (self[0], self[1])
+
+
 @attrs.frozen
 class SelectedAddressChanged:
     """ICE picked (or moved) the remote address that DTLS and media go to."""

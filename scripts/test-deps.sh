@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs that pip cannot: Debian packages and npm packages.
 #   iproute2 (`ip`)          network namespaces for the end-to-end tests (tests/e2e)
+#   iptables                 the ICE/TCP e2e test blocks a client's UDP inside its namespace
 #   chromium                 Debian's browser, driven headless by playwright-core (never a downloaded build)
 #   nodejs, npm              run playwright-core and install scripts/browser's npm packages
 #   redis-server             the cluster tests' shared state (tests/redis_server.py starts its own)
@@ -30,6 +31,7 @@ step_failed() { say "$*"; failed+=("$*"); }
 
 need_apt=()
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+command -v iptables >/dev/null 2>&1 || [ -x /usr/sbin/iptables ] || need_apt+=(iptables)
 [ -x "$chromium" ] || need_apt+=(chromium)
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v iptables >/dev/null 2>&1 || [ -x /usr/sbin/iptables ] || need_apt+=(iptables)
@@ -95,6 +97,7 @@ fi
 # What the end-to-end tests will look for, checked after the installs.
 missing=()
 command -v ip >/dev/null 2>&1 || missing+=("ip (iproute2)")
+command -v iptables >/dev/null 2>&1 || [ -x /usr/sbin/iptables ] || missing+=("iptables")
 [ -x "$chromium" ] || missing+=("Chromium at $chromium")
 command -v redis-server >/dev/null 2>&1 || missing+=("redis-server")
 command -v iptables >/dev/null 2>&1 || [ -x /usr/sbin/iptables ] || missing+=("iptables")

@@ -25,7 +25,7 @@ from livekit.protocol import rtc
 from rtp.dtls import DtlsCertificate
 from trio_sfu.client import LiveKitClient
 from trio_sfu.cluster.link import DeliverDelay, in_memory_link_pair
-from trio_sfu.config import RoomConfig, ServerConfig
+from trio_sfu.config import RoomConfig, RtcConfig, ServerConfig
 from trio_sfu.server import Server
 from trio_sfu.testing.memory_network import LinkDelay, MemoryNetwork
 from trio_sfu.tracks import live_sources
@@ -41,6 +41,9 @@ def make_config(**room: int) -> ServerConfig:
         bind_addresses=["127.0.0.1"],
         keys={API_KEY: API_SECRET},
         room=RoomConfig(**room),
+        # ICE/TCP off (LiveKit's 0): servers side by side cannot all have 7881; a test that
+        # wants it sets `server.media.ice_tcp_port = 0` for a port of its own.
+        rtc=RtcConfig(tcp_port=0),
     )
 
 
@@ -98,7 +101,8 @@ def _socket_ports() -> dict[str, int]:
 
 
 def server_ports(server: Server) -> set[int]:
-    """The ports the server listens on: signalling, and the media UDP socket while it is open.
+    """The ports the server listens on: signalling, the media UDP socket and the ICE/TCP
+    listeners while they are open.
     Ask while the server runs — after shutdown the media socket is closed and has no port, which
     is why `running_server` records them at start and hands them to `assert_no_leaks`."""
     ports = {server.port}
@@ -107,6 +111,11 @@ def server_ports(server: Server) -> set[int]:
             ports.add(server.media.mux.local_address[1])
         except OSError:
             pass  # closed: the caller should have recorded the port while it was open
+    if server.media is not None and server.media.ice_tcp is not None:
+        try:
+            ports.add(server.media.ice_tcp.port)  # its listeners and the connections they accepted
+        except OSError:
+            pass
     return ports
 
 
@@ -247,6 +256,27 @@ async def media_server(config: ServerConfig | None = None) -> AsyncIterator[Serv
     """`running_server` with media enabled (and its leak check)."""
     async with running_server(config or media_config(), enable_media=True) as server:
         yield server
+
+
+@contextlib.asynccontextmanager
+async def ice_tcp_server(limits: object = None) -> AsyncIterator[Server]:
+    """`media_server` with ICE/TCP on an ephemeral port (`limits`: an IceTcpLimits), and the
+    same leak check (its listeners and every connection they accepted included)."""
+    baseline = leak_baseline()
+    server = Server(media_config(), enable_media=True)
+    assert server.media is not None
+    server.media.ice_tcp_port = 0
+    if limits is not None:
+        server.media.ice_tcp_limits = limits  # type: ignore[assignment]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.run)
+        ports = server_ports(server)
+        try:
+            yield server
+        finally:
+            server.request_shutdown()
+    assert server.shutdown_clean, "rooms and participants did not end by themselves within the grace period"
+    assert_no_leaks(server, baseline, ports)
 
 
 @contextlib.asynccontextmanager

@@ -49,6 +49,17 @@ def test_a_worker_takes_the_udp_port_after_the_configured_one_and_its_command_dr
     config.rtc.udp_port = 65535
     with pytest.raises(ConfigError, match="out of range"):
         apply_worker_index(config, 1)
+    # The ICE/TCP port likewise (rtc.tcp_port: LiveKit has no flag for it); 0 (off) stays off.
+    config = ServerConfig()
+    assert config.rtc.tcp_port == 7881
+    apply_worker_index(config, 2)
+    assert config.rtc.tcp_port == 7883
+    config.rtc.tcp_port = 0
+    apply_worker_index(config, 2)
+    assert config.rtc.tcp_port == 0
+    config.rtc.tcp_port = 65535
+    with pytest.raises(ConfigError, match="ICE/TCP port .* out of range"):
+        apply_worker_index(config, 1)
     # A metrics port of its own (prometheus.port) is per worker too: each is a node to scrape.
     config = ServerConfig()
     config.prometheus.port = 6789

@@ -43,9 +43,9 @@ def wait_for(predicate, timeout: float, what: str, log: list[str]) -> None:
 
 
 def test_workers_share_a_port_a_dead_worker_is_restarted_and_sigterm_stops_them_all(redis_server, tmp_path) -> None:
-    port, udp = free_port(), free_port(socket.SOCK_DGRAM)
+    port, udp, tcp = free_port(), free_port(socket.SOCK_DGRAM), free_port()
     config = tmp_path / "cluster.yaml"
-    config.write_text("cluster:\n  heartbeat_interval: 0.3\n")
+    config.write_text(f"cluster:\n  heartbeat_interval: 0.3\nrtc:\n  tcp_port: {tcp}\n")
     proc = subprocess.Popen(
         [sys.executable, "-m", "trio_sfu.cli", "--dev", "--config", str(config), "--port", str(port),
          "--udp-port", str(udp), "--node-ip", "127.0.0.1", "--redis-host", redis_server.address, "--workers", "2"],
@@ -64,6 +64,13 @@ def test_workers_share_a_port_a_dead_worker_is_restarted_and_sigterm_stops_them_
         # Each worker serves the shared port, and its own.
         for own in (own0, own1):
             with socket.create_connection(("127.0.0.1", int(own.rsplit(":", 1)[1])), timeout=2):
+                pass
+        # ICE/TCP: each worker its own port, after the configured one, as its UDP port.
+        listening = [line for line in log if "media ICE/TCP listening" in line]
+        assert sorted(re.search(r"reachable=127\.0\.0\.1:(\d+)", line).group(1) for line in listening) == [
+            str(tcp), str(tcp + 1)], listening
+        for tcp_port in (tcp, tcp + 1):
+            with socket.create_connection(("127.0.0.1", tcp_port), timeout=2):
                 pass
         wait_for(lambda: any("cluster nodes" in line and f"node={node0}" in line and node1 in line for line in log),
                  15, "worker 0 sees worker 1 in the directory", log)

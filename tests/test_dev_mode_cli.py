@@ -12,6 +12,7 @@ import pathlib
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 
@@ -23,6 +24,20 @@ READY = re.compile(rb"trio-sfu ready url=ws://127\.0\.0\.1:\d+ media reachable a
 
 def cli_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "trio_sfu.cli", *args]
+
+
+def free_tcp_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tcp_port_config(path: pathlib.Path, text: str = "") -> str:
+    """A config file with `text` and an ICE/TCP port of its own: dev mode's 7881 is the
+    machine's, and other servers (other tests, other checkouts) may hold it."""
+    path.write_text(text + f"rtc:\n  tcp_port: {free_tcp_port()}\n" if "rtc:" not in text
+                    else text + f"  tcp_port: {free_tcp_port()}\n")
+    return str(path)
 
 
 async def media_line(*args: str) -> list[tuple[str, int]]:
@@ -70,10 +85,10 @@ def kernel_ipv4_addresses() -> set[str]:
     return found
 
 
-async def test_dev_ready_line_names_every_interface_address_then_loopback():
+async def test_dev_ready_line_names_every_interface_address_then_loopback(tmp_path: pathlib.Path):
     if shutil.which("ip") is None:
         pytest.skip("no `ip` command to compare with (Debian package iproute2)")
-    media = await media_line()
+    media = await media_line("--config", tcp_port_config(tmp_path / "tcp.yaml"))
     ports = {port for _, port in media}
     assert len(ports) == 1 and 0 not in ports, media
     hosts = [host for host, _ in media]
@@ -83,11 +98,11 @@ async def test_dev_ready_line_names_every_interface_address_then_loopback():
 
 
 async def test_interfaces_filter_and_node_ip_on_the_ready_line(tmp_path: pathlib.Path):
-    only_loopback = tmp_path / "lo.yaml"
-    only_loopback.write_text("rtc:\n  interfaces:\n    includes: [lo]\n")
-    assert [host for host, _ in await media_line("--config", str(only_loopback))] == ["127.0.0.1"]
+    only_loopback = tcp_port_config(tmp_path / "lo.yaml", "rtc:\n  interfaces:\n    includes: [lo]\n")
+    assert [host for host, _ in await media_line("--config", only_loopback)] == ["127.0.0.1"]
     # --node-ip: exactly that address, as before this mode existed.
-    assert [host for host, _ in await media_line("--node-ip", "198.51.100.7")] == ["198.51.100.7"]
+    node_ip = await media_line("--node-ip", "198.51.100.7", "--config", tcp_port_config(tmp_path / "tcp.yaml"))
+    assert [host for host, _ in node_ip] == ["198.51.100.7"]
 
 
 async def test_a_filter_that_leaves_no_address_is_a_clear_error(tmp_path: pathlib.Path):

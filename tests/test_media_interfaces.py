@@ -219,6 +219,7 @@ async def test_dev_server_offers_every_address_and_answers_from_the_one_used():
     test_media_udp_mux), the client would fail that pair and end up on loopback."""
     config = ServerConfig(port=0, keys={API_KEY: API_SECRET}, development=True)
     config.rtc.udp_port = 0
+    config.rtc.tcp_port = 0  # ICE/TCP off: not what this test is about, and 7881 may be taken
     assert config.rtc.node_ip is None and config.effective_bind_addresses() == ["127.0.0.1"]
     baseline = server_fixtures.leak_baseline()
     server = Server(config, enable_media=True)

@@ -6,6 +6,7 @@ import os
 import pathlib
 import re
 import signal
+import socket
 import subprocess
 import sys
 
@@ -37,11 +38,18 @@ async def read_until_ready(proc: trio.Process) -> tuple[int, bytes]:
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-async def test_dev_server_serves_and_exits_cleanly_on_signal(signum: int) -> None:
+async def test_dev_server_serves_and_exits_cleanly_on_signal(signum: int, tmp_path: pathlib.Path) -> None:
     env = dict(os.environ)
     env.pop("LIVEKIT_KEYS", None)
+    # An ICE/TCP port of its own: dev mode's 7881 is the machine's, and another server may hold it.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        tcp_port = probe.getsockname()[1]
+    config = tmp_path / "tcp.yaml"
+    config.write_text(f"rtc:\n  tcp_port: {tcp_port}\n")
     proc = await trio.lowlevel.open_process(
-        cli_command("--dev", "--port", "0", "--udp-port", "0"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+        cli_command("--dev", "--port", "0", "--udp-port", "0", "--config", str(config)),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
     )
     try:
         port, banner = await read_until_ready(proc)

@@ -163,6 +163,7 @@ def test_cli_dev_defaults() -> None:
     config, _ = config_from_args(build_parser().parse_args(["--dev"]), {})
     assert config.keys == {"devkey": "secret"}
     assert config.effective_bind_addresses() == ["127.0.0.1"] and config.port == 7880 and config.rtc.udp_port == 7882
+    assert config.rtc.tcp_port == 7881  # ICE/TCP on LiveKit's dev port
     config, _ = config_from_args(build_parser().parse_args(["--dev", "--bind", "0.0.0.0"]), {})
     assert config.effective_bind_addresses() == ["0.0.0.0"]
     config, _ = config_from_args(build_parser().parse_args(["--keys", "k: s"]), {})

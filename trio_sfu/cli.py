@@ -118,11 +118,17 @@ def worker_count(args: argparse.Namespace, config: ServerConfig) -> int:
 
 
 def apply_worker_index(config: ServerConfig, index: int) -> None:
-    """Worker `index` of several: its own UDP port (and metrics and TURN ports) next to the configured one."""
+    """Worker `index` of several: its own UDP port, ICE/TCP port (and metrics and TURN ports) next to
+    the configured ones."""
     if config.rtc.udp_port:
         config.rtc.udp_port += index
         if config.rtc.udp_port > 65535:
             raise ConfigError(f"worker {index}'s UDP port {config.rtc.udp_port} is out of range")
+    if config.rtc.tcp_port:
+        # Like the UDP port: a client's TCP connection must reach the node its candidates name.
+        config.rtc.tcp_port += index
+        if config.rtc.tcp_port > 65535:
+            raise ConfigError(f"worker {index}'s ICE/TCP port {config.rtc.tcp_port} is out of range")
     for name in ("udp_port", "tls_port"):
         # Each worker's TURN server relays only to that worker's media port, so each has ports of
         # its own too (its JoinResponses name them).

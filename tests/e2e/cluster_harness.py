@@ -103,7 +103,11 @@ class ClusterHarness:
 
     def start_nodes(self, name: str, port: int, udp_port: int, *extra: str, expect: int = 1) -> NodeGroup:
         log = self.tmp_path / f"{name}.log"
-        argv = self.netns.wrap([sys.executable, "-m", "trio_sfu.cli", "--dev", "--config", str(self.config),
+        # Each group its own ICE/TCP port (there is no flag for it, as in LiveKit): the one below
+        # its UDP port, and a worker of the group takes the next ones as it does UDP ports.
+        config = self.tmp_path / f"{name}.yaml"
+        config.write_text(self.config.read_text() + f"rtc:\n  tcp_port: {udp_port - 1}\n")
+        argv = self.netns.wrap([sys.executable, "-m", "trio_sfu.cli", "--dev", "--config", str(config),
                                 "--port", str(port), "--udp-port", str(udp_port), "--node-ip", self.netns.address,
                                 "--redis-host", f"127.0.0.1:{REDIS_PORT}", *extra])
         env = dict(os.environ, PYTHONUNBUFFERED="1")

@@ -265,28 +265,41 @@ async def inbound_stats(p: Participant) -> list[dict[str, object]]:
     return out
 
 
-async def selected_paths(p: Participant) -> list[dict[str, object]]:
-    """The local candidate of each PeerConnection's selected pair (libwebrtc's getStats): how
-    media reached the server (host, or relay and over which protocol)."""
+async def selected_pairs(p: Participant) -> list[dict[str, object]]:
+    """libwebrtc's selected ICE candidate pair of each of this participant's PeerConnections
+    (transport -> selected_candidate_pair_id -> local and remote candidates): which path and
+    transport protocol its media really took."""
     try:
         stats = await asyncio.wait_for(p.room.get_rtc_stats(), 5)
     except Exception as exc:
         return [{"error": repr(exc)}]
-    out: list[dict[str, object]] = []
-    for side, reports in (("publisher", stats.publisher_stats), ("subscriber", stats.subscriber_stats)):
-        by_id = {getattr(r, r.WhichOneof("stats")).rtc.id: r for r in reports if r.WhichOneof("stats")}
-        for r in reports:
-            if r.WhichOneof("stats") != "transport" or not r.transport.transport.selected_candidate_pair_id:
+    out = []
+    for pc, items in (("publisher", stats.publisher_stats), ("subscriber", stats.subscriber_stats)):
+        by_id = {}
+        for item in items:
+            kind = item.WhichOneof("stats")
+            if kind is not None:
+                by_id[getattr(item, kind).rtc.id] = (kind, getattr(item, kind))
+        for kind, item in by_id.values():
+            if kind != "transport" or not item.transport.selected_candidate_pair_id:
                 continue
-            pair = by_id.get(r.transport.transport.selected_candidate_pair_id)
-            local = pair and by_id.get(pair.candidate_pair.candidate_pair.local_candidate_id)
-            if not local:
+            pair = by_id.get(item.transport.selected_candidate_pair_id)
+            if pair is None:
                 continue
-            candidate = local.local_candidate.candidate
-            out.append({"side": side, "candidate_type": stats_pb2.IceCandidateType.Name(candidate.candidate_type),
-                        "relay_protocol": (stats_pb2.IceServerTransportProtocol.Name(candidate.relay_protocol)
-                                           if candidate.HasField("relay_protocol") else None),
-                        "address": candidate.address, "port": candidate.port})
+
+            def side(candidate_id: str) -> dict[str, object] | None:
+                found = by_id.get(candidate_id)
+                if found is None:
+                    return None
+                c = found[1].candidate
+                return {"protocol": c.protocol, "address": c.address, "port": c.port,
+                        "tcp_type": rtc.stats.IceTcpCandidateType.Name(c.tcp_type) if c.protocol == "tcp" else None,
+                        "candidate_type": stats_pb2.IceCandidateType.Name(c.candidate_type),
+                        "relay_protocol": (stats_pb2.IceServerTransportProtocol.Name(c.relay_protocol)
+                                           if c.HasField("relay_protocol") else None)}
+
+            out.append({"pc": pc, "local": side(pair[1].candidate_pair.local_candidate_id),
+                        "remote": side(pair[1].candidate_pair.remote_candidate_id)})
     return out
 
 
@@ -326,7 +339,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                 ok = record("media", False)
             summary["media"] = {p.identity: {w: m.as_json() for w, m in p.remotes.items()} for p in people}
             summary["inbound_rtp"] = {p.identity: await inbound_stats(p) for p in people}
-            summary["paths"] = {p.identity: await selected_paths(p) for p in people}
+            summary["selected_pairs"] = {p.identity: await selected_pairs(p) for p in people}
             summary["expected"] = {p.identity: {"tone_hz": p.tone_hz, "colour": list(p.colour)} for p in people}
 
         if ok and args.wait_stdin:

@@ -151,6 +151,10 @@ def test_two_chromium_tabs(netns, sfu, clients, tmp_path, tmp_path_factory, pyte
     for tab, remote in (("tab-a", "tab-b"), ("tab-b", "tab-a")):
         # The other tab's tone and camera shape, not its own.
         assert_received(result, tab, remote, context, tone_hz=TAB_TONE_HZ[remote], camera=TAB_CAMERA[remote])
+        # The server offers ICE/TCP too, below UDP: with UDP open, media takes UDP.
+        pairs = result["statuses"][tab]["selectedPairs"]
+        assert pairs and all(p["local"]["protocol"] == p["remote"]["protocol"] == "udp" for p in pairs), (
+            f"{tab} selected {pairs}\n{context}")
     first_frame_ms = {tab: result["statuses"][tab]["firstFrameMs"] for tab in ("tab-a", "tab-b")}
     record_metric(tmp_path_factory, pytestconfig, "chromium_join_to_first_decoded_frame_ms", {
         "tab-a<-tab-b": first_frame_ms["tab-a"].get("tab-b"),

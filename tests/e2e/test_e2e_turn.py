@@ -101,12 +101,13 @@ def test_two_tabs_behind_a_firewall_talk_through_turn_over_tls(netns, turn_sfu, 
         for remote in remotes:
             assert_received(result, tab, remote, context, tone_hz=TAB_TONE_HZ[remote], camera=TAB_CAMERA[remote])
     for tab in expect:
-        paths = result["statuses"][tab].get("paths") or []
+        pairs = result["statuses"][tab].get("selectedPairs") or []
         # Both PeerConnections (publisher and subscriber) once connected.
-        assert len(paths) >= 2, f"{tab}: selected paths {paths}\n{context}"
-        for path in paths:
-            assert path["candidateType"] == "relay" and path["relayProtocol"] == "tls", (
-                f"{tab} did not go through TURN over TLS: {paths}\n{context}")
+        assert len(pairs) >= 2, f"{tab}: selected pairs {pairs}\n{context}"
+        for pair in pairs:
+            local = pair["local"] or {}
+            assert local.get("candidateType") == "relay" and local.get("relayProtocol") == "tls", (
+                f"{tab} did not go through TURN over TLS: {pairs}\n{context}")
 
 
 def test_python_sdk_behind_a_firewall_talks_through_turn_over_udp(netns, turn_sfu, clients, tmp_path):
@@ -138,8 +139,9 @@ def test_python_sdk_behind_a_firewall_talks_through_turn_over_udp(netns, turn_sf
     assert summary["phases"].get("media", {}).get("ok"), (
         f"no media through TURN: {json.dumps(summary.get('media'))}\n{context}")
     for me in people:
-        paths = summary["paths"][me]
-        assert {p["side"] for p in paths} == {"publisher", "subscriber"}, f"{me}: {paths}\n{context}"
-        for path in paths:
-            assert path["candidate_type"] == "RELAY" and path["relay_protocol"] == "TRANSPORT_UDP", (
-                f"{me} did not go through TURN over UDP: {paths}\n{context}")
+        pairs = summary["selected_pairs"][me]
+        assert {p["pc"] for p in pairs} == {"publisher", "subscriber"}, f"{me}: {pairs}\n{context}"
+        for pair in pairs:
+            local = pair["local"] or {}
+            assert local.get("candidate_type") == "RELAY" and local.get("relay_protocol") == "TRANSPORT_UDP", (
+                f"{me} did not go through TURN over UDP: {pairs}\n{context}")

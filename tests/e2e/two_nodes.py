@@ -51,12 +51,14 @@ def say(**item: object) -> None:
 
 
 def dev_config(node_ip: str) -> ServerConfig:
-    """What `trio-sfu --dev --port 0 --udp-port 0 --node-ip <node_ip>` builds."""
+    """What `trio-sfu --dev --port 0 --udp-port 0 --node-ip <node_ip>` builds (without ICE/TCP)."""
     config = ServerConfig()
     config.development = True
     config.keys = {DEV_API_KEY: DEV_API_SECRET}
     config.port = 0
     config.rtc.udp_port = 0
+    # ICE/TCP off: two nodes in one process cannot both listen on 7881.
+    config.rtc.tcp_port = 0
     config.rtc.node_ip = node_ip
     return config
 

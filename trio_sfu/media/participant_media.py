@@ -116,6 +116,8 @@ class ParticipantMedia:
             self.update_desired()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self.subscribing.run)
+                # Its ICE-TCP connections, once identified, run here: they end with its media.
+                nursery.start_soon(self.transports.run_tcp_paths)
                 task_status.started()
                 # The timers run in this task, the nursery's body, rather than in a child of
                 # their own: one task less per participant, and the same lifetime (a failure

@@ -32,8 +32,10 @@ from sdp.model import Fingerprint
 from trio_sfu import metrics as m
 from trio_sfu.log import get_logger
 from trio_sfu.media.participant_media import ParticipantMedia
+from trio_sfu.media.transport import TransportEndpoint
 from trio_sfu.media.room_media import RelayHooks, RoomMedia
 from trio_sfu.datagram import BindDatagram, UdpSocket
+from trio_sfu.media.ice_tcp import IceTcpLimits, IceTcpListener, TcpEndpoint, bind_listeners, passive_candidate
 from trio_sfu.media.interfaces import InterfaceAddress, interface_addresses, usable_addresses
 from trio_sfu.media.udp_mux import UdpMux, discover_node_ip, host_candidate
 from trio_sfu.signal.media_port import MediaContext
@@ -52,6 +54,10 @@ ANSWER_TIMEOUT = 15.0
 #: loopback below every one of them (a client that can use a real address should).
 REAL_PREFERENCE = 65535
 LOOPBACK_PREFERENCE = 1000
+#: The same for passive TCP candidates, in RFC 6544's 13-bit "other preference" (below
+#: LOOPBACK_PREFERENCE for loopback, whose direction preference is 0: see tcp_candidates_for).
+TCP_REAL_PREFERENCE = 8191
+TCP_LOOPBACK_PREFERENCE = 100
 _WILDCARDS = ("0.0.0.0", "::", "")
 
 _log = get_logger("trio_sfu.media")
@@ -80,6 +86,11 @@ class MediaService:
         self.list_interfaces: Callable[[], list[InterfaceAddress]] = interface_addresses
         self.default_route_address: Callable[[], str] = discover_node_ip
         self.mux: Optional[UdpMux] = None
+        # ICE over TCP (trio_sfu.media.ice_tcp) on `rtc.tcp_port`, 0 there turning it off as in
+        # LiveKit. `ice_tcp_port` overrides that port: tests set 0 here for one the kernel picks.
+        self.ice_tcp_port: Optional[int] = None
+        self.ice_tcp_limits = IceTcpLimits()
+        self.ice_tcp: Optional[IceTcpListener] = None
         self.candidates: tuple[str, ...] = ()
         # (address, port) of each candidate, highest priority first: where clients reach media.
         self.reachable: tuple[tuple[str, int], ...] = ()
@@ -98,10 +109,51 @@ class MediaService:
         bound = [host for host, _ in self.mux.local_addresses]
         advertised = plan.advertise or tuple(bound)
         self.reachable = tuple((ip, port) for ip in advertised)
-        self.candidates = candidates_for(advertised, port)
+        candidates = candidates_for(advertised, port)
         _log.info("media UDP listening", kv={"bind": ", ".join(format_address(h, port) for h in bound),
                                              "reachable": ", ".join(format_address(ip, port) for ip in advertised)})
-        await self.mux.run(task_status=task_status)
+        tcp_port = self.config.rtc.tcp_port if self.ice_tcp_port is None else self.ice_tcp_port
+        if self.ice_tcp_port is not None or tcp_port:
+            try:
+                # Where the UDP sockets are (a TCP reply leaves on its connection, but a
+                # candidate must name an address that accepts).
+                listeners = await bind_listeners(bound, tcp_port)
+            except BaseException:
+                for sock in self.mux.sockets:
+                    sock.close()
+                raise
+            self.ice_tcp = IceTcpListener(listeners, self._endpoint_by_ufrag, self.metrics, self.ice_tcp_limits)
+            tcp_port = self.ice_tcp.port
+            tcp_bound = [host for host, _ in self.ice_tcp.local_addresses]
+            tcp_advertised = plan.advertise or tuple(tcp_bound)
+            candidates += tcp_candidates_for(tcp_advertised, tcp_port, first_foundation=len(candidates) + 1)
+            _log.info("media ICE/TCP listening", kv={
+                "bind": ", ".join(format_address(h, tcp_port) for h in tcp_bound),
+                "reachable": ", ".join(format_address(ip, tcp_port) for ip in tcp_advertised)})
+        self.candidates = candidates
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.mux.run)
+                if self.ice_tcp is not None:
+                    await nursery.start(self.ice_tcp.run)
+                task_status.started()
+        finally:
+            if self.ice_tcp is not None:
+                # Its run closes them; this is for a cancel that came before it started.
+                for listener in self.ice_tcp.listeners:
+                    listener.socket.close()
+
+    def _endpoint_by_ufrag(self, ufrag: str) -> Optional[TcpEndpoint]:
+        """The transport an ICE-TCP connection's first check names: the one the UDP mux has
+        registered under that local ufrag (one registry for both paths)."""
+        mux = self.mux
+        endpoint = mux.by_ufrag.get(ufrag) if mux is not None else None
+        return endpoint if isinstance(endpoint, TransportEndpoint) else None
+
+    @property
+    def tcp_port(self) -> Optional[int]:
+        """The ICE-TCP port, None when ICE-TCP is off."""
+        return self.ice_tcp.port if self.ice_tcp is not None else None
 
     @property
     def udp_port(self) -> int:
@@ -191,9 +243,28 @@ def candidates_for(addresses: Sequence[str], port: int) -> tuple[str, ...]:
     return tuple(out)
 
 
+def tcp_candidates_for(addresses: Sequence[str], port: int, first_foundation: int = 1) -> tuple[str, ...]:
+    """Passive TCP host candidates for `addresses`, in the order `candidates_for` gives the
+    UDP ones (loopback demoted the same way), each below the UDP candidate of its address and
+    every UDP candidate of a real address (trio_sfu.media.ice_tcp.passive_candidate);
+    foundations from `first_foundation` (a TCP candidate never shares one with a UDP one)."""
+    loopback = [ipaddress.ip_address(ip).is_loopback for ip in addresses]
+    demote = not all(loopback)
+    real = [ip for ip, is_loop in zip(addresses, loopback) if not (demote and is_loop)]
+    loop = [ip for ip, is_loop in zip(addresses, loopback) if demote and is_loop]
+    # (direction preference, other preference): a demoted loopback address gets direction 0,
+    # which keeps it below the UDP loopback candidate, as every other TCP candidate is below
+    # the UDP one of its address.
+    preference = {ip: (4, TCP_REAL_PREFERENCE - index) for index, ip in enumerate(real)}
+    preference.update({ip: (0, TCP_LOOPBACK_PREFERENCE - index) for index, ip in enumerate(loop)})
+    return tuple(passive_candidate(ip, port, foundation=str(first_foundation + index),
+                                   direction_preference=preference[ip][0], other_preference=preference[ip][1])
+                 for index, ip in enumerate(addresses))
+
+
 def format_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 __all__ = ["ANSWER_TIMEOUT", "MediaAddresses", "MediaService", "NOT_FOUND_TIMEOUT", "RECONCILE_INTERVAL",
-           "candidates_for", "format_address", "media_addresses"]
+           "candidates_for", "format_address", "media_addresses", "tcp_candidates_for"]

@@ -34,6 +34,7 @@ from rtp.peer_session import PeerSession, PeerSessionEvent
 from rtp.peer_transport import IceMode, PeerTransport
 from rtp.peer_transport_events import (
     Address,
+    TcpAddress,
     RtcpReceived,
     RtpReceived,
     TransportClosed,
@@ -47,6 +48,7 @@ from sdp.negotiator import DtlsRole, LocalParams
 from trio_sfu import metrics as m
 from trio_sfu.log import ContextLogger
 from trio_sfu.media.data_channels import DataTransport, ParticipantData
+from trio_sfu.media.ice_tcp import ICE_TCP_SEND_NO_PATH, TcpPath
 from trio_sfu.media.udp_mux import UdpMux
 
 PUBLISHER = "publisher"
@@ -58,6 +60,12 @@ RtpHandler = Callable[[bytes, float], None]
 RtcpHandler = Callable[[Sequence[rtcp.RtcpPacket], float], None]
 #: "Make the timer loop wake no later than this deadline" (trio_sfu.media.timers.TimerLoop.wake_by).
 WakeBy = Callable[[Optional[float]], None]
+#: Take an identified ICE-TCP connection over (ParticipantTransports.adopt_tcp); False: refused.
+AdoptTcp = Callable[[TcpPath], bool]
+
+#: ICE-TCP connections one peer connection may hold: one per server candidate address the
+#: client tries, with room for a reconnect.
+MAX_TCP_PATHS_PER_TRANSPORT = 4
 
 #: The session's events about its SCTP association: the data channels' business.
 _DATA_EVENTS = (MessageReceived, ChannelOpened, ChannelClosed, AssociationEstablished, AssociationClosed)
@@ -83,7 +91,7 @@ class TransportEndpoint:
 
     def __init__(self, name: str, session: PeerSession, mux: UdpMux, *, on_rtp: Optional[RtpHandler],
                  on_rtcp: RtcpHandler, on_connected: Optional[Callable[[float], None]], wake_by: WakeBy,
-                 metrics: m.Metrics, log: ContextLogger) -> None:
+                 metrics: m.Metrics, log: ContextLogger, adopt_tcp: Optional[AdoptTcp] = None) -> None:
         self.name = name
         self.session = session
         # What the mux routes by (its local ufrag, the addresses it accepts); only read, never
@@ -103,6 +111,10 @@ class TransportEndpoint:
         self._next_event = session.next_event
         self._metrics = metrics
         self._log = log
+        # ICE-TCP connections by their remote end: where what the session sends to a
+        # TcpAddress goes (trio_sfu.media.ice_tcp).
+        self.tcp_paths: dict[Address, TcpPath] = {}
+        self._adopt_tcp = adopt_tcp
 
     # ---- MuxEndpoint -----------------------------------------------------------------------
 
@@ -150,6 +162,7 @@ class TransportEndpoint:
             self.connected = True
             self._metrics.inc(m.MEDIA_TRANSPORT_CONNECTED)
             self._log.info("transport connected", kv={"pc": self.name, "addr": f"{event.addr[0]}:{event.addr[1]}",
+                                                      "path": "tcp" if type(event.addr) is TcpAddress else "udp",
                                                       "srtp": event.srtp_profile.name})
             if self._on_connected is not None:
                 self._on_connected(now)
@@ -172,6 +185,14 @@ class TransportEndpoint:
     def flush(self, now: float) -> None:
         out = self.session.datagrams_to_send(now)
         if out:
+            if self.tcp_paths:
+                udp = []
+                for data, addr in out:
+                    if type(addr) is TcpAddress:
+                        self._send_tcp(data, addr)
+                    else:
+                        udp.append((data, addr))
+                out = udp
             self._mux.send(out)
 
     def send_queued(self, now: float) -> None:
@@ -184,7 +205,50 @@ class TransportEndpoint:
         """The down tracks' send: protected and sent at once (no outbox round trip). False when
         the transport cannot send or the socket buffer is full, so the down track counts it."""
         out = self.session.protect_rtp_datagram(packet)
-        return out is not None and self._mux.send_one(out[0], out[1])
+        if out is None:
+            return False
+        if type(out[1]) is TcpAddress:
+            return self._send_tcp(out[0], out[1])
+        return self._mux.send_one(out[0], out[1])
+
+    # ---- ICE-TCP paths (trio_sfu.media.ice_tcp's TcpEndpoint) --------------------------------
+
+    def _send_tcp(self, data: bytes, addr: Address) -> bool:
+        path = self.tcp_paths.get(addr)
+        if path is None:
+            self._metrics.inc(ICE_TCP_SEND_NO_PATH)  # its connection has gone
+            return False
+        return path.send(data)
+
+    def attach_tcp(self, path: TcpPath) -> bool:
+        """Replies to `path.remote` go out on `path` from now on; False when this connection
+        already has its share of TCP paths."""
+        paths = self.tcp_paths
+        if paths.get(path.remote) is not path and len(paths) >= MAX_TCP_PATHS_PER_TRANSPORT:
+            self._log.warning("ICE-TCP connection refused: enough TCP paths",
+                              kv={"pc": self.name, "limit": MAX_TCP_PATHS_PER_TRANSPORT})
+            return False
+        paths[path.remote] = path
+        path.on_closed = self.detach_tcp
+        return True
+
+    def detach_tcp(self, path: TcpPath) -> None:
+        if self.tcp_paths.get(path.remote) is path:
+            del self.tcp_paths[path.remote]
+
+    def adopt_tcp(self, path: TcpPath) -> bool:
+        """An identified ICE-TCP connection of this peer: its frames come here, and its tasks
+        run in the participant's nursery (False: the participant is closing)."""
+        if self._adopt_tcp is None or self.tcp_paths.get(path.remote) is not path:
+            return False
+        session_receive = self.on_datagram
+        remote = path.remote
+
+        def on_frame(frame: bytes, now: float) -> None:
+            session_receive(frame, remote, now)
+
+        path.on_frame = on_frame
+        return self._adopt_tcp(path)
 
     def send_rtcp(self, packet: bytes) -> bool:
         if not self.session.send_rtcp(packet):
@@ -228,6 +292,9 @@ class TransportEndpoint:
         session.close(now, drain=False)
         self.flush(now)
         self._mux.unregister(self)
+        for path in list(self.tcp_paths.values()):
+            path.close()
+        self.tcp_paths.clear()
         m.fold_counters(self._metrics, "media_transport", session.transport.counters)
         m.fold_counters(self._metrics, "media_session", session.counters)
 
@@ -247,6 +314,10 @@ class ParticipantTransports:
         self.sub_local = LocalParams(sub_ufrag, sub_pwd, service.fingerprints, service.candidates)
         self.publisher: Optional[TransportEndpoint] = None
         self.subscriber: Optional[TransportEndpoint] = None
+        # Identified ICE-TCP connections on their way to `run_tcp_paths`, in this participant's
+        # nursery; bounded: more than both PCs' share is refused.
+        self._adopted_send, self._adopted_receive = trio.open_memory_channel[TcpPath](
+            2 * MAX_TCP_PATHS_PER_TRANSPORT)
 
     def open_publisher(self, role: DtlsRole, ufrag: str, pwd: str, fingerprints: tuple[Fingerprint, ...], *,
                        on_rtp: RtpHandler, on_rtcp: RtcpHandler) -> TransportEndpoint:
@@ -282,10 +353,27 @@ class ParticipantTransports:
         mux = service.mux
         assert mux is not None, "the media service runs (its mux is bound) before any participant negotiates"
         endpoint = TransportEndpoint(name, session, mux, on_rtp=on_rtp, on_rtcp=on_rtcp, on_connected=on_connected,
-                                     wake_by=self._wake_by, metrics=self._metrics, log=self._log)
+                                     wake_by=self._wake_by, metrics=self._metrics, log=self._log,
+                                     adopt_tcp=self.adopt_tcp)
         mux.register(endpoint)
         self._wake_by(session.next_deadline())
         return endpoint
+
+    def adopt_tcp(self, path: TcpPath) -> bool:
+        """Queue an identified ICE-TCP connection for `run_tcp_paths` (never waits)."""
+        try:
+            self._adopted_send.send_nowait(path)
+        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            return False  # closing, or more than both PCs' share waiting: the listener counts it
+        return True
+
+    async def run_tcp_paths(self) -> None:
+        """The participant's ICE-TCP connections, each a task of this nursery (so they end
+        with the participant's media); returns once `close` was called and they all ended."""
+        async with trio.open_nursery() as nursery:
+            async with self._adopted_receive:
+                async for path in self._adopted_receive:
+                    nursery.start_soon(path.run, name=f"ice-tcp path {path.remote[0]}:{path.remote[1]}")
 
     def candidate_trickles(self, target: int, mid: str) -> list[rtc.SignalResponse]:
         """Our host candidates for the PC `target` (rtc.SignalTarget), as trickle messages."""
@@ -333,7 +421,9 @@ class ParticipantTransports:
                 endpoint.handle_timeout(now)
 
     def close(self, now: float) -> None:
-        """Close both peer connections and unregister them from the mux."""
+        """Close both peer connections (and their ICE-TCP connections) and unregister them
+        from the mux."""
+        self._adopted_send.close()
         for endpoint in (self.publisher, self.subscriber):
             if endpoint is not None:
                 endpoint.close(now)
