@@ -18,12 +18,14 @@ from typing import Callable, Optional, Protocol
 
 from livekit.protocol import models
 
-from sdp.codecs import MediaKind
+from sdp.codecs import EXT_AUDIO_LEVEL, MediaKind
 from sdp.model import Codec
 
 from trio_sfu import metrics as m
 from trio_sfu.forwarding import TrackReceiver
 from trio_sfu.media.data_channels import ParticipantData
+from trio_sfu.media.room_reports import RoomReports
+from trio_sfu.media.speakers import AudioLevelMeter
 from trio_sfu.signal.media_port import MediaParticipant
 from trio_sfu.tracks import ResolutionPolicy, ResumeFlagPolicy, SourceOrigin, TrackManager, TrackSource
 from trio_sfu.tracks.subscriber import Binding
@@ -47,6 +49,15 @@ class PublishedTrack:
         self.codecs = codecs  # as negotiated on the publisher PC (publisher payload types)
         self.extensions = extensions  # publisher extension id -> URI
         self.receiver = receiver
+        # Audio with RFC 6464 levels negotiated: the publisher PC's element id and the track's
+        # meter (active speakers); None for video and for audio without levels.
+        self.audio_level_extension: Optional[int] = None
+        self.audio_level: Optional[AudioLevelMeter] = None
+        if kind is MediaKind.AUDIO:
+            self.audio_level_extension = next(
+                (ext_id for ext_id, uri in extensions.items() if uri == EXT_AUDIO_LEVEL), None)
+            if self.audio_level_extension is not None:
+                self.audio_level = AudioLevelMeter(receiver.clock_rate)
         self.published = False
         self.source: Optional[TrackSource] = None  # its local source, once published
 
@@ -85,6 +96,9 @@ class RoomMember(Protocol):
 
     def update_desired(self) -> None:
         """The room's tracks changed: re-decide what the member should receive."""
+
+    def published_tracks(self) -> list[PublishedTrack]:
+        """The tracks it publishes that media was matched to (speakers and quality read them)."""
 
 
 class RelayHooks(Protocol):
@@ -143,6 +157,8 @@ class RoomMedia:
         # Track ids unpublished for good (no resume): nobody wants them any more. Track sids are
         # never reused by a new publication, so this only grows with the room's publications.
         self.withdrawn: set[str] = set()
+        # Speakers and connection quality: a timer part of every member's loop.
+        self.reports = RoomReports(self.sessions, service.metrics)
 
     @property
     def tracks(self) -> dict[str, TrackSource]:

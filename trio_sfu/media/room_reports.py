@@ -1,0 +1,269 @@
+"""A room's periodic reports to its participants: active speakers and connection quality.
+
+`RoomReports` is a `Timed` part (trio_sfu.media.timers) that every member's timer loop serves:
+whichever loop first wakes past a report's time makes it, the others find nothing due. So the
+reports need no task of their own and stop with the room's last member.
+
+- Speakers, every `AudioLevelConfig.update_interval` (0.4 s, LiveKit's): each participant's
+  level is its loudest unmuted microphone track's meter (`speakers.AudioLevelMeter`, fed on the
+  receive path); the room's `SpeakerObserver` says what changed, and each participant hears
+  `speakers_changed` with the entries about itself and about publishers it is subscribed to,
+  only when there are some. A participant that newly subscribes to someone speaking now is
+  told so at the next report, as LiveKit tells a new subscriber.
+- Connection quality, every 5 s (LiveKit's `connectionquality.UpdateInterval`): each stream a
+  participant publishes is scored from our reception statistics of it (loss, jitter, the
+  publisher's SRs) and each stream it receives from its receiver reports (loss, jitter, RTT);
+  its quality is its worst stream's (`quality.participant_quality`). A participant hears
+  `connection_quality` with its own and its publishers' qualities when one of those changed
+  or it has a publisher it was not told about yet.
+
+Only this node's members are scored and reported on: a participant on another node of the
+room reaches nobody's speaker list or quality update here.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Optional, Protocol, Sequence
+
+from livekit.protocol import models, rtc
+
+from trio_sfu import metrics as m
+from trio_sfu.forwarding import DownTrack, TrackReceiver
+from trio_sfu.media.quality import (
+    NO_REPORT_TOO_LONG,
+    UPDATE_INTERVAL,
+    Quality,
+    QualityScorer,
+    StreamWindow,
+    WindowStats,
+    packet_loss_weight,
+    participant_quality,
+)
+from trio_sfu.media.speakers import AudioLevelConfig, AudioLevelMeter, Speaker, SpeakerObserver
+from trio_sfu.signal.media_port import MediaParticipant
+from trio_sfu.tracks.subscriber import Binding
+
+
+class ReportedTrack(Protocol):
+    """A published track as the reports read it (`room_media.PublishedTrack`)."""
+
+    sid: str
+    receiver: TrackReceiver
+    audio_level: Optional[AudioLevelMeter]
+
+
+class ReportedMember(Protocol):
+    """A member of the room as the reports read it (`room_media.RoomMember`)."""
+
+    participant: MediaParticipant
+
+    @property
+    def subscriptions(self) -> Mapping[str, Binding]: ...
+
+    def published_tracks(self) -> Sequence[ReportedTrack]: ...
+
+
+class _UpStream:
+    """Quality of one track a participant publishes, from our reception of it."""
+
+    def __init__(self, track: ReportedTrack, now: float) -> None:
+        self.scorer = QualityScorer(packet_loss_weight(track.receiver.mime_type), now)
+        self.window = StreamWindow(now)
+
+    def update(self, track: ReportedTrack, muted: bool, now: float) -> None:
+        self.scorer.set_muted(muted, now)
+        r = track.receiver.reception()
+        window = self.window.advance(r.expected, r.lost, r.bytes, now, jitter_max=r.jitter,
+                                     last_rtcp_at=r.last_sender_report_at)
+        if window is not None:
+            self.scorer.update(window, now)
+
+
+class _DownStream:
+    """Quality of one track a participant receives, from its receiver reports."""
+
+    def __init__(self, down: DownTrack, now: float) -> None:
+        self.scorer = QualityScorer(packet_loss_weight(down.mime_type), now)
+        # The first report only sets where the counting starts (its sequence numbers are ours).
+        self.window = StreamWindow(now, primed=False)
+        self.packets_sent = down.counters.packets_sent
+        self.report_at: Optional[float] = None
+        self.streaming_since: Optional[float] = None
+
+    def update(self, down: DownTrack, now: float) -> None:
+        self.scorer.set_muted(down.disabled, now)
+        sent = down.counters.packets_sent
+        streaming, self.packets_sent = sent > self.packets_sent, sent
+        if not streaming:
+            self.streaming_since = None
+            return  # nothing sent: the score stands
+        if self.streaming_since is None:
+            self.streaming_since = now
+        block, at = down.last_report, down.last_report_at
+        if block is not None and at is not None and at != self.report_at:
+            self.report_at = at
+            window = self.window.advance(block.highest_sequence, block.packets_lost, 0, now,
+                                         rtt_max=down.rtt or 0.0, jitter_max=block.jitter / down.clock_rate)
+            if window is not None:
+                self.scorer.update(window, now)
+            return
+        heard = max(at if at is not None else self.streaming_since, self.streaming_since)
+        if now - heard > NO_REPORT_TOO_LONG:
+            # Sending for a long while and no word from the subscriber: as a window without packets.
+            self.scorer.update(WindowStats(duration=UPDATE_INTERVAL, packets=0, lost=0), now)
+
+
+class _MemberQuality:
+    """One participant's streams' scorers, kept across updates."""
+
+    def __init__(self) -> None:
+        self.up: dict[int, _UpStream] = {}  # by id() of the PublishedTrack
+        self.down: dict[int, _DownStream] = {}  # by id() of the DownTrack
+
+    def update(self, member: ReportedMember, now: float) -> tuple[Quality, float]:
+        infos = member.participant.tracks
+        up: dict[int, _UpStream] = {}
+        for track in member.published_tracks():
+            stream = self.up.get(id(track)) or _UpStream(track, now)
+            info = infos.get(track.sid)
+            stream.update(track, info is not None and info.muted, now)
+            up[id(track)] = stream
+        down: dict[int, _DownStream] = {}
+        for binding in list(member.subscriptions.values()):
+            if binding.down is None:
+                continue
+            stream_d = self.down.get(id(binding.down)) or _DownStream(binding.down, now)
+            stream_d.update(binding.down, now)
+            down[id(binding.down)] = stream_d
+        self.up, self.down = up, down
+        return participant_quality([s.scorer for s in up.values()] + [s.scorer for s in down.values()])
+
+
+def _publishers_of(member: ReportedMember) -> set[str]:
+    """The participants whose tracks `member` receives."""
+    return {binding.source.publisher_id for binding in list(member.subscriptions.values())}
+
+
+class RoomReports:
+    """Speaker and connection quality updates for one room's members here. See the module docstring."""
+
+    def __init__(self, sessions: Mapping[str, ReportedMember], metrics: m.Metrics,
+                 audio: AudioLevelConfig = AudioLevelConfig(), quality_interval: float = UPDATE_INTERVAL) -> None:
+        self._sessions = sessions
+        self.metrics = metrics
+        self.speakers = SpeakerObserver(audio.update_interval)
+        self.quality_interval = quality_interval
+        # Both schedules start at the first wake-up of a member's timer loop.
+        self._speakers_due: Optional[float] = None
+        self._quality_due: Optional[float] = None
+        # Per member here: the publishers it was told about (speakers; quality), and its scorers.
+        self._speaker_scope: dict[str, set[str]] = {}
+        self._quality_scope: dict[str, set[str]] = {}
+        self._members_quality: dict[str, _MemberQuality] = {}
+        self._last_quality: dict[str, rtc.ConnectionQualityInfo] = {}
+        # Whether the last report found something to look at (next_deadline).
+        self._speakers_wanted = False
+        self._quality_wanted = False
+
+    # ---- Timed ---------------------------------------------------------------------------------
+
+    def next_deadline(self) -> Optional[float]:
+        """A report's time, when it has something to look at (a metered track, a speaker to
+        clear, a stream to score); else None: an idle room's reports ride on the wake-ups the
+        members' loops make anyway (at least every REPORT_INTERVAL), and wake nobody."""
+        deadline = self._speakers_due if self._speakers_wanted else None
+        if self._quality_wanted and self._quality_due is not None and (deadline is None or self._quality_due < deadline):
+            deadline = self._quality_due
+        return deadline
+
+    def handle_timeout(self, now: float) -> None:
+        if self._speakers_due is None or self._quality_due is None:
+            self._speakers_due = now + self.speakers.interval
+            self._quality_due = now + self.quality_interval
+            return
+        if now >= self._speakers_due:
+            self._speakers_due = now + self.speakers.interval
+            self.report_speakers(now)
+        if now >= self._quality_due:
+            self._quality_due = now + self.quality_interval
+            self.report_quality(now)
+
+    # ---- speakers ------------------------------------------------------------------------------
+
+    def levels(self, now: float) -> dict[str, tuple[float, bool]]:
+        """Participant sid -> (level, speaking): its loudest unmuted microphone that speaks."""
+        levels: dict[str, tuple[float, bool]] = {}
+        metered = False
+        for sid, member in list(self._sessions.items()):
+            infos = member.participant.tracks
+            best = 0.0
+            speaking = False
+            for track in member.published_tracks():
+                meter = track.audio_level
+                info = infos.get(track.sid)
+                if meter is None or info is None or info.muted or info.source != models.TrackSource.MICROPHONE:
+                    continue
+                metered = True
+                level, active = meter.level(now)
+                if active:
+                    speaking = True
+                    best = max(best, level)
+            levels[sid] = (best, speaking)
+        self._speakers_wanted = metered or bool(self.speakers.active)
+        return levels
+
+    def report_speakers(self, now: float) -> None:
+        changed = self.speakers.update(self.levels(now), now)
+        if changed is None:
+            return
+        speaking = {s.sid: s for s in self.speakers.active}
+        changed_sids = {s.sid for s in changed}
+        scopes: dict[str, set[str]] = {}
+        for sid, member in list(self._sessions.items()):
+            scope = _publishers_of(member) | {sid}
+            told = self._speaker_scope.get(sid, set())
+            scopes[sid] = scope
+            entries = [s for s in changed if s.sid in scope]
+            # Newly subscribed to someone speaking now: LiveKit tells a new subscriber at once.
+            entries += [speaking[p] for p in scope - told if p in speaking and p not in changed_sids]
+            if entries:
+                self._send_speakers(member, entries)
+        self._speaker_scope = scopes
+
+    def _send_speakers(self, member: ReportedMember, entries: list[Speaker]) -> None:
+        member.participant.send(rtc.SignalResponse(speakers_changed=rtc.SpeakersChanged(speakers=[
+            models.SpeakerInfo(sid=s.sid, level=s.level, active=s.active) for s in entries])))
+        self.metrics.inc(m.MEDIA_SPEAKER_UPDATES_SENT)
+
+    # ---- connection quality --------------------------------------------------------------------
+
+    def qualities(self, now: float) -> dict[str, rtc.ConnectionQualityInfo]:
+        """Score every member's streams for the window since the last call."""
+        infos: dict[str, rtc.ConnectionQualityInfo] = {}
+        scorers: dict[str, _MemberQuality] = {}
+        for sid, member in list(self._sessions.items()):
+            member_quality = self._members_quality.get(sid) or _MemberQuality()
+            quality, mos = member_quality.update(member, now)
+            scorers[sid] = member_quality
+            infos[sid] = rtc.ConnectionQualityInfo(participant_sid=sid, quality=quality.value, score=mos)
+        self._members_quality = scorers
+        self._quality_wanted = any(q.up or q.down for q in scorers.values())
+        return infos
+
+    def report_quality(self, now: float) -> None:
+        infos = self.qualities(now)
+        changed = {sid for sid, info in infos.items()
+                   if (old := self._last_quality.get(sid)) is None or old.quality != info.quality}
+        scopes: dict[str, set[str]] = {}
+        for sid, member in list(self._sessions.items()):
+            scope = {p for p in _publishers_of(member) | {sid} if p in infos}
+            scopes[sid] = scope
+            if scope & changed or scope - self._quality_scope.get(sid, set()):
+                member.participant.send(rtc.SignalResponse(connection_quality=rtc.ConnectionQualityUpdate(
+                    updates=[infos[p] for p in sorted(scope, key=lambda p: p != sid)])))
+                self.metrics.inc(m.MEDIA_QUALITY_UPDATES_SENT)
+        self._quality_scope = scopes
+        self._last_quality = infos
+
+
+__all__ = ["ReportedMember", "ReportedTrack", "RoomReports"]
