@@ -70,3 +70,24 @@ async def test_speakers_and_connection_quality_reach_the_room() -> None:
         assert server.metrics.get(m.MEDIA_SPEAKER_UPDATES_SENT) >= 4
         assert server.metrics.get(m.MEDIA_QUALITY_UPDATES_SENT) >= 2
         assert server.metrics.get(m.MEDIA_AUDIO_LEVEL_MALFORMED) == 0
+
+
+async def test_a_speaker_on_another_node_reaches_the_listeners_here() -> None:
+    # The relay carries alice's packets as she sent them, her audio level element included; the
+    # node bob is on meters its copy of her track.
+    async with server_fixtures.media_nodes("node-a", "node-b") as (a, b):
+        async with LiveKitClient.connect(a.url, mint_token("alice", room="shared")) as alice, \
+                LiveKitClient.connect(b.url, mint_token("bob", room="shared")) as bob:
+            alice_mic = await alice.publish_audio("mic")
+            alice_mic.set_audio_level(10)
+            async with trio.open_nursery() as senders:
+                senders.start_soon(send_synthetic_audio, alice_mic, 60.0)
+                await until(lambda: alice.participant_sid in bob.active_speakers, 20)
+                assert set(bob.active_speakers) == {alice.participant_sid}
+                assert b.metrics.get(m.MEDIA_SPEAKER_UPDATES_SENT) >= 1
+                # Muted on her node: the relayed copy's meter no longer counts at bob's.
+                assert alice_mic.sid is not None
+                await alice.signal.send(rtc.SignalRequest(mute=rtc.MuteTrackRequest(sid=alice_mic.sid, muted=True)))
+                await until(lambda: not bob.active_speakers, 10)
+                senders.cancel_scope.cancel()
+            assert not alice.errors and not bob.errors, (alice.errors, bob.errors)

@@ -17,13 +17,16 @@ reports need no task of their own and stop with the room's last member.
   `connection_quality` with its own and its publishers' qualities when one of those changed
   or it has a publisher it was not told about yet.
 
-Only this node's members are scored and reported on: a participant on another node of the
-room reaches nobody's speaker list or quality update here.
+Speakers published on another node count here too when their audio is relayed here (for a
+member here who receives it): the cluster's relay feeds a meter per relayed audio track
+(`meter_remote_track`). Connection quality is this node's members' only: a participant on
+another node is scored (and reported to its own node's members) by its node, and reaches no
+quality update here.
 """
 
 from __future__ import annotations
 
-from typing import Mapping, Optional, Protocol, Sequence
+from typing import Callable, Hashable, Mapping, Optional, Protocol, Sequence
 
 from livekit.protocol import models, rtc
 
@@ -161,6 +164,9 @@ class RoomReports:
         self._quality_scope: dict[str, set[str]] = {}
         self._members_quality: dict[str, _MemberQuality] = {}
         self._last_quality: dict[str, rtc.ConnectionQualityInfo] = {}
+        # Audio published on other nodes and relayed here (the cluster's relay meters it):
+        # key -> (publisher sid, meter, whether its track is muted now).
+        self._remote_meters: dict[Hashable, tuple[str, AudioLevelMeter, Callable[[], bool]]] = {}
         # Whether the last report found something to look at (next_deadline).
         self._speakers_wanted = False
         self._quality_wanted = False
@@ -190,6 +196,17 @@ class RoomReports:
 
     # ---- speakers ------------------------------------------------------------------------------
 
+    def meter_remote_track(self, key: Hashable, publisher_sid: str, clock_rate: int,
+                           muted: Callable[[], bool]) -> AudioLevelMeter:
+        """A meter for an audio track another node relays here: its publisher speaks to the
+        members here who receive it (the relay feeds the meter; `muted` says the track's state)."""
+        meter = AudioLevelMeter(clock_rate)
+        self._remote_meters[key] = (publisher_sid, meter, muted)
+        return meter
+
+    def forget_remote_track(self, key: Hashable) -> None:
+        self._remote_meters.pop(key, None)
+
     def levels(self, now: float) -> dict[str, tuple[float, bool]]:
         """Participant sid -> (level, speaking): its loudest unmuted microphone that speaks."""
         levels: dict[str, tuple[float, bool]] = {}
@@ -209,6 +226,13 @@ class RoomReports:
                     speaking = True
                     best = max(best, level)
             levels[sid] = (best, speaking)
+        for publisher_sid, meter, muted in list(self._remote_meters.values()):
+            metered = True
+            if publisher_sid in self._sessions or muted():
+                continue  # a copy of a track published here after all (a migration): the local one counts
+            level, active = meter.level(now)
+            best, speaking = levels.get(publisher_sid, (0.0, False))
+            levels[publisher_sid] = (max(best, level) if active else best, speaking or active)
         self._speakers_wanted = metered or bool(self.speakers.active)
         return levels
 
