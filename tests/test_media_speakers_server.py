@@ -91,3 +91,44 @@ async def test_a_speaker_on_another_node_reaches_the_listeners_here() -> None:
                 await until(lambda: not bob.active_speakers, 10)
                 senders.cancel_scope.cancel()
             assert not alice.errors and not bob.errors, (alice.errors, bob.errors)
+
+
+async def test_a_lossy_publisher_is_poor_and_its_loss_is_not_held_against_its_listener() -> None:
+    # Alice's PC loses one packet in ten on the way out (our client does not answer NACKs): 10 %
+    # loss on Opus scores 100 - 10 x 8 = 20 for the window, POOR at once. Bob receives her stream
+    # with the same gaps and reports them, but the server never had those packets: his own link
+    # stays EXCELLENT.
+    async with server_fixtures.media_server() as server:
+        async with LiveKitClient.connect(server.url, mint_token("alice")) as alice, \
+                LiveKitClient.connect(server.url, mint_token("bob")) as bob:
+            alice_mic = await alice.publish_audio("mic")
+            await alice_mic.wait_ready()
+            pc = alice.publisher_pc
+            assert pc is not None
+            send = pc.send_rtp
+            calls = 0
+
+            def lossy(packet: bytes) -> bool:
+                nonlocal calls
+                calls += 1
+                return True if calls % 10 == 0 else send(packet)  # "sent", and lost on the way
+
+            pc.send_rtp = lossy  # type: ignore[method-assign]
+            async with trio.open_nursery() as senders:
+                senders.start_soon(send_synthetic_audio, alice_mic, 60.0)
+                poor = models.ConnectionQuality.POOR
+
+                def heard(client: LiveKitClient, sid: str, quality: int) -> bool:
+                    info = client.connection_quality.get(sid)
+                    return info is not None and info.quality == quality
+
+                await until(lambda: heard(bob, alice.participant_sid, poor) and heard(alice, alice.participant_sid, poor), 25)
+                assert bob.connection_quality[alice.participant_sid].score < 2.5  # MOS of a POOR score
+                # Bob's stream is scored from his receiver reports once two of them frame a
+                # window (the first only sets the base): two windows of his, with the gaps in them.
+                (room,) = server.media.rooms.values()
+                await until(lambda: room.reports.windows_scored(bob.participant_sid) >= 2, 25)
+                last = room.reports.last_quality(bob.participant_sid)
+                assert last is not None and last.quality == models.ConnectionQuality.EXCELLENT, last
+                assert heard(bob, bob.participant_sid, models.ConnectionQuality.EXCELLENT), bob.connection_quality
+                senders.cancel_scope.cancel()

@@ -144,6 +144,7 @@ class QualityScorer:
         self._last_update = now
         self.muted = False
         self._unmuted_at: Optional[float] = None
+        self.windows_scored = 0  # windows that moved the score (not muted ones)
 
     @property
     def quality(self) -> Quality:
@@ -187,6 +188,7 @@ class QualityScorer:
             score = max(MIN_SCORE, factor * score + (1.0 - factor) * self.score)
         self.score = score
         self._last_update = now
+        self.windows_scored += 1
         return score
 
 

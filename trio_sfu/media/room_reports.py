@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from typing import Callable, Hashable, Mapping, Optional, Protocol, Sequence
 
+import attrs
 from livekit.protocol import models, rtc
 
 from trio_sfu import metrics as m
@@ -83,17 +84,22 @@ class _UpStream:
 
 
 class _DownStream:
-    """Quality of one track a participant receives, from its receiver reports."""
+    """Quality of one track a participant receives, from its receiver reports.
 
-    def __init__(self, down: DownTrack, now: float) -> None:
+    What the publisher's stream lost on its way to us reaches the subscriber as gaps too; that
+    is not the subscriber's link, so the loss the source's receiver counted in the same window
+    is taken off what the subscriber reports (LiveKit discounts the packets it never had)."""
+
+    def __init__(self, down: DownTrack, source: TrackReceiver, now: float) -> None:
         self.scorer = QualityScorer(packet_loss_weight(down.mime_type), now)
         # The first report only sets where the counting starts (its sequence numbers are ours).
         self.window = StreamWindow(now, primed=False)
         self.packets_sent = down.counters.packets_sent
         self.report_at: Optional[float] = None
         self.streaming_since: Optional[float] = None
+        self.upstream_lost = source.reception().lost
 
-    def update(self, down: DownTrack, now: float) -> None:
+    def update(self, down: DownTrack, source: TrackReceiver, now: float) -> None:
         self.scorer.set_muted(down.disabled, now)
         sent = down.counters.packets_sent
         streaming, self.packets_sent = sent > self.packets_sent, sent
@@ -107,8 +113,11 @@ class _DownStream:
             self.report_at = at
             window = self.window.advance(block.highest_sequence, block.packets_lost, 0, now,
                                          rtt_max=down.rtt or 0.0, jitter_max=block.jitter / down.clock_rate)
+            upstream_lost = source.reception().lost
+            never_had = max(0, upstream_lost - self.upstream_lost)
+            self.upstream_lost = upstream_lost
             if window is not None:
-                self.scorer.update(window, now)
+                self.scorer.update(attrs.evolve(window, lost=max(0, window.lost - never_had)), now)
             return
         heard = max(at if at is not None else self.streaming_since, self.streaming_since)
         if now - heard > NO_REPORT_TOO_LONG:
@@ -120,24 +129,26 @@ class _MemberQuality:
     """One participant's streams' scorers, kept across updates."""
 
     def __init__(self) -> None:
-        self.up: dict[int, _UpStream] = {}  # by id() of the PublishedTrack
-        self.down: dict[int, _DownStream] = {}  # by id() of the DownTrack
+        # By the track object (identity): an entry lives until the update after its track went.
+        self.up: dict[ReportedTrack, _UpStream] = {}
+        self.down: dict[DownTrack, _DownStream] = {}
 
     def update(self, member: ReportedMember, now: float) -> tuple[Quality, float]:
         infos = member.participant.tracks
-        up: dict[int, _UpStream] = {}
+        up: dict[ReportedTrack, _UpStream] = {}
         for track in member.published_tracks():
-            stream = self.up.get(id(track)) or _UpStream(track, now)
+            stream = self.up.get(track) or _UpStream(track, now)
             info = infos.get(track.sid)
             stream.update(track, info is not None and info.muted, now)
-            up[id(track)] = stream
-        down: dict[int, _DownStream] = {}
+            up[track] = stream
+        down: dict[DownTrack, _DownStream] = {}
         for binding in list(member.subscriptions.values()):
             if binding.down is None:
                 continue
-            stream_d = self.down.get(id(binding.down)) or _DownStream(binding.down, now)
-            stream_d.update(binding.down, now)
-            down[id(binding.down)] = stream_d
+            source = binding.source.receiver
+            stream_d = self.down.get(binding.down) or _DownStream(binding.down, source, now)
+            stream_d.update(binding.down, source, now)
+            down[binding.down] = stream_d
         self.up, self.down = up, down
         return participant_quality([s.scorer for s in up.values()] + [s.scorer for s in down.values()])
 
@@ -273,6 +284,17 @@ class RoomReports:
         self._members_quality = scorers
         self._quality_wanted = any(q.up or q.down for q in scorers.values())
         return infos
+
+    def windows_scored(self, sid: str) -> int:
+        """How many windows of the member's streams (sent and received) were scored so far."""
+        member_quality = self._members_quality.get(sid)
+        if member_quality is None:
+            return 0
+        return sum(s.scorer.windows_scored for s in (*member_quality.up.values(), *member_quality.down.values()))
+
+    def last_quality(self, sid: str) -> Optional[rtc.ConnectionQualityInfo]:
+        """The member's quality as the last report had it."""
+        return self._last_quality.get(sid)
 
     def report_quality(self, now: float) -> None:
         infos = self.qualities(now)
