@@ -144,3 +144,21 @@ def test_loss_weights_by_codec():
     assert packet_loss_weight("audio/red") == 4.0
     assert packet_loss_weight("video/H264") == 10.0
     assert packet_loss_weight("audio/PCMU") == 0.0
+
+
+def test_loss_weighs_less_below_the_usual_packet_rate():
+    # 50 packets/s is this stream's usual rate (Opus at 20 ms); in DTX silence it sends 5 %
+    # of that: the same loss percentage costs sqrt(0.05) of the weight there.
+    scorer = QualityScorer(OPUS, 0.0)
+    for t in range(1, 13):
+        scorer.update(window(250), 5.0 * t)
+    assert scorer.pps_mode * 2 == 50
+    dtx = WindowStats(duration=5.0, packets=12, lost=1)  # 2.5 packets/s, one lost: 8.3 %
+    assert scorer.adjusted_loss_weight(dtx, 65.0) == pytest.approx(8.0 * (2.4 / 50) ** 0.5)
+    scorer.update(dtx, 70.0)
+    assert scorer.quality is Quality.EXCELLENT  # 100 - 8.3 x 1.75 = 85
+    # At the usual rate the same percentage is POOR.
+    assert score_to_quality(window(250, 21).packet_score(scorer.adjusted_loss_weight(window(250, 21), 75.0))) \
+        is Quality.POOR
+    # Before the mode is known the weight is the codec's.
+    assert QualityScorer(OPUS, 0.0).adjusted_loss_weight(dtx, 5.0) == OPUS

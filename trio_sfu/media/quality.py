@@ -6,7 +6,8 @@ window since the last one (`WindowStats`: packets, lost, bytes, worst RTT and ji
 the sender's RTCP last came) and scores it out of 100 like a simplified E-model:
 
 - packets: 100 minus the loss percentage times a codec weight (Opus 8, RED 4, video 10: Opus
-  drops to GOOD past 2.5 % loss and to POOR past 7.5 %), minus a delay effect from
+  drops to GOOD past 2.5 % loss and to POOR past 7.5 %; lowered for a stream running below its
+  usual packet rate, `adjusted_loss_weight`), minus a delay effect from
   RTT/2 + 2 x jitter when those are included (LiveKit's defaults leave them out);
 - bitrate (when enabled): 100 - 20 ln(expected bits / bits received).
 
@@ -42,6 +43,13 @@ MIN_MOS = 1.0
 UPDATE_INTERVAL = 5.0
 #: A sending stream whose receiver reports stopped this long ago scores as a window without packets.
 NO_REPORT_TOO_LONG = 30.0
+#: Packet rate histogram of a stream (loss weighs less below the usual rate): buckets of
+#: PPS_STEP packets/s, the last one for everything above; the mode is taken once more than
+#: MODE_MIN_READINGS windows were seen and again at most every MODE_INTERVAL seconds.
+PPS_STEP = 2.0
+PPS_BUCKETS = 250
+MODE_MIN_READINGS = 10
+MODE_INTERVAL = 120.0
 #: Of the window since the last update, the part after an unmute that makes it count.
 UNMUTE_TIME_THRESHOLD = 0.5
 
@@ -145,6 +153,12 @@ class QualityScorer:
         self.muted = False
         self._unmuted_at: Optional[float] = None
         self.windows_scored = 0  # windows that moved the score (not muted ones)
+        # Packet rates seen (packets/s in steps of PPS_STEP) and their mode, recomputed at most
+        # every MODE_INTERVAL once MODE_MIN_READINGS windows were seen.
+        self._pps_counts = [0] * PPS_BUCKETS
+        self._pps_readings = 0
+        self.pps_mode = 0  # in PPS_STEP units; 0: not known yet
+        self._mode_at: Optional[float] = None
 
     @property
     def quality(self) -> Quality:
@@ -170,18 +184,37 @@ class QualityScorer:
             return True
         return (now - self._unmuted_at) / since_update > UNMUTE_TIME_THRESHOLD
 
+    def adjusted_loss_weight(self, window: WindowStats, now: float) -> float:
+        """The loss weight for this window, lowered when the stream runs below its usual packet
+        rate (audio in DTX silence, a still screen share), where a lost packet matters less: by
+        the square root of the rate's share of the most frequent rate. (LiveKit's loop for the
+        mode compares counts with bucket indices; this takes the most frequent rate, which is
+        what its comment says it wants.)"""
+        if window.duration <= 0:
+            return self.loss_weight
+        pps = window.packets / window.duration
+        self._pps_counts[min(int(pps / PPS_STEP + 0.5), PPS_BUCKETS - 1)] += 1
+        self._pps_readings += 1
+        if self._pps_readings > MODE_MIN_READINGS and (self._mode_at is None or now - self._mode_at > MODE_INTERVAL):
+            self.pps_mode = max(range(PPS_BUCKETS), key=lambda i: (self._pps_counts[i], -i))
+            self._mode_at = now
+        if self.pps_mode in (0, PPS_BUCKETS - 1):
+            return self.loss_weight
+        return math.sqrt(min(1.0, pps / (self.pps_mode * PPS_STEP))) * self.loss_weight
+
     def update(self, window: WindowStats, now: float, expected_bits: float = 0.0) -> float:
         """Score one window; returns the stream's new score."""
         if self.muted or not self._unmuted_enough(now):
             self._last_update = now
             return self.score
+        loss_weight = self.adjusted_loss_weight(window, now)
         if window.packets <= 0:
             if window.last_rtcp_at is not None and now - window.last_rtcp_at > window.duration:
                 score = LOST_AT_MOST  # nothing, not even the sender's reports
             else:
                 score = POOR_AT_MOST  # dry, but the sender is there
         else:
-            score = window.packet_score(self.loss_weight, self.include_rtt, self.include_jitter)
+            score = window.packet_score(loss_weight, self.include_rtt, self.include_jitter)
             if self.use_bitrate:
                 score = min(score, window.bitrate_score(expected_bits))
             factor = DECREASE_FACTOR if score < self.score else INCREASE_FACTOR
