@@ -275,7 +275,7 @@ class PublisherMedia:
             now=trio.current_time(),
         )
         track = PublishedTrack(info.sid, kind, self.sid, subscriber_stream_id(self.sid, info.sid), nm.codecs,
-                               dict(nm.extensions), receiver)
+                               dict(nm.extensions), receiver, self.room_media.reports.audio)
         self.tracks_by_mid[mid] = track
         self.log.info("track matched to media", kv={"track": info.sid, "mid": mid, "codecs": ",".join(track.mime_types),
                                                     "rids": ",".join(nm.rids)})

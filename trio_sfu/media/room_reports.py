@@ -165,6 +165,7 @@ class RoomReports:
                  audio: AudioLevelConfig = AudioLevelConfig(), quality_interval: float = UPDATE_INTERVAL) -> None:
         self._sessions = sessions
         self.metrics = metrics
+        self.audio = audio  # the meters' settings, local and relayed tracks alike
         self.speakers = SpeakerObserver(audio.update_interval)
         self.quality_interval = quality_interval
         # Both schedules start at the first wake-up of a member's timer loop.
@@ -211,7 +212,7 @@ class RoomReports:
                            muted: Callable[[], bool]) -> AudioLevelMeter:
         """A meter for an audio track another node relays here: its publisher speaks to the
         members here who receive it (the relay feeds the meter; `muted` says the track's state)."""
-        meter = AudioLevelMeter(clock_rate)
+        meter = AudioLevelMeter(clock_rate, self.audio)
         self._remote_meters[key] = (publisher_sid, meter, muted)
         return meter
 

@@ -23,6 +23,8 @@ from typing import Mapping, Optional
 
 import attrs
 
+from trio_sfu.config import AudioConfig
+
 #: RFC 6464's silence, in -dBov.
 SILENT_LEVEL = 127
 #: Speaker levels are rounded up to multiples of 1/QUANTIZATION before comparing.
@@ -44,6 +46,11 @@ class AudioLevelConfig:
     min_percentile: int = 40  # % of a window that must be speech
     update_interval: float = 0.4  # seconds of audio per window, and between speaker updates
     smooth_intervals: int = 2  # EMA over this many windows (0: none)
+
+    @classmethod
+    def from_config(cls, audio: "AudioConfig") -> "AudioLevelConfig":
+        """From the server config's `audio` section (LiveKit's keys; its interval in ms)."""
+        return cls(audio.active_level, audio.min_percentile, audio.update_interval / 1000, audio.smooth_intervals)
 
     @property
     def window_ms(self) -> int:
