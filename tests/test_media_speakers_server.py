@@ -5,7 +5,8 @@ Alice publishes Opus-sized audio whose packets carry RFC 6464 levels (the client
 element once the answer negotiates it); Bob publishes audio that says it is silent. What the
 assertions prove: Bob hears `speakers_changed` naming Alice and never himself; Alice, silent
 again or muted, drops out of Bob's list; both hear `connection_quality` about themselves and the
-publisher they receive, EXCELLENT on loopback; the server counted the updates it sent.
+publisher they receive, EXCELLENT on loopback, and Carol, who receives nobody, hears of no
+speaker and of her own quality only; the server counted the updates it sent.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ async def until(condition, timeout: float) -> None:
 async def test_speakers_and_connection_quality_reach_the_room() -> None:
     async with server_fixtures.media_server() as server:
         async with LiveKitClient.connect(server.url, mint_token("alice")) as alice, \
-                LiveKitClient.connect(server.url, mint_token("bob")) as bob:
+                LiveKitClient.connect(server.url, mint_token("bob")) as bob, \
+                LiveKitClient.connect(server.url, mint_token("carol"), auto_subscribe=False) as carol:
             alice_mic = await alice.publish_audio("mic")
             bob_mic = await bob.publish_audio("mic")
             alice_mic.set_audio_level(10)  # -10 dBov: speech
@@ -61,12 +63,16 @@ async def test_speakers_and_connection_quality_reach_the_room() -> None:
                 # first timer wake-up; each hears about itself and the publisher it receives.
                 both = {alice.participant_sid, bob.participant_sid}
                 await until(lambda: set(bob.connection_quality) == both and set(alice.connection_quality) == both, 15)
+                # Carol receives nobody: she hears of no speaker and of her own quality only.
+                await until(lambda: carol.connection_quality_updates >= 1, 10)
+                assert set(carol.connection_quality) == {carol.participant_sid}
+                assert carol.speaker_updates == 0 and not carol.active_speakers
                 senders.cancel_scope.cancel()
-            for client in (alice, bob):
+            for client in (alice, bob, carol):
                 for info in client.connection_quality.values():
                     assert info.quality == models.ConnectionQuality.EXCELLENT, (client.identity, info)
                     assert 4.0 < info.score <= 4.5
-            assert not alice.errors and not bob.errors, (alice.errors, bob.errors)
+            assert not alice.errors and not bob.errors and not carol.errors, (alice.errors, bob.errors, carol.errors)
         assert server.metrics.get(m.MEDIA_SPEAKER_UPDATES_SENT) >= 4
         assert server.metrics.get(m.MEDIA_QUALITY_UPDATES_SENT) >= 2
         assert server.metrics.get(m.MEDIA_AUDIO_LEVEL_MALFORMED) == 0
