@@ -65,8 +65,8 @@ def subscriber_stream_id(publisher_sid: str, track_sid: str) -> str:
     return f"{publisher_sid}|{track_sid}"
 
 
-#: An RTP packet's SSRC (the 32-bit word at offset 8; at offset 4, its timestamp), read without a slice.
-_read_ssrc = struct.Struct("!I").unpack_from
+#: An RTP packet's SSRC (the 32-bit word at offset 8), read without a slice; its timestamp (at 4) the same way.
+_read_ssrc = _read_timestamp = struct.Struct("!I").unpack_from
 #: Bound once: on_rtp runs per packet.
 _LATENCY_SAMPLE_EVERY = m.FORWARD_LATENCY_SAMPLE_EVERY
 
@@ -342,7 +342,7 @@ class PublisherMedia:
             self.metrics.inc(m.MEDIA_AUDIO_LEVEL_MALFORMED)
             return
         if level is not None:
-            meter.observe(level, _read_ssrc(packet, 4)[0], now)
+            meter.observe(level, _read_timestamp(packet, 4)[0], now)
 
     def on_rtcp(self, packets: Sequence[rtcp.RtcpPacket], now: float) -> None:
         """The publisher's RTCP (its sender reports, our NACK/PLI answered...) to every receiver."""
