@@ -48,6 +48,16 @@ async def test_speakers_and_connection_quality_reach_the_room() -> None:
                 await until(lambda: alice.participant_sid in alice.active_speakers, 5)
                 assert bob.participant_sid not in alice.active_speakers
 
+                # Bob unsubscribes from her while she speaks: he is told she stopped (for him);
+                # subscribed again, he is told she speaks though her level did not change.
+                assert alice_mic.sid is not None
+                await bob.signal.send(rtc.SignalRequest(subscription=rtc.UpdateSubscription(
+                    track_sids=[alice_mic.sid], subscribe=False)))
+                await until(lambda: not bob.active_speakers, 10)
+                await bob.signal.send(rtc.SignalRequest(subscription=rtc.UpdateSubscription(
+                    track_sids=[alice_mic.sid], subscribe=True)))
+                await until(lambda: alice.participant_sid in bob.active_speakers, 10)
+
                 # Quiet again: she drops out of the list.
                 alice_mic.set_audio_level(90)
                 await until(lambda: not bob.active_speakers, 5)
@@ -55,7 +65,6 @@ async def test_speakers_and_connection_quality_reach_the_room() -> None:
                 # Speaking, then muted: muted tracks are no speakers.
                 alice_mic.set_audio_level(5)
                 await until(lambda: alice.participant_sid in bob.active_speakers, 5)
-                assert alice_mic.sid is not None
                 await alice.signal.send(rtc.SignalRequest(mute=rtc.MuteTrackRequest(sid=alice_mic.sid, muted=True)))
                 await until(lambda: not bob.active_speakers, 5)
 

@@ -9,7 +9,8 @@ reports need no task of their own and stop with the room's last member.
   receive path); the room's `SpeakerObserver` says what changed, and each participant hears
   `speakers_changed` with the entries about itself and about publishers it is subscribed to,
   only when there are some. A participant that newly subscribes to someone speaking now is
-  told so at the next report, as LiveKit tells a new subscriber.
+  told so at the next report, as LiveKit tells a new subscriber, and one that unsubscribes
+  from someone it was told speaks is told they stopped.
 - Connection quality, every 5 s (LiveKit's `connectionquality.UpdateInterval`): each stream a
   participant publishes is scored from our reception statistics of it (loss, jitter, the
   publisher's SRs) and each stream it receives from its receiver reports (loss, jitter, RTT);
@@ -171,8 +172,9 @@ class RoomReports:
         # Both schedules start at the first wake-up of a member's timer loop.
         self._speakers_due: Optional[float] = None
         self._quality_due: Optional[float] = None
-        # Per member here: the publishers it was told about (speakers; quality), and its scorers.
-        self._speaker_scope: dict[str, set[str]] = {}
+        # Per member here: who it was told speaks now; the publishers it was told the quality
+        # of; its streams' scorers.
+        self._views: dict[str, set[str]] = {}
         self._quality_scope: dict[str, set[str]] = {}
         self._members_quality: dict[str, _MemberQuality] = {}
         self._last_quality: dict[str, rtc.ConnectionQualityInfo] = {}
@@ -254,17 +256,22 @@ class RoomReports:
             return
         speaking = {s.sid: s for s in self.speakers.active}
         changed_sids = {s.sid for s in changed}
-        scopes: dict[str, set[str]] = {}
+        views: dict[str, set[str]] = {}
         for sid, member in list(self._sessions.items()):
             scope = _publishers_of(member) | {sid}
-            told = self._speaker_scope.get(sid, set())
-            scopes[sid] = scope
+            view = self._views.get(sid, set())
             entries = [s for s in changed if s.sid in scope]
             # Newly subscribed to someone speaking now: LiveKit tells a new subscriber at once.
-            entries += [speaking[p] for p in scope - told if p in speaking and p not in changed_sids]
+            entries += [speaking[p] for p in scope if p in speaking and p not in view and p not in changed_sids]
+            # No longer subscribed to someone it was told speaks: LiveKit clears them.
+            entries += [Speaker(p, 0.0, False) for p in view - scope]
+            view = set(view)
+            for entry in entries:
+                (view.add if entry.active else view.discard)(entry.sid)
+            views[sid] = view
             if entries:
                 self._send_speakers(member, entries)
-        self._speaker_scope = scopes
+        self._views = views
 
     def _send_speakers(self, member: ReportedMember, entries: list[Speaker]) -> None:
         member.participant.send(rtc.SignalResponse(speakers_changed=rtc.SpeakersChanged(speakers=[
