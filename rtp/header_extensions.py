@@ -11,7 +11,7 @@ from typing import Iterable, Optional
 
 import attrs
 
-from rtp.packet import Buffer, RtpParseError
+from rtp.packet import Buffer, RtpParseError, find_extension_span
 
 MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
 RTP_STREAM_ID_URI = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"
@@ -108,6 +108,20 @@ def decode_audio_level(value: Buffer) -> AudioLevel:
         raise HeaderExtensionParseError("audio level element is empty")
     b = value[0]
     return AudioLevel(voice=bool(b & 0x80), level=b & 0x7F)
+
+
+def audio_level_in(packet: Buffer, ext_id: int) -> Optional[int]:
+    """The -dBov level (0 loudest .. 127 silence) an RTP packet's ssrc-audio-level element
+    carries, or None when the packet has none: the receive path's per-packet read, without
+    building an `AudioLevel` (the voice flag is not needed to rank speakers).
+    Raises RtpParseError for a malformed extension block."""
+    span = find_extension_span(packet, ext_id)
+    if span is None:
+        return None
+    start, length = span
+    if length < 1:
+        raise HeaderExtensionParseError("audio level element is empty")
+    return packet[start] & 0x7F
 
 
 def encode_audio_level(level: AudioLevel) -> bytes:

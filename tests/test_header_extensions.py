@@ -19,6 +19,7 @@ from rtp.header_extensions import (
     AudioLevel,
     ExtensionMap,
     HeaderExtensionParseError,
+    audio_level_in,
     decode_abs_send_time,
     decode_audio_level,
     decode_dependency_descriptor,
@@ -91,6 +92,7 @@ def test_aiortc_written_extensions_decode(mid, rid, abs_send, twcc, voice, level
     assert decode_rid(find_extension(data, emap.id_of(REPAIRED_RTP_STREAM_ID_URI))) == rid
     assert decode_transport_cc_seq(find_extension(data, emap.id_of(TRANSPORT_CC_URI))) == twcc
     assert decode_audio_level(find_extension(data, emap.id_of(AUDIO_LEVEL_URI))) == AudioLevel(voice, level)
+    assert audio_level_in(data, emap.id_of(AUDIO_LEVEL_URI)) == level  # the receive path's read
     assert decode_abs_send_time(find_extension(data, emap.id_of(ABS_SEND_TIME_URI))) == abs_send / (1 << 18)
 
     # Our encoders, read back by aiortc.
@@ -110,6 +112,20 @@ def test_aiortc_written_extensions_decode(mid, rid, abs_send, twcc, voice, level
     theirs = aiortc_rtp.RtpPacket.parse(ours.serialize(), _aiortc_map()).extensions
     assert (theirs.mid, theirs.rtp_stream_id, theirs.transport_sequence_number) == (mid, rid, twcc)
     assert theirs.abs_send_time == abs_send and theirs.audio_level == (voice, level)
+
+
+def test_audio_level_in_absent_empty_and_malformed():
+    # No extension block, and a block without the element: no level.
+    assert audio_level_in(RtpPacket(111, 1, 2, 3).serialize(), 4) is None
+    assert audio_level_in(RtpPacket(111, 1, 2, 3, extensions={1: b"0"}).serialize(), 4) is None
+    assert audio_level_in(RtpPacket(111, 1, 2, 3, extensions={4: b"\x85"}).serialize(), 4) == 5
+    # A two-byte-header element may be empty: that is no level, said clearly.
+    two_byte = bytes((0x90, 111, 0, 1, 0, 0, 0, 2, 0, 0, 0, 3, 0x10, 0x00, 0, 1, 4, 0, 0, 0))
+    with pytest.raises(HeaderExtensionParseError):
+        audio_level_in(two_byte, 4)
+    # A block that claims more than the packet holds.
+    with pytest.raises(ParseError):
+        audio_level_in(bytes((0x90, 111, 0, 1, 0, 0, 0, 2, 0, 0, 0, 3, 0xBE, 0xDE, 0, 9)), 4)
 
 
 def test_abs_send_time_fixed_point_and_wrap():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pathlib
 
+import attrs
 import pytest
 
 from trio_sfu.cli import build_parser, config_from_args
@@ -112,6 +113,28 @@ def test_cluster_section_holds_the_relay_key_and_port(tmp_path: pathlib.Path) ->
         config_from_mapping({"cluster": {"relay_port": "7890"}})
     _, warnings = config_from_mapping({"cluster": {"key": "k", "gossip": True}})
     assert any("'cluster.gossip'" in w for w in warnings)
+
+
+def test_audio_section_in_livekits_shape_reaches_the_speaker_meters() -> None:
+    from trio_sfu.media.speakers import AudioLevelConfig, AudioLevelMeter
+
+    config, warnings = config_from_mapping({})
+    assert AudioLevelConfig.from_config(config.audio) == AudioLevelConfig()  # LiveKit's defaults
+    config, warnings = config_from_mapping({"audio": {
+        "active_level": 20, "min_percentile": 10, "update_interval": 200, "smooth_intervals": 0}})
+    assert warnings == []
+    levels = AudioLevelConfig.from_config(config.audio)
+    assert levels == AudioLevelConfig(active_level=20, min_percentile=10, update_interval=0.2, smooth_intervals=0)
+    # -25 dBov for 220 ms: speech at LiveKit's -35 dBov threshold, not at this config's -20.
+    for active_level, speaking in ((35, True), (20, False)):
+        meter = AudioLevelMeter(48000, attrs.evolve(levels, active_level=active_level))
+        for i in range(12):
+            meter.observe(25, 960 * i, 0.02 * i)
+        assert meter.level(0.22)[1] is speaking
+    for name, bad in (("active_level", 128), ("min_percentile", 101), ("update_interval", 0),
+                      ("smooth_intervals", -1)):
+        with pytest.raises(ConfigError, match=f"audio.{name}"):
+            config_from_mapping({"audio": {name: bad}})
 
 
 def test_legacy_room_limits_override_the_limit_section_as_in_livekit() -> None:

@@ -233,6 +233,16 @@ class PrometheusConfig:
 
 
 @attrs.define
+class AudioConfig:
+    """LiveKit's `audio` section: what counts as speaking (trio_sfu.media.speakers)."""
+
+    active_level: int = 35  # -dBov (0 loudest .. 127 silence); this loud or louder is speech
+    min_percentile: int = 40  # % of an update interval that must be speech
+    update_interval: int = 400  # ms: the audio per level window, and between speaker updates
+    smooth_intervals: int = 2  # windows the level is averaged over (0: none)
+
+
+@attrs.define
 class ServerConfig:
     port: int = DEFAULT_PORT
     # Empty = the mode's default: loopback in development (as LiveKit's --dev), else all interfaces.
@@ -240,6 +250,7 @@ class ServerConfig:
     rtc: RtcConfig = attrs.field(factory=RtcConfig)
     keys: dict[str, str] = attrs.field(factory=dict)
     room: RoomConfig = attrs.field(factory=RoomConfig)
+    audio: AudioConfig = attrs.field(factory=AudioConfig)
     limit: LimitConfig = attrs.field(factory=LimitConfig)
     logging: LoggingConfig = attrs.field(factory=LoggingConfig)
     cluster: ClusterConfig = attrs.field(factory=ClusterConfig)
@@ -347,6 +358,12 @@ _SCHEMA: dict[str, Any] = {
         "max_participant_identity_length": _INT,
         "enable_remote_unmute": _BOOL,
     },
+    "audio": {
+        "active_level": _INT,
+        "min_percentile": _INT,
+        "update_interval": _INT,
+        "smooth_intervals": _INT,
+    },
     "limit": {
         "max_metadata_size": _INT,
         "max_attributes_size": _INT,
@@ -384,6 +401,11 @@ _SCHEMA: dict[str, Any] = {
         "sample": _BOOL,
     },
 }
+
+
+#: The `audio` keys' allowed values (update_interval in ms: at least one 20 ms audio frame).
+_AUDIO_RANGES = {"active_level": (0, 127), "min_percentile": (0, 100), "update_interval": (20, 60_000),
+                 "smooth_intervals": (0, 1000)}
 
 
 def _check(value: Any, spec: tuple[tuple[type, ...], str], key: str) -> None:
@@ -510,6 +532,13 @@ def config_from_mapping(data: Any) -> tuple[ServerConfig, list[str]]:
         config.room.auto_create = room["auto_create"]
     if room.get("enable_remote_unmute") is not None:
         config.room.enable_remote_unmute = room["enable_remote_unmute"]
+
+    audio = data.get("audio") or {}
+    for name, (low, high) in _AUDIO_RANGES.items():
+        if audio.get(name) is not None:
+            if not low <= audio[name] <= high:
+                raise ConfigError(f"config key 'audio.{name}' must be between {low} and {high}")
+            setattr(config.audio, name, audio[name])
 
     limit = data.get("limit") or {}
     for name in attrs.fields_dict(LimitConfig):

@@ -123,6 +123,9 @@ MEDIA_ANSWER_UNEXPECTED = "media_subscriber_answer_unexpected_total"
 MEDIA_ANSWER_TIMEOUT = "media_subscriber_answer_timeout_total"
 MEDIA_SUBSCRIPTION_FAILED = "media_subscription_failed_total"
 MEDIA_TRACKS_PUBLISHED = "media_tracks_published_total"
+MEDIA_AUDIO_LEVEL_MALFORMED = "media_audio_level_malformed_total"  # a bad RFC 8285 block on an audio packet
+MEDIA_SPEAKER_UPDATES_SENT = "media_speaker_updates_sent_total"  # speakers_changed messages
+MEDIA_QUALITY_UPDATES_SENT = "media_connection_quality_updates_sent_total"  # connection_quality messages
 
 
 # Agent workers (trio_sfu.agents): registrations, the /agent protocol's refusals, and jobs.

@@ -25,6 +25,9 @@ def run(data: bytes) -> None:
         try:
             find_extension_span(data, ext_id)
             find_extension(data, ext_id)
+            level = hx.audio_level_in(data, ext_id)  # the audio receive path's read
+            if level is not None and not 0 <= level <= 127:
+                raise AssertionError(f"audio level {level} outside 0..127")
         except RtpParseError:
             pass
     try:

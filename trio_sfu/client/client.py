@@ -95,6 +95,13 @@ class LiveKitClient:
             p.sid: p for p in join.other_participants
         }
         self.errors: list[str] = []
+        #: What the server said about speakers (those speaking now by participant sid, and how many
+        #: speakers_changed came) and connection quality (the newest ConnectionQualityInfo per
+        #: participant sid, and how many updates came).
+        self.active_speakers: dict[str, models.SpeakerInfo] = {}
+        self.speaker_updates = 0
+        self.connection_quality: dict[str, rtc.ConnectionQualityInfo] = {}
+        self.connection_quality_updates = 0
         self.left = trio.Event()  # we left, or the server told us to / dropped the connection
         self.leave_reason: str | None = None
         self.signal = SignalConnection(ws, url=url, token=token, token_in_query=token_in_query,
@@ -263,6 +270,12 @@ class LiveKitClient:
             self._on_request_response(response.request_response)
         elif kind == "subscription_response":
             self.subscriber.on_failure(response.subscription_response)
+        elif kind == "speakers_changed":
+            self._on_speakers_changed(response.speakers_changed)
+        elif kind == "connection_quality":
+            self.connection_quality_updates += 1
+            for info in response.connection_quality.updates:
+                self.connection_quality[info.participant_sid] = info
 
     def _on_trickle(self, trickle: rtc.TrickleRequest) -> None:
         pc = self.publisher.pc if trickle.target == PUBLISHER else self.subscriber.pc
@@ -284,6 +297,14 @@ class LiveKitClient:
                 known = self.remote_participants.get(info.sid)
                 if known is None or info.version >= known.version:
                     self.remote_participants[info.sid] = info
+
+    def _on_speakers_changed(self, changed: rtc.SpeakersChanged) -> None:
+        self.speaker_updates += 1
+        for speaker in changed.speakers:
+            if speaker.active:
+                self.active_speakers[speaker.sid] = speaker
+            else:
+                self.active_speakers.pop(speaker.sid, None)
 
     def _on_request_response(self, response: rtc.RequestResponse) -> None:
         if response.reason == rtc.RequestResponse.Reason.OK:

@@ -20,7 +20,7 @@ from livekit.protocol import models, rtc
 from rtp import rtcp
 from rtp.dtls import DtlsRole
 from rtp.errors import ParseError
-from sdp.codecs import EXT_MID, EXT_RID
+from sdp.codecs import EXT_AUDIO_LEVEL, EXT_MID, EXT_RID
 from sdp.model import SessionDescription
 from sdp.negotiator import local_dtls_role, remote_transport
 from sdp.parser import parse as parse_sdp
@@ -69,6 +69,9 @@ class LocalPublication:
         self._keyframe_pending: set[str] = set()
         self._last_send_clock: dict[str, float] = {}
         self._writers: dict[str, RtpStreamWriter] = {}
+        self._extension_ids: dict[str, int] = {}  # URI -> id, as the answer agreed
+        #: The RFC 6464 level (-dBov) its packets carry (audio; None: no level element).
+        self.audio_level: int | None = None
         self.error: str | None = None
 
     def offered(self, stream_id: str, cname: str) -> OfferedTrack:
@@ -76,14 +79,31 @@ class LocalPublication:
                             tuple(self.ssrcs.values()), self.rids)
 
     def _on_answer(self, extensions: dict[int, str]) -> None:
-        """Bind the RTP writers to the extension ids the answer agreed to (mid always, rid for simulcast)."""
-        ids = {uri: ext_id for ext_id, uri in extensions.items()}
+        """Bind the RTP writers to the extension ids the answer agreed to (mid always, rid for
+        simulcast, the audio level when one is set)."""
+        self._extension_ids = {uri: ext_id for ext_id, uri in extensions.items()}
+        self._bind_writers()
+        self.negotiated.set()
+
+    def set_audio_level(self, level: int | None) -> None:
+        """From now on, every packet of this audio track says it is `level` -dBov loud (RFC
+        6464: 0 loudest, 127 silence) if the answer agreed to the element; None: no element."""
+        if level is not None and not 0 <= level <= 127:
+            raise ValueError("audio level must be 0..127 -dBov")
+        self.audio_level = level
+        if self.negotiated.is_set():
+            self._bind_writers()
+
+    def _bind_writers(self) -> None:
+        ids = self._extension_ids
         for rid, ssrc in self.ssrcs.items():
             elements: dict[int, bytes] = {}
             if EXT_MID in ids:
                 elements[ids[EXT_MID]] = self.mid.encode()
             if rid and EXT_RID in ids:
                 elements[ids[EXT_RID]] = rid.encode()
+            if self.kind == "audio" and self.audio_level is not None and EXT_AUDIO_LEVEL in ids:
+                elements[ids[EXT_AUDIO_LEVEL]] = bytes((self.audio_level,))
             old = self._writers.get(rid)
             first_seq = old.sequence_number if old is not None else secrets.randbits(16)
             writer = self._writers[rid] = RtpStreamWriter(ssrc, self.codec.payload_type, elements, first_seq)
@@ -91,7 +111,6 @@ class LocalPublication:
                 # The same SSRC goes on (a renegotiation, a move to another node): RFC 3550's
                 # sender counts are per SSRC, so they carry over with the sequence number.
                 writer.packets, writer.octets, writer.last_timestamp = old.packets, old.octets, old.last_timestamp
-        self.negotiated.set()
 
     @property
     def octets_sent(self) -> int:

@@ -70,7 +70,8 @@ from livekit.protocol import models, rtc
 from proto import relay_pb2 as pb
 from rtp import rtcp
 from rtp.errors import ParseError
-from sdp.codecs import MediaKind
+from rtp.header_extensions import audio_level_in
+from sdp.codecs import EXT_AUDIO_LEVEL, MediaKind
 
 from trio_sfu import metrics as m
 from trio_sfu.log import get_logger
@@ -78,6 +79,7 @@ from trio_sfu.cluster.link import RelayLink, serve_link
 from trio_sfu.cluster.relay_protocol import RelayTap, TrackSpec, migrated_transceivers, snapshot_to_proto
 from trio_sfu.forwarding.receiver import ReceiverState, TrackReceiver
 from trio_sfu.media.data_channels import DataKind, deliver_to_peers, destinations
+from trio_sfu.media.speakers import AudioLevelMeter
 from trio_sfu.media.timers import TimerLoop
 from trio_sfu.tracks.seams import Seam, no_seam
 from trio_sfu.tracks.source import TrackSource
@@ -276,6 +278,8 @@ class NodeRelay:
         # not hosted here; materialized as remote sources while it has participants here.
         self._announced: dict[str, dict[tuple[str, str], TrackSpec]] = {}
         self._remote: dict[tuple[str, str, str], tuple["RoomMedia", TrackSource]] = {}
+        # Relayed audio with levels: its meter (in the room's reports) and the level's extension id.
+        self._remote_meters: dict[tuple[str, str, str], tuple[AudioLevelMeter, int]] = {}
         # What each remote copy asked its publishing node for (same keys as _remote).
         self._demand: dict[tuple[str, str, str], _RemoteDemand] = {}
         self._remote_copies = _RemoteCopies(self)
@@ -585,7 +589,37 @@ class NodeRelay:
         demand = self._demand[key] = _RemoteDemand(self, key)
         source.receiver.demand_listener = demand
         self._remote[key] = (room_media, source)
+        self._meter_remote_audio(room_media, key, spec, source)
         room_media.track_manager.add(source)
+
+    def _meter_remote_audio(self, room_media: "RoomMedia", key: tuple[str, str, str], spec: TrackSpec,
+                            source: TrackSource) -> None:
+        """Relayed audio whose packets carry RFC 6464 levels: the room's reports get a meter for it
+        (active speakers on other nodes reach the members here who receive them)."""
+        ext_id = next((ext_id for ext_id, uri in spec.extensions if uri == EXT_AUDIO_LEVEL), None)
+        if spec.kind is not MediaKind.AUDIO or ext_id is None:
+            return
+
+        def muted(track_id: str = spec.track_id) -> bool:
+            info = self.remote_track_info(room_media, track_id)
+            return info is not None and info.muted
+
+        meter = room_media.reports.meter_remote_track(key, spec.publisher_id, source.receiver.clock_rate, muted)
+        self._remote_meters[key] = (meter, ext_id)
+
+    def _observe_audio_level(self, metered: tuple[AudioLevelMeter, int], packet: bytes, now: float) -> None:
+        meter, ext_id = metered
+        try:
+            level = audio_level_in(packet, ext_id)
+        except ParseError:
+            self.metrics.inc(m.MEDIA_AUDIO_LEVEL_MALFORMED)
+            return
+        if level is not None:
+            meter.observe(level, int.from_bytes(packet[4:8], "big"), now)
+
+    def _forget_remote_meter(self, room_media: "RoomMedia", key: tuple[str, str, str]) -> None:
+        if self._remote_meters.pop(key, None) is not None:
+            room_media.reports.forget_remote_track(key)
 
     def _close_remote(self, key: tuple[str, str, str], expected_to_resume: bool, withdraw: bool = True) -> None:
         """Close a remote copy at once (the room emptied, the relay stops, the link was lost)."""
@@ -596,6 +630,7 @@ class NodeRelay:
         if demand is not None and demand.sent:
             demand.send(frozenset())  # the publishing node stops relaying it
         room_media, source = entry
+        self._forget_remote_meter(room_media, key)
         source.close_now(expected_to_resume)
         self._remote_closed(room_media, source, expected_to_resume, withdraw)
 
@@ -609,6 +644,7 @@ class NodeRelay:
             return
         self._demand.pop(key, None)  # the publishing node stopped relaying it already
         room_media, source = entry
+        self._forget_remote_meter(room_media, key)
         context = {"node": self.node_id, "room": key[0], "track": key[2]}
         source.begin_closing(expected_to_resume)
         try:
@@ -887,15 +923,19 @@ class NodeRelay:
             return
         body = getattr(message, kind)
         if kind == "rtp":
-            entry = self._remote.get((body.room, peer, body.track_id))
+            key = (body.room, peer, body.track_id)
+            entry = self._remote.get(key)
             if entry is None:
                 self.metrics.inc(RELAY_RTP_UNKNOWN)
                 return
             receiver = entry[1].receiver
-            if not receiver.receive_layer_rtp(body.layer, body.packet, trio.current_time(),
-                                              discontinuity=body.discontinuity):
+            now = trio.current_time()
+            if not receiver.receive_layer_rtp(body.layer, body.packet, now, discontinuity=body.discontinuity):
                 self.metrics.inc(RELAY_RTP_DROPPED)
                 return
+            metered = self._remote_meters.get(key)
+            if metered is not None:  # relayed audio with levels: its publisher may be speaking
+                self._observe_audio_level(metered, body.packet, now)
             # A loss just noticed schedules a NACK sooner than the timer loop would wake.
             self._remote_timers.wake_by(receiver.next_deadline())
         elif kind == "rtcp":

@@ -26,7 +26,7 @@ from typing import Callable, Iterable, Mapping, Optional, Protocol, Sequence
 import attrs
 
 from rtp.packet import rewrite_header
-from rtp.rtcp import Fir, Nack, Pli, ReceiverReport, Remb, RtcpPacket, SenderReport, compact_ntp
+from rtp.rtcp import Fir, Nack, Pli, ReceiverReport, Remb, ReportBlock, RtcpPacket, SenderReport, compact_ntp
 from rtp.seqnum import SequenceUnwrapper
 from trio_sfu.forwarding.codec_keyframes import (
     keyframe_detector,
@@ -287,6 +287,9 @@ class DownTrack:
         self.current_layer: Optional[int] = None
         self.rtt: Optional[float] = None
         self.fraction_lost = 0
+        # The subscriber's newest report block on this stream and when it came (connection quality).
+        self.last_report: Optional[ReportBlock] = None
+        self.last_report_at: Optional[float] = None
         self.remb: Optional[int] = None
         self.counters = DownTrackCounters()
         # The part of counters.packets_sent/octets_sent a restored snapshot carried over (the
@@ -595,6 +598,8 @@ class DownTrack:
                     if block.ssrc != self.ssrc:
                         continue
                     self.fraction_lost = block.fraction_lost
+                    self.last_report = block
+                    self.last_report_at = now
                     sent_at = self._sr_sent_at.get(block.lsr)
                     if block.lsr and sent_at is not None:
                         self.rtt = max(0.0, now - sent_at - block.dlsr / 65536)

@@ -71,6 +71,18 @@ class _SsrcCapReached(Exception):
     """A new SSRC the track has no room for (`MAX_SSRCS_PER_TRACK`)."""
 
 
+@attrs.frozen
+class Reception:
+    """A receiver's cumulative reception: packets expected and lost (RFC 3550 A.3), bytes
+    received, the worst layer's current jitter (seconds) and when the newest SR arrived."""
+
+    expected: int
+    lost: int
+    bytes: int
+    jitter: float
+    last_sender_report_at: Optional[float]
+
+
 class ForwardingStateError(RuntimeError):
     """A lifecycle transition called from a state it does not leave."""
 
@@ -330,6 +342,25 @@ class TrackReceiver:
         per layer: a retransmission that repaired a gap takes it back off). A layer's count
         starts over when its SSRC changes (a publisher restart shares nothing with before)."""
         return sum(max(0, layer.stats.lost) for layer in self._layers.values() if layer.stats.is_valid)
+
+    def reception(self) -> "Reception":
+        """What the publisher's streams delivered so far, summed over the layers (connection
+        quality scores the difference between two readings). A layer's counts start over when
+        its SSRC changes."""
+        expected = lost = octets = 0
+        jitter = 0.0
+        last_sr: Optional[float] = None
+        for layer in self._layers.values():
+            stats = layer.stats
+            if not stats.is_valid:
+                continue
+            expected += stats.expected
+            lost += max(0, stats.lost)
+            octets += stats.bytes_received
+            jitter = max(jitter, stats.jitter / self.clock_rate)
+            if stats.last_sr is not None and (last_sr is None or stats.last_sr.arrival > last_sr):
+                last_sr = stats.last_sr.arrival
+        return Reception(expected, lost, octets, jitter, last_sr)
 
     # --- queries for down tracks ---
 

@@ -125,7 +125,9 @@ class ParticipantMedia:
                 # The order each wake-up serves them in: the peer sessions' protocol timers
                 # (ICE, DTLS, SCTP, transport-cc feedback), then the RTCP the forwarding
                 # objects owe.
-                await self.timers.run((self.transports, self.publishing, self.subscribing))
+                # Last, the room's reports (speakers, connection quality), which every member's
+                # loop serves and the first one past their time makes.
+                await self.timers.run((self.transports, self.publishing, self.subscribing, self.room_media.reports))
         finally:
             self.close()
 
@@ -162,6 +164,9 @@ class ParticipantMedia:
     def sub_offer(self) -> SubscriberOffer:
         """The subscriber PC's offer/answer state and m-line table."""
         return self.subscribing.endpoint.offer
+
+    def published_tracks(self) -> list[PublishedTrack]:
+        return list(dict.fromkeys(self.publishing.tracks_by_mid.values()))
 
     def update_desired(self) -> None:
         if not self.closed:

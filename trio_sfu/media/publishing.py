@@ -35,7 +35,7 @@ import trio
 from livekit.protocol import models
 
 from rtp import rtcp
-from rtp.header_extensions import HeaderExtensionParseError, decode_mid
+from rtp.header_extensions import HeaderExtensionParseError, audio_level_in, decode_mid
 from rtp.packet import RtpParseError, find_extension
 from sdp.codecs import EXT_MID, EXT_REPAIRED_RID, EXT_RID, EXT_TWCC, MediaKind
 from sdp.errors import NegotiationError, SdpParseError
@@ -65,8 +65,8 @@ def subscriber_stream_id(publisher_sid: str, track_sid: str) -> str:
     return f"{publisher_sid}|{track_sid}"
 
 
-#: An RTP packet's SSRC (the 32-bit word at offset 8), read without a slice.
-_read_ssrc = struct.Struct("!I").unpack_from
+#: An RTP packet's SSRC (the 32-bit word at offset 8), read without a slice; its timestamp (at 4) the same way.
+_read_ssrc = _read_timestamp = struct.Struct("!I").unpack_from
 #: Bound once: on_rtp runs per packet.
 _LATENCY_SAMPLE_EVERY = m.FORWARD_LATENCY_SAMPLE_EVERY
 
@@ -275,7 +275,7 @@ class PublisherMedia:
             now=trio.current_time(),
         )
         track = PublishedTrack(info.sid, kind, self.sid, subscriber_stream_id(self.sid, info.sid), nm.codecs,
-                               dict(nm.extensions), receiver)
+                               dict(nm.extensions), receiver, self.room_media.reports.audio)
         self.tracks_by_mid[mid] = track
         self.log.info("track matched to media", kv={"track": info.sid, "mid": mid, "codecs": ",".join(track.mime_types),
                                                     "rids": ",".join(nm.rids)})
@@ -321,6 +321,8 @@ class PublisherMedia:
         if not receiver.receive_rtp(packet, now):
             self.metrics.inc(m.MEDIA_RTP_DROPPED)
             return
+        if track.audio_level is not None:  # audio with levels only: video pays this test alone
+            self._observe_audio_level(track, packet, now)
         if not track.published and not self.closed:
             self.room_media.publish(track)
         elif not receiver.counters.packets % _LATENCY_SAMPLE_EVERY and receiver.down_tracks:
@@ -329,6 +331,18 @@ class PublisherMedia:
             self.metrics.forward_latency.observe(trio.current_time() - now)
         # A loss just noticed schedules a NACK sooner than the loop would wake.
         self._wake_by(receiver.next_deadline())
+
+    def _observe_audio_level(self, track: PublishedTrack, packet: bytes, now: float) -> None:
+        """The packet's RFC 6464 level to the track's meter (active speakers)."""
+        meter, ext_id = track.audio_level, track.audio_level_extension
+        assert meter is not None and ext_id is not None
+        try:
+            level = audio_level_in(packet, ext_id)
+        except RtpParseError:
+            self.metrics.inc(m.MEDIA_AUDIO_LEVEL_MALFORMED)
+            return
+        if level is not None:
+            meter.observe(level, _read_timestamp(packet, 4)[0], now)
 
     def on_rtcp(self, packets: Sequence[rtcp.RtcpPacket], now: float) -> None:
         """The publisher's RTCP (its sender reports, our NACK/PLI answered...) to every receiver."""

@@ -18,12 +18,14 @@ from typing import Callable, Optional, Protocol
 
 from livekit.protocol import models
 
-from sdp.codecs import MediaKind
+from sdp.codecs import EXT_AUDIO_LEVEL, MediaKind
 from sdp.model import Codec
 
 from trio_sfu import metrics as m
 from trio_sfu.forwarding import TrackReceiver
 from trio_sfu.media.data_channels import ParticipantData
+from trio_sfu.media.room_reports import RoomReports
+from trio_sfu.media.speakers import AudioLevelConfig, AudioLevelMeter
 from trio_sfu.signal.media_port import MediaParticipant
 from trio_sfu.tracks import ResolutionPolicy, ResumeFlagPolicy, SourceOrigin, TrackManager, TrackSource
 from trio_sfu.tracks.subscriber import Binding
@@ -39,7 +41,8 @@ class PublishedTrack:
     """One published track as the room sees it: its receiver and what subscribers need to know."""
 
     def __init__(self, sid: str, kind: MediaKind, publisher_sid: str, stream_id: str,
-                 codecs: tuple[Codec, ...], extensions: dict[int, str], receiver: TrackReceiver) -> None:
+                 codecs: tuple[Codec, ...], extensions: dict[int, str], receiver: TrackReceiver,
+                 audio_levels: AudioLevelConfig = AudioLevelConfig()) -> None:
         self.sid = sid
         self.kind = kind
         self.publisher_sid = publisher_sid
@@ -47,6 +50,15 @@ class PublishedTrack:
         self.codecs = codecs  # as negotiated on the publisher PC (publisher payload types)
         self.extensions = extensions  # publisher extension id -> URI
         self.receiver = receiver
+        # Audio with RFC 6464 levels negotiated: the publisher PC's element id and the track's
+        # meter (active speakers); None for video and for audio without levels.
+        self.audio_level_extension: Optional[int] = None
+        self.audio_level: Optional[AudioLevelMeter] = None
+        if kind is MediaKind.AUDIO:
+            self.audio_level_extension = next(
+                (ext_id for ext_id, uri in extensions.items() if uri == EXT_AUDIO_LEVEL), None)
+            if self.audio_level_extension is not None:
+                self.audio_level = AudioLevelMeter(receiver.clock_rate, audio_levels)
         self.published = False
         self.source: Optional[TrackSource] = None  # its local source, once published
 
@@ -86,6 +98,9 @@ class RoomMember(Protocol):
     def update_desired(self) -> None:
         """The room's tracks changed: re-decide what the member should receive."""
 
+    def published_tracks(self) -> list[PublishedTrack]:
+        """The tracks it publishes that media was matched to (speakers and quality read them)."""
+
 
 class RelayHooks(Protocol):
     """What a room's media tells the node-to-node relay (trio_sfu.cluster.node_relay)."""
@@ -122,6 +137,8 @@ class RoomMediaService(Protocol):
     metrics: m.Metrics
     relay: Optional[RelayHooks]
     rooms: dict[str, "RoomMedia"]  # by room sid
+    # What counts as speaking (the config's `audio` section).
+    audio_levels: AudioLevelConfig
     # The rules a room resolves track ids by, and its sources fix expected-to-resume by.
     resolution: Callable[[], ResolutionPolicy]
     resume_policy: Callable[[], ResumeFlagPolicy]
@@ -143,6 +160,8 @@ class RoomMedia:
         # Track ids unpublished for good (no resume): nobody wants them any more. Track sids are
         # never reused by a new publication, so this only grows with the room's publications.
         self.withdrawn: set[str] = set()
+        # Speakers and connection quality: a timer part of every member's loop.
+        self.reports = RoomReports(self.sessions, service.metrics, service.audio_levels)
 
     @property
     def tracks(self) -> dict[str, TrackSource]:

@@ -32,6 +32,7 @@ from sdp.model import Fingerprint
 from trio_sfu import metrics as m
 from trio_sfu.log import get_logger
 from trio_sfu.media.participant_media import ParticipantMedia
+from trio_sfu.media.speakers import AudioLevelConfig
 from trio_sfu.media.transport import TransportEndpoint
 from trio_sfu.media.room_media import RelayHooks, RoomMedia
 from trio_sfu.datagram import BindDatagram, UdpSocket
@@ -73,6 +74,8 @@ class MediaService:
         # One certificate per server start unless given; trio_sfu may read the wall clock, rtp/ may not.
         self.certificate = certificate or DtlsCertificate.generate(datetime.datetime.now(datetime.timezone.utc))
         self.fingerprints = (Fingerprint("sha-256", self.certificate.fingerprint()),)
+        # What counts as speaking in every room (the config's `audio` section).
+        self.audio_levels = AudioLevelConfig.from_config(config.audio)
         # Where the media socket comes from: the kernel's UDP, or an in-memory network in tests.
         self.bind_datagram: BindDatagram = UdpSocket.bind
         # The rules rooms resolve track ids by and sources fix expected-to-resume by; tests put
