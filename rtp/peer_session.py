@@ -263,6 +263,16 @@ class PeerSession:
 
     # ------------------------------------------------------------------ inputs
 
+    def restart_ice(self, local_ufrag: str, local_pwd: str,
+                    remote_ufrag: Optional[str] = None, remote_pwd: Optional[str] = None) -> bool:
+        """ICE restart with new credentials; the DTLS association, SRTP keys and SCTP association
+        carry on. See PeerTransport.restart_ice (False: the transport is no longer alive)."""
+        return self.transport.restart_ice(local_ufrag, local_pwd, remote_ufrag, remote_pwd)
+
+    def set_remote_credentials(self, ufrag: str, pwd: str) -> None:
+        """The peer's ICE credentials, from a description that arrived after a restart."""
+        self.transport.set_remote_credentials(ufrag, pwd)
+
     def start(self, now: float) -> None:
         """Start the connect timer; a controlling agent queues its first check."""
         self.transport.start(now)

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import json
 import secrets
+
+import attrs
 from typing import Callable, Optional, Protocol, Sequence
 
 import trio
@@ -42,7 +44,8 @@ from rtp.peer_transport_events import (
 )
 from rtp.sctp import AssociationClosed, AssociationEstablished, ChannelClosed, ChannelOpened, MessageReceived
 from sdp.model import Fingerprint
-from sdp.negotiator import DtlsRole, LocalParams
+from sdp.model import SessionDescription
+from sdp.negotiator import DtlsRole, LocalParams, restarts_ice
 
 from trio_sfu import metrics as m
 from trio_sfu.log import ContextLogger
@@ -83,9 +86,11 @@ class TransportEndpoint:
 
     def __init__(self, name: str, session: PeerSession, mux: UdpMux, *, on_rtp: Optional[RtpHandler],
                  on_rtcp: RtcpHandler, on_connected: Optional[Callable[[float], None]], wake_by: WakeBy,
-                 metrics: m.Metrics, log: ContextLogger) -> None:
+                 metrics: m.Metrics, log: ContextLogger, remote_credentials: tuple[str, str] = ("", "")) -> None:
         self.name = name
         self.session = session
+        # The peer's ICE ufrag and pwd as its latest description gave them (a change is a restart).
+        self.remote_credentials = remote_credentials
         # What the mux routes by (its local ufrag, the addresses it accepts); only read, never
         # driven: the session drives it.
         self.transport: PeerTransport = session.transport
@@ -192,6 +197,30 @@ class TransportEndpoint:
         self.flush(trio.current_time())
         return True
 
+    # ---- ICE restart -------------------------------------------------------------------------
+
+    def restart_ice(self, local: LocalParams, remote: Optional[tuple[str, str]]) -> bool:
+        """Restart ICE under `local`'s new credentials (and the peer's, when known): the DTLS
+        association and SRTP keys stay, the mux finds the transport by its new ufrag. False if
+        the transport is no longer alive (nothing to restart)."""
+        old_ufrag = self.transport.local_ufrag
+        remote_ufrag, remote_pwd = remote if remote is not None else (None, None)
+        if not self.session.restart_ice(local.ice_ufrag, local.ice_pwd, remote_ufrag, remote_pwd):
+            self._log.warning("ICE restart on a dead transport", kv={"pc": self.name})
+            return False
+        if remote is not None:
+            self.remote_credentials = remote
+        self._mux.rekey(self, old_ufrag)
+        self._metrics.inc(m.MEDIA_ICE_RESTARTS)
+        self._log.info("ICE restarted", kv={"pc": self.name, "ufrag": local.ice_ufrag})
+        return True
+
+    def follow_remote_credentials(self, remote: tuple[str, str]) -> None:
+        """The peer's description (after our restart offer) names its new credentials."""
+        if remote != self.remote_credentials and all(remote):
+            self.remote_credentials = remote
+            self.session.set_remote_credentials(*remote)
+
     # ---- data channels ---------------------------------------------------------------------
 
     def open_data(self, data: ParticipantData, remote: tuple[bool, int, int],
@@ -248,6 +277,42 @@ class ParticipantTransports:
         self.publisher: Optional[TransportEndpoint] = None
         self.subscriber: Optional[TransportEndpoint] = None
 
+    # ---- ICE restarts ----------------------------------------------------------------------
+
+    def publisher_restart_params(self, offer: SessionDescription) -> Optional[LocalParams]:
+        """When the client's publisher offer restarts ICE (new ufrag/pwd on a PC already open):
+        the new local credentials to answer it with (applied by `restart_publisher` once the
+        answer is made); None when the offer keeps the current ICE session."""
+        endpoint = self.publisher
+        if endpoint is None or not restarts_ice(endpoint.remote_credentials, offer):
+            return None
+        ufrag, pwd = new_ice_credentials()
+        return attrs.evolve(self.pub_local, ice_ufrag=ufrag, ice_pwd=pwd)
+
+    def restart_publisher(self, local: LocalParams, remote: tuple[str, str]) -> None:
+        """Answering an ICE-restart offer: the publisher PC takes the new credentials, both sides'."""
+        self.pub_local = local
+        if self.publisher is not None:
+            self.publisher.restart_ice(local, remote)
+
+    def new_subscriber_credentials(self) -> LocalParams:
+        """New local credentials for the subscriber PC (our next offer restarts ICE with them)."""
+        ufrag, pwd = new_ice_credentials()
+        self.sub_local = attrs.evolve(self.sub_local, ice_ufrag=ufrag, ice_pwd=pwd)
+        return self.sub_local
+
+    def subscriber_offering(self, local: LocalParams) -> None:
+        """An offer with `local`'s credentials is going out on the subscriber PC: an open
+        transport restarts ICE with them now (the peer's new credentials come with its answer)."""
+        endpoint = self.subscriber
+        if endpoint is not None and endpoint.transport.local_ufrag != local.ice_ufrag:
+            endpoint.restart_ice(local, None)
+
+    @property
+    def connected(self) -> bool:
+        """Whether either PC is up (ICE and DTLS): media can outlive the signal connection."""
+        return any(e is not None and e.connected and e.session.is_alive for e in (self.publisher, self.subscriber))
+
     def open_publisher(self, role: DtlsRole, ufrag: str, pwd: str, fingerprints: tuple[Fingerprint, ...], *,
                        on_rtp: RtpHandler, on_rtcp: RtcpHandler) -> TransportEndpoint:
         """The publisher PC, once (the client's first offer names its ICE and DTLS peer)."""
@@ -282,7 +347,8 @@ class ParticipantTransports:
         mux = service.mux
         assert mux is not None, "the media service runs (its mux is bound) before any participant negotiates"
         endpoint = TransportEndpoint(name, session, mux, on_rtp=on_rtp, on_rtcp=on_rtcp, on_connected=on_connected,
-                                     wake_by=self._wake_by, metrics=self._metrics, log=self._log)
+                                     wake_by=self._wake_by, metrics=self._metrics, log=self._log,
+                                     remote_credentials=(ufrag, pwd))
         mux.register(endpoint)
         self._wake_by(session.next_deadline())
         return endpoint
