@@ -258,3 +258,28 @@ async def test_sync_state_reconciles_and_a_foreign_track_forces_a_full_reconnect
                 assert (leave.reason, leave.action) == (models.DisconnectReason.STATE_MISMATCH, RECONNECT)
             assert participant.is_closed
     assert server.metrics.get(m.SIGNAL_SYNC_STATE_MISMATCH) == 1
+
+
+async def test_ping_timeout_with_media_up_drops_the_connection_not_the_participant(
+        mock_clock: trio.testing.MockClock) -> None:
+    """A half-open socket (the client stopped being heard) with the media up: the connection is
+    dropped at the ping timeout, no leave is sent, and the client may still resume."""
+    mock_clock.autojump_threshold = 0.25  # virtual time jumps only after real idleness (loopback I/O)
+    async with running_server() as server:
+        server.registry.media_factory = MediaUp
+        async with signal_client(server, mint_token("silent")) as silent:
+            sid = (await join(silent)).participant.sid
+            participant = server.registry.rooms["room1"].participants["silent"]
+            messages = []
+            with trio.fail_after(participant_module.PING_TIMEOUT * 4):
+                try:
+                    while True:
+                        messages.append(await recv(silent, timeout=participant_module.PING_TIMEOUT * 4))
+                except trio_websocket.ConnectionClosed:
+                    pass
+            assert all(r.WhichOneof("message") != "leave" for r in messages), messages
+            assert participant.link is SignalLink.AWAITING_RESUME and not participant.is_closed
+        async with signal_client(server, mint_token("silent"), query=resume_query(sid)) as again:
+            assert (await recv(again)).WhichOneof("message") == "reconnect"
+            await send(again, rtc.SignalRequest(leave=rtc.LeaveRequest()))
+    assert server.metrics.get(m.SIGNAL_PING_TIMEOUT) == 1 and server.metrics.get(m.SIGNAL_RESUMED) == 1

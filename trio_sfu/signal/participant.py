@@ -1,10 +1,17 @@
 """One participant's signal session: its state, its tracks, and the tasks that serve its WebSocket.
 
 Lifetime: `Participant.run` is started in its room's nursery and opens the participant's own
-nursery holding the WebSocket reader (trio-websocket's), our writer, and the ping-timeout timer.
-Whatever ends the session -- the client's `leave`, a dropped socket, a ping timeout, server-side
-removal or a slow consumer -- goes through `close()`, which unlinks the participant from its room
-and cancels that nursery, so everything it owns ends with it.
+nursery: its media session, and one signal connection at a time, each in a cancel scope of its
+own holding the WebSocket reader (trio-websocket's), our writer and the ping-timeout timer.
+Whatever ends the session -- the client's `leave`, server-side removal, a slow consumer, a
+signal connection lost with no media to keep, or a resume window that passed -- goes through
+`close()`, which unlinks the participant from its room and cancels that nursery, so everything
+it owns ends with it.
+
+A signal connection lost without a `leave` (the socket dropped, or a ping timeout) while the
+media is up ends only that connection: the participant waits `RESUME_WINDOW` for the client to
+resume (`offer_resume`, LiveKit's `reconnect=1`), the others see no change, and what it should
+hear waits in its outbox. The newest resume wins; at most one waits to be served.
 
 Outgoing messages go through the participant's `SignalOutbox` (bounded in messages and bytes,
 coalescing ParticipantUpdates per participant) to a single writer task. Producers (other
