@@ -63,10 +63,23 @@ async def updates_about(ws: trio_websocket.WebSocketConnection, sid: str, quiet_
         return seen
 
 
+class RoomEvents:
+    """The registry's observer (what webhooks hear): (event, identity) in order."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str]] = []
+
+    def room_event(self, event, room, participant=None, track=None) -> None:
+        if participant is not None:
+            self.seen.append((event, participant.identity))
+
+
 async def test_lost_connection_resumes_with_same_sid_and_queued_updates() -> None:
     MediaUp.resumes = []
+    events = RoomEvents()
     async with running_server() as server:
         server.registry.media_factory = MediaUp
+        server.registry.observers.append(events)
         async with signal_client(server, mint_token("bob")) as bob:
             await join(bob)
             async with signal_client(server, mint_token("alice")) as alice:
@@ -95,10 +108,13 @@ async def test_lost_connection_resumes_with_same_sid_and_queued_updates() -> Non
                 assert (await recv_kind(again, "pong_resp")).pong_resp.last_ping_timestamp == 7
                 # bob never saw alice leave.
                 assert all(p.state != State.DISCONNECTED for p in await updates_about(bob, sid, quiet_for=0.3))
+                assert ("participant_left", "alice") not in events.seen  # no webhook either
                 await send(again, rtc.SignalRequest(leave=rtc.LeaveRequest(reason=models.DisconnectReason.CLIENT_INITIATED)))
             # A real leave is seen at once.
             gone = [p for p in await updates_about(bob, sid, quiet_for=0.5) if p.state == State.DISCONNECTED]
             assert gone and gone[-1].disconnect_reason == models.DisconnectReason.CLIENT_INITIATED
+            assert events.seen.count(("participant_joined", "alice")) == 1
+            assert events.seen.count(("participant_left", "alice")) == 1
     assert server.metrics.get(m.SIGNAL_CONNECTION_LOST) == 1
     assert server.metrics.get(m.SIGNAL_RESUMED) == 1
     assert server.metrics.get(m.SIGNAL_RESUME_REFUSED) == 0
