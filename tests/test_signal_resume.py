@@ -24,6 +24,7 @@ from trio_sfu.signal.participant import SignalLink
 
 State = models.ParticipantInfo.State
 RECONNECT = rtc.LeaveRequest.Action.RECONNECT
+LEAVE = rtc.SignalRequest(leave=rtc.LeaveRequest(reason=models.DisconnectReason.CLIENT_INITIATED))
 
 
 class MediaUp(UnavailableMediaSession):
@@ -115,6 +116,7 @@ async def test_lost_connection_resumes_with_same_sid_and_queued_updates() -> Non
             assert gone and gone[-1].disconnect_reason == models.DisconnectReason.CLIENT_INITIATED
             assert events.seen.count(("participant_joined", "alice")) == 1
             assert events.seen.count(("participant_left", "alice")) == 1
+            await send(bob, LEAVE)  # bob leaves: his socket closing would be a lost connection
     assert server.metrics.get(m.SIGNAL_CONNECTION_LOST) == 1
     assert server.metrics.get(m.SIGNAL_RESUMED) == 1
     assert server.metrics.get(m.SIGNAL_RESUME_REFUSED) == 0
@@ -162,6 +164,7 @@ async def test_no_resume_within_the_window_leaves_then_refuses(monkeypatch) -> N
             assert trio.current_time() - started >= 0.4, "left before the resume window passed"
             assert info.disconnect_reason == models.DisconnectReason.SIGNAL_CLOSE
             await refused(server, mint_token("alice"), sid)
+            await send(bob, LEAVE)
     assert server.metrics.get(m.SIGNAL_RESUME_EXPIRED) == 1
 
 
@@ -273,6 +276,7 @@ async def test_sync_state_reconciles_and_a_foreign_track_forces_a_full_reconnect
                 leave = (await recv_kind(again, "leave")).leave
                 assert (leave.reason, leave.action) == (models.DisconnectReason.STATE_MISMATCH, RECONNECT)
             assert participant.is_closed
+            await send(bob, LEAVE)
     assert server.metrics.get(m.SIGNAL_SYNC_STATE_MISMATCH) == 1
 
 
