@@ -21,10 +21,9 @@ from __future__ import annotations
 
 import json
 import secrets
-
-import attrs
 from typing import Callable, Optional, Protocol, Sequence
 
+import attrs
 import trio
 from livekit.protocol import rtc
 
@@ -43,8 +42,7 @@ from rtp.peer_transport_events import (
     TransportFailed,
 )
 from rtp.sctp import AssociationClosed, AssociationEstablished, ChannelClosed, ChannelOpened, MessageReceived
-from sdp.model import Fingerprint
-from sdp.model import SessionDescription
+from sdp.model import Fingerprint, SessionDescription
 from sdp.negotiator import DtlsRole, LocalParams, restarts_ice
 
 from trio_sfu import metrics as m
