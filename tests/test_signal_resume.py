@@ -303,3 +303,24 @@ async def test_ping_timeout_with_media_up_drops_the_connection_not_the_participa
             assert (await recv(again)).WhichOneof("message") == "reconnect"
             await send(again, rtc.SignalRequest(leave=rtc.LeaveRequest()))
     assert server.metrics.get(m.SIGNAL_PING_TIMEOUT) == 1 and server.metrics.get(m.SIGNAL_RESUMED) == 1
+
+
+async def test_offers_queued_while_waiting_for_a_resume_coalesce_to_the_newest() -> None:
+    async with running_server() as server:
+        server.registry.media_factory = MediaUp
+        async with signal_client(server, mint_token("alice")) as alice:
+            sid = (await join(alice)).participant.sid
+        participant = server.registry.rooms["room1"].participants["alice"]
+        await until(lambda: participant.link is SignalLink.AWAITING_RESUME)
+        for offer_id in (1, 2, 3):  # what the subscription manager offers while nobody listens
+            participant.send(rtc.SignalResponse(offer=rtc.SessionDescription(type="offer", sdp="v=0\r\n", id=offer_id)))
+        async with signal_client(server, mint_token("alice"), query=resume_query(sid)) as again:
+            assert (await recv(again)).WhichOneof("message") == "reconnect"
+            await send(again, rtc.SignalRequest(ping_req=rtc.Ping(timestamp=5)))
+            offers = []
+            with trio.fail_after(5):
+                while (response := await recv(again)).WhichOneof("message") != "pong_resp":
+                    if response.WhichOneof("message") == "offer":
+                        offers.append(response.offer.id)
+            assert offers == [3]
+            await send(again, LEAVE)

@@ -76,6 +76,7 @@ MAX_UNDELIVERED_DATA = 64
 RESUME_WINDOW = 20.0
 
 _log = get_logger("trio_sfu.signal.participant")
+_SUBSCRIBER_OFFER = ("subscriber-offer",)
 
 
 class ParticipantState(enum.Enum):
@@ -285,8 +286,12 @@ class Participant:
     # ---- outgoing -----------------------------------------------------------------------
 
     def send(self, response: rtc.SignalResponse) -> None:
-        """Queue a response without blocking; a client too slow to drain its queue is dropped."""
-        self.send_encoded(encode_response(response))
+        """Queue a response without blocking; a client too slow to drain its queue is dropped.
+        A subscriber offer replaces one still unsent: each offer describes the whole PC and
+        supersedes the last (only the newest is awaited), which matters most while no signal
+        connection drains the queue (waiting for a resume)."""
+        key = _SUBSCRIBER_OFFER if response.HasField("offer") else None
+        self.send_encoded(encode_response(response), coalesce_key=key)
 
     def send_encoded(self, frame: bytes, coalesce_key: Hashable | None = None) -> None:
         """Queue an already serialized SignalResponse (broadcasts encode once for everyone).
