@@ -54,6 +54,7 @@ from rtp.peer_transport import PeerTransport, TransportState
 from rtp.peer_transport_events import (
     Address,
     DataReceived,
+    IceRestarted,
     RtcpReceived,
     RtpReceived,
     SelectedAddressChanged,
@@ -96,6 +97,7 @@ _read_u32 = struct.Struct("!I").unpack_from
 
 PeerSessionEvent = Union[
     SelectedAddressChanged,
+    IceRestarted,
     TransportConnected,
     RtpReceived,
     RtcpReceived,

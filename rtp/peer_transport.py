@@ -49,12 +49,14 @@ from rtp.ice import (
     IceControllingAgent,
     IceFailed,
     IceLiteAgent,
+    IceRestartCompleted,
     IceSelectedPairChanged,
     ufrag_of,
 )
 from rtp.peer_transport_events import (
     Address,
     DataReceived,
+    IceRestarted,
     PeerTransportEvent,
     RtcpReceived,
     RtpReceived,
@@ -498,6 +500,8 @@ class PeerTransport:
                 if self.dtls_role is DtlsRole.CLIENT and self._dtls.state is DtlsState.NEW:
                     self._dtls.start(now)
                     self._pump_dtls()
+            elif isinstance(event, IceRestartCompleted):
+                self._events.append(IceRestarted(event.addr))
             elif isinstance(event, IceConsentExpired):
                 self._fail(f"ICE consent expired for {event.addr[0]}:{event.addr[1]}", silent=True)
             elif isinstance(event, IceFailed):

@@ -30,6 +30,7 @@ from rtp.packet import RtpPacket, parse as parse_rtp
 from rtp.peer_transport import IceMode, PeerTransport, TransportState
 from rtp.peer_transport_events import (
     DataReceived,
+    IceRestarted,
     RtcpReceived,
     RtpReceived,
     SelectedAddressChanged,
@@ -313,6 +314,7 @@ def test_ice_restart_keeps_dtls_and_media_and_takes_the_new_credentials():
     [(answer, _)] = server.datagrams_to_send(wire.now)
     assert parse_stun(answer).message_class is Class.RESPONSE and parse_stun(answer).error_code is None
     assert wire.of(SERVER_ADDR, SelectedAddressChanged)[-1] == SelectedAddressChanged(moved)
+    assert wire.of(SERVER_ADDR, IceRestarted) == [IceRestarted(moved)]  # completed once, by the new check
     server.send_rtp(rtp_bytes(9))
     assert [dst for _, dst in server.datagrams_to_send(wire.now)] == [moved]
     assert server.state is TransportState.CONNECTED and len(wire.of(SERVER_ADDR, TransportConnected)) == 1

@@ -127,7 +127,10 @@ MEDIA_RTP_SSRC_OVER_CAP = "media_rtp_ssrc_over_cap_total"  # a new SSRC past a t
 MEDIA_RTCP_MALFORMED = "media_rtcp_malformed_total"
 MEDIA_TRANSPORT_CONNECTED = "media_transport_connected_total"
 MEDIA_TRANSPORT_FAILED = "media_transport_failed_total"
+# ICE restarts on a live PC (a resume, a client's network change), and those the client
+# completed (a check under the new credentials arrived).
 MEDIA_ICE_RESTARTS = "media_ice_restarts_total"
+MEDIA_ICE_RESTARTS_COMPLETED = "media_ice_restarts_completed_total"
 MEDIA_TRICKLE_MALFORMED = "media_trickle_malformed_total"
 MEDIA_ANSWER_UNEXPECTED = "media_subscriber_answer_unexpected_total"
 MEDIA_ANSWER_TIMEOUT = "media_subscriber_answer_timeout_total"

@@ -35,6 +35,7 @@ from rtp.peer_session import PeerSession, PeerSessionEvent
 from rtp.peer_transport import IceMode, PeerTransport
 from rtp.peer_transport_events import (
     Address,
+    IceRestarted,
     RtcpReceived,
     RtpReceived,
     TransportClosed,
@@ -156,6 +157,9 @@ class TransportEndpoint:
                                                       "srtp": event.srtp_profile.name})
             if self._on_connected is not None:
                 self._on_connected(now)
+        elif kind is IceRestarted:
+            self._metrics.inc(m.MEDIA_ICE_RESTARTS_COMPLETED)
+            self._log.info("ICE restart completed", kv={"pc": self.name, "addr": f"{event.addr[0]}:{event.addr[1]}"})
         elif kind is TransportFailed:
             self._metrics.inc(m.MEDIA_TRANSPORT_FAILED)
             self._log.warning("transport failed", kv={"pc": self.name, "reason": event.reason})
