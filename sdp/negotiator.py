@@ -450,14 +450,14 @@ class SubscriberOffer:
         self._pending_offer: SessionDescription | None = None
         #: Set by restart_ice until an answer to an offer with the new credentials is applied.
         self.ice_restarting = False
-        self._pending_restarts = False
+        self._offered_local = local  # the credentials the pending offer carries
         if data_channel:
             self.table.add_data_channel()
 
     def restart_ice(self, local: LocalParams) -> None:
         """Make the next offer an ICE restart (RFC 8839 §4.4.1.1.1): it carries ``local``'s new
         ufrag and pwd. ``ice_restarting`` stays true until an answer to such an offer is applied
-        (an answer to an older offer does not complete the restart)."""
+        (an answer to an offer made before, or before a newer restart, does not complete it)."""
         if (local.ice_ufrag, local.ice_pwd) == (self.local.ice_ufrag, self.local.ice_pwd):
             raise NegotiationError("an ICE restart needs new credentials")
         self.local = local
@@ -468,7 +468,7 @@ class SubscriberOffer:
         self.table.check_invariant()
         if not self.table.transceivers:
             raise NegotiationError("nothing to offer: no m-lines")
-        self._pending_restarts = self.ice_restarting
+        self._offered_local = self.local
         self._version += 1
         offer = SessionDescription(origin=Origin("-", self.local.session_id, self._version))
         lines: list[_OfferedLine] = []
@@ -587,8 +587,8 @@ class SubscriberOffer:
         self.state = SignalingState.STABLE
         self._pending = ()
         self._pending_offer = None
-        if self._pending_restarts:
-            self.ice_restarting = self._pending_restarts = False
+        if self._offered_local == self.local:
+            self.ice_restarting = False  # the answered offer carried the newest credentials
         return result
 
     def _check_answer_media(self, line: _OfferedLine, a: MediaSection) -> None:

@@ -395,3 +395,21 @@ def test_ice_restart_offers_new_credentials_until_an_answer_to_them_lands(loopba
     # Later offers keep the new credentials and are no restart.
     again = sub.create_offer()
     assert again.effective_ufrag(again.media[0]) == "NewU" and not sub.ice_restarting
+
+
+def test_a_second_ice_restart_before_the_first_is_answered_needs_its_own_offer():
+    import attrs
+
+    sub = SubscriberOffer(local_params())
+    sub.create_offer()
+    sub.restart_ice(attrs.evolve(local_params(), ice_ufrag="One1", ice_pwd="first-new-password-0123456"))
+    first = sub.create_offer()
+    sub.restart_ice(attrs.evolve(local_params(), ice_ufrag="Two2", ice_pwd="second-new-password-012345"))
+    # An answer to the offer with the first new credentials: the second restart is still owed.
+    answer = parse(serialize(first).replace("a=setup:actpass", "a=setup:active")
+                   .replace("a=ice-ufrag:One1", "a=ice-ufrag:CliA")
+                   .replace("a=ice-pwd:first-new-password-0123456", "a=ice-pwd:client-password-0123456789"))
+    sub.apply_answer(answer)
+    assert sub.ice_restarting
+    offer = sub.create_offer()
+    assert offer.effective_ufrag(offer.media[0]) == "Two2"

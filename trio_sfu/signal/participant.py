@@ -427,8 +427,8 @@ class Participant:
         caller waits for its `ended`. The newest resume wins: one still pending, or the
         connection being served (half-open, or an earlier resume), is closed. None when there
         is nothing to resume (the participant left, or its session is not set up yet)."""
-        if self.is_closed or self.link is SignalLink.ENDED or self._media is None:
-            return None
+        if self.is_closed or self.link is SignalLink.ENDED or self.state is ParticipantState.JOINING:
+            return None  # nothing to resume, or its first connection is still setting it up
         connection = SignalConnection(stream, resume=True)
         superseded = self._pending_resume
         if superseded is not None:
