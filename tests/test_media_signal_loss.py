@@ -85,3 +85,33 @@ async def test_media_flows_while_the_publisher_waits_for_a_resume(monkeypatch) -
             assert "pub" not in room.participants and audio.sid not in room.track_ids()
     assert server.metrics.get(m.SIGNAL_CONNECTION_LOST) == 1
     assert server.metrics.get(m.SIGNAL_RESUME_EXPIRED) == 1
+
+
+async def test_a_resume_with_a_dead_pc_is_a_full_reconnect() -> None:
+    """A client resumes (say its PC failed on its side) but the server's transport for that PC
+    is dead: no ICE restart can revive it, so the participant leaves with a RECONNECT leave on
+    the connection still up and the resume is refused; the client joins anew."""
+    from server_fixtures import recv, signal_client
+
+    async with media_server() as server:
+        async with LiveKitClient.connect(server.url, mint_token("pub")) as publisher:
+            audio = await publisher.publish_audio()
+            async with trio.open_nursery() as senders:
+                senders.start_soon(send_synthetic_audio, audio, 10.0)
+                room = server.registry.rooms["room1"]
+                participant = room.participants["pub"]
+                session = server.media.rooms[room.sid].sessions[participant.sid]
+                with trio.fail_after(10):
+                    while session.transports.publisher is None or not session.transports.publisher.connected:
+                        await trio.sleep(0.02)
+                session.transports.publisher.session.close(trio.current_time(), drain=False)  # the PC dies
+                async with signal_client(server, mint_token("pub"),
+                                         query=f"reconnect=1&sid={participant.sid}&reconnect_reason=2") as again:
+                    refusal = (await recv(again)).leave
+                assert (refusal.reason, refusal.action) == (models.DisconnectReason.STATE_MISMATCH,
+                                                            rtc.LeaveRequest.Action.RECONNECT)
+                assert participant.is_closed and participant.disconnect_reason == models.DisconnectReason.STATE_MISMATCH
+                with trio.fail_after(5):
+                    await publisher.left.wait()  # told on its own connection too
+                senders.cancel_scope.cancel()
+    assert server.metrics.get(m.SIGNAL_RESUMED) == 0

@@ -232,9 +232,9 @@ class ParticipantMedia:
     # ---- MediaSession: the signal connection came back ------------------------------------------
 
     def resumable(self) -> bool:
-        """A peer connection is up: media goes on without the signal connection, so the
-        participant may resume on a new one (LiveKit closes at once when none is)."""
-        return not self.closed and self.transports.connected
+        """A peer connection is up and none is dead: media goes on without the signal connection,
+        so the participant may resume on a new one (LiveKit closes at once when none is up)."""
+        return not self.closed and self.transports.resumable
 
     def resumed(self) -> None:
         """The client resumed on a new signal connection: as LiveKit on every resume, the next

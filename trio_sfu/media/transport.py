@@ -311,9 +311,12 @@ class ParticipantTransports:
             endpoint.restart_ice(local, None)
 
     @property
-    def connected(self) -> bool:
-        """Whether either PC is up (ICE and DTLS): media can outlive the signal connection."""
-        return any(e is not None and e.connected and e.session.is_alive for e in (self.publisher, self.subscriber))
+    def resumable(self) -> bool:
+        """Whether the media can outlive the signal connection and be resumed: a PC is up (ICE
+        and DTLS) and none has failed or closed — a dead transport cannot be ICE-restarted, only
+        a full reconnect builds it anew."""
+        endpoints = [e for e in (self.publisher, self.subscriber) if e is not None]
+        return any(e.connected for e in endpoints) and all(e.session.is_alive for e in endpoints)
 
     def open_publisher(self, role: DtlsRole, ufrag: str, pwd: str, fingerprints: tuple[Fingerprint, ...], *,
                        on_rtp: RtpHandler, on_rtcp: RtcpHandler) -> TransportEndpoint:

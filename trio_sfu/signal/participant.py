@@ -426,9 +426,18 @@ class Participant:
         upgrade waits in `stream`: it becomes the participant's next signal connection and the
         caller waits for its `ended`. The newest resume wins: one still pending, or the
         connection being served (half-open, or an earlier resume), is closed. None when there
-        is nothing to resume (the participant left, or its session is not set up yet)."""
+        is nothing to resume (the participant left, its session is not set up yet, or its media
+        cannot be resumed)."""
         if self.is_closed or self.link is SignalLink.ENDED or self.state is ParticipantState.JOINING:
             return None  # nothing to resume, or its first connection is still setting it up
+        if self._media is None or not self._media.resumable():
+            # A PC died (or none ever came up): an ICE restart cannot bring it back. LiveKit's
+            # full reconnect: the participant leaves, told why on a connection still up, and
+            # the resume is refused; the client joins anew.
+            self.log.info("resume with no media to resume, full reconnect")
+            self.close(models.DisconnectReason.STATE_MISMATCH, send_leave=True,
+                       action=rtc.LeaveRequest.Action.RECONNECT)
+            return None
         connection = SignalConnection(stream, resume=True)
         superseded = self._pending_resume
         if superseded is not None:
