@@ -110,7 +110,6 @@ def test_chromium_tabs_resume_after_losing_the_signal_connection(netns, sfu, cli
             "reconnected_after_ms": next((e["t"] - marks[f"drop-{identity}"] for e in events[identity]
                                           if e["event"] == "Reconnected" and e["t"] >= marks[f"drop-{identity}"]), None),
         }
-    print(f"E2E METRIC chromium_resume_media_gap_ms {json.dumps(gaps)}")
     record_metric(tmp_path_factory, pytestconfig, "chromium_resume_media_gap_ms", gaps)
     brief = json.dumps({"drops": drops, "marks": marks, "phases": phases, "gaps": gaps, "events": events,
                         "pcs": {t: tabs[t]["pcs"] for t in tabs}, "errors": {t: tabs[t]["errors"] for t in tabs}},

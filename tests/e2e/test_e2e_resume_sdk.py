@@ -3,7 +3,8 @@ its signal connection (`room.simulate_scenario(SIMULATE_SIGNAL_RECONNECT)`): fir
 receives alice's video, then alice, who publishes it. Each time the SDK reports `reconnected`,
 keeps its sid (the server joined each identity once, resumed it once), video keeps being
 decoded after the resume on both sides, and the other participant sees no disconnect. The
-longest stretch without a decoded frame around each resume is printed as a metric line.
+longest stretch without a decoded frame around each resume is printed as an E2E METRIC
+(`sdk_resume_media_gap_ms`, also in <pytest basetemp>/e2e_metrics.json).
 
 The server runs as `python -m trio_sfu.cli --dev` inside the test's network namespace
 (tests/e2e/conftest.py), the two SDK participants in tests/e2e/resume_sdk_scenario.py.
@@ -16,6 +17,7 @@ import sys
 
 import pytest
 from e2e_harness import E2E_DIR, Client
+from test_e2e_browser import record_metric
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +27,7 @@ MAX_GAP_MS = 3000
 MIN_FRAMES_AFTER = 20  # of 4 s at 15 fps
 
 
-def test_sdk_signal_reconnect_resumes_on_the_same_node(netns, sfu, clients, tmp_path):
+def test_sdk_signal_reconnect_resumes_on_the_same_node(netns, sfu, clients, tmp_path, tmp_path_factory, pytestconfig):
     argv = netns.wrap([sys.executable, str(E2E_DIR / "resume_sdk_scenario.py"), "--url", sfu.ws_url])
     client = Client("resume", argv, tmp_path / "resume.log")
     clients.append(client)
@@ -39,12 +41,11 @@ def test_sdk_signal_reconnect_resumes_on_the_same_node(netns, sfu, clients, tmp_
     assert summary["media"], f"media did not flow both ways before the resumes\n{brief}\n{context}"
     assert [r["who"] for r in summary["resumes"]] == ["bob", "alice"], brief
 
+    # Recorded before the checks: the gaps are worth seeing when a resume goes wrong too.
+    record_metric(tmp_path_factory, pytestconfig, "sdk_resume_media_gap_ms",
+                  {f"{r['who']}_resumed": {side: r[side] for side in ("alice", "bob")} for r in summary["resumes"]})
     for resume in summary["resumes"]:
         who = resume["who"]
-        for side in ("alice", "bob"):
-            got = resume[side]
-            print(f"METRIC resume_media_gap_ms who={who} receiver={side} gap_ms={got['gap_ms']} "
-                  f"frames_after={got['frames_after']}")
         assert resume["reconnected"], f"{who}'s SDK never reported reconnected\n{brief}\n{context}"
         assert resume["sid_before"] == resume["sid_after"] == summary["sids"][who], brief
         for side in ("alice", "bob"):
