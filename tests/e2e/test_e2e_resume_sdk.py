@@ -52,6 +52,8 @@ def test_sdk_signal_reconnect_resumes_on_the_same_node(netns, sfu, clients, tmp_
             got = resume[side]
             assert got["frames_after"] >= MIN_FRAMES_AFTER, \
                 f"{side} decoded too little video after {who}'s resume: {got}\n{brief}\n{context}"
+            assert got["since_last_ms"] is not None and got["since_last_ms"] <= MAX_GAP_MS, \
+                f"{side}'s video stopped after {who}'s resume: {got}\n{brief}\n{context}"
             assert got["gap_ms"] is not None and got["gap_ms"] <= MAX_GAP_MS, \
                 f"{side}'s video stalled {got['gap_ms']} ms around {who}'s resume\n{brief}\n{context}"
 
