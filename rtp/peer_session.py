@@ -54,6 +54,7 @@ from rtp.peer_transport import PeerTransport, TransportState
 from rtp.peer_transport_events import (
     Address,
     DataReceived,
+    IceRestarted,
     RtcpReceived,
     RtpReceived,
     SelectedAddressChanged,
@@ -96,6 +97,7 @@ _read_u32 = struct.Struct("!I").unpack_from
 
 PeerSessionEvent = Union[
     SelectedAddressChanged,
+    IceRestarted,
     TransportConnected,
     RtpReceived,
     RtcpReceived,
@@ -262,6 +264,16 @@ class PeerSession:
         self._transport_cc_id = ext_id
 
     # ------------------------------------------------------------------ inputs
+
+    def restart_ice(self, local_ufrag: str, local_pwd: str,
+                    remote_ufrag: Optional[str] = None, remote_pwd: Optional[str] = None) -> bool:
+        """ICE restart with new credentials; the DTLS association, SRTP keys and SCTP association
+        carry on. See PeerTransport.restart_ice (False: the transport is no longer alive)."""
+        return self.transport.restart_ice(local_ufrag, local_pwd, remote_ufrag, remote_pwd)
+
+    def set_remote_credentials(self, ufrag: str, pwd: str) -> None:
+        """The peer's ICE credentials, from a description that arrived after a restart."""
+        self.transport.set_remote_credentials(ufrag, pwd)
 
     def start(self, now: float) -> None:
         """Start the connect timer; a controlling agent queues its first check."""

@@ -49,12 +49,14 @@ from rtp.ice import (
     IceControllingAgent,
     IceFailed,
     IceLiteAgent,
+    IceRestartCompleted,
     IceSelectedPairChanged,
     ufrag_of,
 )
 from rtp.peer_transport_events import (
     Address,
     DataReceived,
+    IceRestarted,
     PeerTransportEvent,
     RtcpReceived,
     RtpReceived,
@@ -265,6 +267,26 @@ class PeerTransport:
         """Lite only: the remote description arrived after the transport was built."""
         if isinstance(self._ice, IceLiteAgent):
             self._ice.set_remote_credentials(ufrag, pwd)
+
+    def restart_ice(self, local_ufrag: str, local_pwd: str,
+                    remote_ufrag: str | None = None, remote_pwd: str | None = None) -> bool:
+        """ICE restart (RFC 8445 §9) on the lite side: new local credentials, and the peer's new
+        ones when its description is known. DTLS, SRTP and the address media goes to are kept:
+        media keeps flowing on the selected address until the peer nominates again under the new
+        credentials (a restart changes the ICE session, not the DTLS association).
+
+        False (nothing changed) on a transport that failed or closed: its keys are gone, only a
+        new transport can carry media again.
+        """
+        if not isinstance(self._ice, IceLiteAgent):
+            raise ValueError("ICE restart is implemented for the ICE-lite side only")
+        if self.state in (TransportState.FAILED, TransportState.CLOSED):
+            return False
+        self._ice.restart(local_ufrag, local_pwd)
+        if remote_ufrag is not None:
+            self._ice.set_remote_credentials(remote_ufrag, remote_pwd)
+        self._local_ufrag = local_ufrag
+        return True
 
     def add_remote_candidate(self, candidate: Candidate | None) -> None:
         """Controlling only (a lite agent learns addresses from checks); None ends trickle."""
@@ -478,6 +500,8 @@ class PeerTransport:
                 if self.dtls_role is DtlsRole.CLIENT and self._dtls.state is DtlsState.NEW:
                     self._dtls.start(now)
                     self._pump_dtls()
+            elif isinstance(event, IceRestartCompleted):
+                self._events.append(IceRestarted(event.addr))
             elif isinstance(event, IceConsentExpired):
                 self._fail(f"ICE consent expired for {event.addr[0]}:{event.addr[1]}", silent=True)
             elif isinstance(event, IceFailed):

@@ -50,6 +50,14 @@ class SelectedAddressChanged:
 
 
 @attrs.frozen
+class IceRestarted:
+    """An ICE restart completed: the peer checked under the new credentials from ``addr``.
+    DTLS and SRTP were never interrupted (a restart is not a new connection)."""
+
+    addr: Address
+
+
+@attrs.frozen
 class TransportConnected:
     """ICE and DTLS are up and SRTP is keyed: media may flow. Emitted once."""
 
@@ -96,6 +104,7 @@ class TransportClosed:
 
 PeerTransportEvent = Union[
     SelectedAddressChanged,
+    IceRestarted,
     TransportConnected,
     RtpReceived,
     RtcpReceived,

@@ -400,6 +400,19 @@ def remote_transport(description: SessionDescription) -> RemoteTransport:
     return RemoteTransport(ufrag, pwd, tuple((f.algorithm, f.value) for f in fingerprints), candidates, end)
 
 
+def restarts_ice(known: tuple[str, str] | None, offer: SessionDescription) -> bool:
+    """Whether ``offer`` restarts ICE on a transport whose peer credentials are ``known``
+    (ufrag, pwd; None before any description): RFC 8839 §4.4.1.1.1 — an offer that changes
+    either the ufrag or the pwd of the bundle transport asks for an ICE restart."""
+    if known is None:
+        return False
+    first = next((m for m in offer.media if not m.rejected), None)
+    if first is None:
+        return False
+    ufrag, pwd = offer.effective_ufrag(first), offer.effective_pwd(first)
+    return bool(ufrag and pwd) and (ufrag, pwd) != known
+
+
 # --- offering to a subscriber ------------------------------------------------------
 
 
@@ -435,14 +448,27 @@ class SubscriberOffer:
         self._version = 0
         self._pending: tuple[_OfferedLine, ...] = ()
         self._pending_offer: SessionDescription | None = None
+        #: Set by restart_ice until an answer to an offer with the new credentials is applied.
+        self.ice_restarting = False
+        self._offered_local = local  # the credentials the pending offer carries
         if data_channel:
             self.table.add_data_channel()
+
+    def restart_ice(self, local: LocalParams) -> None:
+        """Make the next offer an ICE restart (RFC 8839 §4.4.1.1.1): it carries ``local``'s new
+        ufrag and pwd. ``ice_restarting`` stays true until an answer to such an offer is applied
+        (an answer to an offer made before, or before a newer restart, does not complete it)."""
+        if (local.ice_ufrag, local.ice_pwd) == (self.local.ice_ufrag, self.local.ice_pwd):
+            raise NegotiationError("an ICE restart needs new credentials")
+        self.local = local
+        self.ice_restarting = True
 
     def create_offer(self) -> SessionDescription:
         """An offer for every m-line in table order; replaces any pending offer."""
         self.table.check_invariant()
         if not self.table.transceivers:
             raise NegotiationError("nothing to offer: no m-lines")
+        self._offered_local = self.local
         self._version += 1
         offer = SessionDescription(origin=Origin("-", self.local.session_id, self._version))
         lines: list[_OfferedLine] = []
@@ -561,6 +587,8 @@ class SubscriberOffer:
         self.state = SignalingState.STABLE
         self._pending = ()
         self._pending_offer = None
+        if self._offered_local == self.local:
+            self.ice_restarting = False  # the answered offer carried the newest credentials
         return result
 
     def _check_answer_media(self, line: _OfferedLine, a: MediaSection) -> None:
@@ -598,6 +626,7 @@ class SubscriberOffer:
 
 
 __all__ = [
+    "restarts_ice",
     "RECEIVER_ANSWER", "SFU_ANSWER", "AnswerPolicy", "CodecChoice", "DtlsRole", "LocalParams",
     "NegotiatedMedia", "RemoteTransport", "SignalingState", "SubscriberOffer", "answer_offer",
     "codec_attributes", "local_dtls_role", "negotiated_media", "rejected_answer_media",

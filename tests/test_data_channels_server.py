@@ -243,6 +243,13 @@ async def data_client(server: Server, identity: str, **grants: object) -> AsyncI
         try:
             yield client
         finally:
+            # Leave as the SDKs do on disconnect: a socket closed without a leave while the
+            # PCs are up is a lost connection, and the server would wait for a resume.
+            with trio.move_on_after(1):
+                try:
+                    await send(ws, rtc.SignalRequest(leave=rtc.LeaveRequest(reason=models.DisconnectReason.CLIENT_INITIATED)))
+                except trio_websocket.ConnectionClosed:
+                    pass
             nursery.cancel_scope.cancel()
 
 

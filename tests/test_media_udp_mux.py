@@ -100,6 +100,29 @@ def test_routes_by_ufrag_then_by_address_and_counts_drops():
         mux.sock.close()
 
 
+def test_rekey_after_an_ice_restart_routes_by_the_new_ufrag_and_keeps_the_addresses():
+    mux = make_mux()
+    try:
+        a = Endpoint("oldU")
+        mux.register(a)
+        peer = ("10.0.0.1", 5000)
+        rtp = b"\x80\x60" + bytes(20)
+        mux.route(binding_request("oldU:remote"), peer, 0.0)
+        a.transport.local_ufrag = "newU"  # the transport restarted ICE
+        mux.rekey(a, "oldU")
+        assert mux.by_ufrag == {"newU": a}
+        mux.route(rtp, peer, 0.0)  # media goes on over the known address
+        assert a.received[-1] == (rtp, peer)
+        mux.route(binding_request("newU:remote2"), ("10.0.0.9", 7000), 0.0)  # a new path, new ufrag
+        assert a.received[-1][1] == ("10.0.0.9", 7000)
+        mux.route(binding_request("oldU:remote"), ("10.0.0.8", 7000), 0.0)  # the old ufrag leads nowhere
+        assert mux.metrics.get(UDP_DROPPED_UNROUTABLE) == 1
+        mux.unregister(a)
+        assert mux.is_empty()
+    finally:
+        mux.sock.close()
+
+
 def test_a_transports_remembered_addresses_are_bounded_and_forgotten_on_unregister():
     """A peer with valid ICE credentials checking from ever new ports (or a roaming client)
     must not grow the address table: the oldest address is evicted and counted."""

@@ -30,6 +30,7 @@ from rtp.packet import RtpPacket, parse as parse_rtp
 from rtp.peer_transport import IceMode, PeerTransport, TransportState
 from rtp.peer_transport_events import (
     DataReceived,
+    IceRestarted,
     RtcpReceived,
     RtpReceived,
     SelectedAddressChanged,
@@ -270,6 +271,63 @@ def test_renomination_moves_media_to_the_new_address():
     server.send_rtp(rtp_bytes(2))
     assert [dst for _, dst in server.datagrams_to_send(wire.now)] == [moved, moved]
     assert server.state is TransportState.CONNECTED and len(wire.of(SERVER_ADDR, TransportConnected)) == 1
+
+
+def check_as(local: str, remote: str, pwd: str, use_candidate: bool) -> bytes:
+    """A Binding request to the server under the given credentials."""
+    msg = Message(Method.BINDING, Class.REQUEST)
+    msg.attributes["USERNAME"] = f"{local}:{remote}"
+    msg.attributes["PRIORITY"] = 1862270975
+    msg.attributes["ICE-CONTROLLING"] = 0x1234
+    if use_candidate:
+        msg.attributes["USE-CANDIDATE"] = None
+    return serialize(msg, pwd.encode())
+
+
+def test_ice_restart_keeps_dtls_and_media_and_takes_the_new_credentials():
+    """A resume's ICE restart on the lite side: new credentials on both sides; the DTLS
+    association and SRTP keys stay (no handshake, no second TransportConnected), media keeps
+    flowing over the selected address meanwhile, checks under the old credentials are refused,
+    and the peer's nomination under the new ones moves media."""
+    from rtp.stun import parse_stun
+
+    wire = connected_wire()
+    server = wire.server
+    assert server.restart_ice("newU", "new-server-password-0123", "cli2", "client2-password-0123456789")
+    assert server.local_ufrag == "newU"
+    wire.client.send_rtp(rtp_bytes(7))
+    server.send_rtp(rtp_bytes(8))
+    wire.flush()
+    assert [e.packet for e in wire.of(SERVER_ADDR, RtpReceived)][-1] == rtp_bytes(7)
+    assert [e.packet for e in wire.of(CLIENT_ADDR, RtpReceived)][-1] == rtp_bytes(8)
+
+    old = check_as(S_UFRAG, C_UFRAG, S_PWD, use_candidate=True)
+    new = check_as("newU", "cli2", "new-server-password-0123", use_candidate=True)
+    assert not server.accepts(old, STRANGER) and server.accepts(new, STRANGER)  # a mux finds it by the new ufrag
+    server.receive_datagram(old, CLIENT_ADDR, wire.now)
+    [(answer, _)] = server.datagrams_to_send(wire.now)
+    assert parse_stun(answer).error_code == 401
+
+    moved = ("10.0.0.99", 50001)
+    server.receive_datagram(new, moved, wire.now)
+    wire.collect()
+    [(answer, _)] = server.datagrams_to_send(wire.now)
+    assert parse_stun(answer).message_class is Class.RESPONSE and parse_stun(answer).error_code is None
+    assert wire.of(SERVER_ADDR, SelectedAddressChanged)[-1] == SelectedAddressChanged(moved)
+    assert wire.of(SERVER_ADDR, IceRestarted) == [IceRestarted(moved)]  # completed once, by the new check
+    server.send_rtp(rtp_bytes(9))
+    assert [dst for _, dst in server.datagrams_to_send(wire.now)] == [moved]
+    assert server.state is TransportState.CONNECTED and len(wire.of(SERVER_ADDR, TransportConnected)) == 1
+
+
+def test_ice_restart_of_a_closed_transport_changes_nothing():
+    wire = connected_wire()
+    server = wire.server
+    server.close()
+    assert not server.restart_ice("newU", "new-server-password-0123")
+    assert server.local_ufrag == S_UFRAG
+    with pytest.raises(ValueError):
+        wire.client.restart_ice("x", "y")  # the controlling side has no restart
 
 
 def test_data_channel_bytes_ride_dtls_application_data():

@@ -347,3 +347,69 @@ def test_apply_answer_on_corrupted_answers_raises_only_negotiation_error(script)
             offered = {c.payload_type: c.name for c in o.codecs()}
             assert all(offered[c.payload_type] == c.name for c in r.codecs)
     sub.table.check_invariant()
+
+
+def test_ice_restart_offers_new_credentials_until_an_answer_to_them_lands(loopback):
+    """A resume's subscriber ICE restart (RFC 8839 §4.4.1.1.1): the next offer carries the new
+    ufrag/pwd, `ice_restarting` holds until the answer to such an offer is applied, and the
+    client's new credentials in that answer become the remote ones."""
+    import re
+
+    import attrs
+
+    from sdp.negotiator import restarts_ice
+
+    sub = SubscriberOffer(local_params())
+
+    async def first_answer() -> str:
+        client = AiortcSubscriber()
+        try:
+            return await client.answer(serialize(sub.create_offer()))
+        finally:
+            await client.pc.close()
+
+    answer_text = asyncio.run(first_answer())
+    sub.apply_answer(parse(answer_text))
+    old_remote = (sub.remote_ice_ufrag, sub.remote_ice_pwd)
+    assert not sub.ice_restarting
+
+    with pytest.raises(NegotiationError):
+        sub.restart_ice(local_params())  # the same credentials restart nothing
+    fresh = attrs.evolve(local_params(), ice_ufrag="NewU", ice_pwd="new-sfu-password-0123456789")
+    sub.restart_ice(fresh)
+    assert sub.ice_restarting
+    offer = sub.create_offer()
+    first = offer.media[0]
+    assert (offer.effective_ufrag(first), offer.effective_pwd(first)) == ("NewU", "new-sfu-password-0123456789")
+    # The offer, seen from the client that knew our old credentials, restarts ICE.
+    assert restarts_ice(("SfuU", "sfu-password-0123456789ab"), offer)
+    assert not restarts_ice(("NewU", "new-sfu-password-0123456789"), offer)
+    assert not restarts_ice(None, offer)
+
+    # The client restarts its side too: its answer carries new credentials.
+    restarted = re.sub(r"a=ice-ufrag:\S+", "a=ice-ufrag:CliN", answer_text)
+    restarted = re.sub(r"a=ice-pwd:\S+", "a=ice-pwd:client-new-password-01234567", restarted)
+    sub.apply_answer(parse(restarted))
+    assert not sub.ice_restarting
+    assert (sub.remote_ice_ufrag, sub.remote_ice_pwd) == ("CliN", "client-new-password-01234567") != old_remote
+    # Later offers keep the new credentials and are no restart.
+    again = sub.create_offer()
+    assert again.effective_ufrag(again.media[0]) == "NewU" and not sub.ice_restarting
+
+
+def test_a_second_ice_restart_before_the_first_is_answered_needs_its_own_offer():
+    import attrs
+
+    sub = SubscriberOffer(local_params())
+    sub.create_offer()
+    sub.restart_ice(attrs.evolve(local_params(), ice_ufrag="One1", ice_pwd="first-new-password-0123456"))
+    first = sub.create_offer()
+    sub.restart_ice(attrs.evolve(local_params(), ice_ufrag="Two2", ice_pwd="second-new-password-012345"))
+    # An answer to the offer with the first new credentials: the second restart is still owed.
+    answer = parse(serialize(first).replace("a=setup:actpass", "a=setup:active")
+                   .replace("a=ice-ufrag:One1", "a=ice-ufrag:CliA")
+                   .replace("a=ice-pwd:first-new-password-0123456", "a=ice-pwd:client-password-0123456789"))
+    sub.apply_answer(answer)
+    assert sub.ice_restarting
+    offer = sub.create_offer()
+    assert offer.effective_ufrag(offer.media[0]) == "Two2"

@@ -93,6 +93,15 @@ SIGNAL_PING_TIMEOUT = "signal_ping_timeout_total"
 SIGNAL_REQUEST_DENIED = "signal_request_denied_total"
 SIGNAL_RESUME_REFUSED = "signal_resume_refused_total"
 SIGNAL_RESUME_FORWARDED = "signal_resume_forwarded_total"
+# Same-node resume: signal connections lost with the media still up (the participant waits for
+# a resume), resumes that rebound a participant, resumes that replaced a newer pending or live
+# one (racing resumes: the last wins), and participants whose resume window passed.
+SIGNAL_CONNECTION_LOST = "signal_connection_lost_total"
+SIGNAL_RESUMED = "signal_resumed_total"
+SIGNAL_RESUME_SUPERSEDED = "signal_resume_superseded_total"
+SIGNAL_RESUME_EXPIRED = "signal_resume_expired_total"
+# SyncState after a resume naming a published track the server does not have: full reconnect.
+SIGNAL_SYNC_STATE_MISMATCH = "signal_sync_state_mismatch_total"
 # Cluster placement: joins spliced to another node, joins no node could take.
 SIGNAL_JOIN_FORWARDED = "signal_join_forwarded_total"
 SIGNAL_NO_NODE = "signal_no_node_total"
@@ -118,6 +127,10 @@ MEDIA_RTP_SSRC_OVER_CAP = "media_rtp_ssrc_over_cap_total"  # a new SSRC past a t
 MEDIA_RTCP_MALFORMED = "media_rtcp_malformed_total"
 MEDIA_TRANSPORT_CONNECTED = "media_transport_connected_total"
 MEDIA_TRANSPORT_FAILED = "media_transport_failed_total"
+# ICE restarts on a live PC (a resume, a client's network change), and those the client
+# completed (a check under the new credentials arrived).
+MEDIA_ICE_RESTARTS = "media_ice_restarts_total"
+MEDIA_ICE_RESTARTS_COMPLETED = "media_ice_restarts_completed_total"
 MEDIA_TRICKLE_MALFORMED = "media_trickle_malformed_total"
 MEDIA_ANSWER_UNEXPECTED = "media_subscriber_answer_unexpected_total"
 MEDIA_ANSWER_TIMEOUT = "media_subscriber_answer_timeout_total"

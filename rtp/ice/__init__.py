@@ -13,6 +13,7 @@ from rtp.ice.events import (
     IceConsentExpired,
     IceEvent,
     IceFailed,
+    IceRestartCompleted,
     IceSelectedPairChanged,
 )
 from rtp.ice.lite import IceLiteAgent, IceLiteCounters, IceLiteState, ufrag_of
@@ -28,6 +29,7 @@ __all__ = [
     "IceLiteAgent",
     "IceLiteCounters",
     "IceLiteState",
+    "IceRestartCompleted",
     "IceSelectedPairChanged",
     "ufrag_of",
 ]

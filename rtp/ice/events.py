@@ -24,6 +24,14 @@ class IceSelectedPairChanged:
 
 
 @attrs.frozen
+class IceRestartCompleted:
+    """After a restart, the first check authenticated with the new credentials arrived from
+    ``addr``: the peer restarted its side too (the old credentials are gone for good)."""
+
+    addr: Address
+
+
+@attrs.frozen
 class IceConsentExpired:
     """RFC 7675: no authenticated check (lite) / response (controlling) for the consent timeout.
 
@@ -40,4 +48,4 @@ class IceFailed:
     reason: str
 
 
-IceEvent = Union[IceConnected, IceSelectedPairChanged, IceConsentExpired, IceFailed]
+IceEvent = Union[IceConnected, IceSelectedPairChanged, IceRestartCompleted, IceConsentExpired, IceFailed]

@@ -19,6 +19,7 @@ from rtp.ice.events import (
     IceConnected,
     IceConsentExpired,
     IceEvent,
+    IceRestartCompleted,
     IceSelectedPairChanged,
 )
 from rtp.stun import (
@@ -103,6 +104,8 @@ class IceLiteAgent:
         self._outbox: list[tuple[bytes, Address]] = []
         self._events: collections.deque[IceEvent] = collections.deque()
         self._now = float("-inf")
+        # Set by restart() until a check under the new credentials is accepted.
+        self._restarting = False
 
     # ----------------------------------------------------------------- credentials
 
@@ -136,6 +139,7 @@ class IceLiteAgent:
         self._local_key = new_pwd.encode("utf-8")
         self._remote_ufrag = None
         self._remote_pwd = None
+        self._restarting = True
         if self.state is IceLiteState.EXPIRED:
             self.state = IceLiteState.NEW
 
@@ -209,6 +213,9 @@ class IceLiteAgent:
             return
 
         self.counters.accepted += 1
+        if self._restarting:
+            self._restarting = False
+            self._events.append(IceRestartCompleted(addr))
         self._remember(addr, now)
         self._outbox.append((binding_success(tid, addr, self._local_key), addr))
         if "USE-CANDIDATE" in message.attributes:

@@ -16,6 +16,8 @@
 // {"marked": {"label", "t"}}, Date.now() like the pages' timelines). On stdin EOF the driver
 // prints {"result": {marks, tabs: {identity: page report}}} — read before leaving, so the
 // tabs' own leaving is not in it — then leaves the room and closes the browser.
+// {"dropSignal": "identity"} closes that tab's signal WebSocket from the page (answered with
+// {"dropped": {...}}): livekit-client sees its connection lost and resumes.
 // The pages' console (livekit-client's log at logLevel) goes to stderr with the tab's name.
 import fs from 'node:fs';
 import os from 'node:os';
@@ -65,6 +67,12 @@ readline.createInterface({ input: process.stdin }).on('line', (line) => {
     const mark = { label: command.mark, t: Date.now() };
     marks.push(mark);
     say({ marked: mark });
+  }
+  if (command && typeof command.dropSignal === 'string' && pages[command.dropSignal]) {
+    // The tab's signal WebSocket closes under livekit-client, which then resumes.
+    pages[command.dropSignal].evaluate(() => window.e2eDropSignal())
+      .then((r) => say({ dropped: { identity: command.dropSignal, t: Date.now(), ...r } }))
+      .catch((e) => say({ dropped: { identity: command.dropSignal, ok: false, error: String(e) } }));
   }
 });
 process.stdin.on('end', () => finish('stdin closed'));

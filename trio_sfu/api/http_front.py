@@ -645,11 +645,23 @@ class HttpFront:
         stream = ReplayStream(exchange.stream, bytes(exchange.raw))
         migrated_in = None
         if _bool_param(request.param("reconnect"), False):
-            # A resume is only possible for a participant another node handed to us.
+            # A resume: of a participant another node handed to us (a migration), or of one
+            # here whose signal connection was lost.
             sid = request.param("sid") or ""
             relay = self.relay
             migrated_in = relay.take_migration(room_name, sid, grants.identity) if relay is not None else None
             if migrated_in is None:
+                resumed = self.registry.resume(room_name, grants, sid, stream)
+                if resumed is not None:
+                    _log.info("resume on this node", kv={"room": room_name, "identity": grants.identity,
+                                                          "sid": sid[:40]})
+                    reason = request.param("reconnect_reason")
+                    if reason:
+                        # LiveKit uses it to spot short-lived connections and move the client to
+                        # TCP/TLS; we offer UDP only, so it is logged for operators.
+                        _log.info("client's reconnect reason", kv={"sid": sid[:40], "reason": reason[:32]})
+                    await resumed.ended.wait()
+                    return
                 moved_to = relay.moved_to(room_name, sid) if relay is not None else None
                 if moved_to is not None:
                     # A client resumes where it first connected; the participant now lives on
@@ -759,7 +771,8 @@ class HttpFront:
                 nursery.start_soon(pump, upstream, exchange.stream, nursery.cancel_scope)
 
     async def _refuse_resume(self, stream: trio.abc.Stream, room: str, grants: ClaimGrants, sid: str) -> None:
-        """Resume needs live media transports to restart ICE on; until then ask for a full rejoin."""
+        """Nothing to resume here (wrong identity, room or sid, or the participant is gone):
+        LiveKit's answer, a leave that asks for a full rejoin."""
         self.metrics.inc(m.SIGNAL_RESUME_REFUSED)
         _log.info("resume refused, asking for full reconnect", kv={"room": room, "identity": grants.identity, "sid": sid[:40]})
         leave = rtc.SignalResponse(

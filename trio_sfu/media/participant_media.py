@@ -193,6 +193,10 @@ class ParticipantMedia:
         answer = publishing.answer_offer(offer.sdp)
         if answer is None:
             return
+        if answer.ice_restart is not None:
+            # The client restarted ICE (after a resume, or a network change): the open publisher
+            # PC takes both sides' new credentials; DTLS and the published tracks carry on.
+            self.transports.restart_publisher(answer.ice_restart, (answer.remote_ufrag, answer.remote_pwd))
         publisher = self.transports.open_publisher(
             answer.dtls_role, answer.remote_ufrag, answer.remote_pwd, answer.remote_fingerprints,
             on_rtp=publishing.on_rtp, on_rtcp=publishing.on_rtcp)
@@ -214,6 +218,10 @@ class ParticipantMedia:
         if self.closed or offer.dtls_role is None:
             return
         subscribing = self.subscribing
+        if self.transports.subscriber is not None:
+            # An answer on an open PC: after our ICE-restart offer it names the client's new credentials.
+            self.transports.subscriber.follow_remote_credentials(
+                (offer.remote_ice_ufrag or "", offer.remote_ice_pwd or ""))
         subscriber = self.transports.open_subscriber(
             offer.dtls_role, offer.remote_ice_ufrag or "", offer.remote_ice_pwd or "", offer.remote_fingerprints,
             on_rtcp=subscribing.on_rtcp, on_connected=subscribing.on_connected)
@@ -227,6 +235,21 @@ class ParticipantMedia:
             decode_candidate_init(candidate_init_json)
         except SignalDecodeError:
             self.metrics.inc(m.MEDIA_TRICKLE_MALFORMED)
+
+    # ---- MediaSession: the signal connection came back ------------------------------------------
+
+    def resumable(self) -> bool:
+        """A peer connection is up and none is dead: media goes on without the signal connection,
+        so the participant may resume on a new one (LiveKit closes at once when none is up)."""
+        return not self.closed and self.transports.resumable
+
+    def resumed(self) -> None:
+        """The client resumed on a new signal connection: as LiveKit on every resume, the next
+        subscriber offer restarts ICE (new credentials; the client restarts its side with its
+        answer). Nothing to restart before the subscriber PC was first answered."""
+        if self.closed or self.transports.subscriber is None:
+            return
+        self.subscribing.restart_ice(self.transports.new_subscriber_credentials())
 
     # ---- MediaSession: what changed on the signal side ------------------------------------------
 

@@ -40,7 +40,7 @@ from rtp.packet import RtpParseError, find_extension
 from sdp.codecs import EXT_MID, EXT_REPAIRED_RID, EXT_RID, EXT_TWCC, MediaKind
 from sdp.errors import NegotiationError, SdpParseError
 from sdp.model import Fingerprint, SessionDescription
-from sdp.negotiator import DtlsRole, NegotiatedMedia, answer_offer, local_dtls_role, negotiated_media
+from sdp.negotiator import DtlsRole, LocalParams, NegotiatedMedia, answer_offer, local_dtls_role, negotiated_media
 from sdp.parser import parse as parse_sdp
 
 from trio_sfu import metrics as m
@@ -87,6 +87,8 @@ class PublisherAnswer:
     remote_fingerprints: tuple[Fingerprint, ...]
     first_mid: Optional[str]
     sctp: tuple[bool, int, int]  # data_channels.remote_sctp_params of the offer
+    # The offer restarted ICE on the open publisher PC: the new local credentials it was answered with.
+    ice_restart: Optional[LocalParams] = None
 
 
 class PublisherMedia:
@@ -130,7 +132,9 @@ class PublisherMedia:
         try:
             parsed = parse_sdp(sdp)
             self._answers += 1
-            answer = answer_offer(parsed, self._transports.pub_local, session_version=self._answers)
+            restart = self._transports.publisher_restart_params(parsed)
+            local = restart if restart is not None else self._transports.pub_local
+            answer = answer_offer(parsed, local, session_version=self._answers)
             media = negotiated_media(parsed, answer)
             role = local_dtls_role(answer, local_is_offerer=False)
         except (SdpParseError, NegotiationError) as exc:
@@ -141,7 +145,7 @@ class PublisherMedia:
         assert first is not None  # answer_offer refuses offers without a usable section
         return PublisherAnswer(answer, media, role, parsed.effective_ufrag(first) or "",
                                parsed.effective_pwd(first) or "", tuple(parsed.effective_fingerprints(first)),
-                               first.mid, remote_sctp_params(parsed))
+                               first.mid, remote_sctp_params(parsed), restart)
 
     def apply(self, media: dict[str, NegotiatedMedia]) -> None:
         """Take what an answered offer negotiated: m-lines the client stopped withdraw their

@@ -25,6 +25,7 @@ from livekit.protocol import models, rtc
 from rtp import rtcp
 from sdp.errors import NegotiationError, SdpParseError
 from sdp.model import SessionDescription
+from sdp.negotiator import LocalParams
 from sdp.parser import parse as parse_sdp
 from sdp.parser import serialize as serialize_sdp
 
@@ -150,8 +151,15 @@ class SubscriberMedia:
 
     # ---- offers and answers ------------------------------------------------------------------
 
+    def restart_ice(self, local: LocalParams) -> None:
+        """The next offer restarts ICE with `local`'s credentials; the manager negotiates it."""
+        self.endpoint.offer.restart_ice(local)
+        self.manager.trigger()
+
     async def exchange(self, offer: SessionDescription) -> SessionDescription:
         """One subscriber offer out, its answer back (SubscriberEndpoint's `Exchange`)."""
+        # An offer under new credentials restarts ICE on the open PC as it goes out.
+        self.transports.subscriber_offering(self.endpoint.offer.local)
         self._offer_id += 1
         pending = self._pending_answer = _PendingAnswer(self._offer_id)
         self.context.send(rtc.SignalResponse(offer=rtc.SessionDescription(

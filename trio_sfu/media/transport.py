@@ -23,6 +23,7 @@ import json
 import secrets
 from typing import Callable, Optional, Protocol, Sequence
 
+import attrs
 import trio
 from livekit.protocol import rtc
 
@@ -34,6 +35,7 @@ from rtp.peer_session import PeerSession, PeerSessionEvent
 from rtp.peer_transport import IceMode, PeerTransport
 from rtp.peer_transport_events import (
     Address,
+    IceRestarted,
     TcpAddress,
     RtcpReceived,
     RtpReceived,
@@ -42,8 +44,8 @@ from rtp.peer_transport_events import (
     TransportFailed,
 )
 from rtp.sctp import AssociationClosed, AssociationEstablished, ChannelClosed, ChannelOpened, MessageReceived
-from sdp.model import Fingerprint
-from sdp.negotiator import DtlsRole, LocalParams
+from sdp.model import Fingerprint, SessionDescription
+from sdp.negotiator import DtlsRole, LocalParams, restarts_ice
 
 from trio_sfu import metrics as m
 from trio_sfu.log import ContextLogger
@@ -91,9 +93,12 @@ class TransportEndpoint:
 
     def __init__(self, name: str, session: PeerSession, mux: UdpMux, *, on_rtp: Optional[RtpHandler],
                  on_rtcp: RtcpHandler, on_connected: Optional[Callable[[float], None]], wake_by: WakeBy,
-                 metrics: m.Metrics, log: ContextLogger, adopt_tcp: Optional[AdoptTcp] = None) -> None:
+                 metrics: m.Metrics, log: ContextLogger, adopt_tcp: Optional[AdoptTcp] = None,
+                 remote_credentials: tuple[str, str] = ("", "")) -> None:
         self.name = name
         self.session = session
+        # The peer's ICE ufrag and pwd as its latest description gave them (a change is a restart).
+        self.remote_credentials = remote_credentials
         # What the mux routes by (its local ufrag, the addresses it accepts); only read, never
         # driven: the session drives it.
         self.transport: PeerTransport = session.transport
@@ -166,6 +171,9 @@ class TransportEndpoint:
                                                       "srtp": event.srtp_profile.name})
             if self._on_connected is not None:
                 self._on_connected(now)
+        elif kind is IceRestarted:
+            self._metrics.inc(m.MEDIA_ICE_RESTARTS_COMPLETED)
+            self._log.info("ICE restart completed", kv={"pc": self.name, "addr": f"{event.addr[0]}:{event.addr[1]}"})
         elif kind is TransportFailed:
             self._metrics.inc(m.MEDIA_TRANSPORT_FAILED)
             self._log.warning("transport failed", kv={"pc": self.name, "reason": event.reason})
@@ -256,6 +264,30 @@ class TransportEndpoint:
         self.flush(trio.current_time())
         return True
 
+    # ---- ICE restart -------------------------------------------------------------------------
+
+    def restart_ice(self, local: LocalParams, remote: Optional[tuple[str, str]]) -> bool:
+        """Restart ICE under `local`'s new credentials (and the peer's, when known): the DTLS
+        association and SRTP keys stay, the mux finds the transport by its new ufrag. False if
+        the transport is no longer alive (nothing to restart)."""
+        old_ufrag = self.transport.local_ufrag
+        remote_ufrag, remote_pwd = remote if remote is not None else (None, None)
+        if not self.session.restart_ice(local.ice_ufrag, local.ice_pwd, remote_ufrag, remote_pwd):
+            self._log.warning("ICE restart on a dead transport", kv={"pc": self.name})
+            return False
+        if remote is not None:
+            self.remote_credentials = remote
+        self._mux.rekey(self, old_ufrag)
+        self._metrics.inc(m.MEDIA_ICE_RESTARTS)
+        self._log.info("ICE restarted", kv={"pc": self.name, "ufrag": local.ice_ufrag})
+        return True
+
+    def follow_remote_credentials(self, remote: tuple[str, str]) -> None:
+        """The peer's description (after our restart offer) names its new credentials."""
+        if remote != self.remote_credentials and all(remote):
+            self.remote_credentials = remote
+            self.session.set_remote_credentials(*remote)
+
     # ---- data channels ---------------------------------------------------------------------
 
     def open_data(self, data: ParticipantData, remote: tuple[bool, int, int],
@@ -319,6 +351,45 @@ class ParticipantTransports:
         self._adopted_send, self._adopted_receive = trio.open_memory_channel[TcpPath](
             2 * MAX_TCP_PATHS_PER_TRANSPORT)
 
+    # ---- ICE restarts ----------------------------------------------------------------------
+
+    def publisher_restart_params(self, offer: SessionDescription) -> Optional[LocalParams]:
+        """When the client's publisher offer restarts ICE (new ufrag/pwd on a PC already open):
+        the new local credentials to answer it with (applied by `restart_publisher` once the
+        answer is made); None when the offer keeps the current ICE session."""
+        endpoint = self.publisher
+        if endpoint is None or not restarts_ice(endpoint.remote_credentials, offer):
+            return None
+        ufrag, pwd = new_ice_credentials()
+        return attrs.evolve(self.pub_local, ice_ufrag=ufrag, ice_pwd=pwd)
+
+    def restart_publisher(self, local: LocalParams, remote: tuple[str, str]) -> None:
+        """Answering an ICE-restart offer: the publisher PC takes the new credentials, both sides'."""
+        self.pub_local = local
+        if self.publisher is not None:
+            self.publisher.restart_ice(local, remote)
+
+    def new_subscriber_credentials(self) -> LocalParams:
+        """New local credentials for the subscriber PC (our next offer restarts ICE with them)."""
+        ufrag, pwd = new_ice_credentials()
+        self.sub_local = attrs.evolve(self.sub_local, ice_ufrag=ufrag, ice_pwd=pwd)
+        return self.sub_local
+
+    def subscriber_offering(self, local: LocalParams) -> None:
+        """An offer with `local`'s credentials is going out on the subscriber PC: an open
+        transport restarts ICE with them now (the peer's new credentials come with its answer)."""
+        endpoint = self.subscriber
+        if endpoint is not None and endpoint.transport.local_ufrag != local.ice_ufrag:
+            endpoint.restart_ice(local, None)
+
+    @property
+    def resumable(self) -> bool:
+        """Whether the media can outlive the signal connection and be resumed: a PC is up (ICE
+        and DTLS) and none has failed or closed — a dead transport cannot be ICE-restarted, only
+        a full reconnect builds it anew."""
+        endpoints = [e for e in (self.publisher, self.subscriber) if e is not None]
+        return any(e.connected for e in endpoints) and all(e.session.is_alive for e in endpoints)
+
     def open_publisher(self, role: DtlsRole, ufrag: str, pwd: str, fingerprints: tuple[Fingerprint, ...], *,
                        on_rtp: RtpHandler, on_rtcp: RtcpHandler) -> TransportEndpoint:
         """The publisher PC, once (the client's first offer names its ICE and DTLS peer)."""
@@ -354,7 +425,7 @@ class ParticipantTransports:
         assert mux is not None, "the media service runs (its mux is bound) before any participant negotiates"
         endpoint = TransportEndpoint(name, session, mux, on_rtp=on_rtp, on_rtcp=on_rtcp, on_connected=on_connected,
                                      wake_by=self._wake_by, metrics=self._metrics, log=self._log,
-                                     adopt_tcp=self.adopt_tcp)
+                                     adopt_tcp=self.adopt_tcp, remote_credentials=(ufrag, pwd))
         mux.register(endpoint)
         self._wake_by(session.next_deadline())
         return endpoint

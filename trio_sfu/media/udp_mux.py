@@ -154,6 +154,14 @@ class UdpMux:
             raise ValueError(f"ufrag {ufrag!r} is already registered")
         self.by_ufrag[ufrag] = endpoint
 
+    def rekey(self, endpoint: MuxEndpoint, old_ufrag: str) -> None:
+        """The endpoint's transport restarted ICE under a new local ufrag: new peers' checks find
+        it by that one, the old one leads nowhere. Its addresses keep routing to it (media goes
+        on over the selected pair through the restart)."""
+        if self.by_ufrag.get(old_ufrag) is endpoint:
+            del self.by_ufrag[old_ufrag]
+        self.register(endpoint)
+
     def unregister(self, endpoint: MuxEndpoint) -> None:
         ufrag = endpoint.transport.local_ufrag
         if self.by_ufrag.get(ufrag) is endpoint:

@@ -123,6 +123,13 @@ class MediaSession(Protocol):
         """A server-originated DataPacket (the Server API's SendData) for the client on the
         RELIABLE or LOSSY channel; queued (bounded) until the data channel is open."""
 
+    def resumable(self) -> bool:
+        """Whether media is up without the signal connection (a peer connection is connected):
+        a participant whose WebSocket dropped then waits for the client to resume."""
+
+    def resumed(self) -> None:
+        """The client resumed on a new signal connection: restart ICE on the subscriber PC."""
+
     def close(self) -> None:
         """The session ended: release transports now (idempotent; also done when `run` ends)."""
 
@@ -176,6 +183,12 @@ class UnavailableMediaSession:
 
     def deliver_data(self, packet: models.DataPacket, kind: int) -> None:
         pass  # nowhere to deliver it: no data channels without media
+
+    def resumable(self) -> bool:
+        return False  # no media to outlive the signal connection
+
+    def resumed(self) -> None:
+        pass
 
     def close(self) -> None:
         pass

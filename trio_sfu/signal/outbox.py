@@ -69,6 +69,16 @@ class SignalOutbox:
         self._append(_Slot(frame, size, key))
         return True
 
+    def put_front(self, frame: bytes) -> None:
+        """Queue `frame` ahead of everything queued, regardless of the bounds: the one message a
+        resumed connection must start with (LiveKit's `reconnect`), however much waited for it."""
+        if self._closed:
+            return
+        slot = _Slot(frame, len(frame), None)
+        self._queue.appendleft(slot)
+        self._bytes += slot.size
+        self._wakeup.set()
+
     def put_final(self, item: Any) -> None:
         """Queue a last item (a goodbye, a close marker) regardless of the bounds."""
         if not self._closed:

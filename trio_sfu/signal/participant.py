@@ -1,10 +1,17 @@
 """One participant's signal session: its state, its tracks, and the tasks that serve its WebSocket.
 
 Lifetime: `Participant.run` is started in its room's nursery and opens the participant's own
-nursery holding the WebSocket reader (trio-websocket's), our writer, and the ping-timeout timer.
-Whatever ends the session -- the client's `leave`, a dropped socket, a ping timeout, server-side
-removal or a slow consumer -- goes through `close()`, which unlinks the participant from its room
-and cancels that nursery, so everything it owns ends with it.
+nursery: its media session, and one signal connection at a time, each in a cancel scope of its
+own holding the WebSocket reader (trio-websocket's), our writer and the ping-timeout timer.
+Whatever ends the session -- the client's `leave`, server-side removal, a slow consumer, a
+signal connection lost with no media to keep, or a resume window that passed -- goes through
+`close()`, which unlinks the participant from its room and cancels that nursery, so everything
+it owns ends with it.
+
+A signal connection lost without a `leave` (the socket dropped, or a ping timeout) while the
+media is up ends only that connection: the participant waits `RESUME_WINDOW` for the client to
+resume (`offer_resume`, LiveKit's `reconnect=1`), the others see no change, and what it should
+hear waits in its outbox. The newest resume wins; at most one waits to be served.
 
 Outgoing messages go through the participant's `SignalOutbox` (bounded in messages and bytes,
 coalescing ParticipantUpdates per participant) to a single writer task. Producers (other
@@ -62,8 +69,14 @@ CLOSE_GRACE = 2.0
 RESUME_HANGUP_WAIT = 1.5
 # Server-sent data kept until the media session exists (it queues them itself from then on).
 MAX_UNDELIVERED_DATA = 64
+# How long a participant whose signal connection was lost (not left) while its media is up stays
+# in the room waiting for the client to resume. LiveKit keeps it while its peer connections stay
+# up; a bound also ends a client that keeps media flowing but never comes back. The SDKs retry a
+# resume for about 10-15 s before they rejoin from scratch.
+RESUME_WINDOW = 20.0
 
 _log = get_logger("trio_sfu.signal.participant")
+_SUBSCRIBER_OFFER = ("subscriber-offer",)
 
 
 class ParticipantState(enum.Enum):
@@ -88,6 +101,28 @@ class _CloseSocket:
     code: int
     reason: str
     wait_for_peer: float = 0.0  # let the client close first, up to this long
+
+
+class SignalLink(enum.Enum):
+    """Whether a signal connection serves the participant (ParticipantState is what the room sees)."""
+
+    CONNECTED = "connected"
+    AWAITING_RESUME = "awaiting_resume"  # lost, not left: the media goes on, others see no change
+    ENDED = "ended"
+
+
+@attrs.define(eq=False)
+class SignalConnection:
+    """One WebSocket whose upgrade waits in `stream`, serving (or about to serve) a participant.
+    A participant serves one at a time; `ended` is set once it is done with it (served and
+    closed, superseded by a newer resume, or never served because the participant left), which
+    is when the HTTP task that handed it over may return."""
+
+    stream: trio.abc.Stream
+    resume: bool = False
+    ended: trio.Event = attrs.field(factory=trio.Event)
+    # While served: cancelling it ends this connection's tasks, not the participant.
+    scope: trio.CancelScope | None = None
 
 
 @attrs.define
@@ -123,6 +158,14 @@ class ParticipantRoom(Protocol):
 
     def track_ids(self) -> set[str]:
         """Every track published in the room now, on this node and the others."""
+
+    def others(self, participant: "Participant") -> list[models.ParticipantInfo]:
+        """Everyone else in the room that `participant` may see."""
+
+    def to_proto(self) -> models.Room: ...
+
+    def reconnect_response(self, participant: "Participant") -> rtc.ReconnectResponse:
+        """What a participant resuming here hears first."""
 
 
 class Participant:
@@ -172,6 +215,15 @@ class Participant:
         self._media_factory = media_factory
         self.finished = trio.Event()
         self._peer_hung_up = trio.Event()
+        # Signal connections: the one being served, at most one resume waiting to be, and how
+        # long the participant may wait for one after losing its connection.
+        self.link = SignalLink.CONNECTED
+        self.resume_window = RESUME_WINDOW
+        self.resumes = 0
+        self._connection: SignalConnection | None = None
+        self._pending_resume: SignalConnection | None = None
+        self._resume_arrived = trio.Event()
+        self._resume_deadline = float("inf")
 
     def adopt_migration(self, migrated_in: MigratedParticipant) -> None:
         """Take over the state a participant had on the node it migrated from: its published
@@ -234,8 +286,12 @@ class Participant:
     # ---- outgoing -----------------------------------------------------------------------
 
     def send(self, response: rtc.SignalResponse) -> None:
-        """Queue a response without blocking; a client too slow to drain its queue is dropped."""
-        self.send_encoded(encode_response(response))
+        """Queue a response without blocking; a client too slow to drain its queue is dropped.
+        A subscriber offer replaces one still unsent: each offer describes the whole PC and
+        supersedes the last (only the newest is awaited), which matters most while no signal
+        connection drains the queue (waiting for a resume)."""
+        key = _SUBSCRIBER_OFFER if response.HasField("offer") else None
+        self.send_encoded(encode_response(response), coalesce_key=key)
 
     def send_encoded(self, frame: bytes, coalesce_key: Hashable | None = None) -> None:
         """Queue an already serialized SignalResponse (broadcasts encode once for everyone).
@@ -283,6 +339,7 @@ class Participant:
         self._outbox.put_final(_CloseSocket(ws_code, ws_reason or models.DisconnectReason.Name(reason),
                                             RESUME_HANGUP_WAIT if migrated and send_leave else 0.0))
         self._outbox.close()
+        self._resume_arrived.set()  # a participant waiting for a resume stops waiting
         self._request_cancel(grace=CLOSE_GRACE)
 
     def _request_cancel(self, grace: float) -> None:
@@ -298,7 +355,7 @@ class Participant:
     # ---- the session --------------------------------------------------------------------
 
     async def run(self, stream: trio.abc.Stream, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Serve this participant's WebSocket until the session ends for any reason."""
+        """Serve this participant until it leaves: its first WebSocket, then each resume."""
         try:
             with trio.CancelScope() as scope:
                 self._scope = scope
@@ -306,9 +363,9 @@ class Participant:
                     scope.deadline = trio.current_time() + CLOSE_GRACE
                 async with trio.open_nursery() as nursery:
                     task_status.started()
-                    if not await self._serve(nursery, stream):
-                        nursery.cancel_scope.cancel()
-                    # Otherwise the writer flushes the goodbye and cancels the scope itself.
+                    await self._serve_connections(nursery, SignalConnection(stream))
+                    # Left: the media session (and anything else of ours) ends now.
+                    nursery.cancel_scope.cancel()
         except Exception:
             # A bug in one session must not take the room (and the server) down with it.
             self.metrics.inc(m.SIGNAL_SESSION_CRASHED)
@@ -316,42 +373,162 @@ class Participant:
         finally:
             # Whatever ended the session, the room must forget us (no-op if close() ran).
             self.close(models.DisconnectReason.SIGNAL_CLOSE, send_leave=False)
-            with trio.CancelScope(shield=True):
-                with trio.move_on_after(1):
-                    await stream.aclose()
+            self.link = SignalLink.ENDED
+            pending, self._pending_resume = self._pending_resume, None
+            if pending is not None:
+                pending.ended.set()  # never served: its HTTP task closes it
             self.finished.set()
             self.log.info("session ended", kv={"reason": models.DisconnectReason.Name(self.disconnect_reason)})
 
-    async def _serve(self, nursery: trio.Nursery, stream: trio.abc.Stream) -> bool:
-        """Run the session; False if the WebSocket never came up."""
+    async def _serve_connections(self, nursery: trio.Nursery, connection: SignalConnection) -> None:
+        """One signal connection at a time. A connection lost while the media is up (not a
+        leave) keeps the participant in the room, unseen by the others, for the resume window;
+        a resume (`offer_resume`) serves the next one. Without media, or once the window passed,
+        the participant leaves."""
+        while True:
+            await self._serve_connection(nursery, connection)
+            if self.is_closed:
+                return
+            if self._pending_resume is None:
+                if self._media is None or not self._media.resumable():
+                    # Nothing outlives the signal connection (LiveKit: ICE never connected).
+                    self.close(models.DisconnectReason.SIGNAL_CLOSE, send_leave=False)
+                    return
+                if self.link is SignalLink.CONNECTED:
+                    self.metrics.inc(m.SIGNAL_CONNECTION_LOST)
+                    self.log.info("signal connection lost, waiting for a resume",
+                                  kv={"window_s": self.resume_window})
+                    self._resume_deadline = trio.current_time() + self.resume_window
+                self.link = SignalLink.AWAITING_RESUME
+            next_connection = await self._await_resume()
+            if self.is_closed:
+                if next_connection is not None:
+                    next_connection.ended.set()
+                return
+            if next_connection is None:
+                self.metrics.inc(m.SIGNAL_RESUME_EXPIRED)
+                self.log.info("no resume within the window, leaving")
+                self.close(models.DisconnectReason.SIGNAL_CLOSE, send_leave=False)
+                return
+            connection = next_connection
+
+    async def _await_resume(self) -> SignalConnection | None:
+        """The pending resume, waiting for one until the window's end; None if none came."""
+        if self._pending_resume is None and not self.is_closed:
+            with trio.move_on_at(self._resume_deadline):
+                await self._resume_arrived.wait()
+        self._resume_arrived = trio.Event()
+        connection, self._pending_resume = self._pending_resume, None
+        return connection
+
+    def offer_resume(self, stream: trio.abc.Stream) -> SignalConnection | None:
+        """A resume (`reconnect=1`, this sid, a token for this identity and room) whose WebSocket
+        upgrade waits in `stream`: it becomes the participant's next signal connection and the
+        caller waits for its `ended`. The newest resume wins: one still pending, or the
+        connection being served (half-open, or an earlier resume), is closed. None when there
+        is nothing to resume (the participant left, its session is not set up yet, or its media
+        cannot be resumed)."""
+        if self.is_closed or self.link is SignalLink.ENDED or self.state is ParticipantState.JOINING:
+            return None  # nothing to resume, or its first connection is still setting it up
+        if self._media is None or not self._media.resumable():
+            # A PC died (or none ever came up): an ICE restart cannot bring it back. LiveKit's
+            # full reconnect: the participant leaves, told why on a connection still up, and
+            # the resume is refused; the client joins anew.
+            self.log.info("resume with no media to resume, full reconnect")
+            self.close(models.DisconnectReason.STATE_MISMATCH, send_leave=True,
+                       action=rtc.LeaveRequest.Action.RECONNECT)
+            return None
+        connection = SignalConnection(stream, resume=True)
+        superseded = self._pending_resume
+        if superseded is not None:
+            self.metrics.inc(m.SIGNAL_RESUME_SUPERSEDED)
+            superseded.ended.set()
+        self._pending_resume = connection
+        current = self._connection
+        if current is not None and current.scope is not None:
+            self.metrics.inc(m.SIGNAL_RESUME_SUPERSEDED)
+            self.log.info("resume while a signal connection is up: it gives way")
+            current.scope.cancel()
+        self._resume_arrived.set()
+        return connection
+
+    async def _serve_connection(self, nursery: trio.Nursery, connection: SignalConnection) -> None:
+        """One WebSocket, in a scope of its own: its tasks (trio-websocket's reader, our writer,
+        the ping timer) end with it; the participant's media (in `nursery`) does not."""
+        self._connection = connection
         try:
-            request = await trio_websocket.wrap_server_stream(
-                nursery, stream, message_queue_size=4, max_message_size=MAX_WS_MESSAGE
-            )
-            ws = await request.accept()
-        except (trio_websocket.ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            self.metrics.inc(m.SIGNAL_HANDSHAKE_FAILED)
-            self.log.warning("websocket handshake failed", kv={"error": exc.__class__.__name__})
-            return False
+            with trio.CancelScope() as connection.scope:
+                async with trio.open_nursery() as tasks:
+                    try:
+                        request = await trio_websocket.wrap_server_stream(
+                            tasks, connection.stream, message_queue_size=4, max_message_size=MAX_WS_MESSAGE
+                        )
+                        ws = await request.accept()
+                    except (trio_websocket.ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                        self.metrics.inc(m.SIGNAL_HANDSHAKE_FAILED)
+                        self.log.warning("websocket handshake failed",
+                                         kv={"error": exc.__class__.__name__, "resume": connection.resume})
+                        if self._media is None:
+                            self.close(models.DisconnectReason.SIGNAL_CLOSE, send_leave=False)
+                        tasks.cancel_scope.cancel()
+                        return
+                    first = self._media is None
+                    if first:
+                        await self._start_media(nursery)
+                    elif not self.is_closed:
+                        self._rebind(connection)
+                    self._last_seen = trio.current_time()
+                    self._peer_hung_up = trio.Event()
+                    tasks.start_soon(self._writer, ws, connection)
+                    tasks.start_soon(self._ping_timer, connection)
+                    if first and not self.is_closed:
+                        self._transition(ParticipantState.JOINED)
+                        self.bump_version()
+                        self.room.announce(self)
+                    await self._reader(ws)
+                    if not self.is_closed:
+                        # Lost, not left: what is queued waits for the next connection.
+                        tasks.cancel_scope.cancel()
+                    # Otherwise the writer flushes the goodbye and ends the connection itself.
+        finally:
+            if self._connection is connection:
+                self._connection = None
+            connection.scope = None
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(1):
+                    await connection.stream.aclose()
+            connection.ended.set()
+
+    async def _start_media(self, nursery: trio.Nursery) -> None:
         media = self._media = self._media_factory(
             MediaContext(room_name=self.room.name, room_sid=self.room.sid, participant=self,
                          auto_subscribe=self.options.auto_subscribe)
         )
-        # The media session's tasks are children of this participant's nursery: they end with it.
+        # The media session's tasks are children of this participant's nursery: they end with
+        # the participant, not with a signal connection.
         await nursery.start(media.run)
         while self.undelivered_data:
             media.deliver_data(*self.undelivered_data.popleft())
-        self._last_seen = trio.current_time()
-        nursery.start_soon(self._writer, ws)
-        nursery.start_soon(self._ping_timer)
-        if not self.is_closed:
-            self._transition(ParticipantState.JOINED)
-            self.bump_version()
-            self.room.announce(self)
-        await self._reader(ws)
-        return True
 
-    async def _writer(self, ws: trio_websocket.WebSocketConnection) -> None:
+    def _rebind(self, connection: SignalConnection) -> None:
+        """A resumed connection is up: LiveKit's order — `reconnect` first, then everyone's
+        current state (coalescing with what waited in the outbox), then the subscriber offer
+        that restarts ICE. What was queued while no connection served us follows in order."""
+        self.link = SignalLink.CONNECTED
+        self._resume_deadline = float("inf")
+        self.resumes += 1
+        self.metrics.inc(m.SIGNAL_RESUMED)
+        self.log.info("resumed on a new signal connection", kv={"resumes": self.resumes})
+        self._outbox.put_front(encode_response(rtc.SignalResponse(reconnect=self.room.reconnect_response(self))))
+        infos = [self.to_info(), *self.room.others(self)]
+        for info in infos:
+            self.send_participant_update(info.sid, encode_response(
+                rtc.SignalResponse(update=rtc.ParticipantUpdate(participants=[info]))))
+        self.send(rtc.SignalResponse(room_update=rtc.RoomUpdate(room=self.room.to_proto())))
+        assert self._media is not None
+        self._media.resumed()
+
+    async def _writer(self, ws: trio_websocket.WebSocketConnection, connection: SignalConnection) -> None:
         while True:
             try:
                 item = await self._outbox.get()
@@ -368,16 +545,21 @@ class Participant:
                 await ws.send_message(item)
             except trio_websocket.ConnectionClosed:
                 break
-        if self._scope is not None:
-            self._scope.cancel()
+        if connection.scope is not None:
+            connection.scope.cancel()
 
-    async def _ping_timer(self) -> None:
+    async def _ping_timer(self, connection: SignalConnection) -> None:
         while True:
             deadline = self._last_seen + PING_TIMEOUT
             if trio.current_time() >= deadline:
                 self.metrics.inc(m.SIGNAL_PING_TIMEOUT)
                 self.log.info("ping timeout")
-                self.close(models.DisconnectReason.CONNECTION_TIMEOUT, send_leave=True, ws_code=1001)
+                if self._media is not None and self._media.resumable():
+                    # The connection is dead, the media is not: wait for the client to resume.
+                    if connection.scope is not None:
+                        connection.scope.cancel()
+                else:
+                    self.close(models.DisconnectReason.CONNECTION_TIMEOUT, send_leave=True, ws_code=1001)
                 return
             await trio.sleep_until(deadline)
 
@@ -391,8 +573,8 @@ class Participant:
                     self.metrics.inc(m.SIGNAL_OVERSIZE)
                     self.log.warning("signal message too large, closed", kv={"limit": MAX_WS_MESSAGE})
                     self.close(models.DisconnectReason.SIGNAL_CLOSE, send_leave=False)
-                else:
-                    self.close(models.DisconnectReason.CLIENT_INITIATED, send_leave=False)
+                # Otherwise the connection was lost, not left (a leave is a request): the
+                # participant waits for a resume if its media is up (_serve_connections).
                 return
             if self.is_closed:
                 continue  # a closed session only waits for the client to hang up
@@ -672,6 +854,39 @@ class Participant:
             return
         await self._media.handle_trickle(trickle.candidateInit, trickle.target, trickle.final)
 
+    async def _on_sync_state(self, state: rtc.SyncState) -> None:
+        """After a resume the client says what it has (LiveKit's onSyncState). A published track
+        the server does not know means the two sides disagree: a full reconnect (leave with
+        RECONNECT, STATE_MISMATCH). Otherwise the tracks it has disabled get that setting and its
+        subscription choices are applied. Its PCs' descriptions and data channels need nothing:
+        both PCs and their associations outlived the signal connection here."""
+        refusal = self.limits.check_track_ids(len(state.publish_tracks))
+        if refusal is not None:
+            self._refuse(refusal)
+            return
+        for published in state.publish_tracks:
+            if not published.HasField("track") or published.track.sid not in self.tracks:
+                self.metrics.inc(m.SIGNAL_SYNC_STATE_MISMATCH)
+                self.log.warning("sync state names a track not published here, full reconnect",
+                                 kv={"track": published.track.sid[:64]})
+                self.close(models.DisconnectReason.STATE_MISMATCH, send_leave=True,
+                           action=rtc.LeaveRequest.Action.RECONNECT)
+                return
+        disabled = list(dict.fromkeys(state.track_sids_disabled))
+        if disabled:
+            known = self.room.track_ids()
+            refusal = self._check_track_ids(disabled, known)
+            if refusal is not None:
+                self._refuse(refusal)
+                return
+            self._remember_bounded(self.track_settings, disabled, rtc.UpdateTrackSettings(disabled=True), known)
+            if self._media is not None:
+                self._media.track_settings_changed([sid for sid in disabled if sid in self.track_settings])
+        if state.HasField("subscription"):
+            refusal = self.update_subscription(state.subscription)
+            if refusal is not None:
+                self._refuse(refusal)
+
     #: SignalRequest oneof field -> its handler; a kind not listed is accepted without action.
     HANDLERS: dict[str, Callable[["Participant", Any], Awaitable[None]]] = {
         "ping": _on_ping,
@@ -685,6 +900,7 @@ class Participant:
         "offer": _on_offer,
         "answer": _on_answer,
         "trickle": _on_trickle,
+        "sync_state": _on_sync_state,
     }
 
 
@@ -727,4 +943,4 @@ def _mime_for(track_type: int, codec: str) -> str:
     return ("audio/" if track_type == models.TrackType.AUDIO else "video/") + codec
 
 
-__all__ = ["Participant", "ParticipantState", "JoinOptions", "track_info_from_request", "PING_INTERVAL", "PING_TIMEOUT"]
+__all__ = ["Participant", "ParticipantState", "JoinOptions", "SignalConnection", "SignalLink", "RESUME_WINDOW", "track_info_from_request", "PING_INTERVAL", "PING_TIMEOUT"]

@@ -24,7 +24,7 @@ from trio_sfu.config import RoomConfig
 from trio_sfu.log import get_logger
 from trio_sfu.signal.limits import SignalLimits
 from trio_sfu.signal.media_port import MediaSessionFactory, MigratedParticipant, UnavailableMediaSession
-from trio_sfu.signal.participant import PING_INTERVAL, PING_TIMEOUT, JoinOptions, Participant
+from trio_sfu.signal.participant import PING_INTERVAL, PING_TIMEOUT, JoinOptions, Participant, SignalConnection
 from trio_sfu.signal.server_info import server_info
 from trio_sfu.signal.codec import encode_response
 
@@ -167,9 +167,7 @@ class Room:
         if migrated_in is not None:
             participant.adopt_migration(migrated_in)
             participant.bump_version()
-            participant.send(rtc.SignalResponse(reconnect=rtc.ReconnectResponse(
-                ice_servers=self.registry.ice_servers(participant.sid),
-                client_configuration=self._client_configuration(), server_info=server_info())))
+            participant.send(rtc.SignalResponse(reconnect=self.reconnect_response(participant)))
             others = self.others(participant)
             if others:
                 participant.send(rtc.SignalResponse(update=rtc.ParticipantUpdate(participants=others)))
@@ -292,14 +290,24 @@ class Room:
             fast_publish=False,
         )
 
+    def reconnect_response(self, participant: Participant) -> rtc.ReconnectResponse:
+        """LiveKit's answer to a resume (its ICE servers, the client configuration, the server)."""
+        return rtc.ReconnectResponse(ice_servers=self.registry.ice_servers(participant.sid),
+                                     client_configuration=self._client_configuration(), server_info=server_info())
+
     def _client_configuration(self) -> models.ClientConfiguration:
-        # A single server keeps no media session across a dropped socket, so its clients must
-        # rejoin, not resume: livekit-client then skips the resume attempt. A node of several
-        # lets clients resume, because a migration is a resume steered by the server (a resume
-        # after a mere network blip is still refused there, and the client rejoins).
-        if self.registry.presence is not None:
-            return models.ClientConfiguration(resume_connection=models.ClientConfigSetting.ENABLED)
-        return models.ClientConfiguration(resume_connection=models.ClientConfigSetting.DISABLED)
+        # A participant whose signal connection drops keeps its media session for a while
+        # (Participant.RESUME_WINDOW), so clients may resume: here, or after a migration on
+        # the node it moved to.
+        return models.ClientConfiguration(resume_connection=models.ClientConfigSetting.ENABLED)
+
+    def resume(self, grants: ClaimGrants, sid: str, stream: trio.abc.Stream) -> SignalConnection | None:
+        """A resume of participant `sid` by a client holding `grants` for this room: its new
+        connection, or None (wrong identity or sid, the participant gone) for the caller to refuse."""
+        participant = self.participants.get(grants.identity)
+        if self.closed or participant is None or participant.sid != sid:
+            return None
+        return participant.offer_resume(stream)
 
 
 def _no_ice_servers(participant_sid: str) -> list[rtc.ICEServer]:
@@ -379,6 +387,11 @@ class RoomRegistry:
             except RoomClosedError:
                 continue
         raise RoomClosedError(room_name)
+
+    def resume(self, room_name: str, grants: ClaimGrants, sid: str, stream: trio.abc.Stream) -> SignalConnection | None:
+        """A same-node resume (see Room.resume); None when this node has nothing to resume."""
+        room = self.rooms.get(room_name)
+        return room.resume(grants, sid, stream) if room is not None else None
 
     def _forget(self, room: Room) -> None:
         if self.rooms.get(room.name) is room:

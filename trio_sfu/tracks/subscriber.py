@@ -135,7 +135,7 @@ class SubscriberEndpoint:
     def needs_negotiation(self) -> bool:
         """Whether the client's view (the last answered offer) differs from the table. An m-line
         idle only because its track is cached for a resume does not count: the client keeps it."""
-        if self._unanswered:
+        if self._unanswered or self.offer.ice_restarting:
             return True
         reserved = self.table.cache.mids()
         for mid, state in self._line_states().items():
