@@ -61,6 +61,13 @@ async def test_bad_relay_input_is_rejected_and_the_nodes_keep_working(caplog) ->
                 (pb.RelayMessage(track_published=pb.TrackPublished(room=ROOM, track=TrackSpec(
                     "TR_ext", "PA_p", MediaKind.AUDIO, (OPUS,), extensions=((0, "urn:x"),)).to_proto())),
                  "track_published with an unusable description"),
+                # Ids go into the subscribers' SDP: a control character would break its lines.
+                (pb.RelayMessage(track_published=pb.TrackPublished(room=ROOM, track=TrackSpec(
+                    "TR_ctl", "PA_\x0b", MediaKind.AUDIO, (OPUS,)).to_proto())),
+                 "track_published with an unusable description"),
+                (pb.RelayMessage(track_published=pb.TrackPublished(room=ROOM, track=TrackSpec(
+                    "TR_ sp", "PA_p", MediaKind.AUDIO, (OPUS,)).to_proto())),
+                 "track_published with an unusable description"),
                 (pb.RelayMessage(track_closing=pb.TrackClosing(room=ROOM, track_id="TR_nope")),
                  "track_closing for unknown track"),
                 (pb.RelayMessage(migrate_accepted=pb.MigrateAccepted(room=ROOM, participant_id="PA_x", signal_url="ws://x")),

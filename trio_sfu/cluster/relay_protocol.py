@@ -35,6 +35,14 @@ from trio_sfu.tracks.subscriber import MigratedTransceiver
 
 #: At most this many simulcast layers per relayed track (LiveKit's clients send three).
 MAX_RELAYED_RIDS = 4
+#: Ids another node sends end up in our SDP (msid, a=ssrc lines) and signal messages.
+MAX_RELAYED_ID = 256
+
+
+def sdp_safe_id(value: str) -> bool:
+    """Whether an id from another node can go into an SDP line as it is: non-empty, bounded,
+    visible ASCII only (a space or control character would split or end the line)."""
+    return 0 < len(value) <= MAX_RELAYED_ID and value.isascii() and value.isprintable() and " " not in value
 #: At most this many sequence numbers of one relayed NACK are resent (a NACK packet can name
 #: thousands; the receiver's buffer holds 1024).
 MAX_RESENT_PER_NACK = 64
@@ -89,7 +97,9 @@ class TrackSpec:
             kind = MediaKind(d.kind)
         except ValueError:
             return None
-        if kind is MediaKind.APPLICATION or not d.track_id or not d.codecs:
+        if kind is MediaKind.APPLICATION or not d.codecs:
+            return None
+        if not sdp_safe_id(d.track_id) or not sdp_safe_id(d.publisher_id) or (d.stream_id and not sdp_safe_id(d.stream_id)):
             return None
         if all(c.name.lower() == "rtx" for c in d.codecs):
             return None  # nothing but retransmission: no media codec to forward
@@ -133,8 +143,9 @@ def migrated_transceivers(body: pb.MigrateParticipant) -> tuple[list[MigratedTra
             kinds[t.track_id] = MediaKind(t.kind)
         except ValueError:
             return f"transceiver of unknown kind {t.kind!r}"
-        if kinds[t.track_id] is MediaKind.APPLICATION or not t.mid or t.ssrc == 0:
-            return f"unusable transceiver for {t.track_id}"
+        if kinds[t.track_id] is MediaKind.APPLICATION or t.ssrc == 0 or not sdp_safe_id(t.mid) \
+                or not sdp_safe_id(t.track_id) or (t.stream_id and not sdp_safe_id(t.stream_id)):
+            return f"unusable transceiver for {t.track_id!r}"
         snapshot = snapshot_from_proto(t.down) if t.HasField("down") else None
         entries.append(MigratedTransceiver(t.track_id, t.mid, t.ssrc, t.rtx_ssrc or None, snapshot, t.stream_id or None))
     return entries, kinds
