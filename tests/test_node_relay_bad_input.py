@@ -90,6 +90,7 @@ async def test_bad_relay_input_is_rejected_and_the_nodes_keep_working(caplog) ->
                     pb.SubscribedTransceiver(track_id="TR_z", mid="1", ssrc=5, kind="audio")])),
                  "transceiver for unsubscribed track TR_z"),
                 (pb.RelayMessage(migrate=sync_state(participant_id="")), "no room or participant id"),
+                (pb.RelayMessage(migrate=sync_state(participant_id="PA_\x0b")), "no room or participant id"),
                 (pb.RelayMessage(migrate=sync_state(publisher_streams=[
                     pb.PublisherStream(track_id="TR_x", mid="1", ssrc=5)])), "unusable publisher stream 5 of TR_x"),
                 (pb.RelayMessage(migrate=sync_state(lines=[pb.SubscriberLine(mid="0", kind="application", live=True),

@@ -76,7 +76,7 @@ from sdp.codecs import EXT_AUDIO_LEVEL, MediaKind
 from trio_sfu import metrics as m
 from trio_sfu.log import get_logger
 from trio_sfu.cluster.link import RelayLink, serve_link
-from trio_sfu.cluster.relay_protocol import RelayTap, TrackSpec, migrated_transceivers, snapshot_to_proto
+from trio_sfu.cluster.relay_protocol import RelayTap, TrackSpec, migrated_transceivers, sdp_safe_id, snapshot_to_proto
 from trio_sfu.forwarding.receiver import ReceiverState, TrackReceiver
 from trio_sfu.media.data_channels import DataKind, deliver_to_peers, destinations
 from trio_sfu.media.speakers import AudioLevelMeter
@@ -817,7 +817,7 @@ class NodeRelay:
     def _on_migrate(self, peer: str, body: pb.MigrateParticipant) -> str:
         """Check a sync state and keep it for the client's resume; a non-empty reason refuses."""
         sid = body.participant_id
-        if not body.room or not sid:
+        if not body.room or not sdp_safe_id(sid):
             return "no room or participant id"
         info = models.ParticipantInfo()
         try:
