@@ -33,6 +33,7 @@ from rtp.srtp import SrtpContext
 from trio_sfu.client.synthetic import RtpStreamWriter, VideoLayerSpec, Vp8FrameSource
 from trio_sfu.forwarding.downtrack import DownTrack
 from trio_sfu.forwarding.receiver import TrackReceiver
+from trio_sfu.media.speakers import AudioLevelConfig
 from trio_sfu.tracks import FifoHead, RecordedAtClosing
 
 from .floor import PROFILE, _master
@@ -162,6 +163,7 @@ class _BenchService:
     # The rules that ship (trio_sfu.media.service.MediaService has the same defaults).
     resolution: object = FifoHead
     resume_policy: object = RecordedAtClosing
+    audio_levels: AudioLevelConfig = attrs.Factory(AudioLevelConfig)
 
 
 @attrs.define
