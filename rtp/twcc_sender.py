@@ -89,6 +89,16 @@ class TransportSequencer:
         self.packets_stamped += 1
         return out
 
+    def unstamp(self, packet: bytes) -> None:
+        """`packet`, the last one stamped, never left (the transport could not send it): its
+        number is given back, so the subscriber sees no gap it would report as a loss."""
+        seq = self.next_sequence - 1
+        if seq < 0 or self._seq[seq & self._mask] != seq:
+            return
+        self._seq[seq & self._mask] = -1
+        self.next_sequence = seq
+        self.packets_stamped -= 1
+
     # ---- feedback -------------------------------------------------------------------------
 
     def on_feedback(self, feedback: TransportCc) -> list[PacketResult]:
@@ -135,6 +145,17 @@ class TransportSequencer:
             self._reference_base += step
         self._last_reference = reference
         return self._reference_base * TWCC_REFERENCE_UNIT_US
+
+
+def mentions_transport_cc(data: bytes) -> bool:
+    """Whether a compound RTCP packet that failed to parse holds a transport-cc feedback header
+    (RTPFB, FMT 15), so a malformed one can be counted as such."""
+    pos = 0
+    while pos + 4 <= len(data):
+        if data[pos + 1] == 205 and data[pos] & 0x1F == 15:
+            return True
+        pos += 4 * (((data[pos + 2] << 8) | data[pos + 3]) + 1)
+    return False
 
 
 def write_transport_seq(packet: bytes, ext_id: int, seq: int) -> Optional[bytes]:
@@ -222,4 +243,4 @@ def write_transport_seq(packet: bytes, ext_id: int, seq: int) -> Optional[bytes]
     return None  # an RFC 3550 extension of another profile: no room for RFC 8285 elements
 
 
-__all__ = ["DEFAULT_HISTORY", "PacketResult", "TransportSequencer", "write_transport_seq"]
+__all__ = ["DEFAULT_HISTORY", "PacketResult", "TransportSequencer", "mentions_transport_cc", "write_transport_seq"]

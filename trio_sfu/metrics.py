@@ -123,6 +123,14 @@ MEDIA_ANSWER_UNEXPECTED = "media_subscriber_answer_unexpected_total"
 MEDIA_ANSWER_TIMEOUT = "media_subscriber_answer_timeout_total"
 MEDIA_SUBSCRIPTION_FAILED = "media_subscription_failed_total"
 MEDIA_TRACKS_PUBLISHED = "media_tracks_published_total"
+# Downstream congestion control (trio_sfu.media.bandwidth): transport-cc feedback from
+# subscribers matched to what we sent, what could not be parsed, what named packets we do not
+# know, and the probes sent. The estimates themselves are per participant: never a label.
+MEDIA_TWCC_FEEDBACK = "media_twcc_feedback_total"
+MEDIA_TWCC_FEEDBACK_MALFORMED = "media_twcc_feedback_malformed_total"
+MEDIA_TWCC_FEEDBACK_UNMATCHED = "media_twcc_feedback_unmatched_packets_total"
+MEDIA_BWE_PROBE_CLUSTERS = "media_bwe_probe_clusters_total"
+MEDIA_BWE_PROBE_PACKETS = "media_bwe_probe_packets_total"
 
 
 # Agent workers (trio_sfu.agents): registrations, the /agent protocol's refusals, and jobs.

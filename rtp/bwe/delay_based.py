@@ -40,6 +40,8 @@ BETA = 0.85
 MULTIPLICATIVE_INCREASE = 1.08
 #: After a decrease, another waits this long (the queue needs a round trip to drain).
 _DECREASE_INTERVAL = 0.3
+#: How long a probe result vouches for the link against a stale acknowledged bitrate.
+_PROBE_MEMORY = 1.0
 
 
 class BandwidthUsage(enum.Enum):
@@ -182,12 +184,16 @@ class AimdRateControl:
         self.link_capacity: Optional[float] = None
         self._capacity_var = 0.0
         self.decreases = 0
+        # The last probe result and when: for a while after it, the acknowledged bitrate still
+        # describes the slower sending before it, and the probe's own queue may signal over-use.
+        self._probed: Optional[tuple[float, float]] = None
 
     def set_estimate(self, bps: float, now: float) -> None:
         """A probe measured the link: start from there."""
         self.rate = min(max(bps, self.min_bps), self.max_bps)
         self.link_capacity = None
         self._last_update = now
+        self._probed = (bps, now)
 
     def update(self, usage: BandwidthUsage, acked_bps: Optional[float], rtt: float, now: float) -> float:
         elapsed = 0.0 if self._last_update is None else min(max(now - self._last_update, 0.0), 1.0)
@@ -204,18 +210,24 @@ class AimdRateControl:
             if capacity is not None and self.rate > capacity + 3 * max(self._capacity_var, 0.05 * capacity):
                 self.link_capacity = None  # far above what it was: the link changed
                 capacity = None
-            if capacity is not None and self.rate > 0.75 * capacity:
-                # Near the known capacity: about one packet more per response time.
-                response = rtt + 0.1
-                self.rate += max(1000.0, 1200 * 8 * elapsed / response)
-            else:
-                self.rate *= MULTIPLICATIVE_INCREASE ** elapsed
-            if acked_bps is not None:
-                self.rate = min(self.rate, 1.5 * acked_bps + 10_000)
+            # No increase past what the receiver gets: a sender that uses less than the
+            # estimate (an SFU's subscriber often does) must not inflate it without evidence.
+            limit = 1.5 * acked_bps + 10_000 if acked_bps is not None else float("inf")
+            if self.rate < limit:
+                if capacity is not None and self.rate > 0.75 * capacity:
+                    # Near the known capacity: about one packet more per response time.
+                    response = rtt + 0.1
+                    increased = self.rate + max(1000.0, 1200 * 8 * elapsed / response)
+                else:
+                    increased = self.rate * MULTIPLICATIVE_INCREASE ** elapsed
+                self.rate = min(increased, limit)
         elif self.state is RateControlState.DECREASE:
             if now - self._last_decrease >= _DECREASE_INTERVAL:
                 self._last_decrease = now
                 base = acked_bps if acked_bps is not None else self.rate
+                probed = self._probed
+                if probed is not None and now - probed[1] < _PROBE_MEMORY:
+                    base = max(base, probed[0])
                 self.rate = min(self.rate, BETA * base)
                 self.decreases += 1
                 if acked_bps is not None:

@@ -22,7 +22,7 @@ MIN_PACKETS = 5
 #: A cluster is this multiple of the estimate.
 PROBE_MULTIPLE = 2.0
 #: After a probe the link did not carry fully, or that failed, the next waits this long.
-RETRY_INTERVAL = 3.0
+RETRY_INTERVAL = 5.0
 #: A cluster's feedback is waited for this long.
 _RESULT_TIMEOUT = 1.0
 #: The share of a cluster's packets feedback must cover before it is judged, and received.
