@@ -44,6 +44,8 @@ from trio_sfu.tracks.subscription_manager import RECONCILE_ALL, SubscriptionMana
 
 #: Where a finished down track's counters go in the server's metrics (trio_sfu.media.traffic).
 DOWNTRACK_PREFIX = "media_downtrack"
+#: The downstream estimate's changes are logged at most this often per participant.
+ESTIMATE_LOG_INTERVAL = 2.0
 
 
 class SubscriptionTimeouts(Protocol):
@@ -135,6 +137,7 @@ class SubscriberMedia:
         self._given_up: set[str] = set()
         # The downstream estimate, once the subscriber PC is open with transport-cc negotiated.
         self.bandwidth: Optional[SubscriberBandwidth] = None
+        self._estimate_logged_at = float("-inf")
 
     async def run(self) -> None:
         """The first subscriber offer (with whatever is already published, and the data
@@ -319,8 +322,27 @@ class SubscriberMedia:
         if ext_id is None:
             return None
         self.bandwidth = SubscriberBandwidth(ext_id, self.down_tracks, metrics=self.metrics, wake_by=self.wake_by)
+        self.bandwidth.on_estimate_changed = self._estimate_changed
         subscriber.stamper = self.bandwidth
         return self.bandwidth
+
+    def _estimate_changed(self, bps: int, now: float) -> None:
+        """The estimate moved: logged, at most every `ESTIMATE_LOG_INTERVAL` (a per-participant
+        value belongs in the log, not in a metric label). The stream allocator will listen here."""
+        if now - self._estimate_logged_at < ESTIMATE_LOG_INTERVAL:
+            return
+        self._estimate_logged_at = now
+        self._log_bandwidth("downstream estimate")
+
+    def _log_bandwidth(self, what: str) -> None:
+        bandwidth = self.bandwidth
+        if bandwidth is None:
+            return
+        counters = bandwidth.estimator.counters
+        self.log.info(what, kv={"bps": bandwidth.estimate_bps, "feedback": counters.feedback_packets,
+                                "acked": counters.packets_acked, "lost": counters.packets_lost,
+                                "remb": counters.remb_received, "probes": counters.probe_clusters,
+                                "stamped": bandwidth.sequencer.packets_stamped})
 
     def on_connected(self, now: float) -> None:
         """The subscriber PC is up: down tracks held until now resume (at a keyframe)."""
@@ -352,6 +374,7 @@ class SubscriberMedia:
     def close(self) -> None:
         """Every down track leaves its source (no resume); an offer waiting for its answer ends."""
         self.closed = True
+        self._log_bandwidth("downstream bandwidth at close")
         self.manager.close()
         pending, self._pending_answer = self._pending_answer, None
         if pending is not None:
