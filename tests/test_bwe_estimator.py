@@ -84,3 +84,37 @@ def test_the_same_seed_gives_the_same_trace() -> None:
     first = trace(11)
     assert trace(11) == first
     assert trace(12) != first  # the seed matters: the comparison above could have failed
+
+
+def test_remb_is_the_estimate_of_a_client_without_transport_cc_and_a_cap_otherwise() -> None:
+    from rtp.bwe import BandwidthEstimator
+
+    remb_only = BandwidthEstimator(start_bps=300_000)
+    remb_only.on_remb(1_500_000, now=1.0)
+    assert remb_only.estimate_bps == 1_500_000
+    remb_only.on_remb(700_000, now=2.0)
+    assert remb_only.estimate_bps == 700_000
+    assert remb_only.poll_probe(2.0) is None  # nothing would judge a probe
+
+    sim = SimulatedLink(seed=5)
+    sim.run_until(6.0)
+    assert sim.estimate_at(6.0) >= 0.8 * MBIT
+    # A client sending both: its REMB caps what transport-cc says, while it is fresh.
+    sim.estimator.on_remb(400_000, sim.now)
+    sim.run_until(7.0)
+    assert sim.window(6.1, 7.0) and max(sim.window(6.1, 7.0)) <= 400_000
+    sim.run_until(10.0)  # no further REMB: after FEEDBACK_STALE the cap is gone
+    assert sim.estimate_at(10.0) > 400_000
+
+
+def test_probe_clusters_ask_for_twice_the_estimate_up_to_the_goal() -> None:
+    from rtp.bwe import BandwidthEstimator
+
+    est = BandwidthEstimator(start_bps=300_000)
+    est.request_probe(2_000_000, now=0.0)
+    cluster = est.poll_probe(0.0)
+    assert cluster is not None and cluster.bitrate_bps == 600_000
+    assert est.poll_probe(0.01) is None  # one in flight at a time
+    est.request_probe(0, now=0.02)
+    est.probe_sent(cluster.cluster_id, 0, 0.05)  # it could not be sent at all
+    assert est.poll_probe(10.0) is None  # and nothing needs more now

@@ -130,6 +130,14 @@ async def test_subscriber_gets_our_contiguous_transport_seqs_and_its_feedback_is
             if sum(1 for m in offer_b.media if m.msid is not None) < 2:
                 offer_b = parse_sdp(await answer(ws_b, bob_sub, nursery))
             video_m = next(m for m in offer_b.media if m.kind == "video" and m.msid is not None)
+            # The offer negotiates transport-cc where LiveKit does: the extension on both kinds,
+            # the feedback on every video codec and on Opus.
+            for m in offer_b.media:
+                if m.kind in ("audio", "video") and m.msid is not None:
+                    assert EXT_TWCC in [e.uri for e in m.extmaps], m.kind
+                    for codec in m.codecs():
+                        if codec.name.lower() in ("vp8", "vp9", "h264", "av1", "opus"):
+                            assert ("transport-cc", None) in codec.feedback, (m.kind, codec.name)
             bob_video_ssrc, bob_rtx_ssrc = video_m.ssrcs[0], video_m.ssrcs[1]
             bob_sub.drop_nth[bob_video_ssrc] = 6  # the network loses Bob's 6th video packet
 
@@ -141,6 +149,20 @@ async def test_subscriber_gets_our_contiguous_transport_seqs_and_its_feedback_is
             (lost_seq,) = bob_sub.dropped
             await bob_sub.send_rtcp([rtcp.Nack.from_lost(0xB0B, bob_video_ssrc, [lost_seq])])
             await bob_sub.wait_for(lambda: [p for p in bob_sub.rtp if p.ssrc == bob_rtx_ssrc])
+
+            # Nothing has asked for more bitrate: nothing probed.
+            assert not [p for p in bob_sub.rtp if not p.payload]
+            assert server.metrics.get("media_bwe_probe_clusters_total") == 0
+            # Malformed feedback is counted and dropped (a status count past what its chunks cover).
+            good = rtcp.TransportCc.build(0xB0B, bob_video_ssrc, 1, 0, [(0, True, 1000)]).serialize()
+            bad = bytearray(good)
+            bad[14:16] = (5000).to_bytes(2, "big")
+            bad[16:18] = (0x2000 | 1).to_bytes(2, "big")  # a run of one received packet: 4999 uncovered
+            assert bob_sub.transport is not None and bob_sub.transport.send_rtcp(bytes(bad))
+            await bob_sub.flush()
+            with trio.fail_after(5):
+                while server.metrics.get("media_twcc_feedback_malformed_total") < 1:
+                    await trio.sleep(0.01)
 
             # The allocator's interface asks for more than the estimate: a probe cluster goes out.
             room = next(iter(server.media.rooms.values()))
