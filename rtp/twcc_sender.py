@@ -115,7 +115,11 @@ class TransportSequencer:
             arrivals[seq16] = t
         out: list[PacketResult] = []
         base = feedback.base_sequence
-        for i in range(feedback.status_count):
+        # A report may claim 65535 statuses in a few bytes; we remember no more than the ring
+        # holds, so no more than that is looked at (the rest counted unknown, not walked).
+        covered = min(feedback.status_count, self._mask + 1)
+        self.feedback_unknown += feedback.status_count - covered
+        for i in range(covered):
             seq16 = (base + i) & 0xFFFF
             back = (newest - seq16) & 0xFFFF
             ext = newest - back

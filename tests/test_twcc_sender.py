@@ -127,3 +127,14 @@ def test_feedback_about_seqs_we_never_sent_is_counted_not_matched() -> None:
     report = feedback_for({40000: 1.0, 40001: 1.01})[0]
     assert seq.on_feedback(report) == []
     assert seq.feedback_unknown == 2
+
+
+def test_a_report_claiming_every_status_is_walked_only_as_far_as_the_history_goes() -> None:
+    seq = TransportSequencer(TWCC, history=1024)
+    for i in range(10):
+        seq.stamp(packet().serialize(), now=float(i))
+    report = rtcp.TransportCc.build(5, 0xABCD, 0, 0, [(0, True, 0)])
+    report.status_count = 0xFFFF  # as a hostile receiver could write it
+    results = seq.on_feedback(rtcp.parse_rtcp(report.serialize())[0])
+    assert [r.sequence for r in results] == list(range(10)) and results[0].arrival is not None
+    assert seq.feedback_unknown == 0xFFFF - 10
