@@ -59,6 +59,7 @@ class TransportSequencer:
         self.next_sequence = 0  # extended; the wire carries its low 16 bits
         #: The probe cluster the packets stamped now belong to (the prober sets it around a burst).
         self.probe_cluster = _NO_CLUSTER
+        self._last_stamped: Optional[bytes] = None  # what `unstamp` may take back
         # Feedback's reference time unwraps against the previous one (24 bits of 64 ms).
         self._last_reference: Optional[int] = None
         self._reference_base = 0
@@ -87,14 +88,16 @@ class TransportSequencer:
         self._reported[slot] = 0
         self.next_sequence = seq + 1
         self.packets_stamped += 1
+        self._last_stamped = out
         return out
 
     def unstamp(self, packet: bytes) -> None:
         """`packet`, the last one stamped, never left (the transport could not send it): its
         number is given back, so the subscriber sees no gap it would report as a loss."""
         seq = self.next_sequence - 1
-        if seq < 0 or self._seq[seq & self._mask] != seq:
-            return
+        if packet is not self._last_stamped or seq < 0 or self._seq[seq & self._mask] != seq:
+            return  # not the packet stamped last (one that could not be stamped, say): nothing to give back
+        self._last_stamped = None
         self._seq[seq & self._mask] = -1
         self.next_sequence = seq
         self.packets_stamped -= 1

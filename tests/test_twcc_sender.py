@@ -7,6 +7,8 @@ feedback comes from rtp.twcc.TransportFeedbackRecorder (our receive side) throug
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from rtp import rtcp
 from rtp.packet import RtpPacket
@@ -138,3 +140,42 @@ def test_a_report_claiming_every_status_is_walked_only_as_far_as_the_history_goe
     results = seq.on_feedback(rtcp.parse_rtcp(report.serialize())[0])
     assert [r.sequence for r in results] == list(range(10)) and results[0].arrival is not None
     assert seq.feedback_unknown == 0xFFFF - 10
+
+
+def test_only_the_packet_stamped_last_gives_its_number_back() -> None:
+    seq = TransportSequencer(TWCC)
+    first = seq.stamp(packet().serialize(), 1.0)
+    unstampable = packet({TWCC: b"\x01"}).serialize()
+    assert seq.stamp(unstampable, 1.1) is unstampable
+    seq.unstamp(unstampable)  # its send failed: it had no number to give back
+    assert seq.next_sequence == 1
+    second = seq.stamp(packet().serialize(), 1.2)
+    seq.unstamp(second)
+    assert seq.next_sequence == 1 and twcc_of(first) == 0
+    assert twcc_of(seq.stamp(packet().serialize(), 1.3)) == 1
+
+
+@given(st.binary(min_size=0, max_size=80), st.integers(1, 14), st.integers(0, 0xFFFF))
+def test_any_bytes_are_stamped_or_left_alone_never_a_crash(data: bytes, ext_id: int, value: int) -> None:
+    out = write_transport_seq(data, ext_id, value)
+    if out is None:
+        return
+    try:
+        parsed = RtpPacket.parse(data)
+    except Exception:
+        return  # not a packet our parser accepts: nothing more to say than "no crash"
+    assert RtpPacket.parse(out).extensions[ext_id] == value.to_bytes(2, "big")
+    assert RtpPacket.parse(out).payload == parsed.payload
+
+
+@given(st.dictionaries(st.integers(1, 14), st.binary(min_size=1, max_size=16), max_size=5),
+       st.binary(max_size=50), st.integers(0, 0xFFFF), st.integers(0, 20))
+def test_any_packet_gets_the_element_and_keeps_everything_else(extensions, payload, value, padding) -> None:
+    extensions.pop(TWCC, None)
+    original = RtpPacket(payload_type=96, sequence_number=9, timestamp=77, ssrc=0xABCD, payload=payload,
+                         extensions=extensions, padding_size=padding)
+    out = write_transport_seq(original.serialize(), TWCC, value)
+    assert out is not None
+    parsed = RtpPacket.parse(out)
+    assert parsed.extensions.pop(TWCC) == value.to_bytes(2, "big")
+    assert parsed == original
