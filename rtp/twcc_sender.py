@@ -64,6 +64,7 @@ class TransportSequencer:
         self._last_reference: Optional[int] = None
         self._reference_base = 0
         self.packets_stamped = 0
+        self.bytes_stamped = 0  # octets of the packets stamped (a probe cluster's sender paces by it)
         self.elements_added = 0
         self.unstampable = 0  # no room for the element (a malformed block, an id the form cannot carry)
         self.feedback_unknown = 0  # covered seqs we no longer (or never) remember
@@ -88,6 +89,7 @@ class TransportSequencer:
         self._reported[slot] = 0
         self.next_sequence = seq + 1
         self.packets_stamped += 1
+        self.bytes_stamped += len(out)
         self._last_stamped = out
         return out
 
@@ -98,6 +100,7 @@ class TransportSequencer:
         if packet is not self._last_stamped or seq < 0 or self._seq[seq & self._mask] != seq:
             return  # not the packet stamped last (one that could not be stamped, say): nothing to give back
         self._last_stamped = None
+        self.bytes_stamped -= self._size[seq & self._mask]
         self._seq[seq & self._mask] = -1
         self.next_sequence = seq
         self.packets_stamped -= 1

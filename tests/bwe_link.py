@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import math
 import random
 from typing import Callable
 
@@ -27,6 +26,7 @@ from rtp.twcc_sender import TransportSequencer
 
 EXT_ID = 3
 MEDIA_SIZE = 1200
+PADDING_SIZE = 12 + 255
 TICK = 0.001
 
 
@@ -64,7 +64,7 @@ class SimulatedLink:
         self.sent_bytes = 0
         self.dropped = 0
         self.probe_packets = 0
-        self._tagged = 0
+        self._cluster = None  # (cluster, started, first seq, sequencer bytes at the start)
 
     def _at(self, t: float, action: Callable[[], None]) -> None:
         heapq.heappush(self._events, (t, next(self._order), action))
@@ -78,8 +78,6 @@ class SimulatedLink:
 
     def _send(self, size: int, padding: bool = False) -> None:
         packet = self.sequencer.stamp(self._packet(size, padding), self.now)
-        if self.sequencer.probe_cluster >= 0:
-            self._tagged += 1
         self.sent_bytes += len(packet)
         link = self.link
         if link.loss and self.rng.random() < link.loss:
@@ -101,22 +99,21 @@ class SimulatedLink:
             assert isinstance(report, rtcp.TransportCc)
             self.estimator.on_feedback(self.sequencer.on_feedback(report), self.now)
 
-    def _probe(self, cluster) -> None:
-        """Tag what is sent for the cluster's duration, pad evenly over it, then report the count."""
-        size = max(200, min(MEDIA_SIZE, cluster.padding_bytes // cluster.min_packets))
-        count = max(cluster.min_packets, math.ceil(cluster.padding_bytes / size))
-        gap = cluster.duration / count
-        self.sequencer.probe_cluster = cluster.cluster_id
-        self._tagged = 0
-        for i in range(count):
-            self._at(self.now + i * gap, lambda s=size: self._send(s, True))
-        self.probe_packets += count
-
-        def end() -> None:
+    def _probe_step(self) -> None:
+        """Pad a running cluster up to what is due by now (media sent meanwhile counts), and
+        end it after its duration, reporting how many packets it tagged."""
+        cluster, started, first_seq, first_bytes = self._cluster
+        elapsed = self.now - started
+        due = cluster.bytes_due(elapsed) - (self.sequencer.bytes_stamped - first_bytes)
+        while due > 0:
+            size = max(200, min(PADDING_SIZE, due))
+            self._send(size, padding=True)
+            self.probe_packets += 1
+            due -= size
+        if elapsed >= cluster.duration:
             self.sequencer.probe_cluster = -1
-            self.estimator.probe_sent(cluster.cluster_id, self._tagged, self.now)
-
-        self._at(self.now + cluster.duration, end)
+            self.estimator.probe_sent(cluster.cluster_id, self.sequencer.next_sequence - first_seq, self.now)
+            self._cluster = None
 
     def run_until(self, end: float) -> None:
         while self.now < end:
@@ -132,13 +129,17 @@ class SimulatedLink:
                     self._at(t + self.link.delay, lambda d=data: self._feedback(d))
             est = self.estimator
             est.request_probe(self.demand_bps, t)
-            cluster = est.poll_probe(t)
-            if cluster is not None:
-                self._probe(cluster)
+            if self._cluster is None:
+                cluster = est.poll_probe(t)
+                if cluster is not None:
+                    self._cluster = (cluster, t, self.sequencer.next_sequence, self.sequencer.bytes_stamped)
+                    self.sequencer.probe_cluster = cluster.cluster_id
             self._credit += min(est.estimate_bps, self.demand_bps) * TICK / 8
             while self._credit >= MEDIA_SIZE:
                 self._credit -= MEDIA_SIZE
                 self._send(MEDIA_SIZE)
+            if self._cluster is not None:
+                self._probe_step()
             if round(t * 1000) % 100 == 0:
                 self.trace.append(Sample(round(t, 3), est.estimate_bps, int(est.delay_based_bps),
                                          int(est.loss_based_bps)))

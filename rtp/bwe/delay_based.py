@@ -42,6 +42,8 @@ MULTIPLICATIVE_INCREASE = 1.08
 _DECREASE_INTERVAL = 0.3
 #: How long a probe result vouches for the link against a stale acknowledged bitrate.
 _PROBE_MEMORY = 1.0
+#: After a probe is judged, over-use for this long is put down to the probe's own queue.
+PROBE_GRACE = 0.5
 
 
 class BandwidthUsage(enum.Enum):
@@ -187,6 +189,8 @@ class AimdRateControl:
         # The last probe result and when: for a while after it, the acknowledged bitrate still
         # describes the slower sending before it, and the probe's own queue may signal over-use.
         self._probed: Optional[tuple[float, float]] = None
+        #: Until then over-use holds the rate instead of cutting it (set when a probe is judged).
+        self.probe_grace_until = float("-inf")
 
     def set_estimate(self, bps: float, now: float) -> None:
         """A probe measured the link: start from there."""
@@ -198,7 +202,9 @@ class AimdRateControl:
     def update(self, usage: BandwidthUsage, acked_bps: Optional[float], rtt: float, now: float) -> float:
         elapsed = 0.0 if self._last_update is None else min(max(now - self._last_update, 0.0), 1.0)
         self._last_update = now
-        if usage is BandwidthUsage.OVERUSING:
+        if usage is BandwidthUsage.OVERUSING and now < self.probe_grace_until:
+            self.state = RateControlState.HOLD  # the probe's own queue, draining: not congestion
+        elif usage is BandwidthUsage.OVERUSING:
             self.state = RateControlState.DECREASE
         elif usage is BandwidthUsage.UNDERUSING:
             self.state = RateControlState.HOLD

@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 
 import attrs
 
-from rtp.bwe.delay_based import AimdRateControl, BandwidthUsage, InterArrival, TrendlineDetector
+from rtp.bwe.delay_based import PROBE_GRACE, AimdRateControl, BandwidthUsage, InterArrival, TrendlineDetector
 from rtp.bwe.loss_based import LossBasedControl
 from rtp.bwe.probe import ProbeCluster, ProbeController
 from rtp.twcc_sender import PacketResult
@@ -83,9 +83,14 @@ class BandwidthEstimator:
                                                  self._probe_sent.get(r.probe_cluster, 0), now)
                 if measured is not None:
                     counters.probe_results += 1
+                    # The cluster queued at the bottleneck on purpose; the trendline sees that
+                    # queue a little later and must not take it for congestion.
+                    self._aimd.probe_grace_until = now + PROBE_GRACE
                     self._probe_sent.clear()
-                    if measured > self._aimd.rate:
+                    if measured > self._aimd.rate * 1.05:
                         self._aimd.set_estimate(measured, now)
+                    else:
+                        self._probe.hold(now)  # carried, but no more than we knew: no storm of probes
                     self._loss.accept_probe(measured)
             if r.arrival is None:
                 lost += 1

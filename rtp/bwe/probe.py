@@ -3,8 +3,8 @@
 Asked to probe "up to X bps" (by whoever needs more bitrate than the estimate), the controller
 gives a `ProbeCluster` at twice the estimate (capped by X). Media keeps flowing meanwhile (an SFU
 does not hold it back), so the sender tags *every* packet it sends during the cluster's
-`duration` with the cluster's id and adds `padding_bytes` of padding, the difference between the
-cluster's bitrate and the estimate the media is assumed to use; what is judged is the whole. Once the feedback covers enough of the cluster, the rate it arrived at, capped
+`duration` with the cluster's id and pads so that media and padding together keep to the
+cluster's bitrate (`bytes_due`); what is judged is the whole. Once the feedback covers enough of the cluster, the rate it arrived at, capped
 by the rate it was sent at, is the probe's result: when the link carried the cluster at its rate,
 the next probe doubles again at once; when it did not, the result is what the link can carry and
 probing waits `RETRY_INTERVAL`. Nothing needs more bitrate (X at or below the estimate): no probes.
@@ -34,14 +34,24 @@ _CARRIED = 0.9
 
 @attrs.frozen
 class ProbeCluster:
-    """For `duration` seconds, tag every packet sent with `cluster_id` and add `padding_bytes`
-    of padding (or RTX) paced evenly, in at least `min_packets` packets: `bitrate_bps` in all."""
+    """For `duration` seconds, tag every packet sent with `cluster_id`, and pad (padding or RTX)
+    so that what was sent since the start keeps up with `bytes_due`: `bitrate_bps` in all, in
+    at least `min_packets` packets."""
 
     cluster_id: int
     bitrate_bps: int
-    padding_bytes: int
     min_packets: int
     duration: float
+
+    @property
+    def bytes(self) -> int:
+        return max(int(self.bitrate_bps * self.duration / 8), 1)
+
+    def bytes_due(self, elapsed: float) -> int:
+        """Octets the cluster should have sent `elapsed` seconds after its start (its first
+        packets at once: a cluster starts with a packet, not a wait)."""
+        share = min(max(elapsed / self.duration, 0.0), 1.0)
+        return max(int(self.bytes * share), self.bytes // self.min_packets)
 
 
 @attrs.define
@@ -78,12 +88,15 @@ class ProbeController:
         if self.goal_bps <= estimate_bps * 1.05 or now < self._not_before:
             return None
         bitrate = int(min(self.goal_bps, estimate_bps * PROBE_MULTIPLE))
-        padding = max(int((bitrate - estimate_bps) * PROBE_DURATION / 8), 1)
-        cluster = ProbeCluster(self._next_id, bitrate, padding, MIN_PACKETS, PROBE_DURATION)
+        cluster = ProbeCluster(self._next_id, bitrate, MIN_PACKETS, PROBE_DURATION)
         self._next_id = (self._next_id % 0x7FFFFFFF) + 1
         self._in_flight = _InFlight(cluster, now)
         self.clusters_started += 1
         return cluster
+
+    def hold(self, now: float) -> None:
+        """The last result taught nothing new (no higher than the estimate): wait before the next."""
+        self._not_before = max(self._not_before, now + RETRY_INTERVAL)
 
     def sent(self, cluster_id: int, packets: int, now: float) -> None:
         """The cluster's window ended with `packets` packets tagged (none: it could not be sent)."""

@@ -79,11 +79,11 @@ class SubscriberBandwidth:
         self._down_tracks = down_tracks
         self._metrics = metrics
         self._wake_by = wake_by
-        # The probe cluster being sent: (cluster, started at, first seq tagged, padding bytes sent).
+        # The probe cluster being sent: when it started, and the sequencer's seq and byte count then.
         self._cluster: Optional[ProbeCluster] = None
         self._cluster_started = 0.0
         self._cluster_first_seq = 0
-        self._padding_sent = 0
+        self._cluster_first_bytes = 0
         self._next_poll: Optional[float] = None
         self.probe_packets = 0
         self.probes_unsendable = 0  # clusters with no video track to pad on
@@ -159,25 +159,21 @@ class SubscriberBandwidth:
         self._cluster = cluster
         self._cluster_started = now
         self._cluster_first_seq = self.sequencer.next_sequence
-        self._padding_sent = 0
+        self._cluster_first_bytes = self.sequencer.bytes_stamped
         self.sequencer.probe_cluster = cluster.cluster_id
         self._metrics.inc(m.MEDIA_BWE_PROBE_CLUSTERS)
         self._pace_cluster(now)
 
     def _pace_cluster(self, now: float) -> None:
+        """Pad so that the cluster's media and padding together keep up with its bitrate."""
         cluster = self._cluster
         assert cluster is not None
         elapsed = now - self._cluster_started
-        share = 1.0 if elapsed >= cluster.duration else elapsed / cluster.duration
-        # The first step sends its share at once: a cluster starts with a packet, not a wait.
-        due = max(cluster.padding_bytes * share, cluster.padding_bytes / cluster.min_packets) - self._padding_sent
+        due = cluster.bytes_due(elapsed) - (self.sequencer.bytes_stamped - self._cluster_first_bytes)
         count = math.ceil(due / PADDING_PACKET_SIZE) if due > 0 else 0
-        if count:
-            sent = self._send_padding(count)
-            if sent == 0:
-                self._end_cluster(cluster, now, unsendable=True)
-                return
-            self._padding_sent += sent * (PADDING_PACKET_SIZE)
+        if count and self._send_padding(count) == 0 and self.sequencer.next_sequence == self._cluster_first_seq:
+            self._end_cluster(cluster, now, unsendable=True)  # nothing to pad on, and no media either
+            return
         if elapsed >= cluster.duration:
             self._end_cluster(cluster, now)
         else:

@@ -342,6 +342,7 @@ class SubscriberMedia:
         self.log.info(what, kv={"bps": bandwidth.estimate_bps, "feedback": counters.feedback_packets,
                                 "acked": counters.packets_acked, "lost": counters.packets_lost,
                                 "remb": counters.remb_received, "probes": counters.probe_clusters,
+                                "probe_results": counters.probe_results,
                                 "stamped": bandwidth.sequencer.packets_stamped})
 
     def on_connected(self, now: float) -> None:
