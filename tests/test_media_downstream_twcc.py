@@ -209,4 +209,9 @@ async def test_subscriber_gets_our_contiguous_transport_seqs_and_its_feedback_is
             counters = bandwidth.estimator.counters
             # Every packet Bob got was reported and matched as received; the one lost, as lost.
             assert counters.packets_acked == len(got) and counters.packets_lost == 1
+            await send(ws_b, rtc.SignalRequest(leave=rtc.LeaveRequest()))
+            with trio.fail_after(5):
+                while bob_sid in room.sessions:
+                    await trio.sleep(0.02)
+            assert server.metrics.get("media_twcc_unstampable_total") == 0  # folded in at close
             nursery.cancel_scope.cancel()

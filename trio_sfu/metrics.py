@@ -131,6 +131,8 @@ MEDIA_TWCC_FEEDBACK_MALFORMED = "media_twcc_feedback_malformed_total"
 MEDIA_TWCC_FEEDBACK_UNMATCHED = "media_twcc_feedback_unmatched_packets_total"
 MEDIA_BWE_PROBE_CLUSTERS = "media_bwe_probe_clusters_total"
 MEDIA_BWE_PROBE_PACKETS = "media_bwe_probe_packets_total"
+# Packets sent to a subscriber without our transport-wide seq (no room for the element).
+MEDIA_TWCC_UNSTAMPABLE = "media_twcc_unstampable_total"
 
 
 # Agent workers (trio_sfu.agents): registrations, the /agent protocol's refusals, and jobs.

@@ -376,6 +376,8 @@ class SubscriberMedia:
         """Every down track leaves its source (no resume); an offer waiting for its answer ends."""
         self.closed = True
         self._log_bandwidth("downstream bandwidth at close")
+        if self.bandwidth is not None:
+            self.metrics.inc(m.MEDIA_TWCC_UNSTAMPABLE, self.bandwidth.sequencer.unstampable)
         self.manager.close()
         pending, self._pending_answer = self._pending_answer, None
         if pending is not None:
