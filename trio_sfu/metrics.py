@@ -139,6 +139,16 @@ MEDIA_TRACKS_PUBLISHED = "media_tracks_published_total"
 MEDIA_AUDIO_LEVEL_MALFORMED = "media_audio_level_malformed_total"  # a bad RFC 8285 block on an audio packet
 MEDIA_SPEAKER_UPDATES_SENT = "media_speaker_updates_sent_total"  # speakers_changed messages
 MEDIA_QUALITY_UPDATES_SENT = "media_connection_quality_updates_sent_total"  # connection_quality messages
+# Downstream congestion control (trio_sfu.media.bandwidth): transport-cc feedback from
+# subscribers matched to what we sent, what could not be parsed, what named packets we do not
+# know, and the probes sent. The estimates themselves are per participant: never a label.
+MEDIA_TWCC_FEEDBACK = "media_twcc_feedback_total"
+MEDIA_TWCC_FEEDBACK_MALFORMED = "media_twcc_feedback_malformed_total"
+MEDIA_TWCC_FEEDBACK_UNMATCHED = "media_twcc_feedback_unmatched_packets_total"
+MEDIA_BWE_PROBE_CLUSTERS = "media_bwe_probe_clusters_total"
+MEDIA_BWE_PROBE_PACKETS = "media_bwe_probe_packets_total"
+# Packets sent to a subscriber without our transport-wide seq (no room for the element).
+MEDIA_TWCC_UNSTAMPABLE = "media_twcc_unstampable_total"
 
 
 # Agent workers (trio_sfu.agents): registrations, the /agent protocol's refusals, and jobs.

@@ -215,10 +215,12 @@ def sfu_dev_defaults(netns: NetworkNamespace, tmp_path: Path) -> Iterator[SfuPro
     yield from run_sfu(netns, tmp_path, [])
 
 
-def run_sfu(netns: NetworkNamespace, tmp_path: Path, extra: list[str]) -> Iterator[SfuProcess]:
-    """The server in the namespace until the generator is closed; then its clean exit is checked."""
+def run_sfu(netns: NetworkNamespace, tmp_path: Path, extra: list[str],
+            command: tuple[str, ...] = (sys.executable, "-m", "trio_sfu.cli")) -> Iterator[SfuProcess]:
+    """The server in the namespace until the generator is closed; then its clean exit is checked.
+    `command` runs the CLI (a test may wrap it, as tests/e2e/probing_sfu.py does)."""
     log = tmp_path / "server.log"
-    argv = netns.wrap([sys.executable, "-m", "trio_sfu.cli", "--dev", "--port", "0", "--udp-port", "0", *extra])
+    argv = netns.wrap([*command, "--dev", "--port", "0", "--udp-port", "0", *extra])
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     with open(log, "wb") as out:
         # `ip netns exec` execs the command, so this pid is the server's and SIGTERM reaches it.

@@ -12,6 +12,7 @@ import array
 import asyncio
 import json
 import math
+import os
 import sys
 import time
 
@@ -73,11 +74,18 @@ async def feed_audio(source: rtc.AudioSource, tone_hz: int) -> None:
         await source.capture_frame(frame)
 
 
-async def feed_video(source: rtc.VideoSource, colour: tuple[int, int, int]) -> None:
-    frame = rtc.VideoFrame(WIDTH, HEIGHT, rtc.VideoBufferType.RGBA, bytes((*colour, 255)) * (WIDTH * HEIGHT))
+async def feed_video(source: rtc.VideoSource, colour: tuple[int, int, int], noise: bool = False) -> None:
+    """Solid `colour`; with `noise`, the top and bottom thirds are fresh random pixels every frame
+    (the encoder then needs real bitrate), the middle third stays the colour the peer checks."""
+    solid = bytes((*colour, 255)) * (WIDTH * HEIGHT)
+    frame = rtc.VideoFrame(WIDTH, HEIGHT, rtc.VideoBufferType.RGBA, solid)
+    third = (HEIGHT // 3) * WIDTH * 4
     start = time.monotonic()
     n = 0
     while True:
+        if noise:
+            frame = rtc.VideoFrame(WIDTH, HEIGHT, rtc.VideoBufferType.RGBA,
+                                   os.urandom(third) + solid[third:len(solid) - third] + os.urandom(third))
         source.capture_frame(frame, timestamp_us=int((time.monotonic() - start) * 1e6))
         n += 1
         await asyncio.sleep(max(0.0, start + n / FPS - time.monotonic()))
@@ -101,7 +109,7 @@ async def join(args: argparse.Namespace, side: Side) -> None:
     audio = rtc.AudioSource(SAMPLE_RATE, 1)
     video = rtc.VideoSource(WIDTH, HEIGHT)
     side.tasks.append(asyncio.ensure_future(feed_audio(audio, side.tone_hz)))
-    side.tasks.append(asyncio.ensure_future(feed_video(video, side.colour)))
+    side.tasks.append(asyncio.ensure_future(feed_video(video, side.colour, args.noise)))
     mic = rtc.LocalAudioTrack.create_audio_track("mic", audio)
     cam = rtc.LocalVideoTrack.create_video_track("camera", video)
     await side.room.local_participant.publish_track(mic, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE))
@@ -126,6 +134,8 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         await asyncio.wait_for(asyncio.gather(join(args, a), join(args, b)), 20)
         summary["media"] = await until(
             lambda: all(s.video_frames >= 15 and s.loud_audio_frames >= 25 for s in (a, b)), 25)
+        # Media keeps flowing for a while (the downstream estimator's e2e check wants feedback).
+        await asyncio.sleep(args.hold)
         assert a.video_publication is not None
         unpublished_sid = a.video_publication.sid
         await a.room.local_participant.unpublish_track(unpublished_sid)
@@ -152,6 +162,8 @@ def main() -> int:
     parser.add_argument("--room", default="media-pair")
     parser.add_argument("--api-key", default="devkey")
     parser.add_argument("--api-secret", default="secret")
+    parser.add_argument("--noise", action="store_true", help="video that needs real bitrate (see feed_video)")
+    parser.add_argument("--hold", type=float, default=0.0, help="seconds of media before the unpublish")
     args = parser.parse_args()
     summary = asyncio.run(run(args))
     say(summary=summary)

@@ -665,6 +665,42 @@ class DownTrack:
         self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
         return rtx
 
+    # --- probe padding ---
+
+    @property
+    def can_pad(self) -> bool:
+        """Padding can go on this track's RTX stream (negotiated, and the stream has started)."""
+        return (self.rtx_ssrc is not None and bool(self.rtx_payload_types) and not self.disabled
+                and self._last_ts is not None)
+
+    def send_padding(self, count: int, size: int) -> int:
+        """Send `count` padding packets (`padding_packets`); how many went."""
+        sent = 0
+        for packet in self.padding_packets(count, size):
+            if self._send_rtp(packet):
+                sent += 1
+            else:
+                self.counters.dropped_send_failed += 1
+        return sent
+
+    def padding_packets(self, count: int, size: int) -> list[bytes]:
+        """`count` padding-only RTP packets (RFC 3550 §5.1 padding, `size` octets each, at most
+        12 + 255) on the RTX SSRC, as libwebrtc pads: a bandwidth probe's filler that the
+        subscriber's RTX receiver discards. Empty when the track cannot pad (`can_pad`)."""
+        if not self.can_pad or count <= 0:
+            return []
+        rtx_pt = next(iter(self.rtx_payload_types.values()))
+        pad = min(max(size - 12, 1), 255)
+        timestamp = self._last_ts or 0
+        out = []
+        for _ in range(count):
+            header = bytearray(12)
+            header[0] = 0xA0  # version 2, padding
+            rewrite_header(header, self.rtx_ssrc, self._rtx_seq, timestamp, rtx_pt)  # type: ignore[arg-type]
+            self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
+            out.append(bytes(header) + bytes(pad - 1) + bytes((pad,)))
+        return out
+
     # --- SR ---
 
     def next_deadline(self) -> Optional[float]:

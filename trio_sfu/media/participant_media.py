@@ -225,6 +225,7 @@ class ParticipantMedia:
         subscriber = self.transports.open_subscriber(
             offer.dtls_role, offer.remote_ice_ufrag or "", offer.remote_ice_pwd or "", offer.remote_fingerprints,
             on_rtcp=subscribing.on_rtcp, on_connected=subscribing.on_connected)
+        subscribing.start_bandwidth_estimation(answer)
         subscriber.open_data(self.data, remote_sctp_params(answer), downlink=True)
 
     async def handle_trickle(self, candidate_init_json: str, target: int, final: bool) -> None:

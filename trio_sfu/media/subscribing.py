@@ -11,7 +11,9 @@ LiveKit's behaviour around a down track's start and end. `SubscriberMedia` owns 
 - m-lines held for a resume that can no longer come (the track is gone from the room) let go;
 - the offer/answer exchange with the client: we offer on the subscriber PC and wait (bounded) for
   the answer to that offer; a late or unknown answer is counted and dropped;
-- the subscriber PC's RTCP to the down tracks, and the downlink RTCP they owe (`Timed`).
+- the subscriber PC's RTCP to the down tracks, and the downlink RTCP they owe (`Timed`);
+- the subscriber's downstream bandwidth estimate (trio_sfu.media.bandwidth), once its answer
+  negotiated transport-wide sequence numbers: its feedback and its probes' timer.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from sdp.parser import serialize as serialize_sdp
 from trio_sfu import metrics as m
 from trio_sfu.forwarding import DownTrack, PublishedLayer, select_target_layer
 from trio_sfu.log import ContextLogger
+from trio_sfu.media.bandwidth import SubscriberBandwidth, negotiated_transport_cc_id
 from trio_sfu.media.room_media import RoomMedia
 from trio_sfu.media.transport import ParticipantTransports, WakeBy
 from trio_sfu.signal.media_port import MediaContext
@@ -42,6 +45,8 @@ from trio_sfu.tracks.subscription_manager import RECONCILE_ALL, SubscriptionMana
 
 #: Where a finished down track's counters go in the server's metrics (trio_sfu.media.traffic).
 DOWNTRACK_PREFIX = "media_downtrack"
+#: The downstream estimate's changes are logged at most this often per participant.
+ESTIMATE_LOG_INTERVAL = 2.0
 
 
 class SubscriptionTimeouts(Protocol):
@@ -131,6 +136,9 @@ class SubscriberMedia:
         self._pending_answer: Optional[_PendingAnswer] = None
         # Tracks reported not found: no longer wanted until the client asks again.
         self._given_up: set[str] = set()
+        # The downstream estimate, once the subscriber PC is open with transport-cc negotiated.
+        self.bandwidth: Optional[SubscriberBandwidth] = None
+        self._estimate_logged_at = float("-inf")
 
     async def run(self) -> None:
         """The first subscriber offer (with whatever is already published, and the data
@@ -305,9 +313,45 @@ class SubscriberMedia:
     # ---- the subscriber PC (its transport endpoint calls these) ------------------------------
 
     def on_rtcp(self, packets: Sequence[rtcp.RtcpPacket], now: float) -> None:
-        """The client's RTCP on the subscriber PC (NACK, PLI, receiver reports) to every down track."""
+        """The client's RTCP on the subscriber PC (NACK, PLI, receiver reports) to every down
+        track; transport-cc feedback and REMB to the bandwidth estimate."""
         for down in self.down_tracks():
             down.handle_rtcp(packets, now)
+        if self.bandwidth is not None:
+            self.bandwidth.on_rtcp(packets, now)
+
+    def start_bandwidth_estimation(self, answer: SessionDescription) -> Optional[SubscriberBandwidth]:
+        """Once the subscriber PC is open: if the client's answer kept transport-wide sequence
+        numbers, every packet we send it is stamped from now on and its feedback estimated."""
+        subscriber = self.transports.subscriber
+        if self.bandwidth is not None or subscriber is None:
+            return self.bandwidth
+        ext_id = negotiated_transport_cc_id(answer)
+        if ext_id is None:
+            return None
+        self.bandwidth = SubscriberBandwidth(ext_id, self.down_tracks, metrics=self.metrics, wake_by=self.wake_by)
+        self.bandwidth.on_estimate_changed = self._estimate_changed
+        subscriber.stamper = self.bandwidth
+        return self.bandwidth
+
+    def _estimate_changed(self, bps: int, now: float) -> None:
+        """The estimate moved: logged, at most every `ESTIMATE_LOG_INTERVAL` (a per-participant
+        value belongs in the log, not in a metric label). The stream allocator will listen here."""
+        if now - self._estimate_logged_at < ESTIMATE_LOG_INTERVAL:
+            return
+        self._estimate_logged_at = now
+        self._log_bandwidth("downstream estimate")
+
+    def _log_bandwidth(self, what: str) -> None:
+        bandwidth = self.bandwidth
+        if bandwidth is None:
+            return
+        counters = bandwidth.estimator.counters
+        self.log.info(what, kv={"bps": bandwidth.estimate_bps, "feedback": counters.feedback_packets,
+                                "acked": counters.packets_acked, "lost": counters.packets_lost,
+                                "remb": counters.remb_received, "probes": counters.probe_clusters,
+                                "probe_results": counters.probe_results,
+                                "stamped": bandwidth.sequencer.packets_stamped})
 
     def on_connected(self, now: float) -> None:
         """The subscriber PC is up: down tracks held until now resume (at a keyframe)."""
@@ -323,7 +367,7 @@ class SubscriberMedia:
     # ---- Timed (trio_sfu.media.timers): downlink RTCP we owe (sender reports...) ------------------
 
     def next_deadline(self) -> Optional[float]:
-        deadline = None
+        deadline = self.bandwidth.next_deadline() if self.bandwidth is not None else None
         for down in self.down_tracks():
             t = down.next_deadline()
             if t is not None and (deadline is None or t < deadline):
@@ -331,12 +375,17 @@ class SubscriberMedia:
         return deadline
 
     def handle_timeout(self, now: float) -> None:
+        if self.bandwidth is not None:
+            self.bandwidth.handle_timeout(now)
         for down in self.down_tracks():
             down.poll_rtcp(now)
 
     def close(self) -> None:
         """Every down track leaves its source (no resume); an offer waiting for its answer ends."""
         self.closed = True
+        self._log_bandwidth("downstream bandwidth at close")
+        if self.bandwidth is not None:
+            self.metrics.inc(m.MEDIA_TWCC_UNSTAMPABLE, self.bandwidth.sequencer.unstampable)
         self.manager.close()
         pending, self._pending_answer = self._pending_answer, None
         if pending is not None:

@@ -44,6 +44,7 @@ from rtp.peer_transport_events import (
     TransportFailed,
 )
 from rtp.sctp import AssociationClosed, AssociationEstablished, ChannelClosed, ChannelOpened, MessageReceived
+from rtp.twcc_sender import mentions_transport_cc
 from sdp.model import Fingerprint, SessionDescription
 from sdp.negotiator import DtlsRole, LocalParams, restarts_ice
 
@@ -78,6 +79,16 @@ def new_ice_credentials() -> tuple[str, str]:
     return secrets.token_hex(4), secrets.token_hex(12)
 
 
+class PacketStamper(Protocol):
+    """Stamps every RTP packet a subscriber PC sends with its transport-wide sequence number
+    (trio_sfu.media.bandwidth.SubscriberBandwidth)."""
+
+    def stamp(self, packet: bytes, now: float) -> bytes: ...
+
+    def unstamp(self, packet: bytes) -> None:
+        """`packet`, the last stamped, could not be sent."""
+
+
 class TransportService(Protocol):
     """What the transports need of the node's media service (trio_sfu.media.service)."""
 
@@ -104,6 +115,8 @@ class TransportEndpoint:
         self.transport: PeerTransport = session.transport
         self.connected = False
         self.data: Optional[DataTransport] = None  # the channel policy on its association, once negotiated
+        # Set on a subscriber PC whose answer negotiated transport-wide sequence numbers.
+        self.stamper: Optional[PacketStamper] = None
         self._mux = mux
         self._on_rtp = on_rtp  # None: RTP on this connection is not ours to take (subscriber PC)
         self._on_rtcp = on_rtcp
@@ -185,6 +198,8 @@ class TransportEndpoint:
             packets = rtcp.parse_rtcp(packet)
         except ParseError:
             self._metrics.inc(m.MEDIA_RTCP_MALFORMED)
+            if self.stamper is not None and mentions_transport_cc(packet):
+                self._metrics.inc(m.MEDIA_TWCC_FEEDBACK_MALFORMED)
             return
         self._on_rtcp(packets, now)
 
@@ -211,13 +226,22 @@ class TransportEndpoint:
 
     def send_rtp(self, packet: bytes) -> bool:
         """The down tracks' send: protected and sent at once (no outbox round trip). False when
-        the transport cannot send or the socket buffer is full, so the down track counts it."""
+        the transport cannot send or the socket buffer is full, so the down track counts it.
+        On a subscriber PC with transport-cc the packet is stamped with the next transport-wide
+        seq first; one that could not go gives its seq back."""
+        stamper = self.stamper
+        if stamper is not None:
+            packet = stamper.stamp(packet, trio.current_time())
         out = self.session.protect_rtp_datagram(packet)
         if out is None:
-            return False
-        if type(out[1]) is TcpAddress:
-            return self._send_tcp(out[0], out[1])
-        return self._mux.send_one(out[0], out[1])
+            sent = False
+        elif type(out[1]) is TcpAddress:
+            sent = self._send_tcp(out[0], out[1])
+        else:
+            sent = self._mux.send_one(out[0], out[1])
+        if not sent and stamper is not None:
+            stamper.unstamp(packet)
+        return sent
 
     # ---- ICE-TCP paths (trio_sfu.media.ice_tcp's TcpEndpoint) --------------------------------
 
@@ -500,5 +524,5 @@ class ParticipantTransports:
                 endpoint.close(now)
 
 
-__all__ = ["PUBLISHER", "SUBSCRIBER", "ParticipantTransports", "TransportEndpoint", "TransportService",
+__all__ = ["PUBLISHER", "SUBSCRIBER", "PacketStamper", "ParticipantTransports", "TransportEndpoint", "TransportService",
            "new_ice_credentials"]

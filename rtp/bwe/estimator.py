@@ -1,0 +1,200 @@
+"""One subscriber transport's send-side bandwidth estimate.
+
+Fed the per-packet results of each transport-cc feedback (rtp.twcc_sender.PacketResult: send
+time, size, arrival or lost, probe cluster) and `now`, it runs the delay-based controller
+(rtp.bwe.delay_based), the loss-based one (rtp.bwe.loss_based) and the probe controller
+(rtp.bwe.probe); the estimate is the lower of the two rates, capped by the client's REMB when it
+sends one — and taken from REMB alone when the client sends no transport-cc feedback.
+
+Deterministic: no clock, no randomness; the same inputs give the same estimates.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Optional, Sequence
+
+import attrs
+
+from rtp.bwe.delay_based import PROBE_GRACE, AimdRateControl, BandwidthUsage, InterArrival, TrendlineDetector
+from rtp.bwe.loss_based import LossBasedControl
+from rtp.bwe.probe import ProbeCluster, ProbeController
+from rtp.twcc_sender import PacketResult
+
+DEFAULT_START_BPS = 300_000
+DEFAULT_MIN_BPS = 30_000
+DEFAULT_MAX_BPS = 20_000_000
+#: The acknowledged bitrate is measured over this much of the receiver's time.
+ACKED_WINDOW = 0.5
+#: Without transport-cc feedback for this long, a client's REMB is the estimate.
+FEEDBACK_STALE = 2.0
+#: `poll_estimate_changed` reports a change of at least this fraction.
+CHANGE_FRACTION = 0.05
+
+
+@attrs.define
+class EstimatorCounters:
+    feedback_packets: int = 0
+    packets_acked: int = 0
+    packets_lost: int = 0
+    remb_received: int = 0
+    probe_clusters: int = 0
+    probe_results: int = 0
+    overuse_signals: int = 0
+
+
+class BandwidthEstimator:
+    """See the module docstring. `estimate_bps` is the current estimate."""
+
+    def __init__(self, start_bps: int = DEFAULT_START_BPS, min_bps: int = DEFAULT_MIN_BPS,
+                 max_bps: int = DEFAULT_MAX_BPS) -> None:
+        self._inter_arrival = InterArrival()
+        self._trendline = TrendlineDetector()
+        self._aimd = AimdRateControl(start_bps, min_bps, max_bps)
+        self._loss = LossBasedControl(start_bps, min_bps)
+        self._probe = ProbeController()
+        self._probe_sent: dict[int, int] = {}  # cluster id -> packets sent (the in-flight one)
+        self._acked: deque[tuple[float, int]] = deque()
+        self._acked_bytes = 0
+        self.rtt = 0.1
+        self.max_bps = max_bps
+        self.min_bps = min_bps
+        self.estimate_bps = int(start_bps)
+        self._reported_bps = self.estimate_bps
+        self._last_feedback: Optional[float] = None
+        self._remb: Optional[tuple[int, float]] = None
+        self.counters = EstimatorCounters()
+
+    # ---- inputs ---------------------------------------------------------------------------
+
+    def on_feedback(self, results: Sequence[PacketResult], now: float) -> None:
+        """One transport-cc feedback's packets (as rtp.twcc_sender matched them), in seq order."""
+        if not results:
+            return
+        counters = self.counters
+        counters.feedback_packets += 1
+        self._last_feedback = now
+        usage: Optional[BandwidthUsage] = None
+        received = lost = 0
+        newest_send: Optional[float] = None
+        for r in results:
+            if r.probe_cluster >= 0:
+                measured = self._probe.on_packet(r.probe_cluster, r.send_time, r.size, r.arrival,
+                                                 self._probe_sent.get(r.probe_cluster, 0), now)
+                if measured is not None:
+                    counters.probe_results += 1
+                    # The cluster queued at the bottleneck on purpose; the trendline sees that
+                    # queue a little later and must not take it for congestion.
+                    self._aimd.probe_grace_until = now + PROBE_GRACE
+                    self._probe_sent.clear()
+                    if measured > self._aimd.rate * 1.05:
+                        self._aimd.set_estimate(measured, now)
+                    else:
+                        self._probe.hold(now)  # carried, but no more than we knew: no storm of probes
+                    self._loss.accept_probe(measured)
+            if r.arrival is None:
+                lost += 1
+                continue
+            received += 1
+            newest_send = r.send_time if newest_send is None else max(newest_send, r.send_time)
+            self._ack(r.arrival, r.size)
+            sample = self._inter_arrival.add(r.send_time, r.arrival)
+            if sample is not None:
+                state = self._trendline.update(*sample)
+                if state is BandwidthUsage.OVERUSING or usage is not BandwidthUsage.OVERUSING:
+                    usage = state
+        counters.packets_acked += received
+        counters.packets_lost += lost
+        if newest_send is not None:
+            self.rtt = 0.875 * self.rtt + 0.125 * max(0.0, now - newest_send)
+        if usage is BandwidthUsage.OVERUSING:
+            counters.overuse_signals += 1
+        delay_bps = self._aimd.update(usage or BandwidthUsage.NORMAL, self.acked_bps(), self.rtt, now)
+        self._loss.on_packets(received, lost)
+        loss_bps = self._loss.update(delay_bps, now)
+        self._set(min(delay_bps, loss_bps), now)
+
+    def on_remb(self, bitrate_bps: int, now: float) -> None:
+        """The client's REMB: a cap, or the estimate itself for a client without transport-cc."""
+        self.counters.remb_received += 1
+        self._remb = (int(bitrate_bps), now)
+        if self._remb_only(now):
+            self.estimate_bps = int(min(max(bitrate_bps, self.min_bps), self.max_bps))
+        else:
+            self.estimate_bps = min(self.estimate_bps, max(int(bitrate_bps), self.min_bps))
+
+    def request_probe(self, up_to_bps: int, now: float) -> None:
+        """Probe up to `up_to_bps` when it is above the estimate; 0 stops probing."""
+        self._probe.request(up_to_bps, now)
+
+    # ---- outputs --------------------------------------------------------------------------
+
+    def poll_probe(self, now: float) -> Optional[ProbeCluster]:
+        """The next probe cluster to send, if one is wanted and due."""
+        if self._remb_only(now) and self._remb is not None:
+            return None  # nothing would judge it
+        cluster = self._probe.poll(self.estimate_bps, now)
+        if cluster is not None:
+            self.counters.probe_clusters += 1
+            self._probe_sent = {cluster.cluster_id: 0}
+        return cluster
+
+    def probe_sent(self, cluster_id: int, packets: int, now: float) -> None:
+        """The sender put out `packets` packets of the cluster (all of them, or none it could)."""
+        if cluster_id in self._probe_sent:
+            self._probe_sent[cluster_id] = packets
+        self._probe.sent(cluster_id, packets, now)
+
+    @property
+    def probing(self) -> bool:
+        return self._probe.goal_bps > self.estimate_bps * 1.05
+
+    def poll_estimate_changed(self) -> Optional[int]:
+        """The estimate, when it moved by `CHANGE_FRACTION` or more since it was last reported."""
+        if abs(self.estimate_bps - self._reported_bps) < CHANGE_FRACTION * self._reported_bps:
+            return None
+        self._reported_bps = self.estimate_bps
+        return self.estimate_bps
+
+    def acked_bps(self) -> Optional[float]:
+        acked = self._acked
+        if len(acked) < 2:
+            return None
+        span = acked[-1][0] - acked[0][0]
+        if span < 0.1:
+            return None
+        return (self._acked_bytes - acked[0][1]) * 8 / span
+
+    @property
+    def delay_based_bps(self) -> float:
+        return self._aimd.rate
+
+    @property
+    def loss_based_bps(self) -> float:
+        return self._loss.rate
+
+    @property
+    def loss_fraction(self) -> float:
+        return self._loss.loss
+
+    # ---- inside ---------------------------------------------------------------------------
+
+    def _ack(self, arrival: float, size: int) -> None:
+        acked = self._acked
+        acked.append((arrival, size))
+        self._acked_bytes += size
+        newest = max(arrival, acked[-1][0])
+        while acked and acked[0][0] < newest - ACKED_WINDOW:
+            self._acked_bytes -= acked.popleft()[1]
+
+    def _remb_only(self, now: float) -> bool:
+        return self._last_feedback is None or now - self._last_feedback > FEEDBACK_STALE
+
+    def _set(self, bps: float, now: float) -> None:
+        remb = self._remb
+        if remb is not None and now - remb[1] <= FEEDBACK_STALE:
+            bps = min(bps, remb[0])
+        self.estimate_bps = int(min(max(bps, self.min_bps), self.max_bps))
+
+
+__all__ = ["BandwidthEstimator", "EstimatorCounters"]

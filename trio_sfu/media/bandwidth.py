@@ -1,0 +1,201 @@
+"""A subscriber's downstream bandwidth: our transport-wide sequence numbers, its feedback, the estimate.
+
+One `SubscriberBandwidth` per subscriber peer connection, created once the client's answer
+negotiated the transport-wide sequence number extension:
+
+- per packet, only what a packet must touch: the subscriber endpoint's send path stamps every
+  RTP packet (every track's media, RTX, probe padding) with the next number of this transport
+  (rtp.twcc_sender.TransportSequencer) and notes its send time and size; a packet the socket
+  refused gives its number back;
+- per RTCP packet from the client: transport-cc feedback is matched to that history and fed to
+  the estimator (rtp.bwe.BandwidthEstimator); REMB too (the estimate of clients that send only
+  REMB);
+- on the participant's timer (`Timed`): probe clusters — padding on a video down track's RTX
+  SSRC, paced over the cluster's duration, every packet sent meanwhile tagged — and the
+  estimate's changes, given to the listener (`on_estimate_changed`) from that timer.
+
+The stream allocator (another part of issue 15) consumes the narrow `BandwidthEstimate`
+interface: the estimate, its changes (callback or poll), and `request_probe(up_to_bps, now)`
+when the tracks it would like to send need more than the estimate; it asks for 0 when nothing
+needs more, and nothing probes unless asked.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterable, Optional, Protocol, Sequence
+
+from rtp import rtcp
+from rtp.bwe import BandwidthEstimator, ProbeCluster
+from rtp.twcc_sender import TransportSequencer
+from sdp.codecs import EXT_TWCC
+from sdp.model import SessionDescription
+
+from trio_sfu import metrics as m
+from trio_sfu.forwarding import DownTrack
+
+#: Padding packets: RTP header + at most 255 octets of RFC 3550 padding (libwebrtc pads with 224+).
+PADDING_PACKET_SIZE = 12 + 255
+#: A probe cluster's padding goes out in steps this far apart.
+PROBE_STEP = 0.005
+#: (estimate bps, now) -> None; called from the participant's timer, must not block.
+EstimateListener = Callable[[int, float], None]
+
+
+class BandwidthEstimate(Protocol):
+    """What the stream allocator needs of a subscriber's bandwidth estimate."""
+
+    @property
+    def estimate_bps(self) -> int:
+        """The current estimate of what the subscriber's downlink carries, in bits per second."""
+
+    def poll_estimate_changed(self) -> Optional[int]:
+        """The estimate if it moved by 5 % or more since last polled, else None."""
+
+    def request_probe(self, up_to_bps: int, now: float) -> None:
+        """Probe up to `up_to_bps` while it is above the estimate; 0 stops probing."""
+
+
+def negotiated_transport_cc_id(answer: SessionDescription) -> Optional[int]:
+    """The extension id the subscriber's answer kept for transport-wide sequence numbers."""
+    for section in answer.media:
+        if section.rejected:
+            continue
+        for extmap in section.extmaps:
+            if extmap.uri == EXT_TWCC:
+                return extmap.id
+    return None
+
+
+class SubscriberBandwidth:
+    """See the module docstring; a `BandwidthEstimate` and a `Timed` part."""
+
+    def __init__(self, ext_id: int, down_tracks: Callable[[], Iterable[DownTrack]], *,
+                 metrics: m.Metrics, wake_by: Callable[[Optional[float]], None],
+                 estimator: Optional[BandwidthEstimator] = None) -> None:
+        self.sequencer = TransportSequencer(ext_id)
+        self.estimator = estimator if estimator is not None else BandwidthEstimator()
+        self.on_estimate_changed: Optional[EstimateListener] = None
+        self._down_tracks = down_tracks
+        self._metrics = metrics
+        self._wake_by = wake_by
+        # The probe cluster being sent: when it started, and the sequencer's seq and byte count then.
+        self._cluster: Optional[ProbeCluster] = None
+        self._cluster_started = 0.0
+        self._cluster_first_seq = 0
+        self._cluster_first_bytes = 0
+        self._next_poll: Optional[float] = None
+        self.probe_packets = 0
+        self.probes_unsendable = 0  # clusters with no video track to pad on
+
+    # ---- per packet (the subscriber endpoint's send path) -----------------------------------
+
+    def stamp(self, packet: bytes, now: float) -> bytes:
+        return self.sequencer.stamp(packet, now)
+
+    def unstamp(self, packet: bytes) -> None:
+        self.sequencer.unstamp(packet)
+
+    # ---- RTCP from the subscriber ------------------------------------------------------------
+
+    def on_rtcp(self, packets: Sequence[rtcp.RtcpPacket], now: float) -> None:
+        estimator = self.estimator
+        for packet in packets:
+            if isinstance(packet, rtcp.TransportCc):
+                unknown = self.sequencer.feedback_unknown
+                estimator.on_feedback(self.sequencer.on_feedback(packet), now)
+                self._metrics.inc(m.MEDIA_TWCC_FEEDBACK)
+                if self.sequencer.feedback_unknown > unknown:
+                    self._metrics.inc(m.MEDIA_TWCC_FEEDBACK_UNMATCHED, self.sequencer.feedback_unknown - unknown)
+            elif isinstance(packet, rtcp.Remb):
+                estimator.on_remb(packet.bitrate, now)
+
+    # ---- BandwidthEstimate ------------------------------------------------------------------
+
+    @property
+    def estimate_bps(self) -> int:
+        return self.estimator.estimate_bps
+
+    def poll_estimate_changed(self) -> Optional[int]:
+        return self.estimator.poll_estimate_changed()
+
+    def request_probe(self, up_to_bps: int, now: float) -> None:
+        self.estimator.request_probe(up_to_bps, now)
+        if self.estimator.probing and self._next_poll is None:
+            self._next_poll = now
+            self._wake_by(now)
+
+    # ---- Timed ------------------------------------------------------------------------------
+
+    def next_deadline(self) -> Optional[float]:
+        return self._next_poll
+
+    def handle_timeout(self, now: float) -> None:
+        """The probe step when due; the estimate's change to the listener on every wake-up
+        (the participant's timer wakes at least once a second)."""
+        due = self._next_poll
+        if due is not None and due <= now:
+            self._probe_step(now)
+        listener = self.on_estimate_changed
+        if listener is not None:
+            changed = self.estimator.poll_estimate_changed()
+            if changed is not None:
+                listener(changed, now)
+
+    def _probe_step(self, now: float) -> None:
+        if self._cluster is not None:
+            self._pace_cluster(now)
+        elif self.estimator.probing:
+            cluster = self.estimator.poll_probe(now)
+            if cluster is not None:
+                self._start_cluster(cluster, now)  # paces itself (sets the next step)
+            else:
+                # Not due yet (or waiting for a result): look again soon, not every wake-up.
+                self._next_poll = now + 0.1
+        else:
+            self._next_poll = None
+
+    def _start_cluster(self, cluster: ProbeCluster, now: float) -> None:
+        self._cluster = cluster
+        self._cluster_started = now
+        self._cluster_first_seq = self.sequencer.next_sequence
+        self._cluster_first_bytes = self.sequencer.bytes_stamped
+        self.sequencer.probe_cluster = cluster.cluster_id
+        self._metrics.inc(m.MEDIA_BWE_PROBE_CLUSTERS)
+        self._pace_cluster(now)
+
+    def _pace_cluster(self, now: float) -> None:
+        """Pad so that the cluster's media and padding together keep up with its bitrate."""
+        cluster = self._cluster
+        assert cluster is not None
+        elapsed = now - self._cluster_started
+        due = cluster.bytes_due(elapsed) - (self.sequencer.bytes_stamped - self._cluster_first_bytes)
+        count = math.ceil(due / PADDING_PACKET_SIZE) if due > 0 else 0
+        if count and self._send_padding(count) == 0 and self.sequencer.next_sequence == self._cluster_first_seq:
+            self._end_cluster(cluster, now, unsendable=True)  # nothing to pad on, and no media either
+            return
+        if elapsed >= cluster.duration:
+            self._end_cluster(cluster, now)
+        else:
+            self._next_poll = min(now + PROBE_STEP, self._cluster_started + cluster.duration)
+
+    def _send_padding(self, count: int) -> int:
+        for down in self._down_tracks():
+            if down.mime_type.startswith("video/") and down.can_pad:
+                sent = down.send_padding(count, PADDING_PACKET_SIZE)
+                self.probe_packets += sent
+                self._metrics.inc(m.MEDIA_BWE_PROBE_PACKETS, sent)
+                return sent
+        return 0
+
+    def _end_cluster(self, cluster: ProbeCluster, now: float, unsendable: bool = False) -> None:
+        self._cluster = None
+        self.sequencer.probe_cluster = -1
+        tagged = 0 if unsendable else self.sequencer.next_sequence - self._cluster_first_seq
+        if unsendable:
+            self.probes_unsendable += 1
+        self.estimator.probe_sent(cluster.cluster_id, tagged, now)
+        self._next_poll = now + 0.1
+
+
+__all__ = ["BandwidthEstimate", "EstimateListener", "SubscriberBandwidth", "negotiated_transport_cc_id"]
