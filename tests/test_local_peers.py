@@ -27,7 +27,9 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 #: Where peers live: the suite, its helper scripts, the benchmarks and our own client.
 PEER_DIRS = ("tests", "scripts", "bench", "trio_sfu")
 TEXT_SUFFIXES = {".py", ".mjs", ".js", ".html", ".sh", ".json", ".yaml", ".yml"}
-ICE_SERVER_URL = re.compile(r"\b(?:stuns?|turns?):(?://)?[A-Za-z0-9\[]")
+#: A STUN/TURN URL naming anything but loopback (the TURN tests assert the URLs our own server
+#: hands out on 127.0.0.1; a public server in a test peer's configuration is what this guards against).
+ICE_SERVER_URL = re.compile(r"\b(?:stuns?|turns?):(?://)?(?!127\.|localhost\b|\[::1\])[A-Za-z0-9\[]")
 
 
 def repository_files(suffixes: set[str]) -> list[pathlib.Path]:
