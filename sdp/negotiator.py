@@ -285,7 +285,11 @@ def _answer_media(m: MediaSection, local: LocalParams, setup: SetupRole,
     supported_ext = policy.extensions[kind] if policy.extensions is not None else None
     sends_here = outgoing is not None and m.direction is Direction.RECVONLY
     if sends_here:
-        supported_ext = frozenset(uri for _, uri in SUBSCRIBER_EXTENSIONS[kind])
+        # One BUNDLE, one extension map: a browser only offers later m-lines (a simulcast video
+        # it publishes) the extensions an answer already accepted, so the receive lines accept
+        # the publisher ones too. What the down tracks write is the subscriber set alone
+        # (offered_receive_lines): never a publisher's mid or rid.
+        supported_ext = PUBLISHER_EXTENSIONS[kind] | {uri for _, uri in SUBSCRIBER_EXTENSIONS[kind]}
     for e in m.extmaps:
         if supported_ext is None or e.uri in supported_ext:
             reverse = e.direction.reversed() if e.direction is not None else None
