@@ -97,7 +97,12 @@ async def join(args: argparse.Namespace, side: Side) -> None:
     side.room.on("track_unpublished", on_unpublished)
     grants = api.VideoGrants(room_join=True, room=args.room)
     token = api.AccessToken(args.api_key, args.api_secret).with_identity(side.identity).with_grants(grants).to_jwt()
-    await side.room.connect(args.url, token, rtc.RoomOptions(auto_subscribe=True))
+    # `--v0 NAME`: that side takes the v0 path (/rtc, two peer connections); else the SDK's
+    # default, /rtc/v1 (one peer connection) for livekit >= 1.2.
+    options = rtc.RoomOptions(auto_subscribe=True)
+    if side.identity in args.v0:
+        options.single_peer_connection = False
+    await side.room.connect(args.url, token, options)
     audio = rtc.AudioSource(SAMPLE_RATE, 1)
     video = rtc.VideoSource(WIDTH, HEIGHT)
     side.tasks.append(asyncio.ensure_future(feed_audio(audio, side.tone_hz)))
@@ -152,6 +157,7 @@ def main() -> int:
     parser.add_argument("--room", default="media-pair")
     parser.add_argument("--api-key", default="devkey")
     parser.add_argument("--api-secret", default="secret")
+    parser.add_argument("--v0", action="append", default=[], help="a side (alice, bob) that joins through /rtc")
     args = parser.parse_args()
     summary = asyncio.run(run(args))
     say(summary=summary)
