@@ -129,6 +129,9 @@ def offered_receive_lines(offer: SessionDescription) -> list[tuple[str, MediaKin
     {id: uri}, whether it is a live receive-only line — one of the server's send slots). A line
     that is not (the client sends on it, or stopped it) is listed too: a slot the server had
     on that mid is gone."""
+    bundles = offer.bundle_groups()
+    # As answer_offer: with BUNDLE only the first group's m-lines share the one transport.
+    bundle_mids = set(bundles[0]) if bundles else None
     out = []
     for m in offer.media:
         kind = _kind_of(m)
@@ -138,7 +141,7 @@ def offered_receive_lines(offer: SessionDescription) -> list[tuple[str, MediaKin
         supported = {uri for _, uri in SUBSCRIBER_EXTENSIONS[kind]}
         extensions = {e.id: e.uri for e in m.extmaps if e.uri in supported}
         live = (not m.rejected and m.direction is Direction.RECVONLY and m.rtcp_mux
-                and any(not c.is_rtx for c in codecs))
+                and (bundle_mids is None or m.mid in bundle_mids) and any(not c.is_rtx for c in codecs))
         out.append((m.mid, kind, codecs, extensions, live))
     return out
 
