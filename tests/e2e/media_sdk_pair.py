@@ -38,6 +38,8 @@ class Side:
         self.loud_audio_frames = 0
         self.centre_rgb: list[int] | None = None
         self.unpublished: list[str] = []
+        self.unsubscribed: list[str] = []
+        self.subscribed: list[str] = []
         self.tasks: list[asyncio.Future] = []
         self.video_publication: rtc.LocalTrackPublication | None = None
 
@@ -86,6 +88,7 @@ async def feed_video(source: rtc.VideoSource, colour: tuple[int, int, int]) -> N
 async def join(args: argparse.Namespace, side: Side) -> None:
     def on_subscribed(track: rtc.Track, publication: rtc.RemoteTrackPublication, participant: rtc.RemoteParticipant) -> None:
         say(event="track_subscribed", at=side.identity, of=participant.identity, kind=int(track.kind))
+        side.subscribed.append(publication.sid)
         counter = count_video if track.kind == rtc.TrackKind.KIND_VIDEO else count_audio
         side.tasks.append(asyncio.ensure_future(counter(side, track)))
 
@@ -93,8 +96,14 @@ async def join(args: argparse.Namespace, side: Side) -> None:
         say(event="track_unpublished", at=side.identity, of=participant.identity, sid=publication.sid)
         side.unpublished.append(publication.sid)
 
+    def on_unsubscribed(track: rtc.Track, publication: rtc.RemoteTrackPublication,
+                        participant: rtc.RemoteParticipant) -> None:
+        say(event="track_unsubscribed", at=side.identity, of=participant.identity, sid=publication.sid)
+        side.unsubscribed.append(publication.sid)
+
     side.room.on("track_subscribed", on_subscribed)
     side.room.on("track_unpublished", on_unpublished)
+    side.room.on("track_unsubscribed", on_unsubscribed)
     grants = api.VideoGrants(room_join=True, room=args.room)
     token = api.AccessToken(args.api_key, args.api_secret).with_identity(side.identity).with_grants(grants).to_jwt()
     # `--v0 NAME`: that side takes the v0 path (/rtc, two peer connections); else the SDK's
@@ -136,6 +145,18 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         await a.room.local_participant.unpublish_track(unpublished_sid)
         summary["unpublish"] = await until(lambda: unpublished_sid in b.unpublished, 10)
         summary["unpublished_sid"] = unpublished_sid
+        if args.resubscribe:
+            # bob lets alice's audio go and takes it back: a renegotiation each way, and the
+            # second subscription must bring sound again.
+            audio = next(p for p in b.room.remote_participants["alice"].track_publications.values()
+                         if p.kind == rtc.TrackKind.KIND_AUDIO)
+            audio.set_subscribed(False)
+            summary["unsubscribe"] = await until(lambda: audio.sid in b.unsubscribed, 10)
+            loud_before = b.loud_audio_frames
+            audio.set_subscribed(True)
+            summary["resubscribe"] = await until(
+                lambda: b.subscribed.count(audio.sid) >= 2 and b.loud_audio_frames >= loud_before + 25, 15)
+            summary["loud_after_resubscribe"] = b.loud_audio_frames - loud_before
     except Exception as exc:  # reported in the summary; the test says what failed
         summary["error"] = repr(exc)
     for side in (a, b):
@@ -143,6 +164,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             "video_frames": side.video_frames, "audio_frames": side.audio_frames,
             "loud_audio_frames": side.loud_audio_frames, "centre_rgb": side.centre_rgb,
             "unpublished": list(side.unpublished), "sent_colour": list(side.colour),
+            "unsubscribed": list(side.unsubscribed), "subscribed": list(side.subscribed),
         }
     for side in (a, b):
         for task in side.tasks:
@@ -157,6 +179,7 @@ def main() -> int:
     parser.add_argument("--room", default="media-pair")
     parser.add_argument("--api-key", default="devkey")
     parser.add_argument("--api-secret", default="secret")
+    parser.add_argument("--resubscribe", action="store_true", help="then bob unsubscribes alice's audio and back")
     parser.add_argument("--v0", action="append", default=[], help="a side (alice, bob) that joins through /rtc")
     args = parser.parse_args()
     summary = asyncio.run(run(args))

@@ -47,8 +47,10 @@ def joins_logged(sfu) -> dict[str, str]:
         r'participant joined .*identity=(\S+) signalling="([^"]+)"', sfu.log.read_text(errors="replace"))}
 
 
-def run_sdk_pair(netns, sfu, clients, tmp_path, room: str, v0: tuple[str, ...] = ()) -> tuple[dict, str]:
-    argv = [sys.executable, str(E2E_DIR / "media_sdk_pair.py"), "--url", sfu.ws_url, "--room", room]
+def run_sdk_pair(netns, sfu, clients, tmp_path, room: str, v0: tuple[str, ...] = (),
+                 resubscribe: bool = False) -> tuple[dict, str]:
+    argv = [sys.executable, str(E2E_DIR / "media_sdk_pair.py"), "--url", sfu.ws_url, "--room", room,
+            *(["--resubscribe"] if resubscribe else [])]
     for side in v0:
         argv += ["--v0", side]
     client = Client("pair", netns.wrap(argv), tmp_path / "pair.log")
@@ -72,8 +74,11 @@ def run_sdk_pair(netns, sfu, clients, tmp_path, room: str, v0: tuple[str, ...] =
 
 
 def test_python_sdk_joins_through_rtc_v1_without_fallback(netns, sfu, clients, tmp_path):
-    _, client_log = run_sdk_pair(netns, sfu, clients, tmp_path, "v1-sdk")
+    summary, client_log = run_sdk_pair(netns, sfu, clients, tmp_path, "v1-sdk", resubscribe=True)
     context = f"{client_log[-3000:]}\n{sfu.log_tail()}"
+    # Unsubscribe and subscribe again on the one peer connection: both renegotiations land,
+    # and the audio comes back.
+    assert summary["unsubscribe"] and summary["resubscribe"], f"{summary}\n{context}"
     assert SDK_FALLBACK not in client_log, context
     assert joins_logged(sfu) == {"alice": "v1 single-pc", "bob": "v1 single-pc"}, context
     counters = server_counters(netns, sfu)
