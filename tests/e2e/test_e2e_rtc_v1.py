@@ -48,9 +48,9 @@ def joins_logged(sfu) -> dict[str, str]:
 
 
 def run_sdk_pair(netns, sfu, clients, tmp_path, room: str, v0: tuple[str, ...] = (),
-                 resubscribe: bool = False) -> tuple[dict, str]:
+                 resubscribe: bool = False, extra_audio: int = 0) -> tuple[dict, str]:
     argv = [sys.executable, str(E2E_DIR / "media_sdk_pair.py"), "--url", sfu.ws_url, "--room", room,
-            *(["--resubscribe"] if resubscribe else [])]
+            *(["--resubscribe"] if resubscribe else []), "--extra-audio", str(extra_audio)]
     for side in v0:
         argv += ["--v0", side]
     client = Client("pair", netns.wrap(argv), tmp_path / "pair.log")
@@ -74,8 +74,13 @@ def run_sdk_pair(netns, sfu, clients, tmp_path, room: str, v0: tuple[str, ...] =
 
 
 def test_python_sdk_joins_through_rtc_v1_without_fallback(netns, sfu, clients, tmp_path):
-    summary, client_log = run_sdk_pair(netns, sfu, clients, tmp_path, "v1-sdk", resubscribe=True)
+    # alice publishes four audio tracks: one more than bob's join offer has audio m-lines.
+    summary, client_log = run_sdk_pair(netns, sfu, clients, tmp_path, "v1-sdk", resubscribe=True, extra_audio=3)
     context = f"{client_log[-3000:]}\n{sfu.log_tail()}"
+    # The server asked bob for another m-line and bob hears all four tracks.
+    assert summary["all_audio"], f"{summary['bob']['loud_by_track']}\n{context}"
+    assert re.search(r"asking the client for more m-lines .*audio=1",
+                     sfu.log.read_text(errors="replace")), context
     # Unsubscribe and subscribe again on the one peer connection: both renegotiations land,
     # and the audio comes back.
     assert summary["unsubscribe"] and summary["resubscribe"], f"{summary}\n{context}"

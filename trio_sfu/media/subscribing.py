@@ -191,6 +191,8 @@ class SubscriberMedia:
         with `audios` and `videos` more receive-only m-lines, and wait for our answer to a
         client offer made after the request."""
         seen = self._client_answers
+        if audios or videos:
+            self.log.info("asking the client for more m-lines", kv={"audio": audios, "video": videos})
         self.context.send(rtc.SignalResponse(media_sections_requirement=rtc.MediaSectionsRequirement(
             num_audios=audios, num_videos=videos)))
         timeout = self._timeouts.answer_timeout
