@@ -99,3 +99,25 @@ async def test_v1_renegotiation_is_asked_of_the_client_when_a_subscription_chang
                 while True:
                     response = await recv(ws, timeout=2)
                     assert response.WhichOneof("message") not in ("media_sections_requirement", "offer"), response
+
+
+async def test_v1_join_carries_add_tracks_attributes_and_metadata() -> None:
+    async with media_server() as server:
+        join = join_request("python_sdk_v1_join_offer.sdp")
+        join.add_track_requests.append(rtc.AddTrackRequest(cid="mic-1", name="mic", type=models.TrackType.AUDIO,
+                                                           source=models.TrackSource.MICROPHONE))
+        join.participant_attributes["team"] = "blue"
+        join.metadata = '{"seat": 3}'
+        headers = [(b"authorization", f"Bearer {mint_token('alice', can_update_own_metadata=True)}".encode())]
+        async with trio_websocket.open_websocket_url(v1_url(server, join), extra_headers=headers, connect_timeout=5,
+                                                     disconnect_timeout=2) as ws:
+            first = await recv(ws)
+            assert first.WhichOneof("message") == "join", first
+            assert dict(first.join.participant.attributes) == {"team": "blue"}
+            assert first.join.participant.metadata == '{"seat": 3}'
+            # The join's add_track is served before its offer, as if sent first on the socket.
+            kinds = []
+            with trio.fail_after(5):
+                while "answer" not in kinds:
+                    kinds.append((await recv(ws)).WhichOneof("message"))
+            assert "track_published" in kinds and kinds.index("track_published") < kinds.index("answer"), kinds
