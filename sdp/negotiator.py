@@ -129,6 +129,8 @@ def offered_receive_lines(offer: SessionDescription) -> list[tuple[str, MediaKin
     {id: uri}, whether it is a live receive-only line — one of the server's send slots). A line
     that is not (the client sends on it, or stopped it) is listed too: a slot the server had
     on that mid is gone."""
+    if len(offer.media) > MAX_OFFER_SECTIONS:
+        raise NegotiationError(f"offer has {len(offer.media)} media sections, more than {MAX_OFFER_SECTIONS}")
     bundles = offer.bundle_groups()
     # As answer_offer: with BUNDLE only the first group's m-lines share the one transport.
     bundle_mids = set(bundles[0]) if bundles else None

@@ -190,3 +190,12 @@ def test_a_line_that_changes_kind_is_refused() -> None:
     table.offered_line("0", MediaKind.AUDIO, subscriber_codecs(MediaKind.AUDIO), {})
     with pytest.raises(TransceiverInvariantError):
         table.offered_line("0", MediaKind.VIDEO, subscriber_codecs(MediaKind.VIDEO), {})
+
+
+def test_an_offer_with_too_many_m_lines_is_refused_before_the_table_grows() -> None:
+    from sdp.errors import NegotiationError
+    from sdp.negotiator import MAX_OFFER_SECTIONS
+    description = offer("chromium_v1_join_offer.sdp")
+    huge = with_more_receive_lines(description, "audio", [str(100 + i) for i in range(MAX_OFFER_SECTIONS)])
+    with pytest.raises(NegotiationError, match="more than"):
+        offered_receive_lines(huge)

@@ -204,7 +204,14 @@ class SubscriberEndpoint:
         (unplaced transceivers take the new ones), lines it no longer offers for receiving are
         lost; returns what the answer sends on each receive-only line."""
         outgoing: dict[str, Optional[OutgoingTrack]] = {}
-        for mid, kind, codecs, extensions, live in offered_receive_lines(offer):
+        lines = offered_receive_lines(offer)
+        offered = {line[0] for line in lines}
+        for t in self.table.transceivers:
+            if t.placed and t.state.live and t.kind is not MediaKind.APPLICATION and t.mid not in offered:
+                # JSEP never drops an m-line; a client that does has no such line any more. (This
+                # also keeps the table no larger than one offer's m-lines.)
+                self.table.mark_rejected(t.mid, offered_stopped=True)
+        for mid, kind, codecs, extensions, live in lines:
             if not live:
                 if self.table.get(mid) is not None:
                     self.table.mark_rejected(mid, offered_stopped=True)
