@@ -1,6 +1,6 @@
 """A LiveKit client on Trio and our own sans-IO stack: the facade over its parts.
 
-Dual-PC ("v0", ``/rtc``) as livekit-client falls back to it: the server offers on the subscriber
+Dual-PC ("v0", ``/rtc``, as livekit-client speaks it with `singlePeerConnection: false`): the server offers on the subscriber
 PC, we offer on the publisher PC; both PCs run ICE controlling against the ICE-lite SFU.
 :class:`LiveKitClient` is one participant, composed of parts of one idea each:
 
