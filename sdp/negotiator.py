@@ -123,12 +123,23 @@ class OutgoingTrack:
 Outgoing = Mapping[str, "OutgoingTrack | None"]
 
 
-def offered_receive_lines(offer: SessionDescription) -> list[tuple[str, MediaKind, list[Codec], dict[int, str], bool]]:
-    """Every audio/video m-line of a single-PC offer, in order: (mid, kind, the codecs the SFU
-    can send on it with the client's payload types, the header extensions it can write
-    {id: uri}, whether it is a live receive-only line — one of the server's send slots). A line
-    that is not (the client sends on it, or stopped it) is listed too: a slot the server had
-    on that mid is gone."""
+@attrs.frozen
+class ReceiveLine:
+    """An audio/video m-line of a single-PC offer, as the server's send side sees it."""
+
+    mid: str
+    kind: MediaKind
+    #: The codecs the SFU can send on it, with the client's payload types.
+    codecs: tuple[Codec, ...]
+    #: The header extensions the down tracks may write on it: id -> URI.
+    extensions: dict[int, str]
+    #: Whether it is a live receive-only line in the bundle: one of the server's send slots.
+    live: bool
+
+
+def offered_receive_lines(offer: SessionDescription) -> list[ReceiveLine]:
+    """Every audio/video m-line of a single-PC offer, in order. A line that is not live (the
+    client sends on it, or stopped it) is listed too: a slot the server had on that mid is gone."""
     if len(offer.media) > MAX_OFFER_SECTIONS:
         raise NegotiationError(f"offer has {len(offer.media)} media sections, more than {MAX_OFFER_SECTIONS}")
     bundles = offer.bundle_groups()
@@ -144,7 +155,7 @@ def offered_receive_lines(offer: SessionDescription) -> list[tuple[str, MediaKin
         extensions = {e.id: e.uri for e in m.extmaps if e.uri in supported}
         live = (not m.rejected and m.direction is Direction.RECVONLY and m.rtcp_mux
                 and (bundle_mids is None or m.mid in bundle_mids) and any(not c.is_rtx for c in codecs))
-        out.append((m.mid, kind, codecs, extensions, live))
+        out.append(ReceiveLine(m.mid, kind, tuple(codecs), extensions, live))
     return out
 
 
@@ -682,7 +693,7 @@ class SubscriberOffer:
 
 __all__ = [
     "RECEIVER_ANSWER", "SFU_ANSWER", "AnswerPolicy", "CodecChoice", "DtlsRole", "LocalParams",
-    "NegotiatedMedia", "Outgoing", "OutgoingTrack", "RemoteTransport", "SignalingState", "SubscriberOffer", "answer_offer",
+    "NegotiatedMedia", "Outgoing", "OutgoingTrack", "ReceiveLine", "RemoteTransport", "SignalingState", "SubscriberOffer", "answer_offer",
     "codec_attributes", "local_dtls_role", "negotiated_media", "offered_receive_lines", "rejected_answer_media",
     "remote_transport", "transport_attributes",
 ]

@@ -1,6 +1,7 @@
-"""Single peer connection mode (LiveKit's `/rtc/v1`) in the sans-IO SDP layer: the client offers
-every m-line, its receive-only ones are the transceiver table's lines, and the server's answer
-sends the bound tracks on them. Driven with the offers real clients made (tests/fixtures/sdp)."""
+"""Single peer connection mode (LiveKit's `/rtc/v1`): the client offers every m-line, its
+receive-only ones are the transceiver table's lines (the subscriber endpoint takes each offer),
+and the server's answer sends the bound tracks on them. Driven with the offers real clients made
+(tests/fixtures/sdp)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from sdp.model import Direction, Fingerprint, Group, SessionDescription
 from sdp.negotiator import LocalParams, OutgoingTrack, answer_offer, negotiated_media, offered_receive_lines
 from sdp.parser import parse, serialize
 from sdp.transceivers import UNPLACED_MID_PREFIX, TransceiverState, TransceiverTable
+from trio_sfu.tracks.subscriber import SubscriberEndpoint
 
 SDP_DIR = Path(__file__).parent / "fixtures" / "sdp"
 LOCAL = LocalParams("srvufrag", "serverpassword1234567890",
@@ -44,30 +46,35 @@ def with_more_receive_lines(base: SessionDescription, kind: str, mids: list[str]
     return description
 
 
-def table_from(description: SessionDescription) -> TransceiverTable:
-    table = TransceiverTable(client_offers=True)
-    take_offer(table, description)
-    return table
+async def _no_exchange(offer: SessionDescription) -> SessionDescription:
+    raise AssertionError("a single-PC endpoint never offers")
 
 
-def take_offer(table: TransceiverTable, description: SessionDescription) -> dict[str, OutgoingTrack | None]:
-    """What SubscriberEndpoint.client_offered does with the table, and the answer's sending map."""
-    outgoing: dict[str, OutgoingTrack | None] = {}
-    for mid, kind, codecs, extensions, live in offered_receive_lines(description):
-        if not live:
-            if table.get(mid) is not None:
-                table.mark_rejected(mid, offered_stopped=True)
-            continue
-        t = table.offered_line(mid, kind, codecs, extensions)
-        outgoing[mid] = (OutgoingTrack(t.stream_id, t.track_id, t.ssrc, t.rtx_ssrc)
-                         if t.state is TransceiverState.ACTIVE and t.track_id else None)
-    return outgoing
+async def _no_request(audios: int, videos: int) -> None:
+    raise AssertionError("not negotiating here")
+
+
+class ServerSide:
+    """The server's subscriber endpoint in single-PC mode, fed the client's offers."""
+
+    def __init__(self, description: SessionDescription) -> None:
+        self.endpoint = SubscriberEndpoint("PA_me", LOCAL, _no_exchange, lambda packet: True,
+                                           request_offer=_no_request)
+        self.table = self.endpoint.table
+        self.take(description)
+
+    def take(self, description: SessionDescription) -> dict[str, OutgoingTrack | None]:
+        """The endpoint takes a client offer; returns what the answer sends on each receive line."""
+        return self.endpoint.client_offered(description)
+
+
 
 
 @pytest.mark.parametrize("name", ["chromium_v1_join_offer.sdp", "python_sdk_v1_join_offer.sdp"])
 def test_the_join_offer_gives_six_idle_receive_lines_with_the_clients_payload_types(name: str) -> None:
     description = offer(name)
-    table = table_from(description)
+    side = ServerSide(description)
+    table = side.table
     lines = table.transceivers
     assert [(t.mid, t.kind) for t in lines] == [(str(i), MediaKind.AUDIO) for i in range(3)] + [
         (str(i), MediaKind.VIDEO) for i in range(3, 6)]
@@ -79,7 +86,7 @@ def test_the_join_offer_gives_six_idle_receive_lines_with_the_clients_payload_ty
         assert {c.name.lower() for c in t.codecs} <= {"opus", "red", "vp8", "vp9", "h264", "av1", "rtx"}
         assert EXT_MID not in t.extensions.values() and EXT_RID not in t.extensions.values()
 
-    answer = answer_offer(description, LOCAL, outgoing=take_offer(table, description))
+    answer = answer_offer(description, LOCAL, outgoing=side.take(description))
     directions = [(m.kind, m.direction) for m in answer.media]
     # Nothing to send yet: the receive lines are inactive, the data channel is accepted.
     assert directions[:6] == [(m.kind, Direction.INACTIVE) for m in description.media[:6]]
@@ -89,11 +96,12 @@ def test_the_join_offer_gives_six_idle_receive_lines_with_the_clients_payload_ty
 
 def test_a_bound_track_is_sent_on_the_clients_line_and_reused_after_it_leaves() -> None:
     description = offer("chromium_v1_join_offer.sdp")
-    table = table_from(description)
+    side = ServerSide(description)
+    table = side.table
     first = table.bind("TR_a", MediaKind.AUDIO, "PA_x|TR_a", subscriber_codecs(MediaKind.AUDIO, ("audio/opus",)))
     first_ssrc = first.ssrc
     assert first.placed and first.mid == "0" and not table.unplaced()
-    answer = answer_offer(description, LOCAL, outgoing=take_offer(table, description), cname="PA_me")
+    answer = answer_offer(description, LOCAL, outgoing=side.take(description), cname="PA_me")
     line = answer.media[0]
     assert line.direction is Direction.SENDONLY
     assert line.msid is not None and (line.msid.stream_id, line.msid.track_id) == ("PA_x|TR_a", "TR_a")
@@ -116,7 +124,8 @@ def test_a_bound_track_is_sent_on_the_clients_line_and_reused_after_it_leaves() 
 
 def test_a_cached_track_keeps_its_line_and_ssrc_and_is_presented_meanwhile() -> None:
     description = offer("python_sdk_v1_join_offer.sdp")
-    table = table_from(description)
+    side = ServerSide(description)
+    table = side.table
     t = table.bind("TR_v", MediaKind.VIDEO, "PA_x|TR_v", subscriber_codecs(MediaKind.VIDEO, ("video/VP8",)))
     mid, ssrc = t.mid, t.ssrc
     table.unbind("TR_v", cache=True)  # its source closed expecting a resume (migration, restart)
@@ -131,7 +140,8 @@ def test_a_cached_track_keeps_its_line_and_ssrc_and_is_presented_meanwhile() -> 
 
 def test_tracks_beyond_the_offered_lines_wait_unplaced_until_the_client_offers_more() -> None:
     description = offer("chromium_v1_join_offer.sdp")
-    table = table_from(description)
+    side = ServerSide(description)
+    table = side.table
     audio = [table.bind(f"TR_{i}", MediaKind.AUDIO, f"PA_{i}|TR_{i}", subscriber_codecs(MediaKind.AUDIO, ("audio/opus",)))
              for i in range(5)]
     assert [t.mid for t in audio[:3]] == ["0", "1", "2"]
@@ -139,12 +149,12 @@ def test_tracks_beyond_the_offered_lines_wait_unplaced_until_the_client_offers_m
     assert [t.track_id for t in waiting] == ["TR_3", "TR_4"]
     assert all(t.mid.startswith(UNPLACED_MID_PREFIX) for t in waiting)
     # An answer now cannot present them: they are in no m-line of the client.
-    outgoing = take_offer(table, description)
+    outgoing = side.take(description)
     assert {o.track_id for o in outgoing.values() if o} == {"TR_0", "TR_1", "TR_2"}
 
     # The client adds two recvonly audio transceivers and offers again.
     later = with_more_receive_lines(description, "audio", ["9", "10"])
-    outgoing = take_offer(table, later)
+    outgoing = side.take(later)
     assert not table.unplaced()
     assert (table.find_by_track("TR_3").mid, table.find_by_track("TR_4").mid) == ("9", "10")
     answer = answer_offer(later, LOCAL, outgoing=outgoing)
@@ -154,21 +164,23 @@ def test_tracks_beyond_the_offered_lines_wait_unplaced_until_the_client_offers_m
 
 def test_a_line_the_client_stops_loses_its_track() -> None:
     description = offer("chromium_v1_join_offer.sdp")
-    table = table_from(description)
+    side = ServerSide(description)
+    table = side.table
     table.bind("TR_a", MediaKind.AUDIO, "PA_x|TR_a", subscriber_codecs(MediaKind.AUDIO, ("audio/opus",)))
     stopped = parse(serialize(description))
     stopped.media[0].port = 0
-    take_offer(table, stopped)
+    side.take(stopped)
     assert table.find_by_track("TR_a") is None
     assert table.get("0").state is TransceiverState.RECYCLABLE
 
 
 def test_the_publishing_offer_keeps_the_lines_and_sends_nothing_on_the_clients_own() -> None:
     join = offer("chromium_v1_join_offer.sdp")
-    table = table_from(join)
+    side = ServerSide(join)
+    table = side.table
     table.bind("TR_v", MediaKind.VIDEO, "PA_x|TR_v", subscriber_codecs(MediaKind.VIDEO, ("video/VP8",)))
     later = offer("chromium_v1_publishing_offer.sdp")
-    outgoing = take_offer(table, later)
+    outgoing = side.take(later)
     # The lines the client sends on (mids 7, 8) are its publisher lines, not ours.
     assert set(outgoing) == {"0", "1", "2", "3", "4", "5"}
     answer = answer_offer(later, LOCAL, outgoing=outgoing)

@@ -205,18 +205,19 @@ class SubscriberEndpoint:
         lost; returns what the answer sends on each receive-only line."""
         outgoing: dict[str, Optional[OutgoingTrack]] = {}
         lines = offered_receive_lines(offer)
-        offered = {line[0] for line in lines}
+        offered = {line.mid for line in lines}
         for t in self.table.transceivers:
             if t.placed and t.state.live and t.kind is not MediaKind.APPLICATION and t.mid not in offered:
                 # JSEP never drops an m-line; a client that does has no such line any more. (This
                 # also keeps the table no larger than one offer's m-lines.)
                 self.table.mark_rejected(t.mid, offered_stopped=True)
-        for mid, kind, codecs, extensions, live in lines:
-            if not live:
+        for line in lines:
+            mid = line.mid
+            if not line.live:
                 if self.table.get(mid) is not None:
                     self.table.mark_rejected(mid, offered_stopped=True)
                 continue
-            t = self.table.offered_line(mid, kind, codecs, extensions)
+            t = self.table.offered_line(mid, line.kind, line.codecs, line.extensions)
             binding = self.bindings.get(t.track_id) if t.track_id is not None else None
             if binding is not None:
                 binding.mid = t.mid
