@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import trio
 
 from sdp.codecs import EXT_MID, EXT_RID, MediaKind, subscriber_codecs
 from sdp.errors import TransceiverInvariantError
@@ -15,7 +16,11 @@ from sdp.model import Direction, Fingerprint, Group, SessionDescription
 from sdp.negotiator import LocalParams, OutgoingTrack, answer_offer, negotiated_media, offered_receive_lines
 from sdp.parser import parse, serialize
 from sdp.transceivers import UNPLACED_MID_PREFIX, TransceiverState, TransceiverTable
-from trio_sfu.tracks.subscriber import SubscriberEndpoint
+from sdp.model import Codec
+from trio_sfu.forwarding.receiver import TrackReceiver
+from trio_sfu.tracks import SourceOrigin, TrackManager, TrackSource
+from trio_sfu.tracks.subscriber import MAX_OFFER_REQUESTS, SubscriberEndpoint
+from trio_sfu.tracks.subscription_manager import SubscriptionManager
 
 SDP_DIR = Path(__file__).parent / "fixtures" / "sdp"
 LOCAL = LocalParams("srvufrag", "serverpassword1234567890",
@@ -211,3 +216,100 @@ def test_an_offer_with_too_many_m_lines_is_refused_before_the_table_grows() -> N
     huge = with_more_receive_lines(description, "audio", [str(100 + i) for i in range(MAX_OFFER_SECTIONS)])
     with pytest.raises(NegotiationError, match="more than"):
         offered_receive_lines(huge)
+
+
+# ---- the subscription manager negotiating with a single-PC client ----------------------------------
+
+def audio_source(track_id: str) -> TrackSource:
+    receiver = TrackReceiver(track_id, "audio/opus", 48000, send_rtcp=lambda p: True, local_ssrc=7, now=0.0)
+    return TrackSource(track_id, SourceOrigin.LOCAL, "n1", receiver, kind=MediaKind.AUDIO, publisher_id="pB",
+                       codecs=(Codec(111, "opus", 48000, 2),))
+
+
+class OfferingClient:
+    """The client side of one PC: it starts from the captured livekit-client join offer and, when
+    asked (MediaSectionsRequirement), adds the recvonly lines asked for and offers again; the
+    endpoint takes each offer as ParticipantMedia does (client_offered, then the answer, then
+    client_answered). `adds_lines=False` is a client that offers again but never adds lines."""
+
+    def __init__(self, adds_lines: bool = True) -> None:
+        self.description = offer("chromium_v1_join_offer.sdp")
+        self.adds_lines = adds_lines
+        self.requests: list[tuple[int, int]] = []
+        self.answers: list[SessionDescription] = []
+        self.endpoint = SubscriberEndpoint("pA", LOCAL, _no_exchange, lambda packet: True,
+                                           request_offer=self.requested)
+        self.next_mid = 100
+
+    def offer_now(self) -> None:
+        outgoing = self.endpoint.client_offered(self.description)
+        self.answers.append(answer_offer(self.description, LOCAL, outgoing=outgoing))
+        self.endpoint.client_answered()
+
+    async def requested(self, audios: int, videos: int) -> None:
+        self.requests.append((audios, videos))
+        await trio.sleep(0.05)  # the round trip
+        if self.adds_lines and audios:
+            mids = [str(self.next_mid + i) for i in range(audios)]
+            self.next_mid += audios
+            self.description = with_more_receive_lines(self.description, "audio", mids)
+        self.offer_now()
+
+    def sending(self) -> dict[str, str]:
+        return {m.mid: m.msid.track_id for m in self.answers[-1].media
+                if m.direction is Direction.SENDONLY and m.msid is not None}
+
+
+async def test_the_manager_asks_for_the_lines_it_needs_and_reuses_them(autojump_clock) -> None:
+    tm = TrackManager()
+    for i in range(4):
+        tm.add(audio_source(f"TR_{i}"))
+    client = OfferingClient()
+    client.offer_now()  # the join offer, answered before the first pass
+    manager = SubscriptionManager(client.endpoint, tm, report=lambda t, e: None, reconcile_interval=1.0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(manager.run)
+        for i in range(4):
+            manager.set_desired(f"TR_{i}", True)
+        await trio.sleep(0.5)
+        # Three audio lines in the join offer, four tracks: one more line asked for, in one pass.
+        assert client.requests == [(1, 0)]
+        assert all(manager.subscriptions[f"TR_{i}"].forwarding for i in range(4))
+        assert sorted(client.sending().values()) == ["TR_0", "TR_1", "TR_2", "TR_3"]
+        assert client.sending()["100"] in {"TR_0", "TR_1", "TR_2", "TR_3"}
+
+        # Unsubscribed: the client is asked to offer again (no new line) and the line goes idle.
+        manager.set_desired("TR_1", False)
+        await trio.sleep(0.5)
+        assert client.requests[-1] == (0, 0) and "TR_1" not in client.sending().values()
+        freed = next(t.mid for t in client.endpoint.table.transceivers
+                     if t.kind is MediaKind.AUDIO and t.track_id is None)
+        # A new track takes the freed line: no new m-line asked for.
+        tm.add(audio_source("TR_4"))
+        manager.set_desired("TR_4", True)
+        await trio.sleep(0.5)
+        assert client.requests[-1] == (0, 0) and client.sending()[freed] == "TR_4"
+        # Nothing changed: nothing asked.
+        asked = len(client.requests)
+        await trio.sleep(3)
+        assert len(client.requests) == asked
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_client_that_never_adds_the_lines_is_given_up_on_per_pass(autojump_clock) -> None:
+    tm = TrackManager()
+    for i in range(4):
+        tm.add(audio_source(f"TR_{i}"))
+    client = OfferingClient(adds_lines=False)
+    client.offer_now()
+    manager = SubscriptionManager(client.endpoint, tm, report=lambda t, e: None, reconcile_interval=1.0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(manager.run)
+        for i in range(4):
+            manager.set_desired(f"TR_{i}", True)
+        await trio.sleep(0.5)
+        # Asked MAX_OFFER_REQUESTS times in the pass, then the pass lets its bindings go (the
+        # transient no-answer path) and a later pass tries again; nothing forwards half-negotiated.
+        assert client.requests[:MAX_OFFER_REQUESTS] == [(1, 0)] * MAX_OFFER_REQUESTS
+        assert not any(s.forwarding for s in manager.subscriptions.values())
+        nursery.cancel_scope.cancel()
