@@ -187,16 +187,33 @@ class SubscriberEndpoint:
     def client_offers(self) -> bool:
         return self._request_offer is not None
 
+    def _waiting_lines(self) -> dict[MediaKind, int]:
+        """Tracks bound to no m-line of the client yet, by kind."""
+        waiting = {MediaKind.AUDIO: 0, MediaKind.VIDEO: 0}
+        for t in self.table.unplaced():
+            if t.state is TransceiverState.ACTIVE:
+                waiting[t.kind] += 1
+        return waiting
+
     async def _negotiate_by_client_offer(self, request_offer: RequestOffer) -> None:
         self._unanswered = True
+        # Lines asked for in this negotiation that no offer brought yet: an offer the client
+        # had already sent when we asked does not have them, and asking again would make the
+        # client add them twice.
+        asked = {MediaKind.AUDIO: 0, MediaKind.VIDEO: 0}
         for _ in range(MAX_OFFER_REQUESTS):
-            waiting = [t for t in self.table.unplaced() if t.state is TransceiverState.ACTIVE]
-            audios = sum(1 for t in waiting if t.kind is MediaKind.AUDIO)
+            before = self._waiting_lines()
+            more = {kind: max(0, before[kind] - asked[kind]) for kind in asked}
+            for kind in asked:
+                asked[kind] += more[kind]
             # LiveKit asks even for none: the request is what makes the client offer again.
-            await request_offer(audios, len(waiting) - audios)
-            if not any(t.state is TransceiverState.ACTIVE for t in self.table.unplaced()):
+            await request_offer(more[MediaKind.AUDIO], more[MediaKind.VIDEO])
+            after = self._waiting_lines()
+            if not any(after.values()):
                 self._unanswered = False
                 return
+            for kind in asked:
+                asked[kind] = max(0, asked[kind] - (before[kind] - after[kind]))
         raise NoAnswerError(f"the client did not offer the m-lines asked for in {MAX_OFFER_REQUESTS} offers")
 
     def client_offered(self, offer: SessionDescription) -> dict[str, Optional[OutgoingTrack]]:
