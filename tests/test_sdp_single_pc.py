@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from livekit.protocol import models
 
 from sdp.codecs import EXT_MID, EXT_RID, MediaKind, subscriber_codecs
 from sdp.errors import TransceiverInvariantError
@@ -318,4 +319,30 @@ async def test_a_client_that_never_adds_the_lines_is_given_up_on_per_pass(autoju
         await trio.sleep(1.5)
         assert client.requests[MAX_OFFER_REQUESTS] == (1, 0)
         assert not any(s.forwarding for s in manager.subscriptions.values())
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_line_the_client_stops_ends_its_subscription_for_good(autojump_clock) -> None:
+    tm = TrackManager()
+    tm.add(audio_source("TR_0"))
+    client = OfferingClient()
+    client.offer_now()
+    reports = []
+    manager = SubscriptionManager(client.endpoint, tm, report=lambda t, e: reports.append((t, e)),
+                                  reconcile_interval=1.0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(manager.run)
+        manager.set_desired("TR_0", True)
+        await trio.sleep(0.5)
+        assert manager.subscriptions["TR_0"].forwarding
+        source = tm.resolve("TR_0")
+        mid = client.endpoint.bindings["TR_0"].mid
+        # The client stops that transceiver (port 0) in an offer of its own.
+        line = next(m for m in client.description.media if m.mid == mid)
+        line.port = 0
+        client.offer_now()
+        await trio.sleep(0.5)
+        assert "TR_0" not in client.endpoint.bindings and not source.has_subscriber("pA")
+        assert not source.receiver.down_tracks
+        assert reports == [("TR_0", models.SubscriptionError.SE_CODEC_UNSUPPORTED)]
         nursery.cancel_scope.cancel()

@@ -37,6 +37,8 @@ from trio_sfu.tracks.source import TrackSource
 Exchange = Callable[[SessionDescription], Awaitable[SessionDescription]]
 Detached = Callable[[str, TrackSource, bool], None]
 Answered = Callable[[SessionDescription], None]
+#: Tracks whose m-line the client stopped (single-PC mode: seen in its own offer).
+Refused = Callable[[list[str]], None]
 #: Single-PC mode: ask the client for a new offer with this many more audio and video m-lines;
 #: returns once an answer to a later client offer went out, raises NoAnswerError after a timeout.
 RequestOffer = Callable[[int, int], Awaitable[None]]
@@ -106,6 +108,7 @@ class SubscriberEndpoint:
         # An offer went out and no answer was applied since: the client's view is unknown.
         self._unanswered = False
         self.on_detached: Optional[Detached] = None
+        self.on_refused: Optional[Refused] = None
         self.closed = False
 
     @property
@@ -223,16 +226,20 @@ class SubscriberEndpoint:
         outgoing: dict[str, Optional[OutgoingTrack]] = {}
         lines = offered_receive_lines(offer)
         offered = {line.mid for line in lines}
-        for t in self.table.transceivers:
+        lost: list[str] = []
+        for t in list(self.table.transceivers):
             if t.placed and t.state.live and t.kind is not MediaKind.APPLICATION and t.mid not in offered:
                 # JSEP never drops an m-line; a client that does has no such line any more. (This
                 # also keeps the table no larger than one offer's m-lines.)
-                self.table.mark_rejected(t.mid, offered_stopped=True)
+                lost_track = self.table.mark_rejected(t.mid, offered_stopped=True)
+                if lost_track is not None:
+                    lost.append(lost_track)
         for line in lines:
             mid = line.mid
             if not line.live:
-                if self.table.get(mid) is not None:
-                    self.table.mark_rejected(mid, offered_stopped=True)
+                lost_track = self.table.mark_rejected(mid, offered_stopped=True) if self.table.get(mid) else None
+                if lost_track is not None:
+                    lost.append(lost_track)
                 continue
             t = self.table.offered_line(mid, line.kind, line.codecs, line.extensions)
             binding = self.bindings.get(t.track_id) if t.track_id is not None else None
@@ -245,6 +252,9 @@ class SubscriberEndpoint:
                 outgoing[mid] = OutgoingTrack(held[1].stream_id, held[0], held[1].ssrc, held[1].rtx_ssrc)
             else:
                 outgoing[mid] = None
+        lost = [track_id for track_id in lost if track_id in self.bindings]
+        if lost and self.on_refused is not None:
+            self.on_refused(lost)
         return outgoing
 
     def client_answered(self) -> None:
