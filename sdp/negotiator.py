@@ -6,6 +6,9 @@ Two roles, matching LiveKit's two peer connections:
   one BUNDLE transport, receive-only media, codecs and header extensions
   narrowed to what the SFU forwards, simulcast rids accepted, data channels
   accepted.
+* single PC (LiveKit's ``/rtc/v1``) — the client offers every m-line on one peer
+  connection; :func:`answer_offer` with ``outgoing`` answers its receive-only m-lines as
+  the server's send side (sendonly with the track's msid and SSRCs, or inactive while idle).
 * subscriber PC — the server offers from its :class:`TransceiverTable`
   (:class:`SubscriberOffer`), the client answers, :meth:`SubscriberOffer.apply_answer`
   checks the answer really answers that offer.
@@ -104,6 +107,56 @@ SFU_ANSWER = AnswerPolicy(CodecChoice.FORWARDABLE, PUBLISHER_EXTENSIONS, SetupRo
 #: A receive-only client answering the SFU's subscriber offer, as browsers answer: the DTLS client,
 #: full ICE, every codec and header extension offered.
 RECEIVER_ANSWER = AnswerPolicy(CodecChoice.AS_OFFERED, None, SetupRole.ACTIVE, ice_lite=False)
+
+
+@attrs.frozen
+class OutgoingTrack:
+    """What the server sends on a client's receive-only m-line (single-PC mode)."""
+
+    stream_id: str
+    track_id: str
+    ssrc: int
+    rtx_ssrc: int | None = None
+
+
+#: Single-PC answers: per mid of a client receive-only m-line, the track sent on it (None: idle).
+Outgoing = Mapping[str, "OutgoingTrack | None"]
+
+
+@attrs.frozen
+class ReceiveLine:
+    """An audio/video m-line of a single-PC offer, as the server's send side sees it."""
+
+    mid: str
+    kind: MediaKind
+    #: The codecs the SFU can send on it, with the client's payload types.
+    codecs: tuple[Codec, ...]
+    #: The header extensions the down tracks may write on it: id -> URI.
+    extensions: dict[int, str]
+    #: Whether it is a live receive-only line in the bundle: one of the server's send slots.
+    live: bool
+
+
+def offered_receive_lines(offer: SessionDescription) -> list[ReceiveLine]:
+    """Every audio/video m-line of a single-PC offer, in order. A line that is not live (the
+    client sends on it, or stopped it) is listed too: a slot the server had on that mid is gone."""
+    if len(offer.media) > MAX_OFFER_SECTIONS:
+        raise NegotiationError(f"offer has {len(offer.media)} media sections, more than {MAX_OFFER_SECTIONS}")
+    bundles = offer.bundle_groups()
+    # As answer_offer: with BUNDLE only the first group's m-lines share the one transport.
+    bundle_mids = set(bundles[0]) if bundles else None
+    out = []
+    for m in offer.media:
+        kind = _kind_of(m)
+        if kind not in (MediaKind.AUDIO, MediaKind.VIDEO) or m.mid is None:
+            continue
+        codecs = _accepted_codecs(kind, m.codecs(), CodecChoice.FORWARDABLE) if m.is_rtp else []
+        supported = {uri for _, uri in SUBSCRIBER_EXTENSIONS[kind]}
+        extensions = {e.id: e.uri for e in m.extmaps if e.uri in supported}
+        live = (not m.rejected and m.direction is Direction.RECVONLY and m.rtcp_mux
+                and (bundle_mids is None or m.mid in bundle_mids) and any(not c.is_rtx for c in codecs))
+        out.append(ReceiveLine(m.mid, kind, tuple(codecs), extensions, live))
+    return out
 
 
 @attrs.frozen
@@ -218,8 +271,11 @@ def _accepted_codecs(kind: MediaKind, offered: list[Codec], choice: CodecChoice)
 
 
 def _answer_media(m: MediaSection, local: LocalParams, setup: SetupRole,
-                  policy: AnswerPolicy) -> MediaSection | None:
-    """The accepted answer section for ``m``, or None to reject it."""
+                  policy: AnswerPolicy, outgoing: Outgoing | None = None,
+                  cname: str = "trio-sfu") -> MediaSection | None:
+    """The accepted answer section for ``m``, or None to reject it. With ``outgoing`` (single-PC
+    mode) a receive-only m-line of the client is one we send on: what ``outgoing`` names for its
+    mid, or nothing (inactive)."""
     kind = _kind_of(m)
     mid = m.mid
     if kind is None or m.rejected or mid is None:
@@ -243,12 +299,22 @@ def _answer_media(m: MediaSection, local: LocalParams, setup: SetupRole,
         return None
     section.formats = [str(c.payload_type) for c in codecs]
     supported_ext = policy.extensions[kind] if policy.extensions is not None else None
+    sends_here = outgoing is not None and m.direction is Direction.RECVONLY
+    if sends_here:
+        # One BUNDLE, one extension map: a browser only offers later m-lines (a simulcast video
+        # it publishes) the extensions an answer already accepted, so the receive lines accept
+        # the publisher ones too. What the down tracks write is the subscriber set alone
+        # (offered_receive_lines): never a publisher's mid or rid.
+        supported_ext = PUBLISHER_EXTENSIONS[kind] | {uri for _, uri in SUBSCRIBER_EXTENSIONS[kind]}
     for e in m.extmaps:
         if supported_ext is None or e.uri in supported_ext:
             reverse = e.direction.reversed() if e.direction is not None else None
             attributes.append(Extmap(e.id, e.uri, reverse))
     if m.has_flag("extmap-allow-mixed"):
         attributes.append(flag("extmap-allow-mixed"))
+    if sends_here:
+        assert outgoing is not None
+        return _sending_section(section, outgoing.get(mid), codecs, m, cname)
     # The answerer only receives on these lines.
     attributes.append(flag(Direction.from_flags(sends=False, receives=m.direction.sends).value))
     attributes.append(flag("rtcp-mux"))
@@ -269,11 +335,39 @@ def _answer_media(m: MediaSection, local: LocalParams, setup: SetupRole,
     return section
 
 
+def _sending_section(section: MediaSection, track: OutgoingTrack | None, codecs: list[Codec],
+                     m: MediaSection, cname: str) -> MediaSection:
+    """Finish the answer to a client receive-only m-line: sendonly with the track's msid and
+    SSRCs (an RTX SSRC only if RTX was accepted), or inactive while nothing is sent on it."""
+    a = section.attributes
+    a.append(flag((Direction.SENDONLY if track is not None else Direction.INACTIVE).value))
+    if track is not None:
+        a.append(Msid(track.stream_id, track.track_id))
+    a.append(flag("rtcp-mux"))
+    if m.has_flag("rtcp-rsize"):
+        a.append(flag("rtcp-rsize"))
+    a += codec_attributes(codecs)
+    if track is not None:
+        has_rtx = any(c.is_rtx for c in codecs)
+        ssrcs = [track.ssrc] + ([track.rtx_ssrc] if has_rtx and track.rtx_ssrc is not None else [])
+        if len(ssrcs) == 2:
+            a.append(SsrcGroup("FID", tuple(ssrcs)))
+        for s in ssrcs:
+            a.append(Ssrc(s, "cname", cname))
+            a.append(Ssrc(s, "msid", f"{track.stream_id} {track.track_id}"))
+    return section
+
+
 def answer_offer(offer: SessionDescription, local: LocalParams, *,
-                 session_version: int = 1, policy: AnswerPolicy = SFU_ANSWER) -> SessionDescription:
+                 session_version: int = 1, policy: AnswerPolicy = SFU_ANSWER,
+                 outgoing: Outgoing | None = None, cname: str = "trio-sfu") -> SessionDescription:
     """Answer an offer of media for us to receive, on one BUNDLE transport, as ``policy`` says:
     by default the SFU's answer to a client's publisher offer (ICE-lite, receive-only, narrowed
     to what it forwards); :data:`RECEIVER_ANSWER` for a client's answer to a subscriber offer.
+
+    With ``outgoing`` (single-PC mode) the client's receive-only audio/video m-lines are the
+    server's send side: each is answered sendonly with the track ``outgoing`` names for its mid
+    (msid, SSRCs under ``cname``), or inactive; their extensions are the subscriber ones.
 
     Every m-line is answered in the offer's order; what cannot be taken (no mid, not DTLS-SRTP
     with rtcp-mux, no acceptable codec, an unknown kind, outside the first BUNDLE group) is
@@ -309,7 +403,7 @@ def answer_offer(offer: SessionDescription, local: LocalParams, *,
             seen_mids.add(m.mid)
         usable = (bundle_mids is None and not accepted_mids) or (
             bundle_mids is not None and m.mid in bundle_mids)
-        section = _answer_media(m, local, setup, policy) if usable else None
+        section = _answer_media(m, local, setup, policy, outgoing, cname) if usable else None
         if section is None:
             answer.media.append(rejected_answer_media(m, local, setup))
             continue
@@ -628,7 +722,7 @@ class SubscriberOffer:
 __all__ = [
     "restarts_ice",
     "RECEIVER_ANSWER", "SFU_ANSWER", "AnswerPolicy", "CodecChoice", "DtlsRole", "LocalParams",
-    "NegotiatedMedia", "RemoteTransport", "SignalingState", "SubscriberOffer", "answer_offer",
-    "codec_attributes", "local_dtls_role", "negotiated_media", "rejected_answer_media",
+    "NegotiatedMedia", "Outgoing", "OutgoingTrack", "ReceiveLine", "RemoteTransport", "SignalingState", "SubscriberOffer", "answer_offer",
+    "codec_attributes", "local_dtls_role", "negotiated_media", "offered_receive_lines", "rejected_answer_media",
     "remote_transport", "transport_attributes",
 ]

@@ -16,6 +16,13 @@ SSRCs), so a resume that happens across another negotiation is invisible to the
 peer (LiveKit never removes the sender of an expected-to-resume subscription).
 
 Invariant, checked on every offer: no two live m-lines carry the same track id.
+
+Single peer connection mode (``client_offers``): the client is the offerer of the one
+peer connection, so the m-lines and their mids are the client's. The table then holds the
+client's receive-only m-lines (:meth:`TransceiverTable.offered_line` adds them as the offers
+come); a track bound when no line of its kind is idle gets an *unplaced* transceiver with a
+provisional mid, which :meth:`TransceiverTable.place` gives the next new m-line of its kind
+the client offers (the server asks for it with LiveKit's ``MediaSectionsRequirement``).
 """
 
 from __future__ import annotations
@@ -61,6 +68,8 @@ class Transceiver:
     # True once an offer carried this stopped m-line with port 0: only the
     # answer to such an offer makes it recyclable.
     stop_offered: bool = False
+    # Single-PC mode: False until the client offered an m-line for it (its mid is provisional).
+    placed: bool = True
 
     @property
     def direction(self) -> Direction:
@@ -118,6 +127,12 @@ class TransceiverCache:
         for track_id in [t for t, c in self._entries.items() if c.mid == mid]:
             del self._entries[track_id]
 
+    def rename_mid(self, old: str, new: str) -> None:
+        """Entries pointing at ``old`` point at ``new`` (an unplaced m-line got its mid)."""
+        for track_id, entry in self._entries.items():
+            if entry.mid == old:
+                self._entries[track_id] = attrs.evolve(entry, mid=new)
+
     def mids(self) -> set[str]:
         return {c.mid for c in self._entries.values()}
 
@@ -135,15 +150,22 @@ def _random_ssrc() -> int:
     return secrets.randbits(32) or 1
 
 
+#: Provisional mids of unplaced transceivers start with this; no client mid does (JSEP mids
+#: are tokens the offerer picks; browsers and libwebrtc use decimal numbers).
+UNPLACED_MID_PREFIX = "unplaced-"
+
+
 class TransceiverTable:
-    """Ordered transceivers of one subscriber peer connection."""
+    """Ordered transceivers of one subscriber peer connection (or, with ``client_offers``, of
+    the receive-only m-lines of a single peer connection the client offers)."""
 
     def __init__(self, cache: TransceiverCache | None = None,
-                 ssrc_source: Callable[[], int] = _random_ssrc) -> None:
+                 ssrc_source: Callable[[], int] = _random_ssrc, *, client_offers: bool = False) -> None:
         self._slots: list[Transceiver] = []
         self.cache = cache if cache is not None else TransceiverCache()
         self._ssrc_source = ssrc_source
         self._next_mid = 0
+        self.client_offers = client_offers
 
     # --- queries ---
 
@@ -248,10 +270,62 @@ class TransceiverTable:
             t.ssrc, t.rtx_ssrc = self._new_ssrcs(kind)
             return self._activate(t, track_id, stream_id)
 
-        t = Transceiver(self._new_mid(), kind, TransceiverState.IDLE, codecs=wanted)
+        if self.client_offers:
+            # The client owns the m-lines: this one waits for the client to offer it (place).
+            t = Transceiver(UNPLACED_MID_PREFIX + self._new_mid(), kind, TransceiverState.IDLE,
+                            codecs=wanted, placed=False)
+        else:
+            t = Transceiver(self._new_mid(), kind, TransceiverState.IDLE, codecs=wanted)
         t.ssrc, t.rtx_ssrc = self._new_ssrcs(kind)
         self._place(t)
         return self._activate(t, track_id, stream_id)
+
+    # --- single-PC mode: the client's m-lines ---
+
+    def unplaced(self) -> list[Transceiver]:
+        """Transceivers still waiting for an m-line from the client, in table order."""
+        return [t for t in self._slots if not t.placed and t.state.live]
+
+    def offered_line(self, mid: str, kind: MediaKind, codecs: Sequence[Codec],
+                     extensions: dict[int, str]) -> Transceiver:
+        """A receive-only m-line the client offers (single-PC mode): the transceiver already
+        on ``mid``; else an unplaced one of ``kind`` takes it; else a new idle one. Its codecs
+        and extension ids are the client's (the answer takes its payload types and ids)."""
+        if not self.client_offers:
+            raise ValueError("only a table of client-offered m-lines takes offered lines")
+        if mid.startswith(UNPLACED_MID_PREFIX):
+            raise TransceiverInvariantError(f"mid {mid!r} collides with the provisional mids")
+        t = self.get(mid)
+        if t is None:
+            waiting = next((u for u in self.unplaced() if u.kind is kind), None)
+            if waiting is not None:
+                self.place(waiting.mid, mid)
+                t = waiting
+            else:
+                t = Transceiver(mid, kind, TransceiverState.IDLE)
+                self._place(t)
+        elif t.kind is not kind:
+            raise TransceiverInvariantError(f"m-line {mid} changed kind from {t.kind.value} to {kind.value}")
+        if t.state is TransceiverState.STOPPING or t.state is TransceiverState.RECYCLABLE:
+            # The client offers a mid again that it had stopped: JSEP never reuses a mid, so
+            # this is a new line under an old name; start it idle.
+            t.state = TransceiverState.IDLE
+            t.track_id = t.stream_id = None
+        t.codecs = t.negotiated_codecs = tuple(codecs)
+        t.extensions = dict(extensions)
+        return t
+
+    def place(self, provisional: str, mid: str) -> None:
+        """The unplaced transceiver ``provisional`` is the client's m-line ``mid`` from now on
+        (cache entries follow it)."""
+        t = self.get(provisional)
+        if t is None or t.placed:
+            raise KeyError(provisional)
+        if self.get(mid) is not None:
+            raise TransceiverInvariantError(f"mid {mid} is already in the table")
+        t.mid = mid
+        t.placed = True
+        self.cache.rename_mid(provisional, mid)
 
     def unbind(self, track_id: str, cache: bool = False) -> Transceiver:
         """Take ``track_id`` off its m-line (now idle); ``cache`` keeps it for a resume."""

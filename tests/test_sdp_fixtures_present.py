@@ -17,6 +17,7 @@ SDP_DIR = Path(__file__).parent / "fixtures" / "sdp"
 CLIENT_OFFERS = [
     "chromium_publisher_offer_simulcast.sdp",
     "chromium_v1_join_offer.sdp",
+    "chromium_v1_publishing_offer.sdp",
     "python_sdk_publisher_offer.sdp",
     "python_sdk_v1_join_offer.sdp",
 ]
@@ -115,6 +116,11 @@ def test_v1_join_offer_is_the_single_pc_shape(name: str) -> None:
     assert kinds_and_directions(name) == [("audio", "recvonly")] * 3 + [("video", "recvonly")] * 3 + [
         ("application", "sendrecv"),
     ]
+
+
+def test_chromium_v1_publishing_offer_keeps_the_receive_lines_first() -> None:
+    assert kinds_and_directions("chromium_v1_publishing_offer.sdp") == [("audio", "recvonly")] * 3 + [
+        ("video", "recvonly")] * 3 + [("application", "sendrecv"), ("audio", "sendonly"), ("video", "sendonly")]
 
 
 @pytest.mark.parametrize("client", ["chromium", "python_sdk"])

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+import gzip
 import json
+from urllib.parse import quote
 
 import jwt
 import pytest
 import trio
 import trio_websocket
+from livekit.protocol import models, rtc
 
 import trio_sfu.api.http_front as http_front
 from trio_sfu import metrics as m
@@ -86,23 +90,73 @@ async def test_validate_preflight() -> None:
         assert "authorization" in headers["access-control-allow-headers"].lower()
 
 
-@pytest.mark.parametrize("path", ["/rtc/v1", "/rtc/v1/validate", "//rtc/v1"])
-async def test_v1_paths_are_a_clean_404(path: str) -> None:
+def join_request_param(join: rtc.JoinRequest, *, gzip_it: bool = False) -> str:
+    """`join_request` as the clients send it: base64url of a WrappedJoinRequest, percent-encoded."""
+    payload = join.SerializeToString()
+    wrapped = rtc.WrappedJoinRequest(
+        compression=rtc.WrappedJoinRequest.Compression.GZIP if gzip_it else rtc.WrappedJoinRequest.Compression.NONE,
+        join_request=gzip.compress(payload) if gzip_it else payload)
+    return quote(base64.urlsafe_b64encode(wrapped.SerializeToString()).decode())
+
+
+@pytest.mark.parametrize("path", ["/rtc/v1/validate", "//rtc/v1/validate"])
+async def test_v1_validate_mirrors_validate(path: str) -> None:
     async with running_server() as server:
         token = mint_token("alice")
-        status, headers, body, version = await http(server.port, "GET", f"{path}?join_request=AAAA", [("authorization", f"Bearer {token}")])
-        assert (status, version) == (404, b"1.1")
+        param = join_request_param(rtc.JoinRequest(client_info=models.ClientInfo(protocol=17)), gzip_it=True)
+        status, headers, body, version = await http(server.port, "GET", f"{path}?join_request={param}",
+                                                    [("authorization", f"Bearer {token}")])
+        assert (status, body, version) == (200, b"success", b"1.1")
         assert headers["access-control-allow-origin"] == "*"
-        assert b"requested room does not exist" not in body
+        # The same refusal as /rtc/validate for a bad token.
+        status, headers, body, _ = await http(server.port, "GET", f"{path}?join_request={param}")
+        assert status == 401 and headers["access-control-allow-origin"] == "*"
+        assert server.metrics.get(m.HTTP_RTC_V1_REQUESTS) == 2
+        assert server.metrics.get(m.HTTP_RTC_V0_REQUESTS) == 0
 
 
-async def test_v1_upgrade_attempt_is_refused_with_404() -> None:
+@pytest.mark.parametrize("query,reason", [
+    ("", b"join_request is required"),
+    ("?join_request=", b"join_request is required"),
+    ("?join_request=%%%%", b"cannot base64 decode wrapped join request"),
+    ("?join_request=AAAA", b"cannot unmarshal wrapped join request"),
+])
+async def test_v1_validate_refuses_an_unusable_join_request(query: str, reason: bytes) -> None:
     async with running_server() as server:
-        url = f"ws://127.0.0.1:{server.port}/rtc/v1?join_request=AAAA"
+        token = mint_token("alice")
+        status, headers, body, _ = await http(server.port, "GET", f"/rtc/v1/validate{query}",
+                                              [("authorization", f"Bearer {token}")])
+        assert status == 400, body
+        assert reason in body
+        assert headers["access-control-allow-origin"] == "*"
+        assert server.metrics.get(m.SIGNAL_JOIN_REQUEST_INVALID) == 1
+
+
+async def test_v1_upgrade_with_a_bad_join_request_is_a_400_before_the_upgrade() -> None:
+    async with running_server() as server:
+        url = f"ws://127.0.0.1:{server.port}/rtc/v1?join_request=AAAA&access_token={mint_token('alice')}"
         with pytest.raises(trio_websocket.ConnectionRejected) as info:
             async with trio_websocket.open_websocket_url(url, connect_timeout=5):
                 pass
-        assert info.value.status_code == 404
+        assert info.value.status_code == 400
+        assert b"cannot unmarshal wrapped join request" in (info.value.body or b"")
+        assert "alice" not in getattr(server.registry.rooms.get("room1"), "participants", {})
+        assert server.metrics.get(m.SIGNAL_JOINS) == 0
+
+
+async def test_v1_attributes_need_the_metadata_permission() -> None:
+    async with running_server() as server:
+        param = join_request_param(rtc.JoinRequest(participant_attributes={"k": "v"}))
+        status, _, body, _ = await http(server.port, "GET", f"/rtc/v1/validate?join_request={param}",
+                                        [("authorization", f"Bearer {mint_token('alice')}")])
+        assert status == 401, body
+
+
+async def test_v1_without_upgrade_is_404() -> None:
+    async with running_server() as server:
+        status, _, _, _ = await http(server.port, "GET", "/rtc/v1?join_request=AAAA",
+                                     [("authorization", "Bearer " + mint_token("a"))])
+        assert status == 404
 
 
 async def test_rtc_without_upgrade_is_404() -> None:

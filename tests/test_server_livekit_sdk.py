@@ -1,9 +1,10 @@
 """A real client: the `livekit` Python SDK (Rust core, real libwebrtc) against our server.
 
-There is no media stack yet, so the SDK cannot finish connecting; what we can and do check is
-everything up to that point: it is refused on /rtc/v1 with a 404, falls back to /rtc, our server
-admits it (a join is counted and the participant appears in the room), the SDK accepts our
-JoinResponse, and what finally fails is the PeerConnection wait -- not signalling or the join.
+Over loopback libwebrtc gathers no usable candidate, so the SDK cannot finish connecting; what we
+can and do check is everything up to that point: it joins through /rtc/v1 (single peer
+connection) without falling back to /rtc, our server admits it (a join is counted and the
+participant appears in the room), the SDK accepts our JoinResponse, and what finally fails is the
+PeerConnection wait -- not signalling or the join. (Media end to end: tests/e2e.)
 The SDK is asyncio-only, so it runs in a subprocess.
 """
 
@@ -41,7 +42,7 @@ asyncio.run(main(sys.argv[1], sys.argv[2]))
 
 
 @pytest.mark.slow
-async def test_python_sdk_falls_back_to_rtc_and_accepts_our_join(tmp_path: pathlib.Path) -> None:
+async def test_python_sdk_joins_through_rtc_v1_and_accepts_our_join(tmp_path: pathlib.Path) -> None:
     pytest.importorskip("livekit.rtc", reason="needs the livekit Python SDK (pip install livekit)")
     script = tmp_path / "client.py"
     script.write_text(CLIENT)
@@ -65,7 +66,9 @@ async def test_python_sdk_falls_back_to_rtc_and_accepts_our_join(tmp_path: pathl
         err = result.stderr.decode(errors="replace")
         assert seen_in_room.is_set(), err[-2000:]
         assert server.metrics.get(m.SIGNAL_JOINS) >= 1
-        assert "falling back to v0 path" in err, err[-2000:]
+        assert "falling back to v0 path" not in err, err[-2000:]
+        assert server.metrics.get(m.HTTP_RTC_V1_REQUESTS) >= 1
+        assert server.metrics.get(m.HTTP_RTC_V0_REQUESTS) == 0
         # The SDK got past the JoinResponse: its failure is the PeerConnection wait.
         assert "wait_pc_connection timed out" in err or "RESULT timeout" in out, out + err[-2000:]
         for signal_failure in ("JoinResponse", "signal failure", "missing participant", "UnsupportedServer"):

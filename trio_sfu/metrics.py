@@ -83,6 +83,11 @@ HTTP_REFUSED_PER_IP_CAP = "http_refused_per_ip_cap_total"
 # Requests after the first on one connection (pipelined or kept alive) that were answered.
 HTTP_PIPELINED = "http_pipelined_total"
 AUTH_FAILED = "auth_failed_total"
+# Requests on the signalling paths: `/rtc` and `/rtc/validate` (two peer connections), `/rtc/v1`
+# and `/rtc/v1/validate` (one), and v1 joins refused for an unusable `join_request`.
+HTTP_RTC_V0_REQUESTS = "http_rtc_v0_requests_total"
+HTTP_RTC_V1_REQUESTS = "http_rtc_v1_requests_total"
+SIGNAL_JOIN_REQUEST_INVALID = "signal_join_request_invalid_total"
 SIGNAL_JOINS = "signal_joins_total"
 SIGNAL_MALFORMED = "signal_malformed_total"
 SIGNAL_TEXT_FRAME = "signal_text_frame_total"

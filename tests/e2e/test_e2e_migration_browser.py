@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import os
 import sys
 import time
@@ -120,8 +121,10 @@ def phase_summary(samples: list[dict]) -> dict:
 #: migrated state (fixed in 8adb1b4; before it this run failed every time).
 @pytest.mark.parametrize("simulcast", [pytest.param(False, id="single-layer"),
                                        pytest.param(True, id="simulcast")])
+@pytest.mark.parametrize("signalling", ["v1", "v0"])
 def test_chromium_tabs_migrate_between_nodes(netns, clients, tmp_path, tmp_path_factory, pytestconfig,
-                                             simulcast):
+                                             simulcast, signalling):
+    """`signalling`: v1 is livekit-client's default, one peer connection (/rtc/v1); v0 two (/rtc)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     nodes = Client("two-nodes", netns.wrap([sys.executable, str(E2E_DIR / "two_nodes.py"), "--node-ip", netns.address]),
                    tmp_path / "two_nodes.log", env=env)
@@ -136,7 +139,7 @@ def test_chromium_tabs_migrate_between_nodes(netns, clients, tmp_path, tmp_path_
         "participants": [{"identity": "pub", "token": token("pub", ROOM), "publish": True},
                          {"identity": "sub", "token": token("sub", ROOM), "publish": False}],
         "watch": {"tab": "sub", "remote": "pub"}, "minFrames": MIN_FRAMES, "minAudioPackets": 50,
-        "timeoutMs": 45000, "simulcast": simulcast,
+        "timeoutMs": 45000, "simulcast": simulcast, "singlePeerConnection": signalling == "v1",
     }
     browser = Client("chromium", netns.wrap(["node", str(DRIVER), json.dumps(config)]), tmp_path / "chromium.log",
                      env=dict(env, HOME=str(tmp_path)))
@@ -213,7 +216,7 @@ def test_chromium_tabs_migrate_between_nodes(netns, clients, tmp_path, tmp_path_
     gaps["frames_decoded_per_phase"] = {name: got.get("frames_decoded") for name, got in phases.items()}
     # Recorded before the checks: the gaps are worth seeing when a move goes wrong too.
     record_metric(tmp_path_factory, pytestconfig,
-                  f"chromium_migration_video_gap_ms[{'simulcast' if simulcast else 'single-layer'}]", gaps)
+                  f"chromium_migration_video_gap_ms[{'simulcast' if simulcast else 'single-layer'}-{signalling}]", gaps)
 
     # A resume keeps the sid; livekit-client's full reconnect joins again and gets a new one.
     assert all(sids.values()), detail
@@ -260,3 +263,11 @@ def test_chromium_tabs_migrate_between_nodes(netns, clients, tmp_path, tmp_path_
     assert sub_view.get("pub", {}).get("sid") == sids["pub"], detail
     assert sorted(t["kind"] for t in sub_view["pub"]["tracks"] if t["subscribed"]) == ["audio", "video"], detail
 
+    assert_signalling(nodes.log, signalling)
+
+
+def assert_signalling(nodes_log, signalling: str) -> None:
+    """Every join and resume on both nodes went through the signalling path under test."""
+    expected = "v1 single-pc" if signalling == "v1" else "v0 dual-pc"
+    joins = re.findall(r'participant joined .*identity=(\S+) signalling="([^"]+)"', nodes_log.read_text(errors="replace"))
+    assert joins and all(how == expected for _, how in joins), (signalling, joins)

@@ -13,6 +13,7 @@ The two nodes run in one process (tests/e2e/two_nodes.py), the SDK participants 
 from __future__ import annotations
 
 import json
+import re
 import os
 import sys
 import time
@@ -49,7 +50,9 @@ def wait_nth(client: Client, key: str, n: int, timeout_s: float) -> dict | None:
     return None
 
 
-def test_sdk_participants_migrate_between_nodes(netns, clients, tmp_path):
+@pytest.mark.parametrize("signalling", ["v1", "v0"])
+def test_sdk_participants_migrate_between_nodes(netns, clients, tmp_path, signalling):
+    """`v1`: the SDK's default, one peer connection (/rtc/v1); `v0`: two (/rtc)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     nodes = Client("two-nodes", netns.wrap([sys.executable, str(E2E_DIR / "two_nodes.py"), "--node-ip", netns.address]),
                    tmp_path / "two_nodes.log", env=env)
@@ -62,7 +65,8 @@ def test_sdk_participants_migrate_between_nodes(netns, clients, tmp_path):
     assert ready is not None, f"nodes not ready\n{logs()}"
     urls = ready["ready"]
     scenario = Client("sdk", netns.wrap([sys.executable, str(E2E_DIR / "migration_sdk_scenario.py"),
-                                         "--url", urls["node-a"], "--room", ROOM]),
+                                         "--url", urls["node-a"], "--room", ROOM,
+                                         *(["--v0"] if signalling == "v0" else [])]),
                       tmp_path / "sdk.log", env=env)
     clients.append(scenario)
 
@@ -139,3 +143,12 @@ def test_sdk_participants_migrate_between_nodes(netns, clients, tmp_path):
         f"bob's view of alice at the end: {alice_seen}\n{brief}"
     bob_seen = summary["alice"]["remote_end"].get("bob")
     assert bob_seen == {"sid": sids["bob"], "tracks": []}, f"alice's view of bob at the end: {bob_seen}\n{brief}"
+
+    assert_signalling(nodes.log, signalling)
+
+
+def assert_signalling(nodes_log, signalling: str) -> None:
+    """Every join and resume on both nodes went through the signalling path under test."""
+    expected = "v1 single-pc" if signalling == "v1" else "v0 dual-pc"
+    joins = re.findall(r'participant joined .*identity=(\S+) signalling="([^"]+)"', nodes_log.read_text(errors="replace"))
+    assert joins and all(how == expected for _, how in joins), (signalling, joins)

@@ -38,6 +38,7 @@ from livekit.protocol import models, rtc
 from trio_sfu import metrics as m
 from trio_sfu.api import playground
 from trio_sfu.api.auth import AuthError, ClaimGrants, TokenVerifier, token_from_request
+from trio_sfu.api.join_request import JoinRequestError, decode_join_request, join_options_from_join_request
 from trio_sfu.api.playground import accepts_html
 from trio_sfu.config import ServerConfig
 from trio_sfu.log import get_logger
@@ -349,7 +350,15 @@ def join_options_from_query(request: Request) -> JoinOptions:
         adaptive_stream=_bool_param(request.param("adaptive_stream"), False),
         protocol=info.protocol,
         client_info=info,
+        reconnect=_bool_param(request.param("reconnect"), False),
+        participant_sid=request.param("sid") or "",
+        reconnect_reason=_int_param(request.param("reconnect_reason")),
     )
+
+
+def join_options(request: Request, join: rtc.JoinRequest | None) -> JoinOptions:
+    """The join's options: `/rtc/v1`'s JoinRequest, or `/rtc`'s query string."""
+    return join_options_from_join_request(join) if join is not None else join_options_from_query(request)
 
 
 class HttpFront:
@@ -490,20 +499,19 @@ class HttpFront:
         if path.startswith(playground.PREFIX):
             await self._playground(exchange, request)
             return
-        if path == "/rtc/validate":
-            await self._validate(exchange, request)
+        if path in ("/rtc/validate", "/rtc/v1/validate"):
+            v1 = path == "/rtc/v1/validate"
+            self.metrics.inc(m.HTTP_RTC_V1_REQUESTS if v1 else m.HTTP_RTC_V0_REQUESTS)
+            await self._validate(exchange, request, v1=v1)
             return
-        if path in ("/rtc/v1", "/rtc/v1/validate"):
-            # Single-PC signalling is not implemented: a clean HTTP/1.1 404 makes livekit-client
-            # (>= 2.17) and the Python SDK (>= 1.2) fall back to /rtc. The body must not contain
-            # "requested room does not exist", which JS reads as a permission error.
-            await exchange.respond(404, b"v1 signalling is not supported by this server; use /rtc\n", headers=CORS_HEADERS)
-            return
-        if path == "/rtc":
+        if path in ("/rtc", "/rtc/v1"):
+            # `/rtc`: two peer connections; `/rtc/v1`: one, its options in `join_request`.
+            v1 = path == "/rtc/v1"
+            self.metrics.inc(m.HTTP_RTC_V1_REQUESTS if v1 else m.HTTP_RTC_V0_REQUESTS)
             if not request.is_websocket_upgrade:
                 await exchange.respond(404, b"")
                 return
-            await self._signal(exchange, request)
+            await self._signal(exchange, request, v1=v1)
             return
         if path.startswith("/twirp/"):
             await self._twirp(exchange, request)
@@ -575,8 +583,21 @@ class HttpFront:
             ],
         )
 
-    def authorize_join(self, request: Request, *, strict: bool = False) -> tuple[str, ClaimGrants]:
-        """LiveKit's join validation: returns (room name, grants) or raises AuthError(status, reason)."""
+    def join_request(self, request: Request, v1: bool) -> rtc.JoinRequest | None:
+        """`/rtc/v1`'s JoinRequest (None on `/rtc`); AuthError(400, reason) if it is unusable."""
+        if not v1:
+            return None
+        try:
+            return decode_join_request(request.param("join_request") or "")
+        except JoinRequestError as exc:
+            self.metrics.inc(m.SIGNAL_JOIN_REQUEST_INVALID)
+            raise AuthError(400, exc.reason) from None
+
+    def authorize_join(self, request: Request, *, strict: bool = False,
+                       join: rtc.JoinRequest | None = None) -> tuple[str, ClaimGrants]:
+        """LiveKit's join validation: returns (room name, grants) or raises AuthError(status, reason).
+        `join` is `/rtc/v1`'s JoinRequest: its attributes and metadata take the place of v0's
+        `attributes` parameter, under the same permission and limits."""
         token = token_from_request(request.headers.get("authorization"), request.param("access_token"))
         if token is None:
             raise AuthError(401, "permissions denied")
@@ -598,6 +619,8 @@ class HttpFront:
             raise AuthError(400, f"room name exceeds limits: max length {limits.max_room_name_length}")
         if not self.config.room.auto_create and room not in self.registry.rooms:
             raise AuthError(404, "requested room does not exist")
+        if join is not None:
+            return room, self._with_join_request_fields(grants, join)
         attributes_param = request.param("attributes")
         if attributes_param:
             if not video.may_update_own_metadata:
@@ -617,12 +640,29 @@ class HttpFront:
             grants = attrs.evolve(grants, attributes=merged)
         return room, grants
 
-    async def _validate(self, exchange: _HttpExchange, request: Request) -> None:
+    def _with_join_request_fields(self, grants: ClaimGrants, join: rtc.JoinRequest) -> ClaimGrants:
+        """The grants with the JoinRequest's attributes (merged over the token's; an empty value
+        may not delete one) and metadata, which need the permission to update one's own."""
+        attributes = dict(join.participant_attributes)
+        if not attributes and not join.metadata:
+            return grants
+        video = grants.video
+        if video is None or not video.may_update_own_metadata:
+            raise AuthError(401, "permissions denied")
+        limits = self.registry.limits
+        merged = dict(grants.attributes)
+        merged.update({k: v for k, v in attributes.items() if v})
+        refusal = limits.check_attributes(merged) or (limits.check_metadata(join.metadata) if join.metadata else None)
+        if refusal is not None:
+            raise AuthError(400, refusal.message)
+        return attrs.evolve(grants, attributes=merged, metadata=join.metadata or grants.metadata)
+
+    async def _validate(self, exchange: _HttpExchange, request: Request, *, v1: bool = False) -> None:
         if request.method not in ("GET", "HEAD"):
             await exchange.respond(405, b"method not allowed\n", headers=[*CORS_HEADERS, ("allow", "GET, OPTIONS")])
             return
         try:
-            self.authorize_join(request, strict=True)
+            self.authorize_join(request, strict=True, join=self.join_request(request, v1))
         except AuthError as exc:
             self.metrics.inc(m.AUTH_FAILED)
             _log.info("validate refused", kv={"status": exc.status, "reason": exc.reason})
@@ -630,24 +670,26 @@ class HttpFront:
             return
         await exchange.respond(200, b"success", headers=CORS_HEADERS)
 
-    async def _signal(self, exchange: _HttpExchange, request: Request) -> None:
+    async def _signal(self, exchange: _HttpExchange, request: Request, *, v1: bool = False) -> None:
         if not request.headers.get("sec-websocket-key") or request.headers.get("sec-websocket-version") != "13":
             self.metrics.inc(m.SIGNAL_HANDSHAKE_FAILED)
             await exchange.respond(400, b"bad websocket handshake\n")
             return
         try:
-            room_name, grants = self.authorize_join(request)
+            join = self.join_request(request, v1)
+            room_name, grants = self.authorize_join(request, join=join)
         except AuthError as exc:
             self.metrics.inc(m.AUTH_FAILED)
             _log.info("join refused", kv={"status": exc.status, "reason": exc.reason})
             await exchange.respond(exc.status, exc.reason.encode() + b"\n")
             return
         stream = ReplayStream(exchange.stream, bytes(exchange.raw))
+        options = join_options(request, join)
         migrated_in = None
-        if _bool_param(request.param("reconnect"), False):
+        if options.reconnect:
             # A resume: of a participant another node handed to us (a migration), or of one
             # here whose signal connection was lost.
-            sid = request.param("sid") or ""
+            sid = options.participant_sid
             relay = self.relay
             migrated_in = relay.take_migration(room_name, sid, grants.identity) if relay is not None else None
             if migrated_in is None:
@@ -655,11 +697,10 @@ class HttpFront:
                 if resumed is not None:
                     _log.info("resume on this node", kv={"room": room_name, "identity": grants.identity,
                                                           "sid": sid[:40]})
-                    reason = request.param("reconnect_reason")
-                    if reason:
-                        # LiveKit uses it to spot short-lived connections and move the client to
-                        # TCP/TLS; we offer UDP only, so it is logged for operators.
-                        _log.info("client's reconnect reason", kv={"sid": sid[:40], "reason": reason[:32]})
+                    if options.reconnect_reason:
+                        # LiveKit uses it to spot short-lived connections and steer the client to
+                        # TCP/TLS; here the client's own ICE finds those paths, so it is logged.
+                        _log.info("client's reconnect reason", kv={"sid": sid[:40], "reason": options.reconnect_reason})
                     await resumed.ended.wait()
                     return
                 moved_to = relay.moved_to(room_name, sid) if relay is not None else None
@@ -691,7 +732,6 @@ class HttpFront:
                 exchange.raw[:] = _with_forwarded_header(bytes(exchange.raw))
                 await self._forward(exchange, target, room_name, "", what="join")
                 return
-        options = join_options_from_query(request)
         try:
             participant = await self.registry.join(room_name, grants, options, stream, migrated_in)
         except (RoomClosedError, RoomFullError) as exc:

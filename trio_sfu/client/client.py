@@ -1,7 +1,8 @@
 """A LiveKit client on Trio and our own sans-IO stack: the facade over its parts.
 
-Dual-PC ("v0", ``/rtc``) as livekit-client falls back to it: the server offers on the subscriber
-PC, we offer on the publisher PC; both PCs run ICE controlling against the ICE-lite SFU.
+Dual-PC ("v0", ``/rtc``, as livekit-client speaks it with ``singlePeerConnection: false``): the
+server offers on the subscriber PC, we offer on the publisher PC; both PCs run ICE controlling
+against the ICE-lite SFU.
 :class:`LiveKitClient` is one participant, composed of parts of one idea each:
 
 * :class:`~trio_sfu.client.signal_connection.SignalConnection` — the WebSocket to the node we are

@@ -2,7 +2,9 @@
 and LiveKit `DataPacket`s forwarded between participants (livekit-protocol.md §2.14).
 
 The client opens `_reliable` / `_lossy` (and `_data_track`) on its publisher PC; we open our own
-on its subscriber PC and the client adopts them by label. A packet a client sends arrives on one
+on its subscriber PC and the client adopts them by label. With a single peer connection
+(`/rtc/v1`) there is no subscriber PC: we send on the client's own channels, as LiveKit does
+(the clients read messages on their publisher channels too). A packet a client sends arrives on one
 of its channels, is checked (`canPublishData`), stamped with the sender's sid and identity (a
 client cannot speak for someone else), re-serialized once and queued on each recipient's channel
 of the same kind. Server-originated packets (Twirp SendData) come in through
@@ -134,6 +136,8 @@ class DataTransport:
         self.in_kinds: dict[int, DataKind] = {}
         # Never below what is really queued: raised per message, re-measured at a bound.
         self._queued_estimate = 0
+        # Single-PC mode: the client's channels are our way out too (no channels of ours).
+        self.sends_on_client_channels = False
 
     def open_server_channels(self) -> None:
         """`_reliable`, `_lossy` and `_data_track` as LiveKit opens them on the subscriber PC."""
@@ -162,6 +166,10 @@ class DataTransport:
             kind = _LABEL_KINDS.get(event.label)
             if kind is not None:
                 self.in_kinds[event.stream_id] = kind
+                if self.sends_on_client_channels and kind not in self.out_channels:
+                    self.out_channels[kind] = event.stream_id
+                    if kind is DataKind.RELIABLE:
+                        self.owner.downlink_ready(self, now)
             self.owner.log.debug("data channel open", kv={"pc": self.name, "label": event.label,
                                                           "stream": event.stream_id})
         elif isinstance(event, ChannelClosed):
@@ -269,21 +277,35 @@ class ParticipantData:
     # ---- wiring ------------------------------------------------------------------------------
 
     def attach(self, name: str, association: SctpAssociation, *, flush: Callable[[float], None],
-               downlink: bool = False, now: float = 0.0) -> DataTransport:
+               downlink: bool = False, client_channels: bool = False, now: float = 0.0) -> DataTransport:
         """Put LiveKit's channel policy on peer connection `name`'s association (once); `flush`
-        sends what was queued on it. `downlink` opens the server's channels, with what waited."""
+        sends what was queued on it. `downlink` opens the server's channels, with what waited;
+        `client_channels` (single-PC mode) makes the client's channels the way out once its
+        `_reliable` opens."""
         existing = self.transports.get(name)
         if existing is not None:
             return existing
         transport = DataTransport(self, name, association, flush=flush)
         self.transports[name] = transport
-        if downlink:
+        if client_channels:
+            transport.sends_on_client_channels = True
+        elif downlink:
             transport.open_server_channels()
             self.downlink = transport
             pending, self._pending = self._pending, collections.deque()
             for kind, payload in pending:
                 transport.send(kind, payload, now)
         return transport
+
+    def downlink_ready(self, transport: DataTransport, now: float) -> None:
+        """Single-PC mode: the client's `_reliable` opened on `transport`; what waited goes."""
+        if self.downlink is not None or self.closed:
+            return
+        self.downlink = transport
+        pending, self._pending = self._pending, collections.deque()
+        for kind, payload in pending:
+            transport.send(kind, payload, now)
+        transport.flush(now)
 
     def close(self) -> None:
         self.closed = True

@@ -31,10 +31,11 @@ which sends through that subscriber's endpoint — plain calls, no task switch.
 from __future__ import annotations
 
 import time
-from typing import Optional, Protocol
+from typing import Optional, Protocol, Sequence
 
 import trio
 from livekit.protocol import models, rtc
+from rtp import rtcp
 from sdp.model import SessionDescription
 from sdp.negotiator import SubscriberOffer
 from sdp.parser import serialize as serialize_sdp
@@ -85,7 +86,8 @@ class ParticipantMedia:
 
         self.timers = TimerLoop(at_least_every=REPORT_INTERVAL)
         wake_by = self.timers.wake_by
-        self.transports = ParticipantTransports(service, wake_by=wake_by, metrics=self.metrics, log=self.log)
+        self.transports = ParticipantTransports(service, wake_by=wake_by, metrics=self.metrics, log=self.log,
+                                                single_pc=context.single_peer_connection)
         migrated = self.participant.migrated_in
         self.publishing = PublisherMedia(self.sid, self.participant, self.room_media, self.transports,
                                          migrated_streams=migrated_streams(migrated), wake_by=wake_by,
@@ -190,24 +192,40 @@ class ParticipantMedia:
         if self.closed:
             return
         publishing = self.publishing
-        answer = publishing.answer_offer(offer.sdp)
+        subscribing = self.subscribing
+        single_pc = self.transports.single_pc
+        endpoint = subscribing.endpoint
+        answer = publishing.answer_offer(offer.sdp, endpoint.client_offered if single_pc else None)
         if answer is None:
             return
         if answer.ice_restart is not None:
             # The client restarted ICE (after a resume, or a network change): the open publisher
             # PC takes both sides' new credentials; DTLS and the published tracks carry on.
             self.transports.restart_publisher(answer.ice_restart, (answer.remote_ufrag, answer.remote_pwd))
-        publisher = self.transports.open_publisher(
-            answer.dtls_role, answer.remote_ufrag, answer.remote_pwd, answer.remote_fingerprints,
-            on_rtp=publishing.on_rtp, on_rtcp=publishing.on_rtcp)
+        if single_pc:
+            # One PC both ways: the client's RTCP concerns what it sends and what it receives.
+            publisher = self.transports.open_publisher(
+                answer.dtls_role, answer.remote_ufrag, answer.remote_pwd, answer.remote_fingerprints,
+                on_rtp=publishing.on_rtp, on_rtcp=self._single_pc_rtcp, on_connected=subscribing.on_connected)
+        else:
+            publisher = self.transports.open_publisher(
+                answer.dtls_role, answer.remote_ufrag, answer.remote_pwd, answer.remote_fingerprints,
+                on_rtp=publishing.on_rtp, on_rtcp=publishing.on_rtcp)
         publishing.apply(answer.media)
         publisher.session.set_transport_cc_extension(publishing.transport_cc_extension)
-        publisher.open_data(self.data, answer.sctp)
+        publisher.open_data(self.data, answer.sctp, client_channels=single_pc)
         self.context.send(rtc.SignalResponse(answer=rtc.SessionDescription(
-            type="answer", sdp=serialize_sdp(answer.answer), id=offer.id)))
+            type="answer", sdp=serialize_sdp(answer.answer), id=offer.id,
+            mid_to_track_id=endpoint.mid_to_track_id() if single_pc else {})))
+        if single_pc:
+            subscribing.client_offer_answered()
         if answer.first_mid is not None:
             for trickle in self.transports.candidate_trickles(rtc.SignalTarget.PUBLISHER, answer.first_mid):
                 self.context.send(trickle)
+
+    def _single_pc_rtcp(self, packets: Sequence[rtcp.RtcpPacket], now: float) -> None:
+        self.publishing.on_rtcp(packets, now)
+        self.subscribing.on_rtcp(packets, now)
 
     async def handle_subscriber_answer(self, answer: rtc.SessionDescription) -> None:
         self.subscribing.handle_answer(answer)

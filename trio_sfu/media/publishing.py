@@ -38,9 +38,9 @@ from rtp import rtcp
 from rtp.header_extensions import HeaderExtensionParseError, audio_level_in, decode_mid
 from rtp.packet import RtpParseError, find_extension
 from sdp.codecs import EXT_MID, EXT_REPAIRED_RID, EXT_RID, EXT_TWCC, MediaKind
-from sdp.errors import NegotiationError, SdpParseError
+from sdp.errors import NegotiationError, SdpParseError, TransceiverInvariantError
 from sdp.model import Fingerprint, SessionDescription
-from sdp.negotiator import DtlsRole, LocalParams, NegotiatedMedia, answer_offer, local_dtls_role, negotiated_media
+from sdp.negotiator import DtlsRole, LocalParams, NegotiatedMedia, Outgoing, answer_offer, local_dtls_role, negotiated_media
 from sdp.parser import parse as parse_sdp
 
 from trio_sfu import metrics as m
@@ -127,17 +127,21 @@ class PublisherMedia:
 
     # ---- negotiation -------------------------------------------------------------------------
 
-    def answer_offer(self, sdp: str) -> Optional[PublisherAnswer]:
-        """Answer a publisher offer; None (counted, logged) if it cannot be answered."""
+    def answer_offer(self, sdp: str,
+                     outgoing_for: Optional[Callable[[SessionDescription], Outgoing]] = None) -> Optional[PublisherAnswer]:
+        """Answer a publisher offer; None (counted, logged) if it cannot be answered. In
+        single-PC mode `outgoing_for` says what the server sends on the offer's receive-only
+        m-lines (the subscribing side's table, trio_sfu.media.subscribing)."""
         try:
             parsed = parse_sdp(sdp)
             self._answers += 1
             restart = self._transports.publisher_restart_params(parsed)
             local = restart if restart is not None else self._transports.pub_local
-            answer = answer_offer(parsed, local, session_version=self._answers)
+            outgoing = outgoing_for(parsed) if outgoing_for is not None else None
+            answer = answer_offer(parsed, local, session_version=self._answers, outgoing=outgoing, cname=self.sid)
             media = negotiated_media(parsed, answer)
             role = local_dtls_role(answer, local_is_offerer=False)
-        except (SdpParseError, NegotiationError) as exc:
+        except (SdpParseError, NegotiationError, TransceiverInvariantError) as exc:
             self.metrics.inc(m.MEDIA_SDP_REJECTED)
             self.log.warning("SDP refused", kv={"what": "publisher offer", "error": str(exc)})
             return None

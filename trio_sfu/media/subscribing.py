@@ -10,7 +10,9 @@ LiveKit's behaviour around a down track's start and end. `SubscriberMedia` owns 
   again — and each down track's layer from the client's track settings (paused when muted);
 - m-lines held for a resume that can no longer come (the track is gone from the room) let go;
 - the offer/answer exchange with the client: we offer on the subscriber PC and wait (bounded) for
-  the answer to that offer; a late or unknown answer is counted and dropped;
+  the answer to that offer; a late or unknown answer is counted and dropped. In single peer
+  connection mode the client offers: we ask it to offer again (`media_sections_requirement`,
+  with the number of m-lines tracks wait for) and wait (bounded) for our answer to its offer;
 - the subscriber PC's RTCP to the down tracks, and the downlink RTCP they owe (`Timed`);
 - the subscriber's downstream bandwidth estimate (trio_sfu.media.bandwidth), once its answer
   negotiated transport-wide sequence numbers: its feedback and its probes' timer.
@@ -79,7 +81,8 @@ class ParticipantSubscriber(SubscriberEndpoint):
     def __init__(self, owner: "SubscriberMedia", *, answered: Callable[[SessionDescription], None]) -> None:
         transports = owner.transports
         super().__init__(owner.sid, transports.sub_local, owner.exchange, transports.send_down,
-                         send_rtcp=transports.send_subscriber_rtcp, answered=answered)
+                         send_rtcp=transports.send_subscriber_rtcp, answered=answered,
+                         request_offer=owner.request_client_offer if transports.single_pc else None)
         self._owner = owner
 
     def target_layer(self, source: TrackSource) -> Optional[int]:
@@ -134,6 +137,9 @@ class SubscriberMedia:
             wallclock_offset=wallclock_offset, log=log, hook=self._subscription_seam)
         self._offer_id = 0
         self._pending_answer: Optional[_PendingAnswer] = None
+        # Single-PC mode: answers to the client's offers so far, and the event the next one sets.
+        self._client_answers = 0
+        self._client_answer_sent = trio.Event()
         # Tracks reported not found: no longer wanted until the client asks again.
         self._given_up: set[str] = set()
         # The downstream estimate, once the subscriber PC is open with transport-cc negotiated.
@@ -144,8 +150,14 @@ class SubscriberMedia:
         """The first subscriber offer (with whatever is already published, and the data
         channel m-line), then the subscription manager's loop, for the participant's life."""
         try:
+            if self.transports.single_pc:
+                # The client's first offer (with its join, or right after) opens the one PC and
+                # brings the m-lines the first subscriptions go on.
+                with trio.move_on_after(self._timeouts.answer_timeout):
+                    while not self._client_answers:
+                        await self._client_answer_sent.wait()
             await self.manager.reconcile({RECONCILE_ALL})
-            if not self.endpoint.offers and not self.closed:
+            if not self.endpoint.offers and not self.endpoint.client_offers and not self.closed:
                 try:
                     await self.endpoint.negotiate()
                 except NegotiationError as exc:
@@ -189,6 +201,32 @@ class SubscriberMedia:
             raise NegotiationError(pending.error)
         self.metrics.inc(m.MEDIA_ANSWER_TIMEOUT)
         raise NoAnswerError(f"no answer to subscriber offer {pending.offer_id} within {timeout:g} s")
+
+    async def request_client_offer(self, audios: int, videos: int) -> None:
+        """Single-PC mode (SubscriberEndpoint's `RequestOffer`): ask the client to offer again
+        with `audios` and `videos` more receive-only m-lines, and wait for our answer to a
+        client offer made after the request."""
+        seen = self._client_answers
+        if audios or videos:
+            self.log.info("asking the client for more m-lines", kv={"audio": audios, "video": videos})
+        self.context.send(rtc.SignalResponse(media_sections_requirement=rtc.MediaSectionsRequirement(
+            num_audios=audios, num_videos=videos)))
+        timeout = self._timeouts.answer_timeout
+        with trio.move_on_after(timeout):
+            while self._client_answers == seen and not self.closed:
+                await self._client_answer_sent.wait()
+        if self.closed:
+            raise NegotiationError("the participant left")
+        if self._client_answers == seen:
+            self.metrics.inc(m.MEDIA_ANSWER_TIMEOUT)
+            raise NoAnswerError(f"no client offer within {timeout:g} s of asking for one")
+
+    def client_offer_answered(self) -> None:
+        """Single-PC mode: our answer to a client offer went out (it presented the table)."""
+        self.endpoint.client_answered()
+        self._client_answers += 1
+        self._client_answer_sent.set()
+        self._client_answer_sent = trio.Event()
 
     def handle_answer(self, answer: rtc.SessionDescription) -> None:
         """Hand the answer to the offer waiting for it (the subscription manager's negotiation
@@ -391,6 +429,7 @@ class SubscriberMedia:
         if pending is not None:
             pending.error = "the participant left"
             pending.arrived.set()
+        self._client_answer_sent.set()
 
 
 __all__ = ["ParticipantSubscriber", "SubscriberMedia", "SubscriptionTimeouts"]

@@ -10,7 +10,9 @@ to the log and the counters. The session's one `next_deadline` covers all its pr
 (ICE, DTLS, SCTP, TWCC): the endpoint is one `Timed` part of the participant's timer loop and
 merges nothing by hand. `ParticipantTransports` holds the participant's ICE credentials (one
 ufrag/pwd per peer connection, chosen before any SDP) and its two endpoints once negotiated,
-and gives the rest of the participant's media the send paths.
+and gives the rest of the participant's media the send paths. In single peer connection mode
+(LiveKit's `/rtc/v1`) there is no subscriber PC: the down tracks send on the publisher PC, the
+one peer connection the client offers.
 
 The media hot path: a media datagram is unprotected by the session and handed on at once (no
 outbox round trip: media input leaves nothing to send); the down tracks' send (`send_down` ->
@@ -315,7 +317,7 @@ class TransportEndpoint:
     # ---- data channels ---------------------------------------------------------------------
 
     def open_data(self, data: ParticipantData, remote: tuple[bool, int, int],
-                  downlink: bool = False) -> Optional[DataTransport]:
+                  downlink: bool = False, client_channels: bool = False) -> Optional[DataTransport]:
         """Once this connection's SDP accepted an m=application (`remote`: whether it did, its
         sctp-port and max-message-size): the session's SCTP association, attached to the
         participant's data path."""
@@ -325,7 +327,8 @@ class TransportEndpoint:
         now = trio.current_time()
         association = self.session.enable_data_channels(now, remote_port=remote_port,
                                                         remote_max_message_size=remote_max_message_size)
-        self.data = data.attach(self.name, association, flush=self.send_queued, downlink=downlink, now=now)
+        self.data = data.attach(self.name, association, flush=self.send_queued, downlink=downlink,
+                                client_channels=client_channels, now=now)
         # On a transport already up the association started at once (the DTLS client's INIT).
         self.send_queued(now)
         return self.data
@@ -359,8 +362,11 @@ class ParticipantTransports:
     """A participant's ICE credentials and, once negotiated, its publisher and subscriber
     peer connections; `Timed` for both (each session's protocol timers, all of them)."""
 
-    def __init__(self, service: TransportService, *, wake_by: WakeBy, metrics: m.Metrics, log: ContextLogger) -> None:
+    def __init__(self, service: TransportService, *, wake_by: WakeBy, metrics: m.Metrics, log: ContextLogger,
+                 single_pc: bool = False) -> None:
         self._service = service
+        # One peer connection (the client's offer) carries both directions.
+        self.single_pc = single_pc
         self._wake_by = wake_by
         self._metrics = metrics
         self._log = log
@@ -415,11 +421,12 @@ class ParticipantTransports:
         return any(e.connected for e in endpoints) and all(e.session.is_alive for e in endpoints)
 
     def open_publisher(self, role: DtlsRole, ufrag: str, pwd: str, fingerprints: tuple[Fingerprint, ...], *,
-                       on_rtp: RtpHandler, on_rtcp: RtcpHandler) -> TransportEndpoint:
+                       on_rtp: RtpHandler, on_rtcp: RtcpHandler,
+                       on_connected: Optional[Callable[[float], None]] = None) -> TransportEndpoint:
         """The publisher PC, once (the client's first offer names its ICE and DTLS peer)."""
         if self.publisher is None:
             self.publisher = self._open(PUBLISHER, self.pub_local, role, ufrag, pwd, fingerprints,
-                                        on_rtp=on_rtp, on_rtcp=on_rtcp, on_connected=None)
+                                        on_rtp=on_rtp, on_rtcp=on_rtcp, on_connected=on_connected)
         return self.publisher
 
     def open_subscriber(self, role: DtlsRole, ufrag: str, pwd: str, fingerprints: tuple[Fingerprint, ...], *,
@@ -482,13 +489,18 @@ class ParticipantTransports:
 
     # ---- the send paths the rest of the participant's media uses -----------------------------
 
+    @property
+    def downlink(self) -> Optional[TransportEndpoint]:
+        """The peer connection the down tracks send on."""
+        return self.publisher if self.single_pc else self.subscriber
+
     def send_down(self, packet: bytes) -> bool:
         """A down track's RTP to the client (the hot path); False if it could not go."""
-        endpoint = self.subscriber
+        endpoint = self.publisher if self.single_pc else self.subscriber
         return endpoint is not None and endpoint.send_rtp(packet)
 
     def send_subscriber_rtcp(self, packet: bytes) -> bool:
-        endpoint = self.subscriber
+        endpoint = self.downlink
         return endpoint is not None and endpoint.send_rtcp(packet)
 
     def send_publisher_rtcp(self, packet: bytes) -> bool:
@@ -497,7 +509,9 @@ class ParticipantTransports:
 
     @property
     def subscriber_connected(self) -> bool:
-        return self.subscriber is not None and self.subscriber.connected
+        """Whether the down tracks' peer connection is up."""
+        endpoint = self.downlink
+        return endpoint is not None and endpoint.connected
 
     # ---- Timed (trio_sfu.media.timers) ------------------------------------------------------
 

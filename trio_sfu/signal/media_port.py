@@ -78,6 +78,8 @@ class MediaContext:
     participant: MediaParticipant
     # Whether the client asked to be subscribed to everything (`auto_subscribe`, default true).
     auto_subscribe: bool = True
+    # LiveKit's `/rtc/v1`: one peer connection, offered by the client, carries both directions.
+    single_peer_connection: bool = False
 
     @property
     def participant_sid(self) -> str:
@@ -92,7 +94,8 @@ class MediaContext:
 
 
 class MediaSession(Protocol):
-    """Per-participant media: one publisher PC (the client offers) and one subscriber PC (we offer)."""
+    """Per-participant media: one publisher PC (the client offers) and one subscriber PC (we
+    offer); or, in single peer connection mode, the one PC the client offers for both."""
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The session's tasks (transport timers, subscriptions), started in the participant's

@@ -127,12 +127,21 @@ class SignalConnection:
 
 @attrs.define
 class JoinOptions:
-    """Per-connection options from the `/rtc` query string."""
+    """Per-connection options: from the `/rtc` query string, or from `/rtc/v1`'s JoinRequest."""
 
     auto_subscribe: bool = True
     adaptive_stream: bool = False
     protocol: int = 0
     client_info: models.ClientInfo = attrs.field(factory=models.ClientInfo)
+    # A resume (`reconnect=1`, `sid`, `reconnect_reason`; in v1 the JoinRequest's fields).
+    reconnect: bool = False
+    participant_sid: str = ""
+    reconnect_reason: int = 0
+    # `/rtc/v1`: one peer connection both ways, offered by the client — its first offer comes
+    # with the join, and so may its first add_track requests.
+    single_peer_connection: bool = False
+    publisher_offer: Optional[rtc.SessionDescription] = None
+    add_track_requests: tuple[rtc.AddTrackRequest, ...] = ()
 
 
 def now_ms() -> int:
@@ -485,6 +494,13 @@ class Participant:
                         self._transition(ParticipantState.JOINED)
                         self.bump_version()
                         self.room.announce(self)
+                        # `/rtc/v1` carries the first requests in the join: served as if they
+                        # came first on the socket.
+                        for add_track in self.options.add_track_requests:
+                            if not self.is_closed:
+                                await self.handle_request(rtc.SignalRequest(add_track=add_track))
+                        if self.options.publisher_offer is not None and not self.is_closed:
+                            await self.handle_request(rtc.SignalRequest(offer=self.options.publisher_offer))
                     await self._reader(ws)
                     if not self.is_closed:
                         # Lost, not left: what is queued waits for the next connection.
@@ -502,7 +518,8 @@ class Participant:
     async def _start_media(self, nursery: trio.Nursery) -> None:
         media = self._media = self._media_factory(
             MediaContext(room_name=self.room.name, room_sid=self.room.sid, participant=self,
-                         auto_subscribe=self.options.auto_subscribe)
+                         auto_subscribe=self.options.auto_subscribe,
+                         single_peer_connection=self.options.single_peer_connection)
         )
         # The media session's tasks are children of this participant's nursery: they end with
         # the participant, not with a signal connection.

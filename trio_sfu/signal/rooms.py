@@ -179,7 +179,8 @@ class Room:
         self.ever_joined = True
         self._changed.set()
         self.registry.metrics.inc(m.SIGNAL_JOINS)
-        participant.log.info("participant joined")
+        participant.log.info("participant joined", kv={
+            "signalling": "v1 single-pc" if options.single_peer_connection else "v0 dual-pc"})
         await self._nursery.start(participant.run, stream)
         return participant
 
@@ -281,8 +282,9 @@ class Room:
             other_participants=others,
             server_version=server_info().version,
             ice_servers=self.registry.ice_servers(participant.sid),
-            # Dual-PC mode: the subscriber PC is primary whenever the client may subscribe.
-            subscriber_primary=can_subscribe,
+            # Dual-PC mode: the subscriber PC is primary whenever the client may subscribe. With
+            # one PC (`/rtc/v1`) the client's own offer opens it: never subscriber primary.
+            subscriber_primary=can_subscribe and not participant.options.single_peer_connection,
             ping_timeout=PING_TIMEOUT,
             ping_interval=PING_INTERVAL,
             server_info=server_info(),

@@ -9,6 +9,12 @@ continuous sequence numbers and timestamps, with no new m-line to negotiate.
 
 Negotiation is injected (`Exchange`: offer in, answer out, awaited), so the same endpoint runs
 behind a real signal session or an in-memory test client.
+
+Single peer connection mode (LiveKit's `/rtc/v1`, `request_offer` given): the client offers the
+one peer connection and the server answers, so the m-lines are the client's receive-only ones
+(`client_offered` takes each offer, `client_answered` records what the answer presented). A
+negotiation then is asking the client to offer again — with as many new m-lines as tracks wait
+for one — and waiting for the answer to that offer (`RequestOffer`).
 """
 
 from __future__ import annotations
@@ -21,8 +27,8 @@ import trio
 from sdp.codecs import MediaKind, subscriber_codecs
 from sdp.errors import NegotiationError, TransceiverInvariantError
 from sdp.model import SessionDescription
-from sdp.negotiator import LocalParams, SubscriberOffer
-from sdp.transceivers import CachedTransceiver, TransceiverState, TransceiverTable
+from sdp.negotiator import LocalParams, OutgoingTrack, SubscriberOffer, offered_receive_lines
+from sdp.transceivers import UNPLACED_MID_PREFIX, CachedTransceiver, TransceiverState, TransceiverTable
 from trio_sfu.forwarding import DownTrack, map_payload_types
 from trio_sfu.forwarding.downtrack import DownTrackSnapshot
 
@@ -31,6 +37,14 @@ from trio_sfu.tracks.source import TrackSource
 Exchange = Callable[[SessionDescription], Awaitable[SessionDescription]]
 Detached = Callable[[str, TrackSource, bool], None]
 Answered = Callable[[SessionDescription], None]
+#: Tracks whose m-line the client stopped (single-PC mode: seen in its own offer).
+Refused = Callable[[list[str]], None]
+#: Single-PC mode: ask the client for a new offer with this many more audio and video m-lines;
+#: returns once an answer to a later client offer went out, raises NoAnswerError after a timeout.
+RequestOffer = Callable[[int, int], Awaitable[None]]
+
+#: Single-PC mode: offers asked for in one negotiation before giving up on unplaced m-lines.
+MAX_OFFER_REQUESTS = 3
 
 
 class NoCommonCodecError(Exception):
@@ -70,9 +84,14 @@ class SubscriberEndpoint:
                  send_rtp: Callable[[bytes], bool], *,
                  send_rtcp: Callable[[bytes], bool] = lambda packet: True,
                  table: Optional[TransceiverTable] = None,
-                 answered: Optional[Answered] = None) -> None:
+                 answered: Optional[Answered] = None,
+                 request_offer: Optional[RequestOffer] = None) -> None:
         self._id = subscriber_id
-        self.offer = SubscriberOffer(local, table if table is not None else TransceiverTable(), cname=subscriber_id)
+        self._request_offer = request_offer
+        if table is None:
+            table = TransceiverTable(client_offers=request_offer is not None)
+        # Single-PC mode: no m=application of ours (the client's offer carries the data channel).
+        self.offer = SubscriberOffer(local, table, cname=subscriber_id, data_channel=request_offer is None)
         self._exchange = exchange
         # Runs once the answer is applied (the server creates the subscriber transport from it).
         self._answered = answered
@@ -89,6 +108,7 @@ class SubscriberEndpoint:
         # An offer went out and no answer was applied since: the client's view is unknown.
         self._unanswered = False
         self.on_detached: Optional[Detached] = None
+        self.on_refused: Optional[Refused] = None
         self.closed = False
 
     @property
@@ -149,6 +169,9 @@ class SubscriberEndpoint:
         """One offer/answer round (serialized). Raises what the exchange raises, and
         NegotiationError for an answer that does not answer the offer."""
         async with self._negotiation:
+            if self._request_offer is not None:
+                await self._negotiate_by_client_offer(self._request_offer)
+                return
             offer = self.offer.create_offer()
             self.offers.append(offer)
             offered = self._line_states()
@@ -160,6 +183,89 @@ class SubscriberEndpoint:
             self._negotiated = offered
             if self._answered is not None:
                 self._answered(answer)
+
+    # ---- single-PC mode: the client offers ---------------------------------------------------
+
+    @property
+    def client_offers(self) -> bool:
+        return self._request_offer is not None
+
+    def _waiting_lines(self) -> dict[MediaKind, int]:
+        """Tracks bound to no m-line of the client yet, by kind."""
+        waiting = {MediaKind.AUDIO: 0, MediaKind.VIDEO: 0}
+        for t in self.table.unplaced():
+            if t.state is TransceiverState.ACTIVE:
+                waiting[t.kind] += 1
+        return waiting
+
+    async def _negotiate_by_client_offer(self, request_offer: RequestOffer) -> None:
+        self._unanswered = True
+        # Lines asked for in this negotiation that no offer brought yet: an offer the client
+        # had already sent when we asked does not have them, and asking again would make the
+        # client add them twice.
+        asked = {MediaKind.AUDIO: 0, MediaKind.VIDEO: 0}
+        for _ in range(MAX_OFFER_REQUESTS):
+            before = self._waiting_lines()
+            more = {kind: max(0, before[kind] - asked[kind]) for kind in asked}
+            for kind in asked:
+                asked[kind] += more[kind]
+            # LiveKit asks even for none: the request is what makes the client offer again.
+            await request_offer(more[MediaKind.AUDIO], more[MediaKind.VIDEO])
+            after = self._waiting_lines()
+            if not any(after.values()):
+                self._unanswered = False
+                return
+            for kind in asked:
+                asked[kind] = max(0, asked[kind] - (before[kind] - after[kind]))
+        raise NoAnswerError(f"the client did not offer the m-lines asked for in {MAX_OFFER_REQUESTS} offers")
+
+    def client_offered(self, offer: SessionDescription) -> dict[str, Optional[OutgoingTrack]]:
+        """A client offer (single-PC mode): its receive-only m-lines become the table's lines
+        (unplaced transceivers take the new ones), lines it no longer offers for receiving are
+        lost; returns what the answer sends on each receive-only line."""
+        outgoing: dict[str, Optional[OutgoingTrack]] = {}
+        lines = offered_receive_lines(offer)
+        offered = {line.mid for line in lines}
+        lost: list[str] = []
+        for t in list(self.table.transceivers):
+            if t.placed and t.state.live and t.kind is not MediaKind.APPLICATION and t.mid not in offered:
+                # JSEP never drops an m-line; a client that does has no such line any more. (This
+                # also keeps the table no larger than one offer's m-lines.)
+                lost_track = self.table.mark_rejected(t.mid, offered_stopped=True)
+                if lost_track is not None:
+                    lost.append(lost_track)
+        for line in lines:
+            mid = line.mid
+            if not line.live:
+                lost_track = self.table.mark_rejected(mid, offered_stopped=True) if self.table.get(mid) else None
+                if lost_track is not None:
+                    lost.append(lost_track)
+                continue
+            t = self.table.offered_line(mid, line.kind, line.codecs, line.extensions)
+            binding = self.bindings.get(t.track_id) if t.track_id is not None else None
+            if binding is not None:
+                binding.mid = t.mid
+            held = self.table.held(t)
+            if t.state is TransceiverState.ACTIVE and t.track_id and t.stream_id and t.ssrc is not None:
+                outgoing[mid] = OutgoingTrack(t.stream_id, t.track_id, t.ssrc, t.rtx_ssrc)
+            elif held is not None and held[1].ssrc is not None and held[1].stream_id:
+                outgoing[mid] = OutgoingTrack(held[1].stream_id, held[0], held[1].ssrc, held[1].rtx_ssrc)
+            else:
+                outgoing[mid] = None
+        lost = [track_id for track_id in lost if track_id in self.bindings]
+        if lost and self.on_refused is not None:
+            self.on_refused(lost)
+        return outgoing
+
+    def client_answered(self) -> None:
+        """The answer to the client's offer went out: it presented the placed lines as they are."""
+        self._negotiated = {mid: state for mid, state in self._line_states().items()
+                            if not mid.startswith(UNPLACED_MID_PREFIX)}
+
+    def mid_to_track_id(self) -> dict[str, str]:
+        """Mid -> track id of every placed line sending a track (LiveKit's answer field)."""
+        return {t.mid: t.track_id for t in self.table.transceivers
+                if t.placed and t.state is TransceiverState.ACTIVE and t.track_id is not None}
 
     def refused_track_ids(self) -> list[str]:
         """Bound tracks whose m-line the client's last answer refused (port 0): permanent."""

@@ -78,6 +78,7 @@ class SubscriptionManager:
         self.closed = False
         self.dropped_triggers = 0
         endpoint.on_detached = self._detached
+        endpoint.on_refused = self._refused_by_client
 
     # ---- what the participant wants -------------------------------------------------------
 
@@ -201,21 +202,25 @@ class SubscriptionManager:
                     self._permanent(s, "the client refused the m-line", models.SubscriptionError.SE_CODEC_UNSUPPORTED)
             handled = {b[0].track_id for b in bound}
             bound = [b for b in bound if b[0].track_id not in refused]
-            for track_id in refused - handled:
-                # An m-line already forwarding that the client now refuses: let it go for good.
-                binding = self.endpoint.bindings.get(track_id)
-                if binding is not None and not binding.source.remove_subscriber(
-                        self.endpoint.subscriber_id, expected_to_resume=False):
-                    self.endpoint.detach_source(binding.source, False)
-                s = self.subscriptions.get(track_id)
-                if s is not None and s.desired:
-                    s.desired = False
-                    self._permanent(s, "the client refused the m-line", models.SubscriptionError.SE_CODEC_UNSUPPORTED)
+            self._refused_by_client(sorted(refused - handled))
         for s, source, binding in bound:
             await self._hook("post_check", s.track_id)
             if self.closed:
                 return
             self._start(s, source, binding)
+
+    def _refused_by_client(self, track_ids: list[str]) -> None:
+        """M-lines already forwarding that the client now refuses (its answer, or in single-PC
+        mode its own offer, stops them): let them go for good; offering them again would loop."""
+        for track_id in track_ids:
+            binding = self.endpoint.bindings.get(track_id)
+            if binding is not None and not binding.source.remove_subscriber(
+                    self.endpoint.subscriber_id, expected_to_resume=False):
+                self.endpoint.detach_source(binding.source, False)
+            s = self.subscriptions.get(track_id)
+            if s is not None and s.desired:
+                s.desired = False
+                self._permanent(s, "the client refused the m-line", models.SubscriptionError.SE_CODEC_UNSUPPORTED)
 
     def _reconcile_one(self, s: TrackSubscription) -> Optional[tuple[TrackSubscription, TrackSource, Binding]]:
         if s.desired:
