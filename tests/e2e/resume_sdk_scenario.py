@@ -85,7 +85,10 @@ async def join(args: argparse.Namespace, side: Side) -> None:
     room.on("reconnected", on_reconnected)
     grants = api.VideoGrants(room_join=True, room=args.room)
     token = api.AccessToken(args.api_key, args.api_secret).with_identity(side.identity).with_grants(grants).to_jwt()
-    await room.connect(args.url, token, rtc.RoomOptions(auto_subscribe=True))
+    options = rtc.RoomOptions(auto_subscribe=True)
+    if args.v0:
+        options.single_peer_connection = False  # /rtc, two peer connections
+    await room.connect(args.url, token, options)
     audio = rtc.AudioSource(SAMPLE_RATE, 1)
     video = rtc.VideoSource(WIDTH, HEIGHT)
     side.tasks.append(asyncio.ensure_future(feed_audio(audio, side.tone_hz)))
@@ -163,6 +166,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--url", required=True)
     parser.add_argument("--room", default="resume")
+    parser.add_argument("--v0", action="store_true", help="join through /rtc (else the SDK's default, /rtc/v1)")
     parser.add_argument("--api-key", default="devkey")
     parser.add_argument("--api-secret", default="secret")
     args = parser.parse_args()

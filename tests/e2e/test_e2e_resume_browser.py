@@ -51,8 +51,10 @@ def _need_browser():
         pytest.skip(f"browser e2e: {reason}")
 
 
-def test_chromium_tabs_resume_after_losing_the_signal_connection(netns, sfu, clients, tmp_path, tmp_path_factory,
-                                                                 pytestconfig):
+@pytest.mark.parametrize("signalling", ["v1", "v0"])
+def test_chromium_tabs_resume_after_losing_the_signal_connection(signalling, netns, sfu, clients, tmp_path,
+                                                                 tmp_path_factory, pytestconfig):
+    """`v1`: livekit-client's default, one peer connection (/rtc/v1); `v0`: two (/rtc)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     wav = tmp_path / "microphone.wav"
     write_tone_wav(wav, BROWSER_TONE_HZ)
@@ -61,7 +63,7 @@ def test_chromium_tabs_resume_after_losing_the_signal_connection(netns, sfu, cli
         "participants": [{"identity": "pub", "token": token("pub", ROOM), "publish": True},
                          {"identity": "sub", "token": token("sub", ROOM), "publish": False}],
         "watch": {"tab": "sub", "remote": "pub"}, "minFrames": MIN_FRAMES, "minAudioPackets": 50,
-        "timeoutMs": 45000, "simulcast": False,
+        "timeoutMs": 45000, "simulcast": False, "singlePeerConnection": signalling == "v1",
     }
     browser = Client("chromium", netns.wrap(["node", str(DRIVER), json.dumps(config)]), tmp_path / "chromium.log",
                      env=dict(env, HOME=str(tmp_path)))
@@ -110,7 +112,7 @@ def test_chromium_tabs_resume_after_losing_the_signal_connection(netns, sfu, cli
             "reconnected_after_ms": next((e["t"] - marks[f"drop-{identity}"] for e in events[identity]
                                           if e["event"] == "Reconnected" and e["t"] >= marks[f"drop-{identity}"]), None),
         }
-    record_metric(tmp_path_factory, pytestconfig, "chromium_resume_media_gap_ms", gaps)
+    record_metric(tmp_path_factory, pytestconfig, f"chromium_resume_media_gap_ms_{signalling}", gaps)
     brief = json.dumps({"drops": drops, "marks": marks, "phases": phases, "gaps": gaps, "events": events,
                         "pcs": {t: tabs[t]["pcs"] for t in tabs}, "errors": {t: tabs[t]["errors"] for t in tabs}},
                        indent=1)
@@ -139,7 +141,11 @@ def test_chromium_tabs_resume_after_losing_the_signal_connection(netns, sfu, cli
             f"{identity} joined again under a new sid instead of resuming\n{detail}"
         assert sum("resumed on a new signal connection" in line and sid in line for line in log) == 1, \
             f"{identity} was not resumed exactly once\n{detail}"
-        for pc in ("subscriber", "publisher") if identity == "pub" else ("subscriber",):
+        # v0: each tab's subscriber PC (our offer) and pub's publisher PC (its own offer); v1: the
+        # one PC, restarted by the tab's offer.
+        pcs = (("subscriber", "publisher") if identity == "pub" else ("subscriber",)) if signalling == "v0" \
+            else ("publisher",)
+        for pc in pcs:
             # Restarted by the offer (ours, or the tab's), completed by the tab's checks under the new credentials.
             for what in ("ICE restarted", "ICE restart completed"):
                 assert any(what in line and sid in line and f"pc={pc} " in line for line in log), \
