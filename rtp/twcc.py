@@ -7,6 +7,12 @@ delay signal and keeps lowering its estimate, so a publisher's video decays to i
 bitrate. `TransportFeedbackRecorder` notes each arrival and, every `interval`, gives the RTCP
 transport-cc feedback packets (rtp.rtcp.TransportCc) that report them.
 
+Reordering: a report covers every seq up to the newest arrival, so a packet overtaken on the
+way is first reported lost. When it arrives within `REORDER_WINDOW` of the arrivals around it,
+the next report starts again from it and reports it received (as libwebrtc's receiver does);
+otherwise a sender's loss-based estimate would count every reordered packet as lost and cut
+its rate, dropping simulcast layers on a link that loses nothing.
+
 Sans-IO: `record(seq, now)` on each packet, `next_deadline()` / `packets_to_send(now)` for the reports.
 """
 
@@ -25,6 +31,8 @@ MAX_PENDING = 4000
 #: A receive delta must fit 16 bits of 250 µs; a longer pause starts a new report.
 _MAX_DELTA_US = 0x7FFF * TWCC_DELTA_UNIT_US
 _MIN_DELTA_US = -0x8000 * TWCC_DELTA_UNIT_US
+#: Reported arrivals are kept this long (seconds) so a late packet can be reported again with them.
+REORDER_WINDOW = 0.5
 
 
 class TransportFeedbackRecorder:
@@ -36,20 +44,30 @@ class TransportFeedbackRecorder:
         self.media_ssrc = 0
         self._unwrap = SequenceUnwrapper()
         self._arrivals: dict[int, int] = {}  # extended seq -> arrival in µs on our clock
-        self._next_seq: Optional[int] = None  # the first extended seq not reported yet
+        self._next_seq: Optional[int] = None  # the first extended seq the next report covers
+        self._floor: Optional[int] = None  # below this, arrivals are forgotten: too late to report
         self._due: Optional[float] = None
         self._feedback_count = 0
         self.reports_sent = 0
         self.packets_recorded = 0
-        self.late_dropped = 0  # arrived after their seq had been reported as lost
+        self.late_dropped = 0  # arrived after the reorder window had moved past their seq
+        self.late_reported = 0  # reported lost, then arrived in time to be reported again
 
     def record(self, seq: int, media_ssrc: int, now: float) -> None:
         extended = self._unwrap.unwrap(seq & 0xFFFF)
-        if self._next_seq is not None and extended < self._next_seq:
-            self.late_dropped += 1
-            return
         if self._next_seq is None:
-            self._next_seq = extended
+            self._next_seq = self._floor = extended
+        elif extended < self._next_seq:
+            if extended in self._arrivals:
+                return  # a duplicate of one reported already
+            if self.reports_sent == 0:
+                self._floor = extended  # reordered before the first report: nothing to repeat
+            elif extended < self._floor:  # type: ignore[operator]
+                self.late_dropped += 1
+                return
+            else:
+                self.late_reported += 1
+            self._next_seq = extended  # the next report starts (again) here
         self._arrivals.setdefault(extended, int(now * 1_000_000))
         self.media_ssrc = media_ssrc
         self.packets_recorded += 1
@@ -68,6 +86,8 @@ class TransportFeedbackRecorder:
         self._due = None
         out: list[bytes] = []
         newest = max(self._arrivals)
+        if newest < self._next_seq:
+            return out
         seq = self._next_seq
         while seq <= newest:
             # The first arrival at or after `seq` anchors this report's reference time; the
@@ -102,9 +122,12 @@ class TransportFeedbackRecorder:
             self._feedback_count += 1
             out.append(report.serialize())
             self.reports_sent += 1
-        for reported in [s for s in self._arrivals if s < seq]:
-            del self._arrivals[reported]
         self._next_seq = seq
-        if self._arrivals:
+        # Keep what was reported for the reorder window, so a late packet is reported with it.
+        keep_after = int((now - REORDER_WINDOW) * 1_000_000)
+        for reported in [s for s, at in self._arrivals.items() if s < seq and at < keep_after]:
+            del self._arrivals[reported]
+        self._floor = min((s for s in self._arrivals if s < seq), default=seq)
+        if any(s >= seq for s in self._arrivals):
             self._due = now + self.interval
         return out

@@ -115,3 +115,63 @@ def test_any_arrival_pattern_is_reported_faithfully(seed: int, steps: list[tuple
     got += reports(recorder, t + 1)
     seen = check(sent, got)
     assert {s for s, ok in seen.items() if ok} == set(sent) and recorder.late_dropped == 0
+
+
+def test_a_packet_overtaken_across_a_report_is_reported_again_as_received() -> None:
+    # The field report's link (20 ± 5 ms, reordering): a packet reported lost because a later
+    # one was reported first must reach the sender as received, or its loss-based estimate
+    # counts reordering as loss and drops simulcast layers.
+    recorder = TransportFeedbackRecorder(sender_ssrc=1)
+    for seq in (0, 1, 2, 4, 5):
+        recorder.record(seq, 5, 1.0 + seq * 0.001)
+    (first,) = reports(recorder, 1.1)
+    assert [(s.seq, s.received) for s in first.statuses()] == [(0, True), (1, True), (2, True), (3, False),
+                                                              (4, True), (5, True)]
+    recorder.record(3, 5, 1.101)  # the overtaken one, 97 ms late
+    recorder.record(6, 5, 1.102)
+    (second,) = reports(recorder, 1.25)
+    assert [(s.seq, s.received) for s in second.statuses()] == [(3, True), (4, True), (5, True), (6, True)]
+    assert dict(second.arrival_times_us())[3] == 1_101_000
+    assert recorder.late_reported == 1 and recorder.late_dropped == 0
+    recorder.record(4, 5, 1.26)  # a duplicate: nothing to report again
+    assert recorder.packets_to_send(1.4) == [] and recorder.next_deadline() is None
+
+
+def test_a_packet_later_than_the_reorder_window_is_dropped_and_counted() -> None:
+    recorder = TransportFeedbackRecorder(sender_ssrc=1)
+    for seq in (0, 2):
+        recorder.record(seq, 5, 1.0)
+    reports(recorder, 1.1)
+    recorder.record(3, 5, 2.0)
+    reports(recorder, 2.1)  # seq 0 and 2 leave the window (older than REORDER_WINDOW)
+    recorder.record(1, 5, 2.15)
+    assert recorder.late_dropped == 1 and recorder.late_reported == 0
+
+
+@settings(max_examples=examples(2), deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(50, 400))
+def test_under_jitter_every_arrival_ends_up_reported_received(seed: int, count: int) -> None:
+    # 20 ± 5 ms of uniform jitter on 1 ms spacing (the field report's link): the last report
+    # naming each seq says it arrived, with its true arrival time.
+    rng = random.Random(seed)
+    recorder = TransportFeedbackRecorder(sender_ssrc=9)
+    arrivals = sorted((i * 0.001 + 0.02 + rng.uniform(-0.005, 0.005), i) for i in range(count))
+    final: dict[int, tuple[bool, int | None]] = {}
+    t_report = 0.1
+    for at, seq in arrivals:
+        while at >= t_report:
+            for report in reports(recorder, t_report):
+                times = dict(report.arrival_times_us())
+                for status in report.statuses():
+                    final[status.seq] = (status.received, times.get(status.seq))
+            t_report += 0.1
+        recorder.record(seq, 1, at)
+    for report in reports(recorder, t_report + 1):
+        times = dict(report.arrival_times_us())
+        for status in report.statuses():
+            final[status.seq] = (status.received, times.get(status.seq))
+    truth = {seq: at for at, seq in arrivals}
+    assert set(final) == set(truth)
+    for seq, (received, at_us) in final.items():
+        assert received and abs(at_us - round(truth[seq] * 1e6)) <= 125, seq
+    assert recorder.late_dropped == 0
