@@ -38,8 +38,15 @@ COUNTER_PREFIXES = (
     "trio_sfu_media_receiver_keyframe_requests_sent_total", "trio_sfu_media_receiver_keyframe_requests_limited_total",
     "trio_sfu_media_receiver_keyframes_total", "trio_sfu_media_receiver_nack_seqs_requested_total",
     "trio_sfu_media_receiver_rtx_recovered_total", "trio_sfu_media_receiver_packets_total",
-    "livekit_pli_total", "livekit_nack_total",
+    "livekit_pli_total", "livekit_nack_total", "trio_sfu_media_downtrack_dropped_padding_total",
+    "trio_sfu_media_downtrack_nack_late_forwarded_total", "trio_sfu_media_receiver_padding_only_total",
+    "trio_sfu_media_receiver_rtx_dropped_total", "trio_sfu_media_receiver_nack_seqs_given_up_total",
 )
+#: What libwebrtc's own stats say about each encoding sent and the stream decoded.
+STAT_KEYS = ("rid", "frameWidth", "framesEncoded", "framesSent", "framesPerSecond", "targetBitrate", "bytesSent",
+             "qualityLimitationReason", "active", "framesDecoded", "framesDropped", "keyFramesDecoded",
+             "packetsLost", "packetsReceived", "nackCount", "pliCount", "firCount", "freezeCount",
+             "totalFreezesDuration", "jitter", "retransmittedPacketsSent", "packetsSent")
 
 
 def say(**item: object) -> None:
@@ -57,6 +64,27 @@ def make_frames(count: int = FPS) -> list[bytes]:
     return frames
 
 
+def _flatten(item: dict, out: dict) -> dict:
+    for key, value in item.items():
+        if isinstance(value, dict):
+            _flatten(value, out)
+        elif key in STAT_KEYS:
+            out[key] = value
+    return out
+
+
+async def track_stats(track: rtc.Track) -> list[dict]:
+    """The outbound-rtp (per encoding) or inbound-rtp stats of a track, the fields in STAT_KEYS."""
+    from google.protobuf.json_format import MessageToDict
+
+    out = []
+    for stat in await track.get_stats():
+        kind = stat.WhichOneof("stats")
+        if kind in ("outbound_rtp", "inbound_rtp"):
+            out.append(_flatten(MessageToDict(getattr(stat, kind)), {"type": kind}))
+    return out
+
+
 class Peer:
     def __init__(self, identity: str) -> None:
         self.identity = identity
@@ -66,6 +94,8 @@ class Peer:
         self.per_second: collections.Counter[int] = collections.Counter()
         self.by_width: collections.Counter[int] = collections.Counter()
         self.start = time.monotonic()
+        self.local_video: rtc.LocalVideoTrack | None = None
+        self.remote_video: rtc.Track | None = None
 
 
 async def count_video(peer: Peer, track: rtc.Track) -> None:
@@ -89,6 +119,7 @@ async def join(args: argparse.Namespace, peer: Peer, frames: list[bytes]) -> Non
                       participant: rtc.RemoteParticipant) -> None:
         if track.kind == rtc.TrackKind.KIND_VIDEO:
             say(event="video_subscribed", at=peer.identity, of=participant.identity)
+            peer.remote_video = track
             peer.tasks.append(asyncio.ensure_future(count_video(peer, track)))
 
     peer.room.on("track_subscribed", on_subscribed)
@@ -97,7 +128,7 @@ async def join(args: argparse.Namespace, peer: Peer, frames: list[bytes]) -> Non
     await peer.room.connect(args.url, token, rtc.RoomOptions(auto_subscribe=True))
     source = rtc.VideoSource(WIDTH, HEIGHT)
     peer.tasks.append(asyncio.ensure_future(feed_video(source, frames)))
-    cam = rtc.LocalVideoTrack.create_video_track("camera", source)
+    cam = peer.local_video = rtc.LocalVideoTrack.create_video_track("camera", source)
     await peer.room.local_participant.publish_track(cam, rtc.TrackPublishOptions(
         source=rtc.TrackSource.SOURCE_CAMERA, simulcast=args.simulcast,
         video_encoding=rtc.VideoEncoding(max_bitrate=1_000_000, max_framerate=FPS)))
@@ -131,6 +162,11 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             window = [p.per_second.get(s, 0) for s in range(first, last)]
             summary[p.identity] = {"fps": sum(window) / len(window), "per_second": window,
                                    "by_width": dict(p.by_width)}
+            try:
+                summary[p.identity]["sent"] = await track_stats(p.local_video) if p.local_video else None
+                summary[p.identity]["received"] = await track_stats(p.remote_video) if p.remote_video else None
+            except Exception as exc:  # stats are for the report; their absence fails nothing
+                summary[p.identity]["stats_error"] = repr(exc)
         summary["server"] = server_counters(args.url, args.api_key, args.api_secret)
     except Exception as exc:  # reported in the summary; the test says what failed
         summary["error"] = repr(exc)
