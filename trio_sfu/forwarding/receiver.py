@@ -127,8 +127,7 @@ class NackTracker:
     reordering): a new gap is NACKed only once it is that old. Without the wait,
     a link that reorders (20 ± 5 ms of jitter) had every overtaken packet NACKed
     and sent again by the publisher, whose encoder then gave the retransmissions
-    the bitrate of its top simulcast layer. (A filler that comes after its first
-    NACK but sooner than any resend could, `min_repair`, was overtaken too.)
+    the bitrate of its top simulcast layer.
     """
 
     __slots__ = ("max_tries", "max_gap", "max_age", "_unwrap", "_highest", "_missing", "given_up",
@@ -146,10 +145,8 @@ class NackTracker:
         self.reorder_delay = 0.0  # seconds a new gap waits before its first NACK
         self.reordered = 0  # gaps filled before they were NACKed
 
-    def on_packet(self, seq: int, now: float, min_repair: float = 0.0) -> bool:
-        """Account an arrival; False when it opened a gap too wide to NACK. `min_repair`: the
-        least time a NACK takes to bring the packet back (a filler sooner than that after its
-        first NACK was overtaken, not resent)."""
+    def on_packet(self, seq: int, now: float) -> bool:
+        """Account an arrival; False when it opened a gap too wide to NACK."""
         ext = self._unwrap.unwrap(seq)
         highest = self._highest
         if highest is None:
@@ -168,7 +165,8 @@ class NackTracker:
                     self._missing[missing] = [0, None, now]
             return True
         entry = self._missing.pop(ext, None)
-        if entry is not None and (entry[0] == 0 or (entry[0] == 1 and now - entry[1] < min_repair)):
+        # Only a gap never NACKed tells reordering for sure: a filler after a NACK may be its resend.
+        if entry is not None and entry[0] == 0:
             self.reordered += 1
             late = (now - entry[2]) * REORDER_MARGIN
             if late > self.reorder_delay:
@@ -546,8 +544,7 @@ class TrackReceiver:
         seq = (packet[2] << 8) | packet[3]
         timestamp = (packet[4] << 24) | (packet[5] << 16) | (packet[6] << 8) | packet[7]
         layer.stats.on_packet(seq, timestamp, now, len(packet))
-        # (Half the RTT: no resend can come back sooner after a NACK.)
-        if self._nack_enabled and not layer.nack.on_packet(seq, now, self.rtt * 0.5):
+        if self._nack_enabled and not layer.nack.on_packet(seq, now):
             counters.nack_gaps_too_large += 1
             self.request_keyframe(layer.index, now)
         counters.packets += 1
