@@ -186,7 +186,11 @@ def main() -> int:
     parser.add_argument("--simulcast", type=int, default=1)
     parser.add_argument("--warmup", type=float, default=6.0)
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--counters-only", action="store_true", help="print the server's counters and exit")
     args = parser.parse_args()
+    if args.counters_only:
+        say(server=server_counters(args.url, args.api_key, args.api_secret))
+        return 0
     args.simulcast = bool(args.simulcast)
     say(summary=asyncio.run(run(args)))
     return 0
