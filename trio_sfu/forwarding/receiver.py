@@ -112,6 +112,10 @@ class ReceiverCounters:
 REORDER_MARGIN = 1.5
 MAX_REORDER_DELAY = 0.05
 REORDER_DELAY_FADE = 0.98
+#: A filler that comes sooner than this after the one NACK for it was overtaken, not resent (a
+#: resend takes a round trip). Measured from the NACK, so a resend on a path faster than this
+#: makes gaps wait at most 1.5 x its round trip, and the wait cannot feed on itself.
+RESEND_AT_LEAST = 0.02
 
 
 class NackTracker:
@@ -165,12 +169,18 @@ class NackTracker:
                     self._missing[missing] = [0, None, now]
             return True
         entry = self._missing.pop(ext, None)
-        # Only a gap never NACKed tells reordering for sure: a filler after a NACK may be its resend.
-        if entry is not None and entry[0] == 0:
-            self.reordered += 1
-            late = (now - entry[2]) * REORDER_MARGIN
-            if late > self.reorder_delay:
-                self.reorder_delay = min(MAX_REORDER_DELAY, late)
+        if entry is not None:
+            if entry[0] == 0:
+                late = now - entry[2]  # overtaken: this long after its gap showed
+            elif entry[0] == 1 and now - entry[1] < RESEND_AT_LEAST:
+                late = now - entry[1]  # sooner after our NACK than a resend comes: overtaken too
+            else:
+                late = None  # the resend
+            if late is not None:
+                self.reordered += 1
+                late *= REORDER_MARGIN
+                if late > self.reorder_delay:
+                    self.reorder_delay = min(MAX_REORDER_DELAY, late)
         return True
 
     @property
