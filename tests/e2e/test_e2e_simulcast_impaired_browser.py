@@ -40,8 +40,9 @@ def token(identity: str, room: str) -> str:
     return api.AccessToken(DEV_API_KEY, DEV_API_SECRET).with_identity(identity).with_grants(grants).to_jwt()
 
 
-#: Not met yet (issue 15): one run decoded 24.8 fps of 30 (both tabs) under 5 % loss + 20 ± 5 ms.
-LOSS_NOT_MET = pytest.mark.xfail(reason="issue 15: ≥ 25 fps under 5 % loss + 20 ± 5 ms not reached reliably (24.8)",
+#: Borderline (issue 15): two runs decoded 24.8/24.8 and 25.2/26.2 fps of 30 under 5 % loss +
+#: 20 ± 5 ms, so a run may pass (XPASS) or not; not counted as passing until it is reliable.
+LOSS_NOT_MET = pytest.mark.xfail(reason="issue 15: ≥ 25 fps under 5 % loss + 20 ± 5 ms is borderline (24.8–26.2)",
                                  strict=False)
 
 
