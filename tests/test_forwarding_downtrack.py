@@ -475,3 +475,61 @@ def test_constructed_paused_forwards_nothing_until_a_layer_is_chosen():
     for p in q.frame(True):
         receiver.receive_rtp(p, 0.2)
     assert len(wire.rtp) == 2
+
+
+def test_a_keyframe_overtaken_by_its_own_packets_is_forwarded_whole_at_the_switch():
+    # Reordering on the publisher's link (the field report's 20 ± 5 ms): the keyframe's later
+    # packets arrive before its first one. They were dropped while waiting for the keyframe;
+    # the subscriber must still get the whole keyframe, in order, with no hole.
+    wire = Wire()
+    receiver, down = simulcast_pair(wire, target_layer=0)
+    q, h, f = three_layers()
+    key = q.frame(keyframe=True, packets=5)
+    for p in (key[3], key[1], key[2], key[0], key[4]):
+        receiver.receive_rtp(p, 0.0)
+    sent = _sent(wire)
+    assert [p.payload for p in sent] == [RtpPacket.parse(p).payload for p in key]
+    _assert_continuous(sent)
+    assert down.counters.catch_up_sent == 3 and down.counters.dropped_waiting_keyframe == 3
+    # the same across a layer switch up, with the old layer still arriving
+    down.set_target_layer(1, 0.1)
+    q_next, h_key = q.frame(keyframe=False), h.frame(keyframe=True, packets=4)
+    for p in (h_key[2], q_next[0], h_key[1], h_key[0], q_next[1], h_key[3]):
+        receiver.receive_rtp(p, 0.1)
+    sent = _sent(wire)
+    # q's packet that came first is still q's; then h's keyframe, whole and in order (its VP8
+    # picture id munged to continue q's)
+    assert sent[5].payload == RtpPacket.parse(q_next[0]).payload
+    after = sent[6:]
+    assert len(after) == 4 and [p.marker for p in after] == [False, False, False, True]
+    assert [p.payload[5:] for p in after] == [RtpPacket.parse(p).payload[5:] for p in h_key]
+    assert len({_desc(p).picture_id for p in after}) == 1 and _desc(after[0]).picture_id == _desc(sent[5]).picture_id + 1
+    _assert_continuous(sent)
+    assert down.counters.layer_switches == 1 and down.counters.catch_up_sent == 5
+
+
+def test_a_nack_for_a_packet_never_forwarded_is_answered_from_the_receivers_buffer():
+    # A packet of the current source that overtook its keyframe by more than the catch-up looks
+    # was never forwarded; the subscriber NACKs the hole, and it is sent then (before, the NACK
+    # was counted missing and the keyframe never completed).
+    wire = Wire()
+    receiver, down = simulcast_pair(wire, target_layer=0)
+    q = three_layers()[0]
+    key = q.frame(keyframe=True, packets=14)
+    receiver.receive_rtp(key[12], 0.0)
+    for p in key[:4]:
+        receiver.receive_rtp(p, 0.01)
+    for p in key[4:12] + [key[13]] + q.frame(keyframe=False):
+        receiver.receive_rtp(p, 0.02)
+    sent = _sent(wire)
+    assert len(sent) == 15 and down.counters.catch_up_sent == 0
+    hole = (sent[0].sequence_number + 12) & 0xFFFF
+    assert hole not in {p.sequence_number for p in sent}
+    down.handle_rtcp([Nack.from_lost(0xABCD, 0xD0D0, [hole])], 0.1)
+    resent = RtpPacket.parse(wire.rtp[-1])
+    assert resent.sequence_number == hole and resent.payload == RtpPacket.parse(key[12]).payload
+    assert resent.timestamp == sent[0].timestamp
+    assert down.counters.nack_late_forwarded == 1 and down.counters.nack_missing == 0
+    # a seq past anything the source sent is still missing
+    down.handle_rtcp([Nack.from_lost(0xABCD, 0xD0D0, [(hole + 40) & 0xFFFF])], 0.2)
+    assert down.counters.nack_missing == 1

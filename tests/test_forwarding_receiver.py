@@ -246,3 +246,49 @@ def test_new_rtx_ssrcs_do_not_grow_the_ssrc_tables_and_live_ones_stay():
     # The h layer's RTX SSRC is live (its layer's newest) and the q layer's newest is too.
     assert rtx_map[0x2229] == 1 and rtx_map[0x10000 + flood - 1] == 0
     assert receiver.counters.rtx_ssrcs_evicted == flood + 1 - (MAX_SSRCS_PER_TRACK - 3)
+
+
+def test_reordering_is_not_nacked_once_seen_but_losses_still_are():
+    # The field report's link (20 ± 5 ms, reordering): NACKing every overtaken packet made the
+    # publisher resend them all, and its encoder switched off the top simulcast layer.
+    wire = Wire()
+    receiver, _ = simulcast_pair(wire)
+    q = three_layers()[0]
+    packets = [p for i in range(20) for p in q.frame(i == 0)]  # seqs 100..139
+
+    def seq(p):
+        return RtpPacket.parse(p).sequence_number
+
+    def nacked():
+        return [s for n in _rtcp(wire, Nack) for s in n.lost_sequence_numbers()]
+
+    # First overtaking: 101 comes 8 ms after 102, before the NACK round (the NACK would have
+    # been due at once: nothing was known about the link yet).
+    for p, at in ((packets[0], 0.0), (packets[2], 0.001)):
+        receiver.receive_rtp(p, at)
+    assert receiver.next_deadline() == 0.001
+    receiver.receive_rtp(packets[1], 0.009)
+    receiver.poll_rtcp(0.009)
+    assert nacked() == []
+    # 101 came 8 ms late: new gaps now wait 12 ms (1.5 x) before their first NACK.
+    assert receiver._layers[0].nack.reorder_delay == pytest.approx(0.012)
+    receiver.receive_rtp(packets[4], 0.02)
+    receiver.poll_rtcp(0.02)
+    assert receiver.next_deadline() == pytest.approx(0.02 + 0.012 * 0.98)  # (each new gap fades the wait a little)
+    receiver.receive_rtp(packets[3], 0.028)  # overtaken again, within the wait
+    receiver.poll_rtcp(0.028)
+    assert nacked() == []
+    # A real loss is still NACKed, once the wait is over.
+    receiver.receive_rtp(packets[6], 0.04)
+    receiver.poll_rtcp(0.045)
+    assert nacked() == []
+    receiver.poll_rtcp(0.04 + 0.0121)
+    assert nacked() == [105]
+    # Its resend 45 ms after the NACK is a repair, not reordering: the wait does not grow
+    # (it did when resends were taken for overtaken packets, and every repair then waited 50 ms).
+    receiver.receive_rtp(packets[5], 0.0521 + 0.045)
+    assert receiver._layers[0].nack.reorder_delay <= 0.012
+    # The wait is capped, and fades while gaps keep coming with no reordering.
+    for i in range(8, 40, 2):
+        receiver.receive_rtp(packets[i], 1.0 + i * 0.001)
+    assert receiver._layers[0].nack.reorder_delay < 0.012 * 0.98 ** 15

@@ -13,11 +13,13 @@ export const { chromium } = require('playwright-core');
 
 // `fakeAudioFile`: Chromium's default fake microphone beeps from one shared source, so with two
 // tabs only one of them hears the beep; a WAV file is read by every capture on its own (and loops).
-export function chromiumArgs({ fakeAudioFile } = {}) {
+// `fakeCameraFps`: the fake camera's frame rate (Chromium's default is 20).
+export function chromiumArgs({ fakeAudioFile, fakeCameraFps } = {}) {
   const args = [
     '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
     '--disable-background-networking', '--disable-component-update', '--disable-sync',
-    '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream',
+    fakeCameraFps ? `--use-fake-device-for-media-stream=fps=${fakeCameraFps}` : '--use-fake-device-for-media-stream',
+    '--use-fake-ui-for-media-stream',
     '--disable-dev-shm-usage', '--autoplay-policy=no-user-gesture-required',
     // Background tabs are throttled; every tab here is a participant that must keep decoding.
     '--disable-background-timer-throttling', '--disable-renderer-backgrounding',

@@ -11,6 +11,7 @@
 //     "minFrames": 15, "minAudioPackets": 50, "risingMs": 1000, "timeoutMs": 45000, "holdMs": 60000,
 //     "fakeAudioFile": "/tmp/tone.wav",    // optional: every tab's microphone instead of the beep
 //     "separateBrowsers": false,            // optional: one Chromium process per participant
+//     "fakeCameraFps": 30,                  // optional: the fake camera's frame rate (default 20)
 //     "trustCertificate": "/tmp/turn.pem" } // optional: a CA (PEM) Chromium trusts, e.g. for turns:
 //
 // Chromium's fake microphone file is a command-line flag, so a participant with a file of its own
@@ -54,7 +55,8 @@ if (config.trustCertificate) {
 // processing) is shared between them.
 const separate = !!config.separateBrowsers || config.participants.some((p) => p.fakeAudioFile);
 const launch = (participant) => chromium.launch(launchOptions(
-  chromiumArgs({ fakeAudioFile: participant.fakeAudioFile ?? config.fakeAudioFile }), userDataHome));
+  chromiumArgs({ fakeAudioFile: participant.fakeAudioFile ?? config.fakeAudioFile, fakeCameraFps: config.fakeCameraFps }),
+  userDataHome));
 const browsers = [await launch(config.participants[0])];
 const browser = browsers[0];
 say({ chromium: browser.version(), browsers: separate ? config.participants.length : 1 });

@@ -215,12 +215,12 @@ def sfu_dev_defaults(netns: NetworkNamespace, tmp_path: Path) -> Iterator[SfuPro
     yield from run_sfu(netns, tmp_path, [])
 
 
-def run_sfu(netns: NetworkNamespace, tmp_path: Path, extra: list[str],
+def run_sfu(netns: NetworkNamespace, tmp_path: Path, extra: list[str], udp_port: int = 0,
             command: tuple[str, ...] = (sys.executable, "-m", "trio_sfu.cli")) -> Iterator[SfuProcess]:
     """The server in the namespace until the generator is closed; then its clean exit is checked.
     `command` runs the CLI (a test may wrap it, as tests/e2e/probing_sfu.py does)."""
     log = tmp_path / "server.log"
-    argv = netns.wrap([*command, "--dev", "--port", "0", "--udp-port", "0", *extra])
+    argv = netns.wrap([*command, "--dev", "--port", "0", "--udp-port", str(udp_port), *extra])
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     with open(log, "wb") as out:
         # `ip netns exec` execs the command, so this pid is the server's and SIGTERM reaches it.
@@ -261,3 +261,45 @@ def clients() -> Iterator[list[Client]]:
             client.finish(10.0)
 
 
+
+
+#: Where the server binds when an impairing proxy holds the advertised address (netns.address).
+SERVER_BEHIND_PROXY = "198.18.0.2"
+#: The media port of both (the proxy listens on the port the server advertises).
+IMPAIRED_MEDIA_PORT = 7882
+
+
+@attrs.define
+class ImpairedSfu:
+    sfu: SfuProcess
+    proxy: Client
+
+    def proxy_counters(self) -> dict | None:
+        """The proxy's link counters (it prints them as it stops)."""
+        self.proxy.finish()
+        done = self.proxy.wait_for("proxy_counters", timeout_s=5)
+        return done["proxy_counters"] if done else None
+
+
+def run_impaired_sfu(netns: NetworkNamespace, tmp_path: Path, to_server: str, to_client: str,
+                     seed: int = 1) -> Iterator[ImpairedSfu]:
+    """The server in the namespace behind trio_sfu.testing.impair_proxy: the server binds
+    SERVER_BEHIND_PROXY and advertises only netns.address, where the proxy listens on the same
+    port and impairs each client's media both ways (`to_server`, `to_client`: Impairment.parse
+    text). Signalling (HTTP/WebSocket) goes to the server directly, unimpaired."""
+    netns.add_address(SERVER_BEHIND_PROXY)
+    server = run_sfu(netns, tmp_path, ["--bind", SERVER_BEHIND_PROXY, "--node-ip", netns.address],
+                     udp_port=IMPAIRED_MEDIA_PORT)
+    sfu = next(server)
+    argv = netns.wrap([sys.executable, "-m", "trio_sfu.testing.impair_proxy",
+                       "--listen", f"{netns.address}:{IMPAIRED_MEDIA_PORT}",
+                       "--upstream", f"{SERVER_BEHIND_PROXY}:{IMPAIRED_MEDIA_PORT}",
+                       "--to-server", to_server, "--to-client", to_client, "--seed", str(seed)])
+    proxy = Client("impair-proxy", argv, tmp_path / "proxy.log", env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    try:
+        if proxy.wait_for("proxy_ready", timeout_s=15) is None:
+            pytest.fail(f"the impairing proxy did not start\n{proxy.log_tail()}")
+        yield ImpairedSfu(sfu, proxy)
+    finally:
+        proxy.finish()
+        server.close()

@@ -227,6 +227,8 @@ class DownTrackCounters:
     nack_requests: int = 0
     nack_resent: int = 0
     nack_missing: int = 0
+    nack_late_forwarded: int = 0  # NACKed, never forwarded (it came before its switch point): sent now
+    catch_up_sent: int = 0  # packets of a new source that arrived before its keyframe, sent at the switch
     nack_throttled: int = 0
     keyframe_requests_received: int = 0  # PLIs and FIRs
     firs_received: int = 0
@@ -238,6 +240,10 @@ _MAX_OFFSET_CHANGES = 64
 _NEG_INF = float("-inf")
 #: How often the layer actually forwarded is re-derived from the target and what is arriving.
 _EFFECTIVE_TARGET_PERIOD = 0.1
+#: At a switch, how far past the keyframe's first packet to look for packets that overtook it,
+#: and how many missing sequence numbers in a row end the look.
+_CATCH_UP_MAX = 128
+_CATCH_UP_GAP = 8
 
 
 class DownTrack:
@@ -417,6 +423,7 @@ class DownTrack:
             counters.dropped_disabled += 1
             return False
         ssrc = (packet[8] << 24) | (packet[9] << 16) | (packet[10] << 8) | packet[11]
+        switched = False
         if layer != self.current_layer or ssrc != self._source_ssrc:
             effective = self._effective_target
             if layer != effective and effective is not None and (
@@ -435,6 +442,7 @@ class DownTrack:
                 self._source.request_keyframe(layer, now)
                 return False
             self._switch_source(layer, ssrc, packet, bounds, now)
+            switched = True
 
         seq = (packet[2] << 8) | packet[3]
         in_ext = self._unwrap.unwrap(seq)
@@ -512,7 +520,48 @@ class DownTrack:
         counters.octets_sent += bounds[1] - bounds[0]
         if self._next_sr is None:
             self._next_sr = now + self.rtcp_interval
+        if switched:
+            self._catch_up(layer, ssrc, seq, now)
         return True
+
+    def _catch_up(self, layer: int, ssrc: int, seq: int, now: float) -> None:
+        """Right after a switch to the keyframe starting at `seq`: forward the packets of the
+        new source that overtook it on the way (reordering). They were dropped while waiting
+        for the keyframe, but they are in the receiver's buffer, and without them the
+        subscriber could not complete the keyframe (it would NACK them in vain, then ask for
+        another keyframe)."""
+        source = self._source
+        misses = 0
+        for step in range(1, _CATCH_UP_MAX + 1):
+            packet = source.get_packet(layer, (seq + step) & 0xFFFF)
+            if packet is None or int.from_bytes(packet[8:12], "big") != ssrc:
+                misses += 1
+                if misses >= _CATCH_UP_GAP:
+                    return
+                continue
+            misses = 0
+            if self.write_rtp(layer, packet, now):
+                self.counters.catch_up_sent += 1
+
+    def _forward_unsent(self, ext: int, now: float) -> bool:
+        """A NACK for an output sequence number never forwarded: if it maps to a packet of the
+        current source that is in the receiver's buffer (it was dropped before the source's
+        switch point), forward it now. True when sent."""
+        layer, ssrc, last = self.current_layer, self._source_ssrc, self._last_seq
+        if layer is None or ssrc is None or last is None or self.disabled or last - ext > self._mask:
+            return False
+        for first, offset in reversed(self._offset_changes):
+            if ext + offset >= first:
+                in_ext = ext + offset
+                break
+        else:
+            return False
+        if not self._source_start <= in_ext <= self._highest_in:
+            return False
+        packet = self._source.get_packet(layer, in_ext & 0xFFFF)
+        if packet is None or int.from_bytes(packet[8:12], "big") != ssrc:
+            return False
+        return self.write_rtp(layer, packet, now)
 
     def _update_effective_target(self, now: float) -> None:
         """The target if it is arriving; else the best arriving layer below it, else the
@@ -619,7 +668,10 @@ class DownTrack:
             ext = last + (d - 0x10000 if d >= 0x8000 else d)
             slot = ext & self._mask
             if self._h_ext[slot] != ext:
-                counters.nack_missing += 1
+                if self._forward_unsent(ext, now):
+                    counters.nack_late_forwarded += 1
+                else:
+                    counters.nack_missing += 1
                 continue
             if now - self._h_resent[slot] < min_gap:
                 counters.nack_throttled += 1

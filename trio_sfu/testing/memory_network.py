@@ -7,7 +7,8 @@ pass it to a server's `MediaService.bind_datagram` and to our client's `bind_dat
 datagram is queued at its destination at once, like loopback UDP, unless the network's
 `link_delay` hook (source, destination, datagram -> seconds, or None to drop it) holds it; held
 datagrams are delivered by `run` on Trio's clock. A link (source address -> destination address)
-never reorders: a datagram is never delivered before one sent earlier on the same link. A full
+never reorders (unless the network is made with `reorder=True`, for impaired links:
+trio_sfu.testing.impairment): a datagram is never delivered before one sent earlier on the same link. A full
 receive queue drops the datagram and counts it, as a socket buffer does; so does an address
 nobody bound.
 
@@ -150,8 +151,11 @@ class MemoryListener(trio.abc.Listener[trio.abc.Stream]):
 
 
 class MemoryNetwork:
-    def __init__(self, link_delay: Optional[LinkDelay] = None) -> None:
+    def __init__(self, link_delay: Optional[LinkDelay] = None, *, reorder: bool = False) -> None:
         self.link_delay = link_delay
+        # False: a link is FIFO (a delay never lets a datagram overtake an earlier one); True:
+        # each datagram arrives after its own delay, so jitter reorders (an impaired link).
+        self.reorder = reorder
         self.counters = NetworkCounters()
         self._sockets: dict[Address, MemoryDatagramSocket] = {}
         self._listeners: dict[Address, MemoryListener] = {}
@@ -215,7 +219,7 @@ class MemoryNetwork:
             return
         link = (source, destination)
         now = trio.current_time()
-        due = max(now + delay, self._link_due.get(link, -math.inf))
+        due = now + delay if self.reorder else max(now + delay, self._link_due.get(link, -math.inf))
         if due <= now:
             self._deliver(source, destination, data)
             return

@@ -80,6 +80,11 @@ class NetworkNamespace:
             raise
         return ns
 
+    def add_address(self, address: str) -> None:
+        """One more test address on the namespace's interface (e.g. the server's own address
+        behind an impairing proxy that holds the first: trio_sfu.testing.impair_proxy)."""
+        _run(["ip", "-n", self.name, "addr", "add", f"{address}/32", "dev", "t0"])
+
     def wrap(self, argv: Sequence[str]) -> list[str]:
         """The command line that runs `argv` inside this namespace."""
         return ["ip", "netns", "exec", self.name, *argv]

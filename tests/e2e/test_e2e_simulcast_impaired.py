@@ -1,0 +1,67 @@
+"""Simulcast under impairment with real `livekit` SDK peers (issue 15): two peers publish 640×360@30
+VP8 with simulcast on, through trio-sfu behind the user-space impairing proxy
+(trio_sfu.testing.impair_proxy) in the test's network namespace, and each must decode the other's
+video at ≥ 27 fps under 20 ± 5 ms of jitter (which reorders) and ≥ 25 fps under 5 % loss on top,
+each direction of each client's link impaired on its own; a clean link through the same proxy is
+the control (≥ 27 fps too). The server's forwarding counters and the
+proxy's link counters are printed with the run (a `METRICS` line).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+from e2e_harness import E2E_DIR, Client, run_impaired_sfu
+
+pytestmark = pytest.mark.slow
+
+JITTER = "delay=0.02,jitter=0.005"
+LOSS_AND_JITTER = "delay=0.02,jitter=0.005,loss=0.05"
+
+
+#: Not met yet (issue 15): on this 2-core machine the runs decoded 14–23 fps (once 5) with the
+#: publishers at their full estimate; frames are lost to two-hop repair (upstream NACK, then the
+#: subscriber's) under 5 % loss each way, and to keyframe waits after a layer switch.
+LOSS_NOT_MET = pytest.mark.xfail(reason="issue 15: ≥ 25 fps under 5 % loss + 20 ± 5 ms not reached yet (14–23 fps)",
+                                 strict=False)
+
+
+@pytest.mark.parametrize(("link", "min_fps"), [("", 27.0), (JITTER, 27.0),
+                                               pytest.param(LOSS_AND_JITTER, 25.0, marks=LOSS_NOT_MET)],
+                         ids=["clean", "jitter", "loss-jitter"])
+def test_sdk_simulcast_keeps_its_frame_rate_under_impairment(netns, tmp_path, link, min_fps):
+    impaired = run_impaired_sfu(netns, tmp_path, to_server=link, to_client=link)
+    world = next(impaired)
+    try:
+        argv = netns.wrap([sys.executable, str(E2E_DIR / "simulcast_fps_scenario.py"), "--url", world.sfu.ws_url,
+                           "--simulcast", "1"])
+        client = Client("simulcast-fps", argv, tmp_path / "fps.log")
+        try:
+            done = client.wait_for("summary", timeout_s=120)
+        finally:
+            client.finish()
+        proxy = world.proxy_counters()
+        context = f"{client.log_tail()}\n{world.sfu.log_tail()}"
+        assert done is not None, f"no summary\n{context}"
+        summary = done["summary"]
+        print("METRICS", json.dumps({"link": link, "fps": {p: summary.get(p, {}).get("fps") for p in ("alice", "bob")},
+                                     "by_width": {p: summary.get(p, {}).get("by_width") for p in ("alice", "bob")},
+                                     "sdk_stats": {p: {k: summary.get(p, {}).get(k) for k in ("sent", "received")}
+                                                   for p in ("alice", "bob")},
+                                     "server": summary.get("server"), "proxy": proxy}))
+        assert "error" not in summary, f"{summary}\n{context}"
+        # The proxy really impaired: every client link lost and reordered what it was told to.
+        # (A client's candidate pairs that lost the ICE race leave links with a few checks only.)
+        media_links = [l for l in (proxy or {}).get("links", []) if l["to_server"]["sent"] > 300]
+        assert len(media_links) >= 2, proxy
+        for direction in ("to_server", "to_client"):
+            if "jitter" in link:
+                assert all(l[direction]["reordered"] > 0 for l in media_links), proxy
+            if "loss" in link:
+                assert all(l[direction]["dropped_loss"] > 0 for l in media_links), proxy
+        for peer in ("alice", "bob"):
+            assert summary[peer]["fps"] >= min_fps, f"{peer} decoded {summary[peer]}\n{summary['server']}"
+    finally:
+        impaired.close()
