@@ -184,3 +184,64 @@ async def test_estimate_below_the_lowest_layer_pauses_the_track_and_the_subscrib
             assert down.target_layer == 1 and not down.disabled
             assert server.metrics.get("media_stream_state_updates_total") == 2
             nursery.cancel_scope.cancel()
+
+
+async def test_a_subscriber_on_another_node_counts_in_the_publishers_qualities():
+    """Alice publishes on node A, where nobody subscribes; Bob subscribes on node B. What B's
+    copy asks of A through the relay (RelaySubscribe layers) is what Alice hears: nothing while
+    nobody subscribes, HIGH as soon as Bob subscribes, LOW once he wants only that."""
+    from server_fixtures import media_nodes
+    from test_node_relay_on_demand import Call, LinkRecord, bob_offer, publish_forever, received, subscribe
+
+    delay = 1.0
+
+    def configure(config) -> None:
+        config.video.dynacast_pause_delay = delay
+
+    async with media_nodes("node-a", "node-b", configure=configure) as (a, b):
+        async with trio.open_nursery() as nursery, \
+                signal_client(a, mint_token("alice")) as ws_a, \
+                signal_client(b, mint_token("bob"), query="auto_subscribe=0") as ws_b:
+            await recv(ws_a), await recv(ws_b)
+            alice_sub, bob_sub, alice_pub = ClientPc(), ClientPc(), ClientPc()
+            await answer_subscriber(ws_a, alice_sub, nursery)
+            await answer_subscriber(ws_b, bob_sub, nursery)
+            await send(ws_a, rtc.SignalRequest(add_track=rtc.AddTrackRequest(
+                cid="cid-cam", type=models.TrackType.VIDEO, source=models.TrackSource.CAMERA,
+                width=640, height=360, layers=LAYERS)))
+            sid = (await recv_until(ws_a, "track_published")).track_published.track.sid
+            await send(ws_a, rtc.SignalRequest(offer=rtc.SessionDescription(
+                type="offer", sdp=simulcast_offer(alice_pub), id=1)))
+            answer = (await recv_until(ws_a, "answer")).answer
+            alice = Signal(ws_a)
+            nursery.start_soon(alice.run)
+            alice_pub.connect(answer.sdp)
+            nursery.start_soon(alice_pub.run)
+            await alice_pub.connected.wait()
+            await bob_sub.connected.wait()
+            call = Call(a, b, ws_a, ws_b, alice_pub, bob_sub, sid, LinkRecord())
+            nursery.start_soon(publish_forever, call)
+
+            # Nobody anywhere receives the track: after the pause delay every layer is off.
+            await alice.wait_for(quality_update(sid, {0: False, 1: False, 2: False}))
+            asked = trio.current_time()
+            await subscribe(call, nursery, True)
+            bob_ssrc, _ = await bob_offer(call, nursery)
+            await alice.wait_for(quality_update(sid, {0: True, 1: True, 2: True}), since=asked)
+            await bob_sub.wait_for(lambda: len(received(call, bob_ssrc)) >= 5)
+            assert all(not member.subscriptions for room in a.media.rooms.values()
+                       for member in room.sessions.values()), "no subscriber on A: the demand came through the relay"
+
+            # Bob wants LOW: B's copy asks A for layer 0 alone; after the delay Alice hears it.
+            asked = trio.current_time()
+            await send(ws_b, rtc.SignalRequest(track_setting=rtc.UpdateTrackSettings(
+                track_sids=[sid], quality=models.VideoQuality.LOW)))
+            at, _ = await alice.wait_for(quality_update(sid, {0: True, 1: False, 2: False}), since=asked)
+            assert at - asked >= delay - 0.2
+            # And MEDIUM again at once.
+            asked = trio.current_time()
+            await send(ws_b, rtc.SignalRequest(track_setting=rtc.UpdateTrackSettings(
+                track_sids=[sid], quality=models.VideoQuality.MEDIUM)))
+            at, _ = await alice.wait_for(quality_update(sid, {0: True, 1: True, 2: False}), since=asked)
+            assert at - asked < delay
+            nursery.cancel_scope.cancel()

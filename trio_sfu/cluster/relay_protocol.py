@@ -187,6 +187,9 @@ class RelayTap:
             receiver.add_down_track(self)  # type: ignore[arg-type]
         elif was and not requested:
             receiver.remove_down_track(self)  # type: ignore[arg-type]
+        elif requested != was:
+            # Other layers, as a local down track's new target: the publisher's dynacast hears it.
+            receiver.layer_demand_changed()
         self._update_forwarding(now)
 
     def detach(self) -> None:
