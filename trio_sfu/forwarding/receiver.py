@@ -183,6 +183,7 @@ class _Layer:
     __slots__ = (
         "index", "ssrc", "stats", "buffer", "nack", "keyframes", "last_keyframe_at",
         "sender_report", "last_keyframe_request", "last_arrival",
+        "bitrate", "_rate_bytes", "_rate_stats", "_rate_at",
     )
 
     def __init__(self, index: int, clock_rate: int, capacity: int, nack: NackTracker) -> None:
@@ -196,6 +197,20 @@ class _Layer:
         self.sender_report: Optional[PublisherSenderReport] = None
         self.last_keyframe_request = float("-inf")
         self.last_arrival: Optional[float] = None
+        # Measured bits per second over the last receiver-report interval (0: nothing arrived).
+        self.bitrate = 0
+        self._rate_bytes = 0
+        self._rate_stats: Optional[ReceiveStatistics] = None
+        self._rate_at: Optional[float] = None
+
+    def measure(self, now: float) -> None:
+        """Update `bitrate` from the bytes counted since the last call (on the RR timer)."""
+        stats = self.stats
+        start = self._rate_at
+        if start is not None and now > start:
+            sent = stats.bytes_received - (self._rate_bytes if self._rate_stats is stats else 0)
+            self.bitrate = int(max(0, sent) * 8 / (now - start))
+        self._rate_bytes, self._rate_stats, self._rate_at = stats.bytes_received, stats, now
 
     def bind(self, ssrc: int, clock_rate: int) -> None:
         """(Re)start the layer on a new SSRC: a publisher restart shares nothing with before."""
@@ -352,6 +367,11 @@ class TrackReceiver:
     def layer_ssrc(self, layer: int) -> Optional[int]:
         entry = self._layers.get(layer)
         return entry.ssrc if entry is not None else None
+
+    def layer_bitrates(self) -> dict[int, int]:
+        """Each layer's measured bitrate (bits per second over the last receiver-report
+        interval, counted from the bytes its statistics already keep: nothing per packet)."""
+        return {index: layer.bitrate for index, layer in self._layers.items()}
 
     def layer_active(self, layer: int, now: float) -> bool:
         """Whether media arrived on ``layer`` within :attr:`layer_timeout` seconds: a
@@ -600,6 +620,7 @@ class TrackReceiver:
             self._next_rr = now + self.rr_interval
             blocks = []
             for layer in self._layers.values():
+                layer.measure(now)
                 if layer.ssrc is not None:
                     block = layer.stats.report_block(now)
                     if block is not None:

@@ -337,13 +337,17 @@ class SubscriberMedia:
         self.wake_by(allocator.next_deadline())
 
     def _layer_bitrates(self, source: TrackSource, info: Optional[models.TrackInfo]) -> dict[int, int]:
-        """Each layer's bitrate as the publisher announced it (0: unknown, the allocator assumes)."""
+        """Each layer's bitrate: the larger of what arrives (the receiver measures it per RR
+        interval) and what the publisher announced (its encoder's ceiling) — never less than the
+        layer may take, so a layer just restarted (measured low) does not look cheap — else 0
+        (the allocator assumes a typical figure)."""
         announced = {lay.quality: lay.bitrate for lay in (info.layers if info is not None else [])}
-        layers = source.receiver.layers
-        if not source.receiver.simulcast:
+        receiver = source.receiver
+        measured = receiver.layer_bitrates()
+        if not receiver.simulcast:
             # One layer: the best announced figure describes it.
-            return {0: max(announced.values(), default=0)} if 0 in layers else {}
-        return {layer: announced.get(layer, 0) for layer in layers}
+            return {0: max(measured.get(0, 0), *announced.values(), 0)} if 0 in receiver.layers else {}
+        return {layer: max(measured.get(layer, 0), announced.get(layer, 0)) for layer in receiver.layers}
 
     def target_layer(self, track: TrackSource) -> Optional[int]:
         """The layer a new down track starts on: the allocator's share once it has one."""
