@@ -245,3 +245,48 @@ async def test_a_subscriber_on_another_node_counts_in_the_publishers_qualities()
             at, _ = await alice.wait_for(quality_update(sid, {0: True, 1: True, 2: False}), since=asked)
             assert at - asked < delay
             nursery.cancel_scope.cancel()
+
+
+async def test_adaptive_stream_size_caps_the_allocation_and_hidden_is_not_a_bandwidth_pause():
+    """The element size a client reports (UpdateTrackSettings width/height) caps the layer the
+    allocator gives even with bandwidth to spare; a hidden element (disabled) stops the track
+    without a PAUSED stream state (that one means: for lack of bandwidth); a tight estimate
+    lowers a track under its cap."""
+    async with media_server() as server:
+        async with trio.open_nursery() as nursery, \
+                signal_client(server, mint_token("alice")) as ws_a, \
+                signal_client(server, mint_token("bob")) as ws_b:
+            bob = Signal(ws_b)
+            _, join_b, sid, _ = await simulcast_call(server, nursery, ws_a, ws_b)
+            nursery.start_soon(bob.run)
+            subscribing = server.media.participant_media(join_b.room.name, join_b.participant.sid).subscribing
+            with trio.fail_after(10):
+                while (binding := subscribing.endpoint.bindings.get(sid)) is None or binding.down is None:
+                    await trio.sleep(0.02)
+            down = binding.down
+
+            async def settings(**kw) -> None:
+                await send(ws_b, rtc.SignalRequest(track_setting=rtc.UpdateTrackSettings(track_sids=[sid], **kw)))
+
+            async def target(layer) -> None:
+                with trio.fail_after(10):
+                    while down.target_layer != layer:
+                        await trio.sleep(0.02)
+
+            subscribing.set_available_bitrate(5_000_000, trio.current_time())
+            assert down.target_layer == 2
+            await settings(width=320, height=180)
+            await target(1)
+            await settings(width=150, height=80)
+            await target(0)
+            await settings(disabled=True)
+            await target(None)
+            await settings(width=640, height=360)
+            await target(2)
+            # 400 kbit/s: the medium layer (500k announced) no longer fits: the low one does.
+            subscribing.set_available_bitrate(400_000, trio.current_time())
+            assert down.target_layer == 0
+            await trio.sleep(0.2)
+            kinds = [r.WhichOneof("message") for _, r in bob.seen]
+            assert "stream_state_update" not in kinds, "no bandwidth pause happened"
+            nursery.cancel_scope.cancel()
