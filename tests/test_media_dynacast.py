@@ -251,7 +251,7 @@ async def test_adaptive_stream_size_caps_the_allocation_and_hidden_is_not_a_band
     """The element size a client reports (UpdateTrackSettings width/height) caps the layer the
     allocator gives even with bandwidth to spare; a hidden element (disabled) stops the track
     without a PAUSED stream state (that one means: for lack of bandwidth); a tight estimate
-    lowers a track under its cap."""
+    lowers a track under its cap, and room again raises it after the allocator's hold."""
     async with media_server() as server:
         async with trio.open_nursery() as nursery, \
                 signal_client(server, mint_token("alice")) as ws_a, \
@@ -286,7 +286,13 @@ async def test_adaptive_stream_size_caps_the_allocation_and_hidden_is_not_a_band
             # 400 kbit/s: the medium layer (500k announced) no longer fits: the low one does.
             subscribing.set_available_bitrate(400_000, trio.current_time())
             assert down.target_layer == 0
-            await trio.sleep(0.2)
+            # Room again: the upgrade waits for the allocator's hold, then the participant's
+            # timer loop (SubscriberMedia as a Timed part) applies it with no new estimate.
+            raised = trio.current_time()
+            subscribing.set_available_bitrate(5_000_000, raised)
+            assert down.target_layer == 0
+            await target(2)
+            assert trio.current_time() - raised >= subscribing.allocator.upgrade_hold - 0.05
             kinds = [r.WhichOneof("message") for _, r in bob.seen]
             assert "stream_state_update" not in kinds, "no bandwidth pause happened"
             nursery.cancel_scope.cancel()
