@@ -169,3 +169,19 @@ def test_bad_input_is_refused_or_clamped():
     alloc.remove_track("cam")
     alloc.remove_track("cam")
     assert alloc.allocate(1.0) == {}
+
+
+def test_a_track_that_wants_nothing_leaves_its_share_to_the_others():
+    """A muted or hidden track (cap None) takes nothing: the other camera gets its top layer."""
+    alloc = StreamAllocator()
+    alloc.set_track("cam-a", bitrates=CAMERA, cap=2)
+    alloc.set_track("cam-b", bitrates=CAMERA, cap=2)
+    now = settle(alloc, 2_100_000, 0.0, 5.0)
+    assert layers(alloc) == {"cam-a": 2, "cam-b": 0}
+    alloc.set_track("cam-a", bitrates=CAMERA, cap=None)
+    now = settle(alloc, 2_100_000, now, 5.0)
+    assert layers(alloc) == {"cam-a": None, "cam-b": 2}
+    # Unmuted: cam-a comes first again (it came first); what is left keeps cam-b at h.
+    alloc.set_track("cam-a", bitrates=CAMERA, cap=2)
+    settle(alloc, 2_100_000, now, 5.0)
+    assert layers(alloc) == {"cam-a": 1, "cam-b": 1}

@@ -170,6 +170,10 @@ class ParticipantMedia:
         if not self.closed:
             self.subscribing.update_desired()
 
+    def reallocate(self, now: float) -> None:
+        if not self.closed:
+            self.subscribing.reallocate(now)
+
     def _may_publish_data(self) -> bool:
         video = self.participant.grants.video
         return video is None or video.may_publish_data

@@ -426,8 +426,10 @@ class PublisherMedia:
                 continue
             if info.muted:
                 down.set_disabled(True, now)
-            elif down.target_layer is not None:  # else the subscriber itself paused it
+            elif down.target_layer is not None:  # else the subscriber (or its allocator) paused it
                 down.set_disabled(False, now)
+            # A muted track takes no share of the member's downlink; unmuted, it takes one again.
+            member.reallocate(now)
 
     def track_unpublished(self, info: models.TrackInfo) -> None:
         """The server unpublished one of the participant's tracks (a publish permission revoked):

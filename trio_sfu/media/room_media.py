@@ -86,6 +86,9 @@ class RoomMember(Protocol):
     def update_desired(self) -> None:
         """The room's tracks changed: re-decide what the member should receive."""
 
+    def reallocate(self, now: float) -> None:
+        """A track it receives was muted or unmuted: share its downlink over its tracks again."""
+
 
 class RelayHooks(Protocol):
     """What a room's media tells the node-to-node relay (trio_sfu.cluster.node_relay)."""

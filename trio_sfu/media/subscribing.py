@@ -301,8 +301,9 @@ class SubscriberMedia:
                 self._stream_states.pop(track_id, None)
         for track_id, (source, _) in video.items():
             info = self.room_media.track_info(source)
+            # A muted track sends nothing and takes no share (PublisherMedia.track_muted reallocates).
             allocator.set_track(track_id, bitrates=self._layer_bitrates(source, info),
-                                cap=self.requested_layer(source),
+                                cap=None if self.publisher_muted(source) else self.requested_layer(source),
                                 screen_share=info is not None and info.source == models.TrackSource.SCREEN_SHARE)
         allocator.set_audio_tracks(audio)
         allocator.allocate(now)
