@@ -184,6 +184,12 @@ async def test_estimate_below_the_lowest_layer_pauses_the_track_and_the_subscrib
             assert down.target_layer == 1 and not down.disabled
             assert server.metrics.get("media_stream_state_updates_total") == 2
             nursery.cancel_scope.cancel()
+        # Bob left: his allocator's counters outlive him in the node's metrics.
+        with trio.fail_after(10):
+            while not server.metrics.get("media_allocator_pauses_total"):
+                await trio.sleep(0.02)
+        assert server.metrics.get("media_allocator_pauses_total") == 1
+        assert server.metrics.get("media_allocator_resumes_total") == 1
 
 
 async def test_a_subscriber_on_another_node_counts_in_the_publishers_qualities():

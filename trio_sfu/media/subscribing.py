@@ -45,6 +45,8 @@ from trio_sfu.tracks.subscription_manager import RECONCILE_ALL, SubscriptionMana
 
 #: Where a finished down track's counters go in the server's metrics (trio_sfu.media.traffic).
 DOWNTRACK_PREFIX = "media_downtrack"
+#: Where a finished subscriber's stream allocator counters go (allocations, layer changes, pauses).
+ALLOCATOR_PREFIX = "media_allocator"
 
 
 class SubscriptionTimeouts(Protocol):
@@ -421,6 +423,8 @@ class SubscriberMedia:
 
     def close(self) -> None:
         """Every down track leaves its source (no resume); an offer waiting for its answer ends."""
+        if not self.closed:
+            m.fold_counters(self.metrics, ALLOCATOR_PREFIX, self.allocator.counters)
         self.closed = True
         self.manager.close()
         pending, self._pending_answer = self._pending_answer, None
