@@ -302,3 +302,36 @@ async def test_adaptive_stream_size_caps_the_allocation_and_hidden_is_not_a_band
             kinds = [r.WhichOneof("message") for _, r in bob.seen]
             assert "stream_state_update" not in kinds, "no bandwidth pause happened"
             nursery.cancel_scope.cancel()
+
+
+async def test_a_subscriber_held_low_for_bandwidth_still_counts_its_wish_in_dynacast():
+    """As LiveKit's max subscribed quality: the allocator forwarding only the low layer to a
+    subscriber with a tight downlink does not turn the publisher's upper layers off (it will want
+    them back when its estimate recovers); its own request for LOW does."""
+    delay = 1.0
+    config = media_config()
+    config.video.dynacast_pause_delay = delay
+    async with media_server(config) as server:
+        async with trio.open_nursery() as nursery, \
+                signal_client(server, mint_token("alice")) as ws_a, \
+                signal_client(server, mint_token("bob")) as ws_b:
+            alice = Signal(ws_a)
+            _, join_b, sid, _ = await simulcast_call(server, nursery, ws_a, ws_b)
+            nursery.start_soon(alice.run)
+            subscribing = server.media.participant_media(join_b.room.name, join_b.participant.sid).subscribing
+            with trio.fail_after(10):
+                while (binding := subscribing.endpoint.bindings.get(sid)) is None or binding.down is None:
+                    await trio.sleep(0.02)
+            down = binding.down
+            subscribing.set_available_bitrate(400_000, trio.current_time())
+            assert down.target_layer == 0 and down.subscribed_max_layer == 2
+            await trio.sleep(3 * delay)
+            downgrades = [r for _, r in alice.seen if r.WhichOneof("message") == "subscribed_quality_update"
+                          and not enabled(r.subscribed_quality_update).get(2, True)]
+            assert downgrades == [], "the publisher was told to stop a layer its subscriber asks for"
+
+            asked = trio.current_time()
+            await send(ws_b, rtc.SignalRequest(track_setting=rtc.UpdateTrackSettings(
+                track_sids=[sid], quality=models.VideoQuality.LOW)))
+            await alice.wait_for(quality_update(sid, {0: True, 1: False, 2: False}), since=asked)
+            nursery.cancel_scope.cancel()

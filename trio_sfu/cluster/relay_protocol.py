@@ -177,6 +177,11 @@ class RelayTap:
     def wanted_layers(self) -> frozenset[int]:
         return self.requested
 
+    @property
+    def subscribed_layers(self) -> frozenset[int]:
+        # What the peer's copy forwards to its subscribers: all a relayed request says.
+        return self.requested
+
     def request(self, layers: Iterable[int], now: float) -> None:
         """The peer's RelaySubscribe: relay these layers from now on (none: stop)."""
         receiver = self.receiver

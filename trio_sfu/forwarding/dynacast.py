@@ -1,8 +1,10 @@
 """Dynacast: tell a simulcast publisher which of its layers anyone receives, so it stops
 encoding the others (LiveKit's `subscribed_quality_update`).
 
-Sans-IO: the owner reports the layers the track's down tracks want (`TrackReceiver.wanted_layers`,
-which includes what other nodes ask for through the relay) and `now`; it gets back the highest
+Sans-IO: the owner reports the layers the track's subscribers ask for
+(`TrackReceiver.subscribed_layers`: each local subscriber's settings cap, even while its
+allocator forwards less — as LiveKit's max subscribed quality — and what other nodes ask for
+through the relay) and `now`; it gets back the highest
 quality to announce, when one is due. As LiveKit does it, a higher quality is announced at once
 (a subscriber is waiting for it) and a lower one only after `pause_delay` seconds in which no
 higher demand came back (subscribers come and go, layers switch back and forth; the publisher's

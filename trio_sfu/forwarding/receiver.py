@@ -9,8 +9,10 @@ publisher through the injected ``send_rtcp``, remembers the publisher's SRs,
 and hands every packet to the down tracks with plain calls.
 
 Which layers its down tracks want (`wanted_layers`) is what a relayed copy of a track asks the
-publisher's node for; a `LayerDemandListener` (the cluster's relay, for such a copy) hears
-whenever that may have changed: a down track joined or left, or changed its target layer.
+publisher's node for; which layers their subscribers ask for (`subscribed_layers`, at least as
+much) is what the publisher's dynacast keeps encoded. A `LayerDemandListener` (the cluster's
+relay for such a copy, the publisher's dynacast for a local track) hears whenever either may
+have changed: a down track joined or left, or changed its target or its subscriber's maximum.
 
 No trio here: ``now`` (seconds, any monotonic origin) comes in with every call,
 and the owner drives :meth:`poll_rtcp` at :meth:`next_deadline`.
@@ -58,6 +60,10 @@ class PacketSink(Protocol):
     @property
     def wanted_layers(self) -> frozenset[int]:
         """The layers this sink wants forwarded now (empty: paused)."""
+
+    @property
+    def subscribed_layers(self) -> frozenset[int]:
+        """The layers its subscriber asks for, even if less is forwarded now (dynacast)."""
 
 
 class LayerDemandListener(Protocol):
@@ -329,6 +335,14 @@ class TrackReceiver:
         for down_track in self._down_tracks:
             wanted |= down_track.wanted_layers
         return frozenset(wanted)
+
+    def subscribed_layers(self) -> frozenset[int]:
+        """The layers some down track's subscriber asks for (what the publisher's dynacast
+        keeps encoded), whether or not its allocator forwards that much now."""
+        subscribed: set[int] = set()
+        for down_track in self._down_tracks:
+            subscribed |= down_track.subscribed_layers
+        return frozenset(subscribed)
 
     def layer_demand_changed(self) -> None:
         """A down track joined, left, or changed its target or pause (DownTrack calls this)."""

@@ -109,7 +109,7 @@ class _TrackDynacast:
         if receiver.state is not ReceiverState.OPEN:
             return  # closing: its subscribers leave; the publisher's track is going away
         now = trio.current_time()
-        announce = self.quality.demand(receiver.wanted_layers(), now)
+        announce = self.quality.demand(receiver.subscribed_layers(), now)
         if announce is not None:
             self.send(announce)
         self.publisher._wake_by(self.quality.next_deadline())

@@ -314,6 +314,7 @@ class SubscriberMedia:
             allocation = allocator.allocation(track_id)
             if allocation is None:
                 continue
+            down.set_subscribed_max_layer(self.requested_layer(source))
             if down.target_layer != allocation.layer:
                 down.set_target_layer(allocation.layer, now)
                 if self.publisher_muted(source):
