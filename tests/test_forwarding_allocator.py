@@ -164,6 +164,8 @@ def test_bad_input_is_refused_or_clamped():
         StreamAllocator(headroom=-1)
     alloc = StreamAllocator()
     alloc.set_track("cam", bitrates={}, cap=0)  # nothing announced: a default low layer
+    with pytest.raises(ValueError):
+        alloc.set_available_bitrate(float("nan"), 0.0)
     alloc.set_available_bitrate(-5, 0.0)
     assert alloc.allocate(0.0)["cam"] == Allocation(None, StreamState.PAUSED)
     alloc.remove_track("cam")

@@ -28,6 +28,7 @@ Layer switches themselves happen at keyframes in the DownTrack; this module only
 from __future__ import annotations
 
 import enum
+import math
 from typing import Mapping, Optional
 
 import attrs
@@ -106,7 +107,10 @@ class StreamAllocator:
     # --- inputs ---
 
     def set_available_bitrate(self, bps: int, now: float) -> None:
-        """The subscriber's downlink estimate (bits per second) as of `now`."""
+        """The subscriber's downlink estimate (bits per second) as of `now`; a value that is
+        not a finite number is refused (ValueError), a negative one taken as 0."""
+        if not math.isfinite(bps):
+            raise ValueError(f"available bitrate must be a finite number, not {bps!r}")
         bps = self.available = max(0, int(bps))
         budget = self.budget
         if budget is None or bps > budget or bps < budget * (1.0 - self.tolerance):
