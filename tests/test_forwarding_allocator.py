@@ -187,3 +187,24 @@ def test_a_track_that_wants_nothing_leaves_its_share_to_the_others():
     alloc.set_track("cam-a", bitrates=CAMERA, cap=2)
     settle(alloc, 2_100_000, now, 5.0)
     assert layers(alloc) == {"cam-a": 1, "cam-b": 1}
+
+
+def test_the_subscribers_priority_orders_the_tracks():
+    """UpdateTrackSettings.priority as LiveKit reads it: 0 is the kind's default (screen share
+    255, camera 1); a camera given 255 ranks with the screen share (then by arrival), and a
+    camera given 2 comes before the other camera."""
+    alloc = three_tracks()
+    settle(alloc, 420_000, 0.0, 1.0)  # room for two lowest layers: screen, then cam-a
+    assert layers(alloc) == {"screen": 0, "cam-a": 0, "cam-b": "paused"}
+    alloc.set_track("cam-b", bitrates=CAMERA, cap=2, priority=2)
+    settle(alloc, 420_000, 1.0, 1.0)
+    assert layers(alloc) == {"screen": 0, "cam-b": 0, "cam-a": "paused"}
+    alloc = three_tracks()
+    alloc.set_track("cam-a", bitrates=CAMERA, cap=2, priority=255)
+    alloc.set_track("screen", bitrates=SCREEN, cap=2, screen_share=True, priority=1000)  # clamped to 255
+    settle(alloc, 420_000, 0.0, 1.0)
+    assert layers(alloc) == {"cam-a": 0, "screen": 0, "cam-b": "paused"}
+    alloc.set_track("cam-b", bitrates=CAMERA, cap=2, priority=255)
+    alloc.set_track("screen", bitrates=SCREEN, cap=2, screen_share=True, priority=1)
+    settle(alloc, 420_000, 1.0, 1.0)
+    assert layers(alloc) == {"cam-a": 0, "cam-b": 0, "screen": "paused"}

@@ -9,7 +9,9 @@ has); `allocate(now)` gives each track its layer, or pauses it.
 The behaviour follows LiveKit's StreamAllocator in its shape:
 
 - audio is reserved first; video shares what is left;
-- tracks are served by priority: screen shares before cameras, then in the order they came;
+- tracks are served by priority: the one the subscriber set (UpdateTrackSettings.priority,
+  1..255), else LiveKit's defaults — 255 for a screen share, 1 for a camera — and among equals
+  in the order they came;
   every track first gets its lowest layer (so a low-priority track is paused only when even the
   lowest layers of the tracks before it leave no room), then the tracks are raised, again in
   priority order, to the best layer under their cap that fits;
@@ -35,6 +37,9 @@ import attrs
 
 #: Bitrates assumed for a layer whose publisher announced none (LiveKit's camera defaults, about).
 DEFAULT_LAYER_BITRATES: Mapping[int, int] = {0: 150_000, 1: 500_000, 2: 1_500_000}
+#: LiveKit's default priorities when the subscriber set none (0).
+SCREEN_SHARE_PRIORITY = 255
+VIDEO_PRIORITY = 1
 #: What one subscribed audio track is assumed to take (Opus as browsers send it, with headers).
 DEFAULT_AUDIO_BITRATE = 48_000
 
@@ -61,11 +66,18 @@ class _Track:
     cap: Optional[int]  # best layer the subscriber's settings allow; None: it wants nothing
     screen_share: bool
     order: int
+    priority: int = 0  # as the subscriber set it; 0: the default for its kind
     layer: Optional[int] = None  # allocated now
     state: StreamState = StreamState.ACTIVE
     # The layer the estimate would raise this track to, and since when (the upgrade hold).
     pending_up: Optional[int] = None
     pending_since: float = 0.0
+
+    @property
+    def rank(self) -> int:
+        if self.priority > 0:
+            return self.priority
+        return SCREEN_SHARE_PRIORITY if self.screen_share else VIDEO_PRIORITY
 
     def usable(self) -> list[int]:
         """Layers at or under the cap, lowest first."""
@@ -121,20 +133,23 @@ class StreamAllocator:
         self.audio_tracks = max(0, count)
 
     def set_track(self, track_id: str, *, bitrates: Mapping[int, int], cap: Optional[int],
-                  screen_share: bool = False) -> None:
+                  screen_share: bool = False, priority: int = 0) -> None:
         """Add or update a video track: its layers' bitrates (layer index -> bps; a 0 or
         missing bitrate takes `DEFAULT_LAYER_BITRATES`), the cap from the subscriber's
-        settings (None: the subscriber wants nothing of it) and its kind."""
+        settings (None: the subscriber wants nothing of it), its kind and the priority the
+        subscriber gave it (0: its kind's default; clamped to 255)."""
+        priority = min(max(0, int(priority)), SCREEN_SHARE_PRIORITY)
         rates = {layer: (bps if bps > 0 else DEFAULT_LAYER_BITRATES.get(layer, DEFAULT_LAYER_BITRATES[2]))
                  for layer, bps in bitrates.items()} or {0: DEFAULT_LAYER_BITRATES[0]}
         track = self._tracks.get(track_id)
         if track is None:
             self._order += 1
-            self._tracks[track_id] = _Track(track_id, rates, cap, screen_share, self._order, layer=cap)
+            self._tracks[track_id] = _Track(track_id, rates, cap, screen_share, self._order, priority, layer=cap)
             return
         track.bitrates = rates
         track.cap = cap
         track.screen_share = screen_share
+        track.priority = priority
 
     def remove_track(self, track_id: str) -> None:
         self._tracks.pop(track_id, None)
@@ -180,7 +195,7 @@ class StreamAllocator:
     # --- the sharing ---
 
     def _priority(self) -> list[_Track]:
-        return sorted(self._tracks.values(), key=lambda t: (not t.screen_share, t.order))
+        return sorted(self._tracks.values(), key=lambda t: (-t.rank, t.order))
 
     def _share(self, budget: int, now: float) -> dict[str, tuple[Optional[int], StreamState]]:
         tracks = self._priority()
@@ -243,5 +258,5 @@ class StreamAllocator:
         return current
 
 
-__all__ = ["DEFAULT_AUDIO_BITRATE", "DEFAULT_LAYER_BITRATES", "Allocation", "AllocatorCounters",
+__all__ = ["DEFAULT_AUDIO_BITRATE", "DEFAULT_LAYER_BITRATES", "SCREEN_SHARE_PRIORITY", "VIDEO_PRIORITY", "Allocation", "AllocatorCounters",
            "StreamAllocator", "StreamState"]

@@ -306,7 +306,8 @@ class SubscriberMedia:
             # A muted track sends nothing and takes no share (PublisherMedia.track_muted reallocates).
             allocator.set_track(track_id, bitrates=self._layer_bitrates(source, info),
                                 cap=None if self.publisher_muted(source) else self.requested_layer(source),
-                                screen_share=info is not None and info.source == models.TrackSource.SCREEN_SHARE)
+                                screen_share=info is not None and info.source == models.TrackSource.SCREEN_SHARE,
+                                priority=self._priority(track_id))
         allocator.set_audio_tracks(audio)
         allocator.allocate(now)
         states: list[rtc.StreamStateInfo] = []
@@ -339,6 +340,11 @@ class SubscriberMedia:
             self.metrics.inc(m.MEDIA_STREAM_STATE_UPDATES, len(states))
             self.context.send(rtc.SignalResponse(stream_state_update=rtc.StreamStateUpdate(stream_states=states)))
         self.wake_by(allocator.next_deadline())
+
+    def _priority(self, track_id: str) -> int:
+        """The priority the subscriber gave the track (UpdateTrackSettings.priority; 0: none)."""
+        settings = self.participant.track_settings.get(track_id)
+        return settings.priority if settings is not None else 0
 
     def _layer_bitrates(self, source: TrackSource, info: Optional[models.TrackInfo]) -> dict[int, int]:
         """Each layer's bitrate: the larger of what arrives (the receiver measures it per RR
