@@ -45,6 +45,9 @@ from trio_sfu.tracks.subscription_manager import RECONCILE_ALL, SubscriptionMana
 
 #: Where a finished down track's counters go in the server's metrics (trio_sfu.media.traffic).
 DOWNTRACK_PREFIX = "media_downtrack"
+#: Under an estimate, the allocator runs again at least this often (the layers' measured
+#: bitrates change with no new estimate; the participant's timer loop wakes about this often).
+REALLOCATE_INTERVAL = 1.0
 #: Where a finished subscriber's stream allocator counters go (allocations, layer changes, pauses).
 ALLOCATOR_PREFIX = "media_allocator"
 
@@ -142,6 +145,7 @@ class SubscriberMedia:
         # the stream state each track was last reported in (only PAUSED is ever news).
         self.allocator = StreamAllocator()
         self._stream_states: dict[str, StreamState] = {}
+        self._allocated_at = float("-inf")
 
     async def run(self) -> None:
         """The first subscriber offer (with whatever is already published, and the data
@@ -278,14 +282,18 @@ class SubscriberMedia:
         """The subscriber's downlink estimate in bits per second, from the send-side bandwidth
         estimator of its transport (the narrow input the allocator needs; until the first call
         every track gets the layer its track settings ask for, as before there was one)."""
-        self.allocator.set_available_bitrate(bps, now)
-        self.reallocate(now)
+        allocator = self.allocator
+        before = allocator.budget
+        allocator.set_available_bitrate(bps, now)
+        if allocator.budget != before:  # inside the dead band nothing can change: no pass
+            self.reallocate(now)
 
     def reallocate(self, now: float) -> None:
         """Give every down track its layer: the allocator's share of the estimate under the cap
         its track settings set; tracks the allocator pauses or resumes are reported to the client."""
         if self.closed:
             return
+        self._allocated_at = now
         allocator = self.allocator
         video: dict[str, tuple[TrackSource, DownTrack]] = {}
         audio = 0
@@ -425,7 +433,9 @@ class SubscriberMedia:
         for down in self.down_tracks():
             down.poll_rtcp(now)
         due = self.allocator.next_deadline()
-        if due is not None and due <= now:
+        if (due is not None and due <= now) or (
+                self.allocator.budget is not None and now - self._allocated_at >= REALLOCATE_INTERVAL):
+            # A held upgrade is due, or the layers' measured bitrates may have moved.
             self.reallocate(now)
 
     def close(self) -> None:
