@@ -107,7 +107,7 @@ class ParticipantSubscriber(SubscriberEndpoint):
         if not down.disabled:
             source.receiver.request_keyframe(down.target_layer, now)
         owner.wake_by(down.next_deadline())
-
+        # One more track shares the subscriber's downlink (and counts in its publisher's dynacast).
         owner.reallocate(now)
 
     def down_track_stopped(self, down: DownTrack) -> None:
