@@ -280,14 +280,20 @@ async def ice_tcp_server(limits: object = None) -> AsyncIterator[Server]:
 
 
 @contextlib.asynccontextmanager
-async def media_nodes(*node_ids: str) -> AsyncIterator[list[Server]]:
+async def media_nodes(*node_ids: str, configure: Callable[[ServerConfig], None] | None = None
+                      ) -> AsyncIterator[list[Server]]:
     """Real servers with media, one per node id, in this Trio run, each pair joined by an
     in-memory relay link (trio_sfu.cluster.link); on exit all shut down and nothing any of them made
-    may survive (the leak check runs once, after all of them stopped)."""
+    may survive (the leak check runs once, after all of them stopped). `configure` may change
+    each node's config before it starts."""
     from trio_sfu.cluster.link import in_memory_link_pair
 
     baseline = leak_baseline()
-    servers = [Server(media_config(), enable_media=True, node_id=node_id) for node_id in node_ids]
+    configs = [media_config() for _ in node_ids]
+    for config in configs:
+        if configure is not None:
+            configure(config)
+    servers = [Server(config, enable_media=True, node_id=node_id) for config, node_id in zip(configs, node_ids)]
     for i, a in enumerate(servers):
         for b in servers[i + 1:]:
             assert a.relay is not None and b.relay is not None

@@ -292,3 +292,38 @@ def test_reordering_is_not_nacked_once_seen_but_losses_still_are():
     for i in range(8, 40, 2):
         receiver.receive_rtp(packets[i], 1.0 + i * 0.001)
     assert receiver._layers[0].nack.reorder_delay < 0.012 * 0.98 ** 15
+
+
+def test_layer_bitrates_are_measured_on_the_report_timer():
+    """Each layer's arriving bitrate over an RR interval, from the bytes its statistics count
+    (nothing extra per packet); a layer that stops measures 0 at the next interval."""
+    wire = Wire()
+    receiver, _ = simulcast_pair(wire)
+    layers = three_layers()
+    assert receiver.layer_bitrates() == {0: 0, 1: 0, 2: 0}
+    for layer in layers:  # each stream past its statistics' probation, before the interval
+        for p in layer.frame(True) + layer.frame(False):
+            receiver.receive_rtp(p, 0.0)
+    receiver.poll_rtcp(receiver.next_deadline())  # the first interval starts
+    start = receiver.next_deadline() - receiver.rr_interval
+    sizes = {0: 0, 1: 0, 2: 0}
+    now = start
+    for n in range(30):  # 30 frames in the interval; layer f only in the first ten
+        now = start + n * 0.03
+        for index, layer in enumerate(layers):
+            if index == 2 and n >= 10:
+                continue
+            for p in layer.frame(False, packets=1 + index):
+                sizes[index] += len(p)
+                receiver.receive_rtp(p, now)
+    due = receiver.next_deadline()
+    while due < start + receiver.rr_interval:
+        receiver.poll_rtcp(due)  # NACK timers, if any
+        due = receiver.next_deadline()
+    receiver.poll_rtcp(start + receiver.rr_interval)
+    rates = receiver.layer_bitrates()
+    for index in range(3):
+        assert rates[index] == pytest.approx(sizes[index] * 8 / receiver.rr_interval, rel=0.01)
+    assert rates[1] > rates[0] > 0
+    receiver.poll_rtcp(start + 2 * receiver.rr_interval)
+    assert receiver.layer_bitrates() == {0: 0, 1: 0, 2: 0}

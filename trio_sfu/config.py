@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import attrs
 import yaml
@@ -61,6 +61,19 @@ class RoomConfig:
     max_participants: int = 0
     # LiveKit's `room.enable_remote_unmute`: may the Server API unmute a participant's track?
     enable_remote_unmute: bool = False
+
+
+@attrs.define
+class VideoConfig:
+    """LiveKit's `video:` section (the part the media layer reads)."""
+
+    # LiveKit's `video.dynacast_pause_delay` (seconds here; a Go duration such as "5s" is read
+    # too): how long a lower subscribed quality waits before the publisher is told.
+    dynacast_pause_delay: float = 5.0
+    # Ours: false sends publishers no `subscribed_quality_update` at all (LiveKit's server has
+    # the switch only internally, as ParticipantParams.DisableDynacast; its clients also decide
+    # for themselves: livekit-client acts on the update only with `dynacast: true`).
+    dynacast: bool = True
 
 
 @attrs.define
@@ -252,6 +265,7 @@ class ServerConfig:
     room: RoomConfig = attrs.field(factory=RoomConfig)
     audio: AudioConfig = attrs.field(factory=AudioConfig)
     limit: LimitConfig = attrs.field(factory=LimitConfig)
+    video: VideoConfig = attrs.field(factory=VideoConfig)
     logging: LoggingConfig = attrs.field(factory=LoggingConfig)
     cluster: ClusterConfig = attrs.field(factory=ClusterConfig)
     # Accepted and kept for the webhook module (api.webhooks reads it); not interpreted here.
@@ -289,6 +303,27 @@ _BOOL = ((bool,), "a boolean")
 _MAP = ((dict,), "a mapping")
 _LIST = ((list,), "a list")
 _ANY = ((object,), "anything")
+
+def _duration(value: Any, key: str) -> float:
+    """Seconds from a number or a Go-style duration string ("500ms", "5s", "1m")."""
+    seconds: Optional[float] = None
+    if isinstance(value, str):
+        text = value.strip()
+        for suffix, scale in (("ms", 0.001), ("s", 1.0), ("m", 60.0)):
+            if text.endswith(suffix):
+                try:
+                    seconds = float(text[: -len(suffix)]) * scale
+                except ValueError:
+                    pass
+                break
+        if seconds is None:
+            raise ConfigError(f"config key '{key}' must be a duration such as \"5s\", not {value!r}")
+    elif not isinstance(value, bool):
+        seconds = float(value)
+    if seconds is None or not 0 <= seconds <= 3600:
+        raise ConfigError(f"config key '{key}' must be between 0 and 3600 seconds")
+    return seconds
+
 
 _SCHEMA: dict[str, Any] = {
     "port": _INT,
@@ -363,6 +398,10 @@ _SCHEMA: dict[str, Any] = {
         "min_percentile": _INT,
         "update_interval": _INT,
         "smooth_intervals": _INT,
+    },
+    "video": {
+        "dynacast_pause_delay": ((int, float, str), "a duration (seconds, or like \"5s\")"),
+        "dynacast": _BOOL,
     },
     "limit": {
         "max_metadata_size": _INT,
@@ -539,6 +578,12 @@ def config_from_mapping(data: Any) -> tuple[ServerConfig, list[str]]:
             if not low <= audio[name] <= high:
                 raise ConfigError(f"config key 'audio.{name}' must be between {low} and {high}")
             setattr(config.audio, name, audio[name])
+
+    video = data.get("video") or {}
+    if video.get("dynacast_pause_delay") is not None:
+        config.video.dynacast_pause_delay = _duration(video["dynacast_pause_delay"], "video.dynacast_pause_delay")
+    if video.get("dynacast") is not None:
+        config.video.dynacast = video["dynacast"]
 
     limit = data.get("limit") or {}
     for name in attrs.fields_dict(LimitConfig):

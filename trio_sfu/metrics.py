@@ -139,6 +139,10 @@ MEDIA_ICE_RESTARTS_COMPLETED = "media_ice_restarts_completed_total"
 MEDIA_TRICKLE_MALFORMED = "media_trickle_malformed_total"
 MEDIA_ANSWER_UNEXPECTED = "media_subscriber_answer_unexpected_total"
 MEDIA_ANSWER_TIMEOUT = "media_subscriber_answer_timeout_total"
+# subscribed_quality_update messages sent to publishers (dynacast).
+MEDIA_DYNACAST_UPDATES = "media_dynacast_updates_total"
+# stream_state_update entries sent to subscribers (the allocator paused or resumed a track).
+MEDIA_STREAM_STATE_UPDATES = "media_stream_state_updates_total"
 MEDIA_SUBSCRIPTION_FAILED = "media_subscription_failed_total"
 MEDIA_TRACKS_PUBLISHED = "media_tracks_published_total"
 MEDIA_AUDIO_LEVEL_MALFORMED = "media_audio_level_malformed_total"  # a bad RFC 8285 block on an audio packet

@@ -188,6 +188,11 @@ class RelayTap:
     def wanted_layers(self) -> frozenset[int]:
         return self.requested
 
+    @property
+    def subscribed_layers(self) -> frozenset[int]:
+        # What the peer's copy forwards to its subscribers: all a relayed request says.
+        return self.requested
+
     def request(self, layers: Iterable[int], now: float) -> None:
         """The peer's RelaySubscribe: relay these layers from now on (none: stop)."""
         receiver = self.receiver
@@ -198,6 +203,9 @@ class RelayTap:
             receiver.add_down_track(self)  # type: ignore[arg-type]
         elif was and not requested:
             receiver.remove_down_track(self)  # type: ignore[arg-type]
+        elif requested != was:
+            # Other layers, as a local down track's new target: the publisher's dynacast hears it.
+            receiver.layer_demand_changed()
         self._update_forwarding(now)
 
     def detach(self) -> None:

@@ -2,7 +2,8 @@
 
 ``TrackReceiver`` (one published track) fans packets out to ``DownTrack``s (one per
 subscriber); ``simulcast`` picks layers, ``codec_keyframes`` reads payload descriptors,
-``rtcp_feedback`` builds the RTCP they send.
+``rtcp_feedback`` builds the RTCP they send; ``allocator`` shares a subscriber's downlink among
+its video tracks.
 """
 
 from trio_sfu.forwarding.downtrack import DownTrack, DownTrackSnapshot, map_payload_types

@@ -287,6 +287,10 @@ class DownTrack:
         self._is_keyframe = keyframe_detector(mime_type)
         self._vp8 = mime_type.lower().rsplit("/", 1)[-1] == "vp8"
         self.target_layer = target_layer
+        # The best layer the subscriber's settings ask for; the target (the stream allocator's
+        # share) is at most this. What the publisher's dynacast counts: a subscriber held low
+        # for lack of bandwidth still wants it, as LiveKit's max subscribed quality.
+        self.subscribed_max_layer = target_layer
         self._effective_target = target_layer
         self._effective_checked_at = float("-inf")
         self.disabled = target_layer is None
@@ -382,6 +386,18 @@ class DownTrack:
         if self.disabled or self.target_layer is None:
             return frozenset()
         return frozenset((self.target_layer,))
+
+    def set_subscribed_max_layer(self, layer: Optional[int]) -> None:
+        """The subscriber's settings now ask for at most `layer` (None: nothing)."""
+        if layer != self.subscribed_max_layer:
+            self.subscribed_max_layer = layer
+            self._source.layer_demand_changed()
+
+    @property
+    def subscribed_layers(self) -> frozenset[int]:
+        """The best layer the subscriber asks for, whatever the allocator gives it now."""
+        layer = self.subscribed_max_layer
+        return frozenset() if layer is None else frozenset((layer,))
 
     # --- snapshot ---
 

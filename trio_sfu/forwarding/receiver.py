@@ -9,8 +9,10 @@ publisher through the injected ``send_rtcp``, remembers the publisher's SRs,
 and hands every packet to the down tracks with plain calls.
 
 Which layers its down tracks want (`wanted_layers`) is what a relayed copy of a track asks the
-publisher's node for; a `LayerDemandListener` (the cluster's relay, for such a copy) hears
-whenever that may have changed: a down track joined or left, or changed its target layer.
+publisher's node for; which layers their subscribers ask for (`subscribed_layers`, at least as
+much) is what the publisher's dynacast keeps encoded. A `LayerDemandListener` (the cluster's
+relay for such a copy, the publisher's dynacast for a local track) hears whenever either may
+have changed: a down track joined or left, or changed its target or its subscriber's maximum.
 
 No trio here: ``now`` (seconds, any monotonic origin) comes in with every call,
 and the owner drives :meth:`poll_rtcp` at :meth:`next_deadline`.
@@ -58,6 +60,10 @@ class PacketSink(Protocol):
     @property
     def wanted_layers(self) -> frozenset[int]:
         """The layers this sink wants forwarded now (empty: paused)."""
+
+    @property
+    def subscribed_layers(self) -> frozenset[int]:
+        """The layers its subscriber asks for, even if less is forwarded now (dynacast)."""
 
 
 class LayerDemandListener(Protocol):
@@ -239,6 +245,7 @@ class _Layer:
     __slots__ = (
         "index", "ssrc", "stats", "buffer", "nack", "keyframes", "last_keyframe_at",
         "sender_report", "last_keyframe_request", "last_arrival",
+        "bitrate", "_rate_bytes", "_rate_stats", "_rate_at",
     )
 
     def __init__(self, index: int, clock_rate: int, capacity: int, nack: NackTracker) -> None:
@@ -252,6 +259,20 @@ class _Layer:
         self.sender_report: Optional[PublisherSenderReport] = None
         self.last_keyframe_request = float("-inf")
         self.last_arrival: Optional[float] = None
+        # Measured bits per second over the last receiver-report interval (0: nothing arrived).
+        self.bitrate = 0
+        self._rate_bytes = 0
+        self._rate_stats: Optional[ReceiveStatistics] = None
+        self._rate_at: Optional[float] = None
+
+    def measure(self, now: float) -> None:
+        """Update `bitrate` from the bytes counted since the last call (on the RR timer)."""
+        stats = self.stats
+        start = self._rate_at
+        if start is not None and now > start:
+            sent = stats.bytes_received - (self._rate_bytes if self._rate_stats is stats else 0)
+            self.bitrate = int(max(0, sent) * 8 / (now - start))
+        self._rate_bytes, self._rate_stats, self._rate_at = stats.bytes_received, stats, now
 
     def bind(self, ssrc: int, clock_rate: int) -> None:
         """(Re)start the layer on a new SSRC: a publisher restart shares nothing with before."""
@@ -371,6 +392,14 @@ class TrackReceiver:
             wanted |= down_track.wanted_layers
         return frozenset(wanted)
 
+    def subscribed_layers(self) -> frozenset[int]:
+        """The layers some down track's subscriber asks for (what the publisher's dynacast
+        keeps encoded), whether or not its allocator forwards that much now."""
+        subscribed: set[int] = set()
+        for down_track in self._down_tracks:
+            subscribed |= down_track.subscribed_layers
+        return frozenset(subscribed)
+
     def layer_demand_changed(self) -> None:
         """A down track joined, left, or changed its target or pause (DownTrack calls this)."""
         listener = self.demand_listener
@@ -427,6 +456,11 @@ class TrackReceiver:
     def layer_ssrc(self, layer: int) -> Optional[int]:
         entry = self._layers.get(layer)
         return entry.ssrc if entry is not None else None
+
+    def layer_bitrates(self) -> dict[int, int]:
+        """Each layer's measured bitrate (bits per second over the last receiver-report
+        interval, counted from the bytes its statistics already keep: nothing per packet)."""
+        return {index: layer.bitrate for index, layer in self._layers.items()}
 
     def layer_active(self, layer: int, now: float) -> bool:
         """Whether media arrived on ``layer`` within :attr:`layer_timeout` seconds: a
@@ -675,6 +709,7 @@ class TrackReceiver:
             self._next_rr = now + self.rr_interval
             blocks = []
             for layer in self._layers.values():
+                layer.measure(now)
                 if layer.ssrc is not None:
                     block = layer.stats.report_block(now)
                     if block is not None:

@@ -64,6 +64,8 @@ class ParticipantMediaService(TransportService, SubscriptionTimeouts, Protocol):
 
     metrics: m.Metrics
     relay: Optional[RelayHooks]
+    # How long a lower subscribed quality waits before a publisher hears it; None: no dynacast.
+    dynacast_pause_delay: Optional[float]
 
     def room_media(self, name: str, sid: str) -> RoomMedia:
         """The media of room `sid`, created on first use."""
@@ -91,7 +93,8 @@ class ParticipantMedia:
         migrated = self.participant.migrated_in
         self.publishing = PublisherMedia(self.sid, self.participant, self.room_media, self.transports,
                                          migrated_streams=migrated_streams(migrated), wake_by=wake_by,
-                                         metrics=self.metrics, log=self.log)
+                                         metrics=self.metrics, log=self.log,
+                                         dynacast_pause_delay=service.dynacast_pause_delay)
         self.subscribing = SubscriberMedia(context, self.room_media, self.transports, service,
                                            answered=self._subscriber_answered,
                                            # trio's clock + this = Unix time, for the down tracks' SR wall clock.
@@ -173,6 +176,10 @@ class ParticipantMedia:
     def update_desired(self) -> None:
         if not self.closed:
             self.subscribing.update_desired()
+
+    def reallocate(self, now: float) -> None:
+        if not self.closed:
+            self.subscribing.reallocate(now)
 
     def _may_publish_data(self) -> bool:
         video = self.participant.grants.video

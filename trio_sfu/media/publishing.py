@@ -18,6 +18,11 @@ it (its m-line is then revoked until the client stops it, so its packets are not
 another track) and when it is handed to a new source; `_forget` is that step.
 Moderation (mute) pauses and resumes the track's down tracks.
 
+Dynacast: each simulcast video track's receiver reports to `_TrackDynacast` whenever the layers
+its down tracks want may have changed (local subscribers and other nodes through the relay
+alike); the publisher is told the qualities anyone receives (`subscribed_quality_update`), a
+higher one at once, a lower one after `video.dynacast_pause_delay` (forwarding.dynacast).
+
 `on_rtp` is the media hot path: a dict lookup per packet once the SSRC is known. A publisher
 that keeps inventing SSRCs must not grow that table: a track keeps at most
 `MAX_SSRCS_PER_TRACK` of them; past it the SSRCs its receiver no longer uses (a layer's old SSRC
@@ -32,7 +37,7 @@ from typing import Callable, Optional, Sequence
 
 import attrs
 import trio
-from livekit.protocol import models
+from livekit.protocol import models, rtc
 
 from rtp import rtcp
 from rtp.header_extensions import HeaderExtensionParseError, audio_level_in, decode_mid
@@ -45,7 +50,8 @@ from sdp.parser import parse as parse_sdp
 
 from trio_sfu import metrics as m
 from trio_sfu.forwarding import TrackReceiver
-from trio_sfu.forwarding.receiver import MAX_SSRCS_PER_TRACK
+from trio_sfu.forwarding.dynacast import DynacastQuality, enabled_qualities
+from trio_sfu.forwarding.receiver import MAX_SSRCS_PER_TRACK, ReceiverState
 from trio_sfu.log import ContextLogger
 from trio_sfu.media.data_channels import remote_sctp_params
 from trio_sfu.media.room_media import PublishedTrack, RoomMedia
@@ -91,12 +97,46 @@ class PublisherAnswer:
     ice_restart: Optional[LocalParams] = None
 
 
+class _TrackDynacast:
+    """One simulcast track's dynacast: its receiver's `LayerDemandListener`, which tells the
+    publisher the qualities subscribers (here and on other nodes) receive."""
+
+    def __init__(self, publisher: "PublisherMedia", track_sid: str, codec: str, pause_delay: float) -> None:
+        self.publisher = publisher
+        self.track_sid = track_sid
+        self.codec = codec  # as LiveKit names it in SubscribedCodec: "vp8", "h264"...
+        self.quality = DynacastQuality(pause_delay=pause_delay)
+
+    def layer_demand_changed(self, receiver: TrackReceiver) -> None:
+        if receiver.state is not ReceiverState.OPEN:
+            return  # closing: its subscribers leave; the publisher's track is going away
+        now = trio.current_time()
+        announce = self.quality.demand(receiver.subscribed_layers(), now)
+        if announce is not None:
+            self.send(announce)
+        self.publisher._wake_by(self.quality.next_deadline())
+
+    def poll(self, now: float) -> None:
+        announce = self.quality.poll(now)
+        if announce is not None:
+            self.send(announce)
+
+    def send(self, quality: int) -> None:
+        publisher = self.publisher
+        qualities = [rtc.SubscribedQuality(quality=q, enabled=on) for q, on in enabled_qualities(quality)]  # type: ignore[arg-type]
+        publisher.metrics.inc(m.MEDIA_DYNACAST_UPDATES)
+        publisher.log.debug("subscribed qualities", kv={"track": self.track_sid, "max": int(quality)})
+        publisher.participant.send(rtc.SignalResponse(subscribed_quality_update=rtc.SubscribedQualityUpdate(
+            track_sid=self.track_sid, subscribed_qualities=qualities,
+            subscribed_codecs=[rtc.SubscribedCodec(codec=self.codec, qualities=qualities)])))
+
+
 class PublisherMedia:
     """One participant's publisher side: negotiated media, tracks by m-line and SSRC."""
 
     def __init__(self, sid: str, participant: MediaParticipant, room_media: RoomMedia,
                  transports: ParticipantTransports, *, migrated_streams: MigratedStreams, wake_by: WakeBy,
-                 metrics: m.Metrics, log: ContextLogger) -> None:
+                 metrics: m.Metrics, log: ContextLogger, dynacast_pause_delay: Optional[float] = None) -> None:
         self.sid = sid
         self.participant = participant
         self.room_media = room_media
@@ -124,6 +164,9 @@ class PublisherMedia:
         # The client's packets may no longer name their stream after a migration (no MID/RID
         # once acknowledged): the streams the old node learned place them.
         self._migrated_streams = migrated_streams
+        # Dynacast per simulcast video track (by track sid); None: dynacast is off.
+        self._dynacast_pause_delay = dynacast_pause_delay
+        self._dynacast: dict[str, _TrackDynacast] = {}
 
     # ---- negotiation -------------------------------------------------------------------------
 
@@ -198,6 +241,10 @@ class PublisherMedia:
         for ssrc in self._ssrcs_of_track.pop(id(track), ()):
             if self._ssrc_tracks.get(ssrc) is track:
                 del self._ssrc_tracks[ssrc]
+        dynacast = self._dynacast.get(track.sid)
+        if dynacast is not None and track.receiver.demand_listener is dynacast:
+            track.receiver.demand_listener = None
+            del self._dynacast[track.sid]
         return mids
 
     def routed_ssrcs(self) -> dict[int, str]:
@@ -284,6 +331,12 @@ class PublisherMedia:
         )
         track = PublishedTrack(info.sid, kind, self.sid, subscriber_stream_id(self.sid, info.sid), nm.codecs,
                                dict(nm.extensions), receiver, self.room_media.reports.audio)
+        if kind is MediaKind.VIDEO and receiver.simulcast and self._dynacast_pause_delay is not None:
+            dynacast = self._dynacast[info.sid] = _TrackDynacast(self, info.sid, primary.name.lower(),
+                                                                 self._dynacast_pause_delay)
+            receiver.demand_listener = dynacast
+            # Nobody receives it yet: unless someone subscribes within the delay, the layers stop.
+            dynacast.layer_demand_changed(receiver)
         self.tracks_by_mid[mid] = track
         self.log.info("track matched to media", kv={"track": info.sid, "mid": mid, "codecs": ",".join(track.mime_types),
                                                     "rids": ",".join(nm.rids)})
@@ -361,6 +414,10 @@ class PublisherMedia:
 
     def next_deadline(self) -> Optional[float]:
         deadline = None
+        for dynacast in self._dynacast.values():
+            t = dynacast.quality.next_deadline()
+            if t is not None and (deadline is None or t < deadline):
+                deadline = t
         for track in self.tracks_by_mid.values():
             t = track.receiver.next_deadline()
             if t is not None and (deadline is None or t < deadline):
@@ -368,9 +425,11 @@ class PublisherMedia:
         return deadline
 
     def handle_timeout(self, now: float) -> None:
-        """Each receiver's NACKs and receiver reports."""
+        """Each receiver's NACKs and receiver reports; dynacast downgrades that are due."""
         for track in list(self.tracks_by_mid.values()):
             track.receiver.poll_rtcp(now)
+        for dynacast in list(self._dynacast.values()):
+            dynacast.poll(now)
 
     # ---- moderation and hand-over -----------------------------------------------------------
 
@@ -389,8 +448,10 @@ class PublisherMedia:
                 continue
             if info.muted:
                 down.set_disabled(True, now)
-            elif down.target_layer is not None:  # else the subscriber itself paused it
+            elif down.target_layer is not None:  # else the subscriber (or its allocator) paused it
                 down.set_disabled(False, now)
+            # A muted track takes no share of the member's downlink; unmuted, it takes one again.
+            member.reallocate(now)
 
     def track_unpublished(self, info: models.TrackInfo) -> None:
         """The server unpublished one of the participant's tracks (a publish permission revoked):
@@ -421,9 +482,13 @@ class PublisherMedia:
         if hand_over is not None:
             tracks = hand_over(tracks)
         self.room_media.unpublish(tracks)
+        for track in self.tracks_by_mid.values():
+            if track.receiver.demand_listener is self._dynacast.get(track.sid):
+                track.receiver.demand_listener = None  # a handed-over receiver outlives us
         self.tracks_by_mid.clear()
         self._ssrc_tracks.clear()
         self._ssrcs_of_track.clear()
+        self._dynacast.clear()
 
 
 __all__ = ["MigratedStreams", "PublisherAnswer", "PublisherMedia", "subscriber_stream_id"]

@@ -101,6 +101,9 @@ class RoomMember(Protocol):
     def published_tracks(self) -> list[PublishedTrack]:
         """The tracks it publishes that media was matched to (speakers and quality read them)."""
 
+    def reallocate(self, now: float) -> None:
+        """A track it receives was muted or unmuted: share its downlink over its tracks again."""
+
 
 class RelayHooks(Protocol):
     """What a room's media tells the node-to-node relay (trio_sfu.cluster.node_relay)."""

@@ -171,6 +171,11 @@ class MediaService:
                 found = media
         return found
 
+    @property
+    def dynacast_pause_delay(self) -> Optional[float]:
+        video = self.config.video
+        return video.dynacast_pause_delay if video.dynacast else None
+
     def room_media(self, name: str, sid: str) -> RoomMedia:
         """The media of room `sid` (a room's sid is unique per instance), created on first use."""
         media = self.rooms.get(sid)

@@ -7,7 +7,9 @@ LiveKit's behaviour around a down track's start and end. `SubscriberMedia` owns 
 
 - the policy — every track in the room (auto-subscribe) or those the client asked for, minus its
   own, the withdrawn and those reported not found (`SE_TRACK_NOTFOUND`) until the client asks
-  again — and each down track's layer from the client's track settings (paused when muted);
+  again — and each down track's layer: the client's track settings cap it (adaptive stream: the
+  element's size, hidden = paused), the stream allocator shares the downlink estimate among the
+  video tracks under those caps and pauses what does not fit (told as `stream_state_update`);
 - m-lines held for a resume that can no longer come (the track is gone from the room) let go;
 - the offer/answer exchange with the client: we offer on the subscriber PC and wait (bounded) for
   the answer to that offer; a late or unknown answer is counted and dropped. In single peer
@@ -27,6 +29,7 @@ import trio
 from livekit.protocol import models, rtc
 
 from rtp import rtcp
+from sdp.codecs import MediaKind
 from sdp.errors import NegotiationError, SdpParseError
 from sdp.model import SessionDescription
 from sdp.negotiator import LocalParams
@@ -35,6 +38,7 @@ from sdp.parser import serialize as serialize_sdp
 
 from trio_sfu import metrics as m
 from trio_sfu.forwarding import DownTrack, PublishedLayer, select_target_layer
+from trio_sfu.forwarding.allocator import StreamAllocator, StreamState
 from trio_sfu.log import ContextLogger
 from trio_sfu.media.bandwidth import SubscriberBandwidth, negotiated_transport_cc_id
 from trio_sfu.media.room_media import RoomMedia
@@ -49,6 +53,11 @@ from trio_sfu.tracks.subscription_manager import RECONCILE_ALL, SubscriptionMana
 DOWNTRACK_PREFIX = "media_downtrack"
 #: The downstream estimate's changes are logged at most this often per participant.
 ESTIMATE_LOG_INTERVAL = 2.0
+#: Under an estimate, the allocator runs again at least this often (the layers' measured
+#: bitrates change with no new estimate; the participant's timer loop wakes about this often).
+REALLOCATE_INTERVAL = 1.0
+#: Where a finished subscriber's stream allocator counters go (allocations, layer changes, pauses).
+ALLOCATOR_PREFIX = "media_allocator"
 
 
 class SubscriptionTimeouts(Protocol):
@@ -107,6 +116,8 @@ class ParticipantSubscriber(SubscriberEndpoint):
         if not down.disabled:
             source.receiver.request_keyframe(down.target_layer, now)
         owner.wake_by(down.next_deadline())
+        # One more track shares the subscriber's downlink (and counts in its publisher's dynacast).
+        owner.reallocate(now)
 
     def down_track_stopped(self, down: DownTrack) -> None:
         m.fold_counters(self._owner.metrics, DOWNTRACK_PREFIX, down.own_counters())
@@ -145,6 +156,11 @@ class SubscriberMedia:
         # The downstream estimate, once the subscriber PC is open with transport-cc negotiated.
         self.bandwidth: Optional[SubscriberBandwidth] = None
         self._estimate_logged_at = float("-inf")
+        # The downlink estimate shared among the video tracks (see set_available_bitrate), and
+        # the stream state each track was last reported in (only PAUSED is ever news).
+        self.allocator = StreamAllocator()
+        self._stream_states: dict[str, StreamState] = {}
+        self._allocated_at = float("-inf")
 
     async def run(self) -> None:
         """The first subscriber offer (with whatever is already published, and the data
@@ -313,16 +329,107 @@ class SubscriberMedia:
     # ---- layers and mutes --------------------------------------------------------------------
 
     def track_settings_changed(self, track_sids: list[str]) -> None:
-        now = trio.current_time()
-        for sid in track_sids:
-            binding = self.endpoint.bindings.get(sid)
-            if binding is not None and binding.down is not None:
-                binding.down.set_target_layer(self.target_layer(binding.source), now)
+        """New caps for these tracks: the allocator shares the estimate again under them."""
+        self.reallocate(trio.current_time())
+
+    def set_available_bitrate(self, bps: int, now: float) -> None:
+        """The subscriber's downlink estimate in bits per second, from the send-side bandwidth
+        estimator of its transport (the narrow input the allocator needs; until the first call
+        every track gets the layer its track settings ask for, as before there was one)."""
+        allocator = self.allocator
+        before = allocator.budget
+        allocator.set_available_bitrate(bps, now)
+        if allocator.budget != before:  # inside the dead band nothing can change: no pass
+            self.reallocate(now)
+
+    def reallocate(self, now: float) -> None:
+        """Give every down track its layer: the allocator's share of the estimate under the cap
+        its track settings set; tracks the allocator pauses or resumes are reported to the client."""
+        if self.closed:
+            return
+        self._allocated_at = now
+        allocator = self.allocator
+        video: dict[str, tuple[TrackSource, DownTrack]] = {}
+        audio = 0
+        for track_id, binding in self.endpoint.bindings.items():
+            down = binding.down
+            if down is None:
+                continue
+            if binding.source.kind is MediaKind.VIDEO:
+                video[track_id] = (binding.source, down)
+            else:
+                audio += 1
+        for track_id in allocator.track_ids:
+            if track_id not in video:
+                allocator.remove_track(track_id)
+                self._stream_states.pop(track_id, None)
+        for track_id, (source, _) in video.items():
+            info = self.room_media.track_info(source)
+            # A muted track sends nothing and takes no share (PublisherMedia.track_muted reallocates).
+            allocator.set_track(track_id, bitrates=self._layer_bitrates(source, info),
+                                cap=None if self.publisher_muted(source) else self.requested_layer(source),
+                                screen_share=info is not None and info.source == models.TrackSource.SCREEN_SHARE,
+                                priority=self._priority(track_id))
+        allocator.set_audio_tracks(audio)
+        allocator.allocate(now)
+        states: list[rtc.StreamStateInfo] = []
+        for track_id, (source, down) in video.items():
+            allocation = allocator.allocation(track_id)
+            if allocation is None:
+                continue
+            down.set_subscribed_max_layer(self.requested_layer(source))
+            if down.target_layer != allocation.layer:
+                down.set_target_layer(allocation.layer, now)
+                if self.publisher_muted(source):
+                    down.set_disabled(True, now)  # a new layer choice does not unmute
+            was = self._stream_states.get(track_id, StreamState.ACTIVE)
+            if allocation.state is not was:
+                self._stream_states[track_id] = allocation.state
+                states.append(rtc.StreamStateInfo(
+                    participant_sid=source.publisher_id, track_sid=track_id,
+                    state=rtc.StreamState.PAUSED if allocation.state is StreamState.PAUSED else rtc.StreamState.ACTIVE))
+        for track_id, binding in self.endpoint.bindings.items():
+            down = binding.down
+            if down is None or track_id in video:
+                continue
+            # Audio (and anything not video) takes no share: only the subscriber's settings count.
+            layer = self.requested_layer(binding.source)
+            if down.target_layer != layer:
+                down.set_target_layer(layer, now)
                 if self.publisher_muted(binding.source):
-                    binding.down.set_disabled(True, now)  # a new layer choice does not unmute
+                    down.set_disabled(True, now)
+        if states:
+            self.metrics.inc(m.MEDIA_STREAM_STATE_UPDATES, len(states))
+            self.context.send(rtc.SignalResponse(stream_state_update=rtc.StreamStateUpdate(stream_states=states)))
+        self.wake_by(allocator.next_deadline())
+
+    def _priority(self, track_id: str) -> int:
+        """The priority the subscriber gave the track (UpdateTrackSettings.priority; 0: none)."""
+        settings = self.participant.track_settings.get(track_id)
+        return settings.priority if settings is not None else 0
+
+    def _layer_bitrates(self, source: TrackSource, info: Optional[models.TrackInfo]) -> dict[int, int]:
+        """Each layer's bitrate: the larger of what arrives (the receiver measures it per RR
+        interval) and what the publisher announced (its encoder's ceiling) — never less than the
+        layer may take, so a layer just restarted (measured low) does not look cheap — else 0
+        (the allocator assumes a typical figure)."""
+        announced = {lay.quality: lay.bitrate for lay in (info.layers if info is not None else [])}
+        receiver = source.receiver
+        measured = receiver.layer_bitrates()
+        if not receiver.simulcast:
+            # One layer: the best announced figure describes it.
+            return {0: max(measured.get(0, 0), *announced.values(), 0)} if 0 in receiver.layers else {}
+        return {layer: max(measured.get(layer, 0), announced.get(layer, 0)) for layer in receiver.layers}
 
     def target_layer(self, track: TrackSource) -> Optional[int]:
-        """The layer this subscriber should get (None = paused), from its UpdateTrackSettings."""
+        """The layer a new down track starts on: the allocator's share once it has one."""
+        allocation = self.allocator.allocation(track.track_id)
+        if allocation is not None and self.allocator.budget is not None:
+            return allocation.layer
+        return self.requested_layer(track)
+
+    def requested_layer(self, track: TrackSource) -> Optional[int]:
+        """The layer this subscriber asks for (None = paused), from its UpdateTrackSettings."""
         settings = self.participant.track_settings.get(track.track_id)
         layers = track.receiver.layers
         if settings is None:
@@ -405,7 +512,11 @@ class SubscriberMedia:
     # ---- Timed (trio_sfu.media.timers): downlink RTCP we owe (sender reports...) ------------------
 
     def next_deadline(self) -> Optional[float]:
-        deadline = self.bandwidth.next_deadline() if self.bandwidth is not None else None
+        deadline = self.allocator.next_deadline()  # a held upgrade
+        if self.bandwidth is not None:
+            bwe_due = self.bandwidth.next_deadline()
+            if bwe_due is not None and (deadline is None or bwe_due < deadline):
+                deadline = bwe_due
         for down in self.down_tracks():
             t = down.next_deadline()
             if t is not None and (deadline is None or t < deadline):
@@ -417,9 +528,16 @@ class SubscriberMedia:
             self.bandwidth.handle_timeout(now)
         for down in self.down_tracks():
             down.poll_rtcp(now)
+        due = self.allocator.next_deadline()
+        if (due is not None and due <= now) or (
+                self.allocator.budget is not None and now - self._allocated_at >= REALLOCATE_INTERVAL):
+            # A held upgrade is due, or the layers' measured bitrates may have moved.
+            self.reallocate(now)
 
     def close(self) -> None:
         """Every down track leaves its source (no resume); an offer waiting for its answer ends."""
+        if not self.closed:
+            m.fold_counters(self.metrics, ALLOCATOR_PREFIX, self.allocator.counters)
         self.closed = True
         self._log_bandwidth("downstream bandwidth at close")
         if self.bandwidth is not None:
