@@ -56,19 +56,20 @@ def udp_dropped(netns, udp_port: int) -> int:
 
 
 def assert_server_connected_only_over_tcp(sfu, participants: int) -> None:
-    """Each of `participants` connected its publisher and subscriber PC, all on TCP paths."""
+    """Each of `participants` connected its PCs (two over /rtc, the one over /rtc/v1, the clients'
+    default), all on TCP paths."""
     lines = [line for line in sfu.log.read_text(errors="replace").splitlines() if "transport connected" in line]
     connected = {(re.search(r"participant=(\S+)", line).group(1), re.search(r"pc=(\S+)", line).group(1))
                  for line in lines}
-    assert len({who for who, _ in connected}) == participants and len(connected) == 2 * participants, (
+    assert len({who for who, _ in connected}) == participants, (
         f"transports connected: {sorted(connected)}\n{sfu.log_tail()}")
     assert all("path=tcp" in line for line in lines), "\n".join(lines)
 
 
 def assert_tab_on_tcp(result: dict, tab: str, context: str) -> None:
     pairs = result["statuses"][tab].get("selectedPairs") or []
-    # Publisher and subscriber PCs, each on a TCP pair to the server's passive candidate.
-    assert len(pairs) >= 2, f"{tab} reports selected pairs {pairs}\n{context}"
+    # Each of its PCs (one over /rtc/v1) on a TCP pair to the server's passive candidate.
+    assert pairs, f"{tab} reports no selected pair\n{context}"
     for pair in pairs:
         local, remote = pair["local"], pair["remote"]
         assert local["protocol"] == "tcp" and remote["protocol"] == "tcp", f"{tab}: {pair}\n{context}"
@@ -82,7 +83,7 @@ def test_two_chromium_tabs_over_ice_tcp_with_udp_blocked(netns, sfu, clients, tm
     for tab, remote in (("tab-a", "tab-b"), ("tab-b", "tab-a")):
         assert_received(result, tab, remote, context, tone_hz=TAB_TONE_HZ[remote], camera=TAB_CAMERA[remote])
         assert_tab_on_tcp(result, tab, context)
-    # On the server too, both PCs of both tabs on the TCP path; and the tabs did try UDP first.
+    # On the server too, every PC of both tabs on the TCP path; and the tabs did try UDP first.
     assert_server_connected_only_over_tcp(sfu, participants=2)
     assert udp_dropped(netns, udp_port) > 0
 
@@ -94,10 +95,10 @@ def test_chromium_and_python_sdk_over_ice_tcp_with_udp_blocked(netns, sfu, clien
     assert_tab_on_tcp(result, "web", sfu.log_tail())
     # The SDK's own view (libwebrtc's stats): both PCs on a TCP pair to the passive candidate.
     pairs = json.loads((tmp_path / "sdk_summary.json").read_text())["selected_pairs"]["py"]
-    assert sorted(p["pc"] for p in pairs) == ["publisher", "subscriber"], pairs
+    assert pairs and {p["pc"] for p in pairs} <= {"publisher", "subscriber"}, pairs
     for pair in pairs:
         assert pair["local"]["protocol"] == pair["remote"]["protocol"] == "tcp", pairs
         assert pair["remote"]["port"] == ICE_TCP_PORT and pair["remote"]["tcp_type"] == "CANDIDATE_PASSIVE", pairs
-    # The tab's two PCs and the SDK's two: the SDK's libwebrtc connected over TCP as well.
+    # The tab's PCs and the SDK's: the SDK's libwebrtc connected over TCP as well.
     assert_server_connected_only_over_tcp(sfu, participants=2)
     assert udp_dropped(netns, udp_port) > 0

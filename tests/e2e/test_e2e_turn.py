@@ -102,8 +102,8 @@ def test_two_tabs_behind_a_firewall_talk_through_turn_over_tls(netns, turn_sfu, 
             assert_received(result, tab, remote, context, tone_hz=TAB_TONE_HZ[remote], camera=TAB_CAMERA[remote])
     for tab in expect:
         pairs = result["statuses"][tab].get("selectedPairs") or []
-        # Both PeerConnections (publisher and subscriber) once connected.
-        assert len(pairs) >= 2, f"{tab}: selected pairs {pairs}\n{context}"
+        # Every PeerConnection once connected (the one over /rtc/v1, both over /rtc).
+        assert pairs, f"{tab}: no selected pair\n{context}"
         for pair in pairs:
             local = pair["local"] or {}
             assert local.get("candidateType") == "relay" and local.get("relayProtocol") == "tls", (
@@ -140,7 +140,7 @@ def test_python_sdk_behind_a_firewall_talks_through_turn_over_udp(netns, turn_sf
         f"no media through TURN: {json.dumps(summary.get('media'))}\n{context}")
     for me in people:
         pairs = summary["selected_pairs"][me]
-        assert {p["pc"] for p in pairs} == {"publisher", "subscriber"}, f"{me}: {pairs}\n{context}"
+        assert pairs and {p["pc"] for p in pairs} <= {"publisher", "subscriber"}, f"{me}: {pairs}\n{context}"
         for pair in pairs:
             local = pair["local"] or {}
             assert local.get("candidate_type") == "RELAY" and local.get("relay_protocol") == "TRANSPORT_UDP", (
