@@ -54,8 +54,9 @@ def probing_sfu(netns, tmp_path):
 def run_pair(netns, sfu, clients, tmp_path) -> dict[str, dict[str, int]]:
     """Two SDK participants exchanging noisy video and audio for 10 s; each subscriber's closing
     bandwidth line from the server's log."""
+    # Through /rtc (two PCs): the estimator runs on the subscriber PC; over /rtc/v1 it is not wired yet.
     argv = netns.wrap([sys.executable, str(E2E_DIR / "media_sdk_pair.py"), "--url", sfu.ws_url, "--hold", "10",
-                       "--noise"])
+                       "--noise", "--v0", "alice", "--v0", "bob"])
     client = Client("pair", argv, tmp_path / "pair.log")
     clients.append(client)
     done = client.wait_for("summary", timeout_s=90)
