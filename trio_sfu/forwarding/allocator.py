@@ -187,6 +187,28 @@ class StreamAllocator:
             changed[track_id] = Allocation(layer, state)
         return changed
 
+    def wanted_bps(self) -> int:
+        """What the subscriber would take if nothing held it back: every track at the best
+        layer its cap allows, and the audio reserve (what a probe should find room for)."""
+        wanted = self.audio_tracks * self.audio_bitrate
+        for track in self._tracks.values():
+            usable = track.usable()
+            if usable:
+                wanted += track.bitrates[usable[-1]]
+        return wanted
+
+    @property
+    def deficient(self) -> bool:
+        """Whether a track is held below the best layer its cap allows (or paused for lack of
+        bandwidth) by the budget: what makes LiveKit's allocator probe for more."""
+        for track in self._tracks.values():
+            usable = track.usable()
+            if not usable:
+                continue
+            if track.state is StreamState.PAUSED or track.layer is None or track.layer < usable[-1]:
+                return True
+        return False
+
     def next_deadline(self) -> Optional[float]:
         """When a held upgrade becomes due (`allocate` then), or None."""
         due = [t.pending_since + self.upgrade_hold for t in self._tracks.values() if t.pending_up is not None]

@@ -52,6 +52,11 @@ class BandwidthEstimate(Protocol):
     def poll_estimate_changed(self) -> Optional[int]:
         """The estimate if it moved by 5 % or more since last polled, else None."""
 
+    @property
+    def probe_in_flight(self) -> bool:
+        """A probe cluster is being sent or its result awaited (a lower estimate meanwhile may
+        be the probe's own queue)."""
+
     def request_probe(self, up_to_bps: int, now: float) -> None:
         """Probe up to `up_to_bps` while it is above the estimate; 0 stops probing."""
 
@@ -118,6 +123,11 @@ class SubscriberBandwidth:
 
     def poll_estimate_changed(self) -> Optional[int]:
         return self.estimator.poll_estimate_changed()
+
+    @property
+    def probe_in_flight(self) -> bool:
+        """A probe cluster is being sent, or its result awaited."""
+        return self._cluster is not None or self.estimator.probe_in_flight
 
     def request_probe(self, up_to_bps: int, now: float) -> None:
         self.estimator.request_probe(up_to_bps, now)
