@@ -492,13 +492,17 @@ class SubscriberMedia:
         if self.bandwidth is not None:
             self.bandwidth.on_rtcp(packets, now)
 
-    def start_bandwidth_estimation(self, answer: SessionDescription) -> Optional[SubscriberBandwidth]:
-        """Once the subscriber PC is open: if the client's answer kept transport-wide sequence
-        numbers, every packet we send it is stamped from now on and its feedback estimated."""
-        subscriber = self.transports.subscriber
+    def start_bandwidth_estimation(self, description: SessionDescription) -> Optional[SubscriberBandwidth]:
+        """Once the PC the down tracks go out on is open: if its negotiation kept transport-wide
+        sequence numbers, every packet we send on it is stamped from now on and the client's
+        feedback estimated. Two PCs: the client's answer to our subscriber offer; one PC
+        (/rtc/v1): our answer to the client's offer (BUNDLE gives the extension one id on the
+        PC, the one the client chose; what it sends us keeps being recorded under the same id
+        by the PC's receive side, rtp.twcc, which is independent of this send side)."""
+        subscriber = self.transports.downlink
         if self.bandwidth is not None or subscriber is None:
             return self.bandwidth
-        ext_id = negotiated_transport_cc_id(answer)
+        ext_id = negotiated_transport_cc_id(description)
         if ext_id is None:
             return None
         self.bandwidth = SubscriberBandwidth(ext_id, self.down_tracks, metrics=self.metrics, wake_by=self.wake_by)
