@@ -123,6 +123,15 @@ async def test_a_600_kbit_downlink_gets_a_lower_layer_and_the_top_layer_back_onc
                         pass  # no new offer for a while: wait on
 
             nursery.start_soon(answer_offers)
+
+            async def keep_alive() -> None:
+                # The server drops a signal connection silent for PING_TIMEOUT, as LiveKit does.
+                while True:
+                    await trio.sleep(5)
+                    for ws in (ws_a, ws_b):
+                        await send(ws, rtc.SignalRequest(ping=int(trio.current_time() * 1000)))
+
+            nursery.start_soon(keep_alive)
             media = server.media.participant_media(join_b.room.name, join_b.participant.sid)
             subscribing = media.subscribing
             with trio.fail_after(15):
