@@ -154,6 +154,11 @@ class StreamAllocator:
     def remove_track(self, track_id: str) -> None:
         self._tracks.pop(track_id, None)
 
+    def bitrates(self, track_id: str) -> dict[int, int]:
+        """The layers' bitrates the allocator uses for a track (empty for one it does not know)."""
+        track = self._tracks.get(track_id)
+        return dict(track.bitrates) if track is not None else {}
+
     @property
     def track_ids(self) -> tuple[str, ...]:
         return tuple(self._tracks)

@@ -378,7 +378,12 @@ class SubscriberMedia:
                                 screen_share=info is not None and info.source == models.TrackSource.SCREEN_SHARE,
                                 priority=self._priority(track_id))
         allocator.set_audio_tracks(audio)
-        allocator.allocate(now)
+        changed = allocator.allocate(now)
+        for track_id, allocation in changed.items():
+            # Not per packet: an allocation changes at most at an estimate or a track's change.
+            self.log.info("allocation changed", kv={
+                "track": track_id, "layer": allocation.layer, "state": allocation.state.value,
+                "budget": allocator.budget, "bitrates": allocator.bitrates(track_id)})
         states: list[rtc.StreamStateInfo] = []
         for track_id, (source, down) in video.items():
             allocation = allocator.allocation(track_id)
