@@ -16,8 +16,11 @@ LiveKit's behaviour around a down track's start and end. `SubscriberMedia` owns 
   connection mode the client offers: we ask it to offer again (`media_sections_requirement`,
   with the number of m-lines tracks wait for) and wait (bounded) for our answer to its offer;
 - the subscriber PC's RTCP to the down tracks, and the downlink RTCP they owe (`Timed`);
-- the subscriber's downstream bandwidth estimate (trio_sfu.media.bandwidth), once its answer
-  negotiated transport-wide sequence numbers: its feedback and its probes' timer.
+- the subscriber's downstream bandwidth estimate (trio_sfu.media.bandwidth), once the PC the
+  down tracks go out on negotiated transport-wide sequence numbers (the subscriber PC's answer,
+  or the one PC's offer with /rtc/v1): its feedback, its probes' timer, and each new estimate
+  given to the allocator from that timer (as LiveKit's allocator: not a lower one while a probe
+  is in flight); after each allocation, probes asked for while a track is held back.
 """
 
 from __future__ import annotations
