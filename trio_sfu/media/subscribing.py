@@ -60,8 +60,10 @@ ESTIMATE_LOG_INTERVAL = 2.0
 #: bitrates change with no new estimate; the participant's timer loop wakes about this often).
 REALLOCATE_INTERVAL = 1.0
 #: A probe asks for this much more than the tracks' wants (audio included): the allocator raises
-#: a track only with its headroom to spare, and a probe measures at most the rate it was sent at.
-PROBE_GOAL_FACTOR = 1.3
+#: a track only with its headroom (15 %) to spare, and a probe measures at most the rate it was
+#: sent at, often a little less (a result just short of the headroom would hold probing back for
+#: its retry interval while the track stays low).
+PROBE_GOAL_FACTOR = 1.5
 #: Where a finished subscriber's stream allocator counters go (allocations, layer changes, pauses).
 ALLOCATOR_PREFIX = "media_allocator"
 
