@@ -208,3 +208,26 @@ def test_the_subscribers_priority_orders_the_tracks():
     alloc.set_track("screen", bitrates=SCREEN, cap=2, screen_share=True, priority=1)
     settle(alloc, 420_000, 1.0, 1.0)
     assert layers(alloc) == {"cam-a": 0, "cam-b": 0, "screen": "paused"}
+
+
+def test_a_deficit_is_a_track_held_below_its_cap_and_the_wants_are_what_the_caps_allow():
+    """What the owner asks probes for: the tracks' best layers under their caps (audio included),
+    and only while the budget holds one below it (or paused)."""
+    alloc = three_tracks()
+    alloc.set_track("cam-b", bitrates=CAMERA, cap=1)
+    alloc.set_audio_tracks(2)
+    wanted = CAMERA[2] + CAMERA[1] + SCREEN[2] + 2 * alloc.audio_bitrate
+    assert alloc.wanted_bps() == wanted
+    alloc.allocate(0.0)
+    assert not alloc.deficient  # no estimate yet: every track has its cap
+    now = settle(alloc, 2_800_000, 0.0, 5.0)
+    assert layers(alloc) != {"cam-a": 2, "cam-b": 1, "screen": 2} and alloc.deficient
+    settle(alloc, 100_000, now, 1.0)
+    assert set(layers(alloc).values()) == {"paused"} and alloc.deficient
+    now = settle(alloc, 10_000_000, now + 1.0, 5.0)
+    assert layers(alloc) == {"cam-a": 2, "cam-b": 1, "screen": 2} and not alloc.deficient
+    # A track that wants nothing is no deficit and no want.
+    alloc.set_track("cam-a", bitrates=CAMERA, cap=None)
+    alloc.allocate(now)
+    assert not alloc.deficient and alloc.wanted_bps() == wanted - CAMERA[2]
+    assert alloc.bitrates("cam-b") == CAMERA and alloc.bitrates("gone") == {}

@@ -81,3 +81,44 @@ async def test_a_lossy_direction_drops_and_counts():
     assert seen == set()
     (link,) = proxy.report()["links"]
     assert link["to_server"]["dropped_loss"] == 5 and link["to_server"]["delivered"] == 0
+
+
+async def test_the_impairment_changes_at_runtime_for_every_link_and_bad_control_lines_change_nothing():
+    """A 600 kbit/s bottleneck towards the clients lifts while the proxy runs (the control the
+    e2e tests use to take a limit away), for the links that exist and those still to come."""
+    from trio_sfu.testing.impair_proxy import control
+
+    server = UdpSocket.bind("127.0.0.1", 0)
+    limited = Impairment(rate_bps=600_000, queue_bytes=10_000)
+    proxy = ImpairProxy(("127.0.0.1", 0), server.getsockname(), Impairment(), limited)
+    client = UdpSocket.bind("127.0.0.1", 0)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(echo, server, set())
+            listening = await nursery.start(proxy.run)
+            client.sendto(b"x", listening)
+            with trio.fail_after(2):
+                await receive(client)
+            (link,) = proxy.links.values()
+            assert link.to_client.impairment == limited
+            assert "proxy_control_error" in control(proxy, '{"to_client": "rate_bps=-1"}')
+            assert "proxy_control_error" in control(proxy, '{"sideways": ""}')
+            assert "proxy_control_error" in control(proxy, "not json")
+            assert link.to_client.impairment == limited
+            # 40 datagrams of 1000 bytes back to back: 40 kB against a 10 kB queue at 600 kbit/s.
+            for _ in range(40):
+                client.sendto(bytes(1000), listening)
+            await trio.sleep(0.5)
+            assert link.to_client.counters.dropped_queue > 0
+            dropped = link.to_client.counters.dropped_queue
+            answer = control(proxy, '{"to_client": ""}')
+            assert answer["proxy_changed"]["to_client"]["rate_bps"] is None
+            assert link.to_client.impairment == Impairment() and proxy.to_client == Impairment()
+            for _ in range(40):
+                client.sendto(bytes(1000), listening)
+            await trio.sleep(0.3)
+            assert link.to_client.counters.dropped_queue == dropped
+            nursery.cancel_scope.cancel()
+    finally:
+        server.close()
+        client.close()

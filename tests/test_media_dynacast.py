@@ -183,7 +183,7 @@ async def test_estimate_below_the_lowest_layer_pauses_the_track_and_the_subscrib
             await bob.wait_for(state_update(rtc.StreamState.ACTIVE))
             assert down.target_layer == 1 and not down.disabled
             assert server.metrics.get("media_stream_state_updates_total") == 2
-            # A leave, not a dropped socket (that would keep him for a resume, media and all).
+            # Bob leaves (a closed socket alone keeps his media up for a resume, as LiveKit does).
             await send(ws_b, rtc.SignalRequest(leave=rtc.LeaveRequest()))
             nursery.cancel_scope.cancel()
         # Bob left: his allocator's counters outlive him in the node's metrics.

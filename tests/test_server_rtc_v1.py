@@ -121,3 +121,26 @@ async def test_v1_join_carries_add_tracks_attributes_and_metadata() -> None:
                 while "answer" not in kinds:
                     kinds.append((await recv(ws)).WhichOneof("message"))
             assert "track_published" in kinds and kinds.index("track_published") < kinds.index("answer"), kinds
+
+
+@pytest.mark.parametrize("offer_file", ["python_sdk_v1_join_offer.sdp", "chromium_v1_join_offer.sdp"])
+async def test_v1_estimates_the_downlink_on_the_one_peer_connection(offer_file: str) -> None:
+    """One PC carries the down tracks too: the downstream estimate lives on it, stamping what we
+    send with the transport-cc id the client's offer chose, while the same PC's receive side
+    keeps recording what the client sends under that id (its feedback to the client)."""
+    async with media_server() as server:
+        async with await open_v1(server, "alice", join_request(offer_file)) as ws:
+            join = (await recv(ws)).join
+            answer = await recv_kind(ws, "answer")
+            offered = {e.id for s in parse((SDP_DIR / offer_file).read_bytes().decode()).media
+                       for e in s.extmaps if e.uri.endswith("transport-wide-cc-extensions-01")}
+            assert len(offered) == 1
+            (ext_id,) = offered
+            assert ext_id in {e.id for s in parse(answer.answer.sdp).media for e in s.extmaps}
+            media = server.media.participant_media(join.room.name, join.participant.sid)
+            assert media is not None and media.transports.single_pc and media.transports.subscriber is None
+            bandwidth = media.subscribing.bandwidth
+            assert bandwidth is not None and bandwidth.sequencer.ext_id == ext_id
+            publisher = media.transports.publisher
+            assert publisher is not None and publisher.stamper is bandwidth
+            assert media.publishing.transport_cc_extension == ext_id

@@ -156,6 +156,10 @@ MEDIA_TWCC_FEEDBACK_MALFORMED = "media_twcc_feedback_malformed_total"
 MEDIA_TWCC_FEEDBACK_UNMATCHED = "media_twcc_feedback_unmatched_packets_total"
 MEDIA_BWE_PROBE_CLUSTERS = "media_bwe_probe_clusters_total"
 MEDIA_BWE_PROBE_PACKETS = "media_bwe_probe_packets_total"
+# Subscriber estimates given to the stream allocator, and lower ones it did not take because a
+# probe was in flight (its padding queues at the bottleneck on purpose).
+MEDIA_BWE_ESTIMATES_APPLIED = "media_bwe_estimates_applied_total"
+MEDIA_BWE_ESTIMATES_HELD_IN_PROBE = "media_bwe_estimates_held_in_probe_total"
 # Packets sent to a subscriber without our transport-wide seq (no room for the element).
 MEDIA_TWCC_UNSTAMPABLE = "media_twcc_unstampable_total"
 

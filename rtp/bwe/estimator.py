@@ -146,6 +146,12 @@ class BandwidthEstimator:
         self._probe.sent(cluster_id, packets, now)
 
     @property
+    def probe_in_flight(self) -> bool:
+        """A probe cluster is being sent or judged: its padding queues at the bottleneck on
+        purpose, so a lower estimate meanwhile may be the probe's own doing."""
+        return self._probe.in_flight
+
+    @property
     def probing(self) -> bool:
         return self._probe.goal_bps > self.estimate_bps * 1.05
 

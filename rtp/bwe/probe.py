@@ -73,6 +73,11 @@ class ProbeController:
         self.results = 0
         self.failures = 0
 
+    @property
+    def in_flight(self) -> bool:
+        """A cluster was started and its result is not in yet (its feedback, or its timeout)."""
+        return self._in_flight is not None
+
     def request(self, up_to_bps: int, now: float) -> None:
         """Probe up to `up_to_bps` (0: nothing needs more, stop)."""
         self.goal_bps = max(0, int(up_to_bps))

@@ -274,6 +274,24 @@ class ImpairedSfu:
     sfu: SfuProcess
     proxy: Client
 
+    def change(self, **directions: str) -> dict:
+        """Change the proxy's impairment now (to_client= / to_server=: Impairment.parse text, ""
+        for none), on every client's link; the proxy's acknowledgement (its Unix time `at`)."""
+        stdin = self.proxy.proc.stdin
+        assert stdin is not None
+        seen = len([line for line in self.proxy.lines if "proxy_changed" in line])
+        stdin.write(json.dumps(directions) + "\n")
+        stdin.flush()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            acks = [line["proxy_changed"] for line in self.proxy.lines if "proxy_changed" in line]
+            if len(acks) > seen:
+                return acks[-1]
+            errors = [line for line in self.proxy.lines if "proxy_control_error" in line]
+            assert not errors, errors
+            time.sleep(0.05)
+        raise AssertionError(f"the proxy did not take {directions}\n{self.proxy.log_tail()}")
+
     def proxy_counters(self) -> dict | None:
         """The proxy's link counters (it prints them as it stops)."""
         self.proxy.finish()

@@ -154,6 +154,11 @@ class StreamAllocator:
     def remove_track(self, track_id: str) -> None:
         self._tracks.pop(track_id, None)
 
+    def bitrates(self, track_id: str) -> dict[int, int]:
+        """The layers' bitrates the allocator uses for a track (empty for one it does not know)."""
+        track = self._tracks.get(track_id)
+        return dict(track.bitrates) if track is not None else {}
+
     @property
     def track_ids(self) -> tuple[str, ...]:
         return tuple(self._tracks)
@@ -186,6 +191,28 @@ class StreamAllocator:
             track.layer, track.state = layer, state
             changed[track_id] = Allocation(layer, state)
         return changed
+
+    def wanted_bps(self) -> int:
+        """What the subscriber would take if nothing held it back: every track at the best
+        layer its cap allows, and the audio reserve (what a probe should find room for)."""
+        wanted = self.audio_tracks * self.audio_bitrate
+        for track in self._tracks.values():
+            usable = track.usable()
+            if usable:
+                wanted += track.bitrates[usable[-1]]
+        return wanted
+
+    @property
+    def deficient(self) -> bool:
+        """Whether a track is held below the best layer its cap allows (or paused for lack of
+        bandwidth) by the budget: what makes LiveKit's allocator probe for more."""
+        for track in self._tracks.values():
+            usable = track.usable()
+            if not usable:
+                continue
+            if track.state is StreamState.PAUSED or track.layer is None or track.layer < usable[-1]:
+                return True
+        return False
 
     def next_deadline(self) -> Optional[float]:
         """When a held upgrade becomes due (`allocate` then), or None."""

@@ -737,9 +737,11 @@ class DownTrack:
 
     @property
     def can_pad(self) -> bool:
-        """Padding can go on this track's RTX stream (negotiated, and the stream has started)."""
-        return (self.rtx_ssrc is not None and bool(self.rtx_payload_types) and not self.disabled
-                and self._last_ts is not None)
+        """Padding can go on this track's RTX stream (negotiated, and the stream has started).
+        A track disabled since (paused for bandwidth, or muted) pads too: probing is how a
+        paused track's subscriber finds the room to resume it, and the receiver discards
+        padding-only RTX whatever its media stream is doing."""
+        return self.rtx_ssrc is not None and bool(self.rtx_payload_types) and self._last_ts is not None
 
     def send_padding(self, count: int, size: int) -> int:
         """Send `count` padding packets (`padding_packets`); how many went."""

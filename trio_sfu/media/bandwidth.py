@@ -1,7 +1,8 @@
 """A subscriber's downstream bandwidth: our transport-wide sequence numbers, its feedback, the estimate.
 
-One `SubscriberBandwidth` per subscriber peer connection, created once the client's answer
-negotiated the transport-wide sequence number extension:
+One `SubscriberBandwidth` per peer connection the down tracks go out on (the subscriber PC, or
+with /rtc/v1 the one PC both ways), created once its negotiation kept the transport-wide
+sequence number extension:
 
 - per packet, only what a packet must touch: the subscriber endpoint's send path stamps every
   RTP packet (every track's media, RTX, probe padding) with the next number of this transport
@@ -14,8 +15,8 @@ negotiated the transport-wide sequence number extension:
   SSRC, paced over the cluster's duration, every packet sent meanwhile tagged — and the
   estimate's changes, given to the listener (`on_estimate_changed`) from that timer.
 
-The stream allocator (another part of issue 15) consumes the narrow `BandwidthEstimate`
-interface: the estimate, its changes (callback or poll), and `request_probe(up_to_bps, now)`
+The stream allocator (trio_sfu.forwarding.allocator, driven by trio_sfu.media.subscribing)
+consumes the narrow `BandwidthEstimate` interface: the estimate, its changes (callback or poll), and `request_probe(up_to_bps, now)`
 when the tracks it would like to send need more than the estimate; it asks for 0 when nothing
 needs more, and nothing probes unless asked.
 """
@@ -51,6 +52,11 @@ class BandwidthEstimate(Protocol):
 
     def poll_estimate_changed(self) -> Optional[int]:
         """The estimate if it moved by 5 % or more since last polled, else None."""
+
+    @property
+    def probe_in_flight(self) -> bool:
+        """A probe cluster is being sent or its result awaited (a lower estimate meanwhile may
+        be the probe's own queue)."""
 
     def request_probe(self, up_to_bps: int, now: float) -> None:
         """Probe up to `up_to_bps` while it is above the estimate; 0 stops probing."""
@@ -118,6 +124,11 @@ class SubscriberBandwidth:
 
     def poll_estimate_changed(self) -> Optional[int]:
         return self.estimator.poll_estimate_changed()
+
+    @property
+    def probe_in_flight(self) -> bool:
+        """A probe cluster is being sent, or its result awaited."""
+        return self._cluster is not None or self.estimator.probe_in_flight
 
     def request_probe(self, up_to_bps: int, now: float) -> None:
         self.estimator.request_probe(up_to_bps, now)

@@ -220,6 +220,10 @@ class ParticipantMedia:
                 on_rtp=publishing.on_rtp, on_rtcp=publishing.on_rtcp)
         publishing.apply(answer.media)
         publisher.session.set_transport_cc_extension(publishing.transport_cc_extension)
+        if single_pc:
+            # The down tracks go out on this PC: their downstream estimate starts with the first
+            # offer that negotiates transport-wide sequence numbers.
+            subscribing.start_bandwidth_estimation(answer.answer)
         publisher.open_data(self.data, answer.sctp, client_channels=single_pc)
         self.context.send(rtc.SignalResponse(answer=rtc.SessionDescription(
             type="answer", sdp=serialize_sdp(answer.answer), id=offer.id,

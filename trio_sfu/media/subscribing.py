@@ -16,8 +16,11 @@ LiveKit's behaviour around a down track's start and end. `SubscriberMedia` owns 
   connection mode the client offers: we ask it to offer again (`media_sections_requirement`,
   with the number of m-lines tracks wait for) and wait (bounded) for our answer to its offer;
 - the subscriber PC's RTCP to the down tracks, and the downlink RTCP they owe (`Timed`);
-- the subscriber's downstream bandwidth estimate (trio_sfu.media.bandwidth), once its answer
-  negotiated transport-wide sequence numbers: its feedback and its probes' timer.
+- the subscriber's downstream bandwidth estimate (trio_sfu.media.bandwidth), once the PC the
+  down tracks go out on negotiated transport-wide sequence numbers (the subscriber PC's answer,
+  or the one PC's offer with /rtc/v1): its feedback, its probes' timer, and each new estimate
+  given to the allocator from that timer (as LiveKit's allocator: not a lower one while a probe
+  is in flight); after each allocation, probes asked for while a track is held back.
 """
 
 from __future__ import annotations
@@ -56,6 +59,11 @@ ESTIMATE_LOG_INTERVAL = 2.0
 #: Under an estimate, the allocator runs again at least this often (the layers' measured
 #: bitrates change with no new estimate; the participant's timer loop wakes about this often).
 REALLOCATE_INTERVAL = 1.0
+#: A probe asks for this much more than the tracks' wants (audio included): the allocator raises
+#: a track only with its headroom (15 %) to spare, and a probe measures at most the rate it was
+#: sent at, often a little less (a result just short of the headroom would hold probing back for
+#: its retry interval while the track stays low).
+PROBE_GOAL_FACTOR = 1.5
 #: Where a finished subscriber's stream allocator counters go (allocations, layer changes, pauses).
 ALLOCATOR_PREFIX = "media_allocator"
 
@@ -156,6 +164,10 @@ class SubscriberMedia:
         # The downstream estimate, once the subscriber PC is open with transport-cc negotiated.
         self.bandwidth: Optional[SubscriberBandwidth] = None
         self._estimate_logged_at = float("-inf")
+        # A lower estimate that came while a probe was in flight, not yet given to the allocator.
+        self._estimate_held = False
+        # What the estimate was last asked to probe up to (0: nothing).
+        self._probe_goal = 0
         # The downlink estimate shared among the video tracks (see set_available_bitrate), and
         # the stream state each track was last reported in (only PAUSED is ever news).
         self.allocator = StreamAllocator()
@@ -371,7 +383,12 @@ class SubscriberMedia:
                                 screen_share=info is not None and info.source == models.TrackSource.SCREEN_SHARE,
                                 priority=self._priority(track_id))
         allocator.set_audio_tracks(audio)
-        allocator.allocate(now)
+        changed = allocator.allocate(now)
+        for track_id, allocation in changed.items():
+            # Not per packet: an allocation changes at most at an estimate or a track's change.
+            self.log.info("allocation changed", kv={
+                "track": track_id, "layer": allocation.layer, "state": allocation.state.value,
+                "budget": allocator.budget, "bitrates": allocator.bitrates(track_id)})
         states: list[rtc.StreamStateInfo] = []
         for track_id, (source, down) in video.items():
             allocation = allocator.allocation(track_id)
@@ -401,7 +418,27 @@ class SubscriberMedia:
         if states:
             self.metrics.inc(m.MEDIA_STREAM_STATE_UPDATES, len(states))
             self.context.send(rtc.SignalResponse(stream_state_update=rtc.StreamStateUpdate(stream_states=states)))
+        self._update_probe(now)
         self.wake_by(allocator.next_deadline())
+
+    def _update_probe(self, now: float) -> None:
+        """Probe for more while a track is held below what it wants (a deficit), as LiveKit's
+        allocator does, up to what all of them want; stop (0) once nothing is held back.
+        Before the allocator has an estimate, the tracks' wants above the estimator's own
+        starting figure are the deficit (so the estimate ramps up from the start)."""
+        bandwidth = self.bandwidth
+        if bandwidth is None:
+            return
+        allocator = self.allocator
+        wanted = allocator.wanted_bps()
+        if allocator.budget is None:
+            deficit = wanted > bandwidth.estimate_bps
+        else:
+            deficit = allocator.deficient
+        goal = int(wanted * PROBE_GOAL_FACTOR) if deficit else 0
+        if goal != self._probe_goal:
+            self._probe_goal = goal
+            bandwidth.request_probe(goal, now)
 
     def _priority(self, track_id: str) -> int:
         """The priority the subscriber gave the track (UpdateTrackSettings.priority; 0: none)."""
@@ -465,27 +502,51 @@ class SubscriberMedia:
         if self.bandwidth is not None:
             self.bandwidth.on_rtcp(packets, now)
 
-    def start_bandwidth_estimation(self, answer: SessionDescription) -> Optional[SubscriberBandwidth]:
-        """Once the subscriber PC is open: if the client's answer kept transport-wide sequence
-        numbers, every packet we send it is stamped from now on and its feedback estimated."""
-        subscriber = self.transports.subscriber
+    def start_bandwidth_estimation(self, description: SessionDescription) -> Optional[SubscriberBandwidth]:
+        """Once the PC the down tracks go out on is open: if its negotiation kept transport-wide
+        sequence numbers, every packet we send on it is stamped from now on and the client's
+        feedback estimated. Two PCs: the client's answer to our subscriber offer; one PC
+        (/rtc/v1): our answer to the client's offer (BUNDLE gives the extension one id on the
+        PC, the one the client chose; what it sends us keeps being recorded under the same id
+        by the PC's receive side, rtp.twcc, which is independent of this send side)."""
+        subscriber = self.transports.downlink
         if self.bandwidth is not None or subscriber is None:
             return self.bandwidth
-        ext_id = negotiated_transport_cc_id(answer)
+        ext_id = negotiated_transport_cc_id(description)
         if ext_id is None:
             return None
         self.bandwidth = SubscriberBandwidth(ext_id, self.down_tracks, metrics=self.metrics, wake_by=self.wake_by)
         self.bandwidth.on_estimate_changed = self._estimate_changed
         subscriber.stamper = self.bandwidth
+        self._probe_goal = 0
+        self._update_probe(trio.current_time())
         return self.bandwidth
 
     def _estimate_changed(self, bps: int, now: float) -> None:
-        """The estimate moved: logged, at most every `ESTIMATE_LOG_INTERVAL` (a per-participant
-        value belongs in the log, not in a metric label). The stream allocator will listen here."""
+        """The estimate moved (called from the participant's timer, never per packet): the
+        stream allocator shares it, and it is logged at most every `ESTIMATE_LOG_INTERVAL` (a
+        per-participant value belongs in the log, not in a metric label)."""
+        self._take_estimate(bps, now)
         if now - self._estimate_logged_at < ESTIMATE_LOG_INTERVAL:
             return
         self._estimate_logged_at = now
         self._log_bandwidth("downstream estimate")
+
+    def _take_estimate(self, bps: int, now: float) -> None:
+        """Give the estimate to the allocator — unless it is lower than what the allocator has
+        while a probe is in flight: the probe's padding queues at the bottleneck on purpose, so
+        (as LiveKit's allocator) a fall then is held until the probe is done, and the estimate
+        as it stands then is taken (`handle_timeout`)."""
+        bandwidth = self.bandwidth
+        available = self.allocator.available
+        if bandwidth is not None and bandwidth.probe_in_flight and available is not None and bps < available:
+            self._estimate_held = True
+            self.metrics.inc(m.MEDIA_BWE_ESTIMATES_HELD_IN_PROBE)
+            return
+        self._estimate_held = False
+        self.metrics.inc(m.MEDIA_BWE_ESTIMATES_APPLIED)
+        self.set_available_bitrate(bps, now)
+        self._update_probe(now)  # set_available_bitrate reallocates only outside the dead band
 
     def _log_bandwidth(self, what: str) -> None:
         bandwidth = self.bandwidth
@@ -524,8 +585,11 @@ class SubscriberMedia:
         return deadline
 
     def handle_timeout(self, now: float) -> None:
-        if self.bandwidth is not None:
-            self.bandwidth.handle_timeout(now)
+        bandwidth = self.bandwidth
+        if bandwidth is not None:
+            bandwidth.handle_timeout(now)  # the estimate's changes reach _estimate_changed
+            if self._estimate_held and not bandwidth.probe_in_flight:
+                self._take_estimate(bandwidth.estimate_bps, now)  # the probe is over
         for down in self.down_tracks():
             down.poll_rtcp(now)
         due = self.allocator.next_deadline()

@@ -14,6 +14,12 @@ direction (`to_server`, `to_client`: trio_sfu.testing.impairment), seeded from `
 
 prints `{"proxy_ready": ...}` once listening and, on SIGTERM/SIGINT or stdin EOF, the links'
 counters as `{"proxy_counters": ...}` (JSON lines on stdout).
+
+The impairment can change while it runs (a bottleneck that lifts, a link that degrades): a JSON
+line on stdin such as `{"to_client": "rate_bps=600000"}` or `{"to_client": ""}` (unimpaired)
+applies to every client's link in that direction from then on, and to clients yet to come; the
+proxy acknowledges with `{"proxy_changed": {..., "at": <Unix time>}}`. A line it cannot use is
+answered with `{"proxy_control_error": ...}` and changes nothing.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import argparse
 import json
 import signal
 import sys
+import time
 from typing import Optional, Sequence
 
 import attrs
@@ -78,6 +85,18 @@ class ImpairProxy:
             self._listen.close()
             for link in self.links.values():
                 link.upstream.close()
+
+    def set_impairment(self, *, to_server: Optional[Impairment] = None,
+                       to_client: Optional[Impairment] = None) -> None:
+        """From now on, each direction given is impaired so, on every client's link (what is
+        already queued keeps the departure it was given) and for clients yet to come."""
+        if to_server is not None:
+            self.to_server = to_server
+        if to_client is not None:
+            self.to_client = to_client
+        for link in self.links.values():
+            link.to_server.impairment = self.to_server
+            link.to_client.impairment = self.to_client
 
     def _hold(self, link: ImpairedLink, sock: UdpSocket, data: bytes, destination: Address) -> None:
         arrival = link.admit(len(data), trio.current_time())
@@ -156,10 +175,29 @@ def _say(**item: object) -> None:
     print(json.dumps(item), flush=True)
 
 
-async def _until_stdin_closes() -> None:
+def control(proxy: ImpairProxy, line: str) -> dict:
+    """Apply one control line (see the module doc); what to print in answer."""
+    try:
+        command = json.loads(line)
+        if not isinstance(command, dict) or not command or set(command) - {"to_server", "to_client"}:
+            raise ValueError("expected an object with to_server and/or to_client")
+        changes = {key: Impairment.parse(str(value)) for key, value in command.items()}
+    except (ValueError, TypeError) as exc:
+        return {"proxy_control_error": f"{exc} in {line.strip()!r}"}
+    proxy.set_impairment(**changes)
+    return {"proxy_changed": {**{key: attrs.asdict(value) for key, value in changes.items()}, "at": time.time()}}
+
+
+async def _follow_stdin(proxy: ImpairProxy) -> None:
+    """Control lines until stdin closes."""
     stdin = trio.lowlevel.FdStream(sys.stdin.fileno())
-    while await stdin.receive_some(4096):
-        pass
+    pending = b""
+    while chunk := await stdin.receive_some(4096):
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            if line.strip():
+                _say(**control(proxy, line.decode(errors="replace")))
 
 
 async def main_async(args: argparse.Namespace) -> None:
@@ -173,7 +211,7 @@ async def main_async(args: argparse.Namespace) -> None:
                               "to_client": attrs.asdict(proxy.to_client)})
 
             async def stop_on_stdin_eof() -> None:
-                await _until_stdin_closes()
+                await _follow_stdin(proxy)
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(stop_on_stdin_eof)

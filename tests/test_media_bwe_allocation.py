@@ -1,0 +1,205 @@
+"""The downstream estimate drives the stream allocator, through the real server (in process).
+
+Alice publishes a three-layer simulcast camera (rids q/h/f at about 120 kbit/s, 340 kbit/s and
+1.1 Mbit/s, keyframes twice a second); Bob's subscriber PC reports transport-wide arrivals as a
+browser does, and its downlink crosses a 600 kbit/s bottleneck (trio_sfu.testing.impairment's
+link, seeded, FIFO queue). What must hold:
+- the estimate falls below what the top layer needs and the allocator takes it: Bob's down track
+  leaves the top layer (a lower layer, or paused) instead of overflowing his link;
+- while Bob is held below what he wants the server probes for more (padding clusters), and once
+  the limit lifts the probes find the room: the top layer comes back;
+- the estimate is taken from the participant's timer and feedback only, a lower one not while a
+  probe is in flight; the counters say so.
+"""
+
+from __future__ import annotations
+
+import math
+
+import trio
+from livekit.protocol import models, rtc
+
+from rtp.header_extensions import encode_mid, encode_rid
+from rtp.packet import RtpPacket
+from server_fixtures import media_server, mint_token, recv, send, signal_client
+from test_media_downstream_twcc import FeedbackClientPc, answer
+from test_media_dynacast import LAYERS
+from test_media_forwarding import ClientPc, recv_until
+from test_media_simulcast import LAYER_SSRCS, MID_ID, RID_ID, simulcast_offer
+from trio_sfu.testing.impairment import DelayLine, ImpairedLink, Impairment
+
+FPS = 30
+#: Packets per frame and payload size per layer: ~120 kbit/s, ~340 kbit/s, ~1.1 Mbit/s.
+SHAPE = {"q": (1, 450), "h": (2, 650), "f": (4, 1050)}
+KEYFRAME_EVERY = 15
+LIMITED = Impairment(rate_bps=600_000, queue_bytes=30_000, reorder=False)
+UNLIMITED = Impairment(reorder=False)
+
+
+class ThrottledClientPc(FeedbackClientPc):
+    """Bob's subscriber PC behind `downlink`: what the server sends it arrives when the link says."""
+
+    def __init__(self, impairment: Impairment) -> None:
+        super().__init__()
+        self.downlink = ImpairedLink(impairment, seed=15)
+        self._held: DelayLine[tuple[bytes, tuple[str, int]]] = DelayLine()
+
+    async def run(self) -> None:
+        await self.sock.bind(("127.0.0.1", 0))
+        transport = self.transport
+        assert transport is not None
+        transport.start(trio.current_time())
+        while True:
+            await self.flush()
+            now = trio.current_time()
+            due = self._held.pop_due(now)
+            if due:
+                for data, addr in due:
+                    transport.receive_datagram(data, addr, now)
+                continue
+            deadlines = [transport.next_deadline(), self.recorder.next_deadline(), self._held.next_deadline()]
+            with trio.move_on_at(min((d for d in deadlines if d is not None), default=math.inf)):
+                data, addr = await self.sock.recvfrom(65536)
+                arrival = self.downlink.admit(len(data), trio.current_time())
+                if arrival is not None:
+                    self._held.push(arrival, (data, addr[:2]))
+                continue
+            transport.handle_timeout(trio.current_time())
+
+
+def frame_packets(rid: str, frame: int, seq: int) -> list[RtpPacket]:
+    count, size = SHAPE[rid]
+    keyframe = frame % KEYFRAME_EVERY == 0
+    out = []
+    for i in range(count):
+        # VP8 descriptor: S=1 on a frame's first packet; its payload header's P bit (0 = keyframe).
+        head = bytes([0x10, 0x00 if keyframe else 0x01]) if i == 0 else bytes([0x00])
+        out.append(RtpPacket(96, (seq + i) & 0xFFFF, 3000 * frame, LAYER_SSRCS[rid], marker=i == count - 1,
+                             extensions={MID_ID: encode_mid("0"), RID_ID: encode_rid(rid)},
+                             payload=head + rid.encode() * size))
+    return out
+
+
+async def test_a_600_kbit_downlink_gets_a_lower_layer_and_the_top_layer_back_once_it_lifts() -> None:
+    async with media_server() as server:
+        async with trio.open_nursery() as nursery, \
+                signal_client(server, mint_token("alice")) as ws_a, \
+                signal_client(server, mint_token("bob")) as ws_b:
+            await recv(ws_a)
+            join_b = (await recv(ws_b)).join
+            alice_pub, bob_sub = ClientPc(), ThrottledClientPc(LIMITED)
+            await answer(ws_a, ClientPc(), nursery)
+            await answer(ws_b, bob_sub, nursery)
+            await bob_sub.connected.wait()
+            await send(ws_a, rtc.SignalRequest(add_track=rtc.AddTrackRequest(
+                cid="cid-cam", type=models.TrackType.VIDEO, source=models.TrackSource.CAMERA,
+                width=640, height=360, layers=LAYERS)))
+            sid = (await recv_until(ws_a, "track_published")).track_published.track.sid
+            await send(ws_a, rtc.SignalRequest(offer=rtc.SessionDescription(
+                type="offer", sdp=simulcast_offer(alice_pub), id=1)))
+            alice_pub.connect((await recv_until(ws_a, "answer")).answer.sdp)
+            nursery.start_soon(alice_pub.run)
+            await alice_pub.connected.wait()
+
+            seq = {rid: 1000 * i for i, rid in enumerate(SHAPE)}
+
+            async def publish_camera() -> None:
+                assert alice_pub.transport is not None
+                start = trio.current_time()
+                for frame in range(10**6):
+                    for rid in SHAPE:
+                        for packet in frame_packets(rid, frame, seq[rid]):
+                            alice_pub.transport.send_rtp(packet.serialize())
+                        seq[rid] += SHAPE[rid][0]
+                    await alice_pub.flush()
+                    await trio.sleep_until(start + (frame + 1) / FPS)
+
+            nursery.start_soon(publish_camera)
+
+            async def answer_offers() -> None:
+                while True:
+                    try:
+                        await answer(ws_b, bob_sub, nursery)
+                    except trio.TooSlowError:
+                        pass  # no new offer for a while: wait on
+
+            nursery.start_soon(answer_offers)
+
+            async def keep_alive() -> None:
+                # The server drops a signal connection silent for PING_TIMEOUT, as LiveKit does.
+                while True:
+                    await trio.sleep(5)
+                    for ws in (ws_a, ws_b):
+                        await send(ws, rtc.SignalRequest(ping=int(trio.current_time() * 1000)))
+
+            nursery.start_soon(keep_alive)
+            media = server.media.participant_media(join_b.room.name, join_b.participant.sid)
+            subscribing = media.subscribing
+            with trio.fail_after(15):
+                while (binding := subscribing.endpoint.bindings.get(sid)) is None or binding.down is None:
+                    await trio.sleep(0.05)
+            down = binding.down
+            subscribed_at = trio.current_time()
+            bandwidth = subscribing.bandwidth
+            assert bandwidth is not None, "Bob's answer kept transport-cc: his downlink is estimated"
+
+            # Behind 600 kbit/s the estimate falls, and the allocator takes the top layer away.
+            with trio.fail_after(20):
+                while not (subscribing.allocator.budget is not None and subscribing.allocator.budget < 700_000
+                           and down.target_layer != 2):
+                    await trio.sleep(0.1)
+            limited_after = trio.current_time() - subscribed_at
+            assert bandwidth.estimate_bps < 700_000, bandwidth.estimate_bps
+            assert subscribing.allocator.deficient
+            # Settled below the link: the layer it has (or a pause) fits, the link stops dropping.
+            await trio.sleep(3)
+            assert down.target_layer != 2
+            dropped = bob_sub.downlink.counters.dropped_queue
+            await trio.sleep(2)
+            assert down.target_layer != 2
+            assert bob_sub.downlink.counters.dropped_queue - dropped <= 5, bob_sub.downlink.counters
+
+            # Held below what he wants, Bob is probed for more; a lower estimate that comes while
+            # a probe is in flight (its padding queues at the bottleneck on purpose) is held, and
+            # the estimate as it stands once the probe is over is taken.
+            metrics = server.metrics
+            with trio.fail_after(15):
+                while not bandwidth.probe_in_flight:
+                    await trio.sleep(0.005)
+            available = subscribing.allocator.available
+            assert available is not None
+            held = metrics.get("media_bwe_estimates_held_in_probe_total")
+            applied = metrics.get("media_bwe_estimates_applied_total")
+            subscribing._estimate_changed(available // 2, trio.current_time())  # the estimate's listener
+            assert subscribing.allocator.available == available
+            assert metrics.get("media_bwe_estimates_held_in_probe_total") == held + 1
+            with trio.fail_after(5):
+                while bandwidth.probe_in_flight:
+                    await trio.sleep(0.01)
+            with trio.fail_after(3):  # the participant's timer runs at least once a second
+                while metrics.get("media_bwe_estimates_applied_total") == applied:
+                    await trio.sleep(0.01)
+
+            # The limit lifts: the probes find the room and the top layer comes back.
+            lifted_at = trio.current_time()
+            bob_sub.downlink.impairment = UNLIMITED
+            with trio.fail_after(15):
+                while down.target_layer != 2:
+                    await trio.sleep(0.1)
+            back_after = trio.current_time() - lifted_at
+            with trio.fail_after(10):
+                while down.current_layer != 2:
+                    await trio.sleep(0.1)
+            assert not subscribing.allocator.deficient
+            counters = subscribing.allocator.counters
+            print(f"top layer left {limited_after:.1f} s after subscribing, top layer back {back_after:.1f} s after the lift; "
+                  f"estimate {bandwidth.estimate_bps} bps; allocator {counters}; down track switches "
+                  f"{down.counters.layer_switches}; probes {metrics.get('media_bwe_probe_clusters_total')}; "
+                  f"estimates applied {metrics.get('media_bwe_estimates_applied_total')}, held in probe "
+                  f"{metrics.get('media_bwe_estimates_held_in_probe_total')}; link {bob_sub.downlink.counters}")
+            assert metrics.get("media_bwe_probe_clusters_total") >= 1
+            assert metrics.get("media_bwe_estimates_applied_total") >= 2
+            assert counters.layer_changes >= 2
+            # Bob got the top layer's packets again (their payload names the layer).
+            assert any(p.payload[-1:] == b"f" for p in bob_sub.rtp[-20:])
+            nursery.cancel_scope.cancel()
