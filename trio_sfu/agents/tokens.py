@@ -8,11 +8,11 @@ answered the AvailabilityRequest with.
 
 from __future__ import annotations
 
-import time
 from typing import Mapping
 
-import jwt
 from livekit.protocol import models
+
+from trio_sfu.access_token import mint_token
 
 _SOURCE_NAMES = {
     models.TrackSource.CAMERA: "camera",
@@ -34,10 +34,8 @@ def mint_agent_token(
     ttl: float,
     now: float | None = None,
 ) -> str:
-    now = time.time() if now is None else now
-    video = {
+    video: dict[str, object] = {
         "roomJoin": True,
-        "room": room,
         "agent": True,
         "canPublish": permissions.can_publish,
         "canSubscribe": permissions.can_subscribe,
@@ -48,15 +46,5 @@ def mint_agent_token(
     sources = [_SOURCE_NAMES[s] for s in permissions.can_publish_sources if s in _SOURCE_NAMES]
     if sources:
         video["canPublishSources"] = sources
-    claims = {
-        "iss": api_key,
-        "sub": identity,
-        "nbf": int(now),
-        "exp": int(now + ttl),
-        "name": name,
-        "metadata": metadata,
-        "attributes": dict(attributes),
-        "kind": "agent",
-        "video": video,
-    }
-    return jwt.encode(claims, api_secret, algorithm="HS256")
+    return mint_token(api_key, api_secret, identity=identity, room=room, video=video, name=name, metadata=metadata,
+                      attributes=attributes, kind="agent", valid_for=ttl, now=now)

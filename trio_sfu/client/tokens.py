@@ -6,21 +6,16 @@ names; empty and unset claims are left out, so an absent `canPublish` means what
 defaults say (allowed). `trio-sfu token create` and `join` mint with this module; the server
 verifies with `trio_sfu.api.auth`, which the client package does not import (the layers stand
 side by side), so the grant names below are the wire format, not a copy of the server's table.
+The signing itself is the foundation `trio_sfu.access_token`, shared with the server's own tokens.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import time
-import warnings
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
-import jwt
-from jwt.warnings import InsecureKeyLengthWarning
-
-#: livekit-api's default lifetime of a token.
-DEFAULT_VALID_FOR = 6 * 3600.0
+from trio_sfu.access_token import DEFAULT_VALID_FOR, TokenError, mint_token
 
 #: The `video` claim's keys (LiveKit's JSON names) and the type each value must have.
 VIDEO_CLAIM_TYPES: dict[str, type] = {
@@ -74,10 +69,6 @@ TRACK_SOURCES = ("camera", "microphone", "screen_share", "screen_share_audio")
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h|d)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-class TokenError(ValueError):
-    """A token cannot be minted as asked (unknown grant, bad duration, missing room)."""
 
 
 def parse_duration(text: str) -> float:
@@ -148,44 +139,6 @@ def parse_grants(specs: Sequence[str]) -> dict[str, Any]:
     return video
 
 
-def mint_token(api_key: str, api_secret: str, *, identity: str = "", room: str = "",
-               video: Mapping[str, Any] | None = None, name: str = "", metadata: str = "",
-               attributes: Mapping[str, str] | None = None, kind: str = "",
-               valid_for: float = DEFAULT_VALID_FOR, now: float | None = None) -> str:
-    """An access token for `identity` with the `video` grants (room set from `room`).
-
-    As LiveKit's SDKs: joining needs an identity and a room; a room admin token needs the room
-    it administers (the server checks `video.room` against the request's room)."""
-    if not api_key or not api_secret:
-        raise TokenError("an API key and secret are needed to mint a token")
-    video = dict(video or {})
-    if room:
-        video["room"] = room
-    if video.get("roomJoin") and (not identity or not video.get("room")):
-        raise TokenError("a token that joins a room needs --identity and --room")
-    if video.get("roomAdmin") and not video.get("room"):
-        raise TokenError("a room admin token needs --room (the room it administers)")
-    if now is None:
-        now = time.time()
-    claims: dict[str, Any] = {
-        "iss": api_key,
-        "nbf": int(now),
-        "exp": int(now + valid_for),
-    }
-    if identity:
-        claims["sub"] = identity
-    if video:
-        claims["video"] = video
-    for claim, value in (("name", name), ("metadata", metadata), ("kind", kind)):
-        if value:
-            claims[claim] = value
-    if attributes:
-        claims["attributes"] = dict(attributes)
-    with warnings.catch_warnings():
-        # LiveKit's own dev secret ("secret") is shorter than RFC 7518 recommends; saying so on
-        # every command would bury the output. The server decides which keys it accepts.
-        warnings.simplefilter("ignore", InsecureKeyLengthWarning)
-        return jwt.encode(claims, api_secret, algorithm="HS256")
 
 
 __all__ = ["ACTION_CLAIMS", "DEFAULT_VALID_FOR", "GRANT_NAMES", "TRACK_SOURCES", "TokenError", "VIDEO_CLAIM_TYPES",

@@ -36,8 +36,8 @@ from typing import Mapping
 from urllib.parse import urlsplit
 
 import attrs
-import jwt
 
+from trio_sfu.access_token import mint_token
 from trio_sfu.api.auth import MAX_TOKEN_LENGTH
 from trio_sfu.config import DEV_API_KEY
 from trio_sfu.signal.limits import SignalLimits, utf8_len
@@ -231,13 +231,6 @@ class Playground:
     def _mint(self, room: str, identity: str, name: str, now: float) -> str:
         assert self._key is not None
         key, secret = self._key
-        claims = {
-            "iss": key,
-            "sub": identity,
-            "name": name,
-            "nbf": int(now),
-            "exp": int(now) + DEV_TOKEN_TTL_SECONDS,
-            "video": {"room": room, "roomJoin": True, "canPublish": True, "canSubscribe": True,
-                      "canPublishData": True},
-        }
-        return jwt.encode(claims, secret, algorithm="HS256")
+        return mint_token(key, secret, identity=identity, room=room, name=name, now=now,
+                          valid_for=DEV_TOKEN_TTL_SECONDS,
+                          video={"roomJoin": True, "canPublish": True, "canSubscribe": True, "canPublishData": True})
