@@ -164,6 +164,7 @@ class _BenchService:
     resolution: object = FifoHead
     resume_policy: object = RecordedAtClosing
     audio_levels: AudioLevelConfig = attrs.Factory(AudioLevelConfig)
+    congestion_control: bool = False
 
 
 @attrs.define

@@ -21,7 +21,7 @@ from livekit.protocol import models, rtc
 
 from rtp.header_extensions import encode_mid, encode_rid
 from rtp.packet import RtpPacket
-from server_fixtures import media_server, mint_token, recv, send, signal_client
+from server_fixtures import media_config, media_server, mint_token, recv, send, signal_client
 from test_media_downstream_twcc import FeedbackClientPc, answer
 from test_media_dynacast import LAYERS
 from test_media_forwarding import ClientPc, recv_until
@@ -81,7 +81,9 @@ def frame_packets(rid: str, frame: int, seq: int) -> list[RtpPacket]:
 
 
 async def test_a_600_kbit_downlink_gets_a_lower_layer_and_the_top_layer_back_once_it_lifts() -> None:
-    async with media_server() as server:
+    config = media_config()
+    config.rtc.congestion_control = True  # rtc.congestion_control.enabled: the estimate drives the allocator
+    async with media_server(config) as server:
         async with trio.open_nursery() as nursery, \
                 signal_client(server, mint_token("alice")) as ws_a, \
                 signal_client(server, mint_token("bob")) as ws_b:

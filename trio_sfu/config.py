@@ -47,6 +47,11 @@ class RtcConfig:
     interfaces: InterfacesConfig = attrs.field(factory=InterfacesConfig)
     # LiveKit's `rtc.enable_loopback_candidate`; None = the mode's default (on in development).
     enable_loopback_candidate: bool | None = None
+    # LiveKit's `rtc.congestion_control.enabled`: each subscriber's downlink estimate drives its
+    # stream allocator (layers, pauses, probes). Off by default here, unlike LiveKit: the
+    # estimator starts at 300 kbit/s and takes seconds to find a clean link, so subscribers would
+    # start on a low layer (issue 15 is open on this); the estimate is made and logged either way.
+    congestion_control: bool = False
 
     def loopback_candidate(self, development: bool) -> bool:
         """Whether the media port offers a loopback candidate besides the interface addresses."""
@@ -374,6 +379,11 @@ _SCHEMA: dict[str, Any] = {
             "excludes": _LIST,
         },
         "enable_loopback_candidate": _BOOL,
+        "congestion_control": {
+            "enabled": _BOOL,
+            # Accepted without effect (LiveKit's: whether the allocator may pause a track).
+            "allow_pause": _BOOL,
+        },
         # Accepted without effect until the media layer reads them.
         "port_range_start": _INT,
         "port_range_end": _INT,
@@ -552,6 +562,9 @@ def config_from_mapping(data: Any) -> tuple[ServerConfig, list[str]]:
         config.rtc.use_external_ip = rtc["use_external_ip"]
     if rtc.get("enable_loopback_candidate") is not None:
         config.rtc.enable_loopback_candidate = rtc["enable_loopback_candidate"]
+    congestion_control = rtc.get("congestion_control") or {}
+    if congestion_control.get("enabled") is not None:
+        config.rtc.congestion_control = congestion_control["enabled"]
     interfaces = rtc.get("interfaces") or {}
     for name in ("includes", "excludes"):
         names = interfaces.get(name)

@@ -300,14 +300,19 @@ class ImpairedSfu:
 
 
 def run_impaired_sfu(netns: NetworkNamespace, tmp_path: Path, to_server: str, to_client: str,
-                     seed: int = 1) -> Iterator[ImpairedSfu]:
+                     seed: int = 1, congestion_control: bool = False) -> Iterator[ImpairedSfu]:
     """The server in the namespace behind trio_sfu.testing.impair_proxy: the server binds
     SERVER_BEHIND_PROXY and advertises only netns.address, where the proxy listens on the same
     port and impairs each client's media both ways (`to_server`, `to_client`: Impairment.parse
     text). Signalling (HTTP/WebSocket) goes to the server directly, unimpaired."""
     netns.add_address(SERVER_BEHIND_PROXY)
-    server = run_sfu(netns, tmp_path, ["--bind", SERVER_BEHIND_PROXY, "--node-ip", netns.address],
-                     udp_port=IMPAIRED_MEDIA_PORT)
+    extra = ["--bind", SERVER_BEHIND_PROXY, "--node-ip", netns.address]
+    if congestion_control:
+        # `congestion_control`: subscribers' estimates drive their stream allocators (off by default).
+        config = tmp_path / "congestion_control.yaml"
+        config.write_text("rtc:\n  congestion_control:\n    enabled: true\n")
+        extra += ["--config", str(config)]
+    server = run_sfu(netns, tmp_path, extra, udp_port=IMPAIRED_MEDIA_PORT)
     sfu = next(server)
     argv = netns.wrap([sys.executable, "-m", "trio_sfu.testing.impair_proxy",
                        "--listen", f"{netns.address}:{IMPAIRED_MEDIA_PORT}",

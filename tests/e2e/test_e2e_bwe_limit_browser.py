@@ -74,7 +74,7 @@ def analyse(rows: list, tab: str, first_frame_at: float, lifted_at: float) -> di
 
 
 def test_browser_tabs_behind_600_kbit_get_a_lower_layer_then_the_top_one_back(netns, tmp_path):
-    impaired = run_impaired_sfu(netns, tmp_path, to_server="", to_client=LIMIT)
+    impaired = run_impaired_sfu(netns, tmp_path, to_server="", to_client=LIMIT, congestion_control=True)
     world = next(impaired)
     browser = None
     try:

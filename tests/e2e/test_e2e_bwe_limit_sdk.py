@@ -72,7 +72,7 @@ SDK_LOW_LAYER_TOO_BIG = pytest.mark.xfail(
 @SDK_LOW_LAYER_TOO_BIG
 @pytest.mark.parametrize("path", ["v1", "v0"])
 def test_sdk_subscriber_behind_600_kbit_gets_a_lower_layer_then_the_top_one_back(netns, tmp_path, path):
-    impaired = run_impaired_sfu(netns, tmp_path, to_server="", to_client=LIMIT)
+    impaired = run_impaired_sfu(netns, tmp_path, to_server="", to_client=LIMIT, congestion_control=True)
     world = next(impaired)
     try:
         argv = netns.wrap([sys.executable, str(E2E_DIR / "bwe_limit_scenario.py"), "--url", world.sfu.ws_url,
@@ -120,7 +120,7 @@ def test_browser_publisher_sdk_subscriber_behind_600_kbit_gets_a_lower_layer_the
     reason = browser_missing()
     if reason is not None:
         pytest.skip(f"browser e2e: {reason}")
-    impaired = run_impaired_sfu(netns, tmp_path, to_server="", to_client=LIMIT)
+    impaired = run_impaired_sfu(netns, tmp_path, to_server="", to_client=LIMIT, congestion_control=True)
     world = next(impaired)
     browser = scenario = None
     try:

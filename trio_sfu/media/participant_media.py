@@ -66,6 +66,8 @@ class ParticipantMediaService(TransportService, SubscriptionTimeouts, Protocol):
     relay: Optional[RelayHooks]
     # How long a lower subscribed quality waits before a publisher hears it; None: no dynacast.
     dynacast_pause_delay: Optional[float]
+    # Whether subscribers' downlink estimates drive their stream allocators.
+    congestion_control: bool
 
     def room_media(self, name: str, sid: str) -> RoomMedia:
         """The media of room `sid`, created on first use."""
@@ -99,7 +101,8 @@ class ParticipantMedia:
                                            answered=self._subscriber_answered,
                                            # trio's clock + this = Unix time, for the down tracks' SR wall clock.
                                            wallclock_offset=time.time() - trio.current_time(),
-                                           wake_by=wake_by, metrics=self.metrics, log=self.log)
+                                           wake_by=wake_by, metrics=self.metrics, log=self.log,
+                                           congestion_control=service.congestion_control)
         self.data = ParticipantData(sid=self.sid, identity=self.participant.identity,
                                     may_publish_data=self._may_publish_data, peers=self._data_peers,
                                     metrics=self.metrics, log=self.log, other_nodes=self._data_to_other_nodes)

@@ -172,6 +172,11 @@ class MediaService:
         return found
 
     @property
+    def congestion_control(self) -> bool:
+        """Whether subscribers' downlink estimates drive their stream allocators."""
+        return self.config.rtc.congestion_control
+
+    @property
     def dynacast_pause_delay(self) -> Optional[float]:
         video = self.config.video
         return video.dynacast_pause_delay if video.dynacast else None

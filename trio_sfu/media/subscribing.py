@@ -136,8 +136,11 @@ class SubscriberMedia:
 
     def __init__(self, context: MediaContext, room_media: RoomMedia, transports: ParticipantTransports,
                  timeouts: SubscriptionTimeouts, *, answered: Callable[[SessionDescription], None],
-                 wallclock_offset: float, wake_by: WakeBy, metrics: m.Metrics, log: ContextLogger) -> None:
+                 wallclock_offset: float, wake_by: WakeBy, metrics: m.Metrics, log: ContextLogger,
+                 congestion_control: bool = False) -> None:
         self.context = context
+        # `rtc.congestion_control.enabled`: the estimate drives the allocator and asks for probes.
+        self.congestion_control = congestion_control
         self.participant = context.participant
         self.sid = context.participant_sid
         self.room_media = room_media
@@ -427,7 +430,7 @@ class SubscriberMedia:
         Before the allocator has an estimate, the tracks' wants above the estimator's own
         starting figure are the deficit (so the estimate ramps up from the start)."""
         bandwidth = self.bandwidth
-        if bandwidth is None:
+        if bandwidth is None or not self.congestion_control:
             return
         allocator = self.allocator
         wanted = allocator.wanted_bps()
@@ -526,7 +529,8 @@ class SubscriberMedia:
         """The estimate moved (called from the participant's timer, never per packet): the
         stream allocator shares it, and it is logged at most every `ESTIMATE_LOG_INTERVAL` (a
         per-participant value belongs in the log, not in a metric label)."""
-        self._take_estimate(bps, now)
+        if self.congestion_control:
+            self._take_estimate(bps, now)
         if now - self._estimate_logged_at < ESTIMATE_LOG_INTERVAL:
             return
         self._estimate_logged_at = now
