@@ -133,35 +133,46 @@ def _token(claims: dict[str, Any], secret: str = API_SECRET) -> str:
 
 
 LIST = {"video": {"roomList": True}}
+
+
+class _LazyToken:
+    """A case's token, minted when the case runs: minted at import, it expired before the test ran
+    in a long suite (its TTL is ten minutes)."""
+
+    def __init__(self, claims: dict[str, Any], secret: str = API_SECRET) -> None:
+        self.claims, self.secret = claims, secret
+
+    def mint(self) -> str:
+        return _token(self.claims, self.secret)
 BAD_REQUESTS = [
     # (id, method, body, token, content type, path, expected status, expected code)
-    ("unknown method", "Nope", b"{}", _token(LIST), "application/json", PATH, 404, "bad_route"),
-    ("unknown service", "ListRooms", b"{}", _token(LIST), "application/json", "/twirp/livekit.Nope/", 404, "bad_route"),
-    ("nested path", "ListRooms/x", b"{}", _token(LIST), "application/json", PATH, 404, "bad_route"),
-    ("text content type", "ListRooms", b"{}", _token(LIST), "text/plain", PATH, 404, "bad_route"),
-    ("no content type", "ListRooms", b"{}", _token(LIST), "", PATH, 404, "bad_route"),
-    ("garbage protobuf", "CreateRoom", b"\xff\xff\xff\xff", _token({"video": {"roomCreate": True}}), "application/protobuf", PATH, 400, "malformed"),
-    ("invalid utf-8 in protobuf string", "CreateRoom", b"\x0a\x02\xff\xfe", _token({"video": {"roomCreate": True}}), "application/protobuf", PATH, 400, "malformed"),
-    ("not json", "ListRooms", b"{names:", _token(LIST), "application/json", PATH, 400, "malformed"),
-    ("json wrong type", "CreateRoom", b'{"name": 5}', _token({"video": {"roomCreate": True}}), "application/json", PATH, 400, "malformed"),
-    ("json not object", "ListRooms", b"[1,2]", _token(LIST), "application/json", PATH, 400, "malformed"),
-    ("json too deep", "ListRooms", b'{"x":' * 5000 + b"1" + b"}" * 5000, _token(LIST), "application/json", PATH, 400, "malformed"),
-    ("json not utf-8", "ListRooms", b'{"names":["\xff"]}', _token(LIST), "application/json", PATH, 400, "malformed"),
-    ("body too large", "ListRooms", b" " * (1024 * 1024 + 10), _token(LIST), "application/json", PATH, 400, "malformed"),
+    ("unknown method", "Nope", b"{}", _LazyToken(LIST), "application/json", PATH, 404, "bad_route"),
+    ("unknown service", "ListRooms", b"{}", _LazyToken(LIST), "application/json", "/twirp/livekit.Nope/", 404, "bad_route"),
+    ("nested path", "ListRooms/x", b"{}", _LazyToken(LIST), "application/json", PATH, 404, "bad_route"),
+    ("text content type", "ListRooms", b"{}", _LazyToken(LIST), "text/plain", PATH, 404, "bad_route"),
+    ("no content type", "ListRooms", b"{}", _LazyToken(LIST), "", PATH, 404, "bad_route"),
+    ("garbage protobuf", "CreateRoom", b"\xff\xff\xff\xff", _LazyToken({"video": {"roomCreate": True}}), "application/protobuf", PATH, 400, "malformed"),
+    ("invalid utf-8 in protobuf string", "CreateRoom", b"\x0a\x02\xff\xfe", _LazyToken({"video": {"roomCreate": True}}), "application/protobuf", PATH, 400, "malformed"),
+    ("not json", "ListRooms", b"{names:", _LazyToken(LIST), "application/json", PATH, 400, "malformed"),
+    ("json wrong type", "CreateRoom", b'{"name": 5}', _LazyToken({"video": {"roomCreate": True}}), "application/json", PATH, 400, "malformed"),
+    ("json not object", "ListRooms", b"[1,2]", _LazyToken(LIST), "application/json", PATH, 400, "malformed"),
+    ("json too deep", "ListRooms", b'{"x":' * 5000 + b"1" + b"}" * 5000, _LazyToken(LIST), "application/json", PATH, 400, "malformed"),
+    ("json not utf-8", "ListRooms", b'{"names":["\xff"]}', _LazyToken(LIST), "application/json", PATH, 400, "malformed"),
+    ("body too large", "ListRooms", b" " * (1024 * 1024 + 10), _LazyToken(LIST), "application/json", PATH, 400, "malformed"),
     ("no token", "ListRooms", b"{}", None, "application/json", PATH, 401, "unauthenticated"),
-    ("expired token", "ListRooms", b"{}", _token({**LIST, "exp": int(time.time()) - 3600, "nbf": int(time.time()) - 7200}), "application/json", PATH, 401, "unauthenticated"),
-    ("foreign key", "ListRooms", b"{}", _token({**LIST, "iss": "otherkey"}), "application/json", PATH, 401, "unauthenticated"),
-    ("wrong secret", "ListRooms", b"{}", _token(LIST, secret="another-secret-0123456789abcdefghijklmn"), "application/json", PATH, 401, "unauthenticated"),
+    ("expired token", "ListRooms", b"{}", _LazyToken({**LIST, "exp": int(time.time()) - 3600, "nbf": int(time.time()) - 7200}), "application/json", PATH, 401, "unauthenticated"),
+    ("foreign key", "ListRooms", b"{}", _LazyToken({**LIST, "iss": "otherkey"}), "application/json", PATH, 401, "unauthenticated"),
+    ("wrong secret", "ListRooms", b"{}", _LazyToken(LIST, secret="another-secret-0123456789abcdefghijklmn"), "application/json", PATH, 401, "unauthenticated"),
     ("garbage token", "ListRooms", b"{}", "not.a.jwt", "application/json", PATH, 401, "unauthenticated"),
-    ("list without roomList", "ListRooms", b"{}", _token({"video": {"roomJoin": True, "room": "r"}}), "application/json", PATH, 401, "unauthenticated"),
-    ("create with roomList", "CreateRoom", b'{"name":"x"}', _token(LIST), "application/json", PATH, 401, "unauthenticated"),
-    ("delete with roomAdmin", "DeleteRoom", b'{"room":"x"}', _token({"video": {"roomAdmin": True, "room": "x"}}), "application/json", PATH, 401, "unauthenticated"),
-    ("admin of another room", "ListParticipants", b'{"room":"b"}', _token({"video": {"roomAdmin": True, "room": "a"}}), "application/json", PATH, 401, "unauthenticated"),
-    ("admin without room", "ListParticipants", b'{"room":"b"}', _token({"video": {"roomAdmin": True}}), "application/json", PATH, 401, "unauthenticated"),
-    ("no video grant", "ListRooms", b"{}", _token({}), "application/json", PATH, 401, "unauthenticated"),
-    ("empty room name", "CreateRoom", b'{"name":""}', _token({"video": {"roomCreate": True}}), "application/json", PATH, 400, "invalid_argument"),
-    ("known but unimplemented", "PerformRpc", b'{"room":"x"}', _token({"video": {"roomAdmin": True, "room": "x"}}), "application/json", PATH, 501, "unimplemented"),
-    ("unknown room", "UpdateRoomMetadata", b'{"room":"x"}', _token({"video": {"roomAdmin": True, "room": "x"}}), "application/json", PATH, 404, "not_found"),
+    ("list without roomList", "ListRooms", b"{}", _LazyToken({"video": {"roomJoin": True, "room": "r"}}), "application/json", PATH, 401, "unauthenticated"),
+    ("create with roomList", "CreateRoom", b'{"name":"x"}', _LazyToken(LIST), "application/json", PATH, 401, "unauthenticated"),
+    ("delete with roomAdmin", "DeleteRoom", b'{"room":"x"}', _LazyToken({"video": {"roomAdmin": True, "room": "x"}}), "application/json", PATH, 401, "unauthenticated"),
+    ("admin of another room", "ListParticipants", b'{"room":"b"}', _LazyToken({"video": {"roomAdmin": True, "room": "a"}}), "application/json", PATH, 401, "unauthenticated"),
+    ("admin without room", "ListParticipants", b'{"room":"b"}', _LazyToken({"video": {"roomAdmin": True}}), "application/json", PATH, 401, "unauthenticated"),
+    ("no video grant", "ListRooms", b"{}", _LazyToken({}), "application/json", PATH, 401, "unauthenticated"),
+    ("empty room name", "CreateRoom", b'{"name":""}', _LazyToken({"video": {"roomCreate": True}}), "application/json", PATH, 400, "invalid_argument"),
+    ("known but unimplemented", "PerformRpc", b'{"room":"x"}', _LazyToken({"video": {"roomAdmin": True, "room": "x"}}), "application/json", PATH, 501, "unimplemented"),
+    ("unknown room", "UpdateRoomMetadata", b'{"room":"x"}', _LazyToken({"video": {"roomAdmin": True, "room": "x"}}), "application/json", PATH, 404, "not_found"),
 ]
 
 
@@ -169,8 +180,10 @@ BAD_REQUESTS = [
     "method,body,token,content_type,path,status,code", [case[1:] for case in BAD_REQUESTS], ids=[case[0] for case in BAD_REQUESTS]
 )
 async def test_bad_requests_get_twirp_errors(
-    method: str, body: bytes, token: str | None, content_type: str, path: str, status: int, code: str
+    method: str, body: bytes, token: "str | _LazyToken | None", content_type: str, path: str, status: int, code: str
 ) -> None:
+    if isinstance(token, _LazyToken):
+        token = token.mint()
     async with running_server() as server:
         response = await post(server, method, body, token, content_type, path)
         assert response.status_code == status, response.text
