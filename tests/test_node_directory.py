@@ -391,6 +391,25 @@ async def test_redis_restart_between_heartbeats_is_noticed_and_repaired(redis_se
         assert a.metrics.get(directory_module.REDIS_ERRORS) >= errors
 
 
+async def test_after_redis_restarts_empty_a_peer_stays_listed_until_its_record_would_expire(
+        redis_server: RedisServer) -> None:
+    # Redis came back empty: A writes itself back first, and B's record is missing until B's own
+    # next heartbeat. Dropping B then would tear down a live relay link (a ~2 s media gap in the
+    # cluster e2e test). A keeps B's last record, which ages out by its own timestamp.
+    a = make_directory(redis_server, "node-a", heartbeat_interval=0.2, expiry=4.0)
+    b = make_directory(redis_server, "node-b", heartbeat_interval=0.2, expiry=4.0)
+    async with running(a, b) as group:
+        await heartbeats(a, b)
+        group.kill(b)  # B stops heartbeating: it never writes itself back
+        redis_server.restart()
+        await wait_until(lambda: a.available and redis_cli(redis_server, "hkeys", "nodes") == ["node-a"],
+                         "A registered itself again")
+        await heartbeats(a)
+        assert "node-b" in a.live_nodes()
+        # B's last record was written before the restart: it goes once it is older than the expiry.
+        await wait_until(lambda: "node-b" not in a.live_nodes(), "A stops listing B after its expiry")
+
+
 async def test_a_node_wrongly_expired_after_a_stall_registers_itself_again(redis_server: RedisServer) -> None:
     a, b = make_directory(redis_server, "node-a"), make_directory(redis_server, "node-b")
     async with running(a, b):

@@ -293,6 +293,7 @@ class NodeDirectory:
         # One writer at a time, so a write always carries the mirror as it is when sent.
         self._write_lock = trio.Lock()
         self._view: dict[str, cluster_pb2.Node] = {}
+        self._rebuilding_until_ms = 0  # see _heartbeat: Redis came back empty
         self._synced = False
         self._outage_since: float | None = None
         self._outage_attempts = 0
@@ -420,13 +421,26 @@ class NodeDirectory:
                 # us dead during a stall) and our memberships with it.
                 if added or self._dirty:
                     await self._resync(client, reason="entry missing" if added else "writes failed")
+                if added and self.heartbeats:
+                    # Redis lost everything (or judged us dead): the others will write their
+                    # records back within a heartbeat. Until then a node missing from the hash
+                    # is not gone; dropping it would tear down live relay links.
+                    self._rebuilding_until_ms = self._now_ms() + int(self.expiry * 1000)
             raw = await client.hgetall(NODES_KEY)
-            view = judge_nodes(raw, self._now_ms(), int(self.expiry * 1000), int(self.max_clock_skew * 1000))
+            now_ms = self._now_ms()
+            view = judge_nodes(raw, now_ms, int(self.expiry * 1000), int(self.max_clock_skew * 1000))
             self._report_rejected(view.rejected)
             for node_id, record in view.expired.items():
                 if node_id != self.node_id:
                     await self._expire(client, node_id, record)
-            self._view = view.live
+            live = view.live
+            if now_ms < self._rebuilding_until_ms:
+                # Carried records still age out in `live_nodes` by their own timestamps.
+                present = set(raw)
+                for node_id, node in self._view.items():
+                    if node_id.encode() not in present:
+                        live.setdefault(node_id, node)
+            self._view = live
             self._synced = True
         finally:
             self._in_heartbeat = False
