@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: run test lint explore install install-test test-deps clean
+.PHONY: run test lint explore install install-test test-deps native clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,12 +26,18 @@ run: install
 test-deps:
 	bash scripts/test-deps.sh
 
+# The compiled media helpers (trio_sfu/native, cffi API mode, built in place; needs gcc and the
+# Python headers, which test-deps installs). A failed build is a warning, not an error: the
+# server then runs its pure-Python twins (TRIO_SFU_FASTPATH=0 selects them anyway).
+native: install-test test-deps
+	@$(PY) -m trio_sfu.native._recv_build || echo "native: trio_sfu.native._recv not built; the UDP reader runs its pure-Python twin" >&2
+
 # Pyflakes-level checks (undefined names, unused imports, syntax) before the suite; the
 # generated protobuf modules are not ours to lint.
 lint: install-test
 	$(PY) -m ruff check --select F,E9 --exclude proto/relay_pb2.py,proto/cluster_pb2.py .
 
-test: install-test test-deps lint
+test: install-test test-deps native lint
 	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi; exit $$rc
 
@@ -52,4 +58,4 @@ fuzz: install-test
 	$(PY) -m fuzz --count $(FUZZ_COUNT) $(foreach t,$(FUZZ_TARGETS),--target $(t))
 
 clean:
-	rm -rf $(VENV) .venv-agents build *.egg-info
+	rm -rf $(VENV) .venv-agents build *.egg-info trio_sfu/native/*.so

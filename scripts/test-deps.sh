@@ -6,6 +6,8 @@
 #   nodejs, npm              run playwright-core and install scripts/browser's npm packages
 #   redis-server             the cluster tests' shared state (tests/redis_server.py starts its own)
 #   iptables                 firewall rules inside a test's namespace (the TURN e2e test blocks UDP)
+#   gcc, python3-dev         `make native` compiles trio_sfu/native's cffi extensions (without them the
+#                            server runs the pure-Python twins)
 #   libnss3-tools (certutil) Chromium's NSS database: the TURN e2e test makes it trust the TURN certificate
 #   scripts/browser/node_modules   livekit-client + playwright-core, and esbuild (rebuilds the playground's
 #                            livekit-client bundle to check the committed one), from package-lock.json (npm ci)
@@ -36,6 +38,9 @@ command -v iptables >/dev/null 2>&1 || [ -x /usr/sbin/iptables ] || need_apt+=(i
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v iptables >/dev/null 2>&1 || [ -x /usr/sbin/iptables ] || need_apt+=(iptables)
 command -v certutil >/dev/null 2>&1 || need_apt+=(libnss3-tools)
+command -v gcc >/dev/null 2>&1 || need_apt+=(gcc)
+py_include="$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["include"])' 2>/dev/null)"
+[ -f "$py_include/Python.h" ] || need_apt+=(python3-dev)
 if ! command -v node >/dev/null 2>&1; then
     need_apt+=(nodejs npm)
 elif ! command -v npm >/dev/null 2>&1; then

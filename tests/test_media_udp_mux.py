@@ -12,8 +12,9 @@ import trio
 from aioice import stun
 
 from trio_sfu import metrics as m
+from trio_sfu.native.batch_recv import compiled_available
 from trio_sfu.media.udp_mux import (
-    CHECKPOINT_EVERY,
+    RECEIVE_BATCH,
     MAX_ADDRESSES_PER_TRANSPORT,
     UDP_ADDRESS_EVICTED,
     UDP_DROPPED_SEND_FULL,
@@ -202,13 +203,18 @@ def test_send_never_blocks_and_counts_a_full_buffer():
     assert mux.metrics.get(UDP_DROPPED_SEND_FULL) == 3
 
 
-async def test_reader_drains_a_burst_from_a_real_socket():
+@pytest.mark.parametrize("fast_path", [
+    pytest.param(True, id="recvmmsg", marks=pytest.mark.skipif(not compiled_available(), reason="make native: not built")),
+    pytest.param(False, id="pure"),
+])
+async def test_reader_drains_a_burst_from_a_real_socket(fast_path):
     mux = make_mux()
+    mux.fast_path = fast_path
     endpoint = Endpoint("burst")
     mux.register(endpoint)
     client = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
     await client.bind(("127.0.0.1", 0))
-    count = 3 * CHECKPOINT_EVERY + 5
+    count = 3 * RECEIVE_BATCH + 5
     async with trio.open_nursery() as nursery:
         await nursery.start(mux.run)
         await client.sendto(binding_request("burst:c"), mux.local_address)

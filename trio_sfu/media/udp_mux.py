@@ -9,9 +9,12 @@ A transport keeps at most `MAX_ADDRESSES_PER_TRANSPORT` remembered addresses (ol
 counted): a roaming client or a peer holding valid ICE credentials cannot grow the table without
 bound, and an evicted address that is still in use is found again by its next ICE check.
 
-The reader follows the fast path measured in feasibility-probes.md §6: a raw non-blocking socket,
-`recvfrom_into` a reused buffer until EAGAIN, then `wait_readable`, with a checkpoint every
-`CHECKPOINT_EVERY` datagrams so a flood cannot starve the rest of the server. Sends are
+The reader drains its socket in batches (trio_sfu.native.batch_recv: one `recvmmsg` per batch
+into a reused ring when the extension is built, else its pure-Python twin, a loop of
+`recvfrom_into`), at most `RECEIVE_BATCH` datagrams each, all stamped with one `now`. After a full
+batch it checkpoints (a flood on one socket cannot starve the other sockets' readers or the rest
+of the server); after a short one the socket was empty, and it waits until readable. A datagram
+over `MAX_DATAGRAM` is dropped and counted, never truncated and routed. Sends are
 non-blocking `sendto`; a full socket buffer drops the datagram (media is loss tolerant, and an
 awaited send per packet would cost 3x) and counts it.
 
@@ -49,14 +52,18 @@ from rtp.peer_transport_events import Address
 from trio_sfu import metrics as m
 from trio_sfu.datagram import BindDatagram, DatagramSocket, UdpSocket
 from trio_sfu.log import get_logger
+from trio_sfu.native.batch_recv import batch_reader
 
-CHECKPOINT_EVERY = 64
+#: Datagrams one socket's reader hands on before it yields to the rest of the server.
+RECEIVE_BATCH = 32
 # bind_all on port 0: how often to look for a port free on every address.
 BIND_ATTEMPTS = 10
 # Addresses one transport may have authenticated at once: a host, srflx and relay path per
 # address family, plus a roam or two, fit with room to spare.
 MAX_ADDRESSES_PER_TRANSPORT = 8
-MAX_DATAGRAM = 65536
+#: Largest datagram routed: WebRTC's stay under the path MTU (ICE, DTLS, SRTP and SCTP all size
+#: for ~1200-1500 bytes); a larger one is no peer's and is dropped, counted.
+MAX_DATAGRAM = 8192
 # Enough socket buffer for a burst of video keyframes from many publishers at once.
 
 UDP_RECEIVED = "udp_datagrams_received_total"
@@ -66,6 +73,7 @@ UDP_DROPPED_SEND_FULL = "udp_dropped_send_buffer_full_total"
 UDP_SEND_ERROR = "udp_send_error_total"
 UDP_HANDLER_CRASHED = "udp_handler_crashed_total"
 UDP_ADDRESS_EVICTED = "udp_address_evicted_total"
+UDP_DROPPED_OVERSIZED = "udp_dropped_oversized_total"
 
 _log = get_logger("trio_sfu.media.udp_mux")
 _WOULD_BLOCK = (BlockingIOError, InterruptedError)
@@ -84,12 +92,15 @@ class UdpMux:
     """The node's UDP sockets (one per local address, one port), its routing tables and the
     non-blocking send path."""
 
-    def __init__(self, sock: DatagramSocket, metrics: m.Metrics, *, others: Sequence[DatagramSocket] = ()) -> None:
+    def __init__(self, sock: DatagramSocket, metrics: m.Metrics, *, others: Sequence[DatagramSocket] = (),
+                 fast_path: Optional[bool] = None) -> None:
         # The first socket; with `others` (the same port on other local addresses) replies to an
         # address not heard from yet leave from it.
         self.sock = sock
         self.sockets: tuple[DatagramSocket, ...] = (sock, *others)
         self.metrics = metrics
+        # The compiled batch reader (None: as TRIO_SFU_FASTPATH says; it falls back by itself).
+        self.fast_path = fast_path
         self.by_ufrag: dict[str, MuxEndpoint] = {}
         self.by_addr: dict[Address, MuxEndpoint] = {}
         # Each endpoint's remembered addresses, oldest first (keyed by id: endpoints need not
@@ -248,28 +259,27 @@ class UdpMux:
                 sock.close()
 
     async def _read(self, sock: DatagramSocket) -> None:
-        """Drain one socket synchronously, sleep only when it is empty."""
-        buffer = bytearray(MAX_DATAGRAM)
-        view = memoryview(buffer)
+        """Drain one socket a batch at a time, sleep only when it is empty."""
         metrics = self.metrics
         route = self.route
+        reader = batch_reader(sock, batch=RECEIVE_BATCH, slot_size=MAX_DATAGRAM, fast=self.fast_path,
+                              on_oversized=self._count_oversized)
+        receive = reader.receive
+        full = reader.batch
         while True:
-            handled = 0
-            while True:
-                try:
-                    size, addr = sock.recvfrom_into(buffer)
-                except _WOULD_BLOCK:
-                    break
-                except ConnectionResetError:
-                    # An ICMP port-unreachable for an earlier send; not about this read.
-                    continue
-                metrics.inc(UDP_RECEIVED)
-                route(bytes(view[:size]), (addr[0], addr[1]), trio.current_time(), sock)
-                handled += 1
-                if handled >= CHECKPOINT_EVERY:
-                    handled = 0
-                    await trio.lowlevel.checkpoint()
-            await sock.wait_readable()
+            datagrams = receive()
+            if datagrams:
+                metrics.inc(UDP_RECEIVED, len(datagrams))
+                now = trio.current_time()  # the batch was all queued by now
+                for data, addr in datagrams:
+                    route(data, addr, now, sock)
+            if len(datagrams) >= full:
+                await trio.lowlevel.checkpoint()  # more may be queued: let the others run first
+            else:
+                await sock.wait_readable()
+
+    def _count_oversized(self) -> None:
+        self.metrics.inc(UDP_DROPPED_OVERSIZED)
 
     # ---- output --------------------------------------------------------------------------
 
