@@ -30,6 +30,7 @@ from rtp.srtp import (
     SrtpAuthenticationError,
     SrtpContext,
     SrtpError,
+    SrtpPacketError,
     SrtpReplayError,
     split_keying_material,
 )
@@ -366,3 +367,35 @@ def test_oversized_packet_is_a_parse_error():
     client, _ = pair(CM)
     with pytest.raises(ParseError):
         client.protect_rtp(rtp_packet(1, payload=b"\x00" * 1500))
+
+
+def _outcome(fn, data):
+    try:
+        return fn(data)
+    except SrtpError as exc:
+        return type(exc), str(exc)
+
+
+@pytest.mark.parametrize("profile", [CM, GCM], ids=lambda p: p.name)
+def test_the_direct_inbound_transform_agrees_with_pylibsrtps_method(profile):
+    """SrtpContext.unprotect_rtp calls libsrtp directly; a twin context made to use pylibsrtp's
+    public `unprotect` gives the same packet or the same error for genuine, replayed, late,
+    tampered, short, oversized and garbage input."""
+    material = os.urandom(profile.keying_material_length)
+    sender = SrtpContext.from_keying_material(profile, material, is_client=True)
+    direct = SrtpContext.from_keying_material(profile, material, is_client=False)
+    public = SrtpContext.from_keying_material(profile, material, is_client=False)
+    assert direct._in_srtp is not None, "the direct path must be the one in use here"
+    public._in_srtp = None  # pylibsrtp's own method
+    protected = [sender.protect_rtp(rtp_packet(seq)) for seq in range(10, 20)]
+    late = sender.protect_rtp(rtp_packet(10 + 2000))
+    tampered = protected[5][:30] + bytes([protected[5][30] ^ 1]) + protected[5][31:]
+    inputs = protected[:5] + [protected[2], tampered, protected[5]]
+    inputs += [b"\x80" + bytes(5), b"\x80\x60" + bytes(1600), b"\x80\x60" + os.urandom(200), late, protected[6]]
+    outcomes = [(_outcome(direct.unprotect_rtp, d), _outcome(public.unprotect_rtp, d)) for d in inputs]
+    for i, (mine, theirs) in enumerate(outcomes):
+        assert mine == theirs, (i, mine, theirs)
+    assert [o for o, _ in outcomes[:5]] == [rtp_packet(seq) for seq in range(10, 15)]
+    kinds = [o[0] if isinstance(o, tuple) else bytes for o, _ in outcomes]
+    assert kinds[5:] == [SrtpReplayError, SrtpAuthenticationError, bytes, SrtpPacketError, SrtpPacketError,
+                         SrtpAuthenticationError, bytes, SrtpReplayError]
