@@ -198,6 +198,7 @@ class PeerSession:
         self.accepts = transport.accepts
         # Bound once: receive() runs for every media datagram.
         self._receive_datagram = transport.receive_datagram
+        self._transport_receive_rtp = transport.receive_rtp
         self._next_transport_event = transport.next_event
         self._record_arrival = self._feedback.record
 
@@ -286,6 +287,21 @@ class PeerSession:
         self._pump_transport(now)
         if self._drain_deadline is not None:
             self._close_if_drained(now)
+
+    def receive_rtp(self, datagram: bytes, addr: Address, now: float) -> Optional[bytes]:
+        """The media path: :meth:`receive` for a datagram the caller has classed as SRTP (first
+        byte 128-191, second not an RTCP packet type), the RTP packet returned (its arrival noted
+        for transport-cc feedback) instead of queued as an event. None: dropped and counted, or
+        not media yet (before the keys), with whatever that caused queued as by :meth:`receive`."""
+        packet = self._transport_receive_rtp(datagram, addr, now)
+        if packet is None:
+            self._pump_transport(now)
+            if self._drain_deadline is not None:
+                self._close_if_drained(now)
+            return None
+        if self._transport_cc_id is not None:
+            self._note_arrival(packet, now)
+        return packet
 
     def handle_timeout(self, now: float) -> None:
         """Everything due at ``now``: ICE, DTLS and connect timers, SCTP retransmissions and

@@ -356,6 +356,37 @@ class PeerTransport:
         else:
             self.counters.unknown_class += 1
 
+    def receive_rtp(self, data: bytes, addr: Address, now: float) -> bytes | None:
+        """:meth:`receive_datagram` for a datagram the caller has classed as SRTP (first byte
+        128-191, second not an RTCP packet type), returning the RTP packet instead of queueing an
+        event: the media path of a caller that routes RTP itself. None when it was dropped and
+        counted, or was not media on a connected transport (then it went through
+        :meth:`receive_datagram`, whose events are queued as usual). Never raises."""
+        if self.state is not TransportState.CONNECTED:
+            self.receive_datagram(data, addr, now)
+            return None
+        if not self._address_ok(addr):
+            self.counters.unauthenticated_source += 1
+            return None
+        srtp = self._srtp
+        assert srtp is not None  # CONNECTED means SRTP is keyed
+        try:
+            packet = srtp.unprotect_rtp(data)
+        except SrtpAuthenticationError:
+            self.counters.srtp_auth_failed += 1
+            return None
+        except SrtpReplayError:
+            self.counters.srtp_replayed += 1
+            return None
+        except SrtpPacketError:
+            self.counters.malformed += 1
+            return None
+        except SrtpError:
+            self.counters.srtp_other_errors += 1
+            return None
+        self.counters.rtp_received += 1
+        return packet
+
     def handle_timeout(self, now: float) -> None:
         if self.state in (TransportState.NEW, TransportState.FAILED, TransportState.CLOSED):
             return

@@ -99,8 +99,11 @@ class Link:
     """Two sessions and the datagrams between them, on a virtual clock."""
 
     def __init__(self, client: PeerSession, server: PeerSession, *, latency: float = LATENCY,
-                 probe_early: bool = True) -> None:
+                 probe_early: bool = True, media_path: bool = False) -> None:
         self.ends = {CLIENT_ADDR: client, SERVER_ADDR: server}
+        # True: RTP goes in through `receive_rtp` (the server's media path), its packet recorded
+        # as the RtpReceived event `receive` would have queued.
+        self.media_path = media_path
         self.latency = latency
         self.probe_early = probe_early
         self.now = 0.0
@@ -168,7 +171,12 @@ class Link:
         self.now = target
         while self.in_flight and self.in_flight[0][0] <= self.now:
             _, _, src, dst, datagram = heapq.heappop(self.in_flight)
-            self.ends[dst].receive(datagram, src, self.now)
+            if self.media_path and 127 < datagram[0] < 192 and not 191 < datagram[1] < 224:
+                packet = self.ends[dst].receive_rtp(datagram, src, self.now)
+                if packet is not None:
+                    self.events[dst].append((self.now, RtpReceived(packet)))
+            else:
+                self.ends[dst].receive(datagram, src, self.now)
             self.drain()
         for addr, session in self.ends.items():
             deadline = session.next_deadline()
@@ -200,13 +208,13 @@ class Link:
         return [(t, e) for t, e in self.events[addr] if isinstance(e, kind)]
 
 
-def connected_link(*, data_channels: bool = False, **options) -> Link:
+def connected_link(*, data_channels: bool = False, media_path: bool = False, **options) -> Link:
     client, server = make_sessions(**options)
     if data_channels:
         # As after an offer/answer with m=application: both sides, before anything connects.
         client.enable_data_channels(0.0)
         server.enable_data_channels(0.0)
-    link = Link(client, server)
+    link = Link(client, server, media_path=media_path)
     link.start()
     link.run_while(lambda: not (link.of(CLIENT_ADDR, TransportConnected) and link.of(SERVER_ADDR, TransportConnected)))
     if data_channels:
@@ -304,8 +312,9 @@ def test_connect_timeout_fails_at_the_reported_deadline_and_then_nothing_is_sche
 # ---------------------------------------------------------------------------------- media
 
 
-def test_media_both_ways():
-    link = connected_link()
+@pytest.mark.parametrize("media_path", [False, True], ids=["receive", "receive_rtp"])
+def test_media_both_ways(media_path):
+    link = connected_link(media_path=media_path)
     client, server = link.client, link.server
     up = [rtp_bytes(i) for i in range(20)]
     assert all(client.send_rtp(p) for p in up)
@@ -425,8 +434,9 @@ def test_lost_sctp_packets_are_retransmitted_on_the_sessions_deadline():
 # ---------------------------------------------------------------------------------- TWCC feedback
 
 
-def test_transport_cc_feedback_is_sent_on_schedule_and_reports_the_arrivals():
-    link = connected_link()
+@pytest.mark.parametrize("media_path", [False, True], ids=["receive", "receive_rtp"])
+def test_transport_cc_feedback_is_sent_on_schedule_and_reports_the_arrivals(media_path):
+    link = connected_link(media_path=media_path)
     client, server = link.client, link.server
     server.set_transport_cc_extension(TWCC_ID)
     start = link.now + 0.5

@@ -362,6 +362,51 @@ def test_nothing_but_stun_before_ice_and_sending_before_keys_is_refused():
     assert server.counters.unauthenticated_source == 2
 
 
+def test_the_media_path_drops_and_counts_as_receive_datagram_does():
+    """`receive_rtp` (what the server's media path calls for SRTP datagrams) against
+    `receive_datagram` on two connections fed the same kinds of bytes: the same packets come
+    out (returned there, as events here) and every drop lands on the same counter."""
+
+    def inputs(wire: Wire) -> list[tuple[bytes, tuple]]:
+        wire.client.send_rtp(rtp_bytes(500))
+        wire.client.send_rtp(rtp_bytes(501))
+        ((first, _), (second, _)) = wire.client.datagrams_to_send(wire.now)
+        wire.server.receive_datagram(first, CLIENT_ADDR, wire.now)  # arrived once already
+        wire.server.receive_datagram(second, CLIENT_ADDR, wire.now)
+        wire.collect()
+        wire.client.send_rtp(rtp_bytes(502))
+        ((fresh, _),) = wire.client.datagrams_to_send(wire.now)
+        tampered = fresh[:-1] + bytes([fresh[-1] ^ 1])
+        return [(first, STRANGER), (first, CLIENT_ADDR), (second, CLIENT_ADDR), (tampered, CLIENT_ADDR),
+                (b"\x80\x6f" + bytes(40), CLIENT_ADDR), (b"\x80\x6f\x00\x01", CLIENT_ADDR), (fresh, CLIENT_ADDR)]
+
+    fast_wire, slow_wire = connected_wire(), connected_wire()
+    fast, slow = fast_wire.server, slow_wire.server
+    fast_in, slow_in = inputs(fast_wire), inputs(slow_wire)
+    out = [fast.receive_rtp(data, addr, 1.0) for data, addr in fast_in]
+    before = len(slow_wire.events[SERVER_ADDR])
+    for data, addr in slow_in:
+        slow_wire.inject(SERVER_ADDR, data, addr)
+    events = slow_wire.events[SERVER_ADDR][before:]
+    assert [p for p in out if p is not None] == [e.packet for e in events] == [rtp_bytes(502)]
+    assert fast.next_event() is None  # nothing queued on the media path
+    assert fast.counters == slow.counters
+    assert (fast.counters.unauthenticated_source, fast.counters.srtp_replayed, fast.counters.srtp_auth_failed,
+            fast.counters.malformed, fast.counters.rtp_received) == (1, 2, 2, 1, 3)
+
+
+def test_the_media_path_before_the_keys_is_receive_datagrams():
+    client, server = make_pair()
+    wire = Wire(client, server)
+    assert server.receive_rtp(rtp_bytes(1), CLIENT_ADDR, 0.0) is None
+    assert server.counters.unauthenticated_source == 1  # a NEW transport: started, then refused
+    wire.drop = lambda datagram: 19 < datagram[0] < 64  # DTLS lost: ICE up, no keys
+    wire.start()
+    wire.run(lambda: server.selected_address == CLIENT_ADDR)
+    assert server.receive_rtp(rtp_bytes(2), CLIENT_ADDR, wire.now) is None
+    assert server.counters.media_before_keys == 1
+
+
 def test_accepts_routes_by_ufrag_then_by_validated_address():
     client, server = make_pair()
     request = Message(Method.BINDING, Class.REQUEST)

@@ -129,6 +129,7 @@ class TransportEndpoint:
         self._feedback_deadline = session.feedback_recorder.next_deadline
         self._feedback_told: Optional[float] = None
         self._next_event = session.next_event
+        self._receive_rtp = session.receive_rtp
         self._metrics = metrics
         self._log = log
         # ICE-TCP connections by their remote end: where what the session sends to a
@@ -139,14 +140,19 @@ class TransportEndpoint:
     # ---- MuxEndpoint -----------------------------------------------------------------------
 
     def on_datagram(self, data: bytes, addr: Address, now: float) -> None:
-        session = self.session
-        session.receive(data, addr, now)
         if data and 127 < data[0] < 192:
             # RTP/RTCP (RFC 7983): the media path. The session leaves nothing to send (what the
             # handlers send goes out on its own), and of its timers only the feedback's can
             # have moved.
-            next_event = self._next_event
             on_rtp = self._on_rtp
+            if on_rtp is not None and len(data) > 1 and not 191 < data[1] < 224:  # RTP (RFC 5761 §4)
+                # The publisher's media: unprotected and handed on with no event in between.
+                packet = self._receive_rtp(data, addr, now)
+                if packet is not None:
+                    on_rtp(packet, now)
+            else:
+                self.session.receive(data, addr, now)
+            next_event = self._next_event
             while (event := next_event()) is not None:
                 if type(event) is RtpReceived and on_rtp is not None:
                     on_rtp(event.packet, now)
@@ -158,6 +164,8 @@ class TransportEndpoint:
                 self._wake_by(due)
         else:
             # STUN, DTLS, SCTP: any of the session's timers may have moved earlier.
+            session = self.session
+            session.receive(data, addr, now)
             self.pump(now)
             self._wake_by(session.next_deadline())
 
