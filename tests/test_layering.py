@@ -8,7 +8,7 @@
     signal             trio_sfu.signal     rooms, participants, the seams the layers above implement
     tracks             trio_sfu.tracks     track sources, FIFO track manager, subscriptions
     forwarding         trio_sfu.forwarding receivers, down tracks, simulcast, keyframes
-    foundations        trio_sfu.config, .log, .metrics (usable from every layer of the server)
+    foundations        trio_sfu.config, .log, .metrics, .native (usable from every layer of the server)
     protocols          sdp/ above rtp/, and proto/ (sans-IO; no trio, sockets or clocks)
 
 `trio_sfu.client` (our LiveKit client and the load tester) stands beside the server: it may use

@@ -183,6 +183,32 @@ def test_a_crashing_handler_is_counted_not_fatal():
         mux.sock.close()
 
 
+def test_media_from_a_known_address_goes_straight_to_its_endpoint():
+    """SRTP from an authenticated address takes the mux's media path: to its endpoint with
+    nothing looked up by ufrag; a crash there is counted like any other; media from an address
+    never authenticated is still dropped, and STUN from a known address still goes by ufrag."""
+    mux = make_mux()
+    try:
+        a, b = Endpoint("ufragA"), Endpoint("ufragB")
+        mux.register(a)
+        mux.register(b)
+        mux.route(binding_request("ufragA:c"), ("10.0.0.1", 1), 0.0)
+        assert mux.by_addr[("10.0.0.1", 1)] is a
+        for i in range(3):
+            mux.route(b"\x80\x60" + bytes([i]), ("10.0.0.1", 1), 0.0)
+        assert [d for d, _ in a.received[1:]] == [b"\x80\x60" + bytes([i]) for i in range(3)]
+        mux.route(b"\x80\x60\x09", ("10.0.0.9", 1), 0.0)
+        assert mux.metrics.get(UDP_DROPPED_UNROUTABLE) == 1
+        # The same address now checks another ufrag (a new transport from the same port).
+        mux.route(binding_request("ufragB:c"), ("10.0.0.1", 1), 0.0)
+        assert len(b.received) == 1
+        a.crash = True
+        mux.route(b"\x80\x60\x03", ("10.0.0.1", 1), 0.0)
+        assert mux.metrics.get(UDP_HANDLER_CRASHED) == 1
+    finally:
+        mux.sock.close()
+
+
 class FullSocket:
     def __init__(self) -> None:
         self.sent = 0

@@ -219,6 +219,15 @@ class UdpMux:
         """Hand one datagram to its transport, or drop and count it. `sock` is the socket it
         came in on (None: the first)."""
         endpoint = self.by_addr.get(addr)
+        if endpoint is not None and self._reply_via is None and data and 127 < data[0] < 192:
+            # The media path: SRTP/SRTCP from an authenticated address on a one-socket mux has
+            # no ufrag to check, no reply socket to note and no address to learn.
+            try:
+                endpoint.on_datagram(data, addr, now)
+            except Exception:
+                self.metrics.inc(UDP_HANDLER_CRASHED)
+                _log.exception("datagram handler crashed", kv={"ufrag": endpoint.transport.local_ufrag})
+            return
         if endpoint is None or (data and data[0] < 4 and ufrag_of(data) not in (None, endpoint.transport.local_ufrag)):
             # Unknown address, or a known address now checking another ufrag (a restart or a
             # new transport from the same port): look the ufrag up.
