@@ -6,6 +6,7 @@ flooded socket does not keep another socket's datagram waiting until the flood i
 
 from __future__ import annotations
 
+import errno
 import socket
 
 import pytest
@@ -222,3 +223,29 @@ async def test_a_flooded_socket_does_not_starve_the_other(fast_path):
     assert routed.index("B") <= 4 * RECEIVE_BATCH, routed.index("B")
     assert mux.metrics.get(UDP_RECEIVED) == flood + 1
     assert mux.metrics.get(UDP_DROPPED_OVERSIZED) == 1
+
+
+class _ReportingSocket:
+    """A socket whose reads report an ICMP error for an earlier send between datagrams (what
+    Linux does on a connected or IP_RECVERR socket), then run empty."""
+
+    def __init__(self) -> None:
+        self.script: list = [ConnectionRefusedError(errno.ECONNREFUSED, "refused"), (b"one", ("192.0.2.1", 5)),
+                             ConnectionResetError(errno.ECONNRESET, "reset"),
+                             OSError(errno.EHOSTUNREACH, "no route"), (b"two", ("192.0.2.2", 6))]
+
+    def recvfrom_into(self, buffer: bytearray) -> tuple[int, tuple[str, int]]:
+        if not self.script:
+            raise BlockingIOError()
+        step = self.script.pop(0)
+        if isinstance(step, Exception):
+            raise step
+        data, addr = step
+        buffer[:len(data)] = data
+        return len(data), addr
+
+
+def test_an_icmp_error_on_a_read_is_skipped_and_reading_goes_on():
+    reader = LoopReader(_ReportingSocket())  # type: ignore[arg-type]
+    assert reader.receive() == [(b"one", ("192.0.2.1", 5)), (b"two", ("192.0.2.2", 6))]
+    assert reader.receive() == []

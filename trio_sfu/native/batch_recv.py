@@ -96,6 +96,8 @@ class LoopReader:
                 size, addr = recv_into(self._buffer)
             except _WOULD_BLOCK:
                 break
+            except (ConnectionResetError, ConnectionRefusedError):
+                continue
             except OSError as exc:
                 if exc.errno in _SEND_ERRORS:
                     continue
