@@ -388,7 +388,8 @@ class PublisherMedia:
             self.room_media.publish(track)
         elif not receiver.counters.packets % _LATENCY_SAMPLE_EVERY and receiver.down_tracks:
             # The fan-out above sent to every subscriber synchronously: the time since the mux
-            # read the datagram (`now`) is what forwarding this packet cost, decryption included.
+            # read the datagram's batch (`now`) is what forwarding this packet cost, decryption
+            # included, plus the packets of its batch routed before it.
             self.metrics.forward_latency.observe(trio.current_time() - now)
         # A loss just noticed schedules a NACK sooner than the loop would wake.
         self._wake_by(receiver.next_deadline())
