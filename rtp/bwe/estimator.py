@@ -6,6 +6,12 @@ time, size, arrival or lost, probe cluster) and `now`, it runs the delay-based c
 (rtp.bwe.probe); the estimate is the lower of the two rates, capped by the client's REMB when it
 sends one — and taken from REMB alone when the client sends no transport-cc feedback.
 
+The starting figure is a guess, not a measurement: until the estimate is `settled` (the initial
+probes judged, a controller cut on evidence, or `SETTLE_AFTER` seconds of feedback) an owner
+should not take it as a ceiling (libwebrtc starts a call sending at its start rate, but an SFU
+forwarding layers it did not choose would hold a clean link's subscriber on a low layer while
+the estimate ramps).
+
 Deterministic: no clock, no randomness; the same inputs give the same estimates.
 """
 
@@ -30,6 +36,8 @@ ACKED_WINDOW = 0.5
 FEEDBACK_STALE = 2.0
 #: `poll_estimate_changed` reports a change of at least this fraction.
 CHANGE_FRACTION = 0.05
+#: Without a probe result or a cut, the estimate counts as settled after this much feedback.
+SETTLE_AFTER = 2.0
 
 
 @attrs.define
@@ -53,7 +61,6 @@ class BandwidthEstimator:
         self._aimd = AimdRateControl(start_bps, min_bps, max_bps)
         self._loss = LossBasedControl(start_bps, min_bps)
         self._probe = ProbeController()
-        self._probe_sent: dict[int, int] = {}  # cluster id -> packets sent (the in-flight one)
         self._acked: deque[tuple[float, int]] = deque()
         self._acked_bytes = 0
         self.rtt = 0.1
@@ -62,6 +69,8 @@ class BandwidthEstimator:
         self.estimate_bps = int(start_bps)
         self._reported_bps = self.estimate_bps
         self._last_feedback: Optional[float] = None
+        self._first_feedback: Optional[float] = None
+        self.settled = False
         self._remb: Optional[tuple[int, float]] = None
         self.counters = EstimatorCounters()
 
@@ -74,24 +83,16 @@ class BandwidthEstimator:
         counters = self.counters
         counters.feedback_packets += 1
         self._last_feedback = now
+        if self._first_feedback is None:
+            self._first_feedback = now
         usage: Optional[BandwidthUsage] = None
         received = lost = 0
         newest_send: Optional[float] = None
         for r in results:
             if r.probe_cluster >= 0:
-                measured = self._probe.on_packet(r.probe_cluster, r.send_time, r.size, r.arrival,
-                                                 self._probe_sent.get(r.probe_cluster, 0), now)
+                measured = self._probe.on_packet(r.probe_cluster, r.send_time, r.size, r.arrival, now)
                 if measured is not None:
-                    counters.probe_results += 1
-                    # The cluster queued at the bottleneck on purpose; the trendline sees that
-                    # queue a little later and must not take it for congestion.
-                    self._aimd.probe_grace_until = now + PROBE_GRACE
-                    self._probe_sent.clear()
-                    if measured > self._aimd.rate * 1.05:
-                        self._aimd.set_estimate(measured, now)
-                    else:
-                        self._probe.hold(now)  # carried, but no more than we knew: no storm of probes
-                    self._loss.accept_probe(measured)
+                    self._probe_result(measured, now)
             if r.arrival is None:
                 lost += 1
                 continue
@@ -109,9 +110,13 @@ class BandwidthEstimator:
             self.rtt = 0.875 * self.rtt + 0.125 * max(0.0, now - newest_send)
         if usage is BandwidthUsage.OVERUSING:
             counters.overuse_signals += 1
-        delay_bps = self._aimd.update(usage or BandwidthUsage.NORMAL, self.acked_bps(), self.rtt, now)
+        acked = self.acked_bps()
+        delay_bps = self._aimd.update(usage or BandwidthUsage.NORMAL, acked, self.rtt, now)
         self._loss.on_packets(received, lost)
-        loss_bps = self._loss.update(delay_bps, now)
+        loss_bps = self._loss.update(delay_bps, acked, now)
+        if not self.settled and (self._probe.initial_done or self._aimd.decreases or self._loss.decreases
+                                 or now - self._first_feedback >= SETTLE_AFTER):
+            self.settled = True
         self._set(min(delay_bps, loss_bps), now)
 
     def on_remb(self, bitrate_bps: int, now: float) -> None:
@@ -136,14 +141,20 @@ class BandwidthEstimator:
         cluster = self._probe.poll(self.estimate_bps, now)
         if cluster is not None:
             self.counters.probe_clusters += 1
-            self._probe_sent = {cluster.cluster_id: 0}
         return cluster
 
     def probe_sent(self, cluster_id: int, packets: int, now: float) -> None:
         """The sender put out `packets` packets of the cluster (all of them, or none it could)."""
-        if cluster_id in self._probe_sent:
-            self._probe_sent[cluster_id] = packets
         self._probe.sent(cluster_id, packets, now)
+
+    @property
+    def loss_floor_bps(self) -> float:
+        """Loss alone never takes the estimate below this (what audio and the lowest layers need)."""
+        return self._loss.floor_bps
+
+    @loss_floor_bps.setter
+    def loss_floor_bps(self, bps: float) -> None:
+        self._loss.floor_bps = min(max(float(bps), self.min_bps), float(self.max_bps))
 
     @property
     def probe_in_flight(self) -> bool:
@@ -184,6 +195,20 @@ class BandwidthEstimator:
         return self._loss.loss
 
     # ---- inside ---------------------------------------------------------------------------
+
+    def _probe_result(self, measured: float, now: float) -> None:
+        self.counters.probe_results += 1
+        # The cluster queued at the bottleneck on purpose; the trendline sees that queue a
+        # little later and must not take it for congestion.
+        self._aimd.probe_grace_until = now + PROBE_GRACE
+        remb = self._remb
+        if remb is not None and now - remb[1] <= FEEDBACK_STALE:
+            measured = min(measured, remb[0])  # the receiver says it takes no more
+        if measured > self._aimd.rate * 1.05:
+            self._aimd.set_estimate(measured, now)
+        else:
+            self._probe.hold(now)  # carried, but no more than we knew: no storm of probes
+        self._loss.accept_probe(measured)
 
     def _ack(self, arrival: float, size: int) -> None:
         acked = self._acked
