@@ -109,9 +109,12 @@ def test_remb_is_the_estimate_of_a_client_without_transport_cc_and_a_cap_otherwi
 
 def test_probe_clusters_start_at_3_and_6_times_the_start_then_twice_the_estimate_up_to_the_goal() -> None:
     from rtp.bwe import BandwidthEstimator
+    from rtp.twcc_sender import PacketResult
 
     est = BandwidthEstimator(start_bps=300_000)
     est.request_probe(2_000_000, now=0.0)
+    assert est.poll_probe(0.0) is None  # no feedback yet: nothing would judge a probe
+    est.on_feedback([PacketResult(1, -0.05, 1200, -0.03, -1)], now=0.0)  # media flows, feedback comes
     first = est.poll_probe(0.0)
     assert first is not None and first.bitrate_bps == 900_000
     assert est.poll_probe(0.01) is None  # not while one is being sent
@@ -125,12 +128,15 @@ def test_probe_clusters_start_at_3_and_6_times_the_start_then_twice_the_estimate
 
     capped = BandwidthEstimator(start_bps=300_000)
     capped.request_probe(1_200_000, now=0.0)
+    capped.on_feedback([PacketResult(1, -0.05, 1200, -0.03, -1)], now=0.0)
     cluster = capped.poll_probe(0.0)
     assert cluster is not None and cluster.bitrate_bps == 900_000
     capped.probe_sent(cluster.cluster_id, 0, 0.05)  # it could not be sent at all
     assert capped.poll_probe(0.1) is None  # the series is over, and the retry waits
+    capped.on_feedback([PacketResult(2, 5.9, 1200, 5.92, -1)], now=6.0)  # feedback still flows
     later = capped.poll_probe(6.0)
-    assert later is not None and later.bitrate_bps == 600_000  # twice the estimate, under the goal
+    assert later is not None and later.bitrate_bps == int(min(1_200_000, 2 * capped.estimate_bps))  # twice the estimate
+    assert later.bitrate_bps < 900_000  # no second initial series
 
 
 def test_quick_start_the_top_layer_is_affordable_within_2_s_on_a_clean_3_mbit_link() -> None:

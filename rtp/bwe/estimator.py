@@ -6,8 +6,9 @@ time, size, arrival or lost, probe cluster) and `now`, it runs the delay-based c
 (rtp.bwe.probe); the estimate is the lower of the two rates, capped by the client's REMB when it
 sends one — and taken from REMB alone when the client sends no transport-cc feedback.
 
-The starting figure is a guess, not a measurement: until the estimate is `settled` (the initial
-probes judged, a controller cut on evidence, or `SETTLE_AFTER` seconds of feedback) an owner
+The starting figure is a guess, not a measurement: until the estimate is `settled` (probing from
+the start found the link's end or reached what is wanted, a controller cut on evidence, or
+`SETTLE_AFTER` seconds of feedback) an owner
 should not take it as a ceiling (libwebrtc starts a call sending at its start rate, but an SFU
 forwarding layers it did not choose would hold a clean link's subscriber on a low layer while
 the estimate ramps).
@@ -114,10 +115,13 @@ class BandwidthEstimator:
         delay_bps = self._aimd.update(usage or BandwidthUsage.NORMAL, acked, self.rtt, now)
         self._loss.on_packets(received, lost)
         loss_bps = self._loss.update(delay_bps, acked, now)
-        if not self.settled and (self._probe.initial_done or self._aimd.decreases or self._loss.decreases
-                                 or now - self._first_feedback >= SETTLE_AFTER):
-            self.settled = True
         self._set(min(delay_bps, loss_bps), now)
+        if not self.settled:
+            probe = self._probe
+            reached = probe.initial_started and not probe.in_flight and not self.probing
+            if (probe.initial_done or reached or self._aimd.decreases or self._loss.decreases
+                    or now - self._first_feedback >= SETTLE_AFTER):
+                self.settled = True
 
     def on_remb(self, bitrate_bps: int, now: float) -> None:
         """The client's REMB: a cap, or the estimate itself for a client without transport-cc."""
@@ -135,9 +139,11 @@ class BandwidthEstimator:
     # ---- outputs --------------------------------------------------------------------------
 
     def poll_probe(self, now: float) -> Optional[ProbeCluster]:
-        """The next probe cluster to send, if one is wanted and due."""
-        if self._remb_only(now) and self._remb is not None:
-            return None  # nothing would judge it
+        """The next probe cluster to send, if one is wanted and due — once transport-cc feedback
+        flows (the receiver's first feedback follows its first media by a feedback interval):
+        without it nothing would judge a cluster."""
+        if self._remb_only(now):
+            return None
         cluster = self._probe.poll(self.estimate_bps, now)
         if cluster is not None:
             self.counters.probe_clusters += 1

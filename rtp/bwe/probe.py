@@ -15,8 +15,10 @@ arrived at (its bytes but the first to arrive, over the arrival span); a receive
 the send rate is a measurement artefact (arrivals bunched by a batching receiver or proxy) and no
 result; the result is the lower of the two, and when the link did not carry the cluster at its
 rate (a receive rate under 90 % of the send rate) 95 % of the receive rate, since that is all the
-link carries. When the link carried it, the next probe doubles again at once; when it did not,
-probing waits `RETRY_INTERVAL`. Nothing needs more bitrate (X at or below the estimate): no probes.
+link carries. When the result kept up with the cluster (70 % of its bitrate or more: arrival
+times are noisy), the next probe doubles again at once; when it did not, probing waits
+`RETRY_INTERVAL`, and the probing from the start is over (`initial_done`): the estimate is then
+a measurement. Nothing needs more bitrate (X at or below the estimate): no probes.
 """
 
 from __future__ import annotations
@@ -45,6 +47,9 @@ _CARRIED = 0.9
 _TARGET_UTILIZATION = 0.95
 #: A receive rate above this multiple of the send rate is no measurement (arrivals bunched).
 _MAX_RECEIVE_RATIO = 2.0
+#: A result at least this share of its cluster's bitrate probes further at once (libwebrtc's
+#: exponential probing goes on while results keep up with what was asked, within its noise).
+_PROBE_FURTHER = 0.7
 
 
 @attrs.frozen
@@ -88,6 +93,9 @@ class ProbeController:
         self._queued: list[float] = []  # bitrates
         self._not_before = float("-inf")
         self.initial_started = False
+        # Exponential probing from the start is over: a result fell short of its cluster, a
+        # cluster failed, or the goal was reached.
+        self.startup_over = False
         self.clusters_started = 0
         self.results = 0
         self.failures = 0
@@ -99,8 +107,9 @@ class ProbeController:
 
     @property
     def initial_done(self) -> bool:
-        """The initial series was started and every cluster of it judged (or given up)."""
-        return self.initial_started and not self._queued and not self._in_flight
+        """Probing from the start found where the link ends (or that nothing needs more), and
+        no cluster of it is still out: the estimate is a measurement, not the starting guess."""
+        return self.startup_over and not self._queued and not self._in_flight
 
     def request(self, up_to_bps: int, now: float) -> None:
         """Probe up to `up_to_bps` (0: nothing needs more, stop)."""
@@ -112,10 +121,13 @@ class ProbeController:
                 del self._in_flight[cluster_id]  # its feedback never came: a failure
                 self.failures += 1
                 self._not_before = now + RETRY_INTERVAL
+                self.startup_over = True
         if any(not flight.packets_sent for flight in self._in_flight.values()):
             return None  # one is still being sent
         if self.goal_bps <= estimate_bps * 1.05:
             self._queued.clear()
+            if self.initial_started:
+                self.startup_over = True  # the estimate reached what is wanted
             return None
         if not self.initial_started:
             self.initial_started = True
@@ -138,6 +150,7 @@ class ProbeController:
         """The last result taught nothing new (no higher than the estimate): wait before the next."""
         self._not_before = max(self._not_before, now + RETRY_INTERVAL)
         self._queued.clear()
+        self.startup_over = True
 
     def sent(self, cluster_id: int, packets: int, now: float) -> None:
         """The cluster's window ended with `packets` packets tagged (none: it could not be sent)."""
@@ -150,6 +163,7 @@ class ProbeController:
             del self._in_flight[cluster_id]
             self._queued.clear()
             self._not_before = now + RETRY_INTERVAL
+            self.startup_over = True
         else:
             self._judge(flight, now)  # its feedback may all be in already
 
@@ -171,45 +185,47 @@ class ProbeController:
         if flight.packets_sent <= 0 or covered < flight.packets_sent * _COVERED:
             return None
         del self._in_flight[flight.cluster.cluster_id]
-        measured, carried = self._measure(flight, covered)
+        measured = self._measure(flight, covered)
         if measured is None:
             self.failures += 1
             self._not_before = now + RETRY_INTERVAL
             self._queued.clear()
+            self.startup_over = True
             return None
         self.results += 1
-        if carried:
-            self._not_before = now  # carried: double again at once (if still wanted)
+        if measured >= _PROBE_FURTHER * flight.cluster.bitrate_bps:
+            self._not_before = now  # it kept up: double again at once (if still wanted)
         else:
-            # The link did not carry it at its rate: that is what it carries; wait before asking again.
+            # The link did not carry it: that is what it carries; wait before asking again.
             self._not_before = now + RETRY_INTERVAL
             self._queued.clear()
+            self.startup_over = True
         return measured
 
     @staticmethod
-    def _measure(flight: _InFlight, covered: int) -> tuple[Optional[float], bool]:
-        """(the cluster's result in bps, whether the link carried it at its rate); None: no result."""
+    def _measure(flight: _InFlight, covered: int) -> Optional[float]:
+        """The cluster's result in bps; None: no result."""
         received = len(flight.arrivals)
         if received < max(2, covered * _RECEIVED):
-            return None, False
+            return None
         sends = sorted(flight.sends)
         arrivals = sorted(flight.arrivals)
         send_span = sends[-1][0] - sends[0][0]
         arrival_span = arrivals[-1][0] - arrivals[0][0]
         if send_span <= 0 or arrival_span <= 0:
-            return None, False
+            return None
         total = sum(size for _, size in sends)
         # The last packet sent took its bytes out after the send span ended; the first to arrive
         # brought its bytes before the arrival span began.
         send_bps = (total - sends[-1][1]) * 8 / send_span
         receive_bps = (total - arrivals[0][1]) * 8 / arrival_span
         if receive_bps > _MAX_RECEIVE_RATIO * send_bps:
-            return None, False
+            return None
         # (A short cluster's send span is noisy: its own bitrate also bounds what it asked of the link.)
         asked = min(send_bps, float(flight.cluster.bitrate_bps))
         if receive_bps < _CARRIED * asked:
-            return _TARGET_UTILIZATION * receive_bps, False
-        return min(receive_bps, asked), True
+            return _TARGET_UTILIZATION * receive_bps
+        return min(receive_bps, asked)
 
 
 __all__ = ["INITIAL_MULTIPLES", "ProbeCluster", "ProbeController"]
