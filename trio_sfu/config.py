@@ -48,10 +48,9 @@ class RtcConfig:
     # LiveKit's `rtc.enable_loopback_candidate`; None = the mode's default (on in development).
     enable_loopback_candidate: bool | None = None
     # LiveKit's `rtc.congestion_control.enabled`: each subscriber's downlink estimate drives its
-    # stream allocator (layers, pauses, probes). Off by default here, unlike LiveKit: the
-    # estimator starts at 300 kbit/s and takes seconds to find a clean link, so subscribers would
-    # start on a low layer (issue 15 is open on this); the estimate is made and logged either way.
-    congestion_control: bool = False
+    # stream allocator (layers, pauses, probes). On by default, as in LiveKit; off, every
+    # subscriber gets the layers its settings ask for (the estimate is made and logged either way).
+    congestion_control: bool = True
 
     def loopback_candidate(self, development: bool) -> bool:
         """Whether the media port offers a loopback candidate besides the interface addresses."""

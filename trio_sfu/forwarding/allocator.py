@@ -202,6 +202,17 @@ class StreamAllocator:
                 wanted += track.bitrates[usable[-1]]
         return wanted
 
+    def floor_bps(self) -> int:
+        """What the subscriber needs to keep its audio and every wanted video track on its
+        lowest layer: the estimate's loss-based half never goes below it (loss alone must not
+        starve a call; real congestion shows in delay)."""
+        floor = self.audio_tracks * self.audio_bitrate
+        for track in self._tracks.values():
+            usable = track.usable()
+            if usable:
+                floor += track.bitrates[usable[0]]
+        return floor
+
     @property
     def deficient(self) -> bool:
         """Whether a track is held below the best layer its cap allows (or paused for lack of
