@@ -7,8 +7,8 @@ time, size, arrival or lost, probe cluster) and `now`, it runs the delay-based c
 sends one — and taken from REMB alone when the client sends no transport-cc feedback.
 
 The starting figure is a guess, not a measurement: until the estimate is `settled` (probing from
-the start found the link's end or reached what is wanted, a controller cut on evidence, or
-`SETTLE_AFTER` seconds of feedback) an owner
+the start found the link's end or reached what is wanted, or `SETTLE_AFTER` seconds of
+feedback) an owner
 should not take it as a ceiling (libwebrtc starts a call sending at its start rate, but an SFU
 forwarding layers it did not choose would hold a clean link's subscriber on a low layer while
 the estimate ramps).
@@ -37,6 +37,10 @@ ACKED_WINDOW = 0.5
 FEEDBACK_STALE = 2.0
 #: `poll_estimate_changed` reports a change of at least this fraction.
 CHANGE_FRACTION = 0.05
+#: Sending below this share of the estimate is application-limited (see `on_feedback`).
+APP_LIMITED = 0.7
+#: The receiver got what we sent at no less than this share of the rate we sent it at.
+_KEEPS_UP = 0.9
 #: Without a probe result or a cut, the estimate counts as settled after this much feedback.
 SETTLE_AFTER = 2.0
 
@@ -50,6 +54,7 @@ class EstimatorCounters:
     probe_clusters: int = 0
     probe_results: int = 0
     overuse_signals: int = 0
+    overuse_ignored: int = 0  # signalled while application-limited with the link keeping up
 
 
 class BandwidthEstimator:
@@ -62,7 +67,7 @@ class BandwidthEstimator:
         self._aimd = AimdRateControl(start_bps, min_bps, max_bps)
         self._loss = LossBasedControl(start_bps, min_bps)
         self._probe = ProbeController()
-        self._acked: deque[tuple[float, int]] = deque()
+        self._acked: deque[tuple[float, int, float]] = deque()  # (arrival, size, send time)
         self._acked_bytes = 0
         self.rtt = 0.1
         self.max_bps = max_bps
@@ -99,7 +104,7 @@ class BandwidthEstimator:
                 continue
             received += 1
             newest_send = r.send_time if newest_send is None else max(newest_send, r.send_time)
-            self._ack(r.arrival, r.size)
+            self._ack(r.arrival, r.size, r.send_time)
             sample = self._inter_arrival.add(r.send_time, r.arrival)
             if sample is not None:
                 state = self._trendline.update(*sample)
@@ -112,6 +117,14 @@ class BandwidthEstimator:
         if usage is BandwidthUsage.OVERUSING:
             counters.overuse_signals += 1
         acked = self.acked_bps()
+        if (usage is BandwidthUsage.OVERUSING and acked is not None and acked < APP_LIMITED * self._aimd.rate
+                and self._link_keeps_up(acked)):
+            # We send well below the estimate (an SFU forwards the layers it chose, not the
+            # estimate) and the receiver got it at the rate we sent it: no queue of ours grew.
+            # Jitter reads as over-use here; a cut to 0.85x what we send would hold the
+            # subscriber on its low layer for good. Not a cut: a hold.
+            usage = BandwidthUsage.NORMAL
+            counters.overuse_ignored += 1
         delay_bps = self._aimd.update(usage or BandwidthUsage.NORMAL, acked, self.rtt, now)
         self._loss.on_packets(received, lost)
         loss_bps = self._loss.update(delay_bps, acked, now)
@@ -119,8 +132,9 @@ class BandwidthEstimator:
         if not self.settled:
             probe = self._probe
             reached = probe.initial_started and not probe.in_flight and not self.probing
-            if (probe.initial_done or reached or self._aimd.decreases or self._loss.decreases
-                    or now - self._first_feedback >= SETTLE_AFTER):
+            # (Not a delay-based cut: a jittery link signals over-use falsely before the probes
+            # are judged, and would settle the estimate at its starting figure.)
+            if probe.initial_done or reached or now - self._first_feedback >= SETTLE_AFTER:
                 self.settled = True
 
     def on_remb(self, bitrate_bps: int, now: float) -> None:
@@ -140,9 +154,11 @@ class BandwidthEstimator:
 
     def poll_probe(self, now: float) -> Optional[ProbeCluster]:
         """The next probe cluster to send, if one is wanted and due — once transport-cc feedback
-        flows (the receiver's first feedback follows its first media by a feedback interval):
-        without it nothing would judge a cluster."""
-        if self._remb_only(now):
+        came (the receiver's first feedback follows its first media by a feedback interval;
+        without it nothing would judge a cluster), and not for a client that went over to REMB.
+        Feedback gone quiet is no reason to stop: a subscriber whose tracks are all paused
+        sends none, and a probe is how it finds room again."""
+        if self._last_feedback is None or (self._remb_only(now) and self._remb is not None):
             return None
         cluster = self._probe.poll(self.estimate_bps, now)
         if cluster is not None:
@@ -216,9 +232,19 @@ class BandwidthEstimator:
             self._probe.hold(now)  # carried, but no more than we knew: no storm of probes
         self._loss.accept_probe(measured)
 
-    def _ack(self, arrival: float, size: int) -> None:
+    def _link_keeps_up(self, acked_bps: float) -> bool:
+        """The acknowledged window arrived at (about) the rate its packets were sent at."""
         acked = self._acked
-        acked.append((arrival, size))
+        send_times = [t for _, _, t in acked]
+        span = max(send_times) - min(send_times)
+        if span < 0.1:
+            return False
+        sent_bps = (self._acked_bytes - acked[0][1]) * 8 / span
+        return acked_bps >= _KEEPS_UP * sent_bps
+
+    def _ack(self, arrival: float, size: int, send_time: float) -> None:
+        acked = self._acked
+        acked.append((arrival, size, send_time))
         self._acked_bytes += size
         newest = max(arrival, acked[-1][0])
         while acked and acked[0][0] < newest - ACKED_WINDOW:
