@@ -60,8 +60,10 @@ def test_congestion_control_is_on_by_default_as_in_livekit_and_the_key_turns_it_
     assert warnings == [] and config.rtc.congestion_control is True
     config, warnings = config_from_mapping({"rtc": {"congestion_control": {"enabled": False}}})
     assert warnings == [] and config.rtc.congestion_control is False
+    assert config.rtc.congestion_control_allow_pause is False  # LiveKit's default
     config, warnings = config_from_mapping({"rtc": {"congestion_control": {"allow_pause": True}}})
     assert warnings == [] and config.rtc.congestion_control is True  # another key leaves the default
+    assert config.rtc.congestion_control_allow_pause is True
     with pytest.raises(ConfigError, match="rtc.congestion_control.enabled"):
         config_from_mapping({"rtc": {"congestion_control": {"enabled": "yes please"}}})
 

@@ -51,6 +51,10 @@ class RtcConfig:
     # stream allocator (layers, pauses, probes). On by default, as in LiveKit; off, every
     # subscriber gets the layers its settings ask for (the estimate is made and logged either way).
     congestion_control: bool = True
+    # LiveKit's `rtc.congestion_control.allow_pause`: whether the allocator may pause a video
+    # track whose lowest layer does not fit the estimate (off by default, as in LiveKit: the
+    # lowest layer keeps flowing, a few frames late rather than none).
+    congestion_control_allow_pause: bool = False
 
     def loopback_candidate(self, development: bool) -> bool:
         """Whether the media port offers a loopback candidate besides the interface addresses."""
@@ -380,7 +384,6 @@ _SCHEMA: dict[str, Any] = {
         "enable_loopback_candidate": _BOOL,
         "congestion_control": {
             "enabled": _BOOL,
-            # Accepted without effect (LiveKit's: whether the allocator may pause a track).
             "allow_pause": _BOOL,
         },
         # Accepted without effect until the media layer reads them.
@@ -564,6 +567,8 @@ def config_from_mapping(data: Any) -> tuple[ServerConfig, list[str]]:
     congestion_control = rtc.get("congestion_control") or {}
     if congestion_control.get("enabled") is not None:
         config.rtc.congestion_control = congestion_control["enabled"]
+    if congestion_control.get("allow_pause") is not None:
+        config.rtc.congestion_control_allow_pause = congestion_control["allow_pause"]
     interfaces = rtc.get("interfaces") or {}
     for name in ("includes", "excludes"):
         names = interfaces.get(name)

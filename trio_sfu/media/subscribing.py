@@ -140,7 +140,7 @@ class SubscriberMedia:
     def __init__(self, context: MediaContext, room_media: RoomMedia, transports: ParticipantTransports,
                  timeouts: SubscriptionTimeouts, *, answered: Callable[[SessionDescription], None],
                  wallclock_offset: float, wake_by: WakeBy, metrics: m.Metrics, log: ContextLogger,
-                 congestion_control: bool = False) -> None:
+                 congestion_control: bool = False, allow_pause: bool = True) -> None:
         self.context = context
         # `rtc.congestion_control.enabled`: the estimate drives the allocator and asks for probes.
         self.congestion_control = congestion_control
@@ -176,7 +176,7 @@ class SubscriberMedia:
         self._probe_goal = 0
         # The downlink estimate shared among the video tracks (see set_available_bitrate), and
         # the stream state each track was last reported in (only PAUSED is ever news).
-        self.allocator = StreamAllocator()
+        self.allocator = StreamAllocator(allow_pause=allow_pause)
         self._stream_states: dict[str, StreamState] = {}
         self._allocated_at = float("-inf")
 
