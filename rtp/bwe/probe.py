@@ -18,7 +18,8 @@ rate (a receive rate under 90 % of the send rate) 95 % of the receive rate, sinc
 link carries. When the result kept up with the cluster (70 % of its bitrate or more: arrival
 times are noisy), the next probe doubles again at once; when it did not, probing waits
 `RETRY_INTERVAL`, and the probing from the start is over (`initial_done`): the estimate is then
-a measurement. Nothing needs more bitrate (X at or below the estimate): no probes.
+a measurement (from the start, one short result is tried again at once first: jitter or random
+loss make one by chance). Nothing needs more bitrate (X at or below the estimate): no probes.
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ PROBE_MULTIPLE = 2.0
 INITIAL_MULTIPLES = (3.0, 6.0)
 #: After a probe the link did not carry fully, or that failed, the next waits this long.
 RETRY_INTERVAL = 5.0
+#: From the start, a result short of its cluster is tried again this many times, this soon,
+#: before it counts as the link's end (a jittery or lossy link makes one short result by chance).
+STARTUP_SHORT_RESULTS = 2
+_STARTUP_RETRY = 0.2
 #: A cluster's feedback is waited for this long.
 _RESULT_TIMEOUT = 1.0
 #: The share of a cluster's packets feedback must cover before it is judged, and received.
@@ -96,6 +101,7 @@ class ProbeController:
         # Exponential probing from the start is over: a result fell short of its cluster, a
         # cluster failed, or the goal was reached.
         self.startup_over = False
+        self._startup_short = 0
         self.clusters_started = 0
         self.results = 0
         self.failures = 0
@@ -195,6 +201,10 @@ class ProbeController:
         self.results += 1
         if measured >= _PROBE_FURTHER * flight.cluster.bitrate_bps:
             self._not_before = now  # it kept up: double again at once (if still wanted)
+        elif not self.startup_over and self._startup_short + 1 < STARTUP_SHORT_RESULTS:
+            self._startup_short += 1  # once more, soon: one short result may be the link's noise
+            self._not_before = now + _STARTUP_RETRY
+            self._queued.clear()
         else:
             # The link did not carry it: that is what it carries; wait before asking again.
             self._not_before = now + RETRY_INTERVAL
