@@ -41,7 +41,7 @@ CHANGE_FRACTION = 0.05
 APP_LIMITED = 0.7
 #: The receiver got what we sent at no less than this share of the rate we sent it at.
 _KEEPS_UP = 0.9
-#: Without a probe result or a cut, the estimate counts as settled after this much feedback.
+#: Whatever the probes did, the estimate counts as settled after this much feedback.
 SETTLE_AFTER = 2.0
 
 

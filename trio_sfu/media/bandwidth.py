@@ -133,8 +133,9 @@ class SubscriberBandwidth:
 
     @property
     def settled(self) -> bool:
-        """The estimate rests on evidence (probe results, a cut, or enough feedback), not on
-        the estimator's starting guess: until then it is no ceiling."""
+        """The estimate rests on evidence (the probes from the start found the link's end or
+        what is wanted, or enough feedback came), not on the estimator's starting guess: until
+        then it is no ceiling."""
         return self.estimator.settled
 
     @property
