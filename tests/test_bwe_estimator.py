@@ -107,14 +107,78 @@ def test_remb_is_the_estimate_of_a_client_without_transport_cc_and_a_cap_otherwi
     assert sim.estimate_at(10.0) > 400_000
 
 
-def test_probe_clusters_ask_for_twice_the_estimate_up_to_the_goal() -> None:
+def test_probe_clusters_start_at_3_and_6_times_the_start_then_twice_the_estimate_up_to_the_goal() -> None:
     from rtp.bwe import BandwidthEstimator
+    from rtp.twcc_sender import PacketResult
 
     est = BandwidthEstimator(start_bps=300_000)
     est.request_probe(2_000_000, now=0.0)
-    cluster = est.poll_probe(0.0)
-    assert cluster is not None and cluster.bitrate_bps == 600_000
-    assert est.poll_probe(0.01) is None  # one in flight at a time
-    est.request_probe(0, now=0.02)
-    est.probe_sent(cluster.cluster_id, 0, 0.05)  # it could not be sent at all
-    assert est.poll_probe(10.0) is None  # and nothing needs more now
+    assert est.poll_probe(0.0) is None  # no feedback yet: nothing would judge a probe
+    est.on_feedback([PacketResult(1, -0.05, 1200, -0.03, -1)], now=0.0)  # media flows, feedback comes
+    first = est.poll_probe(0.0)
+    assert first is not None and first.bitrate_bps == 900_000
+    assert est.poll_probe(0.01) is None  # not while one is being sent
+    est.probe_sent(first.cluster_id, 10, 0.03)
+    second = est.poll_probe(0.03)  # the initial series goes out back to back
+    assert second is not None and second.bitrate_bps == 1_800_000
+    est.probe_sent(second.cluster_id, 20, 0.06)
+    assert est.poll_probe(0.07) is None  # both in flight: the next waits for their results
+    est.request_probe(0, now=0.5)
+    assert est.poll_probe(2.0) is None  # nothing needs more now
+
+    capped = BandwidthEstimator(start_bps=300_000)
+    capped.request_probe(1_200_000, now=0.0)
+    capped.on_feedback([PacketResult(1, -0.05, 1200, -0.03, -1)], now=0.0)
+    cluster = capped.poll_probe(0.0)
+    assert cluster is not None and cluster.bitrate_bps == 900_000
+    capped.probe_sent(cluster.cluster_id, 0, 0.05)  # it could not be sent at all
+    assert capped.poll_probe(0.1) is None  # the series is over, and the retry waits
+    capped.on_feedback([PacketResult(2, 5.9, 1200, 5.92, -1)], now=6.0)  # feedback still flows
+    later = capped.poll_probe(6.0)
+    assert later is not None and later.bitrate_bps == int(min(1_200_000, 2 * capped.estimate_bps))  # twice the estimate
+    assert later.bitrate_bps < 900_000  # no second initial series
+
+
+def test_quick_start_the_top_layer_is_affordable_within_2_s_on_a_clean_3_mbit_link() -> None:
+    """libwebrtc's initial probes (3x and 6x the start rate as media starts): a clean link is
+    known in a round trip or two, not after seconds of ramping from the start guess."""
+    top_layer_need = 1.15 * 1_500_000 + 48_000  # the allocator's headroom on a 1.5 Mbit/s layer, and audio
+    sim = SimulatedLink(seed=6, start_bps=300_000, demand_bps=int(1.5 * 1_700_000))
+    sim.link.rate_bps = 3 * MBIT
+    sim.run_until(6.0)
+    first = next(s.t for s in sim.trace if s.estimate >= top_layer_need)
+    print(f"\nclean 3 Mbit/s link: the estimate affords the top layer from t={first:.1f} s;",
+          "trace (s, kbit/s):", [(s.t, s.estimate // 1000) for s in sim.trace[:20:2]])
+    assert first <= 2.0
+    assert sim.estimator.settled
+    # and it stays affordable (the media, below the link's rate, leaves the queue empty: nothing
+    # bounds the estimate from above here, as nothing tells the sender where the link ends)
+    assert min(sim.window(first, 6.0)) >= top_layer_need
+    assert sim.dropped == 0 and sim.estimator.counters.overuse_signals == 0
+    assert sim.estimator.counters.probe_results >= 2
+
+
+def test_random_loss_of_5_percent_on_a_2_mbit_link_keeps_the_estimate_above_1_mbit() -> None:
+    """A few percent of random loss is the link's nature, not congestion: the loss-based
+    controller holds between 2 % and 10 %, and the estimate still ramps and stays up."""
+    sim = SimulatedLink(seed=7, start_bps=300_000)
+    sim.link.rate_bps = 2 * MBIT
+    sim.link.loss = 0.05
+    sim.run_until(20.0)
+    after = sim.window(3.0, 20.0)
+    print(f"\n5 % loss on 2 Mbit/s: loss seen {sim.estimator.loss_fraction:.2f}, estimate from 3 s",
+          f"{min(after) // 1000}..{max(after) // 1000} kbit/s, mean {sum(after) // len(after) // 1000}")
+    assert sim.estimator.counters.packets_lost > 0  # the loss was there
+    assert min(after) >= 1 * MBIT
+    assert max(after) <= 1.2 * 2 * MBIT
+
+
+def test_the_loss_based_half_never_goes_below_its_floor() -> None:
+    sim = SimulatedLink(seed=8)
+    sim.estimator.loss_floor_bps = 400_000
+    sim.run_until(5.0)
+    sim.link.loss = 0.5  # far above the back-off threshold, for long
+    sim.run_until(15.0)
+    assert sim.estimator.loss_fraction > 0.3
+    assert min(sim.window(5.0, 15.0)) >= 400_000 or sim.estimator.delay_based_bps < 400_000
+    assert sim.estimator.loss_based_bps >= min(400_000, sim.estimator.delay_based_bps)

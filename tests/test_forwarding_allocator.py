@@ -78,6 +78,16 @@ def test_budget_that_fits_none_pauses_every_track():
     assert layers(alloc) == {"screen": "paused", "cam-a": "paused", "cam-b": "paused"}
 
 
+def test_without_allow_pause_a_track_that_does_not_fit_keeps_its_lowest_layer():
+    """LiveKit's `allow_pause: false` (its default): the lowest layer keeps flowing."""
+    alloc = three_tracks(allow_pause=False)
+    settle(alloc, 100_000, 0.0, 1.0)
+    assert layers(alloc) == {"screen": 0, "cam-a": 0, "cam-b": 0}
+    assert alloc.counters.pauses == 0
+    settle(alloc, 10_000_000, 1.0, 5.0)  # room again: raised as usual
+    assert layers(alloc) == {"screen": 2, "cam-a": 2, "cam-b": 2}
+
+
 def test_paused_track_resumes_when_its_lowest_layer_fits_and_says_so():
     alloc = three_tracks()
     settle(alloc, 420_000, 0.0, 1.0)

@@ -9,12 +9,20 @@ link, seeded, FIFO queue). What must hold:
 - while Bob is held below what he wants the server probes for more (padding clusters), and once
   the limit lifts the probes find the room: the top layer comes back;
 - the estimate is taken from the participant's timer and feedback only, a lower one not while a
-  probe is in flight; the counters say so.
+  probe is in flight; the counters say so;
+- the first overflow (Bob starts on the top layer: the estimator's starting guess is no ceiling)
+  does not collapse the estimate below what the lower layers need;
+- on a clean link (quick start) the initial probes settle the estimate within a couple of
+  seconds and Bob is never taken off the top layer.
 """
 
 from __future__ import annotations
 
 import math
+from contextlib import asynccontextmanager
+from typing import AsyncIterator, Optional
+
+import attrs
 
 import trio
 from livekit.protocol import models, rtc
@@ -26,6 +34,11 @@ from test_media_downstream_twcc import FeedbackClientPc, answer
 from test_media_dynacast import LAYERS
 from test_media_forwarding import ClientPc, recv_until
 from test_media_simulcast import LAYER_SSRCS, MID_ID, RID_ID, simulcast_offer
+from trio_sfu.config import ServerConfig
+from trio_sfu.forwarding import DownTrack
+from trio_sfu.media.bandwidth import SubscriberBandwidth
+from trio_sfu.media.subscribing import SubscriberMedia
+from trio_sfu.server import Server
 from trio_sfu.testing.impairment import DelayLine, ImpairedLink, Impairment
 
 FPS = 30
@@ -80,16 +93,29 @@ def frame_packets(rid: str, frame: int, seq: int) -> list[RtpPacket]:
     return out
 
 
-async def test_a_600_kbit_downlink_gets_a_lower_layer_and_the_top_layer_back_once_it_lifts() -> None:
-    config = media_config()
-    config.rtc.congestion_control = True  # rtc.congestion_control.enabled: the estimate drives the allocator
+@attrs.define
+class Scene:
+    server: Server
+    subscribing: SubscriberMedia
+    down: DownTrack
+    bandwidth: SubscriberBandwidth
+    bob_sub: ThrottledClientPc
+    subscribed_at: float
+    estimates: list[int]  # Bob's estimate every 50 ms from his subscription on, once settled
+
+
+@asynccontextmanager
+async def alice_camera_to_bob(impairment: Impairment, config: Optional[ServerConfig] = None) -> AsyncIterator[Scene]:
+    """Alice publishes the simulcast camera; Bob, behind `impairment`, is subscribed to it."""
+    if config is None:
+        config = media_config()  # rtc.congestion_control.enabled is on by default
     async with media_server(config) as server:
         async with trio.open_nursery() as nursery, \
                 signal_client(server, mint_token("alice")) as ws_a, \
                 signal_client(server, mint_token("bob")) as ws_b:
             await recv(ws_a)
             join_b = (await recv(ws_b)).join
-            alice_pub, bob_sub = ClientPc(), ThrottledClientPc(LIMITED)
+            alice_pub, bob_sub = ClientPc(), ThrottledClientPc(impairment)
             await answer(ws_a, ClientPc(), nursery)
             await answer(ws_b, bob_sub, nursery)
             await bob_sub.connected.wait()
@@ -140,68 +166,116 @@ async def test_a_600_kbit_downlink_gets_a_lower_layer_and_the_top_layer_back_onc
             with trio.fail_after(15):
                 while (binding := subscribing.endpoint.bindings.get(sid)) is None or binding.down is None:
                     await trio.sleep(0.05)
-            down = binding.down
-            subscribed_at = trio.current_time()
             bandwidth = subscribing.bandwidth
             assert bandwidth is not None, "Bob's answer kept transport-cc: his downlink is estimated"
+            scene = Scene(server, subscribing, binding.down, bandwidth, bob_sub, trio.current_time(), [])
 
-            # Behind 600 kbit/s the estimate falls, and the allocator takes the top layer away.
-            with trio.fail_after(20):
-                while not (subscribing.allocator.budget is not None and subscribing.allocator.budget < 700_000
-                           and down.target_layer != 2):
-                    await trio.sleep(0.1)
-            limited_after = trio.current_time() - subscribed_at
-            assert bandwidth.estimate_bps < 700_000, bandwidth.estimate_bps
-            assert subscribing.allocator.deficient
-            # Settled below the link: the layer it has (or a pause) fits, the link stops dropping.
-            await trio.sleep(3)
-            assert down.target_layer != 2
-            dropped = bob_sub.downlink.counters.dropped_queue
-            await trio.sleep(2)
-            assert down.target_layer != 2
-            assert bob_sub.downlink.counters.dropped_queue - dropped <= 5, bob_sub.downlink.counters
+            async def sample_estimate() -> None:
+                while True:
+                    if bandwidth.settled:  # before, it is the starting guess (no ceiling)
+                        scene.estimates.append(bandwidth.estimate_bps)
+                    await trio.sleep(0.05)
 
-            # Held below what he wants, Bob is probed for more; a lower estimate that comes while
-            # a probe is in flight (its padding queues at the bottleneck on purpose) is held, and
-            # the estimate as it stands once the probe is over is taken.
-            metrics = server.metrics
-            with trio.fail_after(15):
-                while not bandwidth.probe_in_flight:
-                    await trio.sleep(0.005)
-            available = subscribing.allocator.available
-            assert available is not None
-            held = metrics.get("media_bwe_estimates_held_in_probe_total")
-            applied = metrics.get("media_bwe_estimates_applied_total")
-            subscribing._estimate_changed(available // 2, trio.current_time())  # the estimate's listener
-            assert subscribing.allocator.available == available
-            assert metrics.get("media_bwe_estimates_held_in_probe_total") == held + 1
-            with trio.fail_after(5):
-                while bandwidth.probe_in_flight:
-                    await trio.sleep(0.01)
-            with trio.fail_after(3):  # the participant's timer runs at least once a second
-                while metrics.get("media_bwe_estimates_applied_total") == applied:
-                    await trio.sleep(0.01)
-
-            # The limit lifts: the probes find the room and the top layer comes back.
-            lifted_at = trio.current_time()
-            bob_sub.downlink.impairment = UNLIMITED
-            with trio.fail_after(15):
-                while down.target_layer != 2:
-                    await trio.sleep(0.1)
-            back_after = trio.current_time() - lifted_at
-            with trio.fail_after(10):
-                while down.current_layer != 2:
-                    await trio.sleep(0.1)
-            assert not subscribing.allocator.deficient
-            counters = subscribing.allocator.counters
-            print(f"top layer left {limited_after:.1f} s after subscribing, top layer back {back_after:.1f} s after the lift; "
-                  f"estimate {bandwidth.estimate_bps} bps; allocator {counters}; down track switches "
-                  f"{down.counters.layer_switches}; probes {metrics.get('media_bwe_probe_clusters_total')}; "
-                  f"estimates applied {metrics.get('media_bwe_estimates_applied_total')}, held in probe "
-                  f"{metrics.get('media_bwe_estimates_held_in_probe_total')}; link {bob_sub.downlink.counters}")
-            assert metrics.get("media_bwe_probe_clusters_total") >= 1
-            assert metrics.get("media_bwe_estimates_applied_total") >= 2
-            assert counters.layer_changes >= 2
-            # Bob got the top layer's packets again (their payload names the layer).
-            assert any(p.payload[-1:] == b"f" for p in bob_sub.rtp[-20:])
+            nursery.start_soon(sample_estimate)
+            yield scene
             nursery.cancel_scope.cancel()
+
+
+async def test_a_clean_link_subscriber_gets_the_top_layer_at_once_and_keeps_it() -> None:
+    """Quick start: the estimator's initial probes (3x and 6x its start) settle it within a
+    second or two, and until then its starting guess is no ceiling: Bob's down track is never
+    moved off the top layer on a clean link."""
+    async with alice_camera_to_bob(UNLIMITED) as scene:
+        subscribing, down, bandwidth = scene.subscribing, scene.down, scene.bandwidth
+        with trio.fail_after(5):
+            while not bandwidth.settled or subscribing.allocator.budget is None:
+                await trio.sleep(0.05)
+        settled_after = trio.current_time() - scene.subscribed_at
+        with trio.fail_after(5):
+            while down.current_layer != 2:
+                await trio.sleep(0.05)
+        top_after = trio.current_time() - scene.subscribed_at
+        await trio.sleep(3)
+        counters = subscribing.allocator.counters
+        print(f"\nclean link: estimate settled {settled_after:.1f} s after subscribing at "
+              f"{subscribing.allocator.budget} bps, top layer forwarded from {top_after:.1f} s; estimates "
+              f"{scene.estimates[::10]}; probes {scene.server.metrics.get('media_bwe_probe_clusters_total')}; "
+              f"allocator {counters}")
+        assert settled_after <= 2.5
+        assert top_after <= 2.5
+        assert bandwidth.estimator.counters.probe_results >= 1  # the initial probes settled it
+        assert subscribing.allocator.budget >= 1_300_000  # the top layer (1.1 Mbit/s) and its headroom
+        assert down.target_layer == 2 and down.current_layer == 2
+        assert counters.layer_changes == 0  # never taken off the top layer
+        assert down.counters.layer_switches <= 1  # the first switch onto it, no other
+
+
+async def test_a_600_kbit_downlink_gets_a_lower_layer_and_the_top_layer_back_once_it_lifts() -> None:
+    async with alice_camera_to_bob(LIMITED) as scene:
+        server, subscribing, down, bandwidth, bob_sub = (
+            scene.server, scene.subscribing, scene.down, scene.bandwidth, scene.bob_sub)
+        subscribed_at = scene.subscribed_at
+        # Behind 600 kbit/s the estimate falls, and the allocator takes the top layer away.
+        with trio.fail_after(20):
+            while not (subscribing.allocator.budget is not None and subscribing.allocator.budget < 700_000
+                       and down.target_layer != 2):
+                await trio.sleep(0.1)
+        limited_after = trio.current_time() - subscribed_at
+        assert bandwidth.estimate_bps < 700_000, bandwidth.estimate_bps
+        assert subscribing.allocator.deficient
+        # Settled below the link: the layer it has (or a pause) fits, the link stops dropping.
+        await trio.sleep(3)
+        assert down.target_layer != 2
+        dropped = bob_sub.downlink.counters.dropped_queue
+        await trio.sleep(2)
+        assert down.target_layer != 2
+        # The first overflow (the top layer, before the estimate knew the link) and the loss
+        # it caused did not collapse the estimate: it stayed where the lower layers fit.
+        limited = scene.estimates[:]
+        print(f"\nestimates while limited (every 0.5 s): {limited[::10]}; lowest {min(limited)}")
+        assert min(limited) >= 250_000, limited
+        assert bob_sub.downlink.counters.dropped_queue - dropped <= 5, bob_sub.downlink.counters
+
+        # Held below what he wants, Bob is probed for more; a lower estimate that comes while
+        # a probe is in flight (its padding queues at the bottleneck on purpose) is held, and
+        # the estimate as it stands once the probe is over is taken.
+        metrics = server.metrics
+        with trio.fail_after(15):
+            while not bandwidth.probe_in_flight:
+                await trio.sleep(0.005)
+        available = subscribing.allocator.available
+        assert available is not None
+        held = metrics.get("media_bwe_estimates_held_in_probe_total")
+        applied = metrics.get("media_bwe_estimates_applied_total")
+        subscribing._estimate_changed(available // 2, trio.current_time())  # the estimate's listener
+        assert subscribing.allocator.available == available
+        assert metrics.get("media_bwe_estimates_held_in_probe_total") == held + 1
+        with trio.fail_after(5):
+            while bandwidth.probe_in_flight:
+                await trio.sleep(0.01)
+        with trio.fail_after(3):  # the participant's timer runs at least once a second
+            while metrics.get("media_bwe_estimates_applied_total") == applied:
+                await trio.sleep(0.01)
+
+        # The limit lifts: the probes find the room and the top layer comes back.
+        lifted_at = trio.current_time()
+        bob_sub.downlink.impairment = UNLIMITED
+        with trio.fail_after(15):
+            while down.target_layer != 2:
+                await trio.sleep(0.1)
+        back_after = trio.current_time() - lifted_at
+        with trio.fail_after(10):
+            while down.current_layer != 2:
+                await trio.sleep(0.1)
+        assert not subscribing.allocator.deficient
+        counters = subscribing.allocator.counters
+        print(f"top layer left {limited_after:.1f} s after subscribing, top layer back {back_after:.1f} s after the lift; "
+              f"estimate {bandwidth.estimate_bps} bps; allocator {counters}; down track switches "
+              f"{down.counters.layer_switches}; probes {metrics.get('media_bwe_probe_clusters_total')}; "
+              f"estimates applied {metrics.get('media_bwe_estimates_applied_total')}, held in probe "
+              f"{metrics.get('media_bwe_estimates_held_in_probe_total')}; link {bob_sub.downlink.counters}")
+        assert metrics.get("media_bwe_probe_clusters_total") >= 1
+        assert metrics.get("media_bwe_estimates_applied_total") >= 2
+        assert counters.layer_changes >= 2
+        # Bob got the top layer's packets again (their payload names the layer).
+        assert any(p.payload[-1:] == b"f" for p in bob_sub.rtp[-20:])

@@ -144,7 +144,9 @@ async def test_dynacast_off_sends_no_quality_updates():
 
 
 async def test_estimate_below_the_lowest_layer_pauses_the_track_and_the_subscriber_hears_it():
-    async with media_server() as server:
+    config = media_config()
+    config.rtc.congestion_control_allow_pause = True  # LiveKit's rtc.congestion_control.allow_pause (off by default)
+    async with media_server(config) as server:
         async with trio.open_nursery() as nursery, \
                 signal_client(server, mint_token("alice")) as ws_a, \
                 signal_client(server, mint_token("bob")) as ws_b:

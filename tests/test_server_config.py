@@ -55,6 +55,19 @@ def test_livekit_shaped_file(tmp_path: pathlib.Path) -> None:
     assert config.redis.host_port() == ("localhost", 6379)
 
 
+def test_congestion_control_is_on_by_default_as_in_livekit_and_the_key_turns_it_off() -> None:
+    config, warnings = config_from_mapping({})
+    assert warnings == [] and config.rtc.congestion_control is True
+    config, warnings = config_from_mapping({"rtc": {"congestion_control": {"enabled": False}}})
+    assert warnings == [] and config.rtc.congestion_control is False
+    assert config.rtc.congestion_control_allow_pause is False  # LiveKit's default
+    config, warnings = config_from_mapping({"rtc": {"congestion_control": {"allow_pause": True}}})
+    assert warnings == [] and config.rtc.congestion_control is True  # another key leaves the default
+    assert config.rtc.congestion_control_allow_pause is True
+    with pytest.raises(ConfigError, match="rtc.congestion_control.enabled"):
+        config_from_mapping({"rtc": {"congestion_control": {"enabled": "yes please"}}})
+
+
 def test_unknown_keys_warn_with_their_name() -> None:
     config, warnings = config_from_mapping({"port": 1, "frobnicate": True, "rtc": {"udp_port": 5, "warp_drive": 1}})
     assert config.port == 1 and config.rtc.udp_port == 5

@@ -48,10 +48,13 @@ class RtcConfig:
     # LiveKit's `rtc.enable_loopback_candidate`; None = the mode's default (on in development).
     enable_loopback_candidate: bool | None = None
     # LiveKit's `rtc.congestion_control.enabled`: each subscriber's downlink estimate drives its
-    # stream allocator (layers, pauses, probes). Off by default here, unlike LiveKit: the
-    # estimator starts at 300 kbit/s and takes seconds to find a clean link, so subscribers would
-    # start on a low layer (issue 15 is open on this); the estimate is made and logged either way.
-    congestion_control: bool = False
+    # stream allocator (layers, pauses, probes). On by default, as in LiveKit; off, every
+    # subscriber gets the layers its settings ask for (the estimate is made and logged either way).
+    congestion_control: bool = True
+    # LiveKit's `rtc.congestion_control.allow_pause`: whether the allocator may pause a video
+    # track whose lowest layer does not fit the estimate (off by default, as in LiveKit: the
+    # lowest layer keeps flowing, a few frames late rather than none).
+    congestion_control_allow_pause: bool = False
 
     def loopback_candidate(self, development: bool) -> bool:
         """Whether the media port offers a loopback candidate besides the interface addresses."""
@@ -381,7 +384,6 @@ _SCHEMA: dict[str, Any] = {
         "enable_loopback_candidate": _BOOL,
         "congestion_control": {
             "enabled": _BOOL,
-            # Accepted without effect (LiveKit's: whether the allocator may pause a track).
             "allow_pause": _BOOL,
         },
         # Accepted without effect until the media layer reads them.
@@ -565,6 +567,8 @@ def config_from_mapping(data: Any) -> tuple[ServerConfig, list[str]]:
     congestion_control = rtc.get("congestion_control") or {}
     if congestion_control.get("enabled") is not None:
         config.rtc.congestion_control = congestion_control["enabled"]
+    if congestion_control.get("allow_pause") is not None:
+        config.rtc.congestion_control_allow_pause = congestion_control["allow_pause"]
     interfaces = rtc.get("interfaces") or {}
     for name in ("includes", "excludes"):
         names = interfaces.get(name)

@@ -6,6 +6,13 @@ time, size, arrival or lost, probe cluster) and `now`, it runs the delay-based c
 (rtp.bwe.probe); the estimate is the lower of the two rates, capped by the client's REMB when it
 sends one — and taken from REMB alone when the client sends no transport-cc feedback.
 
+The starting figure is a guess, not a measurement: until the estimate is `settled` (probing from
+the start found the link's end or reached what is wanted, or `SETTLE_AFTER` seconds of
+feedback) an owner
+should not take it as a ceiling (libwebrtc starts a call sending at its start rate, but an SFU
+forwarding layers it did not choose would hold a clean link's subscriber on a low layer while
+the estimate ramps).
+
 Deterministic: no clock, no randomness; the same inputs give the same estimates.
 """
 
@@ -30,6 +37,12 @@ ACKED_WINDOW = 0.5
 FEEDBACK_STALE = 2.0
 #: `poll_estimate_changed` reports a change of at least this fraction.
 CHANGE_FRACTION = 0.05
+#: Sending below this share of the estimate is application-limited (see `on_feedback`).
+APP_LIMITED = 0.7
+#: The receiver got what we sent at no less than this share of the rate we sent it at.
+_KEEPS_UP = 0.9
+#: Whatever the probes did, the estimate counts as settled after this much feedback.
+SETTLE_AFTER = 2.0
 
 
 @attrs.define
@@ -41,6 +54,7 @@ class EstimatorCounters:
     probe_clusters: int = 0
     probe_results: int = 0
     overuse_signals: int = 0
+    overuse_ignored: int = 0  # signalled while application-limited with the link keeping up
 
 
 class BandwidthEstimator:
@@ -53,8 +67,7 @@ class BandwidthEstimator:
         self._aimd = AimdRateControl(start_bps, min_bps, max_bps)
         self._loss = LossBasedControl(start_bps, min_bps)
         self._probe = ProbeController()
-        self._probe_sent: dict[int, int] = {}  # cluster id -> packets sent (the in-flight one)
-        self._acked: deque[tuple[float, int]] = deque()
+        self._acked: deque[tuple[float, int, float]] = deque()  # (arrival, size, send time)
         self._acked_bytes = 0
         self.rtt = 0.1
         self.max_bps = max_bps
@@ -62,6 +75,8 @@ class BandwidthEstimator:
         self.estimate_bps = int(start_bps)
         self._reported_bps = self.estimate_bps
         self._last_feedback: Optional[float] = None
+        self._first_feedback: Optional[float] = None
+        self.settled = False
         self._remb: Optional[tuple[int, float]] = None
         self.counters = EstimatorCounters()
 
@@ -74,30 +89,22 @@ class BandwidthEstimator:
         counters = self.counters
         counters.feedback_packets += 1
         self._last_feedback = now
+        if self._first_feedback is None:
+            self._first_feedback = now
         usage: Optional[BandwidthUsage] = None
         received = lost = 0
         newest_send: Optional[float] = None
         for r in results:
             if r.probe_cluster >= 0:
-                measured = self._probe.on_packet(r.probe_cluster, r.send_time, r.size, r.arrival,
-                                                 self._probe_sent.get(r.probe_cluster, 0), now)
+                measured = self._probe.on_packet(r.probe_cluster, r.send_time, r.size, r.arrival, now)
                 if measured is not None:
-                    counters.probe_results += 1
-                    # The cluster queued at the bottleneck on purpose; the trendline sees that
-                    # queue a little later and must not take it for congestion.
-                    self._aimd.probe_grace_until = now + PROBE_GRACE
-                    self._probe_sent.clear()
-                    if measured > self._aimd.rate * 1.05:
-                        self._aimd.set_estimate(measured, now)
-                    else:
-                        self._probe.hold(now)  # carried, but no more than we knew: no storm of probes
-                    self._loss.accept_probe(measured)
+                    self._probe_result(measured, now)
             if r.arrival is None:
                 lost += 1
                 continue
             received += 1
             newest_send = r.send_time if newest_send is None else max(newest_send, r.send_time)
-            self._ack(r.arrival, r.size)
+            self._ack(r.arrival, r.size, r.send_time)
             sample = self._inter_arrival.add(r.send_time, r.arrival)
             if sample is not None:
                 state = self._trendline.update(*sample)
@@ -109,10 +116,26 @@ class BandwidthEstimator:
             self.rtt = 0.875 * self.rtt + 0.125 * max(0.0, now - newest_send)
         if usage is BandwidthUsage.OVERUSING:
             counters.overuse_signals += 1
-        delay_bps = self._aimd.update(usage or BandwidthUsage.NORMAL, self.acked_bps(), self.rtt, now)
+        acked = self.acked_bps()
+        if (usage is BandwidthUsage.OVERUSING and acked is not None and acked < APP_LIMITED * self._aimd.rate
+                and self._link_keeps_up(acked)):
+            # We send well below the estimate (an SFU forwards the layers it chose, not the
+            # estimate) and the receiver got it at the rate we sent it: no queue of ours grew.
+            # Jitter reads as over-use here; a cut to 0.85x what we send would hold the
+            # subscriber on its low layer for good. Not a cut: a hold.
+            usage = BandwidthUsage.NORMAL
+            counters.overuse_ignored += 1
+        delay_bps = self._aimd.update(usage or BandwidthUsage.NORMAL, acked, self.rtt, now)
         self._loss.on_packets(received, lost)
-        loss_bps = self._loss.update(delay_bps, now)
+        loss_bps = self._loss.update(delay_bps, acked, now)
         self._set(min(delay_bps, loss_bps), now)
+        if not self.settled:
+            probe = self._probe
+            reached = probe.initial_started and not probe.in_flight and not self.probing
+            # (Not a delay-based cut: a jittery link signals over-use falsely before the probes
+            # are judged, and would settle the estimate at its starting figure.)
+            if probe.initial_done or reached or now - self._first_feedback >= SETTLE_AFTER:
+                self.settled = True
 
     def on_remb(self, bitrate_bps: int, now: float) -> None:
         """The client's REMB: a cap, or the estimate itself for a client without transport-cc."""
@@ -130,20 +153,30 @@ class BandwidthEstimator:
     # ---- outputs --------------------------------------------------------------------------
 
     def poll_probe(self, now: float) -> Optional[ProbeCluster]:
-        """The next probe cluster to send, if one is wanted and due."""
-        if self._remb_only(now) and self._remb is not None:
-            return None  # nothing would judge it
+        """The next probe cluster to send, if one is wanted and due — once transport-cc feedback
+        came (the receiver's first feedback follows its first media by a feedback interval;
+        without it nothing would judge a cluster), and not for a client that went over to REMB.
+        Feedback gone quiet is no reason to stop: a subscriber whose tracks are all paused
+        sends none, and a probe is how it finds room again."""
+        if self._last_feedback is None or (self._remb_only(now) and self._remb is not None):
+            return None
         cluster = self._probe.poll(self.estimate_bps, now)
         if cluster is not None:
             self.counters.probe_clusters += 1
-            self._probe_sent = {cluster.cluster_id: 0}
         return cluster
 
     def probe_sent(self, cluster_id: int, packets: int, now: float) -> None:
         """The sender put out `packets` packets of the cluster (all of them, or none it could)."""
-        if cluster_id in self._probe_sent:
-            self._probe_sent[cluster_id] = packets
         self._probe.sent(cluster_id, packets, now)
+
+    @property
+    def loss_floor_bps(self) -> float:
+        """Loss alone never takes the estimate below this (what audio and the lowest layers need)."""
+        return self._loss.floor_bps
+
+    @loss_floor_bps.setter
+    def loss_floor_bps(self, bps: float) -> None:
+        self._loss.floor_bps = min(max(float(bps), self.min_bps), float(self.max_bps))
 
     @property
     def probe_in_flight(self) -> bool:
@@ -185,9 +218,33 @@ class BandwidthEstimator:
 
     # ---- inside ---------------------------------------------------------------------------
 
-    def _ack(self, arrival: float, size: int) -> None:
+    def _probe_result(self, measured: float, now: float) -> None:
+        self.counters.probe_results += 1
+        # The cluster queued at the bottleneck on purpose; the trendline sees that queue a
+        # little later and must not take it for congestion.
+        self._aimd.probe_grace_until = now + PROBE_GRACE
+        remb = self._remb
+        if remb is not None and now - remb[1] <= FEEDBACK_STALE:
+            measured = min(measured, remb[0])  # the receiver says it takes no more
+        if measured > self._aimd.rate * 1.05:
+            self._aimd.set_estimate(measured, now)
+        else:
+            self._probe.hold(now)  # carried, but no more than we knew: no storm of probes
+        self._loss.accept_probe(measured)
+
+    def _link_keeps_up(self, acked_bps: float) -> bool:
+        """The acknowledged window arrived at (about) the rate its packets were sent at."""
         acked = self._acked
-        acked.append((arrival, size))
+        send_times = [t for _, _, t in acked]
+        span = max(send_times) - min(send_times)
+        if span < 0.1:
+            return False
+        sent_bps = (self._acked_bytes - acked[0][1]) * 8 / span
+        return acked_bps >= _KEEPS_UP * sent_bps
+
+    def _ack(self, arrival: float, size: int, send_time: float) -> None:
+        acked = self._acked
+        acked.append((arrival, size, send_time))
         self._acked_bytes += size
         newest = max(arrival, acked[-1][0])
         while acked and acked[0][0] < newest - ACKED_WINDOW:

@@ -1,13 +1,25 @@
 """Probing: short clusters sent faster than the estimate, to find out whether the link has more.
 
 Asked to probe "up to X bps" (by whoever needs more bitrate than the estimate), the controller
-gives a `ProbeCluster` at twice the estimate (capped by X). Media keeps flowing meanwhile (an SFU
-does not hold it back), so the sender tags *every* packet it sends during the cluster's
-`duration` with the cluster's id and pads so that media and padding together keep to the
-cluster's bitrate (`bytes_due`); what is judged is the whole. Once the feedback covers enough of the cluster, the rate it arrived at, capped
-by the rate it was sent at, is the probe's result: when the link carried the cluster at its rate,
-the next probe doubles again at once; when it did not, the result is what the link can carry and
-probing waits `RETRY_INTERVAL`. Nothing needs more bitrate (X at or below the estimate): no probes.
+gives `ProbeCluster`s. The first time (as libwebrtc starts a call) it gives two, at `INITIAL_MULTIPLES`
+(3× and 6×) of the starting estimate, one right after the other, so a clean link is known within
+a round trip or two instead of seconds of additive ramp; after that, one at a time at twice the
+estimate. All are capped by X. Media keeps flowing meanwhile (an SFU does not hold it back), so
+the sender tags *every* packet it sends during the cluster's `duration` with the cluster's id and
+pads so that media and padding together keep to the cluster's bitrate (`bytes_due`); what is
+judged is the whole.
+
+A cluster's result (`_measure`) follows libwebrtc's ProbeBitrateEstimator: the rate it was sent
+at (its bytes but the last one's, over the span between the first and last send) and the rate it
+arrived at (its bytes but the first to arrive, over the arrival span); a receive rate far above
+the send rate is a measurement artefact (arrivals bunched by a batching receiver or proxy) and no
+result; the result is the lower of the two, and when the link did not carry the cluster at its
+rate (a receive rate under 90 % of the send rate) 95 % of the receive rate, since that is all the
+link carries. When the result kept up with the cluster (70 % of its bitrate or more: arrival
+times are noisy), the next probe doubles again at once; when it did not, probing waits
+`RETRY_INTERVAL`, and the probing from the start is over (`initial_done`): the estimate is then
+a measurement (from the start, one short result is tried again at once first: jitter or random
+loss make one by chance). Nothing needs more bitrate (X at or below the estimate): no probes.
 """
 
 from __future__ import annotations
@@ -19,17 +31,30 @@ import attrs
 #: A cluster lasts this long at its bitrate, and pads in at least `MIN_PACKETS` packets.
 PROBE_DURATION = 0.03
 MIN_PACKETS = 5
-#: A cluster is this multiple of the estimate.
+#: After the initial clusters, a cluster is this multiple of the estimate.
 PROBE_MULTIPLE = 2.0
+#: The first clusters, multiples of the estimate then (libwebrtc's initial exponential probes).
+INITIAL_MULTIPLES = (3.0, 6.0)
 #: After a probe the link did not carry fully, or that failed, the next waits this long.
 RETRY_INTERVAL = 5.0
+#: From the start, a result short of its cluster is tried again this many times, this soon,
+#: before it counts as the link's end (a jittery or lossy link makes one short result by chance).
+STARTUP_SHORT_RESULTS = 2
+_STARTUP_RETRY = 0.2
 #: A cluster's feedback is waited for this long.
 _RESULT_TIMEOUT = 1.0
 #: The share of a cluster's packets feedback must cover before it is judged, and received.
 _COVERED = 0.8
 _RECEIVED = 0.5
-#: Arriving at this share of its send rate counts as carried in full.
+#: Arriving at under this share of its send rate: the link did not carry it; the result is then
+#: `_TARGET_UTILIZATION` of the receive rate (libwebrtc's figures).
 _CARRIED = 0.9
+_TARGET_UTILIZATION = 0.95
+#: A receive rate above this multiple of the send rate is no measurement (arrivals bunched).
+_MAX_RECEIVE_RATIO = 2.0
+#: A result at least this share of its cluster's bitrate probes further at once (libwebrtc's
+#: exponential probing goes on while results keep up with what was asked, within its noise).
+_PROBE_FURTHER = 0.7
 
 
 @attrs.frozen
@@ -58,8 +83,9 @@ class ProbeCluster:
 class _InFlight:
     cluster: ProbeCluster
     sent_at: float
+    packets_sent: int = 0  # known once the sender ended the cluster (`sent`); 0 before
     sends: list[tuple[float, int]] = attrs.field(factory=list)  # (send time, size) of received packets
-    arrivals: list[float] = attrs.field(factory=list)
+    arrivals: list[tuple[float, int]] = attrs.field(factory=list)  # (arrival, size)
     lost: int = 0
 
 
@@ -67,8 +93,15 @@ class ProbeController:
     def __init__(self) -> None:
         self.goal_bps = 0
         self._next_id = 1
-        self._in_flight: Optional[_InFlight] = None
+        self._in_flight: dict[int, _InFlight] = {}
+        # Clusters decided but not started yet (the rest of the initial series).
+        self._queued: list[float] = []  # bitrates
         self._not_before = float("-inf")
+        self.initial_started = False
+        # Exponential probing from the start is over: a result fell short of its cluster, a
+        # cluster failed, or the goal was reached.
+        self.startup_over = False
+        self._startup_short = 0
         self.clusters_started = 0
         self.results = 0
         self.failures = 0
@@ -76,85 +109,133 @@ class ProbeController:
     @property
     def in_flight(self) -> bool:
         """A cluster was started and its result is not in yet (its feedback, or its timeout)."""
-        return self._in_flight is not None
+        return bool(self._in_flight)
+
+    @property
+    def initial_done(self) -> bool:
+        """Probing from the start found where the link ends (or that nothing needs more), and
+        no cluster of it is still out: the estimate is a measurement, not the starting guess."""
+        return self.startup_over and not self._queued and not self._in_flight
 
     def request(self, up_to_bps: int, now: float) -> None:
         """Probe up to `up_to_bps` (0: nothing needs more, stop)."""
         self.goal_bps = max(0, int(up_to_bps))
 
     def poll(self, estimate_bps: float, now: float) -> Optional[ProbeCluster]:
-        flight = self._in_flight
-        if flight is not None:
-            if now - flight.sent_at < _RESULT_TIMEOUT:
-                return None
-            self._in_flight = None  # its feedback never came: a failure
-            self.failures += 1
-            self._not_before = now + RETRY_INTERVAL
-        if self.goal_bps <= estimate_bps * 1.05 or now < self._not_before:
+        for cluster_id, flight in list(self._in_flight.items()):
+            if now - flight.sent_at >= _RESULT_TIMEOUT:
+                del self._in_flight[cluster_id]  # its feedback never came: a failure
+                self.failures += 1
+                self._not_before = now + RETRY_INTERVAL
+                self.startup_over = True
+        if any(not flight.packets_sent for flight in self._in_flight.values()):
+            return None  # one is still being sent
+        if self.goal_bps <= estimate_bps * 1.05:
+            self._queued.clear()
+            if self.initial_started:
+                self.startup_over = True  # the estimate reached what is wanted
             return None
-        bitrate = int(min(self.goal_bps, estimate_bps * PROBE_MULTIPLE))
-        cluster = ProbeCluster(self._next_id, bitrate, MIN_PACKETS, PROBE_DURATION)
+        if not self.initial_started:
+            self.initial_started = True
+            self._queued = [estimate_bps * multiple for multiple in INITIAL_MULTIPLES]
+        if self._queued:
+            bitrate = min(self.goal_bps, self._queued.pop(0))
+            if self._queued and bitrate >= self.goal_bps:
+                self._queued.clear()  # the goal is reached already: no higher one
+        elif self._in_flight or now < self._not_before:
+            return None
+        else:
+            bitrate = min(self.goal_bps, estimate_bps * PROBE_MULTIPLE)
+        cluster = ProbeCluster(self._next_id, int(bitrate), MIN_PACKETS, PROBE_DURATION)
         self._next_id = (self._next_id % 0x7FFFFFFF) + 1
-        self._in_flight = _InFlight(cluster, now)
+        self._in_flight[cluster.cluster_id] = _InFlight(cluster, now)
         self.clusters_started += 1
         return cluster
 
     def hold(self, now: float) -> None:
         """The last result taught nothing new (no higher than the estimate): wait before the next."""
         self._not_before = max(self._not_before, now + RETRY_INTERVAL)
+        self._queued.clear()
+        self.startup_over = True
 
     def sent(self, cluster_id: int, packets: int, now: float) -> None:
         """The cluster's window ended with `packets` packets tagged (none: it could not be sent)."""
-        flight = self._in_flight
-        if flight is not None and flight.cluster.cluster_id == cluster_id:
-            flight.sent_at = now
-            if packets == 0:
-                self._in_flight = None
-                self._not_before = now + RETRY_INTERVAL
+        flight = self._in_flight.get(cluster_id)
+        if flight is None:
+            return
+        flight.sent_at = now
+        flight.packets_sent = packets
+        if packets == 0:
+            del self._in_flight[cluster_id]
+            self._queued.clear()
+            self._not_before = now + RETRY_INTERVAL
+            self.startup_over = True
+        else:
+            self._judge(flight, now)  # its feedback may all be in already
 
     def on_packet(self, cluster_id: int, send_time: float, size: int, arrival: Optional[float],
-                  packets_sent: int, now: float) -> Optional[float]:
+                  now: float) -> Optional[float]:
         """Feedback about one probe packet; the cluster's measured bps once it can be judged."""
-        flight = self._in_flight
-        if flight is None or flight.cluster.cluster_id != cluster_id:
+        flight = self._in_flight.get(cluster_id)
+        if flight is None:
             return None
         if arrival is None:
             flight.lost += 1
         else:
             flight.sends.append((send_time, size))
-            flight.arrivals.append(arrival)
+            flight.arrivals.append((arrival, size))
+        return self._judge(flight, now)
+
+    def _judge(self, flight: _InFlight, now: float) -> Optional[float]:
         covered = len(flight.arrivals) + flight.lost
-        if packets_sent <= 0 or covered < packets_sent * _COVERED:
+        if flight.packets_sent <= 0 or covered < flight.packets_sent * _COVERED:
             return None
-        self._in_flight = None
-        received = len(flight.arrivals)
-        if received < max(2, covered * _RECEIVED):
+        del self._in_flight[flight.cluster.cluster_id]
+        measured = self._measure(flight, covered)
+        if measured is None:
             self.failures += 1
             self._not_before = now + RETRY_INTERVAL
-            return None
-        send_times = sorted(t for t, _ in flight.sends)
-        sizes = [s for _, s in flight.sends]
-        arrivals = sorted(flight.arrivals)
-        send_span = send_times[-1] - send_times[0]
-        arrival_span = arrivals[-1] - arrivals[0]
-        # The first packet's bytes arrived before the span starts, the last's were sent after it.
-        payload = sum(sizes) - sizes[0]
-        receive_bps = payload * 8 / arrival_span if arrival_span > 0 else float("inf")
-        send_bps = payload * 8 / send_span if send_span > 0 else float("inf")
-        measured = min(receive_bps, send_bps)
-        if measured == float("inf"):
-            self.failures += 1
-            self._not_before = now + RETRY_INTERVAL
+            self._queued.clear()
+            self.startup_over = True
             return None
         self.results += 1
-        # (Few packets make a noisy send span: the cluster's own bitrate bounds what it asked of the link.)
-        if receive_bps < _CARRIED * min(send_bps, flight.cluster.bitrate_bps):
-            # The link did not carry it at its rate: that is what it carries; wait before asking again.
-            self._not_before = now + RETRY_INTERVAL
-            measured *= 0.95
+        if measured >= _PROBE_FURTHER * flight.cluster.bitrate_bps:
+            self._not_before = now  # it kept up: double again at once (if still wanted)
+        elif not self.startup_over and self._startup_short + 1 < STARTUP_SHORT_RESULTS:
+            self._startup_short += 1  # once more, soon: one short result may be the link's noise
+            self._not_before = now + _STARTUP_RETRY
+            self._queued.clear()
         else:
-            self._not_before = now  # carried: double again at once (if still wanted)
+            # The link did not carry it: that is what it carries; wait before asking again.
+            self._not_before = now + RETRY_INTERVAL
+            self._queued.clear()
+            self.startup_over = True
         return measured
 
+    @staticmethod
+    def _measure(flight: _InFlight, covered: int) -> Optional[float]:
+        """The cluster's result in bps; None: no result."""
+        received = len(flight.arrivals)
+        if received < max(2, covered * _RECEIVED):
+            return None
+        sends = sorted(flight.sends)
+        arrivals = sorted(flight.arrivals)
+        send_span = sends[-1][0] - sends[0][0]
+        arrival_span = arrivals[-1][0] - arrivals[0][0]
+        if send_span <= 0 or arrival_span <= 0:
+            return None
+        total = sum(size for _, size in sends)
+        # The last packet sent took its bytes out after the send span ended; the first to arrive
+        # brought its bytes before the arrival span began.
+        send_bps = (total - sends[-1][1]) * 8 / send_span
+        receive_bps = (total - arrivals[0][1]) * 8 / arrival_span
+        if receive_bps > _MAX_RECEIVE_RATIO * send_bps:
+            return None
+        # (A short cluster's send span is noisy: its own bitrate also bounds what it asked of the link.)
+        asked = min(send_bps, float(flight.cluster.bitrate_bps))
+        if receive_bps < _CARRIED * asked:
+            return _TARGET_UTILIZATION * receive_bps
+        return min(receive_bps, asked)
 
-__all__ = ["ProbeCluster", "ProbeController"]
+
+__all__ = ["INITIAL_MULTIPLES", "ProbeCluster", "ProbeController"]

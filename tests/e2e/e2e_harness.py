@@ -308,7 +308,8 @@ def run_impaired_sfu(netns: NetworkNamespace, tmp_path: Path, to_server: str, to
     netns.add_address(SERVER_BEHIND_PROXY)
     extra = ["--bind", SERVER_BEHIND_PROXY, "--node-ip", netns.address]
     if congestion_control:
-        # `congestion_control`: subscribers' estimates drive their stream allocators (off by default).
+        # `congestion_control`: subscribers' estimates drive their stream allocators (on by default;
+        # the file says so explicitly, so these tests keep it whatever the default).
         config = tmp_path / "congestion_control.yaml"
         config.write_text("rtc:\n  congestion_control:\n    enabled: true\n")
         extra += ["--config", str(config)]

@@ -77,6 +77,9 @@ class Subscriber:
         #: Our last answer, as sent (a new node gets it back in sync_state).
         self.last_answer: rtc.SessionDescription | None = None
         self.unknown_ssrc_packets = 0
+        # Padding-only packets (the server's bandwidth probes, on a track's RTX SSRC): they carry
+        # no media, and a receiver discards them (libwebrtc does) — counted here, not per track.
+        self.padding_packets = 0
         self.receiver_reports_sent = 0
         self._track_by_ssrc: dict[int, RemoteTrack] = {}
         self._track_by_mid: dict[str, RemoteTrack] = {}
@@ -232,6 +235,9 @@ class Subscriber:
             offset = payload_offset(packet)
         except ParseError:
             self.unknown_ssrc_packets += 1
+            return
+        if packet[0] & 0x20 and offset + packet[-1] >= len(packet):
+            self.padding_packets += 1  # RFC 3550 padding and nothing else
             return
         track = self._track_by_ssrc.get(ssrc)
         if track is None:

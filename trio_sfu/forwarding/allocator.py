@@ -13,7 +13,8 @@ The behaviour follows LiveKit's StreamAllocator in its shape:
   1..255), else LiveKit's defaults — 255 for a screen share, 1 for a camera — and among equals
   in the order they came;
   every track first gets its lowest layer (so a low-priority track is paused only when even the
-  lowest layers of the tracks before it leave no room), then the tracks are raised, again in
+  lowest layers of the tracks before it leave no room — and only with `allow_pause`, else it
+  keeps its lowest layer, LiveKit's default), then the tracks are raised, again in
   priority order, to the best layer under their cap that fits;
 - hysteresis: keeping the layer a track has needs only that it fits, going up needs it to fit
   with `headroom` to spare and is held back until the estimate has allowed it for `upgrade_hold`
@@ -101,13 +102,16 @@ class StreamAllocator:
     """See the module docstring."""
 
     def __init__(self, *, headroom: float = 0.15, tolerance: float = 0.15, upgrade_hold: float = 2.0,
-                 audio_bitrate: int = DEFAULT_AUDIO_BITRATE) -> None:
+                 audio_bitrate: int = DEFAULT_AUDIO_BITRATE, allow_pause: bool = True) -> None:
         if headroom < 0 or upgrade_hold < 0 or not 0 <= tolerance < 1:
             raise ValueError("headroom and upgrade_hold must not be negative, tolerance in [0, 1)")
         self.headroom = headroom
         self.tolerance = tolerance
         self.upgrade_hold = upgrade_hold
         self.audio_bitrate = audio_bitrate
+        # False (LiveKit's `allow_pause` default): a track whose lowest layer does not fit keeps
+        # that layer instead of pausing.
+        self.allow_pause = allow_pause
         self.available: Optional[int] = None  # bps; None until an estimate arrives
         # The estimate the sharing uses: `available` through the dead band.
         self.budget: Optional[int] = None
@@ -202,6 +206,17 @@ class StreamAllocator:
                 wanted += track.bitrates[usable[-1]]
         return wanted
 
+    def floor_bps(self) -> int:
+        """What the subscriber needs to keep its audio and every wanted video track on its
+        lowest layer: the estimate's loss-based half never goes below it (loss alone must not
+        starve a call; real congestion shows in delay)."""
+        floor = self.audio_tracks * self.audio_bitrate
+        for track in self._tracks.values():
+            usable = track.usable()
+            if usable:
+                floor += track.bitrates[usable[0]]
+        return floor
+
     @property
     def deficient(self) -> bool:
         """Whether a track is held below the best layer its cap allows (or paused for lack of
@@ -242,7 +257,7 @@ class StreamAllocator:
             # A running track keeps flowing while its lowest layer fits; a paused one (or a new
             # one under an estimate) resumes only with headroom.
             running = track.layer is not None and track.state is StreamState.ACTIVE
-            if need * (1.0 if running else margin) <= left:
+            if need * (1.0 if running else margin) <= left or not self.allow_pause:
                 base[track.track_id] = lowest
                 left -= need
             else:

@@ -12,8 +12,11 @@ sequence number extension:
   the estimator (rtp.bwe.BandwidthEstimator); REMB too (the estimate of clients that send only
   REMB);
 - on the participant's timer (`Timed`): probe clusters — padding on a video down track's RTX
-  SSRC, paced over the cluster's duration, every packet sent meanwhile tagged — and the
-  estimate's changes, given to the listener (`on_estimate_changed`) from that timer.
+  SSRC, paced over the cluster's duration, every packet sent meanwhile tagged; the first ones
+  (the estimator's initial series, 3× and 6× its start) back to back once a video track has
+  media to pad beside — and the estimate's changes, given to the listener
+  (`on_estimate_changed`) from that timer. The estimate is `settled` once it rests on evidence
+  rather than the starting guess; the owner should not treat it as a ceiling before.
 
 The stream allocator (trio_sfu.forwarding.allocator, driven by trio_sfu.media.subscribing)
 consumes the narrow `BandwidthEstimate` interface: the estimate, its changes (callback or poll), and `request_probe(up_to_bps, now)`
@@ -106,6 +109,7 @@ class SubscriberBandwidth:
 
     def on_rtcp(self, packets: Sequence[rtcp.RtcpPacket], now: float) -> None:
         estimator = self.estimator
+        settled = estimator.settled
         for packet in packets:
             if isinstance(packet, rtcp.TransportCc):
                 unknown = self.sequencer.feedback_unknown
@@ -115,6 +119,8 @@ class SubscriberBandwidth:
                     self._metrics.inc(m.MEDIA_TWCC_FEEDBACK_UNMATCHED, self.sequencer.feedback_unknown - unknown)
             elif isinstance(packet, rtcp.Remb):
                 estimator.on_remb(packet.bitrate, now)
+        if estimator.settled and not settled:
+            self._wake_by(now)  # the estimate now counts as a ceiling: the owner takes it at once
 
     # ---- BandwidthEstimate ------------------------------------------------------------------
 
@@ -124,6 +130,13 @@ class SubscriberBandwidth:
 
     def poll_estimate_changed(self) -> Optional[int]:
         return self.estimator.poll_estimate_changed()
+
+    @property
+    def settled(self) -> bool:
+        """The estimate rests on evidence (the probes from the start found the link's end or
+        what is wanted, or enough feedback came), not on the estimator's starting guess: until
+        then it is no ceiling."""
+        return self.estimator.settled
 
     @property
     def probe_in_flight(self) -> bool:
@@ -157,6 +170,11 @@ class SubscriberBandwidth:
         if self._cluster is not None:
             self._pace_cluster(now)
         elif self.estimator.probing:
+            if not self._can_pad():
+                # No media yet to pad beside (the track has not started): probing starts with
+                # media, as libwebrtc's initial probes do, not with a cluster that cannot go out.
+                self._next_poll = now + 0.1
+                return
             cluster = self.estimator.poll_probe(now)
             if cluster is not None:
                 self._start_cluster(cluster, now)  # paces itself (sets the next step)
@@ -190,6 +208,9 @@ class SubscriberBandwidth:
         else:
             self._next_poll = min(now + PROBE_STEP, self._cluster_started + cluster.duration)
 
+    def _can_pad(self) -> bool:
+        return any(down.mime_type.startswith("video/") and down.can_pad for down in self._down_tracks())
+
     def _send_padding(self, count: int) -> int:
         for down in self._down_tracks():
             if down.mime_type.startswith("video/") and down.can_pad:
@@ -207,6 +228,10 @@ class SubscriberBandwidth:
             self.probes_unsendable += 1
         self.estimator.probe_sent(cluster.cluster_id, tagged, now)
         self._next_poll = now + 0.1
+        if not unsendable and self.estimator.probing:
+            following = self.estimator.poll_probe(now)  # the initial series goes back to back
+            if following is not None:
+                self._start_cluster(following, now)
 
 
 __all__ = ["BandwidthEstimate", "EstimateListener", "SubscriberBandwidth", "negotiated_transport_cc_id"]

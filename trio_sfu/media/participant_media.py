@@ -68,6 +68,8 @@ class ParticipantMediaService(TransportService, SubscriptionTimeouts, Protocol):
     dynacast_pause_delay: Optional[float]
     # Whether subscribers' downlink estimates drive their stream allocators.
     congestion_control: bool
+    # Whether their allocators may pause a track whose lowest layer does not fit.
+    allow_pause: bool
 
     def room_media(self, name: str, sid: str) -> RoomMedia:
         """The media of room `sid`, created on first use."""
@@ -102,7 +104,8 @@ class ParticipantMedia:
                                            # trio's clock + this = Unix time, for the down tracks' SR wall clock.
                                            wallclock_offset=time.time() - trio.current_time(),
                                            wake_by=wake_by, metrics=self.metrics, log=self.log,
-                                           congestion_control=service.congestion_control)
+                                           congestion_control=service.congestion_control,
+                                           allow_pause=service.allow_pause)
         self.data = ParticipantData(sid=self.sid, identity=self.participant.identity,
                                     may_publish_data=self._may_publish_data, peers=self._data_peers,
                                     metrics=self.metrics, log=self.log, other_nodes=self._data_to_other_nodes)

@@ -177,6 +177,11 @@ class MediaService:
         return self.config.rtc.congestion_control
 
     @property
+    def allow_pause(self) -> bool:
+        """Whether a subscriber's allocator may pause a track whose lowest layer does not fit."""
+        return self.config.rtc.congestion_control_allow_pause
+
+    @property
     def dynacast_pause_delay(self) -> Optional[float]:
         video = self.config.video
         return video.dynacast_pause_delay if video.dynacast else None

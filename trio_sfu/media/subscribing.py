@@ -20,7 +20,10 @@ LiveKit's behaviour around a down track's start and end. `SubscriberMedia` owns 
   down tracks go out on negotiated transport-wide sequence numbers (the subscriber PC's answer,
   or the one PC's offer with /rtc/v1): its feedback, its probes' timer, and each new estimate
   given to the allocator from that timer (as LiveKit's allocator: not a lower one while a probe
-  is in flight); after each allocation, probes asked for while a track is held back.
+  is in flight; and none before the estimate is settled — its starting guess is no ceiling, every
+  track keeps the layer its settings ask for until the initial probes measured the link); after
+  each allocation, probes asked for while a track is held back, and the estimate's loss floor
+  (what audio and the lowest layers need).
 """
 
 from __future__ import annotations
@@ -137,7 +140,7 @@ class SubscriberMedia:
     def __init__(self, context: MediaContext, room_media: RoomMedia, transports: ParticipantTransports,
                  timeouts: SubscriptionTimeouts, *, answered: Callable[[SessionDescription], None],
                  wallclock_offset: float, wake_by: WakeBy, metrics: m.Metrics, log: ContextLogger,
-                 congestion_control: bool = False) -> None:
+                 congestion_control: bool = False, allow_pause: bool = True) -> None:
         self.context = context
         # `rtc.congestion_control.enabled`: the estimate drives the allocator and asks for probes.
         self.congestion_control = congestion_control
@@ -173,7 +176,7 @@ class SubscriberMedia:
         self._probe_goal = 0
         # The downlink estimate shared among the video tracks (see set_available_bitrate), and
         # the stream state each track was last reported in (only PAUSED is ever news).
-        self.allocator = StreamAllocator()
+        self.allocator = StreamAllocator(allow_pause=allow_pause)
         self._stream_states: dict[str, StreamState] = {}
         self._allocated_at = float("-inf")
 
@@ -421,6 +424,9 @@ class SubscriberMedia:
         if states:
             self.metrics.inc(m.MEDIA_STREAM_STATE_UPDATES, len(states))
             self.context.send(rtc.SignalResponse(stream_state_update=rtc.StreamStateUpdate(stream_states=states)))
+        if self.bandwidth is not None:
+            # Loss alone never takes the estimate below what audio and the lowest layers need.
+            self.bandwidth.estimator.loss_floor_bps = allocator.floor_bps()
         self._update_probe(now)
         self.wake_by(allocator.next_deadline())
 
@@ -543,6 +549,11 @@ class SubscriberMedia:
         as it stands then is taken (`handle_timeout`)."""
         bandwidth = self.bandwidth
         available = self.allocator.available
+        if bandwidth is not None and not bandwidth.settled:
+            # The estimator's starting guess, not a measurement: no ceiling yet (every track
+            # keeps the layer its settings ask for); its initial probes are what settles it.
+            self._update_probe(now)
+            return
         if bandwidth is not None and bandwidth.probe_in_flight and available is not None and bps < available:
             self._estimate_held = True
             self.metrics.inc(m.MEDIA_BWE_ESTIMATES_HELD_IN_PROBE)
@@ -594,6 +605,8 @@ class SubscriberMedia:
             bandwidth.handle_timeout(now)  # the estimate's changes reach _estimate_changed
             if self._estimate_held and not bandwidth.probe_in_flight:
                 self._take_estimate(bandwidth.estimate_bps, now)  # the probe is over
+            elif self.congestion_control and bandwidth.settled and self.allocator.available is None:
+                self._take_estimate(bandwidth.estimate_bps, now)  # the first estimate that counts
         for down in self.down_tracks():
             down.poll_rtcp(now)
         due = self.allocator.next_deadline()
