@@ -83,17 +83,46 @@ class TransportSequencer:
             return packet
         if len(out) != len(packet):
             self.elements_added += 1
+        self._record(seq, len(out), now)
+        self._last_stamped = out
+        return out
+
+    def stamp_at(self, packet: bytearray, at: int, now: float) -> int:
+        """Write the next transport-wide seq into `packet` in place, at `at` (where the 2-octet
+        value of our element is: the forwarder found it once for a whole fan-out), recorded as
+        sent at `now`; the seq written (for `give_back`). The fan-out's path: no scan of the
+        extension block and no copy per subscriber."""
+        seq = self.next_sequence
+        packet[at] = (seq >> 8) & 0xFF
+        packet[at + 1] = seq & 0xFF
+        self._record(seq, len(packet), now)
+        self._last_stamped = None
+        return seq
+
+    def give_back(self, seq: int) -> None:
+        """`seq`, written by `stamp_at` last, went nowhere (the send failed): the subscriber
+        must see no gap it would report as a loss."""
+        if seq != self.next_sequence - 1 or seq < 0 or self._seq[seq & self._mask] != seq:
+            return
+        self._forget(seq)
+
+    def _record(self, seq: int, size: int, now: float) -> None:
         slot = seq & self._mask
         self._seq[slot] = seq
         self._sent_at[slot] = now
-        self._size[slot] = len(out)
+        self._size[slot] = size
         self._cluster[slot] = self.probe_cluster
         self._reported[slot] = 0
         self.next_sequence = seq + 1
         self.packets_stamped += 1
-        self.bytes_stamped += len(out)
-        self._last_stamped = out
-        return out
+        self.bytes_stamped += size
+
+    def _forget(self, seq: int) -> None:
+        slot = seq & self._mask
+        self.bytes_stamped -= self._size[slot]
+        self._seq[slot] = -1
+        self.next_sequence = seq
+        self.packets_stamped -= 1
 
     def unstamp(self, packet: bytes) -> None:
         """`packet`, the last one stamped, never left (the transport could not send it): its
@@ -102,10 +131,7 @@ class TransportSequencer:
         if packet is not self._last_stamped or seq < 0 or self._seq[seq & self._mask] != seq:
             return  # not the packet stamped last (one that could not be stamped, say): nothing to give back
         self._last_stamped = None
-        self.bytes_stamped -= self._size[seq & self._mask]
-        self._seq[seq & self._mask] = -1
-        self.next_sequence = seq
-        self.packets_stamped -= 1
+        self._forget(seq)
 
     # ---- feedback -------------------------------------------------------------------------
 

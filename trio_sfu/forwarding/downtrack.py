@@ -28,6 +28,7 @@ import attrs
 from rtp.packet import rewrite_header
 from rtp.rtcp import Fir, Nack, Pli, ReceiverReport, Remb, ReportBlock, RtcpPacket, SenderReport, compact_ntp
 from rtp.seqnum import SequenceUnwrapper
+from rtp.twcc_sender import TransportSequencer
 from trio_sfu.forwarding.codec_keyframes import (
     keyframe_detector,
     munge_vp8,
@@ -39,6 +40,20 @@ from trio_sfu.forwarding.rtcp_feedback import PublisherSenderReport, build_sende
 
 SendPacket = Callable[[bytes], bool]
 _NTP_UNIT = 1 << 32
+
+
+class NumberedDownlink(Protocol):
+    """A downlink that numbers every RTP packet transport-wide (transport-cc): a down track
+    writes the number itself, in the packet it builds, where its shared extension rewriter
+    found the element once for the whole fan-out; what it cannot number that way (no such
+    element to overwrite) goes through the plain send, which numbers it its own way."""
+
+    @property
+    def transport_sequencer(self) -> Optional[TransportSequencer]:
+        """Who numbers packets on this downlink now; None while it does not (not negotiated)."""
+
+    def send_numbered_rtp(self, packet: bytes) -> bool:
+        """`packet`, already numbered: protect and send it; False when it could not go."""
 
 
 class PacketSource(Protocol):
@@ -134,6 +149,46 @@ def _rewrite_block(buf: bytearray, pos: int, end: int, id_map: Mapping[int, int]
             pos += 2 + length
 
 
+def _two_octet_values(block: bytearray) -> dict[int, int]:
+    """{element id: offset of its value in `block`} for the elements of a sane RFC 8285 block
+    (4-octet header included) whose value is 2 octets long: where a transport-wide seq can be
+    written in place. The first element of an id wins, as `write_transport_seq` finds it."""
+    found: dict[int, int] = {}
+    end = len(block)
+    profile = (block[0] << 8) | block[1]
+    pos = 4
+    if profile == 0xBEDE:
+        while pos < end:
+            b = block[pos]
+            if b == 0:
+                pos += 1
+                continue
+            ext_id = b >> 4
+            if ext_id == 15:
+                break
+            length = (b & 0x0F) + 1
+            if pos + 1 + length > end:
+                break
+            if ext_id not in found:
+                found[ext_id] = pos + 1 if length == 2 else -1
+            pos += 1 + length
+    elif profile & 0xFFF0 == 0x1000:
+        while pos < end:
+            ext_id = block[pos]
+            if ext_id == 0:
+                pos += 1
+                continue
+            if pos + 1 >= end:
+                break
+            length = block[pos + 1]
+            if pos + 2 + length > end:
+                break
+            if ext_id not in found:
+                found[ext_id] = pos + 2 if length == 2 else -1
+            pos += 2 + length
+    return {ext_id: at for ext_id, at in found.items() if at >= 0}
+
+
 class _ExtensionRewriter:
     """:func:`rewrite_extension_ids` for one id map, memoised.
 
@@ -151,9 +206,10 @@ class _ExtensionRewriter:
     def __init__(self, id_map: Mapping[int, int]) -> None:
         self.id_map = dict(id_map)
         self._last_packet: Optional[bytes] = None
-        # (start, end, rewritten block) for _last_packet; None when it has no sane block.
-        self._last_block: Optional[tuple[int, int, bytes]] = None
-        self._by_content: dict[bytes, bytes] = {}
+        # (start, end, rewritten block, its 2-octet elements' value offsets by id) for
+        # _last_packet; None when it has no sane block.
+        self._last_block: Optional[tuple[int, int, bytes, dict[int, int]]] = None
+        self._by_content: dict[bytes, tuple[bytes, dict[int, int]]] = {}
 
     def rewrite(self, out: bytearray, packet: bytes) -> None:
         """Rewrite ``out`` (a copy of ``packet``, header fields aside) in place."""
@@ -166,18 +222,28 @@ class _ExtensionRewriter:
                 return
             start, end = bounds
             original = bytes(packet[start:end])
-            rewritten = self._by_content.get(original)
-            if rewritten is None:
+            cached = self._by_content.get(original)
+            if cached is None:
                 scratch = bytearray(original)
                 _rewrite_block(scratch, 0, end - start, self.id_map)
-                rewritten = bytes(scratch)
+                cached = (bytes(scratch), _two_octet_values(scratch))
                 if len(self._by_content) >= self._CONTENT_CACHE_SIZE:
                     self._by_content.clear()
-                self._by_content[original] = rewritten
-            self._last_block = (start, end, rewritten)
+                self._by_content[original] = cached
+            self._last_block = (start, end, cached[0], cached[1])
         block = self._last_block
         if block is not None:
             out[block[0] : block[1]] = block[2]
+
+    def value_offset(self, ext_id: int) -> int:
+        """Where, in the packet `rewrite` handled last, the 2-octet value of the rewritten block's
+        element `ext_id` is (the transport-wide seq's place); -1 when it has none. Found once
+        per fan-out packet, so each subscriber's stamp is two octet writes."""
+        block = self._last_block
+        if block is None:
+            return -1
+        at = block[3].get(ext_id)
+        return -1 if at is None else block[0] + at
 
 
 #: Shared rewriters by id map (see _ExtensionRewriter); few distinct maps exist per node.
@@ -268,8 +334,11 @@ class DownTrack:
         wallclock_offset: float = 0.0,
         extension_ids: Optional[Mapping[int, int]] = None,
         snapshot: Optional[DownTrackSnapshot] = None,
+        numbered: Optional[NumberedDownlink] = None,
     ) -> None:
         self._source = source
+        # Set: forwarded packets are numbered here, in place (see NumberedDownlink).
+        self._numbered = numbered
         self.ssrc = ssrc
         self._pt_map = dict(payload_types)
         self.clock_rate = clock_rate
@@ -529,7 +598,17 @@ class DownTrack:
             self._last_ts = out_ts
             self._last_ts_at = now
 
-        if not self._send_rtp(bytes(out)):
+        numbered = self._numbered
+        sequencer = numbered.transport_sequencer if numbered is not None else None
+        if (sequencer is not None and rewriter is not None
+                and (at := rewriter.value_offset(sequencer.ext_id)) >= 0):
+            # Numbered here: two octets written where the fan-out's first subscriber found them.
+            transport_seq = sequencer.stamp_at(out, at, now)
+            if not numbered.send_numbered_rtp(bytes(out)):  # type: ignore[union-attr]
+                sequencer.give_back(transport_seq)
+                counters.dropped_send_failed += 1
+                return False
+        elif not self._send_rtp(bytes(out)):
             counters.dropped_send_failed += 1
             return False
         counters.packets_sent += 1

@@ -46,7 +46,7 @@ from rtp.peer_transport_events import (
     TransportFailed,
 )
 from rtp.sctp import AssociationClosed, AssociationEstablished, ChannelClosed, ChannelOpened, MessageReceived
-from rtp.twcc_sender import mentions_transport_cc
+from rtp.twcc_sender import TransportSequencer, mentions_transport_cc
 from sdp.model import Fingerprint, SessionDescription
 from sdp.negotiator import DtlsRole, LocalParams, restarts_ice
 
@@ -84,6 +84,9 @@ def new_ice_credentials() -> tuple[str, str]:
 class PacketStamper(Protocol):
     """Stamps every RTP packet a subscriber PC sends with its transport-wide sequence number
     (trio_sfu.media.bandwidth.SubscriberBandwidth)."""
+
+    #: Who numbers: the down tracks number their forwarded packets in place through it.
+    sequencer: TransportSequencer
 
     def stamp(self, packet: bytes, now: float) -> bytes: ...
 
@@ -244,6 +247,16 @@ class TransportEndpoint:
         if not sent and stamper is not None:
             stamper.unstamp(packet)
         return sent
+
+    def send_numbered_rtp(self, packet: bytes) -> bool:
+        """`send_rtp` for a packet its down track already numbered (`stamper.sequencer.stamp_at`):
+        protected and sent; on failure the caller gives the number back."""
+        out = self.session.protect_rtp_datagram(packet)
+        if out is None:
+            return False
+        if type(out[1]) is TcpAddress:
+            return self._send_tcp(out[0], out[1])
+        return self._mux.send_one(out[0], out[1])
 
     # ---- ICE-TCP paths (trio_sfu.media.ice_tcp's TcpEndpoint) --------------------------------
 
@@ -498,6 +511,18 @@ class ParticipantTransports:
         """A down track's RTP to the client (the hot path); False if it could not go."""
         endpoint = self.publisher if self.single_pc else self.subscriber
         return endpoint is not None and endpoint.send_rtp(packet)
+
+    # NumberedDownlink (trio_sfu.forwarding): the down tracks number what they forward in place.
+
+    @property
+    def transport_sequencer(self) -> Optional[TransportSequencer]:
+        endpoint = self.publisher if self.single_pc else self.subscriber
+        stamper = endpoint.stamper if endpoint is not None else None
+        return stamper.sequencer if stamper is not None else None
+
+    def send_numbered_rtp(self, packet: bytes) -> bool:
+        endpoint = self.publisher if self.single_pc else self.subscriber
+        return endpoint is not None and endpoint.send_numbered_rtp(packet)
 
     def send_subscriber_rtcp(self, packet: bytes) -> bool:
         endpoint = self.downlink
