@@ -53,6 +53,9 @@ class NumberedWire(PlainDownlink):
     def transport_sequencer(self) -> TransportSequencer:
         return self.sequencer
 
+    def native_send_target(self):
+        return None  # the compiled path has its own tests (test_forwarding_fast_path.py)
+
     def send_numbered_rtp(self, packet: bytes) -> bool:
         assert type(packet) is bytes
         if self.fail:
@@ -127,13 +130,13 @@ def test_numbering_in_place_equals_the_transports_stamping(ops):
     assert (list(a._seq), list(a._sent_at), list(a._size)) == (list(b._seq), list(b._sent_at), list(b._size))
 
 
-def test_packets_with_the_element_are_numbered_in_place_and_the_rest_by_the_transport():
+def test_packets_with_and_without_the_element_are_numbered_in_place():
     wire = NumberedWire(Clock())
     receiver, down = _pair(wire.send_rtp, numbered=wire)
     ops = [("media", 0, True, True), ("media", 0, False, False), ("media", 0, False, True)]
     for now, packet in _stream(ops):
         receiver.receive_rtp(packet, now)
-    assert wire.numbered == 2 and len(wire.sent) == 3 and wire.sequencer.elements_added == 1
+    assert wire.numbered == 3 and len(wire.sent) == 3 and wire.sequencer.elements_added == 1
     assert [int.from_bytes(RtpPacket.parse(p).extensions[SUB_TWCC], "big") for p in wire.sent] == [0, 1, 2]
 
 
@@ -152,19 +155,29 @@ def test_a_failed_send_gives_its_number_back():
 
 
 @settings(max_examples=examples(2), deadline=None)
-@given(st.dictionaries(st.integers(1, 14), st.binary(min_size=1, max_size=4), max_size=5),
+@given(st.dictionaries(st.integers(1, 14), st.binary(min_size=1, max_size=4), max_size=5), st.booleans(),
        st.dictionaries(st.integers(1, 14), st.integers(1, 14), max_size=6), st.integers(1, 14),
-       st.integers(0, 0xFFFF))
-def test_value_offset_finds_where_write_transport_seq_writes(exts, id_map, ext_id, seq):
-    wire = RtpPacket(96, 1, 2, 3, extensions=exts, payload=b"xyz").serialize()
+       st.integers(0, 0xFFFF), st.integers(0, 2))
+def test_the_fan_out_layout_equals_the_transports_stamping(exts, two_byte, id_map, ext_id, seq, csrcs):
+    extensions = {**exts, **({200: b"long"} if two_byte and exts else {})}
+    wire = bytearray(RtpPacket(96, 1, 2, 3, extensions=extensions, payload=b"xyz").serialize())
+    if csrcs:  # CSRCs move the block: the layout must follow
+        wire[0] |= csrcs
+        wire[12:12] = bytes(range(4 * csrcs))
+    wire = bytes(wire)
     rewriter = _ExtensionRewriter(id_map)
-    out = bytearray(wire)
-    rewriter.rewrite(out, wire)
-    expected = write_transport_seq(bytes(out), ext_id, seq)
-    at = rewriter.value_offset(ext_id)
-    if at < 0:
-        # No element to overwrite: the transport's stamping adds one, or cannot.
-        assert expected is None or ext_id not in RtpPacket.parse(bytes(out)).extensions
+    plain = bytearray(wire)
+    rewriter.rewrite(plain, wire)
+    expected = write_transport_seq(bytes(plain), ext_id, seq)
+    layout = rewriter.stamping(wire, ext_id)
+    if layout is None:
+        assert expected is None
         return
-    out[at:at + 2] = seq.to_bytes(2, "big")
+    out = bytearray(wire)
+    out[layout.start:layout.end] = layout.region
+    if layout.set_extension_bit:
+        out[0] |= 0x10
+    out[layout.at:layout.at + 2] = seq.to_bytes(2, "big")
     assert bytes(out) == expected
+    assert layout.added == (len(expected) != len(wire))
+    assert rewriter.stamping(wire, ext_id) is layout  # once per fan-out packet

@@ -54,7 +54,8 @@ from trio_sfu import metrics as m
 from trio_sfu.log import ContextLogger
 from trio_sfu.media.data_channels import DataTransport, ParticipantData
 from trio_sfu.media.ice_tcp import ICE_TCP_SEND_NO_PATH, TcpPath
-from trio_sfu.media.udp_mux import UdpMux
+from trio_sfu.media.udp_mux import UDP_DROPPED_SEND_FULL, UDP_SEND_ERROR, UDP_SENT, UdpMux
+from trio_sfu.native import NativeSendTarget
 
 PUBLISHER = "publisher"
 SUBSCRIBER = "subscriber"
@@ -257,6 +258,30 @@ class TransportEndpoint:
         if type(out[1]) is TcpAddress:
             return self._send_tcp(out[0], out[1])
         return self._mux.send_one(out[0], out[1])
+
+    def native_send_target(self) -> Optional[NativeSendTarget]:
+        """What the compiled fan-out needs to protect and send for this connection itself
+        (trio_sfu.forwarding.fanout): its SRTP context, the UDP socket and the peer's address;
+        None unless connected over UDP and numbering transport-wide."""
+        if self.stamper is None:
+            return None
+        context = self.transport.rtp_send_context()
+        if context is None or type(context[1]) is TcpAddress:
+            return None
+        srtp, addr = context
+        return NativeSendTarget(srtp.outbound_handle, self._mux.reply_socket(addr).fileno(), (addr[0], addr[1]),
+                                self._account_native)
+
+    def _account_native(self, sent: int, full: int, errors: int, invalid: int) -> None:
+        """What the compiled fan-out did for this connection since it last told."""
+        self.transport.count_rtp_sent(sent + full + errors, invalid)
+        metrics = self._metrics
+        if sent:
+            metrics.inc(UDP_SENT, sent)
+        if full:
+            metrics.inc(UDP_DROPPED_SEND_FULL, full)
+        if errors:
+            metrics.inc(UDP_SEND_ERROR, errors)
 
     # ---- ICE-TCP paths (trio_sfu.media.ice_tcp's TcpEndpoint) --------------------------------
 
@@ -523,6 +548,10 @@ class ParticipantTransports:
     def send_numbered_rtp(self, packet: bytes) -> bool:
         endpoint = self.publisher if self.single_pc else self.subscriber
         return endpoint is not None and endpoint.send_numbered_rtp(packet)
+
+    def native_send_target(self) -> Optional[NativeSendTarget]:
+        endpoint = self.publisher if self.single_pc else self.subscriber
+        return endpoint.native_send_target() if endpoint is not None else None
 
     def send_subscriber_rtcp(self, packet: bytes) -> bool:
         endpoint = self.downlink

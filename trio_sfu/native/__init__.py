@@ -1,0 +1,62 @@
+"""The compiled fan-out, when it is built: which forwarding path this process uses.
+
+`trio_sfu.forwarding.fanout` forwards a packet to all the steady down tracks of a layer in one
+call into `_fanout` (fanout.c, built by `python -m trio_sfu.native.build`, the Makefile's
+`native` step); without it every down track takes the pure Python path, which produces the
+same datagrams. `TRIO_SFU_FASTPATH`: `0` forces the pure path, `1` requires the compiled one
+(an import failure is then an error, not a fall-back); unset: compiled when built.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from types import ModuleType
+from typing import Callable, Optional
+
+import attrs
+
+ENV = "TRIO_SFU_FASTPATH"
+
+
+def _load() -> tuple[Optional[ModuleType], str]:
+    setting = os.environ.get(ENV, "").strip()
+    if setting == "0":
+        return None, f"pure Python ({ENV}=0)"
+    try:
+        from trio_sfu.native import _fanout  # type: ignore[attr-defined]
+    except ImportError as exc:
+        if setting == "1":
+            raise RuntimeError(f"{ENV}=1 but the compiled fan-out is not built ({exc}); run `make native`") from exc
+        return None, f"pure Python (compiled fan-out not built: {exc})"
+    return _fanout, "compiled (cffi)"
+
+
+@attrs.frozen
+class NativeSendTarget:
+    """How the compiled path sends for one downlink: the libsrtp context to protect with
+    (rtp.srtp.SrtpContext.outbound_handle), the UDP socket's descriptor and the peer's
+    address, and where the counts of what it did go (sent, dropped for a full socket buffer,
+    other send errors, SRTP failures)."""
+
+    srtp_handle: int
+    fd: int
+    address: tuple[str, int]
+    account: Callable[[int, int, int, int], None]
+
+
+def packed_address(host: str) -> Optional[tuple[int, bytes]]:
+    """(address family, packed address) of a numeric IPv4/IPv6 host for fp_set_address;
+    None for anything else."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return family, socket.inet_pton(family, host)
+    except OSError:
+        return None
+
+
+compiled, DESCRIPTION = _load()
+#: Whether the compiled fan-out is in use in this process.
+FAST_PATH: bool = compiled is not None
+
+__all__ = ["DESCRIPTION", "ENV", "FAST_PATH", "NativeSendTarget", "compiled", "packed_address"]
