@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: run test lint explore install install-test test-deps clean
+.PHONY: run test lint explore install install-test test-deps native clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,12 +26,18 @@ run: install
 test-deps:
 	bash scripts/test-deps.sh
 
+# The compiled fan-out (trio_sfu/native: cffi API mode, gcc and Python's headers from test-deps,
+# nothing from the network). A failed build is a warning: the pure Python fan-out serves, and
+# the tests of the compiled one skip saying why.
+native: install
+	$(PY) -m trio_sfu.native.build --allow-failure
+
 # Pyflakes-level checks (undefined names, unused imports, syntax) before the suite; the
 # generated protobuf modules are not ours to lint.
 lint: install-test
 	$(PY) -m ruff check --select F,E9 --exclude proto/relay_pb2.py,proto/cluster_pb2.py .
 
-test: install-test test-deps lint
+test: install-test test-deps native lint
 	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi; exit $$rc
 
@@ -52,4 +58,4 @@ fuzz: install-test
 	$(PY) -m fuzz --count $(FUZZ_COUNT) $(foreach t,$(FUZZ_TARGETS),--target $(t))
 
 clean:
-	rm -rf $(VENV) .venv-agents build *.egg-info
+	rm -rf $(VENV) .venv-agents build *.egg-info trio_sfu/native/_fanout*.so

@@ -7,6 +7,8 @@
 #   redis-server             the cluster tests' shared state (tests/redis_server.py starts its own)
 #   iptables                 firewall rules inside a test's namespace (the TURN e2e test blocks UDP)
 #   libnss3-tools (certutil) Chromium's NSS database: the TURN e2e test makes it trust the TURN certificate
+#   gcc, python3-dev         build the compiled fan-out (`make native`, trio_sfu/native); its SRTP is
+#                            pylibsrtp's own libsrtp, so no libsrtp package is needed
 #   scripts/browser/node_modules   livekit-client + playwright-core, and esbuild (rebuilds the playground's
 #                            livekit-client bundle to check the committed one), from package-lock.json (npm ci)
 #   .venv-agents             the real `livekit-agents` for tests/e2e/test_e2e_agents.py, from
@@ -36,6 +38,11 @@ command -v iptables >/dev/null 2>&1 || [ -x /usr/sbin/iptables ] || need_apt+=(i
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v iptables >/dev/null 2>&1 || [ -x /usr/sbin/iptables ] || need_apt+=(iptables)
 command -v certutil >/dev/null 2>&1 || need_apt+=(libnss3-tools)
+command -v gcc >/dev/null 2>&1 || need_apt+=(gcc)
+py="${PYTHON:-python3}"
+[ -x .venv/bin/python ] && py=.venv/bin/python
+py_include="$("$py" -c 'import sysconfig; print(sysconfig.get_paths()["include"])' 2>/dev/null)"
+[ -n "$py_include" ] && [ -f "$py_include/Python.h" ] || need_apt+=(python3-dev)
 if ! command -v node >/dev/null 2>&1; then
     need_apt+=(nodejs npm)
 elif ! command -v npm >/dev/null 2>&1; then
