@@ -78,7 +78,8 @@ class Downlink:
         return True
 
     def native_send_target(self) -> NativeSendTarget:
-        return NativeSendTarget(self.srtp.outbound_handle, self.native_fd, self.address, self._account)
+        return NativeSendTarget(self.srtp.outbound_handle, self.native_fd, self.address, self._account,
+                                owners=(self.srtp,))
 
     def _account(self, sent: int, full: int, errors: int, invalid: int) -> None:
         for i, n in enumerate((sent, full, errors, invalid)):

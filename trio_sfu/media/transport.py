@@ -269,8 +269,9 @@ class TransportEndpoint:
         if context is None or type(context[1]) is TcpAddress:
             return None
         srtp, addr = context
-        return NativeSendTarget(srtp.outbound_handle, self._mux.reply_socket(addr).fileno(), (addr[0], addr[1]),
-                                self._account_native)
+        sock = self._mux.reply_socket(addr)
+        return NativeSendTarget(srtp.outbound_handle, sock.fileno(), (addr[0], addr[1]), self._account_native,
+                                owners=(srtp, sock))
 
     def _account_native(self, sent: int, full: int, errors: int, invalid: int) -> None:
         """What the compiled fan-out did for this connection since it last told."""
@@ -278,6 +279,7 @@ class TransportEndpoint:
         metrics = self._metrics
         if sent:
             metrics.inc(UDP_SENT, sent)
+            metrics.inc(m.FORWARDING_COMPILED_PACKETS, sent)
         if full:
             metrics.inc(UDP_DROPPED_SEND_FULL, full)
         if errors:

@@ -43,6 +43,9 @@ class NativeSendTarget:
     fd: int
     address: tuple[str, int]
     account: Callable[[int, int, int, int], None]
+    #: What must outlive the compiled path's use of the handle and descriptor (the SRTP
+    #: context owning the libsrtp session, the socket): held as long as the target is.
+    owners: tuple = ()
 
 
 def packed_address(host: str) -> Optional[tuple[int, bytes]]:
