@@ -31,7 +31,7 @@ from trio_sfu.native import NativeSendTarget
 
 from forwarding_streams import RID_EXT, RRID_EXT, RTX_PT, SUB_RTX_PT, SUB_VP8_PT, VP8_PT, vp8_payload
 
-pytestmark = pytest.mark.skipif(not native.FAST_PATH, reason=f"compiled fan-out: {native.DESCRIPTION}")
+needs_compiled = pytest.mark.skipif(not native.FAST_PATH, reason=f"compiled fan-out: {native.DESCRIPTION}")
 
 PUB_TWCC = 3
 SUB_TWCC = 5
@@ -107,6 +107,7 @@ class World:
     videos: list[DownTrack]
     audios: list[DownTrack]
     received: list[list[bytes]]
+    decrypted: list[list[RtpPacket]] = attrs.Factory(list)
 
     def drain(self) -> None:
         for sink, out in zip(self.sinks, self.received):
@@ -153,8 +154,9 @@ def make_world(fast: bool, subscribers: int, profile: SrtpProfile) -> World:
     return world
 
 
-def traffic(seed: int, steps: int, subscribers: int):
-    """The publisher's packets and the subscribers' actions, as (now, action) in order."""
+def traffic(seed: int, steps: int, subscribers: int, impaired: bool = True):
+    """The publisher's packets and the subscribers' actions, as (now, action) in order;
+    `impaired`: with loss and reordering on the way in, and random switches and NACKs."""
     rng = random.Random(seed)
     twcc_mode = seed % 3  # 0: never, 1: always, 2: sometimes the publisher's element
     seqs, pids, tss = [100, 65_500, 7_000], [300, 32_760, 9], [1_000, 4_294_960_000, 555]
@@ -165,18 +167,19 @@ def traffic(seed: int, steps: int, subscribers: int):
         now += 0.01
         for layer in range(3):
             keyframe = step % 40 == 0 or rng.random() < 0.02
-            for part in range(2):
+            # A frame of two packets, now and then followed by a padding-only one (a probe).
+            for part in range(3 if rng.random() < 0.05 else 2):
                 exts = {RID_EXT: encode_rid("qhf"[layer])}
                 if twcc_mode == 1 or (twcc_mode == 2 and rng.random() < 0.5):
                     exts[PUB_TWCC] = (seqs[layer] & 0xFFFF).to_bytes(2, "big")
-                pad = rng.random() < 0.03
+                pad = part == 2
                 packet = RtpPacket(payload_type=VP8_PT, sequence_number=seqs[layer] & 0xFFFF,
                                    timestamp=tss[layer] & 0xFFFFFFFF, ssrc=0x1111 * (layer + 1), marker=part == 1,
                                    extensions=exts, payload=b"" if pad else vp8_payload(pids[layer], step & 0xFF,
                                                                                        keyframe, start=part == 0),
                                    padding_size=120 if pad else 0).serialize()
                 seqs[layer] += 1
-                roll = rng.random()
+                roll = rng.random() if impaired else 1.0
                 if roll < 0.03:
                     continue  # lost on the way in
                 if roll < 0.08:
@@ -193,9 +196,9 @@ def traffic(seed: int, steps: int, subscribers: int):
         audio_seq += 1
         audio_ts += 480
         yield now, ("audio", audio)
-        if rng.random() < 0.05:
+        if impaired and rng.random() < 0.05:
             yield now, ("layer", rng.randrange(subscribers), rng.choice([0, 1, 2, 2, None]))
-        if rng.random() < 0.1:
+        if impaired and rng.random() < 0.1:
             yield now, ("nack", rng.randrange(subscribers), rng.randrange(1, 30))
 
 
@@ -218,6 +221,7 @@ def run(world: World, events) -> None:
     world.drain()
 
 
+@needs_compiled
 @pytest.mark.parametrize("profile", [SrtpProfile.AES128_CM_HMAC_SHA1_80, SrtpProfile.AEAD_AES_128_GCM])
 @pytest.mark.parametrize("seed", [1, 2, 3, 4, 5, 6])
 def test_compiled_and_pure_fan_out_send_the_same_datagrams(seed, profile):
@@ -256,6 +260,7 @@ def test_compiled_and_pure_fan_out_send_the_same_datagrams(seed, profile):
         fast.close()
 
 
+@needs_compiled
 def test_a_send_the_kernel_refuses_fails_alone_and_gives_its_number_back():
     world = make_world(True, 2, SrtpProfile.AES128_CM_HMAC_SHA1_80)
     try:
@@ -279,5 +284,59 @@ def test_a_send_the_kernel_refuses_fails_alone_and_gives_its_number_back():
         # A closed descriptor is shutdown's EBADF, counted as neither a full buffer nor an
         # error (as trio_sfu.media.udp_mux.UdpMux.send_one counts it).
         assert bad.accounted[0] > 0 and good.accounted[0] > 0 and good.accounted[1:] == [0, 0, 0]
+    finally:
+        world.close()
+
+
+def _media(world: World, i: int, ssrc: int) -> list[RtpPacket]:
+    """Subscriber `i`'s packets on `ssrc`, decrypted (each datagram once: SRTP refuses replays)."""
+    while len(world.decrypted) <= i:
+        world.decrypted.append([])
+    plain = world.decrypted[i]
+    for datagram in world.received[i][len(plain):]:
+        plain.append(RtpPacket.parse(world.downlinks[i].peer_srtp.unprotect_rtp(datagram)))
+    return [p for p in plain if p.ssrc == ssrc]
+
+
+@pytest.mark.parametrize("fast", [False, pytest.param(True, marks=needs_compiled)], ids=["pure", "compiled"])
+def test_forwarding_on_either_path_is_continuous_answers_nacks_switches_and_mutes(fast):
+    """The down tracks' promises, checked on what the subscribers decrypt, on each path."""
+    world = make_world(fast, 3, SrtpProfile.AES128_CM_HMAC_SHA1_80)
+    try:
+        events = list(traffic(2, 240, 3, impaired=False))
+        cut = len(events) // 3
+        run(world, events[:cut])
+        # Subscriber 0 switches from the low layer to the top one; subscriber 1 mutes.
+        world.videos[0].set_target_layer(2, world.clock.now)
+        world.videos[1].set_target_layer(None, world.clock.now)
+        muted_at = len(_media(world, 1, world.videos[1].ssrc))
+        run(world, events[cut:2 * cut])
+        assert len(_media(world, 1, world.videos[1].ssrc)) == muted_at  # nothing while muted
+        world.videos[1].set_target_layer(1, world.clock.now)
+        run(world, events[2 * cut:])
+        for i in range(3):
+            video = _media(world, i, world.videos[i].ssrc)
+            assert len(video) > 50
+            for a, b in zip(video, video[1:]):
+                assert (b.sequence_number - a.sequence_number) & 0xFFFF == 1  # padding left no gap
+                assert (b.timestamp - a.timestamp) & 0xFFFFFFFF < 1 << 31
+            starts = [p for p in video if p.payload[0] & 0x10]
+            pids = [((p.payload[2] & 0x7F) << 8) | p.payload[3] for p in starts]
+            assert all((b - a) & 0x7FFF == 1 for a, b in zip(pids, pids[1:]))  # VP8 munged across switches
+            audio = _media(world, i, world.audios[i].ssrc)
+            assert [p.sequence_number for p in audio] == list(range(audio[0].sequence_number,
+                                                                   audio[0].sequence_number + len(audio)))
+        assert world.videos[0].counters.layer_switches >= 1
+        # A NACK is answered from the history, over RTX, with the packet the subscriber missed.
+        down = world.videos[2]
+        video = _media(world, 2, down.ssrc)
+        lost = video[-10]
+        down.handle_rtcp([Nack.from_lost(0x1234, down.ssrc, [lost.sequence_number])], world.clock.now + 0.5)
+        world.drain()
+        (rtx,) = _media(world, 2, down.rtx_ssrc)
+        assert int.from_bytes(rtx.payload[:2], "big") == lost.sequence_number and rtx.payload[2:] == lost.payload
+        assert down.counters.nack_resent == 1
+        if fast:
+            assert world.video.compiled_packets > 0.6 * sum(d.counters.packets_sent for d in world.videos)
     finally:
         world.close()
