@@ -26,7 +26,7 @@ from rtp.srtp import srtp_protect_address
 from rtp.twcc_sender import TransportSequencer
 from trio_sfu import native
 from trio_sfu.native import NativeSendTarget, packed_address
-from trio_sfu.forwarding.downtrack import DownTrack, _ExtensionRewriter
+from trio_sfu.forwarding.downtrack import _EFFECTIVE_TARGET_PERIOD, DownTrack, _ExtensionRewriter
 
 #: How often armed down tracks hand their state back (counters to the metrics, a new path).
 REFRESH = 0.5
@@ -60,12 +60,30 @@ class _Slot:
         counters.packets_sent += st.packets_sent
         counters.octets_sent += st.octets_sent
         counters.dropped_send_failed += st.dropped_send_failed
+        counters.dropped_other_layer += st.dropped_other_layer
         self.sequencer.elements_added += st.tw_added
         if st.udp_sent or st.udp_full or st.udp_error or st.srtp_failed:
             self.target.account(st.udp_sent, st.udp_full, st.udp_error, st.srtp_failed)
         down._native_slot = None
         self._keep = []
         self.fanout._dirty = True
+
+
+class _Group:
+    """A fan-out's down tracks as one layer's packets meet them: armed on that layer (the
+    compiled forward), armed on another (the compiled drop), not armed (Python). Holds the
+    slots, so the structs the pointer arrays point at live as long as the group."""
+
+    __slots__ = ("here", "elsewhere", "python", "here_pointers", "elsewhere_pointers", "_slots")
+
+    def __init__(self, ffi: Any, here: list[DownTrack], elsewhere: list[DownTrack], python: list[Any]) -> None:
+        self.here = here
+        self.elsewhere = elsewhere
+        self.python = python
+        self._slots = [d._native_slot for d in here + elsewhere]
+        self.here_pointers = ffi.new("fp_track *[]", [d._native_slot.struct for d in here])  # type: ignore[union-attr]
+        self.elsewhere_pointers = ffi.new("fp_track *[]",
+                                          [d._native_slot.struct for d in elsewhere])  # type: ignore[union-attr]
 
 
 class Fanout:
@@ -81,8 +99,7 @@ class Fanout:
         module = native.compiled if enabled is not False else None
         self._ffi = module.ffi if module is not None else None
         self._lib = module.lib if module is not None else None
-        self._armed: dict[int, tuple[Any, list[DownTrack]]] = {}
-        self._others: dict[int, list[DownTrack]] = {}
+        self._groups: dict[int, _Group] = {}
         self._dirty = True
         self._refresh_at = float("-inf")
         # All armed tracks of a fan-out share one extension rewriter and one transport-cc id.
@@ -108,43 +125,66 @@ class Fanout:
             self._refresh_at = now + REFRESH
         if self._dirty:
             self._regroup()
-        group = self._armed.get(layer)
-        if group is not None:
+        group = self._groups.get(layer)
+        if group is None:
+            group = self._groups[layer] = self._group(layer)
+        if group.here:
             if bounds[0] != bounds[1]:
                 self._forward_compiled(group, layer, packet, bounds, now)
             else:
-                for down in group[1]:  # padding closes a sequence gap: Python's business
+                for down in group.here:  # padding closes a sequence gap: Python's business
                     down.write_rtp(layer, packet, now)
-        for down in self._others.get(layer, self._down_tracks):
+        if group.elsewhere:
+            self._drop_compiled(group, layer, packet, now)
+        for down in group.python:
             if (down.write_rtp(layer, packet, now) and type(down) is DownTrack and down._native_slot is None
                     and now >= down._native_retry_at):
                 if not self._arm(down, layer):
                     down._native_retry_at = now + REFRESH  # not in a state it can take: ask again later
 
-    def _forward_compiled(self, group: tuple[Any, list[DownTrack]], layer: int, packet: bytes,
-                          bounds: tuple[int, int], now: float) -> None:
-        pointers, downs = group
+    def _forward_compiled(self, group: "_Group", layer: int, packet: bytes, bounds: tuple[int, int],
+                          now: float) -> None:
+        downs = group.here
         rewriter = self._rewriter
         assert rewriter is not None
         n = len(downs)
+        status = self._status
+        python = self._lib.FP_PYTHON
         layout = rewriter.stamping(packet, self._tw_ext_id)
         if layout is None:
             handled = 0  # the transport's own stamping decides: all go the Python way
-            status = self._status
             for i in range(n):
-                status[i] = self._lib.FP_PYTHON
+                status[i] = python
         else:
             region = layout.region
             handled = self._lib.fp_forward(packet, len(packet), bounds[0], bounds[1], region, len(region),
                                            layout.start, layout.end, layout.set_extension_bit, layout.at,
-                                           layout.added, now, pointers, n, self._scratch, self._status)
+                                           layout.added, now, group.here_pointers, n, self._scratch, status)
         self.compiled_packets += handled
         if handled != n:
-            status = self._status
-            python = self._lib.FP_PYTHON
             for i in range(n):
                 if status[i] == python:
                     downs[i].write_rtp(layer, packet, now)  # takes its state back first
+
+    def _drop_compiled(self, group: "_Group", layer: int, packet: bytes, now: float) -> None:
+        """Down tracks armed on another layer drop this packet as write_rtp would (counted), in
+        C, unless it is time for them to look at which layers arrive, or this one is nearer
+        their target: then write_rtp decides, and what it decided is copied back."""
+        downs = group.elsewhere
+        n = len(downs)
+        status = self._status
+        handled = self._lib.fp_drop_other_layer(layer, now, _EFFECTIVE_TARGET_PERIOD, group.elsewhere_pointers, n,
+                                                 status)
+        if handled != n:
+            python = self._lib.FP_PYTHON
+            for i in range(n):
+                if status[i] == python:
+                    down = downs[i]
+                    down.write_rtp(layer, packet, now)
+                    slot = down._native_slot
+                    if slot is not None:  # still armed: it only looked (a switch takes the state back)
+                        slot.struct.effective_target = down._effective_target
+                        slot.struct.effective_checked_at = down._effective_checked_at
 
     def release_all(self) -> None:
         """Every armed down track takes its state back (they are armed again as they forward)."""
@@ -165,26 +205,30 @@ class Fanout:
 
     def _regroup(self) -> None:
         self._dirty = False
-        armed: dict[int, list[DownTrack]] = {}
-        for down in self._down_tracks:
-            slot = down._native_slot if type(down) is DownTrack else None
-            if slot is not None:
-                armed.setdefault(slot.layer, []).append(down)
-        ffi = self._ffi
-        self._armed = {}
-        self._others = {}
-        for layer, downs in armed.items():
-            pointers = ffi.new("fp_track *[]", [d._native_slot.struct for d in downs])  # type: ignore[union-attr]
-            self._armed[layer] = (pointers, downs)
-            self._others[layer] = [d for d in self._down_tracks if d not in downs]
+        self._groups = {}
+        armed = [d for d in self._down_tracks if type(d) is DownTrack and d._native_slot is not None]
         if not armed:
             self._rewriter = None
             self._tw_ext_id = -1
-        size = max((len(d) for d in armed.values()), default=0)
+        size = len(self._down_tracks)
         if size > self._capacity:
             self._capacity = max(size, 2 * self._capacity, 8)
-            self._scratch = ffi.new("uint8_t[]", self._capacity * self._lib.FP_SLOT)
-            self._status = ffi.new("int8_t[]", self._capacity)
+            self._scratch = self._ffi.new("uint8_t[]", self._capacity * self._lib.FP_SLOT)
+            self._status = self._ffi.new("int8_t[]", self._capacity)
+
+    def _group(self, layer: int) -> "_Group":
+        here: list[DownTrack] = []
+        elsewhere: list[DownTrack] = []
+        python: list[Any] = []
+        for down in self._down_tracks:
+            slot = down._native_slot if type(down) is DownTrack else None
+            if slot is None:
+                python.append(down)
+            elif slot.layer == layer:
+                here.append(down)
+            else:
+                elsewhere.append(down)
+        return _Group(self._ffi, here, elsewhere, python)
 
     def _arm(self, down: DownTrack, layer: int) -> bool:
         """Hand `down`'s steady state to the compiled path, if it is in one it can take."""
@@ -192,7 +236,8 @@ class Fanout:
         rewriter = down._rewriter
         if (numbered is None or rewriter is None or down.disabled or down.current_layer != layer
                 or down._source_ssrc is None or down._last_seq is None or down._last_ts is None
-                or down._next_sr is None or down._unwrap.last is None):
+                or down._next_sr is None or down._unwrap.last is None or down.target_layer is None
+                or down._effective_target is None):
             return False
         if self._rewriter is not None and rewriter is not self._rewriter:
             return False
@@ -200,7 +245,7 @@ class Fanout:
         if sequencer is None or (self._tw_ext_id >= 0 and sequencer.ext_id != self._tw_ext_id):
             return False
         target = numbered.native_send_target()
-        if target is None or len(self._armed.get(layer, ((), ()))[1]) >= self._lib.FP_MAX_BATCH:
+        if target is None or len(self._down_tracks) > self._lib.FP_MAX_BATCH:
             return False
         address = packed_address(target.address[0])
         if address is None:
@@ -231,6 +276,9 @@ class Fanout:
         st.last_pid = down._last_pid
         st.last_tl0 = down._last_tl0
         st.mask = down._mask
+        st.target_layer = down.target_layer
+        st.effective_target = down._effective_target
+        st.effective_checked_at = down._effective_checked_at
         keep = [
             ffi.from_buffer("int64_t[]", down._h_ext), ffi.from_buffer("int8_t[]", down._h_layer),
             ffi.from_buffer("uint32_t[]", down._h_src_ssrc), ffi.from_buffer("uint16_t[]", down._h_in_seq),

@@ -9,6 +9,7 @@ same datagrams. `TRIO_SFU_FASTPATH`: `0` forces the pure path, `1` requires the 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 from types import ModuleType
@@ -24,11 +25,13 @@ def _load() -> tuple[Optional[ModuleType], str]:
     if setting == "0":
         return None, f"pure Python ({ENV}=0)"
     try:
+        if importlib.util.find_spec("trio_sfu.native._fanout") is None:
+            raise ImportError("no trio_sfu/native/_fanout module: `make native` builds it")
         from trio_sfu.native import _fanout  # type: ignore[attr-defined]
-    except ImportError as exc:
+    except ImportError as exc:  # not built, or built for another Python
         if setting == "1":
-            raise RuntimeError(f"{ENV}=1 but the compiled fan-out is not built ({exc}); run `make native`") from exc
-        return None, f"pure Python (compiled fan-out not built: {exc})"
+            raise RuntimeError(f"{ENV}=1 but the compiled fan-out cannot be loaded: {exc}") from exc
+        return None, f"pure Python (compiled fan-out not loaded: {exc})"
     return _fanout, "compiled (cffi)"
 
 

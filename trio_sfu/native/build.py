@@ -56,6 +56,9 @@ typedef struct {
     int8_t *tw_reported;
     int64_t pending_tw_seq;
     int64_t tw_added;
+    int target_layer, effective_target;
+    double effective_checked_at;
+    int64_t dropped_other_layer;
     void *srtp;
     fp_protect_fn protect;
     int fd;
@@ -65,6 +68,7 @@ int fp_forward(const uint8_t *pkt, int len, int pay_start, int pay_end,
                const uint8_t *region, int region_len, int region_start, int region_end,
                int set_extension_bit, int tw_at, int tw_added,
                double now, fp_track **tracks, int n, uint8_t *scratch, int8_t *status);
+int fp_drop_other_layer(int layer, double now, double period, fp_track **tracks, int n, int8_t *status);
 int fp_set_address(fp_track *t, int family, const uint8_t *packed, int port);
 """
 

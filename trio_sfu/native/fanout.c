@@ -242,6 +242,26 @@ int fp_forward(const uint8_t *pkt, int len, int pay_start, int pay_end,
     return handled;
 }
 
+/* DownTrack.write_rtp's first test for a track armed on another layer than `layer`: the packet
+ * is dropped and counted unless its 0.1 s look at which layers arrive is due, or `layer` is
+ * nearer the target than the fallback it forwards (then FP_PYTHON: write_rtp decides). */
+int fp_drop_other_layer(int layer, double now, double period, fp_track **tracks, int n, int8_t *status)
+{
+    int handled = 0;
+    for (int i = 0; i < n; i++) {
+        fp_track *t = tracks[i];
+        int effective = t->effective_target, target = t->target_layer;
+        status[i] = FP_PYTHON;
+        if (!t->armed || layer == effective || now - t->effective_checked_at >= period
+            || (effective < layer && layer <= target) || (target <= layer && layer < effective))
+            continue;
+        t->dropped_other_layer += 1;
+        status[i] = FP_SENT;
+        handled++;
+    }
+    return handled;
+}
+
 int fp_set_address(fp_track *t, int family, const uint8_t *packed, int port)
 {
     memset(&t->addr, 0, sizeof t->addr);
