@@ -265,13 +265,16 @@ def test_a_send_the_kernel_refuses_fails_alone_and_gives_its_number_back():
     world = make_world(True, 2, SrtpProfile.AES128_CM_HMAC_SHA1_80)
     try:
         events = list(traffic(1, 120, 2))
-        run(world, events[: len(events) // 2])
+        half, three_quarters = len(events) // 2, 3 * len(events) // 4
+        run(world, events[:half])
         assert world.video.compiled_packets > 0
         bad, good = world.downlinks
+        # (Reading a down track's counters takes its state back; it is armed again as it forwards.)
         failed_before = world.videos[0].counters.dropped_send_failed + world.audios[0].counters.dropped_send_failed
-        os.close(bad.native_fd)  # the compiled path's sends for this subscriber now fail (EBADF)
-        bad.native_fd = -1
-        run(world, events[len(events) // 2:])
+        run(world, events[half:three_quarters])
+        os.close(bad.native_fd)  # the compiled path's sends for this subscriber now fail (EBADF)...
+        bad.native_fd = -1  # ...until its next refresh sees the downlink's path changed
+        run(world, events[three_quarters:])
         failed = world.videos[0].counters.dropped_send_failed + world.audios[0].counters.dropped_send_failed
         assert failed > failed_before
         assert world.videos[1].counters.dropped_send_failed == 0 and world.audios[1].counters.dropped_send_failed == 0

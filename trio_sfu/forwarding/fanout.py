@@ -47,8 +47,16 @@ class _Slot:
         self._keep = keep
 
     def release(self, down: DownTrack) -> None:
+        self.struct.armed = 0
+        self.flush(down)
+        down._native_slot = None
+        self._keep = []
+        self.fanout._dirty = True
+
+    def flush(self, down: DownTrack) -> None:
+        """Copy what the compiled path advanced into `down` (its counts as increments, zeroed
+        here); while still armed the struct stays the state that counts."""
         st = self.struct
-        st.armed = 0
         down._unwrap.resume(st.unwrap_last)
         down._highest_in = st.highest_in
         down._last_seq = st.last_seq
@@ -61,12 +69,11 @@ class _Slot:
         counters.octets_sent += st.octets_sent
         counters.dropped_send_failed += st.dropped_send_failed
         counters.dropped_other_layer += st.dropped_other_layer
-        self.sequencer.elements_added += st.tw_added
         if st.udp_sent or st.udp_full or st.udp_error or st.srtp_failed:
             self.target.account(st.udp_sent, st.udp_full, st.udp_error, st.srtp_failed)
-        down._native_slot = None
-        self._keep = []
-        self.fanout._dirty = True
+        self.sequencer.elements_added += st.tw_added
+        st.packets_sent = st.octets_sent = st.dropped_send_failed = st.dropped_other_layer = 0
+        st.udp_sent = st.udp_full = st.udp_error = st.srtp_failed = st.tw_added = 0
 
 
 class _Group:
@@ -121,7 +128,7 @@ class Fanout:
                 down.write_rtp(layer, packet, now)
             return
         if now >= self._refresh_at:
-            self.release_all()
+            self.refresh()
             self._refresh_at = now + REFRESH
         if self._dirty:
             self._regroup()
@@ -186,6 +193,21 @@ class Fanout:
                         slot.struct.effective_target = down._effective_target
                         slot.struct.effective_checked_at = down._effective_checked_at
 
+    def refresh(self) -> None:
+        """Counts to the down tracks (and through their downlinks to the metrics); a track
+        whose downlink's path changed (another address or socket, a new SRTP context, no
+        longer UDP or connected) takes its state back."""
+        for down in self._down_tracks:
+            slot = down._native_slot if type(down) is DownTrack else None
+            if slot is None:
+                continue
+            slot.flush(down)
+            target = down._numbered.native_send_target()  # type: ignore[union-attr]
+            old = slot.target
+            if target is None or (target.srtp_handle, target.fd, target.address) != (
+                    old.srtp_handle, old.fd, old.address):
+                slot.release(down)
+
     def release_all(self) -> None:
         """Every armed down track takes its state back (they are armed again as they forward)."""
         for down in self._down_tracks:
@@ -245,7 +267,7 @@ class Fanout:
         if sequencer is None or (self._tw_ext_id >= 0 and sequencer.ext_id != self._tw_ext_id):
             return False
         target = numbered.native_send_target()
-        if target is None or len(self._down_tracks) > self._lib.FP_MAX_BATCH:
+        if target is None or target.fd < 0 or len(self._down_tracks) > self._lib.FP_MAX_BATCH:
             return False
         address = packed_address(target.address[0])
         if address is None:
