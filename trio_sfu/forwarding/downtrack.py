@@ -46,8 +46,10 @@ _NTP_UNIT = 1 << 32
 class NumberedDownlink(Protocol):
     """A downlink that numbers every RTP packet transport-wide (transport-cc): a down track
     writes the number itself, in the packet it builds, where its shared extension rewriter
-    found the element once for the whole fan-out; what it cannot number that way (no such
-    element to overwrite) goes through the plain send, which numbers it its own way."""
+    laid the element out once for the whole fan-out (`_ExtensionRewriter.stamping`); what it
+    cannot lay out that way (a block that is not sane, an id its form cannot carry), and
+    what it does not build itself (NACK answers, padding), goes through the plain send, which
+    numbers it its own way."""
 
     @property
     def transport_sequencer(self) -> Optional[TransportSequencer]:
