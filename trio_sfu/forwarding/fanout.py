@@ -76,6 +76,19 @@ class _Slot:
         st.udp_sent = st.udp_full = st.udp_error = st.srtp_failed = st.tw_added = 0
 
 
+#: One buffer for the packets every fan-out builds (FP_SLOT octets per down track), grown to the
+#: largest: an fp_forward call has sent all it built before it returns, and none runs inside
+#: another (what runs between, Python's write_rtp, never calls it).
+_SCRATCH: list[Any] = [None, 0]
+
+
+def _scratch(ffi: Any, slot: int, tracks: int) -> Any:
+    if tracks > _SCRATCH[1]:
+        _SCRATCH[1] = max(tracks, 2 * _SCRATCH[1], 8)
+        _SCRATCH[0] = ffi.new("uint8_t[]", _SCRATCH[1] * slot)
+    return _SCRATCH[0]
+
+
 class _Group:
     """A fan-out's down tracks as one layer's packets meet them: armed on that layer (the
     compiled forward), armed on another (the compiled drop), not armed (Python). Holds the
@@ -235,8 +248,8 @@ class Fanout:
         size = len(self._down_tracks)
         if size > self._capacity:
             self._capacity = max(size, 2 * self._capacity, 8)
-            self._scratch = self._ffi.new("uint8_t[]", self._capacity * self._lib.FP_SLOT)
             self._status = self._ffi.new("int8_t[]", self._capacity)
+        self._scratch = _scratch(self._ffi, self._lib.FP_SLOT, size)
 
     def _group(self, layer: int) -> "_Group":
         here: list[DownTrack] = []
