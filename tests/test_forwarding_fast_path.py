@@ -269,7 +269,6 @@ def test_a_send_the_kernel_refuses_fails_alone_and_gives_its_number_back():
         run(world, events[:half])
         assert world.video.compiled_packets > 0
         bad, good = world.downlinks
-        # (Reading a down track's counters takes its state back; it is armed again as it forwards.)
         failed_before = world.videos[0].counters.dropped_send_failed + world.audios[0].counters.dropped_send_failed
         run(world, events[half:three_quarters])
         os.close(bad.native_fd)  # the compiled path's sends for this subscriber now fail (EBADF)...

@@ -69,6 +69,9 @@ class NativeSlot(Protocol):
     def release(self, down_track: "DownTrack") -> None:
         """Write the state the compiled path advanced back into `down_track`, and leave."""
 
+    def flush(self, down_track: "DownTrack") -> None:
+        """Write the state the compiled path advanced back into `down_track`, and stay."""
+
 
 class PacketSource(Protocol):
     """What a DownTrack needs from its TrackReceiver."""
@@ -405,8 +408,8 @@ class DownTrack:
         self.remb: Optional[int] = None
         self._counters = DownTrackCounters()
         # Set while the compiled fan-out forwards for this track (trio_sfu.forwarding.fanout):
-        # it holds the forwarding state then, handed back by `_pull_native` before Python
-        # reads or changes it.
+        # it holds the forwarding state then; `_sync_native` copies it here before Python reads
+        # it, `_pull_native` hands it back before Python changes it.
         self._native_slot: Optional[NativeSlot] = None
         self._native_retry_at = _NEG_INF
         # The part of counters.packets_sent/octets_sent a restored snapshot carried over (the
@@ -458,8 +461,15 @@ class DownTrack:
     @property
     def counters(self) -> DownTrackCounters:
         if self._native_slot is not None:
-            self._pull_native()
+            self._sync_native()
         return self._counters
+
+    def _sync_native(self) -> None:
+        """Bring this object up to date with what the compiled fan-out did (it goes on
+        forwarding): for the entry points that read the forwarding state, not change it."""
+        slot = self._native_slot
+        if slot is not None:
+            slot.flush(self)
 
     def _pull_native(self) -> None:
         """Take the forwarding state back from the compiled fan-out (it forwards no more for
@@ -527,7 +537,7 @@ class DownTrack:
 
     def snapshot(self) -> Optional[DownTrackSnapshot]:
         if self._native_slot is not None:
-            self._pull_native()
+            self._sync_native()
         if self._last_seq is None or self._last_ts is None:
             return None
         return DownTrackSnapshot(
@@ -794,7 +804,7 @@ class DownTrack:
 
     def handle_rtcp(self, packets: Sequence[RtcpPacket], now: float) -> None:
         if self._native_slot is not None:
-            self._pull_native()
+            self._sync_native()
         for packet in packets:
             if isinstance(packet, Nack):
                 if packet.media_ssrc == self.ssrc:
@@ -894,7 +904,7 @@ class DownTrack:
         paused track's subscriber finds the room to resume it, and the receiver discards
         padding-only RTX whatever its media stream is doing."""
         if self._native_slot is not None:
-            self._pull_native()
+            self._sync_native()
         return self.rtx_ssrc is not None and bool(self.rtx_payload_types) and self._last_ts is not None
 
     def send_padding(self, count: int, size: int) -> int:
@@ -912,7 +922,7 @@ class DownTrack:
         12 + 255) on the RTX SSRC, as libwebrtc pads: a bandwidth probe's filler that the
         subscriber's RTX receiver discards. Empty when the track cannot pad (`can_pad`)."""
         if self._native_slot is not None:
-            self._pull_native()
+            self._sync_native()
         if not self.can_pad or count <= 0:
             return []
         rtx_pt = next(iter(self.rtx_payload_types.values()))
@@ -942,7 +952,7 @@ class DownTrack:
         wall clock (``now + wallclock_offset`` = Unix time).
         """
         if self._native_slot is not None:
-            self._pull_native()
+            self._sync_native()
         if self._last_ts is None:
             return None
         layer = self.current_layer
@@ -963,7 +973,7 @@ class DownTrack:
 
     def poll_rtcp(self, now: float) -> None:
         if self._native_slot is not None:
-            self._pull_native()
+            self._sync_native()
         if self._next_sr is None or now < self._next_sr:
             return
         self._next_sr = now + self.rtcp_interval

@@ -11,11 +11,14 @@ downlink sequencer's arrays, and from then on one `fp_forward` call per packet a
 for all armed tracks of that layer what `write_rtp` would (same bytes, same state), protects
 with the downlink's own libsrtp context and sends the batch with sendmmsg.
 
-The C struct holds the state while armed; the down track takes it back (`DownTrack._pull_native`
-→ `NativeSlot.release`) before any Python code reads or changes it — a packet the compiled path
-leaves to Python (a switch, a late or padding packet), a NACK, a sender report, a setting — and
-every `REFRESH` seconds all armed tracks are released, so counters reach the metrics and a
-changed path (ICE restart, a TCP path, a closed transport) is picked up within that time.
+The C struct holds the state while armed. Before Python code reads it (counters, a NACK, a
+sender report, a snapshot) the down track copies it in (`DownTrack._sync_native` →
+`_Slot.flush`) and stays armed; before Python code changes it (a packet the compiled path leaves
+to Python: a switch, a late or padding packet; a setting) it takes it back and is released
+(`DownTrack._pull_native` → `_Slot.release`), to be armed again once it forwards in the steady
+state. Every `REFRESH` seconds the counts are copied out (to the down tracks, and through their
+downlinks to the metrics), and a track whose downlink's path changed (ICE restart, a TCP path,
+a closed transport) is released: such a change is picked up within that time.
 """
 
 from __future__ import annotations
