@@ -13,6 +13,8 @@ import json
 import sys
 from typing import Any
 
+from trio_sfu import native
+
 from . import procstat
 from .floor import run_floor
 from .scenarios import SCENARIOS, BenchError, run_scenario
@@ -79,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
                 scenario = scenario.scaled(args.subscribers)
             result = run_scenario(scenario, warmup=args.warmup, window=args.window, probe=not args.no_probe,
                                   workers=args.workers)
+            # The server runs with this process's environment and tree: the fan-out it uses.
+            result["fast_path"] = native.FAST_PATH
             if not args.no_floor:
                 floor = run_floor(scenario.floor_shape(), min(args.warmup, 2.0), min(args.window, 6.0))
                 result["floor"] = floor

@@ -444,6 +444,18 @@ class PeerTransport:
         self.counters.rtp_sent += 1
         return protected, addr
 
+    def rtp_send_context(self) -> tuple[SrtpContext, Address] | None:
+        """What `protect_rtp_datagram` would protect with and send to now (a compiled fan-out
+        protects and sends itself, through the same context): None unless connected."""
+        if self._srtp is None or self._selected is None or self.state is not TransportState.CONNECTED:
+            return None
+        return self._srtp, self._selected
+
+    def count_rtp_sent(self, sent: int, invalid: int) -> None:
+        """Packets a compiled fan-out protected (and tried to send) for this transport."""
+        self.counters.rtp_sent += sent
+        self.counters.send_invalid += invalid
+
     def send_rtcp(self, packet: bytes) -> bool:
         """Protect one plain RTCP compound packet and queue it; False when dropped."""
         srtp = self._srtp

@@ -72,6 +72,11 @@ class _Unwrapper:
             self._last = extended
         return extended
 
+    def resume(self, last: int) -> None:
+        """Continue from `last` as the newest extended value seen (state kept elsewhere in the
+        meantime: the server's compiled fan-out unwraps in its place)."""
+        self._last = last
+
     def peek(self, value: int) -> int:
         """Extended value ``value`` would unwrap to, without recording it."""
         last = self._last

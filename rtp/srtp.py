@@ -14,6 +14,8 @@ typed exceptions.
 from __future__ import annotations
 
 import pylibsrtp
+from pylibsrtp._binding import ffi as _libsrtp_ffi
+from pylibsrtp._binding import lib as _libsrtp
 
 try:
     # pylibsrtp's own cffi binding: the inbound RTP transform calls libsrtp through it directly
@@ -32,6 +34,7 @@ __all__ = [
     "SrtpPacketError",
     "SrtpContext",
     "split_keying_material",
+    "srtp_protect_address",
     "DEFAULT_REPLAY_WINDOW",
 ]
 
@@ -196,6 +199,13 @@ class SrtpContext:
         except (pylibsrtp.Error, ValueError) as exc:
             raise _map_error(exc) from None
 
+    @property
+    def outbound_handle(self) -> int:
+        """The address of the libsrtp session `protect_rtp` uses (pylibsrtp's), for compiled
+        code in this process that protects with `srtp_protect_address()`: one context, so
+        both produce the same bytes and the same rollover state. Valid while this lives."""
+        return int(_libsrtp_ffi.cast("uintptr_t", self._outbound._srtp[0]))
+
     def unprotect_rtp(self, packet: bytes) -> bytes:
         size = len(packet)
         if size < self._min_srtp:
@@ -232,3 +242,9 @@ class SrtpContext:
             return self._inbound.unprotect_rtcp(packet)
         except (pylibsrtp.Error, ValueError) as exc:
             raise _map_error(exc) from None
+
+
+def srtp_protect_address() -> int:
+    """The address of `srtp_protect` in the libsrtp pylibsrtp built its contexts with (see
+    `SrtpContext.outbound_handle`): libsrtp 2's `(srtp_t, void *packet, int *len)`."""
+    return int(_libsrtp_ffi.cast("uintptr_t", _libsrtp_ffi.addressof(_libsrtp, "srtp_protect")))

@@ -30,6 +30,8 @@ DEFAULT_HISTORY = 2048
 #: Feedback about a seq further back than this from the newest sent is not ours to trust.
 _MAX_BACK = 0x8000
 _NO_CLUSTER = -1
+#: TransportSequencer._state's slots (trio_sfu/native/fanout.c reads them by these numbers).
+_NEXT, _PACKETS, _BYTES, _CLUSTER = range(4)
 
 
 class PacketResult(NamedTuple):
@@ -58,42 +60,101 @@ class TransportSequencer:
         self._size = array("I", [0]) * size
         self._cluster = array("i", [_NO_CLUSTER]) * size
         self._reported = array("b", [0]) * size
-        self.next_sequence = 0  # extended; the wire carries its low 16 bits
-        #: The probe cluster the packets stamped now belong to (the prober sets it around a burst).
-        self.probe_cluster = _NO_CLUSTER
+        # next_sequence, packets_stamped, bytes_stamped, probe_cluster: in one typed array so a
+        # compiled fan-out (trio_sfu/native) numbers from the same counts (the properties below).
+        self._state = array("q", [0, 0, 0, _NO_CLUSTER])
         self._last_stamped: Optional[bytes] = None  # what `unstamp` may take back
         # Feedback's reference time unwraps against the previous one (24 bits of 64 ms).
         self._last_reference: Optional[int] = None
         self._reference_base = 0
-        self.packets_stamped = 0
-        self.bytes_stamped = 0  # octets of the packets stamped (a probe cluster's sender paces by it)
         self.elements_added = 0
         self.unstampable = 0  # no room for the element (a malformed block, an id the form cannot carry)
         self.feedback_unknown = 0  # covered seqs we no longer (or never) remember
+
+    @property
+    def next_sequence(self) -> int:
+        """Extended (never wraps); the wire carries its low 16 bits."""
+        return self._state[_NEXT]
+
+    @next_sequence.setter
+    def next_sequence(self, value: int) -> None:
+        self._state[_NEXT] = value
+
+    @property
+    def packets_stamped(self) -> int:
+        return self._state[_PACKETS]
+
+    @property
+    def bytes_stamped(self) -> int:
+        """Octets of the packets stamped (a probe cluster's sender paces by it)."""
+        return self._state[_BYTES]
+
+    @property
+    def probe_cluster(self) -> int:
+        """The probe cluster the packets stamped now belong to (the prober sets it around a burst)."""
+        return self._state[_CLUSTER]
+
+    @probe_cluster.setter
+    def probe_cluster(self, value: int) -> None:
+        self._state[_CLUSTER] = value
 
     # ---- per packet -----------------------------------------------------------------------
 
     def stamp(self, packet: bytes, now: float) -> bytes:
         """`packet` with the next transport-wide seq in our element, recorded as sent at `now`.
         A packet the element cannot be put into goes out unchanged and is counted."""
-        seq = self.next_sequence
+        seq = self._state[_NEXT]
         out = write_transport_seq(packet, self.ext_id, seq & 0xFFFF)
         if out is None:
             self.unstampable += 1
             return packet
         if len(out) != len(packet):
             self.elements_added += 1
-        slot = seq & self._mask
-        self._seq[slot] = seq
-        self._sent_at[slot] = now
-        self._size[slot] = len(out)
-        self._cluster[slot] = self.probe_cluster
-        self._reported[slot] = 0
-        self.next_sequence = seq + 1
-        self.packets_stamped += 1
-        self.bytes_stamped += len(out)
+        self._record(seq, len(out), now)
         self._last_stamped = out
         return out
+
+    def stamp_at(self, packet: bytearray, at: int, now: float, added: bool = False) -> int:
+        """Write the next transport-wide seq into `packet` in place, at `at` (where the 2-octet
+        value of our element is: the forwarder found it once for a whole fan-out), recorded as
+        sent at `now`; the seq written (for `give_back`). `added`: the layout added the element
+        (`transport_seq_layout` grew the packet). The fan-out's path: no scan of the extension
+        block and no copy per subscriber."""
+        seq = self._state[_NEXT]
+        packet[at] = (seq >> 8) & 0xFF
+        packet[at + 1] = seq & 0xFF
+        if added:
+            self.elements_added += 1
+        self._record(seq, len(packet), now)
+        self._last_stamped = None
+        return seq
+
+    def give_back(self, seq: int) -> None:
+        """`seq`, written by `stamp_at` last, went nowhere (the send failed): the subscriber
+        must see no gap it would report as a loss."""
+        if seq != self.next_sequence - 1 or seq < 0 or self._seq[seq & self._mask] != seq:
+            return
+        self._forget(seq)
+
+    def _record(self, seq: int, size: int, now: float) -> None:
+        slot = seq & self._mask
+        state = self._state
+        self._seq[slot] = seq
+        self._sent_at[slot] = now
+        self._size[slot] = size
+        self._cluster[slot] = state[_CLUSTER]
+        self._reported[slot] = 0
+        state[_NEXT] = seq + 1
+        state[_PACKETS] += 1
+        state[_BYTES] += size
+
+    def _forget(self, seq: int) -> None:
+        slot = seq & self._mask
+        state = self._state
+        state[_BYTES] -= self._size[slot]
+        self._seq[slot] = -1
+        state[_NEXT] = seq
+        state[_PACKETS] -= 1
 
     def unstamp(self, packet: bytes) -> None:
         """`packet`, the last one stamped, never left (the transport could not send it): its
@@ -102,10 +163,7 @@ class TransportSequencer:
         if packet is not self._last_stamped or seq < 0 or self._seq[seq & self._mask] != seq:
             return  # not the packet stamped last (one that could not be stamped, say): nothing to give back
         self._last_stamped = None
-        self.bytes_stamped -= self._size[seq & self._mask]
-        self._seq[seq & self._mask] = -1
-        self.next_sequence = seq
-        self.packets_stamped -= 1
+        self._forget(seq)
 
     # ---- feedback -------------------------------------------------------------------------
 
@@ -168,6 +226,20 @@ def mentions_transport_cc(data: bytes) -> bool:
             return True
         pos += 4 * (((data[pos + 2] << 8) | data[pos + 3]) + 1)
     return False
+
+
+def transport_seq_layout(packet: bytes, ext_id: int) -> Optional[tuple[bytes, int]]:
+    """`packet` as `write_transport_seq` lays it out (the element overwritten, written into
+    zeroed octets or added) with the value 0, and the offset of the element's 2-octet value:
+    a fan-out lays a packet out once and numbers each copy with two octet writes. None when
+    the element cannot be put in."""
+    low = write_transport_seq(packet, ext_id, 0)
+    if low is None:
+        return None
+    high = write_transport_seq(packet, ext_id, 0xFFFF)
+    assert high is not None and len(high) == len(low)
+    at = next(i for i in range(len(low)) if low[i] != high[i])
+    return low, at
 
 
 def write_transport_seq(packet: bytes, ext_id: int, seq: int) -> Optional[bytes]:
@@ -255,4 +327,5 @@ def write_transport_seq(packet: bytes, ext_id: int, seq: int) -> Optional[bytes]
     return None  # an RFC 3550 extension of another profile: no room for RFC 8285 elements
 
 
-__all__ = ["DEFAULT_HISTORY", "PacketResult", "TransportSequencer", "mentions_transport_cc", "write_transport_seq"]
+__all__ = ["DEFAULT_HISTORY", "PacketResult", "TransportSequencer", "mentions_transport_cc", "transport_seq_layout",
+           "write_transport_seq"]

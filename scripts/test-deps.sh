@@ -6,8 +6,9 @@
 #   nodejs, npm              run playwright-core and install scripts/browser's npm packages
 #   redis-server             the cluster tests' shared state (tests/redis_server.py starts its own)
 #   iptables                 firewall rules inside a test's namespace (the TURN e2e test blocks UDP)
-#   gcc, python3-dev         `make native` compiles trio_sfu/native's cffi extensions (without them the
-#                            server runs the pure-Python twins)
+#   gcc, python3-dev         `make native` compiles trio_sfu/native's cffi extensions (the batch UDP reader
+#                            and the fan-out, whose SRTP is pylibsrtp's own libsrtp); without them the
+#                            server runs the pure-Python twins
 #   libnss3-tools (certutil) Chromium's NSS database: the TURN e2e test makes it trust the TURN certificate
 #   scripts/browser/node_modules   livekit-client + playwright-core, and esbuild (rebuilds the playground's
 #                            livekit-client bundle to check the committed one), from package-lock.json (npm ci)
@@ -39,8 +40,10 @@ command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v iptables >/dev/null 2>&1 || [ -x /usr/sbin/iptables ] || need_apt+=(iptables)
 command -v certutil >/dev/null 2>&1 || need_apt+=(libnss3-tools)
 command -v gcc >/dev/null 2>&1 || need_apt+=(gcc)
-py_include="$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["include"])' 2>/dev/null)"
-[ -f "$py_include/Python.h" ] || need_apt+=(python3-dev)
+py="${PYTHON:-python3}"
+[ -x .venv/bin/python ] && py=.venv/bin/python
+py_include="$("$py" -c 'import sysconfig; print(sysconfig.get_paths()["include"])' 2>/dev/null)"
+[ -n "$py_include" ] && [ -f "$py_include/Python.h" ] || need_apt+=(python3-dev)
 if ! command -v node >/dev/null 2>&1; then
     need_apt+=(nodejs npm)
 elif ! command -v npm >/dev/null 2>&1; then

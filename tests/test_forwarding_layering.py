@@ -25,5 +25,5 @@ def test_forwarding_module_imports_no_io(path):
 def test_package_exports_import():
     import trio_sfu.forwarding as fw
 
-    assert all(hasattr(fw, name) for name in fw.__all__) and len(fw.__all__) == 11
+    assert all(hasattr(fw, name) for name in fw.__all__) and len(fw.__all__) == 12
     assert {"DownTrack", "TrackReceiver", "PacketSink", "PublisherSenderReport"} <= set(fw.__all__)

@@ -8,7 +8,8 @@
     signal             trio_sfu.signal     rooms, participants, the seams the layers above implement
     tracks             trio_sfu.tracks     track sources, FIFO track manager, subscriptions
     forwarding         trio_sfu.forwarding receivers, down tracks, simulcast, keyframes
-    foundations        trio_sfu.config, .log, .metrics, .native (usable from every layer of the server)
+    foundations        trio_sfu.config, .log, .metrics, .native (the compiled media helpers; usable
+                       from every layer of the server)
     protocols          sdp/ above rtp/, and proto/ (sans-IO; no trio, sockets or clocks)
 
 `trio_sfu.client` (our LiveKit client and the load tester) stands beside the server: it may use
@@ -36,6 +37,7 @@ RANKS: dict[str, int] = {
     "proto": 0,
     "sdp": 1,
     "trio_sfu": 2,  # foundations: trio_sfu/__init__, config, log, metrics, datagram
+    "trio_sfu.native": 2,  # the compiled fan-out and its loader: a foundation, it imports no layer
     "trio_sfu.forwarding": 3,
     "trio_sfu.tracks": 4,
     "trio_sfu.signal": 5,

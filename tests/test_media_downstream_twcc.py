@@ -23,6 +23,7 @@ from rtp.packet import RtpPacket
 from rtp.twcc import TransportFeedbackRecorder
 from sdp.codecs import EXT_TWCC
 from sdp.parser import parse as parse_sdp
+from trio_sfu import native
 from server_fixtures import mint_token, recv, send, signal_client
 from test_media_forwarding import (
     MID_EXT_ID, VIDEO_SSRC, ClientPc, media_server, recv_until, subscriber_answer, vp8_payload,
@@ -214,4 +215,7 @@ async def test_subscriber_gets_our_contiguous_transport_seqs_and_its_feedback_is
                 while bob_sid in room.sessions:
                     await trio.sleep(0.02)
             assert server.metrics.get("media_twcc_unstampable_total") == 0  # folded in at close
+            # All of the above held whichever fan-out forwarded: the compiled one when it is built.
+            compiled = server.metrics.get("forwarding_compiled_packets_total")
+            assert compiled > 0 if native.FAST_PATH else compiled == 0, (native.DESCRIPTION, compiled)
             nursery.cancel_scope.cancel()

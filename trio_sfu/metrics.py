@@ -72,6 +72,10 @@ class Metrics:
 
 
 # Counter names in one place so a typo is an AttributeError, not a silent new counter.
+# 1 when this process forwards with the compiled fan-out (trio_sfu.native), absent with the pure path.
+FORWARDING_FAST_PATH = "forwarding_fast_path"
+# Forwarded packets the compiled fan-out sent (told when a down track takes its state back).
+FORWARDING_COMPILED_PACKETS = "forwarding_compiled_packets_total"
 HTTP_REQUESTS = "http_requests_total"
 HTTP_BAD_REQUEST = "http_bad_request_total"
 HTTP_TIMEOUT = "http_read_timeout_total"

@@ -19,6 +19,7 @@ from livekit.protocol import models
 from rtp.dtls import DtlsCertificate
 
 from trio_sfu import metrics as m
+from trio_sfu import native
 from trio_sfu.agents.dispatcher import AgentDispatcher
 from trio_sfu.agents.endpoint import AgentEndpoint
 from trio_sfu.agents.limits import AgentLimits
@@ -205,7 +206,10 @@ class Server:
                 await nursery.start(self.cluster.run)
             accepting = trio.CancelScope()
             nursery.start_soon(self._accept_all, accepting, nursery)
-            _log.info("listening", kv={"url": self.url})
+            _log.info("listening", kv={"url": self.url, "fast_path": native.FAST_PATH})
+            _log.info("forwarding fan-out", kv={"path": native.DESCRIPTION})
+            if native.FAST_PATH:
+                self.metrics.inc(m.FORWARDING_FAST_PATH)
             task_status.started(self)
             await self._wait_for_the_end()
             _log.info("shutting down", kv={"rooms": len(self.registry.rooms)})

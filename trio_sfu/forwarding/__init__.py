@@ -6,7 +6,7 @@ subscriber); ``simulcast`` picks layers, ``codec_keyframes`` reads payload descr
 its video tracks.
 """
 
-from trio_sfu.forwarding.downtrack import DownTrack, DownTrackSnapshot, map_payload_types
+from trio_sfu.forwarding.downtrack import DownTrack, DownTrackSnapshot, NumberedDownlink, map_payload_types
 from trio_sfu.forwarding.receiver import ForwardingStateError, PacketSink, ReceiverState, TrackReceiver
 from trio_sfu.forwarding.rtcp_feedback import PublisherSenderReport
 from trio_sfu.forwarding.simulcast import PublishedLayer, VideoQuality, select_target_layer
@@ -15,6 +15,7 @@ __all__ = [
     "DownTrack",
     "DownTrackSnapshot",
     "ForwardingStateError",
+    "NumberedDownlink",
     "PacketSink",
     "PublishedLayer",
     "PublisherSenderReport",

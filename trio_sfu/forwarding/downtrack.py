@@ -21,13 +21,14 @@ objects) maps NACKed subscriber sequence numbers back to (layer, source seq).
 from __future__ import annotations
 
 from array import array
-from typing import Callable, Iterable, Mapping, Optional, Protocol, Sequence
+from typing import Callable, Iterable, Mapping, NamedTuple, Optional, Protocol, Sequence
 
 import attrs
 
 from rtp.packet import rewrite_header
 from rtp.rtcp import Fir, Nack, Pli, ReceiverReport, Remb, ReportBlock, RtcpPacket, SenderReport, compact_ntp
 from rtp.seqnum import SequenceUnwrapper
+from rtp.twcc_sender import TransportSequencer, transport_seq_layout
 from trio_sfu.forwarding.codec_keyframes import (
     keyframe_detector,
     munge_vp8,
@@ -36,9 +37,40 @@ from trio_sfu.forwarding.codec_keyframes import (
     write_vp8_picture_id,
 )
 from trio_sfu.forwarding.rtcp_feedback import PublisherSenderReport, build_sender_report, ntp_from_unix
+from trio_sfu.native import NativeSendTarget
 
 SendPacket = Callable[[bytes], bool]
 _NTP_UNIT = 1 << 32
+
+
+class NumberedDownlink(Protocol):
+    """A downlink that numbers every RTP packet transport-wide (transport-cc): a down track
+    writes the number itself, in the packet it builds, where its shared extension rewriter
+    laid the element out once for the whole fan-out (`_ExtensionRewriter.stamping`); what it
+    cannot lay out that way (a block that is not sane, an id its form cannot carry), and
+    what it does not build itself (NACK answers, padding), goes through the plain send, which
+    numbers it its own way."""
+
+    @property
+    def transport_sequencer(self) -> Optional[TransportSequencer]:
+        """Who numbers packets on this downlink now; None while it does not (not negotiated)."""
+
+    def send_numbered_rtp(self, packet: bytes) -> bool:
+        """`packet`, already numbered: protect and send it; False when it could not go."""
+
+    def native_send_target(self) -> Optional[NativeSendTarget]:
+        """How the compiled fan-out may protect and send for this downlink now; None when it
+        may not (not connected, not numbering, on ICE-TCP or TURN): the Python path serves."""
+
+
+class NativeSlot(Protocol):
+    """A down track's place in the compiled fan-out (trio_sfu.forwarding.fanout)."""
+
+    def release(self, down_track: "DownTrack") -> None:
+        """Write the state the compiled path advanced back into `down_track`, and leave."""
+
+    def flush(self, down_track: "DownTrack") -> None:
+        """Write the state the compiled path advanced back into `down_track`, and stay."""
 
 
 class PacketSource(Protocol):
@@ -134,6 +166,19 @@ def _rewrite_block(buf: bytearray, pos: int, end: int, id_map: Mapping[int, int]
             pos += 2 + length
 
 
+class StampLayout(NamedTuple):
+    """A fan-out packet laid out for transport-wide numbering (`_ExtensionRewriter.stamping`):
+    `out[start:end] = region` (end: the end of the original extension block, or `start` when
+    there was none), the X bit set when `set_extension_bit`, then the seq's 2 octets at `at`."""
+
+    start: int
+    end: int
+    region: bytes
+    at: int
+    set_extension_bit: bool
+    added: bool  # the element was added (the packet grew)
+
+
 class _ExtensionRewriter:
     """:func:`rewrite_extension_ids` for one id map, memoised.
 
@@ -144,7 +189,8 @@ class _ExtensionRewriter:
     across packets (mid/rid only) also hit a small by-content cache.
     """
 
-    __slots__ = ("id_map", "_last_packet", "_last_block", "_by_content")
+    __slots__ = ("id_map", "_last_packet", "_last_block", "_by_content", "_stamp_packet", "_stamp_ext_id", "_stamp",
+                 "_layouts")
 
     _CONTENT_CACHE_SIZE = 256
 
@@ -154,30 +200,86 @@ class _ExtensionRewriter:
         # (start, end, rewritten block) for _last_packet; None when it has no sane block.
         self._last_block: Optional[tuple[int, int, bytes]] = None
         self._by_content: dict[bytes, bytes] = {}
+        # `stamping`'s memo: the last packet and id asked about, and layouts by (block, id).
+        self._stamp_packet: Optional[bytes] = None
+        self._stamp_ext_id = -1
+        self._stamp: Optional[StampLayout] = None
+        self._layouts: dict[tuple[bytes, int], tuple[bytes, int]] = {}
 
     def rewrite(self, out: bytearray, packet: bytes) -> None:
         """Rewrite ``out`` (a copy of ``packet``, header fields aside) in place."""
         if packet is not self._last_packet or type(packet) is not bytes:
             # (A mutable buffer may change between calls; only immutable bytes are memoised by identity.)
-            self._last_packet = packet
-            bounds = _extension_block(packet)
-            if bounds is None:
-                self._last_block = None
-                return
-            start, end = bounds
-            original = bytes(packet[start:end])
-            rewritten = self._by_content.get(original)
-            if rewritten is None:
-                scratch = bytearray(original)
-                _rewrite_block(scratch, 0, end - start, self.id_map)
-                rewritten = bytes(scratch)
-                if len(self._by_content) >= self._CONTENT_CACHE_SIZE:
-                    self._by_content.clear()
-                self._by_content[original] = rewritten
-            self._last_block = (start, end, rewritten)
+            self.prepare(packet)
         block = self._last_block
         if block is not None:
             out[block[0] : block[1]] = block[2]
+
+    def prepare(self, packet: bytes) -> Optional[tuple[int, int, bytes]]:
+        """`packet`'s rewritten block: (start, end, the block), None when it has none;
+        remembered for the `rewrite`s that follow."""
+        self._last_packet = packet
+        bounds = _extension_block(packet)
+        if bounds is None:
+            self._last_block = None
+            return None
+        start, end = bounds
+        original = bytes(packet[start:end])
+        rewritten = self._by_content.get(original)
+        if rewritten is None:
+            scratch = bytearray(original)
+            _rewrite_block(scratch, 0, end - start, self.id_map)
+            rewritten = bytes(scratch)
+            if len(self._by_content) >= self._CONTENT_CACHE_SIZE:
+                self._by_content.clear()
+            self._by_content[original] = rewritten
+        block = self._last_block = (start, end, rewritten)
+        return block
+
+    def stamping(self, packet: bytes, ext_id: int) -> Optional[StampLayout]:
+        """How to lay `packet` out for a subscriber whose transport numbers its packets with
+        element `ext_id`: the region from the end of the CSRCs to the end of the extension
+        block replaced by the rewritten block with that element in it (as the transport's
+        `write_transport_seq` would put it: overwritten, in zeroed octets, or added), and
+        where its value goes. Computed once per fan-out packet; None when the element cannot
+        be put in that way (the transport's own stamping then decides)."""
+        if packet is not self._stamp_packet or ext_id != self._stamp_ext_id or type(packet) is not bytes:
+            self._stamp_packet = packet
+            self._stamp_ext_id = ext_id
+            self._stamp = self._layout(packet, ext_id)
+        return self._stamp
+
+    def _layout(self, packet: bytes, ext_id: int) -> Optional[StampLayout]:
+        size = len(packet)
+        if size < 12:
+            return None
+        pos = 12 + 4 * (packet[0] & 0x0F)
+        if packet[0] & 0x10:
+            if packet is not self._last_packet or type(packet) is not bytes:
+                self.prepare(packet)
+            block = self._last_block
+            if block is None:
+                return None  # an extension block that is not sane
+            end, original, rewritten = block[1], bytes(packet[pos:block[1]]), block[2]
+        elif size < pos:
+            return None
+        else:
+            end, original, rewritten = pos, b"", b""
+        key = (original, ext_id)
+        cached = self._layouts.get(key)
+        if cached is None:
+            # The layout of the region does not depend on what precedes it: lay it out behind
+            # a bare 12-octet header.
+            laid = transport_seq_layout(bytes((0x90 if rewritten else 0x80,)) + bytes(11) + rewritten, ext_id)
+            if laid is None:
+                return None
+            new, at = laid
+            cached = (new[12:], at - 12)
+            if len(self._layouts) >= self._CONTENT_CACHE_SIZE:
+                self._layouts.clear()
+            self._layouts[key] = cached
+        region, at = cached
+        return StampLayout(pos, end, region, pos + at, not rewritten, len(region) != end - pos)
 
 
 #: Shared rewriters by id map (see _ExtensionRewriter); few distinct maps exist per node.
@@ -268,8 +370,11 @@ class DownTrack:
         wallclock_offset: float = 0.0,
         extension_ids: Optional[Mapping[int, int]] = None,
         snapshot: Optional[DownTrackSnapshot] = None,
+        numbered: Optional[NumberedDownlink] = None,
     ) -> None:
         self._source = source
+        # Set: forwarded packets are numbered here, in place (see NumberedDownlink).
+        self._numbered = numbered
         self.ssrc = ssrc
         self._pt_map = dict(payload_types)
         self.clock_rate = clock_rate
@@ -301,7 +406,12 @@ class DownTrack:
         self.last_report: Optional[ReportBlock] = None
         self.last_report_at: Optional[float] = None
         self.remb: Optional[int] = None
-        self.counters = DownTrackCounters()
+        self._counters = DownTrackCounters()
+        # Set while the compiled fan-out forwards for this track (trio_sfu.forwarding.fanout):
+        # it holds the forwarding state then; `_sync_native` copies it here before Python reads
+        # it, `_pull_native` hands it back before Python changes it.
+        self._native_slot: Optional[NativeSlot] = None
+        self._native_retry_at = _NEG_INF
         # The part of counters.packets_sent/octets_sent a restored snapshot carried over (the
         # SR's counts continue the previous down track's, which counted those packets itself).
         self._inherited_packets = 0
@@ -349,6 +459,26 @@ class DownTrack:
             self.restore(snapshot)
 
     @property
+    def counters(self) -> DownTrackCounters:
+        if self._native_slot is not None:
+            self._sync_native()
+        return self._counters
+
+    def _sync_native(self) -> None:
+        """Bring this object up to date with what the compiled fan-out did (it goes on
+        forwarding): for the entry points that read the forwarding state, not change it."""
+        slot = self._native_slot
+        if slot is not None:
+            slot.flush(self)
+
+    def _pull_native(self) -> None:
+        """Take the forwarding state back from the compiled fan-out (it forwards no more for
+        this track until it is armed again)."""
+        slot = self._native_slot
+        if slot is not None:
+            slot.release(self)
+
+    @property
     def extension_ids(self) -> Optional[dict[int, int]]:
         """Publisher extension id -> subscriber id; None forwards the block untouched."""
         return dict(self._rewriter.id_map) if self._rewriter is not None else None
@@ -357,6 +487,8 @@ class DownTrack:
 
     def set_target_layer(self, layer: Optional[int], now: float) -> None:
         """From UpdateTrackSettings (via simulcast.select_target_layer); None pauses."""
+        if self._native_slot is not None:
+            self._pull_native()
         was_disabled = self.disabled
         self.target_layer = layer
         self._effective_target = layer
@@ -371,6 +503,8 @@ class DownTrack:
         self._source.layer_demand_changed()
 
     def set_disabled(self, disabled: bool, now: float) -> None:
+        if self._native_slot is not None:
+            self._pull_native()
         was_disabled = self.disabled
         self.disabled = disabled
         if was_disabled and not disabled and self.target_layer is not None:
@@ -402,11 +536,13 @@ class DownTrack:
     # --- snapshot ---
 
     def snapshot(self) -> Optional[DownTrackSnapshot]:
+        if self._native_slot is not None:
+            self._sync_native()
         if self._last_seq is None or self._last_ts is None:
             return None
         return DownTrackSnapshot(
             self._last_seq, self._last_ts, self._last_ts_at, self._last_pid, self._last_tl0,
-            self._rtx_seq, self.counters.packets_sent, self.counters.octets_sent,
+            self._rtx_seq, self._counters.packets_sent, self._counters.octets_sent,
         )
 
     def own_counters(self) -> DownTrackCounters:
@@ -417,13 +553,15 @@ class DownTrack:
                             octets_sent=counters.octets_sent - self._inherited_octets)
 
     def restore(self, snapshot: DownTrackSnapshot) -> None:
+        if self._native_slot is not None:
+            self._pull_native()
         self._last_seq = snapshot.last_sequence
         self._last_ts = snapshot.last_timestamp & 0xFFFFFFFF
         self._last_ts_at = snapshot.last_timestamp_at
         self._last_pid = snapshot.vp8_picture_id
         self._last_tl0 = snapshot.vp8_tl0picidx
         self._rtx_seq = snapshot.rtx_sequence
-        counters = self.counters
+        counters = self._counters
         self._inherited_packets += snapshot.packets_sent - counters.packets_sent
         self._inherited_octets += snapshot.octets_sent - counters.octets_sent
         counters.packets_sent = snapshot.packets_sent
@@ -434,7 +572,7 @@ class DownTrack:
 
     def write_rtp(self, layer: int, packet: bytes, now: float) -> bool:
         """One packet of ``layer`` from the receiver; True when it went to the subscriber."""
-        counters = self.counters
+        counters = self._counters
         if self.disabled:
             counters.dropped_disabled += 1
             return False
@@ -452,6 +590,8 @@ class DownTrack:
             if layer != self._effective_target:
                 counters.dropped_other_layer += 1
                 return False
+            if self._native_slot is not None:
+                self._pull_native()
             bounds = payload_bounds(packet)
             if bounds is None or bounds[0] == bounds[1] or not self._is_keyframe(packet, *bounds):
                 counters.dropped_waiting_keyframe += 1
@@ -459,6 +599,8 @@ class DownTrack:
                 return False
             self._switch_source(layer, ssrc, packet, bounds, now)
             switched = True
+        elif self._native_slot is not None:
+            self._pull_native()  # the compiled fan-out left this packet to us
 
         seq = (packet[2] << 8) | packet[3]
         in_ext = self._unwrap.unwrap(seq)
@@ -499,10 +641,22 @@ class DownTrack:
         out = bytearray(packet)
         rewrite_header(out, self.ssrc, out_ext, out_ts, pt_out)
         rewriter = self._rewriter
-        if rewriter is not None:
+        numbered = self._numbered
+        sequencer = numbered.transport_sequencer if numbered is not None else None
+        layout = rewriter.stamping(packet, sequencer.ext_id) if rewriter is not None and sequencer is not None else None
+        start, end = bounds
+        if layout is not None:
+            # Laid out for numbering here (the element's place found once per fan-out packet).
+            out[layout.start:layout.end] = layout.region
+            if layout.set_extension_bit:
+                out[0] |= 0x10
+            shift = len(layout.region) - (layout.end - layout.start)
+            start += shift
+            end += shift
+        elif rewriter is not None:
             rewriter.rewrite(out, packet)
         if self._vp8:
-            pid_out, tl0_out = munge_vp8(out, bounds[0], bounds[1], self._pid_offset, self._tl0_offset)
+            pid_out, tl0_out = munge_vp8(out, start, end, self._pid_offset, self._tl0_offset)
         else:
             pid_out = tl0_out = -1
 
@@ -529,7 +683,13 @@ class DownTrack:
             self._last_ts = out_ts
             self._last_ts_at = now
 
-        if not self._send_rtp(bytes(out)):
+        if layout is not None:
+            transport_seq = sequencer.stamp_at(out, layout.at, now, layout.added)  # type: ignore[union-attr]
+            if not numbered.send_numbered_rtp(bytes(out)):  # type: ignore[union-attr]
+                sequencer.give_back(transport_seq)
+                counters.dropped_send_failed += 1
+                return False
+        elif not self._send_rtp(bytes(out)):
             counters.dropped_send_failed += 1
             return False
         counters.packets_sent += 1
@@ -557,7 +717,7 @@ class DownTrack:
                 continue
             misses = 0
             if self.write_rtp(layer, packet, now):
-                self.counters.catch_up_sent += 1
+                self._counters.catch_up_sent += 1
 
     def _forward_unsent(self, ext: int, now: float) -> bool:
         """A NACK for an output sequence number never forwarded: if it maps to a packet of the
@@ -611,7 +771,7 @@ class DownTrack:
         return None
 
     def _switch_source(self, layer: int, ssrc: int, packet: bytes, bounds: tuple[int, int], now: float) -> None:
-        counters = self.counters
+        counters = self._counters
         if layer != self.current_layer and self.current_layer is not None:
             counters.layer_switches += 1
         else:
@@ -643,6 +803,8 @@ class DownTrack:
     # --- RTCP from the subscriber ---
 
     def handle_rtcp(self, packets: Sequence[RtcpPacket], now: float) -> None:
+        if self._native_slot is not None:
+            self._sync_native()
         for packet in packets:
             if isinstance(packet, Nack):
                 if packet.media_ssrc == self.ssrc:
@@ -652,12 +814,12 @@ class DownTrack:
                     continue
                 if isinstance(packet, Fir) and not any(e.ssrc == self.ssrc for e in packet.entries):
                     continue
-                self.counters.keyframe_requests_received += 1
+                self._counters.keyframe_requests_received += 1
                 if isinstance(packet, Fir):
-                    self.counters.firs_received += 1
+                    self._counters.firs_received += 1
                 layer = self.current_layer if self.current_layer is not None else self.target_layer
                 if layer is not None and self._source.request_keyframe(layer, now):
-                    self.counters.keyframe_requests_forwarded += 1
+                    self._counters.keyframe_requests_forwarded += 1
             elif isinstance(packet, (ReceiverReport, SenderReport)):
                 for block in packet.reports:
                     if block.ssrc != self.ssrc:
@@ -673,7 +835,7 @@ class DownTrack:
                     self.remb = packet.bitrate
 
     def _answer_nack(self, seqs: Iterable[int], now: float) -> None:
-        counters = self.counters
+        counters = self._counters
         last = self._last_seq
         if last is None:
             return
@@ -741,6 +903,8 @@ class DownTrack:
         A track disabled since (paused for bandwidth, or muted) pads too: probing is how a
         paused track's subscriber finds the room to resume it, and the receiver discards
         padding-only RTX whatever its media stream is doing."""
+        if self._native_slot is not None:
+            self._sync_native()
         return self.rtx_ssrc is not None and bool(self.rtx_payload_types) and self._last_ts is not None
 
     def send_padding(self, count: int, size: int) -> int:
@@ -750,13 +914,15 @@ class DownTrack:
             if self._send_rtp(packet):
                 sent += 1
             else:
-                self.counters.dropped_send_failed += 1
+                self._counters.dropped_send_failed += 1
         return sent
 
     def padding_packets(self, count: int, size: int) -> list[bytes]:
         """`count` padding-only RTP packets (RFC 3550 §5.1 padding, `size` octets each, at most
         12 + 255) on the RTX SSRC, as libwebrtc pads: a bandwidth probe's filler that the
         subscriber's RTX receiver discards. Empty when the track cannot pad (`can_pad`)."""
+        if self._native_slot is not None:
+            self._sync_native()
         if not self.can_pad or count <= 0:
             return []
         rtx_pt = next(iter(self.rtx_payload_types.values()))
@@ -785,6 +951,8 @@ class DownTrack:
         extrapolate from our last SR, or from the last sent packet and the
         wall clock (``now + wallclock_offset`` = Unix time).
         """
+        if self._native_slot is not None:
+            self._sync_native()
         if self._last_ts is None:
             return None
         layer = self.current_layer
@@ -804,6 +972,8 @@ class DownTrack:
         return ntp & 0xFFFFFFFFFFFFFFFF, rtp & 0xFFFFFFFF
 
     def poll_rtcp(self, now: float) -> None:
+        if self._native_slot is not None:
+            self._sync_native()
         if self._next_sr is None or now < self._next_sr:
             return
         self._next_sr = now + self.rtcp_interval
@@ -815,7 +985,7 @@ class DownTrack:
         self._sr_sent_at[compact_ntp(ntp)] = now
         if len(self._sr_sent_at) > 8:
             del self._sr_sent_at[next(iter(self._sr_sent_at))]
-        self.counters.srs_sent += 1
+        self._counters.srs_sent += 1
         self._send_rtcp(
-            build_sender_report(self.ssrc, ntp, rtp, self.counters.packets_sent, self.counters.octets_sent, self.cname)
+            build_sender_report(self.ssrc, ntp, rtp, self._counters.packets_sent, self._counters.octets_sent, self.cname)
         )

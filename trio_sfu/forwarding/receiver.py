@@ -33,6 +33,7 @@ from rtp.rtcp import RtcpPacket, SenderReport
 from rtp.rtx_buffer import RetransmissionBuffer
 from rtp.seqnum import SequenceUnwrapper
 from trio_sfu.forwarding.codec_keyframes import keyframe_detector, payload_bounds
+from trio_sfu.forwarding.fanout import Fanout
 from trio_sfu.forwarding.rtcp_feedback import (
     PublisherSenderReport,
     build_nack,
@@ -307,7 +308,10 @@ class TrackReceiver:
         rr_interval: float = 1.0,
         keyframe_request_interval: float = 0.5,
         now: float = 0.0,
+        fast_path: Optional[bool] = None,
     ) -> None:
+        """`fast_path`: whether the compiled fan-out forwards the steady state (None: when it
+        is built, trio_sfu.native; False: the pure Python path)."""
         self.track_id = track_id
         self.mime_type = mime_type
         self.clock_rate = clock_rate
@@ -344,6 +348,7 @@ class TrackReceiver:
                 self._rtx_by_ssrc[ssrc] = self._layers[index]
                 self._live_rtx[index] = ssrc
         self._down_tracks: list[PacketSink] = []
+        self._fanout = Fanout(self._down_tracks, enabled=fast_path)
         self.demand_listener: Optional[LayerDemandListener] = None
         self.state = ReceiverState.OPEN
         self.expected_to_resume = False
@@ -368,6 +373,7 @@ class TrackReceiver:
         if self.state is not ReceiverState.CLOSING:
             raise ForwardingStateError(f"close from {self.state.value}, expected closing")
         self.state = ReceiverState.CLOSED
+        self._fanout.release_all()
         self._down_tracks.clear()
         for layer in self._layers.values():
             layer.buffer.clear()
@@ -378,10 +384,12 @@ class TrackReceiver:
     def add_down_track(self, down_track: PacketSink) -> None:
         if down_track not in self._down_tracks:
             self._down_tracks.append(down_track)
+            self._fanout.changed()
             self.layer_demand_changed()
 
     def remove_down_track(self, down_track: PacketSink) -> None:
         if down_track in self._down_tracks:
+            self._fanout.remove(down_track)
             self._down_tracks.remove(down_track)
             self.layer_demand_changed()
 
@@ -636,10 +644,18 @@ class TrackReceiver:
                 layer.keyframes += 1
                 layer.last_keyframe_at = now
                 counters.keyframes += 1
-        index = layer.index
-        for down_track in self._down_tracks:
-            down_track.write_rtp(index, packet, now)
+        self._fanout.forward(layer.index, packet, bounds, now)
         return True
+
+    @property
+    def fast_path(self) -> bool:
+        """Whether the compiled fan-out forwards this track's steady state."""
+        return self._fanout.compiled
+
+    @property
+    def compiled_packets(self) -> int:
+        """Packets the compiled fan-out forwarded (or failed to send) for down tracks."""
+        return self._fanout.compiled_packets
 
     def _receive_rtx(self, layer: _Layer, packet: bytes, bounds: tuple[int, int], now: float) -> bool:
         """RFC 4588: payload = original seq (2 bytes) + original payload; rebuild and deliver."""

@@ -4,10 +4,11 @@ One `SubscriberBandwidth` per peer connection the down tracks go out on (the sub
 with /rtc/v1 the one PC both ways), created once its negotiation kept the transport-wide
 sequence number extension:
 
-- per packet, only what a packet must touch: the subscriber endpoint's send path stamps every
-  RTP packet (every track's media, RTX, probe padding) with the next number of this transport
-  (rtp.twcc_sender.TransportSequencer) and notes its send time and size; a packet the socket
-  refused gives its number back;
+- per packet, only what a packet must touch: every RTP packet (every track's media, RTX, probe
+  padding) gets the next number of this transport (rtp.twcc_sender.TransportSequencer), its
+  send time and size noted; a packet the socket refused gives its number back. A forwarded
+  packet is numbered by its down track, in place, where the fan-out found the element once
+  (forwarding.NumberedDownlink); the rest by the subscriber endpoint's send path;
 - per RTCP packet from the client: transport-cc feedback is matched to that history and fed to
   the estimator (rtp.bwe.BandwidthEstimator); REMB too (the estimate of clients that send only
   REMB);

@@ -102,7 +102,8 @@ class ParticipantSubscriber(SubscriberEndpoint):
         transports = owner.transports
         super().__init__(owner.sid, transports.sub_local, owner.exchange, transports.send_down,
                          send_rtcp=transports.send_subscriber_rtcp, answered=answered,
-                         request_offer=owner.request_client_offer if transports.single_pc else None)
+                         request_offer=owner.request_client_offer if transports.single_pc else None,
+                         numbered=transports)
         self._owner = owner
 
     def target_layer(self, source: TrackSource) -> Optional[int]:

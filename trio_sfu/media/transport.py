@@ -46,7 +46,7 @@ from rtp.peer_transport_events import (
     TransportFailed,
 )
 from rtp.sctp import AssociationClosed, AssociationEstablished, ChannelClosed, ChannelOpened, MessageReceived
-from rtp.twcc_sender import mentions_transport_cc
+from rtp.twcc_sender import TransportSequencer, mentions_transport_cc
 from sdp.model import Fingerprint, SessionDescription
 from sdp.negotiator import DtlsRole, LocalParams, restarts_ice
 
@@ -54,7 +54,8 @@ from trio_sfu import metrics as m
 from trio_sfu.log import ContextLogger
 from trio_sfu.media.data_channels import DataTransport, ParticipantData
 from trio_sfu.media.ice_tcp import ICE_TCP_SEND_NO_PATH, TcpPath
-from trio_sfu.media.udp_mux import UdpMux
+from trio_sfu.media.udp_mux import UDP_DROPPED_SEND_FULL, UDP_SEND_ERROR, UDP_SENT, UdpMux
+from trio_sfu.native import NativeSendTarget
 
 PUBLISHER = "publisher"
 SUBSCRIBER = "subscriber"
@@ -84,6 +85,9 @@ def new_ice_credentials() -> tuple[str, str]:
 class PacketStamper(Protocol):
     """Stamps every RTP packet a subscriber PC sends with its transport-wide sequence number
     (trio_sfu.media.bandwidth.SubscriberBandwidth)."""
+
+    #: Who numbers: the down tracks number their forwarded packets in place through it.
+    sequencer: TransportSequencer
 
     def stamp(self, packet: bytes, now: float) -> bytes: ...
 
@@ -252,6 +256,42 @@ class TransportEndpoint:
         if not sent and stamper is not None:
             stamper.unstamp(packet)
         return sent
+
+    def send_numbered_rtp(self, packet: bytes) -> bool:
+        """`send_rtp` for a packet its down track already numbered (`stamper.sequencer.stamp_at`):
+        protected and sent; on failure the caller gives the number back."""
+        out = self.session.protect_rtp_datagram(packet)
+        if out is None:
+            return False
+        if type(out[1]) is TcpAddress:
+            return self._send_tcp(out[0], out[1])
+        return self._mux.send_one(out[0], out[1])
+
+    def native_send_target(self) -> Optional[NativeSendTarget]:
+        """What the compiled fan-out needs to protect and send for this connection itself
+        (trio_sfu.forwarding.fanout): its SRTP context, the UDP socket and the peer's address;
+        None unless connected over UDP and numbering transport-wide."""
+        if self.stamper is None:
+            return None
+        context = self.transport.rtp_send_context()
+        if context is None or type(context[1]) is TcpAddress:
+            return None
+        srtp, addr = context
+        sock = self._mux.reply_socket(addr)
+        return NativeSendTarget(srtp.outbound_handle, sock.fileno(), (addr[0], addr[1]), self._account_native,
+                                owners=(srtp, sock))
+
+    def _account_native(self, sent: int, full: int, errors: int, invalid: int) -> None:
+        """What the compiled fan-out did for this connection since it last told."""
+        self.transport.count_rtp_sent(sent + full + errors, invalid)
+        metrics = self._metrics
+        if sent:
+            metrics.inc(UDP_SENT, sent)
+            metrics.inc(m.FORWARDING_COMPILED_PACKETS, sent)
+        if full:
+            metrics.inc(UDP_DROPPED_SEND_FULL, full)
+        if errors:
+            metrics.inc(UDP_SEND_ERROR, errors)
 
     # ---- ICE-TCP paths (trio_sfu.media.ice_tcp's TcpEndpoint) --------------------------------
 
@@ -506,6 +546,22 @@ class ParticipantTransports:
         """A down track's RTP to the client (the hot path); False if it could not go."""
         endpoint = self.publisher if self.single_pc else self.subscriber
         return endpoint is not None and endpoint.send_rtp(packet)
+
+    # NumberedDownlink (trio_sfu.forwarding): the down tracks number what they forward in place.
+
+    @property
+    def transport_sequencer(self) -> Optional[TransportSequencer]:
+        endpoint = self.publisher if self.single_pc else self.subscriber
+        stamper = endpoint.stamper if endpoint is not None else None
+        return stamper.sequencer if stamper is not None else None
+
+    def send_numbered_rtp(self, packet: bytes) -> bool:
+        endpoint = self.publisher if self.single_pc else self.subscriber
+        return endpoint is not None and endpoint.send_numbered_rtp(packet)
+
+    def native_send_target(self) -> Optional[NativeSendTarget]:
+        endpoint = self.publisher if self.single_pc else self.subscriber
+        return endpoint.native_send_target() if endpoint is not None else None
 
     def send_subscriber_rtcp(self, packet: bytes) -> bool:
         endpoint = self.downlink

@@ -1,3 +1,73 @@
 """Compiled helpers for the media hot path, each built in place by a cffi (API mode) build
-script next to it (`make native`), each with a pure-Python twin that is used when the extension
-is missing or `TRIO_SFU_FASTPATH=0`. A foundation: no trio, no server layer."""
+script (`make native`), each with a pure-Python twin used when the extension is missing or
+`TRIO_SFU_FASTPATH=0`: the batch UDP reader (`batch_recv`, `_recv`) and the fan-out. A
+foundation: no trio, no server layer.
+
+The fan-out, when it is built: which forwarding path this process uses.
+
+`trio_sfu.forwarding.fanout` forwards a packet to all the steady down tracks of a layer in one
+call into `_fanout` (fanout.c, built by `python -m trio_sfu.native.build`, the Makefile's
+`native` step); without it every down track takes the pure Python path, which produces the
+same datagrams. `TRIO_SFU_FASTPATH`: `0` forces the pure path, `1` requires the compiled one
+(an import failure is then an error, not a fall-back); unset: compiled when built.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import socket
+from types import ModuleType
+from typing import Callable, Optional
+
+import attrs
+
+ENV = "TRIO_SFU_FASTPATH"
+
+
+def _load() -> tuple[Optional[ModuleType], str]:
+    setting = os.environ.get(ENV, "").strip()
+    if setting == "0":
+        return None, f"pure Python ({ENV}=0)"
+    try:
+        if importlib.util.find_spec("trio_sfu.native._fanout") is None:
+            raise ImportError("no trio_sfu/native/_fanout module: `make native` builds it")
+        from trio_sfu.native import _fanout  # type: ignore[attr-defined]
+    except ImportError as exc:  # not built, or built for another Python
+        if setting == "1":
+            raise RuntimeError(f"{ENV}=1 but the compiled fan-out cannot be loaded: {exc}") from exc
+        return None, f"pure Python (compiled fan-out not loaded: {exc})"
+    return _fanout, "compiled (cffi)"
+
+
+@attrs.frozen
+class NativeSendTarget:
+    """How the compiled path sends for one downlink: the libsrtp context to protect with
+    (rtp.srtp.SrtpContext.outbound_handle), the UDP socket's descriptor and the peer's
+    address, and where the counts of what it did go (sent, dropped for a full socket buffer,
+    other send errors, SRTP failures)."""
+
+    srtp_handle: int
+    fd: int
+    address: tuple[str, int]
+    account: Callable[[int, int, int, int], None]
+    #: What must outlive the compiled path's use of the handle and descriptor (the SRTP
+    #: context owning the libsrtp session, the socket): held as long as the target is.
+    owners: tuple = ()
+
+
+def packed_address(host: str) -> Optional[tuple[int, bytes]]:
+    """(address family, packed address) of a numeric IPv4/IPv6 host for fp_set_address;
+    None for anything else."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return family, socket.inet_pton(family, host)
+    except OSError:
+        return None
+
+
+compiled, DESCRIPTION = _load()
+#: Whether the compiled fan-out is in use in this process.
+FAST_PATH: bool = compiled is not None
+
+__all__ = ["DESCRIPTION", "ENV", "FAST_PATH", "NativeSendTarget", "compiled", "packed_address"]

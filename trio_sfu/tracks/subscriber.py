@@ -29,7 +29,7 @@ from sdp.errors import NegotiationError, TransceiverInvariantError
 from sdp.model import SessionDescription
 from sdp.negotiator import LocalParams, OutgoingTrack, SubscriberOffer, offered_receive_lines
 from sdp.transceivers import UNPLACED_MID_PREFIX, CachedTransceiver, TransceiverState, TransceiverTable
-from trio_sfu.forwarding import DownTrack, map_payload_types
+from trio_sfu.forwarding import DownTrack, NumberedDownlink, map_payload_types
 from trio_sfu.forwarding.downtrack import DownTrackSnapshot
 
 from trio_sfu.tracks.source import TrackSource
@@ -85,8 +85,10 @@ class SubscriberEndpoint:
                  send_rtcp: Callable[[bytes], bool] = lambda packet: True,
                  table: Optional[TransceiverTable] = None,
                  answered: Optional[Answered] = None,
-                 request_offer: Optional[RequestOffer] = None) -> None:
+                 request_offer: Optional[RequestOffer] = None,
+                 numbered: Optional[NumberedDownlink] = None) -> None:
         self._id = subscriber_id
+        self._numbered = numbered
         self._request_offer = request_offer
         if table is None:
             table = TransceiverTable(client_offers=request_offer is not None)
@@ -297,7 +299,7 @@ class SubscriberEndpoint:
             send_rtcp=self._send_rtcp, cname=self._id, wallclock_offset=wallclock_offset,
             target_layer=self.target_layer(source),
             rtx_ssrc=t.rtx_ssrc if rtx_pts else None, rtx_payload_types=rtx_pts,
-            extension_ids=extension_ids, snapshot=binding.snapshot,
+            extension_ids=extension_ids, snapshot=binding.snapshot, numbered=self._numbered,
         )
         binding.down = down
         first_subscriber = not source.receiver.down_tracks
