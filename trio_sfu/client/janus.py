@@ -257,7 +257,10 @@ class JanusParticipant:
                                                  for p in publisher.publications], 1)
         publisher.pending_offer = PendingOffer(1, offer)
         reply = await self.api.request({"janus": "message", "body": {"request": "publish"},
-                                        "jsep": {"type": "offer", "sdp": serialize_sdp(offer)}}, handle_id=handle)
+                                        # Our rids go lowest quality first (q, h, f); Janus
+                                        # assumes highest first unless told.
+                                        "jsep": {"type": "offer", "sdp": serialize_sdp(offer), "rid_order": "lmh"}},
+                                       handle_id=handle)
         jsep = reply.get("jsep")
         if not jsep or jsep.get("type") != "answer":
             raise JanusError(f"publish: no SDP answer from janus ({reply.get('plugindata', {}).get('data')})")
@@ -296,11 +299,29 @@ class JanusParticipant:
         if not jsep or jsep.get("type") != "offer":
             raise JanusError(f"subscribe: no SDP offer from janus ({reply.get('plugindata', {}).get('data')})")
         answer, first_mid = self.subscriber._answer(rtc.SessionDescription(type="offer", sdp=jsep["sdp"], id=1))
+        self._name_tracks_by_feed(reply["plugindata"]["data"].get("streams", []))
         await self.api.request({"janus": "message", "body": {"request": "start"},
                                 "jsep": {"type": "answer", "sdp": answer.sdp}}, handle_id=handle)
         pc = self.subscriber.pc
         assert pc is not None  # _answer opened it
         await self.api.request(_candidate_message(pc, first_mid), handle_id=handle)
+
+    def _name_tracks_by_feed(self, streams: list[dict[str, Any]]) -> None:
+        """Janus' offer names its m-lines after itself (msid ``janus janus<n>``); its ``streams``
+        list says which feed and which of the publisher's mids each carries. A track is renamed
+        ``<feed>/<publisher mid>``, as the publisher names it, so both sides agree on the sid."""
+        by_mid = {track.mid: track for track in self.subscriber.subscriptions.values()}
+        renamed: dict[str, RemoteTrack] = {}
+        for stream in streams:
+            track = by_mid.pop(str(stream.get("mid")), None)
+            if track is not None and "feed_id" in stream and "feed_mid" in stream:
+                track.sid = f"{stream['feed_id']}/{stream['feed_mid']}"
+                track.participant_sid = str(stream["feed_id"])
+                renamed[track.sid] = track
+        for track in by_mid.values():
+            renamed[track.sid] = track
+        self.subscriber.subscriptions.clear()
+        self.subscriber.subscriptions.update(renamed)
 
     async def wait_connected(self, timeout: float = 15.0) -> None:
         await self.subscriber.wait_connected(timeout)
