@@ -4,6 +4,11 @@ Scenarios (see ``bench/scenarios.py``): ``audio-room``, ``meeting``, ``livestrea
 ``floor`` runs only the minimal forwarder (``bench/floor.py``) on a scenario's traffic shape
 (``--shape``, default livestream); ``all`` runs the three load scenarios. Each load scenario
 is followed by the floor on the same shape and reported as a ratio to it, unless ``--no-floor``.
+
+``--server janus`` runs the same traffic through Janus (``bench/janus/``; install it with
+``bench/janus/setup.sh``); ``--server both`` runs trio-sfu, then Janus, and ends with one table of
+both servers' CPU per forwarded packet. ``--tester-workers N`` spreads the load tester over N
+processes (``trio-sfu load-test --workers``) so a large scenario keeps the server the busy side.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from typing import Any
 
 from . import procstat
 from .floor import run_floor
-from .scenarios import SCENARIOS, BenchError, run_scenario
+from .scenarios import SCENARIOS, SERVERS, BenchError, run_scenario
 
 MAIN_SCENARIOS = ("audio-room", "meeting", "livestream")
 
@@ -28,7 +33,7 @@ def format_result(r: dict[str, Any]) -> str:
     floor = r.get("floor") or {}
     probe = r.get("join_to_first_media") or {}
     return "\n".join([
-        f"{r['scenario']}{' --workers ' + str(r['workers']) if r.get('workers') else ''}: {r['description']} (subscribers {r['subscribers']}; joined {r['joined']}/{r['participants']}, "
+        f"{r['scenario']} on {r.get('server', 'trio-sfu')}{' --workers ' + str(r['workers']) if r.get('workers') else ''}: {r['description']} (subscribers {r['subscribers']}; joined {r['joined']}/{r['participants']}, "
         f"tracks {r['tracks_subscribed']}/{r['tracks_expected']})",
         f"  forwarded {r['forwarded_pps']:.0f} pps, server {r['server_cpu_cores']:.2f} cores -> "
         f"{_fmt(r['pps_per_core'], ',.0f')} pps/core, {_fmt(r['cpu_us_per_packet'], '.1f')} us/packet",
@@ -43,6 +48,23 @@ def format_result(r: dict[str, Any]) -> str:
     ])
 
 
+def format_side_by_side(results: list[dict[str, Any]]) -> str:
+    """One row per (scenario, server): what each server's CPU paid per forwarded packet."""
+    lines = [f"{'scenario':<12} {'server':<9} {'subs':>5} {'fwd pps':>9} {'cores':>6} {'pps/core':>9} "
+             f"{'us/pkt':>7} {'floor us':>8} {'RSS KB/part':>11} {'p50 ms':>7} {'p99 ms':>7} {'loss':>7} {'tester':>7} {'other':>6}"]
+    for r in results:
+        if r.get("scenario") == "floor":
+            continue
+        floor = r.get("floor") or {}
+        lines.append(
+            f"{r['scenario']:<12} {r.get('server', 'trio-sfu'):<9} {r['subscribers']:>5} {r['forwarded_pps']:>9,.0f} "
+            f"{r['server_cpu_cores']:>6.2f} {_fmt(r['pps_per_core'], ',.0f'):>9} {_fmt(r['cpu_us_per_packet'], '.1f'):>7} "
+            f"{_fmt(floor.get('cpu_us_per_packet'), '.1f'):>8} {r['rss_per_participant_kb']:>11.0f} "
+            f"{_fmt(r['latency_ms_p50'], '.1f'):>7} {_fmt(r['latency_ms_p99'], '.1f'):>7} "
+            f"{_fmt(r['loss_total'], '.3%'):>7} {r['tester_cpu_cores']:>7.2f} {r['other_cpu_cores']:>6.2f}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -55,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-probe", action="store_true", help="skip the join-to-first-media probe")
     parser.add_argument("--workers", type=int, default=0, metavar="N",
                         help="run the server as --workers N (nodes of a cluster on a throwaway redis-server); 0: the lone server")
+    parser.add_argument("--server", choices=SERVERS + ("both",), default="trio-sfu",
+                        help="the SFU under load: trio-sfu, janus, or both one after the other (one table at the end)")
+    parser.add_argument("--tester-workers", type=int, default=0, metavar="N",
+                        help="spread the load tester over N processes (0: one process)")
     parser.add_argument("--shape", choices=sorted(SCENARIOS), default="livestream",
                         help="traffic shape for the 'floor' scenario")
     args = parser.parse_args(argv)
@@ -77,23 +103,30 @@ def main(argv: list[str] | None = None) -> int:
             scenario = SCENARIOS[name]
             if args.subscribers is not None:
                 scenario = scenario.scaled(args.subscribers)
-            result = run_scenario(scenario, warmup=args.warmup, window=args.window, probe=not args.no_probe,
-                                  workers=args.workers)
-            if not args.no_floor:
-                floor = run_floor(scenario.floor_shape(), min(args.warmup, 2.0), min(args.window, 6.0))
-                result["floor"] = floor
-                if floor["cpu_us_per_packet"] and result["cpu_us_per_packet"]:
-                    # The fraction of the floor's efficiency the server reaches (1.0 = as cheap as the floor).
-                    result["ratio_to_floor"] = floor["cpu_us_per_packet"] / result["cpu_us_per_packet"]
-            results["results"].append(result)
-            if not args.json:
-                print(format_result(result), flush=True)
+            servers = SERVERS if args.server == "both" else (args.server,)
+            floor = None
+            for server in servers:
+                result = run_scenario(scenario, warmup=args.warmup, window=args.window, probe=not args.no_probe,
+                                      workers=args.workers if server == "trio-sfu" else 0, server_kind=server,
+                                      tester_workers=args.tester_workers)
+                if not args.no_floor:
+                    if floor is None:  # one floor per scenario, shared by the servers compared
+                        floor = run_floor(scenario.floor_shape(), min(args.warmup, 2.0), min(args.window, 6.0))
+                    result["floor"] = floor
+                    if floor["cpu_us_per_packet"] and result["cpu_us_per_packet"]:
+                        # The fraction of the floor's efficiency the server reaches (1.0 = as cheap as the floor).
+                        result["ratio_to_floor"] = floor["cpu_us_per_packet"] / result["cpu_us_per_packet"]
+                results["results"].append(result)
+                if not args.json:
+                    print(format_result(result), flush=True)
     except BenchError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 1
     if args.json:
         json.dump(results, sys.stdout, indent=2)
         print()
+    elif args.server == "both":
+        print(format_side_by_side(results["results"]))
     return 0
 
 
