@@ -14,9 +14,9 @@ Both sides trickle our one host candidate and its end (``trickle``); a ``keepali
 
 ICE: Janus runs a full agent (libnice), not lite. On the publisher PC Janus answers, so it is
 the controlled side: our controlling agent checks and nominates, and answers Janus' own checks.
-On the subscriber PC Janus offers and controls (RFC 8445 §6.1.1: the offerer, both full); the
-LiveKit subscriber answers a full-ICE offerer as a lite agent (``a=ice-lite``), which leaves the
-checks and nomination to Janus and answers them.
+On the subscriber PC Janus offers and controls (RFC 8445 §6.1.1: the offerer, both full); we
+answer as a full controlled agent (``rtp.ice.IceControlledAgent``): we check every pair too,
+answer Janus' checks, and take the pair Janus nominates.
 
 Replies and events: a request's reply carries its ``transaction``; a plugin ``message`` is first
 ``ack``'d and then answered by an ``event`` with the same transaction. Events without one
@@ -38,6 +38,7 @@ import trio_websocket
 from livekit.protocol import rtc
 
 from rtp.dtls import DtlsCertificate
+from rtp.peer_transport import IceMode
 from sdp.parser import serialize as serialize_sdp
 
 from trio_sfu.client.errors import ClientError
@@ -173,7 +174,7 @@ class JanusParticipant:
         self.errors: list[str] = []
         self.publisher = Publisher(_NoSignal(), self._open_publisher_pc, self._error)  # type: ignore[arg-type]
         self.subscriber = Subscriber(_NoSignal(), self._open_subscriber_pc, lambda sid: "janus",  # type: ignore[arg-type]
-                                     self._error)
+                                     self._error, full_ice_role=IceMode.CONTROLLED)
         self.feed_id: int | None = None
         self._stream_id = str(uuid.uuid4())
         self._cname = secrets.token_urlsafe(12)
