@@ -38,6 +38,7 @@ import trio_websocket
 from livekit.protocol import rtc
 
 from rtp.dtls import DtlsCertificate
+from rtp.errors import RtpStackError
 from rtp.peer_transport import IceMode
 from sdp.parser import serialize as serialize_sdp
 
@@ -111,8 +112,9 @@ class JanusApi:
         if reply.get("janus") == "error":
             error = reply.get("error", {})
             raise JanusError(f"janus error {error.get('code')}: {error.get('reason')}")
-        data = reply.get("plugindata", {}).get("data", {})
-        if "error_code" in data:
+        plugindata = reply.get("plugindata")
+        data = plugindata.get("data") if isinstance(plugindata, dict) else None
+        if isinstance(data, dict) and "error_code" in data:
             raise JanusError(f"videoroom error {data['error_code']}: {data.get('error')}")
         return reply
 
@@ -146,6 +148,27 @@ class JanusApi:
         while True:
             await trio.sleep(KEEPALIVE_INTERVAL)
             await self.request({"janus": "keepalive"})
+
+
+def _plugin_data(reply: dict[str, Any]) -> dict[str, Any]:
+    """The videoroom's ``plugindata.data`` of a reply; JanusError when it has none."""
+    plugindata = reply.get("plugindata")
+    data = plugindata.get("data") if isinstance(plugindata, dict) else None
+    if not isinstance(data, dict):
+        raise JanusError(f"janus reply without plugin data: {str(reply)[:200]}")
+    return data
+
+
+def _integer(value: Any, what: str) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise JanusError(f"janus sent {what} {value!r}, not a number") from None
+
+
+def _session_or_handle_id(reply: dict[str, Any]) -> int:
+    data = reply.get("data")
+    return _integer(data.get("id") if isinstance(data, dict) else None, "an id")
 
 
 def _candidate_message(pc: ClientPeerConnection, mid: str) -> dict[str, Any]:
@@ -194,7 +217,7 @@ class JanusParticipant:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(api.read_forever)
                     reply = await api.request({"janus": "create"})
-                    api.session_id = int(reply["data"]["id"])
+                    api.session_id = _session_or_handle_id(reply)
                     nursery.start_soon(api.keep_alive)
                     participant = cls(api, nursery, room, display, bind_host, certificate)
                     nursery.start_soon(participant._rtcp_loop)
@@ -242,8 +265,7 @@ class JanusParticipant:
         reply = await self.api.request({"janus": "message", "body": {
             "request": "join", "ptype": "publisher", "room": self.room, "display": self.display}},
             handle_id=handle)
-        data = reply["plugindata"]["data"]
-        self.feed_id = int(data["id"])
+        self.feed_id = _integer(_plugin_data(reply).get("id"), "a publisher id")
         publisher = self.publisher
         if video:
             layers = simulcast_layers(width, height, bitrate, simulcast)
@@ -263,9 +285,12 @@ class JanusParticipant:
                                         "jsep": {"type": "offer", "sdp": serialize_sdp(offer), "rid_order": "lmh"}},
                                        handle_id=handle)
         jsep = reply.get("jsep")
-        if not jsep or jsep.get("type") != "answer":
-            raise JanusError(f"publish: no SDP answer from janus ({reply.get('plugindata', {}).get('data')})")
-        publisher.on_answer(rtc.SessionDescription(type="answer", sdp=jsep["sdp"], id=1))
+        if not isinstance(jsep, dict) or jsep.get("type") != "answer" or not isinstance(jsep.get("sdp"), str):
+            raise JanusError(f"publish: no SDP answer from janus ({str(reply)[:200]})")
+        try:
+            publisher.on_answer(rtc.SessionDescription(type="answer", sdp=jsep["sdp"], id=1))
+        except (RtpStackError, ValueError, KeyError) as exc:
+            raise JanusError(f"publish: janus' answer cannot be taken: {exc}") from None
         await self.api.request(_candidate_message(pc, offer.media[0].mid or "0"), handle_id=handle)
         return list(publisher.publications)
 
@@ -280,8 +305,11 @@ class JanusParticipant:
         finally:
             with contextlib.suppress(JanusError):
                 await self.api.request({"janus": "detach"}, handle_id=handle)
-        data = reply["plugindata"]["data"]
-        return [int(p["id"]) for p in data.get("participants", []) if p.get("publisher")]
+        participants = _plugin_data(reply).get("participants", [])
+        if not isinstance(participants, list):
+            raise JanusError("listparticipants: no participant list")
+        return [_integer(p.get("id"), "a participant id") for p in participants
+                if isinstance(p, dict) and p.get("publisher")]
 
     async def wait_for_feeds(self, count: int, timeout: float = 30.0) -> list[int]:
         """Until ``count`` participants publish in the room (polled); their feed ids."""
@@ -297,10 +325,14 @@ class JanusParticipant:
             "request": "join", "ptype": "subscriber", "room": self.room,
             "streams": [{"feed": feed} for feed in feeds]}}, handle_id=handle)
         jsep = reply.get("jsep")
-        if not jsep or jsep.get("type") != "offer":
-            raise JanusError(f"subscribe: no SDP offer from janus ({reply.get('plugindata', {}).get('data')})")
-        answer, first_mid = self.subscriber._answer(rtc.SessionDescription(type="offer", sdp=jsep["sdp"], id=1))
-        self._name_tracks_by_feed(reply["plugindata"]["data"].get("streams", []))
+        if not isinstance(jsep, dict) or jsep.get("type") != "offer" or not isinstance(jsep.get("sdp"), str):
+            raise JanusError(f"subscribe: no SDP offer from janus ({str(reply)[:200]})")
+        try:
+            answer, first_mid = self.subscriber._answer(rtc.SessionDescription(type="offer", sdp=jsep["sdp"], id=1))
+        except (RtpStackError, ValueError, KeyError) as exc:
+            raise JanusError(f"subscribe: janus' offer cannot be answered: {exc}") from None
+        streams = _plugin_data(reply).get("streams", [])
+        self._name_tracks_by_feed([s for s in streams if isinstance(s, dict)] if isinstance(streams, list) else [])
         await self.api.request({"janus": "message", "body": {"request": "start"},
                                 "jsep": {"type": "answer", "sdp": answer.sdp}}, handle_id=handle)
         pc = self.subscriber.pc
@@ -331,7 +363,7 @@ class JanusParticipant:
 
     async def _attach(self) -> int:
         reply = await self.api.request({"janus": "attach", "plugin": VIDEOROOM})
-        return int(reply["data"]["id"])
+        return _session_or_handle_id(reply)
 
     def _error(self, text: str) -> None:
         self.errors.append(text)
