@@ -209,6 +209,10 @@ class JanusParticipant:
         """A Janus session on ``url`` (``ws://host:port``); destroyed and closed on exit."""
         if certificate is None:
             certificate = DtlsCertificate.generate(datetime.datetime.now(datetime.timezone.utc))
+        # Whatever ends the session (the body's exception, a failed request, a lost connection)
+        # is raised after every nursery here closed, so the caller sees it alone, not wrapped in
+        # an exception group.
+        failure: Exception | None = None
         try:
             async with trio_websocket.open_websocket_url(url, subprotocols=[SUBPROTOCOL],
                                                          message_queue_size=64,
@@ -216,21 +220,28 @@ class JanusParticipant:
                 api = JanusApi(ws)
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(api.read_forever)
-                    reply = await api.request({"janus": "create"})
-                    api.session_id = _session_or_handle_id(reply)
-                    nursery.start_soon(api.keep_alive)
-                    participant = cls(api, nursery, room, display, bind_host, certificate)
-                    nursery.start_soon(participant._rtcp_loop)
                     try:
-                        yield participant
-                    finally:
-                        with trio.move_on_after(2) as cleanup:
-                            cleanup.shield = True
-                            with contextlib.suppress(JanusError):
-                                await api.request({"janus": "destroy"}, timeout=2)
-                        nursery.cancel_scope.cancel()
-        except (OSError, trio_websocket.HandshakeError) as exc:
-            raise JanusError(f"cannot reach janus at {url}: {exc}") from None
+                        reply = await api.request({"janus": "create"})
+                        api.session_id = _session_or_handle_id(reply)
+                        nursery.start_soon(api.keep_alive)
+                        participant = cls(api, nursery, room, display, bind_host, certificate)
+                        nursery.start_soon(participant._rtcp_loop)
+                        try:
+                            yield participant
+                        finally:
+                            with trio.move_on_after(2) as cleanup:
+                                cleanup.shield = True
+                                with contextlib.suppress(JanusError):
+                                    await api.request({"janus": "destroy"}, timeout=2)
+                    except Exception as exc:
+                        failure = exc
+                    nursery.cancel_scope.cancel()
+        except* JanusError as group:  # a keepalive that got no reply
+            failure = failure or group.exceptions[0]
+        except* (OSError, trio_websocket.HandshakeError, trio_websocket.ConnectionClosed) as group:
+            failure = failure or JanusError(f"cannot reach janus at {url}: {group.exceptions[0]}")
+        if failure is not None:
+            raise failure
 
     # ------------------------------------------------------------------ what the load tester reads
 
