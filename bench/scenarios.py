@@ -12,7 +12,7 @@ summary gives latency and loss; then SIGTERM to the server.
 
 ``server="janus"`` runs the same traffic through Janus instead (``bench/janus_server.py``: its
 own config dir, the videoroom plugin, the WebSocket transport on loopback), the load tester
-speaking Janus' API (``--server-api janus``); there is no join probe against Janus.
+speaking Janus' API (``--server-api janus``); its probe subscribes through the same adapter.
 ``tester_workers`` spreads the load tester over that many processes (``load-test --workers``);
 their CPU is the tester's.
 
@@ -266,6 +266,38 @@ async def _probe_join_to_first_media(url: str, key: str, secret: str, room: str,
 SERVERS = ("trio-sfu", "janus")
 
 
+async def _probe_janus_join_to_first_media(url: str, room: int, bind_host: str, publishers: int, tracks: int,
+                                           timeout: float = 20.0) -> dict[str, Optional[float]]:
+    """The same stages as the LiveKit probe, through Janus: the session is up (joined), the
+    subscription offered and answered (tracks offered), the PC connected, the first packets."""
+    import trio
+
+    from trio_sfu.client.janus import JanusError, JanusParticipant
+
+    started = trio.current_time()
+    result: dict[str, Optional[float]] = {"joined_s": None, "subscriber_pc_connected_s": None,
+                                          "tracks_offered_s": None, "first_packet_s": None,
+                                          "all_tracks_first_packet_s": None}
+    try:
+        with trio.move_on_after(timeout):
+            async with JanusParticipant.connect(url, room, "bench_probe", bind_host=bind_host) as client:
+                result["joined_s"] = trio.current_time() - started
+                await client.subscribe(await client.wait_for_feeds(publishers, timeout=timeout))
+                result["tracks_offered_s"] = trio.current_time() - started
+                await client.wait_connected(timeout=timeout)
+                result["subscriber_pc_connected_s"] = trio.current_time() - started
+                firsts = []
+                for track in client.subscriptions.values():
+                    await track.first_packet.wait()
+                    firsts.append(track.stats.first_arrival - started)
+                if len(firsts) == tracks:
+                    result["first_packet_s"] = min(firsts)
+                    result["all_tracks_first_packet_s"] = max(firsts)
+    except JanusError:
+        pass  # the stages reached so far say where it stopped
+    return result
+
+
 def run_scenario(scenario: Scenario, *, warmup: float = 3.0, window: float = 10.0,
                  setup_timeout: float = 180.0, stall_timeout: float = 20.0, probe: bool = True,
                  workers: int = 0, server_kind: str = "trio-sfu", tester_workers: int = 0,
@@ -295,7 +327,7 @@ def run_scenario(scenario: Scenario, *, warmup: float = 3.0, window: float = 10.
         except JanusUnavailable as exc:
             raise BenchError(str(exc)) from None
         server, url, key, secret, pids = janus.proc, janus.url, "unused", "unused", [janus.pid]
-        room, bind_host, probe = str(janus.room), janus.media_ip, False
+        room, bind_host = str(janus.room), janus.media_ip
         extra = ["--server-api", "janus"]
     else:
         redis = RedisServer() if workers else None
@@ -391,7 +423,11 @@ def run_scenario(scenario: Scenario, *, warmup: float = 3.0, window: float = 10.
             f"server {server_cpu / wall:.2f} cores, tester {procstat.cpu_share(first[2], last[2]):.2f} cores")
 
         probe_result = None
-        if probe:
+        if probe and janus is not None:
+            probe_result = trio.run(_probe_janus_join_to_first_media, url, janus.room, bind_host,
+                                    scenario.publishers, scenario.tracks_per_subscriber)
+            log(f"{scenario.name}: probe {probe_result}")
+        elif probe:
             probe_result = trio.run(_probe_join_to_first_media, url, key, secret, room,
                                     scenario.tracks_per_subscriber)
             log(f"{scenario.name}: probe {probe_result}")

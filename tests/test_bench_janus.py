@@ -1,7 +1,8 @@
 """`python -m bench smoke --server janus --tester-workers 2 --json`: the smoke scenario through a
 real Janus (started by the bench with bench/janus's config, stopped at the end), the load tester
 in two worker processes. Not a benchmark: it checks the run produces the documented JSON, says
-which server it measured, and that every subscriber got every track from Janus with no errors."""
+which server it measured, that every subscriber got every track from Janus with no errors, and
+that the join probe got first packets through Janus too."""
 
 from __future__ import annotations
 
@@ -32,4 +33,5 @@ def test_smoke_scenario_through_janus_with_tester_workers() -> None:
     assert result["tracks_subscribed"] == result["tracks_expected"] == 4
     assert result["errors_total"] == 0
     assert result["forwarded_pps"] > 0 and result["server_cpu_cores"] >= 0
-    assert result["join_to_first_media"] is None  # the probe speaks LiveKit only
+    probe = result["join_to_first_media"]
+    assert probe is not None and probe["all_tracks_first_packet_s"] is not None, probe
