@@ -7,6 +7,7 @@ other worker), and the merged totals are the sums of the workers' own counts.
 
 from __future__ import annotations
 
+import pytest
 import trio
 
 import server_fixtures
@@ -30,6 +31,8 @@ def test_split_deals_participants_round_the_workers() -> None:
     # Every subscriber expects every track of the room, not only its own worker's.
     assert {(s.room_publishers, s.room_tracks, s.tracks_expected) for s in shares} == {(3, 4, 4)}
     assert sum(s.num_per_second for s in shares) == params.num_per_second
+    with pytest.raises(ValueError, match="exceed the participants"):
+        split_params(_params(video_publishers=1, audio_publishers=0, subscribers=1), 3)
 
 
 async def test_two_workers_totals_are_the_sums_of_their_counts() -> None:

@@ -610,8 +610,13 @@ def run_command(args: argparse.Namespace) -> int:
         print("trio-sfu load-test: error: --workers must not be negative", file=sys.stderr)
         return 2
     if workers:
-        from trio_sfu.client.loadtest_workers import run_workers
+        from trio_sfu.client.loadtest_workers import run_workers, split_params
 
+        try:
+            split_params(params, workers)
+        except ValueError as exc:
+            print(f"trio-sfu load-test: error: {exc}", file=sys.stderr)
+            return 2
         summary = run_workers(params, workers)
     else:
         summary = trio.run(run_until_signalled, LoadTest(params))

@@ -51,6 +51,8 @@ def split_params(params: LoadTestParams, workers: int) -> list[LoadTestParams]:
     first in its own numbering, so a worker gets the video (audio) publishers among its share."""
     if workers < 1:
         raise ValueError("--workers must be at least 1")
+    if workers > params.publishers + params.subscribers:
+        raise ValueError("--workers must not exceed the participants (a worker with none would run lk's default)")
     shares = []
     for index in range(workers):
         mine = list(_share(params.publishers, workers, index))
