@@ -99,6 +99,14 @@ class LoadTestParams:
         return self.room_publishers or self.publishers
 
 
+def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
+    """The exceptions in a (nested) exception group."""
+    leaves: list[BaseException] = []
+    for exc in group.exceptions:
+        leaves.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return leaves
+
+
 @attrs.define(eq=False)
 class Participant:
     identity: str
@@ -225,10 +233,13 @@ class LoadTest:
                     participant.ready = True
                     await stop.wait()
                     senders.cancel_scope.cancel()
-        except ClientError as exc:
-            participant.errors.append(str(exc))
-        except (OSError, trio.TooSlowError) as exc:
-            participant.errors.append(f"{type(exc).__name__}: {exc}")
+        # except*: an error raised inside the client's connection comes out of its nursery in
+        # an exception group (a bare except ClientError missed it, and one participant's refused
+        # publication ended the whole load test).
+        except* ClientError as group:
+            participant.errors.extend(str(exc) for exc in _leaves(group))
+        except* (OSError, trio.TooSlowError) as group:
+            participant.errors.extend(f"{type(exc).__name__}: {exc}" for exc in _leaves(group))
 
     async def _run_janus_participant(self, participant: Participant, stop: trio.Event) -> None:
         """The same participant in a Janus videoroom: publishers publish their tracks in one
@@ -256,10 +267,10 @@ class LoadTest:
                     participant.ready = True
                     await stop.wait()
                     senders.cancel_scope.cancel()
-        except JanusError as exc:
-            participant.errors.append(str(exc))
-        except (OSError, trio.TooSlowError) as exc:
-            participant.errors.append(f"{type(exc).__name__}: {exc}")
+        except* JanusError as group:
+            participant.errors.extend(str(exc) for exc in _leaves(group))
+        except* (OSError, trio.TooSlowError) as group:
+            participant.errors.extend(f"{type(exc).__name__}: {exc}" for exc in _leaves(group))
 
     @staticmethod
     async def _guard(participant: Participant, sender) -> None:
