@@ -55,6 +55,10 @@ VIDEOROOM = "janus.plugin.videoroom"
 KEEPALIVE_INTERVAL = 25.0
 REQUEST_TIMEOUT = 15.0
 RTCP_INTERVAL = 1.0
+#: Unsolicited message kinds counted by name (anything else counts as "other": the peer does
+#: not get to grow the table).
+EVENT_KINDS = frozenset({"ack", "success", "error", "event", "webrtcup", "media", "hangup", "slowlink",
+                         "detached", "timeout", "trickle"})
 #: Replies and events waiting for whoever asked; beyond it the connection is failing anyway.
 MAX_MESSAGE = 1 << 20
 
@@ -110,7 +114,8 @@ class JanusApi:
             raise JanusError(f"no reply to {body.get('janus')} {body.get('body', {}).get('request', '')} "
                              f"within {timeout:g} s" + (f" ({self.closed_reason})" if self.closed_reason else ""))
         if reply.get("janus") == "error":
-            error = reply.get("error", {})
+            error = reply.get("error")
+            error = error if isinstance(error, dict) else {}
             raise JanusError(f"janus error {error.get('code')}: {error.get('reason')}")
         plugindata = reply.get("plugindata")
         data = plugindata.get("data") if isinstance(plugindata, dict) else None
@@ -132,6 +137,8 @@ class JanusApi:
                     self.events["malformed"] = self.events.get("malformed", 0) + 1
                     continue
                 kind = str(message.get("janus"))
+                if kind not in EVENT_KINDS:
+                    kind = "other"
                 pending = self._pending.get(str(message.get("transaction")))
                 if pending is not None and not (kind == "ack" and pending.wait_for_event):
                     pending.reply = message
