@@ -136,8 +136,8 @@ def _sum_counts(workers: list[_Worker], participants: int, tracks_expected: int)
 
 def run_workers(params: LoadTestParams, workers: int, progress: TextIO | None = sys.stderr) -> dict[str, Any]:
     """Run ``params`` over ``workers`` processes until they end (``duration``) or SIGINT/SIGTERM
-    arrives; the merged summary. Call from the main thread (it installs signal handlers) unless
-    ``progress`` is None and the caller stops the run some other way (a duration)."""
+    arrives; the merged summary. Signals are handled only when called from the main thread
+    (the command line); from another thread (a test) the run ends by its duration."""
     shares = split_params(params, workers)
     writer = ProgressWriter(progress) if progress is not None else None
     context = multiprocessing.get_context("spawn")
