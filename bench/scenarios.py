@@ -10,6 +10,12 @@ loopback with zero loss; the loss is reported too). Then a *probe* subscriber jo
 process to time join → first packet on every track; then SIGINT to the tester, whose JSON
 summary gives latency and loss; then SIGTERM to the server.
 
+``server="janus"`` runs the same traffic through Janus instead (``bench/janus_server.py``: its
+own config dir, the videoroom plugin, the WebSocket transport on loopback), the load tester
+speaking Janus' API (``--server-api janus``); its probe subscribes through the same adapter.
+``tester_workers`` spreads the load tester over that many processes (``load-test --workers``);
+their CPU is the tester's.
+
 Why progress lines and not a server counter (the server's /metrics counts what it sent): the
 tester's received count is what actually arrived, which is what a forwarding rate should mean.
 """
@@ -39,6 +45,7 @@ from . import procstat
 #: A config for the servers benchmarks start: ICE/TCP off (see start_server).
 NO_ICE_TCP_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "no_ice_tcp.yaml")
 
+_WORKER = re.compile(r"load-test worker \d+ pid=(\d+)")
 _PROGRESS = re.compile(
     r"\[\s*([\d.]+)s\] joined (\d+)/(\d+)\s+tracks (\d+)/(\d+)\s+out (\d+) pps\s+in (\d+) pps\s+loss ([\d.]+)%\s+errors (\d+)"
 )
@@ -256,9 +263,44 @@ async def _probe_join_to_first_media(url: str, key: str, secret: str, room: str,
     return result
 
 
+SERVERS = ("trio-sfu", "janus")
+
+
+async def _probe_janus_join_to_first_media(url: str, room: int, bind_host: str, publishers: int, tracks: int,
+                                           timeout: float = 20.0) -> dict[str, Optional[float]]:
+    """The same stages as the LiveKit probe, through Janus: the session is up (joined), the
+    subscription offered and answered (tracks offered), the PC connected, the first packets."""
+    import trio
+
+    from trio_sfu.client.janus import JanusError, JanusParticipant
+
+    started = trio.current_time()
+    result: dict[str, Optional[float]] = {"joined_s": None, "subscriber_pc_connected_s": None,
+                                          "tracks_offered_s": None, "first_packet_s": None,
+                                          "all_tracks_first_packet_s": None}
+    try:
+        with trio.move_on_after(timeout):
+            async with JanusParticipant.connect(url, room, "bench_probe", bind_host=bind_host) as client:
+                result["joined_s"] = trio.current_time() - started
+                await client.subscribe(await client.wait_for_feeds(publishers, timeout=timeout))
+                result["tracks_offered_s"] = trio.current_time() - started
+                await client.wait_connected(timeout=timeout)
+                result["subscriber_pc_connected_s"] = trio.current_time() - started
+                firsts = []
+                for track in client.subscriptions.values():
+                    await track.first_packet.wait()
+                    firsts.append(track.stats.first_arrival - started)
+                if len(firsts) == tracks:
+                    result["first_packet_s"] = min(firsts)
+                    result["all_tracks_first_packet_s"] = max(firsts)
+    except JanusError:
+        pass  # the stages reached so far say where it stopped
+    return result
+
+
 def run_scenario(scenario: Scenario, *, warmup: float = 3.0, window: float = 10.0,
                  setup_timeout: float = 180.0, stall_timeout: float = 20.0, probe: bool = True,
-                 workers: int = 0,
+                 workers: int = 0, server_kind: str = "trio-sfu", tester_workers: int = 0,
                  log=lambda text: print(text, file=sys.stderr, flush=True),
                  server_command: Optional[list[str]] = None, server_env: Optional[dict[str, str]] = None,
                  on_window: Callable[[int, bool], None] = lambda pid, started: None) -> dict[str, Any]:
@@ -269,17 +311,39 @@ def run_scenario(scenario: Scenario, *, warmup: float = 3.0, window: float = 10.
     profiled server there)."""
     import trio
 
+    if server_kind not in SERVERS:
+        raise BenchError(f"unknown server {server_kind!r} (one of {', '.join(SERVERS)})")
     room = f"bench-{scenario.name}"
-    redis = RedisServer() if workers else None
-    server, url, key, secret, pids = start_server(server_env, server_command,
-                                                  redis=redis.address if redis else None, workers=workers)
+    redis = janus = None
+    bind_host = "127.0.0.1"
+    extra: list[str] = []
+    if server_kind == "janus":
+        from .janus_server import JanusServer, JanusUnavailable
+
+        if workers:
+            raise BenchError("--workers runs trio-sfu as a cluster; Janus runs as one process")
+        try:
+            janus = JanusServer()
+        except JanusUnavailable as exc:
+            raise BenchError(str(exc)) from None
+        server, url, key, secret, pids = janus.proc, janus.url, "unused", "unused", [janus.pid]
+        room, bind_host = str(janus.room), janus.media_ip
+        extra = ["--server-api", "janus"]
+    else:
+        redis = RedisServer() if workers else None
+        server, url, key, secret, pids = start_server(server_env, server_command,
+                                                      redis=redis.address if redis else None, workers=workers)
+    if tester_workers:
+        extra += ["--workers", str(tester_workers)]
     tester = None
+    tester_pids: list[int] = []
     json_path = tempfile.mktemp(prefix="bench-loadtest-", suffix=".json")
     try:
         time.sleep(0.5)
         rss_idle = procstat.sample_many(pids).rss_bytes
         cmd = _python() + [
             "-m", "trio_sfu.cli", "load-test", "--url", url, "--api-key", key, "--api-secret", secret,
+            "--bind-host", bind_host, *extra,
             "--room", room, "--video-publishers", str(scenario.video_publishers),
             "--audio-publishers", str(scenario.audio_publishers), "--subscribers", str(scenario.subscribers),
             "--duration", "0", "--video-bitrate", str(scenario.video_bitrate),
@@ -292,6 +356,10 @@ def run_scenario(scenario: Scenario, *, warmup: float = 3.0, window: float = 10.
         def read_progress() -> None:
             assert tester is not None and tester.stderr is not None
             for text in tester.stderr:
+                worker = _WORKER.search(text)
+                if worker:
+                    tester_pids.append(int(worker.group(1)))
+                    continue
                 match = _PROGRESS.search(text)
                 if match:
                     g = match.groups()
@@ -337,7 +405,8 @@ def run_scenario(scenario: Scenario, *, warmup: float = 3.0, window: float = 10.
         while time.monotonic() < warm_end:
             p = next_line()
         on_window(server.pid, True)
-        first = (p, procstat.sample_many(pids), procstat.sample(tester.pid), procstat.machine_busy_seconds())
+        testers = [tester.pid] + list(tester_pids)
+        first = (p, procstat.sample_many(pids), procstat.sample_many(testers), procstat.machine_busy_seconds())
         in_packets = out_packets = 0
         errors_at_start = p.errors
         while True:
@@ -346,7 +415,7 @@ def run_scenario(scenario: Scenario, *, warmup: float = 3.0, window: float = 10.
             out_packets += p.out_pps
             if p.at - first[0].at >= window:
                 break
-        last = (p, procstat.sample_many(pids), procstat.sample(tester.pid), procstat.machine_busy_seconds())
+        last = (p, procstat.sample_many(pids), procstat.sample_many(testers), procstat.machine_busy_seconds())
         on_window(server.pid, False)
         wall = last[1].wall - first[1].wall
         server_cpu = last[1].cpu_seconds - first[1].cpu_seconds
@@ -354,7 +423,11 @@ def run_scenario(scenario: Scenario, *, warmup: float = 3.0, window: float = 10.
             f"server {server_cpu / wall:.2f} cores, tester {procstat.cpu_share(first[2], last[2]):.2f} cores")
 
         probe_result = None
-        if probe:
+        if probe and janus is not None:
+            probe_result = trio.run(_probe_janus_join_to_first_media, url, janus.room, bind_host,
+                                    scenario.publishers, scenario.tracks_per_subscriber)
+            log(f"{scenario.name}: probe {probe_result}")
+        elif probe:
             probe_result = trio.run(_probe_join_to_first_media, url, key, secret, room,
                                     scenario.tracks_per_subscriber)
             log(f"{scenario.name}: probe {probe_result}")
@@ -362,7 +435,7 @@ def run_scenario(scenario: Scenario, *, warmup: float = 3.0, window: float = 10.
         stop(tester, signal.SIGINT, timeout=60)
         # Read with the tester gone and the server still up: every receive-buffer overflow of
         # the run is in these counts (the tester's own are in its summary).
-        server_drops = sum(process_drops(pid) or 0 for pid in pids) if workers else process_drops(server.pid)
+        server_drops = sum(process_drops(pid) or 0 for pid in pids) if workers else process_drops(pids[0])
         summary: dict[str, Any] = {}
         if os.path.exists(json_path):
             with open(json_path, encoding="utf-8") as handle:
@@ -373,7 +446,9 @@ def run_scenario(scenario: Scenario, *, warmup: float = 3.0, window: float = 10.
         return {
             "scenario": scenario.name,
             "description": scenario.description,
+            "server": server_kind,
             "workers": workers,
+            "tester_workers": tester_workers,
             "participants": scenario.participants,
             "publishers": scenario.publishers,
             "subscribers": scenario.subscribers,
@@ -409,7 +484,10 @@ def run_scenario(scenario: Scenario, *, warmup: float = 3.0, window: float = 10.
     finally:
         if tester is not None:
             stop(tester, signal.SIGINT, timeout=30)
-        stop(server, timeout=90)
+        if janus is not None:
+            janus.stop()
+        else:
+            stop(server, timeout=90)
         if redis is not None:
             redis.stop()
         if os.path.exists(json_path):

@@ -46,6 +46,7 @@ from rtp.dtls import (
 from rtp.ice import (
     IceConnected,
     IceConsentExpired,
+    IceControlledAgent,
     IceControllingAgent,
     IceFailed,
     IceLiteAgent,
@@ -96,6 +97,7 @@ DEFAULT_CONNECT_TIMEOUT = 30.0
 class IceMode(enum.Enum):
     LITE = "lite"  # the SFU: answer checks, never send them (RFC 8445 §2.5)
     CONTROLLING = "controlling"  # our own client: check pairs and nominate one
+    CONTROLLED = "controlled"  # our own client answering a full-ICE offerer: check, the peer nominates
 
 
 class TransportState(enum.Enum):
@@ -186,7 +188,8 @@ class PeerTransport:
                 raise ValueError("a controlling ICE agent needs the remote ufrag and pwd")
             if tie_breaker is None:
                 tie_breaker = (rng or random.SystemRandom()).getrandbits(64)
-            controlling = IceControllingAgent(
+            agent_class = IceControlledAgent if ice_mode is IceMode.CONTROLLED else IceControllingAgent
+            controlling = agent_class(
                 local_ufrag, local_pwd, remote_ufrag, remote_pwd, tie_breaker, rng=rng
             )
             for candidate in remote_candidates:

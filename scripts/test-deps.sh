@@ -10,6 +10,9 @@
 #                            and the fan-out, whose SRTP is pylibsrtp's own libsrtp); without them the
 #                            server runs the pure-Python twins
 #   libnss3-tools (certutil) Chromium's NSS database: the TURN e2e test makes it trust the TURN certificate
+#   janus                    optional, for the benchmarks: Janus side by side (`python -m bench livestream
+#                            --server janus`) and tests/test_janus_adapter.py (bench/janus/setup.sh
+#                            installs it alone)
 #   scripts/browser/node_modules   livekit-client + playwright-core, and esbuild (rebuilds the playground's
 #                            livekit-client bundle to check the committed one), from package-lock.json (npm ci)
 #   .venv-agents             the real `livekit-agents` for tests/e2e/test_e2e_agents.py, from
@@ -44,6 +47,7 @@ py="${PYTHON:-python3}"
 [ -x .venv/bin/python ] && py=.venv/bin/python
 py_include="$("$py" -c 'import sysconfig; print(sysconfig.get_paths()["include"])' 2>/dev/null)"
 [ -n "$py_include" ] && [ -f "$py_include/Python.h" ] || need_apt+=(python3-dev)
+command -v janus >/dev/null 2>&1 || need_apt+=(janus)
 if ! command -v node >/dev/null 2>&1; then
     need_apt+=(nodejs npm)
 elif ! command -v npm >/dev/null 2>&1; then
@@ -110,6 +114,7 @@ command -v iptables >/dev/null 2>&1 || [ -x /usr/sbin/iptables ] || missing+=("i
 command -v redis-server >/dev/null 2>&1 || missing+=("redis-server")
 command -v iptables >/dev/null 2>&1 || [ -x /usr/sbin/iptables ] || missing+=("iptables")
 command -v certutil >/dev/null 2>&1 || missing+=("certutil (libnss3-tools)")
+command -v janus >/dev/null 2>&1 || missing+=("janus")
 command -v node >/dev/null 2>&1 || missing+=("node")
 [ -f "$agents_venv/.requirements.txt" ] || missing+=("$agents_venv (livekit-agents)")
 for package in playwright-core livekit-client esbuild; do

@@ -77,6 +77,8 @@ class CandidatePair:
     addr: Address
     priority: int
     state: PairState = PairState.WAITING
+    #: The controlling peer sent USE-CANDIDATE on it (only a controlled agent tracks this).
+    nominated_by_peer: bool = False
 
 
 @attrs.define(eq=False)
@@ -111,6 +113,10 @@ def _pair_priority(local: int, remote: int) -> int:
 
 class IceControllingAgent:
     """Controlling full ICE agent for one component on one local socket."""
+
+    #: The role attribute our checks carry; whether we nominate (the controlled subclass does not).
+    ROLE_ATTRIBUTE = "ICE-CONTROLLING"
+    NOMINATES = True
 
     def __init__(
         self,
@@ -289,6 +295,9 @@ class IceControllingAgent:
             return
         # Nomination succeeded: this pair carries media from now on.
         self._nominating = None
+        self._select(pair, now)
+
+    def _select(self, pair: CandidatePair, now: float) -> None:
         self._selected = pair
         self.state = IceControllingState.CONNECTED
         self._last_consent = now
@@ -328,7 +337,7 @@ class IceControllingAgent:
         request = Message(Method.BINDING, Class.REQUEST)
         request.attributes["USERNAME"] = self._username
         request.attributes["PRIORITY"] = self._prflx_priority
-        request.attributes["ICE-CONTROLLING"] = self.tie_breaker
+        request.attributes[self.ROLE_ATTRIBUTE] = self.tie_breaker
         if kind is _CheckKind.NOMINATION:
             request.attributes["USE-CANDIDATE"] = None
         data = serialize(request, self._remote_key)
@@ -349,7 +358,7 @@ class IceControllingAgent:
         """Start at most one new transaction per Ta: a pending nomination first, then a check."""
         if self.state is not IceControllingState.CHECKING or now < self._next_pace:
             return
-        if self._nominating is None:
+        if self.NOMINATES and self._nominating is None:
             succeeded = [p for p in self._pairs if p.state is PairState.SUCCEEDED]
             if succeeded:
                 self._nominating = succeeded[0]  # pairs are sorted: best valid pair
@@ -366,7 +375,7 @@ class IceControllingAgent:
     def _has_paced_work(self) -> bool:
         if self.state is not IceControllingState.CHECKING:
             return False
-        if self._nominating is None and any(p.state is PairState.SUCCEEDED for p in self._pairs):
+        if self.NOMINATES and self._nominating is None and any(p.state is PairState.SUCCEEDED for p in self._pairs):
             return True
         return any(p.state is PairState.WAITING for p in self._pairs)
 

@@ -10,6 +10,11 @@ measure one-way latency. Publishers do not subscribe; subscribers only subscribe
 (auto-subscribe). Progress goes to stderr once a second, a line per phase (joining,
 then steady) rewritten in place on a terminal (``trio_sfu.client.progress``); at the end a
 summary per track and per subscriber, and ``--json FILE`` for machines.
+
+``--server-api janus`` drives a Janus videoroom instead (``trio_sfu.client.janus``; ``--url``
+is Janus' WebSocket API, ``--room`` the numeric room id): the same participants, media and
+measurements. ``--workers N`` spreads the participants over N processes
+(``trio_sfu.client.loadtest_workers``), so the tester is not the busy side of a large run.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import attrs
 import trio
 
 from trio_sfu.client import ClientError, LiveKitClient, LocalPublication, signal_url
+from trio_sfu.client.janus import JanusError, JanusParticipant
 from trio_sfu.client.progress import Phase, Progress, ProgressWriter
 from trio_sfu.client.senders import send_synthetic_audio, send_synthetic_video
 from trio_sfu.client.stats import percentile
@@ -37,6 +43,10 @@ DEFAULT_JOIN_RATE = 5.0
 LEAVE_GRACE = 10.0
 LIVEKIT_CLOUD_SUFFIX = ".livekit.cloud"
 LIVEKIT_CLOUD_MAX_PARTICIPANTS = 50
+#: The signalling the tester speaks: LiveKit's (any LiveKit server, ours) or Janus' videoroom API.
+SERVER_APIS = ("livekit", "janus")
+#: How long a Janus subscriber waits for every publisher of the room to be publishing.
+JANUS_FEEDS_TIMEOUT = 120.0
 
 
 @attrs.define
@@ -58,13 +68,22 @@ class LoadTestParams:
     bind_host: str = "127.0.0.1"
     #: Prepended to every identity, so several load-test processes can share one room.
     identity_prefix: str = ""
+    server_api: str = "livekit"
+    #: Publishers and tracks in the whole room when this tester runs only part of it (a worker
+    #: of ``--workers``): what its subscribers expect. 0: this tester's own publishers.
+    room_publishers: int = 0
+    room_tracks: int = 0
 
     def __attrs_post_init__(self) -> None:
-        if self.video_publishers == self.audio_publishers == self.subscribers == 0:
+        if self.video_publishers == self.audio_publishers == self.subscribers == 0 and not self.room_publishers:
             # lk's default: one video publisher and one subscriber.
             self.video_publishers, self.subscribers = 1, 1
         if self.num_per_second <= 0:
             raise ValueError("--num-per-second must be positive")
+        if self.server_api not in SERVER_APIS:
+            raise ValueError(f"--server-api must be one of {', '.join(SERVER_APIS)}")
+        if self.server_api == "janus" and not self.room.isdigit():
+            raise ValueError("a Janus videoroom is a number: --room 1234")
 
     @property
     def publishers(self) -> int:
@@ -72,7 +91,20 @@ class LoadTestParams:
 
     @property
     def tracks_expected(self) -> int:
-        return self.video_publishers + self.audio_publishers
+        """Tracks each subscriber should receive: every track published in the room."""
+        return self.room_tracks or self.video_publishers + self.audio_publishers
+
+    @property
+    def publishers_expected(self) -> int:
+        return self.room_publishers or self.publishers
+
+
+def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
+    """The exceptions in a (nested) exception group."""
+    leaves: list[BaseException] = []
+    for exc in group.exceptions:
+        leaves.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return leaves
 
 
 @attrs.define(eq=False)
@@ -81,7 +113,7 @@ class Participant:
     publishes_video: bool = False
     publishes_audio: bool = False
     subscribes: bool = False
-    client: LiveKitClient | None = None
+    client: LiveKitClient | JanusParticipant | None = None
     publications: list[LocalPublication] = attrs.field(factory=list)
     joined: bool = False
     ready: bool = False  # joined and its tracks published
@@ -178,6 +210,9 @@ class LoadTest:
 
     async def _run_participant(self, participant: Participant, stop: trio.Event) -> None:
         params = self.params
+        if params.server_api == "janus":
+            await self._run_janus_participant(participant, stop)
+            return
         publishes = participant.publishes_video or participant.publishes_audio
         token = make_token(params, participant.identity, publish=publishes, subscribe=participant.subscribes)
         try:
@@ -198,10 +233,44 @@ class LoadTest:
                     participant.ready = True
                     await stop.wait()
                     senders.cancel_scope.cancel()
-        except ClientError as exc:
-            participant.errors.append(str(exc))
-        except (OSError, trio.TooSlowError) as exc:
-            participant.errors.append(f"{type(exc).__name__}: {exc}")
+        # except*: an error raised inside the client's connection comes out of its nursery in
+        # an exception group (a bare except ClientError missed it, and one participant's refused
+        # publication ended the whole load test).
+        except* ClientError as group:
+            participant.errors.extend(str(exc) for exc in _leaves(group))
+        except* (OSError, trio.TooSlowError) as group:
+            participant.errors.extend(f"{type(exc).__name__}: {exc}" for exc in _leaves(group))
+
+    async def _run_janus_participant(self, participant: Participant, stop: trio.Event) -> None:
+        """The same participant in a Janus videoroom: publishers publish their tracks in one
+        offer; subscribers wait until every publisher of the room publishes, then subscribe to
+        all their feeds on one PC (Janus sends no later publishers to an existing subscription)."""
+        params = self.params
+        try:
+            async with JanusParticipant.connect(params.url, int(params.room), participant.identity,
+                                                bind_host=params.bind_host) as client:
+                participant.client = client
+                participant.joined = True
+                async with trio.open_nursery() as senders:
+                    if participant.publishes_video or participant.publishes_audio:
+                        publications = await client.publish(
+                            video=participant.publishes_video, audio=participant.publishes_audio,
+                            width=params.width, height=params.height, bitrate=params.video_bitrate,
+                            simulcast=params.simulcast)
+                        for publication in publications:
+                            participant.publications.append(publication)
+                            sender = send_synthetic_video if publication.kind == "video" else send_synthetic_audio
+                            senders.start_soon(self._guard, participant, sender(publication))
+                    if participant.subscribes:
+                        feeds = await client.wait_for_feeds(params.publishers_expected, timeout=JANUS_FEEDS_TIMEOUT)
+                        await client.subscribe(feeds)
+                    participant.ready = True
+                    await stop.wait()
+                    senders.cancel_scope.cancel()
+        except* JanusError as group:
+            participant.errors.extend(str(exc) for exc in _leaves(group))
+        except* (OSError, trio.TooSlowError) as group:
+            participant.errors.extend(f"{type(exc).__name__}: {exc}" for exc in _leaves(group))
 
     @staticmethod
     async def _guard(participant: Participant, sender) -> None:
@@ -222,17 +291,26 @@ class LoadTest:
         last_in = last_out = 0
         while True:
             await trio.sleep(1.0)
-            received, sent = self._packets_received(), self._packets_sent()
+            counts = self.counts()
             elapsed = trio.current_time() - (self.started_at or 0.0)
-            joined = sum(p.joined for p in self.participants)
-            subscribed = sum(len(p.client.subscriptions) for p in self.participants if p.subscribes and p.client)
-            expected = self.params.subscribers * self.params.tracks_expected
-            lost, expected_packets = self._loss_totals()
-            loss = 100.0 * lost / expected_packets if expected_packets else 0.0
-            errors = sum(len(self._errors_of(p)) for p in self.participants)
-            writer.show(Progress(self.phase(), elapsed, joined, len(self.participants), subscribed, expected,
-                                 sent - last_out, received - last_in, loss, errors))
-            last_in, last_out = received, sent
+            writer.show(counts.progress(elapsed, counts.packets_sent - last_out, counts.packets_received - last_in))
+            last_in, last_out = counts.packets_received, counts.packets_sent
+
+    def counts(self) -> "LoadCounts":
+        """Where the run is now, in running totals (a worker reports these to its parent)."""
+        lost, expected_packets = self._loss_totals()
+        return LoadCounts(
+            phase=self.phase(),
+            joined=sum(p.joined for p in self.participants),
+            participants=len(self.participants),
+            tracks=sum(len(p.client.subscriptions) for p in self.participants if p.subscribes and p.client),
+            tracks_expected=self.params.subscribers * self.params.tracks_expected,
+            packets_sent=self._packets_sent(),
+            packets_received=self._packets_received(),
+            packets_lost=lost,
+            packets_expected=expected_packets,
+            errors=sum(len(self._errors_of(p)) for p in self.participants),
+        )
 
     # ------------------------------------------------------------------ measuring
 
@@ -266,8 +344,10 @@ class LoadTest:
     def _errors_of(participant: Participant) -> list[str]:
         return participant.errors + (participant.client.errors if participant.client else [])
 
-    def summary(self) -> dict[str, Any]:
-        """Per track (over all subscribers), per subscriber and per publisher; JSON-ready."""
+    def summary(self, *, latency_samples: bool = False) -> dict[str, Any]:
+        """Per track (over all subscribers), per subscriber and per publisher; JSON-ready.
+        ``latency_samples``: keep each track's and the totals' samples (``latency_samples``),
+        thinned to :data:`MAX_SUMMARY_SAMPLES`, so summaries of several workers can be merged."""
         params = self.params
         owner: dict[str, tuple[str, str, int]] = {}  # track sid -> (publisher identity, kind, packets sent)
         publishers = []
@@ -342,6 +422,9 @@ class LoadTest:
             entry["loss"] = entry["packets_lost"] / expected if expected else 0.0
             entry["latency_ms_p50"] = percentile(latencies, 0.50)
             entry["latency_ms_p99"] = percentile(latencies, 0.99)
+            if latency_samples:
+                entry["expected"] = expected
+                entry["latency_samples"] = thin(latencies)
             tracks_out.append(entry)
 
         all_latencies = [x for p in self.participants if p.client for t in p.client.subscriptions.values()
@@ -349,6 +432,19 @@ class LoadTest:
         lost, expected = self._loss_totals()
         drops = [self._socket_drops(p) for p in self.participants]
         end = self.ended_at if self.ended_at is not None else trio.current_time()
+        totals: dict[str, Any] = {
+            "packets_sent": self._packets_sent(),
+            "packets_received": self._packets_received(),
+            "packets_lost": lost,
+            "packets_expected": expected,
+            "loss": lost / expected if expected else 0.0,
+            "latency_ms_p50": percentile(all_latencies, 0.50),
+            "latency_ms_p99": percentile(all_latencies, 0.99),
+            "errors": sum(len(self._errors_of(p)) for p in self.participants),
+            "socket_drops": None if None in drops else sum(drops),  # type: ignore[arg-type]
+        }
+        if latency_samples:
+            totals["latency_samples"] = thin(all_latencies)
         return {
             "params": {k: v for k, v in attrs.asdict(params).items() if k not in ("api_secret",)},
             "duration_s": end - self.media_started_at if self.media_started_at is not None else 0.0,
@@ -357,17 +453,39 @@ class LoadTest:
             "tracks": sorted(tracks_out, key=lambda e: (e["publisher"], e["kind"])),
             "subscribers": subscribers,
             "publishers": publishers,
-            "totals": {
-                "packets_sent": self._packets_sent(),
-                "packets_received": self._packets_received(),
-                "packets_lost": lost,
-                "loss": lost / expected if expected else 0.0,
-                "latency_ms_p50": percentile(all_latencies, 0.50),
-                "latency_ms_p99": percentile(all_latencies, 0.99),
-                "errors": sum(len(self._errors_of(p)) for p in self.participants),
-                "socket_drops": None if None in drops else sum(drops),  # type: ignore[arg-type]
-            },
+            "totals": totals,
         }
+
+
+#: Latency samples a worker's summary carries per track and in its totals.
+MAX_SUMMARY_SAMPLES = 20000
+
+
+def thin(samples: list[float], limit: int = MAX_SUMMARY_SAMPLES) -> list[float]:
+    """Every n-th sample, at most ``limit`` of them (percentiles survive an even stride)."""
+    stride = max(1, math.ceil(len(samples) / limit))
+    return samples[::stride]
+
+
+@attrs.frozen
+class LoadCounts:
+    """A load test's running totals at one moment."""
+
+    phase: Phase
+    joined: int
+    participants: int
+    tracks: int
+    tracks_expected: int
+    packets_sent: int
+    packets_received: int
+    packets_lost: int
+    packets_expected: int
+    errors: int
+
+    def progress(self, elapsed: float, out_pps: int, in_pps: int) -> Progress:
+        loss = 100.0 * self.packets_lost / self.packets_expected if self.packets_expected else 0.0
+        return Progress(self.phase, elapsed, self.joined, self.participants, self.tracks, self.tracks_expected,
+                        out_pps, in_pps, loss, self.errors)
 
 
 # ---------------------------------------------------------------------- output
@@ -444,6 +562,11 @@ def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str] = 
                         help="prefix for participant identities (run several load testers in one room)")
     parser.add_argument("--bind-host", default="127.0.0.1",
                         help="local address for the clients' UDP sockets (must reach the server's media address)")
+    parser.add_argument("--server-api", choices=SERVER_APIS, default="livekit",
+                        help="livekit (default), or janus: --url is Janus' WebSocket API, --room a videoroom number "
+                             "(--api-key/--api-secret are not used)")
+    parser.add_argument("--workers", type=int, default=0, metavar="N",
+                        help="spread the participants over N worker processes (0: all in this one)")
 
 
 def params_from_args(args: argparse.Namespace) -> LoadTestParams:
@@ -467,6 +590,7 @@ def params_from_args(args: argparse.Namespace) -> LoadTestParams:
         subscribers=args.subscribers, duration=args.duration, video_bitrate=args.video_bitrate,
         width=width, height=height, simulcast=args.simulcast, num_per_second=args.num_per_second,
         json_path=args.json, bind_host=args.bind_host, identity_prefix=args.identity_prefix,
+        server_api=getattr(args, "server_api", "livekit"),
     )
 
 
@@ -492,8 +616,21 @@ def run_command(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"trio-sfu load-test: error: {exc}", file=sys.stderr)
         return 2
-    load_test = LoadTest(params)
-    summary = trio.run(run_until_signalled, load_test)
+    workers = getattr(args, "workers", 0)
+    if workers < 0:
+        print("trio-sfu load-test: error: --workers must not be negative", file=sys.stderr)
+        return 2
+    if workers:
+        from trio_sfu.client.loadtest_workers import run_workers, split_params
+
+        try:
+            split_params(params, workers)
+        except ValueError as exc:
+            print(f"trio-sfu load-test: error: {exc}", file=sys.stderr)
+            return 2
+        summary = run_workers(params, workers)
+    else:
+        summary = trio.run(run_until_signalled, LoadTest(params))
     print(format_summary(summary))
     if params.json_path:
         with open(params.json_path, "w", encoding="utf-8") as handle:

@@ -65,7 +65,13 @@ class Subscriber:
     """
 
     def __init__(self, signal: SignalConnection, open_pc: Callable[[], ClientPeerConnection],
-                 owner_of: Callable[[str], str], on_error: ErrorSink) -> None:
+                 owner_of: Callable[[str], str], on_error: ErrorSink, *,
+                 full_ice_role: IceMode = IceMode.LITE) -> None:
+        """``full_ice_role``: how we answer a full-ICE offerer — LITE (declare ``a=ice-lite``; it
+        checks and we answer) or CONTROLLED (a full agent: we check too, it nominates)."""
+        if full_ice_role not in (IceMode.LITE, IceMode.CONTROLLED):
+            raise ValueError("a full-ICE offerer controls: answer it LITE or CONTROLLED")
+        self._full_ice_role = full_ice_role
         self._signal = signal
         self._open_pc = open_pc
         self._owner_of = owner_of
@@ -142,9 +148,10 @@ class Subscriber:
         self._answers += 1
         if self._ice_mode is None:
             # An ICE-lite server (ours, LiveKit's default) leaves control to us; a full-ICE offerer
-            # is controlling itself (RFC 8445 §6.1.1), so we answer as a lite agent instead of
-            # fighting it for the role. Fixed for the PC's life: renegotiations keep the transport.
-            self._ice_mode = IceMode.CONTROLLING if offer.ice_lite else IceMode.LITE
+            # is controlling itself (RFC 8445 §6.1.1), so we answer as a lite agent, or as a full
+            # controlled one, instead of fighting it for the role. Fixed for the PC's life:
+            # renegotiations keep the transport.
+            self._ice_mode = IceMode.CONTROLLING if offer.ice_lite else self._full_ice_role
         policy = attrs.evolve(RECEIVER_ANSWER, ice_lite=self._ice_mode is IceMode.LITE)
         answer = answer_offer(offer, pc.local, session_version=self._answers, policy=policy)
         pc.set_remote(remote_transport(offer), DtlsRole(local_dtls_role(answer, local_is_offerer=False).value),

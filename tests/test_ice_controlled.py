@@ -1,0 +1,143 @@
+"""The controlled full ICE agent (``rtp.ice.IceControlledAgent``): what our client runs when it
+answers a full-ICE offerer such as Janus. In memory against our controlling agent on a virtual
+clock (both full: each checks the other), and over loopback against aioice controlling with
+aggressive nomination, an independent implementation."""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import random
+import subprocess
+import sys
+
+import trio
+
+from rtp.ice import IceConnected, IceControlledAgent, IceControllingState
+from rtp.stun import parse_stun
+from test_ice import (
+    AIOICE_PEER,
+    CLIENT_ADDR,
+    CLIENT_PWD,
+    CLIENT_UFRAG,
+    LITE_ADDR,
+    LITE_PWD,
+    LITE_UFRAG,
+    Net,
+    _LineReader,
+    host_candidate,
+    make_ctrl,
+)
+
+
+def make_controlled() -> IceControlledAgent:
+    # The in-memory network calls the second agent "lite" and puts it at LITE_ADDR.
+    return IceControlledAgent(LITE_UFRAG, LITE_PWD, CLIENT_UFRAG, CLIENT_PWD, tie_breaker=1, rng=random.Random(3))
+
+
+def _requests_from(net: Net, addr) -> list:
+    messages = [parse_stun(d) for _, src, _, d in net.sent if src == addr]
+    return [m for m in messages if m.message_class.name == "REQUEST"]
+
+
+def test_controlled_checks_too_and_takes_the_controlling_peers_nomination() -> None:
+    ctrl, controlled = make_ctrl(), make_controlled()
+    ctrl.add_remote_candidate(host_candidate(LITE_ADDR))
+    ctrl.add_remote_candidate(None)
+    controlled.add_remote_candidate(host_candidate(CLIENT_ADDR))
+    controlled.add_remote_candidate(None)
+    ctrl.start(0.0)
+    controlled.start(0.0)
+    net = Net(ctrl, controlled)
+    net.run_until(2.0)
+    assert net.first("ctrl", IceConnected)[1] == IceConnected(LITE_ADDR)
+    assert net.first("lite", IceConnected)[1] == IceConnected(CLIENT_ADDR)
+    assert controlled.state is IceControllingState.CONNECTED and controlled.selected_address == CLIENT_ADDR
+    ours = _requests_from(net, LITE_ADDR)
+    assert ours, "the controlled agent sent no checks of its own"
+    assert all("ICE-CONTROLLED" in m.attributes and "ICE-CONTROLLING" not in m.attributes for m in ours)
+    assert not any("USE-CANDIDATE" in m.attributes for m in ours)
+    assert any("USE-CANDIDATE" in m.attributes for m in _requests_from(net, CLIENT_ADDR))
+    assert controlled.counters.requests_answered >= 2  # the peer's check and its nomination
+    assert controlled.counters.role_conflicts == ctrl.counters.role_conflicts == 0
+
+
+def test_nomination_from_an_unknown_address_triggers_a_check_then_selects() -> None:
+    """No candidate for the peer (it was never trickled): its nominating check teaches us the
+    address (peer-reflexive), our triggered check on it succeeds, and that pair is selected."""
+    ctrl, controlled = make_ctrl(), make_controlled()
+    ctrl.add_remote_candidate(host_candidate(LITE_ADDR))
+    ctrl.add_remote_candidate(None)
+    ctrl.start(0.0)
+    controlled.start(0.0)
+    net = Net(ctrl, controlled)
+    net.run_until(2.0)
+    assert net.first("lite", IceConnected)[1] == IceConnected(CLIENT_ADDR)
+    assert [p.addr for p in controlled.pairs] == [CLIENT_ADDR]
+    assert len(_requests_from(net, LITE_ADDR)) >= 1
+
+
+def test_two_controlled_agents_conflict_with_487_and_never_connect() -> None:
+    a = make_controlled()
+    b = IceControlledAgent(CLIENT_UFRAG, CLIENT_PWD, LITE_UFRAG, LITE_PWD, tie_breaker=2, rng=random.Random(4))
+    a.add_remote_candidate(host_candidate(CLIENT_ADDR))
+    b.add_remote_candidate(host_candidate(LITE_ADDR))
+    a.start(0.0)
+    b.start(0.0)
+    net = Net(b, a)
+    net.run_until(3.0)
+    assert a.state is IceControllingState.CHECKING and b.state is IceControllingState.CHECKING
+    assert a.counters.role_conflicts >= 1 and b.counters.role_conflicts >= 1
+
+
+async def test_controlled_agent_against_aioice_controlling_over_loopback() -> None:
+    """aioice (full ICE, controlling, aggressive nomination) nominates; we check it too."""
+    sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+    await sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    agent = IceControlledAgent("ctdU", "ctdPassword0123456789abcd", "aioU", "aioicePassword0123456789abc",
+                               tie_breaker=5)
+    events, media = [], []
+    args = [sys.executable, AIOICE_PEER, "controlling-full", str(port), "ctdU", "ctdPassword0123456789abcd",
+            "aioU", "aioicePassword0123456789abc"]
+
+    async def drive():
+        while True:
+            deadline = agent.next_deadline()
+            with trio.move_on_at(deadline if deadline is not None else math.inf):
+                data, addr = await sock.recvfrom(2048)
+                addr = addr[:2]
+                if data and data[0] < 4:
+                    agent.receive_stun(data, addr, trio.current_time())
+                elif addr == agent.selected_address:
+                    media.append(data)
+                    await sock.sendto(b"echo:" + data, addr)
+            now = trio.current_time()
+            timer = agent.next_deadline()
+            if timer is not None and timer <= now:
+                agent.handle_timeout(now)
+            for out, dst in agent.datagrams_to_send(now):
+                await sock.sendto(out, dst)
+            while (ev := agent.next_event()) is not None:
+                events.append(ev)
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            proc = await nursery.start(functools.partial(trio.run_process, args, stdout=subprocess.PIPE, check=False))
+            reader = _LineReader(proc.stdout)
+            peer = ("127.0.0.1", json.loads(await reader.readline())["local_port"])
+            agent.add_remote_candidate(host_candidate(peer))
+            agent.add_remote_candidate(None)
+            agent.start(trio.current_time())
+            nursery.start_soon(drive)
+            report = json.loads(await reader.readline())
+            await proc.wait()
+            nursery.cancel_scope.cancel()
+    sock.close()
+    assert proc.returncode == 0
+    assert report["connected"] is True and report["echo"] == "echo:hello from aioice"
+    assert events[0] == IceConnected(peer)
+    assert media == [b"hello from aioice"]
+    assert agent.counters.requests_answered >= 1
+    assert agent.counters.unauthenticated_responses == agent.counters.role_conflicts == 0
