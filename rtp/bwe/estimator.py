@@ -94,6 +94,7 @@ class BandwidthEstimator:
         usage: Optional[BandwidthUsage] = None
         received = lost = 0
         newest_send: Optional[float] = None
+        arrived: list[tuple[float, float]] = []
         for r in results:
             if r.probe_cluster >= 0:
                 measured = self._probe.on_packet(r.probe_cluster, r.send_time, r.size, r.arrival, now)
@@ -105,11 +106,17 @@ class BandwidthEstimator:
             received += 1
             newest_send = r.send_time if newest_send is None else max(newest_send, r.send_time)
             self._ack(r.arrival, r.size, r.send_time)
-            sample = self._inter_arrival.add(r.send_time, r.arrival)
+            arrived.append((r.arrival, r.send_time))
+        # The delay-based half takes them in arrival order (see InterArrival).
+        arrived.sort()
+        for arrival, send_time in arrived:
+            sample = self._inter_arrival.add(send_time, arrival)
             if sample is not None:
                 state = self._trendline.update(*sample)
                 if state is BandwidthUsage.OVERUSING or usage is not BandwidthUsage.OVERUSING:
                     usage = state
+        for measured in self._probe.judge_late(now):
+            self._probe_result(measured, now)
         counters.packets_acked += received
         counters.packets_lost += lost
         if newest_send is not None:
