@@ -228,3 +228,28 @@ def test_a_probe_is_judged_on_all_its_packets_when_their_feedback_comes() -> Non
     sim.link.rate_bps = 2 * MBIT
     sim.run_until(20.0)
     assert max(sim.window(1.0, 20.0)) <= 1.2 * 2 * MBIT
+
+
+def test_a_loss_reported_again_counts_once_and_a_late_arrival_takes_it_back() -> None:
+    """A receiver re-reports a range after a late packet (libwebrtc repeats a seq it reported
+    missing): each loss counts once, and a packet reported lost then received is no loss."""
+    from rtp.bwe import BandwidthEstimator
+    from rtp.twcc_sender import PacketResult
+
+    est = BandwidthEstimator()
+
+    def result(seq: int, arrived: bool) -> PacketResult:
+        send = seq * 0.01
+        return PacketResult(seq, send, 1200, send + 0.02 if arrived else None, -1)
+
+    lost_first = {5, 15, 25, 35, 45, 55}
+    est.on_feedback([result(s, s not in lost_first) for s in range(0, 60)], 0.62)
+    # the range again (rtp.twcc_sender passes on only what was not reported received: the six
+    # reported lost, three of them late and now received), then 60 more
+    late = {5, 15, 25}
+    est.on_feedback([result(s, s in late) for s in sorted(lost_first)] + [result(s, True) for s in range(60, 120)],
+                    1.22)
+    assert est.counters.packets_lost == 3 and est.counters.packets_recovered == 3
+    assert est.counters.packets_acked == 117
+    # one judged window of the 120 packets: 3 lost
+    assert abs(est.loss_fraction - 3 / 120) < 1e-9

@@ -47,9 +47,11 @@ class LossBasedControl:
         self.decreases = 0
         self.rate = float(start_bps)  # what `update` last returned
 
-    def on_packets(self, received: int, lost: int) -> None:
-        self._expected += received + lost
-        self._lost += lost
+    def on_packets(self, received: int, lost: int, recovered: int = 0) -> None:
+        """`received` and `lost` as one feedback reported them; `recovered` of the received had
+        been reported lost before (counted then: a loss taken back, not another packet)."""
+        self._expected += received - recovered + lost
+        self._lost += lost - recovered
 
     def update(self, delay_based_bps: float, acked_bps: Optional[float], now: float) -> float:
         """The loss-based rate, given the delay-based one and what the receiver got lately."""
@@ -58,7 +60,7 @@ class LossBasedControl:
         if self._window_start is None:
             self._window_start = now
         if self._expected >= MIN_PACKETS and now - self._window_start >= MIN_SPAN:
-            self.loss = self._lost / self._expected
+            self.loss = min(max(self._lost / self._expected, 0.0), 1.0)  # (a late arrival takes a loss back)
             self._lost = self._expected = 0
             self._window_start = now
         limit = self.limit
