@@ -43,6 +43,9 @@ APP_LIMITED = 0.7
 _KEEPS_UP = 0.9
 #: Seqs reported lost remembered (to count each loss once, and take back a late arrival).
 _LOST_MEMORY = 4096
+#: A packet reported lost counts as lost for the loss-based half once feedback reported
+#: packets sent this much later (till then it may be a late arrival, not a loss).
+LOSS_SETTLE = 0.1
 #: Whatever the probes did, the estimate counts as settled after this much feedback.
 SETTLE_AFTER = 2.0
 
@@ -87,6 +90,7 @@ class BandwidthEstimator:
         # repeats a seq it reported missing — counted again each time, 5 % random loss under
         # jitter read 10-13 % in a window, and the loss-based half cut the top layer away.
         self._reported_lost: dict[int, None] = {}
+        self._pending_lost: dict[int, float] = {}  # reported lost, not yet settled: seq -> send time
 
     # ---- inputs ---------------------------------------------------------------------------
 
@@ -103,18 +107,22 @@ class BandwidthEstimator:
         received = lost = 0
         newest_send: Optional[float] = None
         arrived: list[tuple[float, float]] = []
-        recovered = 0
+        recovered = recovered_settled = 0
         reported_lost = self._reported_lost
+        pending = self._pending_lost
         for r in results:
             if r.arrival is None:
                 if r.sequence in reported_lost:
                     continue  # reported lost again (the receiver re-covers a range after a late packet)
                 reported_lost[r.sequence] = None
+                pending[r.sequence] = r.send_time
                 if len(reported_lost) > _LOST_MEMORY:
                     del reported_lost[next(iter(reported_lost))]
             elif r.sequence in reported_lost:
                 del reported_lost[r.sequence]
                 recovered += 1  # reported lost before, late after all: no loss
+                if pending.pop(r.sequence, None) is None:
+                    recovered_settled += 1  # the loss control counted it already: taken back
             if r.probe_cluster >= 0:
                 measured = self._probe.on_packet(r.probe_cluster, r.send_time, r.size, r.arrival, now)
                 if measured is not None:
@@ -153,7 +161,19 @@ class BandwidthEstimator:
             usage = BandwidthUsage.NORMAL
             counters.overuse_ignored += 1
         delay_bps = self._aimd.update(usage or BandwidthUsage.NORMAL, acked, self.rtt, now)
-        self._loss.on_packets(received, lost, recovered)
+        # A loss reaches the loss-based half once feedback went `LOSS_SETTLE` past it: under
+        # jitter a packet overtaken just before a feedback is reported missing and comes in
+        # the next one; counted at once, such false losses (~2 % at ± 5 ms) bunched into one
+        # window and taken back in the next read 5 % random loss as 12-13 % windows.
+        settled_lost = 0
+        if newest_send is not None:
+            while pending:
+                seq, send_time = next(iter(pending.items()))
+                if send_time > newest_send - LOSS_SETTLE and len(pending) <= _LOST_MEMORY:
+                    break
+                del pending[seq]
+                settled_lost += 1
+        self._loss.on_packets(received, settled_lost, recovered_settled)
         loss_bps = self._loss.update(delay_bps, acked, now)
         self._set(min(delay_bps, loss_bps), now)
         if not self.settled:

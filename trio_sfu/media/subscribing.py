@@ -570,6 +570,7 @@ class SubscriberMedia:
         counters = bandwidth.estimator.counters
         self.log.info(what, kv={"bps": bandwidth.estimate_bps, "feedback": counters.feedback_packets,
                                 "acked": counters.packets_acked, "lost": counters.packets_lost,
+                                "recovered": counters.packets_recovered,
                                 "remb": counters.remb_received, "probes": counters.probe_clusters,
                                 "probe_results": counters.probe_results,
                                 "delay_based": int(bandwidth.estimator.delay_based_bps),
