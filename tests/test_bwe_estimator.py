@@ -253,3 +253,27 @@ def test_a_loss_reported_again_counts_once_and_a_late_arrival_takes_it_back() ->
     assert est.counters.packets_acked == 117
     # the loss-based half's window (the last 60 packets counted) holds no more than those 3
     assert est.loss_fraction <= 3 / 60
+
+
+def test_a_startup_probe_whose_feedback_never_came_is_tried_again_soon() -> None:
+    """Under 5 % loss a feedback packet is lost now and then: a startup cluster left unjudged
+    is retried 0.2 s after its timeout instead of ending the probing at the start guess."""
+    from rtp.bwe import BandwidthEstimator
+    from rtp.twcc_sender import PacketResult
+
+    est = BandwidthEstimator(start_bps=300_000)
+    est.request_probe(2_000_000, now=0.0)
+    est.on_feedback([PacketResult(1, -0.05, 1200, -0.03, -1)], now=0.0)
+    first = est.poll_probe(0.0)
+    assert first is not None
+    est.probe_sent(first.cluster_id, 10, 0.03)
+    second = est.poll_probe(0.03)
+    assert second is not None
+    est.probe_sent(second.cluster_id, 20, 0.06)
+    assert est.poll_probe(1.1) is None  # both timed out (no feedback about them): one retry, soon
+    assert not est.settled
+    retry = est.poll_probe(1.35)
+    assert retry is not None and retry.bitrate_bps == min(2_000_000, 2 * est.estimate_bps)
+    est.probe_sent(retry.cluster_id, 10, 1.38)
+    assert est.poll_probe(2.4) is None  # that one failed too: the retry waits its full interval
+    assert est.poll_probe(3.0) is None

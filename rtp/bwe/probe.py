@@ -19,7 +19,7 @@ rate (a receive rate under 90 % of the send rate) 95 % of the receive rate, sinc
 link carries. When the result kept up with the cluster (70 % of its bitrate or more: arrival
 times are noisy), the next probe doubles again at once; when it did not, probing waits
 `RETRY_INTERVAL`, and the probing from the start is over (`initial_done`): the estimate is then
-a measurement (from the start, one short result is tried again at once first: jitter or random
+a measurement (from the start, one short or failed result is tried again soon first: jitter or random
 loss make one by chance). Nothing needs more bitrate (X at or below the estimate): no probes.
 """
 
@@ -132,12 +132,13 @@ class ProbeController:
         self.goal_bps = max(0, int(up_to_bps))
 
     def poll(self, estimate_bps: float, now: float) -> Optional[ProbeCluster]:
-        for cluster_id, flight in list(self._in_flight.items()):
-            if now - flight.sent_at >= _RESULT_TIMEOUT:
-                del self._in_flight[cluster_id]  # its feedback never came: a failure
-                self.failures += 1
-                self._not_before = now + RETRY_INTERVAL
-                self.startup_over = True
+        timed_out = [cluster_id for cluster_id, flight in self._in_flight.items()
+                     if now - flight.sent_at >= _RESULT_TIMEOUT]
+        for cluster_id in timed_out:
+            del self._in_flight[cluster_id]  # its feedback never came: a failure
+        if timed_out:
+            self.failures += len(timed_out) - 1
+            self._failed(now)  # (clusters sent back to back, their feedback lost together: one failure)
         if any(not flight.packets_sent for flight in self._in_flight.values()):
             return None  # one is still being sent
         if self.goal_bps <= estimate_bps * 1.05:
@@ -216,10 +217,7 @@ class ProbeController:
         del self._in_flight[flight.cluster.cluster_id]
         measured = self._measure(flight, covered)
         if measured is None:
-            self.failures += 1
-            self._not_before = now + RETRY_INTERVAL
-            self._queued.clear()
-            self.startup_over = True
+            self._failed(now)
             return None
         self.results += 1
         if measured >= _PROBE_FURTHER * flight.cluster.bitrate_bps:
@@ -234,6 +232,20 @@ class ProbeController:
             self._queued.clear()
             self.startup_over = True
         return measured
+
+    def _failed(self, now: float) -> None:
+        """A cluster gave no result (its feedback lost, too few of its packets received). From
+        the start it is tried again soon, as a short result is: under 5 % loss a lost feedback
+        packet left a cluster unjudged, and ended the probing with the estimate at the start
+        guess or the first cluster's result (a subscriber held on the low layer for seconds)."""
+        self.failures += 1
+        self._queued.clear()
+        if not self.startup_over and self._startup_short + 1 < STARTUP_SHORT_RESULTS:
+            self._startup_short += 1
+            self._not_before = now + _STARTUP_RETRY
+        else:
+            self._not_before = now + RETRY_INTERVAL
+            self.startup_over = True
 
     @staticmethod
     def _measure(flight: _InFlight, covered: int) -> Optional[float]:
