@@ -36,6 +36,7 @@ class LinkState:
     loss: float = 0.0
     delay: float = 0.02  # one way
     queue_limit: float = 0.4  # seconds of queue at rate_bps before drop-tail
+    jitter: float = 0.0  # ± seconds added to each packet's delay, uniform (packets may reorder)
 
 
 @attrs.define
@@ -87,7 +88,10 @@ class SimulatedLink:
             self.dropped += 1
             return
         self._queue_free_at = start + len(packet) * 8 / link.rate_bps
-        self._at(self._queue_free_at + link.delay, lambda: self._arrive(packet))
+        delay = link.delay
+        if link.jitter:
+            delay += link.jitter * (2.0 * self.rng.random() - 1.0)
+        self._at(self._queue_free_at + delay, lambda: self._arrive(packet))
 
     def _arrive(self, packet: bytes) -> None:
         parsed = RtpPacket.parse(packet)

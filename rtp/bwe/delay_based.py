@@ -22,6 +22,10 @@ import attrs
 
 #: Packets sent within this span of a group's first packet belong to it.
 GROUP_SPAN = 0.005
+#: Packets arriving this close together, sooner than they were sent apart, are one burst (one
+#: group), as long as the burst lasts no longer than `MAX_BURST` (libwebrtc's figures).
+BURST_SPAN = 0.005
+MAX_BURST = 0.1
 #: Trendline: samples in the regression window, smoothing of the accumulated delay, gain.
 TRENDLINE_WINDOW = 20
 TRENDLINE_SMOOTHING = 0.9
@@ -62,35 +66,54 @@ class RateControlState(enum.Enum):
 class _Group:
     first_send: float
     last_send: float
+    first_arrival: float
     last_arrival: float
 
 
 class InterArrival:
-    """Groups packets by send time; gives (send delta, arrival delta) in seconds per completed group."""
+    """Groups packets by send time; gives (send delta, arrival delta) in seconds per completed group.
+
+    Fed in arrival order (libwebrtc sorts each feedback by receive time): a group then completes
+    at its last packet's arrival and arrival deltas are never negative. Feeding in sequence order
+    instead, under jitter that reorders, made a group's arrival delta negative about as often as
+    jitter pulled it early, and those samples were dropped — so only the late half of the noise
+    reached the trendline, which then read a random link as a growing queue (over-use on a link
+    of any capacity). A packet sent before the current group began arrived late, overtaken: it
+    is left out, as libwebrtc does."""
 
     def __init__(self) -> None:
         self._current: Optional[_Group] = None
         self._previous: Optional[_Group] = None
 
     def add(self, send: float, arrival: float) -> Optional[tuple[float, float, float]]:
-        """A received packet in send order; (send delta, arrival delta, arrival) when a group completed."""
+        """A received packet, in arrival order; (send delta, arrival delta, arrival) when a group completed."""
         cur = self._current
         if cur is None:
-            self._current = _Group(send, send, arrival)
+            self._current = _Group(send, send, arrival, arrival)
             return None
         if send < cur.first_send:
-            return None  # reordered behind a group already started: not worth a sample
-        if send - cur.first_send <= GROUP_SPAN:
-            cur.last_send = send
+            return None  # overtaken by a later group: not worth a sample
+        if send - cur.first_send <= GROUP_SPAN or self._in_burst(cur, send, arrival):
+            cur.last_send = max(cur.last_send, send)
             cur.last_arrival = max(cur.last_arrival, arrival)
             return None
-        prev, self._previous, self._current = self._previous, cur, _Group(send, send, arrival)
+        prev, self._previous, self._current = self._previous, cur, _Group(send, send, arrival, arrival)
         if prev is None:
             return None
         arrival_delta = cur.last_arrival - prev.last_arrival
         if arrival_delta < 0:
-            return None  # the receiver's clock or reordering: no sample
+            return None  # fed out of arrival order: no sample
         return cur.last_send - prev.last_send, arrival_delta, cur.last_arrival
+
+    @staticmethod
+    def _in_burst(cur: _Group, send: float, arrival: float) -> bool:
+        """libwebrtc's burst rule: a packet that arrives within `BURST_SPAN` of the group's last,
+        sooner after it than it was sent (a queue released them together), within
+        `MAX_BURST` of the group's first arrival, is part of the same group."""
+        arrival_delta = arrival - cur.last_arrival
+        propagation_delta = arrival_delta - (send - cur.last_send)
+        return (propagation_delta < 0 and arrival_delta <= BURST_SPAN
+                and arrival - cur.first_arrival < MAX_BURST)
 
 
 class TrendlineDetector:

@@ -571,8 +571,13 @@ class SubscriberMedia:
         counters = bandwidth.estimator.counters
         self.log.info(what, kv={"bps": bandwidth.estimate_bps, "feedback": counters.feedback_packets,
                                 "acked": counters.packets_acked, "lost": counters.packets_lost,
+                                "recovered": counters.packets_recovered,
                                 "remb": counters.remb_received, "probes": counters.probe_clusters,
                                 "probe_results": counters.probe_results,
+                                "delay_based": int(bandwidth.estimator.delay_based_bps),
+                                "loss_based": int(bandwidth.estimator.loss_based_bps),
+                                "loss": round(bandwidth.estimator.loss_fraction, 3),
+                                "overuse": counters.overuse_signals, "overuse_ignored": counters.overuse_ignored,
                                 "stamped": bandwidth.sequencer.packets_stamped})
 
     def on_connected(self, now: float) -> None:
