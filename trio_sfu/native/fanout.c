@@ -103,6 +103,11 @@ int fp_forward(const uint8_t *pkt, int len, int pay_start, int pay_end,
     int usable = len >= 12 && out_len <= FP_MAX_PACKET && (pkt[0] >> 6) == 2 && region_start >= 12
                  && region_start <= region_end && region_end <= pay_start && pay_start < pay_end
                  && pay_end <= len && tw_at >= region_start && tw_at + 2 <= region_start + region_len;
+    if (!usable) { /* nothing below may read a header that is not there */
+        for (int i = 0; i < n; i++)
+            status[i] = FP_PYTHON;
+        return 0;
+    }
     uint32_t ssrc = ((uint32_t)pkt[8] << 24) | ((uint32_t)pkt[9] << 16) | ((uint32_t)pkt[10] << 8) | pkt[11];
     uint32_t seq = ((uint32_t)pkt[2] << 8) | pkt[3];
     uint32_t timestamp = ((uint32_t)pkt[4] << 24) | ((uint32_t)pkt[5] << 16) | ((uint32_t)pkt[6] << 8) | pkt[7];
@@ -111,7 +116,7 @@ int fp_forward(const uint8_t *pkt, int len, int pay_start, int pay_end,
     for (int i = 0; i < n; i++) {
         fp_track *t = tracks[i];
         status[i] = FP_PYTHON;
-        if (!usable || !t->armed || ssrc != t->src_ssrc || t->pt_map[pt] < 0)
+        if (!t->armed || ssrc != t->src_ssrc || t->pt_map[pt] < 0)
             continue;
         /* SequenceUnwrapper.unwrap, without recording (recorded once the packet is taken). */
         int64_t d = (int64_t)((seq - (uint64_t)t->unwrap_last) & 0xFFFF);
