@@ -56,6 +56,10 @@ _RECEIVED = 0.5
 #: `_TARGET_UTILIZATION` of the receive rate (libwebrtc's figures).
 _CARRIED = 0.9
 _TARGET_UTILIZATION = 0.95
+#: A cluster whose arrivals spread over more than its send span and this much is taken as queued
+#: at a bottleneck whatever the fit says: jitter widens the arrival span by about its own width
+#: (± 5 ms in the field reports), a queue by the cluster's excess over the link's rate.
+_JITTER_ALLOWANCE = 0.015
 #: A receive rate above this multiple of the send rate is no measurement (arrivals bunched).
 _MAX_RECEIVE_RATIO = 2.0
 #: A result at least this share of its cluster's bitrate probes further at once (libwebrtc's
@@ -268,13 +272,17 @@ class ProbeController:
             return None
         # (A short cluster's send span is noisy: its own bitrate also bounds what it asked of the link.)
         asked = min(send_bps, float(flight.cluster.bitrate_bps))
-        if receive_bps >= _CARRIED * asked:
+        arrivals = sorted(flight.arrivals)
+        arrival_span = arrivals[-1][0] - arrivals[0][0]
+        # The sender pads in steps, several packets at once: the fit then rests on a few groups
+        # of send times and can read a queued cluster as carried (a 900 kbit/s cluster through
+        # a 600 kbit/s link read 885k). The arrival span settles it.
+        queued = arrival_span > send_span + _JITTER_ALLOWANCE
+        if receive_bps >= _CARRIED * asked and not queued:
             return min(receive_bps, asked)
         # Not carried: a queue at a bottleneck spaced the arrivals by each packet's size over the
         # link's rate. The fit leans on the first packets, which met an empty queue, and reads
         # high; the bytes over the arrival span is what the link delivered.
-        arrivals = sorted(flight.arrivals)
-        arrival_span = arrivals[-1][0] - arrivals[0][0]
         if arrival_span > 0:
             receive_bps = min(receive_bps, (total - arrivals[0][1]) * 8 / arrival_span)
         return _TARGET_UTILIZATION * receive_bps
