@@ -199,6 +199,11 @@ class BandwidthEstimator:
 
     # ---- outputs --------------------------------------------------------------------------
 
+    @property
+    def feedback_seen(self) -> bool:
+        """Transport-cc feedback has come: until then no probe can be judged (`poll_probe`)."""
+        return self._last_feedback is not None
+
     def poll_probe(self, now: float) -> Optional[ProbeCluster]:
         """The next probe cluster to send, if one is wanted and due — once transport-cc feedback
         came (the receiver's first feedback follows its first media by a feedback interval;
