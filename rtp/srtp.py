@@ -13,13 +13,14 @@ typed exceptions.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import pylibsrtp
-from pylibsrtp._binding import ffi as _libsrtp_ffi
-from pylibsrtp._binding import lib as _libsrtp
 
 try:
     # pylibsrtp's own cffi binding: the inbound RTP transform calls libsrtp through it directly
-    # (see SrtpContext.unprotect_rtp); without it, through pylibsrtp's public method.
+    # (see SrtpContext.unprotect_rtp), and the compiled fan-out protects through it
+    # (outbound_handle); without it, pylibsrtp's public methods and the pure fan-out serve.
     from pylibsrtp._binding import ffi as _ffi, lib as _lib
 except ImportError:  # pragma: no cover - a pylibsrtp laid out otherwise
     _ffi = _lib = None
@@ -200,11 +201,15 @@ class SrtpContext:
             raise _map_error(exc) from None
 
     @property
-    def outbound_handle(self) -> int:
+    def outbound_handle(self) -> Optional[int]:
         """The address of the libsrtp session `protect_rtp` uses (pylibsrtp's), for compiled
         code in this process that protects with `srtp_protect_address()`: one context, so
-        both produce the same bytes and the same rollover state. Valid while this lives."""
-        return int(_libsrtp_ffi.cast("uintptr_t", self._outbound._srtp[0]))
+        both produce the same bytes and the same rollover state. Valid while this lives.
+        None when pylibsrtp's binding is laid out otherwise (the pure fan-out serves)."""
+        srtp = getattr(self._outbound, "_srtp", None)
+        if _ffi is None or srtp is None:
+            return None
+        return int(_ffi.cast("uintptr_t", srtp[0]))
 
     def unprotect_rtp(self, packet: bytes) -> bytes:
         size = len(packet)
@@ -247,4 +252,6 @@ class SrtpContext:
 def srtp_protect_address() -> int:
     """The address of `srtp_protect` in the libsrtp pylibsrtp built its contexts with (see
     `SrtpContext.outbound_handle`): libsrtp 2's `(srtp_t, void *packet, int *len)`."""
-    return int(_libsrtp_ffi.cast("uintptr_t", _libsrtp_ffi.addressof(_libsrtp, "srtp_protect")))
+    if _ffi is None:
+        raise RuntimeError("pylibsrtp's cffi binding is not reachable")
+    return int(_ffi.cast("uintptr_t", _ffi.addressof(_lib, "srtp_protect")))

@@ -277,8 +277,11 @@ class TransportEndpoint:
         if context is None or type(context[1]) is TcpAddress:
             return None
         srtp, addr = context
+        handle = srtp.outbound_handle
+        if handle is None:
+            return None
         sock = self._mux.reply_socket(addr)
-        return NativeSendTarget(srtp.outbound_handle, sock.fileno(), (addr[0], addr[1]), self._account_native,
+        return NativeSendTarget(handle, sock.fileno(), (addr[0], addr[1]), self._account_native,
                                 owners=(srtp, sock))
 
     def _account_native(self, sent: int, full: int, errors: int, invalid: int) -> None:
