@@ -18,7 +18,7 @@ from trio_sfu.client.commands import COMMANDS as CLIENT_COMMANDS
 from trio_sfu.client.commands import add_commands as add_client_commands
 from trio_sfu.client.commands import run_command as run_client_command
 from trio_sfu.client.loadtest import add_arguments as add_load_test_arguments
-from trio_sfu.client.loadtest import run_command as run_load_test
+from trio_sfu.client.loadtest_command import run_command as run_load_test
 from trio_sfu.log import configure, get_logger
 from trio_sfu.media.service import format_address
 from trio_sfu.server import Server

@@ -14,19 +14,19 @@ summary per track and per subscriber, and ``--json FILE`` for machines.
 ``--server-api janus`` drives a Janus videoroom instead (``trio_sfu.client.janus``; ``--url``
 is Janus' WebSocket API, ``--room`` the numeric room id): the same participants, media and
 measurements. ``--workers N`` spreads the participants over N processes
-(``trio_sfu.client.loadtest_workers``), so the tester is not the busy side of a large run.
+(``trio_sfu.client.loadtest_workers``; the command that picks one or the other is
+``trio_sfu.client.loadtest_command``), so the tester is not the busy side of a large run.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import signal
 import sys
 import urllib.parse
-from typing import Any, Mapping, Sequence, TextIO
+from typing import Any, Mapping, TextIO
 
 import attrs
 import trio
@@ -608,42 +608,3 @@ async def run_until_signalled(load_test: LoadTest) -> dict[str, Any]:
             summary = await load_test.run()
             nursery.cancel_scope.cancel()
     return summary
-
-
-def run_command(args: argparse.Namespace) -> int:
-    try:
-        params = params_from_args(args)
-    except ValueError as exc:
-        print(f"trio-sfu load-test: error: {exc}", file=sys.stderr)
-        return 2
-    workers = getattr(args, "workers", 0)
-    if workers < 0:
-        print("trio-sfu load-test: error: --workers must not be negative", file=sys.stderr)
-        return 2
-    if workers:
-        from trio_sfu.client.loadtest_workers import run_workers, split_params
-
-        try:
-            split_params(params, workers)
-        except ValueError as exc:
-            print(f"trio-sfu load-test: error: {exc}", file=sys.stderr)
-            return 2
-        summary = run_workers(params, workers)
-    else:
-        summary = trio.run(run_until_signalled, LoadTest(params))
-    print(format_summary(summary))
-    if params.json_path:
-        with open(params.json_path, "w", encoding="utf-8") as handle:
-            json.dump(summary, handle, indent=2)
-    failed = summary["totals"]["errors"] or summary["joined"] < summary["participants"]
-    return 1 if failed else 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="trio-sfu load-test", description="LiveKit-style load test")
-    add_arguments(parser)
-    return run_command(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
