@@ -972,8 +972,8 @@ class DownTrack:
         return ntp & 0xFFFFFFFFFFFFFFFF, rtp & 0xFFFFFFFF
 
     def poll_rtcp(self, now: float) -> None:
-        if self._native_slot is not None:
-            self._sync_native()
+        # Polled on every wake-up of the subscriber's timers, for each of its down tracks: nothing
+        # is read from the compiled fan-out until a report is due (sender_report_timestamps syncs).
         if self._next_sr is None or now < self._next_sr:
             return
         self._next_sr = now + self.rtcp_interval
