@@ -205,3 +205,5 @@ def test_a_stream_without_temporal_ids_ignores_the_cap():
     for _ in range(5):
         _send(receiver, q.frame(keyframe=False))
     assert len(wire.rtp) == 12 and down.counters.dropped_temporal == 0
+    # the cap is in force (vacuously): no switch waits for a sync frame that never comes
+    assert down.current_temporal == 0 and down.counters.temporal_switches == 0

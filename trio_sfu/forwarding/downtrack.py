@@ -798,7 +798,10 @@ class DownTrack:
         layer-sync frame of a layer between the two."""
         info = vp8_temporal(packet, bounds[0], bounds[1])
         if info < 0:
-            return True  # no temporal id: the base layer
+            # No temporal id: the base layer. A stream without them has nothing to filter: the
+            # target is in force at once (so the compiled fan-out may take the track).
+            self._temporal_current = self._temporal_target
+            return True
         tid = info & 0x03
         if tid > self._temporal_seen:
             self._temporal_seen = tid
