@@ -43,10 +43,10 @@ from trio_sfu.forwarding.codec_keyframes import (
     VP8_LAYER_SYNC,
     keyframe_detector,
     munge_vp8,
-    vp8_picture_id,
-    vp8_temporal,
     parse_vp8_descriptor,
     payload_bounds,
+    vp8_picture_id,
+    vp8_temporal,
     write_vp8_picture_id,
 )
 from trio_sfu.forwarding.rtcp_feedback import PublisherSenderReport, build_sender_report, ntp_from_unix
