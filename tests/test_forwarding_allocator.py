@@ -345,6 +345,7 @@ def test_a_temporal_upgrade_waits_for_the_hold_and_a_steady_estimate_does_not_fl
 def test_temporal_bitrates_of_one_layer_only_or_none_leave_the_others_whole():
     alloc = StreamAllocator()
     alloc.set_track("cam", bitrates=CAMERA, cap=2, temporal_bitrates={0: (60_000, 40_000), 1: (0, 0)})
+    assert alloc.temporal_bitrates("cam") == {0: (60_000, 100_000)}  # cumulative; h's says nothing
     settle(alloc, 110_000, 0.0, 3.0)
     assert choices(alloc) == {"cam": (0, 0)}  # 90k (60 % of q's 150k)
     settle(alloc, 600_000, 3.0, 3.0)

@@ -203,6 +203,12 @@ class StreamAllocator:
         track = self._tracks.get(track_id)
         return dict(track.bitrates) if track is not None else {}
 
+    def temporal_bitrates(self, track_id: str) -> dict[int, tuple[int, ...]]:
+        """The cumulative temporal bitrates (TID 0, 0..1, ...) the allocator has for a track's
+        layers, as measured (empty: no temporal layers known)."""
+        track = self._tracks.get(track_id)
+        return dict(track.temporal_bitrates) if track is not None else {}
+
     @property
     def track_ids(self) -> tuple[str, ...]:
         return tuple(self._tracks)

@@ -397,7 +397,8 @@ class SubscriberMedia:
             self.log.info("allocation changed", kv={
                 "track": track_id, "layer": allocation.layer, "temporal": allocation.temporal,
                 "state": allocation.state.value,
-                "budget": allocator.budget, "bitrates": allocator.bitrates(track_id)})
+                "budget": allocator.budget, "bitrates": allocator.bitrates(track_id),
+                "temporal_bitrates": allocator.temporal_bitrates(track_id)})
         states: list[rtc.StreamStateInfo] = []
         for track_id, (source, down) in video.items():
             allocation = allocator.allocation(track_id)
