@@ -207,3 +207,41 @@ def test_a_stream_without_temporal_ids_ignores_the_cap():
     assert len(wire.rtp) == 12 and down.counters.dropped_temporal == 0
     # the cap is in force (vacuously): no switch waits for a sync frame that never comes
     assert down.current_temporal == 0 and down.counters.temporal_switches == 0
+
+
+@settings(max_examples=examples(1.5), deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["tick", "tick", "tick", "temporal", "switch", "pad"]), st.integers(0, 3),
+                          st.booleans()), min_size=1, max_size=80))
+def test_continuity_under_random_temporal_and_spatial_switches(ops):
+    """Three simulcast layers in L1T3, spatial and temporal targets changing at random: the
+    subscriber's stream stays continuous in sequence numbers, picture ids and TL0PICIDX, every
+    frame forwarded is forwarded whole, and none is above the temporal layer in force."""
+    wire = Wire()
+    receiver, down = simulcast_pair(wire, target_layer=0)
+    layers = [Layer("q", 0x1111, 100, 1_000, 300, temporal=3), Layer("h", 0x2222, 65_500, 4_294_000_000, 32_700,
+                                                                        temporal=3),
+              Layer("f", 0x3333, 7_000, 555_555, 9, temporal=3)]
+    now = 0.0
+    for op, arg, flag in ops:
+        now += 0.02
+        if op == "switch":
+            down.set_target_layer(min(arg, 2), now)
+        elif op == "temporal":
+            down.set_target_temporal(None if arg == 3 else arg)
+        elif op == "pad":
+            receiver.receive_rtp(layers[min(arg, 2)].padding(), now)
+        else:
+            for i, layer in enumerate(layers):
+                count = 1 + (arg + i) % 3
+                frame = layer.frame(keyframe=flag and i == min(arg, 2), packets=count)
+                at_start = before = len(wire.rtp)
+                for p in frame:
+                    receiver.receive_rtp(p, now)
+                    if len(wire.rtp) > before:
+                        tid = parse_vp8_descriptor(RtpPacket.parse(wire.rtp[-1]).payload).temporal_id
+                        assert down.current_temporal is None or tid <= down.current_temporal
+                        before = len(wire.rtp)
+                assert len(wire.rtp) - at_start in (0, count), "a frame is forwarded whole or not at all"
+    sent = _sent(wire)
+    if sent:
+        _assert_decodable(sent)
