@@ -426,6 +426,9 @@ class DownTrack:
         # follows the target at frame boundaries; see the module docstring). VP8 only.
         self._temporal_target = MAX_TEMPORAL
         self._temporal_current = MAX_TEMPORAL
+        # Whether packets pass the temporal filter (a cap in force or a switch under way): one
+        # test per packet when neither (`_temporal_changed` keeps it).
+        self._temporal_filtering = False
         # The input picture id of the last picture dropped for its temporal layer (its id is
         # taken out of the output once, whatever number of packets it has).
         self._temporal_dropped_pid = -1
@@ -556,6 +559,11 @@ class DownTrack:
         self._temporal_target = target
         if self.current_layer is None:
             self._temporal_current = target  # nothing flows yet: the next keyframe starts there
+        self._temporal_changed()
+
+    def _temporal_changed(self) -> None:
+        current = self._temporal_current
+        self._temporal_filtering = self._vp8 and (current < MAX_TEMPORAL or current != self._temporal_target)
 
     def set_disabled(self, disabled: bool, now: float) -> None:
         if self._native_slot is not None:
@@ -676,7 +684,7 @@ class DownTrack:
                 counters.dropped_padding += 1
             self._close_gap(in_ext, -1)
             return False
-        if self._vp8 and (self._temporal_current < MAX_TEMPORAL or self._temporal_target != self._temporal_current):
+        if self._temporal_filtering:
             if not self._temporal_admits(packet, bounds, in_ext, switched):
                 counters.dropped_temporal += 1
                 self._close_gap(in_ext, vp8_picture_id(packet, bounds[0], bounds[1]))
@@ -800,7 +808,9 @@ class DownTrack:
         if info < 0:
             # No temporal id: the base layer. A stream without them has nothing to filter: the
             # target is in force at once (so the compiled fan-out may take the track).
-            self._temporal_current = self._temporal_target
+            if self._temporal_current != self._temporal_target:
+                self._temporal_current = self._temporal_target
+                self._temporal_changed()
             return True
         tid = info & 0x03
         if tid > self._temporal_seen:
@@ -818,6 +828,7 @@ class DownTrack:
             if current != self._temporal_current:
                 self._temporal_current = current
                 self._counters.temporal_switches += 1
+                self._temporal_changed()
         return tid <= current
 
     def _armed_temporal_drop(self, packet: bytes, now: float) -> bool:

@@ -663,7 +663,9 @@ class TrackReceiver:
                 packet = bytes(packet)
             layer.buffer.put(seq, packet)
             if self._vp8:
-                info = vp8_temporal(packet, start, end)
+                # (the X and T bits looked at here: a stream without temporal ids pays no call)
+                info = vp8_temporal(packet, start, end) if packet[start] & 0x80 and end - start > 1 and packet[
+                    start + 1] & 0x20 else -1
                 layer.temporal_bytes[info & 0x03 if info >= 0 else 0] += len(packet)
             if self._is_keyframe(packet, start, end):
                 layer.keyframes += 1
