@@ -18,12 +18,23 @@ SUB_VP8_PT = 100
 SUB_RTX_PT = 101
 
 
-def vp8_payload(picture_id: int, tl0: int, keyframe: bool, start: bool = True, size: int = 20) -> bytes:
-    # X=1, S, PID=0 | I=1, L=1 | M=1 15-bit picture id | TL0PICIDX | payload header (P bit inverted)
+def vp8_payload(picture_id: int, tl0: int, keyframe: bool, start: bool = True, size: int = 20,
+                tid: int | None = None, sync: bool = False) -> bytes:
+    # X=1, S, PID=0 | I=1, L=1 (T=1 with a tid) | M=1 15-bit picture id | TL0PICIDX | [TID Y KEYIDX]
+    # | payload header (P bit inverted)
     first = 0x80 | (0x10 if start else 0)
-    desc = bytes([first, 0xC0, 0x80 | ((picture_id >> 8) & 0x7F), picture_id & 0xFF, tl0 & 0xFF])
+    desc = bytes([first, 0xC0 | (0x20 if tid is not None else 0), 0x80 | ((picture_id >> 8) & 0x7F),
+                  picture_id & 0xFF, tl0 & 0xFF])
+    if tid is not None:
+        desc += bytes([(tid << 6) | (0x20 if sync else 0)])
     header = bytes([0x00 if keyframe else 0x01]) if start else bytes([0x55])
     return desc + header + bytes(size)
+
+
+#: libwebrtc's three-temporal-layer pattern (TID per frame) and its layer-sync (Y) flags: the
+#: first TL1 and TL2 frames after a TL0 frame refer to it alone.
+L1T3_TIDS = (0, 2, 1, 2)
+L1T3_SYNC = (False, True, True, False)
 
 
 @attrs.define
@@ -37,9 +48,28 @@ class Layer:
     picture_id: int
     tl0: int = 0
     frames: int = 0
+    # Temporal layers in the stream (L1T3's pattern with 3; 0: descriptors carry no TID).
+    temporal: int = 0
 
-    def frame(self, keyframe: bool, packets: int = 2, ts_step: int = 3000) -> list[bytes]:
+    def next_tid(self) -> int | None:
+        """The temporal id the next frame will carry (None without temporal layers)."""
+        if not self.temporal:
+            return None
+        tid = L1T3_TIDS[self.frames % 4]
+        return tid if self.temporal == 3 else (0 if tid == 0 else 1) if self.temporal == 2 else 0
+
+    def frame(self, keyframe: bool, packets: int = 2, ts_step: int = 3000,
+              temporal: tuple[int, bool] | None = None) -> list[bytes]:
+        """One frame; `temporal`: its (TID, Y) instead of the pattern's."""
         out = []
+        tid = self.next_tid()
+        sync = tid is not None and L1T3_SYNC[self.frames % 4] and not keyframe
+        if temporal is not None:
+            tid, sync = temporal
+        if keyframe and tid is not None:
+            tid = 0  # a keyframe is a base-layer frame
+        if tid is not None and tid == 0 and self.frames:
+            self.tl0 = (self.tl0 + 1) & 0xFF  # TL0PICIDX counts base-layer frames
         for i in range(packets):
             pkt = RtpPacket(
                 payload_type=VP8_PT,
@@ -48,13 +78,14 @@ class Layer:
                 ssrc=self.ssrc,
                 marker=i == packets - 1,
                 extensions={RID_EXT: encode_rid(self.rid)},
-                payload=vp8_payload(self.picture_id, self.tl0, keyframe, start=i == 0),
+                payload=vp8_payload(self.picture_id, self.tl0, keyframe, start=i == 0, tid=tid, sync=sync),
             )
             out.append(pkt.serialize())
             self.seq += 1
         self.ts += ts_step
         self.picture_id = (self.picture_id + 1) & 0x7FFF
-        self.tl0 = (self.tl0 + 1) & 0xFF
+        if tid is None:
+            self.tl0 = (self.tl0 + 1) & 0xFF
         self.frames += 1
         return out
 

@@ -241,3 +241,112 @@ def test_a_deficit_is_a_track_held_below_its_cap_and_the_wants_are_what_the_caps
     alloc.allocate(now)
     assert not alloc.deficient and alloc.wanted_bps() == wanted - CAMERA[2]
     assert alloc.bitrates("cam-b") == CAMERA and alloc.bitrates("gone") == {}
+
+
+# --- temporal layers ---
+
+#: Each camera layer's temporal bitrates as measured (TID 0, 1, 2): half the rate in the base
+#: layer, a quarter in each layer above (libwebrtc's L1T3 split, roughly).
+TEMPORAL = {layer: (bps // 2, bps // 4, bps // 4) for layer, bps in CAMERA.items()}
+
+
+def choices(alloc: StreamAllocator) -> dict[str, object]:
+    out = {}
+    for tid in alloc.track_ids:
+        a = alloc.allocation(tid)
+        out[tid] = (a.layer, a.temporal) if a.state is StreamState.ACTIVE else "paused"
+    return out
+
+
+def temporal_camera(alloc: StreamAllocator, track_id: str = "cam", cap: int = 2) -> None:
+    alloc.set_track(track_id, bitrates=CAMERA, cap=cap, temporal_bitrates=TEMPORAL)
+
+
+def test_temporal_layers_a_budget_that_fits_all_forwards_every_frame():
+    alloc = StreamAllocator()
+    temporal_camera(alloc)
+    settle(alloc, 10_000_000, 0.0, 5.0)
+    assert choices(alloc) == {"cam": (2, None)}
+    assert not alloc.deficient
+
+
+@pytest.mark.parametrize("budget, expected", [
+    (130_000, (0, 1)),  # q at 3/4 of its rate (112.5k, with headroom)
+    (100_000, (0, 0)),  # q's base temporal layer only (75k)
+    (50_000, "paused"),  # not even that
+])
+def test_temporal_layers_are_dropped_before_a_track_pauses(budget, expected):
+    alloc = StreamAllocator()
+    temporal_camera(alloc)
+    settle(alloc, budget, 0.0, 5.0)
+    assert choices(alloc) == {"cam": expected}
+    assert alloc.deficient
+
+
+def test_without_pausing_a_track_keeps_its_lowest_temporal_layer():
+    alloc = StreamAllocator(allow_pause=False)
+    temporal_camera(alloc)
+    settle(alloc, 20_000, 0.0, 5.0)
+    assert choices(alloc) == {"cam": (0, 0)}
+
+
+def test_a_track_keeps_its_spatial_layer_at_a_lower_temporal_layer_before_going_down():
+    alloc = StreamAllocator()
+    temporal_camera(alloc)
+    now = settle(alloc, 2_000_000, 0.0, 5.0)
+    assert choices(alloc) == {"cam": (2, None)}
+    # f at 3/4 of its rate (1.275M) fits 1.4M; the full rate (1.7M) does not: h is not chosen
+    now = settle(alloc, 1_400_000, now, 1.0)
+    assert choices(alloc) == {"cam": (2, 1)}
+    now = settle(alloc, 1_000_000, now, 1.0)
+    assert choices(alloc) == {"cam": (2, 0)}  # 850k
+    settle(alloc, 700_000, now, 1.0)
+    assert choices(alloc) == {"cam": (1, None)}
+
+
+def test_three_tracks_share_a_small_budget_at_lower_frame_rates_instead_of_pausing():
+    alloc = StreamAllocator()
+    for name in ("cam-a", "cam-b", "cam-c"):
+        temporal_camera(alloc, name)
+    settle(alloc, 300_000, 0.0, 5.0)
+    # three q layers at their full rate (450k) do not fit, at their base temporal layer (225k) do:
+    # then the first (in order) goes up to its full rate, the others keep their base layer
+    assert choices(alloc) == {"cam-a": (0, None), "cam-b": (0, 0), "cam-c": (0, 0)}
+    assert alloc.counters.pauses == 0
+    # the same budget without temporal layers pauses a track
+    plain = three_tracks()
+    settle(plain, 300_000, 0.0, 5.0)
+    assert "paused" in layers(plain).values()
+
+
+def test_a_temporal_upgrade_waits_for_the_hold_and_a_steady_estimate_does_not_flap():
+    alloc = StreamAllocator(upgrade_hold=2.0)
+    temporal_camera(alloc)
+    now = settle(alloc, 100_000, 0.0, 3.0)
+    assert choices(alloc) == {"cam": (0, 0)}
+    alloc.set_available_bitrate(200_000, now)
+    alloc.allocate(now)
+    assert choices(alloc) == {"cam": (0, 0)}  # q at full rate fits now, but is held
+    assert alloc.next_deadline() == pytest.approx(now + 2.0)
+    now = settle(alloc, 200_000, now, 2.5)
+    assert choices(alloc) == {"cam": (0, None)}
+    # an estimate wandering ±6 % around a boundary (s1 T0 = 250k with headroom: 287.5k)
+    rng = random.Random(7)
+    now = settle(alloc, 290_000, now, 3.0)
+    before = (alloc.counters.layer_changes, alloc.counters.temporal_changes)
+    for _ in range(300):
+        alloc.set_available_bitrate(int(290_000 * (1 + rng.uniform(-0.06, 0.06))), now)
+        alloc.allocate(now)
+        now += 0.1
+    after = (alloc.counters.layer_changes, alloc.counters.temporal_changes)
+    assert after[0] - before[0] <= 1 and after[1] - before[1] <= 1
+
+
+def test_temporal_bitrates_of_one_layer_only_or_none_leave_the_others_whole():
+    alloc = StreamAllocator()
+    alloc.set_track("cam", bitrates=CAMERA, cap=2, temporal_bitrates={0: (60_000, 40_000), 1: (0, 0)})
+    assert alloc.temporal_bitrates("cam") == {0: (60_000, 100_000)}  # cumulative; h's says nothing
+    settle(alloc, 110_000, 0.0, 3.0)
+    assert choices(alloc) == {"cam": (0, 0)}  # 90k (60 % of q's 150k)
+    settle(alloc, 600_000, 3.0, 3.0)
+    assert choices(alloc) == {"cam": (1, None)}  # h has no temporal steps (no measured rate)

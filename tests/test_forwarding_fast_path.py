@@ -7,7 +7,8 @@ real TransportSequencer, protecting with a real SrtpContext (libsrtp, keys equal
 worlds, so equal output means equal input and state) and sending on a real UDP socket to a
 socket of its own. The traffic: a VP8 simulcast track (three layers, rid) and an Opus track
 per subscriber, keyframes, reordering, loss, padding, publisher packets with and without the
-transport-wide element, layer switches, pauses, and NACKs answered with RTX.
+transport-wide element, layer switches, pauses, and NACKs answered with RTX; and the same with
+temporal layers (VP8 TIDs in libwebrtc's L1T3 pattern) under changing temporal caps.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from trio_sfu import native
 from trio_sfu.forwarding import DownTrack, TrackReceiver
 from trio_sfu.native import NativeSendTarget
 
-from forwarding_streams import RID_EXT, RRID_EXT, RTX_PT, SUB_RTX_PT, SUB_VP8_PT, VP8_PT, vp8_payload
+from forwarding_streams import (L1T3_SYNC, L1T3_TIDS, RID_EXT, RRID_EXT, RTX_PT, SUB_RTX_PT, SUB_VP8_PT, VP8_PT,
+                                vp8_payload)
 
 needs_compiled = pytest.mark.skipif(not native.FAST_PATH, reason=f"compiled fan-out: {native.DESCRIPTION}")
 
@@ -108,6 +110,8 @@ class World:
     audios: list[DownTrack]
     received: list[list[bytes]]
     decrypted: list[list[RtpPacket]] = attrs.Factory(list)
+    # Down tracks found armed in the compiled fan-out under a temporal cap, summed over samples.
+    armed_capped: int = 0
 
     def drain(self) -> None:
         for sink, out in zip(self.sinks, self.received):
@@ -154,10 +158,15 @@ def make_world(fast: bool, subscribers: int, profile: SrtpProfile) -> World:
     return world
 
 
-def traffic(seed: int, steps: int, subscribers: int, impaired: bool = True):
+def traffic(seed: int, steps: int, subscribers: int, impaired: bool = True, temporal: bool = False):
     """The publisher's packets and the subscribers' actions, as (now, action) in order;
-    `impaired`: with loss and reordering on the way in, and random switches and NACKs."""
+    `impaired`: with loss and reordering on the way in, and random switches and NACKs;
+    `temporal`: VP8 with three temporal layers, each subscriber starting under its own
+    temporal cap, the caps changing now and then."""
     rng = random.Random(seed)
+    if temporal:
+        for i in range(subscribers):
+            yield 0.0, ("temporal", i, (None, 0, 1, 2)[i % 4])
     twcc_mode = seed % 3  # 0: never, 1: always, 2: sometimes the publisher's element
     seqs, pids, tss = [100, 65_500, 7_000], [300, 32_760, 9], [1_000, 4_294_960_000, 555]
     audio_seq, audio_ts = 40_000, 123
@@ -167,6 +176,10 @@ def traffic(seed: int, steps: int, subscribers: int, impaired: bool = True):
         now += 0.01
         for layer in range(3):
             keyframe = step % 40 == 0 or rng.random() < 0.02
+            tid = sync = None
+            if temporal:
+                tid = 0 if keyframe else L1T3_TIDS[step % 4]
+                sync = not keyframe and L1T3_SYNC[step % 4]
             # A frame of two packets, now and then followed by a padding-only one (a probe).
             for part in range(3 if rng.random() < 0.05 else 2):
                 exts = {RID_EXT: encode_rid("qhf"[layer])}
@@ -175,8 +188,9 @@ def traffic(seed: int, steps: int, subscribers: int, impaired: bool = True):
                 pad = part == 2
                 packet = RtpPacket(payload_type=VP8_PT, sequence_number=seqs[layer] & 0xFFFF,
                                    timestamp=tss[layer] & 0xFFFFFFFF, ssrc=0x1111 * (layer + 1), marker=part == 1,
-                                   extensions=exts, payload=b"" if pad else vp8_payload(pids[layer], step & 0xFF,
-                                                                                       keyframe, start=part == 0),
+                                   extensions=exts,
+                                   payload=b"" if pad else vp8_payload(pids[layer], (step // 4 if temporal else step) & 0xFF,
+                                                                       keyframe, start=part == 0, tid=tid, sync=bool(sync)),
                                    padding_size=120 if pad else 0).serialize()
                 seqs[layer] += 1
                 roll = rng.random() if impaired else 1.0
@@ -200,6 +214,8 @@ def traffic(seed: int, steps: int, subscribers: int, impaired: bool = True):
             yield now, ("layer", rng.randrange(subscribers), rng.choice([0, 1, 2, 2, None]))
         if impaired and rng.random() < 0.1:
             yield now, ("nack", rng.randrange(subscribers), rng.randrange(1, 30))
+        if temporal and rng.random() < 0.04:
+            yield now, ("temporal", rng.randrange(subscribers), rng.choice([0, 1, 1, 2, None]))
 
 
 def run(world: World, events) -> None:
@@ -212,6 +228,8 @@ def run(world: World, events) -> None:
             world.audio.receive_rtp(event[1], now)
         elif kind == "layer":
             world.videos[event[1]].set_target_layer(event[2], now)
+        elif kind == "temporal":
+            world.videos[event[1]].set_target_temporal(event[2])
         else:
             down = world.videos[event[1]]
             snap = down.snapshot()
@@ -225,12 +243,30 @@ def run(world: World, events) -> None:
 @pytest.mark.parametrize("profile", [SrtpProfile.AES128_CM_HMAC_SHA1_80, SrtpProfile.AEAD_AES_128_GCM])
 @pytest.mark.parametrize("seed", [1, 2, 3, 4, 5, 6])
 def test_compiled_and_pure_fan_out_send_the_same_datagrams(seed, profile):
+    _compare(seed, profile, temporal=False)
+
+
+@needs_compiled
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_compiled_and_pure_fan_out_drop_the_same_temporal_layers(seed):
+    pure, fast = _compare(seed, SrtpProfile.AEAD_AES_128_GCM, temporal=True)
+    assert sum(d.counters.dropped_temporal for d in fast.videos) > 300
+    assert sum(d.counters.temporal_switches for d in fast.videos) >= 3
+    # Tracks under a temporal cap are armed in the compiled fan-out (it leaves them only the
+    # packets above their cap): they do not fall back to Python for good.
+    assert fast.armed_capped > 20
+
+
+def _compare(seed: int, profile: SrtpProfile, temporal: bool) -> tuple[World, World]:
     subscribers = 6
     pure, fast = make_world(False, subscribers, profile), make_world(True, subscribers, profile)
     try:
-        events = list(traffic(seed, 300, subscribers))
+        events = list(traffic(seed, 300, subscribers, temporal=temporal))
         run(pure, events)
-        run(fast, events)
+        for at in range(0, len(events), 50):
+            run(fast, events[at:at + 50])
+            fast.armed_capped += sum(d._native_slot is not None and d.current_temporal is not None
+                                     for d in fast.videos)
         assert not pure.video.fast_path and fast.video.fast_path
         assert pure.video.compiled_packets == 0
         # The compiled path did the bulk of it (else this compares Python with itself).
@@ -255,6 +291,7 @@ def test_compiled_and_pure_fan_out_send_the_same_datagrams(seed, profile):
             assert twcc == list(range(len(twcc)))
         # The compiled path's sends were reported to the downlinks' accounts.
         assert sum(d.accounted[0] for d in fast.downlinks) == compiled
+        return pure, fast
     finally:
         pure.close()
         fast.close()

@@ -5,7 +5,7 @@ import pytest
 from budgets import examples
 from hypothesis import given, settings, strategies as st
 
-from forwarding_streams import RID_EXT, RRID_EXT, RTX_PT, VP8_PT, Wire, simulcast_pair, three_layers
+from forwarding_streams import RID_EXT, RRID_EXT, RTX_PT, VP8_PT, Layer, Wire, simulcast_pair, three_layers
 from rtp.packet import RtpPacket
 from rtp.rtcp import Nack, Pli, ReceiverReport, SenderReport, parse_rtcp
 from trio_sfu.forwarding.receiver import MAX_SSRCS_PER_TRACK, ForwardingStateError, ReceiverState, TrackReceiver
@@ -327,3 +327,35 @@ def test_layer_bitrates_are_measured_on_the_report_timer():
     assert rates[1] > rates[0] > 0
     receiver.poll_rtcp(start + 2 * receiver.rr_interval)
     assert receiver.layer_bitrates() == {0: 0, 1: 0, 2: 0}
+
+
+def test_temporal_layer_bitrates_are_measured_per_tid_for_vp8_with_temporal_ids():
+    """A VP8 layer whose descriptors carry TIDs measures each temporal layer's bitrate on the
+    same timer (what the allocator's temporal steps are made of); a layer without TIDs has none."""
+    wire = Wire()
+    receiver, _ = simulcast_pair(wire)
+    q = Layer("q", 0x1111, 100, 1_000, 300, temporal=3)
+    h = Layer("h", 0x2222, 5_000, 9_000, 40)
+    for p in q.frame(True) + h.frame(True):
+        receiver.receive_rtp(p, 0.0)
+    receiver.poll_rtcp(receiver.next_deadline())
+    start = receiver.next_deadline() - receiver.rr_interval
+    sizes = [0, 0, 0]
+    for n in range(40):
+        now = start + n * 0.02
+        tid = q.next_tid()
+        for p in q.frame(False, packets=3 if tid == 0 else 1):
+            sizes[tid] += len(p)
+            receiver.receive_rtp(p, now)
+        for p in h.frame(False):
+            receiver.receive_rtp(p, now)
+    due = receiver.next_deadline()
+    while due < start + receiver.rr_interval:
+        receiver.poll_rtcp(due)
+        due = receiver.next_deadline()
+    receiver.poll_rtcp(start + receiver.rr_interval)
+    rates = receiver.layer_temporal_bitrates()
+    assert set(rates) == {0}
+    assert rates[0] == pytest.approx([s * 8 / receiver.rr_interval for s in sizes], rel=0.01)
+    assert rates[0][0] > rates[0][2] > rates[0][1] > 0
+    assert sum(rates[0]) == pytest.approx(receiver.layer_bitrates()[0], rel=0.01)

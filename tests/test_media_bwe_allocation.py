@@ -80,13 +80,29 @@ class ThrottledClientPc(FeedbackClientPc):
             transport.handle_timeout(trio.current_time())
 
 
-def frame_packets(rid: str, frame: int, seq: int) -> list[RtpPacket]:
+#: libwebrtc's L1T3 pattern: each frame's TID, and whether it is a layer-sync (Y) frame.
+L1T3 = ((0, False), (2, True), (1, True), (2, False))
+
+
+def frame_packets(rid: str, frame: int, seq: int, temporal: bool = False) -> list[RtpPacket]:
+    """One frame of layer `rid`; `temporal`: with three temporal layers (L1T3: the descriptor
+    carries the picture id, TL0PICIDX and TID/Y), the base layer's frames twice the size."""
     count, size = SHAPE[rid]
     keyframe = frame % KEYFRAME_EVERY == 0
+    tid, sync = (0, False) if keyframe else L1T3[frame % 4]
+    if temporal and tid == 0:
+        count *= 2
     out = []
     for i in range(count):
-        # VP8 descriptor: S=1 on a frame's first packet; its payload header's P bit (0 = keyframe).
-        head = bytes([0x10, 0x00 if keyframe else 0x01]) if i == 0 else bytes([0x00])
+        if temporal:
+            # X=1 (S on a frame's first packet) | I L T | 15-bit picture id | TL0PICIDX | TID Y
+            pid, tl0 = frame & 0x7FFF, (frame // 4) & 0xFF
+            head = bytes([0x90 if i == 0 else 0x80, 0xE0, 0x80 | (pid >> 8), pid & 0xFF, tl0,
+                          (tid << 6) | (0x20 if sync else 0)])
+            head += bytes([0x00 if keyframe else 0x01]) if i == 0 else b""
+        else:
+            # VP8 descriptor: S=1 on a frame's first packet; its payload header's P bit (0 = keyframe).
+            head = bytes([0x10, 0x00 if keyframe else 0x01]) if i == 0 else bytes([0x00])
         out.append(RtpPacket(96, (seq + i) & 0xFFFF, 3000 * frame, LAYER_SSRCS[rid], marker=i == count - 1,
                              extensions={MID_ID: encode_mid("0"), RID_ID: encode_rid(rid)},
                              payload=head + rid.encode() * size))
@@ -105,8 +121,10 @@ class Scene:
 
 
 @asynccontextmanager
-async def alice_camera_to_bob(impairment: Impairment, config: Optional[ServerConfig] = None) -> AsyncIterator[Scene]:
-    """Alice publishes the simulcast camera; Bob, behind `impairment`, is subscribed to it."""
+async def alice_camera_to_bob(impairment: Impairment, config: Optional[ServerConfig] = None,
+                              temporal: bool = False) -> AsyncIterator[Scene]:
+    """Alice publishes the simulcast camera (`temporal`: each layer in three temporal layers);
+    Bob, behind `impairment`, is subscribed to it."""
     if config is None:
         config = media_config()  # rtc.congestion_control.enabled is on by default
     async with media_server(config) as server:
@@ -136,9 +154,10 @@ async def alice_camera_to_bob(impairment: Impairment, config: Optional[ServerCon
                 start = trio.current_time()
                 for frame in range(10**6):
                     for rid in SHAPE:
-                        for packet in frame_packets(rid, frame, seq[rid]):
+                        packets = frame_packets(rid, frame, seq[rid], temporal)
+                        for packet in packets:
                             alice_pub.transport.send_rtp(packet.serialize())
-                        seq[rid] += SHAPE[rid][0]
+                        seq[rid] += len(packets)
                     await alice_pub.flush()
                     await trio.sleep_until(start + (frame + 1) / FPS)
 
@@ -280,3 +299,48 @@ async def test_a_600_kbit_downlink_gets_a_lower_layer_and_the_top_layer_back_onc
         # Bob got the top layer's packets again (their payload names the layer; the probes'
         # padding-only packets, which may be the last to arrive, name none).
         assert any(p.payload[-1:] == b"f" for p in [p for p in bob_sub.rtp if p.payload][-20:])
+
+
+def _tid(payload: bytes) -> Optional[int]:
+    """The TID of one of `frame_packets`' temporal packets (None: not such a packet)."""
+    return payload[5] >> 6 if len(payload) > 6 and payload[0] & 0x80 and payload[1] & 0x20 else None
+
+
+async def test_a_narrow_downlink_gets_fewer_frames_of_a_layer_and_all_of_them_once_it_lifts() -> None:
+    """With temporal layers, a budget under the next layer's full rate takes that layer at a
+    lower frame rate (or the lowest layer's base temporal layer instead of a pause): the
+    allocator names a temporal layer, the down track forwards only the frames at or under it,
+    and the subscriber's stream stays continuous. Once the limit lifts every frame comes back."""
+    async with alice_camera_to_bob(Impairment(rate_bps=300_000, queue_bytes=20_000, reorder=False),
+                                   temporal=True) as scene:
+        subscribing, down, bob_sub = scene.subscribing, scene.down, scene.bob_sub
+        with trio.fail_after(25):
+            while not (down.target_temporal is not None and down.current_temporal is not None):
+                await trio.sleep(0.1)
+        assert subscribing.allocator.allocation(down_track_id(subscribing, down)).temporal == down.target_temporal
+        await trio.sleep(1.0)
+        start_cap = down.current_temporal
+        received_at = len(bob_sub.rtp)
+        await trio.sleep(1.0)
+        # the highest temporal layer in force over the window (it may rise within it)
+        cap = max(3 if c is None else c for c in (start_cap, down.current_temporal))
+        recent = [p for p in bob_sub.rtp[received_at:] if p.payload]
+        tids = {_tid(p.payload) for p in recent}
+        assert recent and tids <= set(range(cap + 1)), (tids, cap)
+        counters = down.counters
+        assert counters.dropped_temporal > 0 and counters.temporal_switches >= 1
+        print(f"\n300 kbit/s: allocation {subscribing.allocator.allocation(down_track_id(subscribing, down))}, "
+              f"TIDs received {sorted(tids)}, dropped for their TID {counters.dropped_temporal}, "
+              f"temporal switches {counters.temporal_switches}; allocator {subscribing.allocator.counters}")
+
+        bob_sub.downlink.impairment = UNLIMITED
+        with trio.fail_after(20):
+            while not (down.target_layer == 2 and down.target_temporal is None and down.current_temporal is None):
+                await trio.sleep(0.1)
+        received_at = len(bob_sub.rtp)
+        await trio.sleep(1.0)
+        assert {_tid(p.payload) for p in bob_sub.rtp[received_at:] if p.payload} == {0, 1, 2}
+
+
+def down_track_id(subscribing: SubscriberMedia, down: DownTrack) -> str:
+    return next(track_id for track_id, binding in subscribing.endpoint.bindings.items() if binding.down is down)

@@ -59,6 +59,9 @@ class Vp8Descriptor:
     temporal_id: Optional[int]
     header_size: int  # descriptor length in bytes
     is_keyframe: bool
+    # Y: this frame depends only on TL0 frames (a place to start forwarding a higher temporal
+    # layer); False when the T bit is absent.
+    layer_sync: bool = False
 
 
 def parse_vp8_descriptor(data: Buffer, start: int = 0, end: Optional[int] = None) -> Optional[Vp8Descriptor]:
@@ -70,6 +73,7 @@ def parse_vp8_descriptor(data: Buffer, start: int = 0, end: Optional[int] = None
     b0 = data[start]
     pos = start + 1
     pid = tl0 = tid = None
+    sync = False
     pid_bits = 0
     pid_off = tl0_off = -1
     if b0 & 0x80:  # X: extension octet follows
@@ -103,6 +107,7 @@ def parse_vp8_descriptor(data: Buffer, start: int = 0, end: Optional[int] = None
                 return None
             if ext & 0x20:
                 tid = data[pos] >> 6
+                sync = bool(data[pos] & 0x20)
             pos += 1
     start_of_partition = bool(b0 & 0x10)
     partition_id = b0 & 0x0F
@@ -111,13 +116,60 @@ def parse_vp8_descriptor(data: Buffer, start: int = 0, end: Optional[int] = None
     keyframe = start_of_partition and partition_id == 0 and pos < end and not data[pos] & 0x01
     return Vp8Descriptor(
         start_of_partition, partition_id, pid, pid_bits, pid_off, tl0, tl0_off, tid,
-        pos - start, keyframe,
+        pos - start, keyframe, sync,
     )
 
 
 def is_vp8_keyframe(data: Buffer, start: int = 0, end: Optional[int] = None) -> bool:
     desc = parse_vp8_descriptor(data, start, end)
     return desc is not None and desc.is_keyframe
+
+
+#: `vp8_temporal`'s flags, above the TID in its low two bits.
+VP8_LAYER_SYNC = 0x04
+VP8_FRAME_START = 0x08  # the first packet of a frame (S set, partition 0)
+VP8_KEYFRAME = 0x10
+
+
+def vp8_temporal(data: Buffer, start: int, end: int) -> int:
+    """A VP8 packet's temporal facts in one int, for the per-packet temporal filter: the TID
+    (0..3) in bits 0-1, `VP8_LAYER_SYNC` (Y), `VP8_FRAME_START`, `VP8_KEYFRAME`; -1 when the
+    descriptor carries no TID (no T bit: every packet is in the base layer) or is malformed.
+    The reading of :func:`parse_vp8_descriptor`, building no object."""
+    if start < 0 or end > len(data) or start + 1 >= end:
+        return -1
+    b0 = data[start]
+    if not b0 & 0x80:
+        return -1
+    ext = data[start + 1]
+    if not ext & 0x20:
+        return -1
+    pos = start + 2
+    if ext & 0x80:
+        if pos >= end:
+            return -1
+        pos += 2 if data[pos] & 0x80 else 1
+    if ext & 0x40:
+        pos += 1
+    if pos >= end:
+        return -1
+    tyk = data[pos]
+    info = (tyk >> 6) | (VP8_LAYER_SYNC if tyk & 0x20 else 0)
+    if b0 & 0x10 and not b0 & 0x0F:
+        info |= VP8_FRAME_START
+        if pos + 1 < end and not data[pos + 1] & 0x01:
+            info |= VP8_KEYFRAME
+    return info
+
+
+def vp8_picture_id(data: Buffer, start: int, end: int) -> int:
+    """The picture id of a VP8 packet, -1 when it has none (or is malformed)."""
+    if start < 0 or end > len(data) or start + 2 >= end or not data[start] & 0x80 or not data[start + 1] & 0x80:
+        return -1
+    pos = start + 2
+    if data[pos] & 0x80:
+        return ((data[pos] & 0x7F) << 8) | data[pos + 1] if pos + 1 < end else -1
+    return data[pos] & 0x7F
 
 
 def write_vp8_picture_id(buf: bytearray, offset: int, bits: int, picture_id: int) -> None:

@@ -14,6 +14,14 @@ number / timestamp from per-source offsets:
 * VP8 picture id / TL0PICIDX are shifted the same way (VP8 munging), so the
   decoder does not see a jump in picture ids at a layer switch.
 
+Temporal layers (VP8 with a TID in its descriptor): with a temporal target below the top,
+packets of frames above the temporal layer in force are dropped like padding (in order: not
+numbered, so no gap) and each dropped picture takes its picture id with it (the picture id
+offset steps back), so the subscriber sees a continuous stream of a lower frame rate;
+TL0PICIDX needs nothing, as base-layer frames are never dropped. Going down takes effect at
+the next frame; going up waits for a frame that starts the higher layer cleanly (a keyframe,
+or a layer-sync frame: the Y bit), as LiveKit's VP8 temporal selector does.
+
 A ring of per-output-sequence history (parallel typed arrays, no per-packet
 objects) maps NACKed subscriber sequence numbers back to (layer, source seq).
 """
@@ -30,10 +38,15 @@ from rtp.rtcp import Fir, Nack, Pli, ReceiverReport, Remb, ReportBlock, RtcpPack
 from rtp.seqnum import SequenceUnwrapper
 from rtp.twcc_sender import TransportSequencer, transport_seq_layout
 from trio_sfu.forwarding.codec_keyframes import (
+    VP8_FRAME_START,
+    VP8_KEYFRAME,
+    VP8_LAYER_SYNC,
     keyframe_detector,
     munge_vp8,
     parse_vp8_descriptor,
     payload_bounds,
+    vp8_picture_id,
+    vp8_temporal,
     write_vp8_picture_id,
 )
 from trio_sfu.forwarding.rtcp_feedback import PublisherSenderReport, build_sender_report, ntp_from_unix
@@ -71,6 +84,10 @@ class NativeSlot(Protocol):
 
     def flush(self, down_track: "DownTrack") -> None:
         """Write the state the compiled path advanced back into `down_track`, and stay."""
+
+    def adopt(self, down_track: "DownTrack") -> None:
+        """Take the input position and offsets `down_track` moved on by dropping a packet (after
+        a `flush`), and stay."""
 
 
 class PacketSource(Protocol):
@@ -323,12 +340,15 @@ class DownTrackCounters:
     dropped_unknown_payload_type: int = 0
     dropped_too_old: int = 0
     dropped_malformed: int = 0
+    dropped_temporal: int = 0  # above the temporal layer in force
     dropped_send_failed: int = 0
     layer_switches: int = 0
     source_switches: int = 0
+    temporal_switches: int = 0
     nack_requests: int = 0
     nack_resent: int = 0
     nack_missing: int = 0
+    nack_temporal_dropped: int = 0  # NACKed, never forwarded as above the temporal layer: not missing
     nack_late_forwarded: int = 0  # NACKed, never forwarded (it came before its switch point): sent now
     catch_up_sent: int = 0  # packets of a new source that arrived before its keyframe, sent at the switch
     nack_throttled: int = 0
@@ -346,6 +366,8 @@ _EFFECTIVE_TARGET_PERIOD = 0.1
 #: and how many missing sequence numbers in a row end the look.
 _CATCH_UP_MAX = 128
 _CATCH_UP_GAP = 8
+#: VP8's highest temporal id (2 bits): a temporal target of it forwards every temporal layer.
+MAX_TEMPORAL = 3
 
 
 class DownTrack:
@@ -400,6 +422,18 @@ class DownTrack:
         self._effective_checked_at = float("-inf")
         self.disabled = target_layer is None
         self.current_layer: Optional[int] = None
+        # The best temporal layer to forward (MAX_TEMPORAL: all) and the one in force (it
+        # follows the target at frame boundaries; see the module docstring). VP8 only.
+        self._temporal_target = MAX_TEMPORAL
+        self._temporal_current = MAX_TEMPORAL
+        # Whether packets pass the temporal filter (a cap in force or a switch under way): one
+        # test per packet when neither (`_temporal_changed` keeps it).
+        self._temporal_filtering = False
+        # The input picture id of the last picture dropped for its temporal layer (its id is
+        # taken out of the output once, whatever number of packets it has).
+        self._temporal_dropped_pid = -1
+        # The highest temporal id seen while filtering (how far up "all" reaches in this stream).
+        self._temporal_seen = 0
         self.rtt: Optional[float] = None
         self.fraction_lost = 0
         # The subscriber's newest report block on this stream and when it came (connection quality).
@@ -438,8 +472,8 @@ class DownTrack:
         self._source_start = 0
         self._highest_in = 0
         self._offset = 0
-        # (first extended input seq, offset) — the offsets that late packets need.
-        self._offset_changes: list[tuple[int, int]] = []
+        # (first extended input seq, seq offset, picture id offset) — the offsets late packets need.
+        self._offset_changes: list[tuple[int, int, int]] = []
         self._ts_offset = 0
         self._pid_offset = 0
         self._tl0_offset = 0
@@ -501,6 +535,35 @@ class DownTrack:
         if layer is not None and layer != self.current_layer:
             self._source.request_keyframe(layer, now)
         self._source.layer_demand_changed()
+
+    @property
+    def target_temporal(self) -> Optional[int]:
+        """The best temporal layer to forward; None: all of them (no cap)."""
+        target = self._temporal_target
+        return None if target >= MAX_TEMPORAL else target
+
+    @property
+    def current_temporal(self) -> Optional[int]:
+        """The temporal cap in force now (it follows the target at frame boundaries); None: none."""
+        current = self._temporal_current
+        return None if current >= MAX_TEMPORAL else current
+
+    def set_target_temporal(self, temporal: Optional[int]) -> None:
+        """Forward VP8 frames of temporal layers up to `temporal` only (None: all); from the
+        stream allocator. Codecs without temporal ids in their packets ignore it."""
+        target = MAX_TEMPORAL if temporal is None else min(max(0, int(temporal)), MAX_TEMPORAL)
+        if target == self._temporal_target:
+            return
+        if self._native_slot is not None:
+            self._pull_native()  # a switch is Python's business (the compiled path keeps a steady cap)
+        self._temporal_target = target
+        if self.current_layer is None:
+            self._temporal_current = target  # nothing flows yet: the next keyframe starts there
+        self._temporal_changed()
+
+    def _temporal_changed(self) -> None:
+        current = self._temporal_current
+        self._temporal_filtering = self._vp8 and (current < MAX_TEMPORAL or current != self._temporal_target)
 
     def set_disabled(self, disabled: bool, now: float) -> None:
         if self._native_slot is not None:
@@ -600,6 +663,8 @@ class DownTrack:
             self._switch_source(layer, ssrc, packet, bounds, now)
             switched = True
         elif self._native_slot is not None:
+            if self._temporal_current < MAX_TEMPORAL and self._armed_temporal_drop(packet, now):
+                return False
             self._pull_native()  # the compiled fan-out left this packet to us
 
         seq = (packet[2] << 8) | packet[3]
@@ -617,23 +682,24 @@ class DownTrack:
                 counters.dropped_unknown_payload_type += 1
             else:
                 counters.dropped_padding += 1
-            if in_ext == self._highest_in + 1:
-                # In order: close the gap so the subscriber does not NACK what never comes.
-                self._highest_in = in_ext
-                self._offset += 1
-                self._offset_changes.append((in_ext + 1, self._offset))
-                if len(self._offset_changes) > _MAX_OFFSET_CHANGES:
-                    del self._offset_changes[0]
+            self._close_gap(in_ext, -1)
             return False
+        if self._temporal_filtering:
+            if not self._temporal_admits(packet, bounds, in_ext, switched):
+                counters.dropped_temporal += 1
+                self._close_gap(in_ext, vp8_picture_id(packet, bounds[0], bounds[1]))
+                return False
 
         if in_ext > self._highest_in:
             self._highest_in = in_ext
             offset = self._offset
+            pid_offset = self._pid_offset
         else:
-            offset = self._offset_for(in_ext)
-            if offset is None:
+            offsets = self._offset_for(in_ext)
+            if offsets is None:
                 counters.dropped_too_old += 1
                 return False
+            offset, pid_offset = offsets
         out_ext = in_ext - offset
         timestamp = (packet[4] << 24) | (packet[5] << 16) | (packet[6] << 8) | packet[7]
         out_ts = (timestamp + self._ts_offset) & 0xFFFFFFFF
@@ -656,7 +722,7 @@ class DownTrack:
         elif rewriter is not None:
             rewriter.rewrite(out, packet)
         if self._vp8:
-            pid_out, tl0_out = munge_vp8(out, start, end, self._pid_offset, self._tl0_offset)
+            pid_out, tl0_out = munge_vp8(out, start, end, pid_offset, self._tl0_offset)
         else:
             pid_out = tl0_out = -1
 
@@ -719,14 +785,84 @@ class DownTrack:
             if self.write_rtp(layer, packet, now):
                 self._counters.catch_up_sent += 1
 
-    def _forward_unsent(self, ext: int, now: float) -> bool:
+    def _close_gap(self, in_ext: int, picture_id: int) -> None:
+        """A packet not forwarded: in order, it takes no output sequence number (the subscriber
+        must not NACK what never comes), and a dropped picture (`picture_id`, -1 for none) takes
+        no picture id. Out of order its number stays a gap, as a loss would."""
+        if in_ext != self._highest_in + 1:
+            return
+        self._highest_in = in_ext
+        self._offset += 1
+        if picture_id >= 0 and picture_id != self._temporal_dropped_pid:
+            self._temporal_dropped_pid = picture_id
+            self._pid_offset = (self._pid_offset - 1) & 0x7FFF
+        self._offset_changes.append((in_ext + 1, self._offset, self._pid_offset))
+        if len(self._offset_changes) > _MAX_OFFSET_CHANGES:
+            del self._offset_changes[0]
+
+    def _temporal_admits(self, packet: bytes, bounds: tuple[int, int], in_ext: int, switched: bool) -> bool:
+        """Whether a VP8 packet's temporal layer is forwarded; moves the layer in force toward
+        the target at a frame's first packet (in order): down at once, up at a keyframe or a
+        layer-sync frame of a layer between the two."""
+        info = vp8_temporal(packet, bounds[0], bounds[1])
+        if info < 0:
+            # No temporal id: the base layer. A stream without them has nothing to filter: the
+            # target is in force at once (so the compiled fan-out may take the track).
+            if self._temporal_current != self._temporal_target:
+                self._temporal_current = self._temporal_target
+                self._temporal_changed()
+            return True
+        tid = info & 0x03
+        if tid > self._temporal_seen:
+            self._temporal_seen = tid
+        current, target = self._temporal_current, self._temporal_target
+        if current != target and info & VP8_FRAME_START and in_ext > self._highest_in:
+            if switched or info & VP8_KEYFRAME:
+                current = target  # nothing after a keyframe refers to what came before it
+            elif target < current:
+                current = target
+            elif current < tid <= target and info & VP8_LAYER_SYNC:
+                # The stream's top layer reached: the target is in force (it may name a layer
+                # above any the publisher sends, as "all" does).
+                current = target if tid >= self._temporal_seen else tid
+            if current != self._temporal_current:
+                self._temporal_current = current
+                self._counters.temporal_switches += 1
+                self._temporal_changed()
+        return tid <= current
+
+    def _armed_temporal_drop(self, packet: bytes, now: float) -> bool:
+        """For a track armed in the compiled fan-out under a steady temporal cap: drop a packet
+        above it (the compiled path leaves those to Python) without taking the state back —
+        the few fields a drop changes are written to both sides. False: not such a drop."""
+        slot = self._native_slot
+        if slot is None or self._temporal_target != self._temporal_current:
+            return False
+        bounds = payload_bounds(packet)
+        if bounds is None or bounds[0] == bounds[1]:
+            return False
+        info = vp8_temporal(packet, bounds[0], bounds[1])
+        if info < 0 or info & 0x03 <= self._temporal_current:
+            return False
+        self._sync_native()
+        in_ext = self._unwrap.unwrap((packet[2] << 8) | packet[3])
+        if in_ext < self._source_start:
+            self._counters.dropped_too_old += 1
+        else:
+            self._counters.dropped_temporal += 1
+            self._close_gap(in_ext, vp8_picture_id(packet, bounds[0], bounds[1]))
+        slot.adopt(self)
+        return True
+
+    def _forward_unsent(self, ext: int, now: float) -> Optional[bool]:
         """A NACK for an output sequence number never forwarded: if it maps to a packet of the
         current source that is in the receiver's buffer (it was dropped before the source's
-        switch point), forward it now. True when sent."""
+        switch point), forward it now. True when sent; None when the packet is there but above
+        the temporal layer in force (left out on purpose, not missing)."""
         layer, ssrc, last = self.current_layer, self._source_ssrc, self._last_seq
         if layer is None or ssrc is None or last is None or self.disabled or last - ext > self._mask:
             return False
-        for first, offset in reversed(self._offset_changes):
+        for first, offset, _ in reversed(self._offset_changes):
             if ext + offset >= first:
                 in_ext = ext + offset
                 break
@@ -737,6 +873,11 @@ class DownTrack:
         packet = self._source.get_packet(layer, in_ext & 0xFFFF)
         if packet is None or int.from_bytes(packet[8:12], "big") != ssrc:
             return False
+        if self._vp8 and self._temporal_current < MAX_TEMPORAL:
+            bounds = payload_bounds(packet)
+            info = vp8_temporal(packet, bounds[0], bounds[1]) if bounds is not None else -1
+            if info >= 0 and info & 0x03 > self._temporal_current:
+                return None
         return self.write_rtp(layer, packet, now)
 
     def _update_effective_target(self, now: float) -> None:
@@ -764,10 +905,11 @@ class DownTrack:
         """The layer being forwarded or switched to (target, or a fallback while it is absent)."""
         return self._effective_target
 
-    def _offset_for(self, in_ext: int) -> Optional[int]:
-        for first, offset in reversed(self._offset_changes):
+    def _offset_for(self, in_ext: int) -> Optional[tuple[int, int]]:
+        """(seq offset, picture id offset) that applied when `in_ext` came in order."""
+        for first, offset, pid_offset in reversed(self._offset_changes):
             if in_ext >= first:
-                return offset
+                return offset, pid_offset
         return None
 
     def _switch_source(self, layer: int, ssrc: int, packet: bytes, bounds: tuple[int, int], now: float) -> None:
@@ -783,7 +925,6 @@ class DownTrack:
         self._source_start = in_ext
         self._highest_in = in_ext - 1
         self._offset = 0 if self._last_seq is None else in_ext - (self._last_seq + 1)
-        self._offset_changes = [(in_ext, self._offset)]
         timestamp = (packet[4] << 24) | (packet[5] << 16) | (packet[6] << 8) | packet[7]
         if self._last_ts is None:
             self._ts_offset = 0
@@ -799,6 +940,8 @@ class DownTrack:
                     self._pid_offset = (self._last_pid + 1 - desc.picture_id) & 0x7FFF
                 if desc.tl0picidx is not None and self._last_tl0 >= 0:
                     self._tl0_offset = (self._last_tl0 + 1 - desc.tl0picidx) & 0xFF
+        self._offset_changes = [(in_ext, self._offset, self._pid_offset)]
+        self._temporal_dropped_pid = -1
 
     # --- RTCP from the subscriber ---
 
@@ -846,8 +989,11 @@ class DownTrack:
             ext = last + (d - 0x10000 if d >= 0x8000 else d)
             slot = ext & self._mask
             if self._h_ext[slot] != ext:
-                if self._forward_unsent(ext, now):
+                forwarded = self._forward_unsent(ext, now)
+                if forwarded:
                     counters.nack_late_forwarded += 1
+                elif forwarded is None:
+                    counters.nack_temporal_dropped += 1
                 else:
                     counters.nack_missing += 1
                 continue

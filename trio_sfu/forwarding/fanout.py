@@ -16,7 +16,10 @@ sender report, a snapshot) the down track copies it in (`DownTrack._sync_native`
 `_Slot.flush`) and stays armed; before Python code changes it (a packet the compiled path leaves
 to Python: a switch, a late or padding packet; a setting) it takes it back and is released
 (`DownTrack._pull_native` → `_Slot.release`), to be armed again once it forwards in the steady
-state. Every `REFRESH` seconds the counts are copied out (to the down tracks, and through their
+state. A down track under a steady temporal cap stays armed: fp_forward reads the VP8 TID once
+per packet and leaves a packet above a track's cap (`max_tid`) to Python, which drops it and
+writes the few fields a drop moves back into the struct (`_Slot.adopt`); a temporal switch
+under way is Python's until it completes. Every `REFRESH` seconds the counts are copied out (to the down tracks, and through their
 downlinks to the metrics), and a track whose downlink's path changed (ICE restart, a TCP path,
 a closed transport) is released: such a change is picked up within that time.
 """
@@ -29,7 +32,7 @@ from rtp.srtp import srtp_protect_address
 from rtp.twcc_sender import TransportSequencer
 from trio_sfu import native
 from trio_sfu.native import NativeSendTarget, packed_address
-from trio_sfu.forwarding.downtrack import _EFFECTIVE_TARGET_PERIOD, DownTrack, _ExtensionRewriter
+from trio_sfu.forwarding.downtrack import _EFFECTIVE_TARGET_PERIOD, MAX_TEMPORAL, DownTrack, _ExtensionRewriter
 
 #: How often armed down tracks hand their state back (counters to the metrics, a new path).
 REFRESH = 0.5
@@ -55,6 +58,15 @@ class _Slot:
         down._native_slot = None
         self._keep = []
         self.fanout._dirty = True
+
+    def adopt(self, down: DownTrack) -> None:
+        """`down` dropped a packet above its temporal cap (after a flush): the input position
+        and offsets it moved on become the struct's."""
+        st = self.struct
+        st.unwrap_last = down._unwrap.last
+        st.highest_in = down._highest_in
+        st.offset = down._offset
+        st.pid_offset = down._pid_offset
 
     def flush(self, down: DownTrack) -> None:
         """Copy what the compiled path advanced into `down` (its counts as increments, zeroed
@@ -275,8 +287,8 @@ class Fanout:
         if (numbered is None or rewriter is None or down.disabled or down.current_layer != layer
                 or down._source_ssrc is None or down._last_seq is None or down._last_ts is None
                 or down._next_sr is None or down._unwrap.last is None or down.target_layer is None
-                or down._effective_target is None):
-            return False
+                or down._effective_target is None or down._temporal_target != down._temporal_current):
+            return False  # (a temporal switch under way is decided frame by frame in Python)
         if self._rewriter is not None and rewriter is not self._rewriter:
             return False
         sequencer = numbered.transport_sequencer
@@ -301,6 +313,7 @@ class Fanout:
             if 0 <= pt_in < 128:
                 st.pt_map[pt_in] = pt_out & 0x7F
         st.vp8 = 1 if down._vp8 else 0
+        st.max_tid = down._temporal_current if down._vp8 else MAX_TEMPORAL
         st.source_start = down._source_start
         st.offset = down._offset
         st.ts_offset = down._ts_offset

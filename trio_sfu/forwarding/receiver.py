@@ -32,7 +32,7 @@ from rtp.receive_stats import ReceiveStatistics
 from rtp.rtcp import RtcpPacket, SenderReport
 from rtp.rtx_buffer import RetransmissionBuffer
 from rtp.seqnum import SequenceUnwrapper
-from trio_sfu.forwarding.codec_keyframes import keyframe_detector, payload_bounds
+from trio_sfu.forwarding.codec_keyframes import keyframe_detector, payload_bounds, vp8_temporal
 from trio_sfu.forwarding.fanout import Fanout
 from trio_sfu.forwarding.rtcp_feedback import (
     PublisherSenderReport,
@@ -247,6 +247,7 @@ class _Layer:
         "index", "ssrc", "stats", "buffer", "nack", "keyframes", "last_keyframe_at",
         "sender_report", "last_keyframe_request", "last_arrival",
         "bitrate", "_rate_bytes", "_rate_stats", "_rate_at",
+        "temporal_bytes", "temporal_bitrates", "_temporal_rate_bytes",
     )
 
     def __init__(self, index: int, clock_rate: int, capacity: int, nack: NackTracker) -> None:
@@ -265,6 +266,11 @@ class _Layer:
         self._rate_bytes = 0
         self._rate_stats: Optional[ReceiveStatistics] = None
         self._rate_at: Optional[float] = None
+        # VP8 with temporal ids: octets received per TID (0..3), and each TID's measured bits per
+        # second over the last interval, for the TIDs seen (empty: no temporal layers seen).
+        self.temporal_bytes = [0, 0, 0, 0]
+        self.temporal_bitrates: tuple[int, ...] = ()
+        self._temporal_rate_bytes = (0, 0, 0, 0)
 
     def measure(self, now: float) -> None:
         """Update `bitrate` from the bytes counted since the last call (on the RR timer)."""
@@ -273,7 +279,13 @@ class _Layer:
         if start is not None and now > start:
             sent = stats.bytes_received - (self._rate_bytes if self._rate_stats is stats else 0)
             self.bitrate = int(max(0, sent) * 8 / (now - start))
+            counts = self.temporal_bytes
+            top = max((tid for tid in range(4) if counts[tid]), default=0)
+            self.temporal_bitrates = tuple(
+                int((counts[tid] - self._temporal_rate_bytes[tid]) * 8 / (now - start)) for tid in range(top + 1)
+            ) if top > 0 else ()
         self._rate_bytes, self._rate_stats, self._rate_at = stats.bytes_received, stats, now
+        self._temporal_rate_bytes = tuple(self.temporal_bytes)
 
     def bind(self, ssrc: int, clock_rate: int) -> None:
         """(Re)start the layer on a new SSRC: a publisher restart shares nothing with before."""
@@ -282,6 +294,9 @@ class _Layer:
         self.buffer.clear()
         self.nack.reset()
         self.sender_report = None
+        self.temporal_bytes = [0, 0, 0, 0]
+        self._temporal_rate_bytes = (0, 0, 0, 0)
+        self.temporal_bitrates = ()
 
 
 class TrackReceiver:
@@ -325,6 +340,7 @@ class TrackReceiver:
         self._rtx_pts = dict(rtx_payload_types or {})
         self._nack_enabled = nack_enabled
         self._is_keyframe = keyframe_detector(mime_type)
+        self._vp8 = mime_type.lower().rsplit("/", 1)[-1] == "vp8"
         self.rr_interval = rr_interval
         self.keyframe_request_interval = keyframe_request_interval
         self.rtt = 0.1  # seconds; the owner may update it from transport-wide feedback
@@ -469,6 +485,12 @@ class TrackReceiver:
         """Each layer's measured bitrate (bits per second over the last receiver-report
         interval, counted from the bytes its statistics already keep: nothing per packet)."""
         return {index: layer.bitrate for index, layer in self._layers.items()}
+
+    def layer_temporal_bitrates(self) -> dict[int, tuple[int, ...]]:
+        """Each layer's measured bitrate per temporal layer (TID 0, 1, ...), for the layers whose
+        packets carry temporal ids above 0 (VP8 with temporal layers); measured as
+        `layer_bitrates`."""
+        return {index: layer.temporal_bitrates for index, layer in self._layers.items() if layer.temporal_bitrates}
 
     def layer_active(self, layer: int, now: float) -> bool:
         """Whether media arrived on ``layer`` within :attr:`layer_timeout` seconds: a
@@ -640,6 +662,11 @@ class TrackReceiver:
             if type(packet) is not bytes:
                 packet = bytes(packet)
             layer.buffer.put(seq, packet)
+            if self._vp8:
+                # (the X and T bits looked at here: a stream without temporal ids pays no call)
+                info = vp8_temporal(packet, start, end) if packet[start] & 0x80 and end - start > 1 and packet[
+                    start + 1] & 0x20 else -1
+                layer.temporal_bytes[info & 0x03 if info >= 0 else 0] += len(packet)
             if self._is_keyframe(packet, start, end):
                 layer.keyframes += 1
                 layer.last_keyframe_at = now

@@ -388,14 +388,17 @@ class SubscriberMedia:
             allocator.set_track(track_id, bitrates=self._layer_bitrates(source, info),
                                 cap=None if self.publisher_muted(source) else self.requested_layer(source),
                                 screen_share=info is not None and info.source == models.TrackSource.SCREEN_SHARE,
-                                priority=self._priority(track_id))
+                                priority=self._priority(track_id),
+                                temporal_bitrates=source.receiver.layer_temporal_bitrates())
         allocator.set_audio_tracks(audio)
         changed = allocator.allocate(now)
         for track_id, allocation in changed.items():
             # Not per packet: an allocation changes at most at an estimate or a track's change.
             self.log.info("allocation changed", kv={
-                "track": track_id, "layer": allocation.layer, "state": allocation.state.value,
-                "budget": allocator.budget, "bitrates": allocator.bitrates(track_id)})
+                "track": track_id, "layer": allocation.layer, "temporal": allocation.temporal,
+                "state": allocation.state.value,
+                "budget": allocator.budget, "bitrates": allocator.bitrates(track_id),
+                "temporal_bitrates": allocator.temporal_bitrates(track_id)})
         states: list[rtc.StreamStateInfo] = []
         for track_id, (source, down) in video.items():
             allocation = allocator.allocation(track_id)
@@ -406,6 +409,7 @@ class SubscriberMedia:
                 down.set_target_layer(allocation.layer, now)
                 if self.publisher_muted(source):
                     down.set_disabled(True, now)  # a new layer choice does not unmute
+            down.set_target_temporal(allocation.temporal)
             was = self._stream_states.get(track_id, StreamState.ACTIVE)
             if allocation.state is not was:
                 self._stream_states[track_id] = allocation.state

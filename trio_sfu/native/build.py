@@ -32,6 +32,7 @@ typedef struct {
     uint32_t out_ssrc;
     int16_t pt_map[128];
     int vp8;
+    int max_tid;
     int64_t source_start, offset, ts_offset, pid_offset, tl0_offset;
     int64_t unwrap_last, highest_in, last_seq, last_ts;
     double last_ts_at;

@@ -6,7 +6,7 @@
  * path uses: pylibsrtp's), and one sendmmsg for the batch.
  *
  * Anything else (a switch, a late packet, padding, an unknown PT, a packet without the
- * transport-wide element) leaves the track's state untouched and reports FP_PYTHON: the
+ * transport-wide element, a VP8 packet above the track's temporal cap) leaves the track's state untouched and reports FP_PYTHON: the
  * caller hands that track the packet through the Python path. The per-track state lives in
  * fp_track (Python mirrors it on demand, trio_sfu.forwarding.fanout); the history rings and
  * the transport sequencer's rings and counts are the Python objects' own typed arrays. */
@@ -69,6 +69,25 @@ static void munge_vp8(uint8_t *buf, int start, int end, int64_t pid_offset, int6
     }
 }
 
+/* vp8_temporal (trio_sfu.forwarding.codec_keyframes)'s TID: -1 when the descriptor has none. */
+static int vp8_tid(const uint8_t *buf, int start, int end)
+{
+    if (start < 0 || start + 1 >= end || !(buf[start] & 0x80) || !(buf[start + 1] & 0x20))
+        return -1;
+    uint8_t ext = buf[start + 1];
+    int pos = start + 2;
+    if (ext & 0x80) {
+        if (pos >= end)
+            return -1;
+        pos += (buf[pos] & 0x80) ? 2 : 1;
+    }
+    if (ext & 0x40)
+        pos += 1;
+    if (pos >= end)
+        return -1;
+    return buf[pos] >> 6;
+}
+
 static void account_send(fp_track *t, int ok, int err, int payload)
 {
     if (ok) {
@@ -112,12 +131,19 @@ int fp_forward(const uint8_t *pkt, int len, int pay_start, int pay_end,
     uint32_t seq = ((uint32_t)pkt[2] << 8) | pkt[3];
     uint32_t timestamp = ((uint32_t)pkt[4] << 24) | ((uint32_t)pkt[5] << 16) | ((uint32_t)pkt[6] << 8) | pkt[7];
     int pt = pkt[1] & 0x7F;
+    int tid = -2; /* read once, by the first VP8 track that asks */
 
     for (int i = 0; i < n; i++) {
         fp_track *t = tracks[i];
         status[i] = FP_PYTHON;
         if (!t->armed || ssrc != t->src_ssrc || t->pt_map[pt] < 0)
             continue;
+        if (t->vp8 && t->max_tid < 3) {
+            if (tid == -2)
+                tid = vp8_tid(pkt, pay_start, pay_end);
+            if (tid > t->max_tid)
+                continue; /* above its temporal cap: Python drops it (closing the sequence gap) */
+        }
         /* SequenceUnwrapper.unwrap, without recording (recorded once the packet is taken). */
         int64_t d = (int64_t)((seq - (uint64_t)t->unwrap_last) & 0xFFFF);
         if (d >= 0x8000)

@@ -22,6 +22,7 @@ typedef struct {
     uint32_t out_ssrc;
     int16_t pt_map[128];
     int vp8;
+    int max_tid; /* VP8: packets of a higher temporal id are left to Python (which drops them) */
     int64_t source_start, offset, ts_offset, pid_offset, tl0_offset;
     int64_t unwrap_last, highest_in, last_seq, last_ts;
     double last_ts_at;
