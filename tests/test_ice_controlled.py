@@ -12,10 +12,11 @@ import random
 import subprocess
 import sys
 
+import pytest
 import trio
 
 from rtp.ice import IceConnected, IceControlledAgent, IceControllingState
-from rtp.stun import parse_stun
+from rtp.stun import Class, parse_stun
 from test_ice import (
     AIOICE_PEER,
     CLIENT_ADDR,
@@ -26,8 +27,10 @@ from test_ice import (
     LITE_UFRAG,
     Net,
     _LineReader,
+    check_request,
     host_candidate,
     make_ctrl,
+    make_lite,
 )
 
 
@@ -39,6 +42,33 @@ def make_controlled() -> IceControlledAgent:
 def _requests_from(net: Net, addr) -> list:
     messages = [parse_stun(d) for _, src, _, d in net.sent if src == addr]
     return [m for m in messages if m.message_class.name == "REQUEST"]
+
+
+@pytest.mark.parametrize("request_bytes", [
+    check_request(key=b"wrong-password"),
+    check_request(username=f"nope:{CLIENT_UFRAG}"),
+    check_request(username=f"{LITE_UFRAG}:someoneelse"),
+    check_request(username=LITE_UFRAG),
+    check_request(key=None),
+    check_request(username=None),
+    check_request(fingerprint=False),
+    check_request(),
+], ids=["bad-mi", "bad-local-ufrag", "bad-remote-ufrag", "no-colon", "no-mi", "no-username", "no-fingerprint",
+        "authentic"])
+def test_a_full_agent_authenticates_checks_as_the_lite_agent_does(request_bytes, request) -> None:
+    """One set of rules (rtp/ice/checks.py): the controlled agent (the controlling one shares
+    its code) answers each check, authentic or not, with what the lite agent answers."""
+    controlled, lite = make_controlled(), make_lite()
+    controlled.start(0.0)
+    controlled.receive_stun(request_bytes, CLIENT_ADDR, now=0.5)
+    lite.receive_stun(request_bytes, CLIENT_ADDR, now=0.5)
+    answers = [[(parse_stun(d).message_class, parse_stun(d).error_code) for d, dst in agent.datagrams_to_send(0.5)
+                if dst == CLIENT_ADDR and parse_stun(d).message_class is not Class.REQUEST]
+               for agent in (controlled, lite)]
+    assert answers[0] == answers[1]
+    authentic = request.node.callspec.id == "authentic"
+    assert controlled.counters.requests_rejected == (0 if authentic else 1)
+    assert controlled.counters.requests_answered == (1 if authentic else 0)
 
 
 def test_controlled_checks_too_and_takes_the_controlling_peers_nomination() -> None:
