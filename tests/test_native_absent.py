@@ -11,6 +11,7 @@ import os
 import pathlib
 import subprocess
 import sys
+from importlib.machinery import EXTENSION_SUFFIXES
 
 from trio_sfu.native.absent import COMPILED_MODULES, ENV
 
@@ -40,7 +41,9 @@ def probe(**env: str) -> subprocess.CompletedProcess[str]:
 
 
 def built(module: str) -> bool:
-    return any(NATIVE_DIR.glob(module.rsplit(".", 1)[1] + ".*.so"))
+    """Whether the module is on disk, built for this interpreter."""
+    name = module.rsplit(".", 1)[1]
+    return any((NATIVE_DIR / (name + suffix)).exists() for suffix in EXTENSION_SUFFIXES)
 
 
 def test_hidden_helpers_cannot_be_imported_and_the_pure_twins_run():
