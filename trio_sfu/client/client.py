@@ -50,7 +50,7 @@ from rtp.dtls import DtlsCertificate
 from rtp.errors import RtpStackError
 
 from trio_sfu.client.errors import ClientError, JoinError
-from trio_sfu.client.participant_media import RTCP_INTERVAL, ParticipantMedia
+from trio_sfu.client.client_media import RTCP_INTERVAL, ClientMedia
 from trio_sfu.client.publisher import ANSWER_TIMEOUT, PUBLISH_TIMEOUT, LocalPublication, Publisher
 from trio_sfu.client.resume import ResumeFollower
 from trio_sfu.client.signal_connection import (
@@ -74,9 +74,9 @@ PUBLISHER = rtc.SignalTarget.PUBLISHER
 SUBSCRIBER = rtc.SignalTarget.SUBSCRIBER
 
 
-class LiveKitClient(ParticipantMedia):
+class LiveKitClient(ClientMedia):
     """One participant. Build it with :meth:`connect`; see the module docstring. Its PCs, RTCP
-    clock and what is read about media: ParticipantMedia (participant_media.py)."""
+    clock and what is read about media: ClientMedia (client_media.py)."""
 
     def __init__(self, ws: trio_websocket.WebSocketConnection, join: rtc.JoinResponse,
                  bind_host: str, certificate: DtlsCertificate, *, url: str = "", token: str = "",

@@ -43,7 +43,7 @@ from rtp.peer_transport import IceMode
 from sdp.parser import serialize as serialize_sdp
 
 from trio_sfu.client.errors import ClientError
-from trio_sfu.client.participant_media import ParticipantMedia
+from trio_sfu.client.client_media import ClientMedia
 from trio_sfu.client.peer_connection import ClientPeerConnection
 from trio_sfu.client.publisher import LocalPublication, PendingOffer, Publisher
 from trio_sfu.client.publisher_offer import build_publisher_offer
@@ -184,10 +184,10 @@ def _candidate_message(pc: ClientPeerConnection, mid: str) -> dict[str, Any]:
     ]}
 
 
-class JanusParticipant(ParticipantMedia):
+class JanusParticipant(ClientMedia):
     """A videoroom participant: publishes (one PC) and/or subscribes to feeds (one PC).
 
-    Its media side is :class:`~trio_sfu.client.LiveKitClient`'s (ParticipantMedia: the PCs, the
+    Its media side is :class:`~trio_sfu.client.LiveKitClient`'s (ClientMedia: the PCs, the
     RTCP clock, and what the load tester reads: ``subscriptions`` with their stats,
     ``publisher_pc`` / ``subscriber_pc``, ``errors``, ``unknown_ssrc_packets``).
     """

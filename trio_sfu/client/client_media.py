@@ -5,7 +5,7 @@ same way.
 Each has a :class:`~trio_sfu.client.publisher.Publisher` and a
 :class:`~trio_sfu.client.subscriber.Subscriber`; the PCs they open run in the participant's
 nursery and report their failure to its error list; one task sends the RTCP reports of both
-(:meth:`ParticipantMedia._rtcp_loop`, started by the participant's ``connect``). What the load
+(:meth:`ClientMedia._rtcp_loop`, started by the participant's ``connect``). What the load
 tester and the tests read about media (publications, subscriptions, the PCs) is read here.
 """
 
@@ -25,7 +25,7 @@ from trio_sfu.datagram import BindDatagram, UdpSocket
 RTCP_INTERVAL = 1.0
 
 
-class ParticipantMedia:
+class ClientMedia:
     """The media half of a participant (see the module docstring). A subclass sets the
     attributes below in its constructor, and ``_nursery`` once it runs."""
 
@@ -95,4 +95,4 @@ class ParticipantMedia:
         await self.subscriber.wait_connected(timeout)
 
 
-__all__ = ["RTCP_INTERVAL", "ParticipantMedia"]
+__all__ = ["RTCP_INTERVAL", "ClientMedia"]
