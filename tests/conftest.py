@@ -4,6 +4,7 @@ import pytest
 from hypothesis import settings
 
 import budgets
+from compiled_marks import pytest_runtest_setup  # noqa: F401  (hook: @pytest.mark.compiled skips)
 from local_peers import forbid_ice_servers
 from must_run import header as must_run_header
 from must_run import pytest_make_collect_report, pytest_runtest_makereport  # noqa: F401  (hooks)

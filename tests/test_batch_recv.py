@@ -18,7 +18,7 @@ from trio_sfu.media.udp_mux import RECEIVE_BATCH, UDP_DROPPED_OVERSIZED, UDP_REC
 from trio_sfu.native import batch_recv
 from trio_sfu.native.batch_recv import LoopReader, MmsgReader, batch_reader, compiled_available
 
-needs_compiled = pytest.mark.skipif(not compiled_available(), reason="trio_sfu.native._recv not built (make native)")
+needs_compiled = pytest.mark.compiled("_recv")
 
 
 def bound(host: str = "127.0.0.1") -> socket.socket:

@@ -26,14 +26,13 @@ from rtp.rtcp import Nack
 from rtp.srtp import SrtpContext
 from rtp.srtp_profiles import SrtpProfile
 from rtp.twcc_sender import TransportSequencer
-from trio_sfu import native
 from trio_sfu.forwarding import DownTrack, TrackReceiver
 from trio_sfu.native import NativeSendTarget
 
 from forwarding_streams import (L1T3_SYNC, L1T3_TIDS, RID_EXT, RRID_EXT, RTX_PT, SUB_RTX_PT, SUB_VP8_PT, VP8_PT,
                                 vp8_payload)
 
-needs_compiled = pytest.mark.skipif(not native.FAST_PATH, reason=f"compiled fan-out: {native.DESCRIPTION}")
+needs_compiled = pytest.mark.compiled("_fanout")
 
 PUB_TWCC = 3
 SUB_TWCC = 5

@@ -17,6 +17,7 @@ import string
 import subprocess
 import sys
 
+import attrs
 import pytest
 import trio
 from aioice.candidate import Candidate
@@ -647,29 +648,26 @@ async def test_lite_agent_against_aioice_controlling_over_loopback(remote_is_lit
     assert lite.counters.bad_integrity == lite.counters.unknown_username == 0
 
 
-async def test_controlling_agent_against_aioice_controlled_over_loopback():
-    """Our controlling agent nominates a pair with aioice (full ICE, controlled) on 127.0.0.1.
+@attrs.frozen
+class AioiceRun:
+    """What one full agent of ours saw against an aioice peer over loopback."""
 
-    aioice also checks us, so this exercises our answers to a full peer's checks,
-    and it only accepts the nomination once its own check of the pair succeeded.
-    """
+    returncode: int
+    report: dict
+    peer: tuple[str, int]
+    events: list
+    media: list
+
+
+async def run_against_aioice(agent, aioice_mode: str, credentials: tuple[str, str, str, str]) -> AioiceRun:
+    """Drive our full ICE `agent` (sans-IO) on a loopback socket against tests/ice_aioice_peer.py
+    in `aioice_mode`; `credentials` are the agent's (local ufrag, local pwd, remote ufrag, remote
+    pwd). The agent echoes the media datagrams the peer sends on the selected pair."""
     sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
     await sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    agent = IceControllingAgent(
-        "ctlU", "ctlPassword0123456789abcd", "aioU", "aioicePassword0123456789abc", tie_breaker=2**63
-    )
     events, media = [], []
-    args = [
-        sys.executable,
-        AIOICE_PEER,
-        "controlled",
-        str(port),
-        "ctlU",
-        "ctlPassword0123456789abcd",
-        "aioU",
-        "aioicePassword0123456789abc",
-    ]
+    args = [sys.executable, AIOICE_PEER, aioice_mode, str(port), *credentials]
 
     async def drive():
         while True:
@@ -706,10 +704,22 @@ async def test_controlling_agent_against_aioice_controlled_over_loopback():
             await proc.wait()
             nursery.cancel_scope.cancel()
     sock.close()
-    assert proc.returncode == 0
-    assert report["connected"] is True and report["echo"] == "echo:hello from aioice"
-    assert events[0] == IceConnected(peer)
-    assert media == [b"hello from aioice"]
+    return AioiceRun(proc.returncode, report, peer, events, media)
+
+
+async def test_controlling_agent_against_aioice_controlled_over_loopback():
+    """Our controlling agent nominates a pair with aioice (full ICE, controlled) on 127.0.0.1.
+
+    aioice also checks us, so this exercises our answers to a full peer's checks,
+    and it only accepts the nomination once its own check of the pair succeeded.
+    """
+    credentials = ("ctlU", "ctlPassword0123456789abcd", "aioU", "aioicePassword0123456789abc")
+    agent = IceControllingAgent(*credentials, tie_breaker=2**63)
+    run = await run_against_aioice(agent, "controlled", credentials)
+    assert run.returncode == 0
+    assert run.report["connected"] is True and run.report["echo"] == "echo:hello from aioice"
+    assert run.events[0] == IceConnected(run.peer)
+    assert run.media == [b"hello from aioice"]
     assert agent.counters.requests_answered >= 1  # aioice's own checks of the pair
     assert agent.counters.unauthenticated_responses == 0
 

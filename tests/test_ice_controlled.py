@@ -5,19 +5,13 @@ aggressive nomination, an independent implementation."""
 
 from __future__ import annotations
 
-import functools
-import json
-import math
 import random
-import subprocess
-import sys
 
-import trio
+import pytest
 
 from rtp.ice import IceConnected, IceControlledAgent, IceControllingState
-from rtp.stun import parse_stun
+from rtp.stun import Class, parse_stun
 from test_ice import (
-    AIOICE_PEER,
     CLIENT_ADDR,
     CLIENT_PWD,
     CLIENT_UFRAG,
@@ -25,9 +19,11 @@ from test_ice import (
     LITE_PWD,
     LITE_UFRAG,
     Net,
-    _LineReader,
+    check_request,
     host_candidate,
     make_ctrl,
+    make_lite,
+    run_against_aioice,
 )
 
 
@@ -39,6 +35,33 @@ def make_controlled() -> IceControlledAgent:
 def _requests_from(net: Net, addr) -> list:
     messages = [parse_stun(d) for _, src, _, d in net.sent if src == addr]
     return [m for m in messages if m.message_class.name == "REQUEST"]
+
+
+@pytest.mark.parametrize("request_bytes", [
+    check_request(key=b"wrong-password"),
+    check_request(username=f"nope:{CLIENT_UFRAG}"),
+    check_request(username=f"{LITE_UFRAG}:someoneelse"),
+    check_request(username=LITE_UFRAG),
+    check_request(key=None),
+    check_request(username=None),
+    check_request(fingerprint=False),
+    check_request(),
+], ids=["bad-mi", "bad-local-ufrag", "bad-remote-ufrag", "no-colon", "no-mi", "no-username", "no-fingerprint",
+        "authentic"])
+def test_a_full_agent_authenticates_checks_as_the_lite_agent_does(request_bytes, request) -> None:
+    """One set of rules (rtp/ice/checks.py): the controlled agent (the controlling one shares
+    its code) answers each check, authentic or not, with what the lite agent answers."""
+    controlled, lite = make_controlled(), make_lite()
+    controlled.start(0.0)
+    controlled.receive_stun(request_bytes, CLIENT_ADDR, now=0.5)
+    lite.receive_stun(request_bytes, CLIENT_ADDR, now=0.5)
+    answers = [[(parse_stun(d).message_class, parse_stun(d).error_code) for d, dst in agent.datagrams_to_send(0.5)
+                if dst == CLIENT_ADDR and parse_stun(d).message_class is not Class.REQUEST]
+               for agent in (controlled, lite)]
+    assert answers[0] == answers[1]
+    authentic = request.node.callspec.id == "authentic"
+    assert controlled.counters.requests_rejected == (0 if authentic else 1)
+    assert controlled.counters.requests_answered == (1 if authentic else 0)
 
 
 def test_controlled_checks_too_and_takes_the_controlling_peers_nomination() -> None:
@@ -93,51 +116,12 @@ def test_two_controlled_agents_conflict_with_487_and_never_connect() -> None:
 
 async def test_controlled_agent_against_aioice_controlling_over_loopback() -> None:
     """aioice (full ICE, controlling, aggressive nomination) nominates; we check it too."""
-    sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
-    await sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    agent = IceControlledAgent("ctdU", "ctdPassword0123456789abcd", "aioU", "aioicePassword0123456789abc",
-                               tie_breaker=5)
-    events, media = [], []
-    args = [sys.executable, AIOICE_PEER, "controlling-full", str(port), "ctdU", "ctdPassword0123456789abcd",
-            "aioU", "aioicePassword0123456789abc"]
-
-    async def drive():
-        while True:
-            deadline = agent.next_deadline()
-            with trio.move_on_at(deadline if deadline is not None else math.inf):
-                data, addr = await sock.recvfrom(2048)
-                addr = addr[:2]
-                if data and data[0] < 4:
-                    agent.receive_stun(data, addr, trio.current_time())
-                elif addr == agent.selected_address:
-                    media.append(data)
-                    await sock.sendto(b"echo:" + data, addr)
-            now = trio.current_time()
-            timer = agent.next_deadline()
-            if timer is not None and timer <= now:
-                agent.handle_timeout(now)
-            for out, dst in agent.datagrams_to_send(now):
-                await sock.sendto(out, dst)
-            while (ev := agent.next_event()) is not None:
-                events.append(ev)
-
-    with trio.fail_after(20):
-        async with trio.open_nursery() as nursery:
-            proc = await nursery.start(functools.partial(trio.run_process, args, stdout=subprocess.PIPE, check=False))
-            reader = _LineReader(proc.stdout)
-            peer = ("127.0.0.1", json.loads(await reader.readline())["local_port"])
-            agent.add_remote_candidate(host_candidate(peer))
-            agent.add_remote_candidate(None)
-            agent.start(trio.current_time())
-            nursery.start_soon(drive)
-            report = json.loads(await reader.readline())
-            await proc.wait()
-            nursery.cancel_scope.cancel()
-    sock.close()
-    assert proc.returncode == 0
-    assert report["connected"] is True and report["echo"] == "echo:hello from aioice"
-    assert events[0] == IceConnected(peer)
-    assert media == [b"hello from aioice"]
+    credentials = ("ctdU", "ctdPassword0123456789abcd", "aioU", "aioicePassword0123456789abc")
+    agent = IceControlledAgent(*credentials, tie_breaker=5)
+    run = await run_against_aioice(agent, "controlling-full", credentials)
+    assert run.returncode == 0
+    assert run.report["connected"] is True and run.report["echo"] == "echo:hello from aioice"
+    assert run.events[0] == IceConnected(run.peer)
+    assert run.media == [b"hello from aioice"]
     assert agent.counters.requests_answered >= 1
     assert agent.counters.unauthenticated_responses == agent.counters.role_conflicts == 0

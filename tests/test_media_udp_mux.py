@@ -12,7 +12,6 @@ import trio
 from aioice import stun
 
 from trio_sfu import metrics as m
-from trio_sfu.native.batch_recv import compiled_available
 from trio_sfu.media.udp_mux import (
     RECEIVE_BATCH,
     MAX_ADDRESSES_PER_TRANSPORT,
@@ -230,7 +229,7 @@ def test_send_never_blocks_and_counts_a_full_buffer():
 
 
 @pytest.mark.parametrize("fast_path", [
-    pytest.param(True, id="recvmmsg", marks=pytest.mark.skipif(not compiled_available(), reason="make native: not built")),
+    pytest.param(True, id="recvmmsg", marks=pytest.mark.compiled("_recv")),
     pytest.param(False, id="pure"),
 ])
 async def test_reader_drains_a_burst_from_a_real_socket(fast_path):

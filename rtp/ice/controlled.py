@@ -27,7 +27,7 @@ from rtp.ice.controlling import (
     _Transaction,
 )
 from rtp.ice.events import Address
-from rtp.stun import Message, binding_error, binding_success, verify_fingerprint, verify_message_integrity
+from rtp.stun import Message
 
 
 class IceControlledAgent(IceControllingAgent):
@@ -36,27 +36,7 @@ class IceControlledAgent(IceControllingAgent):
     ROLE_ATTRIBUTE = "ICE-CONTROLLED"
     NOMINATES = False
 
-    def _answer_request(self, message: Message, data: bytes, addr: Address) -> None:
-        if not verify_fingerprint(data):
-            self.counters.requests_rejected += 1
-            return
-        username = message.attributes.get("USERNAME", "")
-        if username != f"{self._local_ufrag}:{self._remote_ufrag}" or not verify_message_integrity(
-            data, self._local_key
-        ):
-            self.counters.requests_rejected += 1
-            self._outbox.append((binding_error(message.transaction_id, 401, "Unauthorized"), addr))
-            return
-        if "ICE-CONTROLLED" in message.attributes:
-            # RFC 8445 §7.3.1.1: both controlled. This agent cannot take control; 487 makes
-            # the peer (if it can) switch.
-            self.counters.role_conflicts += 1
-            self._outbox.append(
-                (binding_error(message.transaction_id, 487, "Role Conflict", self._local_key), addr)
-            )
-            return
-        self.counters.requests_answered += 1
-        self._outbox.append((binding_success(message.transaction_id, addr, self._local_key), addr))
+    def _answered_check(self, message: Message, addr: Address) -> None:
         if "USE-CANDIDATE" in message.attributes and self.state is IceControllingState.CHECKING:
             self._on_nomination(addr, message.attributes.get("PRIORITY"))
 

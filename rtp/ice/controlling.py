@@ -32,13 +32,13 @@ import random
 import attrs
 from aioice.candidate import Candidate, candidate_priority
 
+from rtp.ice.checks import CheckVerdict, authenticate_check, rejection, role_conflict
 from rtp.ice.events import Address, IceConnected, IceConsentExpired, IceEvent, IceFailed
 from rtp.stun import (
     Class,
     Message,
     Method,
     StunParseError,
-    binding_error,
     binding_success,
     parse_stun,
     serialize,
@@ -231,30 +231,28 @@ class IceControllingAgent:
             self._handle_response(message, data, addr, now)
 
     def _answer_request(self, message: Message, data: bytes, addr: Address) -> None:
-        # A full peer checks us too. We answer so its checks succeed, but we do
-        # not learn pairs from it (no triggered checks, no peer-reflexive remotes).
-        if not verify_fingerprint(data):
+        # A full peer checks us too: we answer so its checks succeed (checks.py authenticates
+        # them, as the lite agent does). The controlling agent learns nothing more from them
+        # (no triggered checks, no peer-reflexive remotes); the controlled one overrides
+        # _answered_check to follow the peer's nominations.
+        verdict = authenticate_check(message, data, self._local_ufrag, self._local_key, self._remote_ufrag)
+        if verdict is not CheckVerdict.AUTHENTIC:
             self.counters.requests_rejected += 1
+            answer = rejection(verdict, message.transaction_id, len(data))
+            if answer is not None:
+                self._outbox.append((answer, addr))
             return
-        username = message.attributes.get("USERNAME", "")
-        if username != f"{self._local_ufrag}:{self._remote_ufrag}" or not verify_message_integrity(
-            data, self._local_key
-        ):
-            self.counters.requests_rejected += 1
-            self._outbox.append((binding_error(message.transaction_id, 401, "Unauthorized"), addr))
-            return
-        theirs = message.attributes.get("ICE-CONTROLLING")
-        if theirs is not None:
-            # RFC 8445 §7.3.1.1: both controlling. The larger tie-breaker keeps
-            # the role. This agent cannot become controlled, so it answers 487
-            # either way and counts the case where the RFC would have it yield.
+        if self.ROLE_ATTRIBUTE in message.attributes:
+            # RFC 8445 §7.3.1.1: the peer claims our role. We cannot switch (checks.role_conflict).
             self.counters.role_conflicts += 1
-            self._outbox.append(
-                (binding_error(message.transaction_id, 487, "Role Conflict", self._local_key), addr)
-            )
+            self._outbox.append((role_conflict(message.transaction_id, self._local_key), addr))
             return
         self.counters.requests_answered += 1
         self._outbox.append((binding_success(message.transaction_id, addr, self._local_key), addr))
+        self._answered_check(message, addr)
+
+    def _answered_check(self, message: Message, addr: Address) -> None:
+        """An authentic check from the peer was answered with success."""
 
     def _handle_response(self, message: Message, data: bytes, addr: Address, now: float) -> None:
         tx = self._transactions.get(message.transaction_id)

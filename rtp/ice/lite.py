@@ -22,17 +22,15 @@ from rtp.ice.events import (
     IceRestartCompleted,
     IceSelectedPairChanged,
 )
+from rtp.ice.checks import CheckVerdict, authenticate_check, rejection, role_conflict
 from rtp.stun import (
     ATTR_USERNAME,
     Class,
     Method,
     StunParseError,
-    binding_error,
     binding_success,
     find_attribute,
     parse_stun,
-    verify_fingerprint,
-    verify_message_integrity,
 )
 
 #: RFC 7675 §5.1: consent is lost 30 s after the last authenticated check.
@@ -41,6 +39,13 @@ CONSENT_TIMEOUT = 30.0
 #: candidates; the bound keeps an authenticated-but-hostile peer from growing us.
 MAX_VALID_ADDRESSES = 8
 _BINDING_REQUEST = b"\x00\x01"
+#: Which counter a check that is not authentic adds to (rtp/ice/checks.py decides which).
+_REJECTION_COUNTERS = {
+    CheckVerdict.NO_FINGERPRINT: "bad_fingerprint",
+    CheckVerdict.BAD_REQUEST: "bad_request",
+    CheckVerdict.UNKNOWN_USERNAME: "unknown_username",
+    CheckVerdict.BAD_INTEGRITY: "bad_integrity",
+}
 
 
 class IceLiteState(enum.Enum):
@@ -176,37 +181,19 @@ class IceLiteAgent:
             self.counters.ignored += 1
             return
         tid = message.transaction_id
-        if not verify_fingerprint(data):
-            # ICE requires FINGERPRINT (RFC 8445 §7.1); without it this may not even be ours.
-            self.counters.bad_fingerprint += 1
-            return
-        username = message.attributes.get("USERNAME")
-        if username is None or "MESSAGE-INTEGRITY" not in message.attributes:
-            self.counters.bad_request += 1
-            self._reject(tid, 400, "Bad Request", len(data), addr)
-            return
-        local, sep, remote = username.partition(":")
-        if (
-            not sep
-            or local != self._local_ufrag
-            or (self._remote_ufrag is not None and remote != self._remote_ufrag)
-        ):
-            self.counters.unknown_username += 1
-            self._reject(tid, 401, "Unauthorized", len(data), addr)
-            return
-        if not verify_message_integrity(data, self._local_key):
-            self.counters.bad_integrity += 1
-            self._reject(tid, 401, "Unauthorized", len(data), addr)
+        verdict = authenticate_check(message, data, self._local_ufrag, self._local_key, self._remote_ufrag)
+        if verdict is not CheckVerdict.AUTHENTIC:
+            counter = _REJECTION_COUNTERS[verdict]
+            setattr(self.counters, counter, getattr(self.counters, counter) + 1)
+            answer = rejection(verdict, tid, len(data))
+            if answer is not None:
+                self._outbox.append((answer, addr))
             return
 
-        # Authenticated from here on.
+        # Authenticated from here on. Both sides controlled: 487 (checks.role_conflict).
         if "ICE-CONTROLLED" in message.attributes:
-            # Both sides controlled. RFC 8445 §7.3.1.1 would have the agent with
-            # the smaller tie-breaker switch to controlling, but a lite agent
-            # cannot be controlling (§6.1.1), so we always answer 487 and let the
-            # full agent switch — as if our tie-breaker were the largest.
             self.counters.role_conflict += 1
-            self._outbox.append((binding_error(tid, 487, "Role Conflict", self._local_key), addr))
+            self._outbox.append((role_conflict(tid, self._local_key), addr))
             return
         if self.state is IceLiteState.EXPIRED:
             self.counters.after_expiry += 1
@@ -220,13 +207,6 @@ class IceLiteAgent:
         self._outbox.append((binding_success(tid, addr, self._local_key), addr))
         if "USE-CANDIDATE" in message.attributes:
             self._nominate(addr)
-
-    def _reject(self, tid: bytes, code: int, reason: str, request_length: int, addr: Address) -> None:
-        # The source address of an unauthenticated request may be spoofed: answer
-        # only when the answer is no bigger than the request, so we never amplify.
-        response = binding_error(tid, code, reason)
-        if len(response) <= request_length:
-            self._outbox.append((response, addr))
 
     def _remember(self, addr: Address, now: float) -> None:
         if addr in self._valid:

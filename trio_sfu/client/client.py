@@ -50,7 +50,7 @@ from rtp.dtls import DtlsCertificate
 from rtp.errors import RtpStackError
 
 from trio_sfu.client.errors import ClientError, JoinError
-from trio_sfu.client.peer_connection import ClientPeerConnection, PacketHandler
+from trio_sfu.client.client_media import RTCP_INTERVAL, ClientMedia
 from trio_sfu.client.publisher import ANSWER_TIMEOUT, PUBLISH_TIMEOUT, LocalPublication, Publisher
 from trio_sfu.client.resume import ResumeFollower
 from trio_sfu.client.signal_connection import (
@@ -67,8 +67,6 @@ from trio_sfu.client.subscriber import MAX_REPORT_BLOCKS, RemoteTrack, Subscribe
 from trio_sfu.client.wallclock import ntp_now
 from trio_sfu.datagram import BindDatagram, UdpSocket
 
-#: How often each PC sends its RTCP reports (SRs on the publisher PC, RRs on the subscriber PC).
-RTCP_INTERVAL = 1.0
 #: How often wait_resumed looks at the count of completed moves.
 _RESUME_POLL = 0.01
 
@@ -76,8 +74,9 @@ PUBLISHER = rtc.SignalTarget.PUBLISHER
 SUBSCRIBER = rtc.SignalTarget.SUBSCRIBER
 
 
-class LiveKitClient:
-    """One participant. Build it with :meth:`connect`; see the module docstring."""
+class LiveKitClient(ClientMedia):
+    """One participant. Build it with :meth:`connect`; see the module docstring. Its PCs, RTCP
+    clock and what is read about media: ClientMedia (client_media.py)."""
 
     def __init__(self, ws: trio_websocket.WebSocketConnection, join: rtc.JoinResponse,
                  bind_host: str, certificate: DtlsCertificate, *, url: str = "", token: str = "",
@@ -194,32 +193,6 @@ class LiveKitClient:
         self.subscriber.close_tracks()  # ends every `async for` over tracks()
         await self.signal.aclose()
 
-    def _open_pc(self, name: str, on_rtp: PacketHandler, on_rtcp: PacketHandler) -> ClientPeerConnection:
-        """A PC of this client: its loop runs in the client's nursery, its failure is reported."""
-        pc = ClientPeerConnection(name, self.bind_host, self._certificate, on_rtp, on_rtcp,
-                                  lambda reason: self._error(f"{name} PC failed: {reason}"), self._bind_datagram)
-        assert self._nursery is not None, "a PC is opened only once the client runs"
-        self._nursery.start_soon(pc.run)
-        return pc
-
-    def _open_publisher_pc(self) -> ClientPeerConnection:
-        return self._open_pc("publisher", self.publisher.on_rtp, self.publisher.on_rtcp)
-
-    def _open_subscriber_pc(self) -> ClientPeerConnection:
-        return self._open_pc("subscriber", self._on_subscriber_rtp, self.subscriber.on_rtcp)
-
-    def _on_subscriber_rtp(self, packet: bytes, now: float) -> None:
-        """Every RTP packet the subscriber PC decrypted (the observers' seam; see the module docstring)."""
-        self.subscriber.on_rtp(packet, now)
-
-    async def _rtcp_loop(self) -> None:
-        """SRs for what we publish, RRs for what we receive, once per RTCP_INTERVAL."""
-        while True:
-            await trio.sleep(RTCP_INTERVAL)
-            now, ntp = trio.current_time(), ntp_now()
-            self.publisher.send_reports(now, ntp)
-            self.subscriber.send_reports(now)
-
     # ------------------------------------------------------------------ the signal reader
 
     async def _reader(self) -> None:
@@ -332,9 +305,6 @@ class LiveKitClient:
                 return participant.sid
         return ""
 
-    def _error(self, message: str) -> None:
-        self.errors.append(message)
-
     async def _send(self, request: rtc.SignalRequest, generation: int | None = None) -> bool:
         """Send a request on the current signal connection (see ``SignalConnection.send``)."""
         return await self.signal.send(request, generation)
@@ -353,14 +323,6 @@ class LiveKitClient:
                                                   simulcast=simulcast, timeout=timeout)
 
     @property
-    def publications(self) -> list[LocalPublication]:
-        return self.publisher.publications
-
-    @property
-    def publisher_pc(self) -> ClientPeerConnection | None:
-        return self.publisher.pc
-
-    @property
     def sender_reports_sent(self) -> int:
         return self.publisher.sender_reports_sent
 
@@ -370,31 +332,14 @@ class LiveKitClient:
         """Each subscribed track once, as the server's offers add them (one consumer); ends on leave."""
         return self.subscriber.tracks()
 
-    async def wait_connected(self, timeout: float = 15.0) -> None:
-        """Until the subscriber PC (the primary one in dual-PC mode) has ICE and DTLS up, as
-        livekit-client waits before reporting a room connected."""
-        await self.subscriber.wait_connected(timeout)
-
     async def wait_for_tracks(self, count: int, timeout: float = 15.0) -> list[RemoteTrack]:
         return await self.subscriber.wait_for_tracks(count, timeout)
-
-    @property
-    def subscriptions(self) -> dict[str, RemoteTrack]:
-        return self.subscriber.subscriptions
 
     @property
     def subscription_failures(self) -> list[tuple[str, int]]:
         """(track sid, SubscriptionError) of every subscription the server reported failed
         (``subscription_response``)."""
         return self.subscriber.failures
-
-    @property
-    def subscriber_pc(self) -> ClientPeerConnection | None:
-        return self.subscriber.pc
-
-    @property
-    def unknown_ssrc_packets(self) -> int:
-        return self.subscriber.unknown_ssrc_packets
 
     @property
     def receiver_reports_sent(self) -> int:

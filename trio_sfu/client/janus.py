@@ -43,18 +43,17 @@ from rtp.peer_transport import IceMode
 from sdp.parser import serialize as serialize_sdp
 
 from trio_sfu.client.errors import ClientError
-from trio_sfu.client.peer_connection import ClientPeerConnection, PacketHandler
+from trio_sfu.client.client_media import ClientMedia
+from trio_sfu.client.peer_connection import ClientPeerConnection
 from trio_sfu.client.publisher import LocalPublication, PendingOffer, Publisher
 from trio_sfu.client.publisher_offer import build_publisher_offer
 from trio_sfu.client.subscriber import RemoteTrack, Subscriber
 from trio_sfu.client.synthetic import simulcast_layers
-from trio_sfu.client.wallclock import ntp_now
 
 SUBPROTOCOL = "janus-protocol"
 VIDEOROOM = "janus.plugin.videoroom"
 KEEPALIVE_INTERVAL = 25.0
 REQUEST_TIMEOUT = 15.0
-RTCP_INTERVAL = 1.0
 #: Unsolicited message kinds counted by name (anything else counts as "other": the peer does
 #: not get to grow the table).
 EVENT_KINDS = frozenset({"ack", "success", "error", "event", "webrtcup", "media", "hangup", "slowlink",
@@ -185,12 +184,12 @@ def _candidate_message(pc: ClientPeerConnection, mid: str) -> dict[str, Any]:
     ]}
 
 
-class JanusParticipant:
+class JanusParticipant(ClientMedia):
     """A videoroom participant: publishes (one PC) and/or subscribes to feeds (one PC).
 
-    What the load tester reads matches :class:`~trio_sfu.client.LiveKitClient`'s: ``subscriptions``
-    (RemoteTracks with their stats), ``publisher_pc`` / ``subscriber_pc``, ``errors`` and
-    ``unknown_ssrc_packets``.
+    Its media side is :class:`~trio_sfu.client.LiveKitClient`'s (ClientMedia: the PCs, the
+    RTCP clock, and what the load tester reads: ``subscriptions`` with their stats,
+    ``publisher_pc`` / ``subscriber_pc``, ``errors``, ``unknown_ssrc_packets``).
     """
 
     def __init__(self, api: JanusApi, nursery: trio.Nursery, room: int, display: str, bind_host: str,
@@ -249,28 +248,6 @@ class JanusParticipant:
             failure = failure or JanusError(f"cannot reach janus at {url}: {group.exceptions[0]}")
         if failure is not None:
             raise failure
-
-    # ------------------------------------------------------------------ what the load tester reads
-
-    @property
-    def subscriptions(self) -> dict[str, RemoteTrack]:
-        return self.subscriber.subscriptions
-
-    @property
-    def publisher_pc(self) -> ClientPeerConnection | None:
-        return self.publisher.pc
-
-    @property
-    def subscriber_pc(self) -> ClientPeerConnection | None:
-        return self.subscriber.pc
-
-    @property
-    def unknown_ssrc_packets(self) -> int:
-        return self.subscriber.unknown_ssrc_packets
-
-    @property
-    def publications(self) -> list[LocalPublication]:
-        return self.publisher.publications
 
     # ------------------------------------------------------------------ publishing
 
@@ -374,37 +351,11 @@ class JanusParticipant:
         self.subscriber.subscriptions.clear()
         self.subscriber.subscriptions.update(renamed)
 
-    async def wait_connected(self, timeout: float = 15.0) -> None:
-        await self.subscriber.wait_connected(timeout)
-
     # ------------------------------------------------------------------ inside
 
     async def _attach(self) -> int:
         reply = await self.api.request({"janus": "attach", "plugin": VIDEOROOM})
         return _session_or_handle_id(reply)
-
-    def _error(self, text: str) -> None:
-        self.errors.append(text)
-
-    def _open_pc(self, name: str, on_rtp: PacketHandler, on_rtcp: PacketHandler) -> ClientPeerConnection:
-        pc = ClientPeerConnection(name, self.bind_host, self._certificate, on_rtp, on_rtcp,
-                                  lambda reason: self._error(f"{name} PC failed: {reason}"))
-        self._nursery.start_soon(pc.run)
-        return pc
-
-    def _open_publisher_pc(self) -> ClientPeerConnection:
-        return self._open_pc("publisher", self.publisher.on_rtp, self.publisher.on_rtcp)
-
-    def _open_subscriber_pc(self) -> ClientPeerConnection:
-        return self._open_pc("subscriber", self.subscriber.on_rtp, self.subscriber.on_rtcp)
-
-    async def _rtcp_loop(self) -> None:
-        """Sender reports for what we publish, receiver reports for what we receive."""
-        while True:
-            await trio.sleep(RTCP_INTERVAL)
-            now, ntp = trio.current_time(), ntp_now()
-            self.publisher.send_reports(now, ntp)
-            self.subscriber.send_reports(now)
 
 
 __all__ = ["JanusApi", "JanusError", "JanusParticipant", "KEEPALIVE_INTERVAL", "SUBPROTOCOL"]

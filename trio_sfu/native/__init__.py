@@ -10,6 +10,7 @@ call into `_fanout` (fanout.c, built by `python -m trio_sfu.native.build`, the M
 `native` step); without it every down track takes the pure Python path, which produces the
 same datagrams. `TRIO_SFU_FASTPATH`: `0` forces the pure path, `1` requires the compiled one
 (an import failure is then an error, not a fall-back); unset: compiled when built.
+`TRIO_SFU_NATIVE_ABSENT=1` makes the compiled modules unimportable, as if never built (absent.py).
 """
 
 from __future__ import annotations
@@ -22,22 +23,35 @@ from typing import Callable, Optional
 
 import attrs
 
+from trio_sfu.native import absent
+
 ENV = "TRIO_SFU_FASTPATH"
+
+absent.install()
+
+
+def load_compiled(name: str) -> tuple[Optional[ModuleType], str]:
+    """The compiled module trio_sfu.native.<name>, or None and why it could not be loaded (not
+    built, built for another Python, or hidden by TRIO_SFU_NATIVE_ABSENT=1)."""
+    qualified = f"trio_sfu.native.{name}"
+    try:
+        if importlib.util.find_spec(qualified) is None:
+            raise ImportError(f"no trio_sfu/native/{name} module: `make native` builds it")
+        return importlib.import_module(qualified), ""
+    except ImportError as exc:
+        return None, str(exc)
 
 
 def _load() -> tuple[Optional[ModuleType], str]:
     setting = os.environ.get(ENV, "").strip()
     if setting == "0":
         return None, f"pure Python ({ENV}=0)"
-    try:
-        if importlib.util.find_spec("trio_sfu.native._fanout") is None:
-            raise ImportError("no trio_sfu/native/_fanout module: `make native` builds it")
-        from trio_sfu.native import _fanout  # type: ignore[attr-defined]
-    except ImportError as exc:  # not built, or built for another Python
+    module, missing = load_compiled("_fanout")
+    if module is None:
         if setting == "1":
-            raise RuntimeError(f"{ENV}=1 but the compiled fan-out cannot be loaded: {exc}") from exc
-        return None, f"pure Python (compiled fan-out not loaded: {exc})"
-    return _fanout, "compiled (cffi)"
+            raise RuntimeError(f"{ENV}=1 but the compiled fan-out cannot be loaded: {missing}")
+        return None, f"pure Python (compiled fan-out not loaded: {missing})"
+    return module, "compiled (cffi)"
 
 
 @attrs.frozen
@@ -70,4 +84,4 @@ compiled, DESCRIPTION = _load()
 #: Whether the compiled fan-out is in use in this process.
 FAST_PATH: bool = compiled is not None
 
-__all__ = ["DESCRIPTION", "ENV", "FAST_PATH", "NativeSendTarget", "compiled", "packed_address"]
+__all__ = ["DESCRIPTION", "ENV", "FAST_PATH", "NativeSendTarget", "compiled", "load_compiled", "packed_address"]

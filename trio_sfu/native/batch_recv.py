@@ -42,10 +42,10 @@ _WOULD_BLOCK = (BlockingIOError, InterruptedError)
 # What a read may report about an earlier send to a peer that is gone (ICMP): skip, read on.
 _SEND_ERRORS = (errno.ECONNREFUSED, errno.ECONNRESET, errno.EHOSTUNREACH, errno.ENETUNREACH)
 
-try:
-    from trio_sfu.native import _recv  # type: ignore[attr-defined]
-except ImportError:  # not built: `make native`
-    _recv = None
+from trio_sfu.native import load_compiled
+
+#: The compiled reader's module, or None and why (not built: `make native`; or hidden).
+_recv, MISSING = load_compiled("_recv")
 
 
 def fast_path_enabled() -> bool:
@@ -196,7 +196,7 @@ def batch_reader(sock: ReadableSocket, *, batch: int = DEFAULT_BATCH, slot_size:
         return MmsgReader(sock.fileno(), batch=batch, slot_size=slot_size, on_oversized=on_oversized)  # type: ignore[union-attr]
     if fast and kernel and not _warned[0]:
         _warned[0] = True
-        _log.warning("trio_sfu.native._recv is not built (make native): UDP is read one datagram per call")
+        _log.warning("trio_sfu.native._recv is not loaded: UDP is read one datagram per call", kv={"why": MISSING})
     return LoopReader(sock, batch=batch, slot_size=slot_size, on_oversized=on_oversized)
 
 

@@ -12,73 +12,37 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 import shutil
 import sys
 
 HERE = pathlib.Path(__file__).resolve().parent
 
-CDEF = """
-#define FP_MAX_BATCH ...
-#define FP_MAX_PACKET ...
-#define FP_SLOT ...
-#define FP_SENT ...
-#define FP_PYTHON ...
-#define FP_FAILED ...
-typedef int (*fp_protect_fn)(void *ctx, void *rtp, int *len);
-typedef struct {
-    int armed;
-    int layer;
-    uint32_t src_ssrc;
-    uint32_t out_ssrc;
-    int16_t pt_map[128];
-    int vp8;
-    int max_tid;
-    int64_t source_start, offset, ts_offset, pid_offset, tl0_offset;
-    int64_t unwrap_last, highest_in, last_seq, last_ts;
-    double last_ts_at;
-    int32_t last_pid, last_tl0;
-    int64_t packets_sent, octets_sent, dropped_send_failed;
-    int64_t udp_sent, udp_full, udp_error, srtp_failed;
-    int64_t mask;
-    int64_t *h_ext;
-    int8_t *h_layer;
-    uint32_t *h_src_ssrc;
-    uint16_t *h_in_seq;
-    uint32_t *h_ts;
-    int32_t *h_pid;
-    int16_t *h_tl0;
-    double *h_resent;
-    int64_t *tw_state;
-    int64_t tw_mask;
-    int64_t *tw_seq;
-    double *tw_sent_at;
-    uint32_t *tw_size;
-    int32_t *tw_cluster;
-    int8_t *tw_reported;
-    int64_t pending_tw_seq;
-    int64_t tw_added;
-    int target_layer, effective_target;
-    double effective_checked_at;
-    int64_t dropped_other_layer;
-    void *srtp;
-    fp_protect_fn protect;
-    int fd;
-    ...;
-} fp_track;
-int fp_forward(const uint8_t *pkt, int len, int pay_start, int pay_end,
-               const uint8_t *region, int region_len, int region_start, int region_end,
-               int set_extension_bit, int tw_at, int tw_added,
-               double now, fp_track **tracks, int n, uint8_t *scratch, int8_t *status);
-int fp_drop_other_layer(int layer, double now, double period, fp_track **tracks, int n, int8_t *status);
-int fp_set_address(fp_track *t, int family, const uint8_t *packed, int port);
-"""
+HEADER = HERE / "fanout.h"
+_CDEF_BEGIN, _CDEF_END = "/* cffi cdef: begin */", "/* cffi cdef: end */"
+_PRIVATE_FIELDS = re.compile(r"/\* cffi: private[^*]*\*/[^}]*")
+_DEFINE_VALUE = re.compile(r"^(#define\s+\w+)\s.*$", re.MULTILINE)
+
+
+def cdef_from_header(header: str) -> str:
+    """cffi's declarations, out of fanout.h's marked region: constants' values become `...`
+    (the compiler supplies them) and the struct's private fields a `...;` (cffi then asks the
+    compiler for the layout instead of trusting a copy of it)."""
+    try:
+        region = header[header.index(_CDEF_BEGIN) + len(_CDEF_BEGIN):header.index(_CDEF_END)]
+    except ValueError:
+        raise ValueError(f"fanout.h has no {_CDEF_BEGIN} ... {_CDEF_END} region") from None
+    region = _PRIVATE_FIELDS.sub("...;\n", region)
+    return _DEFINE_VALUE.sub(r"\1 ...", region)
+
+
 
 
 def ffibuilder():
     import cffi
 
     builder = cffi.FFI()
-    builder.cdef(CDEF)
+    builder.cdef(cdef_from_header(HEADER.read_text()))
     builder.set_source("trio_sfu.native._fanout", '#include "fanout.h"',
                        sources=[str(HERE / "fanout.c")], include_dirs=[str(HERE)],
                        extra_compile_args=["-O2", "-std=gnu11", "-Wall"])

@@ -1,11 +1,16 @@
-/* The compiled fan-out's per-down-track state (see fanout.c; the cffi declaration of the
- * same struct is in trio_sfu/native/build.py, which lets the compiler lay it out). */
+/* The compiled fan-out's per-down-track state and entry points (see fanout.c).
+ *
+ * This header is also cffi's declaration of them: trio_sfu/native/build.py hands cffi the text
+ * between the "cffi cdef" markers, with each #define's value and the fields after the "cffi:
+ * private" marker left to the compiler, so the struct is written once, here. Keep that region
+ * to what cffi's cdef parser reads: declarations and #define of constants, no other directives. */
 #ifndef TRIO_SFU_FANOUT_H
 #define TRIO_SFU_FANOUT_H
 
 #include <stdint.h>
 #include <sys/socket.h>
 
+/* cffi cdef: begin */
 #define FP_MAX_BATCH 1024
 /* pylibsrtp's own limit: a 1500-octet buffer with room for the longest SRTP trailer. */
 #define FP_MAX_PACKET (1500 - 144)
@@ -53,6 +58,7 @@ typedef struct {
     void *srtp;
     fp_protect_fn protect;
     int fd;
+    /* cffi: private (C only: fp_set_address fills them) */
     struct sockaddr_storage addr;
     socklen_t addr_len;
 } fp_track;
@@ -63,5 +69,6 @@ int fp_forward(const uint8_t *pkt, int len, int pay_start, int pay_end,
                double now, fp_track **tracks, int n, uint8_t *scratch, int8_t *status);
 int fp_drop_other_layer(int layer, double now, double period, fp_track **tracks, int n, int8_t *status);
 int fp_set_address(fp_track *t, int family, const uint8_t *packed, int port);
+/* cffi cdef: end */
 
 #endif
