@@ -91,6 +91,21 @@ class PacketSource(Protocol):
     def layers(self) -> tuple[int, ...]: ...
 
 
+def effective_layer(source: PacketSource, target: int, now: float) -> int:
+    """The layer a down track aiming at `target` forwards from `source` at `now`: the target
+    if it is arriving; else the best arriving layer below it, else the lowest arriving above
+    it; the target itself when nothing arrives at all. (The compiled fan-out's drop path asks
+    it once per packet and target for all its down tracks: one answer, whoever asks.)"""
+    if source.layer_active(target, now):
+        return target
+    layers = source.layers
+    below = [l for l in layers if l < target and source.layer_active(l, now)]
+    if below:
+        return max(below)
+    above = [l for l in layers if l > target and source.layer_active(l, now)]
+    return min(above) if above else target
+
+
 def map_payload_types(
     publisher: Iterable[tuple[int, str]], subscriber: Iterable[tuple[int, str]]
 ) -> dict[int, int]:
@@ -579,6 +594,8 @@ class DownTrack:
         ssrc = (packet[8] << 24) | (packet[9] << 16) | (packet[10] << 8) | packet[11]
         switched = False
         if layer != self.current_layer or ssrc != self._source_ssrc:
+            if self._native_slot is not None:
+                self._sync_native()  # when it last looked at the layers: the compiled path looks too
             effective = self._effective_target
             if layer != effective and effective is not None and (
                 now - self._effective_checked_at >= _EFFECTIVE_TARGET_PERIOD
@@ -740,20 +757,13 @@ class DownTrack:
         return self.write_rtp(layer, packet, now)
 
     def _update_effective_target(self, now: float) -> None:
-        """The target if it is arriving; else the best arriving layer below it, else the
-        lowest arriving above it; the target itself when nothing arrives at all."""
+        """Look at which layers arrive (`effective_layer`); a new fallback asks for its keyframe."""
         self._effective_checked_at = now
         target = self.target_layer
         if target is None:
             return
         source = self._source
-        if source.layer_active(target, now):
-            effective = target
-        else:
-            layers = source.layers
-            below = [l for l in layers if l < target and source.layer_active(l, now)]
-            above = [l for l in layers if l > target and source.layer_active(l, now)]
-            effective = max(below) if below else min(above) if above else target
+        effective = effective_layer(source, target, now)
         if effective != self._effective_target:
             self._effective_target = effective
             if effective != self.current_layer:
