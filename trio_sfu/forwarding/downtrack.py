@@ -981,10 +981,21 @@ class DownTrack:
             rtp = self._last_ts + int(round((now - self._last_ts_at) * self.clock_rate))
         return ntp & 0xFFFFFFFFFFFFFFFF, rtp & 0xFFFFFFFF
 
-    def poll_rtcp(self, now: float) -> None:
+    def sender_report_due(self, now: float) -> bool:
+        """Whether this track's sender report is due at `now`."""
+        return self._next_sr is not None and now >= self._next_sr
+
+    def poll_rtcp(self, now: float, coalesce: bool = False) -> None:
+        """Send the sender report if it is due. `coalesce`: another report of the same
+        subscriber goes out on this wake-up, so send this one too if it is due within half an
+        interval; its next one then comes due with the other's. A subscriber's down tracks
+        start their reports at their first packets, each on a phase of its own (ten tracks:
+        ten timer wake-ups a second); this brings them onto one within an interval or two, and
+        no report comes sooner than half an interval after the last."""
         # Polled on every wake-up of the subscriber's timers, for each of its down tracks: nothing
         # is read from the compiled fan-out until a report is due (sender_report_timestamps syncs).
-        if self._next_sr is None or now < self._next_sr:
+        due = self._next_sr
+        if due is None or now < (due - self.rtcp_interval / 2 if coalesce else due):
             return
         self._next_sr = now + self.rtcp_interval
         stamps = self.sender_report_timestamps(now)

@@ -613,8 +613,12 @@ class SubscriberMedia:
                 self._take_estimate(bandwidth.estimate_bps, now)  # the probe is over
             elif self.congestion_control and bandwidth.settled and self.allocator.available is None:
                 self._take_estimate(bandwidth.estimate_bps, now)  # the first estimate that counts
-        for down in self.down_tracks():
-            down.poll_rtcp(now)
+        downs = self.down_tracks()
+        # One report due brings the others due within half an interval along (DownTrack.poll_rtcp):
+        # the subscriber's reports fall onto one timer wake-up rather than one per down track.
+        coalesce = len(downs) > 1 and any(down.sender_report_due(now) for down in downs)
+        for down in downs:
+            down.poll_rtcp(now, coalesce)
         due = self.allocator.next_deadline()
         if (due is not None and due <= now) or (
                 self.allocator.budget is not None and now - self._allocated_at >= REALLOCATE_INTERVAL):
