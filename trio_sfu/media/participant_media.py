@@ -138,7 +138,12 @@ class ParticipantMedia:
                 # objects owe.
                 # Last, the room's reports (speakers, connection quality), which every member's
                 # loop serves and the first one past their time makes.
-                await self.timers.run((self.transports, self.publishing, self.subscribing, self.room_media.reports))
+                # (Only one member's loop is woken for the reports' times: room_reports.ReportsTimer.)
+                reports = self.room_media.reports.timer(self.timers.wake_by)
+                try:
+                    await self.timers.run((self.transports, self.publishing, self.subscribing, reports))
+                finally:
+                    reports.close()
         finally:
             self.close()
 
