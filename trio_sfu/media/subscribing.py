@@ -128,6 +128,9 @@ class ParticipantSubscriber(SubscriberEndpoint):
         if not down.disabled:
             source.receiver.request_keyframe(down.target_layer, now)
         owner.wake_by(down.next_deadline())
+        bandwidth = owner.bandwidth
+        if bandwidth is not None and down.mime_type.startswith("video/"):
+            bandwidth.video_track_added(now)  # probes pad beside video: an audio-only downlink waits for one
         # One more track shares the subscriber's downlink (and counts in its publisher's dynacast).
         owner.reallocate(now)
 
