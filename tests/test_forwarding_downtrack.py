@@ -325,6 +325,27 @@ def test_sender_report_without_publisher_sr_extrapolates_from_last_packet():
     assert (sr2.ntp_timestamp - sr.ntp_timestamp) / (1 << 32) == pytest.approx(1.5)
 
 
+def test_a_sender_report_due_within_half_an_interval_goes_out_with_another_when_coalescing():
+    """A subscriber whose other report goes out now (`coalesce`) sends this one too if it is
+    due within half an interval, and its next one comes an interval later; never sooner."""
+    wire = Wire()
+    receiver, down = simulcast_pair(wire, target_layer=0)
+    for p in three_layers()[0].frame(True):
+        receiver.receive_rtp(p, 5.0)
+    assert down.next_deadline() == pytest.approx(6.0) and not down.sender_report_due(5.9)
+    down.poll_rtcp(5.4, coalesce=True)  # due in 0.6 s: more than half an interval away
+    down.poll_rtcp(5.9)  # not due, and nothing else goes out
+    assert wire.rtcp == []
+    down.poll_rtcp(5.6, coalesce=True)
+    assert [type(x) for x in parse_rtcp(wire.rtcp[-1])][0] is SenderReport
+    assert down.next_deadline() == pytest.approx(6.6) and down.counters.srs_sent == 1
+    down.poll_rtcp(6.0, coalesce=True)  # 0.4 s after the last: too soon, however due the other is
+    assert down.counters.srs_sent == 1
+    assert down.sender_report_due(6.6)
+    down.poll_rtcp(6.6)
+    assert down.counters.srs_sent == 2 and down.next_deadline() == pytest.approx(7.6)
+
+
 def test_snapshot_restore_continues_numbering_for_a_new_subscription():
     wire = Wire()
     receiver, down = simulcast_pair(wire, target_layer=0)

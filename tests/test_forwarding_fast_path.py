@@ -157,11 +157,13 @@ def make_world(fast: bool, subscribers: int, profile: SrtpProfile) -> World:
     return world
 
 
-def traffic(seed: int, steps: int, subscribers: int, impaired: bool = True, temporal: bool = False):
+def traffic(seed: int, steps: int, subscribers: int, impaired: bool = True, temporal: bool = False,
+            outage: range = range(0)):
     """The publisher's packets and the subscribers' actions, as (now, action) in order;
     `impaired`: with loss and reordering on the way in, and random switches and NACKs;
     `temporal`: VP8 with three temporal layers, each subscriber starting under its own
-    temporal cap, the caps changing now and then."""
+    temporal cap, the caps changing now and then;
+    `outage`: the steps during which the publisher sends no top layer (as under congestion)."""
     rng = random.Random(seed)
     if temporal:
         for i in range(subscribers):
@@ -174,6 +176,8 @@ def traffic(seed: int, steps: int, subscribers: int, impaired: bool = True, temp
     for step in range(steps):
         now += 0.01
         for layer in range(3):
+            if layer == 2 and step in outage:
+                continue
             keyframe = step % 40 == 0 or rng.random() < 0.02
             tid = sync = None
             if temporal:
@@ -334,6 +338,44 @@ def _media(world: World, i: int, ssrc: int) -> list[RtpPacket]:
     for datagram in world.received[i][len(plain):]:
         plain.append(RtpPacket.parse(world.downlinks[i].peer_srtp.unprotect_rtp(datagram)))
     return [p for p in plain if p.ssrc == ssrc]
+
+
+@needs_compiled
+def test_a_layer_that_stops_and_comes_back_is_looked_for_alike_on_both_paths(monkeypatch):
+    """The top layer stops for longer than the receiver's layer timeout, then comes back: the
+    subscribers aiming at it fall back to the next one and return, the same datagrams on both
+    paths; the compiled drop path makes the down tracks' periodic looks itself (only a look
+    that changes the fallback goes to Python)."""
+    looks = [0]
+    update = DownTrack._update_effective_target
+
+    def counted(self, now):
+        looks[0] += 1
+        update(self, now)
+
+    monkeypatch.setattr(DownTrack, "_update_effective_target", counted)
+    subscribers = 6
+    events = list(traffic(3, 400, subscribers, impaired=False, outage=range(100, 260)))
+    worlds, calls = [], []
+    try:
+        for fast in (False, True):
+            world = make_world(fast, subscribers, SrtpProfile.AEAD_AES_128_GCM)
+            worlds.append(world)
+            looks[0] = 0
+            run(world, events)
+            calls.append(looks[0])
+        pure, fast = worlds
+        for i in range(subscribers):
+            assert fast.received[i] == pure.received[i], f"subscriber {i}"
+            assert fast.videos[i].counters == pure.videos[i].counters
+            assert (fast.videos[i]._effective_target, fast.videos[i]._effective_checked_at) == (
+                pure.videos[i]._effective_target, pure.videos[i]._effective_checked_at)
+        top = [d for d in fast.videos if d.target_layer == 2]
+        assert top and all(d.counters.layer_switches >= 2 for d in top)  # down to 1 and back up
+        assert calls[1] * 5 < calls[0], calls  # the compiled path looked for them
+    finally:
+        for world in worlds:
+            world.close()
 
 
 @pytest.mark.parametrize("fast", [False, pytest.param(True, marks=needs_compiled)], ids=["pure", "compiled"])

@@ -108,6 +108,21 @@ class PacketSource(Protocol):
     def layers(self) -> tuple[int, ...]: ...
 
 
+def effective_layer(source: PacketSource, target: int, now: float) -> int:
+    """The layer a down track aiming at `target` forwards from `source` at `now`: the target
+    if it is arriving; else the best arriving layer below it, else the lowest arriving above
+    it; the target itself when nothing arrives at all. (The compiled fan-out's drop path asks
+    it once per packet and target for all its down tracks: one answer, whoever asks.)"""
+    if source.layer_active(target, now):
+        return target
+    layers = source.layers
+    below = [l for l in layers if l < target and source.layer_active(l, now)]
+    if below:
+        return max(below)
+    above = [l for l in layers if l > target and source.layer_active(l, now)]
+    return min(above) if above else target
+
+
 def map_payload_types(
     publisher: Iterable[tuple[int, str]], subscriber: Iterable[tuple[int, str]]
 ) -> dict[int, int]:
@@ -642,6 +657,8 @@ class DownTrack:
         ssrc = (packet[8] << 24) | (packet[9] << 16) | (packet[10] << 8) | packet[11]
         switched = False
         if layer != self.current_layer or ssrc != self._source_ssrc:
+            if self._native_slot is not None:
+                self._sync_native()  # when it last looked at the layers: the compiled path looks too
             effective = self._effective_target
             if layer != effective and effective is not None and (
                 now - self._effective_checked_at >= _EFFECTIVE_TARGET_PERIOD
@@ -881,20 +898,13 @@ class DownTrack:
         return self.write_rtp(layer, packet, now)
 
     def _update_effective_target(self, now: float) -> None:
-        """The target if it is arriving; else the best arriving layer below it, else the
-        lowest arriving above it; the target itself when nothing arrives at all."""
+        """Look at which layers arrive (`effective_layer`); a new fallback asks for its keyframe."""
         self._effective_checked_at = now
         target = self.target_layer
         if target is None:
             return
         source = self._source
-        if source.layer_active(target, now):
-            effective = target
-        else:
-            layers = source.layers
-            below = [l for l in layers if l < target and source.layer_active(l, now)]
-            above = [l for l in layers if l > target and source.layer_active(l, now)]
-            effective = max(below) if below else min(above) if above else target
+        effective = effective_layer(source, target, now)
         if effective != self._effective_target:
             self._effective_target = effective
             if effective != self.current_layer:
@@ -1117,10 +1127,21 @@ class DownTrack:
             rtp = self._last_ts + int(round((now - self._last_ts_at) * self.clock_rate))
         return ntp & 0xFFFFFFFFFFFFFFFF, rtp & 0xFFFFFFFF
 
-    def poll_rtcp(self, now: float) -> None:
+    def sender_report_due(self, now: float) -> bool:
+        """Whether this track's sender report is due at `now`."""
+        return self._next_sr is not None and now >= self._next_sr
+
+    def poll_rtcp(self, now: float, coalesce: bool = False) -> None:
+        """Send the sender report if it is due. `coalesce`: another report of the same
+        subscriber goes out on this wake-up, so send this one too if it is due within half an
+        interval; its next one then comes due with the other's. A subscriber's down tracks
+        start their reports at their first packets, each on a phase of its own (ten tracks:
+        ten timer wake-ups a second); this brings them onto one within an interval or two, and
+        no report comes sooner than half an interval after the last."""
         # Polled on every wake-up of the subscriber's timers, for each of its down tracks: nothing
         # is read from the compiled fan-out until a report is due (sender_report_timestamps syncs).
-        if self._next_sr is None or now < self._next_sr:
+        due = self._next_sr
+        if due is None or now < (due - self.rtcp_interval / 2 if coalesce else due):
             return
         self._next_sr = now + self.rtcp_interval
         stamps = self.sender_report_timestamps(now)

@@ -32,10 +32,14 @@ from rtp.srtp import srtp_protect_address
 from rtp.twcc_sender import TransportSequencer
 from trio_sfu import native
 from trio_sfu.native import NativeSendTarget, packed_address
-from trio_sfu.forwarding.downtrack import _EFFECTIVE_TARGET_PERIOD, MAX_TEMPORAL, DownTrack, _ExtensionRewriter
+from trio_sfu.forwarding.downtrack import (_EFFECTIVE_TARGET_PERIOD, MAX_TEMPORAL, DownTrack, _ExtensionRewriter,
+                                            effective_layer)
 
 #: How often armed down tracks hand their state back (counters to the metrics, a new path).
 REFRESH = 0.5
+#: Target layers the compiled drop path answers a down track's look for (simulcast has 3; a
+#: group with a higher target leaves every look to write_rtp).
+MAX_TARGETS = 8
 
 
 class _Slot:
@@ -79,6 +83,9 @@ class _Slot:
         down._last_ts_at = st.last_ts_at
         down._last_pid = st.last_pid
         down._last_tl0 = st.last_tl0
+        if st.effective_checked_at > down._effective_checked_at:
+            # The drop path's looks (fp_drop_other_layer); a look write_rtp made since is newer.
+            down._effective_checked_at = st.effective_checked_at
         counters = down._counters
         counters.packets_sent += st.packets_sent
         counters.octets_sent += st.octets_sent
@@ -104,17 +111,43 @@ def _scratch(ffi: Any, slot: int, tracks: int) -> Any:
     return _SCRATCH[0]
 
 
+def _left_to_python(ffi: Any, status: Any, n: int) -> list[int]:
+    """The indices a compiled call marked FP_PYTHON (status is int8_t[n]), found by a bytes
+    search rather than a Python loop over all n: most calls leave none or a few."""
+    flags = ffi.buffer(status, n)[:]
+    out: list[int] = []
+    i = flags.find(_PYTHON_MARK)
+    while i >= 0:
+        out.append(i)
+        i = flags.find(_PYTHON_MARK, i + 1)
+    return out
+
+
+#: FP_PYTHON as a status octet (set from the extension when it loads; the value is fanout.h's).
+_PYTHON_MARK = bytes((native.compiled.lib.FP_PYTHON,)) if native.compiled is not None else b"\x01"
+
+
 class _Group:
     """A fan-out's down tracks as one layer's packets meet them: armed on that layer (the
     compiled forward), armed on another (the compiled drop), not armed (Python). Holds the
     slots, so the structs the pointer arrays point at live as long as the group."""
 
-    __slots__ = ("here", "elsewhere", "python", "here_pointers", "elsewhere_pointers", "_slots")
+    __slots__ = ("here", "elsewhere", "python", "here_pointers", "elsewhere_pointers", "_slots", "source",
+                 "targets")
 
     def __init__(self, ffi: Any, here: list[DownTrack], elsewhere: list[DownTrack], python: list[Any]) -> None:
         self.here = here
         self.elsewhere = elsewhere
         self.python = python
+        # For the drop path's looks: the one source the tracks armed elsewhere forward from, and
+        # the targets 0..highest of theirs to answer for (None, range(0): every look to Python).
+        sources = {id(d._source) for d in elsewhere}
+        highest = max((d.target_layer for d in elsewhere if d.target_layer is not None), default=-1)
+        if len(sources) == 1 and 0 <= highest < MAX_TARGETS:
+            self.source: Any = elsewhere[0]._source
+            self.targets = range(highest + 1)
+        else:
+            self.source, self.targets = None, range(0)
         self._slots = [d._native_slot for d in here + elsewhere]
         self.here_pointers = ffi.new("fp_track *[]", [d._native_slot.struct for d in here])  # type: ignore[union-attr]
         self.elsewhere_pointers = ffi.new("fp_track *[]",
@@ -143,6 +176,8 @@ class Fanout:
         self._scratch: Any = None
         self._status: Any = None
         self._capacity = 0
+        # The drop path's answers, by target layer (fp_drop_other_layer's effective_for).
+        self._effective_for: Any = self._ffi.new("int8_t[]", MAX_TARGETS) if self._ffi is not None else None
         self.compiled_packets = 0  # forwarded (or failed to send) by the compiled path
 
     @property
@@ -197,29 +232,35 @@ class Fanout:
                                            layout.added, now, group.here_pointers, n, self._scratch, status)
         self.compiled_packets += handled
         if handled != n:
-            for i in range(n):
-                if status[i] == python:
-                    downs[i].write_rtp(layer, packet, now)  # takes its state back first
+            for i in _left_to_python(self._ffi, status, n):
+                downs[i].write_rtp(layer, packet, now)  # takes its state back first
 
     def _drop_compiled(self, group: "_Group", layer: int, packet: bytes, now: float) -> None:
         """Down tracks armed on another layer drop this packet as write_rtp would (counted), in
-        C, unless it is time for them to look at which layers arrive, or this one is nearer
-        their target: then write_rtp decides, and what it decided is copied back."""
+        C, their periodic look at which layers arrive included (`effective_layer`, asked once
+        per target here for all of them); a look that changes a track's fallback, or a layer
+        nearer its target, goes to write_rtp, and what it decided is copied back."""
         downs = group.elsewhere
         n = len(downs)
         status = self._status
-        handled = self._lib.fp_drop_other_layer(layer, now, _EFFECTIVE_TARGET_PERIOD, group.elsewhere_pointers, n,
-                                                 status)
+        effective_for = self._effective_for
+        source = group.source
+        targets = 0
+        if source is not None:
+            targets = len(group.targets)
+            for target in group.targets:
+                answer = effective_layer(source, target, now)
+                effective_for[target] = answer if 0 <= answer <= 127 else -1  # -1: write_rtp looks
+        handled = self._lib.fp_drop_other_layer(layer, now, _EFFECTIVE_TARGET_PERIOD, effective_for, targets,
+                                                 group.elsewhere_pointers, n, status)
         if handled != n:
-            python = self._lib.FP_PYTHON
-            for i in range(n):
-                if status[i] == python:
-                    down = downs[i]
-                    down.write_rtp(layer, packet, now)
-                    slot = down._native_slot
-                    if slot is not None:  # still armed: it only looked (a switch takes the state back)
-                        slot.struct.effective_target = down._effective_target
-                        slot.struct.effective_checked_at = down._effective_checked_at
+            for i in _left_to_python(self._ffi, status, n):
+                down = downs[i]
+                down.write_rtp(layer, packet, now)
+                slot = down._native_slot
+                if slot is not None:  # still armed: it only looked (a switch takes the state back)
+                    slot.struct.effective_target = down._effective_target
+                    slot.struct.effective_checked_at = down._effective_checked_at
 
     def refresh(self) -> None:
         """Counts to the down tracks (and through their downlinks to the metrics); a track

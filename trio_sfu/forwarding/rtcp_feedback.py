@@ -6,6 +6,7 @@ messages go out alone; reports always carry an SDES CNAME (RFC 3550 §6.1).
 
 from __future__ import annotations
 
+import functools
 from typing import Iterable, Sequence
 
 import attrs
@@ -51,6 +52,13 @@ def _sdes(ssrc: int, cname: str) -> Sdes:
     return Sdes([SdesChunk(ssrc, [(SdesItemType.CNAME, cname.encode()[:255])])])
 
 
+@functools.lru_cache(maxsize=4096)
+def _sdes_octets(ssrc: int, cname: str) -> bytes:
+    """The SDES packet every report of `ssrc` ends with (the same each time: made once; every
+    subscriber's down track sends a sender report a second)."""
+    return _sdes(ssrc, cname).serialize()
+
+
 def build_receiver_report(sender_ssrc: int, blocks: Sequence[ReportBlock], cname: str) -> bytes:
     """RR(s)+SDES; more than 31 blocks spill into further RRs of the same compound."""
     reports = [
@@ -78,7 +86,7 @@ def build_sender_report(
         octet_count & 0xFFFFFFFF,
         list(blocks[:_MAX_BLOCKS]),
     )
-    return serialize_rtcp([sr, _sdes(ssrc, cname)])
+    return sr.serialize() + _sdes_octets(ssrc, cname)
 
 
 def build_nack(sender_ssrc: int, media_ssrc: int, lost: Iterable[int]) -> bytes:

@@ -137,8 +137,13 @@ class ParticipantMedia:
                 # (ICE, DTLS, SCTP, transport-cc feedback), then the RTCP the forwarding
                 # objects owe.
                 # Last, the room's reports (speakers, connection quality), which every member's
-                # loop serves and the first one past their time makes.
-                await self.timers.run((self.transports, self.publishing, self.subscribing, self.room_media.reports))
+                # loop serves and the first one past their time makes; only the room's
+                # timekeeper's loop is woken for their times (room_reports.ReportsTimer).
+                reports = self.room_media.reports.timer(self.timers.wake_by)
+                try:
+                    await self.timers.run((self.transports, self.publishing, self.subscribing, reports))
+                finally:
+                    reports.close()
         finally:
             self.close()
 

@@ -163,7 +163,7 @@ class RoomMedia:
         # Track ids unpublished for good (no resume): nobody wants them any more. Track sids are
         # never reused by a new publication, so this only grows with the room's publications.
         self.withdrawn: set[str] = set()
-        # Speakers and connection quality: a timer part of every member's loop.
+        # Speakers and connection quality: a timer part of every member's loop (reports.timer).
         self.reports = RoomReports(self.sessions, service.metrics, service.audio_levels)
 
     @property

@@ -128,6 +128,9 @@ class ParticipantSubscriber(SubscriberEndpoint):
         if not down.disabled:
             source.receiver.request_keyframe(down.target_layer, now)
         owner.wake_by(down.next_deadline())
+        bandwidth = owner.bandwidth
+        if bandwidth is not None and down.mime_type.startswith("video/"):
+            bandwidth.video_track_added(now)  # probes pad beside video: an audio-only downlink waits for one
         # One more track shares the subscriber's downlink (and counts in its publisher's dynacast).
         owner.reallocate(now)
 
@@ -617,8 +620,12 @@ class SubscriberMedia:
                 self._take_estimate(bandwidth.estimate_bps, now)  # the probe is over
             elif self.congestion_control and bandwidth.settled and self.allocator.available is None:
                 self._take_estimate(bandwidth.estimate_bps, now)  # the first estimate that counts
-        for down in self.down_tracks():
-            down.poll_rtcp(now)
+        downs = self.down_tracks()
+        # One report due brings the others due within half an interval along (DownTrack.poll_rtcp):
+        # the subscriber's reports fall onto one timer wake-up rather than one per down track.
+        coalesce = len(downs) > 1 and any(down.sender_report_due(now) for down in downs)
+        for down in downs:
+            down.poll_rtcp(now, coalesce)
         due = self.allocator.next_deadline()
         if (due is not None and due <= now) or (
                 self.allocator.budget is not None and now - self._allocated_at >= REALLOCATE_INTERVAL):

@@ -274,18 +274,28 @@ int fp_forward(const uint8_t *pkt, int len, int pay_start, int pay_end,
 }
 
 /* DownTrack.write_rtp's first test for a track armed on another layer than `layer`: the packet
- * is dropped and counted unless its 0.1 s look at which layers arrive is due, or `layer` is
- * nearer the target than the fallback it forwards (then FP_PYTHON: write_rtp decides). */
-int fp_drop_other_layer(int layer, double now, double period, fp_track **tracks, int n, int8_t *status)
+ * is dropped and counted. When its 0.1 s look at which layers arrive is due (or `layer` is
+ * nearer the target than the fallback it forwards), the look is the one write_rtp would make:
+ * `effective_for[target]` is what downtrack.effective_layer answers for that target at `now`
+ * (-1: not known here). A look that finds the fallback unchanged is recorded and the packet
+ * dropped here; a look that changes it (a keyframe to ask for, maybe this very layer) and a
+ * target without an answer are FP_PYTHON: write_rtp decides. */
+int fp_drop_other_layer(int layer, double now, double period, const int8_t *effective_for, int targets,
+                        fp_track **tracks, int n, int8_t *status)
 {
     int handled = 0;
     for (int i = 0; i < n; i++) {
         fp_track *t = tracks[i];
         int effective = t->effective_target, target = t->target_layer;
         status[i] = FP_PYTHON;
-        if (!t->armed || layer == effective || now - t->effective_checked_at >= period
-            || (effective < layer && layer <= target) || (target <= layer && layer < effective))
+        if (!t->armed || layer == effective)
             continue;
+        if (now - t->effective_checked_at >= period || (effective < layer && layer <= target)
+            || (target <= layer && layer < effective)) {
+            if (target < 0 || target >= targets || effective_for[target] != effective)
+                continue;
+            t->effective_checked_at = now;
+        }
         t->dropped_other_layer += 1;
         status[i] = FP_SENT;
         handled++;

@@ -67,7 +67,8 @@ int fp_forward(const uint8_t *pkt, int len, int pay_start, int pay_end,
                const uint8_t *region, int region_len, int region_start, int region_end,
                int set_extension_bit, int tw_at, int tw_added,
                double now, fp_track **tracks, int n, uint8_t *scratch, int8_t *status);
-int fp_drop_other_layer(int layer, double now, double period, fp_track **tracks, int n, int8_t *status);
+int fp_drop_other_layer(int layer, double now, double period, const int8_t *effective_for, int targets,
+                        fp_track **tracks, int n, int8_t *status);
 int fp_set_address(fp_track *t, int family, const uint8_t *packed, int port);
 /* cffi cdef: end */
 
