@@ -13,7 +13,7 @@ import json
 import sys
 
 import pytest
-from e2e_harness import E2E_DIR, Client, run_impaired_sfu
+from e2e_harness import E2E_DIR, Client, downstream_losses, run_impaired_sfu, udp_counters
 
 pytestmark = pytest.mark.slow
 
@@ -38,6 +38,7 @@ def test_sdk_simulcast_keeps_its_frame_rate_under_impairment(netns, tmp_path, li
     impaired = run_impaired_sfu(netns, tmp_path, to_server=link, to_client=link)
     world = next(impaired)
     try:
+        udp_before = udp_counters(netns)
         argv = netns.wrap([sys.executable, str(E2E_DIR / "simulcast_fps_scenario.py"), "--url", world.sfu.ws_url,
                            "--simulcast", "1"])
         client = Client("simulcast-fps", argv, tmp_path / "fps.log")
@@ -46,6 +47,7 @@ def test_sdk_simulcast_keeps_its_frame_rate_under_impairment(netns, tmp_path, li
         finally:
             client.finish()
         proxy = world.proxy_counters()
+        udp = udp_counters(netns)
         context = f"{client.log_tail()}\n{world.sfu.log_tail()}"
         assert done is not None, f"no summary\n{context}"
         summary = done["summary"]
@@ -53,7 +55,11 @@ def test_sdk_simulcast_keeps_its_frame_rate_under_impairment(netns, tmp_path, li
                                      "by_width": {p: summary.get(p, {}).get("by_width") for p in ("alice", "bob")},
                                      "sdk_stats": {p: {k: summary.get(p, {}).get(k) for k in ("sent", "received")}
                                                    for p in ("alice", "bob")},
-                                     "server": summary.get("server"), "proxy": proxy}))
+                                     "server": summary.get("server"), "proxy": proxy,
+                                     # what the subscribers' feedback reported lost, and the datagrams
+                                     # sockets in the namespace dropped for a full buffer meanwhile
+                                     "downstream": downstream_losses(world.sfu.log),
+                                     "udp": {k: udp[k] - udp_before.get(k, 0) for k in udp}}))
         assert "error" not in summary, f"{summary}\n{context}"
         # The proxy really impaired: every client link lost and reordered what it was told to.
         # (A client's candidate pairs that lost the ICE race leave links with a few checks only.)

@@ -14,7 +14,8 @@ import os
 import sys
 
 import pytest
-from e2e_harness import BROWSER_DIR, E2E_DIR, Client, browser_missing, run_impaired_sfu
+from e2e_harness import (BROWSER_DIR, E2E_DIR, Client, browser_missing, downstream_losses, run_impaired_sfu,
+                         udp_counters)
 from livekit import api
 
 from trio_sfu.config import DEV_API_KEY, DEV_API_SECRET
@@ -56,6 +57,7 @@ def test_browser_simulcast_keeps_its_frame_rate_under_impairment(netns, tmp_path
     impaired = run_impaired_sfu(netns, tmp_path, to_server=link, to_client=link)
     world = next(impaired)
     try:
+        udp_before = udp_counters(netns)
         tabs = ("tab-a", "tab-b")
         config = {
             "wsUrl": world.sfu.ws_url,
@@ -76,6 +78,7 @@ def test_browser_simulcast_keeps_its_frame_rate_under_impairment(netns, tmp_path
         finally:
             browser.finish()
         proxy = world.proxy_counters()
+        udp = udp_counters(netns)
         context = f"{browser.log_tail()}\n{world.sfu.log_tail()}"
         assert done is not None, f"no result from the browser driver\n{context}"
         checks = done["result"]["checks"]
@@ -89,7 +92,11 @@ def test_browser_simulcast_keeps_its_frame_rate_under_impairment(netns, tmp_path
         print("METRICS", json.dumps({"link": link, "browser_fps": fps, "outbound": outbound,
                                      "server": counters and counters["server"],
                                      "proxy": proxy and [{k: l[k] for k in ("to_server", "to_client")}
-                                                         for l in proxy["links"] if l["to_server"]["sent"] > 300]}))
+                                                         for l in proxy["links"] if l["to_server"]["sent"] > 300],
+                                     # what the subscribers' feedback reported lost, and the datagrams
+                                     # sockets in the namespace dropped for a full buffer meanwhile
+                                     "downstream": downstream_losses(world.sfu.log),
+                                     "udp": {k: udp[k] - udp_before.get(k, 0) for k in udp}}))
         media_links = [l for l in (proxy or {}).get("links", []) if l["to_server"]["sent"] > 300]
         assert len(media_links) >= 2 and all(l["to_client"]["reordered"] > 0 for l in media_links), proxy
         for tab in tabs:
