@@ -286,7 +286,7 @@ _KV = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)')
 
 
 def downstream_losses(log: Path) -> dict[str, dict]:
-    """Each subscriber's last downstream estimate line in the server's log, by identity: packets
+    """Each subscriber's last downstream estimate line in the server's log, by participant: packets
     its transport-wide feedback reported received (acked) and lost in their final state, losses
     taken back (recovered), the loss-based half's window and its cuts' result."""
     out: dict[str, dict] = {}
@@ -299,7 +299,7 @@ def downstream_losses(log: Path) -> dict[str, dict]:
             acked, lost = int(fields["acked"]), int(fields["lost"])
         except (KeyError, ValueError):
             continue
-        out[fields.get("identity", "?")] = {
+        out[fields.get("identity") or fields.get("participant", "?")] = {
             "acked": acked, "lost": lost, "recovered": fields.get("recovered"),
             "loss": round(lost / (acked + lost), 4) if acked + lost else None,
             "window_loss": fields.get("loss"), "bps": fields.get("bps"), "loss_based": fields.get("loss_based")}
