@@ -43,6 +43,7 @@ def test_backs_off_on_a_loss_burst_and_ramps_back_when_it_ends() -> None:
           f"loss seen {sim.estimator.loss_fraction:.2f}")
     assert during < 0.7 * before
     assert sim.estimator.loss_based_bps < sim.estimator.delay_based_bps  # it is the loss that cut it
+    assert sim.estimator.loss_cuts > 0
     sim.link.loss = 0.0
     sim.run_until(25.0)
     back = next(s.t for s in sim.trace if s.t > 12.0 and s.estimate >= 0.8 * MBIT)
@@ -341,3 +342,4 @@ def test_loss_read_through_rewinding_feedback_is_the_link_loss() -> None:
     mean = sum(readings) / len(readings)
     print(f"\nwindow loss: mean {mean:.3f}, {min(readings):.3f}-{max(readings):.3f}")
     assert 0.04 <= mean <= 0.055 and max(readings) < 0.1
+    assert est.loss_cuts == 0  # 5 % random loss is no congestion

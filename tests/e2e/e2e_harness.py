@@ -302,7 +302,8 @@ def downstream_losses(log: Path) -> dict[str, dict]:
         out[fields.get("identity") or fields.get("participant", "?")] = {
             "acked": acked, "lost": lost, "recovered": fields.get("recovered"),
             "loss": round(lost / (acked + lost), 4) if acked + lost else None,
-            "window_loss": fields.get("loss"), "bps": fields.get("bps"), "loss_based": fields.get("loss_based")}
+            "window_loss": fields.get("loss"), "loss_cuts": fields.get("loss_cuts"), "bps": fields.get("bps"),
+            "loss_based": fields.get("loss_based")}
     return out
 
 
