@@ -72,6 +72,17 @@ class RetransmissionBuffer:
             return None
         return self._packets[slot]
 
+    def holds(self, seq: int) -> bool:
+        """Whether the packet of ``seq`` is stored (a copy arriving now is a duplicate)."""
+        newest = self._newest
+        if newest is None:
+            return False
+        d = (seq - newest) & 0xFFFF
+        if d and d < _SEQ_HALF:
+            return False  # newer than anything stored: the common case, decided at once
+        ext = newest + d - (_SEQ_MOD if d else 0)
+        return newest - ext < self.capacity and self._extended[ext & self._mask] == ext
+
     def clear(self) -> None:
         self._packets = [None] * self.capacity
         self._extended = [-1] * self.capacity

@@ -43,6 +43,7 @@ def test_backs_off_on_a_loss_burst_and_ramps_back_when_it_ends() -> None:
           f"loss seen {sim.estimator.loss_fraction:.2f}")
     assert during < 0.7 * before
     assert sim.estimator.loss_based_bps < sim.estimator.delay_based_bps  # it is the loss that cut it
+    assert sim.estimator.loss_cuts > 0
     sim.link.loss = 0.0
     sim.run_until(25.0)
     back = next(s.t for s in sim.trace if s.t > 12.0 and s.estimate >= 0.8 * MBIT)
@@ -277,3 +278,68 @@ def test_a_startup_probe_whose_feedback_never_came_is_tried_again_soon() -> None
     est.probe_sent(retry.cluster_id, 10, 1.38)
     assert est.poll_probe(2.4) is None  # that one failed too: the retry waits its full interval
     assert est.poll_probe(3.0) is None
+
+
+def test_loss_read_through_rewinding_feedback_is_the_link_loss() -> None:
+    """The loss the estimator reads is the packets reported lost in their final state over the
+    packets reported, however a receiver re-reports: libwebrtc's reports each cover from where
+    the last stopped to the newest arrival, and a packet older than that start (overtaken by
+    jitter, so reported lost) moves the next report's start back to it: that report names it
+    received and names again everything after it, received or still lost. Through the real
+    sequencer and wire format: 1 packet in 20 lost, 1 in 25 late by a report."""
+    from rtp import rtcp
+    from rtp.bwe import BandwidthEstimator
+    from rtp.packet import RtpPacket
+    from rtp.twcc_sender import TransportSequencer
+
+    sequencer = TransportSequencer(3)
+    est = BandwidthEstimator(start_bps=2_000_000)
+    count, per_report = 1200, 12  # 240 packets a second, a report every 50 ms
+    lost = {s for s in range(count) if s % 20 == 7}
+    late = {s for s in range(count) if s % 25 == 3} - lost
+    arrival = {s: s / 240 + 0.02 for s in range(count) if s not in lost}
+    received: set[int] = set()
+    named_lost: set[int] = set()  # named lost in some report
+    readings: list[float] = []  # the loss-based half's window, after each report
+    start = 0  # the receiver's next report starts here
+    reports = 0
+    for end in range(per_report, count + 1, per_report):
+        for s in range(end - per_report, end):
+            sequencer.stamp(RtpPacket(payload_type=96, ssrc=1, payload=bytes(1000)).serialize(), s / 240)
+        # what arrived by now: the packets of this stretch but the late ones, and the late ones
+        # of the stretch before (they come after the report that named them lost)
+        newly = {s for s in range(end - per_report, end) if s in arrival and s not in late}
+        newly |= {s for s in range(end - 2 * per_report, end - per_report) if s in late}
+        if newly and min(newly) < start:
+            start = min(newly)  # a late one: the report starts (again) from it
+        received |= newly
+        newest = max(received)
+        packets = []
+        clock = int(arrival[min(s for s in received if s >= start)] * 1e6) // 64_000 * 64_000
+        reference = clock // 64_000
+        for s in range(start, newest + 1):
+            if s in received:
+                packets.append((s, True, int(arrival[s] * 1e6) - clock))
+                clock += packets[-1][2] // 250 * 250
+            else:
+                packets.append((s, False, None))
+                named_lost.add(s)
+        wire = rtcp.TransportCc.build(1, 1, reference, reports, packets).serialize()
+        reports += 1
+        start = newest + 1
+        [report] = rtcp.parse_rtcp(wire)
+        est.on_feedback(sequencer.on_feedback(report), end / 240 + 0.04)
+        if end > 120:
+            readings.append(est.loss_fraction)
+    counters = est.counters
+    reported = max(received) + 1
+    assert counters.packets_lost == len(lost & set(range(reported)))  # each loss once, none taken twice
+    assert named_lost & late and named_lost & lost
+    assert counters.packets_recovered == len(named_lost & late)  # each late one named lost, then taken back
+    assert counters.packets_acked == len(received)
+    # the window reads the link's 5 % (a loss joins it once later packets are reported: a little
+    # less in between); the late packets counted lost as well would read 9 %
+    mean = sum(readings) / len(readings)
+    print(f"\nwindow loss: mean {mean:.3f}, {min(readings):.3f}-{max(readings):.3f}")
+    assert 0.04 <= mean <= 0.055 and max(readings) < 0.1
+    assert est.loss_cuts == 0  # 5 % random loss is no congestion

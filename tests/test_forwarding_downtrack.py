@@ -155,7 +155,11 @@ def test_late_packet_before_a_closed_gap_uses_the_old_offset():
         receiver.receive_rtp(p, 0.0)
     # 104 closed in order after the reorder healed: 105 -> 104
     assert [p.sequence_number for p in _sent(wire)] == [100, 101, 103, 102, 104, 105]
-    receiver.receive_rtp(b[0], 0.1)  # a duplicate of 102 keeps its old number
+    # 102 again: the receiver holds it, so the copy goes nowhere (the subscriber's SRTP would
+    # discard it); given to the down track all the same, it keeps its old number
+    assert not receiver.receive_rtp(b[0], 0.1) and receiver.counters.dropped_duplicate == 1
+    assert len(_sent(wire)) == 6
+    assert down.write_rtp(0, b[0], 0.1)
     assert _sent(wire)[-1].sequence_number == 102
 
 

@@ -117,6 +117,39 @@ def test_rtx_from_publisher_restores_the_lost_packet_exactly():
     assert not receiver.receive_rtp(probe, 0.03) and receiver.counters.rtx_dropped == 1
 
 
+def test_a_copy_of_a_packet_already_held_is_dropped_not_forwarded_again():
+    """A publisher sends copies of packets we have: libwebrtc pads (probes, padding up to a
+    layer's minimum) with resends of recent packets on RTX, and a packet NACKed but late after
+    all comes twice. Forwarded, a copy leaves on the subscriber's SSRC with a seq it had, its SRTP
+    replay check discards it unseen, and its transport-wide seq is reported lost: the loss the
+    subscriber's estimate reads grows by the share of copies. Each seq goes down once; a real
+    repair (RTX of a packet that never came) still does."""
+    wire = Wire()
+    receiver, down = simulcast_pair(wire, target_layer=0)
+    q = three_layers()[0]
+    frames = q.frame(True) + q.frame(False) + q.frame(False)  # seqs 100..105
+    lost = frames[4]
+    for p in frames[:4] + frames[5:]:
+        assert receiver.receive_rtp(p, 0.0)
+
+    def rtx_of(packet: bytes, rtx_seq: int) -> bytes:
+        orig = RtpPacket.parse(packet)
+        return RtpPacket(payload_type=RTX_PT, sequence_number=rtx_seq, timestamp=orig.timestamp, ssrc=0x1119,
+                         marker=orig.marker, extensions={RID_EXT: b"q", RRID_EXT: b"q"},
+                         payload=orig.sequence_number.to_bytes(2, "big") + orig.payload).serialize()
+
+    assert not receiver.receive_rtp(rtx_of(frames[2], 1), 0.01)  # padding: a resend of what came
+    assert not receiver.receive_rtp(frames[3], 0.02)  # the same packet twice
+    assert receiver.receive_rtp(rtx_of(lost, 2), 0.03)  # a repair
+    assert not receiver.receive_rtp(rtx_of(lost, 3), 0.04)  # the repair answered twice
+    sent = [(RtpPacket.parse(p).ssrc, RtpPacket.parse(p).sequence_number) for p in wire.rtp]
+    assert sorted(sent) == [(down.ssrc, s) for s in range(100, 106)]  # each once
+    c = receiver.counters
+    assert (c.dropped_duplicate, c.rtx_duplicate, c.rtx_recovered) == (3, 2, 1)
+    assert down.counters.packets_sent == 6
+    assert receiver.missing(0) == []
+
+
 def test_receiver_reports_on_schedule_parsed_by_aiortc():
     aiortc_rtp = pytest.importorskip("aiortc.rtp", reason="aiortc parses our RR independently")
     wire = Wire()

@@ -74,6 +74,19 @@ def test_late_packet_within_window_is_kept_and_too_old_refused():
     assert buf.get(30) is None and buf.get(50) == b"a"
 
 
+def test_holds_says_which_seqs_a_copy_would_duplicate():
+    buf = RetransmissionBuffer(8)
+    assert not buf.holds(7)
+    for seq in (65534, 65535, 1):  # 0 lost
+        buf.put(seq, b"v")
+    assert buf.holds(65534) and buf.holds(65535) and buf.holds(1)
+    assert not buf.holds(0)  # a gap: the packet that fills it is no copy
+    assert not buf.holds(2) and not buf.holds(40000)  # newer than anything stored
+    assert not buf.holds(65530)  # older than the window
+    buf.clear()
+    assert not buf.holds(1)
+
+
 def test_large_forward_jump_forgets_everything():
     buf = RetransmissionBuffer(16)
     for seq in range(16):
@@ -116,3 +129,4 @@ def test_matches_reference_model(capacity, start, ops):
         q = newest + probe
         want = model.get(q) if newest - cap < q <= newest else None
         assert buf.get(q & 0xFFFF) == want
+        assert buf.holds(q & 0xFFFF) is (want is not None)

@@ -268,6 +268,11 @@ class BandwidthEstimator:
     def loss_fraction(self) -> float:
         return self._loss.loss
 
+    @property
+    def loss_cuts(self) -> int:
+        """How often the loss-based half cut the rate (a window lossier than chance allows)."""
+        return self._loss.decreases
+
     # ---- inside ---------------------------------------------------------------------------
 
     def _probe_result(self, measured: float, now: float) -> None:

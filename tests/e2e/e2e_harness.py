@@ -269,6 +269,44 @@ SERVER_BEHIND_PROXY = "198.18.0.2"
 IMPAIRED_MEDIA_PORT = 7882
 
 
+def udp_counters(netns: NetworkNamespace) -> dict[str, int]:
+    """The namespace's UDP counters (/proc/net/snmp is per network namespace): RcvbufErrors
+    counts the datagrams some socket in it (the proxy's, the server's, a client's) dropped for a
+    full receive buffer, a loss no impairment chose. Empty when they cannot be read."""
+    done = subprocess.run(netns.wrap(["cat", "/proc/net/snmp"]), capture_output=True, text=True, timeout=10)
+    rows = [line.split()[1:] for line in done.stdout.splitlines() if line.startswith("Udp:")]
+    if done.returncode != 0 or len(rows) < 2:
+        return {}
+    return {key: int(value) for key, value in zip(rows[0], rows[1])}
+
+
+#: What a subscriber's estimator logged (trio_sfu.media.subscribing: "downstream estimate" lines).
+_ESTIMATE_LINE = re.compile(r"downstream (?:estimate|bandwidth at close) .*")
+_KV = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)')
+
+
+def downstream_losses(log: Path) -> dict[str, dict]:
+    """Each subscriber's last downstream estimate line in the server's log, by participant: packets
+    its transport-wide feedback reported received (acked) and lost in their final state, losses
+    taken back (recovered), the loss-based half's window and its cuts' result."""
+    out: dict[str, dict] = {}
+    for line in log.read_text(errors="replace").splitlines():
+        match = _ESTIMATE_LINE.search(line)
+        if match is None:
+            continue
+        fields = {k: v.strip('"') for k, v in _KV.findall(match.group(0))}
+        try:
+            acked, lost = int(fields["acked"]), int(fields["lost"])
+        except (KeyError, ValueError):
+            continue
+        out[fields.get("identity") or fields.get("participant", "?")] = {
+            "acked": acked, "lost": lost, "recovered": fields.get("recovered"),
+            "loss": round(lost / (acked + lost), 4) if acked + lost else None,
+            "window_loss": fields.get("loss"), "loss_cuts": fields.get("loss_cuts"), "bps": fields.get("bps"),
+            "loss_based": fields.get("loss_based")}
+    return out
+
+
 @attrs.define
 class ImpairedSfu:
     sfu: SfuProcess

@@ -13,7 +13,7 @@ import json
 import sys
 
 import pytest
-from e2e_harness import E2E_DIR, Client, run_impaired_sfu
+from e2e_harness import E2E_DIR, Client, downstream_losses, run_impaired_sfu, udp_counters
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +26,9 @@ LOSS_AND_JITTER = "delay=0.02,jitter=0.005,loss=0.05"
 #: of 10 runs) and 19 of 20 peers decoded ≥ 25 fps (25.0–27.9, often within 0.3 of it); one run's
 #: subscriber started on the low layer (its startup probe gave no result; retried since) and
 #: decoded 24.4. What is left is two-hop repair: ~10 % of the subscribers' NACKs find the packet
-#: missing (lost upstream, not yet repaired).
+#: missing (lost upstream, not yet repaired). Three later runs: 26.9/28.0, 26.7/27.7, 27.1/26.4 fps,
+#: the subscribers' feedback reading 4.7-5.8 % loss for 4.7-5.3 % the proxy dropped, no layer
+#: switch (and no loss-based cut in the run that counted them).
 LOSS_NOT_MET = pytest.mark.xfail(reason="issue 15: ≥ 25 fps under 5 % loss + 20 ± 5 ms met in 19 of 20 peers (24.4–27.9)",
                                  strict=False)
 
@@ -38,6 +40,7 @@ def test_sdk_simulcast_keeps_its_frame_rate_under_impairment(netns, tmp_path, li
     impaired = run_impaired_sfu(netns, tmp_path, to_server=link, to_client=link)
     world = next(impaired)
     try:
+        udp_before = udp_counters(netns)
         argv = netns.wrap([sys.executable, str(E2E_DIR / "simulcast_fps_scenario.py"), "--url", world.sfu.ws_url,
                            "--simulcast", "1"])
         client = Client("simulcast-fps", argv, tmp_path / "fps.log")
@@ -46,6 +49,7 @@ def test_sdk_simulcast_keeps_its_frame_rate_under_impairment(netns, tmp_path, li
         finally:
             client.finish()
         proxy = world.proxy_counters()
+        udp = udp_counters(netns)
         context = f"{client.log_tail()}\n{world.sfu.log_tail()}"
         assert done is not None, f"no summary\n{context}"
         summary = done["summary"]
@@ -53,7 +57,11 @@ def test_sdk_simulcast_keeps_its_frame_rate_under_impairment(netns, tmp_path, li
                                      "by_width": {p: summary.get(p, {}).get("by_width") for p in ("alice", "bob")},
                                      "sdk_stats": {p: {k: summary.get(p, {}).get(k) for k in ("sent", "received")}
                                                    for p in ("alice", "bob")},
-                                     "server": summary.get("server"), "proxy": proxy}))
+                                     "server": summary.get("server"), "proxy": proxy,
+                                     # what the subscribers' feedback reported lost, and the datagrams
+                                     # sockets in the namespace dropped for a full buffer meanwhile
+                                     "downstream": downstream_losses(world.sfu.log),
+                                     "udp": {k: udp[k] - udp_before.get(k, 0) for k in udp}}))
         assert "error" not in summary, f"{summary}\n{context}"
         # The proxy really impaired: every client link lost and reordered what it was told to.
         # (A client's candidate pairs that lost the ICE race leave links with a few checks only.)

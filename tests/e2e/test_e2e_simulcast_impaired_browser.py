@@ -14,7 +14,8 @@ import os
 import sys
 
 import pytest
-from e2e_harness import BROWSER_DIR, E2E_DIR, Client, browser_missing, run_impaired_sfu
+from e2e_harness import (BROWSER_DIR, E2E_DIR, Client, browser_missing, downstream_losses, run_impaired_sfu,
+                         udp_counters)
 from livekit import api
 
 from trio_sfu.config import DEV_API_KEY, DEV_API_SECRET
@@ -42,10 +43,14 @@ def token(identity: str, room: str) -> str:
 
 #: Borderline (issue 15): with the estimator's fixes (rtp/bwe: no false over-use under jitter, loss
 #: judged beyond chance) seven runs decoded 21.6/24.1, 26.0/24.7, 22.3/24.8, 24.6/27.3, 23.3/27.6,
-#: 26.8/27.9, 26.6/21.1 fps of 30 under 5 % loss + 20 ± 5 ms. A Chromium subscriber's feedback reports more
-#: loss than the proxy drops (~7-8 % against 5 %, some 60-packet windows at 15-30 %), which
-#: still takes it to the low layer now and then (0-6 layer switches a run); not counted as
-#: passing until it is reliable.
+#: 26.8/27.9, 26.6/21.1 fps of 30 under 5 % loss + 20 ± 5 ms, 0-6 layer switches a run. Since
+#: copies of held packets are no longer forwarded (the receiver's dropped_duplicate) and with the
+#: estimator's loss counted in its final state, four runs decoded 25.4/28.8, 25.4/25.4,
+#: 27.7/27.8, 25.6/25.8: the subscribers' feedback read 4.5-5.7 % loss for 4.7-5.4 % the proxy
+#: dropped, and no layer switched (nor did the loss-based half cut, in the run that counted its
+#: cuts). What is left costs frames at keyframes: 4-10 PLIs from the subscribers a run (not
+#: traced yet; two-hop repair of packets lost upstream is the suspect). Not counted as passing
+#: until it is reliable.
 LOSS_NOT_MET = pytest.mark.xfail(reason="issue 15: ≥ 25 fps under 5 % loss + 20 ± 5 ms is borderline (21.1–27.9)",
                                  strict=False)
 
@@ -56,6 +61,7 @@ def test_browser_simulcast_keeps_its_frame_rate_under_impairment(netns, tmp_path
     impaired = run_impaired_sfu(netns, tmp_path, to_server=link, to_client=link)
     world = next(impaired)
     try:
+        udp_before = udp_counters(netns)
         tabs = ("tab-a", "tab-b")
         config = {
             "wsUrl": world.sfu.ws_url,
@@ -76,6 +82,7 @@ def test_browser_simulcast_keeps_its_frame_rate_under_impairment(netns, tmp_path
         finally:
             browser.finish()
         proxy = world.proxy_counters()
+        udp = udp_counters(netns)
         context = f"{browser.log_tail()}\n{world.sfu.log_tail()}"
         assert done is not None, f"no result from the browser driver\n{context}"
         checks = done["result"]["checks"]
@@ -89,7 +96,11 @@ def test_browser_simulcast_keeps_its_frame_rate_under_impairment(netns, tmp_path
         print("METRICS", json.dumps({"link": link, "browser_fps": fps, "outbound": outbound,
                                      "server": counters and counters["server"],
                                      "proxy": proxy and [{k: l[k] for k in ("to_server", "to_client")}
-                                                         for l in proxy["links"] if l["to_server"]["sent"] > 300]}))
+                                                         for l in proxy["links"] if l["to_server"]["sent"] > 300],
+                                     # what the subscribers' feedback reported lost, and the datagrams
+                                     # sockets in the namespace dropped for a full buffer meanwhile
+                                     "downstream": downstream_losses(world.sfu.log),
+                                     "udp": {k: udp[k] - udp_before.get(k, 0) for k in udp}}))
         media_links = [l for l in (proxy or {}).get("links", []) if l["to_server"]["sent"] > 300]
         assert len(media_links) >= 2 and all(l["to_client"]["reordered"] > 0 for l in media_links), proxy
         for tab in tabs:

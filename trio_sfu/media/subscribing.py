@@ -584,6 +584,7 @@ class SubscriberMedia:
                                 "delay_based": int(bandwidth.estimator.delay_based_bps),
                                 "loss_based": int(bandwidth.estimator.loss_based_bps),
                                 "loss": round(bandwidth.estimator.loss_fraction, 3),
+                                "loss_cuts": bandwidth.estimator.loss_cuts,
                                 "overuse": counters.overuse_signals, "overuse_ignored": counters.overuse_ignored,
                                 "stamped": bandwidth.sequencer.packets_stamped})
 
