@@ -91,6 +91,7 @@ class Recorder:
     def __init__(self) -> None:
         self.got: list[tuple[int, int]] = []
         self.wanted_layers = self.subscribed_layers = frozenset({0, 1})
+        self.wire: Wire | None = None  # the DownTrack's (to the subscriber)
 
     def write_rtp(self, layer: int, packet: bytes, now: float) -> bool:
         self.got.append((int.from_bytes(packet[8:12], "big"), (packet[2] << 8) | packet[3]))
@@ -101,6 +102,7 @@ def run(publisher: Publisher, seconds: int = 10, seed: int = 15):
     wire = Wire()
     receiver, down = simulcast_pair(wire, target_layer=1)
     recorder = Recorder()
+    recorder.wire = wire
     receiver.add_down_track(recorder)
     up, back = ImpairedLink(LINK, seed=seed), ImpairedLink(LINK, seed=seed + 1)
     events: list = []  # (when, order, kind, data)
@@ -245,3 +247,33 @@ def test_the_last_request_waits_its_round_trip_before_the_seq_is_given_up():
     for now in (0.4, 0.52, 0.64):
         assert tracker.due(now, 0.12) == [103]
     assert tracker.due(0.76, 0.12) == [] and tracker.given_up == 1  # no answer in time: given up
+
+
+def test_the_subscriber_sees_no_hole_where_padding_was_lost():
+    """Down tracks close a padding seq in their numbering only when the padding arrives; one
+    the receiver knows was lost padding is handed to them as a copy of the next, so the
+    subscriber's stream has no hole there (it NACKed each up to ten times, and the padding after
+    it in the burst too)."""
+    wire = Wire()
+    receiver, down = simulcast_pair(wire, target_layer=0)
+    q = three_layers()[0]
+
+    def padding() -> bytes:
+        pad = RtpPacket(payload_type=VP8_PT, sequence_number=q.seq & 0xFFFF, timestamp=(q.ts - 3000) & 0xFFFFFFFF,
+                        ssrc=q.ssrc, extensions={RID_EXT: encode_rid(q.rid)}, padding_size=200)
+        q.seq += 1
+        return pad.serialize()
+
+    for packet in q.frame(keyframe=True, packets=2):  # seqs 100, 101 (marker)
+        receiver.receive_rtp(packet, 0.0)
+    burst = [padding() for _ in range(4)]  # 102..105, 102 and 103 lost
+    for packet in burst[2:]:
+        receiver.receive_rtp(packet, 0.01)
+    for packet in q.frame(keyframe=False, packets=2):  # 106, 107
+        receiver.receive_rtp(packet, 0.033)
+    receiver.poll_rtcp(0.5)
+    assert receiver.missing(0) == [] and receiver.counters.nack_padding_skipped == 2
+    assert not any(isinstance(p, Nack) for data in wire.up_rtcp for p in parse_rtcp(data))
+    out = [RtpPacket.parse(p).sequence_number for p in wire.rtp]
+    assert len(out) == 4 and out[2:] == [(out[1] + 1) & 0xFFFF, (out[1] + 2) & 0xFFFF]  # no hole
+    assert down.counters.dropped_padding == 4

@@ -715,9 +715,14 @@ class TrackReceiver:
         timestamp = (packet[4] << 24) | (packet[5] << 16) | (packet[6] << 8) | packet[7]
         layer.stats.on_packet(seq, timestamp, now, len(packet))
         start, end = bounds
-        if self._nack_enabled and not layer.nack.on_packet(seq, now, timestamp, packet[1] & 0x80 != 0, start == end):
-            counters.nack_gaps_too_large += 1
-            self.request_keyframe(layer.index, now)
+        if self._nack_enabled:
+            nack = layer.nack
+            skipped = nack.padding_skipped
+            if not nack.on_packet(seq, now, timestamp, packet[1] & 0x80 != 0, start == end):
+                counters.nack_gaps_too_large += 1
+                self.request_keyframe(layer.index, now)
+            if start == end and nack.padding_skipped != skipped:
+                self._fill_padding_gap(layer, packet, bounds, nack.padding_skipped - skipped, now)
         counters.packets += 1
         counters.bytes += len(packet)
         layer.last_arrival = now
@@ -738,6 +743,18 @@ class TrackReceiver:
                 counters.keyframes += 1
         self._fanout.forward(layer.index, packet, bounds, now)
         return True
+
+    def _fill_padding_gap(self, layer: _Layer, padding: bytes, bounds: tuple[int, int], count: int, now: float) -> None:
+        """The `count` seqs before `padding` were padding too (NackTracker): hand the down tracks
+        a copy of it for each, in order, so that they close the gap as they close one for
+        padding that arrives (padding is never forwarded). Left open, each was a hole the
+        subscriber NACKed up to ten times in vain, and every padding after it in the burst
+        (down tracks close gaps in order only) another."""
+        seq = (padding[2] << 8) | padding[3]
+        filler = bytearray(padding)
+        for back in range(count, 0, -1):
+            filler[2:4] = ((seq - back) & 0xFFFF).to_bytes(2, "big")
+            self._fanout.forward(layer.index, bytes(filler), bounds, now)
 
     @property
     def fast_path(self) -> bool:
