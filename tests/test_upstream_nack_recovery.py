@@ -277,3 +277,27 @@ def test_the_subscriber_sees_no_hole_where_padding_was_lost():
     out = [RtpPacket.parse(p).sequence_number for p in wire.rtp]
     assert len(out) == 4 and out[2:] == [(out[1] + 1) & 0xFFFF, (out[1] + 2) & 0xFFFF]  # no hole
     assert down.counters.dropped_padding == 4
+
+
+def test_padding_that_overtakes_the_frames_end_takes_no_seq_from_the_subscriber():
+    """A jittery link reorders padding ahead of the frame it follows: the down track closes its
+    seqs once the packets before it came, instead of leaving holes."""
+    wire = Wire()
+    receiver, down = simulcast_pair(wire, target_layer=0)
+    q = three_layers()[0]
+    frame = q.frame(keyframe=True, packets=3)  # seqs 100..102 (marker)
+    burst = []
+    for _ in range(3):  # 103..105
+        burst.append(RtpPacket(payload_type=VP8_PT, sequence_number=q.seq & 0xFFFF,
+                               timestamp=(q.ts - 3000) & 0xFFFFFFFF, ssrc=q.ssrc,
+                               extensions={RID_EXT: encode_rid(q.rid)}, padding_size=200).serialize())
+        q.seq += 1
+    # 100, 101, then padding 105 and 103 overtake the marker 102; 104 comes last
+    for packet in (frame[0], frame[1], burst[2], burst[0], frame[2], burst[1]):
+        receiver.receive_rtp(packet, 0.0)
+    for packet in q.frame(keyframe=False, packets=2):  # 106, 107
+        receiver.receive_rtp(packet, 0.033)
+    out = [RtpPacket.parse(p).sequence_number for p in wire.rtp]
+    assert len(out) == 5 and [(s - out[0]) & 0xFFFF for s in out] == [0, 1, 2, 3, 4]  # no hole
+    assert down.counters.padding_closed_late == 2  # 103 and 105 waited
+    assert receiver.missing(0) == []  # and none was NACKed for long: all came
