@@ -301,3 +301,36 @@ def test_padding_that_overtakes_the_frames_end_takes_no_seq_from_the_subscriber(
     assert len(out) == 5 and [(s - out[0]) & 0xFFFF for s in out] == [0, 1, 2, 3, 4]  # no hole
     assert down.counters.padding_closed_late == 2  # 103 and 105 waited
     assert receiver.missing(0) == []  # and none was NACKed for long: all came
+
+
+def test_a_media_packet_given_up_asks_for_a_keyframe_and_lost_padding_does_not():
+    """A packet inside a frame that never came back leaves that frame and the ones after it
+    undecodable for every subscriber of the layer: the keyframe is asked for at once (each
+    subscriber would ask only after its own NACKs gave up). Padding after a frame's end that is
+    given up (the gap ended in media, so it was NACKed) asks for nothing."""
+    wire = Wire()
+    receiver, down = simulcast_pair(wire, target_layer=0)
+    receiver.rtt = 0.05
+    q = three_layers()[0]
+    frame = q.frame(keyframe=True, packets=3)  # 100..102
+    pad = RtpPacket(payload_type=VP8_PT, sequence_number=q.seq & 0xFFFF, timestamp=(q.ts - 3000) & 0xFFFFFFFF,
+                    ssrc=q.ssrc, extensions={RID_EXT: encode_rid(q.rid)}, padding_size=200).serialize()
+    q.seq += 1  # 103: padding, lost
+    following = q.frame(keyframe=False, packets=2)  # 104, 105
+    for packet in (frame[0], frame[2], *following):  # 101 (mid-frame) and 103 (padding) lost
+        receiver.receive_rtp(packet, 0.0)
+    assert pad and receiver.missing(0) == [101, 103]
+    now = 0.0
+    while receiver.missing(0):
+        receiver.poll_rtcp(now)
+        now += 0.01
+    counters = receiver.counters
+    assert counters.nack_seqs_given_up == 2 and counters.nack_media_given_up == 1
+    plis = _plis(wire)
+    assert plis == [q.ssrc]  # (the keyframe at 100 asked for none: its frame came first)
+    assert counters.keyframe_requests_sent == 1
+
+
+def _plis(wire: Wire) -> list[int]:
+    from rtp.rtcp import Pli
+    return [p.media_ssrc for data in wire.up_rtcp for p in parse_rtcp(data) if isinstance(p, Pli)]

@@ -128,6 +128,8 @@ class ReceiverCounters:
     keyframes: int = 0
     keyframe_requests_sent: int = 0
     keyframe_requests_limited: int = 0
+    # Of nack_seqs_given_up, packets known to be media (a keyframe is asked for: _after_given_up).
+    nack_media_given_up: int = 0
     rrs_sent: int = 0
 
 
@@ -168,7 +170,7 @@ class NackTracker:
     ``padding_skipped``; reordered padding too, which would have filled the gap by itself).
     """
 
-    __slots__ = ("max_tries", "max_gap", "max_age", "_unwrap", "_highest", "_missing", "given_up",
+    __slots__ = ("max_tries", "max_gap", "max_age", "_unwrap", "_highest", "_missing", "given_up", "last_given_up",
                  "reorder_delay", "reordered", "padding_skipped", "_highest_ts", "_ended_ts", "_ended_ext")
 
     def __init__(self, max_tries: int = 5, max_gap: int = 250, max_age: int = 1000) -> None:
@@ -180,6 +182,7 @@ class NackTracker:
         # extended seq -> [tries, last request time or None, detected at]; only losses allocate
         self._missing: dict[int, list] = {}
         self.given_up = 0
+        self.last_given_up: list[int] = []  # seqs the last `due` gave up after max_tries
         self.reorder_delay = 0.0  # seconds a new gap waits before its first NACK
         self.reordered = 0  # gaps filled before they were NACKed
         self.padding_skipped = 0  # sequence numbers not NACKed: padding after a frame's end
@@ -257,6 +260,7 @@ class NackTracker:
         if not self._missing:
             return []
         out = []
+        self.last_given_up.clear()
         highest = self._highest or 0
         wait = self.reorder_delay
         for ext in sorted(self._missing):
@@ -279,6 +283,7 @@ class NackTracker:
                     # the way, was not waited for, and the last try was wasted.
                     del self._missing[ext]
                     self.given_up += 1
+                    self.last_given_up.append(ext & 0xFFFF)
                     continue
                 entry[0] += 1
                 entry[1] = now
@@ -807,6 +812,22 @@ class TrackReceiver:
     def _nack_interval(self) -> float:
         return max(0.02, self.rtt * 1.2)
 
+    def _after_given_up(self, layer: _Layer, seqs: Sequence[int], now: float) -> None:
+        """Packets the publisher never resent: one that was media leaves its frame, and every
+        frame after it up to a keyframe, undecodable for all subscribers of the layer, so ask
+        for the keyframe now (rate-limited) rather than after each subscriber's own NACKs gave
+        up. Media, for sure, if the packet before it is held and did not end its frame; lost
+        padding (the publisher keeps none to resend) follows a frame's last packet."""
+        buffer = layer.buffer
+        media = 0
+        for seq in seqs:
+            before = buffer.get((seq - 1) & 0xFFFF)
+            if before is not None and not before[1] & 0x80:
+                media += 1
+        if media:
+            self.counters.nack_media_given_up += media
+            self.request_keyframe(layer.index, now)
+
     def next_deadline(self) -> Optional[float]:
         if self.state is not ReceiverState.OPEN:
             return None
@@ -834,6 +855,8 @@ class TrackReceiver:
                 before = layer.nack.given_up
                 due = layer.nack.due(now, interval)
                 counters.nack_seqs_given_up += layer.nack.given_up - before
+                if layer.nack.last_given_up:
+                    self._after_given_up(layer, layer.nack.last_given_up, now)
                 if due:
                     counters.nacks_sent += 1
                     counters.nack_seqs_requested += len(due)
