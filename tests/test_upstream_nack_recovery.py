@@ -334,3 +334,21 @@ def test_a_media_packet_given_up_asks_for_a_keyframe_and_lost_padding_does_not()
 def _plis(wire: Wire) -> list[int]:
     from rtp.rtcp import Pli
     return [p.media_ssrc for data in wire.up_rtcp for p in parse_rtcp(data) if isinstance(p, Pli)]
+
+
+def test_a_seq_given_up_asks_for_one_keyframe_not_one_per_poll():
+    tracker = NackTracker(max_tries=1)
+    tracker.on_packet(100, 0.0)
+    tracker.on_packet(102, 0.0)
+    assert tracker.due(0.0, 0.1) == [101]
+    assert tracker.due(0.1, 0.1) == [] and tracker.last_given_up == [101]
+    assert tracker.due(0.2, 0.1) == [] and tracker.last_given_up == []  # told once
+
+
+def test_a_padding_gap_too_wide_is_no_padding_gap():
+    """A gap wider than max_gap is not taken for padding (each skipped seq is handed on to the
+    down tracks): it asks for a keyframe, as any gap that wide."""
+    tracker = NackTracker(max_gap=250)
+    tracker.on_packet(10, 0.0, 1000, True, False)
+    assert not tracker.on_packet(10 + 300, 0.0, 1000, False, True)
+    assert tracker.padding_skipped == 0

@@ -215,7 +215,7 @@ class NackTracker:
             gap = ext - highest - 1
             if not gap:
                 return True
-            if padding and timestamp is not None and timestamp == highest_ts == self._ended_ts:
+            if padding and gap <= self.max_gap and timestamp is not None and timestamp == highest_ts == self._ended_ts:
                 # The newest packet was frame T's last or padding after it (a packet of T after
                 # its marker can be nothing else), and this padding carries T: no new frame
                 # started in between, so the gap is padding too.
@@ -257,10 +257,10 @@ class NackTracker:
 
     def due(self, now: float, interval: float) -> list[int]:
         """Sequence numbers to NACK now; bumps their try count."""
+        self.last_given_up.clear()
         if not self._missing:
             return []
         out = []
-        self.last_given_up.clear()
         highest = self._highest or 0
         wait = self.reorder_delay
         for ext in sorted(self._missing):
