@@ -352,6 +352,8 @@ class DownTrackCounters:
     dropped_other_layer: int = 0
     dropped_waiting_keyframe: int = 0
     dropped_padding: int = 0
+    # Padding that overtook packets before it, its seq closed once they came (padding_closed_late).
+    padding_closed_late: int = 0
     dropped_unknown_payload_type: int = 0
     dropped_too_old: int = 0
     dropped_malformed: int = 0
@@ -374,6 +376,8 @@ class DownTrackCounters:
 
 
 _MAX_OFFSET_CHANGES = 64
+#: Padding seqs remembered ahead of the newest in order (one burst's worth, and then some).
+_MAX_PADDING_AHEAD = 32
 _NEG_INF = float("-inf")
 #: How often the layer actually forwarded is re-derived from the target and what is arriving.
 _EFFECTIVE_TARGET_PERIOD = 0.1
@@ -489,6 +493,8 @@ class DownTrack:
         self._offset = 0
         # (first extended input seq, seq offset, picture id offset) — the offsets late packets need.
         self._offset_changes: list[tuple[int, int, int]] = []
+        # Extended input seqs of padding that came ahead of packets before it (_early_padding).
+        self._padding_ahead: set[int] = set()
         self._ts_offset = 0
         self._pid_offset = 0
         self._tl0_offset = 0
@@ -699,6 +705,8 @@ class DownTrack:
                 counters.dropped_unknown_payload_type += 1
             else:
                 counters.dropped_padding += 1
+                if in_ext > self._highest_in + 1:
+                    self._early_padding(in_ext)
             self._close_gap(in_ext, -1)
             return False
         if self._temporal_filtering:
@@ -711,6 +719,8 @@ class DownTrack:
             self._highest_in = in_ext
             offset = self._offset
             pid_offset = self._pid_offset
+            if self._padding_ahead:
+                self._close_padding_ahead()
         else:
             offsets = self._offset_for(in_ext)
             if offsets is None:
@@ -808,6 +818,12 @@ class DownTrack:
         no picture id. Out of order its number stays a gap, as a loss would."""
         if in_ext != self._highest_in + 1:
             return
+        self._take_no_seq(in_ext, picture_id)
+        if self._padding_ahead:
+            self._close_padding_ahead()
+
+    def _take_no_seq(self, in_ext: int, picture_id: int) -> None:
+        """`_close_gap` for the next seq in order."""
         self._highest_in = in_ext
         self._offset += 1
         if picture_id >= 0 and picture_id != self._temporal_dropped_pid:
@@ -816,6 +832,26 @@ class DownTrack:
         self._offset_changes.append((in_ext + 1, self._offset, self._pid_offset))
         if len(self._offset_changes) > _MAX_OFFSET_CHANGES:
             del self._offset_changes[0]
+
+    def _early_padding(self, in_ext: int) -> None:
+        """Padding that overtook packets before it (a jittery link reorders a burst of padding
+        and the frame it follows): its seq is closed once those came, as if it came in order.
+        Dropped outright, it was a hole in the subscriber's stream (NACKed in vain, counted
+        lost) whenever it overtook anything."""
+        ahead = self._padding_ahead
+        if len(ahead) >= _MAX_PADDING_AHEAD:
+            ahead.discard(min(ahead))
+        ahead.add(in_ext)
+
+    def _close_padding_ahead(self) -> None:
+        """Close the padding seqs remembered ahead that now follow the newest in order."""
+        ahead = self._padding_ahead
+        while self._highest_in + 1 in ahead:
+            ahead.discard(self._highest_in + 1)
+            self._counters.padding_closed_late += 1
+            self._take_no_seq(self._highest_in + 1, -1)
+        if ahead and min(ahead) <= self._highest_in:
+            ahead.difference_update([e for e in ahead if e <= self._highest_in])
 
     def _temporal_admits(self, packet: bytes, bounds: tuple[int, int], in_ext: int, switched: bool) -> bool:
         """Whether a VP8 packet's temporal layer is forwarded; moves the layer in force toward
@@ -951,6 +987,7 @@ class DownTrack:
                 if desc.tl0picidx is not None and self._last_tl0 >= 0:
                     self._tl0_offset = (self._last_tl0 + 1 - desc.tl0picidx) & 0xFF
         self._offset_changes = [(in_ext, self._offset, self._pid_offset)]
+        self._padding_ahead.clear()
         self._temporal_dropped_pid = -1
 
     # --- RTCP from the subscriber ---

@@ -208,7 +208,8 @@ class Fanout:
             self._drop_compiled(group, layer, packet, now)
         for down in group.python:
             if (down.write_rtp(layer, packet, now) and type(down) is DownTrack and down._native_slot is None
-                    and now >= down._native_retry_at):
+                    and now >= down._native_retry_at and not down._padding_ahead):
+                # (not while padding waits ahead: the compiled path would number over its seq)
                 if not self._arm(down, layer):
                     down._native_retry_at = now + REFRESH  # not in a state it can take: ask again later
 
