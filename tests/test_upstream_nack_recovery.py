@@ -22,7 +22,7 @@ from forwarding_streams import RID_EXT, RRID_EXT, RTX_PT, VP8_PT, Layer, Wire, s
 from rtp.header_extensions import encode_rid
 from rtp.packet import RtpPacket
 from rtp.rtcp import Nack, parse_rtcp
-from trio_sfu.forwarding.receiver import NackTracker
+from trio_sfu.forwarding.receiver import MAX_PADDING_FILL, NackTracker
 from trio_sfu.testing.impairment import ImpairedLink, Impairment
 
 FPS = 30
@@ -277,6 +277,36 @@ def test_the_subscriber_sees_no_hole_where_padding_was_lost():
     out = [RtpPacket.parse(p).sequence_number for p in wire.rtp]
     assert len(out) == 4 and out[2:] == [(out[1] + 1) & 0xFFFF, (out[1] + 2) & 0xFFFF]  # no hole
     assert down.counters.dropped_padding == 4
+
+
+def test_a_padding_gap_wider_than_the_fill_cap_stays_a_hole_and_is_counted():
+    """Each lost padding the receiver fills is a call into every down track: one packet after a
+    run of lost padding buys at most MAX_PADDING_FILL of them. A wider run (a publisher skipping
+    sequence numbers on purpose, or a long outage of padding) is not NACKed either, but stays a
+    hole in the subscriber's numbering, and is counted."""
+    wire = Wire()
+    receiver, down = simulcast_pair(wire, target_layer=0)
+    q = three_layers()[0]
+    width = MAX_PADDING_FILL + 8
+
+    def padding() -> bytes:
+        pad = RtpPacket(payload_type=VP8_PT, sequence_number=q.seq & 0xFFFF, timestamp=(q.ts - 3000) & 0xFFFFFFFF,
+                        ssrc=q.ssrc, extensions={RID_EXT: encode_rid(q.rid)}, padding_size=200)
+        q.seq += 1
+        return pad.serialize()
+
+    for packet in q.frame(keyframe=True, packets=2):
+        receiver.receive_rtp(packet, 0.0)
+    burst = [padding() for _ in range(width + 1)]  # all but the last lost
+    receiver.receive_rtp(burst[-1], 0.01)
+    for packet in q.frame(keyframe=False, packets=2):
+        receiver.receive_rtp(packet, 0.033)
+    receiver.poll_rtcp(0.5)
+    assert receiver.counters.nack_padding_skipped == width and receiver.missing(0) == []
+    assert receiver.counters.padding_gaps_not_filled == 1
+    out = [RtpPacket.parse(p).sequence_number for p in wire.rtp]
+    assert len(out) == 4 and out[2] != (out[1] + 1) & 0xFFFF  # the hole is the subscriber's
+    assert down.counters.dropped_padding == 1
 
 
 def test_padding_that_overtakes_the_frames_end_takes_no_seq_from_the_subscriber():

@@ -78,6 +78,11 @@ class _SsrcCapReached(Exception):
     """A new SSRC the track has no room for (`MAX_SSRCS_PER_TRACK`)."""
 
 
+#: The widest run of lost padding (NackTracker: known to be padding) handed to the down tracks as
+#: copies, so that they close it; libwebrtc's padding bursts lose a packet or two at a time.
+MAX_PADDING_FILL = 32
+
+
 @attrs.frozen
 class Reception:
     """A receiver's cumulative reception: packets expected and lost (RFC 3550 A.3), bytes
@@ -130,6 +135,8 @@ class ReceiverCounters:
     keyframe_requests_limited: int = 0
     # Of nack_seqs_given_up, packets known to be media (a keyframe is asked for: _after_given_up).
     nack_media_given_up: int = 0
+    # Padding gaps wider than MAX_PADDING_FILL, left as holes rather than filled (_receive_media).
+    padding_gaps_not_filled: int = 0
     rrs_sent: int = 0
 
 
@@ -727,7 +734,13 @@ class TrackReceiver:
                 counters.nack_gaps_too_large += 1
                 self.request_keyframe(layer.index, now)
             if start == end and nack.padding_skipped != skipped:
-                self._fill_padding_gap(layer, packet, bounds, nack.padding_skipped - skipped, now)
+                filled = nack.padding_skipped - skipped
+                if filled <= MAX_PADDING_FILL:
+                    self._fill_padding_gap(layer, packet, bounds, filled, now)
+                else:
+                    # Each copy is a call into every down track: a publisher must not buy
+                    # hundreds of them with one packet. A wider padding gap stays a hole.
+                    counters.padding_gaps_not_filled += 1
         counters.packets += 1
         counters.bytes += len(packet)
         layer.last_arrival = now
