@@ -6,10 +6,11 @@
  * path uses: pylibsrtp's), and one sendmmsg for the batch.
  *
  * Anything else (a switch, a late packet, padding, an unknown PT, a packet without the
- * transport-wide element, a VP8 packet above the track's temporal cap) leaves the track's state untouched and reports FP_PYTHON: the
- * caller hands that track the packet through the Python path. The per-track state lives in
- * fp_track (Python mirrors it on demand, trio_sfu.forwarding.fanout); the history rings and
- * the transport sequencer's rings and counts are the Python objects' own typed arrays. */
+ * transport-wide element, a VP8 packet above the track's temporal cap) leaves the track's
+ * state untouched and reports FP_PYTHON: the caller hands that track the packet through the
+ * Python path. The per-track state lives in fp_track (Python mirrors it on demand,
+ * trio_sfu.forwarding.fanout); the history rings and the transport sequencer's rings and
+ * counts are the Python objects' own typed arrays. */
 
 #define _GNU_SOURCE
 #include <errno.h>
