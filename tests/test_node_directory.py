@@ -396,8 +396,10 @@ async def test_after_redis_restarts_empty_a_peer_stays_listed_until_its_record_w
     # Redis came back empty: A writes itself back first, and B's record is missing until B's own
     # next heartbeat. Dropping B then would tear down a live relay link (a ~2 s media gap in the
     # cluster e2e test). A keeps B's last record, which ages out by its own timestamp.
-    a = make_directory(redis_server, "node-a", heartbeat_interval=0.2, expiry=4.0)
-    b = make_directory(redis_server, "node-b", heartbeat_interval=0.2, expiry=4.0)
+    # expiry 8 s: the restart and A's re-registration must fit inside it (4 s did not once, on a
+    # machine busy with the rest of the suite), and B's ageing out still fits the 15 s DEADLINE.
+    a = make_directory(redis_server, "node-a", heartbeat_interval=0.2, expiry=8.0)
+    b = make_directory(redis_server, "node-b", heartbeat_interval=0.2, expiry=8.0)
     async with running(a, b) as group:
         await heartbeats(a, b)
         group.kill(b)  # B stops heartbeating: it never writes itself back
