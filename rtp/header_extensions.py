@@ -22,6 +22,7 @@ TRANSPORT_CC_URI = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-
 DEPENDENCY_DESCRIPTOR_URI = (
     "https://aomediacodec.github.io/av1-rtp-spec/#dependency-descriptor-rtp-header-extension"
 )
+PLAYOUT_DELAY_URI = "http://www.webrtc.org/experiments/rtp-hdrext/playout-delay"
 
 #: abs-send-time wraps every 64 s (6 integer bits of seconds).
 ABS_SEND_TIME_PERIOD = 64.0
@@ -180,3 +181,30 @@ def encode_dependency_descriptor(descriptor: bytes) -> bytes:
     if len(descriptor) < DEPENDENCY_DESCRIPTOR_MIN_SIZE:
         raise ValueError("dependency descriptor shorter than its mandatory fields")
     return bytes(descriptor)
+
+
+# --- playout delay (http://www.webrtc.org/experiments/rtp-hdrext/playout-delay) -----------
+#
+# Three octets: the minimum and the maximum delay the receiver should render with, 12 bits
+# each, in units of 10 ms. libwebrtc keeps the last values it read until told otherwise, so a
+# sender that stops sending the element leaves the receiver where the last one put it.
+
+PLAYOUT_DELAY_UNIT_MS = 10
+#: The most the 12 bits hold (40.95 s); libwebrtc itself accepts a maximum of 10 s.
+PLAYOUT_DELAY_MAX_MS = 0xFFF * PLAYOUT_DELAY_UNIT_MS
+
+
+def encode_playout_delay(min_ms: int, max_ms: int) -> bytes:
+    """The element's value; `min_ms` ≤ `max_ms`, both rounded down to 10 ms."""
+    if not 0 <= min_ms <= max_ms <= PLAYOUT_DELAY_MAX_MS:
+        raise ValueError(f"playout delay {min_ms}..{max_ms} ms outside 0 ≤ min ≤ max ≤ {PLAYOUT_DELAY_MAX_MS}")
+    value = ((min_ms // PLAYOUT_DELAY_UNIT_MS) << 12) | (max_ms // PLAYOUT_DELAY_UNIT_MS)
+    return value.to_bytes(3, "big")
+
+
+def decode_playout_delay(value: Buffer) -> tuple[int, int]:
+    """(minimum, maximum) in milliseconds."""
+    if len(value) != 3:
+        raise HeaderExtensionParseError(f"playout delay needs 3 bytes, got {len(value)}")
+    raw = (value[0] << 16) | (value[1] << 8) | value[2]
+    return (raw >> 12) * PLAYOUT_DELAY_UNIT_MS, (raw & 0xFFF) * PLAYOUT_DELAY_UNIT_MS

@@ -33,6 +33,8 @@ EXT_DEPENDENCY_DESCRIPTOR = (
     "https://aomediacodec.github.io/av1-rtp-spec/#dependency-descriptor-rtp-header-extension"
 )
 EXT_VIDEO_ORIENTATION = "urn:3gpp:video-orientation"
+# The receiver's jitter buffer floor (trio_sfu.forwarding.playout_delay): we send it, never forward it.
+EXT_PLAYOUT_DELAY = "http://www.webrtc.org/experiments/rtp-hdrext/playout-delay"
 
 # What we accept in a client's publisher offer, per kind.
 PUBLISHER_EXTENSIONS: dict[MediaKind, frozenset[str]] = {
@@ -48,7 +50,7 @@ PUBLISHER_EXTENSIONS: dict[MediaKind, frozenset[str]] = {
 SUBSCRIBER_EXTENSIONS: dict[MediaKind, tuple[tuple[int, str], ...]] = {
     MediaKind.AUDIO: ((1, EXT_AUDIO_LEVEL), (3, EXT_TWCC)),
     MediaKind.VIDEO: ((2, EXT_ABS_SEND_TIME), (3, EXT_TWCC), (4, EXT_DEPENDENCY_DESCRIPTOR),
-                      (5, EXT_VIDEO_ORIENTATION)),
+                      (5, EXT_VIDEO_ORIENTATION), (6, EXT_PLAYOUT_DELAY)),
 }
 
 # RTCP feedback the SFU understands (RFC 4585 nack/pli, RFC 5104 fir, REMB, TWCC).

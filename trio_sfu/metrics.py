@@ -166,6 +166,10 @@ MEDIA_BWE_ESTIMATES_APPLIED = "media_bwe_estimates_applied_total"
 MEDIA_BWE_ESTIMATES_HELD_IN_PROBE = "media_bwe_estimates_held_in_probe_total"
 # Packets sent to a subscriber without our transport-wide seq (no room for the element).
 MEDIA_TWCC_UNSTAMPABLE = "media_twcc_unstampable_total"
+# Subscribers' jitter-buffer floors (trio_sfu.forwarding.playout_delay) raised for loss, lifted
+# once it went away.
+MEDIA_PLAYOUT_DELAY_RAISED = "media_playout_delay_raised_total"
+MEDIA_PLAYOUT_DELAY_LIFTED = "media_playout_delay_lifted_total"
 
 
 # Agent workers (trio_sfu.agents): registrations, the /agent protocol's refusals, and jobs.

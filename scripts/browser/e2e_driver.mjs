@@ -117,7 +117,11 @@ function snapshot(stats) {
     audioPackets: a.packetsReceived || 0, totalSamplesReceived: a.totalSamplesReceived || 0,
     totalAudioEnergy: a.totalAudioEnergy || 0, concealedSamples: a.concealedSamples || 0,
     headerAudioLevel: a.headerAudioLevel ?? null,
-    audioCodecs: a.codecs || [], videoCodecs: v.codecs || [] };
+    audioCodecs: a.codecs || [], videoCodecs: v.codecs || [],
+    // where video frames go (diagnostics the impaired runs print; absent keys read 0)
+    videoDiag: Object.fromEntries(['framesReceived', 'framesDropped', 'keyFramesDecoded', 'pliCount', 'firCount',
+      'nackCount', 'freezeCount', 'totalFreezesDuration', 'packetsLost', 'jitterBufferDelay',
+      'jitterBufferEmittedCount', 'jitterBufferTargetDelay'].map((k) => [k, v[k] || 0])) };
 }
 
 const started = Date.now();

@@ -88,14 +88,16 @@ def test_browser_simulcast_keeps_its_frame_rate_under_impairment(netns, tmp_path
         context = f"{browser.log_tail()}\n{world.sfu.log_tail()}"
         assert done is not None, f"no result from the browser driver\n{context}"
         checks = done["result"]["checks"]
-        fps = {}
+        fps, window_diag = {}, {}
         for tab, remote in (("tab-a", "tab-b"), ("tab-b", "tab-a")):
             check = checks[tab][remote]
             first, later = check.get("first"), check.get("later")
             if first and later and later["at"] > first["at"]:
                 fps[tab] = round((later["framesDecoded"] - first["framesDecoded"]) * 1000 / (later["at"] - first["at"]), 2)
+                window_diag[tab] = {k: round(later.get("videoDiag", {}).get(k, 0) - first.get("videoDiag", {}).get(k, 0), 3)
+                                    for k in later.get("videoDiag", {})}
         outbound = {t: done["result"]["statuses"].get(t, {}).get("outbound") for t in tabs}
-        print("METRICS", json.dumps({"link": link, "browser_fps": fps, "outbound": outbound,
+        print("METRICS", json.dumps({"link": link, "browser_fps": fps, "inbound_window": window_diag, "outbound": outbound,
                                      "server": counters and counters["server"],
                                      "proxy": proxy and [{k: l[k] for k in ("to_server", "to_client")}
                                                          for l in proxy["links"] if l["to_server"]["sent"] > 300],

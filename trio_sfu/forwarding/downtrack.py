@@ -33,6 +33,7 @@ from typing import Callable, Iterable, Mapping, NamedTuple, Optional, Protocol, 
 
 import attrs
 
+from rtp.header_extensions import encode_playout_delay
 from rtp.packet import rewrite_header
 from rtp.rtcp import Fir, Nack, Pli, ReceiverReport, Remb, ReportBlock, RtcpPacket, SenderReport, compact_ntp
 from rtp.seqnum import SequenceUnwrapper
@@ -221,13 +222,16 @@ class _ExtensionRewriter:
     across packets (mid/rid only) also hit a small by-content cache.
     """
 
-    __slots__ = ("id_map", "_last_packet", "_last_block", "_by_content", "_stamp_packet", "_stamp_ext_id", "_stamp",
-                 "_layouts")
+    __slots__ = ("id_map", "playout", "_last_packet", "_last_block", "_by_content", "_stamp_packet", "_stamp_ext_id",
+                 "_stamp", "_layouts")
 
     _CONTENT_CACHE_SIZE = 256
 
-    def __init__(self, id_map: Mapping[int, int]) -> None:
+    def __init__(self, id_map: Mapping[int, int], playout: Optional[tuple[int, bytes]] = None) -> None:
         self.id_map = dict(id_map)
+        # (subscriber's id, value) of a playout-delay element every numbered packet carries
+        # (`DownTrack.set_playout_delay`); down tracks share a rewriter only with equal ones.
+        self.playout = playout
         self._last_packet: Optional[bytes] = None
         # (start, end, rewritten block) for _last_packet; None when it has no sane block.
         self._last_block: Optional[tuple[int, int, bytes]] = None
@@ -306,7 +310,13 @@ class _ExtensionRewriter:
             if laid is None:
                 return None
             new, at = laid
-            cached = (new[12:], at - 12)
+            region = new[12:]
+            if self.playout is not None:
+                # After the other elements: where the transport-wide number sits does not move.
+                region = _with_element(region, *self.playout)
+                if region is None:
+                    return None
+            cached = (region, at - 12)
             if len(self._layouts) >= self._CONTENT_CACHE_SIZE:
                 self._layouts.clear()
             self._layouts[key] = cached
@@ -314,17 +324,38 @@ class _ExtensionRewriter:
         return StampLayout(pos, end, region, pos + at, not rewritten, len(region) != end - pos)
 
 
-#: Shared rewriters by id map (see _ExtensionRewriter); few distinct maps exist per node.
-_REWRITERS: dict[frozenset, _ExtensionRewriter] = {}
+def _with_element(block: bytes, ext_id: int, value: bytes) -> Optional[bytes]:
+    """`block` (a whole extension block, its 4-octet header included) with the element
+    `ext_id` = `value` appended after its elements (and their padding, which both forms allow
+    between elements); None when the block's form cannot carry it."""
+    if len(block) < 4:
+        return None
+    profile = (block[0] << 8) | block[1]
+    if profile == 0xBEDE and 1 <= ext_id <= 14 and 1 <= len(value) <= 16:
+        element = bytes(((ext_id << 4) | (len(value) - 1),)) + value
+    elif profile & 0xFFF0 == 0x1000 and 1 <= ext_id <= 255 and len(value) <= 255:
+        element = bytes((ext_id, len(value))) + value
+    else:
+        return None
+    element += bytes(-len(element) % 4)
+    words = ((block[2] << 8) | block[3]) + len(element) // 4
+    if words > 0xFFFF:
+        return None
+    return block[:2] + words.to_bytes(2, "big") + block[4:] + element
 
 
-def _shared_rewriter(id_map: Mapping[int, int]) -> _ExtensionRewriter:
-    key = frozenset(id_map.items())
+#: Shared rewriters by id map and playout element (see _ExtensionRewriter); few distinct ones
+#: exist per node.
+_REWRITERS: dict[tuple[frozenset, Optional[tuple[int, bytes]]], _ExtensionRewriter] = {}
+
+
+def _shared_rewriter(id_map: Mapping[int, int], playout: Optional[tuple[int, bytes]] = None) -> _ExtensionRewriter:
+    key = (frozenset(id_map.items()), playout)
     rewriter = _REWRITERS.get(key)
     if rewriter is None:
         if len(_REWRITERS) >= 1024:
             _REWRITERS.clear()
-        rewriter = _REWRITERS[key] = _ExtensionRewriter(id_map)
+        rewriter = _REWRITERS[key] = _ExtensionRewriter(id_map, playout)
     return rewriter
 
 
@@ -412,8 +443,12 @@ class DownTrack:
         extension_ids: Optional[Mapping[int, int]] = None,
         snapshot: Optional[DownTrackSnapshot] = None,
         numbered: Optional[NumberedDownlink] = None,
+        playout_delay_id: Optional[int] = None,
     ) -> None:
         self._source = source
+        # The subscriber's id for the playout-delay element, if it negotiated one.
+        self._playout_delay_id = playout_delay_id
+        self._playout_delay: Optional[tuple[int, int]] = None
         # Set: forwarded packets are numbered here, in place (see NumberedDownlink).
         self._numbered = numbered
         self.ssrc = ssrc
@@ -568,6 +603,31 @@ class DownTrack:
         """The temporal cap in force now (it follows the target at frame boundaries); None: none."""
         current = self._temporal_current
         return None if current >= MAX_TEMPORAL else current
+
+    @property
+    def playout_delay(self) -> Optional[tuple[int, int]]:
+        """(min, max) ms of the playout-delay element this track's packets carry; None: none."""
+        return self._playout_delay
+
+    def set_playout_delay(self, min_ms: int, max_ms: int) -> bool:
+        """Carry a playout-delay element (min_ms, max_ms) on every packet from now on, which
+        sets the floor of the subscriber's jitter buffer; False when this subscriber cannot be
+        told (it did not negotiate the element, or its packets are not numbered here, where
+        the element is put in). libwebrtc keeps the last values it read, so a floor is lifted
+        with (0, max), not by leaving the element out."""
+        rewriter = self._rewriter
+        numbered = self._numbered
+        if (rewriter is None or self._playout_delay_id is None or numbered is None
+                or numbered.transport_sequencer is None):
+            return False
+        if self._playout_delay == (min_ms, max_ms):
+            return True
+        value = encode_playout_delay(min_ms, max_ms)
+        if self._native_slot is not None:
+            self._pull_native()  # the compiled fan-out lays packets out with its rewriter's element
+        self._rewriter = _shared_rewriter(rewriter.id_map, (self._playout_delay_id, value))
+        self._playout_delay = (min_ms, max_ms)
+        return True
 
     def set_target_temporal(self, temporal: Optional[int]) -> None:
         """Forward VP8 frames of temporal layers up to `temporal` only (None: all); from the

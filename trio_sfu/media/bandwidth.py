@@ -38,6 +38,8 @@ from sdp.model import SessionDescription
 
 from trio_sfu import metrics as m
 from trio_sfu.forwarding import DownTrack
+from trio_sfu.forwarding.playout_delay import INTERVAL as PLAYOUT_INTERVAL
+from trio_sfu.forwarding.playout_delay import PlayoutDelayPolicy
 
 #: Padding packets: RTP header + at most 255 octets of RFC 3550 padding (libwebrtc pads with 224+).
 PADDING_PACKET_SIZE = 12 + 255
@@ -88,6 +90,8 @@ class SubscriberBandwidth:
         self.sequencer = TransportSequencer(ext_id)
         self.estimator = estimator if estimator is not None else BandwidthEstimator()
         self.on_estimate_changed: Optional[EstimateListener] = None
+        #: (floor ms, now) -> None: the playout-delay floor changed (for the owner's log).
+        self.on_playout_delay_changed: Optional[Callable[[int, float], None]] = None
         self._down_tracks = down_tracks
         self._metrics = metrics
         self._wake_by = wake_by
@@ -99,6 +103,11 @@ class SubscriberBandwidth:
         self._next_poll: Optional[float] = None
         self.probe_packets = 0
         self.probes_unsendable = 0  # clusters with no video track to pad on
+        # The floor of the subscriber's jitter buffer, from the loss its feedback reports; put in
+        # its video down tracks' packets once first raised (and from then on: lifting it is
+        # telling the receiver 0), looked at on the timer (`_update_playout_delay`).
+        self.playout = PlayoutDelayPolicy()
+        self._playout_swept_at = float("-inf")
 
     # ---- per packet (the subscriber endpoint's send path) -----------------------------------
 
@@ -179,6 +188,25 @@ class SubscriberBandwidth:
             changed = self.estimator.poll_estimate_changed()
             if changed is not None:
                 listener(changed, now)
+        self._update_playout_delay(now)
+
+    def _update_playout_delay(self, now: float) -> None:
+        """The policy's look at the feedback's counts; on a change, and every policy step for
+        down tracks added since, each video down track is given the floor."""
+        policy = self.playout
+        counters = self.estimator.counters
+        changed = policy.update(counters.packets_acked, counters.packets_lost, now)
+        if changed:
+            self._metrics.inc(m.MEDIA_PLAYOUT_DELAY_RAISED if policy.min_ms else m.MEDIA_PLAYOUT_DELAY_LIFTED)
+            if self.on_playout_delay_changed is not None:
+                self.on_playout_delay_changed(policy.min_ms, now)
+        elif not policy.raised or now - self._playout_swept_at < PLAYOUT_INTERVAL:
+            return
+        self._playout_swept_at = now
+        wanted = (policy.min_ms, policy.max_ms)
+        for down in self._down_tracks():
+            if down.playout_delay != wanted:
+                down.set_playout_delay(*wanted)
 
     def _probe_step(self, now: float) -> None:
         if self._cluster is not None:

@@ -534,10 +534,16 @@ class SubscriberMedia:
             return None
         self.bandwidth = SubscriberBandwidth(ext_id, self.down_tracks, metrics=self.metrics, wake_by=self.wake_by)
         self.bandwidth.on_estimate_changed = self._estimate_changed
+        self.bandwidth.on_playout_delay_changed = self._playout_delay_changed
         subscriber.stamper = self.bandwidth
         self._probe_goal = 0
         self._update_probe(trio.current_time())
         return self.bandwidth
+
+    def _playout_delay_changed(self, min_ms: int, now: float) -> None:
+        bandwidth = self.bandwidth
+        loss = round(bandwidth.estimator.loss_fraction, 3) if bandwidth is not None else None
+        self.log.info("playout delay floor", kv={"min_ms": min_ms, "loss": loss})
 
     def _estimate_changed(self, bps: int, now: float) -> None:
         """The estimate moved (called from the participant's timer, never per packet): the

@@ -24,7 +24,7 @@ from typing import Awaitable, Callable, Optional
 import attrs
 import trio
 
-from sdp.codecs import MediaKind, subscriber_codecs
+from sdp.codecs import EXT_PLAYOUT_DELAY, MediaKind, subscriber_codecs
 from sdp.errors import NegotiationError, TransceiverInvariantError
 from sdp.model import SessionDescription
 from sdp.negotiator import LocalParams, OutgoingTrack, SubscriberOffer, offered_receive_lines
@@ -289,9 +289,12 @@ class SubscriberEndpoint:
             raise NoCommonCodecError(track_id)
         rtx_pts = {c.apt: c.payload_type for c in negotiated if c.is_rtx and c.apt is not None}
         extension_ids = None
+        ours = {uri: ext_id for ext_id, uri in t.extensions.items()}
         if source.extensions is not None:
-            ours = {uri: ext_id for ext_id, uri in t.extensions.items()}
-            extension_ids = {pub: ours[uri] for pub, uri in source.extensions.items() if uri in ours}
+            # (The playout delay is ours to send: a publisher's would be forwarded to the
+            # subscriber's jitter buffer, so it is never mapped.)
+            extension_ids = {pub: ours[uri] for pub, uri in source.extensions.items()
+                             if uri in ours and uri != EXT_PLAYOUT_DELAY}
         primary = next(c for c in source.codecs if not c.is_rtx)
         down = DownTrack(
             source.receiver, ssrc=t.ssrc, payload_types=pt_map, clock_rate=primary.clock_rate,
@@ -300,6 +303,7 @@ class SubscriberEndpoint:
             target_layer=self.target_layer(source),
             rtx_ssrc=t.rtx_ssrc if rtx_pts else None, rtx_payload_types=rtx_pts,
             extension_ids=extension_ids, snapshot=binding.snapshot, numbered=self._numbered,
+            playout_delay_id=ours.get(EXT_PLAYOUT_DELAY) if source.kind is MediaKind.VIDEO else None,
         )
         binding.down = down
         first_subscriber = not source.receiver.down_tracks
