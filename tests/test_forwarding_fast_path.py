@@ -8,7 +8,8 @@ worlds, so equal output means equal input and state) and sending on a real UDP s
 socket of its own. The traffic: a VP8 simulcast track (three layers, rid) and an Opus track
 per subscriber, keyframes, reordering, loss, padding, publisher packets with and without the
 transport-wide element, layer switches, pauses, and NACKs answered with RTX; and the same with
-temporal layers (VP8 TIDs in libwebrtc's L1T3 pattern) under changing temporal caps.
+temporal layers (VP8 TIDs in libwebrtc's L1T3 pattern) under changing temporal caps, and with
+playout-delay floors raised and lifted (the element added to every numbered packet).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import socket
 import attrs
 import pytest
 
-from rtp.header_extensions import encode_rid
+from rtp.header_extensions import decode_playout_delay, encode_rid
 from rtp.packet import RtpPacket
 from rtp.rtcp import Nack
 from rtp.srtp import SrtpContext
@@ -39,6 +40,7 @@ SUB_TWCC = 5
 SUB_RID = 9
 OPUS_PT = 111
 EXT_MAP = {RID_EXT: SUB_RID, PUB_TWCC: SUB_TWCC}
+SUB_PLAYOUT = 7
 
 
 class Clock:
@@ -143,7 +145,7 @@ def make_world(fast: bool, subscribers: int, profile: SrtpProfile) -> World:
         v = DownTrack(video, ssrc=0xD000 + i, payload_types={VP8_PT: SUB_VP8_PT}, clock_rate=90000,
                       mime_type="video/VP8", send_rtp=downlink.send_rtp, send_rtcp=lambda b: True,
                       target_layer=i % 3, rtx_ssrc=0xE000 + i, rtx_payload_types={SUB_VP8_PT: SUB_RTX_PT},
-                      extension_ids=EXT_MAP, numbered=downlink)
+                      extension_ids=EXT_MAP, numbered=downlink, playout_delay_id=SUB_PLAYOUT)
         a = DownTrack(audio, ssrc=0xA000 + i, payload_types={OPUS_PT: OPUS_PT}, clock_rate=48000,
                       mime_type="audio/opus", send_rtp=downlink.send_rtp, send_rtcp=lambda b: True,
                       extension_ids=EXT_MAP, numbered=downlink)
@@ -158,12 +160,13 @@ def make_world(fast: bool, subscribers: int, profile: SrtpProfile) -> World:
 
 
 def traffic(seed: int, steps: int, subscribers: int, impaired: bool = True, temporal: bool = False,
-            outage: range = range(0)):
+            outage: range = range(0), playout: bool = False):
     """The publisher's packets and the subscribers' actions, as (now, action) in order;
     `impaired`: with loss and reordering on the way in, and random switches and NACKs;
     `temporal`: VP8 with three temporal layers, each subscriber starting under its own
     temporal cap, the caps changing now and then;
-    `outage`: the steps during which the publisher sends no top layer (as under congestion)."""
+    `outage`: the steps during which the publisher sends no top layer (as under congestion);
+    `playout`: every subscriber's floor raised at once, one lifted and raised again alone."""
     rng = random.Random(seed)
     if temporal:
         for i in range(subscribers):
@@ -219,6 +222,11 @@ def traffic(seed: int, steps: int, subscribers: int, impaired: bool = True, temp
             yield now, ("nack", rng.randrange(subscribers), rng.randrange(1, 30))
         if temporal and rng.random() < 0.04:
             yield now, ("temporal", rng.randrange(subscribers), rng.choice([0, 1, 1, 2, None]))
+        if playout and step == 60:
+            for i in range(subscribers):
+                yield now, ("playout", i, (120, 10_000))
+        if playout and step in (150, 220):
+            yield now, ("playout", 0, (0 if step == 150 else 200, 10_000))
 
 
 def run(world: World, events) -> None:
@@ -233,6 +241,8 @@ def run(world: World, events) -> None:
             world.videos[event[1]].set_target_layer(event[2], now)
         elif kind == "temporal":
             world.videos[event[1]].set_target_temporal(event[2])
+        elif kind == "playout":
+            assert world.videos[event[1]].set_playout_delay(*event[2])
         else:
             down = world.videos[event[1]]
             snap = down.snapshot()
@@ -260,11 +270,35 @@ def test_compiled_and_pure_fan_out_drop_the_same_temporal_layers(seed):
     assert fast.armed_capped > 20
 
 
-def _compare(seed: int, profile: SrtpProfile, temporal: bool) -> tuple[World, World]:
+@needs_compiled
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_compiled_and_pure_fan_out_carry_the_same_playout_delay(seed):
+    # (Unimpaired: no subscriber is paused meanwhile, so each sees every floor it is given.)
+    pure, fast = _compare(seed, SrtpProfile.AEAD_AES_128_GCM, temporal=False, playout=True, impaired=False)
+    # What the subscribers got says so: no element before the floor was raised, the floor on
+    # every packet after it, subscriber 0's own floors in its turn.
+    for i in range(len(fast.videos)):
+        floors = []
+        profile, size = SrtpProfile.AEAD_AES_128_GCM, SrtpProfile.AEAD_AES_128_GCM.key_length + \
+            SrtpProfile.AEAD_AES_128_GCM.salt_length
+        peer = SrtpContext(profile, bytes([i + 101]) * size, bytes([i + 1]) * size)  # a second reader
+        for datagram in fast.received[i]:
+            packet = RtpPacket.parse(peer.unprotect_rtp(datagram))
+            if packet.ssrc == fast.videos[i].ssrc:
+                value = packet.extensions.get(SUB_PLAYOUT)
+                floors.append(None if value is None else decode_playout_delay(value))
+        changes = [f for j, f in enumerate(floors) if j == 0 or f != floors[j - 1]]
+        expected = [None, (120, 10_000)] + ([(0, 10_000), (200, 10_000)] if i == 0 else [])
+        assert changes == expected, f"subscriber {i}"
+    assert fast.videos[0].playout_delay == (200, 10_000) and fast.videos[1].playout_delay == (120, 10_000)
+
+
+def _compare(seed: int, profile: SrtpProfile, temporal: bool, playout: bool = False,
+             impaired: bool = True) -> tuple[World, World]:
     subscribers = 6
     pure, fast = make_world(False, subscribers, profile), make_world(True, subscribers, profile)
     try:
-        events = list(traffic(seed, 300, subscribers, temporal=temporal))
+        events = list(traffic(seed, 300, subscribers, impaired=impaired, temporal=temporal, playout=playout))
         run(pure, events)
         for at in range(0, len(events), 50):
             run(fast, events[at:at + 50])
