@@ -139,11 +139,12 @@ def test_a_down_track_carries_its_floor_on_every_packet_once_given_one():
     assert [int.from_bytes(RtpPacket.parse(p).extensions[SUB_TWCC], "big") for p in wire.sent] == list(range(8))
 
 
-@pytest.mark.parametrize("why", ["not negotiated", "not numbered here", "no transport-wide numbers"])
+@pytest.mark.parametrize("why", ["not negotiated", "an id the one-byte form cannot carry", "not numbered here",
+                                 "no transport-wide numbers"])
 def test_a_subscriber_that_cannot_be_told_is_left_as_it_is(why):
     wire = NumberedWire(with_sequencer=why != "no transport-wide numbers")
-    receiver, down = _video(wire, playout_delay_id=None if why == "not negotiated" else SUB_PLAYOUT,
-                            numbered=why != "not numbered here")
+    ext_id = {"not negotiated": None, "an id the one-byte form cannot carry": 15}.get(why, SUB_PLAYOUT)
+    receiver, down = _video(wire, playout_delay_id=ext_id, numbered=why != "not numbered here")
     assert not down.set_playout_delay(120, 10_000) and down.playout_delay is None
     _frames(receiver, 0, 2)
     assert _floors(wire) == [None, None]

@@ -612,13 +612,15 @@ class DownTrack:
     def set_playout_delay(self, min_ms: int, max_ms: int) -> bool:
         """Carry a playout-delay element (min_ms, max_ms) on every packet from now on, which
         sets the floor of the subscriber's jitter buffer; False when this subscriber cannot be
-        told (it did not negotiate the element, or its packets are not numbered here, where
-        the element is put in). libwebrtc keeps the last values it read, so a floor is lifted
+        told (it did not negotiate the element with an id the one-byte form carries, or its
+        packets are not numbered here, where the element is put in). libwebrtc keeps the last values it read, so a floor is lifted
         with (0, max), not by leaving the element out."""
         rewriter = self._rewriter
         numbered = self._numbered
         if (rewriter is None or self._playout_delay_id is None or numbered is None
-                or numbered.transport_sequencer is None):
+                or numbered.transport_sequencer is None or not 1 <= self._playout_delay_id <= 14):
+            # (An id above 14 needs the two-byte form, which the publisher's one-byte blocks
+            # are not: every packet would go without the element and the fan-out's layout.)
             return False
         if self._playout_delay == (min_ms, max_ms):
             return True

@@ -8,7 +8,7 @@ lost on the subscriber's link is repaired one round trip later and one lost on t
 link two. Each repaired frame then comes after the time the receiver meant to render it:
 Chromium skips it or the frames it holds up (`framesDropped`), the `livekit` SDK's renderer
 drops all but the newest of the frames that are due together. At 5 % loss on both links that
-cost 3-5 frames a second of 30.
+cost 2-5 frames a second of 30.
 
 The SFU can raise that floor with the playout-delay header extension (its minimum delay),
 which LiveKit also sends. It costs latency, so only a subscriber whose downlink loses packets
@@ -49,6 +49,7 @@ class PlayoutDelayPolicy:
         self.min_ms = 0
         self.raised = 0  # how often the floor went up, and down
         self.lifted = 0
+        self.last_share: Optional[float] = None  # the share lost in the last step judged
         self._step_start: Optional[float] = None
         self._step_counts = (0, 0)
         self._quiet_since: Optional[float] = None
@@ -67,7 +68,7 @@ class PlayoutDelayPolicy:
         total = got + missed
         if total < MIN_PACKETS:
             return False  # too little to judge: the floor stays where it is
-        share = missed / total
+        share = self.last_share = missed / total
         if share >= RAISE_AT:
             self._quiet_since = None
             if self.min_ms != self.repair_ms:

@@ -542,8 +542,8 @@ class SubscriberMedia:
 
     def _playout_delay_changed(self, min_ms: int, now: float) -> None:
         bandwidth = self.bandwidth
-        loss = round(bandwidth.estimator.loss_fraction, 3) if bandwidth is not None else None
-        self.log.info("playout delay floor", kv={"min_ms": min_ms, "loss": loss})
+        share = bandwidth.playout.last_share if bandwidth is not None else None
+        self.log.info("playout delay floor", kv={"min_ms": min_ms, "step_loss": None if share is None else round(share, 3)})
 
     def _estimate_changed(self, bps: int, now: float) -> None:
         """The estimate moved (called from the participant's timer, never per packet): the
