@@ -1,7 +1,8 @@
 """The playout-delay floor (issue 15): the header extension's value, the element put into every
 numbered packet of a down track, the policy that raises the floor for a subscriber whose
-feedback reports loss and lifts it once the loss went away, and SubscriberBandwidth driving a
-real down track from real transport-wide feedback. (The compiled fan-out against the pure path
+feedback reports loss and lifts it once the loss went away, SubscriberBandwidth driving a
+real down track from real transport-wide feedback, and a publisher's repairs raising the floor
+of its track's subscribers (whose own feedback shows no loss). (The compiled fan-out against the pure path
 with floors changing: test_forwarding_fast_path.py; real clients decoding more frames with it:
 tests/e2e/test_e2e_simulcast_impaired*.py.)"""
 
@@ -17,6 +18,7 @@ from rtp.twcc_sender import TransportSequencer
 from trio_sfu.forwarding import DownTrack, TrackReceiver
 from trio_sfu.forwarding.downtrack import _ExtensionRewriter, _with_element
 from trio_sfu.forwarding.playout_delay import INTERVAL, LIFT_AFTER, PlayoutDelayPolicy
+from trio_sfu.forwarding.receiver import RESEND_AT_LEAST, NackTracker
 from trio_sfu.media.bandwidth import SubscriberBandwidth
 from trio_sfu.metrics import MEDIA_PLAYOUT_DELAY_LIFTED, MEDIA_PLAYOUT_DELAY_RAISED, Metrics
 
@@ -243,3 +245,62 @@ def test_the_subscribers_feedback_of_loss_raises_the_floor_of_its_video_down_tra
         second(None)
     assert changes == [bandwidth.playout.repair_ms, 0] and down.playout_delay == (0, bandwidth.playout.max_ms)
     assert metrics.get(MEDIA_PLAYOUT_DELAY_LIFTED) == 1
+
+
+# ---- the publisher's repairs ----------------------------------------------------------------
+
+def test_a_resend_counts_as_a_repair_and_an_overtaken_packet_does_not():
+    nack = NackTracker()
+    nack.on_packet(1, 0.0)
+    nack.on_packet(3, 0.01)  # 2 missing
+    nack.on_packet(2, 0.012)  # overtaken, before any NACK: reordering
+    nack.on_packet(5, 0.02)  # 4 missing
+    assert nack.due(0.03, 0.1) == [4]  # (after the reordering wait the overtaken packet set)
+    nack.on_packet(4, 0.03 + RESEND_AT_LEAST + 0.03)  # the resend, a round trip after the NACK
+    assert (nack.repaired, nack.reordered) == (1, 1)
+
+
+def _publish(receiver: TrackReceiver, seconds: float, lose_every: int | None, start: float = 0.0,
+             seq0: int = 0) -> int:
+    """100 packets a second, each its own frame; every `lose_every`-th is lost on the way in and
+    comes again 60 ms later (the publisher answering the NACK the receiver sent meanwhile)."""
+    pending: list[tuple[float, bytes]] = []
+    seq = seq0
+    for step in range(int(seconds * 100)):
+        now = start + step * 0.01
+        packet = RtpPacket(VP8_PT, seq & 0xFFFF, 900 * seq, 0x1111, marker=True,
+                           extensions={RID_EXT: encode_rid("q")},
+                           payload=vp8_payload(seq & 0x7FFF, 0, keyframe=seq == 0)).serialize()
+        if lose_every and seq % lose_every == 7:
+            pending.append((now + 0.06, packet))
+        else:
+            receiver.receive_rtp(packet, now)
+        while pending and pending[0][0] <= now:
+            receiver.receive_rtp(pending.pop(0)[1], now)
+        receiver.poll_rtcp(now)
+        seq += 1
+    return seq
+
+
+def test_a_publishers_repairs_raise_the_floor_of_every_subscriber_of_its_track():
+    wire = NumberedWire()
+    receiver, down = _video(wire)
+    # The subscriber's own feedback reports no loss: its policy alone would never raise a floor.
+    bandwidth = SubscriberBandwidth(SUB_TWCC, lambda: [down], metrics=Metrics(), wake_by=lambda at: None)
+    seq = _publish(receiver, 3.0, None)
+    bandwidth.handle_timeout(3.0)
+    assert receiver.playout_floor_ms == 0 and down.playout_delay is None
+    seq = _publish(receiver, 5.0, 20, start=3.0, seq0=seq)  # 5 % of the publisher's packets repaired
+    assert receiver.counters.nack_repaired >= 15 and receiver.counters.playout_floor_raised == 1
+    assert receiver.playout_floor_ms == receiver.playout.repair_ms
+    bandwidth.handle_timeout(8.0)
+    assert down.playout_delay == (receiver.playout.repair_ms, bandwidth.playout.max_ms)
+    assert bandwidth.playout.min_ms == 0  # the subscriber's own floor: none
+    sent = len(wire.sent)
+    seq = _publish(receiver, 1.0, None, start=8.0, seq0=seq)
+    assert _floors(wire)[sent:] and set(_floors(wire)[sent:]) == {(receiver.playout.repair_ms, 10_000)}
+    # The publisher's link clean again: lifted after the quiet time, the subscriber told 0.
+    _publish(receiver, LIFT_AFTER + 2 * INTERVAL + 1, None, start=9.0, seq0=seq)
+    assert receiver.playout_floor_ms == 0 and receiver.counters.playout_floor_lifted == 1
+    bandwidth.handle_timeout(9.0 + LIFT_AFTER + 2 * INTERVAL + 2)
+    assert down.playout_delay == (0, bandwidth.playout.max_ms)

@@ -44,7 +44,8 @@ COUNTER_PREFIXES = (
     "trio_sfu_media_receiver_dropped_duplicate_total", "trio_sfu_media_receiver_rtx_duplicate_total",
     "trio_sfu_media_receiver_nack_padding_skipped_total", "trio_sfu_media_downtrack_padding_closed_late_total",
     "trio_sfu_media_receiver_nack_media_given_up_total", "trio_sfu_media_playout_delay_raised_total",
-    "trio_sfu_media_playout_delay_lifted_total",
+    "trio_sfu_media_playout_delay_lifted_total", "trio_sfu_media_receiver_playout_floor_raised_total",
+    "trio_sfu_media_receiver_nack_repaired_total",
 )
 #: What libwebrtc's own stats say about each encoding sent and the stream decoded.
 STAT_KEYS = ("rid", "frameWidth", "framesEncoded", "framesSent", "framesPerSecond", "targetBitrate", "bytesSent",

@@ -605,6 +605,12 @@ class DownTrack:
         return None if current >= MAX_TEMPORAL else current
 
     @property
+    def source_playout_floor_ms(self) -> int:
+        """The floor the publisher's repairs call for (TrackReceiver.playout_floor_ms; 0 from a
+        source that does not say)."""
+        return getattr(self._source, "playout_floor_ms", 0)
+
+    @property
     def playout_delay(self) -> Optional[tuple[int, int]]:
         """(min, max) ms of the playout-delay element this track's packets carry; None: none."""
         return self._playout_delay

@@ -33,6 +33,7 @@ from rtp.rtcp import RtcpPacket, SenderReport
 from rtp.rtx_buffer import RetransmissionBuffer
 from rtp.seqnum import SequenceUnwrapper
 from trio_sfu.forwarding.codec_keyframes import keyframe_detector, payload_bounds, vp8_temporal
+from trio_sfu.forwarding.playout_delay import PlayoutDelayPolicy
 from trio_sfu.forwarding.fanout import Fanout
 from trio_sfu.forwarding.rtcp_feedback import (
     PublisherSenderReport,
@@ -138,6 +139,11 @@ class ReceiverCounters:
     # Padding gaps wider than MAX_PADDING_FILL, left as holes rather than filled (_receive_media).
     padding_gaps_not_filled: int = 0
     rrs_sent: int = 0
+    # Sequence numbers a resend filled (NackTracker.repaired), and how often the publisher's
+    # repairs raised, and lifted, the playout-delay floor of this track's subscribers.
+    nack_repaired: int = 0
+    playout_floor_raised: int = 0
+    playout_floor_lifted: int = 0
 
 
 #: Reordering waits: the margin on the latest overtaken packet, the most a first NACK waits,
@@ -178,7 +184,7 @@ class NackTracker:
     """
 
     __slots__ = ("max_tries", "max_gap", "max_age", "_unwrap", "_highest", "_missing", "given_up", "last_given_up",
-                 "reorder_delay", "reordered", "padding_skipped", "_highest_ts", "_ended_ts", "_ended_ext")
+                 "reorder_delay", "reordered", "padding_skipped", "repaired", "_highest_ts", "_ended_ts", "_ended_ext")
 
     def __init__(self, max_tries: int = 5, max_gap: int = 250, max_age: int = 1000) -> None:
         self.max_tries = max_tries
@@ -193,6 +199,7 @@ class NackTracker:
         self.reorder_delay = 0.0  # seconds a new gap waits before its first NACK
         self.reordered = 0  # gaps filled before they were NACKed
         self.padding_skipped = 0  # sequence numbers not NACKed: padding after a frame's end
+        self.repaired = 0  # sequence numbers a resend filled (after our NACK)
         # The timestamp of the newest packet, and of the newest frame whose last packet (marker)
         # arrived, with that packet's extended seq (None: unknown).
         self._highest_ts: Optional[int] = None
@@ -244,6 +251,7 @@ class NackTracker:
                 late = now - entry[1]  # sooner after our NACK than a resend comes: overtaken too
             else:
                 late = None  # the resend
+                self.repaired += 1
             if late is not None:
                 self.reordered += 1
                 late *= REORDER_MARGIN
@@ -413,6 +421,10 @@ class TrackReceiver:
         self.rr_interval = rr_interval
         self.keyframe_request_interval = keyframe_request_interval
         self.rtt = 0.1  # seconds; the owner may update it from transport-wide feedback
+        # The floor every subscriber's jitter buffer needs for this publisher's repairs: a frame
+        # a resend completed comes a publisher round trip late to every subscriber, whose own
+        # feedback shows no loss (trio_sfu.forwarding.playout_delay; judged on the RR timer).
+        self.playout = PlayoutDelayPolicy()
         self.layer_timeout = 1.0
         self._next_rr = now + rr_interval
         indices = sorted({layer_for_rid(r, self.rids) for r in self.rids} - {None}) or [0]
@@ -841,6 +853,24 @@ class TrackReceiver:
             self.counters.nack_media_given_up += media
             self.request_keyframe(layer.index, now)
 
+    def _judge_repairs(self, now: float) -> None:
+        """The share of this track's packets that needed a resend (or never came), to the
+        playout-delay policy; its floor is `playout_floor_ms`."""
+        counters = self.counters
+        counters.nack_repaired = sum(layer.nack.repaired for layer in self._layers.values())
+        missed = counters.nack_repaired + counters.nack_seqs_given_up
+        policy = self.playout
+        if policy.update(max(0, counters.packets - counters.nack_repaired), missed, now):
+            if policy.min_ms:
+                counters.playout_floor_raised += 1
+            else:
+                counters.playout_floor_lifted += 1
+
+    @property
+    def playout_floor_ms(self) -> int:
+        """The playout-delay floor this publisher's repairs call for (0: none)."""
+        return self.playout.min_ms
+
     def next_deadline(self) -> Optional[float]:
         if self.state is not ReceiverState.OPEN:
             return None
@@ -876,6 +906,8 @@ class TrackReceiver:
                     self._send_rtcp(build_nack(self.local_ssrc, layer.ssrc, due))
         if now >= self._next_rr:
             self._next_rr = now + self.rr_interval
+            if self._nack_enabled:
+                self._judge_repairs(now)
             blocks = []
             for layer in self._layers.values():
                 layer.measure(now)

@@ -191,8 +191,10 @@ class SubscriberBandwidth:
         self._update_playout_delay(now)
 
     def _update_playout_delay(self, now: float) -> None:
-        """The policy's look at the feedback's counts; on a change, and every policy step for
-        down tracks added since, each video down track is given the floor."""
+        """The policy's look at the feedback's counts; on a change, and every policy step (for
+        down tracks added since, and the publishers' own floors), each video down track is
+        given the higher of this subscriber's floor and its publisher's (a track that never
+        needed one carries no element)."""
         policy = self.playout
         counters = self.estimator.counters
         changed = policy.update(counters.packets_acked, counters.packets_lost, now)
@@ -200,13 +202,17 @@ class SubscriberBandwidth:
             self._metrics.inc(m.MEDIA_PLAYOUT_DELAY_RAISED if policy.min_ms else m.MEDIA_PLAYOUT_DELAY_LIFTED)
             if self.on_playout_delay_changed is not None:
                 self.on_playout_delay_changed(policy.min_ms, now)
-        elif not policy.raised or now - self._playout_swept_at < PLAYOUT_INTERVAL:
+        elif now - self._playout_swept_at < PLAYOUT_INTERVAL:
             return
         self._playout_swept_at = now
-        wanted = (policy.min_ms, policy.max_ms)
+        own = policy.min_ms
         for down in self._down_tracks():
-            if down.playout_delay != wanted:
-                down.set_playout_delay(*wanted)
+            floor = max(own, down.source_playout_floor_ms)
+            current = down.playout_delay
+            if current is None and not floor:
+                continue
+            if current != (floor, policy.max_ms):
+                down.set_playout_delay(floor, policy.max_ms)
 
     def _probe_step(self, now: float) -> None:
         if self._cluster is not None:
