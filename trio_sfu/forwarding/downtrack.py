@@ -619,8 +619,8 @@ class DownTrack:
         """Carry a playout-delay element (min_ms, max_ms) on every packet from now on, which
         sets the floor of the subscriber's jitter buffer; False when this subscriber cannot be
         told (it did not negotiate the element with an id the one-byte form carries, or its
-        packets are not numbered here, where the element is put in). libwebrtc keeps the last values it read, so a floor is lifted
-        with (0, max), not by leaving the element out."""
+        packets are not numbered here, where the element is put in). libwebrtc keeps the last
+        values it read, so a floor is lifted with (0, max), not by leaving the element out."""
         rewriter = self._rewriter
         numbered = self._numbered
         if (rewriter is None or self._playout_delay_id is None or numbered is None

@@ -103,9 +103,10 @@ class SubscriberBandwidth:
         self._next_poll: Optional[float] = None
         self.probe_packets = 0
         self.probes_unsendable = 0  # clusters with no video track to pad on
-        # The floor of the subscriber's jitter buffer, from the loss its feedback reports; put in
-        # its video down tracks' packets once first raised (and from then on: lifting it is
-        # telling the receiver 0), looked at on the timer (`_update_playout_delay`).
+        # The floor of the subscriber's jitter buffer, from the loss its feedback reports (the
+        # publishers' repairs have their own, TrackReceiver.playout_floor_ms): a video down track
+        # carries the higher of the two once either was raised for it (and from then on: lifting
+        # it is telling the receiver 0), looked at on the timer (`_update_playout_delay`).
         self.playout = PlayoutDelayPolicy()
         self._playout_swept_at = float("-inf")
 
