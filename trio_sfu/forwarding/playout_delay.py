@@ -10,11 +10,13 @@ Chromium skips it or the frames it holds up (`framesDropped`), the `livekit` SDK
 drops all but the newest of the frames that are due together. At 5 % loss on both links that
 cost 2-5 frames a second of 30.
 
-The SFU can raise that floor with the playout-delay header extension (its minimum delay),
-which LiveKit also sends. It costs latency, so only a subscriber whose downlink loses packets
-gets it: `PlayoutDelayPolicy` judges the loss the subscriber's transport-wide feedback reports
-over `INTERVAL`-long steps, raises the floor to `repair_ms` once a step loses `RAISE_AT` or
-more, and lifts it after `LIFT_AFTER` seconds of steps below `LIFT_BELOW`. Sans-IO: counters
+The SFU can raise that floor with the playout-delay header extension (its minimum delay; LiveKit
+sends it in rooms configured for it). It costs latency, so only where repairs happen:
+`PlayoutDelayPolicy` judges running counts over `INTERVAL`-long steps, raises the floor to
+`repair_ms` once a step lost (or needed to repair) `RAISE_AT` or more, and lifts it after
+`LIFT_AFTER` seconds of steps below `LIFT_BELOW`. One judges each subscriber's transport-wide
+feedback (trio_sfu.media.bandwidth), one each publisher's packets that needed a resend
+(TrackReceiver.playout_floor_ms), and a down track carries the higher floor. Sans-IO: counts
 and time in, the floor out; `DownTrack.set_playout_delay` puts it in the packets.
 """
 
