@@ -208,8 +208,9 @@ class SubscriberBandwidth:
         self._playout_swept_at = now
         own = policy.min_ms
         for down in self._down_tracks():
-            floor = max(own, down.source_playout_floor_ms)
-            current = down.playout_delay
+            # (What cannot carry a floor — a track kind without one — says nothing and is skipped.)
+            floor = max(own, getattr(down, "source_playout_floor_ms", 0))
+            current = getattr(down, "playout_delay", None)
             if current is None and not floor:
                 continue
             if current != (floor, policy.max_ms):
