@@ -229,6 +229,27 @@ def encode_extension_block(extensions: dict[int, bytes]) -> bytes:
     return _EXT_HEADER.pack(profile, len(body) // 4) + body
 
 
+def append_extension_element(block: Buffer, ext_id: int, value: bytes) -> Optional[bytes]:
+    """`block` (a whole RFC 8285 extension block, its 4-octet header included) grown by the
+    element `ext_id` = `value` after its elements (and their padding, which both forms allow
+    between elements), zero-padded to a word; None when the block's form cannot carry it or
+    its word count would overflow."""
+    if len(block) < 4:
+        return None
+    profile = (block[0] << 8) | block[1]
+    if profile == ONE_BYTE_PROFILE and 1 <= ext_id <= 14 and 1 <= len(value) <= 16:
+        element = bytes(((ext_id << 4) | (len(value) - 1),)) + value
+    elif profile & 0xFFF0 == TWO_BYTE_PROFILE and 1 <= ext_id <= 255 and len(value) <= 255:
+        element = bytes((ext_id, len(value))) + value
+    else:
+        return None
+    element += bytes(-len(element) % 4)
+    words = ((block[2] << 8) | block[3]) + len(element) // 4
+    if words > 0xFFFF:
+        return None
+    return bytes(block[:2]) + words.to_bytes(2, "big") + bytes(block[4:]) + element
+
+
 # --- forwarder fast path -------------------------------------------------------------------
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 from array import array
 from typing import NamedTuple, Optional
 
+from rtp.packet import append_extension_element
 from rtp.rtcp import TWCC_REFERENCE_UNIT_US, TransportCc
 
 #: Packets remembered for matching feedback. Feedback comes every 50-100 ms, so this is about a
@@ -297,11 +298,7 @@ def write_transport_seq(packet: bytes, ext_id: int, seq: int) -> Optional[bytes]
             i += 1 + length
         if zeros >= 3:
             return packet[:zero_run_at] + bytes(((ext_id << 4) | 1,)) + value + packet[zero_run_at + 3:]
-        grown = (words + 1) & 0xFFFF
-        if grown == 0:
-            return None
-        return (packet[:pos + 2] + bytes((grown >> 8, grown & 0xFF)) + packet[start:end]
-                + bytes(((ext_id << 4) | 1,)) + value + b"\x00" + packet[end:])
+        return _grown(packet, pos, end, ext_id, value)
     if profile & 0xFFF0 == 0x1000:
         i = start
         while i < end:
@@ -319,12 +316,14 @@ def write_transport_seq(packet: bytes, ext_id: int, seq: int) -> Optional[bytes]
                     return None
                 return packet[:i + 2] + value + packet[i + 4:]
             i += 2 + length
-        grown = (words + 1) & 0xFFFF
-        if grown == 0:
-            return None
-        return (packet[:pos + 2] + bytes((grown >> 8, grown & 0xFF)) + packet[start:end]
-                + bytes((ext_id, 2)) + value + packet[end:])
+        return _grown(packet, pos, end, ext_id, value)
     return None  # an RFC 3550 extension of another profile: no room for RFC 8285 elements
+
+
+def _grown(packet: bytes, pos: int, end: int, ext_id: int, value: bytes) -> Optional[bytes]:
+    """`packet` with the element added at the end of its block (from `pos` to `end`)."""
+    block = append_extension_element(packet[pos:end], ext_id, value)
+    return None if block is None else packet[:pos] + block + packet[end:]
 
 
 __all__ = ["DEFAULT_HISTORY", "PacketResult", "TransportSequencer", "mentions_transport_cc", "transport_seq_layout",

@@ -12,11 +12,11 @@ import pytest
 
 from rtp import rtcp
 from rtp.header_extensions import decode_playout_delay, encode_playout_delay, encode_rid
-from rtp.packet import RtpPacket
+from rtp.packet import RtpPacket, append_extension_element
 from rtp.twcc import TransportFeedbackRecorder
 from rtp.twcc_sender import TransportSequencer
 from trio_sfu.forwarding import DownTrack, TrackReceiver
-from trio_sfu.forwarding.downtrack import _ExtensionRewriter, _with_element
+from trio_sfu.forwarding.downtrack import _ExtensionRewriter
 from trio_sfu.forwarding.playout_delay import INTERVAL, LIFT_AFTER, PlayoutDelayPolicy
 from trio_sfu.forwarding.receiver import RESEND_AT_LEAST, NackTracker
 from trio_sfu.media.bandwidth import SubscriberBandwidth
@@ -53,7 +53,7 @@ def test_the_element_goes_after_the_others_and_the_block_stays_well_formed(two_b
     packet = RtpPacket(96, 1, 2, 3, extensions=extensions, payload=b"xyz").serialize()
     start = 12
     end = start + 4 + 4 * int.from_bytes(packet[start + 2:start + 4], "big")
-    block = _with_element(packet[start:end], SUB_PLAYOUT, encode_playout_delay(120, 10_000))
+    block = append_extension_element(packet[start:end], SUB_PLAYOUT, encode_playout_delay(120, 10_000))
     assert block is not None and len(block) % 4 == 0
     parsed = RtpPacket.parse(packet[:start] + block + packet[end:])
     assert decode_playout_delay(parsed.extensions[SUB_PLAYOUT]) == (120, 10_000)
@@ -63,7 +63,7 @@ def test_the_element_goes_after_the_others_and_the_block_stays_well_formed(two_b
 
 def test_a_one_byte_block_cannot_carry_an_id_above_14():
     block = bytes((0xBE, 0xDE, 0, 1, 0x31, 0, 7, 0))
-    assert _with_element(block, 15, b"\x00\x00\x00") is None
+    assert append_extension_element(block, 15, b"\x00\x00\x00") is None
 
 
 def test_the_layout_puts_the_element_in_and_the_number_where_it_says():

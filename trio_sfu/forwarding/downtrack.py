@@ -34,7 +34,7 @@ from typing import Callable, Iterable, Mapping, NamedTuple, Optional, Protocol, 
 import attrs
 
 from rtp.header_extensions import encode_playout_delay
-from rtp.packet import rewrite_header
+from rtp.packet import append_extension_element, rewrite_header
 from rtp.rtcp import Fir, Nack, Pli, ReceiverReport, Remb, ReportBlock, RtcpPacket, SenderReport, compact_ntp
 from rtp.seqnum import SequenceUnwrapper
 from rtp.twcc_sender import TransportSequencer, transport_seq_layout
@@ -313,7 +313,7 @@ class _ExtensionRewriter:
             region = new[12:]
             if self.playout is not None:
                 # After the other elements: where the transport-wide number sits does not move.
-                region = _with_element(region, *self.playout)
+                region = append_extension_element(region, *self.playout)
                 if region is None:
                     return None
             cached = (region, at - 12)
@@ -322,26 +322,6 @@ class _ExtensionRewriter:
             self._layouts[key] = cached
         region, at = cached
         return StampLayout(pos, end, region, pos + at, not rewritten, len(region) != end - pos)
-
-
-def _with_element(block: bytes, ext_id: int, value: bytes) -> Optional[bytes]:
-    """`block` (a whole extension block, its 4-octet header included) with the element
-    `ext_id` = `value` appended after its elements (and their padding, which both forms allow
-    between elements); None when the block's form cannot carry it."""
-    if len(block) < 4:
-        return None
-    profile = (block[0] << 8) | block[1]
-    if profile == 0xBEDE and 1 <= ext_id <= 14 and 1 <= len(value) <= 16:
-        element = bytes(((ext_id << 4) | (len(value) - 1),)) + value
-    elif profile & 0xFFF0 == 0x1000 and 1 <= ext_id <= 255 and len(value) <= 255:
-        element = bytes((ext_id, len(value))) + value
-    else:
-        return None
-    element += bytes(-len(element) % 4)
-    words = ((block[2] << 8) | block[3]) + len(element) // 4
-    if words > 0xFFFF:
-        return None
-    return block[:2] + words.to_bytes(2, "big") + block[4:] + element
 
 
 #: Shared rewriters by id map and playout element (see _ExtensionRewriter); few distinct ones
